@@ -1,0 +1,52 @@
+// The frame-step session: owns the weights on the device, the KV cache, fixed activation buffers and the
+// sampler. Written once against the op interface (ops/ops.h); the device is a parameter.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "core/config.h"
+#include "core/tensor.h"
+
+namespace nfd {
+
+struct SessionOptions {
+  Device device = Device::cpu;
+  DType dtype = DType::f32;  // f32 on CPU; f32, bf16 or f16 on CUDA
+  uint64_t seed = 0;
+  int threads = 0;           // CPU threads; 0 = number of physical cores
+  bool cuda_graphs = true;   // capture a whole frame once and replay it (CUDA only)
+};
+
+class Session {
+ public:
+  Session(const std::string& path, const SessionOptions& options);
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  const Config& config() const;
+  const SessionOptions& options() const;
+  int64_t frame_index() const;
+  // Bytes held by the session on its device: weights + KV cache + activation buffers.
+  size_t memory_bytes() const;
+  size_t kv_cache_bytes() const;
+
+  // Clears the cache; then writes `count` context frames (uint8 [count, H, W, 3]) or latents
+  // (float [count, C, h, w]) into it, with actions [count, action_dim] (nullptr = zeros).
+  void reset_frames(const uint8_t* frames, int count, const float* actions);
+  void reset_latents(const float* latents, int count, const float* actions);
+  // Generates the next frame for `action` [action_dim]: latent_out float [C, h, w] and/or frame_out
+  // uint8 [H, W, 3] (either may be nullptr; decoding runs only when frame_out is given).
+  void step(const float* action, float* latent_out, uint8_t* frame_out);
+  // Decodes one latent [C, h, w] to uint8 [H, W, 3] without touching the session state.
+  void decode(const float* latent, uint8_t* frame_out);
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace nfd

@@ -1,0 +1,38 @@
+// Tensor: a typed view of memory on one device. Ownership lives in an Arena (allocated once at session open).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+#include <vector>
+
+namespace nfd {
+
+enum class DType : uint8_t { f32, bf16, f16, u8, i32 };
+enum class Device : uint8_t { cpu, cuda };
+
+size_t dtype_size(DType t);
+const char* dtype_name(DType t);
+const char* device_name(Device d);
+
+struct Tensor {
+  void* data = nullptr;
+  DType dtype = DType::f32;
+  Device device = Device::cpu;
+  std::vector<int64_t> shape;
+
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int64_t s : shape) n *= s;
+    return n;
+  }
+  size_t bytes() const { return size_t(numel()) * dtype_size(dtype); }
+  int64_t dim(int i) const { return shape.at(i < 0 ? shape.size() + i : i); }
+  int rank() const { return int(shape.size()); }
+  template <typename T> T* ptr() const { return static_cast<T*>(data); }
+  bool defined() const { return data != nullptr; }
+  std::string describe() const;  // e.g. "f32[4, 8, 8] on cpu"
+};
+
+}  // namespace nfd

@@ -1,0 +1,94 @@
+// The op interface the model is written against (csrc/model). One frame per pass: N tokens of width D.
+//
+// Each op `name` lives in ops/name.h (this file gathers the declarations), ops/name_cpu.cc (fp32 reference
+// of the runtime, OpenBLAS for GEMMs) and ops/name_cuda.cu (bf16/fp16/fp32, fp32 accumulation). The free
+// function `nfd::ops::name` dispatches on the output tensor's device. Math is restated next to each op;
+// the PyTorch oracle is python/nfd_rt/reference/model.py.
+#pragma once
+
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace nfd {
+
+// Per-frame scalars that change every frame. They live in memory of the session's device so that a captured
+// CUDA graph reads the current values at replay time (nothing is re-captured per frame).
+struct FrameState {
+  static constexpr int kMaxSlots = 1024;
+  int32_t frame_index;   // absolute index of the frame being generated (RoPE time position, noise counter)
+  int32_t write_slot;    // cache slot the current frame's K/V are written to (the scratch slot while denoising)
+  int32_t num_visible;   // number of entries of visible_slots (cached frames visible to this frame + current)
+  int32_t visible_slots[kMaxSlots];
+};
+
+// Execution context: the device, CPU thread count or CUDA stream, and a FrameState on that device.
+struct Context {
+  Device device = Device::cpu;
+  int threads = 1;
+  void* stream = nullptr;            // cudaStream_t on CUDA
+  const FrameState* state = nullptr; // device pointer on CUDA, host pointer on CPU
+};
+
+namespace ops {
+
+enum class Epilogue { none, gelu_tanh, gated_residual };
+
+// y[M,N] = x[M,K] @ w[N,K]^T + bias[N]          (bias may be undefined)
+//   gelu_tanh:      y = gelu_tanh(x w^T + b)
+//   gated_residual: y[M,N] += gate[N] * (x w^T + b)    (the adaLN-Zero gated residual, fused)
+void linear(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y,
+            Epilogue epilogue = Epilogue::none, const Tensor* gate = nullptr);
+
+// out[M,D] = LayerNorm(x[M,D]; no affine, eps) * (1 + scale[D]) + shift[D]     (row statistics in fp32)
+void layernorm_modulate(const Context& ctx, const Tensor& x, const Tensor& shift, const Tensor& scale, float eps,
+                        Tensor& out);
+
+// out[n] = silu(a[n] + b[n])     (the conditioning vector c = SiLU(time_embed + action_embed))
+void add_silu(const Context& ctx, const Tensor& a, const Tensor& b, Tensor& out);
+
+// Split qkv[N, 3D] (q | k | v, each heads x head_dim), apply 3D RoPE to q and k and write
+// q -> q_out[H, N, hd], k -> k_cache[write_slot, H, N, hd], v -> v_cache[write_slot, H, N, hd].
+// RoPE: pairs (2i, 2i+1) of a head; the first rope_dims[0]/2 pairs rotate by frame_index * theta^(-2j/dt),
+// the next rope_dims[1]/2 by row * theta^(-2j/dh), the last rope_dims[2]/2 by col * theta^(-2j/dw);
+// token n sits at row n / grid_cols, col n % grid_cols. Angles and cos/sin in double, rotation in fp32.
+struct RopeParams {
+  int rope_dims[3];
+  double theta;
+  int grid_cols;
+};
+void rope_qkv_split(const Context& ctx, const Tensor& qkv, const RopeParams& rope, Tensor& q_out, Tensor& k_cache,
+                    Tensor& v_cache);
+
+// out[N, H*hd] = softmax(q k^T / sqrt(hd)) v per head, over the keys of the cache slots
+// state->visible_slots[0 .. num_visible) (each slot: N keys of k_cache[slot, h]); online softmax in fp32.
+void attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, Tensor& out);
+
+// Patches: latent[C, h, w] <-> tokens[N, C*p*p], patch vector order (c, py, px), tokens row-major on the grid.
+void patchify(const Context& ctx, const Tensor& latent, int patch, Tensor& tokens);
+// latent[C,h,w] += dt * unpatchify(tokens)    (the Euler step of flow matching, fused with unpatchify)
+void unpatchify_axpy(const Context& ctx, const Tensor& tokens, int patch, float dt, Tensor& latent);
+
+// out[e] = a * x[e] + b * normal(seed, state->frame_index, step, e)   (Philox4x32-10, docs/rng.md)
+// With x undefined: out = b * noise.
+void noise_mix(const Context& ctx, uint64_t seed, int step, float a, const Tensor& x, float b, Tensor& out);
+
+// VAE ops, one image [C, H, W].
+// out[Cout, Ho, Wo] = conv2d(x, w[Cout, Cin, k, k], bias; stride, pad) (+ residual[Cout,Ho,Wo] if defined)
+void conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, int stride, int pad,
+            Tensor& out, const Tensor* residual = nullptr);
+// out = GroupNorm(x; groups, eps) * gamma + beta, then SiLU when `silu`
+void groupnorm(const Context& ctx, const Tensor& x, const Tensor& gamma, const Tensor& beta, int groups, float eps,
+               bool silu, Tensor& out);
+// out[C, 2H, 2W] = nearest-neighbour upsample of x[C, H, W]
+void upsample_nearest2x(const Context& ctx, const Tensor& x, Tensor& out);
+// image[3, H, W] in [-1,1] -> u8[H, W, 3]: clamp(floor((x + 1) * 127.5 + 0.5), 0, 255)
+void to_uint8(const Context& ctx, const Tensor& image, Tensor& out);
+// u8[H, W, 3] -> image[3, H, W]: u / 127.5 - 1
+void from_uint8(const Context& ctx, const Tensor& frame, Tensor& image);
+
+// Copy between any two tensors of the same shape (any devices, dtype conversion f32 <-> bf16/f16 included).
+void copy(const Context& ctx, const Tensor& src, Tensor& dst);
+
+}  // namespace ops
+}  // namespace nfd
