@@ -1,0 +1,35 @@
+import importlib.util
+
+import numpy as np
+import pytest
+
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+
+
+def tiny_config(**changes):
+    import nfd_rt
+
+    return nfd_rt.configs.get("tiny").replace(**changes)
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    if not HAVE_TORCH:
+        pytest.skip("needs torch (the `torch` extra)")
+    from nfd_rt.reference import NFDModel
+
+    return NFDModel(tiny_config(), init_seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_nfd(tmp_path_factory, tiny_model):
+    """A random tiny model exported to a .nfd file (window 8, 1 sink frame)."""
+    import nfd_rt
+
+    path = tmp_path_factory.mktemp("models") / "tiny.nfd"
+    nfd_rt.export.save(tiny_model, path)
+    return path
+
+
+def random_actions(count, dim, seed=0):
+    return np.random.default_rng(seed).standard_normal((count, dim)).astype(np.float32)
