@@ -124,3 +124,12 @@ def test_header_is_json_with_config(tiny_nfd):
     meta = header["__metadata__"]
     assert meta["nfd_format_version"] == "1"
     assert json.loads(meta["config"])["name"] == "tiny"
+
+
+def test_write_nfd_matches_safetensors_layout(tiny_model, tmp_path):
+    """The pure-Python writer (used without torch) produces files the safetensors loader reads back."""
+    sd = {k: v.numpy() for k, v in tiny_model.state_dict().items()}
+    out = tmp_path / "np.nfd"
+    nfd_rt.export.write_nfd(sd, tiny_model.cfg, out)
+    loaded = nfd_rt.export.load(out).state_dict()
+    assert all(np.array_equal(loaded[k].numpy(), v) for k, v in sd.items())

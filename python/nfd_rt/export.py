@@ -97,3 +97,48 @@ def load(path: str | os.PathLike):
     with torch.no_grad():
         model.load_state_dict(tensors, strict=True)
     return model.eval()
+
+
+def write_nfd(tensors: dict, cfg: NFDConfig, path: str | os.PathLike) -> None:
+    """Write numpy float32 arrays as a .nfd file (pure Python, no torch): the safetensors layout by hand."""
+    import numpy as np
+
+    header: dict[str, Any] = {"__metadata__": {"nfd_format_version": str(FORMAT_VERSION), "config": cfg.to_json()}}
+    offset, blobs = 0, []
+    for name in sorted(tensors):
+        a = np.ascontiguousarray(tensors[name], dtype="<f4")
+        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+        blobs.append(a)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # keep the data section 8-byte aligned, as safetensors does
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for a in blobs:
+            f.write(a.tobytes())
+
+
+def save_random(cfg: NFDConfig, path: str | os.PathLike, seed: int = 0) -> None:
+    """A randomly initialised model as a .nfd file, without torch (for demos and benchmarks).
+
+    Tensor names and shapes come from the C++ runtime's `expected_tensors`; the values follow the spirit of
+    NFDModel.init_random (normal / sqrt(fan_in), small biases, GroupNorm near identity), not its exact draws.
+    """
+    import numpy as np
+
+    from . import _core
+
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for name, shape in _core.expected_tensors(cfg.to_json()):
+        shape = tuple(shape)
+        if len(shape) == 1 and "norm" in name:
+            base = 1.0 if name.endswith("weight") else 0.0
+            tensors[name] = base + 0.1 * rng.standard_normal(shape, dtype=np.float32)
+        elif len(shape) == 1:
+            tensors[name] = 0.02 * rng.standard_normal(shape, dtype=np.float32)
+        else:
+            fan_in = int(np.prod(shape[1:]))
+            tensors[name] = rng.standard_normal(shape, dtype=np.float32) / np.sqrt(fan_in, dtype=np.float32)
+    write_nfd(tensors, cfg, path)
