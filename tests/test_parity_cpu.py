@@ -172,3 +172,21 @@ def test_bad_file_and_options(tmp_path):
         _core.Session(str(tmp_path / "missing.nfd"), "cpu", 0)
     with pytest.raises(ValueError):
         _core.Session(str(tmp_path / "missing.nfd"), "tpu", 0)
+
+
+@pytest.mark.parametrize("window,sink", [(2, 0), (0, 2), (3, 2)])
+def test_other_cache_shapes(window, sink, tmp_path):
+    cfg = nfd_rt.configs.get("tiny").replace(window=window, sink_frames=sink)
+    m = NFDModel(cfg, init_seed=1)
+    save(m, tmp_path / "m.nfd")
+    s, r = CoreSession(tmp_path / "m.nfd", "cpu", 5), ReferenceSession(m, seed=5)
+    for a in actions(10, cfg.action_dim, seed=window):
+        assert np.abs(s.step_latent(a) - r.step_latent(a)).max() <= LATENT_TOL
+
+
+@pytest.mark.cuda
+def test_cuda_session_matches_cpu(model_path, model):
+    acts = actions(8, model.cfg.action_dim, seed=3)
+    cpu, gpu = CoreSession(model_path, "cpu", 1), CoreSession(model_path, "cuda", 1)
+    for a in acts:
+        assert np.abs(cpu.step_latent(a) - gpu.step_latent(a)).max() <= 1e-3
