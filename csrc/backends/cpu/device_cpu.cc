@@ -10,6 +10,7 @@
 
 #include "backends/cpu/parallel.h"
 #include "backends/device.h"
+#include "backends/device_impl.h"
 #include "core/error.h"
 
 namespace nfd {
@@ -64,7 +65,6 @@ void* device_malloc(Device device, size_t bytes) {
     return p;
   }
 #ifdef NFD_RT_WITH_CUDA
-  void* cuda_malloc(size_t bytes);
   return cuda_malloc(bytes);
 #else
   no_cuda("device_malloc");
@@ -78,7 +78,6 @@ void device_free(Device device, void* ptr) {
     return;
   }
 #ifdef NFD_RT_WITH_CUDA
-  void cuda_free(void* ptr);
   cuda_free(ptr);
 #else
   no_cuda("device_free");
@@ -92,7 +91,6 @@ void device_memcpy(void* dst, Device dst_device, const void* src, Device src_dev
     return;
   }
 #ifdef NFD_RT_WITH_CUDA
-  void cuda_memcpy(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes, void* stream);
   cuda_memcpy(dst, dst_device, src, src_device, bytes, stream);
 #else
   no_cuda("device_memcpy");
@@ -102,7 +100,6 @@ void device_memcpy(void* dst, Device dst_device, const void* src, Device src_dev
 void device_synchronize(Device device, void* stream) {
   if (device == Device::cpu) return;  // CPU work is synchronous
 #ifdef NFD_RT_WITH_CUDA
-  void cuda_synchronize(void* stream);
   cuda_synchronize(stream);
 #else
   no_cuda("device_synchronize");
