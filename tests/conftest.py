@@ -6,6 +6,25 @@ import pytest
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
 
+def cuda_available() -> bool:
+    """A CUDA device the runtime can use (built with CUDA, a driver and a GPU present)."""
+    try:
+        from nfd_rt import _core
+
+        return bool(_core.cuda_available())
+    except (ImportError, AttributeError):
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if cuda_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 def tiny_config(**changes):
     import nfd_rt
 

@@ -1,0 +1,59 @@
+// The VAE decoder (latent -> uint8 frame) and encoder (uint8 frame -> latent) for one image, against ops/ops.h.
+// Activations live in four fixed ping-pong buffers sized for the largest stage.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "backends/device.h"
+#include "core/config.h"
+#include "core/model_file.h"
+#include "ops/ops.h"
+
+namespace nfd {
+namespace model {
+
+class VAE {
+ public:
+  VAE(const ModelFile& file, const Config& cfg, Arena& arena, const Context& ctx, DType dtype, bool with_encoder);
+  // latent [C, h, w] -> frame u8 [H, W, 3]
+  void decode(const Context& ctx, const Tensor& latent, Tensor& frame);
+  // frame u8 [H, W, 3] -> latent [C, h, w]
+  void encode(const Context& ctx, const Tensor& frame, Tensor& latent);
+
+ private:
+  struct Conv {
+    Tensor w, b;
+    int stride = 1, pad = 0;
+  };
+  struct Norm {
+    Tensor gamma, beta;
+  };
+  struct ResBlock {
+    Norm norm1, norm2;
+    Conv conv1, conv2, skip;  // skip.w undefined when cin == cout
+  };
+  struct Level {
+    std::vector<ResBlock> blocks;
+    Conv resample;  // decoder: conv after nearest 2x upsample; encoder: stride-2 conv (undefined if none)
+  };
+  struct Net {
+    Conv conv_in, conv_out;
+    std::vector<Level> levels;
+    Norm norm_out;
+  };
+  Net load(const ModelFile& file, const std::string& prefix, bool decoder, Arena& arena, const Context& ctx,
+           DType dtype);
+  // Runs `net` from buffer 0 holding `x` (shape set); returns the index of the buffer holding the result.
+  int run(const Context& ctx, const Net& net, bool decoder, Tensor& x, int cur);
+  Tensor buf(int i, std::vector<int64_t> shape) const;
+
+  Config cfg_;
+  Net dec_, enc_;
+  bool has_encoder_ = false;
+  Tensor bufs_[4];
+  Tensor image_;  // [3, H, W]
+};
+
+}  // namespace model
+}  // namespace nfd

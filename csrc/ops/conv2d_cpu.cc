@@ -1,0 +1,70 @@
+// conv2d of one image on the CPU: im2col into a scratch buffer, then one sgemm w[Cout, Cin*k*k] @ col.
+#include <cblas.h>
+
+#include <cstring>
+
+#include "ops/cpu_common.h"
+#include "ops/ops_impl.h"
+
+namespace nfd {
+namespace ops {
+namespace cpu {
+
+using namespace cpu_detail;
+
+void conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, int stride, int pad,
+            Tensor& out, const Tensor* residual) {
+  expect("conv2d", "w", w, {-1, -1, -1, -1});
+  const int64_t Cout = w.dim(0), Cin = w.dim(1), k = w.dim(2);
+  NFD_CHECK(w.dim(3) == k, invalid_argument, "ops::conv2d: square kernels only, got " + w.describe());
+  NFD_CHECK(stride >= 1 && pad >= 0, invalid_argument, "ops::conv2d: stride must be >= 1 and pad >= 0");
+  expect("conv2d", "x", x, {Cin, -1, -1});
+  const int64_t H = x.dim(1), W = x.dim(2);
+  const int64_t Ho = (H + 2 * pad - k) / stride + 1, Wo = (W + 2 * pad - k) / stride + 1;
+  NFD_CHECK(Ho > 0 && Wo > 0, invalid_argument, "ops::conv2d: image smaller than the kernel");
+  expect("conv2d", "out", out, {Cout, Ho, Wo});
+  if (bias.defined()) expect("conv2d", "bias", bias, {Cout});
+  const bool res = residual && residual->defined();
+  if (res) expect("conv2d", "residual", *residual, {Cout, Ho, Wo});
+  NFD_CHECK(x.data != out.data, invalid_argument, "ops::conv2d: x and out must not alias");
+
+  const int64_t P = Ho * Wo, KK = Cin * k * k;
+  const float* col = x.ptr<float>();
+  if (!(k == 1 && stride == 1 && pad == 0)) {  // a 1x1 convolution reads x directly
+    float* c = scratch(size_t(KK * P));
+    const float* xs = x.ptr<float>();
+    ::nfd::cpu::parallel_for(ctx.threads, KK, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t ci = r / (k * k), ky = (r / k) % k, kx = r % k;
+        float* dst = c + r * P;
+        for (int64_t oy = 0; oy < Ho; ++oy) {
+          const int64_t iy = oy * stride - pad + ky;
+          for (int64_t ox = 0; ox < Wo; ++ox) {
+            const int64_t ix = ox * stride - pad + kx;
+            dst[oy * Wo + ox] = (iy >= 0 && iy < H && ix >= 0 && ix < W) ? xs[(ci * H + iy) * W + ix] : 0.f;
+          }
+        }
+      }
+    }, 4);
+    col = c;
+  }
+  ::nfd::cpu::set_blas_threads(ctx.threads);
+  float* o = out.ptr<float>();
+  scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(Cout), int(P), int(KK), 1.f, w.ptr<float>(),
+                    int(KK), col, int(P), 0.f, o, int(P));
+  const float* b = bias.defined() ? bias.ptr<float>() : nullptr;
+  const float* rs = res ? residual->ptr<float>() : nullptr;
+  if (b || rs) {
+    ::nfd::cpu::parallel_for(ctx.threads, Cout, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c)
+        for (int64_t i = c * P; i < (c + 1) * P; ++i) {
+          float v = b ? o[i] + b[c] : o[i];
+          o[i] = rs ? rs[i] + v : v;  // residual + conv, the order of the reference's skip + h
+        }
+    }, 4);
+  }
+}
+
+}  // namespace cpu
+}  // namespace ops
+}  // namespace nfd

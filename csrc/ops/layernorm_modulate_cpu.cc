@@ -1,0 +1,40 @@
+// LayerNorm (no affine) + adaLN modulation, one row per token; statistics in double for a tight reference.
+#include <cmath>
+
+#include "ops/cpu_common.h"
+#include "ops/ops_impl.h"
+
+namespace nfd {
+namespace ops {
+namespace cpu {
+
+using namespace cpu_detail;
+
+void layernorm_modulate(const Context& ctx, const Tensor& x, const Tensor& shift, const Tensor& scale, float eps,
+                        Tensor& out) {
+  expect("layernorm_modulate", "x", x, {-1, -1});
+  const int64_t M = x.dim(0), D = x.dim(1);
+  expect("layernorm_modulate", "shift", shift, {D});
+  expect("layernorm_modulate", "scale", scale, {D});
+  expect("layernorm_modulate", "out", out, {M, D});
+  const float* xs = x.ptr<float>();
+  const float* sh = shift.ptr<float>();
+  const float* sc = scale.ptr<float>();
+  float* o = out.ptr<float>();
+  ::nfd::cpu::parallel_for(ctx.threads, M, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* row = xs + r * D;
+      double mean = 0, var = 0;
+      for (int64_t d = 0; d < D; ++d) mean += row[d];
+      mean /= double(D);
+      for (int64_t d = 0; d < D; ++d) var += (row[d] - mean) * (row[d] - mean);
+      var /= double(D);  // biased, as LayerNorm
+      const float m = float(mean), rstd = float(1.0 / std::sqrt(var + double(eps)));
+      for (int64_t d = 0; d < D; ++d) o[r * D + d] = (row[d] - m) * rstd * (1.f + sc[d]) + sh[d];
+    }
+  }, 8);
+}
+
+}  // namespace cpu
+}  // namespace ops
+}  // namespace nfd

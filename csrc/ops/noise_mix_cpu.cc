@@ -1,0 +1,35 @@
+// out = a * x + b * Philox normal(seed, frame_index, step, e)   (core/philox.h, identical to nfd_rt.rng).
+#include "core/philox.h"
+#include "ops/cpu_common.h"
+#include "ops/ops_impl.h"
+
+namespace nfd {
+namespace ops {
+namespace cpu {
+
+using namespace cpu_detail;
+
+void noise_mix(const Context& ctx, uint64_t seed, int step, float a, const Tensor& x, float b, Tensor& out) {
+  NFD_CHECK(out.defined(), invalid_argument, "ops::noise_mix: out is undefined");
+  std::vector<int64_t> shape = out.shape;
+  expect("noise_mix", "out", out, shape);
+  if (x.defined()) expect("noise_mix", "x", x, shape);
+  NFD_CHECK(step >= 0, invalid_argument, "ops::noise_mix: step must be >= 0");
+  const FrameState& st = state(ctx, "noise_mix");
+  NFD_CHECK(st.frame_index >= 0, invalid_argument, "ops::noise_mix: negative frame index");
+  const int64_t n = out.numel();
+  const float* xs = x.defined() ? x.ptr<float>() : nullptr;
+  float* o = out.ptr<float>();
+  ::nfd::cpu::parallel_for(ctx.threads, (n + 3) / 4, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      float z[4];
+      philox::normal4(seed, uint32_t(st.frame_index), uint32_t(step), uint32_t(g), z);
+      for (int64_t e = g * 4; e < std::min(n, g * 4 + 4); ++e)
+        o[e] = xs ? a * xs[e] + b * z[e - g * 4] : b * z[e - g * 4];
+    }
+  }, 256);
+}
+
+}  // namespace cpu
+}  // namespace ops
+}  // namespace nfd

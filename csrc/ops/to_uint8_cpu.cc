@@ -1,0 +1,29 @@
+// image[3, H, W] in [-1, 1] -> u8[H, W, 3]; the float expression is evaluated in the reference's order.
+#include <cmath>
+
+#include "ops/cpu_common.h"
+#include "ops/ops_impl.h"
+
+namespace nfd {
+namespace ops {
+namespace cpu {
+
+using namespace cpu_detail;
+
+void to_uint8(const Context& ctx, const Tensor& image, Tensor& out) {
+  expect("to_uint8", "image", image, {3, -1, -1});
+  const int64_t H = image.dim(1), W = image.dim(2);
+  expect("to_uint8", "out", out, {H, W, 3}, DType::u8);
+  const float* x = image.ptr<float>();
+  uint8_t* o = out.ptr<uint8_t>();
+  for (int64_t c = 0; c < 3; ++c)
+    for (int64_t i = 0; i < H * W; ++i) {
+      float u = std::floor((x[c * H * W + i] + 1.f) * 127.5f + 0.5f);
+      u = std::isnan(u) ? 0.f : std::min(std::max(u, 0.f), 255.f);  // NaN would be UB in the cast
+      o[i * 3 + c] = uint8_t(u);
+    }
+}
+
+}  // namespace cpu
+}  // namespace ops
+}  // namespace nfd

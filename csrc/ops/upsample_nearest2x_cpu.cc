@@ -1,0 +1,23 @@
+#include "ops/cpu_common.h"
+#include "ops/ops_impl.h"
+
+namespace nfd {
+namespace ops {
+namespace cpu {
+
+using namespace cpu_detail;
+
+void upsample_nearest2x(const Context& ctx, const Tensor& x, Tensor& out) {
+  expect("upsample_nearest2x", "x", x, {-1, -1, -1});
+  const int64_t C = x.dim(0), H = x.dim(1), W = x.dim(2);
+  expect("upsample_nearest2x", "out", out, {C, 2 * H, 2 * W});
+  const float* xs = x.ptr<float>();
+  float* o = out.ptr<float>();
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t y = 0; y < 2 * H; ++y)
+      for (int64_t xx = 0; xx < 2 * W; ++xx) o[(c * 2 * H + y) * 2 * W + xx] = xs[(c * H + y / 2) * W + xx / 2];
+}
+
+}  // namespace cpu
+}  // namespace ops
+}  // namespace nfd

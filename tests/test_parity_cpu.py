@@ -1,0 +1,192 @@
+"""C++ Session on the CPU against ReferenceSession (the PyTorch oracle) on `tiny` (window 8, 1 sink frame)."""
+
+import numpy as np
+import pytest
+
+import nfd_rt
+from nfd_rt.export import save
+from nfd_rt.reference import NFDModel, ReferenceSession
+
+_core = pytest.importorskip("nfd_rt._core")
+
+LATENT_TOL = 1e-4
+
+
+class CoreSession:
+    """The raw `_core.Session` behind the public method names (until python/nfd_rt/session.py lands)."""
+
+    def __init__(self, path, device="cpu", seed=0):
+        self._s = _core.Session(str(path), device, seed)
+
+    @property
+    def frame_index(self):
+        return self._s.frame_index
+
+    def step_latent(self, action):
+        return self._s.step_latent(np.asarray(action, np.float32))
+
+    def step_both(self, action):
+        return self._s.step(np.asarray(action, np.float32))
+
+    def decode(self, latent):
+        return self._s.decode(np.asarray(latent, np.float32))
+
+    def reset(self, frames=None, latents=None, actions=None):
+        if latents is not None:
+            self._s.reset_latents(np.asarray(latents, np.float32), actions)
+        else:
+            f = np.zeros((0, 64, 64, 3), np.uint8) if frames is None else frames
+            self._s.reset_frames(f, actions)
+
+
+@pytest.fixture(scope="module")
+def model():
+    cfg = nfd_rt.configs.get("tiny").replace(window=8, sink_frames=1)
+    return NFDModel(cfg, init_seed=0)
+
+
+@pytest.fixture(scope="module")
+def model_path(model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("nfd") / "tiny.nfd"
+    save(model, path)
+    return path
+
+
+@pytest.fixture
+def make_session(model_path):
+    return lambda seed=0: CoreSession(model_path, "cpu", seed)
+
+
+def actions(n, dim, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+
+
+def frames_close(a, b):
+    """Fraction of uint8 values within one level."""
+    return np.mean(np.abs(a.astype(np.int16) - b.astype(np.int16)) <= 1)
+
+
+def test_rollout_64_frames(model, make_session):
+    cfg = model.cfg
+    s, r = make_session(seed=3), ReferenceSession(model, seed=3)
+    acts = actions(64, cfg.action_dim)
+    worst, close = 0.0, []
+    for i, a in enumerate(acts):
+        z, frame = s.step_both(a)
+        zr = r.step_latent(a)
+        worst = max(worst, float(np.abs(z - zr).max()))
+        close.append(frames_close(frame, r.decode(zr)))
+        assert s.frame_index == r.frame_index == i + 1
+    print(f"max |latent - reference| over 64 frames: {worst:.3g}; worst frame within 1 level: {min(close):.5f}")
+    assert worst <= LATENT_TOL
+    assert np.mean(close) >= 0.999
+
+
+def test_reset_with_frames_and_latents(model, make_session):
+    cfg = model.cfg
+    rng = np.random.default_rng(1)
+    ctx = rng.integers(0, 256, (3, cfg.frame_height, cfg.frame_width, 3), dtype=np.uint8)
+    ctx_actions = actions(3, cfg.action_dim, seed=2)
+    acts = actions(12, cfg.action_dim, seed=4)
+    s, r = make_session(seed=7), ReferenceSession(model, seed=7)
+    for _ in range(2):  # a second reset must forget the first rollout completely
+        s.reset(frames=ctx, actions=ctx_actions)
+        r.reset(frames=ctx, actions=ctx_actions)
+        assert s.frame_index == r.frame_index == 3
+        for a in acts:
+            assert np.abs(s.step_latent(a) - r.step_latent(a)).max() <= LATENT_TOL
+    lat = rng.standard_normal((2, cfg.latent_channels, cfg.latent_height, cfg.latent_width)).astype(np.float32)
+    s.reset(latents=lat)
+    r.reset(latents=lat)
+    for a in acts[:10]:
+        assert np.abs(s.step_latent(a) - r.step_latent(a)).max() <= LATENT_TOL
+
+
+def test_decode_matches_reference(model, make_session):
+    cfg = model.cfg
+    z = np.random.default_rng(5).standard_normal((cfg.latent_channels, cfg.latent_height, cfg.latent_width))
+    z = z.astype(np.float32)
+    s, r = make_session(), ReferenceSession(model)
+    assert frames_close(s.decode(z), r.decode(z)) >= 0.999
+    assert s.frame_index == 0  # decode does not touch the session state
+
+
+def test_same_seed_same_video_and_reset_replays(model, make_session):
+    acts = actions(10, model.cfg.action_dim, seed=9)
+    a, b, c = make_session(seed=11), make_session(seed=11), make_session(seed=12)
+    za = [a.step_latent(x) for x in acts]
+    zb = [b.step_latent(x) for x in acts]
+    zc = [c.step_latent(x) for x in acts]
+    assert all(np.array_equal(x, y) for x, y in zip(za, zb))
+    assert not np.allclose(za[0], zc[0])
+    a.reset()
+    assert a.frame_index == 0
+    assert all(np.array_equal(a.step_latent(x), y) for x, y in zip(acts, za))
+
+
+def test_causality(model, make_session):
+    """Changing the action of frame 5 leaves frames 0..4 identical and changes frame 5 and later ones."""
+    acts = actions(8, model.cfg.action_dim, seed=13)
+    other = acts.copy()
+    other[5] += 1.0
+    s1, s2 = make_session(), make_session()
+    z1 = [s1.step_latent(x) for x in acts]
+    z2 = [s2.step_latent(x) for x in other]
+    for i in range(5):
+        assert np.array_equal(z1[i], z2[i])
+    for i in range(5, 8):
+        assert np.abs(z1[i] - z2[i]).max() > 1e-3
+
+
+def test_errors_leave_session_usable(model, make_session):
+    cfg = model.cfg
+    acts = actions(4, cfg.action_dim, seed=21)
+    s, r = make_session(), ReferenceSession(model)
+    s.step_latent(acts[0])
+    r.step_latent(acts[0])
+    bad = acts[1].copy()
+    bad[2] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf"):
+        s.step_latent(bad)
+    bad[2] = np.inf
+    with pytest.raises(ValueError, match="NaN or inf"):
+        s.reset(latents=np.zeros((1, cfg.latent_channels, cfg.latent_height, cfg.latent_width), np.float32),
+                actions=bad[None])
+    assert s.frame_index == 1
+    for a in acts[1:]:
+        assert np.abs(s.step_latent(a) - r.step_latent(a)).max() <= LATENT_TOL
+
+
+def test_memory_accounting(model, make_session):
+    cfg = model.cfg
+    s = make_session()
+    kv = s._s.kv_cache_bytes()
+    # K and V per layer: (sink + window + 1 slots) x N tokens x hidden, fp32.
+    assert kv == 2 * cfg.depth * (cfg.cache_frames + 1) * cfg.tokens_per_frame * cfg.hidden_size * 4
+    weights = sum(p.numel() for p in model.parameters()) * 4
+    assert weights + kv < s._s.memory_bytes() < 2 * (weights + kv) + (8 << 20)
+
+
+def test_bad_file_and_options(tmp_path):
+    with pytest.raises(Exception):
+        _core.Session(str(tmp_path / "missing.nfd"), "cpu", 0)
+    with pytest.raises(ValueError):
+        _core.Session(str(tmp_path / "missing.nfd"), "tpu", 0)
+
+
+@pytest.mark.parametrize("window,sink", [(2, 0), (0, 2), (3, 2)])
+def test_other_cache_shapes(window, sink, tmp_path):
+    cfg = nfd_rt.configs.get("tiny").replace(window=window, sink_frames=sink)
+    m = NFDModel(cfg, init_seed=1)
+    save(m, tmp_path / "m.nfd")
+    s, r = CoreSession(tmp_path / "m.nfd", "cpu", 5), ReferenceSession(m, seed=5)
+    for a in actions(10, cfg.action_dim, seed=window):
+        assert np.abs(s.step_latent(a) - r.step_latent(a)).max() <= LATENT_TOL
+
+
+@pytest.mark.cuda
+def test_cuda_session_matches_cpu(model_path, model):
+    acts = actions(8, model.cfg.action_dim, seed=3)
+    cpu, gpu = CoreSession(model_path, "cpu", 1), CoreSession(model_path, "cuda", 1)
+    for a in acts:
+        assert np.abs(cpu.step_latent(a) - gpu.step_latent(a)).max() <= 1e-3
