@@ -201,7 +201,9 @@ Config parse_config_json(const std::string& json_text) {
   try {
     j = json::parse(json_text);
   } catch (const json::exception& e) {
-    bad(std::string("config is not valid JSON (") + e.what() + ")");
+    std::string what;
+    for (unsigned char ch : std::string(e.what())) what += (ch >= 0x20 && ch < 0x7f) ? char(ch) : '?';
+    bad("config is not valid JSON (" + what + ")");
   }
   if (!j.is_object()) bad(std::string("config must be a JSON object, got ") + json_type(j));
 

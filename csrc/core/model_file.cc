@@ -42,6 +42,22 @@ bool is_safetensors_dtype(const std::string& d) {
   return false;
 }
 
+// Error text quoting file bytes (the JSON parser's messages do): keep printable ASCII, escape the rest.
+std::string printable(const std::string& s) {
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : s) {
+    if (c >= 0x20 && c < 0x7f) {
+      out += char(c);
+    } else {
+      out += "\\x";
+      out += hex[c >> 4];
+      out += hex[c & 15];
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 std::unique_ptr<ModelFile> ModelFile::open(const std::string& path) {
@@ -107,7 +123,7 @@ void ModelFile::parse(const uint8_t* bytes, size_t size, const std::string& labe
   try {
     header = json::parse(bytes + 8, bytes + 8 + n);
   } catch (const json::exception& e) {
-    bad(std::string("header is not valid JSON (") + e.what() + ")");
+    bad("header is not valid JSON (" + printable(e.what()) + ")");
   }
   if (!header.is_object()) bad("header is not a JSON object");
 
@@ -118,7 +134,8 @@ void ModelFile::parse(const uint8_t* bytes, size_t size, const std::string& labe
   const json& meta = *meta_it;
   const json& version = meta["nfd_format_version"];
   if (!version.is_string() || version.get<std::string>() != std::to_string(kFormatVersion))
-    bad("unknown nfd_format_version " + version.dump() + "; this nfd_rt reads " + std::to_string(kFormatVersion));
+    bad("unknown nfd_format_version " + version.dump(-1, ' ', true, json::error_handler_t::replace) +
+        "; this nfd_rt reads " + std::to_string(kFormatVersion));
   auto cfg_it = meta.find("config");
   if (cfg_it == meta.end()) bad("metadata has no config");
   if (!cfg_it->is_string()) bad("metadata entry 'config' must be a JSON string");
@@ -145,7 +162,7 @@ void ModelFile::parse(const uint8_t* bytes, size_t size, const std::string& labe
     if (dtype != "F32") {
       if (is_safetensors_dtype(dtype))
         tbad("has unsupported dtype " + dtype + " (format version 1 stores F32 only)");
-      tbad("has unknown dtype " + json(dtype).dump());
+      tbad("has unknown dtype " + json(dtype).dump(-1, ' ', /*ensure_ascii=*/true, json::error_handler_t::replace));
     }
     t.dtype = DType::f32;
 

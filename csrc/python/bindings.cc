@@ -45,6 +45,18 @@ PyObject* format_error_class() {
   return cls;
 }
 
+// Sets a Python exception; a message holding bytes from a hostile file that are not UTF-8 is still delivered.
+void set_error(PyObject* cls, const std::string& msg) {
+  PyObject* text = PyUnicode_DecodeUTF8(msg.data(), Py_ssize_t(msg.size()), "backslashreplace");
+  if (!text) {
+    PyErr_Clear();
+    PyErr_SetString(cls, "nfd_rt error (message not decodable)");
+    return;
+  }
+  PyErr_SetObject(cls, text);
+  Py_DECREF(text);
+}
+
 std::string shape_str(const py::array& a) {
   std::string s = "(";
   for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
@@ -203,12 +215,11 @@ PYBIND11_MODULE(_core, m) {
       if (p) std::rethrow_exception(p);
     } catch (const nfd::Error& e) {
       switch (e.kind()) {
-        case nfd::ErrorKind::invalid_argument: PyErr_SetString(PyExc_ValueError, e.what()); return;
-        case nfd::ErrorKind::invalid_file: PyErr_SetString(format_error_class(), e.what()); return;
-        case nfd::ErrorKind::io: PyErr_SetString(PyExc_OSError, e.what()); return;
-        case nfd::ErrorKind::unsupported: PyErr_SetString(PyExc_RuntimeError, e.what()); return;
-        case nfd::ErrorKind::internal:
-          PyErr_SetString(PyExc_RuntimeError, (std::string("nfd_rt internal error: ") + e.what()).c_str());
+        case nfd::ErrorKind::invalid_argument: set_error(PyExc_ValueError, e.what()); return;
+        case nfd::ErrorKind::invalid_file: set_error(format_error_class(), e.what()); return;
+        case nfd::ErrorKind::io: set_error(PyExc_OSError, e.what()); return;
+        case nfd::ErrorKind::unsupported: set_error(PyExc_RuntimeError, e.what()); return;
+        case nfd::ErrorKind::internal: set_error(PyExc_RuntimeError, std::string("nfd_rt internal error: ") + e.what());
           return;
       }
     }
