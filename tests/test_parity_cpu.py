@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import nfd_rt
+from nfd_rt import _checks
 from nfd_rt.export import save
 from nfd_rt.reference import NFDModel, ReferenceSession
 
@@ -12,31 +13,11 @@ _core = pytest.importorskip("nfd_rt._core")
 LATENT_TOL = 1e-4
 
 
-class CoreSession:
-    """The raw `_core.Session` behind the public method names (until python/nfd_rt/session.py lands)."""
-
-    def __init__(self, path, device="cpu", seed=0):
-        self._s = _core.Session(str(path), device, seed)
-
-    @property
-    def frame_index(self):
-        return self._s.frame_index
-
-    def step_latent(self, action):
-        return self._s.step_latent(np.asarray(action, np.float32))
+class CoreSession(nfd_rt.Session):
+    """nfd_rt.Session plus one call that returns the latent and the decoded frame of the same step."""
 
     def step_both(self, action):
-        return self._s.step(np.asarray(action, np.float32))
-
-    def decode(self, latent):
-        return self._s.decode(np.asarray(latent, np.float32))
-
-    def reset(self, frames=None, latents=None, actions=None):
-        if latents is not None:
-            self._s.reset_latents(np.asarray(latents, np.float32), actions)
-        else:
-            f = np.zeros((0, 64, 64, 3), np.uint8) if frames is None else frames
-            self._s.reset_frames(f, actions)
+        return self._open().step(_checks.action(action, self._cfg), True)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +35,7 @@ def model_path(model, tmp_path_factory):
 
 @pytest.fixture
 def make_session(model_path):
-    return lambda seed=0: CoreSession(model_path, "cpu", seed)
+    return lambda seed=0: CoreSession(model_path, device="cpu", seed=seed)
 
 
 def actions(n, dim, seed=0):

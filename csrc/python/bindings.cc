@@ -1,106 +1,290 @@
-// TEMPORARY module definition for the CPU-backend branch: the api engineer owns csrc/python/bindings.cc and
-// replaces this file at merge (keeping `nfd_register_ops(m.def_submodule("ops"))`). Only what the CPU tests use.
+// nfd_rt._core: the pybind11 module. Thin: python/nfd_rt/session.py does the user-facing validation (shared with
+// ReferenceSession through _checks.py); this layer still checks dtype/shape/contiguity of every buffer it hands
+// to C++, so the extension cannot be made to read out of bounds from Python either.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "backends/device.h"
+#include "core/config_json.h"
 #include "core/error.h"
+#include "core/model_file.h"
 #include "core/session.h"
+#include "nfd_rt/nfd_rt.h"
 
 namespace py = pybind11;
 
+// Defined by csrc/python/ops_bindings.cc (op-level bindings for tests and benchmarks).
 void nfd_register_ops(py::module_& m);
 
+namespace {
+
+[[noreturn]] void value_error(const std::string& msg) { throw py::value_error(msg); }
+
+// nfd_rt.export.NFDFormatError when importable (so `except NFDFormatError` catches loader errors from both the
+// Python header reader and the C++ loader), else ValueError. Leaked on purpose: no destructor at exit.
+PyObject* format_error_class() {
+  static PyObject* cls = nullptr;
+  if (!cls) {
+    PyObject* mod = PyImport_ImportModule("nfd_rt.export");
+    if (mod) {
+      cls = PyObject_GetAttrString(mod, "NFDFormatError");
+      Py_DECREF(mod);
+    }
+    if (!cls) {
+      PyErr_Clear();
+      Py_INCREF(PyExc_ValueError);
+      cls = PyExc_ValueError;
+    }
+  }
+  return cls;
+}
+
+// Sets a Python exception; a message holding bytes from a hostile file that are not UTF-8 is still delivered.
+void set_error(PyObject* cls, const std::string& msg) {
+  PyObject* text = PyUnicode_DecodeUTF8(msg.data(), Py_ssize_t(msg.size()), "backslashreplace");
+  if (!text) {
+    PyErr_Clear();
+    PyErr_SetString(cls, "nfd_rt error (message not decodable)");
+    return;
+  }
+  PyErr_SetObject(cls, text);
+  Py_DECREF(text);
+}
+
+std::string shape_str(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+// Checks dtype `T`, C-contiguity and shape (a -1 entry matches any size); returns the data pointer.
+template <typename T>
+const T* checked(const py::array& a, const std::vector<py::ssize_t>& shape, const char* what) {
+  if (!py::isinstance<py::array_t<T>>(a) || !a.dtype().is(py::dtype::of<T>()))
+    value_error(std::string(what) + " must have dtype " + std::string(py::str(py::dtype::of<T>())) + ", got " +
+                std::string(py::str(a.dtype())));
+  if (!(a.flags() & py::array::c_style)) value_error(std::string(what) + " must be C-contiguous");
+  bool ok = a.ndim() == py::ssize_t(shape.size());
+  for (size_t i = 0; ok && i < shape.size(); ++i) ok = shape[i] < 0 || a.shape(i) == shape[i];
+  if (!ok) {
+    std::string want = "(";
+    for (size_t i = 0; i < shape.size(); ++i) want += (i ? ", " : "") + (shape[i] < 0 ? "T" : std::to_string(shape[i]));
+    value_error(std::string(what) + " must have shape " + want + (shape.size() == 1 ? ",)" : ")") + ", got " +
+                shape_str(a));
+  }
+  return static_cast<const T*>(a.data());
+}
+
+// The Python-visible session: the C++ session plus a lock, so that threads calling it with the GIL released
+// cannot race; close() frees everything immediately.
+class PySession {
+ public:
+  PySession(const std::string& path, const std::string& device, const std::string& dtype, uint64_t seed,
+            int threads, bool cuda_graphs) {
+    nfd::SessionOptions o;
+    if (device == "cpu") o.device = nfd::Device::cpu;
+    else if (device == "cuda" || device == "cuda:0") o.device = nfd::Device::cuda;
+    else value_error("device must be 'cpu' or 'cuda', got '" + device + "'");
+    if (dtype == "float32") o.dtype = nfd::DType::f32;
+    else if (dtype == "bfloat16") o.dtype = nfd::DType::bf16;
+    else if (dtype == "float16") o.dtype = nfd::DType::f16;
+    else value_error("dtype must be one of ['float32', 'bfloat16', 'float16'], got '" + dtype + "'");
+    if (threads < 0) value_error("threads must be >= 0, got " + std::to_string(threads));
+    o.seed = seed;
+    o.threads = threads;
+    o.cuda_graphs = cuda_graphs;
+    py::gil_scoped_release nogil;
+    s_ = std::make_unique<nfd::Session>(path, o);
+    cfg_ = s_->config();
+  }
+
+  const nfd::Config& cfg() const { return cfg_; }
+
+  // Runs `fn` on the session with the GIL released (the numpy buffers stay alive: the caller holds them).
+  template <typename Fn>
+  void run(Fn&& fn) {
+    py::gil_scoped_release nogil;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!s_) throw std::runtime_error("session is closed");
+    fn(*s_);
+  }
+  template <typename Fn>
+  auto query(Fn&& fn) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!s_) throw std::runtime_error("session is closed");
+    return fn(*s_);
+  }
+
+
+  void reset_frames(const py::array& frames, const py::object& actions) {
+    const auto* f = checked<uint8_t>(frames, {-1, cfg_.frame_height, cfg_.frame_width, 3}, "frames");
+    int count = int(frames.shape(0));
+    const float* a = actions_ptr(actions, count);
+    run([&](nfd::Session& s) { s.reset_frames(f, count, a); });
+  }
+
+  void reset_latents(const py::array& latents, const py::object& actions) {
+    const auto* z = checked<float>(
+        latents, {-1, cfg_.latent_channels, cfg_.latent_height(), cfg_.latent_width()}, "latents");
+    int count = int(latents.shape(0));
+    const float* a = actions_ptr(actions, count);
+    run([&](nfd::Session& s) { s.reset_latents(z, count, a); });
+  }
+
+  py::tuple step(const py::array& action, bool decode) {
+    const float* a = checked<float>(action, {cfg_.action_dim}, "action");
+    py::array_t<float> latent({cfg_.latent_channels, cfg_.latent_height(), cfg_.latent_width()});
+    py::object frame = py::none();
+    uint8_t* fp = nullptr;
+    if (decode) {
+      py::array_t<uint8_t> f({cfg_.frame_height, cfg_.frame_width, 3});
+      fp = f.mutable_data();
+      frame = f;
+    }
+    float* lp = latent.mutable_data();
+    run([&](nfd::Session& s) { s.step(a, lp, fp); });
+    return py::make_tuple(latent, frame);
+  }
+
+  py::array decode(const py::array& latent) {
+    const float* z =
+        checked<float>(latent, {cfg_.latent_channels, cfg_.latent_height(), cfg_.latent_width()}, "latent");
+    py::array_t<uint8_t> frame({cfg_.frame_height, cfg_.frame_width, 3});
+    uint8_t* fp = frame.mutable_data();
+    run([&](nfd::Session& s) { s.decode(z, fp); });
+    return std::move(frame);
+  }
+
+  int64_t frame_index() { return query([](nfd::Session& s) { return s.frame_index(); }); }
+  size_t memory_bytes() { return query([](nfd::Session& s) { return s.memory_bytes(); }); }
+  size_t kv_cache_bytes() { return query([](nfd::Session& s) { return s.kv_cache_bytes(); }); }
+  std::string device() {
+    return query([](nfd::Session& s) { return std::string(nfd::device_name(s.options().device)); });
+  }
+
+  void close() {
+    py::gil_scoped_release nogil;
+    std::lock_guard<std::mutex> lock(mu_);
+    s_.reset();
+  }
+  bool closed() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return !s_;
+  }
+
+ private:
+  const float* actions_ptr(const py::object& actions, int count) {
+    if (actions.is_none()) return nullptr;
+    return checked<float>(py::cast<py::array>(actions), {count, cfg_.action_dim}, "actions");
+  }
+
+  std::unique_ptr<nfd::Session> s_;
+  nfd::Config cfg_;
+  std::mutex mu_;
+};
+
+py::dict describe(const nfd::ModelFile& f) {
+  py::dict tensors;
+  for (const auto& [name, t] : f.tensors()) {
+    py::dict e;
+    e["dtype"] = "F32";
+    e["shape"] = py::cast(t.shape);
+    e["data_offsets"] = py::make_tuple(t.begin, t.end);
+    tensors[py::str(name)] = e;
+  }
+  py::dict out;
+  out["format_version"] = nfd::kFormatVersion;
+  out["config"] = nfd::config_to_json(f.config());
+  out["tensors"] = tensors;
+  return out;
+}
+
+}  // namespace
+
 PYBIND11_MODULE(_core, m) {
+  m.doc() = "nfd_rt C++ runtime (see python/nfd_rt/session.py for the user-facing API)";
+
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const nfd::Error& e) {
-      if (e.kind() == nfd::ErrorKind::invalid_argument) {
-        PyErr_SetString(PyExc_ValueError, e.what());
-      } else {
-        PyErr_SetString(PyExc_RuntimeError, e.what());
+      switch (e.kind()) {
+        case nfd::ErrorKind::invalid_argument: set_error(PyExc_ValueError, e.what()); return;
+        case nfd::ErrorKind::invalid_file: set_error(format_error_class(), e.what()); return;
+        case nfd::ErrorKind::io: set_error(PyExc_OSError, e.what()); return;
+        case nfd::ErrorKind::unsupported: set_error(PyExc_RuntimeError, e.what()); return;
+        case nfd::ErrorKind::internal: set_error(PyExc_RuntimeError, std::string("nfd_rt internal error: ") + e.what());
+          return;
       }
     }
   });
-  py::module_ ops = m.def_submodule("ops");
-  nfd_register_ops(ops);
 
-  using nfd::Session;
-  py::class_<Session>(m, "Session")
-      .def(py::init([](const std::string& path, const std::string& device, uint64_t seed, int threads) {
-             nfd::SessionOptions o;
-             if (device == "cuda") o.device = nfd::Device::cuda;
-             else if (device != "cpu") throw py::value_error("device must be 'cpu' or 'cuda'");
-             o.seed = seed;
-             o.threads = threads;
-             py::gil_scoped_release release;
-             return std::make_unique<Session>(path, o);
-           }),
-           py::arg("path"), py::arg("device") = "cpu", py::arg("seed") = 0, py::arg("threads") = 0)
-      .def_property_readonly("frame_index", &Session::frame_index)
-      .def("memory_bytes", &Session::memory_bytes)
-      .def("kv_cache_bytes", &Session::kv_cache_bytes)
-      .def("step_latent", [](Session& s, py::array_t<float, py::array::c_style | py::array::forcecast> a) {
-        const auto& c = s.config();
-        if (a.size() != c.action_dim) throw py::value_error("action must have action_dim entries");
-        py::array_t<float> z({c.latent_channels, c.latent_height(), c.latent_width()});
-        float* out = z.mutable_data();
-        const float* ap = a.data();
+  py::class_<PySession>(m, "Session")
+      .def(py::init<const std::string&, const std::string&, const std::string&, uint64_t, int, bool>(),
+           py::arg("path"), py::arg("device") = "cpu", py::arg("dtype") = "float32", py::arg("seed") = 0,
+           py::arg("threads") = 0, py::arg("cuda_graphs") = true)
+      .def("reset_frames", &PySession::reset_frames, py::arg("frames"), py::arg("actions") = py::none(),
+           "frames: uint8 [T, H, W, 3]; actions: float32 [T, action_dim] or None (zeros)")
+      .def("reset_latents", &PySession::reset_latents, py::arg("latents"), py::arg("actions") = py::none(),
+           "latents: float32 [T, C, h, w]; actions: float32 [T, action_dim] or None (zeros)")
+      .def("step", &PySession::step, py::arg("action"), py::arg("decode") = true,
+           "action: float32 [action_dim] -> (latent float32 [C, h, w], frame uint8 [H, W, 3] or None)")
+      .def("decode", &PySession::decode, py::arg("latent"), "latent float32 [C, h, w] -> uint8 [H, W, 3]")
+      .def_property_readonly("config_json", [](PySession& s) { return nfd::config_to_json(s.cfg()); })
+      .def_property_readonly("config",
+                             [](PySession& s) {
+                               return py::module_::import("json").attr("loads")(nfd::config_to_json(s.cfg()));
+                             })
+      .def_property_readonly("frame_index", &PySession::frame_index)
+      .def_property_readonly("device", &PySession::device)
+      .def_property_readonly("closed", &PySession::closed)
+      .def("memory_bytes", &PySession::memory_bytes)
+      .def("kv_cache_bytes", &PySession::kv_cache_bytes)
+      .def("close", &PySession::close);
+
+  m.def(
+      "inspect_file",
+      [](const std::string& path) {
+        std::unique_ptr<nfd::ModelFile> f;
         {
-          py::gil_scoped_release release;
-          s.step(ap, out, nullptr);
+          py::gil_scoped_release nogil;
+          f = nfd::ModelFile::open(path);
         }
-        return z;
-      })
-      .def("step", [](Session& s, py::array_t<float, py::array::c_style | py::array::forcecast> a) {
-        const auto& c = s.config();
-        if (a.size() != c.action_dim) throw py::value_error("action must have action_dim entries");
-        py::array_t<float> z({c.latent_channels, c.latent_height(), c.latent_width()});
-        py::array_t<uint8_t> f({c.frame_height, c.frame_width, 3});
-        float* zp = z.mutable_data();
-        uint8_t* fp = f.mutable_data();
-        const float* ap = a.data();
-        {
-          py::gil_scoped_release release;
-          s.step(ap, zp, fp);
-        }
-        return py::make_tuple(z, f);
-      })
-      .def("decode", [](Session& s, py::array_t<float, py::array::c_style | py::array::forcecast> z) {
-        const auto& c = s.config();
-        if (z.size() != c.latent_numel()) throw py::value_error("latent must be [C, h, w]");
-        py::array_t<uint8_t> f({c.frame_height, c.frame_width, 3});
-        s.decode(z.data(), f.mutable_data());
-        return f;
-      })
-      .def("reset_frames", [](Session& s, py::array_t<uint8_t, py::array::c_style | py::array::forcecast> frames,
-                              py::object actions) {
-        const auto& c = s.config();
-        int count = frames.ndim() == 4 ? int(frames.shape(0)) : -1;
-        if (count < 0 || frames.shape(1) != c.frame_height || frames.shape(2) != c.frame_width || frames.shape(3) != 3)
-          throw py::value_error("frames must be uint8 [T, H, W, 3]");
-        py::array_t<float, py::array::c_style | py::array::forcecast> a;
-        const float* ap = nullptr;
-        if (!actions.is_none()) {
-          a = actions.cast<py::array_t<float, py::array::c_style | py::array::forcecast>>();
-          if (a.size() != int64_t(count) * c.action_dim) throw py::value_error("actions must be [T, action_dim]");
-          ap = a.data();
-        }
-        s.reset_frames(frames.data(), count, ap);
-      }, py::arg("frames"), py::arg("actions") = py::none())
-      .def("reset_latents", [](Session& s, py::array_t<float, py::array::c_style | py::array::forcecast> z,
-                               py::object actions) {
-        const auto& c = s.config();
-        int count = z.ndim() == 4 ? int(z.shape(0)) : -1;
-        if (count < 0 || z.size() != int64_t(count) * c.latent_numel()) throw py::value_error("latents must be [T, C, h, w]");
-        py::array_t<float, py::array::c_style | py::array::forcecast> a;
-        const float* ap = nullptr;
-        if (!actions.is_none()) {
-          a = actions.cast<py::array_t<float, py::array::c_style | py::array::forcecast>>();
-          if (a.size() != int64_t(count) * c.action_dim) throw py::value_error("actions must be [T, action_dim]");
-          ap = a.data();
-        }
-        s.reset_latents(z.data(), count, ap);
-      }, py::arg("latents"), py::arg("actions") = py::none());
+        return describe(*f);
+      },
+      py::arg("path"), "Validate a .nfd file; returns {format_version, config (JSON text), tensors}.");
+  m.def(
+      "validate_bytes",
+      [](const py::bytes& data, const std::string& label) {
+        std::string_view view(data);
+        // An exact-size private copy: aligned, and an overread past the end is visible to AddressSanitizer.
+        std::unique_ptr<uint8_t[]> copy(new uint8_t[view.size() ? view.size() : 1]);
+        std::copy(view.begin(), view.end(), copy.get());
+        auto f = nfd::ModelFile::from_memory(copy.get(), view.size(), label);
+        return describe(*f);
+      },
+      py::arg("data"), py::arg("label") = "<bytes>", "Same checks as inspect_file on an in-memory file.");
+  m.def(
+      "expected_tensors",
+      [](const std::string& config_json) {
+        std::vector<std::pair<std::string, std::vector<int64_t>>> out = nfd::expected_tensors(
+            nfd::parse_config_json(config_json));
+        return out;
+      },
+      py::arg("config_json"), "[(name, shape)] of every tensor a model with this config has, in state_dict order.");
+  m.def(
+      "config_roundtrip", [](const std::string& config_json) {
+        return nfd::config_to_json(nfd::parse_config_json(config_json));
+      },
+      py::arg("config_json"), "Parse + validate a config JSON with the C++ parser and write it back.");
+  m.def("cuda_available", &nfd::cuda_available, "Built with CUDA and a CUDA device is present.");
+  m.def("version", &nfd_version);
+  py::module_ ops = m.def_submodule("ops", "op-level bindings (tests, benchmarks)");
+  nfd_register_ops(ops);
 }

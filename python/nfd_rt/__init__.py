@@ -8,7 +8,34 @@ from . import configs, rng
 
 __version__ = "0.1.0"
 
-__all__ = ["configs", "rng", "Session", "export", "__version__"]
+__all__ = ["configs", "rng", "Session", "export", "__version__", "include_dir", "cmake_dir", "lib_dir"]
+
+
+def _installed_dir(*parts: str) -> str:
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), *parts)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"{path} does not exist: the C library, header and CMake package are installed with the wheel "
+            "(`pip install .`), not present in a source checkout"
+        )
+    return path
+
+
+def include_dir() -> str:
+    """Folder holding nfd_rt/nfd_rt.h (the C ABI), for compiling C/C++ programs against the runtime."""
+    return _installed_dir("include")
+
+
+def lib_dir() -> str:
+    """Folder holding libnfd_rt.so."""
+    return _installed_dir("lib")
+
+
+def cmake_dir() -> str:
+    """Folder of nfd_rtConfig.cmake: `cmake -Dnfd_rt_DIR=$(python -c 'import nfd_rt; print(nfd_rt.cmake_dir())')`."""
+    return _installed_dir("lib", "cmake", "nfd_rt")
 
 
 def __getattr__(name):  # lazy: `export` needs torch, `Session` needs the compiled core

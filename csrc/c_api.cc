@@ -1,0 +1,201 @@
+// The C ABI (include/nfd_rt/nfd_rt.h) over nfd::Session. Every entry point catches everything: no exception
+// crosses the boundary; errors become an nfd_status plus a thread-local message.
+#include "nfd_rt/nfd_rt.h"
+
+#include <cmath>
+#include <memory>
+#include <new>
+#include <string>
+
+#include "core/error.h"
+#include "core/model_file.h"
+#include "core/session.h"
+
+struct nfd_session {
+  std::unique_ptr<nfd::Session> impl;
+};
+
+namespace {
+
+thread_local std::string g_last_error;
+
+nfd_status status_of(nfd::ErrorKind k) {
+  switch (k) {
+    case nfd::ErrorKind::invalid_argument: return NFD_ERROR_INVALID_ARGUMENT;
+    case nfd::ErrorKind::invalid_file: return NFD_ERROR_INVALID_FILE;
+    case nfd::ErrorKind::io: return NFD_ERROR_IO;
+    case nfd::ErrorKind::unsupported: return NFD_ERROR_UNSUPPORTED;
+    case nfd::ErrorKind::internal: return NFD_ERROR_INTERNAL;
+  }
+  return NFD_ERROR_INTERNAL;
+}
+
+nfd_status set_error(nfd_status s, const std::string& msg) {
+  try {
+    g_last_error = msg;
+  } catch (...) {
+    g_last_error.clear();
+  }
+  return s;
+}
+
+// Runs `fn`, translating every exception into a status + message.
+template <typename Fn>
+nfd_status guarded(Fn&& fn) {
+  try {
+    g_last_error.clear();
+    fn();
+    return NFD_OK;
+  } catch (const nfd::Error& e) {
+    return set_error(status_of(e.kind()), e.what());
+  } catch (const std::bad_alloc&) {
+    return set_error(NFD_ERROR_OUT_OF_MEMORY, "out of memory");
+  } catch (const std::exception& e) {
+    return set_error(NFD_ERROR_INTERNAL, std::string("internal error: ") + e.what());
+  } catch (...) {
+    return set_error(NFD_ERROR_INTERNAL, "internal error: unknown exception");
+  }
+}
+
+void require(bool cond, const char* msg) {
+  if (!cond) nfd::fail(nfd::ErrorKind::invalid_argument, msg);
+}
+
+void require_finite(const float* x, int64_t n, const char* what) {
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(x[i]))
+      nfd::fail(nfd::ErrorKind::invalid_argument,
+                std::string(what) + " contains NaN or inf (first at flat index " + std::to_string(i) + ")");
+}
+
+}  // namespace
+
+extern "C" {
+
+const char* nfd_version(void) { return "0.1.0"; }
+
+const char* nfd_last_error(void) { return g_last_error.c_str(); }
+
+const char* nfd_status_name(nfd_status s) {
+  switch (s) {
+    case NFD_OK: return "NFD_OK";
+    case NFD_ERROR_INVALID_ARGUMENT: return "NFD_ERROR_INVALID_ARGUMENT";
+    case NFD_ERROR_INVALID_FILE: return "NFD_ERROR_INVALID_FILE";
+    case NFD_ERROR_IO: return "NFD_ERROR_IO";
+    case NFD_ERROR_UNSUPPORTED: return "NFD_ERROR_UNSUPPORTED";
+    case NFD_ERROR_OUT_OF_MEMORY: return "NFD_ERROR_OUT_OF_MEMORY";
+    case NFD_ERROR_INTERNAL: return "NFD_ERROR_INTERNAL";
+  }
+  return "unknown nfd_status";
+}
+
+nfd_session_params nfd_session_default_params(void) {
+  nfd_session_params p;
+  p.device = NFD_DEVICE_CPU;
+  p.dtype = NFD_DTYPE_F32;
+  p.seed = 0;
+  p.threads = 0;
+  p.cuda_graphs = 1;
+  return p;
+}
+
+nfd_status nfd_model_validate(const char* path) {
+  return guarded([&] {
+    require(path != nullptr, "nfd_model_validate: path is NULL");
+    nfd::ModelFile::open(path);
+  });
+}
+
+nfd_status nfd_session_open(const char* path, const nfd_session_params* params, nfd_session** out) {
+  if (out) *out = nullptr;
+  return guarded([&] {
+    require(path != nullptr, "nfd_session_open: path is NULL");
+    require(out != nullptr, "nfd_session_open: out is NULL");
+    nfd_session_params p = params ? *params : nfd_session_default_params();
+    nfd::SessionOptions o;
+    switch (p.device) {
+      case NFD_DEVICE_CPU: o.device = nfd::Device::cpu; break;
+      case NFD_DEVICE_CUDA: o.device = nfd::Device::cuda; break;
+      default: require(false, "nfd_session_open: params->device is not an nfd_device value");
+    }
+    switch (p.dtype) {
+      case NFD_DTYPE_F32: o.dtype = nfd::DType::f32; break;
+      case NFD_DTYPE_BF16: o.dtype = nfd::DType::bf16; break;
+      case NFD_DTYPE_F16: o.dtype = nfd::DType::f16; break;
+      default: require(false, "nfd_session_open: params->dtype is not an nfd_dtype value");
+    }
+    require(p.threads >= 0, "nfd_session_open: params->threads must be >= 0");
+    o.seed = p.seed;
+    o.threads = p.threads;
+    o.cuda_graphs = p.cuda_graphs != 0;
+    auto s = std::make_unique<nfd_session>();
+    s->impl = std::make_unique<nfd::Session>(path, o);
+    *out = s.release();
+  });
+}
+
+void nfd_session_close(nfd_session* session) {
+  try {
+    delete session;
+  } catch (...) {  // a destructor should not throw; never let it out
+  }
+}
+
+nfd_status nfd_session_get_info(const nfd_session* s, nfd_session_info* out) {
+  return guarded([&] {
+    require(s != nullptr && out != nullptr, "nfd_session_get_info: session and out must not be NULL");
+    const nfd::Config& c = s->impl->config();
+    out->frame_height = c.frame_height;
+    out->frame_width = c.frame_width;
+    out->latent_channels = c.latent_channels;
+    out->latent_height = c.latent_height();
+    out->latent_width = c.latent_width();
+    out->action_dim = c.action_dim;
+    out->num_steps = c.num_steps();
+    out->window = c.window;
+    out->sink_frames = c.sink_frames;
+    out->frame_index = s->impl->frame_index();
+    out->memory_bytes = s->impl->memory_bytes();
+  });
+}
+
+nfd_status nfd_session_reset(nfd_session* s, const uint8_t* frames, int32_t count, const float* actions) {
+  return guarded([&] {
+    require(s != nullptr, "nfd_session_reset: session is NULL");
+    require(count >= 0, "nfd_session_reset: count must be >= 0");
+    require(count == 0 || frames != nullptr, "nfd_session_reset: frames is NULL but count > 0");
+    if (actions) require_finite(actions, int64_t(count) * s->impl->config().action_dim, "actions");
+    s->impl->reset_frames(frames, count, actions);
+  });
+}
+
+nfd_status nfd_session_reset_latents(nfd_session* s, const float* latents, int32_t count, const float* actions) {
+  return guarded([&] {
+    require(s != nullptr, "nfd_session_reset_latents: session is NULL");
+    require(count >= 0, "nfd_session_reset_latents: count must be >= 0");
+    require(count == 0 || latents != nullptr, "nfd_session_reset_latents: latents is NULL but count > 0");
+    require_finite(latents, int64_t(count) * s->impl->config().latent_numel(), "latents");
+    if (actions) require_finite(actions, int64_t(count) * s->impl->config().action_dim, "actions");
+    s->impl->reset_latents(latents, count, actions);
+  });
+}
+
+nfd_status nfd_session_step(nfd_session* s, const float* action, uint8_t* frame_out, float* latent_out) {
+  return guarded([&] {
+    require(s != nullptr, "nfd_session_step: session is NULL");
+    require(action != nullptr, "nfd_session_step: action is NULL");
+    require_finite(action, s->impl->config().action_dim, "action");
+    s->impl->step(action, latent_out, frame_out);
+  });
+}
+
+nfd_status nfd_session_decode(nfd_session* s, const float* latent, uint8_t* frame_out) {
+  return guarded([&] {
+    require(s != nullptr, "nfd_session_decode: session is NULL");
+    require(latent != nullptr && frame_out != nullptr, "nfd_session_decode: latent and frame_out must not be NULL");
+    require_finite(latent, s->impl->config().latent_numel(), "latent");
+    s->impl->decode(latent, frame_out);
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,118 @@
+/* nfd_rt: C ABI of the Next-Frame-Diffusion runtime. The only public C/C++ header of the library.
+ *
+ * C99-compatible. Every function returns an nfd_status (or a plain value that cannot fail); on failure
+ * nfd_last_error() holds a message naming the problem. No C++ exception or type crosses this boundary.
+ * A session is not thread-safe: call it from one thread at a time (different sessions may run in parallel).
+ *
+ *   nfd_session_params p = nfd_session_default_params();
+ *   nfd_session* s;
+ *   if (nfd_session_open("m.nfd", &p, &s) != NFD_OK) { fprintf(stderr, "%s\n", nfd_last_error()); ... }
+ *   nfd_session_info info; nfd_session_get_info(s, &info);
+ *   nfd_session_reset(s, NULL, 0, NULL);                 // no context frames
+ *   nfd_session_step(s, action, frame_rgb, NULL);        // action: float[action_dim]; frame: uint8[H*W*3]
+ *   nfd_session_close(s);
+ */
+#ifndef NFD_RT_H_
+#define NFD_RT_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(_WIN32)
+#if defined(NFD_RT_BUILDING)
+#define NFD_API __declspec(dllexport)
+#else
+#define NFD_API __declspec(dllimport)
+#endif
+#elif defined(__GNUC__)
+#define NFD_API __attribute__((visibility("default")))
+#else
+#define NFD_API
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define NFD_VERSION_MAJOR 0
+#define NFD_VERSION_MINOR 1
+#define NFD_VERSION_PATCH 0
+
+typedef enum nfd_status {
+  NFD_OK = 0,
+  NFD_ERROR_INVALID_ARGUMENT = 1, /* a null pointer, a bad size or value (NaN action, count < 0, ...) */
+  NFD_ERROR_INVALID_FILE = 2,     /* the .nfd file is malformed or does not match its config */
+  NFD_ERROR_IO = 3,               /* the file cannot be opened / mapped */
+  NFD_ERROR_UNSUPPORTED = 4,      /* e.g. CUDA requested but unavailable, dtype not supported on the device */
+  NFD_ERROR_OUT_OF_MEMORY = 5,
+  NFD_ERROR_INTERNAL = 6          /* a bug: please report it with the message */
+} nfd_status;
+
+typedef enum nfd_device { NFD_DEVICE_CPU = 0, NFD_DEVICE_CUDA = 1 } nfd_device;
+
+typedef enum nfd_dtype { NFD_DTYPE_F32 = 0, NFD_DTYPE_BF16 = 1, NFD_DTYPE_F16 = 2 } nfd_dtype;
+
+typedef struct nfd_session_params {
+  nfd_device device; /* NFD_DEVICE_CPU (default) or NFD_DEVICE_CUDA */
+  nfd_dtype dtype;   /* compute dtype: F32 on the CPU; F32, BF16 or F16 on CUDA */
+  uint64_t seed;     /* noise seed: the same seed gives the same video on every backend */
+  int32_t threads;   /* CPU threads; 0 = number of physical cores */
+  int32_t cuda_graphs; /* nonzero (default): capture a whole frame once as a CUDA graph and replay it */
+} nfd_session_params;
+
+typedef struct nfd_session_info {
+  int32_t frame_height, frame_width; /* a frame is uint8 [frame_height, frame_width, 3] (RGB, row-major) */
+  int32_t latent_channels, latent_height, latent_width; /* a latent is float [C, h, w] */
+  int32_t action_dim;                /* an action is float [action_dim] */
+  int32_t num_steps;                 /* denoising steps per frame */
+  int32_t window, sink_frames;       /* KV cache: sink frames + rolling window */
+  int64_t frame_index;               /* index of the next frame step() generates */
+  uint64_t memory_bytes;             /* bytes held on the device: weights + KV cache + buffers */
+} nfd_session_info;
+
+typedef struct nfd_session nfd_session; /* opaque */
+
+/* "0.1.0" */
+NFD_API const char* nfd_version(void);
+
+/* Message of the last failed nfd_* call on this thread ("" after a successful call). Valid until the next
+ * nfd_* call on the same thread. */
+NFD_API const char* nfd_last_error(void);
+
+/* Readable name of a status code, e.g. "NFD_ERROR_INVALID_FILE". */
+NFD_API const char* nfd_status_name(nfd_status status);
+
+NFD_API nfd_session_params nfd_session_default_params(void);
+
+/* Checks a .nfd file completely (header, config, every tensor's name/dtype/shape/offsets) without loading it. */
+NFD_API nfd_status nfd_model_validate(const char* path);
+
+/* Opens `path` (params may be NULL for the defaults). On success *out is a new session; on failure *out is NULL. */
+NFD_API nfd_status nfd_session_open(const char* path, const nfd_session_params* params, nfd_session** out);
+
+/* Frees the session; NULL is a no-op. */
+NFD_API void nfd_session_close(nfd_session* session);
+
+NFD_API nfd_status nfd_session_get_info(const nfd_session* session, nfd_session_info* out);
+
+/* Forgets every frame, then writes `count` context frames (uint8 [count, H, W, 3]) into the KV cache with
+ * their actions (float [count, action_dim]; NULL = zeros). count == 0 (frames may be NULL) starts from nothing. */
+NFD_API nfd_status nfd_session_reset(nfd_session* session, const uint8_t* frames, int32_t count,
+                                     const float* actions);
+/* Same with latents (float [count, C, h, w]) instead of frames. */
+NFD_API nfd_status nfd_session_reset_latents(nfd_session* session, const float* latents, int32_t count,
+                                             const float* actions);
+
+/* Generates the next frame for `action` (float [action_dim], finite). frame_out (uint8 [H, W, 3]) and
+ * latent_out (float [C, h, w]) may each be NULL; decoding runs only when frame_out is given. */
+NFD_API nfd_status nfd_session_step(nfd_session* session, const float* action, uint8_t* frame_out,
+                                    float* latent_out);
+
+/* Decodes one latent (float [C, h, w]) to uint8 [H, W, 3] without changing the session state. */
+NFD_API nfd_status nfd_session_decode(nfd_session* session, const float* latent, uint8_t* frame_out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* NFD_RT_H_ */

@@ -1,0 +1,71 @@
+"""Helpers for the loader / API tests: build .nfd files (valid or broken) with numpy alone, find the C library."""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import struct
+
+import numpy as np
+
+from nfd_rt.configs import NFDConfig, VAEConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A very small valid config (a few thousand parameters): quick to write, mutate and fuzz.
+MICRO = NFDConfig(
+    name="micro", frame_height=16, frame_width=16, latent_channels=2, patch_size=2, hidden_size=16, depth=1,
+    num_heads=2, rope_dims=(2, 2, 4), time_embed_dim=8, action_dim=3, window=2, sink_frames=1,
+    vae=VAEConfig(channels=(4, 4), num_res_blocks=1, norm_groups=2),
+)
+
+
+def split(data: bytes) -> tuple[dict, bytes]:
+    """A safetensors file -> (header dict including __metadata__, data section)."""
+    (n,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8:8 + n]), data[8 + n:]
+
+
+def join(header: dict, body: bytes) -> bytes:
+    """(header, data section) -> safetensors bytes, header padded with spaces to a multiple of 8 like safetensors."""
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + body
+
+
+def random_nfd(cfg: NFDConfig, seed: int = 0) -> bytes:
+    """A valid .nfd file for `cfg` with random weights (fan-in scaled like NFDModel.init_random), no torch."""
+    from nfd_rt import _core
+
+    rng = np.random.default_rng(seed)
+    header: dict = {"__metadata__": {"nfd_format_version": "1", "config": cfg.to_json()}}
+    chunks, offset = [], 0
+    for name, shape in _core.expected_tensors(cfg.to_json()):
+        if len(shape) == 1:
+            base = 1.0 if ("norm" in name and name.endswith("weight")) else 0.0
+            a = base + 0.05 * rng.standard_normal(shape)
+        else:
+            a = rng.standard_normal(shape) / math.sqrt(int(np.prod(shape[1:])))
+        b = a.astype("<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + len(b)]}
+        chunks.append(b)
+        offset += len(b)
+    return join(header, b"".join(chunks))
+
+
+def find_c_library() -> str | None:
+    """libnfd_rt.so: $NFD_RT_LIB, else the newest one under build/, else an installed wheel's."""
+    if os.environ.get("NFD_RT_LIB"):
+        return os.environ["NFD_RT_LIB"]
+    found = glob.glob(os.path.join(REPO, "build", "*", "libnfd_rt.so"))
+    if found:
+        return max(found, key=os.path.getmtime)
+    try:
+        import nfd_rt
+
+        path = os.path.join(nfd_rt.lib_dir(), "libnfd_rt.so")
+        return path if os.path.exists(path) else None
+    except (FileNotFoundError, ImportError):
+        return None

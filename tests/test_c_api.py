@@ -1,0 +1,85 @@
+"""The C ABI from C: examples/c built with CMake against the installed package (find_package(nfd_rt)) and run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from nfd_testfiles import MICRO, REPO, random_nfd
+
+pytestmark = pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is not installed")
+
+
+def _run(cmd, **kw):
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
+    assert r.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{r.stdout}\n{r.stderr}"
+    return r
+
+
+@pytest.fixture(scope="module")
+def cmake_dir(tmp_path_factory) -> str:
+    """nfd_rtConfig.cmake of an installed nfd_rt: the wheel's, else `cmake --install` of a build tree."""
+    try:
+        import nfd_rt
+
+        d = nfd_rt.cmake_dir()
+        if os.environ.get("NFD_RT_BUILD_DIR") is None:
+            return d
+    except FileNotFoundError:
+        pass
+    build = os.environ.get("NFD_RT_BUILD_DIR", os.path.join(REPO, "build", "dev"))
+    if not os.path.exists(os.path.join(build, "CMakeCache.txt")):
+        pytest.skip(f"no installed nfd_rt wheel and no build tree at {build} (set NFD_RT_BUILD_DIR)")
+    prefix = tmp_path_factory.mktemp("prefix")
+    _run(["cmake", "--install", build, "--prefix", str(prefix)])
+    found = [os.path.join(root) for root, _, files in os.walk(prefix) if "nfd_rtConfig.cmake" in files]
+    assert found, f"cmake --install put no nfd_rtConfig.cmake under {prefix}"
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def example(cmake_dir, tmp_path_factory) -> str:
+    build = tmp_path_factory.mktemp("example")
+    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+    _run(["cmake", "-S", os.path.join(REPO, "examples", "c"), "-B", str(build), f"-Dnfd_rt_DIR={cmake_dir}", *gen])
+    _run(["cmake", "--build", str(build)])
+    exe = build / "nfd_example"
+    assert exe.exists()
+    return str(exe)
+
+
+def test_example_writes_16_frames(example, tmp_path):
+    model = tmp_path / "micro.nfd"
+    model.write_bytes(random_nfd(MICRO))
+    out = tmp_path / "out"
+    out.mkdir()
+    r = _run([example, str(model), str(out)])
+    assert "16 frames in" in r.stdout and "FPS" in r.stdout
+    header = f"P6\n{MICRO.frame_width} {MICRO.frame_height}\n255\n".encode()
+    for i in range(16):
+        data = (out / f"frame_{i:03d}.ppm").read_bytes()
+        assert data.startswith(header)
+        assert len(data) == len(header) + MICRO.frame_width * MICRO.frame_height * 3
+    assert not (out / "frame_016.ppm").exists()
+
+
+def test_example_reports_a_bad_file(example, tmp_path):
+    bad = tmp_path / "bad.nfd"
+    bad.write_bytes(random_nfd(MICRO)[:50])
+    r = subprocess.run([example, str(bad), str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert "runs past the end" in r.stderr and str(bad) in r.stderr
+
+
+def test_header_is_c99(tmp_path):
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    src = tmp_path / "t.c"
+    src.write_text('#include <nfd_rt/nfd_rt.h>\nint main(void) { nfd_session_params p = nfd_session_default_params();'
+                   ' return (int)p.threads; }\n')
+    _run([cc, "-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror", "-fsyntax-only",
+          "-I", os.path.join(REPO, "csrc", "include"), str(src)])

@@ -1,0 +1,225 @@
+"""nfd_rt.Session: the ReferenceSession API, input validation (same messages), errors that leave it usable.
+
+Behaviour that needs the real C++ session (deterministic noise, different seeds) is asserted here too; the
+numerics against the PyTorch oracle are tested with the ops/model (parity tests).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import nfd_rt
+from nfd_rt import configs
+from nfd_rt.export import NFDFormatError
+
+from nfd_testfiles import random_nfd
+
+pytest.importorskip("nfd_rt._core", reason="the compiled extension nfd_rt._core is not built")
+
+CFG = configs.get("tiny")
+A = CFG.action_dim
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "tiny.nfd"
+    path.write_bytes(random_nfd(CFG, seed=3))
+    return str(path)
+
+
+@pytest.fixture
+def session(model_path):
+    with nfd_rt.Session(model_path, seed=7) as s:
+        yield s
+
+
+def action(i: int = 0) -> np.ndarray:
+    a = np.zeros(A, np.float32)
+    a[i % A] = 1.0
+    return a
+
+
+def test_shapes_config_and_frame_index(session):
+    assert session.config == CFG
+    assert session.frame_index == 0
+    f = session.step(action())
+    assert f.shape == (CFG.frame_height, CFG.frame_width, 3) and f.dtype == np.uint8
+    z = session.step_latent(action(1))
+    assert z.shape == (CFG.latent_channels, CFG.latent_height, CFG.latent_width) and z.dtype == np.float32
+    assert session.frame_index == 2
+    d = session.decode(z)
+    assert d.shape == f.shape and d.dtype == np.uint8
+    assert session.frame_index == 2  # decode does not advance
+    assert session.memory_bytes() > 0
+
+
+def test_reset_variants(session):
+    frames = np.zeros((3, CFG.frame_height, CFG.frame_width, 3), np.uint8)
+    session.reset(frames, actions=np.ones((3, A), np.float32))
+    assert session.frame_index == 3
+    session.reset(frames[0])  # one frame [H, W, 3]
+    assert session.frame_index == 1
+    session.reset(latents=np.zeros((2, CFG.latent_channels, CFG.latent_height, CFG.latent_width), np.float32))
+    assert session.frame_index == 2
+    session.reset(frames[:0])  # T = 0
+    assert session.frame_index == 0
+    session.step(action())
+    session.reset()
+    assert session.frame_index == 0
+
+
+@pytest.mark.parametrize("bad,msg", [
+    (np.zeros(A + 1), "action must have shape (8,)"),
+    (np.zeros((1, A)), "action must have shape (8,)"),
+    (np.array([np.nan] + [0.0] * (A - 1)), "action contains NaN or inf"),
+    (np.array([0.0] * (A - 1) + [np.inf]), "action contains NaN or inf"),
+    (np.array(["a"] * A), "action must be numeric"),
+])
+def test_bad_action_rejected_then_usable(session, bad, msg):
+    session.step(action())
+    for call in (session.step, session.step_latent):
+        with pytest.raises(ValueError) as e:
+            call(bad)
+        assert msg in str(e.value)
+    assert session.frame_index == 1  # nothing happened
+    session.step(action())
+    assert session.frame_index == 2
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    ({"frames": np.zeros((1, 32, 32, 3), np.uint8)}, "frames must be uint8 [T, 64, 64, 3]"),
+    ({"frames": np.zeros((1, 64, 64, 4), np.uint8)}, "frames must be uint8 [T, 64, 64, 3]"),
+    ({"frames": np.zeros((1, 64, 64, 3), np.float32)}, "frames must have dtype uint8"),
+    ({"latents": np.zeros((1, 3, 8, 8), np.float32)}, "latents must be float32 [T, 4, 8, 8]"),
+    ({"latents": np.full((1, 4, 8, 8), np.nan, np.float32)}, "latents contains NaN or inf"),
+    ({"frames": np.zeros((2, 64, 64, 3), np.uint8), "actions": np.zeros((3, 8))}, "actions must have shape (2, 8)"),
+    ({"frames": np.zeros((1, 64, 64, 3), np.uint8), "latents": np.zeros((1, 4, 8, 8))}, "either frames or latents"),
+    ({"actions": np.zeros((1, 8))}, "actions must have shape (0, 8)"),
+])
+def test_bad_reset_rejected_then_usable(session, kwargs, msg):
+    session.step(action())
+    with pytest.raises(ValueError) as e:
+        session.reset(**kwargs)
+    assert msg in str(e.value)
+    assert session.frame_index == 1  # a rejected reset changes nothing
+    session.step(action())
+    assert session.frame_index == 2
+
+
+def test_bad_decode(session):
+    with pytest.raises(ValueError, match="latents must be float32"):
+        session.decode(np.zeros((4, 8, 9), np.float32))
+    with pytest.raises(ValueError, match="decode takes one latent"):
+        session.decode(np.zeros((2, 4, 8, 8), np.float32))
+
+
+def test_same_messages_as_reference(model_path):
+    torch = pytest.importorskip("torch", reason="compares with the PyTorch ReferenceSession")
+    from nfd_rt.reference import ReferenceSession
+
+    ref, s = ReferenceSession(model_path), nfd_rt.Session(model_path)
+    for bad in (np.zeros(3), np.full(A, np.nan), torch.zeros(A + 2)):
+        msgs = []
+        for x in (ref, s):
+            with pytest.raises(ValueError) as e:
+                x.step(bad)
+            msgs.append(str(e.value))
+        assert msgs[0] == msgs[1]
+    s.close()
+
+
+def test_torch_inputs(session):
+    torch = pytest.importorskip("torch", reason="torch tensors as inputs")
+    session.reset(torch.zeros(1, CFG.frame_height, CFG.frame_width, 3, dtype=torch.uint8))
+    session.step(torch.ones(A))
+    assert session.frame_index == 2
+
+
+def test_same_seed_same_video_and_step_equals_decode_of_step_latent(model_path):
+    with nfd_rt.Session(model_path, seed=11) as s1, nfd_rt.Session(model_path, seed=11) as s2:
+        for i in range(3):
+            z = s1.step_latent(action(i))
+            f = s2.step(action(i))
+            np.testing.assert_array_equal(s1.decode(z), f)
+        np.testing.assert_array_equal(s1.step_latent(action()), s2.step_latent(action()))
+
+
+def test_different_seeds_differ(model_path):
+    with nfd_rt.Session(model_path, seed=1) as s1, nfd_rt.Session(model_path, seed=2) as s2:
+        assert not np.array_equal(s1.step_latent(action()), s2.step_latent(action()))
+
+
+def test_close_and_context_manager(model_path):
+    s = nfd_rt.Session(model_path)
+    s.close()
+    s.close()  # idempotent
+    for call in (lambda: s.step(action()), lambda: s.step_latent(action()), lambda: s.reset(),
+                 lambda: s.decode(np.zeros((4, 8, 8), np.float32)), lambda: s.frame_index, s.memory_bytes):
+        with pytest.raises(RuntimeError, match="session is closed"):
+            call()
+    with nfd_rt.Session(model_path) as s2:
+        s2.step(action())
+    with pytest.raises(RuntimeError, match="session is closed"):
+        s2.step(action())
+
+
+def test_bad_constructor_arguments(model_path, tmp_path):
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        nfd_rt.Session(model_path, dtype="int8")
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda'"):
+        nfd_rt.Session(model_path, device="tpu")
+    with pytest.raises(ValueError, match="seed must be in"):
+        nfd_rt.Session(model_path, seed=-1)
+    with pytest.raises(ValueError, match="threads must be >= 0"):
+        nfd_rt.Session(model_path, threads=-2)
+    with pytest.raises(OSError, match="cannot open"):
+        nfd_rt.Session(tmp_path / "missing.nfd")
+    (tmp_path / "bad.nfd").write_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")
+    with pytest.raises(NFDFormatError, match="not a .nfd file"):
+        nfd_rt.Session(tmp_path / "bad.nfd")
+
+
+def test_cuda_unavailable_is_a_clear_error(model_path):
+    from nfd_rt import _core
+
+    if _core.cuda_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(RuntimeError, match="CUDA"):
+        nfd_rt.Session(model_path, device="cuda")
+
+
+def test_low_level_binding_checks_buffers(model_path):
+    from nfd_rt import _core
+
+    s = _core.Session(model_path)
+    with pytest.raises(ValueError, match="action must have dtype float32"):
+        s.step(np.zeros(A, np.float64))
+    with pytest.raises(ValueError, match="must be C-contiguous"):
+        s.step(np.zeros(2 * A, np.float32)[::2])
+    with pytest.raises(ValueError, match=r"frames must have shape \(T, 64, 64, 3\)"):
+        s.reset_frames(np.zeros((1, 64, 63, 3), np.uint8))
+    latent, frame = s.step(np.zeros(A, np.float32), False)
+    assert frame is None and latent.shape == (CFG.latent_channels, CFG.latent_height, CFG.latent_width)
+    assert nfd_rt.configs.NFDConfig.from_dict(s.config) == CFG
+    s.close()
+
+
+def test_threads_share_a_session_safely(session):
+    errors = []
+
+    def work():
+        try:
+            for i in range(3):
+                session.step_latent(action(i))
+        except Exception as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and session.frame_index == 9
