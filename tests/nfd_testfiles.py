@@ -56,10 +56,16 @@ def random_nfd(cfg: NFDConfig, seed: int = 0) -> bytes:
 
 
 def find_c_library() -> str | None:
-    """libnfd_rt.so: $NFD_RT_LIB, else the newest one under build/, else an installed wheel's."""
+    """libnfd_rt.so: $NFD_RT_LIB, else build/dev's, else the newest non-sanitizer one under build/, else the wheel's.
+
+    (A sanitizer build cannot be loaded without LD_PRELOAD of libasan: tools/ci/sanitize.sh sets NFD_RT_LIB.)
+    """
     if os.environ.get("NFD_RT_LIB"):
         return os.environ["NFD_RT_LIB"]
-    found = glob.glob(os.path.join(REPO, "build", "*", "libnfd_rt.so"))
+    dev = os.path.join(REPO, "build", "dev", "libnfd_rt.so")
+    if os.path.exists(dev):
+        return dev
+    found = [p for p in glob.glob(os.path.join(REPO, "build", "*", "libnfd_rt.so")) if "san" not in p.split(os.sep)[-2]]
     if found:
         return max(found, key=os.path.getmtime)
     try:
