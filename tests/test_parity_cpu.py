@@ -149,10 +149,10 @@ def test_memory_accounting(model, make_session):
 
 
 def test_bad_file_and_options(tmp_path):
-    with pytest.raises(Exception):
-        _core.Session(str(tmp_path / "missing.nfd"), "cpu", 0)
-    with pytest.raises(ValueError):
-        _core.Session(str(tmp_path / "missing.nfd"), "tpu", 0)
+    with pytest.raises((OSError, ValueError), match="missing.nfd"):
+        nfd_rt.Session(tmp_path / "missing.nfd", device="cpu")
+    with pytest.raises(ValueError, match="tpu"):
+        nfd_rt.Session(tmp_path / "missing.nfd", device="tpu")
 
 
 @pytest.mark.parametrize("window,sink", [(2, 0), (0, 2), (3, 2)])
@@ -160,7 +160,7 @@ def test_other_cache_shapes(window, sink, tmp_path):
     cfg = nfd_rt.configs.get("tiny").replace(window=window, sink_frames=sink)
     m = NFDModel(cfg, init_seed=1)
     save(m, tmp_path / "m.nfd")
-    s, r = CoreSession(tmp_path / "m.nfd", "cpu", 5), ReferenceSession(m, seed=5)
+    s, r = CoreSession(tmp_path / "m.nfd", device="cpu", seed=5), ReferenceSession(m, seed=5)
     for a in actions(10, cfg.action_dim, seed=window):
         assert np.abs(s.step_latent(a) - r.step_latent(a)).max() <= LATENT_TOL
 
@@ -168,6 +168,6 @@ def test_other_cache_shapes(window, sink, tmp_path):
 @pytest.mark.cuda
 def test_cuda_session_matches_cpu(model_path, model):
     acts = actions(8, model.cfg.action_dim, seed=3)
-    cpu, gpu = CoreSession(model_path, "cpu", 1), CoreSession(model_path, "cuda", 1)
+    cpu, gpu = CoreSession(model_path, device="cpu", seed=1), CoreSession(model_path, device="cuda", seed=1)
     for a in acts:
         assert np.abs(cpu.step_latent(a) - gpu.step_latent(a)).max() <= 1e-3
