@@ -135,7 +135,7 @@ void cuda::linear(const Context& ctx, const Tensor& x, const Tensor& w, const Te
 
   const DType t = y.dtype;
   const bool tensor_op = (t == DType::bf16 || t == DType::f16) && x.dtype == t && w.dtype == t &&
-                         (!bias.defined() || bias.dtype == t) && K % 8 == 0 && N % 8 == 0 && K > 0 &&
+                         (!bias.defined() || (bias.dtype == t && aligned16(bias.data))) && K % 8 == 0 && N % 8 == 0 && K > 0 &&
                          aligned16(x.data) && aligned16(w.data) && aligned16(y.data);
   if (tensor_op) {
     const bool gelu = epilogue == Epilogue::gelu_tanh;
