@@ -1,0 +1,118 @@
+// CUDA side of backends/device.h: device queries, streams, CUDA graphs, and the memory entry points of
+// cuda_backend.h. Nothing here aborts: every CUDA error is turned into nfd::Error with the CUDA error text.
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "backends/cuda/cuda_backend.h"
+#include "backends/device.h"
+#include "core/error.h"
+
+namespace nfd {
+namespace {
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) {
+    cudaGetLastError();  // clear a non-sticky error so the next call starts clean
+    fail(ErrorKind::internal, std::string("CUDA error in ") + what + ": " + cudaGetErrorString(e));
+  }
+}
+}  // namespace
+
+bool cuda_available() {
+  int n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);  // no driver / no device: an error code, not an abort
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return n > 0;
+}
+
+std::string cuda_device_name() {
+  if (!cuda_available()) return "";
+  int dev = 0;
+  cudaDeviceProp prop;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess) {
+    cudaGetLastError();
+    return "";
+  }
+  return prop.name;
+}
+
+void* cuda_stream_create() {
+  cudaStream_t s = nullptr;
+  check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
+  return s;
+}
+
+void cuda_stream_destroy(void* stream) {
+  if (stream) cudaStreamDestroy(static_cast<cudaStream_t>(stream));  // no throw: called from destructors
+}
+
+CudaGraph::~CudaGraph() {
+  if (exec_) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec_));
+  if (graph_) cudaGraphDestroy(static_cast<cudaGraph_t>(graph_));
+}
+
+void CudaGraph::capture(void* stream, const std::function<void()>& fn) {
+  NFD_CHECK(stream != nullptr, invalid_argument, "CudaGraph::capture needs a non-default stream");
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (exec_) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec_));
+  if (graph_) cudaGraphDestroy(static_cast<cudaGraph_t>(graph_));
+  exec_ = graph_ = nullptr;
+  // Thread-local mode: other host threads may keep using CUDA (e.g. other sessions) during the capture.
+  check(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+  try {
+    fn();
+  } catch (...) {
+    cudaGraph_t g = nullptr;
+    cudaStreamEndCapture(s, &g);  // leave the stream usable, drop the partial graph
+    if (g) cudaGraphDestroy(g);
+    cudaGetLastError();
+    throw;
+  }
+  cudaGraph_t g = nullptr;
+  check(cudaStreamEndCapture(s, &g), "cudaStreamEndCapture");
+  graph_ = g;
+  cudaGraphExec_t exec = nullptr;
+  check(cudaGraphInstantiate(&exec, g, 0), "cudaGraphInstantiate");
+  exec_ = exec;
+}
+
+void CudaGraph::replay(void* stream) {
+  NFD_CHECK(exec_ != nullptr, invalid_argument, "CudaGraph::replay before capture");
+  check(cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec_), static_cast<cudaStream_t>(stream)), "cudaGraphLaunch");
+}
+
+namespace cuda_backend {
+
+void* malloc(size_t bytes) {
+  if (bytes == 0) return nullptr;
+  void* p = nullptr;
+  cudaError_t e = cudaMalloc(&p, bytes);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    fail(ErrorKind::internal, "cudaMalloc of " + std::to_string(bytes) + " bytes failed: " + cudaGetErrorString(e));
+  }
+  return p;
+}
+
+void free(void* ptr) {
+  if (ptr) cudaFree(ptr);
+}
+
+void memcpy(void* dst, bool dst_on_device, const void* src, bool src_on_device, size_t n, void* stream) {
+  if (n == 0) return;
+  cudaMemcpyKind kind = dst_on_device ? (src_on_device ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice)
+                                      : (src_on_device ? cudaMemcpyDeviceToHost : cudaMemcpyHostToHost);
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  check(cudaMemcpyAsync(dst, src, n, kind, s), "cudaMemcpyAsync");
+  check(cudaStreamSynchronize(s), "cudaStreamSynchronize (after memcpy)");
+}
+
+void synchronize(void* stream) {
+  check(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), "cudaStreamSynchronize");
+}
+
+}  // namespace cuda_backend
+}  // namespace nfd

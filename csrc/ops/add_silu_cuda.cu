@@ -1,0 +1,32 @@
+// out[n] = silu(a[n] + b[n]); any float dtypes, fp32 math.
+#include "ops/cuda_common.cuh"
+
+namespace nfd {
+namespace ops {
+namespace cuda {
+void add_silu(const Context& ctx, const Tensor& a, const Tensor& b, Tensor& out);
+}
+
+namespace {
+__global__ void add_silu_kernel(cudaops::DPtr a, cudaops::DPtr b, cudaops::DPtr out, int64_t n) {
+  NFD_GRID_STRIDE(i, n) {
+    float v = cudaops::ld(a, i) + cudaops::ld(b, i);
+    cudaops::st(out, i, v / (1.f + expf(-v)));
+  }
+}
+}  // namespace
+
+void cuda::add_silu(const Context& ctx, const Tensor& a, const Tensor& b, Tensor& out) {
+  using namespace cudaops;
+  require_cuda_float("add_silu", "a", a);
+  require_cuda_float("add_silu", "b", b);
+  require_cuda_float("add_silu", "out", out);
+  require_numel("add_silu", "a", a, out.numel());
+  require_numel("add_silu", "b", b, out.numel());
+  if (out.numel() == 0) return;
+  add_silu_kernel<<<grid_1d(out.numel(), 256), 256, 0, stream_of(ctx)>>>(dp(a), dp(b), dp(out), out.numel());
+  check_launch("add_silu");
+}
+
+}  // namespace ops
+}  // namespace nfd

@@ -1,0 +1,153 @@
+// Shared helpers of the CUDA op kernels (ops/*_cuda.cu): error checks, dtype-generic loads/stores, launch
+// helpers and stream-ordered scratch memory. Only included from .cu files.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "core/error.h"
+#include "core/tensor.h"
+#include "ops/ops.h"
+#include "ops/ops_impl.h"
+
+namespace nfd {
+namespace cudaops {
+
+// Every CUDA error becomes an nfd::Error carrying cudaGetErrorString's text (never an abort).
+inline void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky-free error so later calls are not blamed for it
+    fail(ErrorKind::internal, std::string("CUDA error in ") + what + ": " + cudaGetErrorString(e));
+  }
+}
+inline void check_launch(const char* what) { check(cudaGetLastError(), what); }
+
+inline cudaStream_t stream_of(const Context& ctx) { return static_cast<cudaStream_t>(ctx.stream); }
+
+inline size_t elem_size(DType t) {
+  switch (t) {
+    case DType::f32: case DType::i32: return 4;
+    case DType::bf16: case DType::f16: return 2;
+    case DType::u8: return 1;
+  }
+  return 0;
+}
+inline const char* dname(DType t) {
+  switch (t) {
+    case DType::f32: return "f32";
+    case DType::bf16: return "bf16";
+    case DType::f16: return "f16";
+    case DType::u8: return "u8";
+    case DType::i32: return "i32";
+  }
+  return "?";
+}
+// Own describe() so the CUDA objects depend on headers only (the test harness links them standalone).
+inline std::string desc(const Tensor& t) {
+  std::string s = std::string(dname(t.dtype)) + "[";
+  for (size_t i = 0; i < t.shape.size(); ++i) s += (i ? ", " : "") + std::to_string(t.shape[i]);
+  return s + "] on " + (t.device == Device::cuda ? "cuda" : "cpu");
+}
+inline bool is_float(DType t) { return t == DType::f32 || t == DType::bf16 || t == DType::f16; }
+
+// Argument checks shared by all ops: `op` names the op in the message.
+inline void require_cuda_float(const char* op, const char* name, const Tensor& t) {
+  NFD_CHECK(t.defined(), invalid_argument, std::string(op) + ": " + name + " is undefined");
+  NFD_CHECK(t.device == Device::cuda, invalid_argument,
+            std::string(op) + ": " + name + " must be on cuda, got " + desc(t));
+  NFD_CHECK(is_float(t.dtype), invalid_argument,
+            std::string(op) + ": " + name + " must be f32, bf16 or f16, got " + desc(t));
+}
+inline void require_numel(const char* op, const char* name, const Tensor& t, int64_t n) {
+  NFD_CHECK(t.numel() == n, invalid_argument,
+            std::string(op) + ": " + name + " must have " + std::to_string(n) + " elements, got " + desc(t));
+}
+inline void require_state(const char* op, const Context& ctx) {
+  NFD_CHECK(ctx.state != nullptr, invalid_argument, std::string(op) + ": ctx.state (device FrameState) is null");
+}
+
+// A pointer plus its dtype: memory-bound kernels convert on load/store with a warp-uniform switch, so any mix
+// of f32/bf16/f16 tensors works without a template instantiation per combination.
+struct DPtr {
+  void* p;
+  DType t;
+};
+inline DPtr dp(const Tensor& t) { return DPtr{t.data, t.dtype}; }
+
+__device__ __forceinline__ float ld(const DPtr& a, int64_t i) {
+  switch (a.t) {
+    case DType::bf16: return __bfloat162float(static_cast<const __nv_bfloat16*>(a.p)[i]);
+    case DType::f16: return __half2float(static_cast<const __half*>(a.p)[i]);
+    case DType::u8: return float(static_cast<const uint8_t*>(a.p)[i]);
+    case DType::i32: return float(static_cast<const int32_t*>(a.p)[i]);
+    default: return static_cast<const float*>(a.p)[i];
+  }
+}
+__device__ __forceinline__ void st(const DPtr& a, int64_t i, float v) {
+  switch (a.t) {
+    case DType::bf16: static_cast<__nv_bfloat16*>(a.p)[i] = __float2bfloat16_rn(v); break;
+    case DType::f16: static_cast<__half*>(a.p)[i] = __float2half_rn(v); break;
+    case DType::u8: static_cast<uint8_t*>(a.p)[i] = uint8_t(v); break;
+    case DType::i32: static_cast<int32_t*>(a.p)[i] = int32_t(v); break;
+    default: static_cast<float*>(a.p)[i] = v; break;
+  }
+}
+
+// Typed conversions for the templated (GEMM / attention) kernels.
+template <typename T> __device__ __forceinline__ float to_f(T v);
+template <> __device__ __forceinline__ float to_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <> __device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }
+template <typename T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
+
+inline unsigned grid_1d(int64_t n, int block) {
+  int64_t g = (n + block - 1) / block;
+  return unsigned(g < 1 ? 1 : (g > (1 << 30) ? (1 << 30) : g));
+}
+#define NFD_GRID_STRIDE(i, n) \
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
+
+// Stream-ordered scratch memory (cudaMallocAsync / cudaFreeAsync): legal inside CUDA graph capture, where it
+// becomes memory-alloc/free nodes, so ops that need a workspace stay graph-capturable without a plan step.
+class Scratch {
+ public:
+  Scratch(size_t bytes, cudaStream_t s) : s_(s) {
+    if (bytes) check(cudaMallocAsync(&p_, bytes, s), "cudaMallocAsync (op scratch)");
+  }
+  ~Scratch() {
+    if (p_) cudaFreeAsync(p_, s_);
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  template <typename T> T* get() const { return static_cast<T*>(p_); }
+
+ private:
+  void* p_ = nullptr;
+  cudaStream_t s_;
+};
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+// Sum over the block (blockDim.x a multiple of 32, <= 1024); every thread gets the result.
+__device__ __forceinline__ float block_sum(float v, float* sh /* >= 33 floats */) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();  // sh may still be read from a previous call
+  if (lane == 0) sh[warp] = v;
+  __syncthreads();
+  float t = lane < nw ? sh[lane] : 0.f;
+  t = warp_sum(t);
+  return t;
+}
+
+}  // namespace cudaops
+}  // namespace nfd

@@ -1,0 +1,53 @@
+// out[M,D] = LayerNorm(x; no affine, eps) * (1 + scale) + shift. One block per row; mean and variance in fp32
+// with two passes over the row (the row stays in L1/L2, D <= a few thousand).
+#include "ops/cuda_common.cuh"
+
+namespace nfd {
+namespace ops {
+namespace cuda {
+void layernorm_modulate(const Context& ctx, const Tensor& x, const Tensor& shift, const Tensor& scale, float eps,
+                        Tensor& out);
+}
+
+namespace {
+__global__ void layernorm_modulate_kernel(cudaops::DPtr x, cudaops::DPtr shift, cudaops::DPtr scale, float eps,
+                                          cudaops::DPtr out, int D) {
+  __shared__ float sh[33];
+  const int64_t base = int64_t(blockIdx.x) * D;
+  float s = 0.f;
+  for (int i = threadIdx.x; i < D; i += blockDim.x) s += cudaops::ld(x, base + i);
+  const float mean = cudaops::block_sum(s, sh) / D;
+  float v = 0.f;
+  for (int i = threadIdx.x; i < D; i += blockDim.x) {
+    float d = cudaops::ld(x, base + i) - mean;
+    v += d * d;
+  }
+  const float rstd = rsqrtf(cudaops::block_sum(v, sh) / D + eps);
+  for (int i = threadIdx.x; i < D; i += blockDim.x) {
+    float y = (cudaops::ld(x, base + i) - mean) * rstd;
+    cudaops::st(out, base + i, y * (1.f + cudaops::ld(scale, i)) + cudaops::ld(shift, i));
+  }
+}
+}  // namespace
+
+void cuda::layernorm_modulate(const Context& ctx, const Tensor& x, const Tensor& shift, const Tensor& scale,
+                              float eps, Tensor& out) {
+  using namespace cudaops;
+  const char* op = "layernorm_modulate";
+  require_cuda_float(op, "x", x);
+  require_cuda_float(op, "shift", shift);
+  require_cuda_float(op, "scale", scale);
+  require_cuda_float(op, "out", out);
+  NFD_CHECK(x.rank() >= 1, invalid_argument, std::string(op) + ": x must have rank >= 1, got " + desc(x));
+  const int64_t D = x.dim(-1), M = x.numel() / (D ? D : 1);
+  require_numel(op, "out", out, x.numel());
+  require_numel(op, "shift", shift, D);
+  require_numel(op, "scale", scale, D);
+  if (M == 0 || D == 0) return;
+  layernorm_modulate_kernel<<<unsigned(M), 256, 0, stream_of(ctx)>>>(dp(x), dp(shift), dp(scale), eps, dp(out),
+                                                                    int(D));
+  check_launch(op);
+}
+
+}  // namespace ops
+}  // namespace nfd

@@ -1,0 +1,36 @@
+// out[C, 2H, 2W] = x[C, H, W] repeated 2x2 (nearest neighbour).
+#include "ops/cuda_common.cuh"
+
+namespace nfd {
+namespace ops {
+namespace cuda {
+void upsample_nearest2x(const Context& ctx, const Tensor& x, Tensor& out);
+}
+
+namespace {
+__global__ void upsample_kernel(cudaops::DPtr x, cudaops::DPtr out, int H, int W, int64_t n_out) {
+  NFD_GRID_STRIDE(i, n_out) {
+    const int64_t W2 = 2 * W, H2 = 2 * H;
+    const int64_t ox = i % W2, oy = (i / W2) % H2, c = i / (W2 * H2);
+    cudaops::st(out, i, cudaops::ld(x, (c * H + oy / 2) * W + ox / 2));
+  }
+}
+}  // namespace
+
+void cuda::upsample_nearest2x(const Context& ctx, const Tensor& x, Tensor& out) {
+  using namespace cudaops;
+  const char* op = "upsample_nearest2x";
+  require_cuda_float(op, "x", x);
+  require_cuda_float(op, "out", out);
+  NFD_CHECK(x.rank() == 3 && out.rank() == 3 && out.dim(0) == x.dim(0) && out.dim(1) == 2 * x.dim(1) &&
+                out.dim(2) == 2 * x.dim(2),
+            invalid_argument, std::string(op) + ": expected x[C,H,W] and out[C,2H,2W], got " + desc(x) + " and " +
+                                  desc(out));
+  if (out.numel() == 0) return;
+  upsample_kernel<<<grid_1d(out.numel(), 256), 256, 0, stream_of(ctx)>>>(dp(x), dp(out), int(x.dim(1)),
+                                                                        int(x.dim(2)), out.numel());
+  check_launch(op);
+}
+
+}  // namespace ops
+}  // namespace nfd
