@@ -116,3 +116,15 @@ void synchronize(void* stream) {
 
 }  // namespace cuda_backend
 }  // namespace nfd
+
+// The CUDA halves of the generic device functions (backends/device_impl.h), used by backends/cpu/device_cpu.cc.
+#include "backends/device_impl.h"
+
+namespace nfd {
+void* cuda_malloc(size_t bytes) { return cuda_backend::malloc(bytes); }
+void cuda_free(void* ptr) { cuda_backend::free(ptr); }
+void cuda_memcpy(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes, void* stream) {
+  cuda_backend::memcpy(dst, dst_device == Device::cuda, src, src_device == Device::cuda, bytes, stream);
+}
+void cuda_synchronize(void* stream) { cuda_backend::synchronize(stream); }
+}  // namespace nfd
