@@ -166,8 +166,50 @@ def test_other_cache_shapes(window, sink, tmp_path):
 
 
 @pytest.mark.cuda
-def test_cuda_session_matches_cpu(model_path, model):
-    acts = actions(8, model.cfg.action_dim, seed=3)
-    cpu, gpu = CoreSession(model_path, device="cpu", seed=1), CoreSession(model_path, device="cuda", seed=1)
+def test_cuda_float32_session_matches_cpu_over_64_frames(model_path, model):
+    """The CPU backend is the oracle of the CUDA backend: fp32 over 64 frames with the window rolling."""
+    acts = actions(64, model.cfg.action_dim, seed=3)
+    cpu = CoreSession(model_path, device="cpu", seed=1)
+    gpu = CoreSession(model_path, device="cuda", dtype="float32", seed=1)
+    worst = 0.0
     for a in acts:
-        assert np.abs(cpu.step_latent(a) - gpu.step_latent(a)).max() <= 1e-3
+        z_cpu, f_cpu = cpu.step_both(a)
+        z_gpu, f_gpu = gpu.step_both(a)
+        worst = max(worst, float(np.abs(z_cpu - z_gpu).max()))
+        assert np.mean(np.abs(f_cpu.astype(int) - f_gpu.astype(int)) <= 1) >= 0.999
+    print(f"cuda fp32 vs cpu: max latent error over 64 frames {worst:.3g}")
+    assert worst <= 1e-3
+
+
+def psnr(a, b):
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_cuda_half_precision_frames_psnr(model_path, model, dtype):
+    """bf16/fp16 frames against fp32 frames of the same seed: PSNR >= 35 dB over 16 frames."""
+    acts = actions(16, model.cfg.action_dim, seed=4)
+    ref = CoreSession(model_path, device="cuda", dtype="float32", seed=2)
+    half = CoreSession(model_path, device="cuda", dtype=dtype, seed=2)
+    values = [psnr(ref.step(a), half.step(a)) for a in acts]
+    print(f"cuda {dtype} vs fp32 PSNR: min {min(values):.1f} dB, mean {np.mean(values):.1f} dB")
+    assert min(values) >= 35.0
+
+
+@pytest.mark.cuda
+def test_cuda_graph_replay_equals_direct_execution(model_path, model):
+    """The captured whole-frame graph replays exactly what running the ops one by one computes."""
+    acts = actions(12, model.cfg.action_dim, seed=5)
+    graph = CoreSession(model_path, device="cuda", dtype="bfloat16", seed=3, cuda_graphs=True)
+    direct = CoreSession(model_path, device="cuda", dtype="bfloat16", seed=3, cuda_graphs=False)
+    graph.reset(latents=np.zeros((2, 4, 8, 8), np.float32))
+    direct.reset(latents=np.zeros((2, 4, 8, 8), np.float32))
+    for i, a in enumerate(acts):
+        if i % 3 == 2:  # alternate the two graphs (with and without decode)
+            assert np.array_equal(graph.step_latent(a), direct.step_latent(a))
+        else:
+            zg, fg = graph.step_both(a)
+            zd, fd = direct.step_both(a)
+            assert np.array_equal(zg, zd) and np.array_equal(fg, fd)

@@ -58,6 +58,9 @@ struct Session::Impl {
   Arena arena;
   Context ctx;
   void* stream = nullptr;
+  // Whole-frame CUDA graphs (with and without decode), captured at the first step and replayed after.
+  CudaGraph frame_graph[2];
+  bool use_graphs = false;
   std::unique_ptr<model::DiT> dit;
   std::unique_ptr<model::VAE> vae;
   FrameState host_state{};
@@ -84,6 +87,7 @@ struct Session::Impl {
     ctx.device = opt.device;
     ctx.threads = opt.threads > 0 ? opt.threads : physical_cores();
     if (opt.device == Device::cuda) ctx.stream = stream = cuda_stream_create();
+    use_graphs = opt.device == Device::cuda && opt.cuda_graphs;
 
     state_dev = arena.alloc({int64_t(sizeof(FrameState))}, DType::u8);
     ctx.state = reinterpret_cast<const FrameState*>(state_dev.data);
@@ -151,6 +155,15 @@ struct Session::Impl {
     ops::noise_mix(ctx, opt.seed, cfg.num_steps(), write_a, latent_dev, write_b, write_dev);
     dit->cache_write_pass(ctx, write_dev);
     if (decode) vae->decode(ctx, latent_dev, frame_dev);
+  }
+
+  // A generated frame: replays the captured whole-frame graph on CUDA (FrameState and action are copied to
+  // device memory before, outside the graph), runs the ops directly elsewhere.
+  void generate_frame(bool decode) {
+    if (!use_graphs) return run_frame(true, decode);
+    CudaGraph& g = frame_graph[decode ? 1 : 0];
+    if (!g.captured()) g.capture(stream, [&] { run_frame(true, decode); });
+    g.replay(stream);
   }
 
   void upload_action(const float* action) {
@@ -239,7 +252,7 @@ void Session::step(const float* action, float* latent_out, uint8_t* frame_out) {
   check_finite(action, s.cfg.action_dim, "action");
   s.prepare_state();
   s.upload_action(action);
-  s.run_frame(true, frame_out != nullptr);
+  s.generate_frame(frame_out != nullptr);
   device_synchronize(s.opt.device, s.ctx.stream);
   if (latent_out) s.latent_to_host(latent_out);
   if (frame_out) s.frame_to_host(frame_out);

@@ -30,7 +30,7 @@ class Session:
     """
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", dtype: str = "float32", seed: int = 0,
-                 threads: int = 0):
+                 threads: int = 0, cuda_graphs: bool = True):
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {dtype!r}")
         if not isinstance(device, str):
@@ -38,7 +38,8 @@ class Session:
         if int(threads) < 0:
             raise ValueError(f"threads must be >= 0, got {threads}")
         self._s = None
-        self._s = core().Session(os.fspath(path), device, dtype, _checks.seed(seed), int(threads))
+        self._s = core().Session(os.fspath(path), device, dtype, _checks.seed(seed), int(threads),
+                                 bool(cuda_graphs))
         self._cfg = NFDConfig.from_json(self._s.config_json)
         self.device = self._s.device
         self.dtype = dtype

@@ -13,7 +13,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT
 log "build (CUDA $ARCH)"
 cmake -S . -B build/gpu -G Ninja -DNFD_RT_CUDA=ON -DNFD_RT_CUDA_ARCHITECTURES="$ARCH" \
   -DPython_EXECUTABLE="$(command -v $PY)" > "$OUT/build.log" 2>&1 &&
-cmake --build build/gpu -j16 >> "$OUT/build.log" 2>&1 || { tail -50 "$OUT/build.log"; exit 1; }
+cmake --build build/gpu -j16 --target all nfd_cuda_op_tests >> "$OUT/build.log" 2>&1 || { tail -50 "$OUT/build.log"; exit 1; }
 cp build/gpu/_core*.so python/nfd_rt/
 export PYTHONPATH="$PWD/python"
 
@@ -21,7 +21,7 @@ log "GPU op harness"
 if [ -x build/gpu/nfd_cuda_op_tests ]; then build/gpu/nfd_cuda_op_tests 2>&1 | tee "$OUT/op_tests.txt" | tail -20; fi
 
 log "pytest (cuda marker + CPU parity)"
-$PY -m pytest -q -m cuda tests -p no:cacheprovider 2>&1 | tee "$OUT/pytest_cuda.txt" | tail -30
+$PY -m pytest -q -s -m cuda tests -p no:cacheprovider 2>&1 | tee "$OUT/pytest_cuda.txt" | tail -30
 
 if [ "${SANITIZE:-1}" = 1 ]; then
   log "compute-sanitizer memcheck / racecheck"

@@ -26,7 +26,7 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: flo
 def timestep_features(t: torch.Tensor, dim: int) -> torch.Tensor:
     """Sinusoidal features of `t * 1000`: [cos(t f_i), sin(t f_i)], f_i = 10000^(-i / (dim/2))."""
     half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float64) / half)
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float64, device=t.device) / half)
     args = (t.to(torch.float64) * 1000.0)[..., None] * freqs
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(torch.float32)
 
