@@ -57,6 +57,6 @@ fi
 if [[ "${FUZZ_RUNS:-0}" -gt 0 ]]; then
   echo "== atheris fuzzing of the loader ($FUZZ_RUNS runs)"
   "$PY" -m pip install --quiet atheris
-  LD_PRELOAD="$LIBASAN" PYTHONPATH="$ROOT/$PKG" "$PY" tests/fuzz/fuzz_loader.py -atheris_runs="$FUZZ_RUNS"
+  LD_PRELOAD="$LIBASAN" PYTHONPATH="$ROOT/$PKG" "$PY" tests/fuzz/fuzz_loader.py -atheris_runs="$FUZZ_RUNS" ${FUZZ_SECONDS:+-max_total_time=$FUZZ_SECONDS}
 fi
 echo "sanitize: OK"
