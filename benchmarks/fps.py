@@ -311,7 +311,7 @@ def environment(device: str) -> dict:
         env["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True,
                                        check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        env["commit"] = "unknown"
+        env["commit"] = os.environ.get("NFD_RT_COMMIT", "unknown")  # a copy without .git (e.g. a GPU machine)
     import nfd_rt
 
     env["nfd_rt_version"] = nfd_rt.__version__
