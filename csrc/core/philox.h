@@ -9,11 +9,7 @@
 #include <cmath>
 #include <cstdint>
 
-#ifdef __CUDACC__
-#define NFD_HOST_DEVICE __host__ __device__
-#else
-#define NFD_HOST_DEVICE
-#endif
+#include "core/host_device.h"
 
 namespace nfd {
 namespace philox {

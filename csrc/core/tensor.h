@@ -3,7 +3,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -12,9 +11,28 @@ namespace nfd {
 enum class DType : uint8_t { f32, bf16, f16, u8, i32 };
 enum class Device : uint8_t { cpu, cuda };
 
-size_t dtype_size(DType t);
-const char* dtype_name(DType t);
-const char* device_name(Device d);
+// Header-only, so code that links no runtime objects (the CUDA op harness) uses the same helpers.
+inline size_t dtype_size(DType t) {
+  switch (t) {
+    case DType::f32: case DType::i32: return 4;
+    case DType::bf16: case DType::f16: return 2;
+    case DType::u8: return 1;
+  }
+  return 0;
+}
+
+inline const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::f32: return "f32";
+    case DType::bf16: return "bf16";
+    case DType::f16: return "f16";
+    case DType::u8: return "u8";
+    case DType::i32: return "i32";
+  }
+  return "?";
+}
+
+inline const char* device_name(Device d) { return d == Device::cpu ? "cpu" : "cuda"; }
 
 struct Tensor {
   void* data = nullptr;
@@ -32,7 +50,11 @@ struct Tensor {
   int rank() const { return int(shape.size()); }
   template <typename T> T* ptr() const { return static_cast<T*>(data); }
   bool defined() const { return data != nullptr; }
-  std::string describe() const;  // e.g. "f32[4, 8, 8] on cpu"
+  std::string describe() const {  // e.g. "f32[4, 8, 8] on cpu"
+    std::string s = std::string(dtype_name(dtype)) + "[";
+    for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+    return s + "] on " + device_name(device);
+  }
 };
 
 }  // namespace nfd

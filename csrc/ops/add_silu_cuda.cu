@@ -3,10 +3,6 @@
 
 namespace nfd {
 namespace ops {
-namespace cuda {
-void add_silu(const Context& ctx, const Tensor& a, const Tensor& b, Tensor& out);
-}
-
 namespace {
 __global__ void add_silu_kernel(cudaops::DPtr a, cudaops::DPtr b, cudaops::DPtr out, int64_t n) {
   NFD_GRID_STRIDE(i, n) {

@@ -16,10 +16,6 @@
 
 namespace nfd {
 namespace ops {
-namespace cuda {
-void attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, Tensor& out);
-}
-
 namespace {
 constexpr int kBQ = 32, kTPQ = 4, kBK = 32, kThreads = kBQ * kTPQ;
 
@@ -194,16 +190,16 @@ void cuda::attention(const Context& ctx, const Tensor& q, const Tensor& k_cache,
   require_cuda_float(op, "v_cache", v_cache);
   require_cuda_float(op, "out", out);
   NFD_CHECK(q.dtype == k_cache.dtype && q.dtype == v_cache.dtype && q.dtype == out.dtype, invalid_argument,
-            std::string(op) + ": q, caches and out must share one dtype, got " + desc(q) + ", " + desc(k_cache) +
-                ", " + desc(out));
+            std::string(op) + ": q, caches and out must share one dtype, got " + q.describe() + ", " + k_cache.describe() +
+                ", " + out.describe());
   NFD_CHECK(q.rank() == 3 && k_cache.rank() == 4 && k_cache.shape == v_cache.shape, invalid_argument,
-            std::string(op) + ": expected q[H,N,hd] and caches [slots,H,N,hd], got " + desc(q) + " and " +
-                desc(k_cache));
+            std::string(op) + ": expected q[H,N,hd] and caches [slots,H,N,hd], got " + q.describe() + " and " +
+                k_cache.describe());
   const int H = int(q.dim(0)), N = int(q.dim(1)), hd = int(q.dim(2)), slots = int(k_cache.dim(0));
   NFD_CHECK(k_cache.dim(1) == H && k_cache.dim(2) == N && k_cache.dim(3) == hd, invalid_argument,
-            std::string(op) + ": cache " + desc(k_cache) + " does not match q " + desc(q));
+            std::string(op) + ": cache " + k_cache.describe() + " does not match q " + q.describe());
   NFD_CHECK(out.numel() == int64_t(N) * H * hd && out.dim(-1) == int64_t(H) * hd, invalid_argument,
-            std::string(op) + ": out must be [N, H*hd], got " + desc(out));
+            std::string(op) + ": out must be [N, H*hd], got " + out.describe());
   if (int64_t(N) * H * hd == 0) return;
   cudaStream_t s = stream_of(ctx);
 

@@ -6,13 +6,7 @@
 #include <cstdint>
 #include <cstring>
 
-#ifndef NFD_HOST_DEVICE
-#ifdef __CUDACC__
-#define NFD_HOST_DEVICE __host__ __device__
-#else
-#define NFD_HOST_DEVICE
-#endif
-#endif
+#include "core/host_device.h"
 
 namespace nfd {
 namespace tile {

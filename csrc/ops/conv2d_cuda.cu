@@ -8,11 +8,6 @@
 
 namespace nfd {
 namespace ops {
-namespace cuda {
-void conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, int stride, int pad, Tensor& out,
-            const Tensor* residual);
-}
-
 namespace {
 struct LoadW {
   cudaops::DPtr w;
@@ -50,13 +45,13 @@ void cuda::conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Te
   require_cuda_float(op, "w", w);
   require_cuda_float(op, "out", out);
   NFD_CHECK(x.rank() == 3 && w.rank() == 4 && w.dim(1) == x.dim(0) && w.dim(2) == w.dim(3), invalid_argument,
-            std::string(op) + ": expected x[Cin,H,W] and w[Cout,Cin,k,k], got " + desc(x) + " and " + desc(w));
+            std::string(op) + ": expected x[Cin,H,W] and w[Cout,Cin,k,k], got " + x.describe() + " and " + w.describe());
   NFD_CHECK(stride >= 1 && pad >= 0, invalid_argument, std::string(op) + ": stride must be >= 1 and pad >= 0");
   const int Cin = int(x.dim(0)), H = int(x.dim(1)), W = int(x.dim(2)), Cout = int(w.dim(0)), ks = int(w.dim(2));
   const int Ho = (H + 2 * pad - ks) / stride + 1, Wo = (W + 2 * pad - ks) / stride + 1;
   NFD_CHECK(Ho > 0 && Wo > 0 && out.rank() == 3 && out.dim(0) == Cout && out.dim(1) == Ho && out.dim(2) == Wo,
             invalid_argument, std::string(op) + ": out must be [" + std::to_string(Cout) + ", " + std::to_string(Ho) +
-                                  ", " + std::to_string(Wo) + "], got " + desc(out));
+                                  ", " + std::to_string(Wo) + "], got " + out.describe());
   if (bias.defined()) {
     require_cuda_float(op, "bias", bias);
     require_numel(op, "bias", bias, Cout);

@@ -5,10 +5,6 @@
 
 namespace nfd {
 namespace ops {
-namespace cuda {
-void copy(const Context& ctx, const Tensor& src, Tensor& dst);
-}
-
 namespace {
 __global__ void convert_kernel(cudaops::DPtr src, cudaops::DPtr dst, int64_t n) {
   NFD_GRID_STRIDE(i, n) { cudaops::st(dst, i, cudaops::ld(src, i)); }
@@ -19,17 +15,17 @@ void cuda::copy(const Context& ctx, const Tensor& src, Tensor& dst) {
   using namespace cudaops;
   const char* op = "copy";
   NFD_CHECK(src.shape == dst.shape, invalid_argument,
-            std::string(op) + ": shapes differ: " + desc(src) + " -> " + desc(dst));
+            std::string(op) + ": shapes differ: " + src.describe() + " -> " + dst.describe());
   NFD_CHECK(src.device == Device::cuda || dst.device == Device::cuda, invalid_argument,
-            std::string(op) + ": cuda::copy needs a cuda tensor, got " + desc(src) + " -> " + desc(dst));
+            std::string(op) + ": cuda::copy needs a cuda tensor, got " + src.describe() + " -> " + dst.describe());
   const int64_t n = src.numel();
   if (n == 0) return;
   NFD_CHECK(src.defined() && dst.defined(), invalid_argument, std::string(op) + ": undefined tensor");
   cudaStream_t s = stream_of(ctx);
   const bool same = src.dtype == dst.dtype;
   NFD_CHECK(same || (is_float(src.dtype) && is_float(dst.dtype)), invalid_argument,
-            std::string(op) + ": unsupported conversion " + desc(src) + " -> " + desc(dst));
-  const size_t src_bytes = size_t(n) * elem_size(src.dtype), dst_bytes = size_t(n) * elem_size(dst.dtype);
+            std::string(op) + ": unsupported conversion " + src.describe() + " -> " + dst.describe());
+  const size_t src_bytes = size_t(n) * dtype_size(src.dtype), dst_bytes = size_t(n) * dtype_size(dst.dtype);
 
   if (src.device == Device::cuda && dst.device == Device::cuda) {
     if (same) {

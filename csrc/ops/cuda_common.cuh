@@ -28,43 +28,32 @@ inline void check_launch(const char* what) { check(cudaGetLastError(), what); }
 
 inline cudaStream_t stream_of(const Context& ctx) { return static_cast<cudaStream_t>(ctx.stream); }
 
-inline size_t elem_size(DType t) {
-  switch (t) {
-    case DType::f32: case DType::i32: return 4;
-    case DType::bf16: case DType::f16: return 2;
-    case DType::u8: return 1;
-  }
-  return 0;
-}
-inline const char* dname(DType t) {
-  switch (t) {
-    case DType::f32: return "f32";
-    case DType::bf16: return "bf16";
-    case DType::f16: return "f16";
-    case DType::u8: return "u8";
-    case DType::i32: return "i32";
-  }
-  return "?";
-}
-// Own describe() so the CUDA objects depend on headers only (the test harness links them standalone).
-inline std::string desc(const Tensor& t) {
-  std::string s = std::string(dname(t.dtype)) + "[";
-  for (size_t i = 0; i < t.shape.size(); ++i) s += (i ? ", " : "") + std::to_string(t.shape[i]);
-  return s + "] on " + (t.device == Device::cuda ? "cuda" : "cpu");
-}
 inline bool is_float(DType t) { return t == DType::f32 || t == DType::bf16 || t == DType::f16; }
 
 // Argument checks shared by all ops: `op` names the op in the message.
 inline void require_cuda_float(const char* op, const char* name, const Tensor& t) {
   NFD_CHECK(t.defined(), invalid_argument, std::string(op) + ": " + name + " is undefined");
   NFD_CHECK(t.device == Device::cuda, invalid_argument,
-            std::string(op) + ": " + name + " must be on cuda, got " + desc(t));
+            std::string(op) + ": " + name + " must be on cuda, got " + t.describe());
   NFD_CHECK(is_float(t.dtype), invalid_argument,
-            std::string(op) + ": " + name + " must be f32, bf16 or f16, got " + desc(t));
+            std::string(op) + ": " + name + " must be f32, bf16 or f16, got " + t.describe());
+}
+
+// patchify / unpatchify_axpy: latent [C, h, w] with h, w divisible by `patch`, tokens [N, C patch^2].
+inline void require_patch_shapes(const char* op, const Tensor& latent, const Tensor& tokens, int patch) {
+  require_cuda_float(op, "latent", latent);
+  require_cuda_float(op, "tokens", tokens);
+  NFD_CHECK(patch > 0 && latent.rank() == 3 && latent.dim(1) % patch == 0 && latent.dim(2) % patch == 0,
+            invalid_argument, std::string(op) + ": latent must be [C,h,w] with h, w divisible by patch " +
+                                  std::to_string(patch) + ", got " + latent.describe());
+  const int64_t C = latent.dim(0), h = latent.dim(1), w = latent.dim(2);
+  NFD_CHECK(tokens.rank() == 2 && tokens.dim(0) == (h / patch) * (w / patch) && tokens.dim(1) == C * patch * patch,
+            invalid_argument,
+            std::string(op) + ": tokens shape mismatch: " + tokens.describe() + " for " + latent.describe());
 }
 inline void require_numel(const char* op, const char* name, const Tensor& t, int64_t n) {
   NFD_CHECK(t.numel() == n, invalid_argument,
-            std::string(op) + ": " + name + " must have " + std::to_string(n) + " elements, got " + desc(t));
+            std::string(op) + ": " + name + " must have " + std::to_string(n) + " elements, got " + t.describe());
 }
 inline void require_state(const char* op, const Context& ctx) {
   NFD_CHECK(ctx.state != nullptr, invalid_argument, std::string(op) + ": ctx.state (device FrameState) is null");

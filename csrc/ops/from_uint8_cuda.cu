@@ -3,10 +3,6 @@
 
 namespace nfd {
 namespace ops {
-namespace cuda {
-void from_uint8(const Context& ctx, const Tensor& frame, Tensor& image);
-}
-
 namespace {
 __global__ void from_uint8_kernel(const uint8_t* frame, cudaops::DPtr img, int64_t HW) {
   NFD_GRID_STRIDE(i, 3 * HW) {  // i indexes image[3, H, W]
@@ -21,11 +17,11 @@ void cuda::from_uint8(const Context& ctx, const Tensor& frame, Tensor& image) {
   const char* op = "from_uint8";
   require_cuda_float(op, "image", image);
   NFD_CHECK(frame.device == Device::cuda && frame.dtype == DType::u8 && frame.defined(), invalid_argument,
-            std::string(op) + ": frame must be u8 on cuda, got " + desc(frame));
+            std::string(op) + ": frame must be u8 on cuda, got " + frame.describe());
   NFD_CHECK(image.rank() == 3 && image.dim(0) == 3 && frame.rank() == 3 && frame.dim(0) == image.dim(1) &&
                 frame.dim(1) == image.dim(2) && frame.dim(2) == 3,
-            invalid_argument, std::string(op) + ": expected frame[H,W,3] and image[3,H,W], got " + desc(frame) +
-                                  " and " + desc(image));
+            invalid_argument, std::string(op) + ": expected frame[H,W,3] and image[3,H,W], got " + frame.describe() +
+                                  " and " + image.describe());
   const int64_t HW = image.dim(1) * image.dim(2);
   if (HW == 0) return;
   from_uint8_kernel<<<grid_1d(3 * HW, 256), 256, 0, stream_of(ctx)>>>(frame.ptr<uint8_t>(), dp(image), HW);

@@ -4,11 +4,6 @@
 
 namespace nfd {
 namespace ops {
-namespace cuda {
-void groupnorm(const Context& ctx, const Tensor& x, const Tensor& gamma, const Tensor& beta, int groups, float eps,
-               bool silu, Tensor& out);
-}
-
 namespace {
 __global__ void groupnorm_kernel(cudaops::DPtr x, cudaops::DPtr gamma, cudaops::DPtr beta, float eps, bool silu,
                                  cudaops::DPtr out, int cpg, int64_t HW) {
@@ -40,10 +35,10 @@ void cuda::groupnorm(const Context& ctx, const Tensor& x, const Tensor& gamma, c
   require_cuda_float(op, "gamma", gamma);
   require_cuda_float(op, "beta", beta);
   require_cuda_float(op, "out", out);
-  NFD_CHECK(x.rank() == 3, invalid_argument, std::string(op) + ": x must be [C,H,W], got " + desc(x));
+  NFD_CHECK(x.rank() == 3, invalid_argument, std::string(op) + ": x must be [C,H,W], got " + x.describe());
   const int64_t C = x.dim(0), HW = x.dim(1) * x.dim(2);
   NFD_CHECK(groups > 0 && C % groups == 0, invalid_argument,
-            std::string(op) + ": groups " + std::to_string(groups) + " must divide C of " + desc(x));
+            std::string(op) + ": groups " + std::to_string(groups) + " must divide C of " + x.describe());
   require_numel(op, "out", out, x.numel());
   require_numel(op, "gamma", gamma, C);
   require_numel(op, "beta", beta, C);

@@ -4,11 +4,6 @@
 
 namespace nfd {
 namespace ops {
-namespace cuda {
-void layernorm_modulate(const Context& ctx, const Tensor& x, const Tensor& shift, const Tensor& scale, float eps,
-                        Tensor& out);
-}
-
 namespace {
 __global__ void layernorm_modulate_kernel(cudaops::DPtr x, cudaops::DPtr shift, cudaops::DPtr scale, float eps,
                                           cudaops::DPtr out, int D) {
@@ -38,7 +33,7 @@ void cuda::layernorm_modulate(const Context& ctx, const Tensor& x, const Tensor&
   require_cuda_float(op, "shift", shift);
   require_cuda_float(op, "scale", scale);
   require_cuda_float(op, "out", out);
-  NFD_CHECK(x.rank() >= 1, invalid_argument, std::string(op) + ": x must have rank >= 1, got " + desc(x));
+  NFD_CHECK(x.rank() >= 1, invalid_argument, std::string(op) + ": x must have rank >= 1, got " + x.describe());
   const int64_t D = x.dim(-1), M = x.numel() / (D ? D : 1);
   require_numel(op, "out", out, x.numel());
   require_numel(op, "shift", shift, D);

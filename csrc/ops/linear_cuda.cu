@@ -18,11 +18,6 @@
 
 namespace nfd {
 namespace ops {
-namespace cuda {
-void linear(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y, Epilogue epilogue,
-            const Tensor* gate);
-}
-
 namespace {
 
 template <typename T, bool kGelu>
@@ -112,13 +107,13 @@ void cuda::linear(const Context& ctx, const Tensor& x, const Tensor& w, const Te
   require_cuda_float(op, "x", x);
   require_cuda_float(op, "w", w);
   require_cuda_float(op, "y", y);
-  NFD_CHECK(w.rank() == 2, invalid_argument, std::string(op) + ": w must be [N, K], got " + desc(w));
+  NFD_CHECK(w.rank() == 2, invalid_argument, std::string(op) + ": w must be [N, K], got " + w.describe());
   const int64_t N = w.dim(0), K = w.dim(1);
   NFD_CHECK(x.rank() >= 1 && x.dim(-1) == K, invalid_argument,
-            std::string(op) + ": x " + desc(x) + " does not match w " + desc(w));
+            std::string(op) + ": x " + x.describe() + " does not match w " + w.describe());
   const int64_t M = x.numel() / (K ? K : 1);
   require_numel(op, "y", y, M * N);
-  NFD_CHECK(y.dim(-1) == N, invalid_argument, std::string(op) + ": y " + desc(y) + " must end in N = " + std::to_string(N));
+  NFD_CHECK(y.dim(-1) == N, invalid_argument, std::string(op) + ": y " + y.describe() + " must end in N = " + std::to_string(N));
   if (bias.defined()) {
     require_cuda_float(op, "bias", bias);
     require_numel(op, "bias", bias, N);
@@ -141,7 +136,7 @@ void cuda::linear(const Context& ctx, const Tensor& x, const Tensor& w, const Te
     const bool gelu = epilogue == Epilogue::gelu_tanh;
     const void* b = bias.defined() ? bias.data : nullptr;
     if (epilogue == Epilogue::gated_residual) {
-      Scratch tmp(size_t(M * N) * elem_size(t), s);
+      Scratch tmp(size_t(M * N) * dtype_size(t), s);
       if (t == DType::bf16) cutlass_linear<cutlass::bfloat16_t>(false, int(M), int(N), int(K), x.data, w.data, b, tmp.get<void>(), s);
       else cutlass_linear<cutlass::half_t>(false, int(M), int(N), int(K), x.data, w.data, b, tmp.get<void>(), s);
       gated_add_kernel<<<grid_1d(M * N, 256), 256, 0, s>>>(dp(y), DPtr{tmp.get<void>(), t}, dp(*gate), int(N), M * N);

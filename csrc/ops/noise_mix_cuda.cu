@@ -6,10 +6,6 @@
 
 namespace nfd {
 namespace ops {
-namespace cuda {
-void noise_mix(const Context& ctx, uint64_t seed, int step, float a, const Tensor& x, float b, Tensor& out);
-}
-
 namespace {
 __global__ void noise_mix_kernel(uint64_t seed, uint32_t step, float a, cudaops::DPtr x, bool has_x, float b,
                                  cudaops::DPtr out, int64_t n, const FrameState* state) {

@@ -1,6 +1,7 @@
 // latent[C, h, w] -> tokens[N, C*p*p]: token (r, c) row-major on the patch grid, vector order (channel, py, px).
 #include "ops/cpu_common.h"
 #include "ops/ops_impl.h"
+#include "ops/patch_layout.h"
 
 namespace nfd {
 namespace ops {
@@ -16,12 +17,9 @@ void patchify(const Context& ctx, const Tensor& latent, int patch, Tensor& token
   expect("patchify", "tokens", tokens, {rows * cols, C * p * p});
   const float* z = latent.ptr<float>();
   float* t = tokens.ptr<float>();
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c)
-      for (int64_t ch = 0; ch < C; ++ch)
-        for (int64_t py = 0; py < p; ++py)
-          for (int64_t px = 0; px < p; ++px)
-            t[(r * cols + c) * C * p * p + (ch * p + py) * p + px] = z[(ch * h + r * p + py) * w + c * p + px];
+  for (int64_t ch = 0; ch < C; ++ch)
+    for (int64_t y = 0; y < h; ++y)
+      for (int64_t x = 0; x < w; ++x) t[patch_token_offset(ch, y, x, C, w, p)] = z[(ch * h + y) * w + x];
 }
 
 }  // namespace cpu

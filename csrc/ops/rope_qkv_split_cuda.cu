@@ -8,11 +8,6 @@
 
 namespace nfd {
 namespace ops {
-namespace cuda {
-void rope_qkv_split(const Context& ctx, const Tensor& qkv, const RopeParams& rope, Tensor& q_out, Tensor& k_cache,
-                    Tensor& v_cache);
-}
-
 namespace {
 struct RopeDims {
   int d[3];
@@ -57,13 +52,13 @@ void cuda::rope_qkv_split(const Context& ctx, const Tensor& qkv, const RopeParam
   require_cuda_float(op, "k_cache", k_cache);
   require_cuda_float(op, "v_cache", v_cache);
   NFD_CHECK(q_out.rank() == 3 && k_cache.rank() == 4 && k_cache.shape == v_cache.shape, invalid_argument,
-            std::string(op) + ": expected q_out[H,N,hd] and k/v caches [slots,H,N,hd], got " + desc(q_out) + ", " +
-                desc(k_cache) + ", " + desc(v_cache));
+            std::string(op) + ": expected q_out[H,N,hd] and k/v caches [slots,H,N,hd], got " + q_out.describe() + ", " +
+                k_cache.describe() + ", " + v_cache.describe());
   const int H = int(q_out.dim(0)), N = int(q_out.dim(1)), hd = int(q_out.dim(2));
   NFD_CHECK(k_cache.dim(1) == H && k_cache.dim(2) == N && k_cache.dim(3) == hd, invalid_argument,
-            std::string(op) + ": cache " + desc(k_cache) + " does not match q_out " + desc(q_out));
+            std::string(op) + ": cache " + k_cache.describe() + " does not match q_out " + q_out.describe());
   NFD_CHECK(qkv.rank() == 2 && qkv.dim(0) == N && qkv.dim(1) == 3 * int64_t(H) * hd, invalid_argument,
-            std::string(op) + ": qkv must be [N, 3*H*hd], got " + desc(qkv));
+            std::string(op) + ": qkv must be [N, 3*H*hd], got " + qkv.describe());
   NFD_CHECK(hd % 2 == 0 && rope.rope_dims[0] % 2 == 0 && rope.rope_dims[1] % 2 == 0 && rope.rope_dims[2] % 2 == 0 &&
                 rope.rope_dims[0] + rope.rope_dims[1] + rope.rope_dims[2] == hd && rope.grid_cols > 0,
             invalid_argument, std::string(op) + ": rope_dims must be even, sum to head_dim " + std::to_string(hd) +

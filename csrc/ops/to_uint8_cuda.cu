@@ -4,10 +4,6 @@
 
 namespace nfd {
 namespace ops {
-namespace cuda {
-void to_uint8(const Context& ctx, const Tensor& image, Tensor& out);
-}
-
 namespace {
 __global__ void to_uint8_kernel(cudaops::DPtr img, uint8_t* out, int64_t HW) {
   NFD_GRID_STRIDE(i, 3 * HW) {  // i indexes out[H, W, 3]
@@ -24,11 +20,11 @@ void cuda::to_uint8(const Context& ctx, const Tensor& image, Tensor& out) {
   const char* op = "to_uint8";
   require_cuda_float(op, "image", image);
   NFD_CHECK(out.device == Device::cuda && out.dtype == DType::u8 && out.defined(), invalid_argument,
-            std::string(op) + ": out must be u8 on cuda, got " + desc(out));
+            std::string(op) + ": out must be u8 on cuda, got " + out.describe());
   NFD_CHECK(image.rank() == 3 && image.dim(0) == 3 && out.rank() == 3 && out.dim(0) == image.dim(1) &&
                 out.dim(1) == image.dim(2) && out.dim(2) == 3,
-            invalid_argument, std::string(op) + ": expected image[3,H,W] and out[H,W,3], got " + desc(image) +
-                                  " and " + desc(out));
+            invalid_argument, std::string(op) + ": expected image[3,H,W] and out[H,W,3], got " + image.describe() +
+                                  " and " + out.describe());
   const int64_t HW = image.dim(1) * image.dim(2);
   if (HW == 0) return;
   to_uint8_kernel<<<grid_1d(3 * HW, 256), 256, 0, stream_of(ctx)>>>(dp(image), out.ptr<uint8_t>(), HW);

@@ -1,6 +1,7 @@
 // latent += dt * unpatchify(tokens): the Euler step fused with the inverse of patchify.
 #include "ops/cpu_common.h"
 #include "ops/ops_impl.h"
+#include "ops/patch_layout.h"
 
 namespace nfd {
 namespace ops {
@@ -17,12 +18,9 @@ void unpatchify_axpy(const Context& ctx, const Tensor& tokens, int patch, float 
   expect("unpatchify_axpy", "tokens", tokens, {rows * cols, C * p * p});
   const float* t = tokens.ptr<float>();
   float* z = latent.ptr<float>();
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c)
-      for (int64_t ch = 0; ch < C; ++ch)
-        for (int64_t py = 0; py < p; ++py)
-          for (int64_t px = 0; px < p; ++px)
-            z[(ch * h + r * p + py) * w + c * p + px] += dt * t[(r * cols + c) * C * p * p + (ch * p + py) * p + px];
+  for (int64_t ch = 0; ch < C; ++ch)
+    for (int64_t y = 0; y < h; ++y)
+      for (int64_t x = 0; x < w; ++x) z[(ch * h + y) * w + x] += dt * t[patch_token_offset(ch, y, x, C, w, p)];
 }
 
 }  // namespace cpu

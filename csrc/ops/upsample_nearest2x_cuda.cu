@@ -3,10 +3,6 @@
 
 namespace nfd {
 namespace ops {
-namespace cuda {
-void upsample_nearest2x(const Context& ctx, const Tensor& x, Tensor& out);
-}
-
 namespace {
 __global__ void upsample_kernel(cudaops::DPtr x, cudaops::DPtr out, int H, int W, int64_t n_out) {
   NFD_GRID_STRIDE(i, n_out) {
@@ -24,8 +20,8 @@ void cuda::upsample_nearest2x(const Context& ctx, const Tensor& x, Tensor& out) 
   require_cuda_float(op, "out", out);
   NFD_CHECK(x.rank() == 3 && out.rank() == 3 && out.dim(0) == x.dim(0) && out.dim(1) == 2 * x.dim(1) &&
                 out.dim(2) == 2 * x.dim(2),
-            invalid_argument, std::string(op) + ": expected x[C,H,W] and out[C,2H,2W], got " + desc(x) + " and " +
-                                  desc(out));
+            invalid_argument, std::string(op) + ": expected x[C,H,W] and out[C,2H,2W], got " + x.describe() + " and " +
+                                  out.describe());
   if (out.numel() == 0) return;
   upsample_kernel<<<grid_1d(out.numel(), 256), 256, 0, stream_of(ctx)>>>(dp(x), dp(out), int(x.dim(1)),
                                                                         int(x.dim(2)), out.numel());
