@@ -1,6 +1,7 @@
 // Argument checks and scratch memory shared by the CPU ops (ops/*_cpu.cc). The CPU backend is fp32 only.
 #pragma once
 
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -42,6 +43,20 @@ inline float* scratch(size_t n, int which = 0) {
   std::vector<float>& b = buffers[which];
   if (b.size() < n) b.resize(n);
   return b.data();
+}
+
+// Mean and 1/sqrt(var + eps) of n values (biased variance, two passes in double): the statistics of
+// LayerNorm rows and GroupNorm groups.
+struct NormStats {
+  float mean, rstd;
+};
+inline NormStats norm_stats(const float* x, int64_t n, float eps) {
+  double mean = 0, var = 0;
+  for (int64_t i = 0; i < n; ++i) mean += x[i];
+  mean /= double(n);
+  for (int64_t i = 0; i < n; ++i) var += (x[i] - mean) * (x[i] - mean);
+  var /= double(n);
+  return {float(mean), float(1.0 / std::sqrt(var + double(eps)))};
 }
 
 }  // namespace cpu_detail

@@ -24,13 +24,7 @@ void groupnorm(const Context& ctx, const Tensor& x, const Tensor& gamma, const T
   float* o = out.ptr<float>();
   ::nfd::cpu::parallel_for(ctx.threads, groups, [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g) {
-      const float* xg = xs + g * n;
-      double mean = 0, var = 0;
-      for (int64_t i = 0; i < n; ++i) mean += xg[i];
-      mean /= double(n);
-      for (int64_t i = 0; i < n; ++i) var += (xg[i] - mean) * (xg[i] - mean);
-      var /= double(n);
-      const float m = float(mean), rstd = float(1.0 / std::sqrt(var + double(eps)));
+      const auto [m, rstd] = norm_stats(xs + g * n, n, eps);
       for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c)
         for (int64_t i = c * HW; i < (c + 1) * HW; ++i) {
           float v = (xs[i] - m) * rstd * ga[c] + be[c];

@@ -24,12 +24,7 @@ void layernorm_modulate(const Context& ctx, const Tensor& x, const Tensor& shift
   ::nfd::cpu::parallel_for(ctx.threads, M, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const float* row = xs + r * D;
-      double mean = 0, var = 0;
-      for (int64_t d = 0; d < D; ++d) mean += row[d];
-      mean /= double(D);
-      for (int64_t d = 0; d < D; ++d) var += (row[d] - mean) * (row[d] - mean);
-      var /= double(D);  // biased, as LayerNorm
-      const float m = float(mean), rstd = float(1.0 / std::sqrt(var + double(eps)));
+      const auto [m, rstd] = norm_stats(row, D, eps);
       for (int64_t d = 0; d < D; ++d) o[r * D + d] = (row[d] - m) * rstd * (1.f + sc[d]) + sh[d];
     }
   }, 8);

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <string>
 
+#include "ops/attention_math.h"
 #include "ops/cpu_common.h"
 #include "ops/ops_impl.h"
 
@@ -31,17 +32,14 @@ void rope_qkv_split(const Context& ctx, const Tensor& qkv, const RopeParams& rop
 
   const int64_t half = hd / 2;
   float* cs = scratch(size_t(2 * N * half));  // cos, sin per (token, pair)
-  for (int64_t n = 0; n < N; ++n) {
-    const double pos[3] = {double(st.frame_index), double(n / rope.grid_cols), double(n % rope.grid_cols)};
-    const int dims[3] = {dt, dh, dw};
-    int64_t i = 0;
-    for (int part = 0; part < 3; ++part)
-      for (int j = 0; j < dims[part] / 2; ++j, ++i) {
-        double angle = pos[part] * std::pow(rope.theta, -double(2 * j) / double(dims[part]));
-        cs[2 * (n * half + i)] = float(std::cos(angle));
-        cs[2 * (n * half + i) + 1] = float(std::sin(angle));
-      }
-  }
+  const int dims[3] = {dt, dh, dw};
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t i = 0; i < half; ++i) {  // the angle formula the CUDA kernel uses too
+      const double angle = tile::rope_angle(int(i), dims, rope.theta, double(st.frame_index),
+                                            double(n / rope.grid_cols), double(n % rope.grid_cols));
+      cs[2 * (n * half + i)] = float(std::cos(angle));
+      cs[2 * (n * half + i) + 1] = float(std::sin(angle));
+    }
   const float* src = qkv.ptr<float>();
   float* q = q_out.ptr<float>();
   float* k = k_cache.ptr<float>() + slot * H * N * hd;
