@@ -1,7 +1,10 @@
-// Attention of the current frame's queries over the visible cache slots: per (head, query) an online softmax
-// that walks the slots one block of N keys at a time (fp32, the running max keeps exp() in range).
+// Attention of the current frame's queries over the visible cache slots, per head with OpenBLAS:
+// S = Q K^T / sqrt(hd) one sgemm per visible slot (a block of N keys), a row softmax over all visible keys,
+// then O = P V accumulated slot by slot. fp32 throughout; the row max keeps exp() in range.
+#include <cblas.h>
+
+#include <algorithm>
 #include <cmath>
-#include <limits>
 #include <string>
 
 #include "ops/cpu_common.h"
@@ -28,42 +31,33 @@ void attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const
               "ops::attention: visible slot " + std::to_string(st.visible_slots[i]) + " outside the cache");
 
   const float scale = float(1.0 / std::sqrt(double(hd)));
-  const float* K = k_cache.ptr<float>();
-  const float* V = v_cache.ptr<float>();
-  float* O = out.ptr<float>();
-  ::nfd::cpu::parallel_for(ctx.threads, H * N, [&](int64_t i0, int64_t i1) {
-    float* s = scratch(size_t(N));
-    float* acc = scratch(size_t(hd), 1);
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t h = i / N, n = i % N;
-      const float* qi = q.ptr<float>() + (h * N + n) * hd;
-      float m = -std::numeric_limits<float>::infinity(), l = 0.f;
-      for (int64_t d = 0; d < hd; ++d) acc[d] = 0.f;
-      for (int b = 0; b < st.num_visible; ++b) {
-        const int64_t base = (int64_t(st.visible_slots[b]) * H + h) * N * hd;
-        float bm = m;
-        for (int64_t j = 0; j < N; ++j) {
-          const float* kj = K + base + j * hd;
-          float dot = 0.f;
-          for (int64_t d = 0; d < hd; ++d) dot += qi[d] * kj[d];
-          s[j] = dot * scale;
-          bm = std::max(bm, s[j]);
-        }
-        const float correction = std::exp(m - bm);  // 0 on the first block (m = -inf)
-        l *= correction;
-        for (int64_t d = 0; d < hd; ++d) acc[d] *= correction;
-        for (int64_t j = 0; j < N; ++j) {
-          const float p = std::exp(s[j] - bm);
-          l += p;
-          const float* vj = V + base + j * hd;
-          for (int64_t d = 0; d < hd; ++d) acc[d] += p * vj[d];
-        }
-        m = bm;
+  const int64_t L = int64_t(st.num_visible) * N;  // keys of one head
+  const int64_t ldo = H * hd;
+  ::nfd::cpu::set_blas_threads(1);
+  ::nfd::cpu::parallel_for(ctx.threads, H, [&](int64_t h0, int64_t h1) {  // heads are independent
+    float* S = scratch(size_t(N * L));
+    for (int64_t h = h0; h < h1; ++h) {
+      const float* Q = q.ptr<float>() + h * N * hd;
+      auto block = [&](const Tensor& cache, int b) {  // [N, hd] keys/values of head h in visible slot b
+        return cache.ptr<float>() + (int64_t(st.visible_slots[b]) * H + h) * N * hd;
+      };
+      for (int b = 0; b < st.num_visible; ++b)
+        scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(N), int(N), int(hd), scale, Q, int(hd),
+                          block(k_cache, b), int(hd), 0.f, S + b * N, int(L));
+      for (int64_t r = 0; r < N; ++r) {
+        float* row = S + r * L;
+        const float m = *std::max_element(row, row + L);
+        float sum = 0.f;
+        for (int64_t j = 0; j < L; ++j) sum += (row[j] = std::exp(row[j] - m));
+        const float inv = 1.f / sum;
+        for (int64_t j = 0; j < L; ++j) row[j] *= inv;
       }
-      float* o = O + n * H * hd + h * hd;
-      for (int64_t d = 0; d < hd; ++d) o[d] = acc[d] / l;
+      float* O = out.ptr<float>() + h * hd;  // rows of out[N, H*hd], columns of head h
+      for (int b = 0; b < st.num_visible; ++b)
+        scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), int(hd), int(N), 1.f, S + b * N,
+                          int(L), block(v_cache, b), int(hd), b ? 1.f : 0.f, O, int(ldo));
     }
-  }, 8);
+  }, ::nfd::cpu::grain_for(2 * N * L * hd));
 }
 
 }  // namespace cpu

@@ -1,6 +1,7 @@
 // conv2d of one image on the CPU: im2col into a scratch buffer, then one sgemm w[Cout, Cin*k*k] @ col.
 #include <cblas.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "ops/cpu_common.h"
@@ -37,32 +38,43 @@ void conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& 
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t ci = r / (k * k), ky = (r / k) % k, kx = r % k;
         float* dst = c + r * P;
-        for (int64_t oy = 0; oy < Ho; ++oy) {
+        // Output columns whose input column lies inside the image: ox in [lo, hi).
+        const int64_t lo = std::min(Wo, std::max<int64_t>(0, (pad - kx + stride - 1) / stride));
+        const int64_t hi = std::max(lo, std::min(Wo, (W + pad - kx + stride - 1) / stride));
+        for (int64_t oy = 0; oy < Ho; ++oy, dst += Wo) {
           const int64_t iy = oy * stride - pad + ky;
-          for (int64_t ox = 0; ox < Wo; ++ox) {
-            const int64_t ix = ox * stride - pad + kx;
-            dst[oy * Wo + ox] = (iy >= 0 && iy < H && ix >= 0 && ix < W) ? xs[(ci * H + iy) * W + ix] : 0.f;
+          if (iy < 0 || iy >= H) {
+            std::fill(dst, dst + Wo, 0.f);
+            continue;
           }
+          const float* row = xs + (ci * H + iy) * W;  // input column of ox: ox * stride - pad + kx
+          std::fill(dst, dst + lo, 0.f);
+          if (stride == 1) {
+            std::copy(row + lo - pad + kx, row + hi - pad + kx, dst + lo);
+          } else {
+            for (int64_t ox = lo; ox < hi; ++ox) dst[ox] = row[ox * stride - pad + kx];
+          }
+          std::fill(dst + hi, dst + Wo, 0.f);
         }
       }
-    }, 4);
+    }, ::nfd::cpu::grain_for(P));
     col = c;
   }
-  ::nfd::cpu::set_blas_threads(ctx.threads);
+  // Threads split the output pixels: a single-threaded sgemm per block of columns, then bias and residual.
+  ::nfd::cpu::set_blas_threads(1);
   float* o = out.ptr<float>();
-  scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(Cout), int(P), int(KK), 1.f, w.ptr<float>(),
-                    int(KK), col, int(P), 0.f, o, int(P));
   const float* b = bias.defined() ? bias.ptr<float>() : nullptr;
   const float* rs = res ? residual->ptr<float>() : nullptr;
-  if (b || rs) {
-    ::nfd::cpu::parallel_for(ctx.threads, Cout, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c)
-        for (int64_t i = c * P; i < (c + 1) * P; ++i) {
-          float v = b ? o[i] + b[c] : o[i];
-          o[i] = rs ? rs[i] + v : v;  // residual + conv, the order of the reference's skip + h
-        }
-    }, 4);
-  }
+  ::nfd::cpu::parallel_for(ctx.threads, P, [&](int64_t p0, int64_t p1) {
+    scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(Cout), int(p1 - p0), int(KK), 1.f,
+                      w.ptr<float>(), int(KK), col + p0, int(P), 0.f, o + p0, int(P));
+    if (!b && !rs) return;
+    for (int64_t c = 0; c < Cout; ++c)
+      for (int64_t i = c * P + p0; i < c * P + p1; ++i) {
+        float v = b ? o[i] + b[c] : o[i];
+        o[i] = rs ? rs[i] + v : v;  // residual + conv, the order of the reference's skip + h
+      }
+  }, ::nfd::cpu::grain_for(Cout * KK));
 }
 
 }  // namespace cpu

@@ -31,7 +31,7 @@ void groupnorm(const Context& ctx, const Tensor& x, const Tensor& gamma, const T
           o[i] = silu ? v / (1.f + std::exp(-v)) : v;
         }
     }
-  });
+  }, ::nfd::cpu::grain_for(4 * n));
 }
 
 }  // namespace cpu

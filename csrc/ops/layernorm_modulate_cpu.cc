@@ -27,7 +27,7 @@ void layernorm_modulate(const Context& ctx, const Tensor& x, const Tensor& shift
       const auto [m, rstd] = norm_stats(row, D, eps);
       for (int64_t d = 0; d < D; ++d) o[r * D + d] = (row[d] - m) * rstd * (1.f + sc[d]) + sh[d];
     }
-  }, 8);
+  }, ::nfd::cpu::grain_for(4 * D));
 }
 
 }  // namespace cpu

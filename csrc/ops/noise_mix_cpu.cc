@@ -27,7 +27,7 @@ void noise_mix(const Context& ctx, uint64_t seed, int step, float a, const Tenso
       for (int64_t e = g * 4; e < std::min(n, g * 4 + 4); ++e)
         o[e] = xs ? a * xs[e] + b * z[e - g * 4] : b * z[e - g * 4];
     }
-  }, 256);
+  }, ::nfd::cpu::grain_for(200));  // a Philox call and two Box-Muller pairs in double
 }
 
 }  // namespace cpu

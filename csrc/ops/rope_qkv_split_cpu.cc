@@ -65,7 +65,7 @@ void rope_qkv_split(const Context& ctx, const Tensor& qkv, const RopeParams& rop
         for (int64_t d = 0; d < hd; ++d) vo[d] = vi[d];
       }
     }
-  }, 4);
+  }, ::nfd::cpu::grain_for(4 * H * hd));
 }
 
 }  // namespace cpu

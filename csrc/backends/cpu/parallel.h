@@ -1,48 +1,34 @@
-// A minimal parallel-for over std::thread for the CPU ops: splits [0, n) into at most `threads` contiguous
-// chunks. Threads are spawned per call: simple and good enough for the op sizes of one frame.
+// parallel_for for the CPU ops: splits [0, n) into at most `threads` contiguous chunks and runs them on a
+// process-wide pool of worker threads that live for the whole process. Spawning threads per call cost more than
+// the small ops of one frame (tens of microseconds each, hundreds of ops a frame).
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
-#include <exception>
-#include <thread>
-#include <vector>
+#include <functional>
 
 namespace nfd {
 namespace cpu {
 
-// fn(begin, end) on disjoint chunks; runs inline when threads <= 1 or n is small (`grain` = min items/chunk).
+// Runs fn(begin, end) over `chunks` equal chunks of [0, n) on the pool (the caller takes chunks too) and waits
+// for all; the first exception thrown by a chunk is rethrown. Runs fn(0, n) inline when called from inside
+// another parallel_for or while the pool serves another caller (correct, only serial).
+void parallel_for_impl(int chunks, int64_t n, const std::function<void(int64_t, int64_t)>& fn);
+
+// fn(begin, end) on disjoint chunks of [0, n), at most `threads` of them and none smaller than `grain` items;
+// inline when that makes one chunk.
 template <typename Fn>
 void parallel_for(int threads, int64_t n, Fn fn, int64_t grain = 1) {
   if (n <= 0) return;
-  int64_t chunks = std::min<int64_t>(std::max(threads, 1), (n + grain - 1) / std::max<int64_t>(grain, 1));
-  if (chunks <= 1) {
-    fn(int64_t(0), n);
-    return;
-  }
-  std::vector<std::thread> pool;
-  std::vector<std::exception_ptr> errors(chunks);
-  int64_t step = (n + chunks - 1) / chunks;
-  for (int64_t c = 1; c < chunks; ++c) {
-    int64_t b = c * step, e = std::min(n, b + step);
-    if (b >= e) break;
-    pool.emplace_back([&, c, b, e] {
-      try {
-        fn(b, e);
-      } catch (...) {
-        errors[c] = std::current_exception();
-      }
-    });
-  }
-  try {
-    fn(int64_t(0), std::min(n, step));
-  } catch (...) {
-    errors[0] = std::current_exception();
-  }
-  for (auto& t : pool) t.join();
-  for (auto& e : errors)
-    if (e) std::rethrow_exception(e);
+  const int64_t chunks = std::min<int64_t>(std::max(threads, 1), (n + grain - 1) / std::max<int64_t>(grain, 1));
+  if (chunks <= 1) return fn(int64_t(0), n);  // no std::function, no pool: the common small case
+  parallel_for_impl(int(chunks), n, fn);
 }
+
+// The grain for items that each cost about `work` element operations: a chunk should hold at least
+// kMinChunkWork of them (about 0.1 ms), or waking a pool thread costs more than it saves.
+constexpr int64_t kMinChunkWork = int64_t(1) << 20;
+inline int64_t grain_for(int64_t work) { return std::max<int64_t>(1, kMinChunkWork / std::max<int64_t>(1, work)); }
 
 // Sets OpenBLAS' thread count (only when it changes).
 void set_blas_threads(int threads);

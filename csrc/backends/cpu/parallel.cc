@@ -1,0 +1,135 @@
+#include "backends/cpu/parallel.h"
+
+#include <atomic>
+#include <condition_variable>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace nfd {
+namespace cpu {
+namespace {
+
+// Workers sleep on a condition variable between jobs. One job at a time: `busy` admits one caller, others run
+// inline. Chunks are claimed through an atomic counter by the workers and the caller alike.
+class Pool {
+ public:
+  ~Pool() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    for (auto& t : workers_) t.join();
+  }
+
+  // Returns false (nothing run) when the pool is serving another caller.
+  bool run(int chunks, int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+    if (busy_.exchange(true)) return false;
+    grow(chunks - 1);
+    {
+      // The job is set up under the lock, once no worker is inside work(): a worker that enters work()
+      // later has taken this lock after the setup, so it sees this job's fields and counter.
+      std::unique_lock<std::mutex> lk(mu_);
+      done_.wait(lk, [&] { return active_ == 0; });
+      step_ = (n + chunks - 1) / chunks;
+      n_ = n;
+      fn_ = &fn;
+      errors_.assign(size_t(chunks), nullptr);
+      chunks_ = chunks;
+      pending_.store(chunks);
+      next_.store(0);
+      ++generation_;
+    }
+    wake_.notify_all();
+    work();
+    {  // all chunks done and no worker still inside work(), so the next job cannot meet a stale one
+      std::unique_lock<std::mutex> lk(mu_);
+      done_.wait(lk, [&] { return pending_.load() == 0 && active_ == 0; });
+    }
+    fn_ = nullptr;
+    std::exception_ptr first;
+    for (auto& e : errors_)
+      if (e && !first) first = e;
+    busy_.store(false);  // only now may another caller reuse errors_
+    if (first) std::rethrow_exception(first);
+    return true;
+  }
+
+ private:
+  void grow(int workers) {
+    while (int(workers_.size()) < workers) workers_.emplace_back([this] { loop(); });
+  }
+
+  void loop() {
+    uint64_t seen = 0;
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lk(mu_);
+        wake_.wait(lk, [&] { return stop_ || generation_ != seen; });
+        if (stop_) return;
+        seen = generation_;
+        ++active_;
+      }
+      work();
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        --active_;
+      }
+      done_.notify_all();
+    }
+  }
+
+  // Claims chunks until none is left; the last one to finish wakes the caller.
+  void work() {
+    for (int c; (c = next_.fetch_add(1)) < chunks_;) {
+      const int64_t b = c * step_, e = std::min(n_, b + step_);
+      try {
+        if (b < e) (*fn_)(b, e);
+      } catch (...) {
+        errors_[size_t(c)] = std::current_exception();
+      }
+      if (pending_.fetch_sub(1) == 1) {
+        std::lock_guard<std::mutex> lk(mu_);
+        done_.notify_all();
+      }
+    }
+  }
+
+  std::vector<std::thread> workers_;
+  std::mutex mu_;
+  std::condition_variable wake_, done_;
+  uint64_t generation_ = 0;
+  int active_ = 0;  // workers inside work(), guarded by mu_
+  bool stop_ = false;
+  std::atomic<bool> busy_{false};
+  std::atomic<int> next_{0}, pending_{0};
+  int chunks_ = 0;
+  int64_t step_ = 0, n_ = 0;
+  const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
+  std::vector<std::exception_ptr> errors_;
+};
+
+thread_local bool inside_parallel_for = false;
+
+}  // namespace
+
+void parallel_for_impl(int chunks, int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+  static Pool pool;
+  if (!inside_parallel_for) {
+    struct Flag {
+      Flag() { inside_parallel_for = true; }
+      ~Flag() { inside_parallel_for = false; }
+    } flag;
+    if (pool.run(chunks, n, [&](int64_t b, int64_t e) {
+          inside_parallel_for = true;  // on the workers too: nested calls run inline
+          fn(b, e);
+        }))
+      return;
+  }
+  fn(0, n);
+}
+
+}  // namespace cpu
+}  // namespace nfd
