@@ -36,7 +36,7 @@ fi
 if [ "${BENCH:-1}" = 1 ]; then
   log "benchmarks"
   for cfg in ${BENCH_CONFIGS:-nfd-310m}; do
-    $PY benchmarks/fps.py --config "$cfg" --device cuda --steps 4 --frames "${BENCH_FRAMES:-100}" --threads 16 --compile-mode "${COMPILE_MODE:-max-autotune}" \
+    $PY benchmarks/fps.py --config "$cfg" --device cuda --steps 4 ${BENCH_ARGS:-} --frames "${BENCH_FRAMES:-100}" --threads 16 --compile-mode "${COMPILE_MODE:-max-autotune}" \
       --out "$OUT/fps_${cfg}_cuda_s4.json" --markdown --no-progress 2>&1 | tail -15
   done
 fi
