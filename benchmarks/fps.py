@@ -280,9 +280,9 @@ def scaling_run(session, cfg, args) -> dict:
             ax.set_xlabel("frame index")
             ax.set_ylabel("ms per frame")
             ax.set_title(f"{cfg.name} long rollout")
-            png = Path(args.out_dir) / f"scaling_{cfg.name}_{args.device}.png"
+            png = (Path(args.out).parent if args.out else Path(args.out_dir)) / f"scaling_{cfg.name}_{args.device}.png"
             fig.savefig(png, dpi=120, bbox_inches="tight")
-            out["plot"] = str(png)
+            out["plot"] = png.name  # beside the JSON
         except ImportError:
             log("matplotlib not installed: no scaling plot")
     return out
