@@ -389,7 +389,8 @@ static void test_norms(const Context& ctx) {
 static void test_conv(const Context& ctx) {
   struct Case { int Cin, Cout, H, W, k, stride, pad; bool res; };
   const Case cases[] = {{8, 16, 13, 11, 3, 1, 1, false}, {16, 16, 13, 12, 3, 2, 1, false}, {16, 8, 9, 9, 1, 1, 0, true},
-                        {64, 64, 24, 40, 3, 1, 1, true}};
+                        {64, 64, 24, 40, 3, 1, 1, true},
+                        {4, 8, 10, 10, 3, 1, 1, true}};  // Cin*k*k = 36: the CUDA-core path, the rest tensor cores
   for (const Case& c : cases) {
     const int Ho = (c.H + 2 * c.pad - c.k) / c.stride + 1, Wo = (c.W + 2 * c.pad - c.k) / c.stride + 1;
     auto x = randn(size_t(c.Cin) * c.H * c.W), w = randn(size_t(c.Cout) * c.Cin * c.k * c.k, 0.2f),
