@@ -114,8 +114,10 @@ def test_noise_bit_identical():
     assert rel_err(mixed, ref) <= TOL
 
 
-@pytest.mark.parametrize("cin,cout,k,stride,pad,hw", [(4, 64, 3, 1, 1, 8), (32, 32, 3, 2, 1, 16), (32, 64, 1, 1, 0, 8),
-                                                      (3, 8, 3, 1, 1, 11)])
+@pytest.mark.parametrize("cin,cout,k,stride,pad,hw", [
+    (4, 64, 3, 1, 1, 8), (32, 32, 3, 2, 1, 16), (32, 64, 1, 1, 0, 8), (3, 8, 3, 1, 1, 11),
+    # Winograd F(2x2, 3x3) path (3x3, stride 1, even sides, >= 256 pixels), the decoder's sizes included:
+    (64, 64, 3, 1, 1, 16), (64, 32, 3, 1, 1, 32), (32, 32, 3, 1, 1, 64), (5, 12, 3, 1, 1, 18)])
 def test_conv2d(cin, cout, k, stride, pad, hw):
     x, w, b = randn(cin, hw, hw), randn(cout, cin, k, k, seed=1) / math.sqrt(cin * k * k), randn(cout, seed=2)
     ref = F.conv2d(T(x)[None], T(w), T(b), stride=stride, padding=pad)[0].numpy()
@@ -131,6 +133,15 @@ def test_groupnorm(silu):
     if silu:
         ref = F.silu(ref)
     assert rel_err(ops.groupnorm(x, g, b, 8, 1e-6, silu), ref[0].numpy()) <= TOL
+
+
+@pytest.mark.parametrize("cin,cout,h,w", [(64, 64, 8, 8), (32, 32, 32, 32), (3, 5, 5, 7)])
+def test_upsample2x_conv2d(cin, cout, h, w):
+    x, wt, b = randn(cin, h, w), randn(cout, cin, 3, 3, seed=1) / math.sqrt(cin * 9), randn(cout, seed=2)
+    up = F.interpolate(T(x)[None], scale_factor=2, mode="nearest")
+    ref = F.conv2d(up, T(wt), T(b), padding=1)[0].numpy()
+    assert rel_err(ops.upsample2x_conv2d(x, wt, b), ref) <= TOL
+    assert rel_err(ops.upsample2x_conv2d(x, wt), ref - b[:, None, None]) <= TOL
 
 
 def test_upsample():

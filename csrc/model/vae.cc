@@ -114,11 +114,10 @@ int VAE::run(const Context& ctx, const Net& net, bool decoder, Tensor& x, int cu
       const int t = other(cur, -1);
       Tensor in = x;
       if (decoder) {
-        in = buf(t, {x.dim(0), 2 * x.dim(1), 2 * x.dim(2)});
-        ops::upsample_nearest2x(ctx, x, in);
-        const int dst = other(t, -1);
-        x = conv(lv.resample, in, dst);
-        cur = dst;
+        Tensor up = buf(t, {lv.resample.w.dim(0), 2 * x.dim(1), 2 * x.dim(2)});
+        ops::upsample2x_conv2d(ctx, x, lv.resample.w, lv.resample.b, up);
+        x = up;
+        cur = t;
       } else {
         x = conv(lv.resample, in, t);
         cur = t;

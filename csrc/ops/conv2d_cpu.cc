@@ -1,4 +1,6 @@
 // conv2d of one image on the CPU: im2col into a scratch buffer, then one sgemm w[Cout, Cin*k*k] @ col.
+// (A Winograd F(2x2, 3x3) path was tried: its GEMMs are 2.25x smaller, but without -march the tile transforms
+// cost more than that saves on the decoder's sizes; see docs/cpu-backend.md.)
 #include <cblas.h>
 
 #include <algorithm>

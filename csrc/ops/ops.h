@@ -82,6 +82,9 @@ void groupnorm(const Context& ctx, const Tensor& x, const Tensor& gamma, const T
                bool silu, Tensor& out);
 // out[C, 2H, 2W] = nearest-neighbour upsample of x[C, H, W]
 void upsample_nearest2x(const Context& ctx, const Tensor& x, Tensor& out);
+// out[Cout, 2H, 2W] = conv2d(upsample_nearest2x(x[Cin, H, W]), w[Cout, Cin, 3, 3], bias; stride 1, pad 1):
+// the VAE decoder's upsampling step as one op (the CPU backend never builds the upsampled image).
+void upsample2x_conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out);
 // image[3, H, W] in [-1,1] -> u8[H, W, 3]: clamp(floor((x + 1) * 127.5 + 0.5), 0, 255)
 void to_uint8(const Context& ctx, const Tensor& image, Tensor& out);
 // u8[H, W, 3] -> image[3, H, W]: u / 127.5 - 1

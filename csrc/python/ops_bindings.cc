@@ -206,6 +206,16 @@ void nfd_register_ops(py::module_& m) {
   }, py::arg("x"), py::arg("w"), py::arg("b") = py::none(), py::arg("stride") = 1, py::arg("pad") = 0,
      py::arg("residual") = py::none(), NFD_DEV);
 
+  m.def("upsample2x_conv2d", [](F32Array x, F32Array w, py::object b, const std::string& device,
+                                const std::string& dtype, int threads) {
+    if (x.ndim() != 3 || w.ndim() != 4) throw py::value_error("x must be [C,H,W], w [Co,Ci,3,3]");
+    Call c(device, dtype, threads);
+    Tensor tx = c.in(x), tw = c.in(w), tb = c.in_opt(b);
+    Tensor to = c.out({tw.dim(0), 2 * tx.dim(1), 2 * tx.dim(2)});
+    ops::upsample2x_conv2d(c.ctx, tx, tw, tb, to);
+    return c.back(to);
+  }, py::arg("x"), py::arg("w"), py::arg("b") = py::none(), NFD_DEV);
+
   m.def("groupnorm", [](F32Array x, F32Array gamma, F32Array beta, int groups, float eps, bool silu,
                         const std::string& device, const std::string& dtype, int threads) {
     Call c(device, dtype, threads);

@@ -481,6 +481,29 @@ static void test_layout_ops(const Context& ctx, cudaStream_t stream) {
       check_exact(std::string("upsample_nearest2x ") + tname(t), out.download(), ref);
     }
   }
+  {  // upsample2x_conv2d: conv3x3 (pad 1) of the nearest-2x upsampled image, reference in double
+    const int Ci = 16, Co = 8, H = 6, W = 5;
+    auto x = randn(size_t(Ci) * H * W), w = randn(size_t(Co) * Ci * 9, 0.25f), b = randn(size_t(Co));
+    std::vector<double> ref(size_t(Co) * 4 * H * W);
+    for (int co = 0; co < Co; ++co)
+      for (int oy = 0; oy < 2 * H; ++oy)
+        for (int ox = 0; ox < 2 * W; ++ox) {
+          double a = b[co];
+          for (int ci = 0; ci < Ci; ++ci)
+            for (int ky = 0; ky < 3; ++ky)
+              for (int kx = 0; kx < 3; ++kx) {
+                const int uy = oy - 1 + ky, ux = ox - 1 + kx;
+                if (uy < 0 || uy >= 2 * H || ux < 0 || ux >= 2 * W) continue;
+                a += double(w[((size_t(co) * Ci + ci) * 3 + ky) * 3 + kx]) * x[(size_t(ci) * H + uy / 2) * W + ux / 2];
+              }
+          ref[(size_t(co) * 2 * H + oy) * 2 * W + ox] = a;
+        }
+    for (DType t : kFloatTypes) {
+      DevT dx({Ci, H, W}, t, x), dw({Co, Ci, 3, 3}, t, w), db({Co}, t, b), out({Co, 2 * H, 2 * W}, t);
+      cu::upsample2x_conv2d(ctx, dx.t, dw.t, db.t, out.t);
+      check_close(std::string("upsample2x_conv2d ") + tname(t), out.download(), ref, tol_of(t));
+    }
+  }
   {  // to_uint8 / from_uint8 (f32: exact against the formula in float)
     const int H = 8, W = 9;
     auto img = randn(size_t(3) * H * W, 0.7f);

@@ -1,0 +1,114 @@
+// ops::upsample2x_conv2d on the CPU without building the upsampled image.
+//
+// A 3x3 convolution of a nearest-2x-upsampled image reads, for output pixel (2y+py, 2x+px), only the input
+// rows y-1+py .. y+py and columns x-1+px .. x+px: the three kernel rows collapse onto two input rows ({0} and
+// {1,2} for py = 0, {0,1} and {2} for py = 1), same for columns. So each of the four output phases (py, px)
+// is a 2x2 convolution of the small image with summed weights: 4 taps instead of 9 per output, 2.25x fewer
+// FLOPs, and the GEMMs run on the small image. Zero padding matches: an input row outside [0, H) is exactly
+// an upsampled row outside [0, 2H).
+#include <cblas.h>
+
+#include <algorithm>
+
+#include "ops/cpu_common.h"
+#include "ops/ops_impl.h"
+
+namespace nfd {
+namespace ops {
+namespace cpu {
+
+using namespace cpu_detail;
+
+namespace {
+// Kernel taps (rows or columns) that phase p folds into its tap a (a = 0, 1): [first, last].
+inline int tap_first(int p, int a) { return p == 0 ? (a == 0 ? 0 : 1) : (a == 0 ? 0 : 2); }
+inline int tap_last(int p, int a) { return p == 0 ? (a == 0 ? 0 : 2) : (a == 0 ? 1 : 2); }
+}  // namespace
+
+void upsample2x_conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out) {
+  expect("upsample2x_conv2d", "w", w, {-1, -1, 3, 3});
+  const int64_t Cout = w.dim(0), Cin = w.dim(1);
+  expect("upsample2x_conv2d", "x", x, {Cin, -1, -1});
+  const int64_t H = x.dim(1), W = x.dim(2), P = H * W, K = Cin * 4;
+  expect("upsample2x_conv2d", "out", out, {Cout, 2 * H, 2 * W});
+  if (bias.defined()) expect("upsample2x_conv2d", "bias", bias, {Cout});
+  NFD_CHECK(x.data != out.data, invalid_argument, "ops::upsample2x_conv2d: x and out must not alias");
+
+  const float* wt = w.ptr<float>();
+  const float* xs = x.ptr<float>();
+  float* buf = scratch(size_t(4 * K * P + 4 * Cout * P + 4 * Cout * K));
+  float* phase_col = buf;                          // [phase][Cin*4][P]
+  float* phase_out = phase_col + 4 * K * P;        // [phase][Cout][P]
+  float* phase_w = phase_out + 4 * Cout * P;       // [phase][Cout][Cin*4]
+  // Folded weights: phase_w[ph][co][(ci, a, b)] = sum of w[co][ci][ky][kx] over the taps (ky, kx) of (a, b).
+  for (int ph = 0; ph < 4; ++ph) {
+    const int py = ph >> 1, px = ph & 1;
+    for (int64_t co = 0; co < Cout; ++co)
+      for (int64_t ci = 0; ci < Cin; ++ci) {
+        const float* k9 = wt + (co * Cin + ci) * 9;
+        float* dst = phase_w + (int64_t(ph) * Cout + co) * K + ci * 4;
+        for (int a = 0; a < 2; ++a)
+          for (int b = 0; b < 2; ++b) {
+            float s = 0.f;
+            for (int ky = tap_first(py, a); ky <= tap_last(py, a); ++ky)
+              for (int kx = tap_first(px, b); kx <= tap_last(px, b); ++kx) s += k9[ky * 3 + kx];
+            dst[a * 2 + b] = s;
+          }
+      }
+  }
+  // Phase im2col on the small image: row (ci, a, b) of phase (py, px) holds x[ci, y + a - 1 + py, x + b - 1 + px].
+  ::nfd::cpu::parallel_for(ctx.threads, 4 * K, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int ph = int(r / K), py = ph >> 1, px = ph & 1;
+      const int64_t ci = (r % K) / 4;
+      const int a = int(r % 4) / 2, b = int(r % 2);
+      const int64_t dy = a - 1 + py, dx = b - 1 + px;
+      float* dst = phase_col + r * P;
+      for (int64_t y = 0; y < H; ++y, dst += W) {
+        const int64_t iy = y + dy;
+        if (iy < 0 || iy >= H) {
+          std::fill(dst, dst + W, 0.f);
+          continue;
+        }
+        const float* row = xs + (ci * H + iy) * W;
+        const int64_t lo = std::max<int64_t>(0, -dx), hi = std::min<int64_t>(W, W - dx);
+        std::fill(dst, dst + lo, 0.f);
+        std::copy(row + lo + dx, row + hi + dx, dst + lo);
+        std::fill(dst + hi, dst + W, 0.f);
+      }
+    }
+  }, ::nfd::cpu::grain_for(P));
+  // Four GEMMs [Cout, K] @ [K, P], threads splitting (phase, column block).
+  ::nfd::cpu::set_blas_threads(1);
+  ::nfd::cpu::parallel_for(ctx.threads, 4 * P, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1;) {
+      const int64_t ph = i / P, p0 = i % P, p1 = std::min(P, p0 + (i1 - i));
+      scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(Cout), int(p1 - p0), int(K), 1.f,
+                        phase_w + ph * Cout * K, int(K), phase_col + ph * K * P + p0, int(P), 0.f,
+                        phase_out + ph * Cout * P + p0, int(P));
+      i += p1 - p0;
+    }
+  }, ::nfd::cpu::grain_for(Cout * K));
+  // Interleave the phases into out[co, 2y + py, 2x + px] and add the bias.
+  const float* bs = bias.defined() ? bias.ptr<float>() : nullptr;
+  float* o = out.ptr<float>();
+  ::nfd::cpu::parallel_for(ctx.threads, Cout * H, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t co = r / H, y = r % H;
+      const float bv = bs ? bs[co] : 0.f;
+      for (int py = 0; py < 2; ++py) {
+        float* dst = o + (co * 2 * H + 2 * y + py) * 2 * W;
+        const float* even = phase_out + (int64_t(py * 2) * Cout + co) * P + y * W;
+        const float* odd = phase_out + (int64_t(py * 2 + 1) * Cout + co) * P + y * W;
+        for (int64_t xx = 0; xx < W; ++xx) {
+          dst[2 * xx] = even[xx] + bv;
+          dst[2 * xx + 1] = odd[xx] + bv;
+        }
+      }
+    }
+  }, ::nfd::cpu::grain_for(4 * W));
+}
+
+}  // namespace cpu
+}  // namespace ops
+}  // namespace nfd
