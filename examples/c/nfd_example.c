@@ -73,7 +73,7 @@ int main(int argc, char** argv) {
   for (i = 0; i < frames; ++i) {
     char path[4096];
     double dt;
-    /* Scripted input: hold one key for 8 frames, cycling through the keys (same as `nfd-rt demo`). */
+    /* Scripted input: hold one key for 8 frames, cycling through the keys (a fixed script, no game logic in C). */
     memset(action, 0, (size_t)info.action_dim * sizeof(float));
     action[(i / 8) % info.action_dim] = 1.0f;
     t0 = now_seconds();

@@ -1,8 +1,10 @@
-"""`nfd-rt` command line: inspect a .nfd file, export a random model, run a demo rollout.
+"""`nfd-rt` command line: inspect a .nfd file, export a random model, run and score the Gridworld demo.
 
     nfd-rt info m.nfd
     nfd-rt export-random tiny -o m.nfd          (needs torch)
-    nfd-rt demo [--config tiny] [--frames 32] [--out nfd_demo]
+    nfd-rt demo [--frames 120] [--out nfd_demo.mp4]      the shipped Gridworld model, video of game | model
+    nfd-rt play                                         arrow keys drive the model live (pygame)
+    nfd-rt evaluate [--sequences 100]                   position error and PSNR against the real game
 """
 
 from __future__ import annotations
@@ -11,17 +13,8 @@ import argparse
 import json
 import os
 import sys
-import tempfile
-import time
 
 import numpy as np
-
-
-def scripted_action(i: int, action_dim: int) -> np.ndarray:
-    """Frame i's demo action: one key held for 8 frames, cycling through the keys (same as examples/c)."""
-    a = np.zeros(action_dim, dtype=np.float32)
-    a[(i // 8) % action_dim] = 1.0
-    return a
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -58,48 +51,88 @@ def _export_random(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_frames(frames: list[np.ndarray], out: str) -> str:
-    os.makedirs(out, exist_ok=True)
-    try:
-        import imageio.v2 as imageio
-    except ImportError:
-        imageio = None
-    if imageio is not None:
-        path = os.path.join(out, "demo.gif")
-        imageio.mimsave(path, frames, duration=1 / 15)
-        return path
-    for i, f in enumerate(frames):
-        with open(os.path.join(out, f"frame_{i:03d}.ppm"), "wb") as fh:
-            fh.write(f"P6\n{f.shape[1]} {f.shape[0]}\n255\n".encode() + np.ascontiguousarray(f).tobytes())
-    return os.path.join(out, "frame_*.ppm")
+def _pick_device(device: str, dtype: str) -> tuple[str, str]:
+    """"auto" means CUDA (bfloat16) when the runtime was built with CUDA and sees a GPU, else CPU (float32)."""
+    if device == "auto":
+        from ._native import core
+
+        device = "cuda" if core().cuda_available() else "cpu"
+    if dtype == "auto":
+        dtype = "bfloat16" if device == "cuda" else "float32"
+    return device, dtype
+
+
+def _demo_model(path: str | None) -> str:
+    from .demo import MODEL_PATH
+
+    model = path or MODEL_PATH
+    if not os.path.exists(model):
+        raise OSError(f"model file {model} not found" + ("" if path else
+                      " (the shipped demo model; retrain it with python tools/train/train_demo.py)"))
+    return model
+
+
+def _open_session(args: argparse.Namespace):
+    from .session import Session
+
+    device, dtype = _pick_device(args.device, args.dtype)
+    s = Session(_demo_model(args.model), device=device, dtype=dtype, seed=args.seed, threads=args.threads)
+    cfg = s.config
+    print(f"session: {cfg.name} model on {s.device} ({dtype}), {cfg.frame_width}x{cfg.frame_height} frames, "
+          f"{cfg.num_steps} steps/frame, {s.memory_bytes() / 2**20:.1f} MiB", flush=True)
+    return s
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .session import Session
+    from .demo.video import run_demo, write_video
 
-    with tempfile.TemporaryDirectory() as tmp:
-        model = args.model
-        if model is None:
-            model = os.path.join(tmp, f"{args.config}.nfd")
-            print(f"exporting a random {args.config} model to {model} ...", flush=True)
-            rc = _export_random(argparse.Namespace(config=args.config, output=model, seed=args.seed))
-            if rc:
-                return rc
-        with Session(model, device=args.device, dtype=args.dtype, seed=args.seed, threads=args.threads) as s:
-            cfg = s.config
-            print(f"session: {cfg.name} on {s.device} ({args.dtype}), {cfg.frame_width}x{cfg.frame_height} frames, "
-                  f"{cfg.num_steps} steps/frame, {s.memory_bytes() / 2**20:.1f} MiB", flush=True)
-            s.reset()
-            frames, t0 = [], time.perf_counter()
-            for i in range(args.frames):
-                frames.append(s.step(scripted_action(i, cfg.action_dim)))
-                if (i + 1) % 8 == 0 or i + 1 == args.frames:
-                    dt = time.perf_counter() - t0
-                    print(f"  frame {i + 1}/{args.frames}  {(i + 1) / dt:.2f} FPS", flush=True)
-            fps = args.frames / (time.perf_counter() - t0)
-    where = _write_frames(frames, args.out)
-    print(f"{args.frames} frames at {fps:.2f} FPS; wrote {where}")
+    with _open_session(args) as s:
+        video, summary = run_demo(s, args.frames, args.room, scale=args.scale, with_truth=not args.no_truth)
+    path = write_video(video, args.out, fps=args.video_fps)
+    panels = "the model alone" if args.no_truth else "left: the real game, right: the world model"
+    print(f"{args.frames} frames at {summary['fps']:.1f} FPS (runtime only); agent position error "
+          f"{summary['mean_position_error_px']:.1f} px on average")
+    print(f"wrote {path} ({panels})")
     return 0
+
+
+def _play(args: argparse.Namespace) -> int:
+    from .demo.play import play
+
+    with _open_session(args) as s:
+        result = play(s, room=args.room, scale=args.scale, fps=args.fps, show_truth=not args.no_truth,
+                      max_frames=args.max_frames)
+    print(f"played {result['frames']} frames, runtime {result['runtime_fps']:.1f} FPS")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from ._progress import ProgressBar
+    from .demo.evaluate import evaluate
+
+    with _open_session(args) as s:
+        bar = ProgressBar(args.sequences, "evaluate")
+        result = evaluate(s, args.sequences, args.length, progress=bar.update)
+    result["model_file"] = os.path.basename(_demo_model(args.model))
+    m, b = result["model"], result["repeat_last_frame"]
+    print(f"{args.sequences} held-out sequences x {args.length} frames; agent found in "
+          f"{100 * result['agent_found_fraction']:.1f}% of generated frames")
+    print(f"  agent position error: model {m['position_error_px']:.2f} px, repeat-last-frame "
+          f"{b['position_error_px']:.2f} px")
+    print(f"  PSNR: model {m['psnr_db']:.2f} dB, repeat-last-frame {b['psnr_db']:.2f} dB")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _add_session_options(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--model", help="a .nfd file (default: the shipped Gridworld model)")
+    q.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
+    q.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto (bf16 on cuda)")
+    q.add_argument("--seed", type=int, default=0, help="noise seed of the sampler")
+    q.add_argument("--threads", type=int, default=0, help="CPU threads (0 = physical cores)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,16 +151,31 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(fn=_export_random)
 
-    q = sub.add_parser("demo", help="export a random model, roll out frames on scripted actions, save a GIF")
-    q.add_argument("--config", default="tiny")
-    q.add_argument("--model", help="use this .nfd instead of exporting a random one")
-    q.add_argument("--frames", type=int, default=32)
-    q.add_argument("--out", default="nfd_demo")
-    q.add_argument("--device", default="cpu")
-    q.add_argument("--dtype", default="float32")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--threads", type=int, default=0)
+    q = sub.add_parser("demo", help="the shipped world model plays Gridworld; writes a video (game | model)")
+    _add_session_options(q)
+    q.add_argument("--frames", type=int, default=120, help="frames to generate (default 120)")
+    q.add_argument("--room", type=int, default=13, help="Gridworld room seed (13: a room where the model does well; see docs/demo.md)")
+    q.add_argument("--out", default="nfd_demo.mp4", help="video file, .mp4 or .gif (default nfd_demo.mp4)")
+    q.add_argument("--scale", type=int, default=4, help="pixel upscaling of the 64x64 frames")
+    q.add_argument("--video-fps", type=float, default=15.0, help="playback rate of the video")
+    q.add_argument("--no-truth", action="store_true", help="show only the model, not the real game beside it")
     q.set_defaults(fn=_demo)
+
+    q = sub.add_parser("play", help="drive the world model live with the arrow keys (needs pygame)")
+    _add_session_options(q)
+    q.add_argument("--room", type=int, default=13, help="Gridworld room seed (R in the window: next room)")
+    q.add_argument("--scale", type=int, default=8, help="pixel upscaling of the 64x64 frames")
+    q.add_argument("--fps", type=float, default=15.0, help="cap on the display rate (game speed)")
+    q.add_argument("--no-truth", action="store_true", help="show only the model, not the real game beside it")
+    q.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    q.set_defaults(fn=_play)
+
+    q = sub.add_parser("evaluate", help="score the model against Gridworld ground truth on held-out sequences")
+    _add_session_options(q)
+    q.add_argument("--sequences", type=int, default=100)
+    q.add_argument("--length", type=int, default=32, help="frames per sequence, the first one is context")
+    q.add_argument("--json", help="also write the full result here")
+    q.set_defaults(fn=_evaluate)
 
     args = p.parse_args(argv)
     try:

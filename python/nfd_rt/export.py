@@ -59,13 +59,15 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], NFDConfig]:
 
 
 def save(model, path: str | os.PathLike) -> None:
-    """Write `model` (an NFDModel) to `path` as a .nfd file (float32 weights)."""
-    import torch
-    from safetensors.torch import save_file
+    """Write `model` (an NFDModel) to `path` as a .nfd file (float32 weights).
 
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
-    meta = {"nfd_format_version": str(FORMAT_VERSION), "config": model.cfg.to_json()}
-    save_file(tensors, os.fspath(path), metadata=meta)
+    Written by `write_nfd` (sorted tensors, fixed metadata order), so the same weights always give the same
+    bytes; safetensors' own writer orders the metadata differently from run to run.
+    """
+    import torch
+
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous().numpy() for k, v in model.state_dict().items()}
+    write_nfd(tensors, model.cfg, path)
 
 
 def load(path: str | os.PathLike):
