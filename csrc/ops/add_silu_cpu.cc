@@ -16,10 +16,7 @@ void add_silu(const Context& ctx, const Tensor& a, const Tensor& b, Tensor& out)
   expect("add_silu", "out", out, {n});
   const float *pa = a.ptr<float>(), *pb = b.ptr<float>();
   float* po = out.ptr<float>();
-  for (int64_t i = 0; i < n; ++i) {
-    float v = pa[i] + pb[i];
-    po[i] = v / (1.f + std::exp(-v));
-  }
+  for (int64_t i = 0; i < n; ++i) po[i] = silu(pa[i] + pb[i]);
 }
 
 }  // namespace cpu

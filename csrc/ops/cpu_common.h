@@ -1,6 +1,7 @@
 // Argument checks and scratch memory shared by the CPU ops (ops/*_cpu.cc). The CPU backend is fp32 only.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -45,19 +46,43 @@ inline float* scratch(size_t n, int which = 0) {
   return b.data();
 }
 
-// Mean and 1/sqrt(var + eps) of n values (biased variance, two passes in double): the statistics of
-// LayerNorm rows and GroupNorm groups.
+// Mean and 1/sqrt(var + eps) of n values (biased variance, two passes): the statistics of LayerNorm rows and
+// GroupNorm groups. Each block of 256 values is summed in float over 8 independent lanes (a loop the compiler
+// vectorises), the block sums in double: the rounding of a block is ~32 float additions, the total is exact
+// enough for the 1e-5 parity tolerance at any n.
 struct NormStats {
   float mean, rstd;
 };
+inline double blocked_sum(const float* x, int64_t n, float shift, bool square) {
+  double total = 0;
+  for (int64_t b = 0; b < n; b += 256) {
+    const int64_t e = std::min<int64_t>(n, b + 256);
+    float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = b;
+    for (; i + 8 <= e; i += 8)
+      for (int j = 0; j < 8; ++j) {
+        const float d = x[i + j] - shift;
+        lane[j] += square ? d * d : d;
+      }
+    double block = 0;
+    for (int j = 0; j < 8; ++j) block += lane[j];
+    for (; i < e; ++i) {
+      const double d = double(x[i]) - shift;
+      block += square ? d * d : d;
+    }
+    total += block;
+  }
+  return total;
+}
 inline NormStats norm_stats(const float* x, int64_t n, float eps) {
-  double mean = 0, var = 0;
-  for (int64_t i = 0; i < n; ++i) mean += x[i];
-  mean /= double(n);
-  for (int64_t i = 0; i < n; ++i) var += (x[i] - mean) * (x[i] - mean);
-  var /= double(n);
+  const double mean = blocked_sum(x, n, 0.f, false) / double(n);
+  const double var = blocked_sum(x, n, float(mean), true) / double(n);
   return {float(mean), float(1.0 / std::sqrt(var + double(eps)))};
 }
+
+// SiLU v * sigmoid(v). (A polynomial exp was tried: without -march and -fno-trapping-math it does not
+// vectorise and is slower than glibc's expf.)
+inline float silu(float v) { return v / (1.f + std::exp(-v)); }
 
 }  // namespace cpu_detail
 }  // namespace ops

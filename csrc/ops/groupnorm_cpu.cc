@@ -1,4 +1,4 @@
-// GroupNorm of one image [C, H, W] (+ SiLU); group statistics in double.
+// GroupNorm of one image [C, H, W] (+ SiLU); group statistics by norm_stats, SiLU per element.
 #include <cmath>
 
 #include "ops/cpu_common.h"
@@ -25,11 +25,16 @@ void groupnorm(const Context& ctx, const Tensor& x, const Tensor& gamma, const T
   ::nfd::cpu::parallel_for(ctx.threads, groups, [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g) {
       const auto [m, rstd] = norm_stats(xs + g * n, n, eps);
-      for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c)
-        for (int64_t i = c * HW; i < (c + 1) * HW; ++i) {
-          float v = (xs[i] - m) * rstd * ga[c] + be[c];
-          o[i] = silu ? v / (1.f + std::exp(-v)) : v;
+      for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) {
+        const float scale = rstd * ga[c], shift = be[c] - m * scale;
+        const float* xc = xs + c * HW;
+        float* oc = o + c * HW;
+        if (silu) {
+          for (int64_t i = 0; i < HW; ++i) oc[i] = cpu_detail::silu(xc[i] * scale + shift);
+        } else {
+          for (int64_t i = 0; i < HW; ++i) oc[i] = xc[i] * scale + shift;
         }
+      }
     }
   }, ::nfd::cpu::grain_for(4 * n));
 }
