@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train the shipped demo model: the `tiny` NFD on Gridworld (python/nfd_rt/demo/game.py), on CPU, from a seed.
 
-    python tools/train/train_demo.py                      # ~45 min on 2 CPU cores, writes the shipped model
+    python tools/train/train_demo.py                      # ~40 min on 2 CPU cores, writes the shipped model
     python tools/train/train_demo.py --quick -o /tmp/q.nfd  # a 3-minute smoke run of the whole pipeline
 
 Stages (docs/demo.md explains the choices):
