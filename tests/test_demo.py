@@ -175,6 +175,8 @@ def test_play_loop_runs_headless(monkeypatch):
     with nfd_rt.Session(MODEL_PATH) as s:
         result = play(s, max_frames=3, fps=1000)
         assert result["frames"] == 3 and s.frame_index == 4  # 1 context frame + 3 generated
+        with pytest.raises(RuntimeError, match="needs a display"):  # no window: an error, not an endless loop
+            play(s)
 
 
 @needs_core

@@ -32,6 +32,10 @@ def play(session, room: int = 0, scale: int = 8, fps: float = 15.0, show_truth: 
     cfg = session.config
     pygame.init()
     try:
+        driver = pygame.display.get_driver()
+        if driver in ("dummy", "offscreen") and max_frames is None:  # would loop forever with nothing to see
+            raise RuntimeError(f"nfd-rt play needs a display, but SDL found none (video driver {driver!r}): run "
+                               "it in a desktop session, or use `nfd-rt demo` to write a video instead")
         world = game.GridWorld(room)
         frame = world.render()
         session.reset(frames=frame[None])
