@@ -19,8 +19,9 @@ class ProgressBar:
         frac = done / self.total
         elapsed = time.perf_counter() - self.t0
         rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - done) / rate if rate > 0 else 0.0
         line = (f"{self.label} [{'#' * int(frac * self.width):<{self.width}}] {done}/{self.total} "
-                f"{rate:.1f}/s {extra}").rstrip()
+                f"{rate:.1f}/s, {eta / 60:.1f} min left" + (f", {extra}" if extra else ""))
         if self.tty:
             self.stream.write("\r" + line + ("\n" if done == self.total else ""))
             self.stream.flush()

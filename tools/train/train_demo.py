@@ -33,25 +33,23 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "python"))
 from nfd_rt import configs, export  # noqa: E402
+from nfd_rt._progress import ProgressBar  # noqa: E402
 from nfd_rt.demo import game  # noqa: E402
 from nfd_rt.reference.model import NFDModel, frames_to_images, masked_attention  # noqa: E402
 
 CLIP = 16  # frames per DiT training clip (> sink + window + 1, so the window rolls inside a clip)
 
 
-class Progress:
-    """One line per report: step, loss, elapsed and remaining time."""
+class Progress(ProgressBar):
+    """The package's progress bar, with the loss smoothed over recent steps."""
 
-    def __init__(self, name: str, total: int, every: int):
-        self.name, self.total, self.every, self.t0, self.loss = name, total, every, time.time(), None
+    def __init__(self, name: str, total: int):
+        super().__init__(total, f"  [{name}]", stream=sys.stdout)
+        self.loss = None
 
-    def update(self, step: int, loss: float) -> None:
+    def step(self, step: int, loss: float) -> None:
         self.loss = loss if self.loss is None else 0.95 * self.loss + 0.05 * loss
-        if (step + 1) % self.every == 0 or step + 1 == self.total:
-            el = time.time() - self.t0
-            eta = el / (step + 1) * (self.total - step - 1)
-            print(f"  [{self.name}] step {step + 1}/{self.total}  loss {self.loss:.5f}  "
-                  f"{el / 60:.1f} min elapsed, {eta / 60:.1f} min left", flush=True)
+        self.update(step + 1, f"loss {self.loss:.5f}")
 
 
 def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
@@ -77,7 +75,7 @@ def train_vae(model: NFDModel, frames: np.ndarray, steps: int, batch: int, seed:
     opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
     rng = np.random.default_rng([seed, 1])
     flat = frames.reshape(-1, *frames.shape[-3:])
-    prog, losses = Progress("vae", steps, max(1, steps // 20)), []
+    prog, losses = Progress("vae", steps), []
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, steps, 2e-3, 50)
@@ -92,7 +90,7 @@ def train_vae(model: NFDModel, frames: np.ndarray, steps: int, batch: int, seed:
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         losses.append(loss.item())
-        prog.update(step, losses[-1])
+        prog.step(step, losses[-1])
     return losses
 
 
@@ -197,7 +195,7 @@ def train_dit(model: NFDModel, latents: torch.Tensor, actions: torch.Tensor, ste
     opt = torch.optim.AdamW(dit.parameters(), lr=1e-3, weight_decay=0.01, betas=(0.9, 0.99))
     rng = np.random.default_rng([seed, 2])
     gen = torch.Generator().manual_seed(seed)
-    prog, losses = Progress("dit", steps, max(1, steps // 40)), []
+    prog, losses = Progress("dit", steps), []
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, steps, 1e-3, 100)
@@ -228,7 +226,7 @@ def train_dit(model: NFDModel, latents: torch.Tensor, actions: torch.Tensor, ste
             for pe, p in zip(ema.parameters(), dit.parameters()):
                 pe.lerp_(p, 1 - decay)
         losses.append(loss.item())
-        prog.update(step, losses[-1])
+        prog.step(step, losses[-1])
     model.dit = ema
     return model, losses
 

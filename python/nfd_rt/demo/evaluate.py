@@ -33,15 +33,18 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(255.0**2 / max(mse, 1e-10)))
 
 
-def position_error(generated: np.ndarray, truth: np.ndarray) -> tuple[float, bool]:
-    """(error in pixels, agent found in the generated frame)."""
-    p_true = game.agent_position(truth)
-    p_gen = game.agent_position(generated)
+def _error(p_gen: np.ndarray | None, p_true: np.ndarray | None) -> tuple[float, bool]:
+    """(distance in pixels, agent found in the generated frame) from the two agent positions."""
     if p_true is None:
         raise ValueError("ground-truth frame has no agent")
     if p_gen is None:
         return MISSING_PENALTY, False
     return float(np.linalg.norm(p_gen - p_true)), True
+
+
+def position_error(generated: np.ndarray, truth: np.ndarray) -> tuple[float, bool]:
+    """(error in pixels, agent found in the generated frame)."""
+    return _error(game.agent_position(generated), game.agent_position(truth))
 
 
 def evaluate(session, sequences: int = 100, length: int = 32, progress: Callable[[int], None] | None = None
@@ -59,11 +62,12 @@ def evaluate(session, sequences: int = 100, length: int = 32, progress: Callable
     found = np.zeros((sequences, steps), bool)
     for s in range(sequences):
         frames, actions = held_out_sequence(s, length, cfg.action_dim)
+        truth = [game.agent_position(f) for f in frames]
         session.reset(frames=frames[:1])
         for t in range(1, length):
             out = session.step(actions[t])
-            err["model"][s, t - 1], found[s, t - 1] = position_error(out, frames[t])
-            err["repeat_last_frame"][s, t - 1], _ = position_error(frames[0], frames[t])
+            err["model"][s, t - 1], found[s, t - 1] = _error(game.agent_position(out), truth[t])
+            err["repeat_last_frame"][s, t - 1], _ = _error(truth[0], truth[t])
             snr["model"][s, t - 1] = psnr(out, frames[t])
             snr["repeat_last_frame"][s, t - 1] = psnr(frames[0], frames[t])
         if progress is not None:

@@ -71,15 +71,24 @@ def make_walls(rng: np.random.Generator) -> np.ndarray:
             return walls
 
 
-def _reachable(walls: np.ndarray, start: tuple[int, int]) -> set[tuple[int, int]]:
-    seen, todo = {start}, deque([start])
+def _bfs(walls: np.ndarray, start: tuple[int, int], targets=frozenset()) -> tuple[dict, tuple | None]:
+    """Breadth-first search over free tiles from `start`: (parent of every tile reached, first target reached or
+    None). Without targets it explores everything reachable."""
+    parent, todo = {start: None}, deque([start])
     while todo:
-        r, c = todo.popleft()
-        for nr, nc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
-            if not walls[nr, nc] and (nr, nc) not in seen:
-                seen.add((nr, nc))
-                todo.append((nr, nc))
-    return seen
+        cell = todo.popleft()
+        if cell in targets:
+            return parent, cell
+        r, c = cell
+        for n in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
+            if not walls[n] and n not in parent:
+                parent[n] = cell
+                todo.append(n)
+    return parent, None
+
+
+def _reachable(walls: np.ndarray, start: tuple[int, int]) -> set[tuple[int, int]]:
+    return set(_bfs(walls, start)[0])
 
 
 @dataclass
@@ -147,17 +156,8 @@ class GridWorld:
         x, y = self.agent
         start = ((y + AGENT // 2) // TILE, (x + AGENT // 2) // TILE)
         targets = {(cy // TILE, cx // TILE) for cx, cy in self.coins}
-        prev, todo = {start: None}, deque([start])
-        while todo:
-            cell = todo.popleft()
-            if cell in targets:
-                break
-            r, c = cell
-            for n in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
-                if not self.walls[n] and n not in prev:
-                    prev[n] = cell
-                    todo.append(n)
-        else:
+        prev, cell = _bfs(self.walls, start, targets)
+        if cell is None:
             return 0
         while prev[cell] is not None and prev[cell] != start:
             cell = prev[cell]

@@ -40,7 +40,11 @@ def play(session, room: int = 0, scale: int = 8, fps: float = 15.0, show_truth: 
         frame = world.render()
         session.reset(frames=frame[None])
         truth = frame
-        screen = pygame.display.set_mode(side_by_side(truth if show_truth else None, frame, scale).shape[1::-1])
+
+        def open_window():
+            return pygame.display.set_mode(side_by_side(truth if show_truth else None, frame, scale).shape[1::-1])
+
+        screen = open_window()
         clock = pygame.time.Clock()
         n, step_seconds, running = 0, 0.0, True
         while running and (max_frames is None or n < max_frames):
@@ -54,8 +58,7 @@ def play(session, room: int = 0, scale: int = 8, fps: float = 15.0, show_truth: 
                     session.reset(frames=frame[None])
                 elif event.type == pygame.KEYDOWN and event.key == pygame.K_t:
                     show_truth = not show_truth
-                    screen = pygame.display.set_mode(
-                        side_by_side(truth if show_truth else None, frame, scale).shape[1::-1])
+                    screen = open_window()
             action = _keys_to_action(pygame.key.get_pressed(), pygame, cfg.action_dim)
             truth = world.step(action)
             t0 = time.perf_counter()

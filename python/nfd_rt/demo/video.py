@@ -7,6 +7,7 @@ video shows the game (left) next to what the model imagines (right).
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 
@@ -53,8 +54,6 @@ def run_demo(session, frames: int, room: int, scale: int = 4, with_truth: bool =
     The player walks to the coins, with a random key every `random_every` frames so it also meets walls.
     Returns the video frames and a summary (FPS of the runtime alone, mean agent position error).
     """
-    import time
-
     cfg = session.config
     world = game.GridWorld(room)
     rng = np.random.default_rng(room)
