@@ -79,9 +79,16 @@ def test_rope_qkv_split(frame_index):
 
 
 @pytest.mark.parametrize("slots", [[0], [2, 0, 3], [4, 1, 2, 3, 0]])
-def test_attention(slots):
-    H, N, hd, S = 4, 16, 32, 5
-    q, kc, vc = randn(H, N, hd) * 2, randn(S, H, N, hd, seed=1) * 2, randn(S, H, N, hd, seed=2)
+@pytest.mark.parametrize("H,N,hd,spread", [
+    (4, 16, 32, 2.0),   # tiny: one block of 16 queries, head_dim two vectors of 16
+    (2, 5, 8, 2.0),     # a partial query block; head_dim below one vector; keys not a multiple of 4
+    (3, 37, 40, 2.0),   # three query blocks (the last partial); head_dim 16 + 16 + a tail of 8
+    (1, 18, 128, 2.0),  # head_dim 128 (nfd-310m)
+    (2, 16, 64, 30.0),  # scores spread over thousands: softmax nearly one-hot, exp far below its clamp
+])
+def test_attention(slots, H, N, hd, spread):
+    S = 5
+    q, kc, vc = randn(H, N, hd) * spread, randn(S, H, N, hd, seed=1) * 2, randn(S, H, N, hd, seed=2)
     out = ops.attention(q, kc, vc, slots)
     keys = T(kc)[slots].permute(1, 0, 2, 3).reshape(H, len(slots) * N, hd)
     vals = T(vc)[slots].permute(1, 0, 2, 3).reshape(H, len(slots) * N, hd)
@@ -116,14 +123,18 @@ def test_noise_bit_identical():
 
 @pytest.mark.parametrize("cin,cout,k,stride,pad,hw", [
     (4, 64, 3, 1, 1, 8), (32, 32, 3, 2, 1, 16), (32, 64, 1, 1, 0, 8), (3, 8, 3, 1, 1, 11),
-    # Winograd F(2x2, 3x3) path (3x3, stride 1, even sides, >= 256 pixels), the decoder's sizes included:
-    (64, 64, 3, 1, 1, 16), (64, 32, 3, 1, 1, 32), (32, 32, 3, 1, 1, 64), (5, 12, 3, 1, 1, 18)])
+    # the decoder's sizes and an odd one:
+    (64, 64, 3, 1, 1, 16), (64, 32, 3, 1, 1, 32), (32, 32, 3, 1, 1, 64), (5, 12, 3, 1, 1, 18),
+    # direct path for <= 4 output channels (the RGB conv_out): 16-column runs, a tail of columns, 1 to 4 outputs
+    (32, 3, 3, 1, 1, 64), (7, 1, 3, 1, 1, 19), (5, 2, 3, 1, 1, 5), (9, 4, 3, 1, 1, 33)])
 def test_conv2d(cin, cout, k, stride, pad, hw):
     x, w, b = randn(cin, hw, hw), randn(cout, cin, k, k, seed=1) / math.sqrt(cin * k * k), randn(cout, seed=2)
     ref = F.conv2d(T(x)[None], T(w), T(b), stride=stride, padding=pad)[0].numpy()
     assert rel_err(ops.conv2d(x, w, b, stride=stride, pad=pad), ref) <= TOL
     res = randn(*ref.shape, seed=3)
     assert rel_err(ops.conv2d(x, w, b, stride=stride, pad=pad, residual=res), res + ref) <= TOL
+    no_bias = F.conv2d(T(x)[None], T(w), None, stride=stride, padding=pad)[0].numpy()
+    assert rel_err(ops.conv2d(x, w, None, stride=stride, pad=pad), no_bias) <= TOL
 
 
 @pytest.mark.parametrize("silu", [False, True])

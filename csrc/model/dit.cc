@@ -91,7 +91,7 @@ DiT::DiT(const ModelFile& file, const Config& cfg, Arena& arena, const Context& 
   act_hs_ = arena.alloc({D}, dtype);
   act_emb_ = arena.alloc({D}, dtype);
   cond_ = arena.alloc({passes, D}, dtype);
-  mod_ = arena.alloc({passes, cfg.depth, 6 * D}, dtype);
+  mod_ = arena.alloc({cfg.depth, passes, 6 * D}, dtype);
   final_mod_ = arena.alloc({passes, 2 * D}, dtype);
   tokens_ = arena.alloc({N, P}, dtype);
   h_ = arena.alloc({N, D}, dtype);
@@ -114,25 +114,25 @@ void DiT::condition(const Context& ctx, const Tensor& action) {
   for (int64_t k = 0; k < passes; ++k) {
     Tensor c = view(cond_, k * D, {D});
     ops::add_silu(ctx, view(temb_, k * D, {D}), act_emb_, c);
-    Tensor c1 = view(cond_, k * D, {1, D});
-    for (int l = 0; l < cfg_.depth; ++l) {
-      Tensor m = view(mod_, (k * cfg_.depth + l) * 6 * D, {1, 6 * D});
-      ops::linear(ctx, c1, blocks_[size_t(l)].adaln_w, blocks_[size_t(l)].adaln_b, m);
-    }
-    Tensor fm = view(final_mod_, k * 2 * D, {1, 2 * D});
-    ops::linear(ctx, c1, final_adaln_w_, final_adaln_b_, fm);
   }
+  // Every pass position's adaLN vectors of a block in one GEMM (rows = pass positions): the weights are read
+  // once per frame, not once per pass.
+  for (int l = 0; l < cfg_.depth; ++l) {
+    Tensor m = view(mod_, l * passes * 6 * D, {passes, 6 * D});
+    ops::linear(ctx, cond_, blocks_[size_t(l)].adaln_w, blocks_[size_t(l)].adaln_b, m);
+  }
+  ops::linear(ctx, cond_, final_adaln_w_, final_adaln_b_, final_mod_);
 }
 
 void DiT::forward(const Context& ctx, int k, const Tensor& latent, bool full) {
-  const int64_t D = cfg_.hidden_size;
+  const int64_t D = cfg_.hidden_size, passes = cfg_.num_steps() + 1;
   const float eps = cfg_.norm_eps;
   ops::patchify(ctx, latent, cfg_.patch_size, tokens_);
   ops::linear(ctx, tokens_, patch_w_, patch_b_, h_);
   for (int l = 0; l < cfg_.depth; ++l) {
     Block& b = blocks_[size_t(l)];
     // adaLN chunks: shift1, scale1, gate1, shift2, scale2, gate2.
-    auto mod = [&](int i) { return view(mod_, (int64_t(k) * cfg_.depth + l) * 6 * D + i * D, {D}); };
+    auto mod = [&](int i) { return view(mod_, (int64_t(l) * passes + k) * 6 * D + i * D, {D}); };
     Tensor shift1 = mod(0), scale1 = mod(1), gate1 = mod(2), shift2 = mod(3), scale2 = mod(4), gate2 = mod(5);
     ops::layernorm_modulate(ctx, h_, shift1, scale1, eps, hn_);
     ops::linear(ctx, hn_, b.qkv_w, b.qkv_b, qkv_);

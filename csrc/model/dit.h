@@ -46,7 +46,7 @@ class DiT {
   Tensor zeros_;       // [D]: add_silu(x, zeros) = silu(x)
   Tensor act_h_, act_hs_, act_emb_;  // action MLP [D] each
   Tensor cond_;        // [passes, D]
-  Tensor mod_;         // [passes, depth, 6D]
+  Tensor mod_;         // [depth, passes, 6D]
   Tensor final_mod_;   // [passes, 2D]
   Tensor tokens_, h_, hn_, qkv_, q_, attn_, mlp_, vel_;
   size_t kv_bytes_ = 0;

@@ -1,10 +1,14 @@
-// Attention of the current frame's queries over the visible cache slots, per head with OpenBLAS:
-// S = Q K^T / sqrt(hd) one sgemm per visible slot (a block of N keys), a row softmax over all visible keys,
-// then O = P V accumulated slot by slot. fp32 throughout; the row max keeps exp() in range.
-#include <cblas.h>
-
+// Attention of the current frame's queries over the visible cache slots, fp32, written for the CPU's vector
+// units instead of through BLAS: a frame has few tokens (16 on `tiny`), so one GEMM per head and slot was
+// mostly call and packing overhead. Per head and block of kQueries queries:
+//   scores^T [L, kQueries] = K Q^T: a row per key with the queries across the vector lanes, so a key costs
+//     head_dim broadcast-FMAs into one register-sized accumulator (Q^T is built once, pre-scaled);
+//   a softmax down each column (max, exp, sum), vectorised over the queries as well;
+//   O = P V: per query, an axpy of every value row, vectorised over head_dim.
+// The softmax sees all L keys of a head at once (S + W + 1 slots of N tokens: small), so no online rescaling.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 
 #include "ops/cpu_common.h"
@@ -15,6 +19,87 @@ namespace ops {
 namespace cpu {
 
 using namespace cpu_detail;
+
+constexpr int64_t kQueries = 16;  // queries per block: the lanes of one Vec16 of scores per key
+
+// One head, queries q[0 .. nq) (nq <= kQueries, rows of hd floats) against `num_blocks` blocks of `rows` keys
+// and values; writes nq rows of out (stride ldo). `work` holds (hd + num_blocks * rows) * kQueries floats.
+NFD_CPU_MULTIVERSION
+static void attend_block(const float* q, int64_t nq, int64_t hd, const float* const* keys,
+                         const float* const* values, int num_blocks, int64_t rows, float scale, float* out,
+                         int64_t ldo, float* work) {
+  const int64_t L = num_blocks * rows;
+  float* qt = work;                // [hd, kQueries]; lanes past nq are zero queries, never written out
+  float* st = qt + hd * kQueries;  // [L, kQueries] scores, then probabilities
+  for (int64_t e = 0; e < hd * kQueries; ++e) qt[e] = 0.f;
+  for (int64_t i = 0; i < nq; ++i)
+    for (int64_t d = 0; d < hd; ++d) qt[d * kQueries + i] = q[i * hd + d] * scale;
+
+  // Scores, 4 keys at a time: 4 independent accumulators hide the FMA latency.
+  auto key = [&](int64_t r) { return keys[r / rows] + (r % rows) * hd; };
+  int64_t r = 0;
+  for (; r + 4 <= L; r += 4) {
+    const float *k0 = key(r), *k1 = key(r + 1), *k2 = key(r + 2), *k3 = key(r + 3);
+    Vec16 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+    for (int64_t d = 0; d < hd; ++d) {
+      const Vec16 qd = load16(qt + d * kQueries);
+      a0 += k0[d] * qd;
+      a1 += k1[d] * qd;
+      a2 += k2[d] * qd;
+      a3 += k3[d] * qd;
+    }
+    store16(st + r * kQueries, a0);
+    store16(st + (r + 1) * kQueries, a1);
+    store16(st + (r + 2) * kQueries, a2);
+    store16(st + (r + 3) * kQueries, a3);
+  }
+  for (; r < L; ++r) {
+    const float* k0 = key(r);
+    Vec16 a0 = {};
+    for (int64_t d = 0; d < hd; ++d) a0 += k0[d] * load16(qt + d * kQueries);
+    store16(st + r * kQueries, a0);
+  }
+
+  // Softmax down each column: lane i is query i.
+  Vec16 m = load16(st);
+  for (int64_t j = 1; j < L; ++j) {
+    const Vec16 s = load16(st + j * kQueries);
+    m = s > m ? s : m;
+  }
+  float mx[kQueries], l[kQueries] = {};
+  store16(mx, m);
+  for (int64_t j = 0; j < L; ++j)
+    for (int64_t i = 0; i < kQueries; ++i) {
+      const float e = exp_approx(st[j * kQueries + i] - mx[i]);
+      st[j * kQueries + i] = e;
+      l[i] += e;
+    }
+
+  // O = P V / l, 4 queries x 16 head dims at a time (a tail of head dims one at a time).
+  auto value = [&](int64_t j) { return values[j / rows] + (j % rows) * hd; };
+  for (int64_t i0 = 0; i0 < nq; i0 += 4) {
+    const int64_t n = std::min<int64_t>(4, nq - i0);
+    int64_t c = 0;
+    for (; c + 16 <= hd; c += 16) {
+      Vec16 o[4] = {};
+      for (int64_t j = 0; j < L; ++j) {
+        const Vec16 v = load16(value(j) + c);
+        const float* p = st + j * kQueries + i0;
+        o[0] += p[0] * v;
+        o[1] += p[1] * v;
+        o[2] += p[2] * v;
+        o[3] += p[3] * v;
+      }
+      for (int64_t i = 0; i < n; ++i) store16(out + (i0 + i) * ldo + c, o[i] * (1.f / l[i0 + i]));
+    }
+    for (; c < hd; ++c)
+      for (int64_t i = 0; i < n; ++i) {
+        float acc = 0.f;
+        for (int64_t j = 0; j < L; ++j) acc += st[j * kQueries + i0 + i] * value(j)[c];
+        out[(i0 + i) * ldo + c] = acc / l[i0 + i];
+      }
+  }
+}
 
 void attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, Tensor& out) {
   expect("attention", "q", q, {-1, -1, -1});
@@ -32,32 +117,22 @@ void attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const
 
   const float scale = float(1.0 / std::sqrt(double(hd)));
   const int64_t L = int64_t(st.num_visible) * N;  // keys of one head
-  const int64_t ldo = H * hd;
-  ::nfd::cpu::set_blas_threads(1);
-  ::nfd::cpu::parallel_for(ctx.threads, H, [&](int64_t h0, int64_t h1) {  // heads are independent
-    float* S = scratch(size_t(N * L));
-    for (int64_t h = h0; h < h1; ++h) {
-      const float* Q = q.ptr<float>() + h * N * hd;
-      auto block = [&](const Tensor& cache, int b) {  // [N, hd] keys/values of head h in visible slot b
-        return cache.ptr<float>() + (int64_t(st.visible_slots[b]) * H + h) * N * hd;
-      };
-      for (int b = 0; b < st.num_visible; ++b)
-        scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(N), int(N), int(hd), scale, Q, int(hd),
-                          block(k_cache, b), int(hd), 0.f, S + b * N, int(L));
-      for (int64_t r = 0; r < N; ++r) {
-        float* row = S + r * L;
-        const float m = *std::max_element(row, row + L);
-        float sum = 0.f;
-        for (int64_t j = 0; j < L; ++j) sum += (row[j] = std::exp(row[j] - m));
-        const float inv = 1.f / sum;
-        for (int64_t j = 0; j < L; ++j) row[j] *= inv;
+  const int64_t query_blocks = (N + kQueries - 1) / kQueries;
+  ::nfd::cpu::parallel_for(ctx.threads, H * query_blocks, [&](int64_t t0, int64_t t1) {
+    float* work = scratch(size_t((hd + L) * kQueries));
+    const float* keys[FrameState::kMaxSlots];
+    const float* values[FrameState::kMaxSlots];
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t h = t / query_blocks, r0 = (t % query_blocks) * kQueries;
+      for (int b = 0; b < st.num_visible; ++b) {  // the [N, hd] keys/values of head h in visible slot b
+        const int64_t offset = (int64_t(st.visible_slots[b]) * H + h) * N * hd;
+        keys[b] = k_cache.ptr<float>() + offset;
+        values[b] = v_cache.ptr<float>() + offset;
       }
-      float* O = out.ptr<float>() + h * hd;  // rows of out[N, H*hd], columns of head h
-      for (int b = 0; b < st.num_visible; ++b)
-        scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), int(hd), int(N), 1.f, S + b * N,
-                          int(L), block(v_cache, b), int(hd), b ? 1.f : 0.f, O, int(ldo));
+      attend_block(q.ptr<float>() + (h * N + r0) * hd, std::min(kQueries, N - r0), hd, keys, values,
+                   st.num_visible, N, scale, out.ptr<float>() + r0 * H * hd + h * hd, H * hd, work);
     }
-  }, ::nfd::cpu::grain_for(2 * N * L * hd));
+  }, ::nfd::cpu::grain_for(4 * kQueries * L * hd));
 }
 
 }  // namespace cpu

@@ -4,9 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -87,34 +85,48 @@ inline NormStats norm_stats(const float* x, int64_t n, float eps) {
 // SiLU v * sigmoid(v).
 inline float silu(float v) { return v / (1.f + std::exp(-v)); }
 
-// out[i] = silu(x[i] * scale + shift) for i < n. The VAE applies SiLU to every activation, so this loop is hot;
-// glibc's expf is a call per element that the compiler cannot vectorise, so on x86-64 four lanes at a time use
-// SSE2 (always present there): exp by round(x / ln2) = k, r = x - k ln2 in two parts, a degree-6 Taylor
-// polynomial of exp(r) (|r| <= ln2/2, relative error ~1e-7), times 2^k built in the exponent bits.
-#if defined(__SSE2__)
-inline __m128 exp_sse2(__m128 x) {
-  x = _mm_min_ps(_mm_max_ps(x, _mm_set1_ps(-87.f)), _mm_set1_ps(88.f));  // 2^k stays a normal float
-  const __m128 magic = _mm_set1_ps(12582912.f);                            // 1.5 * 2^23: rounds to nearest
-  const __m128 k = _mm_sub_ps(_mm_add_ps(_mm_mul_ps(x, _mm_set1_ps(1.44269504f)), magic), magic);
-  const __m128 r = _mm_sub_ps(_mm_sub_ps(x, _mm_mul_ps(k, _mm_set1_ps(0.693145752f))),
-                              _mm_mul_ps(k, _mm_set1_ps(1.42860677e-06f)));
-  __m128 p = _mm_set1_ps(1.f / 720);
-  for (float c : {1.f / 120, 1.f / 24, 1.f / 6, 0.5f, 1.f, 1.f}) p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(c));
-  const __m128i e = _mm_slli_epi32(_mm_add_epi32(_mm_cvtps_epi32(k), _mm_set1_epi32(127)), 23);
-  return _mm_mul_ps(p, _mm_castsi128_ps(e));
+// The wheel is built for plain x86-64 (SSE2), so the hot element loops are compiled three times, for
+// x86-64-v4 (AVX-512), x86-64-v3 (AVX2 + FMA) and the baseline, and the loader picks the best one the CPU runs
+// (GCC function multi-versioning). Put this on a function holding plain loops: the compiler vectorises each
+// copy for its target. Results agree across copies to float rounding (FMA contraction), not bit for bit.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(NFD_RT_NO_MULTIVERSION)
+#define NFD_CPU_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define NFD_CPU_MULTIVERSION
+#endif
+
+// 16 floats that the compiler maps to one AVX-512 register, two AVX2 or four SSE registers, by target. Where
+// a loop's accumulators must stay in registers (a chain through memory makes every FMA wait on the store of the
+// one before), kernels spell out Vec16 arithmetic instead of leaving plain loops to the vectoriser.
+// (GCC's -Wpsabi note that passing such a vector by value differs between targets is turned off in
+// CMakeLists.txt: these helpers are always inlined, so no call ever passes one.)
+typedef float Vec16 __attribute__((vector_size(64)));
+__attribute__((always_inline)) inline Vec16 load16(const float* p) {
+  Vec16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
 }
-#endif
-inline void scale_shift_silu(const float* x, float* out, int64_t n, float scale, float shift) {
-  int64_t i = 0;
-#if defined(__SSE2__)
-  const __m128 s = _mm_set1_ps(scale), b = _mm_set1_ps(shift), one = _mm_set1_ps(1.f);
-  for (; i + 4 <= n; i += 4) {
-    const __m128 v = _mm_add_ps(_mm_mul_ps(_mm_loadu_ps(x + i), s), b);
-    const __m128 e = exp_sse2(_mm_sub_ps(_mm_setzero_ps(), v));
-    _mm_storeu_ps(out + i, _mm_div_ps(v, _mm_add_ps(one, e)));
-  }
-#endif
-  for (; i < n; ++i) out[i] = silu(x[i] * scale + shift);
+__attribute__((always_inline)) inline void store16(float* p, Vec16 v) { std::memcpy(p, &v, sizeof v); }
+
+// exp(x) written so that a loop calling it vectorises (glibc's expf is a call per element): k = round(x / ln2)
+// by the 1.5 * 2^23 trick, r = x - k ln2 in two parts (|r| <= ln2 / 2), a degree-6 Taylor polynomial of exp(r)
+// (relative error ~1e-7), times 2^k built in the exponent bits. x is clamped to [-87, 88] so 2^k stays a
+// normal float: exp(-87) ~ 1.6e-38 stands in for 0 and every caller's result still rounds correctly.
+inline float exp_approx(float x) {
+  x = x < -87.f ? -87.f : (x > 88.f ? 88.f : x);
+  const float k = (x * 1.44269504f + 12582912.f) - 12582912.f;
+  const float r = (x - k * 0.693145752f) - k * 1.42860677e-06f;
+  float p = 1.f / 720;
+  p = p * r + 1.f / 120;
+  p = p * r + 1.f / 24;
+  p = p * r + 1.f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  p = p * r + 1.f;
+  const uint32_t bits = uint32_t(int32_t(k) + 127) << 23;
+  float two_k;
+  std::memcpy(&two_k, &bits, sizeof two_k);
+  return p * two_k;
 }
 
 }  // namespace cpu_detail

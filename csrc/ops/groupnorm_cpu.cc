@@ -1,4 +1,5 @@
-// GroupNorm of one image [C, H, W] (+ SiLU); group statistics by norm_stats, SiLU four lanes at a time (scale_shift_silu).
+// GroupNorm of one image [C, H, W] (+ SiLU); group statistics by norm_stats, then one vectorised pass per
+// channel (the VAE applies SiLU to nearly every activation, so this loop is hot).
 #include <cmath>
 
 #include "ops/cpu_common.h"
@@ -9,6 +10,19 @@ namespace ops {
 namespace cpu {
 
 using namespace cpu_detail;
+
+// out[i] = x[i] * scale + shift, then SiLU when `silu`.
+NFD_CPU_MULTIVERSION
+static void scale_shift(const float* x, float* out, int64_t n, float scale, float shift, bool silu) {
+  if (silu) {
+    for (int64_t i = 0; i < n; ++i) {
+      const float v = x[i] * scale + shift;
+      out[i] = v / (1.f + exp_approx(-v));
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) out[i] = x[i] * scale + shift;
+  }
+}
 
 void groupnorm(const Context& ctx, const Tensor& x, const Tensor& gamma, const Tensor& beta, int groups, float eps,
                bool silu, Tensor& out) {
@@ -27,13 +41,7 @@ void groupnorm(const Context& ctx, const Tensor& x, const Tensor& gamma, const T
       const auto [m, rstd] = norm_stats(xs + g * n, n, eps);
       for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) {
         const float scale = rstd * ga[c], shift = be[c] - m * scale;
-        const float* xc = xs + c * HW;
-        float* oc = o + c * HW;
-        if (silu) {
-          scale_shift_silu(xc, oc, HW, scale, shift);
-        } else {
-          for (int64_t i = 0; i < HW; ++i) oc[i] = xc[i] * scale + shift;
-        }
+        scale_shift(xs + c * HW, o + c * HW, HW, scale, shift, silu);
       }
     }
   }, ::nfd::cpu::grain_for(4 * n));

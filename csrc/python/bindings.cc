@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "backends/cpu/parallel.h"
 #include "backends/device.h"
 #include "core/config_json.h"
 #include "core/error.h"
@@ -285,6 +286,7 @@ PYBIND11_MODULE(_core, m) {
       py::arg("config_json"), "Parse + validate a config JSON with the C++ parser and write it back.");
   m.def("cuda_available", &nfd::cuda_available, "Built with CUDA and a CUDA device is present.");
   m.def("version", &nfd_version);
+  m.def("blas_config", &nfd::cpu::blas_config, "OpenBLAS' build and the kernel set it chose for this CPU.");
   py::module_ ops = m.def_submodule("ops", "op-level bindings (tests, benchmarks)");
   nfd_register_ops(ops);
 }

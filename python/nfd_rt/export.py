@@ -129,8 +129,9 @@ def save_random(cfg: NFDConfig, path: str | os.PathLike, seed: int = 0) -> None:
     """
     import numpy as np
 
-    from . import _core
+    from ._native import core
 
+    _core = core()
     rng = np.random.default_rng(seed)
     tensors = {}
     for name, shape in _core.expected_tensors(cfg.to_json()):

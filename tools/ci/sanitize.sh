@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Build nfd_rt with AddressSanitizer + UndefinedBehaviorSanitizer (CPU only) in build/asan and run the loader,
-# C ABI and session API tests plus the C example under it; optionally a short atheris fuzz run (FUZZ_RUNS=N).
+# C ABI, session API and CPU op tests plus the C example under it; optionally a short atheris fuzz run
+# (FUZZ_RUNS=N). Built without multi-versioning, so the op tests also run the baseline x86-64 copies of the CPU
+# loops (the release build picks the AVX-512 or AVX2 copy wherever the CPU has it).
 #
 #   tools/ci/sanitize.sh                 # from the repository root
 #   FUZZ_RUNS=20000 tools/ci/sanitize.sh
@@ -12,7 +14,7 @@ BUILD=${BUILD:-build/asan}
 PY=${PYTHON:-$(command -v python3 || command -v python)}
 JOBS=${JOBS:-2}
 
-cmake -S . -B "$BUILD" -G Ninja -DNFD_RT_SANITIZE=ON -DNFD_RT_CUDA=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+cmake -S . -B "$BUILD" -G Ninja -DNFD_RT_SANITIZE=ON -DNFD_RT_MULTIVERSION=OFF -DNFD_RT_CUDA=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo \
       -DPython_EXECUTABLE="$PY"
 cmake --build "$BUILD" -j"$JOBS"
 
@@ -33,7 +35,7 @@ export NFD_RT_BUILD_DIR="$ROOT/$BUILD"
 
 echo "== pytest under ASan/UBSan"
 LD_PRELOAD="$LIBASAN" PYTHONPATH="$ROOT/$PKG" "$PY" -m pytest -q -p no:cacheprovider \
-  tests/test_loader.py tests/test_session_api.py tests/test_c_api.py ${PYTEST_ARGS:-}
+  tests/test_loader.py tests/test_session_api.py tests/test_c_api.py tests/test_ops_cpu.py ${PYTEST_ARGS:-}
 
 echo "== C example under ASan/UBSan (leak checking on)"
 TMP=$(mktemp -d)

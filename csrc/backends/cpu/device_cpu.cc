@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <string>
 
 #include <cblas.h>
 
@@ -21,6 +22,7 @@ void set_blas_threads(int threads) {
   threads = std::max(threads, 1);
   if (current.exchange(threads) != threads) scipy_openblas_set_num_threads(threads);
 }
+std::string blas_config() { return std::string(scipy_openblas_get_config()); }
 }  // namespace cpu
 
 Arena::~Arena() {

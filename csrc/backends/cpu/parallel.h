@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <functional>
+#include <string>
 
 namespace nfd {
 namespace cpu {
@@ -32,6 +33,9 @@ inline int64_t grain_for(int64_t work) { return std::max<int64_t>(1, kMinChunkWo
 
 // Sets OpenBLAS' thread count (only when it changes).
 void set_blas_threads(int threads);
+
+// OpenBLAS' build and the kernel set it chose for this CPU, e.g. "OpenBLAS 0.3.34 DYNAMIC_ARCH ... SkylakeX".
+std::string blas_config();
 
 }  // namespace cpu
 }  // namespace nfd
