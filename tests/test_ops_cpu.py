@@ -85,6 +85,8 @@ def test_rope_qkv_split(frame_index):
     (3, 37, 40, 2.0),   # three query blocks (the last partial); head_dim 16 + 16 + a tail of 8
     (1, 18, 128, 2.0),  # head_dim 128 (nfd-310m)
     (2, 16, 64, 30.0),  # scores spread over thousands: softmax nearly one-hot, exp far below its clamp
+    (2, 70, 48, 2.0),   # more than 64 tokens: the OpenBLAS path
+    (1, 65, 64, 30.0),
 ])
 def test_attention(slots, H, N, hd, spread):
     S = 5

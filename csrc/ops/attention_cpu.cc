@@ -1,11 +1,17 @@
-// Attention of the current frame's queries over the visible cache slots, fp32, written for the CPU's vector
-// units instead of through BLAS: a frame has few tokens (16 on `tiny`), so one GEMM per head and slot was
-// mostly call and packing overhead. Per head and block of kQueries queries:
+// Attention of the current frame's queries over the visible cache slots, fp32. Two ways, by frame size:
+//
+// Frames of at most kRegisterKernelMaxTokens tokens (16 on `tiny`): a kernel written for the vector units. One
+// GEMM per head and slot was mostly call and packing overhead there (80 sgemm calls per layer on tiny, 59 us;
+// this kernel takes 14 us). Per head and block of kQueries queries:
 //   scores^T [L, kQueries] = K Q^T: a row per key with the queries across the vector lanes, so a key costs
-//     head_dim broadcast-FMAs into one register-sized accumulator (Q^T is built once, pre-scaled);
+//     head_dim broadcast-FMAs into one register of sums (Q^T is built once, pre-scaled);
 //   a softmax down each column (max, exp, sum), vectorised over the queries as well;
-//   O = P V: per query, an axpy of every value row, vectorised over head_dim.
-// The softmax sees all L keys of a head at once (S + W + 1 slots of N tokens: small), so no online rescaling.
+//   O = P V: 4 queries x 16 head dims of sums in registers while the keys stream past.
+// It re-reads every key and value once per block of 16 queries, so for large frames (336 tokens on nfd-130m,
+// 11k keys per head) OpenBLAS does better: per head S = Q K^T (one sgemm per slot), a row softmax, O = P V.
+// Either way the softmax sees all L keys of a head at once (no online rescaling needed).
+#include <cblas.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -20,6 +26,7 @@ namespace cpu {
 
 using namespace cpu_detail;
 
+constexpr int64_t kRegisterKernelMaxTokens = 64;
 constexpr int64_t kQueries = 16;  // queries per block: the lanes of one Vec16 of scores per key
 
 // One head, queries q[0 .. nq) (nq <= kQueries, rows of hd floats) against `num_blocks` blocks of `rows` keys
@@ -101,6 +108,35 @@ static void attend_block(const float* q, int64_t nq, int64_t hd, const float* co
   }
 }
 
+// Softmax of each of `rows` rows of n scores (stride ld), in place.
+NFD_CPU_MULTIVERSION
+static void softmax_rows(float* s, int64_t rows, int64_t n, int64_t ld) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = s + r * ld;
+    float m = row[0];
+    for (int64_t j = 1; j < n; ++j) m = std::max(m, row[j]);
+    float sum = 0.f;
+    for (int64_t j = 0; j < n; ++j) sum += (row[j] = exp_approx(row[j] - m));
+    const float inv = 1.f / sum;
+    for (int64_t j = 0; j < n; ++j) row[j] *= inv;
+  }
+}
+
+// One head through OpenBLAS: S[N, L] = Q K^T (an sgemm per visible slot), softmax rows, O = P V (accumulated
+// slot by slot into out's columns of this head). `S` holds N * L floats.
+static void attend_head_blas(const float* q, int64_t N, int64_t hd, const float* const* keys,
+                             const float* const* values, int num_blocks, float scale, float* out, int64_t ldo,
+                             float* S) {
+  const int64_t L = num_blocks * N;
+  for (int b = 0; b < num_blocks; ++b)
+    scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(N), int(N), int(hd), scale, q, int(hd),
+                      keys[b], int(hd), 0.f, S + b * N, int(L));
+  softmax_rows(S, N, L, L);
+  for (int b = 0; b < num_blocks; ++b)
+    scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), int(hd), int(N), 1.f, S + b * N, int(L),
+                      values[b], int(hd), b ? 1.f : 0.f, out, int(ldo));
+}
+
 void attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, Tensor& out) {
   expect("attention", "q", q, {-1, -1, -1});
   const int64_t H = q.dim(0), N = q.dim(1), hd = q.dim(2);
@@ -117,18 +153,35 @@ void attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const
 
   const float scale = float(1.0 / std::sqrt(double(hd)));
   const int64_t L = int64_t(st.num_visible) * N;  // keys of one head
+  auto slot_pointers = [&](int64_t h, const float** keys, const float** values) {
+    for (int b = 0; b < st.num_visible; ++b) {  // the [N, hd] keys/values of head h in visible slot b
+      const int64_t offset = (int64_t(st.visible_slots[b]) * H + h) * N * hd;
+      keys[b] = k_cache.ptr<float>() + offset;
+      values[b] = v_cache.ptr<float>() + offset;
+    }
+  };
+  if (N > kRegisterKernelMaxTokens) {
+    ::nfd::cpu::set_blas_threads(1);
+    ::nfd::cpu::parallel_for(ctx.threads, H, [&](int64_t h0, int64_t h1) {  // heads are independent
+      const float* keys[FrameState::kMaxSlots];
+      const float* values[FrameState::kMaxSlots];
+      float* S = scratch(size_t(N * L));
+      for (int64_t h = h0; h < h1; ++h) {
+        slot_pointers(h, keys, values);
+        attend_head_blas(q.ptr<float>() + h * N * hd, N, hd, keys, values, st.num_visible, scale,
+                         out.ptr<float>() + h * hd, H * hd, S);
+      }
+    }, ::nfd::cpu::grain_for(2 * N * L * hd));
+    return;
+  }
   const int64_t query_blocks = (N + kQueries - 1) / kQueries;
   ::nfd::cpu::parallel_for(ctx.threads, H * query_blocks, [&](int64_t t0, int64_t t1) {
-    float* work = scratch(size_t((hd + L) * kQueries));
     const float* keys[FrameState::kMaxSlots];
     const float* values[FrameState::kMaxSlots];
+    float* work = scratch(size_t((hd + L) * kQueries));
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t h = t / query_blocks, r0 = (t % query_blocks) * kQueries;
-      for (int b = 0; b < st.num_visible; ++b) {  // the [N, hd] keys/values of head h in visible slot b
-        const int64_t offset = (int64_t(st.visible_slots[b]) * H + h) * N * hd;
-        keys[b] = k_cache.ptr<float>() + offset;
-        values[b] = v_cache.ptr<float>() + offset;
-      }
+      slot_pointers(h, keys, values);
       attend_block(q.ptr<float>() + (h * N + r0) * hd, std::min(kQueries, N - r0), hd, keys, values,
                    st.num_visible, N, scale, out.ptr<float>() + r0 * H * hd + h * hd, H * hd, work);
     }

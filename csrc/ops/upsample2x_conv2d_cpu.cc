@@ -19,11 +19,32 @@ namespace cpu {
 
 using namespace cpu_detail;
 
-namespace {
-// Kernel taps (rows or columns) that phase p folds into its tap a (a = 0, 1): [first, last].
-inline int tap_first(int p, int a) { return p == 0 ? (a == 0 ? 0 : 1) : (a == 0 ? 0 : 2); }
-inline int tap_last(int p, int a) { return p == 0 ? (a == 0 ? 0 : 2) : (a == 0 ? 1 : 2); }
-}  // namespace
+// Folded weights: phase_w[ph][co][(ci, a, b)] = the sum of w[co][ci][ky][kx] over the kernel taps that output
+// phase ph = (py, px) reads through its tap (a, b). Rows first: py = 0 folds kernel rows {0}, {1, 2}; py = 1
+// folds {0, 1}, {2}; then the columns alike. Straight-line code per (co, ci): with loops over tap ranges this
+// took 150 us per call for 64 -> 64 channels, as long as the convolution itself on a 16x16 image.
+NFD_CPU_MULTIVERSION
+static void fold_phase_weights(const float* w, int64_t pairs, float* phase_w) {
+  for (int64_t n = 0; n < pairs; ++n) {  // n = co * Cin + ci
+    const float* k = w + n * 9;
+    float rows[2][2][3];  // [py][a][kx]
+    for (int kx = 0; kx < 3; ++kx) {
+      rows[0][0][kx] = k[kx];
+      rows[0][1][kx] = k[3 + kx] + k[6 + kx];
+      rows[1][0][kx] = k[kx] + k[3 + kx];
+      rows[1][1][kx] = k[6 + kx];
+    }
+    for (int py = 0; py < 2; ++py)
+      for (int px = 0; px < 2; ++px) {
+        float* dst = phase_w + (int64_t(py * 2 + px) * pairs + n) * 4;
+        for (int a = 0; a < 2; ++a) {
+          const float* r = rows[py][a];
+          dst[a * 2 + 0] = px == 0 ? r[0] : r[0] + r[1];
+          dst[a * 2 + 1] = px == 0 ? r[1] + r[2] : r[2];
+        }
+      }
+  }
+}
 
 void upsample2x_conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out) {
   expect("upsample2x_conv2d", "w", w, {-1, -1, 3, 3});
@@ -40,22 +61,7 @@ void upsample2x_conv2d(const Context& ctx, const Tensor& x, const Tensor& w, con
   float* phase_col = buf;                          // [phase][Cin*4][P]
   float* phase_out = phase_col + 4 * K * P;        // [phase][Cout][P]
   float* phase_w = phase_out + 4 * Cout * P;       // [phase][Cout][Cin*4]
-  // Folded weights: phase_w[ph][co][(ci, a, b)] = sum of w[co][ci][ky][kx] over the taps (ky, kx) of (a, b).
-  for (int ph = 0; ph < 4; ++ph) {
-    const int py = ph >> 1, px = ph & 1;
-    for (int64_t co = 0; co < Cout; ++co)
-      for (int64_t ci = 0; ci < Cin; ++ci) {
-        const float* k9 = wt + (co * Cin + ci) * 9;
-        float* dst = phase_w + (int64_t(ph) * Cout + co) * K + ci * 4;
-        for (int a = 0; a < 2; ++a)
-          for (int b = 0; b < 2; ++b) {
-            float s = 0.f;
-            for (int ky = tap_first(py, a); ky <= tap_last(py, a); ++ky)
-              for (int kx = tap_first(px, b); kx <= tap_last(px, b); ++kx) s += k9[ky * 3 + kx];
-            dst[a * 2 + b] = s;
-          }
-      }
-  }
+  fold_phase_weights(wt, Cout * Cin, phase_w);
   // Phase im2col on the small image: row (ci, a, b) of phase (py, px) holds x[ci, y + a - 1 + py, x + b - 1 + px].
   ::nfd::cpu::parallel_for(ctx.threads, 4 * K, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
