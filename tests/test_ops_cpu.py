@@ -139,6 +139,19 @@ def test_conv2d(cin, cout, k, stride, pad, hw):
     assert rel_err(ops.conv2d(x, w, None, stride=stride, pad=pad), no_bias) <= TOL
 
 
+@pytest.mark.parametrize("cin,cout,h,w", [
+    (16, 24, 32, 48),  # Winograd F(2x2, 3x3): even sides, >= 1024 pixels, not square
+    (8, 16, 28, 48),   # the shape class of nfd-130m's decoder (224 x 384 frames / 8)
+    (8, 16, 33, 32),   # an odd side: im2col instead
+])
+def test_conv2d_3x3_rectangular(cin, cout, h, w):
+    x, wt, b = randn(cin, h, w), randn(cout, cin, 3, 3, seed=1) / math.sqrt(cin * 9), randn(cout, seed=2)
+    ref = F.conv2d(T(x)[None], T(wt), T(b), padding=1)[0].numpy()
+    assert rel_err(ops.conv2d(x, wt, b, stride=1, pad=1), ref) <= TOL
+    res = randn(*ref.shape, seed=3)
+    assert rel_err(ops.conv2d(x, wt, b, stride=1, pad=1, residual=res), res + ref) <= TOL
+
+
 @pytest.mark.parametrize("silu", [False, True])
 def test_groupnorm(silu):
     x, g, b = randn(32, 16, 16) * 2 + 0.5, randn(32, seed=1), randn(32, seed=2)

@@ -24,7 +24,7 @@ using namespace cpu_detail;
 // folds {0, 1}, {2}; then the columns alike. Straight-line code per (co, ci): with loops over tap ranges this
 // took 150 us per call for 64 -> 64 channels, as long as the convolution itself on a 16x16 image.
 NFD_CPU_MULTIVERSION
-static void fold_phase_weights(const float* w, int64_t pairs, float* phase_w) {
+static void fold_phase_weights(const float* __restrict w, int64_t pairs, float* __restrict phase_w) {
   for (int64_t n = 0; n < pairs; ++n) {  // n = co * Cin + ci
     const float* k = w + n * 9;
     float rows[2][2][3];  // [py][a][kx]
