@@ -324,6 +324,14 @@ def environment(device: str) -> dict:
             env["cuda"] = torch.version.cuda
     except ImportError:
         pass
+    try:  # the BLAS build and the kernel set it picked (OPENBLAS_CORETYPE overrides the choice)
+        from nfd_rt._native import core
+
+        env["blas"] = core().blas_config()
+        if os.environ.get("OPENBLAS_CORETYPE"):
+            env["OPENBLAS_CORETYPE"] = os.environ["OPENBLAS_CORETYPE"]
+    except (ImportError, AttributeError):
+        pass
     if device == "cuda":
         try:
             env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
@@ -341,22 +349,58 @@ def peak_tflops(env: dict) -> float | None:
     return None
 
 
+def measure_cpu_gemm_peak(threads: int) -> float | None:
+    """The CPU's roofline peak: TFLOP/s of a large fp32 GEMM (512x1024 @ 1024x1024) through nfd_rt's own linear
+    op, i.e. OpenBLAS as nfd_rt calls it, at `threads` threads; best of 5."""
+    try:
+        from nfd_rt._native import core
+
+        ops = core().ops
+    except ImportError:
+        return None
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((512, 1024), dtype=np.float32)
+    w = rng.standard_normal((1024, 1024), dtype=np.float32)
+    ops.linear(x, w, threads=threads)  # warm-up
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        ops.linear(x, w, threads=threads)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * 512 * 1024 * 1024 / best / 1e12
+
+
 def markdown(result: dict) -> str:
     env, rows = result["environment"], []
     rows.append(f"**{result['config']['name']}**, {result['steps']} steps, "
                 f"{env.get('gpu') or env.get('cpu')} ({result['device']}, {result['threads']} threads), "
                 f"commit `{env['commit'][:10]}`, {env['date'][:10]}\n")
-    rows.append("| runner | FPS | p50 ms | p99 ms | max ms | TFLOP/s | vs nfd_rt best |")
-    rows.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    peak = result.get("peak_bf16_tflops") or result.get("peak_fp32_gemm_tflops_measured")
+    if result.get("peak_bf16_tflops"):
+        rows.append(f"Roofline peak: {peak:.0f} TFLOP/s (dense bf16 tensor cores of this GPU).\n")
+    elif peak:
+        rows.append(f"Roofline peak: {peak * 1e3:.0f} GFLOP/s (measured: a 512x1024x1024 fp32 GEMM through "
+                    f"nfd_rt's OpenBLAS{', ' + blas_kernels(env) if blas_kernels(env) else ''}).\n")
+    rows.append("| runner | FPS | p50 ms | p99 ms | max ms | TFLOP/s | of peak | nfd_rt best is |")
+    rows.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     best = result.get("best")
     for name, r in result["runners"].items():
         if "fps" not in r:
-            rows.append(f"| {name} | failed: {r.get('error', '?')[:60]} | | | | | |")
+            rows.append(f"| {name} | failed: {r.get('error', '?')[:60]} | | | | | | |")
             continue
         ratio = result["runners"][best]["fps"] / r["fps"] if best else float("nan")
+        frac = f"{100 * r['fraction_of_peak']:.1f}%" if "fraction_of_peak" in r else "-"
         rows.append(f"| {name} | {r['fps']:.1f} | {r['ms_p50']:.2f} | {r['ms_p99']:.2f} | {r['ms_max']:.2f} | "
-                    f"{r['tflops']:.2f} | {ratio:.2f}x |")
+                    f"{r['tflops']:.3f} | {frac} | {ratio:.2f}x |")
     return "\n".join(rows) + "\n"
+
+
+def blas_kernels(env: dict) -> str:
+    """'Haswell kernels' from an OpenBLAS config string such as 'OpenBLAS 0.3.34 DYNAMIC_ARCH ... Haswell ...'."""
+    words = env.get("blas", "").split()
+    known = {"Haswell", "SkylakeX", "Cooperlake", "SapphireRapids", "Zen", "Sandybridge", "Nehalem", "Prescott"}
+    picked = [w for w in words if w in known]
+    return f"{picked[0]} kernels" if picked else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -378,15 +422,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="JSON output path (default benchmarks/results/<config>_<device>_<date>.json)")
     p.add_argument("--out-dir", default=str(HERE / "results"), help="folder for the default output")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table of the results")
+    p.add_argument("--markdown-from", metavar="JSON",
+                   help="print the Markdown table of a stored result and exit (how the README's tables are made)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress lines")
     args = p.parse_args(argv)
+    if args.markdown_from:
+        print(markdown(json.loads(Path(args.markdown_from).read_text())))
+        return 0
 
     result = {"device": args.device, "steps": args.steps, "threads": args.threads,
               "environment": environment(args.device)}
     result.update(run_benchmark(args))
-    peak = peak_tflops(result["environment"])
+    if args.device == "cuda":
+        peak = peak_tflops(result["environment"])
+        if peak:
+            result["peak_bf16_tflops"] = peak
+    else:
+        peak = measure_cpu_gemm_peak(args.threads)
+        if peak:
+            result["peak_fp32_gemm_tflops_measured"] = peak
     if peak:
-        result["peak_bf16_tflops"] = peak
         for r in result["runners"].values():
             if "tflops" in r:
                 r["fraction_of_peak"] = r["tflops"] / peak

@@ -25,3 +25,11 @@ def test_fps_benchmark_smoke(tmp_path):
     assert result["config"]["name"] == "tiny" and result["environment"]["commit"]
     assert result["cost"]["flops_per_frame"] > 0
     assert "| nfd_rt[cpu,float32] |" in r.stdout
+    # The CPU roofline: a measured GEMM peak, and each runner's fraction of it.
+    assert 0 < result["peak_fp32_gemm_tflops_measured"] < 100
+    assert 0 < runners["nfd_rt[cpu,float32]"]["fraction_of_peak"] < 1
+    assert "OpenBLAS" in result["environment"]["blas"]
+    # The README's tables come from stored results.
+    again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fps.py"), "--markdown-from", str(out)],
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "| nfd_rt[cpu,float32] |" in again.stdout and "Roofline peak" in again.stdout
