@@ -349,6 +349,16 @@ def peak_tflops(env: dict) -> float | None:
     return None
 
 
+def default_threads() -> int:
+    """What nfd_rt.Session(threads=0) uses: the physical cores."""
+    try:
+        from nfd_rt._native import core
+
+        return core().default_threads()
+    except ImportError:
+        return max(1, (os.cpu_count() or 2) // 2)
+
+
 def measure_cpu_gemm_peak(threads: int) -> float | None:
     """The CPU's roofline peak: TFLOP/s of a large fp32 GEMM (512x1024 @ 1024x1024) through nfd_rt's own linear
     op, i.e. OpenBLAS as nfd_rt calls it, at `threads` threads; best of 5."""
@@ -411,8 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=4, help="sampler steps per frame: 1, 2 or 4 (default 4)")
     p.add_argument("--frames", type=int, default=50, help="timed frames per runner (default 50)")
     p.add_argument("--warmup", type=int, default=5, help="untimed frames before timing (default 5)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() // 2 or 1,
-                   help="CPU threads for nfd_rt and PyTorch alike (default: physical cores)")
+    p.add_argument("--threads", type=int, default=default_threads(),
+                   help="CPU threads for nfd_rt and PyTorch alike (default: physical cores, as nfd_rt.Session)")
     p.add_argument("--compile-mode", default="max-autotune",
                    help="torch.compile mode of the compiled baseline (default max-autotune; 'none' skips it)")
     p.add_argument("--skip-baselines", action="store_true", help="time nfd_rt only")

@@ -24,9 +24,6 @@
 
 namespace nfd {
 
-namespace {
-
-// Physical cores from /proc/cpuinfo (distinct (physical id, core id) pairs); else half the hardware threads.
 int physical_cores() {
   std::ifstream f("/proc/cpuinfo");
   std::set<std::pair<int, int>> cores;
@@ -40,6 +37,8 @@ int physical_cores() {
   if (!cores.empty()) return int(cores.size());
   return std::max(1, int(std::thread::hardware_concurrency() / 2));
 }
+
+namespace {
 
 void check_finite(const float* p, int64_t n, const std::string& what) {
   for (int64_t i = 0; i < n; ++i)

@@ -19,6 +19,10 @@ struct SessionOptions {
   bool cuda_graphs = true;   // capture a whole frame once and replay it (CUDA only)
 };
 
+// The CPU thread count that SessionOptions::threads == 0 means: physical cores (distinct (physical id, core id)
+// pairs in /proc/cpuinfo), else half the hardware threads.
+int physical_cores();
+
 class Session {
  public:
   Session(const std::string& path, const SessionOptions& options);

@@ -287,6 +287,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("cuda_available", &nfd::cuda_available, "Built with CUDA and a CUDA device is present.");
   m.def("version", &nfd_version);
   m.def("blas_config", &nfd::cpu::blas_config, "OpenBLAS' build and the kernel set it chose for this CPU.");
+  m.def("default_threads", &nfd::physical_cores,
+        "CPU threads a Session uses with threads=0 (physical cores).");
   py::module_ ops = m.def_submodule("ops", "op-level bindings (tests, benchmarks)");
   nfd_register_ops(ops);
 }

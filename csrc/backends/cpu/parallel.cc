@@ -1,6 +1,7 @@
 #include "backends/cpu/parallel.h"
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <exception>
 #include <mutex>
@@ -13,12 +14,18 @@ namespace {
 
 // Workers sleep on a condition variable between jobs. One job at a time: `busy` admits one caller, others run
 // inline. Chunks are claimed through an atomic counter by the workers and the caller alike.
+//
+// A frame is hundreds of ops back to back, and waking a sleeping thread (a futex round trip, tens of
+// microseconds on a VM) cost more than most of them take. So a worker that finished a job first spins for
+// kSpin on the published generation before it sleeps, and the caller spins for the last chunks before it
+// waits: within a frame nobody sleeps, and a few microseconds after the frame everybody does.
 class Pool {
  public:
   ~Pool() {
     {
       std::lock_guard<std::mutex> lk(mu_);
       stop_ = true;
+      stop_flag_.store(true);
     }
     wake_.notify_all();
     for (auto& t : workers_) t.join();
@@ -41,10 +48,13 @@ class Pool {
       pending_.store(chunks);
       next_.store(0);
       ++generation_;
+      published_.store(generation_, std::memory_order_release);
     }
     wake_.notify_all();
     work();
-    {  // all chunks done and no worker still inside work(), so the next job cannot meet a stale one
+    // All chunks done and no worker still inside work(), so the next job cannot meet a stale one.
+    spin_until([&] { return pending_.load() == 0 && active_count_.load() == 0; });
+    {
       std::unique_lock<std::mutex> lk(mu_);
       done_.wait(lk, [&] { return pending_.load() == 0 && active_ == 0; });
     }
@@ -62,20 +72,35 @@ class Pool {
     while (int(workers_.size()) < workers) workers_.emplace_back([this] { loop(); });
   }
 
+  // Spins (with a pause hint) until done() or kSpin has passed; the caller then takes the locked path.
+  template <typename Done>
+  static void spin_until(Done done) {
+    const auto start = std::chrono::steady_clock::now();
+    for (int i = 0; !done(); ++i) {
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+      if ((i & 63) == 63 && std::chrono::steady_clock::now() - start > kSpin) return;
+    }
+  }
+
   void loop() {
     uint64_t seen = 0;
     for (;;) {
+      spin_until([&] { return published_.load(std::memory_order_acquire) != seen || stop_flag_.load(); });
       {
         std::unique_lock<std::mutex> lk(mu_);
         wake_.wait(lk, [&] { return stop_ || generation_ != seen; });
         if (stop_) return;
         seen = generation_;
         ++active_;
+        active_count_.store(active_);
       }
       work();
       {
         std::lock_guard<std::mutex> lk(mu_);
         --active_;
+        active_count_.store(active_);
       }
       done_.notify_all();
     }
@@ -97,12 +122,18 @@ class Pool {
     }
   }
 
+  static constexpr std::chrono::microseconds kSpin{200};
+
   std::vector<std::thread> workers_;
   std::mutex mu_;
   std::condition_variable wake_, done_;
   uint64_t generation_ = 0;
   int active_ = 0;  // workers inside work(), guarded by mu_
   bool stop_ = false;
+  // Lock-free copies for the spinning fast paths; the locked fields above stay authoritative.
+  std::atomic<uint64_t> published_{0};
+  std::atomic<int> active_count_{0};
+  std::atomic<bool> stop_flag_{false};
   std::atomic<bool> busy_{false};
   std::atomic<int> next_{0}, pending_{0};
   int chunks_ = 0;

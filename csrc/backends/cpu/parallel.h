@@ -27,8 +27,9 @@ void parallel_for(int threads, int64_t n, Fn fn, int64_t grain = 1) {
 }
 
 // The grain for items that each cost about `work` element operations: a chunk should hold at least
-// kMinChunkWork of them (about 0.1 ms), or waking a pool thread costs more than it saves.
-constexpr int64_t kMinChunkWork = int64_t(1) << 20;
+// kMinChunkWork of them (10-20 us). Handing a chunk to a spinning worker costs about a microsecond (see Pool in
+// parallel.cc); on tiny at 2 threads 2^16 gave 3.15 ms a frame, 2^18 3.35 ms, 2^20 4.7-5.9 ms.
+constexpr int64_t kMinChunkWork = int64_t(1) << 16;
 inline int64_t grain_for(int64_t work) { return std::max<int64_t>(1, kMinChunkWork / std::max<int64_t>(1, work)); }
 
 // Sets OpenBLAS' thread count (only when it changes).
