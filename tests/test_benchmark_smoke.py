@@ -25,9 +25,10 @@ def test_fps_benchmark_smoke(tmp_path):
     assert result["config"]["name"] == "tiny" and result["environment"]["commit"]
     assert result["cost"]["flops_per_frame"] > 0
     assert "| nfd_rt[cpu,float32] |" in r.stdout
-    # The CPU roofline: a measured GEMM peak, and each runner's fraction of it.
+    # The CPU roofline: a measured GEMM peak, and each runner's fraction of it (of nominal FLOPs: nfd_rt's
+    # Winograd and phase convolutions do fewer multiply-adds, so its effective fraction may pass 1).
     assert 0 < result["peak_fp32_gemm_tflops_measured"] < 100
-    assert 0 < runners["nfd_rt[cpu,float32]"]["fraction_of_peak"] < 1
+    assert all(runners[name]["fraction_of_peak"] > 0 for name in ("nfd_rt[cpu,float32]", "eager"))
     assert "OpenBLAS" in result["environment"]["blas"]
     # The README's tables come from stored results.
     again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fps.py"), "--markdown-from", str(out)],
