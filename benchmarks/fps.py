@@ -47,10 +47,11 @@ def log(msg: str) -> None:
 # Work per frame (docs/performance.md)
 
 
-def frame_cost(cfg, bytes_per_value: int = 2) -> dict:
-    """FLOPs and bytes of one frame: (steps) denoising passes + 1 cache-write pass + one VAE decode."""
+def frame_cost(cfg, bytes_per_value: int = 2, visible_frames: int | None = None) -> dict:
+    """FLOPs and bytes of one frame: (steps) denoising passes + 1 cache-write pass + one VAE decode, for a frame
+    that attends to `visible_frames` frames (default: a full cache, sinks + window + itself)."""
     D, N, L = cfg.hidden_size, cfg.tokens_per_frame, cfg.depth
-    keys = (cfg.cache_frames + 1) * N  # a frame attends to at most sinks + window + itself
+    keys = (visible_frames or cfg.cache_frames + 1) * N
     per_layer = 2 * N * D * (3 * D + D + 2 * cfg.mlp_ratio * D) + 4 * N * keys * D + 2 * D * 6 * D
     dit_pass = L * per_layer + 2 * N * cfg.patch_dim * D * 2 + 2 * D * 2 * D
     passes = cfg.num_steps + 1
@@ -98,7 +99,14 @@ def time_frames(step, actions, warmup: int, sync, label: str, progress: bool) ->
     return times
 
 
-def summarize(times: list[float], cost: dict) -> dict:
+def flops_of_frames(cfg, first: int, count: int) -> list[int]:
+    """FLOPs of frames first .. first + count - 1 of a rollout from reset: frame f sees min(f, cache) + 1 frames,
+    so early frames (before the cache fills) cost less than frame_cost's full-cache figure."""
+    return [frame_cost(cfg, 4, min(f, cfg.cache_frames) + 1)["flops_per_frame"] for f in range(first, first + count)]
+
+
+def summarize(times: list[float], flops: list[int]) -> dict:
+    """Timing statistics; TFLOP/s = the timed frames' FLOPs (flops_of_frames) / their total time."""
     t = np.asarray(times) * 1e3
     fps = 1e3 / t.mean()
     return {
@@ -108,7 +116,7 @@ def summarize(times: list[float], cost: dict) -> dict:
         "ms_p50": float(np.percentile(t, 50)),
         "ms_p99": float(np.percentile(t, 99)),
         "ms_max": float(t.max()),
-        "tflops": cost["flops_per_frame"] * fps / 1e12,
+        "tflops": float(sum(flops)) / (t.sum() / 1e3) / 1e12,
     }
 
 
@@ -176,9 +184,8 @@ def run_benchmark(args) -> dict:
 
     cuda = args.device == "cuda"
     sync = (lambda: torch.cuda.synchronize()) if (cuda and torch is not None) else (lambda: None)
-    cost_bf16 = frame_cost(cfg, 2)
-    cost_f32 = frame_cost(cfg, 4)
-    results["cost"] = cost_bf16
+    results["cost"] = frame_cost(cfg, 2)  # a full-cache frame; TFLOP/s count each timed frame's own FLOPs
+    timed_flops = flops_of_frames(cfg, args.warmup, args.frames)
 
     # nfd_rt sessions.
     dtypes = ["bfloat16", "float16", "float32"] if cuda else ["float32"]
@@ -191,7 +198,7 @@ def run_benchmark(args) -> dict:
             with nfd_rt.Session(path, device=args.device, dtype=dtype, seed=0, threads=args.threads) as s:
                 s.reset()
                 times = time_frames(s.step, actions, args.warmup, lambda: None, label, args.progress)
-                r = summarize(times, cost_f32 if dtype == "float32" else cost_bf16)
+                r = summarize(times, timed_flops)
                 r["memory_bytes"] = s.memory_bytes()
                 results["runners"][label] = r
                 if args.scaling:
@@ -207,7 +214,7 @@ def run_benchmark(args) -> dict:
         ref = ReferenceSession(model, device=args.device, seed=0, dtype=tdtype)
         log("running eager (ReferenceSession, KV cache) ...")
         times = time_frames(ref.step, actions, args.warmup, sync, "eager", args.progress)
-        results["runners"]["eager"] = summarize(times, cost_f32 if not cuda else cost_bf16)
+        results["runners"]["eager"] = summarize(times, timed_flops)
         if cuda and args.compile_mode != "none":
             log(f"running torch.compile(mode={args.compile_mode!r}) ...")
             try:
@@ -220,7 +227,8 @@ def run_benchmark(args) -> dict:
                 sync()
                 compile_s = time.perf_counter() - t0
                 times = time_frames(ref_c.step, actions, args.warmup, sync, "compile", args.progress)
-                results["runners"][f"compile[{args.compile_mode}]"] = summarize(times, cost_bf16) | {
+                results["runners"][f"compile[{args.compile_mode}]"] = summarize(
+                    times, flops_of_frames(cfg, args.warmup + 1, args.frames)) | {
                     "compile_seconds": compile_s}
             except Exception as e:  # noqa: BLE001
                 log(f"  torch.compile failed: {e}")
@@ -230,7 +238,7 @@ def run_benchmark(args) -> dict:
         step = no_cache_step_factory(m, cfg, dev, getattr(torch, tdtype))
         n = min(len(actions), args.warmup + max(5, args.frames // 4))  # it is slow; fewer frames suffice
         times = time_frames(step, actions[:n], args.warmup, sync, "no-cache", args.progress)
-        results["runners"]["no-cache"] = summarize(times, cost_bf16)
+        results["runners"]["no-cache"] = summarize(times, flops_of_frames(cfg, args.warmup, n - args.warmup))
         del ref, m
         gc.collect()
 
