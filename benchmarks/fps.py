@@ -391,7 +391,8 @@ def measure_cpu_gemm_peak(threads: int) -> float | None:
 def markdown(result: dict) -> str:
     env, rows = result["environment"], []
     rows.append(f"**{result['config']['name']}**, {result['steps']} steps, "
-                f"{env.get('gpu') or env.get('cpu')} ({result['device']}, {result['threads']} threads), "
+                f"{env.get('gpu') or env.get('cpu')} ({result['device']}, {result['threads']} "
+                f"thread{'s' if result['threads'] != 1 else ''}), "
                 f"commit `{env['commit'][:10]}`, {env['date'][:10]}\n")
     peak = result.get("peak_bf16_tflops") or result.get("peak_fp32_gemm_tflops_measured")
     if result.get("peak_bf16_tflops"):
@@ -399,7 +400,7 @@ def markdown(result: dict) -> str:
     elif peak:
         rows.append(f"Roofline peak: {peak * 1e3:.0f} GFLOP/s (measured: a 512x1024x1024 fp32 GEMM through "
                     f"nfd_rt's OpenBLAS{', ' + blas_kernels(env) if blas_kernels(env) else ''}).\n")
-    rows.append("| runner | FPS | p50 ms | p99 ms | max ms | TFLOP/s | of peak | nfd_rt best is |")
+    rows.append("| runner | FPS | p50 ms | p99 ms | max ms | TFLOP/s | of peak | speed-up of nfd_rt best |")
     rows.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     best = result.get("best")
     for name, r in result["runners"].items():
