@@ -143,6 +143,7 @@ def test_conv2d(cin, cout, k, stride, pad, hw):
     (16, 24, 32, 48),  # Winograd F(2x2, 3x3): even sides, >= 1024 pixels, not square
     (8, 16, 28, 48),   # the shape class of nfd-130m's decoder (224 x 384 frames / 8)
     (8, 16, 33, 32),   # an odd side: im2col instead
+    (48, 64, 20, 256),  # bands of 4, 4 and 2 tile rows (scratch is bounded at 4 MiB)
 ])
 def test_conv2d_3x3_rectangular(cin, cout, h, w):
     x, wt, b = randn(cin, h, w), randn(cout, cin, 3, 3, seed=1) / math.sqrt(cin * 9), randn(cout, seed=2)
@@ -161,7 +162,10 @@ def test_groupnorm(silu):
     assert rel_err(ops.groupnorm(x, g, b, 8, 1e-6, silu), ref[0].numpy()) <= TOL
 
 
-@pytest.mark.parametrize("cin,cout,h,w", [(64, 64, 8, 8), (32, 32, 32, 32), (3, 5, 5, 7)])
+@pytest.mark.parametrize("cin,cout,h,w", [
+    (64, 64, 8, 8), (32, 32, 32, 32), (3, 5, 5, 7),
+    (32, 32, 30, 128),  # bands of 12, 12 and 6 input rows (scratch is bounded at 4 MiB)
+])
 def test_upsample2x_conv2d(cin, cout, h, w):
     x, wt, b = randn(cin, h, w), randn(cout, cin, 3, 3, seed=1) / math.sqrt(cin * 9), randn(cout, seed=2)
     up = F.interpolate(T(x)[None], scale_factor=2, mode="nearest")

@@ -126,20 +126,20 @@ static inline void winograd_columns(const float* __restrict t, float* __restrict
   }
 }
 
-// V[xi][ci][ty * tw + tx] = (B^T d B)[r][c] for input channels [c0, c1): the four input rows 2ty - 1 .. 2ty + 2
-// (zero outside the image) combine into rows t_r, then each t_r's columns likewise. `rows` holds 4 * (W + 2)
-// floats (each t_r with a zero column on either side).
+// V[xi][ci][(ty - ty0) * tw + tx] = (B^T d B)[r][c] for input channels [c0, c1) and tile rows [ty0, ty1): the
+// four input rows 2ty - 1 .. 2ty + 2 (zero outside the image) combine into rows t_r, then each t_r's columns
+// likewise. V's planes are vs floats apart; `rows` holds 4 * (W + 2) floats (t_r with a zero column each side).
 NFD_CPU_MULTIVERSION
-static void winograd_input(const float* x, int64_t H, int64_t W, float* V, int64_t vs, int64_t c0, int64_t c1,
-                           float* rows, const float* zeros) {
-  const int64_t th = H / 2, tw = W / 2, T = th * tw;
+static void winograd_input(const float* x, int64_t H, int64_t W, int64_t ty0, int64_t ty1, float* V, int64_t vs,
+                           int64_t c0, int64_t c1, float* rows, const float* zeros) {
+  const int64_t tw = W / 2, T = (ty1 - ty0) * tw;
   float* t[4];
   for (int r = 0; r < 4; ++r) {
     t[r] = rows + r * (W + 2) + 1;
     t[r][-1] = t[r][W] = 0.f;
   }
   for (int64_t ci = c0; ci < c1; ++ci)
-    for (int64_t ty = 0; ty < th; ++ty) {
+    for (int64_t ty = ty0; ty < ty1; ++ty) {
       const float* d[4];
       for (int k = 0; k < 4; ++k) {
         const int64_t iy = 2 * ty - 1 + k;
@@ -147,7 +147,7 @@ static void winograd_input(const float* x, int64_t H, int64_t W, float* V, int64
       }
       winograd_rows(d[0], d[1], d[2], d[3], t[0], t[1], t[2], t[3], W);
       for (int r = 0; r < 4; ++r) {
-        float* v = V + r * 4 * vs + ci * T + ty * tw;  // V[4r + c] at v + c * vs
+        float* v = V + r * 4 * vs + ci * T + (ty - ty0) * tw;  // V[4r + c] at v + c * vs
         winograd_columns(t[r], v, v + vs, v + 2 * vs, v + 3 * vs, tw);
       }
     }
@@ -180,14 +180,14 @@ static inline void winograd_output_row(const float* __restrict m, int64_t stride
   }
 }
 
-// out[co] from M[xi][co][tile] for output channels [c0, c1).
+// out[co] for output channels [c0, c1) and tile rows [ty0, ty1) from M[xi][co][(ty - ty0) * tw + tx].
 NFD_CPU_MULTIVERSION
-static void winograd_output(const float* M, int64_t ms, int64_t H, int64_t W, const float* bias,
-                            const float* residual, float* out, int64_t c0, int64_t c1) {
-  const int64_t th = H / 2, tw = W / 2, T = th * tw;
+static void winograd_output(const float* M, int64_t ms, int64_t H, int64_t W, int64_t ty0, int64_t ty1,
+                            const float* bias, const float* residual, float* out, int64_t c0, int64_t c1) {
+  const int64_t tw = W / 2, T = (ty1 - ty0) * tw;
   for (int64_t co = c0; co < c1; ++co)
-    for (int64_t ty = 0; ty < th; ++ty) {
-      const float* m = M + co * T + ty * tw;
+    for (int64_t ty = ty0; ty < ty1; ++ty) {
+      const float* m = M + co * T + (ty - ty0) * tw;
       const float bv = bias ? bias[co] : 0.f;
       float* o0 = out + (co * H + 2 * ty) * W;
       if (residual) {
@@ -199,30 +199,39 @@ static void winograd_output(const float* M, int64_t ms, int64_t H, int64_t W, co
     }
 }
 
+// The image is done in bands of tile rows whose V and M fit in kWinogradBandFloats (4 MiB): scratch stays
+// bounded at any frame size (nfd-130m's 224x384 decoder would otherwise need ~180 MB) and a band's V and M
+// stay in cache between the transforms and the GEMMs. tiny's 64x64 levels are one band.
+constexpr int64_t kWinogradBandFloats = int64_t(1) << 20;
 static void conv3x3_winograd(const Context& ctx, const float* x, const float* w, const float* bias,
                              const float* residual, int64_t Cin, int64_t Cout, int64_t H, int64_t W, float* out) {
-  const int64_t T = (H / 2) * (W / 2);
+  const int64_t th = H / 2, tw = W / 2;
+  const int64_t band_rows = std::max<int64_t>(1, std::min(th, kWinogradBandFloats / (16 * (Cin + Cout) * tw)));
+  const int64_t Tmax = band_rows * tw;
   // The 16 planes of U, V and M are each skewed by 16 floats: at plane sizes that are multiples of 4 KiB (most
   // of them), 16 streams one plane apart all fall into the same L1 cache set and evict one another.
-  const int64_t us = Cout * Cin + 16, vs = Cin * T + 16, ms = Cout * T + 16;
+  const int64_t us = Cout * Cin + 16, vs = Cin * Tmax + 16, ms = Cout * Tmax + 16;
   float* U = scratch(size_t(16 * (us + vs + ms) + W));
   float* V = U + 16 * us;
   float* M = V + 16 * vs;
   float* zeros = M + 16 * ms;
   std::fill(zeros, zeros + W, 0.f);
   winograd_weights(w, Cout * Cin, U, us);
-  ::nfd::cpu::parallel_for(ctx.threads, Cin, [&](int64_t c0, int64_t c1) {
-    winograd_input(x, H, W, V, vs, c0, c1, scratch(size_t(4 * (W + 2)), 1), zeros);
-  }, ::nfd::cpu::grain_for(16 * T));
   ::nfd::cpu::set_blas_threads(1);
-  ::nfd::cpu::parallel_for(ctx.threads, 16, [&](int64_t x0, int64_t x1) {
-    for (int64_t xi = x0; xi < x1; ++xi)
-      scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(Cout), int(T), int(Cin), 1.f, U + xi * us,
-                        int(Cin), V + xi * vs, int(T), 0.f, M + xi * ms, int(T));
-  }, ::nfd::cpu::grain_for(Cout * Cin * T));
-  ::nfd::cpu::parallel_for(ctx.threads, Cout, [&](int64_t c0, int64_t c1) {
-    winograd_output(M, ms, H, W, bias, residual, out, c0, c1);
-  }, ::nfd::cpu::grain_for(16 * T));
+  for (int64_t ty0 = 0; ty0 < th; ty0 += band_rows) {
+    const int64_t ty1 = std::min(th, ty0 + band_rows), T = (ty1 - ty0) * tw;
+    ::nfd::cpu::parallel_for(ctx.threads, Cin, [&](int64_t c0, int64_t c1) {
+      winograd_input(x, H, W, ty0, ty1, V, vs, c0, c1, scratch(size_t(4 * (W + 2)), 1), zeros);
+    }, ::nfd::cpu::grain_for(16 * T));
+    ::nfd::cpu::parallel_for(ctx.threads, 16, [&](int64_t x0, int64_t x1) {
+      for (int64_t xi = x0; xi < x1; ++xi)
+        scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(Cout), int(T), int(Cin), 1.f,
+                          U + xi * us, int(Cin), V + xi * vs, int(T), 0.f, M + xi * ms, int(T));
+    }, ::nfd::cpu::grain_for(Cout * Cin * T));
+    ::nfd::cpu::parallel_for(ctx.threads, Cout, [&](int64_t c0, int64_t c1) {
+      winograd_output(M, ms, H, W, ty0, ty1, bias, residual, out, c0, c1);
+    }, ::nfd::cpu::grain_for(16 * T));
+  }
 }
 
 void conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, int stride, int pad,

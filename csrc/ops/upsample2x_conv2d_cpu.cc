@@ -46,73 +46,83 @@ static void fold_phase_weights(const float* __restrict w, int64_t pairs, float* 
   }
 }
 
+constexpr int64_t kBandFloats = int64_t(1) << 20;
+
 void upsample2x_conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out) {
   expect("upsample2x_conv2d", "w", w, {-1, -1, 3, 3});
   const int64_t Cout = w.dim(0), Cin = w.dim(1);
   expect("upsample2x_conv2d", "x", x, {Cin, -1, -1});
-  const int64_t H = x.dim(1), W = x.dim(2), P = H * W, K = Cin * 4;
+  const int64_t H = x.dim(1), W = x.dim(2), K = Cin * 4;
   expect("upsample2x_conv2d", "out", out, {Cout, 2 * H, 2 * W});
   if (bias.defined()) expect("upsample2x_conv2d", "bias", bias, {Cout});
   NFD_CHECK(x.data != out.data, invalid_argument, "ops::upsample2x_conv2d: x and out must not alias");
 
   const float* wt = w.ptr<float>();
   const float* xs = x.ptr<float>();
-  float* buf = scratch(size_t(4 * K * P + 4 * Cout * P + 4 * Cout * K));
-  float* phase_col = buf;                          // [phase][Cin*4][P]
-  float* phase_out = phase_col + 4 * K * P;        // [phase][Cout][P]
-  float* phase_w = phase_out + 4 * Cout * P;       // [phase][Cout][Cin*4]
-  fold_phase_weights(wt, Cout * Cin, phase_w);
-  // Phase im2col on the small image: row (ci, a, b) of phase (py, px) holds x[ci, y + a - 1 + py, x + b - 1 + px].
-  ::nfd::cpu::parallel_for(ctx.threads, 4 * K, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int ph = int(r / K), py = ph >> 1, px = ph & 1;
-      const int64_t ci = (r % K) / 4;
-      const int a = int(r % 4) / 2, b = int(r % 2);
-      const int64_t dy = a - 1 + py, dx = b - 1 + px;
-      float* dst = phase_col + r * P;
-      for (int64_t y = 0; y < H; ++y, dst += W) {
-        const int64_t iy = y + dy;
-        if (iy < 0 || iy >= H) {
-          std::fill(dst, dst + W, 0.f);
-          continue;
-        }
-        const float* row = xs + (ci * H + iy) * W;
-        const int64_t lo = std::max<int64_t>(0, -dx), hi = std::min<int64_t>(W, W - dx);
-        std::fill(dst, dst + lo, 0.f);
-        std::copy(row + lo + dx, row + hi + dx, dst + lo);
-        std::fill(dst + hi, dst + W, 0.f);
-      }
-    }
-  }, ::nfd::cpu::grain_for(P));
-  // Four GEMMs [Cout, K] @ [K, P], threads splitting (phase, column block).
-  ::nfd::cpu::set_blas_threads(1);
-  ::nfd::cpu::parallel_for(ctx.threads, 4 * P, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1;) {
-      const int64_t ph = i / P, p0 = i % P, p1 = std::min(P, p0 + (i1 - i));
-      scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(Cout), int(p1 - p0), int(K), 1.f,
-                        phase_w + ph * Cout * K, int(K), phase_col + ph * K * P + p0, int(P), 0.f,
-                        phase_out + ph * Cout * P + p0, int(P));
-      i += p1 - p0;
-    }
-  }, ::nfd::cpu::grain_for(Cout * K));
-  // Interleave the phases into out[co, 2y + py, 2x + px] and add the bias.
   const float* bs = bias.defined() ? bias.ptr<float>() : nullptr;
   float* o = out.ptr<float>();
-  ::nfd::cpu::parallel_for(ctx.threads, Cout * H, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t co = r / H, y = r % H;
-      const float bv = bs ? bs[co] : 0.f;
-      for (int py = 0; py < 2; ++py) {
-        float* dst = o + (co * 2 * H + 2 * y + py) * 2 * W;
-        const float* even = phase_out + (int64_t(py * 2) * Cout + co) * P + y * W;
-        const float* odd = phase_out + (int64_t(py * 2 + 1) * Cout + co) * P + y * W;
-        for (int64_t xx = 0; xx < W; ++xx) {
-          dst[2 * xx] = even[xx] + bv;
-          dst[2 * xx + 1] = odd[xx] + bv;
+  // Bands of input rows whose phase buffers fit in kBandFloats (4 MiB): bounded scratch at any frame size.
+  const int64_t band_rows = std::max<int64_t>(1, std::min(H, kBandFloats / (4 * (K + Cout) * W)));
+  const int64_t Pmax = band_rows * W;
+  float* buf = scratch(size_t(4 * K * Pmax + 4 * Cout * Pmax + 4 * Cout * K));
+  float* phase_col = buf;                      // [phase][Cin*4][band pixels]
+  float* phase_out = phase_col + 4 * K * Pmax;  // [phase][Cout][band pixels]
+  float* phase_w = phase_out + 4 * Cout * Pmax;  // [phase][Cout][Cin*4]
+  fold_phase_weights(wt, Cout * Cin, phase_w);
+  ::nfd::cpu::set_blas_threads(1);
+  for (int64_t y0 = 0; y0 < H; y0 += band_rows) {
+    const int64_t y1 = std::min(H, y0 + band_rows), P = (y1 - y0) * W;
+    // Phase im2col on the small image: row (ci, a, b) of phase (py, px) holds
+    // x[ci, y + a - 1 + py, x + b - 1 + px].
+    ::nfd::cpu::parallel_for(ctx.threads, 4 * K, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int ph = int(r / K), py = ph >> 1, px = ph & 1;
+        const int64_t ci = (r % K) / 4;
+        const int a = int(r % 4) / 2, b = int(r % 2);
+        const int64_t dy = a - 1 + py, dx = b - 1 + px;
+        float* dst = phase_col + r * P;
+        for (int64_t y = y0; y < y1; ++y, dst += W) {
+          const int64_t iy = y + dy;
+          if (iy < 0 || iy >= H) {
+            std::fill(dst, dst + W, 0.f);
+            continue;
+          }
+          const float* row = xs + (ci * H + iy) * W;
+          const int64_t lo = std::max<int64_t>(0, -dx), hi = std::min<int64_t>(W, W - dx);
+          std::fill(dst, dst + lo, 0.f);
+          std::copy(row + lo + dx, row + hi + dx, dst + lo);
+          std::fill(dst + hi, dst + W, 0.f);
         }
       }
-    }
-  }, ::nfd::cpu::grain_for(4 * W));
+    }, ::nfd::cpu::grain_for(P));
+    // Four GEMMs [Cout, K] @ [K, P], threads splitting (phase, column block).
+    ::nfd::cpu::parallel_for(ctx.threads, 4 * P, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1;) {
+        const int64_t ph = i / P, p0 = i % P, p1 = std::min(P, p0 + (i1 - i));
+        scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(Cout), int(p1 - p0), int(K), 1.f,
+                          phase_w + ph * Cout * K, int(K), phase_col + ph * K * P + p0, int(P), 0.f,
+                          phase_out + ph * Cout * P + p0, int(P));
+        i += p1 - p0;
+      }
+    }, ::nfd::cpu::grain_for(Cout * K));
+    // Interleave the phases into out[co, 2y + py, 2x + px] and add the bias.
+    const int64_t rows = y1 - y0;
+    ::nfd::cpu::parallel_for(ctx.threads, Cout * rows, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t co = r / rows, y = y0 + r % rows;
+        const float bv = bs ? bs[co] : 0.f;
+        for (int py = 0; py < 2; ++py) {
+          float* dst = o + (co * 2 * H + 2 * y + py) * 2 * W;
+          const float* even = phase_out + (int64_t(py * 2) * Cout + co) * P + (y - y0) * W;
+          const float* odd = phase_out + (int64_t(py * 2 + 1) * Cout + co) * P + (y - y0) * W;
+          for (int64_t xx = 0; xx < W; ++xx) {
+            dst[2 * xx] = even[xx] + bv;
+            dst[2 * xx + 1] = odd[xx] + bv;
+          }
+        }
+      }
+    }, ::nfd::cpu::grain_for(4 * W));
+  }
 }
 
 }  // namespace cpu
