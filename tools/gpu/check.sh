@@ -33,11 +33,18 @@ if [ "${SANITIZE:-1}" = 1 ]; then
   tail -3 "$OUT"/memcheck_*.txt "$OUT"/racecheck_*.txt 2>/dev/null
 fi
 
+log "timing split: step vs step_latent + decode (the ~88 ms seen in session 1)"
+$PY tools/gpu/timing_split.py nfd-310m bfloat16 2>&1 | tee "$OUT/timing_split.txt"
+
 if [ "${BENCH:-1}" = 1 ]; then
   log "benchmarks"
-  for cfg in ${BENCH_CONFIGS:-nfd-310m}; do
-    $PY benchmarks/fps.py --config "$cfg" --device cuda --steps 4 ${BENCH_ARGS:-} --frames "${BENCH_FRAMES:-100}" --threads 16 --compile-mode "${COMPILE_MODE:-max-autotune}" \
-      --out "$OUT/fps_${cfg}_cuda_s4.json" --markdown --no-progress 2>&1 | tail -15
+  # torch.compile (minutes of autotuning) only at 4 steps; 1 and 2 steps time nfd_rt and eager.
+  for cfg in ${BENCH_CONFIGS:-nfd-310m nfd-130m}; do
+    for steps in ${BENCH_STEPS:-4 2 1}; do
+      mode="${COMPILE_MODE:-max-autotune}"; [ "$steps" = 4 ] || mode=none
+      $PY benchmarks/fps.py --config "$cfg" --device cuda --steps "$steps" ${BENCH_ARGS:-} --frames "${BENCH_FRAMES:-100}" \
+        --threads 16 --compile-mode "$mode" --out "$OUT/fps_${cfg}_cuda_s${steps}.json" --markdown --no-progress 2>&1 | tail -15
+    done
   done
 fi
 log "done"
