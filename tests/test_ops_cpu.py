@@ -144,6 +144,7 @@ def test_conv2d(cin, cout, k, stride, pad, hw):
     (8, 16, 28, 48),   # the shape class of nfd-130m's decoder (224 x 384 frames / 8)
     (8, 16, 33, 32),   # an odd side: im2col instead
     (48, 64, 20, 256),  # bands of 4, 4 and 2 tile rows (scratch is bounded at 4 MiB)
+    (64, 3, 130, 256),  # the direct path for <= 4 outputs in bands of 61, 61 and 8 rows
 ])
 def test_conv2d_3x3_rectangular(cin, cout, h, w):
     x, wt, b = randn(cin, h, w), randn(cout, cin, 3, 3, seed=1) / math.sqrt(cin * 9), randn(cout, seed=2)

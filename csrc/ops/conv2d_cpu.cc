@@ -24,10 +24,13 @@ using namespace cpu_detail;
 // run of 16 output columns keeps one register of sums per output channel while it walks the Cin x 9 taps.
 constexpr int64_t kDirectMaxCout = 4;
 constexpr int64_t kWinogradMinPixels = 1024;  // below 32x32 the transforms cost more than the GEMM saves
+// Output rows [y0, y1) of a band that starts at image row `band0`: padded row r of a channel (plane floats
+// apart) holds image row band0 - 1 + r.
 template <int kCout>
-static inline void conv3x3_rows(const float* padded, const float* w, const float* bias, const float* residual,
-                                int64_t Cin, int64_t H, int64_t W, float* out, int64_t y0, int64_t y1) {
-  const int64_t Wp = W + 2, plane = (H + 2) * Wp;
+static inline void conv3x3_rows(const float* padded, int64_t plane, int64_t band0, const float* w, const float* bias,
+                                const float* residual, int64_t Cin, int64_t H, int64_t W, float* out, int64_t y0,
+                                int64_t y1) {
+  const int64_t Wp = W + 2;
   for (int64_t y = y0; y < y1; ++y) {
     int64_t x0 = 0;
     for (; x0 + 16 <= W; x0 += 16) {
@@ -35,7 +38,8 @@ static inline void conv3x3_rows(const float* padded, const float* w, const float
       for (int co = 0; co < kCout; ++co) acc[co] = Vec16{} + (bias ? bias[co] : 0.f);
       for (int64_t ci = 0; ci < Cin; ++ci)
         for (int64_t ky = 0; ky < 3; ++ky) {
-          const float* row = padded + ci * plane + (y + ky) * Wp + x0;  // padded column x0 + kx = input x0 + kx - 1
+          // padded column x0 + kx = input column x0 + kx - 1
+          const float* row = padded + ci * plane + (y - band0 + ky) * Wp + x0;
           const float* k3 = w + (ci * 3 + ky) * 3;
           for (int64_t kx = 0; kx < 3; ++kx) {
             const Vec16 v = load16(row + kx);
@@ -53,21 +57,21 @@ static inline void conv3x3_rows(const float* padded, const float* w, const float
         for (int64_t ci = 0; ci < Cin; ++ci)
           for (int64_t ky = 0; ky < 3; ++ky)
             for (int64_t kx = 0; kx < 3; ++kx)
-              a += w[((co * Cin + ci) * 3 + ky) * 3 + kx] * padded[ci * plane + (y + ky) * Wp + x0 + kx];
+              a += w[((co * Cin + ci) * 3 + ky) * 3 + kx] * padded[ci * plane + (y - band0 + ky) * Wp + x0 + kx];
         const int64_t i = (co * H + y) * W + x0;
         out[i] = residual ? residual[i] + a : a;
       }
   }
 }
 NFD_CPU_MULTIVERSION
-static void conv3x3_few_outputs(const float* padded, const float* w, const float* bias, const float* residual,
-                                int64_t Cin, int64_t H, int64_t W, int64_t Cout, float* out, int64_t y0,
-                                int64_t y1) {
+static void conv3x3_few_outputs(const float* padded, int64_t plane, int64_t band0, const float* w,
+                                const float* bias, const float* residual, int64_t Cin, int64_t H, int64_t W,
+                                int64_t Cout, float* out, int64_t y0, int64_t y1) {
   switch (Cout) {
-    case 1: return conv3x3_rows<1>(padded, w, bias, residual, Cin, H, W, out, y0, y1);
-    case 2: return conv3x3_rows<2>(padded, w, bias, residual, Cin, H, W, out, y0, y1);
-    case 3: return conv3x3_rows<3>(padded, w, bias, residual, Cin, H, W, out, y0, y1);
-    default: return conv3x3_rows<4>(padded, w, bias, residual, Cin, H, W, out, y0, y1);
+    case 1: return conv3x3_rows<1>(padded, plane, band0, w, bias, residual, Cin, H, W, out, y0, y1);
+    case 2: return conv3x3_rows<2>(padded, plane, band0, w, bias, residual, Cin, H, W, out, y0, y1);
+    case 3: return conv3x3_rows<3>(padded, plane, band0, w, bias, residual, Cin, H, W, out, y0, y1);
+    default: return conv3x3_rows<4>(padded, plane, band0, w, bias, residual, Cin, H, W, out, y0, y1);
   }
 }
 
@@ -251,25 +255,33 @@ void conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& 
   NFD_CHECK(x.data != out.data, invalid_argument, "ops::conv2d: x and out must not alias");
 
   if (k == 3 && stride == 1 && pad == 1 && Cout <= kDirectMaxCout) {
-    const int64_t Wp = W + 2, plane = (H + 2) * Wp;
+    // Bands of output rows; each gets a zero-bordered copy of the input rows it reads (band + 2 rows), at most
+    // about 4 MiB of scratch.
+    const int64_t Wp = W + 2;
+    const int64_t band_rows = std::max<int64_t>(1, std::min(H, (int64_t(1) << 20) / (Cin * Wp) - 2));
+    const int64_t plane = (band_rows + 2) * Wp;
     float* padded = scratch(size_t(Cin * plane));
     const float* xs = x.ptr<float>();
-    for (int64_t ci = 0; ci < Cin; ++ci) {
-      float* p = padded + ci * plane;
-      std::fill(p, p + Wp, 0.f);
-      for (int64_t y = 0; y < H; ++y) {
-        float* r = p + (y + 1) * Wp;
-        r[0] = 0.f;
-        std::copy(xs + (ci * H + y) * W, xs + (ci * H + y + 1) * W, r + 1);
-        r[W + 1] = 0.f;
-      }
-      std::fill(p + (H + 1) * Wp, p + plane, 0.f);
-    }
     const float* b = bias.defined() ? bias.ptr<float>() : nullptr;
     const float* rs = res ? residual->ptr<float>() : nullptr;
-    ::nfd::cpu::parallel_for(ctx.threads, Ho, [&](int64_t y0, int64_t y1) {
-      conv3x3_few_outputs(padded, w.ptr<float>(), b, rs, Cin, H, W, Cout, out.ptr<float>(), y0, y1);
-    }, ::nfd::cpu::grain_for(Cout * Cin * 9 * Wo));
+    for (int64_t y0 = 0; y0 < H; y0 += band_rows) {
+      const int64_t y1 = std::min(H, y0 + band_rows);
+      for (int64_t ci = 0; ci < Cin; ++ci)
+        for (int64_t r = 0; r < y1 - y0 + 2; ++r) {  // padded row r = image row y0 - 1 + r
+          float* dst = padded + ci * plane + r * Wp;
+          const int64_t iy = y0 - 1 + r;
+          if (iy < 0 || iy >= H) {
+            std::fill(dst, dst + Wp, 0.f);
+            continue;
+          }
+          dst[0] = dst[W + 1] = 0.f;
+          std::copy(xs + (ci * H + iy) * W, xs + (ci * H + iy + 1) * W, dst + 1);
+        }
+      ::nfd::cpu::parallel_for(ctx.threads, y1 - y0, [&](int64_t r0, int64_t r1) {
+        conv3x3_few_outputs(padded, plane, y0, w.ptr<float>(), b, rs, Cin, H, W, Cout, out.ptr<float>(), y0 + r0,
+                            y0 + r1);
+      }, ::nfd::cpu::grain_for(Cout * Cin * 9 * Wo));
+    }
     return;
   }
   if (k == 3 && stride == 1 && pad == 1 && H % 2 == 0 && W % 2 == 0 && H * W >= kWinogradMinPixels) {
