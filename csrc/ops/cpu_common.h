@@ -89,7 +89,10 @@ inline float silu(float v) { return v / (1.f + std::exp(-v)); }
 // x86-64-v4 (AVX-512), x86-64-v3 (AVX2 + FMA) and the baseline, and the loader picks the best one the CPU runs
 // (GCC function multi-versioning). Put this on a function holding plain loops: the compiler vectorises each
 // copy for its target. Results agree across copies to float rounding (FMA contraction), not bit for bit.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(NFD_RT_NO_MULTIVERSION)
+// NFD_RT_CPU_LEVEL (a testing build, CMake -DNFD_RT_CPU_LEVEL=x86-64-v3) compiles one level only.
+#if defined(NFD_RT_CPU_LEVEL) && defined(__x86_64__) && defined(__GNUC__)
+#define NFD_CPU_MULTIVERSION __attribute__((target(NFD_RT_CPU_LEVEL)))
+#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(NFD_RT_NO_MULTIVERSION)
 #define NFD_CPU_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define NFD_CPU_MULTIVERSION
