@@ -336,6 +336,7 @@ def environment(device: str) -> dict:
         from nfd_rt._native import core
 
         env["blas"] = core().blas_config()
+        env["cpu_kernels"] = core().cpu_kernel_level()
         if os.environ.get("OPENBLAS_CORETYPE"):
             env["OPENBLAS_CORETYPE"] = os.environ["OPENBLAS_CORETYPE"]
     except (ImportError, AttributeError):

@@ -223,3 +223,17 @@ def test_threads_share_a_session_safely(session):
     for t in threads:
         t.join()
     assert not errors and session.frame_index == 9
+
+
+def test_cli_env_reports_the_runtime(capsys):
+    import json
+
+    from nfd_rt import cli
+    from nfd_rt._native import core
+
+    assert cli.main(["env", "--json"]) == 0
+    env = json.loads(capsys.readouterr().out)
+    assert env["CPU kernels"] == core().cpu_kernel_level() and env["CPU kernels"]
+    assert "OpenBLAS" in env["BLAS"]
+    assert int(env["default threads"].split()[0]) == core().default_threads() >= 1
+    assert env["CUDA"].startswith("yes" if core().cuda_available() else "no")

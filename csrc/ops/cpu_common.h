@@ -98,6 +98,21 @@ inline float silu(float v) { return v / (1.f + std::exp(-v)); }
 #define NFD_CPU_MULTIVERSION
 #endif
 
+// Which copy of the NFD_CPU_MULTIVERSION loops runs on this CPU (what GCC's loader picks), for `nfd-rt env`
+// and the benchmark's environment record.
+inline std::string cpu_kernel_level() {
+#if defined(NFD_RT_CPU_LEVEL) && defined(__x86_64__) && defined(__GNUC__)
+  return std::string(NFD_RT_CPU_LEVEL + 5) + " only (an NFD_RT_CPU_LEVEL test build)";  // + 5: skip "arch="
+#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(NFD_RT_NO_MULTIVERSION)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("x86-64-v4")) return "x86-64-v4 (AVX-512)";
+  if (__builtin_cpu_supports("x86-64-v3")) return "x86-64-v3 (AVX2, FMA)";
+  return "x86-64 baseline (SSE2)";
+#else
+  return "one portable copy (multi-versioning off or not available)";
+#endif
+}
+
 // 16 floats that the compiler maps to one AVX-512 register, two AVX2 or four SSE registers, by target. Where
 // a loop's accumulators must stay in registers (a chain through memory makes every FMA wait on the store of the
 // one before), kernels spell out Vec16 arithmetic instead of leaving plain loops to the vectoriser.

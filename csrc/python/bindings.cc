@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "core/model_file.h"
 #include "core/session.h"
+#include "ops/cpu_common.h"
 #include "nfd_rt/nfd_rt.h"
 
 namespace py = pybind11;
@@ -285,8 +286,11 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("config_json"), "Parse + validate a config JSON with the C++ parser and write it back.");
   m.def("cuda_available", &nfd::cuda_available, "Built with CUDA and a CUDA device is present.");
+  m.def("cuda_device_name", &nfd::cuda_device_name, "Name of the current CUDA device; '' when none.");
   m.def("version", &nfd_version);
   m.def("blas_config", &nfd::cpu::blas_config, "OpenBLAS' build and the kernel set it chose for this CPU.");
+  m.def("cpu_kernel_level", &nfd::ops::cpu_detail::cpu_kernel_level,
+        "Which compiled copy of the CPU kernels runs on this CPU (x86-64-v4 / v3 / baseline).");
   m.def("default_threads", &nfd::physical_cores,
         "CPU threads a Session uses with threads=0 (physical cores).");
   py::module_ ops = m.def_submodule("ops", "op-level bindings (tests, benchmarks)");

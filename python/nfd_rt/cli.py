@@ -37,6 +37,34 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _env(args: argparse.Namespace) -> int:
+    """What this installation runs on: the facts to quote in a performance report or a bug report."""
+    import os
+    import platform
+
+    from . import __version__
+    from ._native import core
+
+    c = core()
+    cuda = c.cuda_available()
+    lines = {
+        "nfd_rt": f"{__version__} (C++ runtime {c.version()})",
+        "python": f"{platform.python_version()} on {platform.machine()}",
+        "CUDA": f"yes: {c.cuda_device_name()}" if cuda else "no (built without CUDA, or no device/driver)",
+        "CPU kernels": c.cpu_kernel_level(),
+        "BLAS": c.blas_config(),
+        "default threads": f"{c.default_threads()} (physical cores)",
+    }
+    if os.environ.get("OPENBLAS_CORETYPE"):
+        lines["BLAS"] += f" (chosen by OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']})"
+    if args.json:
+        print(json.dumps(lines, indent=2))
+    else:
+        for k, v in lines.items():
+            print(f"{k:16s} {v}")
+    return 0
+
+
 def _export_random(args: argparse.Namespace) -> int:
     try:
         from . import configs, export
@@ -144,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--json", action="store_true", help="print the config as JSON")
     q.add_argument("--tensors", action="store_true", help="list every tensor")
     q.set_defaults(fn=_info)
+
+    q = sub.add_parser("env", help="what this installation runs on: CUDA device, CPU kernels, BLAS, threads")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(fn=_env)
 
     q = sub.add_parser("export-random", help="write a randomly initialised model (needs torch)")
     q.add_argument("config", help="config name (tiny, nfd-130m, nfd-310m) or a config .json file")
