@@ -2,6 +2,10 @@
 # Everything that needs a GPU, in one go: build with CUDA, GPU tests, compute-sanitizer, benchmarks.
 # Usage (on a machine with an NVIDIA GPU, from the repository root):  OUT=/some/dir bash tools/gpu/check.sh
 # Wheels for packages the GPU machine lacks may be put in .devcarry/wheels (installed with --no-deps).
+# The whole run takes longer than one 10-minute device command; run it in parts, the build is kept between calls:
+#   BENCH=0 SANITIZE=0 bash tools/gpu/check.sh       # build, op harness, GPU pytest, timing split (~8 min)
+#   BENCH=0 bash tools/gpu/check.sh                  # + compute-sanitizer
+#   BENCH_CONFIGS=nfd-310m BENCH_STEPS=4 bash tools/gpu/check.sh   # one benchmark (torch.compile: minutes)
 set -uo pipefail
 OUT="${OUT:-gpu-results}"; mkdir -p "$OUT"
 ARCH="${NFD_RT_CUDA_ARCHITECTURES:-90}"
