@@ -112,14 +112,13 @@ int VAE::run(const Context& ctx, const Net& net, bool decoder, Tensor& x, int cu
     }
     if (lv.resample.w.defined()) {
       const int t = other(cur, -1);
-      Tensor in = x;
       if (decoder) {
         Tensor up = buf(t, {lv.resample.w.dim(0), 2 * x.dim(1), 2 * x.dim(2)});
         ops::upsample2x_conv2d(ctx, x, lv.resample.w, lv.resample.b, up);
         x = up;
         cur = t;
       } else {
-        x = conv(lv.resample, in, t);
+        x = conv(lv.resample, x, t);
         cur = t;
       }
     }

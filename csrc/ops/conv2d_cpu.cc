@@ -18,14 +18,15 @@ namespace cpu {
 
 using namespace cpu_detail;
 
-// A 3x3, stride 1, pad 1 convolution with few output channels (the decoder's RGB conv_out), computed directly:
-// as a GEMM it has 3 rows, which OpenBLAS runs at a sixth of its speed, and im2col would copy the input 9x.
-// The input is first copied with a zero border ([Cin, H + 2, W + 2]) so no tap needs a bounds test; then each
-// run of 16 output columns keeps one register of sums per output channel while it walks the Cin x 9 taps.
 constexpr int64_t kDirectMaxCout = 4;
 constexpr int64_t kWinogradMinPixels = 1024;  // below 32x32 the transforms cost more than the GEMM saves
-// Output rows [y0, y1) of a band that starts at image row `band0`: padded row r of a channel (plane floats
-// apart) holds image row band0 - 1 + r.
+
+// A 3x3, stride 1, pad 1 convolution with few output channels (the decoder's RGB conv_out), computed directly:
+// as a GEMM it has 3 rows, which OpenBLAS runs at a sixth of its speed, and im2col would copy the input 9x.
+// Each band of output rows first gets a zero-bordered copy of the input rows it reads (conv2d below), so no
+// tap needs a bounds test; then each run of 16 output columns keeps one register of sums per output channel
+// while it walks the Cin x 9 taps. Output rows [y0, y1) of a band that starts at image row `band0`: padded row
+// r of a channel (plane floats apart) holds image row band0 - 1 + r.
 template <int kCout>
 static inline void conv3x3_rows(const float* padded, int64_t plane, int64_t band0, const float* w, const float* bias,
                                 const float* residual, int64_t Cin, int64_t H, int64_t W, float* out, int64_t y0,
@@ -203,14 +204,13 @@ static void winograd_output(const float* M, int64_t ms, int64_t H, int64_t W, in
     }
 }
 
-// The image is done in bands of tile rows whose V and M fit in kWinogradBandFloats (4 MiB): scratch stays
-// bounded at any frame size (nfd-130m's 224x384 decoder would otherwise need ~180 MB) and a band's V and M
-// stay in cache between the transforms and the GEMMs. tiny's 64x64 levels are one band.
-constexpr int64_t kWinogradBandFloats = int64_t(1) << 20;
+// The image is done in bands of tile rows whose V and M fit in kBandFloats: scratch stays bounded at any frame
+// size (nfd-130m's 224x384 decoder would otherwise need ~180 MB) and a band's V and M stay in cache between the
+// transforms and the GEMMs. tiny's 64x64 levels are one band.
 static void conv3x3_winograd(const Context& ctx, const float* x, const float* w, const float* bias,
                              const float* residual, int64_t Cin, int64_t Cout, int64_t H, int64_t W, float* out) {
   const int64_t th = H / 2, tw = W / 2;
-  const int64_t band_rows = std::max<int64_t>(1, std::min(th, kWinogradBandFloats / (16 * (Cin + Cout) * tw)));
+  const int64_t band_rows = std::max<int64_t>(1, std::min(th, kBandFloats / (16 * (Cin + Cout) * tw)));
   const int64_t Tmax = band_rows * tw;
   // The 16 planes of U, V and M are each skewed by 16 floats: at plane sizes that are multiples of 4 KiB (most
   // of them), 16 streams one plane apart all fall into the same L1 cache set and evict one another.
@@ -255,10 +255,9 @@ void conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& 
   NFD_CHECK(x.data != out.data, invalid_argument, "ops::conv2d: x and out must not alias");
 
   if (k == 3 && stride == 1 && pad == 1 && Cout <= kDirectMaxCout) {
-    // Bands of output rows; each gets a zero-bordered copy of the input rows it reads (band + 2 rows), at most
-    // about 4 MiB of scratch.
+    // Bands of output rows; each gets a zero-bordered copy of the input rows it reads (band + 2 rows).
     const int64_t Wp = W + 2;
-    const int64_t band_rows = std::max<int64_t>(1, std::min(H, (int64_t(1) << 20) / (Cin * Wp) - 2));
+    const int64_t band_rows = std::max<int64_t>(1, std::min(H, kBandFloats / (Cin * Wp) - 2));
     const int64_t plane = (band_rows + 2) * Wp;
     float* padded = scratch(size_t(Cin * plane));
     const float* xs = x.ptr<float>();
@@ -329,11 +328,15 @@ void conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& 
     scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(Cout), int(p1 - p0), int(KK), 1.f,
                       w.ptr<float>(), int(KK), col + p0, int(P), 0.f, o + p0, int(P));
     if (!b && !rs) return;
-    for (int64_t c = 0; c < Cout; ++c)
-      for (int64_t i = c * P + p0; i < c * P + p1; ++i) {
-        float v = b ? o[i] + b[c] : o[i];
-        o[i] = rs ? rs[i] + v : v;  // residual + conv, the order of the reference's skip + h
+    // One loop per case: a pointer tested inside the loop would become masked loads (see linear_cpu.cc).
+    for (int64_t c = 0; c < Cout; ++c) {
+      const float bc = b ? b[c] : 0.f;
+      if (rs) {
+        for (int64_t i = c * P + p0; i < c * P + p1; ++i) o[i] = rs[i] + (o[i] + bc);  // the reference's skip + h
+      } else {
+        for (int64_t i = c * P + p0; i < c * P + p1; ++i) o[i] += bc;
       }
+    }
   }, ::nfd::cpu::grain_for(Cout * KK));
 }
 

@@ -82,17 +82,16 @@ inline NormStats norm_stats(const float* x, int64_t n, float eps) {
   return {float(mean), float(1.0 / std::sqrt(var + double(eps)))};
 }
 
-// SiLU v * sigmoid(v).
-inline float silu(float v) { return v / (1.f + std::exp(-v)); }
-
 // The wheel is built for plain x86-64 (SSE2), so the hot element loops are compiled three times, for
 // x86-64-v4 (AVX-512), x86-64-v3 (AVX2 + FMA) and the baseline, and the loader picks the best one the CPU runs
 // (GCC function multi-versioning). Put this on a function holding plain loops: the compiler vectorises each
 // copy for its target. Results agree across copies to float rounding (FMA contraction), not bit for bit.
 // NFD_RT_CPU_LEVEL (a testing build, CMake -DNFD_RT_CPU_LEVEL=x86-64-v3) compiles one level only.
 #if defined(NFD_RT_CPU_LEVEL) && defined(__x86_64__) && defined(__GNUC__)
+#define NFD_CPU_ONE_LEVEL 1
 #define NFD_CPU_MULTIVERSION __attribute__((target(NFD_RT_CPU_LEVEL)))
 #elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(NFD_RT_NO_MULTIVERSION)
+#define NFD_CPU_CLONES 1
 #define NFD_CPU_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define NFD_CPU_MULTIVERSION
@@ -101,9 +100,9 @@ inline float silu(float v) { return v / (1.f + std::exp(-v)); }
 // Which copy of the NFD_CPU_MULTIVERSION loops runs on this CPU (what GCC's loader picks), for `nfd-rt env`
 // and the benchmark's environment record.
 inline std::string cpu_kernel_level() {
-#if defined(NFD_RT_CPU_LEVEL) && defined(__x86_64__) && defined(__GNUC__)
+#if defined(NFD_CPU_ONE_LEVEL)
   return std::string(NFD_RT_CPU_LEVEL + 5) + " only (an NFD_RT_CPU_LEVEL test build)";  // + 5: skip "arch="
-#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(NFD_RT_NO_MULTIVERSION)
+#elif defined(NFD_CPU_CLONES)
   __builtin_cpu_init();
   if (__builtin_cpu_supports("x86-64-v4")) return "x86-64-v4 (AVX-512)";
   if (__builtin_cpu_supports("x86-64-v3")) return "x86-64-v3 (AVX2, FMA)";
@@ -146,6 +145,13 @@ inline float exp_approx(float x) {
   std::memcpy(&two_k, &bits, sizeof two_k);
   return p * two_k;
 }
+
+// SiLU v * sigmoid(v), through exp_approx so that loops calling it vectorise.
+inline float silu(float v) { return v / (1.f + exp_approx(-v)); }
+
+// Scratch budget of one band when an op works through a large image in bands of rows (about 4 MiB): bounded
+// memory at any frame size, and a band's buffers stay in cache between its steps.
+constexpr int64_t kBandFloats = int64_t(1) << 20;
 
 }  // namespace cpu_detail
 }  // namespace ops

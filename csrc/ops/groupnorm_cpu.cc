@@ -11,14 +11,11 @@ namespace cpu {
 
 using namespace cpu_detail;
 
-// out[i] = x[i] * scale + shift, then SiLU when `silu`.
+// out[i] = x[i] * scale + shift, then SiLU when `with_silu`.
 NFD_CPU_MULTIVERSION
-static void scale_shift(const float* x, float* out, int64_t n, float scale, float shift, bool silu) {
-  if (silu) {
-    for (int64_t i = 0; i < n; ++i) {
-      const float v = x[i] * scale + shift;
-      out[i] = v / (1.f + exp_approx(-v));
-    }
+static void scale_shift(const float* x, float* out, int64_t n, float scale, float shift, bool with_silu) {
+  if (with_silu) {
+    for (int64_t i = 0; i < n; ++i) out[i] = silu(x[i] * scale + shift);
   } else {
     for (int64_t i = 0; i < n; ++i) out[i] = x[i] * scale + shift;
   }

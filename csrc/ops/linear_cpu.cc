@@ -14,15 +14,16 @@ namespace cpu {
 
 using namespace cpu_detail;
 
-// One row of the epilogue on columns [0, cols): v = product (+ bias); GELU-tanh; then store or, for the gated
-// residual, o += gate * v. Vectorised per target (the GELU's exp is most of a small linear's time otherwise).
-// Each case is its own loop: a pointer tested inside the loop becomes masked loads, and a masked load from a
-// null pointer costs a microcode assist per vector on AMD CPUs (a 3x slower linear).
 static inline float gelu_tanh(float v) {
   // tanh(u) = 1 - 2 / (exp(2u) + 1): one exp instead of tanh; exp_approx's clamp still gives tanh = +-1.
   const float u = 0.7978845608028654f * (v + 0.044715f * v * v * v);  // sqrt(2 / pi) (v + 0.044715 v^3)
   return 0.5f * v * (2.f - 2.f / (exp_approx(2.f * u) + 1.f));
 }
+
+// One row of the epilogue on columns [0, cols): v = product (+ bias); GELU-tanh; then store or, for the gated
+// residual, o += gate * v. Vectorised per target (the GELU's exp is most of a small linear's time otherwise).
+// Each case is its own loop: a pointer tested inside the loop becomes masked loads, and a masked load from a
+// null pointer costs a microcode assist per vector on AMD CPUs (a 3x slower linear).
 NFD_CPU_MULTIVERSION
 static void epilogue_row(const float* prod, const float* bias, const float* gate, float* o, int64_t cols,
                          Epilogue epilogue) {

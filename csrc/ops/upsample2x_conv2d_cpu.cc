@@ -46,8 +46,6 @@ static void fold_phase_weights(const float* __restrict w, int64_t pairs, float* 
   }
 }
 
-constexpr int64_t kBandFloats = int64_t(1) << 20;
-
 void upsample2x_conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out) {
   expect("upsample2x_conv2d", "w", w, {-1, -1, 3, 3});
   const int64_t Cout = w.dim(0), Cin = w.dim(1);
@@ -61,7 +59,7 @@ void upsample2x_conv2d(const Context& ctx, const Tensor& x, const Tensor& w, con
   const float* xs = x.ptr<float>();
   const float* bs = bias.defined() ? bias.ptr<float>() : nullptr;
   float* o = out.ptr<float>();
-  // Bands of input rows whose phase buffers fit in kBandFloats (4 MiB): bounded scratch at any frame size.
+  // Bands of input rows whose phase buffers fit in kBandFloats: bounded scratch at any frame size.
   const int64_t band_rows = std::max<int64_t>(1, std::min(H, kBandFloats / (4 * (K + Cout) * W)));
   const int64_t Pmax = band_rows * W;
   float* buf = scratch(size_t(4 * K * Pmax + 4 * Cout * Pmax + 4 * Cout * K));
