@@ -4,7 +4,8 @@
     nfd-rt export-random tiny -o m.nfd          (needs torch)
     nfd-rt demo [--frames 120] [--out nfd_demo.mp4]      the shipped Gridworld model, video of game | model
     nfd-rt play                                         arrow keys drive the model live (pygame)
-    nfd-rt evaluate [--sequences 100]                   position error and PSNR against the real game
+    nfd-rt evaluate [--sequences 100]                   position error, PSNR, coin state against the real game
+    (demo, play and evaluate take --steps 4|2|1: the shipped model distilled for that many steps)
 """
 
 from __future__ import annotations
@@ -90,21 +91,35 @@ def _pick_device(device: str, dtype: str) -> tuple[str, str]:
     return device, dtype
 
 
-def _demo_model(path: str | None) -> str:
-    from .demo import MODEL_PATH
+def _demo_model(path: str | None, steps: int | None = None) -> str:
+    """The .nfd file to run: a path, a shipped model's name, or (no --model) the shipped model for `steps`."""
+    from .demo import MODEL_FOR_STEPS, MODEL_PATH, MODELS
 
-    model = path or MODEL_PATH
+    if path is None and steps is not None and steps not in MODEL_FOR_STEPS:
+        raise ValueError(f"no shipped Gridworld model samples in {steps} steps (shipped: {sorted(MODEL_FOR_STEPS)});"
+                         f" run one at {steps} steps without distillation with --model gridworld --steps {steps}")
+    model = MODELS.get(path, path) if path else MODELS[MODEL_FOR_STEPS[steps]] if steps else MODEL_PATH
     if not os.path.exists(model):
         raise OSError(f"model file {model} not found" + ("" if path else
-                      " (the shipped demo model; retrain it with python tools/train/train_demo.py)"))
+                      " (a shipped demo model; retrain it with tools/train/train_demo.py or distill_demo.py)"))
     return model
 
 
 def _open_session(args: argparse.Namespace):
+    import tempfile
+
+    from . import export
     from .session import Session
 
     device, dtype = _pick_device(args.device, args.dtype)
-    s = Session(_demo_model(args.model), device=device, dtype=dtype, seed=args.seed, threads=args.threads)
+    model = _demo_model(args.model, args.steps)
+    with tempfile.TemporaryDirectory() as tmp:  # the runtime maps the file: it may go once the session is open
+        if args.steps is not None and export.read_header(model)[1].num_steps != args.steps:
+            # The runtime samples the schedule stored in the file: run a copy with an even N-step schedule.
+            print(f"running {os.path.basename(model)} at {args.steps} step(s), a schedule it was not trained or "
+                  "distilled for", flush=True)
+            model = export.with_schedule(model, os.path.join(tmp, "m.nfd"), export.uniform_schedule(args.steps))
+        s = Session(model, device=device, dtype=dtype, seed=args.seed, threads=args.threads)
     cfg = s.config
     print(f"session: {cfg.name} model on {s.device} ({dtype}), {cfg.frame_width}x{cfg.frame_height} frames, "
           f"{cfg.num_steps} steps/frame, {s.memory_bytes() / 2**20:.1f} MiB", flush=True)
@@ -141,13 +156,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     with _open_session(args) as s:
         bar = ProgressBar(args.sequences, "evaluate")
         result = evaluate(s, args.sequences, args.length, progress=bar.update)
-    result["model_file"] = os.path.basename(_demo_model(args.model))
+    result["model_file"] = os.path.basename(_demo_model(args.model, args.steps))
     m, b = result["model"], result["repeat_last_frame"]
     print(f"{args.sequences} held-out sequences x {args.length} frames; agent found in "
           f"{100 * result['agent_found_fraction']:.1f}% of generated frames")
     print(f"  agent position error: model {m['position_error_px']:.2f} px, repeat-last-frame "
           f"{b['position_error_px']:.2f} px")
     print(f"  PSNR: model {m['psnr_db']:.2f} dB, repeat-last-frame {b['psnr_db']:.2f} dB")
+    print(f"  coin state agrees with the game in {100 * m['coin_state_agreement']:.1f}% of frames "
+          f"(repeat-last-frame {100 * b['coin_state_agreement']:.1f}%); collected coins still shown: "
+          f"{100 * m['coins_lingering_fraction']:.1f}%; {result['fps']:.0f} frames/s")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
@@ -156,7 +174,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_session_options(q: argparse.ArgumentParser) -> None:
-    q.add_argument("--model", help="a .nfd file (default: the shipped Gridworld model)")
+    q.add_argument("--model", help="a .nfd file or a shipped model: gridworld (default), gridworld-2step, "
+                   "gridworld-1step")
+    q.add_argument("--steps", type=int, help="sampling steps per frame: without --model the shipped model for "
+                   "4, 2 or 1 step(s); with --model that model run at an even N-step schedule")
     q.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
     q.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto (bf16 on cuda)")
     q.add_argument("--seed", type=int, default=0, help="noise seed of the sampler")
