@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "backends/device.h"
+#include "python/bindings.h"
 #include "core/error.h"
 #include "ops/ops.h"
 
@@ -20,19 +21,6 @@ using namespace nfd;
 namespace {
 
 using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
-
-Device parse_device(const std::string& s) {
-  if (s == "cpu") return Device::cpu;
-  if (s == "cuda") return Device::cuda;
-  throw py::value_error("device must be 'cpu' or 'cuda', got '" + s + "'");
-}
-
-DType parse_dtype(const std::string& s) {
-  if (s == "float32") return DType::f32;
-  if (s == "bfloat16") return DType::bf16;
-  if (s == "float16") return DType::f16;
-  throw py::value_error("dtype must be 'float32', 'bfloat16' or 'float16', got '" + s + "'");
-}
 
 std::vector<int64_t> shape_of(const py::array& a) {
   return std::vector<int64_t>(a.shape(), a.shape() + a.ndim());
