@@ -8,29 +8,87 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+FPS = str(ROOT / "benchmarks" / "fps.py")
+
+
+def fps(*args, timeout=600):
+    return subprocess.run([sys.executable, FPS, *args], capture_output=True, text=True, timeout=timeout)
 
 
 def test_fps_benchmark_smoke(tmp_path):
     pytest.importorskip("torch", reason="needs torch for the PyTorch baselines")
     out = tmp_path / "r.json"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fps.py"), "--config", "tiny", "--frames", "3",
-                        "--warmup", "1", "--threads", "1", "--out", str(out), "--markdown"],
-                       capture_output=True, text=True, timeout=600)
+    # compile-static with the aot_eager backend: the runner's plumbing (one whole-frame graph per cache phase,
+    # recompile count) without Inductor's minutes of code generation.
+    r = fps("--config", "tiny", "--frames", "3", "--threads", "1", "--out", str(out), "--markdown", "--curve",
+            "--curve-runners", "nfd_rt,torch-static", "--compile-backend", "aot_eager", "--no-progress")
     assert r.returncode == 0, r.stderr
     result = json.loads(out.read_text())
+    assert result["complete"] is True
     runners = result["runners"]
-    assert set(runners) >= {"nfd_rt[cpu,float32]", "eager", "no-cache"}
-    for name in ("nfd_rt[cpu,float32]", "eager", "no-cache"):
-        assert runners[name]["fps"] > 0 and runners[name]["ms_p99"] >= runners[name]["ms_p50"] > 0
+    names = ("nfd_rt[cpu,float32]", "eager", "torch-static", "no-cache", "compile-static")
+    assert set(runners) == set(names)
+    full = result["config"]["sink_frames"] + result["config"]["window"] + 1
+    for name in names:
+        rr = runners[name]
+        assert rr["fps"] > 0 and rr["ms_p99"] >= rr["ms_p50"] > 0
+        # Steady state by default: every timed frame saw a full cache, and the JSON says so frame by frame.
+        assert rr["visible_frames"] == [full] * rr["frames"] and rr["full_cache"] is True
+        assert len(rr["ms"]) == rr["frames"]
+    assert runners["eager"]["warmup_frames"] == full  # sinks + window + 1
+    assert runners["no-cache"]["prefilled_context"] is True
+    # Every runner makes the same video: first frame against eager's (same weights, seed and actions).
+    for name in ("nfd_rt[cpu,float32]", "torch-static", "compile-static"):
+        assert runners[name]["first_frame_vs_eager"]["max_abs"] <= 1
+    assert runners["no-cache"]["first_frame_vs_eager"] is None  # its context was pre-filled with noise
+    # The attention path each PyTorch runner took (torch.profiler): the fused kernel for the static ones.
+    assert any("math" in k for k in runners["eager"]["profile"]["attention_events"])
+    assert any("flash" in k for k in runners["torch-static"]["profile"]["attention_events"])
+    cs = runners["compile-static"]
+    # --curve compiles the cache-filling frames too: two graphs, none recompiled during the timed frames.
+    assert cs["graphs_compiled"] == 2 and cs["recompiles_during_timed_frames"] == 0 and cs["compile_filling_frames"]
+    # Ratios against each baseline and the strongest one.
+    strongest = result["strongest_baseline"]
+    assert strongest in names[1:] and result["best"] == "nfd_rt[cpu,float32]"
+    assert result["ratio_vs_strongest_baseline"] == pytest.approx(
+        runners["nfd_rt[cpu,float32]"]["fps"] / runners[strongest]["fps"])
+    assert set(result["ratios"]) == {f"nfd_rt[cpu,float32] / {n}" for n in names[1:]}
+    # The curve: one rollout from reset, visible frames 1 .. full, only for the runners asked for.
+    c = runners["torch-static"]["curve"]
+    assert c["visible_frames"][:full] == list(range(1, full + 1)) and len(c["ms"]) == len(c["visible_frames"])
+    assert "curve" in runners["nfd_rt[cpu,float32]"] and "curve" not in runners["eager"]
     assert result["config"]["name"] == "tiny" and result["environment"]["commit"]
     assert result["cost"]["flops_per_frame"] > 0
-    assert "| nfd_rt[cpu,float32] |" in r.stdout
+    assert "| nfd_rt[cpu,float32] |" in r.stdout and "Steady state" in r.stdout
     # The CPU roofline: a measured GEMM peak, and each runner's fraction of it (of nominal FLOPs: nfd_rt's
     # Winograd and phase convolutions do fewer multiply-adds, so its effective fraction may pass 1).
     assert 0 < result["peak_fp32_gemm_tflops_measured"] < 100
-    assert all(runners[name]["fraction_of_peak"] > 0 for name in ("nfd_rt[cpu,float32]", "eager"))
+    assert all(runners[name]["fraction_of_peak"] > 0 for name in names)
     assert "OpenBLAS" in result["environment"]["blas"]
     # The README's tables come from stored results.
-    again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fps.py"), "--markdown-from", str(out)],
-                           capture_output=True, text=True, timeout=60)
+    again = fps("--markdown-from", str(out), timeout=60)
     assert again.returncode == 0 and "| nfd_rt[cpu,float32] |" in again.stdout and "Roofline peak" in again.stdout
+    assert "Strongest baseline: " in again.stdout
+
+
+def test_fps_never_overwrites_a_result(tmp_path):
+    out = tmp_path / "r.json"
+    out.write_text("{}")
+    r = fps("--config", "tiny", "--frames", "1", "--skip-baselines", "--no-profile", "--out", str(out),
+            timeout=120)
+    assert r.returncode != 0 and "exists" in r.stderr and out.read_text() == "{}"
+    # The default name is new each time, beside what is there.
+    for _ in range(2):
+        r = fps("--config", "tiny", "--frames", "1", "--skip-baselines", "--no-profile", "--threads", "1",
+                "--out-dir", str(tmp_path), timeout=120)
+        assert r.returncode == 0, r.stderr
+    made = sorted(p.name for p in tmp_path.glob("tiny_cpu_s4_t1_*.json"))
+    assert len(made) == 2 and made[0] != made[1]
+
+
+def test_markdown_labels_a_partial_cache(tmp_path):
+    """A stored result whose timed frames saw a partly filled cache says so above its table."""
+    stored = ROOT / "benchmarks" / "results" / "h100-2026-11-25" / "fps_nfd-310m_cuda_baselines.json"
+    r = fps("--markdown-from", str(stored), timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "Partial cache, not steady state" in r.stdout and "3 to 22 of 33" in r.stdout
