@@ -252,13 +252,15 @@ def make_no_cache(bench: Bench) -> Runner:
 
 @register("compile-static")
 def make_compile_static(bench: Bench) -> Runner:
-    import torch
     import torch._dynamo.utils as dynamo_utils
 
     from nfd_rt.reference.static import StaticSession
 
     mode = bench.args.compile_mode
-    compile_filling = bool(bench.args.curve)  # else the frames that fill the cache run the same module eagerly
+    # Compile the cache-filling frames too only when they are timed (the curve); else they run the same module
+    # eagerly and one graph is compiled.
+    curve_names = bench.args.curve_runners.split(",") if bench.args.curve_runners else None
+    compile_filling = bool(bench.args.curve) and (curve_names is None or "compile-static" in curve_names)
     s = StaticSession(bench.model, device=bench.args.device, seed=0, dtype=bench.torch_dtype_name,
                       compile_mode=mode, compile_filling=compile_filling, backend=bench.args.compile_backend)
     counters = dynamo_utils.counters
@@ -276,7 +278,8 @@ def make_compile_static(bench: Bench) -> Runner:
                 "inductor_counters": {k: v for k, v in counters["inductor"].items()
                                       if "cudagraph" in k or k in ("extern_calls",)}}
 
-    info = {"compile_mode": mode, "compile_backend": bench.args.compile_backend, "fullgraph": True, "compile_filling_frames": compile_filling,
+    info = {"compile_mode": mode, "compile_backend": bench.args.compile_backend, "fullgraph": True,
+            "compile_filling_frames": compile_filling,
             "what": "torch-static, the whole frame under one torch.compile"
                     + ("" if compile_filling else " (frames that fill the cache run eagerly: one graph)"),
             "torch_compile_cudagraphs": bench.cuda and bench.args.compile_backend == "inductor"
@@ -370,7 +373,7 @@ def curve(r: Runner, bench: Bench, actions: np.ndarray) -> dict:
 def profile_frames(r: Runner, bench: Bench, actions: np.ndarray, frames: int = 2) -> dict:
     """Steps `frames` frames under torch.profiler: the attention ops and kernels that ran, and (CUDA) the
     kernels that took the most device time, any library's (CUPTI sees nfd_rt's kernels too)."""
-    import torch
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if bench.cuda else [])
@@ -379,18 +382,19 @@ def profile_frames(r: Runner, bench: Bench, actions: np.ndarray, frames: int = 2
             r.step(actions[i])
             bench.sync()
     attention: dict[str, int] = {}
-    kernels: dict[str, list] = {}
-    for e in prof.events():
-        name = e.name
-        if any(s in name.lower() for s in ATTENTION_EVENTS):
-            attention[name] = attention.get(name, 0) + 1
-        dev_us = getattr(e, "device_time", None)
-        if dev_us is None:
-            dev_us = getattr(e, "cuda_time", 0.0)
-        if bench.cuda and getattr(e, "device_type", None) is not None and str(e.device_type).endswith("CUDA"):
-            k = kernels.setdefault(name, [0, 0.0])
+    for e in prof.events():  # aten ops on the host (device kernels below)
+        if e.device_type == DeviceType.CPU and any(s in e.name.lower() for s in ATTENTION_EVENTS):
+            attention[e.name] = attention.get(e.name, 0) + 1
+    kernels: dict[str, list] = {}  # device activity (kernels, copies) by name: [count, total us]
+    if bench.cuda:
+        for ev in prof.profiler.kineto_results.events():
+            if ev.device_type() != DeviceType.CUDA:
+                continue
+            k = kernels.setdefault(ev.name(), [0, 0.0])
             k[0] += 1
-            k[1] += float(dev_us)
+            k[1] += ev.duration_ns() / 1e3
+            if any(s in ev.name().lower() for s in ATTENTION_EVENTS):
+                attention[ev.name()] = attention.get(ev.name(), 0) + 1
     top = sorted(kernels.items(), key=lambda kv: -kv[1][1])[: bench.args.top_kernels]
     out: dict = {"frames": frames, "attention_events": dict(sorted(attention.items(), key=lambda kv: -kv[1]))}
     if bench.cuda:

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import _checks, rng
+from .. import _checks
 from ..configs import NFDConfig
 from .model import NFDModel, images_to_frames, modulate, timestep_features
 
@@ -98,7 +98,7 @@ class StaticFrame(nn.Module):
         self.cfg, self.seed, self.dtype = cfg, seed, dtype
         self.dit = model.dit
         self.decoder = model.vae.decoder
-        D, N, H, hd = cfg.hidden_size, cfg.tokens_per_frame, cfg.num_heads, cfg.head_dim
+        N, H, hd = cfg.tokens_per_frame, cfg.num_heads, cfg.head_dim
         self.N, self.slots = N, cfg.cache_frames
         tokens = (1 + self.slots) * N
         # One buffer per layer and K/V (as gpt-fast's KVCache): in-place updates of a whole buffer, never of a
