@@ -735,7 +735,8 @@ def markdown(result: dict) -> str:
         rows.append(f"| {name} | {r['fps']:.1f} | {r['ms_p50']:.2f} | {r['ms_p99']:.2f} | {r['ms_max']:.2f} | "
                     f"{r['tflops']:.3f} | {frac} | {ratio:.2f}x |")
     notes = []
-    strongest = result.get("strongest_baseline")
+    base = {k: v for k, v in result["runners"].items() if not k.startswith("nfd_rt") and "fps" in v}
+    strongest = result.get("strongest_baseline") or (max(base, key=lambda k: base[k]["fps"]) if base else None)
     if best and strongest:
         notes.append(f"Strongest baseline: {strongest}; the best nfd_rt runner ({best}) is "
                      f"{result['runners'][best]['fps'] / result['runners'][strongest]['fps']:.2f}x it.")

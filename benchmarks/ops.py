@@ -53,8 +53,31 @@ def rnd(*shape, scale=1.0, seed=[0]):  # noqa: B006 - a counter: fresh random in
     return (np.random.default_rng(seed[0]).standard_normal(shape) * scale).astype(np.float32)
 
 
-def frame_cases(cfg, b: int) -> list[OpCase]:
-    """Every op call of one frame at a full cache; b = bytes per value of the benchmark dtype."""
+def attention_layout(ops) -> str:
+    """The K/V cache layout ops.attention takes: 'head-major' [slots, H, N, hd] or 'token-major' [slots, N, H, hd]
+    (the runtime moves to token-major for vendor kernels). Found by computing a small case both ways on the CPU
+    against numpy, so this benchmark follows the build it runs against."""
+    H, N, hd, slots = 2, 3, 8, 2
+    q, kc, vc = rnd(H, N, hd), rnd(slots, H, N, hd), rnd(slots, H, N, hd)
+    k = kc.transpose(1, 0, 2, 3).reshape(H, slots * N, hd)
+    v = vc.transpose(1, 0, 2, 3).reshape(H, slots * N, hd)
+    s = q @ k.transpose(0, 2, 1) / np.sqrt(hd)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    want = ((p / p.sum(-1, keepdims=True)) @ v).transpose(1, 0, 2).reshape(N, H * hd)
+    for layout, (k_in, v_in) in (("token-major", (kc.transpose(0, 2, 1, 3), vc.transpose(0, 2, 1, 3))),
+                                 ("head-major", (kc, vc))):
+        try:
+            got = ops.attention(q, np.ascontiguousarray(k_in), np.ascontiguousarray(v_in), [0, 1])
+        except Exception:  # noqa: BLE001 - a shape check of the other layout
+            continue
+        if np.allclose(got, want, atol=1e-4):
+            return layout
+    raise RuntimeError("ops.attention matches neither cache layout on a small case")
+
+
+def frame_cases(cfg, b: int, layout: str = "head-major") -> list[OpCase]:
+    """Every op call of one frame at a full cache; b = bytes per value of the benchmark dtype; layout: the
+    attention op's K/V cache layout (attention_layout)."""
     D, N, H, hd = cfg.hidden_size, cfg.tokens_per_frame, cfg.num_heads, cfg.head_dim
     F, P, A, L = cfg.mlp_ratio * cfg.hidden_size, cfg.patch_dim, cfg.action_dim, cfg.depth
     steps, passes = cfg.num_steps, cfg.num_steps + 1
@@ -85,15 +108,18 @@ def frame_cases(cfg, b: int) -> list[OpCase]:
                             lambda ops, kw: ops.linear(x, w, bias, epilogue=epilogue, **extra_in, **kw), peer))
 
     def attention(count):
-        q, kc, vc = rnd(H, N, hd), rnd(slots, H, N, hd), rnd(slots, H, N, hd)
+        q, kc, vc = rnd(H, N, hd), rnd(slots, H, N, hd), rnd(slots, H, N, hd)  # head-major caches
+        if layout == "token-major":  # [slots, N, H, hd]
+            kc, vc = np.ascontiguousarray(kc.transpose(0, 2, 1, 3)), np.ascontiguousarray(vc.transpose(0, 2, 1, 3))
 
         def peer(torch, dev, dt):
             tq = torch.from_numpy(q).to(dev, dt)[None]  # [1, H, N, hd]
-            tk = torch.from_numpy(kc).to(dev, dt).permute(1, 0, 2, 3).reshape(1, H, keys, hd)
-            tv = torch.from_numpy(vc).to(dev, dt).permute(1, 0, 2, 3).reshape(1, H, keys, hd)
+            perm = (2, 0, 1, 3) if layout == "token-major" else (1, 0, 2, 3)  # -> [H, slots, N, hd]
+            tk = torch.from_numpy(kc).to(dev, dt).permute(*perm).reshape(1, H, keys, hd)
+            tv = torch.from_numpy(vc).to(dev, dt).permute(*perm).reshape(1, H, keys, hd)
             return lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv)
 
-        cases.append(OpCase(f"attention {H}x{N}x{hd} over {keys} keys", "attention", count,
+        cases.append(OpCase(f"attention {H}x{N}x{hd} over {keys} keys ({layout} cache)", "attention", count,
                             4.0 * N * keys * D, (2 * N * D + 2 * keys * D) * b,
                             lambda ops, kw: ops.attention(q, kc, vc, list(range(slots)), **kw), peer))
 
@@ -360,7 +386,13 @@ def main(argv: list[str] | None = None) -> int:
     kw = {"device": args.device, "dtype": dtype, "threads": args.threads}
     only = set(args.only.split(",")) if args.only else None
     rows = []
-    for case in frame_cases(cfg, b):
+    try:
+        layout = attention_layout(ops)
+    except Exception as e:  # noqa: BLE001 - the attention row will say what failed
+        log(f"attention layout: {e}")
+        layout = "head-major"
+    result["attention_cache_layout"] = layout
+    for case in frame_cases(cfg, b, layout):
         if only and case.op not in only:
             continue
         row: dict = {"name": case.name, "op": case.op, "calls_per_frame": case.calls_per_frame,
