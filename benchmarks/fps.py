@@ -746,7 +746,10 @@ def markdown(result: dict) -> str:
                    else f"backend={r['compile_backend']!r}")
             notes.append(f"{name}: torch.compile({how}), {r['graphs_compiled']} graph(s) "
                          f"compiled, {r['recompiles_during_timed_frames']} recompiles during the timed frames, "
-                         f"first frame {r['warmup_ms'][0] / 1e3:.0f} s (compilation).")
+                         f"slowest warm-up frame {max(r['warmup_ms']) / 1e3:.0f} s (compilation)"
+                         + (f"; CUDA graphs skipped {r['inductor_counters']['cudagraph_skips']} time(s)"
+                            if result["device"] == "cuda" and r.get("inductor_counters", {}).get("cudagraph_skips")
+                            else "") + ".")
         att = r.get("profile", {}).get("attention_events")
         if att and name != "nfd_rt" and not name.startswith("nfd_rt"):
             notes.append(f"{name} attention: " + ", ".join(f"`{k[:70]}`" for k in list(att)[:3]) + ".")
