@@ -13,6 +13,7 @@ Runners (`--runners`, default all; each steps the same actions with the same see
   eager                     ReferenceSession: the readable oracle (3-D SDPA, torch.cat of the cache, host RoPE)
   torch-static              nfd_rt.reference.static.StaticSession: static 4-D KV cache, fused SDPA, all on device
   no-cache                  recomputes the whole visible context every pass (how Oasis-style runtimes work)
+  onnxruntime[<device>]     the ONNX export run by ONNX Runtime (nfd_rt.onnx.OnnxSession; where installed)
   compile-static            torch-static with the whole frame under torch.compile(mode=--compile-mode, default
                             max-autotune: autotuned kernels + CUDA graphs); compiled last (minutes)
 Reports frames/s, p50/p99/max ms, memory, FLOPs per frame (docs/performance.md), achieved TFLOP/s, which
@@ -152,19 +153,40 @@ class Registration:
     factory: Callable[[Bench], Runner | list[Runner]]
     devices: tuple[str, ...]
     needs_torch: bool
+    unavailable: Callable[[], str | None] = lambda: None  # a reason to skip it here (a missing package), or None
 
 
 RUNNERS: dict[str, Registration] = {}
 
 
-def register(name: str, devices: tuple[str, ...] = ("cpu", "cuda"), needs_torch: bool = True):
-    """Registers a runner factory under `name` (the order of registration is the order of the run)."""
+def register(name: str, devices: tuple[str, ...] = ("cpu", "cuda"), needs_torch: bool = True,
+             unavailable: Callable[[], str | None] = lambda: None):
+    """Registers a runner factory under `name` (the order of registration is the order of the run, except that
+    compile-static runs last)."""
 
     def deco(fn):
-        RUNNERS[name] = Registration(fn, devices, needs_torch)
+        RUNNERS[name] = Registration(fn, devices, needs_torch, unavailable)
         return fn
 
     return deco
+
+
+def missing(*modules: str) -> Callable[[], str | None]:
+    """unavailable= for runners that need optional modules."""
+
+    def check():
+        import importlib.util
+
+        for m in modules:
+            try:
+                found = importlib.util.find_spec(m) is not None
+            except ModuleNotFoundError:  # a parent package is missing
+                found = False
+            if not found:
+                return f"needs {m}"
+        return None
+
+    return check
 
 
 @register("nfd_rt", needs_torch=False)
@@ -248,6 +270,40 @@ def make_no_cache(bench: Bench) -> Runner:
     return Runner("no-cache", step, reset, torch_runner=True, prefill=prefill,
                   frames=max(5, bench.args.frames // 4),  # it is slow; fewer frames suffice
                   info={"what": "recomputes the visible context every pass; context pre-filled with noise latents"})
+
+
+@register("onnxruntime", needs_torch=False, unavailable=missing("onnxruntime", "onnx", "nfd_rt.onnx"))
+def make_onnxruntime(bench: Bench) -> Runner:
+    """The ONNX export (nfd_rt.export.to_onnx: dit_pass + vae_decoder) stepped by nfd_rt.onnx.OnnxSession with ONNX
+    Runtime: CPU execution provider (intra-op threads = --threads) or CUDA (onnxruntime-gpu). Export time apart."""
+    import shutil
+
+    import onnxruntime as ort
+
+    import nfd_rt
+    from nfd_rt.onnx import OnnxSession
+
+    providers = ["CPUExecutionProvider"]
+    if bench.cuda:
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise RuntimeError(f"onnxruntime {ort.__version__} has no CUDA execution provider (onnxruntime-gpu)")
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    tmp = tempfile.mkdtemp(prefix="nfd_bench_onnx_")
+    t0 = time.perf_counter()
+    nfd_rt.export.to_onnx(bench.path, tmp, encoder=False)
+    export_s = time.perf_counter() - t0
+    s = OnnxSession(tmp, seed=0, providers=providers, threads=bench.args.threads)
+    if s.providers[0] != providers[0]:
+        s.close()
+        raise RuntimeError(f"ONNX Runtime fell back to {s.providers}")
+
+    def close():
+        s.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    return Runner(f"onnxruntime[{bench.args.device}]", s.step, s.reset, close,
+                  info={"export_seconds": export_s, "onnxruntime": ort.__version__, "providers": s.providers,
+                        "kv_cache_on": getattr(s, "cache_device", None)})
 
 
 @register("compile-static")
@@ -424,7 +480,7 @@ def selected_runners(args) -> list[str]:
         names = [n for n in names if n == "nfd_rt"]
     if args.compile_mode == "none":
         names = [n for n in names if n != "compile-static"]
-    return names
+    return sorted(names, key=lambda n: n == "compile-static")  # compile last: minutes, and may not finish
 
 
 def run_benchmark(args, result: dict, save: Callable[[], None]) -> dict:
@@ -468,6 +524,11 @@ def run_benchmark(args, result: dict, save: Callable[[], None]) -> dict:
     for name in selected_runners(args):
         reg = RUNNERS[name]
         if reg.needs_torch and model is None:
+            continue
+        why = reg.unavailable()
+        if why:
+            log(f"{name} skipped: {why}")
+            result.setdefault("skipped_runners", {})[name] = why
             continue
         log(f"setting up {name} ...")
         t0 = time.perf_counter()
