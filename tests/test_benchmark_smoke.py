@@ -34,7 +34,8 @@ def test_fps_benchmark_smoke(tmp_path):
         names += ("onnxruntime[cpu]",)
     else:
         assert "onnxruntime" in result["skipped_runners"]
-    assert list(runners)[-1] == "compile-static"  # compiled last
+    ran = [line.split()[1] for line in r.stderr.splitlines() if line.startswith("running ")]
+    assert ran[-1] == "compile-static" and len(ran) == len(names)  # compiled last
     full = result["config"]["sink_frames"] + result["config"]["window"] + 1
     for name in names:
         rr = runners[name]
