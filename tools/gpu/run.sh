@@ -2,7 +2,8 @@
 # One GPU visit, one command: the most verified information a bare H100/H200 can return in under 9 minutes.
 #
 #   probe       GPU, driver, toolkit, Python packages, tools (nvidia-smi, nvcc, ncu, compute-sanitizer)
-#   wheels      installs .devcarry/wheels/*.whl (packages the GPU machine lacks; tools/gpu/prepare_carry.sh)
+#   wheels      installs .devcarry/wheels/*.whl (packages the GPU machine lacks; tools/gpu/prepare_carry.sh) and
+#               unpacks .devcarry/flashinfer-data.tgz (then the build compiles FlashInfer's attention as a peer)
 #   build       CMake + Ninja, CUDA for $ARCH only (default 90a), all targets + the op harness; _core -> python/
 #   op_tests    the GPU op harness (every CUDA op against host loops)
 #   pytest      pytest -m cuda: op bindings, fp32 session parity with the CPU over 64 frames, bf16/fp16 PSNR,
@@ -26,14 +27,14 @@
 #
 # Usage, from the repository root (on the GPU machine through the device tool, with carry [".devcarry"]):
 #   NFD_RT_COMMIT=<sha> bash tools/gpu/run.sh
-#   STEPS=build,fps FPS_RUNNERS=nfd_rt,torch-static,compile-static bash tools/gpu/run.sh   # a second call
+#   STEPS=wheels,build,fps FPS_RUNNERS=nfd_rt,torch-static,compile-static bash tools/gpu/run.sh   # a 2nd call
 # Without a GPU (dry run: CUDA steps are skipped, CPU steps run on `tiny`; BUILD_DIR reuses a CPU build):
 #   OUT=/tmp/gpu-dry BUILD_DIR=build/dev bash tools/gpu/run.sh
 # Knobs (environment): STEPS (comma list, default "probe,wheels,build,op_tests,pytest,memcheck,ops,ncu,fps"),
 #   DEADLINE (530), ARCH (90a), BUILD_DIR (build/gpu), CONFIG (nfd-310m; tiny without a GPU), FPS_FRAMES (30),
 #   FPS_RUNNERS (all), COMPILE_MODE (max-autotune; none skips compile-static), FPS_ARGS (extra fps.py options),
-#   NCU_DIT_KERNELS (40), PYTHON (python3), NFD_RT_COMMIT (recorded where the tree has no .git), NO_GPU=1 (dry run
-#   even where a GPU is present).
+#   CMAKE_ARGS (extra -D options of the build), NCU_DIT_KERNELS (40), PYTHON (python3), NFD_RT_COMMIT (recorded
+#   where the tree has no .git), NO_GPU=1 (dry run even where a GPU is present).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -120,12 +121,21 @@ step wheels 60 0 "
   if compgen -G '.devcarry/wheels/*.whl' >/dev/null; then
     $PY -m pip install -q --no-index --no-deps --no-compile .devcarry/wheels/*.whl && $PY -m pip list 2>/dev/null | grep -iE 'cutlass|openblas|nlohmann|flashinfer|cudnn'
   else echo 'no .devcarry/wheels: nothing to install'; fi
+  if [ -f .devcarry/flashinfer-data.tgz ]; then
+    rm -rf build/flashinfer-data && mkdir -p build/flashinfer-data && tar -xzf .devcarry/flashinfer-data.tgz -C build/flashinfer-data &&
+    echo 'FlashInfer headers in build/flashinfer-data'
+  fi
 "
+# FlashInfer's attention is built as a peer when its headers were carried (prepare_carry.sh --flashinfer).
+FLASHINFER_ARGS=""
+if [ -f .devcarry/flashinfer-data.tgz ]; then
+  FLASHINFER_ARGS="-DNFD_RT_FLASHINFER=ON -DNFD_RT_FLASHINFER_DIR=$ROOT/build/flashinfer-data"
+fi
 
 if [ $GPU = 1 ]; then
   BUILD_CMD="
     cmake -S . -B $BUILD_DIR -G Ninja -DCMAKE_BUILD_TYPE=Release -DNFD_RT_CUDA=ON -DNFD_RT_CUDA_ARCHITECTURES=$ARCH \
-      -DPython_EXECUTABLE=\$(command -v $PY) &&
+      -DPython_EXECUTABLE=\$(command -v $PY) $FLASHINFER_ARGS ${CMAKE_ARGS:-} &&
     cmake --build $BUILD_DIR -j\$(nproc) --target all nfd_cuda_op_tests &&
     cp $BUILD_DIR/_core*.so python/nfd_rt/ && ls -la $BUILD_DIR/_core*.so $BUILD_DIR/nfd_cuda_op_tests"
 else  # dry run: a CPU build (reused from BUILD_DIR if it has one)
