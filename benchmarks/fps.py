@@ -501,14 +501,16 @@ def run_benchmark(args, result: dict, save: Callable[[], None]) -> dict:
                    "cache_frames": cfg.cache_frames, "warmup": warmup})
 
     model = None
+    names = selected_runners(args)
     try:
-        import torch
+        if any(RUNNERS[n].needs_torch for n in names):
+            import torch
 
-        from nfd_rt.reference import NFDModel
+            from nfd_rt.reference import NFDModel
 
-        torch.set_num_threads(args.threads)
-        log(f"building random {cfg.name} weights ...")
-        model = NFDModel(cfg, init_seed=0).eval()
+            torch.set_num_threads(args.threads)
+            log(f"building random {cfg.name} weights ...")
+            model = NFDModel(cfg, init_seed=0).eval()
     except ImportError:
         log("torch not installed: PyTorch baselines skipped (pip install 'nfd_rt[torch]')")
     tmp = tempfile.mkdtemp(prefix="nfd_bench_")
@@ -521,7 +523,7 @@ def run_benchmark(args, result: dict, save: Callable[[], None]) -> dict:
     curve_names = set(args.curve_runners.split(",")) if args.curve_runners else None
 
     first_frames: dict[str, np.ndarray] = {}
-    for name in selected_runners(args):
+    for name in names:
         reg = RUNNERS[name]
         if reg.needs_torch and model is None:
             continue
