@@ -114,7 +114,8 @@ def _open_session(args: argparse.Namespace):
     from .session import Session
 
     device, dtype = _pick_device(args.device, args.dtype)
-    s = Session(_demo_model(args.model), device=device, dtype=dtype, seed=args.seed, threads=args.threads)
+    s = Session(_demo_model(args.model), device=device, dtype=dtype, seed=args.seed, threads=args.threads,
+                speculate=args.speculate, speculate_mode=args.speculate_mode)
     cfg = s.config
     print(f"session: {cfg.name} model on {s.device} ({dtype}), {cfg.frame_width}x{cfg.frame_height} frames, "
           f"{cfg.num_steps} steps/frame, {s.memory_bytes() / 2**20:.1f} MiB", flush=True)
@@ -192,6 +193,10 @@ def _add_session_options(q: argparse.ArgumentParser) -> None:
     q.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto (bf16 on cuda)")
     q.add_argument("--seed", type=int, default=0, help="noise seed of the sampler")
     q.add_argument("--threads", type=int, default=0, help="CPU threads (0 = physical cores)")
+    q.add_argument("--speculate", type=int, default=0,
+                   help="frames generated ahead under the last action (0 = off; docs/batching.md)")
+    q.add_argument("--speculate-mode", default="exact", choices=["exact", "parallel"],
+                   help="exact: the same video, sooner; parallel: frames denoised together (faster, not identical)")
 
 
 def main(argv: list[str] | None = None) -> int:
