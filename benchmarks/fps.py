@@ -9,6 +9,7 @@ Runners (each steps the same action sequence after `--warmup` untimed frames):
   eager                      ReferenceSession: eager PyTorch with a KV cache (SDPA attention)
   compile                    the same under torch.compile(mode="max-autotune") (CUDA only; compile time apart)
   no-cache                   recomputes the whole visible context every pass (how Oasis-style runtimes work)
+  onnxruntime[<device>]      the ONNX export (nfd_rt.export.to_onnx) run by ONNX Runtime (benchmarks/onnx_runner.py)
 Reports frames/s, p50/p99/max ms per frame, peak memory, the FLOPs and bytes a frame needs
 (docs/performance.md), achieved TFLOP/s, and the ratio of nfd_rt to each baseline. Writes JSON under
 benchmarks/results/ (or --out) and, with --markdown, a table.
@@ -206,6 +207,13 @@ def run_benchmark(args) -> dict:
         except Exception as e:  # noqa: BLE001 - report and go on with the other runners
             log(f"  {label} failed: {e}")
             results["runners"][label] = {"error": str(e)}
+
+    # ONNX Runtime: the ONNX export stepped by nfd_rt.onnx.OnnxSession (benchmarks/onnx_runner.py).
+    if model is not None and not args.skip_baselines:
+        from onnx_runner import onnxruntime_runner
+
+        results["runners"].update(onnxruntime_runner(path, cfg, actions, args, time_frames, summarize, timed_flops,
+                                                     log))
 
     # PyTorch baselines.
     if model is not None and not args.skip_baselines:

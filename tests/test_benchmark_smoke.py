@@ -19,8 +19,8 @@ def test_fps_benchmark_smoke(tmp_path):
     assert r.returncode == 0, r.stderr
     result = json.loads(out.read_text())
     runners = result["runners"]
-    assert set(runners) >= {"nfd_rt[cpu,float32]", "eager", "no-cache"}
-    for name in ("nfd_rt[cpu,float32]", "eager", "no-cache"):
+    assert set(runners) >= {"nfd_rt[cpu,float32]", "eager", "no-cache", "onnxruntime[cpu]"}
+    for name in ("nfd_rt[cpu,float32]", "eager", "no-cache", "onnxruntime[cpu]"):
         assert runners[name]["fps"] > 0 and runners[name]["ms_p99"] >= runners[name]["ms_p50"] > 0
     assert result["config"]["name"] == "tiny" and result["environment"]["commit"]
     assert result["cost"]["flops_per_frame"] > 0

@@ -20,7 +20,9 @@ ort = pytest.importorskip("onnxruntime", reason="needs onnxruntime (the `onnx` o
 
 import nfd_rt  # noqa: E402
 from nfd_rt.export import save  # noqa: E402
-from nfd_rt.onnx import OnnxSession, rope_time, slot_of_frame, timestep_features, valid_frames  # noqa: E402
+from nfd_rt import rng  # noqa: E402
+from nfd_rt.onnx import (OnnxSession, frame_noise, rope_time, slot_of_frame, timestep_features,  # noqa: E402
+                         valid_frames)
 from nfd_rt.reference import KVCache, NFDModel, ReferenceSession  # noqa: E402
 
 LATENT_TOL = 1e-4
@@ -186,6 +188,14 @@ def test_other_cache_shapes(window, sink, tmp_path):
         assert np.abs(s.step_latent(a) - r.step_latent(a)).max() <= LATENT_TOL
 
 
+def test_frame_noise_is_the_rng_stream_bit_for_bit():
+    for shape in [(4, 8, 8), (3, 5, 7), (16, 28, 48)]:
+        for frame in (0, 17, 2**32 - 1):
+            got = frame_noise(12345678901, frame, [0, 4, 3], shape)
+            for slot, g in zip([0, 4, 3], got):
+                np.testing.assert_array_equal(g, rng.latent_noise(12345678901, frame, slot, shape))
+
+
 @pytest.mark.parametrize("window,sink", [(8, 1), (2, 0), (0, 2), (3, 2)])
 def test_slot_rules_match_reference_cache(window, sink):
     """The host loop's rule (filled slots = the prefix 0..valid_frames-1, all visible) is the reference cache's."""
@@ -209,6 +219,32 @@ def test_float_decoder_output_and_other_opset(tmp_path, model):
         assert level_diff(s.step(a), r.step(a)) <= 1
     with pytest.raises(ValueError, match="no vae_encoder.onnx"):
         s.reset(frames=np.zeros((1, 64, 64, 3), np.uint8))
+
+
+def test_fixed_batch_export(tmp_path, model):
+    """--batch 1: every shape static (no dynamic axis left), same video."""
+    save(model, tmp_path / "m.nfd")
+    r = subprocess.run([sys.executable, "-m", "nfd_rt.cli", "export-onnx", str(tmp_path / "m.nfd"), "-o",
+                        str(tmp_path / "out"), "--batch", "1", "--no-encoder"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "fixed batch 1" in r.stdout
+    out = tmp_path / "out"
+    spec = json.loads((out / "nfd_onnx.json").read_text())
+    assert spec["dynamic_axes"] == {} and set(spec["files"]) == {"dit_pass", "vae_decoder"}
+    for file in spec["files"].values():
+        m = onnx.load(str(out / file))
+        dims = [d for v in list(m.graph.input) + list(m.graph.output) for d in v.type.tensor_type.shape.dim]
+        assert all(d.HasField("dim_value") for d in dims), file
+    s, ref = session(out, seed=4), ReferenceSession(model, seed=4)
+    for a in actions(4, model.cfg.action_dim, seed=6):
+        assert np.abs(s.step_latent(a) - ref.step_latent(a)).max() <= LATENT_TOL
+    spec["graphs"]["dit_pass"]["inputs"][0]["shape"][0] = 2
+    (out / "nfd_onnx.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="fixed batch of 2"):
+        OnnxSession(out)
+    with pytest.raises(ValueError, match="batch must be None"):
+        nfd_rt.export.to_onnx(model, tmp_path, batch=0)
 
 
 def test_exporter_refuses_what_it_cannot_express(tmp_path, model):

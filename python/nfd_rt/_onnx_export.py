@@ -15,6 +15,7 @@ formulas.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -151,11 +152,11 @@ def _io(name: str, dtype: str, shape: list) -> dict:
     return {"name": name, "dtype": dtype, "shape": shape}
 
 
-def graph_io(cfg: NFDConfig, vae_output: str) -> dict:
-    """Names, dtypes and shapes of every graph's inputs and outputs ("batch" is the dynamic axis)."""
+def graph_io(cfg: NFDConfig, vae_output: str, batch: int | None = None) -> dict:
+    """Names, dtypes and shapes of every graph's inputs and outputs ("batch": the dynamic axis, unless fixed)."""
     C, h, w = cfg.latent_channels, cfg.latent_height, cfg.latent_width
     H, S, N, hd, L = cfg.num_heads, cfg.cache_frames, cfg.tokens_per_frame, cfg.head_dim, cfg.depth
-    b = "batch"
+    b = "batch" if batch is None else int(batch)
     frame_out = (_io("frame", "uint8", [b, cfg.frame_height, cfg.frame_width, 3]) if vae_output == "uint8"
                  else _io("image", "float32", [b, 3, cfg.frame_height, cfg.frame_width]))
     return {
@@ -182,18 +183,19 @@ def graph_io(cfg: NFDConfig, vae_output: str) -> dict:
     }
 
 
-def spec(cfg: NFDConfig, opset: int, vae_output: str, files: dict) -> dict:
+def spec(cfg: NFDConfig, opset: int, vae_output: str, files: dict, graphs: dict) -> dict:
     """The JSON written beside the graphs: everything a host needs to run whole frames."""
     S, W = cfg.sink_frames, cfg.window
+    dynamic = graphs["dit_pass"]["inputs"][0]["shape"][0] == "batch"
     return {
         "format": SPEC_FORMAT,
         "version": SPEC_VERSION,
         "opset": opset,
-        "dynamic_axes": {"batch": "every input and output's first axis: independent worlds, each with its own "
-                                  "cache, timestep, action, frame index and valid_frames"},
+        "dynamic_axes": ({"batch": "every input and output's first axis: independent worlds, each with its own "
+                                   "cache, timestep, action, frame index and valid_frames"} if dynamic else {}),
         "files": files,
         "config": cfg.to_dict(),
-        "graphs": graph_io(cfg, vae_output),
+        "graphs": graphs,
         "sampler": {
             "schedule": list(cfg.schedule),
             "num_steps": cfg.num_steps,
@@ -250,13 +252,14 @@ def spec(cfg: NFDConfig, opset: int, vae_output: str, files: dict) -> dict:
 def _export(module: nn.Module, args: tuple, path: Path, io: dict, opset: int) -> None:
     names_in = [i["name"] for i in io["inputs"]]
     names_out = [o["name"] for o in io["outputs"]]
-    dynamic = {n: {0: "batch"} for n in names_in + names_out}
+    dynamic = {n: {0: "batch"} for n in names_in + names_out} if io["inputs"][0]["shape"][0] == "batch" else None
     with warnings.catch_warnings():
         # The TorchScript exporter warns that it is deprecated in favour of dynamo=True, which needs onnxscript
         # and exports opset >= 18 only; this one gives plain opset-17 graphs that TensorRT's parser takes.
         warnings.simplefilter("ignore")
+        kw = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
         torch.onnx.export(module, args, str(path), input_names=names_in, output_names=names_out,
-                          dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True, dynamo=False)
+                          dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True, **kw)
     _finish(path, io)
 
 
@@ -282,13 +285,17 @@ def _finish(path: Path, io: dict) -> None:
 
 
 def to_onnx(model_or_path, out_dir: str | os.PathLike, opset: int = DEFAULT_OPSET, vae_output: str = "uint8",
-            encoder: bool = True) -> dict:
+            encoder: bool = True, batch: int | None = None) -> dict:
     """Export `model_or_path` (an NFDModel or a .nfd file) to `out_dir`; returns the spec written beside.
 
     Writes dit_pass.onnx, vae_decoder.onnx, vae_encoder.onnx (unless encoder=False) and nfd_onnx.json.
+    batch=None: a dynamic batch axis; an int fixes it (every shape static: ONNX Runtime then folds the
+    shape arithmetic away, which matters for small models).
     """
     if vae_output not in ("uint8", "float32"):
         raise ValueError(f"vae_output must be 'uint8' or 'float32', got {vae_output!r}")
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise ValueError(f"batch must be None (dynamic) or an int >= 1, got {batch!r}")
     if isinstance(model_or_path, NFDModel):
         model = model_or_path
     elif isinstance(model_or_path, (str, os.PathLike)):
@@ -302,11 +309,11 @@ def to_onnx(model_or_path, out_dir: str | os.PathLike, opset: int = DEFAULT_OPSE
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.to("cpu", torch.float32).eval()
-    io = graph_io(cfg, vae_output)
+    io = graph_io(cfg, vae_output, batch)
 
     # Example inputs: batch 1 (tracing runs the model once: at nfd-130m sizes batch 2 doubles a long export;
     # tests run the graphs at batch 2, so no axis is specialised to 1) and a partly filled cache.
-    B, C, h, w = 1, cfg.latent_channels, cfg.latent_height, cfg.latent_width
+    B, C, h, w = batch or 1, cfg.latent_channels, cfg.latent_height, cfg.latent_width
     g = torch.Generator().manual_seed(0)
     cache_shape = (B, cfg.depth, cfg.num_heads, cfg.cache_frames, cfg.tokens_per_frame, cfg.head_dim)
     dit_args = (
@@ -317,7 +324,7 @@ def to_onnx(model_or_path, out_dir: str | os.PathLike, opset: int = DEFAULT_OPSE
         torch.randn(B, cfg.rope_dims[0] // 2, generator=g),
         torch.randn(cache_shape, generator=g),
         torch.randn(cache_shape, generator=g),
-        torch.tensor([max(1, cfg.cache_frames // 2)], dtype=torch.int64),
+        torch.full((B,), max(1, cfg.cache_frames // 2), dtype=torch.int64),
     )
     files = {"dit_pass": "dit_pass.onnx", "vae_decoder": "vae_decoder.onnx"}
     if encoder:
@@ -332,7 +339,6 @@ def to_onnx(model_or_path, out_dir: str | os.PathLike, opset: int = DEFAULT_OPSE
                     opset)
     if not encoder:
         io.pop("vae_encoder")
-    s = spec(cfg, int(opset), vae_output, files)
-    s["graphs"] = io
+    s = spec(cfg, int(opset), vae_output, files, io)
     (out / SPEC_NAME).write_text(json.dumps(s, indent=1) + "\n")
     return s

@@ -89,11 +89,12 @@ def _export_onnx(args: argparse.Namespace) -> int:
         print(f"export-onnx needs PyTorch and onnx ({e}): pip install 'nfd_rt[torch,onnx]'", file=sys.stderr)
         return 2
     spec = export.to_onnx(args.file, args.output, opset=args.opset, vae_output=args.vae_output,
-                          encoder=not args.no_encoder)
+                          encoder=not args.no_encoder, batch=args.batch)
     for name in spec["files"].values():
         path = os.path.join(args.output, name)
         print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB)")
-    print(f"wrote {os.path.join(args.output, 'nfd_onnx.json')} (opset {spec['opset']}, dynamic axis: batch; "
+    axes = "dynamic axis: batch" if spec["dynamic_axes"] else f"fixed batch {args.batch}"
+    print(f"wrote {os.path.join(args.output, 'nfd_onnx.json')} (opset {spec['opset']}, {axes}; "
           f"{spec['sampler']['passes_per_frame']} dit_pass runs per frame)")
     return 0
 
@@ -209,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--vae-output", default="uint8", choices=["uint8", "float32"],
                    help="decoder output: uint8 [B,H,W,3] frames (default) or float32 [B,3,H,W] images in [-1, 1]")
     q.add_argument("--no-encoder", action="store_true", help="skip vae_encoder.onnx (only reset(frames) needs it)")
+    q.add_argument("--batch", type=int, default=None,
+                   help="fix the batch size (all shapes static); default: a dynamic batch axis")
     q.set_defaults(fn=_export_onnx)
 
     q = sub.add_parser("demo", help="the shipped world model plays Gridworld; writes a video (game | model)")

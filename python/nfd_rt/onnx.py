@@ -56,6 +56,22 @@ def valid_frames(cfg: NFDConfig, frame: int) -> int:
     return min(frame, cfg.cache_frames if cfg.window > 0 else cfg.sink_frames)
 
 
+def frame_noise(seed: int, frame: int, slots: Sequence[int], shape: tuple[int, ...]) -> list[np.ndarray]:
+    """`rng.latent_noise(seed, frame, slot, shape)` for several slots in one vectorised Philox call, bit for bit
+    (the per-call overhead of numpy is most of the cost at small latents)."""
+    count = int(np.prod(shape))
+    groups = (count + 3) // 4
+    counter = np.zeros((len(slots), groups, 4), dtype=np.uint32)
+    counter[:, :, 0] = np.arange(groups, dtype=np.uint32)
+    counter[:, :, 1] = frame
+    counter[:, :, 2] = np.asarray(slots, dtype=np.uint32)[:, None]
+    words = rng.philox4x32_10(counter, rng.seed_to_key(seed))
+    z0, z1 = rng.uniform_pair_to_normal(words[..., 0], words[..., 1])
+    z2, z3 = rng.uniform_pair_to_normal(words[..., 2], words[..., 3])
+    z = np.stack([z0, z1, z2, z3], axis=-1).reshape(len(slots), -1)[:, :count]
+    return [zi.reshape(shape) for zi in z]
+
+
 def load_spec(path: str | os.PathLike) -> tuple[dict, Path]:
     """Read and check nfd_onnx.json (path: the file or its folder). Returns (spec, folder)."""
     p = Path(path)
@@ -133,6 +149,10 @@ class OnnxSession:
         self._enc = open_graph("vae_encoder")
         if self._dit is None or self._dec is None:
             raise ValueError(f"{folder / SPEC_NAME}: the spec must name dit_pass and vae_decoder files")
+        fixed = spec["graphs"]["dit_pass"]["inputs"][0]["shape"][0]
+        if fixed != "batch" and fixed != 1:
+            raise ValueError(f"{folder / SPEC_NAME}: this export has a fixed batch of {fixed}; OnnxSession steps one "
+                             "world: export with batch=1 or a dynamic batch")
         self.providers = self._dit.get_providers()
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         self._uint8_out = self._dec.get_outputs()[0].type == "tensor(uint8)"
@@ -141,7 +161,10 @@ class OnnxSession:
         self._t_features = [timestep_features(t, cfg.time_embed_dim)[None]
                             for t in list(cfg.schedule) + [cfg.context_noise]]
         self._cache = _make_cache(cfg, self.device)
+        # Where the KV cache lives: "cuda" (torch tensors bound to the CUDA EP) or "host" (numpy arrays).
+        self.cache_device = "cuda" if isinstance(self._cache, _TorchCudaCache) else "host"
         self._steps = steps
+        self._rope = (-1, None, None)  # (frame index, cos, sin) of the last frame
         self.frame_index = 0
         self._closed = False
 
@@ -168,15 +191,16 @@ class OnnxSession:
         self._cache.clear()
         self.frame_index = 0
         for j in range(len(z)):
-            self._write_cache(z[j], a[j])
+            self._write_cache(z[j], a[j], self._noise(self._steps)[0])
             self.frame_index += 1
 
     def step_latent(self, action: Any) -> np.ndarray:
         """Generate the next frame's latent (float32 [C, h, w]) for `action` and append it to the context."""
         self._check_open()
         a = _checks.action(action, self._cfg)
-        z = self._sample(a)
-        self._write_cache(z, a)
+        start, write = self._noise(0, self._steps)  # the frame's two noise slots in one Philox call
+        z = self._sample(a, start)
+        self._write_cache(z, a, write)
         self.frame_index += 1
         return z
 
@@ -215,15 +239,17 @@ class OnnxSession:
         if self._closed:
             raise RuntimeError("session is closed")
 
-    def _noise(self, slot: int) -> np.ndarray:
+    def _noise(self, *slots: int) -> list[np.ndarray]:
         cfg = self._cfg
-        return rng.latent_noise(self.seed, self.frame_index, slot,
-                                (cfg.latent_channels, cfg.latent_height, cfg.latent_width))
+        return frame_noise(self.seed, self.frame_index, slots, (cfg.latent_channels, cfg.latent_height,
+                                                                cfg.latent_width))
 
     def _pass(self, x: np.ndarray, k: int, a: np.ndarray) -> np.ndarray:
         """One dit_pass of the current frame at schedule position k (k = num_steps: the cache-write pass)."""
         cfg, i = self._cfg, self.frame_index
-        cos, sin = rope_time(i, cfg.rope_dims[0], cfg.rope_theta)
+        if self._rope[0] != i:
+            self._rope = (i, *rope_time(i, cfg.rope_dims[0], cfg.rope_theta))
+        _, cos, sin = self._rope
         feeds = {
             "latent": np.ascontiguousarray(x[None], np.float32),
             "t_features": self._t_features[k],
@@ -234,21 +260,20 @@ class OnnxSession:
         }
         return self._cache.run(self._dit, feeds)
 
-    def _sample(self, a: np.ndarray) -> np.ndarray:
-        """Euler flow matching from t=1 (Philox noise, step slot 0) along the schedule to t=0."""
+    def _sample(self, a: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Euler flow matching from t=1 (x: the Philox noise of step slot 0) along the schedule to t=0."""
         schedule = list(self._cfg.schedule) + [0.0]
-        x = self._noise(0)
         for k in range(self._steps):
             v = self._pass(x, k, a)
             # float32 arithmetic in the order of ReferenceSession: x + (t[k+1] - t[k]) * v.
             x = x + np.float32(schedule[k + 1] - schedule[k]) * v
         return x
 
-    def _write_cache(self, z: np.ndarray, a: np.ndarray) -> None:
-        """Cache-write pass: the finished latent noised to `context_noise` (Philox step slot `num_steps`)."""
+    def _write_cache(self, z: np.ndarray, a: np.ndarray, noise: np.ndarray) -> None:
+        """Cache-write pass: the finished latent noised to `context_noise` (noise: Philox step slot `num_steps`)."""
         cn = self._cfg.context_noise
         # float32 scalars rounded from float64, as torch does with ReferenceSession's Python floats.
-        x = np.float32(1.0 - cn) * z + np.float32(cn) * self._noise(self._steps)
+        x = np.float32(1.0 - cn) * z + np.float32(cn) * noise
         self._pass(x, self._steps, a)
         self._cache.commit(slot_of_frame(self._cfg, self.frame_index))
 
