@@ -106,7 +106,8 @@ class OnnxSession:
     Args:
         path: the export folder (or its nfd_onnx.json).
         seed: noise seed (Philox), as `nfd_rt.Session`.
-        providers: ONNX Runtime execution providers; default: CUDA when onnxruntime-gpu sees a GPU, else CPU.
+        providers: ONNX Runtime execution providers (names or (name, options) pairs); default: CUDA when
+            onnxruntime-gpu sees a GPU, else CPU.
         threads: intra-op threads of the CPU execution provider (0 = ONNX Runtime's default: every core).
     """
 
@@ -126,7 +127,8 @@ class OnnxSession:
         if providers is None:
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if "CUDAExecutionProvider" in avail \
                 else ["CPUExecutionProvider"]
-        missing = [p for p in providers if p not in avail]
+        names = [p[0] if isinstance(p, (tuple, list)) else p for p in providers]  # name or (name, options)
+        missing = [p for p in names if p not in avail]
         if missing:
             raise ValueError(f"execution provider(s) {missing} not available in this onnxruntime (has {avail})")
         opts = ort.SessionOptions()
