@@ -94,12 +94,6 @@ def load_spec(path: str | os.PathLike) -> tuple[dict, Path]:
     return spec, p.parent
 
 
-def available_providers() -> list[str]:
-    import onnxruntime as ort
-
-    return ort.get_available_providers()
-
-
 class OnnxSession:
     """Frame-step session over an ONNX export (a folder with nfd_onnx.json). Same methods as `nfd_rt.Session`.
 
@@ -108,7 +102,7 @@ class OnnxSession:
         seed: noise seed (Philox), as `nfd_rt.Session`.
         providers: ONNX Runtime execution providers (names or (name, options) pairs); default: CUDA when
             onnxruntime-gpu sees a GPU, else CPU.
-        threads: intra-op threads of the CPU execution provider (0 = ONNX Runtime's default: every core).
+        threads: intra-op threads of the CPU execution provider (0 = ONNX Runtime's default).
     """
 
     def __init__(self, path: str | os.PathLike, seed: int = 0, providers: Sequence[str] | None = None,
@@ -184,7 +178,9 @@ class OnnxSession:
             f = _checks.frames(frames, self._cfg)
             if len(f) and self._enc is None:
                 raise ValueError("this ONNX export has no vae_encoder.onnx: reset with latents instead of frames")
-            z = self._enc.run(None, {"frames": f})[0] if len(f) else np.zeros((0,), np.float32)
+            # One frame a call: an export may have a fixed batch of 1.
+            z = np.concatenate([self._enc.run(None, {"frames": f[j:j + 1]})[0] for j in range(len(f))]) \
+                if len(f) else np.zeros((0,), np.float32)
         elif latents is not None:
             z = _checks.latents(latents, self._cfg)
         else:
