@@ -7,6 +7,7 @@ video of `ReferenceSession` (same seed, same noise stream) within float32 tolera
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -333,3 +334,16 @@ def test_cuda_execution_provider_matches_reference(export_dir, model):
         worst_level = max(worst_level, level_diff(s.decode(z), r.decode(zr)))
     print(f"ONNX Runtime CUDA EP (cache on {s.cache_device}) vs reference: max latent error {worst:.3g}")
     assert worst <= 1e-3 and worst_level <= 1
+
+
+def test_docs_quickstart_runs_as_written(tmp_path):
+    """docs/onnx.md's marked bash block: export-random, export-onnx, an OnnxSession stepping two frames."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "onnx.md").read_text()
+    block = re.search(r"<!-- test: onnx-quickstart -->\s*```bash\n(.*?)```", text, re.S).group(1)
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    r = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "(64, 64, 3) (4, 8, 8) 2"
