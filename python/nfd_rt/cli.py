@@ -2,6 +2,7 @@
 
     nfd-rt info m.nfd
     nfd-rt export-random tiny -o m.nfd          (needs torch)
+    nfd-rt export-onnx m.nfd -o m_onnx/         ONNX graphs + host-loop JSON for ONNX Runtime / TensorRT (torch)
     nfd-rt demo [--frames 120] [--out nfd_demo.mp4]      the shipped Gridworld model, video of game | model
     nfd-rt play                                         arrow keys drive the model live (pygame)
     nfd-rt evaluate [--sequences 100]                   position error and PSNR against the real game
@@ -86,6 +87,25 @@ def _export_random(args: argparse.Namespace) -> int:
         open(args.config).read())
     export.save(NFDModel(cfg, init_seed=args.seed), args.output)
     print(f"wrote {args.output} ({os.path.getsize(args.output) / 2**20:.1f} MiB, random {cfg.name} weights)")
+    return 0
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    try:
+        from . import export
+        import torch  # noqa: F401
+        import onnx  # noqa: F401
+    except ImportError as e:
+        print(f"export-onnx needs PyTorch and onnx ({e}): pip install 'nfd_rt[torch,onnx]'", file=sys.stderr)
+        return 2
+    spec = export.to_onnx(args.file, args.output, opset=args.opset, vae_output=args.vae_output,
+                          encoder=not args.no_encoder, batch=args.batch)
+    for name in spec["files"].values():
+        path = os.path.join(args.output, name)
+        print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB)")
+    axes = "dynamic axis: batch" if spec["dynamic_axes"] else f"fixed batch {args.batch}"
+    print(f"wrote {os.path.join(args.output, 'nfd_onnx.json')} (opset {spec['opset']}, {axes}; "
+          f"{spec['sampler']['passes_per_frame']} dit_pass runs per frame)")
     return 0
 
 
@@ -218,6 +238,17 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("-o", "--output", required=True)
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(fn=_export_random)
+
+    q = sub.add_parser("export-onnx", help="write ONNX graphs (DiT pass, VAE) and their host-loop JSON (needs torch)")
+    q.add_argument("file", help="the .nfd model")
+    q.add_argument("-o", "--output", required=True, help="output folder")
+    q.add_argument("--opset", type=int, default=17, help="ONNX opset, 17..20 (default 17)")
+    q.add_argument("--vae-output", default="uint8", choices=["uint8", "float32"],
+                   help="decoder output: uint8 [B,H,W,3] frames (default) or float32 [B,3,H,W] images in [-1, 1]")
+    q.add_argument("--no-encoder", action="store_true", help="skip vae_encoder.onnx (only reset(frames) needs it)")
+    q.add_argument("--batch", type=int, default=None,
+                   help="fix the batch size (all shapes static); default: a dynamic batch axis")
+    q.set_defaults(fn=_export_onnx)
 
     q = sub.add_parser("demo", help="the shipped world model plays Gridworld; writes a video (game | model)")
     _add_session_options(q)
