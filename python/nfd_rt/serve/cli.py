@@ -63,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"nfd-rt serve: http://{args.host}:{args.port}/  (model {cfg.resolved_model()}, {cfg.fps:g} FPS, "
           f"up to {cfg.max_players} players{', token required' if cfg.token else ''})", file=sys.stderr, flush=True)
     # ws_max_size: client messages are small JSON; a 64 KiB frame limit stops a memory-filling message early.
+    # No per-message deflate: frames are JPEG/PNG already, compressing them again only costs CPU.
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, ws_max_size=65536,
+                ws_per_message_deflate=False,
                 ws_ping_interval=20.0, ws_ping_timeout=20.0, timeout_graceful_shutdown=5)
     return 0

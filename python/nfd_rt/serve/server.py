@@ -380,7 +380,7 @@ class Server:
                 try:
                     frames = self._reset(p, arg)
                     data = encode_frame(frames[-1], p.fmt, self.cfg.jpeg_quality) if len(frames) else None
-                    results[i] = (data, 0, None)
+                    results[i] = (data, p.session.frame_index, None)
                 except Exception as e:  # noqa: BLE001 - reported to this player only
                     log.exception("reset failed")
                     results[i] = (None, 0, e)
