@@ -342,11 +342,31 @@ def environment() -> dict:
     return env
 
 
+def runtime_alone(threads: int, seconds: float = 3.0) -> dict:
+    """Session.step in a loop in this process, no server: what the machine gives the runtime right now."""
+    import nfd_rt
+    from nfd_rt.demo import MODEL_PATH, game
+
+    with nfd_rt.Session(MODEL_PATH, threads=threads) as s:
+        s.reset(frames=game.GridWorld(0).render()[None])
+        a = game.action_vector("right")
+        for _ in range(3):
+            s.step(a)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            s.step(a)
+            n += 1
+        dt = time.perf_counter() - t0
+    return {"fps": n / dt, "ms_per_frame": 1e3 * dt / n, "threads": threads}
+
+
 def run(players: list[int], seconds: float, fps: float = 20.0, faults: bool = True, threads: int = 0,
-        solo_seconds: float | None = None, server_log: str | None = None, extra_args: tuple = ()) -> dict:
+        solo_seconds: float | None = None, server_log: str | None = None, extra_args: tuple = (),
+        baseline_seconds: float = 3.0) -> dict:
     """Every phase against one server; faults in the largest phase. Returns the result dict."""
     env = environment()
-    result = {"benchmark": "serve_load", "environment": env, "fps": fps, "phases": {}}
+    result = {"benchmark": "serve_load", "environment": env, "fps": fps, "phases": {},
+              "runtime_alone_before": runtime_alone(threads, baseline_seconds)}
     top = max(players)
     with ServerProcess("--fps", str(fps), "--max-players", str(top + 8), "--threads", str(threads),
                        *extra_args, log_path=server_log) as server:
@@ -365,6 +385,10 @@ def run(players: list[int], seconds: float, fps: float = 20.0, faults: bool = Tr
                                     and "_bucket" not in k and "_created" not in k}
         result["server_alive"] = server.proc.poll() is None
     env["load_average_end"] = os.getloadavg()
+    result["runtime_alone_after"] = runtime_alone(threads, baseline_seconds)
+    m = result["server_metrics"]
+    if m.get("nfd_serve_batch_size_sum"):  # the runtime's share of a tick, per player stepped
+        result["ms_per_session_step_in_server"] = 1e3 * m["nfd_serve_step_seconds_sum"] / m["nfd_serve_batch_size_sum"]
     solo = result["phases"].get("1")
     if solo and solo["aggregate_fps"] > 0:
         for n, ph in result["phases"].items():
@@ -386,7 +410,12 @@ def markdown(result: dict) -> str:
                      f"{ph['latency_ms_p99']:.1f} | {len(ph['errors'])} | "
                      f"{'n/a' if g is None else f'{g:+.1f} MiB'} |")
     m = result["server_metrics"]
+    a, b = result["runtime_alone_before"], result["runtime_alone_after"]
     lines.append("")
+    lines.append(f"The runtime alone on this machine (Session.step in a loop, no server): {a['fps']:.0f} FPS "
+                 f"({a['ms_per_frame']:.1f} ms) before the run, {b['fps']:.0f} FPS after; inside the server a "
+                 f"tick spent {result.get('ms_per_session_step_in_server', float('nan')):.1f} ms per player "
+                 "stepped (step + encoding).")
     lines.append(f"Server errors: {m.get('nfd_serve_server_errors_total', 0):g}; malformed client messages "
                  f"answered: {m.get('nfd_serve_client_errors_total', 0):g}; frames dropped (latest-frame-wins): "
                  f"{m.get('nfd_serve_frames_dropped_total', 0):g}.")
