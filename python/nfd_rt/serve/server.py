@@ -177,7 +177,7 @@ class Metrics:
 
 
 class Server:
-    """Players, sessions and the tick loop of one process. Start with `await start()` in the serving loop."""
+    """Players, sessions and the tick loop of one process; the loop starts with the first player (`start()`)."""
 
     def __init__(self, cfg: ServeConfig, replica: str | None = None):
         cfg.check()
