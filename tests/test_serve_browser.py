@@ -91,7 +91,7 @@ def test_play_page_in_chromium(server, browser):
     assert page.evaluate("getComputedStyle(document.getElementById('screen')).imageRendering") in (
         "pixelated", "crisp-edges")
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT))
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
 
     # Reset: back to the room's first frame, and the loop goes on.
     n = page.evaluate("nfd.frames")

@@ -1,6 +1,6 @@
 """`nfd-rt serve` on Ray Serve: a local Ray instance with 2 CPU replicas. Players land on both replicas, each
 keeps its replica (its session goes on), a killed replica's players get a clean close (1012) and reconnect to a
-fresh session. Kept small: Ray's start-up dominates (about 20-40 s on 2 busy cores).
+fresh session. Kept small: Ray's start-up dominates (about 20-45 s on 2 busy cores).
 """
 
 from __future__ import annotations
@@ -19,22 +19,49 @@ pytest.importorskip("ray.serve", reason="needs the ray extra (pip install '.[ray
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 from websockets.sync.client import connect  # noqa: E402
 
-from nfd_rt.serve import ServeConfig, protocol  # noqa: E402
+from nfd_rt.serve import protocol  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def ray_serve():
-    import ray
-    from ray import serve
+def ray_serve(tmp_path_factory):
+    """`nfd-rt serve --ray --replicas 2` as a user runs it (it starts a local Ray instance); this process joins
+    that Ray instance as a second driver to find and kill a replica."""
+    import subprocess
+    import urllib.request
 
-    from nfd_rt.serve import ray as nfd_ray
-    port = load_bench().free_port()
+    import ray
+
+    bench = load_bench()
+    port = bench.free_port()
+    log = tmp_path_factory.mktemp("ray") / "serve.log"
     t0 = time.monotonic()
-    nfd_ray.start(ServeConfig(threads=1, max_players=4), replicas=2, port=port, cpus_per_replica=0.5, num_cpus=2)
-    started = time.monotonic() - t0
-    yield f"ws://127.0.0.1:{port}/ws", started
-    serve.shutdown()
-    ray.shutdown()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(bench.serve_command() + [
+            "serve", "--ray", "--replicas", "2", "--cpus-per-replica", "0.5", "--threads", "1", "--max-players", "4",
+            "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        while True:
+            assert proc.poll() is None, f"nfd-rt serve --ray exited: {log.read_text()[-3000:]}"
+            assert time.monotonic() - t0 < 240, f"not ready after 240 s: {log.read_text()[-3000:]}"
+            # The proxy answers as soon as one replica is up; the CLI says when all are (serve.run returned).
+            if "nfd-rt serve --ray: http" not in log.read_text():
+                time.sleep(0.5)
+                continue
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=30) as r:
+                assert json.loads(r.read())["status"] == "ok"
+            break
+        started = time.monotonic() - t0
+        ray.init(address="auto", log_to_driver=False)
+        yield f"ws://127.0.0.1:{port}/ws", started
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        proc.send_signal(__import__("signal").SIGINT)  # Ctrl-C: deletes the app, the Ray instance ends with it
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def frame(ws) -> bytes:
@@ -92,3 +119,11 @@ def test_players_pinned_to_replicas_and_a_lost_replica_closes_cleanly(ray_serve)
         frame(ws)
         assert play(ws, 2) == 1 + 2
     print(f"Ray + Serve with 2 replicas started in {started:.1f} s")
+
+
+def test_module_entry_point():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "nfd_rt.serve.ray", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "--replicas" in r.stdout
