@@ -52,8 +52,8 @@ DiT::DiT(const ModelFile& file, const Config& cfg, Arena& arena, const Context& 
     b.fc1_b = up(p + "fc1.bias", {F});
     b.fc2_w = up(p + "fc2.weight", {D, F});
     b.fc2_b = up(p + "fc2.bias", {D});
-    b.k_cache = arena.alloc({cache_slots, H, N, hd}, dtype);
-    b.v_cache = arena.alloc({cache_slots, H, N, hd}, dtype);
+    b.k_cache = arena.alloc({cache_slots, H, N, hd}, dtype, Arena::Use::kv_cache);
+    b.v_cache = arena.alloc({cache_slots, H, N, hd}, dtype, Arena::Use::kv_cache);
     kv_bytes_ += b.k_cache.bytes() + b.v_cache.bytes();
     blocks_.push_back(std::move(b));
   }
@@ -78,7 +78,7 @@ DiT::DiT(const ModelFile& file, const Config& cfg, Arena& arena, const Context& 
     ops::linear(host, ths, w2, b2, tout);
   }
   temb_ = arena.alloc({passes, D}, dtype);
-  ops::copy(ctx, Tensor{table.data(), DType::f32, Device::cpu, {passes, D}}, temb_);
+  if (!arena.measuring()) ops::copy(ctx, Tensor{table.data(), DType::f32, Device::cpu, {passes, D}}, temb_);
 
   rope_.rope_dims[0] = cfg.rope_dims[0];
   rope_.rope_dims[1] = cfg.rope_dims[1];
