@@ -359,5 +359,7 @@ def test_cli_rejects_bad_options_clearly(tmp_path):
     r = run(str(tmp_path / "missing.nfd"))
     assert r.returncode == 1 and "missing.nfd not found" in r.stderr
     r = run("--fps", "0")
-    assert r.returncode == 1 and "fps must be" in r.stderr
+    assert r.returncode == 2 and "--fps: must be a finite number > 0" in r.stderr
+    r = run("--fps", "1000")
+    assert r.returncode == 1 and "fps must be in (0, 240]" in r.stderr
     assert "--max-players" in run("--help").stdout

@@ -125,5 +125,6 @@ def test_module_entry_point():
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "nfd_rt.serve.ray", "--help"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "nfd_rt.serve.ray", "--help"], capture_output=True, text=True,
+                       timeout=120)
     assert r.returncode == 0 and "--replicas" in r.stdout

@@ -7,22 +7,25 @@ import sys
 
 
 def add_arguments(q: argparse.ArgumentParser) -> None:
+    from ..cli import _positive_float, _positive_int  # bad numbers are usage errors, as in every subcommand
+
     q.add_argument("model", nargs="?", default="", help="a .nfd file (default: the shipped Gridworld model)")
     q.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     q.add_argument("--port", type=int, default=8000)
     q.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
     q.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto (bf16 on cuda)")
     q.add_argument("--threads", type=int, default=0, help="CPU threads per session (0 = physical cores)")
-    q.add_argument("--fps", type=float, default=20.0, help="ticks per second: the most frames a player gets a second")
-    q.add_argument("--max-players", type=int, default=32, help="players per process (per replica with --ray)")
+    q.add_argument("--fps", type=_positive_float, default=20.0,
+                   help="ticks per second: the most frames a player gets a second")
+    q.add_argument("--max-players", type=_positive_int, default=32, help="players per process (per replica with --ray)")
     q.add_argument("--token", default=None, help="players must connect with ?token=SECRET")
-    q.add_argument("--idle-timeout", type=float, default=60.0, help="close a player silent this many seconds")
+    q.add_argument("--idle-timeout", type=_positive_float, default=60.0, help="close a player silent this many seconds")
     q.add_argument("--world", default="auto", choices=("auto", "gridworld", "blank"),
                    help="what a reset starts from (auto: gridworld for the shipped model, else no context frame)")
     q.add_argument("--keymap", default=None, help="JSON file {key name: action dimension} for keyboard players")
     q.add_argument("--log-level", default="info")
     q.add_argument("--ray", action="store_true", help="serve on Ray Serve (pip install 'nfd_rt[ray]')")
-    q.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (one per GPU in production)")
+    q.add_argument("--replicas", type=_positive_int, default=1, help="Ray Serve replicas (one per GPU in production)")
     q.add_argument("--ray-address", default=None, help="an existing Ray cluster ('auto'); default: start one")
     q.add_argument("--cpus-per-replica", type=float, default=None, help="Ray CPUs reserved per replica")
     q.add_argument("--gpus-per-replica", type=float, default=None,

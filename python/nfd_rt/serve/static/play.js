@@ -114,7 +114,10 @@ addEventListener("keyup", (e) => { held.delete(e.code); });
 addEventListener("blur", () => held.clear());
 $("reset").onclick = () => {
   const seed = Math.max(0, Math.floor(Number($("seed").value) || 0));
-  if (ws && ws.readyState === WebSocket.OPEN) { ws.send(JSON.stringify({ type: "reset", seed })); sentAt = performance.now(); }
+  if (ws && ws.readyState === WebSocket.OPEN) {
+    ws.send(JSON.stringify({ type: "reset", seed }));
+    sentAt = performance.now();
+  }
   $("reset").blur();
 };
 $("reconnect").onclick = () => { if (ws) ws.onclose = null; if (ws) ws.close(); connect(); };
