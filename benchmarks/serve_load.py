@@ -14,7 +14,8 @@ misbehaving clients run beside the players:
     server closes it (4400 after 10 malformed messages in a row, 1009 for an oversize frame); then again;
   - never reading: a raw socket with a small receive buffer that sends actions and never reads a byte.
 The server's resident memory is sampled every second (/proc) and its /metrics are read at the end.
-Writes JSON under benchmarks/results/ (never over an existing file) and prints a Markdown table.
+Writes JSON under benchmarks/results/ (never over an existing file) and prints a Markdown table
+(`--markdown-from RESULT.json` prints it again from a stored result).
 """
 
 from __future__ import annotations
@@ -432,7 +433,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-faults", action="store_true", help="no misbehaving clients in the largest phase")
     p.add_argument("--out", help="JSON path (default: a new file under benchmarks/results/)")
     p.add_argument("--server-log", help="write the server's output here")
+    p.add_argument("--markdown-from", help="print the table of a stored result (docs/serve.md) and exit")
     args = p.parse_args(argv)
+    if args.markdown_from:
+        print(markdown(json.loads(Path(args.markdown_from).read_text())))
+        return 0
     players = sorted({int(x) for x in args.players.split(",")})
     result = run(players, args.seconds, args.fps, not args.no_faults, args.threads, args.solo_seconds,
                  args.server_log)
