@@ -10,7 +10,7 @@
 // It re-reads every key and value once per block of 16 queries, so for large frames (336 tokens on nfd-130m,
 // 11k keys per head) OpenBLAS does better: per head S = Q K^T (one sgemm per slot), a row softmax, O = P V.
 // Either way the softmax sees all L keys of a head at once (no online rescaling needed).
-#include <cblas.h>
+#include "backends/cpu/blas.h"
 
 #include <algorithm>
 #include <cmath>
@@ -143,11 +143,11 @@ static void attend_head_blas(const float* q, int64_t N, int64_t hd, const float*
                              float* S) {
   const int64_t L = num_blocks * N;
   for (int b = 0; b < num_blocks; ++b)
-    scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(N), int(N), int(hd), scale, q, int(hd),
+    NFD_CBLAS(sgemm)(CblasRowMajor, CblasNoTrans, CblasTrans, int(N), int(N), int(hd), scale, q, int(hd),
                       keys[b], int(hd), 0.f, S + b * N, int(L));
   softmax_rows(S, N, L, L);
   for (int b = 0; b < num_blocks; ++b)
-    scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), int(hd), int(N), 1.f, S + b * N, int(L),
+    NFD_CBLAS(sgemm)(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), int(hd), int(N), 1.f, S + b * N, int(L),
                       values[b], int(hd), b ? 1.f : 0.f, out, int(ldo));
 }
 
