@@ -6,6 +6,7 @@
     nfd-rt demo [--frames 120] [--out nfd_demo.mp4]      the shipped Gridworld model, video of game | model
     nfd-rt play                                         arrow keys drive the model live (pygame)
     nfd-rt evaluate [--sequences 100]                   position error and PSNR against the real game
+    nfd-rt serve [MODEL] [--port 8000] [--ray]           players in a browser (docs/serve.md)
 """
 
 from __future__ import annotations
@@ -275,6 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--length", type=_positive_int, default=32, help="frames per sequence, the first one is context")
     q.add_argument("--json", help="also write the full result here")
     q.set_defaults(fn=_evaluate)
+
+    from .serve import cli as serve_cli
+
+    q = sub.add_parser("serve", help="play the model in a browser: WebSocket server (docs/serve.md)")
+    serve_cli.add_arguments(q)
+    q.set_defaults(fn=serve_cli.run)
 
     args = p.parse_args(argv)
     try:
