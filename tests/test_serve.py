@@ -127,23 +127,24 @@ def test_keymap_file_and_worlds(tmp_path):
         protocol.make_world("moon", MODEL_PATH, None, 8)
 
 
-def test_step_many_batches_through_step_batch_when_the_runtime_has_it(monkeypatch):
+def test_step_many_is_one_batched_step_of_a_shared_model(monkeypatch):
+    """A tick's players are sessions of one Model, stepped by one nfd_rt.step_batch call; their frames are the
+    ones each session would give alone (within a uint8 level: the batched GEMMs round differently)."""
     import nfd_rt
+    from nfd_rt.demo import MODEL_PATH
     from nfd_rt.serve import step_many
 
-    class Fake:
-        def __init__(self, i):
-            self.i = i
-
-        def step(self, a):
-            return np.full((2, 2, 3), self.i + int(a[0]), np.uint8)
-
-    sessions, actions = [Fake(1), Fake(2)], [np.ones(8, np.float32), np.zeros(8, np.float32)]
-    assert [int(f[0, 0, 0]) for f in step_many(sessions, actions)] == [2, 2]  # today: one step each
+    m = nfd_rt.Model(MODEL_PATH)
+    sessions = [m.session(seed=i) for i in range(3)]
+    alone = [m.session(seed=i) for i in range(3)]
+    actions = [np.eye(8, dtype=np.float32)[i] for i in range(3)]
     calls = []
-    monkeypatch.setattr(nfd_rt, "step_batch", lambda s, a: calls.append((s, a)) or [np.zeros((2, 2, 3))] * len(s),
-                        raising=False)
-    assert len(step_many(sessions, actions)) == 2 and calls == [(sessions, actions)]  # one batched call
+    real = nfd_rt.step_batch
+    monkeypatch.setattr(nfd_rt, "step_batch", lambda s, a: calls.append(len(s)) or real(s, a), raising=False)
+    frames = step_many(sessions, actions)
+    assert calls == [3]  # one batched call for the tick
+    for f, s, a in zip(frames, alone, actions):
+        assert np.abs(f.astype(int) - s.step(a).astype(int)).max() <= 1
 
 
 # -- HTTP endpoints ---------------------------------------------------------------------------------------------

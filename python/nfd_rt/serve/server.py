@@ -191,6 +191,7 @@ class Server:
         self.model_cfg = NFDConfig.from_json(info["config"])
         self.world = protocol.make_world(cfg.world, self.model_path, cfg.keymap, self.model_cfg.action_dim)
         self.device, self.dtype = _pick_device(cfg.device, cfg.dtype)
+        self._model = None  # nfd_rt.Model shared by every player's session, loaded by the worker thread
         self.replica = replica or f"{os.uname().nodename}:{os.getpid()}"
         self.players: dict[str, Player] = {}
         self.metrics = Metrics()
@@ -409,14 +410,18 @@ class Server:
         return results
 
     def _reset(self, p: Player, seed: int) -> np.ndarray:
-        """Worker thread: (re)open the player's session with noise seed `seed` and write the world's context."""
-        from ..session import Session
+        """Worker thread: (re)open the player's session with noise seed `seed` and write the world's context.
 
+        Every player's session is a session of one shared `nfd_rt.Model` (loaded at the first player, on this
+        thread): one copy of the weights, and sessions `step_many` can batch."""
+        from ..session import Model
+
+        if self._model is None:
+            self._model = Model(self.model_path, device=self.device, dtype=self.dtype, threads=self.cfg.threads)
         if p.session is None or p.session_seed != seed:
             if p.session is not None:
                 p.session.close()
-            p.session = Session(self.model_path, device=self.device, dtype=self.dtype, seed=seed,
-                                threads=self.cfg.threads)
+            p.session = self._model.session(seed=seed)
             p.session_seed = seed
         frames = self.world.context(seed, self.model_cfg)
         p.session.reset(frames=frames if len(frames) else None)
