@@ -578,6 +578,7 @@ def run_benchmark(args, result: dict, save: Callable[[], None]) -> dict:
             torch.cuda.empty_cache()
     if args.scaling:
         result["scaling"] = scaling_run(bench)
+    args.model_file = path  # the many-worlds benchmarks (--batch-sizes, --repeat) run on the same weights
     result["peak_host_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if bench.cuda and model is not None:
         import torch
@@ -886,6 +887,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markdown-from", metavar="JSON",
                    help="print the Markdown table of a stored result and exit (how the README's tables are made)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress lines")
+    p.add_argument("--batch-sizes", help="also many worlds: nfd_rt.step_batch over these session counts, e.g. "
+                   "1,2,4,8,16 (benchmarks/worlds.py, on the run's model file)")
+    p.add_argument("--repeat", help="also speculative sampling at these action-repeat probabilities, e.g. "
+                   "0.5,0.8,0.95 (benchmarks/worlds.py; exact and parallel modes against plain stepping)")
+    p.add_argument("--speculate", type=int, default=4, help="frames ahead for --repeat (default 4)")
     args = p.parse_args(argv)
     if args.markdown_from:
         print(markdown(json.loads(Path(args.markdown_from).read_text())))
@@ -916,6 +922,21 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(json.dumps(result, indent=2, sort_keys=True, default=float) + "\n")
 
     run_benchmark(args, result, save)
+    if args.batch_sizes or args.repeat:
+        import worlds  # benchmarks/worlds.py, beside this file
+
+        dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
+        if args.batch_sizes:
+            log("many worlds: batched steps ...")
+            result["batch"] = worlds.batch_benchmark(args.model_file, [int(x) for x in args.batch_sizes.split(",")],
+                                                     args.frames, args.threads, args.device, dtype)
+            save()
+        if args.repeat:
+            log("many worlds: speculative sampling ...")
+            result["speculation"] = worlds.speculation_benchmark(
+                args.model_file, [float(x) for x in args.repeat.split(",")], args.speculate,
+                max(4 * args.frames, 100), args.threads, args.device, dtype, scripted=False)
+            save()
     result["complete"] = True
     save()
     log(f"wrote {out}")

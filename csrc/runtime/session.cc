@@ -232,6 +232,7 @@ struct Session::Impl {
     if (cancelled()) return false;
     ops::noise_mix(ctx, opt.seed, cfg.num_steps(), write_a, st->io.latent, write_b, st->io.write);
     st->dit->cache_write_pass(ctx, st->io.write);
+    if (decode && cancelled()) return false;  // the decode is half a tiny frame: a cancelled frame skips it
     if (decode) st->vae->decode(ctx, st->io.latent, st->io.frame);
     return true;
   }
