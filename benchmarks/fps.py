@@ -655,20 +655,21 @@ def scaling_run(bench: Bench) -> dict:
 
 
 def environment(device: str) -> dict:
+    from nfd_rt._env import runtime_report
+
+    rt = runtime_report()  # the same facts as `nfd-rt env`
     env = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": rt["cpu"],
         "python": platform.python_version(),
+        "nfd_rt_version": rt["nfd_rt"],
+        "cuda_runtime": rt["cuda"],
+        "blas": rt["blas"],
+        "cpu_kernels": rt["cpu_kernels"],
     }
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    env["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    if "OPENBLAS_CORETYPE" in rt:
+        env["OPENBLAS_CORETYPE"] = rt["OPENBLAS_CORETYPE"]
     try:
         env["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True,
                                        check=True).stdout.strip()
@@ -678,9 +679,6 @@ def environment(device: str) -> dict:
             env["commit_dirty"] = True
     except (OSError, subprocess.CalledProcessError):
         env["commit"] = os.environ.get("NFD_RT_COMMIT", "unknown")  # a copy without .git (e.g. a GPU machine)
-    import nfd_rt
-
-    env["nfd_rt_version"] = nfd_rt.__version__
     try:
         import torch
 
@@ -695,15 +693,6 @@ def environment(device: str) -> dict:
                 "cudnn": getattr(torch.backends.cuda, "cudnn_sdp_enabled", lambda: None)(),
                 "math": torch.backends.cuda.math_sdp_enabled()}
     except ImportError:
-        pass
-    try:  # the BLAS build and the kernel set it picked (OPENBLAS_CORETYPE overrides the choice)
-        from nfd_rt._native import core
-
-        env["blas"] = core().blas_config()
-        env["cpu_kernels"] = core().cpu_kernel_level()
-        if os.environ.get("OPENBLAS_CORETYPE"):
-            env["OPENBLAS_CORETYPE"] = os.environ["OPENBLAS_CORETYPE"]
-    except (ImportError, AttributeError):
         pass
     if device == "cuda":
         try:

@@ -46,29 +46,19 @@ def _info(args: argparse.Namespace) -> int:
 
 def _env(args: argparse.Namespace) -> int:
     """What this installation runs on: the facts to quote in a performance report or a bug report."""
-    import os
-    import platform
+    from ._env import runtime_report
 
-    from . import __version__
-    from ._native import core
-
-    c = core()
-    if c.cuda_available():
-        cuda = f"yes: {c.cuda_device_name()}"
-    elif c.built_with_cuda():
-        cuda = f"no: built with CUDA, but {c.cuda_unavailable_reason()}"
-    else:
-        cuda = "no: built without CUDA (install with nvcc on the PATH to build the CUDA backend)"
+    r = runtime_report()
     lines = {
-        "nfd_rt": f"{__version__} (C++ runtime {c.version()})",
-        "python": f"{platform.python_version()} on {platform.machine()}",
-        "CUDA": cuda,
-        "CPU kernels": c.cpu_kernel_level(),
-        "BLAS": c.blas_config(),
-        "default threads": f"{c.default_threads()} (physical cores)",
+        "nfd_rt": r["nfd_rt"],
+        "python": r["python"],
+        "CPU": r["cpu"],
+        "CUDA": r["cuda"],
+        "CPU kernels": r["cpu_kernels"],
+        "BLAS": r["blas"] + (f" (chosen by OPENBLAS_CORETYPE={r['OPENBLAS_CORETYPE']})"
+                             if "OPENBLAS_CORETYPE" in r else ""),
+        "default threads": f"{r['default_threads']} (physical cores)",
     }
-    if os.environ.get("OPENBLAS_CORETYPE"):
-        lines["BLAS"] += f" (chosen by OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']})"
     if args.json:
         print(json.dumps(lines, indent=2))
     else:
