@@ -6,13 +6,17 @@
 #include <memory>
 #include <new>
 #include <string>
+#include <vector>
 
 #include "core/error.h"
 #include "core/model_file.h"
-#include "core/session.h"
+#include "runtime/session.h"
 
 struct nfd_session {
   std::unique_ptr<nfd::Session> impl;
+};
+struct nfd_model {
+  std::shared_ptr<nfd::Model> impl;
 };
 
 namespace {
@@ -25,6 +29,7 @@ nfd_status status_of(nfd::ErrorKind k) {
     case nfd::ErrorKind::invalid_file: return NFD_ERROR_INVALID_FILE;
     case nfd::ErrorKind::io: return NFD_ERROR_IO;
     case nfd::ErrorKind::unsupported: return NFD_ERROR_UNSUPPORTED;
+    case nfd::ErrorKind::out_of_memory: return NFD_ERROR_OUT_OF_MEMORY;
     case nfd::ErrorKind::internal: return NFD_ERROR_INTERNAL;
   }
   return NFD_ERROR_INTERNAL;
@@ -72,7 +77,7 @@ void require_finite(const float* x, int64_t n, const char* what) {
 
 extern "C" {
 
-const char* nfd_version(void) { return "0.1.0"; }
+const char* nfd_version(void) { return NFD_VERSION_STRING; }
 
 const char* nfd_last_error(void) { return g_last_error.c_str(); }
 
@@ -96,6 +101,9 @@ nfd_session_params nfd_session_default_params(void) {
   p.seed = 0;
   p.threads = 0;
   p.cuda_graphs = 1;
+  p.max_memory_bytes = 0;
+  p.speculate = 0;
+  p.speculate_mode = NFD_SPECULATE_EXACT;
   return p;
 }
 
@@ -106,31 +114,114 @@ nfd_status nfd_model_validate(const char* path) {
   });
 }
 
+namespace {
+nfd::SessionOptions session_options(const nfd_session_params* params) {
+  nfd_session_params p = params ? *params : nfd_session_default_params();
+  nfd::SessionOptions o;
+  switch (p.device) {
+    case NFD_DEVICE_CPU: o.device = nfd::Device::cpu; break;
+    case NFD_DEVICE_CUDA: o.device = nfd::Device::cuda; break;
+    default: require(false, "params->device is not an nfd_device value");
+  }
+  switch (p.dtype) {
+    case NFD_DTYPE_F32: o.dtype = nfd::DType::f32; break;
+    case NFD_DTYPE_BF16: o.dtype = nfd::DType::bf16; break;
+    case NFD_DTYPE_F16: o.dtype = nfd::DType::f16; break;
+    default: require(false, "params->dtype is not an nfd_dtype value");
+  }
+  o.seed = p.seed;
+  o.threads = p.threads;
+  o.cuda_graphs = p.cuda_graphs != 0;
+  o.max_memory_bytes = p.max_memory_bytes;
+  o.speculate = p.speculate;
+  switch (p.speculate_mode) {
+    case NFD_SPECULATE_EXACT: o.speculate_mode = nfd::SpeculateMode::exact; break;
+    case NFD_SPECULATE_PARALLEL: o.speculate_mode = nfd::SpeculateMode::parallel; break;
+    default: require(false, "params->speculate_mode is not an nfd_speculate_mode value");
+  }
+  return o;
+}
+}  // namespace
+
+nfd_status nfd_session_estimate_memory(const char* path, const nfd_session_params* params, uint64_t* bytes_out) {
+  if (bytes_out) *bytes_out = 0;
+  return guarded([&] {
+    require(path != nullptr, "nfd_session_estimate_memory: path is NULL");
+    require(bytes_out != nullptr, "nfd_session_estimate_memory: bytes_out is NULL");
+    *bytes_out = nfd::estimate_session_memory(path, session_options(params)).total();
+  });
+}
+
 nfd_status nfd_session_open(const char* path, const nfd_session_params* params, nfd_session** out) {
   if (out) *out = nullptr;
   return guarded([&] {
     require(path != nullptr, "nfd_session_open: path is NULL");
     require(out != nullptr, "nfd_session_open: out is NULL");
-    nfd_session_params p = params ? *params : nfd_session_default_params();
-    nfd::SessionOptions o;
-    switch (p.device) {
-      case NFD_DEVICE_CPU: o.device = nfd::Device::cpu; break;
-      case NFD_DEVICE_CUDA: o.device = nfd::Device::cuda; break;
-      default: require(false, "nfd_session_open: params->device is not an nfd_device value");
-    }
-    switch (p.dtype) {
-      case NFD_DTYPE_F32: o.dtype = nfd::DType::f32; break;
-      case NFD_DTYPE_BF16: o.dtype = nfd::DType::bf16; break;
-      case NFD_DTYPE_F16: o.dtype = nfd::DType::f16; break;
-      default: require(false, "nfd_session_open: params->dtype is not an nfd_dtype value");
-    }
-    require(p.threads >= 0, "nfd_session_open: params->threads must be >= 0");
-    o.seed = p.seed;
-    o.threads = p.threads;
-    o.cuda_graphs = p.cuda_graphs != 0;
+    nfd::SessionOptions o = session_options(params);
     auto s = std::make_unique<nfd_session>();
     s->impl = std::make_unique<nfd::Session>(path, o);
     *out = s.release();
+  });
+}
+
+nfd_status nfd_model_load(const char* path, const nfd_session_params* params, nfd_model** out) {
+  if (out) *out = nullptr;
+  return guarded([&] {
+    require(path != nullptr, "nfd_model_load: path is NULL");
+    require(out != nullptr, "nfd_model_load: out is NULL");
+    nfd::SessionOptions o = session_options(params);
+    nfd::ModelOptions mo;
+    mo.device = o.device;
+    mo.dtype = o.dtype;
+    mo.threads = o.threads;
+    mo.max_memory_bytes = o.max_memory_bytes;
+    auto m = std::make_unique<nfd_model>();
+    m->impl = nfd::Model::load(path, mo);
+    *out = m.release();
+  });
+}
+
+void nfd_model_free(nfd_model* model) {
+  try {
+    delete model;  // drops this handle's reference; sessions keep theirs
+  } catch (...) {
+  }
+}
+
+nfd_status nfd_session_create(nfd_model* model, const nfd_session_params* params, nfd_session** out) {
+  if (out) *out = nullptr;
+  return guarded([&] {
+    require(model != nullptr, "nfd_session_create: model is NULL");
+    require(out != nullptr, "nfd_session_create: out is NULL");
+    auto s = std::make_unique<nfd_session>();
+    s->impl = std::make_unique<nfd::Session>(model->impl, session_options(params));
+    *out = s.release();
+  });
+}
+
+nfd_status nfd_session_fork(nfd_session* session, nfd_session** out) {
+  if (out) *out = nullptr;
+  return guarded([&] {
+    require(session != nullptr, "nfd_session_fork: session is NULL");
+    require(out != nullptr, "nfd_session_fork: out is NULL");
+    auto s = std::make_unique<nfd_session>();
+    s->impl = session->impl->fork();
+    *out = s.release();
+  });
+}
+
+nfd_status nfd_step_batch(nfd_session* const* sessions, int32_t count, const float* actions, uint8_t* frames_out,
+                          float* latents_out) {
+  return guarded([&] {
+    require(sessions != nullptr, "nfd_step_batch: sessions is NULL");
+    require(count > 0, "nfd_step_batch: count must be > 0");
+    require(actions != nullptr, "nfd_step_batch: actions is NULL");
+    std::vector<nfd::Session*> list;
+    for (int32_t i = 0; i < count; ++i) {
+      if (!sessions[i]) nfd::fail(nfd::ErrorKind::invalid_argument, "nfd_step_batch: session " + std::to_string(i) + " is NULL");
+      list.push_back(sessions[i]->impl.get());
+    }
+    nfd::Session::step_batch(list, actions, frames_out, latents_out);
   });
 }
 
@@ -156,6 +247,9 @@ nfd_status nfd_session_get_info(const nfd_session* s, nfd_session_info* out) {
     out->sink_frames = c.sink_frames;
     out->frame_index = s->impl->frame_index();
     out->memory_bytes = s->impl->memory_bytes();
+    const nfd::Session::SpeculationStats st = s->impl->speculation_stats();
+    out->speculated_served = st.served;
+    out->speculated_discarded = st.discarded;
   });
 }
 
@@ -185,7 +279,7 @@ nfd_status nfd_session_step(nfd_session* s, const float* action, uint8_t* frame_
     require(s != nullptr, "nfd_session_step: session is NULL");
     require(action != nullptr, "nfd_session_step: action is NULL");
     require_finite(action, s->impl->config().action_dim, "action");
-    s->impl->step(action, latent_out, frame_out);
+    s->impl->step(action, frame_out, latent_out);
   });
 }
 

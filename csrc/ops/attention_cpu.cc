@@ -10,7 +10,7 @@
 // It re-reads every key and value once per block of 16 queries, so for large frames (336 tokens on nfd-130m,
 // 11k keys per head) OpenBLAS does better: per head S = Q K^T (one sgemm per slot), a row softmax, O = P V.
 // Either way the softmax sees all L keys of a head at once (no online rescaling needed).
-#include <cblas.h>
+#include "backends/cpu/blas.h"
 
 #include <algorithm>
 #include <cmath>
@@ -71,7 +71,7 @@ static void attend_block(const float* q, int64_t nq, int64_t hd, const float* co
   Vec16 m = load16(st);
   for (int64_t j = 1; j < L; ++j) {
     const Vec16 s = load16(st + j * kQueries);
-    m = s > m ? s : m;
+    m = vmax(s, m);
   }
   float mx[kQueries], l[kQueries] = {};
   store16(mx, m);
@@ -108,15 +108,29 @@ static void attend_block(const float* q, int64_t nq, int64_t hd, const float* co
   }
 }
 
-// Softmax of each of `rows` rows of n scores (stride ld), in place.
+// Softmax of each of `rows` rows of n scores (stride ld), in place. The max and the sum run over 16 lanes (a
+// fixed order, so loops the compiler vectorises without reassociating anything), then the lanes in order; the
+// exp pass is a plain element loop.
 NFD_CPU_MULTIVERSION
 static void softmax_rows(float* s, int64_t rows, int64_t n, int64_t ld) {
+  constexpr int64_t kLanes = 16;
   for (int64_t r = 0; r < rows; ++r) {
     float* row = s + r * ld;
+    const int64_t body = n / kLanes * kLanes;
+    float lane[kLanes];
+    for (int64_t l = 0; l < kLanes; ++l) lane[l] = row[0];
+    for (int64_t j = 0; j < body; j += kLanes)
+      for (int64_t l = 0; l < kLanes; ++l) lane[l] = std::max(lane[l], row[j + l]);
     float m = row[0];
-    for (int64_t j = 1; j < n; ++j) m = std::max(m, row[j]);
+    for (int64_t l = 0; l < kLanes; ++l) m = std::max(m, lane[l]);
+    for (int64_t j = body; j < n; ++j) m = std::max(m, row[j]);
+    for (int64_t j = 0; j < n; ++j) row[j] = exp_approx(row[j] - m);
+    for (int64_t l = 0; l < kLanes; ++l) lane[l] = 0.f;
+    for (int64_t j = 0; j < body; j += kLanes)
+      for (int64_t l = 0; l < kLanes; ++l) lane[l] += row[j + l];
     float sum = 0.f;
-    for (int64_t j = 0; j < n; ++j) sum += (row[j] = exp_approx(row[j] - m));
+    for (int64_t l = 0; l < kLanes; ++l) sum += lane[l];
+    for (int64_t j = body; j < n; ++j) sum += row[j];
     const float inv = 1.f / sum;
     for (int64_t j = 0; j < n; ++j) row[j] *= inv;
   }
@@ -129,11 +143,11 @@ static void attend_head_blas(const float* q, int64_t N, int64_t hd, const float*
                              float* S) {
   const int64_t L = num_blocks * N;
   for (int b = 0; b < num_blocks; ++b)
-    scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(N), int(N), int(hd), scale, q, int(hd),
+    NFD_CBLAS(sgemm)(CblasRowMajor, CblasNoTrans, CblasTrans, int(N), int(N), int(hd), scale, q, int(hd),
                       keys[b], int(hd), 0.f, S + b * N, int(L));
   softmax_rows(S, N, L, L);
   for (int b = 0; b < num_blocks; ++b)
-    scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), int(hd), int(N), 1.f, S + b * N, int(L),
+    NFD_CBLAS(sgemm)(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), int(hd), int(N), 1.f, S + b * N, int(L),
                       values[b], int(hd), b ? 1.f : 0.f, out, int(ldo));
 }
 

@@ -4,7 +4,7 @@
 //   anything else: im2col into a scratch buffer, then one sgemm w[Cout, Cin*k*k] @ col.
 // On tiny's decoder (1 thread) the 32 -> 32 conv at 64x64 takes 0.45 ms with Winograd, 0.80 ms with im2col
 // and 0.40 ms in PyTorch (oneDNN, AVX-512); see docs/cpu-backend.md.
-#include <cblas.h>
+#include "backends/cpu/blas.h"
 
 #include <algorithm>
 #include <cstring>
@@ -28,7 +28,7 @@ constexpr int64_t kWinogradMinPixels = 1024;  // below 32x32 the transforms cost
 // while it walks the Cin x 9 taps. Output rows [y0, y1) of a band that starts at image row `band0`: padded row
 // r of a channel (plane floats apart) holds image row band0 - 1 + r.
 template <int kCout>
-static inline void conv3x3_rows(const float* padded, int64_t plane, int64_t band0, const float* w, const float* bias,
+NFD_CPU_INLINE void conv3x3_rows(const float* padded, int64_t plane, int64_t band0, const float* w, const float* bias,
                                 const float* residual, int64_t Cin, int64_t H, int64_t W, float* out, int64_t y0,
                                 int64_t y1) {
   const int64_t Wp = W + 2;
@@ -108,7 +108,7 @@ static void winograd_weights(const float* __restrict w, int64_t pairs, float* __
 // without it gives up on proving that this many pointers do not overlap and leaves the loops scalar.
 
 // t_r = (B^T d)_r along a row of W columns: d0..d3 are input rows 2ty - 1 .. 2ty + 2.
-static inline void winograd_rows(const float* __restrict d0, const float* __restrict d1,
+NFD_CPU_INLINE void winograd_rows(const float* __restrict d0, const float* __restrict d1,
                                  const float* __restrict d2, const float* __restrict d3, float* __restrict t0,
                                  float* __restrict t1, float* __restrict t2, float* __restrict t3, int64_t W) {
   for (int64_t i = 0; i < W; ++i) {
@@ -120,7 +120,7 @@ static inline void winograd_rows(const float* __restrict d0, const float* __rest
 }
 
 // (t B) for each tile tx of a row t (valid at t[-1] and t[W], both zero): columns 2tx - 1 .. 2tx + 2.
-static inline void winograd_columns(const float* __restrict t, float* __restrict v0, float* __restrict v1,
+NFD_CPU_INLINE void winograd_columns(const float* __restrict t, float* __restrict v0, float* __restrict v1,
                                     float* __restrict v2, float* __restrict v3, int64_t tw) {
   for (int64_t tx = 0; tx < tw; ++tx) {
     const float a = t[2 * tx - 1], b = t[2 * tx], c = t[2 * tx + 1], e = t[2 * tx + 2];
@@ -161,7 +161,7 @@ static void winograd_input(const float* x, int64_t H, int64_t W, int64_t ty0, in
 // One row of tiles: A^T m A (+ bias, + residual) into output rows o0, o1 (2 tw columns each). m holds the 16
 // products of the row's tiles, m[xi * stride + tx].
 template <bool kResidual>
-static inline void winograd_output_row(const float* __restrict m, int64_t stride, float bv,
+NFD_CPU_INLINE void winograd_output_row(const float* __restrict m, int64_t stride, float bv,
                                        const float* __restrict r0, const float* __restrict r1,
                                        float* __restrict o0, float* __restrict o1, int64_t tw) {
   for (int64_t tx = 0; tx < tw; ++tx) {
@@ -229,7 +229,7 @@ static void conv3x3_winograd(const Context& ctx, const float* x, const float* w,
     }, ::nfd::cpu::grain_for(16 * T));
     ::nfd::cpu::parallel_for(ctx.threads, 16, [&](int64_t x0, int64_t x1) {
       for (int64_t xi = x0; xi < x1; ++xi)
-        scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(Cout), int(T), int(Cin), 1.f,
+        NFD_CBLAS(sgemm)(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(Cout), int(T), int(Cin), 1.f,
                           U + xi * us, int(Cin), V + xi * vs, int(T), 0.f, M + xi * ms, int(T));
     }, ::nfd::cpu::grain_for(Cout * Cin * T));
     ::nfd::cpu::parallel_for(ctx.threads, Cout, [&](int64_t c0, int64_t c1) {
@@ -288,56 +288,65 @@ void conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& 
                      res ? residual->ptr<float>() : nullptr, Cin, Cout, H, W, out.ptr<float>());
     return;
   }
+  // im2col + GEMM, in bands of output rows whose columns fit in kBandFloats (at least one row), so scratch stays
+  // bounded at any image size. A 1x1 stride-1 convolution reads x directly, in one band.
   const int64_t P = Ho * Wo, KK = Cin * k * k;
-  const float* col = x.ptr<float>();
-  if (!(k == 1 && stride == 1 && pad == 0)) {  // a 1x1 convolution reads x directly
-    float* c = scratch(size_t(KK * P));
-    const float* xs = x.ptr<float>();
-    ::nfd::cpu::parallel_for(ctx.threads, KK, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t ci = r / (k * k), ky = (r / k) % k, kx = r % k;
-        float* dst = c + r * P;
-        // Output columns whose input column lies inside the image: ox in [lo, hi).
-        const int64_t lo = std::min(Wo, std::max<int64_t>(0, (pad - kx + stride - 1) / stride));
-        const int64_t hi = std::max(lo, std::min(Wo, (W + pad - kx + stride - 1) / stride));
-        for (int64_t oy = 0; oy < Ho; ++oy, dst += Wo) {
-          const int64_t iy = oy * stride - pad + ky;
-          if (iy < 0 || iy >= H) {
-            std::fill(dst, dst + Wo, 0.f);
-            continue;
-          }
-          const float* row = xs + (ci * H + iy) * W;  // input column of ox: ox * stride - pad + kx
-          std::fill(dst, dst + lo, 0.f);
-          if (stride == 1) {
-            std::copy(row + lo - pad + kx, row + hi - pad + kx, dst + lo);
-          } else {
-            for (int64_t ox = lo; ox < hi; ++ox) dst[ox] = row[ox * stride - pad + kx];
-          }
-          std::fill(dst + hi, dst + Wo, 0.f);
-        }
-      }
-    }, ::nfd::cpu::grain_for(P));
-    col = c;
-  }
-  // Threads split the output pixels: a single-threaded sgemm per block of columns, then bias and residual.
-  ::nfd::cpu::set_blas_threads(1);
+  const bool direct_read = k == 1 && stride == 1 && pad == 0;
+  const int64_t band_rows = direct_read ? Ho : std::max<int64_t>(1, std::min(Ho, kBandFloats / (KK * Wo)));
+  float* col_buf = direct_read ? nullptr : scratch(size_t(KK * band_rows * Wo));
+  const float* xs = x.ptr<float>();
   float* o = out.ptr<float>();
   const float* b = bias.defined() ? bias.ptr<float>() : nullptr;
   const float* rs = res ? residual->ptr<float>() : nullptr;
-  ::nfd::cpu::parallel_for(ctx.threads, P, [&](int64_t p0, int64_t p1) {
-    scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(Cout), int(p1 - p0), int(KK), 1.f,
-                      w.ptr<float>(), int(KK), col + p0, int(P), 0.f, o + p0, int(P));
-    if (!b && !rs) return;
-    // One loop per case: a pointer tested inside the loop would become masked loads (see linear_cpu.cc).
-    for (int64_t c = 0; c < Cout; ++c) {
-      const float bc = b ? b[c] : 0.f;
-      if (rs) {
-        for (int64_t i = c * P + p0; i < c * P + p1; ++i) o[i] = rs[i] + (o[i] + bc);  // the reference's skip + h
-      } else {
-        for (int64_t i = c * P + p0; i < c * P + p1; ++i) o[i] += bc;
-      }
+  ::nfd::cpu::set_blas_threads(1);
+  for (int64_t y0 = 0; y0 < Ho; y0 += band_rows) {
+    const int64_t y1 = std::min(Ho, y0 + band_rows), BP = (y1 - y0) * Wo, q0 = y0 * Wo;
+    if (!direct_read) {
+      ::nfd::cpu::parallel_for(ctx.threads, KK, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t ci = r / (k * k), ky = (r / k) % k, kx = r % k;
+          float* dst = col_buf + r * BP;
+          // Output columns whose input column lies inside the image: ox in [lo, hi).
+          const int64_t lo = std::min(Wo, std::max<int64_t>(0, (pad - kx + stride - 1) / stride));
+          const int64_t hi = std::max(lo, std::min(Wo, (W + pad - kx + stride - 1) / stride));
+          for (int64_t oy = y0; oy < y1; ++oy, dst += Wo) {
+            const int64_t iy = oy * stride - pad + ky;
+            if (iy < 0 || iy >= H) {
+              std::fill(dst, dst + Wo, 0.f);
+              continue;
+            }
+            const float* row = xs + (ci * H + iy) * W;  // input column of ox: ox * stride - pad + kx
+            std::fill(dst, dst + lo, 0.f);
+            if (stride == 1) {
+              std::copy(row + lo - pad + kx, row + hi - pad + kx, dst + lo);
+            } else {
+              for (int64_t ox = lo; ox < hi; ++ox) dst[ox] = row[ox * stride - pad + kx];
+            }
+            std::fill(dst + hi, dst + Wo, 0.f);
+          }
+        }
+      }, ::nfd::cpu::grain_for(BP));
     }
-  }, ::nfd::cpu::grain_for(Cout * KK));
+    // Threads split the band's output pixels: a single-threaded sgemm per block of columns, then bias and
+    // residual.
+    ::nfd::cpu::parallel_for(ctx.threads, BP, [&](int64_t i0, int64_t i1) {
+      const int64_t p0 = q0 + i0, p1 = q0 + i1;
+      // Columns: x itself ([KK, P]) when read directly, else the band's im2col buffer ([KK, BP]).
+      const float* col = direct_read ? xs + p0 : col_buf + i0;
+      NFD_CBLAS(sgemm)(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(Cout), int(p1 - p0), int(KK), 1.f,
+                        w.ptr<float>(), int(KK), col, int(direct_read ? P : BP), 0.f, o + p0, int(P));
+      if (!b && !rs) return;
+      // One loop per case: a pointer tested inside the loop would become masked loads (see linear_cpu.cc).
+      for (int64_t c = 0; c < Cout; ++c) {
+        const float bc = b ? b[c] : 0.f;
+        if (rs) {
+          for (int64_t i = c * P + p0; i < c * P + p1; ++i) o[i] = rs[i] + (o[i] + bc);  // the reference's skip + h
+        } else {
+          for (int64_t i = c * P + p0; i < c * P + p1; ++i) o[i] += bc;
+        }
+      }
+    }, ::nfd::cpu::grain_for(Cout * KK));
+  }
 }
 
 }  // namespace cpu

@@ -6,7 +6,7 @@
 // gated_residual is NOT fused into the CUTLASS epilogue yet: GEMM + bias into stream-ordered scratch, then one
 // small kernel y += gate[n] * t (graph-capturable; costs one extra pass over M x N).
 // Everything else (fp32, unaligned shapes, mixed dtypes) takes the SIMT tiled GEMM of simt_gemm.cuh.
-// Instantiations: 2 dtypes x 2 epilogue functors = 4 CUTLASS kernels (CI compile time, see TOOLCHAIN.md).
+// Instantiations: 2 dtypes x 2 epilogue functors = 4 CUTLASS kernels (CI compile time, see docs/cuda-backend.md).
 #include <cutlass/cutlass.h>
 #include <cutlass/epilogue/thread/activation.h>
 #include <cutlass/epilogue/thread/linear_combination.h>

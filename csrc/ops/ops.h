@@ -1,6 +1,6 @@
 // The op interface the model is written against (csrc/model). One frame per pass: N tokens of width D.
 //
-// Each op `name` lives in ops/name.h (this file gathers the declarations), ops/name_cpu.cc (fp32 reference
+// Each op `name` is declared here and lives in ops/name.cc (its contract), ops/name_cpu.cc (fp32 reference
 // of the runtime, OpenBLAS for GEMMs) and ops/name_cuda.cu (bf16/fp16/fp32, fp32 accumulation). The free
 // function `nfd::ops::name` dispatches on the output tensor's device. Math is restated next to each op;
 // the PyTorch oracle is python/nfd_rt/reference/model.py.
@@ -39,6 +39,9 @@ enum class Epilogue { none, gelu_tanh, gated_residual };
 //   gated_residual: y[M,N] += gate[N] * (x w^T + b)    (the adaLN-Zero gated residual, fused)
 void linear(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y,
             Epilogue epilogue = Epilogue::none, const Tensor* gate = nullptr);
+
+// y[M,N] += gate[N] * x[M,N]   (the gated residual of a GEMM run over several sessions' rows, member by member)
+void gated_add(const Context& ctx, const Tensor& x, const Tensor& gate, Tensor& y);
 
 // out[M,D] = LayerNorm(x[M,D]; no affine, eps) * (1 + scale[D]) + shift[D]     (row statistics in fp32)
 void layernorm_modulate(const Context& ctx, const Tensor& x, const Tensor& shift, const Tensor& scale, float eps,

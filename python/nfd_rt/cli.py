@@ -2,9 +2,11 @@
 
     nfd-rt info m.nfd
     nfd-rt export-random tiny -o m.nfd          (needs torch)
+    nfd-rt export-onnx m.nfd -o m_onnx/         ONNX graphs + host-loop JSON for ONNX Runtime / TensorRT (torch)
     nfd-rt demo [--frames 120] [--out nfd_demo.mp4]      the shipped Gridworld model, video of game | model
     nfd-rt play                                         arrow keys drive the model live (pygame)
     nfd-rt evaluate [--sequences 100]                   position error, PSNR, coin state against the real game
+    nfd-rt serve [MODEL] [--port 8000] [--ray]           players in a browser (docs/serve.md)
     (demo, play and evaluate take --steps 4|2|1: the shipped model distilled for that many steps)
 """
 
@@ -27,6 +29,11 @@ def _info(args: argparse.Namespace) -> int:
     params = sum(int(np.prod(t["shape"])) for t in tensors.values())
     print(f"{args.file}: .nfd format version {d['format_version']}, model {cfg['name']!r}")
     print(f"  {len(tensors)} tensors, {params:,} parameters ({params * 4 / 2**20:.1f} MiB as float32)")
+    mem = core().estimate_memory(args.file, "cpu", "float32", 0)
+    print(f"  a CPU session needs {mem['text']}")
+    if core().built_with_cuda():
+        mem = core().estimate_memory(args.file, "cuda", "bfloat16", 0)
+        print(f"  a CUDA bfloat16 session needs {mem['text']}")
     if args.json:
         print(json.dumps(cfg, indent=2, sort_keys=True))
     else:
@@ -40,24 +47,19 @@ def _info(args: argparse.Namespace) -> int:
 
 def _env(args: argparse.Namespace) -> int:
     """What this installation runs on: the facts to quote in a performance report or a bug report."""
-    import os
-    import platform
+    from ._env import runtime_report
 
-    from . import __version__
-    from ._native import core
-
-    c = core()
-    cuda = c.cuda_available()
+    r = runtime_report()
     lines = {
-        "nfd_rt": f"{__version__} (C++ runtime {c.version()})",
-        "python": f"{platform.python_version()} on {platform.machine()}",
-        "CUDA": f"yes: {c.cuda_device_name()}" if cuda else "no (built without CUDA, or no device/driver)",
-        "CPU kernels": c.cpu_kernel_level(),
-        "BLAS": c.blas_config(),
-        "default threads": f"{c.default_threads()} (physical cores)",
+        "nfd_rt": r["nfd_rt"],
+        "python": r["python"],
+        "CPU": r["cpu"],
+        "CUDA": r["cuda"],
+        "CPU kernels": r["cpu_kernels"],
+        "BLAS": r["blas"] + (f" (chosen by OPENBLAS_CORETYPE={r['OPENBLAS_CORETYPE']})"
+                             if "OPENBLAS_CORETYPE" in r else ""),
+        "default threads": f"{r['default_threads']} (physical cores)",
     }
-    if os.environ.get("OPENBLAS_CORETYPE"):
-        lines["BLAS"] += f" (chosen by OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']})"
     if args.json:
         print(json.dumps(lines, indent=2))
     else:
@@ -80,6 +82,25 @@ def _export_random(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_onnx(args: argparse.Namespace) -> int:
+    try:
+        from . import export
+        import torch  # noqa: F401
+        import onnx  # noqa: F401
+    except ImportError as e:
+        print(f"export-onnx needs PyTorch and onnx ({e}): pip install 'nfd_rt[torch,onnx]'", file=sys.stderr)
+        return 2
+    spec = export.to_onnx(args.file, args.output, opset=args.opset, vae_output=args.vae_output,
+                          encoder=not args.no_encoder, batch=args.batch)
+    for name in spec["files"].values():
+        path = os.path.join(args.output, name)
+        print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB)")
+    axes = "dynamic axis: batch" if spec["dynamic_axes"] else f"fixed batch {args.batch}"
+    print(f"wrote {os.path.join(args.output, 'nfd_onnx.json')} (opset {spec['opset']}, {axes}; "
+          f"{spec['sampler']['passes_per_frame']} dit_pass runs per frame)")
+    return 0
+
+
 def _pick_device(device: str, dtype: str) -> tuple[str, str]:
     """"auto" means CUDA (bfloat16) when the runtime was built with CUDA and sees a GPU, else CPU (float32)."""
     if device == "auto":
@@ -96,8 +117,9 @@ def _demo_model(path: str | None, steps: int | None = None) -> str:
     from .demo import MODEL_FOR_STEPS, MODEL_PATH, MODELS
 
     if path is None and steps is not None and steps not in MODEL_FOR_STEPS:
-        raise ValueError(f"no shipped Gridworld model samples in {steps} steps (shipped: {sorted(MODEL_FOR_STEPS)});"
-                         f" run one at {steps} steps without distillation with --model gridworld --steps {steps}")
+        raise ValueError(f"no shipped Gridworld model samples in {steps} steps (shipped: "
+                         f"{sorted(MODEL_FOR_STEPS)}); run one at {steps} steps without distillation with "
+                         f"--model gridworld --steps {steps}")
     model = MODELS.get(path, path) if path else MODELS[MODEL_FOR_STEPS[steps]] if steps else MODEL_PATH
     if not os.path.exists(model):
         raise OSError(f"model file {model} not found" + ("" if path else
@@ -119,7 +141,8 @@ def _open_session(args: argparse.Namespace):
             print(f"running {os.path.basename(model)} at {args.steps} step(s), a schedule it was not trained or "
                   "distilled for", flush=True)
             model = export.with_schedule(model, os.path.join(tmp, "m.nfd"), export.uniform_schedule(args.steps))
-        s = Session(model, device=device, dtype=dtype, seed=args.seed, threads=args.threads)
+        s = Session(model, device=device, dtype=dtype, seed=args.seed, threads=args.threads,
+                    speculate=args.speculate, speculate_mode=args.speculate_mode)
     cfg = s.config
     print(f"session: {cfg.name} model on {s.device} ({dtype}), {cfg.frame_width}x{cfg.frame_height} frames, "
           f"{cfg.num_steps} steps/frame, {s.memory_bytes() / 2**20:.1f} MiB", flush=True)
@@ -173,15 +196,41 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a clear usage error instead of a crash deep inside for 0 or -3)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return v
+
+
 def _add_session_options(q: argparse.ArgumentParser) -> None:
     q.add_argument("--model", help="a .nfd file or a shipped model: gridworld (default), gridworld-2step, "
                    "gridworld-1step")
-    q.add_argument("--steps", type=int, help="sampling steps per frame: without --model the shipped model for "
-                   "4, 2 or 1 step(s); with --model that model run at an even N-step schedule")
+    q.add_argument("--steps", type=_positive_int,
+                   help="sampling steps per frame: without --model the shipped model for 4, 2 or 1 step(s); with "
+                   "--model that model run at an even N-step schedule")
     q.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
     q.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto (bf16 on cuda)")
     q.add_argument("--seed", type=int, default=0, help="noise seed of the sampler")
     q.add_argument("--threads", type=int, default=0, help="CPU threads (0 = physical cores)")
+    q.add_argument("--speculate", type=int, default=0,
+                   help="frames generated ahead under the last action (0 = off; docs/batching.md)")
+    q.add_argument("--speculate-mode", default="exact", choices=["exact", "parallel"],
+                   help="exact: the same video, sooner; parallel: frames denoised together (faster, not identical)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,36 +253,61 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(fn=_export_random)
 
+    q = sub.add_parser("export-onnx", help="write ONNX graphs (DiT pass, VAE) and their host-loop JSON (needs torch)")
+    q.add_argument("file", help="the .nfd model")
+    q.add_argument("-o", "--output", required=True, help="output folder")
+    q.add_argument("--opset", type=int, default=17, help="ONNX opset, 17..20 (default 17)")
+    q.add_argument("--vae-output", default="uint8", choices=["uint8", "float32"],
+                   help="decoder output: uint8 [B,H,W,3] frames (default) or float32 [B,3,H,W] images in [-1, 1]")
+    q.add_argument("--no-encoder", action="store_true", help="skip vae_encoder.onnx (only reset(frames) needs it)")
+    q.add_argument("--batch", type=int, default=None,
+                   help="fix the batch size (all shapes static); default: a dynamic batch axis")
+    q.set_defaults(fn=_export_onnx)
+
     q = sub.add_parser("demo", help="the shipped world model plays Gridworld; writes a video (game | model)")
     _add_session_options(q)
-    q.add_argument("--frames", type=int, default=120, help="frames to generate (default 120)")
+    q.add_argument("--frames", type=_positive_int, default=120, help="frames to generate (default 120)")
     q.add_argument("--room", type=int, default=13, help="Gridworld room seed (13: a room where the model does well; see docs/demo.md)")
     q.add_argument("--out", default="nfd_demo.mp4", help="video file, .mp4 or .gif (default nfd_demo.mp4)")
-    q.add_argument("--scale", type=int, default=4, help="pixel upscaling of the 64x64 frames")
-    q.add_argument("--video-fps", type=float, default=15.0, help="playback rate of the video")
+    q.add_argument("--scale", type=_positive_int, default=4, help="pixel upscaling of the 64x64 frames")
+    q.add_argument("--video-fps", type=_positive_float, default=15.0, help="playback rate of the video")
     q.add_argument("--no-truth", action="store_true", help="show only the model, not the real game beside it")
     q.set_defaults(fn=_demo)
 
     q = sub.add_parser("play", help="drive the world model live with the arrow keys (needs pygame)")
     _add_session_options(q)
     q.add_argument("--room", type=int, default=13, help="Gridworld room seed (R in the window: next room)")
-    q.add_argument("--scale", type=int, default=8, help="pixel upscaling of the 64x64 frames")
-    q.add_argument("--fps", type=float, default=15.0, help="cap on the display rate (game speed)")
+    q.add_argument("--scale", type=_positive_int, default=8, help="pixel upscaling of the 64x64 frames")
+    q.add_argument("--fps", type=_positive_float, default=15.0, help="cap on the display rate (game speed)")
     q.add_argument("--no-truth", action="store_true", help="show only the model, not the real game beside it")
-    q.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    q.add_argument("--max-frames", type=_positive_int, default=None, help="stop after this many frames")
     q.set_defaults(fn=_play)
 
     q = sub.add_parser("evaluate", help="score the model against Gridworld ground truth on held-out sequences")
     _add_session_options(q)
-    q.add_argument("--sequences", type=int, default=100)
-    q.add_argument("--length", type=int, default=32, help="frames per sequence, the first one is context")
+    q.add_argument("--sequences", type=_positive_int, default=100)
+    q.add_argument("--length", type=_positive_int, default=32, help="frames per sequence, the first one is context")
     q.add_argument("--json", help="also write the full result here")
     q.set_defaults(fn=_evaluate)
 
+    from .serve import cli as serve_cli
+
+    q = sub.add_parser("serve", help="play the model in a browser: WebSocket server (docs/serve.md)")
+    serve_cli.add_arguments(q)
+    q.set_defaults(fn=serve_cli.run)
+
     args = p.parse_args(argv)
     try:
-        return args.fn(args)
-    except (ValueError, OSError, RuntimeError, ImportError) as e:
+        rc = args.fn(args)
+        sys.stdout.flush()  # inside the try: a closed pipe shows up here rather than at interpreter exit
+        return rc
+    except BrokenPipeError:
+        # The reader went away (`nfd-rt info m.nfd | head -2`): not an error. Point stdout at /dev/null so the
+        # interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except (ValueError, OSError, RuntimeError, ImportError, MemoryError) as e:
         print(f"nfd-rt {args.command}: error: {e}", file=sys.stderr)
         return 1
 

@@ -1,11 +1,11 @@
 // CUDA side of backends/device.h: device queries, streams, CUDA graphs, and the memory entry points of
-// cuda_backend.h. Nothing here aborts: every CUDA error is turned into nfd::Error with the CUDA error text.
+// backends/cuda/device_cuda.h. Nothing here aborts: every CUDA error is turned into nfd::Error with the CUDA error text.
 #include <cuda_runtime.h>
 
 #include <cstdint>
 #include <string>
 
-#include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/device_cuda.h"
 #include "backends/device.h"
 #include "core/error.h"
 
@@ -14,20 +14,27 @@ namespace {
 void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) {
     cudaGetLastError();  // clear a non-sticky error so the next call starts clean
-    fail(ErrorKind::internal, std::string("CUDA error in ") + what + ": " + cudaGetErrorString(e));
+    fail(e == cudaErrorMemoryAllocation ? ErrorKind::out_of_memory : ErrorKind::internal,
+         std::string("CUDA error in ") + what + ": " + cudaGetErrorString(e));
   }
 }
 }  // namespace
 
-bool cuda_available() {
+bool cuda_available() { return cuda_unavailable_reason().empty(); }
+
+bool built_with_cuda() { return true; }
+
+std::string cuda_unavailable_reason() {
   int n = 0;
   cudaError_t e = cudaGetDeviceCount(&n);  // no driver / no device: an error code, not an abort
   if (e != cudaSuccess) {
     cudaGetLastError();
-    return false;
+    return std::string("no usable CUDA device (cudaGetDeviceCount: ") + cudaGetErrorString(e) + ")";
   }
-  return n > 0;
+  return n > 0 ? "" : "no CUDA device";
 }
+
+
 
 std::string cuda_device_name() {
   if (!cuda_available()) return "";
@@ -95,7 +102,7 @@ void CudaGraph::replay(void* stream) {
   check(cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec_), static_cast<cudaStream_t>(stream)), "cudaGraphLaunch");
 }
 
-namespace cuda_backend {
+namespace cuda_device {
 
 void* malloc(size_t bytes) {
   if (bytes == 0) return nullptr;
@@ -103,7 +110,8 @@ void* malloc(size_t bytes) {
   cudaError_t e = cudaMalloc(&p, bytes);
   if (e != cudaSuccess) {
     cudaGetLastError();
-    fail(ErrorKind::internal, "cudaMalloc of " + std::to_string(bytes) + " bytes failed: " + cudaGetErrorString(e));
+    fail(e == cudaErrorMemoryAllocation ? ErrorKind::out_of_memory : ErrorKind::internal,
+         "cudaMalloc of " + std::to_string(bytes) + " bytes failed: " + cudaGetErrorString(e));
   }
   return p;
 }
@@ -125,17 +133,12 @@ void synchronize(void* stream) {
   check(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), "cudaStreamSynchronize");
 }
 
-}  // namespace cuda_backend
-}  // namespace nfd
-
-// The CUDA halves of the generic device functions (backends/device_impl.h), used by backends/cpu/device_cpu.cc.
-#include "backends/device_impl.h"
-
-namespace nfd {
-void* cuda_malloc(size_t bytes) { return cuda_backend::malloc(bytes); }
-void cuda_free(void* ptr) { cuda_backend::free(ptr); }
-void cuda_memcpy(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes, void* stream) {
-  cuda_backend::memcpy(dst, dst_device == Device::cuda, src, src_device == Device::cuda, bytes, stream);
+size_t free_memory(std::string* source) {
+  size_t free_bytes = 0, total = 0;
+  check(cudaMemGetInfo(&free_bytes, &total), "cudaMemGetInfo");
+  if (source) *source = "free memory of the CUDA device (cudaMemGetInfo)";
+  return free_bytes;
 }
-void cuda_synchronize(void* stream) { cuda_backend::synchronize(stream); }
+
+}  // namespace cuda_device
 }  // namespace nfd
