@@ -107,10 +107,17 @@ def frame_pass(dit: DiT, x: torch.Tensor, t: torch.Tensor, a: torch.Tensor, fram
 
 
 def velocities(dit: DiT, c, cn, x, t, a, pos) -> torch.Tensor:
-    """`frame_pass` over a batch whose clips have different frame positions (one group per pattern)."""
+    """`frame_pass` over a batch whose clips have different frame positions (one group per pattern).
+
+    The context's K/V come from `dit` itself (what its own cache-write pass would store at run time) but carry
+    no gradient: a stop-gradient on the cache, as in Self Forcing's truncated backpropagation (Huang et al. 2025,
+    arXiv:2506.08009), which saves a third of a training step. The student's cache-write pass is thus not trained
+    directly: it changes only as the shared weights do, and the loss is always measured through the cache the
+    student itself writes, as at run time."""
     out = torch.empty_like(x)
     for rows, frames in _groups(pos):
-        kv = context_pass(dit, c[rows], cn, a[rows], frames)
+        with torch.no_grad():
+            kv = context_pass(dit, c[rows], cn, a[rows], frames)
         out[rows] = frame_pass(dit, x[rows], t[rows], a[rows], frames, kv)
     return out
 
@@ -194,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="torch CPU threads (results depend on it slightly; 1: see docs/demo.md)")
     p.add_argument("--steps", type=int, default=1000, help="optimiser steps (both students learn at every step)")
     p.add_argument("--batch", type=int, default=8, help="clips per step")
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--episodes", type=int, default=400, help="Gridworld episodes (rooms of the teacher's data)")
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--episodes", type=int, default=200, help="Gridworld episodes (rooms of the teacher's data)")
     p.add_argument("--episode-length", type=int, default=96)
     p.add_argument("--quick", action="store_true", help="tiny run of every stage (pipeline check, not a model)")
     args = p.parse_args(argv)
@@ -207,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     t_start, cpu_start, load_start = time.time(), time.process_time(), os.getloadavg()[0]
     teacher = export.load(args.teacher)
     cfg = teacher.cfg
-    log: dict = {"seed": args.seed, "threads": args.threads, "torch": torch.__version__, "args": vars(args),
+    log: dict = {"seed": args.seed, "threads": args.threads, "torch": torch.__version__,
+                 "args": {k: v for k, v in vars(args).items() if k not in ("teacher", "out_dir")},  # no local paths
                  "teacher": os.path.basename(args.teacher), "teacher_schedule": list(cfg.schedule),
                  "method": "progressive distillation along the teacher's per-frame Euler trajectory"}
 
