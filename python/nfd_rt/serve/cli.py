@@ -9,7 +9,8 @@ import sys
 def add_arguments(q: argparse.ArgumentParser) -> None:
     from ..cli import _positive_float, _positive_int  # bad numbers are usage errors, as in every subcommand
 
-    q.add_argument("model", nargs="?", default="", help="a .nfd file (default: the shipped Gridworld model)")
+    q.add_argument("model", nargs="?", default="", help="a .nfd file or a shipped model: gridworld (default), "
+                   "gridworld-2step, gridworld-1step")
     q.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     q.add_argument("--port", type=int, default=8000)
     q.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")

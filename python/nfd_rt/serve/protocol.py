@@ -158,13 +158,15 @@ class GridworldWorld(World):
 
 
 def make_world(name: str, model_path: str, keymap_path: str | None, action_dim: int) -> World:
-    """"auto": gridworld for the shipped demo model, blank otherwise. A --keymap file overrides the world's."""
+    """"auto": gridworld for a shipped demo model (the teacher or a distilled student), blank otherwise. A --keymap
+    file overrides the world's."""
     import os
 
-    from ..demo import MODEL_PATH
+    from ..demo import MODELS
 
     if name == "auto":
-        same = os.path.exists(model_path) and os.path.samefile(model_path, MODEL_PATH)
+        same = os.path.exists(model_path) and any(os.path.exists(m) and os.path.samefile(model_path, m)
+                                                  for m in MODELS.values())
         name = "gridworld" if same else "blank"
     if name == "gridworld":
         world: World = GridworldWorld()

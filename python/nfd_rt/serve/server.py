@@ -80,9 +80,9 @@ class ServeConfig:
     default_seed: int = 13  # reset seed of a new player without ?seed= (13: a room where the demo does well)
 
     def resolved_model(self) -> str:
-        from ..demo import MODEL_PATH
+        from ..demo import MODEL_PATH, MODELS
 
-        path = self.model or MODEL_PATH
+        path = MODELS.get(self.model, self.model) or MODEL_PATH  # a shipped model by name: gridworld-1step
         if not os.path.exists(path):
             raise OSError(f"model file {path} not found")
         return path
