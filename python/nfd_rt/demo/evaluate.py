@@ -118,5 +118,6 @@ def evaluate(session, sequences: int = 100, length: int = 32, progress: Callable
                                            for t in (1, 8, 16, steps) if t <= steps},
             "psnr_db": float(snr[name].mean()),
             "position_error_curve": [round(float(x), 3) for x in err[name].mean(axis=0)],
+            "psnr_curve": [round(float(x), 2) for x in snr[name].mean(axis=0)],
         }
     return result
