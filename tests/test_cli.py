@@ -22,6 +22,7 @@ def nfd_rt_cli(*args: str, **kw) -> subprocess.CompletedProcess:
     (["demo", "--scale", "0"], "--scale: must be >= 1"),
     (["demo", "--video-fps", "0"], "--video-fps: must be a finite number > 0"),
     (["evaluate", "--sequences", "0"], "--sequences: must be >= 1"),
+    (["evaluate", "--steps", "0"], "--steps: must be >= 1"),
     (["play", "--fps", "nan"], "--fps: must be a finite number > 0"),
 ])
 def test_bad_numbers_are_usage_errors(argv, what):
