@@ -27,12 +27,11 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
-import nfd_rt  # noqa: E402
-from nfd_rt import export  # noqa: E402
-from nfd_rt._env import runtime_report  # noqa: E402
-from nfd_rt.demo import MODELS  # noqa: E402
-from nfd_rt.demo.evaluate import held_out_sequence  # noqa: E402
+import nfd_rt
+from nfd_rt import export
+from nfd_rt._env import runtime_report
+from nfd_rt.demo import MODELS
+from nfd_rt.demo.evaluate import held_out_sequence
 
 # (row name, label in the table, `nfd-rt evaluate` options)
 ROWS = [

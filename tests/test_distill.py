@@ -192,3 +192,20 @@ def test_distill_script_is_reproducible(tmp_path):
             assert s.config.num_steps == n
             s.reset(frames=game.GridWorld(0).render()[None])
             assert s.step(game.action_vector("up")).shape == (64, 64, 3)
+
+
+@needs_core
+def test_steps_table_script_smoke(tmp_path):
+    """benchmarks/steps.py: every row of docs/demo.md's few-step table, from `nfd-rt evaluate` runs."""
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "steps.py"), "--sequences", "2", "--length",
+                        "4", "--fps-frames", "3", "--fps-rounds", "1", "-o", str(tmp_path)], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "steps.json").read_text())
+    assert set(summary["rows"]) == {"teacher-4", "teacher-2", "teacher-1", "student-2", "student-1"}
+    for name, row in summary["rows"].items():
+        assert len(row["schedule"]) == int(name[-1])
+        assert row["fps_interleaved"] > 0 and row["latent_fps_interleaved"] > 0
+    assert summary["rows"]["teacher-1"]["model_file"] == "gridworld.nfd"
+    assert summary["rows"]["student-1"]["model_file"] == "gridworld-1step.nfd"
+    assert "| repeat the last frame (baseline) |" in r.stdout
