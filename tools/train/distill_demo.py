@@ -40,9 +40,10 @@ cache-write pass runs with the student's weights but without gradient (`velociti
 
 Training length (the defaults; docs/demo.md has the figures): the 1-step student learns for 1,000 steps, the
 2-step one for the first 200 only. The teacher already samples almost as well at 2 steps as at 4; a 2-step
-student trained for all 1,000 steps matched the teacher's trajectory more closely but lost about 1 dB of PSNR over
-31-frame rollouts (27.7 vs 28.9 dB on 20 held-out sequences), its errors compounding faster than the teacher's.
-The 1-step student needs the long run (after 100 steps it was still worse than the teacher run at 1 step).
+student trained for all 1,000 steps fitted the teacher's trajectory more closely, but over `nfd-rt evaluate`'s
+31-frame rollouts its PSNR fell to 28.30 dB (9.82 px), against 29.04 dB (10.13 px) after 200 steps: its errors
+compound faster than the teacher's. The 1-step student needs the long run (after 100 steps it was still worse
+than the teacher run at 1 step).
 
 Everything is seeded (torch, numpy, game data); a rerun with the same seed and thread count gives the same files.
 """
