@@ -72,13 +72,13 @@ def test_rope_qkv_split(frame_index):
     cos, sin = rope_angles(cfg, torch.tensor([frame_index]))
     rq, rk, rv = T(qkv).view(1, N, 3, H, hd).unbind(2)  # [T=1, N, H, hd]
     ref_q = apply_rope(rq, cos, sin)[0].transpose(0, 1).numpy()  # [H, N, hd]
-    ref_k = apply_rope(rk, cos, sin)[0].transpose(0, 1).numpy()
+    ref_k = apply_rope(rk, cos, sin)[0].numpy()  # the cache is token-major: [N, H, hd]
     assert rel_err(q, ref_q) <= TOL
     assert rel_err(k, ref_k) <= TOL
-    assert np.array_equal(v, rv[0].transpose(0, 1).numpy())
+    assert np.array_equal(v, rv[0].numpy())
 
 
-@pytest.mark.parametrize("slots", [[0], [2, 0, 3], [4, 1, 2, 3, 0]])
+@pytest.mark.parametrize("slots", [[0], [2, 0, 3], [4, 1, 2, 3, 0], [0, 1, 2, 4, 3]])
 @pytest.mark.parametrize("H,N,hd,spread", [
     (4, 16, 32, 2.0),   # tiny: one block of 16 queries, head_dim two vectors of 16
     (2, 5, 8, 2.0),     # a partial query block; head_dim below one vector; keys not a multiple of 4
@@ -89,18 +89,18 @@ def test_rope_qkv_split(frame_index):
     (1, 65, 64, 30.0),
 ])
 def test_attention(slots, H, N, hd, spread):
-    S = 5
-    q, kc, vc = randn(H, N, hd) * spread, randn(S, H, N, hd, seed=1) * 2, randn(S, H, N, hd, seed=2)
+    S = 5  # token-major caches [slots, N, H, hd]
+    q, kc, vc = randn(H, N, hd) * spread, randn(S, N, H, hd, seed=1) * 2, randn(S, N, H, hd, seed=2)
     out = ops.attention(q, kc, vc, slots)
-    keys = T(kc)[slots].permute(1, 0, 2, 3).reshape(H, len(slots) * N, hd)
-    vals = T(vc)[slots].permute(1, 0, 2, 3).reshape(H, len(slots) * N, hd)
+    keys = T(kc)[slots].reshape(len(slots) * N, H, hd).transpose(0, 1)
+    vals = T(vc)[slots].reshape(len(slots) * N, H, hd).transpose(0, 1)
     ref = F.scaled_dot_product_attention(T(q), keys, vals).transpose(0, 1).reshape(N, H * hd).numpy()
     assert rel_err(out, ref) <= TOL
 
 
 def test_attention_rejects_bad_slot():
     with pytest.raises(ValueError, match="outside the cache"):
-        ops.attention(randn(2, 4, 8), randn(3, 2, 4, 8), randn(3, 2, 4, 8), [0, 3])
+        ops.attention(randn(2, 4, 8), randn(3, 4, 2, 8), randn(3, 4, 2, 8), [0, 3])
 
 
 def test_patchify_roundtrip():

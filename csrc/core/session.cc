@@ -59,6 +59,9 @@ struct Session::Impl {
   void* stream = nullptr;
   // Whole-frame CUDA graphs (with and without decode), captured at the first step and replayed after.
   CudaGraph frame_graph[2];
+  // num_visible each graph was captured for, when the attention kernel is sized on the host
+  // (ops::attention_sized_on_host): such a graph is re-captured when the count changes (while the cache fills).
+  int graph_visible[2] = {-1, -1};
   bool use_graphs = false;
   std::unique_ptr<model::DiT> dit;
   std::unique_ptr<model::VAE> vae;
@@ -90,6 +93,7 @@ struct Session::Impl {
 
     state_dev = arena.alloc({int64_t(sizeof(FrameState))}, DType::u8);
     ctx.state = reinterpret_cast<const FrameState*>(state_dev.data);
+    ctx.host_state = &host_state;
     dit = std::make_unique<model::DiT>(*file, cfg, arena, ctx, opt.dtype, cfg.cache_frames() + 1);
     vae = std::make_unique<model::VAE>(*file, cfg, arena, ctx, opt.dtype, true);
     const std::vector<int64_t> lshape = {cfg.latent_channels, cfg.latent_height(), cfg.latent_width()};
@@ -161,7 +165,12 @@ struct Session::Impl {
   void generate_frame(bool decode) {
     if (!use_graphs) return run_frame(true, decode);
     CudaGraph& g = frame_graph[decode ? 1 : 0];
-    if (!g.captured()) g.capture(stream, [&] { run_frame(true, decode); });
+    int& visible = graph_visible[decode ? 1 : 0];
+    const bool stale = ops::attention_sized_on_host(ctx) && visible != host_state.num_visible;
+    if (!g.captured() || stale) {
+      g.capture(stream, [&] { run_frame(true, decode); });
+      visible = host_state.num_visible;
+    }
     g.replay(stream);
   }
 

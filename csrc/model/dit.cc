@@ -52,8 +52,8 @@ DiT::DiT(const ModelFile& file, const Config& cfg, Arena& arena, const Context& 
     b.fc1_b = up(p + "fc1.bias", {F});
     b.fc2_w = up(p + "fc2.weight", {D, F});
     b.fc2_b = up(p + "fc2.bias", {D});
-    b.k_cache = arena.alloc({cache_slots, H, N, hd}, dtype);
-    b.v_cache = arena.alloc({cache_slots, H, N, hd}, dtype);
+    b.k_cache = arena.alloc({cache_slots, N, H, hd}, dtype);  // token-major: see ops::rope_qkv_split
+    b.v_cache = arena.alloc({cache_slots, N, H, hd}, dtype);
     kv_bytes_ += b.k_cache.bytes() + b.v_cache.bytes();
     blocks_.push_back(std::move(b));
   }
@@ -101,6 +101,23 @@ DiT::DiT(const ModelFile& file, const Config& cfg, Arena& arena, const Context& 
   attn_ = arena.alloc({N, D}, dtype);
   mlp_ = arena.alloc({N, F}, dtype);
   vel_ = arena.alloc({N, P}, dtype);
+
+  // The GEMM engine of every linear shape of a frame, timed once here (CUDA; a no-op on the CPU). The layers
+  // share shapes, so block 0 stands for all.
+  const Block& b0 = blocks_[0];
+  Tensor act = arena.alloc({1, A}, dtype);  // stands for the session's action (a few bytes)
+  Tensor act_h = view(act_h_, 0, {1, D}), act_emb = view(act_emb_, 0, {1, D});
+  ops::linear_prepare(ctx, act, act_fc1_w_, act_fc1_b_, act_h);
+  ops::linear_prepare(ctx, view(act_hs_, 0, {1, D}), act_fc2_w_, act_fc2_b_, act_emb);
+  Tensor m0 = view(mod_, 0, {passes, 6 * D});
+  ops::linear_prepare(ctx, cond_, b0.adaln_w, b0.adaln_b, m0);
+  ops::linear_prepare(ctx, cond_, final_adaln_w_, final_adaln_b_, final_mod_);
+  ops::linear_prepare(ctx, tokens_, patch_w_, patch_b_, h_);
+  ops::linear_prepare(ctx, hn_, b0.qkv_w, b0.qkv_b, qkv_);
+  ops::linear_prepare(ctx, attn_, b0.proj_w, b0.proj_b, h_, ops::Epilogue::gated_residual);
+  ops::linear_prepare(ctx, hn_, b0.fc1_w, b0.fc1_b, mlp_, ops::Epilogue::gelu_tanh);
+  ops::linear_prepare(ctx, mlp_, b0.fc2_w, b0.fc2_b, h_, ops::Epilogue::gated_residual);
+  ops::linear_prepare(ctx, hn_, final_w_, final_b_, vel_);
 }
 
 void DiT::condition(const Context& ctx, const Tensor& action) {

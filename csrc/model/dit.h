@@ -14,7 +14,7 @@ namespace model {
 
 class DiT {
  public:
-  // Uploads the weights and allocates the KV cache ([cache_slots, H, N, hd] per layer) and activations.
+  // Uploads the weights and allocates the KV cache ([cache_slots, N, H, hd] per layer) and activations.
   // The time embeddings of the schedule and of context_noise are computed here once, on the host.
   DiT(const ModelFile& file, const Config& cfg, Arena& arena, const Context& ctx, DType dtype, int cache_slots);
 

@@ -8,5 +8,12 @@ void attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const
   NFD_DISPATCH(attention, out, ctx, q, k_cache, v_cache, out);
 }
 
+bool attention_sized_on_host(const Context& ctx) {
+#ifdef NFD_RT_WITH_CUDA
+  if (ctx.device == Device::cuda) return cuda::attention_sized_on_host();
+#endif
+  return false;
+}
+
 }  // namespace ops
 }  // namespace nfd

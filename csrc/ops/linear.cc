@@ -8,5 +8,12 @@ void linear(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& 
   NFD_DISPATCH(linear, y, ctx, x, w, bias, y, epilogue, gate);
 }
 
+void linear_prepare(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y,
+                    Epilogue epilogue) {
+#ifdef NFD_RT_WITH_CUDA
+  if (y.device == Device::cuda) cuda::linear_prepare(ctx, x, w, bias, y, epilogue);
+#endif
+}
+
 }  // namespace ops
 }  // namespace nfd

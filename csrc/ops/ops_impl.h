@@ -17,6 +17,10 @@ namespace cpu {
 #ifdef NFD_RT_WITH_CUDA
 namespace cuda {
 #include "ops/backend_ops.inc"
+// CUDA-only parts of ops::linear_prepare and ops::attention_sized_on_host (ops/ops.h).
+void linear_prepare(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y,
+                    Epilogue epilogue);
+bool attention_sized_on_host();
 }  // namespace cuda
 #endif
 

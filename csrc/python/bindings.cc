@@ -17,6 +17,10 @@
 #include "core/model_file.h"
 #include "core/session.h"
 #include "ops/cpu_common.h"
+#include "ops/kernel_report.h"
+#ifdef NFD_RT_WITH_CUBLASLT
+#include "ops/cuda_gemm.h"
+#endif
 #include "nfd_rt/nfd_rt.h"
 
 namespace py = pybind11;
@@ -291,6 +295,32 @@ PYBIND11_MODULE(_core, m) {
   m.def("blas_config", &nfd::cpu::blas_config, "OpenBLAS' build and the kernel set it chose for this CPU.");
   m.def("cpu_kernel_level", &nfd::ops::cpu_detail::cpu_kernel_level,
         "Which compiled copy of the CPU kernels runs on this CPU (x86-64-v4 / v3 / baseline).");
+  m.def("kernels_used", &nfd::kernels_used,
+        "{op key: implementation} of the ops that choose between kernels (CUDA attention, CUDA linear), as of "
+        "their last call in this process, e.g. {'attention bf16 hd64': 'ours: mma.sync ...'}.");
+  m.def("clear_kernels_used", &nfd::clear_kernels_used, "Forget what kernels_used() recorded.");
+  m.def("cuda_build_info", [] {
+    py::dict d;
+#ifdef NFD_RT_WITH_CUDA
+    d["cuda"] = true;
+#else
+    d["cuda"] = false;
+#endif
+#ifdef NFD_RT_WITH_FLASHINFER
+    d["flashinfer"] = true;
+#else
+    d["flashinfer"] = false;
+#endif
+#ifdef NFD_RT_WITH_CUBLASLT
+    d["cublaslt"] = true;
+    // Loading the library needs no GPU; this says where it came from or why it did not load.
+    d["cublaslt_status"] = nfd::ops::cuda_detail::cublaslt_status();
+#else
+    d["cublaslt"] = false;
+    d["cublaslt_status"] = "built without cuBLASLt (cublasLt.h not found at build time)";
+#endif
+    return d;
+  }, "What the CUDA backend was built with: {'cuda', 'flashinfer', 'cublaslt': bool, 'cublaslt_status': str}.");
   m.def("default_threads", &nfd::physical_cores,
         "CPU threads a Session uses with threads=0 (physical cores).");
   py::module_ ops = m.def_submodule("ops", "op-level bindings (tests, benchmarks)");

@@ -55,10 +55,13 @@ struct Call {
   ~Call() {
     if (stream) cuda_stream_destroy(stream);
   }
+  FrameState host_state{};
   void set_state(const FrameState& st) {
     Tensor t = arena.alloc({int64_t(sizeof(FrameState))}, DType::u8);
     device_memcpy(t.data, device, &st, Device::cpu, sizeof(FrameState), ctx.stream);
     ctx.state = reinterpret_cast<const FrameState*>(t.data);
+    host_state = st;
+    ctx.host_state = &host_state;
   }
   Tensor in(const F32Array& a) {
     Tensor host{const_cast<float*>(a.data()), DType::f32, Device::cpu, shape_of(a)};
@@ -128,7 +131,7 @@ void nfd_register_ops(py::module_& m) {
     st.write_slot = 0;
     c.set_state(st);
     const int64_t N = qkv.shape(0), hd = qkv.shape(1) / (3 * heads);
-    Tensor tq = c.in(qkv), q = c.out({heads, N, hd}), k = c.out({1, heads, N, hd}), v = c.out({1, heads, N, hd});
+    Tensor tq = c.in(qkv), q = c.out({heads, N, hd}), k = c.out({1, N, heads, hd}), v = c.out({1, N, heads, hd});
     ops::RopeParams rp{{rope_dims[0], rope_dims[1], rope_dims[2]}, theta, grid_cols};
     ops::rope_qkv_split(c.ctx, tq, rp, q, k, v);
     k.shape.erase(k.shape.begin());

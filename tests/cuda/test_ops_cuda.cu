@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <random>
@@ -22,6 +23,9 @@
 #include "core/error.h"
 #include "core/philox.h"
 #include "ops/attention_math.h"
+#include "ops/attention_mma.h"
+#include "ops/cuda_gemm.h"
+#include "ops/kernel_report.h"
 #include "ops/ops_impl.h"
 
 using namespace nfd;
@@ -131,6 +135,7 @@ static void expect_error(const std::string& name, F f) {
 
 struct DevState {
   FrameState* d = nullptr;
+  FrameState host{};  // the host copy (Context::host_state) a host-sized vendor kernel reads
   DevState() { CK(cudaMalloc(&d, sizeof(FrameState))); }
   ~DevState() { cudaFree(d); }
   void set(int frame, int write_slot, const std::vector<int>& vis) {
@@ -140,15 +145,40 @@ struct DevState {
     h.num_visible = int(vis.size());
     for (size_t i = 0; i < vis.size(); ++i) h.visible_slots[i] = vis[i];
     CK(cudaMemcpy(d, &h, sizeof h, cudaMemcpyHostToDevice));
+    host = h;
   }
 };
 
-static Context make_ctx(cudaStream_t s, const FrameState* st) {
+static Context make_ctx(cudaStream_t s, const FrameState* st, const FrameState* host = nullptr) {
   Context c;
   c.device = Device::cuda;
   c.stream = s;
   c.state = st;
+  c.host_state = host;
   return c;
+}
+
+static void set_env(const char* name, const char* value) {
+  if (value) setenv(name, value, 1);
+  else unsetenv(name);
+}
+static bool flashinfer_built() {
+#ifdef NFD_RT_WITH_FLASHINFER
+  return true;
+#else
+  return false;
+#endif
+}
+// cuBLASLt built in and its library loaded (else the cuBLASLt cases are skipped, and say so once).
+static bool cublaslt_usable() {
+#ifdef NFD_RT_WITH_CUBLASLT
+  static bool said = false;
+  if (!said) std::printf("  %s\n", ops::cuda_detail::cublaslt_status().c_str());
+  said = true;
+  return ops::cuda_detail::cublaslt_available();
+#else
+  return false;
+#endif
 }
 
 // ------------------------------------------------------------------------------------------------------------
@@ -170,7 +200,11 @@ static void test_linear(const Context& ctx) {
         for (int k = 0; k < s.K; ++k) a += double(xr[k]) * wr[k];
         acc[size_t(m) * s.N + n] = a + b[n];
       }
-    for (DType t : kFloatTypes) {
+    for (DType t : kFloatTypes)
+    for (const char* engine : {"cutlass", "cublaslt"}) {
+      // The 16-bit GEMM engines (NFD_RT_GEMM); f32 and unaligned shapes take the SIMT GEMM whatever is set.
+      if (std::strcmp(engine, "cublaslt") == 0 && (t == DType::f32 || !cublaslt_usable())) continue;
+      set_env("NFD_RT_GEMM", engine);
       DevT dx({s.M, s.K}, t, x), dw({s.N, s.K}, t, w), db({s.N}, t, b), dg({s.N}, t, gate);
       for (int e = 0; e < 3; ++e) {
         DevT dy({s.M, s.N}, t);
@@ -186,12 +220,33 @@ static void test_linear(const Context& ctx) {
         }
         const ops::Epilogue ep = e == 0 ? ops::Epilogue::none : e == 1 ? ops::Epilogue::gelu_tanh : ops::Epilogue::gated_residual;
         cu::linear(ctx, dx.t, dw.t, db.t, dy.t, ep, e == 2 ? &dg.t : nullptr);
-        char name[96];
-        std::snprintf(name, sizeof name, "linear %s M=%d K=%d N=%d %s", tname(t), s.M, s.K, s.N,
+        char name[112];
+        std::snprintf(name, sizeof name, "linear %s%s%s M=%d K=%d N=%d %s", tname(t), t == DType::f32 ? "" : " ",
+                      t == DType::f32 ? "" : engine, s.M, s.K, s.N,
                       e == 0 ? "bias" : e == 1 ? "bias+gelu" : "gated_residual");
         check_close(name, dy.download(), ref, tol_of(t, s.K >= 1024));
       }
+      if (t == DType::f32) break;  // one engine-independent pass
     }
+  }
+  set_env("NFD_RT_GEMM", nullptr);
+  // linear_prepare times both engines on a shape and the op then runs the faster: the choice is recorded.
+  if (cublaslt_usable()) {
+    const int M = 336, K = 1024, N = 3072;
+    DevT dx({M, K}, DType::bf16, randn(size_t(M) * K)), dw({N, K}, DType::bf16, randn(size_t(N) * K, 0.03f)),
+        db({N}, DType::bf16, randn(N)), dy({M, N}, DType::bf16);
+    clear_kernels_used();
+    cu::linear_prepare(ctx, dx.t, dw.t, db.t, dy.t, ops::Epilogue::none);
+    cu::linear(ctx, dx.t, dw.t, db.t, dy.t, ops::Epilogue::none, nullptr);
+    std::string choice, ran;
+    for (auto& kv : kernels_used()) {
+      std::printf("  %s: %s\n", kv.first.c_str(), kv.second.c_str());
+      if (kv.first.find("(choice)") != std::string::npos) choice = kv.second;
+      else ran = kv.second;
+    }
+    const bool lt_won = choice.find("-> cublaslt") != std::string::npos;
+    report("linear_prepare measured both engines; linear ran the faster", !choice.empty() &&
+           (lt_won ? ran.rfind("cublaslt", 0) == 0 : ran.rfind("cutlass", 0) == 0), choice);
   }
   // No bias.
   DevT dx({8, 64}, DType::bf16, randn(8 * 64)), dw({16, 64}, DType::bf16, randn(16 * 64)), dy({8, 16}, DType::bf16);
@@ -209,16 +264,20 @@ static void test_linear(const Context& ctx) {
 }
 
 // ------------------------------------------------------------------------------------------------------------
+// Token-major caches [slots, N, H, hd]; slots outside [0, slots) are skipped (the CUDA op masks their keys).
 static std::vector<double> attention_ref(const std::vector<float>& q, const std::vector<float>& k,
-                                         const std::vector<float>& v, int H, int N, int hd,
-                                         const std::vector<int>& vis) {
+                                         const std::vector<float>& v, int H, int N, int hd, int slots,
+                                         const std::vector<int>& vis_all) {
+  std::vector<int> vis;
+  for (int s : vis_all)
+    if (s >= 0 && s < slots) vis.push_back(s);
   std::vector<double> out(size_t(N) * H * hd);
   std::vector<double> sc(vis.size() * N);
   for (int h = 0; h < H; ++h)
     for (int n = 0; n < N; ++n) {
       double mx = -1e300;
       for (size_t j = 0; j < vis.size() * N; ++j) {
-        const size_t base = ((size_t(vis[j / N]) * H + h) * N + j % N) * hd;
+        const size_t base = size_t(tile::mma::kv_offset(vis[j / N], int(j % N), N, H, h, hd));
         double d = 0;
         for (int c = 0; c < hd; ++c) d += double(q[(size_t(h) * N + n) * hd + c]) * k[base + c];
         sc[j] = d / std::sqrt(double(hd));
@@ -229,55 +288,123 @@ static std::vector<double> attention_ref(const std::vector<float>& q, const std:
       for (int c = 0; c < hd; ++c) {
         double o = 0;
         for (size_t j = 0; j < vis.size() * N; ++j)
-          o += sc[j] * v[((size_t(vis[j / N]) * H + h) * N + j % N) * hd + c];
+          o += sc[j] * v[size_t(tile::mma::kv_offset(vis[j / N], int(j % N), N, H, h, hd)) + c];
         out[size_t(n) * H * hd + h * hd + c] = o / l;
       }
     }
   return out;
 }
 
+// The attention implementations behind the op (NFD_RT_ATTENTION), with split overrides for ours.
+struct AttnVariant {
+  const char* impl;    // NFD_RT_ATTENTION
+  const char* splits;  // NFD_RT_ATTENTION_SPLITS (nullptr: the op's choice)
+};
+
 static void test_attention(cudaStream_t stream, DevState& st) {
   struct Case { int H, N, hd, slots; std::vector<int> vis; };
   const Case cases[] = {
-      {4, 37, 32, 6, {5}},                    // first frame: only the current (scratch) slot
+      {4, 37, 32, 6, {5}},                    // first frame: only the frame's own slot
       {4, 37, 64, 6, {0, 3, 4, 5}},           // sink + window + current
       {2, 37, 128, 6, {0, 4, 1, 2, 5}},       // rolling window wrapped around the ring (slot order 4,1,2)
       {2, 336, 64, 12, {0, 7, 8, 9, 10, 1, 2, 3, 4, 5, 11}},  // real frame size, many splits
+      {2, 37, 64, 4, {0, 1, 2, 3}},           // visible = the cache's prefix (FlashInfer runs on these)
+      {2, 24, 64, 4, {1, 9, 0}},              // slot 9 outside the cache: masked by the CUDA op
+      {1, 5, 64, 3, {2, 0}},                  // fewer queries and keys than one tile
   };
+  std::vector<AttnVariant> variants = {{"ours", nullptr}, {"ours", "1"}, {"ours", "3"}, {"simt", nullptr}};
+  if (flashinfer_built()) variants.push_back({"flashinfer", nullptr});
   for (const Case& c : cases) {
-    auto q = randn(size_t(c.H) * c.N * c.hd), k = randn(size_t(c.slots) * c.H * c.N * c.hd),
-         v = randn(size_t(c.slots) * c.H * c.N * c.hd);
-    auto ref = attention_ref(q, k, v, c.H, c.N, c.hd, c.vis);
+    auto q = randn(size_t(c.H) * c.N * c.hd), k = randn(size_t(c.slots) * c.N * c.H * c.hd),
+         v = randn(size_t(c.slots) * c.N * c.H * c.hd);
+    auto ref = attention_ref(q, k, v, c.H, c.N, c.hd, c.slots, c.vis);
     st.set(3, c.vis.back(), c.vis);
-    Context ctx = make_ctx(stream, st.d);
+    Context ctx = make_ctx(stream, st.d, &st.host);
     for (DType t : kFloatTypes) {
-      DevT dq({c.H, c.N, c.hd}, t, q), dk({c.slots, c.H, c.N, c.hd}, t, k), dv({c.slots, c.H, c.N, c.hd}, t, v);
-      DevT out({c.N, int64_t(c.H) * c.hd}, t);
-      cu::attention(ctx, dq.t, dk.t, dv.t, out.t);
-      char name[96];
-      std::snprintf(name, sizeof name, "attention %s H=%d N=%d hd=%d visible=%zu", tname(t), c.H, c.N, c.hd,
-                    c.vis.size());
-      check_close(name, out.download(), ref, tol_of(t, true));
+      DevT dq({c.H, c.N, c.hd}, t, q), dk({c.slots, c.N, c.H, c.hd}, t, k), dv({c.slots, c.N, c.H, c.hd}, t, v);
+      for (const AttnVariant& var : variants) {
+        if (t == DType::f32 && (std::strcmp(var.impl, "ours") != 0 || var.splits)) continue;  // f32: one path
+        set_env("NFD_RT_ATTENTION", var.impl);
+        set_env("NFD_RT_ATTENTION_SPLITS", var.splits);
+        DevT out({c.N, int64_t(c.H) * c.hd}, t);
+        clear_kernels_used();
+        cu::attention(ctx, dq.t, dk.t, dv.t, out.t);
+        char name[128];
+        std::snprintf(name, sizeof name, "attention %s %s%s%s H=%d N=%d hd=%d visible=%zu", tname(t), var.impl,
+                      var.splits ? " splits=" : "", var.splits ? var.splits : "", c.H, c.N, c.hd, c.vis.size());
+        check_close(name, out.download(), ref, tol_of(t, true));
+        // The kernel that ran, as the op reports it: tensor cores for 16-bit "ours", CUDA cores for f32/simt.
+        auto used = kernels_used();
+        const std::string ran = used.empty() ? "" : used.begin()->second;
+        const bool want_mma = t != DType::f32 && std::strcmp(var.impl, "simt") != 0;
+        const bool ok = std::strcmp(var.impl, "flashinfer") == 0 ? !ran.empty()
+                        : want_mma ? ran.rfind("ours: mma", 0) == 0 : ran.rfind("simt", 0) == 0;
+        report(std::string(name) + " ran", ok, ran);
+      }
     }
   }
-  // CUDA graph: capture once, change the device FrameState, replay: the kernel must follow the new slot list.
+  set_env("NFD_RT_ATTENTION", nullptr);
+  set_env("NFD_RT_ATTENTION_SPLITS", nullptr);
+  // nfd-310m's full cache (33 slots of 336 tokens, the ring wrapped), 2 of its 16 heads: the kernel's real shape.
   {
-    const int H = 2, N = 40, hd = 64, slots = 5;
-    auto q = randn(size_t(H) * N * hd), k = randn(size_t(slots) * H * N * hd), v = randn(size_t(slots) * H * N * hd);
-    DevT dq({H, N, hd}, DType::bf16, q), dk({slots, H, N, hd}, DType::bf16, k), dv({slots, H, N, hd}, DType::bf16, v);
+    const int H = 2, N = 336, hd = 64, slots = 33;
+    std::vector<int> vis = {0, 1};
+    for (int s = 12; s < slots; ++s) vis.push_back(s);
+    for (int s = 2; s < 12; ++s) vis.push_back(s);
+    auto q = randn(size_t(H) * N * hd), k = randn(size_t(slots) * N * H * hd), v = randn(size_t(slots) * N * H * hd);
+    auto ref = attention_ref(q, k, v, H, N, hd, slots, vis);
+    st.set(40, 11, vis);
+    Context ctx = make_ctx(stream, st.d, &st.host);
+    DevT dq({H, N, hd}, DType::bf16, q), dk({slots, N, H, hd}, DType::bf16, k), dv({slots, N, H, hd}, DType::bf16, v);
     DevT out({N, H * hd}, DType::bf16);
-    Context ctx = make_ctx(stream, st.d);
+    cu::attention(ctx, dq.t, dk.t, dv.t, out.t);
+    check_close("attention bf16 ours nfd-310m full cache (33 slots, 2 heads)", out.download(), ref, 1e-2);
+    if (flashinfer_built()) {
+      set_env("NFD_RT_ATTENTION", "flashinfer");
+      out.poison();
+      cu::attention(ctx, dq.t, dk.t, dv.t, out.t);
+      check_close("attention bf16 flashinfer nfd-310m full cache (33 slots, 2 heads)", out.download(), ref, 1e-2);
+      set_env("NFD_RT_ATTENTION", nullptr);
+    }
+  }
+  // CUDA graph: capture once, change the device FrameState, replay: the kernel must follow the new slot list
+  // (fewer and more visible slots than at capture: the grid was sized for the full cache).
+  for (DType t : {DType::bf16, DType::f32}) {
+    const int H = 2, N = 40, hd = 64, slots = 5;
+    auto q = randn(size_t(H) * N * hd), k = randn(size_t(slots) * N * H * hd), v = randn(size_t(slots) * N * H * hd);
+    DevT dq({H, N, hd}, t, q), dk({slots, N, H, hd}, t, k), dv({slots, N, H, hd}, t, v);
+    DevT out({N, H * hd}, t);
+    Context ctx = make_ctx(stream, st.d, &st.host);
     st.set(1, 4, {0, 4});
     CudaGraph g;
     g.capture(stream, [&] { cu::attention(ctx, dq.t, dk.t, dv.t, out.t); });
     g.replay(stream);
-    check_close("attention bf16 in CUDA graph (state A)", out.download(), attention_ref(q, k, v, H, N, hd, {0, 4}), 1e-2);
+    const std::string n = std::string("attention ") + tname(t) + " in CUDA graph";
+    check_close(n + " (state A)", out.download(), attention_ref(q, k, v, H, N, hd, slots, {0, 4}), tol_of(t, true));
     st.set(2, 4, {0, 2, 3, 1, 4});
     out.poison();
     g.replay(stream);
-    check_close("attention bf16 in CUDA graph replay (state B)", out.download(),
-                attention_ref(q, k, v, H, N, hd, {0, 2, 3, 1, 4}), 1e-2);
+    check_close(n + " replay (state B, more slots)", out.download(),
+                attention_ref(q, k, v, H, N, hd, slots, {0, 2, 3, 1, 4}), tol_of(t, true));
+    st.set(0, 3, {3});
+    out.poison();
+    g.replay(stream);
+    check_close(n + " replay (state C, one slot)", out.download(), attention_ref(q, k, v, H, N, hd, slots, {3}),
+                tol_of(t, true));
   }
+  expect_error("attention rejects NFD_RT_ATTENTION=bogus", [&] {
+    set_env("NFD_RT_ATTENTION", "bogus");
+    DevT dq({1, 8, 64}, DType::bf16), dk({1, 8, 1, 64}, DType::bf16), out({8, 64}, DType::bf16);
+    st.set(0, 0, {0});
+    Context ctx = make_ctx(stream, st.d, &st.host);
+    try {
+      cu::attention(ctx, dq.t, dk.t, dk.t, out.t);
+    } catch (...) {
+      set_env("NFD_RT_ATTENTION", nullptr);
+      throw;
+    }
+    set_env("NFD_RT_ATTENTION", nullptr);
+  });
 }
 
 // ------------------------------------------------------------------------------------------------------------
@@ -293,19 +420,21 @@ static void test_rope(cudaStream_t stream, DevState& st) {
         const double ang = tile::rope_angle(j, rp.rope_dims, rp.theta, frame, n / cols, n % cols);
         const double c = float(std::cos(ang)), s = float(std::sin(ang));
         const size_t src = size_t(n) * 3 * D + h * hd + 2 * j, dst = (size_t(h) * N + n) * hd + 2 * j;
+        const size_t cdst = (size_t(n) * H + h) * hd + 2 * j;  // token-major cache slot [N, H, hd]
         for (int part = 0; part < 2; ++part) {
           double x0 = qkv[src + part * D], x1 = qkv[src + part * D + 1];
           auto& r = part == 0 ? rq : rk;
-          r[dst] = x0 * c - x1 * s;
-          r[dst + 1] = x0 * s + x1 * c;
+          const size_t o = part == 0 ? dst : cdst;
+          r[o] = x0 * c - x1 * s;
+          r[o + 1] = x0 * s + x1 * c;
         }
-        rv[dst] = qkv[src + 2 * D];
-        rv[dst + 1] = qkv[src + 2 * D + 1];
+        rv[cdst] = qkv[src + 2 * D];
+        rv[cdst + 1] = qkv[src + 2 * D + 1];
       }
   st.set(frame, slot, {slot});
   Context ctx = make_ctx(stream, st.d);
   for (DType t : kFloatTypes) {
-    DevT dqkv({N, 3 * D}, t, qkv), q({H, N, hd}, t), kc({slots, H, N, hd}, t), vc({slots, H, N, hd}, t);
+    DevT dqkv({N, 3 * D}, t, qkv), q({H, N, hd}, t), kc({slots, N, H, hd}, t), vc({slots, N, H, hd}, t);
     cu::rope_qkv_split(ctx, dqkv.t, rp, q.t, kc.t, vc.t);
     auto kall = kc.download(), vall = vc.download();
     const size_t per = size_t(H) * N * hd;

@@ -7,6 +7,8 @@
 #include <new>
 #include <string>
 
+#include <sys/mman.h>
+
 #include <cblas.h>
 
 #include "backends/cpu/parallel.h"
@@ -61,9 +63,18 @@ Tensor Arena::alloc(std::vector<int64_t> shape, DType dtype) {
 
 void* device_malloc(Device device, size_t bytes) {
   if (device == Device::cpu) {
-    size_t rounded = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;  // 64-byte alignment for SIMD loads
-    void* p = std::aligned_alloc(64, rounded);
+    // Large blocks (the KV cache above all) on 2 MiB boundaries with transparent huge pages requested: the
+    // token-major cache is read in rows of one head spread over the whole block, one 4 KiB page per key on
+    // nfd-130m shapes, and TLB misses made attention ~7% slower there than with huge pages.
+    constexpr size_t kHuge = size_t(2) << 20;
+    const bool huge = bytes >= 2 * kHuge;
+    const size_t align = huge ? kHuge : 64;  // 64-byte alignment for SIMD loads
+    size_t rounded = (std::max<size_t>(bytes, 1) + align - 1) / align * align;
+    void* p = std::aligned_alloc(align, rounded);
     if (!p) fail(ErrorKind::internal, "out of host memory allocating " + std::to_string(bytes) + " bytes");
+#ifdef MADV_HUGEPAGE
+    if (huge) madvise(p, rounded, MADV_HUGEPAGE);  // advice only: without THP this is a no-op
+#endif
     return p;
   }
 #ifdef NFD_RT_WITH_CUDA
