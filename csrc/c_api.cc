@@ -25,6 +25,7 @@ nfd_status status_of(nfd::ErrorKind k) {
     case nfd::ErrorKind::invalid_file: return NFD_ERROR_INVALID_FILE;
     case nfd::ErrorKind::io: return NFD_ERROR_IO;
     case nfd::ErrorKind::unsupported: return NFD_ERROR_UNSUPPORTED;
+    case nfd::ErrorKind::out_of_memory: return NFD_ERROR_OUT_OF_MEMORY;
     case nfd::ErrorKind::internal: return NFD_ERROR_INTERNAL;
   }
   return NFD_ERROR_INTERNAL;
@@ -96,6 +97,7 @@ nfd_session_params nfd_session_default_params(void) {
   p.seed = 0;
   p.threads = 0;
   p.cuda_graphs = 1;
+  p.max_memory_bytes = 0;
   return p;
 }
 
@@ -106,28 +108,44 @@ nfd_status nfd_model_validate(const char* path) {
   });
 }
 
+namespace {
+nfd::SessionOptions session_options(const nfd_session_params* params) {
+  nfd_session_params p = params ? *params : nfd_session_default_params();
+  nfd::SessionOptions o;
+  switch (p.device) {
+    case NFD_DEVICE_CPU: o.device = nfd::Device::cpu; break;
+    case NFD_DEVICE_CUDA: o.device = nfd::Device::cuda; break;
+    default: require(false, "params->device is not an nfd_device value");
+  }
+  switch (p.dtype) {
+    case NFD_DTYPE_F32: o.dtype = nfd::DType::f32; break;
+    case NFD_DTYPE_BF16: o.dtype = nfd::DType::bf16; break;
+    case NFD_DTYPE_F16: o.dtype = nfd::DType::f16; break;
+    default: require(false, "params->dtype is not an nfd_dtype value");
+  }
+  o.seed = p.seed;
+  o.threads = p.threads;
+  o.cuda_graphs = p.cuda_graphs != 0;
+  o.max_memory_bytes = p.max_memory_bytes;
+  return o;
+}
+}  // namespace
+
+nfd_status nfd_session_estimate_memory(const char* path, const nfd_session_params* params, uint64_t* bytes_out) {
+  if (bytes_out) *bytes_out = 0;
+  return guarded([&] {
+    require(path != nullptr, "nfd_session_estimate_memory: path is NULL");
+    require(bytes_out != nullptr, "nfd_session_estimate_memory: bytes_out is NULL");
+    *bytes_out = nfd::estimate_session_memory(path, session_options(params)).total();
+  });
+}
+
 nfd_status nfd_session_open(const char* path, const nfd_session_params* params, nfd_session** out) {
   if (out) *out = nullptr;
   return guarded([&] {
     require(path != nullptr, "nfd_session_open: path is NULL");
     require(out != nullptr, "nfd_session_open: out is NULL");
-    nfd_session_params p = params ? *params : nfd_session_default_params();
-    nfd::SessionOptions o;
-    switch (p.device) {
-      case NFD_DEVICE_CPU: o.device = nfd::Device::cpu; break;
-      case NFD_DEVICE_CUDA: o.device = nfd::Device::cuda; break;
-      default: require(false, "nfd_session_open: params->device is not an nfd_device value");
-    }
-    switch (p.dtype) {
-      case NFD_DTYPE_F32: o.dtype = nfd::DType::f32; break;
-      case NFD_DTYPE_BF16: o.dtype = nfd::DType::bf16; break;
-      case NFD_DTYPE_F16: o.dtype = nfd::DType::f16; break;
-      default: require(false, "nfd_session_open: params->dtype is not an nfd_dtype value");
-    }
-    require(p.threads >= 0, "nfd_session_open: params->threads must be >= 0");
-    o.seed = p.seed;
-    o.threads = p.threads;
-    o.cuda_graphs = p.cuda_graphs != 0;
+    nfd::SessionOptions o = session_options(params);
     auto s = std::make_unique<nfd_session>();
     s->impl = std::make_unique<nfd::Session>(path, o);
     *out = s.release();

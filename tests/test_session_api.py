@@ -138,6 +138,43 @@ def test_torch_inputs(session):
     assert session.frame_index == 2
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float64"])
+def test_torch_low_precision_actions_are_converted(model_path, dtype):
+    """A bf16 torch tensor (numpy has no bfloat16) is taken as its exact float32 values, not a torch TypeError."""
+    torch = pytest.importorskip("torch", reason="torch tensors as inputs")
+    a = action(3) * 0.5
+    with nfd_rt.Session(model_path, seed=4) as s1, nfd_rt.Session(model_path, seed=4) as s2:
+        np.testing.assert_array_equal(s1.step_latent(torch.from_numpy(a).to(getattr(torch, dtype))),
+                                      s2.step_latent(a))
+        with pytest.raises(ValueError, match="action must be numeric"):
+            s1.step(torch.zeros(A, dtype=torch.complex64))
+        s1.step(a)  # still usable
+
+
+@pytest.mark.parametrize("seed, shown", [(1.5, "1.5 (float)"), ("abc", "'abc' (str)"), (True, "True (bool)"),
+                                         (2**64, str(2**64)), (np.float32(3), "(float32)")])
+def test_bad_seeds_are_refused_by_name(model_path, seed, shown):
+    """A float seed is refused rather than silently truncated; every message names the seed and the value."""
+    with pytest.raises(ValueError, match="seed must be an integer") as e:
+        nfd_rt.Session(model_path, seed=seed)
+    assert shown in str(e.value)
+    with nfd_rt.Session(model_path, seed=np.uint64(2**64 - 1)) as s:  # numpy integers are integers
+        assert s.seed == 2**64 - 1
+
+
+def test_absurd_thread_counts_are_refused(model_path):
+    from nfd_rt import _core
+
+    for bad in (100000, _core.max_threads() + 1, 2.0, "4"):
+        with pytest.raises(ValueError, match="threads must be"):
+            nfd_rt.Session(model_path, threads=bad)
+    with pytest.raises(ValueError, match="threads must be between 0"):  # the binding checks too
+        _core.Session(model_path, "cpu", "float32", 0, 100000, True, 0)
+    import os
+    with pytest.warns(RuntimeWarning, match="more than the"):
+        nfd_rt.Session(model_path, threads=(os.cpu_count() or 1) + 1).close()
+
+
 def test_same_seed_same_video_and_step_equals_decode_of_step_latent(model_path):
     with nfd_rt.Session(model_path, seed=11) as s1, nfd_rt.Session(model_path, seed=11) as s2:
         for i in range(3):
@@ -171,9 +208,9 @@ def test_bad_constructor_arguments(model_path, tmp_path):
         nfd_rt.Session(model_path, dtype="int8")
     with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda'"):
         nfd_rt.Session(model_path, device="tpu")
-    with pytest.raises(ValueError, match="seed must be in"):
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*64\)"):
         nfd_rt.Session(model_path, seed=-1)
-    with pytest.raises(ValueError, match="threads must be >= 0"):
+    with pytest.raises(ValueError, match="threads must be between 0"):
         nfd_rt.Session(model_path, threads=-2)
     with pytest.raises(OSError, match="cannot open"):
         nfd_rt.Session(tmp_path / "missing.nfd")
@@ -237,3 +274,6 @@ def test_cli_env_reports_the_runtime(capsys):
     assert "OpenBLAS" in env["BLAS"]
     assert int(env["default threads"].split()[0]) == core().default_threads() >= 1
     assert env["CUDA"].startswith("yes" if core().cuda_available() else "no")
+    if not core().cuda_available():  # says which: not compiled in, or compiled in with no device
+        want = "built with CUDA, but" if core().built_with_cuda() else "built without CUDA"
+        assert want in env["CUDA"], env["CUDA"]

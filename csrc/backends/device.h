@@ -13,19 +13,30 @@
 namespace nfd {
 
 // Fixed-size allocations made at session open (plan), freed together with the arena.
+//
+// A measuring arena (Arena::measure) allocates nothing: alloc returns tensors without data and only counts the
+// bytes. The session runs its model constructors on one before allocating anything, so it knows what it will
+// allocate from the same code that allocates it (runtime memory estimate, estimate_session_memory).
 class Arena {
  public:
+  enum class Use { weights, kv_cache, activations };
   explicit Arena(Device device) : device_(device) {}
+  static Arena measure(Device device) { return Arena(device, true); }
+  Arena(Arena&& other) noexcept;
   ~Arena();
   Arena(const Arena&) = delete;
   Arena& operator=(const Arena&) = delete;
-  Tensor alloc(std::vector<int64_t> shape, DType dtype);  // zero-filled
-  size_t bytes() const { return bytes_; }
+  Tensor alloc(std::vector<int64_t> shape, DType dtype, Use use = Use::activations);  // zero-filled
+  size_t bytes() const { return bytes_[0] + bytes_[1] + bytes_[2]; }
+  size_t bytes(Use use) const { return bytes_[int(use)]; }
+  bool measuring() const { return measuring_; }
   Device device() const { return device_; }
 
  private:
+  Arena(Device device, bool measuring) : device_(device), measuring_(measuring) {}
   Device device_;
-  size_t bytes_ = 0;
+  bool measuring_ = false;
+  size_t bytes_[3] = {0, 0, 0};
   std::vector<void*> blocks_;
 };
 
@@ -37,6 +48,15 @@ void device_synchronize(Device device, void* stream);
 
 bool cuda_available();              // built with CUDA, a driver is loaded and a device exists
 std::string cuda_device_name();     // "" when unavailable
+bool built_with_cuda();             // the CUDA backend was compiled in (whether or not a device is present)
+// Why CUDA is unavailable, e.g. "built without CUDA", "no CUDA device (cudaGetDeviceCount: ...)"; "" when it is.
+std::string cuda_unavailable_reason();
+
+// Memory a new allocation on `device` can count on now, in bytes, and where the figure comes from (`source`):
+// on the CPU the smallest of MemAvailable (/proc/meminfo), the cgroup's limit minus its usage and the process'
+// address-space limit (RLIMIT_AS) minus its VmSize; on CUDA the device's free memory (cudaMemGetInfo). SIZE_MAX
+// when unknown.
+size_t available_memory(Device device, std::string* source = nullptr);
 void* cuda_stream_create();
 void cuda_stream_destroy(void* stream);
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <string>
 
 #include "core/tensor.h"
 
@@ -13,5 +14,6 @@ void cuda_free(void* ptr);
 // Either side may be host or device memory; synchronous with respect to `stream` (a cudaStream_t).
 void cuda_memcpy(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes, void* stream);
 void cuda_synchronize(void* stream);
+size_t cuda_free_memory(std::string* source);  // cudaMemGetInfo's free bytes
 #endif
 }  // namespace nfd

@@ -6,7 +6,9 @@
 
 namespace nfd {
 
-enum class ErrorKind { invalid_argument, invalid_file, io, unsupported, internal };
+// out_of_memory: an allocation failed, or the memory a session would need (estimated before allocating anything)
+// is more than the device has available or than the caller allowed (SessionOptions::max_memory_bytes).
+enum class ErrorKind { invalid_argument, invalid_file, io, unsupported, out_of_memory, internal };
 
 class Error : public std::runtime_error {
  public:

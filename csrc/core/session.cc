@@ -9,6 +9,7 @@
 #include "core/session.h"
 
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -21,6 +22,7 @@
 #include "model/dit.h"
 #include "model/vae.h"
 #include "ops/ops.h"
+#include "ops/scratch_bound.h"
 
 namespace nfd {
 
@@ -39,6 +41,68 @@ int physical_cores() {
 }
 
 namespace {
+
+int effective_threads(const SessionOptions& o) { return o.threads > 0 ? o.threads : physical_cores(); }
+
+// With `need_device`, also that the device is there (an estimate can be made for a device this machine lacks).
+void check_options(const SessionOptions& opt, bool need_device) {
+  if (opt.device == Device::cuda) {
+    if (need_device && !cuda_available())
+      fail(ErrorKind::unsupported, "device cuda requested but CUDA is unavailable: " + cuda_unavailable_reason());
+  } else {
+    NFD_CHECK(opt.dtype == DType::f32, unsupported,
+              std::string("the CPU backend computes in float32; dtype ") + dtype_name(opt.dtype) +
+                  " needs device cuda");
+  }
+  NFD_CHECK(opt.threads >= 0 && opt.threads <= kMaxThreads, invalid_argument,
+            "threads must be between 0 (= number of physical cores) and " + std::to_string(kMaxThreads) + ", got " +
+                std::to_string(opt.threads));
+}
+
+// The session's own device buffers besides the model's: allocated by the session and by the estimate alike.
+struct IoBuffers {
+  Tensor state, action, latent, write, frame;
+};
+IoBuffers alloc_io_buffers(Arena& arena, const Config& cfg, DType dtype) {
+  const std::vector<int64_t> lshape = {cfg.latent_channels, cfg.latent_height(), cfg.latent_width()};
+  IoBuffers b;
+  b.state = arena.alloc({int64_t(sizeof(FrameState))}, DType::u8);
+  b.action = arena.alloc({cfg.action_dim}, dtype);
+  b.latent = arena.alloc(lshape, dtype);
+  b.write = arena.alloc(lshape, dtype);
+  b.frame = arena.alloc({cfg.frame_height, cfg.frame_width, 3}, DType::u8);
+  return b;
+}
+
+MemoryEstimate estimate_memory(const ModelFile& file, const SessionOptions& opt) {
+  const Config& cfg = file.config();
+  Arena arena = Arena::measure(opt.device);
+  Context ctx;
+  ctx.device = opt.device;
+  ctx.threads = effective_threads(opt);
+  alloc_io_buffers(arena, cfg, opt.dtype);
+  model::DiT dit(file, cfg, arena, ctx, opt.dtype, cfg.cache_frames() + 1);
+  model::VAE vae(file, cfg, arena, ctx, opt.dtype, true);
+  MemoryEstimate m;
+  m.device = opt.device;
+  m.weights = arena.bytes(Arena::Use::weights);
+  m.kv_cache = arena.bytes(Arena::Use::kv_cache);
+  m.activations = arena.bytes(Arena::Use::activations);
+  m.scratch = ops::scratch_bytes_bound(cfg, opt.device, opt.dtype, ctx.threads);
+  return m;
+}
+
+// Refuses (ErrorKind::out_of_memory) a session that would not fit, before it allocates anything.
+void check_memory(const MemoryEstimate& need, const SessionOptions& opt) {
+  const std::string what = "opening this session needs " + need.describe() + " on " + device_name(opt.device);
+  if (opt.max_memory_bytes && need.total() > opt.max_memory_bytes)
+    fail(ErrorKind::out_of_memory, what + ", more than max_memory_bytes = " + format_bytes(double(opt.max_memory_bytes)));
+  std::string source;
+  const size_t available = available_memory(opt.device, &source);
+  if (need.total() > available)
+    fail(ErrorKind::out_of_memory,
+         what + ", but only " + format_bytes(double(available)) + " is available (" + source + ")");
+}
 
 void check_finite(const float* p, int64_t n, const std::string& what) {
   for (int64_t i = 0; i < n; ++i)
@@ -74,33 +138,27 @@ struct Session::Impl {
   int64_t frame_index = 0;
 
   Impl(const std::string& path, const SessionOptions& o) : opt(o), arena(o.device) {
-    if (opt.device == Device::cuda) {
-      NFD_CHECK(cuda_available(), unsupported, "device cuda requested but no CUDA device is available");
-    } else {
-      NFD_CHECK(opt.dtype == DType::f32, unsupported,
-                std::string("the CPU backend computes in float32; dtype ") + dtype_name(opt.dtype) +
-                    " needs device cuda");
-    }
-    NFD_CHECK(opt.threads >= 0, invalid_argument, "threads must be >= 0 (0 = number of physical cores)");
+    check_options(opt, true);
     std::unique_ptr<ModelFile> file = ModelFile::open(path);
     cfg = file->config();
     NFD_CHECK(cfg.cache_frames() + 1 <= FrameState::kMaxSlots, unsupported,
               "sink_frames + window too large for FrameState::kMaxSlots");
+    check_memory(estimate_memory(*file, opt), opt);
     ctx.device = opt.device;
-    ctx.threads = opt.threads > 0 ? opt.threads : physical_cores();
+    ctx.threads = effective_threads(opt);
     if (opt.device == Device::cuda) ctx.stream = stream = cuda_stream_create();
     use_graphs = opt.device == Device::cuda && opt.cuda_graphs;
 
-    state_dev = arena.alloc({int64_t(sizeof(FrameState))}, DType::u8);
+    IoBuffers io = alloc_io_buffers(arena, cfg, opt.dtype);
+    state_dev = io.state;
+    action_dev = io.action;
+    latent_dev = io.latent;
+    write_dev = io.write;
+    frame_dev = io.frame;
     ctx.state = reinterpret_cast<const FrameState*>(state_dev.data);
     ctx.host_state = &host_state;
     dit = std::make_unique<model::DiT>(*file, cfg, arena, ctx, opt.dtype, cfg.cache_frames() + 1);
     vae = std::make_unique<model::VAE>(*file, cfg, arena, ctx, opt.dtype, true);
-    const std::vector<int64_t> lshape = {cfg.latent_channels, cfg.latent_height(), cfg.latent_width()};
-    action_dev = arena.alloc({cfg.action_dim}, opt.dtype);
-    latent_dev = arena.alloc(lshape, opt.dtype);
-    write_dev = arena.alloc(lshape, opt.dtype);
-    frame_dev = arena.alloc({cfg.frame_height, cfg.frame_width, 3}, DType::u8);
     device_synchronize(opt.device, ctx.stream);
 
     // Scalars as the reference computes them: Python doubles, cast to fp32 where they meet a tensor.
@@ -204,6 +262,31 @@ struct Session::Impl {
     frame_index = 0;
   }
 };
+
+std::string format_bytes(double bytes) {
+  char buf[64];
+  if (bytes >= double(1ull << 30))
+    std::snprintf(buf, sizeof(buf), "%.1f GiB", bytes / double(1ull << 30));
+  else if (bytes >= double(1ull << 20))
+    std::snprintf(buf, sizeof(buf), "%.1f MiB", bytes / double(1ull << 20));
+  else if (bytes >= 1024)
+    std::snprintf(buf, sizeof(buf), "%.1f KiB", bytes / 1024.0);
+  else
+    std::snprintf(buf, sizeof(buf), "%.0f bytes", bytes);
+  return buf;
+}
+
+std::string MemoryEstimate::describe() const {
+  return format_bytes(double(total())) + " (weights " + format_bytes(double(weights)) + ", KV cache " +
+         format_bytes(double(kv_cache)) + ", activations " + format_bytes(double(activations)) + ", scratch " +
+         format_bytes(double(scratch)) + ")";
+}
+
+MemoryEstimate estimate_session_memory(const std::string& path, const SessionOptions& options) {
+  check_options(options, false);
+  std::unique_ptr<ModelFile> file = ModelFile::open(path);
+  return estimate_memory(*file, options);
+}
 
 Session::Session(const std::string& path, const SessionOptions& options)
     : impl_(std::make_unique<Impl>(path, options)) {}

@@ -6,6 +6,8 @@
 #include <memory>
 #include <string>
 
+#include "core/model_file.h"
+
 #include "core/config.h"
 #include "core/tensor.h"
 
@@ -15,9 +17,29 @@ struct SessionOptions {
   Device device = Device::cpu;
   DType dtype = DType::f32;  // f32 on CPU; f32, bf16 or f16 on CUDA
   uint64_t seed = 0;
-  int threads = 0;           // CPU threads; 0 = number of physical cores
+  int threads = 0;           // CPU threads; 0 = number of physical cores; at most kMaxThreads
   bool cuda_graphs = true;   // capture a whole frame once and replay it (CUDA only)
+  // Refuse to open (ErrorKind::out_of_memory) when the session would need more than this many bytes on its
+  // device; 0 = no limit beyond the memory the device has available.
+  uint64_t max_memory_bytes = 0;
 };
+
+// threads above this are refused: a typo (threads=100000) would otherwise run a pool of that many threads.
+constexpr int kMaxThreads = 1024;
+
+// What a session will allocate on its device, computed from the file's config before anything is allocated:
+// weights, KV cache and activation buffers exactly (the model constructors run on a measuring Arena), plus an
+// upper bound of the ops' scratch memory (ops/scratch_bound.h).
+struct MemoryEstimate {
+  Device device = Device::cpu;
+  size_t weights = 0, kv_cache = 0, activations = 0, scratch = 0;
+  size_t total() const { return weights + kv_cache + activations + scratch; }
+  std::string describe() const;  // "1.2 GiB (weights 7.1 MiB, KV cache ..., activations ..., scratch ...)"
+};
+MemoryEstimate estimate_session_memory(const std::string& path, const SessionOptions& options);
+
+// "1.2 GiB", "340.0 MiB", "512 bytes"
+std::string format_bytes(double bytes);
 
 // The CPU thread count that SessionOptions::threads == 0 means: physical cores (distinct (physical id, core id)
 // pairs in /proc/cpuinfo), else half the hardware threads.

@@ -16,8 +16,8 @@ namespace model {
 inline Tensor upload(const ModelFile& file, const std::string& name, const std::vector<int64_t>& shape,
                      Arena& arena, const Context& ctx, DType dtype) {
   Tensor host = file.get(name, shape);
-  Tensor t = arena.alloc(shape, dtype);
-  ops::copy(ctx, host, t);
+  Tensor t = arena.alloc(shape, dtype, Arena::Use::weights);
+  if (!arena.measuring()) ops::copy(ctx, host, t);
   return t;
 }
 

@@ -488,8 +488,8 @@ int sm_count() {
 int pick_splits(int base, int per_sm, int64_t max_tiles) {
   if (const char* e = std::getenv("NFD_RT_ATTENTION_SPLITS")) {
     const int v = std::atoi(e);
-    NFD_CHECK(v >= 1 && v <= 256, invalid_argument,
-              std::string("NFD_RT_ATTENTION_SPLITS must be 1..256, got '") + e + "'");
+    NFD_CHECK(v >= 1 && v <= 64, invalid_argument,  // 64: the partials' bound in ops/scratch_bound.cc
+              std::string("NFD_RT_ATTENTION_SPLITS must be 1..64, got '") + e + "'");
     return int(std::max<int64_t>(1, std::min<int64_t>(v, max_tiles)));
   }
   return tile::mma::choose_splits(base, sm_count(), per_sm, max_tiles, 64);

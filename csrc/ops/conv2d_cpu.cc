@@ -288,56 +288,65 @@ void conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& 
                      res ? residual->ptr<float>() : nullptr, Cin, Cout, H, W, out.ptr<float>());
     return;
   }
+  // im2col + GEMM, in bands of output rows whose columns fit in kBandFloats (at least one row), so scratch stays
+  // bounded at any image size. A 1x1 stride-1 convolution reads x directly, in one band.
   const int64_t P = Ho * Wo, KK = Cin * k * k;
-  const float* col = x.ptr<float>();
-  if (!(k == 1 && stride == 1 && pad == 0)) {  // a 1x1 convolution reads x directly
-    float* c = scratch(size_t(KK * P));
-    const float* xs = x.ptr<float>();
-    ::nfd::cpu::parallel_for(ctx.threads, KK, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t ci = r / (k * k), ky = (r / k) % k, kx = r % k;
-        float* dst = c + r * P;
-        // Output columns whose input column lies inside the image: ox in [lo, hi).
-        const int64_t lo = std::min(Wo, std::max<int64_t>(0, (pad - kx + stride - 1) / stride));
-        const int64_t hi = std::max(lo, std::min(Wo, (W + pad - kx + stride - 1) / stride));
-        for (int64_t oy = 0; oy < Ho; ++oy, dst += Wo) {
-          const int64_t iy = oy * stride - pad + ky;
-          if (iy < 0 || iy >= H) {
-            std::fill(dst, dst + Wo, 0.f);
-            continue;
-          }
-          const float* row = xs + (ci * H + iy) * W;  // input column of ox: ox * stride - pad + kx
-          std::fill(dst, dst + lo, 0.f);
-          if (stride == 1) {
-            std::copy(row + lo - pad + kx, row + hi - pad + kx, dst + lo);
-          } else {
-            for (int64_t ox = lo; ox < hi; ++ox) dst[ox] = row[ox * stride - pad + kx];
-          }
-          std::fill(dst + hi, dst + Wo, 0.f);
-        }
-      }
-    }, ::nfd::cpu::grain_for(P));
-    col = c;
-  }
-  // Threads split the output pixels: a single-threaded sgemm per block of columns, then bias and residual.
-  ::nfd::cpu::set_blas_threads(1);
+  const bool direct_read = k == 1 && stride == 1 && pad == 0;
+  const int64_t band_rows = direct_read ? Ho : std::max<int64_t>(1, std::min(Ho, kBandFloats / (KK * Wo)));
+  float* col_buf = direct_read ? nullptr : scratch(size_t(KK * band_rows * Wo));
+  const float* xs = x.ptr<float>();
   float* o = out.ptr<float>();
   const float* b = bias.defined() ? bias.ptr<float>() : nullptr;
   const float* rs = res ? residual->ptr<float>() : nullptr;
-  ::nfd::cpu::parallel_for(ctx.threads, P, [&](int64_t p0, int64_t p1) {
-    scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(Cout), int(p1 - p0), int(KK), 1.f,
-                      w.ptr<float>(), int(KK), col + p0, int(P), 0.f, o + p0, int(P));
-    if (!b && !rs) return;
-    // One loop per case: a pointer tested inside the loop would become masked loads (see linear_cpu.cc).
-    for (int64_t c = 0; c < Cout; ++c) {
-      const float bc = b ? b[c] : 0.f;
-      if (rs) {
-        for (int64_t i = c * P + p0; i < c * P + p1; ++i) o[i] = rs[i] + (o[i] + bc);  // the reference's skip + h
-      } else {
-        for (int64_t i = c * P + p0; i < c * P + p1; ++i) o[i] += bc;
-      }
+  ::nfd::cpu::set_blas_threads(1);
+  for (int64_t y0 = 0; y0 < Ho; y0 += band_rows) {
+    const int64_t y1 = std::min(Ho, y0 + band_rows), BP = (y1 - y0) * Wo, q0 = y0 * Wo;
+    if (!direct_read) {
+      ::nfd::cpu::parallel_for(ctx.threads, KK, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t ci = r / (k * k), ky = (r / k) % k, kx = r % k;
+          float* dst = col_buf + r * BP;
+          // Output columns whose input column lies inside the image: ox in [lo, hi).
+          const int64_t lo = std::min(Wo, std::max<int64_t>(0, (pad - kx + stride - 1) / stride));
+          const int64_t hi = std::max(lo, std::min(Wo, (W + pad - kx + stride - 1) / stride));
+          for (int64_t oy = y0; oy < y1; ++oy, dst += Wo) {
+            const int64_t iy = oy * stride - pad + ky;
+            if (iy < 0 || iy >= H) {
+              std::fill(dst, dst + Wo, 0.f);
+              continue;
+            }
+            const float* row = xs + (ci * H + iy) * W;  // input column of ox: ox * stride - pad + kx
+            std::fill(dst, dst + lo, 0.f);
+            if (stride == 1) {
+              std::copy(row + lo - pad + kx, row + hi - pad + kx, dst + lo);
+            } else {
+              for (int64_t ox = lo; ox < hi; ++ox) dst[ox] = row[ox * stride - pad + kx];
+            }
+            std::fill(dst + hi, dst + Wo, 0.f);
+          }
+        }
+      }, ::nfd::cpu::grain_for(BP));
     }
-  }, ::nfd::cpu::grain_for(Cout * KK));
+    // Threads split the band's output pixels: a single-threaded sgemm per block of columns, then bias and
+    // residual.
+    ::nfd::cpu::parallel_for(ctx.threads, BP, [&](int64_t i0, int64_t i1) {
+      const int64_t p0 = q0 + i0, p1 = q0 + i1;
+      // Columns: x itself ([KK, P]) when read directly, else the band's im2col buffer ([KK, BP]).
+      const float* col = direct_read ? xs + p0 : col_buf + i0;
+      scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(Cout), int(p1 - p0), int(KK), 1.f,
+                        w.ptr<float>(), int(KK), col, int(direct_read ? P : BP), 0.f, o + p0, int(P));
+      if (!b && !rs) return;
+      // One loop per case: a pointer tested inside the loop would become masked loads (see linear_cpu.cc).
+      for (int64_t c = 0; c < Cout; ++c) {
+        const float bc = b ? b[c] : 0.f;
+        if (rs) {
+          for (int64_t i = c * P + p0; i < c * P + p1; ++i) o[i] = rs[i] + (o[i] + bc);  // the reference's skip + h
+        } else {
+          for (int64_t i = c * P + p0; i < c * P + p1; ++i) o[i] += bc;
+        }
+      }
+    }, ::nfd::cpu::grain_for(Cout * KK));
+  }
 }
 
 }  // namespace cpu

@@ -2,9 +2,13 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -41,11 +45,51 @@ inline const FrameState& state(const Context& ctx, const char* op) {
 }
 
 // Per-thread scratch buffer of at least n floats (reused across calls: no allocation per frame once warm).
+// 64-byte aligned on every thread: a vector loop's peeled head depends on its pointer's alignment, and a chunk
+// must compute the same bits whichever thread runs it (backends/cpu/parallel.h).
+// The bytes held by all threads' buffers are counted (now and at most), so tests can hold the memory estimate's
+// scratch bound (ops/scratch_bound.h) against what the ops really take.
+struct ScratchCounters {
+  std::atomic<size_t> now{0}, peak{0};
+};
+inline ScratchCounters& scratch_counters() {
+  static ScratchCounters c;
+  return c;
+}
+class ScratchBuffer {
+ public:
+  ~ScratchBuffer() { release(); }
+  float* get(size_t n) {
+    if (floats_ < n) {
+      release();
+      const size_t bytes = (std::max<size_t>(n, 16) * sizeof(float) + 63) / 64 * 64;
+      data_ = static_cast<float*>(std::aligned_alloc(64, bytes));
+      if (!data_) throw std::bad_alloc();
+      floats_ = n;
+      bytes_ = bytes;
+      ScratchCounters& c = scratch_counters();
+      const size_t now = c.now.fetch_add(bytes) + bytes;
+      size_t peak = c.peak.load();
+      while (now > peak && !c.peak.compare_exchange_weak(peak, now)) {
+      }
+    }
+    return data_;
+  }
+
+ private:
+  void release() {
+    if (!data_) return;
+    std::free(data_);
+    scratch_counters().now.fetch_sub(bytes_);
+    data_ = nullptr;
+    floats_ = bytes_ = 0;
+  }
+  float* data_ = nullptr;
+  size_t floats_ = 0, bytes_ = 0;
+};
 inline float* scratch(size_t n, int which = 0) {
-  static thread_local std::vector<float> buffers[2];
-  std::vector<float>& b = buffers[which];
-  if (b.size() < n) b.resize(n);
-  return b.data();
+  static thread_local ScratchBuffer buffers[2];
+  return buffers[which].get(n);
 }
 
 // Mean and 1/sqrt(var + eps) of n values (biased variance, two passes): the statistics of LayerNorm rows and

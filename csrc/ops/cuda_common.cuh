@@ -21,7 +21,8 @@ namespace cudaops {
 inline void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) {
     cudaGetLastError();  // clear the sticky-free error so later calls are not blamed for it
-    fail(ErrorKind::internal, std::string("CUDA error in ") + what + ": " + cudaGetErrorString(e));
+    fail(e == cudaErrorMemoryAllocation ? ErrorKind::out_of_memory : ErrorKind::internal,
+         std::string("CUDA error in ") + what + ": " + cudaGetErrorString(e));
   }
 }
 inline void check_launch(const char* what) { check(cudaGetLastError(), what); }

@@ -18,6 +18,7 @@
 #include "core/session.h"
 #include "ops/cpu_common.h"
 #include "ops/kernel_report.h"
+#include "ops/scratch_bound.h"
 #ifdef NFD_RT_WITH_CUBLASLT
 #include "ops/cuda_gemm.h"
 #endif
@@ -87,24 +88,29 @@ const T* checked(const py::array& a, const std::vector<py::ssize_t>& shape, cons
   return static_cast<const T*>(a.data());
 }
 
+nfd::SessionOptions session_options(const std::string& device, const std::string& dtype, int threads) {
+  nfd::SessionOptions o;
+  if (device == "cpu") o.device = nfd::Device::cpu;
+  else if (device == "cuda" || device == "cuda:0") o.device = nfd::Device::cuda;
+  else value_error("device must be 'cpu' or 'cuda', got '" + device + "'");
+  if (dtype == "float32") o.dtype = nfd::DType::f32;
+  else if (dtype == "bfloat16") o.dtype = nfd::DType::bf16;
+  else if (dtype == "float16") o.dtype = nfd::DType::f16;
+  else value_error("dtype must be one of ['float32', 'bfloat16', 'float16'], got '" + dtype + "'");
+  o.threads = threads;
+  return o;
+}
+
 // The Python-visible session: the C++ session plus a lock, so that threads calling it with the GIL released
 // cannot race; close() frees everything immediately.
 class PySession {
  public:
   PySession(const std::string& path, const std::string& device, const std::string& dtype, uint64_t seed,
-            int threads, bool cuda_graphs) {
-    nfd::SessionOptions o;
-    if (device == "cpu") o.device = nfd::Device::cpu;
-    else if (device == "cuda" || device == "cuda:0") o.device = nfd::Device::cuda;
-    else value_error("device must be 'cpu' or 'cuda', got '" + device + "'");
-    if (dtype == "float32") o.dtype = nfd::DType::f32;
-    else if (dtype == "bfloat16") o.dtype = nfd::DType::bf16;
-    else if (dtype == "float16") o.dtype = nfd::DType::f16;
-    else value_error("dtype must be one of ['float32', 'bfloat16', 'float16'], got '" + dtype + "'");
-    if (threads < 0) value_error("threads must be >= 0, got " + std::to_string(threads));
+            int threads, bool cuda_graphs, uint64_t max_memory_bytes) {
+    nfd::SessionOptions o = session_options(device, dtype, threads);
     o.seed = seed;
-    o.threads = threads;
     o.cuda_graphs = cuda_graphs;
+    o.max_memory_bytes = max_memory_bytes;
     py::gil_scoped_release nogil;
     s_ = std::make_unique<nfd::Session>(path, o);
     cfg_ = s_->config();
@@ -225,6 +231,7 @@ PYBIND11_MODULE(_core, m) {
         case nfd::ErrorKind::invalid_file: set_error(format_error_class(), e.what()); return;
         case nfd::ErrorKind::io: set_error(PyExc_OSError, e.what()); return;
         case nfd::ErrorKind::unsupported: set_error(PyExc_RuntimeError, e.what()); return;
+        case nfd::ErrorKind::out_of_memory: set_error(PyExc_MemoryError, e.what()); return;
         case nfd::ErrorKind::internal: set_error(PyExc_RuntimeError, std::string("nfd_rt internal error: ") + e.what());
           return;
       }
@@ -232,9 +239,9 @@ PYBIND11_MODULE(_core, m) {
   });
 
   py::class_<PySession>(m, "Session")
-      .def(py::init<const std::string&, const std::string&, const std::string&, uint64_t, int, bool>(),
+      .def(py::init<const std::string&, const std::string&, const std::string&, uint64_t, int, bool, uint64_t>(),
            py::arg("path"), py::arg("device") = "cpu", py::arg("dtype") = "float32", py::arg("seed") = 0,
-           py::arg("threads") = 0, py::arg("cuda_graphs") = true)
+           py::arg("threads") = 0, py::arg("cuda_graphs") = true, py::arg("max_memory_bytes") = 0)
       .def("reset_frames", &PySession::reset_frames, py::arg("frames"), py::arg("actions") = py::none(),
            "frames: uint8 [T, H, W, 3]; actions: float32 [T, action_dim] or None (zeros)")
       .def("reset_latents", &PySession::reset_latents, py::arg("latents"), py::arg("actions") = py::none(),
@@ -289,6 +296,43 @@ PYBIND11_MODULE(_core, m) {
         return nfd::config_to_json(nfd::parse_config_json(config_json));
       },
       py::arg("config_json"), "Parse + validate a config JSON with the C++ parser and write it back.");
+  m.def(
+      "estimate_memory",
+      [](const std::string& path, const std::string& device, const std::string& dtype, int threads) {
+        nfd::MemoryEstimate e;
+        {
+          nfd::SessionOptions o = session_options(device, dtype, threads);
+          py::gil_scoped_release nogil;
+          e = nfd::estimate_session_memory(path, o);
+        }
+        py::dict d;
+        d["device"] = nfd::device_name(e.device);
+        d["weights"] = e.weights;
+        d["kv_cache"] = e.kv_cache;
+        d["activations"] = e.activations;
+        d["scratch"] = e.scratch;
+        d["total"] = e.total();
+        d["text"] = e.describe();
+        return d;
+      },
+      py::arg("path"), py::arg("device") = "cpu", py::arg("dtype") = "float32", py::arg("threads") = 0,
+      "Bytes a session of this file would allocate (weights, KV cache, activations exactly; scratch as an upper "
+      "bound), computed without allocating; the device need not be present.");
+  m.def(
+      "available_memory",
+      [](const std::string& device) {
+        std::string source;
+        size_t bytes = nfd::available_memory(session_options(device, "float32", 0).device, &source);
+        return py::make_tuple(bytes, source);
+      },
+      py::arg("device") = "cpu", "(bytes a new allocation can count on now, where the figure comes from)");
+  m.def("cpu_scratch_bytes", &nfd::ops::cpu_scratch_bytes, "Bytes held by the CPU ops' scratch buffers now.");
+  m.def("cpu_scratch_peak_bytes", &nfd::ops::cpu_scratch_peak_bytes,
+        "The most bytes the CPU ops' scratch buffers ever held in this process.");
+  m.def("built_with_cuda", &nfd::built_with_cuda, "The CUDA backend was compiled in.");
+  m.def("cuda_unavailable_reason", &nfd::cuda_unavailable_reason,
+        "Why CUDA cannot be used ('built without CUDA', 'no CUDA device', ...); '' when it can.");
+  m.def("max_threads", [] { return nfd::kMaxThreads; }, "The largest `threads` a Session accepts.");
   m.def("cuda_available", &nfd::cuda_available, "Built with CUDA and a CUDA device is present.");
   m.def("cuda_device_name", &nfd::cuda_device_name, "Name of the current CUDA device; '' when none.");
   m.def("version", &nfd_version);

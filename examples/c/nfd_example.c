@@ -6,6 +6,7 @@
 #if !defined(_WIN32)
 #define _POSIX_C_SOURCE 199309L /* clock_gettime */
 #endif
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,7 +83,7 @@ int main(int argc, char** argv) {
     total += dt;
     snprintf(path, sizeof(path), "%s/frame_%03d.ppm", out_dir, i);
     if (!write_ppm(path, rgb, info.frame_width, info.frame_height)) {
-      fprintf(stderr, "cannot write %s\n", path);
+      fprintf(stderr, "cannot write %s: %s (does the folder %s exist?)\n", path, strerror(errno), out_dir);
       goto done;
     }
     printf("frame %3d: %7.2f ms -> %s\n", i, 1e3 * dt, path);

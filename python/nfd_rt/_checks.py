@@ -11,7 +11,10 @@ from .configs import NFDConfig
 
 def _as_numpy(x: Any, what: str) -> np.ndarray:
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor, possibly on a GPU
-        x = x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        if x.is_floating_point() and x.element_size() < 4:
+            x = x.float()  # numpy has no bfloat16: float32 holds bfloat16 and float16 values exactly
+        x = x.numpy()
     try:
         return np.asarray(x)
     except Exception as e:  # noqa: BLE001 - anything unconvertible is a caller error
@@ -79,7 +82,19 @@ def latents(x: Any, cfg: NFDConfig) -> np.ndarray:
 
 
 def seed(x: Any) -> int:
+    """A noise seed: an integer (Python or numpy) in [0, 2**64). Floats are refused, not truncated."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {x!r} ({type(x).__name__})")
     s = int(x)
     if not 0 <= s < 2**64:
-        raise ValueError(f"seed must be in [0, 2**64), got {x}")
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {x}")
     return s
+
+
+def threads(x: Any, max_threads: int) -> int:
+    """A CPU thread count: 0 (= physical cores) .. max_threads."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
+        raise ValueError(f"threads must be an integer, got {x!r} ({type(x).__name__})")
+    if not 0 <= int(x) <= max_threads:
+        raise ValueError(f"threads must be between 0 (= number of physical cores) and {max_threads}, got {x}")
+    return int(x)

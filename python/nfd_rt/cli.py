@@ -26,6 +26,11 @@ def _info(args: argparse.Namespace) -> int:
     params = sum(int(np.prod(t["shape"])) for t in tensors.values())
     print(f"{args.file}: .nfd format version {d['format_version']}, model {cfg['name']!r}")
     print(f"  {len(tensors)} tensors, {params:,} parameters ({params * 4 / 2**20:.1f} MiB as float32)")
+    mem = core().estimate_memory(args.file, "cpu", "float32", 0)
+    print(f"  a CPU session needs {mem['text']}")
+    if core().built_with_cuda():
+        mem = core().estimate_memory(args.file, "cuda", "bfloat16", 0)
+        print(f"  a CUDA bfloat16 session needs {mem['text']}")
     if args.json:
         print(json.dumps(cfg, indent=2, sort_keys=True))
     else:
@@ -46,11 +51,16 @@ def _env(args: argparse.Namespace) -> int:
     from ._native import core
 
     c = core()
-    cuda = c.cuda_available()
+    if c.cuda_available():
+        cuda = f"yes: {c.cuda_device_name()}"
+    elif c.built_with_cuda():
+        cuda = f"no: built with CUDA, but {c.cuda_unavailable_reason()}"
+    else:
+        cuda = "no: built without CUDA (install with nvcc on the PATH to build the CUDA backend)"
     lines = {
         "nfd_rt": f"{__version__} (C++ runtime {c.version()})",
         "python": f"{platform.python_version()} on {platform.machine()}",
-        "CUDA": f"yes: {c.cuda_device_name()}" if cuda else "no (built without CUDA, or no device/driver)",
+        "CUDA": cuda,
         "CPU kernels": c.cpu_kernel_level(),
         "BLAS": c.blas_config(),
         "default threads": f"{c.default_threads()} (physical cores)",
@@ -155,6 +165,27 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a clear usage error instead of a crash deep inside for 0 or -3)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return v
+
+
 def _add_session_options(q: argparse.ArgumentParser) -> None:
     q.add_argument("--model", help="a .nfd file (default: the shipped Gridworld model)")
     q.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
@@ -185,34 +216,42 @@ def main(argv: list[str] | None = None) -> int:
 
     q = sub.add_parser("demo", help="the shipped world model plays Gridworld; writes a video (game | model)")
     _add_session_options(q)
-    q.add_argument("--frames", type=int, default=120, help="frames to generate (default 120)")
+    q.add_argument("--frames", type=_positive_int, default=120, help="frames to generate (default 120)")
     q.add_argument("--room", type=int, default=13, help="Gridworld room seed (13: a room where the model does well; see docs/demo.md)")
     q.add_argument("--out", default="nfd_demo.mp4", help="video file, .mp4 or .gif (default nfd_demo.mp4)")
-    q.add_argument("--scale", type=int, default=4, help="pixel upscaling of the 64x64 frames")
-    q.add_argument("--video-fps", type=float, default=15.0, help="playback rate of the video")
+    q.add_argument("--scale", type=_positive_int, default=4, help="pixel upscaling of the 64x64 frames")
+    q.add_argument("--video-fps", type=_positive_float, default=15.0, help="playback rate of the video")
     q.add_argument("--no-truth", action="store_true", help="show only the model, not the real game beside it")
     q.set_defaults(fn=_demo)
 
     q = sub.add_parser("play", help="drive the world model live with the arrow keys (needs pygame)")
     _add_session_options(q)
     q.add_argument("--room", type=int, default=13, help="Gridworld room seed (R in the window: next room)")
-    q.add_argument("--scale", type=int, default=8, help="pixel upscaling of the 64x64 frames")
-    q.add_argument("--fps", type=float, default=15.0, help="cap on the display rate (game speed)")
+    q.add_argument("--scale", type=_positive_int, default=8, help="pixel upscaling of the 64x64 frames")
+    q.add_argument("--fps", type=_positive_float, default=15.0, help="cap on the display rate (game speed)")
     q.add_argument("--no-truth", action="store_true", help="show only the model, not the real game beside it")
-    q.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    q.add_argument("--max-frames", type=_positive_int, default=None, help="stop after this many frames")
     q.set_defaults(fn=_play)
 
     q = sub.add_parser("evaluate", help="score the model against Gridworld ground truth on held-out sequences")
     _add_session_options(q)
-    q.add_argument("--sequences", type=int, default=100)
-    q.add_argument("--length", type=int, default=32, help="frames per sequence, the first one is context")
+    q.add_argument("--sequences", type=_positive_int, default=100)
+    q.add_argument("--length", type=_positive_int, default=32, help="frames per sequence, the first one is context")
     q.add_argument("--json", help="also write the full result here")
     q.set_defaults(fn=_evaluate)
 
     args = p.parse_args(argv)
     try:
-        return args.fn(args)
-    except (ValueError, OSError, RuntimeError, ImportError) as e:
+        rc = args.fn(args)
+        sys.stdout.flush()  # inside the try: a closed pipe shows up here rather than at interpreter exit
+        return rc
+    except BrokenPipeError:
+        # The reader went away (`nfd-rt info m.nfd | head -2`): not an error. Point stdout at /dev/null so the
+        # interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except (ValueError, OSError, RuntimeError, ImportError, MemoryError) as e:
         print(f"nfd-rt {args.command}: error: {e}", file=sys.stderr)
         return 1
 

@@ -7,6 +7,7 @@ checks buffers again before handing them to C++. Torch tensors are accepted (con
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -26,24 +27,34 @@ class Session:
         device: "cpu" or "cuda".
         dtype: compute dtype, "float32" (CPU and CUDA), "bfloat16" or "float16" (CUDA).
         seed: noise seed (Philox); the same seed gives the same video on every backend.
-        threads: CPU threads, 0 = number of physical cores.
+        threads: CPU threads, 0 = number of physical cores. The result does not depend on it (bitwise).
+        max_memory_bytes: refuse to open (MemoryError) when the session would need more than this on its
+            device. The memory the device has available is always checked: a session that cannot fit raises
+            MemoryError naming the bytes needed and available, before allocating anything.
     """
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", dtype: str = "float32", seed: int = 0,
-                 threads: int = 0, cuda_graphs: bool = True):
+                 threads: int = 0, cuda_graphs: bool = True, max_memory_bytes: int | None = None):
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {dtype!r}")
         if not isinstance(device, str):
             device = str(device)  # e.g. torch.device("cuda")
-        if int(threads) < 0:
-            raise ValueError(f"threads must be >= 0, got {threads}")
+        if max_memory_bytes is not None and (not isinstance(max_memory_bytes, (int, np.integer))
+                                             or isinstance(max_memory_bytes, bool) or max_memory_bytes <= 0):
+            raise ValueError(f"max_memory_bytes must be a positive integer or None, got {max_memory_bytes!r}")
         self._s = None
-        self._s = core().Session(os.fspath(path), device, dtype, _checks.seed(seed), int(threads),
-                                 bool(cuda_graphs))
+        c = core()
+        self.seed = _checks.seed(seed)
+        threads = _checks.threads(threads, c.max_threads())
+        if threads > (os.cpu_count() or 1):
+            warnings.warn(f"threads={threads} is more than the {os.cpu_count()} CPUs of this machine: the extra "
+                          "threads only wait for one another (the result is the same at any thread count)",
+                          RuntimeWarning, stacklevel=2)
+        self._s = c.Session(os.fspath(path), device, dtype, self.seed, threads,
+                            bool(cuda_graphs), int(max_memory_bytes or 0))
         self._cfg = NFDConfig.from_json(self._s.config_json)
         self.device = self._s.device
         self.dtype = dtype
-        self.seed = _checks.seed(seed)
 
     # -- public API (same as ReferenceSession) --------------------------------------------------------------------
     @property

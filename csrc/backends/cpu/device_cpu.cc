@@ -3,13 +3,15 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <cstdint>
 #include <cstring>
+#include <fstream>
 #include <new>
 #include <string>
 
-#include <sys/mman.h>
-
 #include <cblas.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 
 #include "backends/cpu/parallel.h"
 #include "backends/device.h"
@@ -36,16 +38,23 @@ Arena::~Arena() {
   }
 }
 
-Tensor Arena::alloc(std::vector<int64_t> shape, DType dtype) {
+Arena::Arena(Arena&& other) noexcept
+    : device_(other.device_), measuring_(other.measuring_), blocks_(std::move(other.blocks_)) {
+  std::copy(other.bytes_, other.bytes_ + 3, bytes_);
+  other.blocks_.clear();
+}
+
+Tensor Arena::alloc(std::vector<int64_t> shape, DType dtype, Use use) {
   Tensor t;
   t.dtype = dtype;
   t.device = device_;
   t.shape = std::move(shape);
   for (int64_t s : t.shape) NFD_CHECK(s >= 0, invalid_argument, "Arena::alloc: negative dimension in " + t.describe());
   size_t bytes = std::max<size_t>(t.bytes(), 1);
+  bytes_[int(use)] += bytes;
+  if (measuring_) return t;  // no data: the tensor only carries its shape
   t.data = device_malloc(device_, bytes);
   blocks_.push_back(t.data);
-  bytes_ += bytes;
   if (device_ == Device::cpu) {
     std::memset(t.data, 0, bytes);
   } else {
@@ -71,7 +80,7 @@ void* device_malloc(Device device, size_t bytes) {
     const size_t align = huge ? kHuge : 64;  // 64-byte alignment for SIMD loads
     size_t rounded = (std::max<size_t>(bytes, 1) + align - 1) / align * align;
     void* p = std::aligned_alloc(align, rounded);
-    if (!p) fail(ErrorKind::internal, "out of host memory allocating " + std::to_string(bytes) + " bytes");
+    if (!p) fail(ErrorKind::out_of_memory, "out of host memory allocating " + std::to_string(bytes) + " bytes");
 #ifdef MADV_HUGEPAGE
     if (huge) madvise(p, rounded, MADV_HUGEPAGE);  // advice only: without THP this is a no-op
 #endif
@@ -119,8 +128,77 @@ void device_synchronize(Device device, void* stream) {
 #endif
 }
 
+// A number from the first line of `path` ("max" or unreadable: SIZE_MAX).
+static size_t read_bytes_file(const char* path) {
+  std::ifstream f(path);
+  std::string s;
+  if (!(f >> s) || s == "max") return SIZE_MAX;
+  char* end = nullptr;
+  unsigned long long v = std::strtoull(s.c_str(), &end, 10);
+  return end && *end == 0 ? size_t(v) : SIZE_MAX;
+}
+
+static size_t host_available_memory(std::string* source) {
+  size_t best = SIZE_MAX;
+  std::string from = "unknown";
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  unsigned long long kb = 0;
+  std::string unit;
+  while (meminfo >> key >> kb) {
+    std::getline(meminfo, unit);
+    if (key == "MemAvailable:") {
+      best = size_t(kb) * 1024;
+      from = "MemAvailable in /proc/meminfo";
+      break;
+    }
+  }
+  // A container's memory limit (cgroup v2, then v1) may be lower than what the host has free.
+  const std::pair<const char*, const char*> cgroups[] = {
+      {"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"},
+      {"/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"}};
+  for (const auto& cg : cgroups) {
+    const size_t limit = read_bytes_file(cg.first), used = read_bytes_file(cg.second);
+    if (limit == SIZE_MAX || used == SIZE_MAX) continue;
+    const size_t left = limit > used ? limit - used : 0;
+    if (left < best) {
+      best = left;
+      from = std::string("the cgroup limit ") + cg.first + " minus its usage";
+    }
+    break;
+  }
+  // A process address-space limit (ulimit -v) caps what this process can map, whatever the machine has free.
+  struct rlimit as_limit;
+  if (getrlimit(RLIMIT_AS, &as_limit) == 0 && as_limit.rlim_cur != RLIM_INFINITY) {
+    std::ifstream status("/proc/self/status");
+    std::string line;
+    size_t vm_kb = 0;
+    while (std::getline(status, line))
+      if (line.rfind("VmSize:", 0) == 0) vm_kb = size_t(std::strtoull(line.c_str() + 7, nullptr, 10));
+    const size_t limit = size_t(as_limit.rlim_cur), used = vm_kb * 1024;
+    const size_t left = limit > used ? limit - used : 0;
+    if (left < best) {
+      best = left;
+      from = "the address-space limit RLIMIT_AS (ulimit -v) minus this process' VmSize";
+    }
+  }
+  if (source) *source = from;
+  return best;
+}
+
+size_t available_memory(Device device, std::string* source) {
+  if (device == Device::cpu) return host_available_memory(source);
+#ifdef NFD_RT_WITH_CUDA
+  return cuda_free_memory(source);
+#else
+  no_cuda("available_memory");
+#endif
+}
+
 #ifndef NFD_RT_WITH_CUDA
 bool cuda_available() { return false; }
+bool built_with_cuda() { return false; }
+std::string cuda_unavailable_reason() { return "built without CUDA"; }
 std::string cuda_device_name() { return ""; }
 void* cuda_stream_create() { no_cuda("cuda_stream_create"); }
 void cuda_stream_destroy(void* stream) {}

@@ -31,16 +31,20 @@ class Pool {
     for (auto& t : workers_) t.join();
   }
 
-  // Returns false (nothing run) when the pool is serving another caller.
-  bool run(int chunks, int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+  // Runs the chunks of length `chunk` on up to `threads` threads. Returns false (nothing run) when the pool is
+  // serving another caller.
+  bool run(int threads, int64_t chunk, int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
     if (busy_.exchange(true)) return false;
-    grow(chunks - 1);
+    const int chunks = int((n + chunk - 1) / chunk);
+    const int helpers = std::min(threads, chunks) - 1;  // workers taking part besides the caller
+    grow(helpers);
     {
       // The job is set up under the lock, once no worker is inside work(): a worker that enters work()
       // later has taken this lock after the setup, so it sees this job's fields and counter.
       std::unique_lock<std::mutex> lk(mu_);
       done_.wait(lk, [&] { return active_ == 0; });
-      step_ = (n + chunks - 1) / chunks;
+      step_ = chunk;
+      helpers_ = helpers;
       n_ = n;
       fn_ = &fn;
       errors_.assign(size_t(chunks), nullptr);
@@ -69,7 +73,10 @@ class Pool {
 
  private:
   void grow(int workers) {
-    while (int(workers_.size()) < workers) workers_.emplace_back([this] { loop(); });
+    while (int(workers_.size()) < workers) {
+      const int index = int(workers_.size());
+      workers_.emplace_back([this, index] { loop(index); });
+    }
   }
 
   // Spins (with a pause hint) until done() or kSpin has passed; the caller then takes the locked path.
@@ -84,7 +91,9 @@ class Pool {
     }
   }
 
-  void loop() {
+  // Worker `index` takes part in the jobs that want more than `index` helpers (the pool is process-wide and
+  // sized for the largest thread count asked for; a session with fewer threads uses only the first workers).
+  void loop(int index) {
     uint64_t seen = 0;
     for (;;) {
       spin_until([&] { return published_.load(std::memory_order_acquire) != seen || stop_flag_.load(); });
@@ -93,6 +102,7 @@ class Pool {
         wake_.wait(lk, [&] { return stop_ || generation_ != seen; });
         if (stop_) return;
         seen = generation_;
+        if (index >= helpers_) continue;
         ++active_;
         active_count_.store(active_);
       }
@@ -136,7 +146,7 @@ class Pool {
   std::atomic<bool> stop_flag_{false};
   std::atomic<bool> busy_{false};
   std::atomic<int> next_{0}, pending_{0};
-  int chunks_ = 0;
+  int chunks_ = 0, helpers_ = 0;
   int64_t step_ = 0, n_ = 0;
   const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
   std::vector<std::exception_ptr> errors_;
@@ -146,20 +156,20 @@ thread_local bool inside_parallel_for = false;
 
 }  // namespace
 
-void parallel_for_impl(int chunks, int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+void parallel_for_impl(int threads, int64_t chunk, int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
   static Pool pool;
   if (!inside_parallel_for) {
     struct Flag {
       Flag() { inside_parallel_for = true; }
       ~Flag() { inside_parallel_for = false; }
     } flag;
-    if (pool.run(chunks, n, [&](int64_t b, int64_t e) {
+    if (pool.run(threads, chunk, n, [&](int64_t b, int64_t e) {
           inside_parallel_for = true;  // on the workers too: nested calls run inline
           fn(b, e);
         }))
       return;
   }
-  fn(0, n);
+  for (int64_t b = 0; b < n; b += chunk) fn(b, std::min(n, b + chunk));  // the same chunks, serially
 }
 
 }  // namespace cpu

@@ -14,19 +14,31 @@ namespace {
 void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) {
     cudaGetLastError();  // clear a non-sticky error so the next call starts clean
-    fail(ErrorKind::internal, std::string("CUDA error in ") + what + ": " + cudaGetErrorString(e));
+    fail(e == cudaErrorMemoryAllocation ? ErrorKind::out_of_memory : ErrorKind::internal,
+         std::string("CUDA error in ") + what + ": " + cudaGetErrorString(e));
   }
 }
 }  // namespace
 
-bool cuda_available() {
+bool cuda_available() { return cuda_unavailable_reason().empty(); }
+
+bool built_with_cuda() { return true; }
+
+std::string cuda_unavailable_reason() {
   int n = 0;
   cudaError_t e = cudaGetDeviceCount(&n);  // no driver / no device: an error code, not an abort
   if (e != cudaSuccess) {
     cudaGetLastError();
-    return false;
+    return std::string("no usable CUDA device (cudaGetDeviceCount: ") + cudaGetErrorString(e) + ")";
   }
-  return n > 0;
+  return n > 0 ? "" : "no CUDA device";
+}
+
+size_t cuda_free_memory(std::string* source) {
+  size_t free_bytes = 0, total = 0;
+  check(cudaMemGetInfo(&free_bytes, &total), "cudaMemGetInfo");
+  if (source) *source = "free memory of the CUDA device (cudaMemGetInfo)";
+  return free_bytes;
 }
 
 std::string cuda_device_name() {
@@ -103,7 +115,8 @@ void* malloc(size_t bytes) {
   cudaError_t e = cudaMalloc(&p, bytes);
   if (e != cudaSuccess) {
     cudaGetLastError();
-    fail(ErrorKind::internal, "cudaMalloc of " + std::to_string(bytes) + " bytes failed: " + cudaGetErrorString(e));
+    fail(e == cudaErrorMemoryAllocation ? ErrorKind::out_of_memory : ErrorKind::internal,
+         "cudaMalloc of " + std::to_string(bytes) + " bytes failed: " + cudaGetErrorString(e));
   }
   return p;
 }

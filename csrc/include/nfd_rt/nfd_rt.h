@@ -44,7 +44,8 @@ typedef enum nfd_status {
   NFD_ERROR_INVALID_FILE = 2,     /* the .nfd file is malformed or does not match its config */
   NFD_ERROR_IO = 3,               /* the file cannot be opened / mapped */
   NFD_ERROR_UNSUPPORTED = 4,      /* e.g. CUDA requested but unavailable, dtype not supported on the device */
-  NFD_ERROR_OUT_OF_MEMORY = 5,
+  NFD_ERROR_OUT_OF_MEMORY = 5,   /* an allocation failed, or the session would need more memory than the device
+                                    has available or than params->max_memory_bytes (checked before allocating) */
   NFD_ERROR_INTERNAL = 6          /* a bug: please report it with the message */
 } nfd_status;
 
@@ -56,8 +57,11 @@ typedef struct nfd_session_params {
   nfd_device device; /* NFD_DEVICE_CPU (default) or NFD_DEVICE_CUDA */
   nfd_dtype dtype;   /* compute dtype: F32 on the CPU; F32, BF16 or F16 on CUDA */
   uint64_t seed;     /* noise seed: the same seed gives the same video on every backend */
-  int32_t threads;   /* CPU threads; 0 = number of physical cores */
+  int32_t threads;   /* CPU threads; 0 = number of physical cores; at most 1024 */
   int32_t cuda_graphs; /* nonzero (default): capture a whole frame once as a CUDA graph and replay it */
+  /* Refuse to open (NFD_ERROR_OUT_OF_MEMORY) a session that would need more bytes than this on its device;
+   * 0 (default) = no limit beyond the memory the device has available, which is always checked. */
+  uint64_t max_memory_bytes;
 } nfd_session_params;
 
 typedef struct nfd_session_info {
@@ -86,6 +90,12 @@ NFD_API nfd_session_params nfd_session_default_params(void);
 
 /* Checks a .nfd file completely (header, config, every tensor's name/dtype/shape/offsets) without loading it. */
 NFD_API nfd_status nfd_model_validate(const char* path);
+
+/* Bytes a session of `path` with `params` (NULL = defaults) would allocate on its device: weights, KV cache and
+ * activation buffers exactly, plus an upper bound of the ops' scratch memory. Allocates nothing; the device need
+ * not be present. nfd_session_open refuses with NFD_ERROR_OUT_OF_MEMORY when this exceeds what is available. */
+NFD_API nfd_status nfd_session_estimate_memory(const char* path, const nfd_session_params* params,
+                                               uint64_t* bytes_out);
 
 /* Opens `path` (params may be NULL for the defaults). On success *out is a new session; on failure *out is NULL. */
 NFD_API nfd_status nfd_session_open(const char* path, const nfd_session_params* params, nfd_session** out);

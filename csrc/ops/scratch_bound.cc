@@ -1,0 +1,76 @@
+#include "ops/scratch_bound.h"
+
+#include <algorithm>
+#include <cstdint>
+
+#include "ops/cpu_common.h"
+
+namespace nfd {
+namespace ops {
+
+namespace {
+
+// Largest channel count of the VAE at level i or a neighbour (upsample/downsample inputs and outputs).
+int64_t level_channels(const std::vector<int>& ch, size_t i) {
+  int64_t c = ch[i];
+  if (i + 1 < ch.size()) c = std::max<int64_t>(c, ch[i + 1]);
+  if (i > 0) c = std::max<int64_t>(c, ch[i - 1]);
+  return c;
+}
+
+// Floats one thread's scratch(…, 0) may grow to on the CPU.
+int64_t cpu_thread_floats(const Config& cfg) {
+  const int64_t N = cfg.tokens_per_frame(), D = cfg.hidden_size, hd = cfg.head_dim();
+  const int64_t L = int64_t(cfg.cache_frames() + 1) * N;  // keys of a full cache
+  int64_t dit = std::max({N * L,                // attention, sgemm path: scores of one head
+                          (hd + L) * 16,        // attention, register path: one block of 16 queries
+                          N * D,                // linear, gated residual: the product before the epilogue
+                          N * hd});             // rope_qkv_split: cos/sin tables
+  const std::vector<int>& ch = cfg.vae.channels;
+  const int64_t cmax = *std::max_element(ch.begin(), ch.end());
+  const int64_t W = cfg.frame_width + 2, latent_c = cfg.latent_channels;
+  const int64_t c = std::max(cmax, latent_c);
+  // Banded convolutions hold at most cpu_detail::kBandFloats of band data, or one row's worth when a row is larger:
+  // direct conv2d 3 * Cin * (W + 2); Winograd 16 * (Cin + Cout) * W / 2; upsample2x_conv2d 4 * (4 Cin + Cout) * W;
+  // im2col 9 * Cin * W. Winograd and upsample2x_conv2d also keep their transformed weights (16 Cout Cin).
+  int64_t vae = cpu_detail::kBandFloats + 20 * c * W + 16 * c * c + 16 * 64 + W;
+  return std::max(dit, vae);
+}
+
+}  // namespace
+
+size_t scratch_bytes_bound(const Config& cfg, Device device, DType dtype, int threads) {
+  if (device == Device::cpu) {
+    // scratch(…, 1): 4 rows of the padded image (Winograd input transform), or a head's visible keys and values
+    // packed contiguous (attention, sgemm path: 2 L hd).
+    const int64_t L = int64_t(cfg.cache_frames() + 1) * cfg.tokens_per_frame();
+    const int64_t per_thread =
+        cpu_thread_floats(cfg) + std::max<int64_t>(4 * (cfg.frame_width + 2), 2 * L * cfg.head_dim());
+    return size_t(std::max(threads, 1)) * size_t(per_thread) * sizeof(float);
+  }
+  // CUDA: stream-ordered scratch lives for one op; the pool keeps the largest. es = bytes per element.
+  const int64_t es = int64_t(dtype_size(dtype));
+  const int64_t N = cfg.tokens_per_frame(), D = cfg.hidden_size;
+  int64_t need = 64 * N * (D + 2 * cfg.num_heads) * 4;  // attention: partials of up to 64 KV splits (fp32)
+  // FlashInfer attention: its partials (output dtype) and log-sum-exp for up to ceil(keys / 256) chunks.
+  const int64_t keys = int64_t(cfg.cache_frames() + 1) * N;
+  need = std::max(need, (keys + 255) / 256 * N * (D * es + cfg.num_heads * 4) + 16);
+  // linear with gated residual: the product, plus a cuBLASLt workspace (at most 32 MiB) beside it.
+  need = std::max(need, N * 6 * D * es + (int64_t(32) << 20));
+  const std::vector<int>& ch = cfg.vae.channels;
+  for (size_t i = 0; i < ch.size(); ++i) {
+    const int64_t pixels = int64_t(cfg.frame_height >> i) * (cfg.frame_width >> i), c = level_channels(ch, i);
+    // conv2d: im2col columns [P, 9 Cin] + product [P, Cout]; upsample2x_conv2d: the upsampled image first.
+    need = std::max(need, pixels * (10 * c + c) * es);
+  }
+  // copy: host data staged through scratch, at most the largest weight or a frame's image.
+  need = std::max(need, int64_t(cfg.hidden_size) * cfg.hidden_size * cfg.mlp_ratio * 4);
+  need = std::max(need, int64_t(3) * cfg.frame_height * cfg.frame_width * 4);
+  return size_t(need);
+}
+
+size_t cpu_scratch_bytes() { return cpu_detail::scratch_counters().now.load(); }
+size_t cpu_scratch_peak_bytes() { return cpu_detail::scratch_counters().peak.load(); }
+
+}  // namespace ops
+}  // namespace nfd
