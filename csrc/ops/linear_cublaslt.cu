@@ -2,8 +2,8 @@
 //
 // Built against cublasLt.h (the nvidia-cublas wheel or a toolkit that has it) but not linked: the library is
 // opened with dlopen at first use, so nfd_rt loads and runs (on CUTLASS) where nvidia-cublas is not installed.
-// Search order: $NFD_RT_CUBLASLT_LIB; the nvidia-cublas wheel beside this binary (site-packages/nvidia/cu13/lib,
-// seen from site-packages/nfd_rt/ and site-packages/nfd_rt/lib/); the loader's default path.
+// Search order: $NFD_RT_CUBLASLT_LIB; the nvidia-cublas wheel beside this binary (site-packages/nvidia/cu13/lib
+// or nvidia/cublas/lib, seen from site-packages/nfd_rt/ and site-packages/nfd_rt/lib/); the loader's path.
 //
 // Row-major y[M,N] = x[M,K] w[N,K]^T is column-major y^T[N,M] = w^T... as cuBLASLt sees it: A = w (column-major
 // [K,N], ld K, TRANSA = T), B = x (column-major [K,M], ld K, TRANSB = N), D = y (column-major [N,M], ld N);
@@ -63,8 +63,9 @@ Lt& lt() {
     std::vector<std::string> candidates;
     if (const char* e = std::getenv("NFD_RT_CUBLASLT_LIB")) candidates.push_back(e);
     const std::string dir = own_dir();
-    candidates.push_back(dir + "/../nvidia/cu13/lib/libcublasLt.so.13");     // site-packages/nfd_rt/_core.so
-    candidates.push_back(dir + "/../../nvidia/cu13/lib/libcublasLt.so.13");  // site-packages/nfd_rt/lib/
+    for (const char* up : {"/..", "/../.."})  // site-packages/nfd_rt/_core.so, site-packages/nfd_rt/lib/
+      for (const char* sub : {"/nvidia/cu13/lib", "/nvidia/cublas/lib"})  // nvidia-cublas 13.x, older layout
+        candidates.push_back(dir + up + sub + "/libcublasLt.so.13");
     candidates.push_back("libcublasLt.so.13");
     void* h = nullptr;
     std::string tried;
