@@ -1,17 +1,28 @@
 #!/usr/bin/env python3
-"""Frames per second of nfd_rt against its baselines, all in one run on the same random weights.
+"""Frames per second of nfd_rt against PyTorch baselines, all in one run on the same random weights.
 
-    python benchmarks/fps.py --config tiny --device cpu --frames 50
-    python benchmarks/fps.py --config nfd-310m --device cuda --steps 4 --frames 300
+    python benchmarks/fps.py --config tiny --device cpu --frames 300
+    python benchmarks/fps.py --config nfd-310m --device cuda --steps 4 --frames 100 --curve
 
-Runners (each steps the same action sequence after `--warmup` untimed frames):
-  nfd_rt[<device>,<dtype>]   the C++ runtime (nfd_rt.Session), every dtype the device supports
-  eager                      ReferenceSession: eager PyTorch with a KV cache (SDPA attention)
-  compile                    the same under torch.compile(mode="max-autotune") (CUDA only; compile time apart)
-  no-cache                   recomputes the whole visible context every pass (how Oasis-style runtimes work)
-Reports frames/s, p50/p99/max ms per frame, peak memory, the FLOPs and bytes a frame needs
-(docs/performance.md), achieved TFLOP/s, and the ratio of nfd_rt to each baseline. Writes JSON under
-benchmarks/results/ (or --out) and, with --markdown, a table.
+Steady state by default: each runner steps `sink_frames + window + 1` untimed frames first, so every timed frame
+sees a full KV cache (sinks + window + itself); the JSON records each timed frame's visible-frame count.
+`--curve` adds one rollout from reset per runner: time against visible frames, 1 .. full.
+
+Runners (`--runners`, default all; each steps the same actions with the same seed):
+  nfd_rt[<device>,<dtype>]  the C++ runtime (nfd_rt.Session), every dtype the device supports (or --dtype)
+  eager                     ReferenceSession: the readable oracle (3-D SDPA, torch.cat of the cache, host RoPE)
+  torch-static              nfd_rt.reference.static.StaticSession: static 4-D KV cache, fused SDPA, all on device
+  no-cache                  recomputes the whole visible context every pass (how Oasis-style runtimes work)
+  onnxruntime[<device>]     the ONNX export run by ONNX Runtime (nfd_rt.onnx.OnnxSession; where installed)
+  compile-static            torch-static with the whole frame under torch.compile(mode=--compile-mode, default
+                            max-autotune: autotuned kernels + CUDA graphs); compiled last (minutes)
+Reports frames/s, p50/p99/max ms, memory, FLOPs per frame (docs/performance.md), achieved TFLOP/s, which
+attention kernels ran (torch.profiler), compile and recompile counts, and the ratio of the best nfd_rt runner to
+each baseline and to the strongest one. Writes JSON under benchmarks/results/ (a new file, never over an
+existing one) after every runner, so a killed run keeps what finished; --markdown prints a table.
+
+Adding a runner: write `def make(bench) -> Runner` (or a list of them) and decorate it with
+`@register("name", devices=(...))`; `Runner` says what the benchmark needs from it.
 """
 
 from __future__ import annotations
@@ -27,7 +38,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -37,6 +50,8 @@ HERE = Path(__file__).resolve().parent
 GPU_BF16_PEAK_TFLOPS = {"H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0, "H100": 989.0,
                         "H200": 989.0, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.0}
 GPU_BANDWIDTH_TBS = {"H100 80GB HBM3": 3.35, "H100 PCIe": 2.0, "H100": 3.35, "H200": 4.8, "A100": 2.0}
+# Substrings of profiler event names that belong to attention (aten ops and CUDA kernels).
+ATTENTION_EVENTS = ("attention", "flash", "fmha", "sdpa", "cudnn_generated_fort_native_sdpa", "softmax")
 
 
 def log(msg: str) -> None:
@@ -76,81 +91,399 @@ def frame_cost(cfg, bytes_per_value: int = 2, visible_frames: int | None = None)
         "vae_flops": vae,
         "bytes_per_frame": passes * (dit_params * bytes_per_value + kv_bytes),
         "passes_per_frame": passes,
+        "visible_frames": visible_frames or cfg.cache_frames + 1,
     }
+
+
+def visible_frames(cfg, frame_index: int) -> int:
+    """Frames a frame attends to (itself included): all earlier ones until the cache is full, then
+    sinks + window + itself."""
+    return min(frame_index, cfg.cache_frames) + 1
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Runners
 
 
-def time_frames(step, actions, warmup: int, sync, label: str, progress: bool) -> list[float]:
-    for a in actions[:warmup]:
-        step(a)
-    sync()
-    times = []
-    timed = actions[warmup:]
-    for n, a in enumerate(timed):
-        t0 = time.perf_counter()
-        step(a)
-        sync()
-        times.append(time.perf_counter() - t0)
-        if progress and (n + 1) % max(1, len(timed) // 10) == 0:
-            log(f"  {label}: {n + 1}/{len(timed)} frames, {1.0 / np.mean(times):.1f} FPS so far")
-    return times
+@dataclass
+class Runner:
+    """One way of producing frames. `step(action)` returns the uint8 frame on the host (so device work has
+    finished when it returns); `reset()` forgets every frame. `info` goes into the JSON as is."""
+
+    name: str
+    step: Callable[[np.ndarray], np.ndarray]
+    reset: Callable[[], None]
+    close: Callable[[], None] = lambda: None
+    info: dict = field(default_factory=dict)
+    torch_runner: bool = False  # profile its attention ops/kernels with torch.profiler
+    frames: int | None = None  # timed frames, if fewer than --frames (slow runners)
+    # Fills the context to a full cache without stepping (cheaper warm-up for runners without a cache).
+    prefill: Callable[[], None] | None = None
+    mark_timing: Callable[[], None] | None = None  # called just before the first timed frame
+    after_timing: Callable[[], dict] | None = None  # extra JSON after the timed frames (e.g. recompiles)
+    memory_bytes: Callable[[], int] | None = None
 
 
-def flops_of_frames(cfg, first: int, count: int) -> list[int]:
-    """FLOPs of frames first .. first + count - 1 of a rollout from reset: frame f sees min(f, cache) + 1 frames,
-    so early frames (before the cache fills) cost less than frame_cost's full-cache figure."""
-    return [frame_cost(cfg, 4, min(f, cfg.cache_frames) + 1)["flops_per_frame"] for f in range(first, first + count)]
+@dataclass
+class Bench:
+    """What a runner factory gets: the config, the arguments, the weights (torch model and .nfd file)."""
+
+    cfg: Any
+    args: argparse.Namespace
+    path: str  # the .nfd file of the weights
+    model: Any = None  # nfd_rt.reference.NFDModel (None without torch)
+
+    @property
+    def cuda(self) -> bool:
+        return self.args.device == "cuda"
+
+    @property
+    def torch_dtype_name(self) -> str:
+        return "bfloat16" if self.cuda else "float32"
+
+    def sync(self) -> None:
+        if self.cuda and self.model is not None:
+            import torch
+
+            torch.cuda.synchronize()
 
 
-def summarize(times: list[float], flops: list[int]) -> dict:
-    """Timing statistics; TFLOP/s = the timed frames' FLOPs (flops_of_frames) / their total time."""
-    t = np.asarray(times) * 1e3
-    fps = 1e3 / t.mean()
-    return {
-        "frames": len(times),
-        "fps": fps,
-        "ms_mean": float(t.mean()),
-        "ms_p50": float(np.percentile(t, 50)),
-        "ms_p99": float(np.percentile(t, 99)),
-        "ms_max": float(t.max()),
-        "tflops": float(sum(flops)) / (t.sum() / 1e3) / 1e12,
-    }
+@dataclass
+class Registration:
+    factory: Callable[[Bench], Runner | list[Runner]]
+    devices: tuple[str, ...]
+    needs_torch: bool
+    unavailable: Callable[[], str | None] = lambda: None  # a reason to skip it here (a missing package), or None
 
 
-def no_cache_step_factory(model, cfg, device, dtype):
+RUNNERS: dict[str, Registration] = {}
+
+
+def register(name: str, devices: tuple[str, ...] = ("cpu", "cuda"), needs_torch: bool = True,
+             unavailable: Callable[[], str | None] = lambda: None):
+    """Registers a runner factory under `name` (the order of registration is the order of the run, except that
+    compile-static runs last)."""
+
+    def deco(fn):
+        RUNNERS[name] = Registration(fn, devices, needs_torch, unavailable)
+        return fn
+
+    return deco
+
+
+def missing(*modules: str) -> Callable[[], str | None]:
+    """unavailable= for runners that need optional modules."""
+
+    def check():
+        import importlib.util
+
+        for m in modules:
+            try:
+                found = importlib.util.find_spec(m) is not None
+            except ModuleNotFoundError:  # a parent package is missing
+                found = False
+            if not found:
+                return f"needs {m}"
+        return None
+
+    return check
+
+
+@register("nfd_rt", needs_torch=False)
+def make_nfd_rt(bench: Bench) -> list[Runner]:
+    import nfd_rt
+
+    dtypes = [bench.args.dtype] if bench.args.dtype else (
+        ["bfloat16", "float16", "float32"] if bench.cuda else ["float32"])
+    out = []
+    for dtype in dtypes:
+        s = nfd_rt.Session(bench.path, device=bench.args.device, dtype=dtype, seed=0, threads=bench.args.threads)
+        out.append(Runner(f"nfd_rt[{bench.args.device},{dtype}]", s.step, s.reset, s.close,
+                          info={"cuda_graphs": bench.cuda}, memory_bytes=s.memory_bytes))
+    return out
+
+
+@register("eager")
+def make_eager(bench: Bench) -> Runner:
+    from nfd_rt.reference import ReferenceSession
+
+    ref = ReferenceSession(bench.model, device=bench.args.device, seed=0, dtype=bench.torch_dtype_name)
+    return Runner("eager", ref.step, ref.reset, ref.close, torch_runner=True,
+                  info={"what": "ReferenceSession: 3-D SDPA inputs, torch.cat of the cache per layer and pass, "
+                                "RoPE angles and noise on the host"})
+
+
+@register("torch-static")
+def make_torch_static(bench: Bench) -> Runner:
+    from nfd_rt.reference.static import StaticSession
+
+    s = StaticSession(bench.model, device=bench.args.device, seed=0, dtype=bench.torch_dtype_name)
+    return Runner("torch-static", s.step, s.reset, torch_runner=True,
+                  info={"what": "static 4-D KV cache, SDPA on 4-D inputs, RoPE/noise on device, eager"})
+
+
+@register("no-cache")
+def make_no_cache(bench: Bench) -> Runner:
     """Recompute the whole visible context (sinks + window + current) for every pass of every frame."""
     import torch
 
     from nfd_rt import rng
 
+    cfg, dev = bench.cfg, torch.device(bench.args.device)
+    dtype = getattr(torch, bench.torch_dtype_name)
+    model = bench.model.to(dev, dtype)
     latents: list = []
+    offset = [0]  # frames dropped from the front of `latents` (only the last ctx_len are kept)
     ctx_len = cfg.window + cfg.sink_frames
 
     @torch.no_grad()
     def step(action):
-        i = len(latents)
+        i = offset[0] + len(latents)
         ctx = latents[-ctx_len:] if ctx_len else []
-        a = torch.as_tensor(action, device=device, dtype=dtype)
+        a = torch.as_tensor(action, device=dev, dtype=dtype)
         acts = a.expand(len(ctx) + 1, -1)[None]
         x = torch.from_numpy(rng.latent_noise(0, i, 0, (cfg.latent_channels, cfg.latent_height,
-                                                         cfg.latent_width))).to(device, dtype)
+                                                         cfg.latent_width))).to(dev, dtype)
         sched = list(cfg.schedule) + [0.0]
         for k in range(cfg.num_steps):
             seq = torch.stack(ctx + [x])[None]
-            t = torch.full((1, len(ctx) + 1), cfg.context_noise, device=device, dtype=dtype)
+            t = torch.full((1, len(ctx) + 1), cfg.context_noise, device=dev, dtype=dtype)
             t[0, -1] = sched[k]
             v = model.velocity(seq, t, acts, frame_offset=max(0, i - len(ctx)))[0, -1]
             x = x + (sched[k + 1] - sched[k]) * v
         latents.append(x)
-        model.decode(x[None])
+        if len(latents) > ctx_len:
+            del latents[0]
+            offset[0] += 1
+        return model.decode(x[None])[0].cpu().numpy()
 
-    return step
+    def reset():
+        latents.clear()
+        offset[0] = 0
+
+    def prefill():  # a full context of noise latents: the same work per frame as after cache_frames real frames
+        reset()
+        g = torch.Generator().manual_seed(1)
+        shape = (cfg.latent_channels, cfg.latent_height, cfg.latent_width)
+        latents.extend(torch.randn(shape, generator=g).to(dev, dtype) for _ in range(ctx_len))
+
+    return Runner("no-cache", step, reset, torch_runner=True, prefill=prefill,
+                  frames=max(5, bench.args.frames // 4),  # it is slow; fewer frames suffice
+                  info={"what": "recomputes the visible context every pass; context pre-filled with noise latents"})
 
 
-def run_benchmark(args) -> dict:
+@register("onnxruntime", needs_torch=False, unavailable=missing("onnxruntime", "onnx", "nfd_rt.onnx"))
+def make_onnxruntime(bench: Bench) -> Runner:
+    """The ONNX export (nfd_rt.export.to_onnx: dit_pass + vae_decoder) stepped by nfd_rt.onnx.OnnxSession with ONNX
+    Runtime: CPU execution provider (intra-op threads = --threads) or CUDA (onnxruntime-gpu). Export time apart."""
+    import shutil
+
+    import onnxruntime as ort
+
+    import nfd_rt
+    from nfd_rt.onnx import OnnxSession
+
+    providers = ["CPUExecutionProvider"]
+    if bench.cuda:
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise RuntimeError(f"onnxruntime {ort.__version__} has no CUDA execution provider (onnxruntime-gpu)")
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    tmp = tempfile.mkdtemp(prefix="nfd_bench_onnx_")
+    t0 = time.perf_counter()
+    nfd_rt.export.to_onnx(bench.path, tmp, encoder=False)
+    export_s = time.perf_counter() - t0
+    s = OnnxSession(tmp, seed=0, providers=providers, threads=bench.args.threads)
+    if s.providers[0] != providers[0]:
+        s.close()
+        raise RuntimeError(f"ONNX Runtime fell back to {s.providers}")
+
+    def close():
+        s.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    return Runner(f"onnxruntime[{bench.args.device}]", s.step, s.reset, close,
+                  info={"export_seconds": export_s, "onnxruntime": ort.__version__, "providers": s.providers,
+                        "kv_cache_on": getattr(s, "cache_device", None)})
+
+
+@register("compile-static")
+def make_compile_static(bench: Bench) -> Runner:
+    import torch._dynamo.utils as dynamo_utils
+
+    from nfd_rt.reference.static import StaticSession
+
+    mode = bench.args.compile_mode
+    # Compile the cache-filling frames too only when they are timed (the curve); else they run the same module
+    # eagerly and one graph is compiled.
+    curve_names = bench.args.curve_runners.split(",") if bench.args.curve_runners else None
+    compile_filling = bool(bench.args.curve) and (curve_names is None or "compile-static" in curve_names)
+    s = StaticSession(bench.model, device=bench.args.device, seed=0, dtype=bench.torch_dtype_name,
+                      compile_mode=mode, compile_filling=compile_filling, backend=bench.args.compile_backend)
+    counters = dynamo_utils.counters
+    start = counters["stats"]["unique_graphs"]
+    state: dict = {}
+
+    def mark():  # graphs compiled before the timed frames
+        state["before_timing"] = counters["stats"]["unique_graphs"]
+
+    def after() -> dict:
+        now = counters["stats"]["unique_graphs"]
+        return {"graphs_compiled": now - start,
+                "recompiles_during_timed_frames": now - state.get("before_timing", now),
+                "graph_breaks": sum(counters["graph_break"].values()),
+                "inductor_counters": {k: v for k, v in counters["inductor"].items()
+                                      if "cudagraph" in k or k in ("extern_calls",)}}
+
+    info = {"compile_mode": mode, "compile_backend": bench.args.compile_backend, "fullgraph": True,
+            "compile_filling_frames": compile_filling,
+            "what": "torch-static, the whole frame under one torch.compile"
+                    + ("" if compile_filling else " (frames that fill the cache run eagerly: one graph)"),
+            "torch_compile_cudagraphs": bench.cuda and bench.args.compile_backend == "inductor"
+            and mode in ("reduce-overhead", "max-autotune")}
+    return Runner("compile-static", s.step, s.reset, torch_runner=True, info=info, mark_timing=mark,
+                  after_timing=after)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Measuring
+
+
+def summarize(times: list[float], visible: list[int], cfg) -> dict:
+    """Timing statistics; TFLOP/s = the timed frames' FLOPs (each at its own visible-frame count) / their time."""
+    t = np.asarray(times) * 1e3
+    flops = sum(frame_cost(cfg, 4, v)["flops_per_frame"] for v in visible)
+    return {
+        "frames": len(times),
+        "fps": 1e3 / t.mean(),
+        "ms_mean": float(t.mean()),
+        "ms_p50": float(np.percentile(t, 50)),
+        "ms_p99": float(np.percentile(t, 99)),
+        "ms_max": float(t.max()),
+        "tflops": float(flops) / (t.sum() / 1e3) / 1e12,
+        "visible_frames": visible,
+        "full_cache": all(v == cfg.cache_frames + 1 for v in visible),
+        "ms": [round(float(x), 4) for x in t],
+    }
+
+
+def time_runner(r: Runner, bench: Bench, actions: np.ndarray) -> dict:
+    """Warm-up, then the timed frames. Returns the runner's JSON entry (and the first frame it made)."""
+    cfg, args = bench.cfg, bench.args
+    warmup = args.warmup if args.warmup is not None else cfg.cache_frames + 1
+    frames = min(args.frames, r.frames or args.frames)
+    r.reset()
+    frame_index = 0
+    if r.prefill is not None and args.warmup is None:
+        r.prefill()
+        frame_index, warmup = cfg.cache_frames, 2
+    first = None
+    warm_ms, times, visible = [], [], []
+    for n in range(warmup + frames):
+        if n == warmup and r.mark_timing:
+            r.mark_timing()
+        t0 = time.perf_counter()
+        out = r.step(actions[n])
+        bench.sync()
+        dt = time.perf_counter() - t0
+        if n == 0 and frame_index == 0:  # a pre-filled context makes another video: nothing to compare
+            first = out
+        if n < warmup:
+            warm_ms.append(round(dt * 1e3, 3))
+        else:
+            times.append(dt)
+            visible.append(visible_frames(cfg, frame_index))
+            if args.progress and (n - warmup + 1) % max(1, frames // 5) == 0:
+                log(f"  {r.name}: {n - warmup + 1}/{frames} frames, {len(times) / sum(times):.1f} FPS so far")
+        frame_index += 1
+    res = summarize(times, visible, cfg)
+    res["warmup_frames"] = warmup
+    res["warmup_ms"] = warm_ms  # the first frames carry one-time costs (compilation, graph capture)
+    res["prefilled_context"] = r.prefill is not None and args.warmup is None
+    res["_first_frame"] = first
+    return res
+
+
+def curve(r: Runner, bench: Bench, actions: np.ndarray) -> dict:
+    """One rollout from reset (per --curve-repeats, median of each frame): ms against visible frames."""
+    cfg = bench.cfg
+    n = cfg.cache_frames + 1 + bench.args.curve_extra
+    runs = []
+    for _ in range(bench.args.curve_repeats):
+        r.reset()
+        ms = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            r.step(actions[i % len(actions)])
+            bench.sync()
+            ms.append((time.perf_counter() - t0) * 1e3)
+        runs.append(ms)
+    ms = np.median(np.asarray(runs), axis=0)
+    vis = [visible_frames(cfg, i) for i in range(n)]
+    # Least-squares line over the frames after the first (which may carry one-time costs).
+    slope, intercept = np.polyfit(np.asarray(vis[1:], float), ms[1:], 1) if n > 2 else (float("nan"),) * 2
+    return {"visible_frames": vis, "ms": [round(float(x), 4) for x in ms], "repeats": bench.args.curve_repeats,
+            "fit_ms_intercept": float(intercept), "fit_ms_per_visible_frame": float(slope),
+            "fit_ms_at_full_cache": float(intercept + slope * (cfg.cache_frames + 1))}
+
+
+def profile_frames(r: Runner, bench: Bench, actions: np.ndarray, frames: int = 2) -> dict:
+    """Steps `frames` frames under torch.profiler: the attention ops and kernels that ran, and (CUDA) the
+    kernels that took the most device time, any library's (CUPTI sees nfd_rt's kernels too)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if bench.cuda else [])
+    with profile(activities=acts) as prof:
+        for i in range(frames):
+            r.step(actions[i])
+            bench.sync()
+    attention: dict[str, int] = {}
+    for e in prof.events():  # aten ops on the host (device kernels below)
+        if e.device_type == DeviceType.CPU and any(s in e.name.lower() for s in ATTENTION_EVENTS):
+            attention[e.name] = attention.get(e.name, 0) + 1
+    kernels: dict[str, list] = {}  # device activity (kernels, copies) by name: [count, total us]
+    if bench.cuda:
+        for ev in prof.profiler.kineto_results.events():
+            if ev.device_type() != DeviceType.CUDA:
+                continue
+            k = kernels.setdefault(ev.name(), [0, 0.0])
+            k[0] += 1
+            k[1] += ev.duration_ns() / 1e3
+            if any(s in ev.name().lower() for s in ATTENTION_EVENTS):
+                attention[ev.name()] = attention.get(ev.name(), 0) + 1
+    top = sorted(kernels.items(), key=lambda kv: -kv[1][1])[: bench.args.top_kernels]
+    out: dict = {"frames": frames, "attention_events": dict(sorted(attention.items(), key=lambda kv: -kv[1]))}
+    if bench.cuda:
+        total = sum(v[1] for v in kernels.values())
+        out["kernel_ms_per_frame"] = total / 1e3 / frames
+        out["top_kernels"] = [{"name": k[:200], "calls_per_frame": v[0] / frames, "ms_per_frame": v[1] / 1e3 / frames}
+                              for k, v in top]
+    return out
+
+
+def first_frame_diff(a: np.ndarray | None, b: np.ndarray | None) -> dict | None:
+    if a is None or b is None or a.shape != b.shape:
+        return None
+    d = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    return {"mean_abs": float(d.mean()), "max_abs": int(d.max())}
+
+
+def selected_runners(args) -> list[str]:
+    names = [n for n, reg in RUNNERS.items() if args.device in reg.devices]
+    if args.runners:
+        want = [w.strip() for w in args.runners.split(",") if w.strip()]
+        unknown = [w for w in want if w not in RUNNERS]
+        if unknown:
+            raise SystemExit(f"unknown runner(s) {unknown}; known: {', '.join(RUNNERS)}")
+        names = [n for n in names if n in want]
+    if args.skip_baselines:
+        names = [n for n in names if n == "nfd_rt"]
+    if args.compile_mode == "none":
+        names = [n for n in names if n != "compile-static"]
+    return sorted(names, key=lambda n: n == "compile-static")  # compile last: minutes, and may not finish
+
+
+def run_benchmark(args, result: dict, save: Callable[[], None]) -> dict:
     import nfd_rt
 
     cfg = nfd_rt.configs.get(args.config)
@@ -158,123 +491,143 @@ def run_benchmark(args) -> dict:
     if args.steps not in sched:
         raise SystemExit(f"--steps must be one of {sorted(sched)}")
     cfg = cfg.replace(schedule=sched[args.steps])
-    frames = args.warmup + args.frames
-    actions = np.random.default_rng(0).standard_normal((frames, cfg.action_dim)).astype(np.float32)
-    results: dict = {"runners": {}}
+    warmup = args.warmup if args.warmup is not None else cfg.cache_frames + 1
+    if warmup < cfg.cache_frames:
+        log(f"warning: --warmup {warmup} < {cfg.cache_frames} cached frames: timed frames see a partly filled "
+            "cache (not steady state; each frame's visible count is recorded)")
+    n_actions = max(warmup, cfg.cache_frames + 1) + args.frames + 2
+    actions = np.random.default_rng(0).standard_normal((n_actions, cfg.action_dim)).astype(np.float32)
+    result.update({"runners": {}, "config": cfg.to_dict(), "cost": frame_cost(cfg, 2),
+                   "cache_frames": cfg.cache_frames, "warmup": warmup})
 
-    torch = None
     model = None
+    names = selected_runners(args)
     try:
-        import torch  # noqa: F811
+        if any(RUNNERS[n].needs_torch for n in names):
+            import torch
 
-        from nfd_rt.reference import NFDModel, ReferenceSession
+            from nfd_rt.reference import NFDModel
 
-        torch.set_num_threads(args.threads)
-        log(f"building random {cfg.name} weights ...")
-        model = NFDModel(cfg, init_seed=0).eval()
+            torch.set_num_threads(args.threads)
+            log(f"building random {cfg.name} weights ...")
+            model = NFDModel(cfg, init_seed=0).eval()
     except ImportError:
         log("torch not installed: PyTorch baselines skipped (pip install 'nfd_rt[torch]')")
-
     tmp = tempfile.mkdtemp(prefix="nfd_bench_")
     path = os.path.join(tmp, f"{cfg.name}.nfd")
     if model is not None:
         nfd_rt.export.save(model, path)
     else:
         nfd_rt.export.save_random(cfg, path)
+    bench = Bench(cfg, args, path, model)
+    curve_names = set(args.curve_runners.split(",")) if args.curve_runners else None
 
-    cuda = args.device == "cuda"
-    sync = (lambda: torch.cuda.synchronize()) if (cuda and torch is not None) else (lambda: None)
-    results["cost"] = frame_cost(cfg, 2)  # a full-cache frame; TFLOP/s count each timed frame's own FLOPs
-    timed_flops = flops_of_frames(cfg, args.warmup, args.frames)
-
-    # nfd_rt sessions.
-    dtypes = ["bfloat16", "float16", "float32"] if cuda else ["float32"]
-    if args.dtype:
-        dtypes = [args.dtype]
-    for dtype in dtypes:
-        label = f"nfd_rt[{args.device},{dtype}]"
-        log(f"running {label} ...")
+    first_frames: dict[str, np.ndarray] = {}
+    for name in names:
+        reg = RUNNERS[name]
+        if reg.needs_torch and model is None:
+            continue
+        why = reg.unavailable()
+        if why:
+            log(f"{name} skipped: {why}")
+            result.setdefault("skipped_runners", {})[name] = why
+            continue
+        log(f"setting up {name} ...")
+        t0 = time.perf_counter()
         try:
-            with nfd_rt.Session(path, device=args.device, dtype=dtype, seed=0, threads=args.threads) as s:
-                s.reset()
-                times = time_frames(s.step, actions, args.warmup, lambda: None, label, args.progress)
-                r = summarize(times, timed_flops)
-                r["memory_bytes"] = s.memory_bytes()
-                results["runners"][label] = r
-                if args.scaling:
-                    results["scaling"] = scaling_run(s, cfg, args)
+            made = reg.factory(bench)
         except Exception as e:  # noqa: BLE001 - report and go on with the other runners
-            log(f"  {label} failed: {e}")
-            results["runners"][label] = {"error": str(e)}
-
-    # PyTorch baselines.
-    if model is not None and not args.skip_baselines:
-        dev = torch.device(args.device)
-        tdtype = "bfloat16" if cuda else "float32"
-        ref = ReferenceSession(model, device=args.device, seed=0, dtype=tdtype)
-        log("running eager (ReferenceSession, KV cache) ...")
-        times = time_frames(ref.step, actions, args.warmup, sync, "eager", args.progress)
-        results["runners"]["eager"] = summarize(times, timed_flops)
-        if cuda and args.compile_mode != "none":
-            log(f"running torch.compile(mode={args.compile_mode!r}) ...")
+            log(f"  {name} failed to start: {e}")
+            result["runners"][name] = {"error": f"{type(e).__name__}: {e}"}
+            save()
+            continue
+        for r in made if isinstance(made, list) else [made]:
+            log(f"running {r.name} ...")
+            entry: dict = {"setup_seconds": time.perf_counter() - t0, **r.info}
             try:
-                t0 = time.perf_counter()
-                ref_c = ReferenceSession(model, device=args.device, seed=0, dtype=tdtype)
-                ref_c.model.dit.blocks = torch.nn.ModuleList(
-                    torch.compile(b, mode=args.compile_mode, dynamic=True) for b in ref_c.model.dit.blocks)
-                ref_c.model.vae.decoder = torch.compile(ref_c.model.vae.decoder, mode=args.compile_mode)
-                ref_c.step(actions[0])
-                sync()
-                compile_s = time.perf_counter() - t0
-                times = time_frames(ref_c.step, actions, args.warmup, sync, "compile", args.progress)
-                results["runners"][f"compile[{args.compile_mode}]"] = summarize(
-                    times, flops_of_frames(cfg, args.warmup + 1, args.frames)) | {
-                    "compile_seconds": compile_s}
+                entry.update(time_runner(r, bench, actions))
+                first_frames[r.name] = entry.pop("_first_frame")
+                if r.after_timing:
+                    entry.update(r.after_timing())
+                if r.memory_bytes:
+                    entry["memory_bytes"] = r.memory_bytes()
+                if args.profile and (r.torch_runner or bench.cuda) and model is not None:
+                    try:
+                        entry["profile"] = profile_frames(r, bench, actions)
+                    except Exception as e:  # noqa: BLE001
+                        entry["profile"] = {"error": f"{type(e).__name__}: {e}"}
+                if args.curve and (curve_names is None and r.name != "no-cache" or
+                                   curve_names is not None and (r.name in curve_names or name in curve_names)):
+                    log(f"  {r.name}: curve over visible frames ...")
+                    entry["curve"] = curve(r, bench, actions)
             except Exception as e:  # noqa: BLE001
-                log(f"  torch.compile failed: {e}")
-                results["runners"][f"compile[{args.compile_mode}]"] = {"error": str(e)}
-        log("running no-cache (recompute the whole context) ...")
-        m = model.to(dev, getattr(torch, tdtype))
-        step = no_cache_step_factory(m, cfg, dev, getattr(torch, tdtype))
-        n = min(len(actions), args.warmup + max(5, args.frames // 4))  # it is slow; fewer frames suffice
-        times = time_frames(step, actions[:n], args.warmup, sync, "no-cache", args.progress)
-        results["runners"]["no-cache"] = summarize(times, flops_of_frames(cfg, args.warmup, n - args.warmup))
-        del ref, m
+                log(f"  {r.name} failed: {type(e).__name__}: {e}")
+                entry["error"] = f"{type(e).__name__}: {e}"
+                entry.pop("_first_frame", None)
+            finally:
+                r.close()
+            result["runners"][r.name] = entry
+            finish(result, first_frames)
+            save()
+            t0 = time.perf_counter()
+        del made
         gc.collect()
+        if bench.cuda and model is not None:
+            import torch
 
-    # Ratios: the best nfd_rt runner against every baseline.
-    ours = {k: v for k, v in results["runners"].items() if k.startswith("nfd_rt") and "fps" in v}
+            torch.cuda.empty_cache()
+    if args.scaling:
+        result["scaling"] = scaling_run(bench)
+    result["peak_host_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if bench.cuda and model is not None:
+        import torch
+
+        result["peak_torch_device_bytes"] = torch.cuda.max_memory_allocated()
+    return result
+
+
+def finish(result: dict, first_frames: dict) -> None:
+    """Ratios of the best nfd_rt runner to each baseline and to the strongest; first frames against eager's."""
+    runners = result["runners"]
+    ref = first_frames.get("eager")
+    for name, frame in first_frames.items():
+        if name != "eager" and ref is not None:
+            runners[name]["first_frame_vs_eager"] = first_frame_diff(frame, ref)
+    ours = {k: v for k, v in runners.items() if k.startswith("nfd_rt") and "fps" in v}
+    base = {k: v for k, v in runners.items() if not k.startswith("nfd_rt") and "fps" in v}
+    if base:
+        result["strongest_baseline"] = max(base, key=lambda k: base[k]["fps"])
     if ours:
         best = max(ours, key=lambda k: ours[k]["fps"])
-        results["best"] = best
-        results["ratios"] = {f"{best} / {k}": ours[best]["fps"] / v["fps"]
-                             for k, v in results["runners"].items() if not k.startswith("nfd_rt") and "fps" in v}
-    results["peak_host_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    if cuda and torch is not None and torch.cuda.is_available():
-        results["peak_torch_device_bytes"] = torch.cuda.max_memory_allocated()
-    results["config"] = cfg.to_dict()
-    return results
+        result["best"] = best
+        result["ratios"] = {f"{best} / {k}": ours[best]["fps"] / v["fps"] for k, v in base.items()}
+        if base:
+            result["ratio_vs_strongest_baseline"] = ours[best]["fps"] / base[result["strongest_baseline"]]["fps"]
 
 
-def scaling_run(session, cfg, args) -> dict:
-    """Per-frame time against frame index over a long rollout (the rolling cache keeps it flat)."""
+def scaling_run(bench: Bench) -> dict:
+    """nfd_rt: per-frame time against frame index over a long rollout (the rolling cache keeps it flat)."""
+    import nfd_rt
+
+    args, cfg = bench.args, bench.cfg
     n = args.scaling_frames
     a = np.zeros(cfg.action_dim, np.float32)
-    session.reset()
+    dtype = args.dtype or ("bfloat16" if bench.cuda else "float32")
     times = []
-    for i in range(n):
-        t0 = time.perf_counter()
-        session.step(a)
-        times.append(time.perf_counter() - t0)
-        if args.progress and (i + 1) % max(1, n // 20) == 0:
-            log(f"  scaling: {i + 1}/{n} frames")
+    with nfd_rt.Session(bench.path, device=args.device, dtype=dtype, seed=0, threads=args.threads) as session:
+        for i in range(n):
+            t0 = time.perf_counter()
+            session.step(a)
+            times.append(time.perf_counter() - t0)
+            if args.progress and (i + 1) % max(1, n // 20) == 0:
+                log(f"  scaling: {i + 1}/{n} frames")
     t = np.asarray(times) * 1e3
 
     def window_ms(center):
         lo, hi = max(0, center - 50), min(n, center + 50)
         return float(np.median(t[lo:hi]))
 
-    out = {"frames": n, "ms_at_100": window_ms(100), f"ms_at_{n}": window_ms(n - 50)}
+    out = {"frames": n, "dtype": dtype, "ms_at_100": window_ms(100), f"ms_at_{n}": window_ms(n - 50)}
     out["ratio_last_vs_100"] = out[f"ms_at_{n}"] / out["ms_at_100"]
     if args.plot:
         try:
@@ -288,7 +641,7 @@ def scaling_run(session, cfg, args) -> dict:
             ax.set_xlabel("frame index")
             ax.set_ylabel("ms per frame")
             ax.set_title(f"{cfg.name} long rollout")
-            png = (Path(args.out).parent if args.out else Path(args.out_dir)) / f"scaling_{cfg.name}_{args.device}.png"
+            png = Path(args.out_path).parent / f"scaling_{cfg.name}_{args.device}.png"
             fig.savefig(png, dpi=120, bbox_inches="tight")
             out["plot"] = png.name  # beside the JSON
         except ImportError:
@@ -318,6 +671,10 @@ def environment(device: str) -> dict:
     try:
         env["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True,
                                        check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        if dirty:
+            env["commit_dirty"] = True
     except (OSError, subprocess.CalledProcessError):
         env["commit"] = os.environ.get("NFD_RT_COMMIT", "unknown")  # a copy without .git (e.g. a GPU machine)
     import nfd_rt
@@ -330,6 +687,12 @@ def environment(device: str) -> dict:
         if device == "cuda" and torch.cuda.is_available():
             env["gpu"] = torch.cuda.get_device_name()
             env["cuda"] = torch.version.cuda
+            env["sm_count"] = torch.cuda.get_device_properties(0).multi_processor_count
+            env["sdpa_backends_enabled"] = {
+                "flash": torch.backends.cuda.flash_sdp_enabled(),
+                "mem_efficient": torch.backends.cuda.mem_efficient_sdp_enabled(),
+                "cudnn": getattr(torch.backends.cuda, "cudnn_sdp_enabled", lambda: None)(),
+                "math": torch.backends.cuda.math_sdp_enabled()}
     except ImportError:
         pass
     try:  # the BLAS build and the kernel set it picked (OPENBLAS_CORETYPE overrides the choice)
@@ -347,6 +710,10 @@ def environment(device: str) -> dict:
                                            capture_output=True, text=True, check=True).stdout.strip()
         except (OSError, subprocess.CalledProcessError):
             pass
+    try:
+        env["load_average"] = os.getloadavg()[0]  # other work on the machine at the start
+    except OSError:
+        pass
     return env
 
 
@@ -389,12 +756,30 @@ def measure_cpu_gemm_peak(threads: int) -> float | None:
     return 2 * 512 * 1024 * 1024 / best / 1e12
 
 
+def cache_line(result: dict) -> str:
+    """What cache the timed frames saw, from the per-frame visible counts (or the stored annotation)."""
+    cfg = result.get("config", {})
+    full = result.get("cache_frames", cfg.get("sink_frames", 0) + cfg.get("window", 0)) + 1
+    vis = [v for r in result["runners"].values() for v in r.get("visible_frames", [])]
+    vis = vis or result.get("timed_visible_frames", [])
+    if not vis:
+        return "Cache fill of the timed frames: not recorded.\n"
+    lo, hi = min(vis), max(vis)
+    if lo == hi == full:
+        return f"Steady state: every timed frame saw a full cache ({full} visible frames).\n"
+    n_full = sum(v == full for v in vis)
+    note = f"; {result['visible_frames_note']}" if result.get("visible_frames_note") else ""
+    return (f"**Partial cache, not steady state**: the timed frames saw {lo} to {hi} of {full} visible frames "
+            f"({n_full} of {len(vis)} at a full cache{note}).\n")
+
+
 def markdown(result: dict) -> str:
     env, rows = result["environment"], []
     rows.append(f"**{result['config']['name']}**, {result['steps']} steps, "
                 f"{env.get('gpu') or env.get('cpu')} ({result['device']}, {result['threads']} "
                 f"thread{'s' if result['threads'] != 1 else ''}), "
                 f"commit `{env['commit'][:10]}`, {env['date'][:10]}\n")
+    rows.append(cache_line(result))
     peak = result.get("peak_bf16_tflops") or result.get("peak_fp32_gemm_tflops_measured")
     if result.get("peak_bf16_tflops"):
         rows.append(f"Roofline peak: {peak:.0f} TFLOP/s (dense bf16 tensor cores of this GPU).\n")
@@ -412,6 +797,32 @@ def markdown(result: dict) -> str:
         frac = f"{100 * r['fraction_of_peak']:.1f}%" if "fraction_of_peak" in r else "-"
         rows.append(f"| {name} | {r['fps']:.1f} | {r['ms_p50']:.2f} | {r['ms_p99']:.2f} | {r['ms_max']:.2f} | "
                     f"{r['tflops']:.3f} | {frac} | {ratio:.2f}x |")
+    notes = []
+    base = {k: v for k, v in result["runners"].items() if not k.startswith("nfd_rt") and "fps" in v}
+    strongest = result.get("strongest_baseline") or (max(base, key=lambda k: base[k]["fps"]) if base else None)
+    if best and strongest:
+        notes.append(f"Strongest baseline: {strongest}; the best nfd_rt runner ({best}) is "
+                     f"{result['runners'][best]['fps'] / result['runners'][strongest]['fps']:.2f}x it.")
+    for name, r in result["runners"].items():
+        if "recompiles_during_timed_frames" in r:
+            how = (f"mode={r.get('compile_mode')!r}" if r.get("compile_backend", "inductor") == "inductor"
+                   else f"backend={r['compile_backend']!r}")
+            notes.append(f"{name}: torch.compile({how}), {r['graphs_compiled']} graph(s) "
+                         f"compiled, {r['recompiles_during_timed_frames']} recompiles during the timed frames, "
+                         f"slowest warm-up frame {max(r['warmup_ms']) / 1e3:.0f} s (compilation)"
+                         + (f"; CUDA graphs skipped {r['inductor_counters']['cudagraph_skips']} time(s)"
+                            if result["device"] == "cuda" and r.get("inductor_counters", {}).get("cudagraph_skips")
+                            else "") + ".")
+        att = r.get("profile", {}).get("attention_events")
+        if att and name != "nfd_rt" and not name.startswith("nfd_rt"):
+            notes.append(f"{name} attention: " + ", ".join(f"`{k[:70]}`" for k in list(att)[:3]) + ".")
+        if "curve" in r:
+            c = r["curve"]
+            notes.append(f"{name} curve: {c['fit_ms_intercept']:.2f} ms + {c['fit_ms_per_visible_frame']:.3f} ms x "
+                         f"visible frames (fit over frames 2..{len(c['ms'])}).")
+    if notes:
+        rows.append("")
+        rows.extend(f"- {n}" for n in notes)
     return "\n".join(rows) + "\n"
 
 
@@ -423,6 +834,22 @@ def blas_kernels(env: dict) -> str:
     return f"{picked[0]} kernels" if picked else ""
 
 
+def output_path(args, result: dict) -> Path:
+    """--out (refused if it exists, unless --overwrite), or a new file under --out-dir: never a stored result."""
+    if args.out:
+        out = Path(args.out)
+        if out.exists() and not args.overwrite:
+            raise SystemExit(f"{out} exists: pass --overwrite to replace it, or another --out")
+        return out
+    stem = f"{args.config}_{args.device}_s{args.steps}_t{args.threads}_{result['environment']['date'][:10]}"
+    out = Path(args.out_dir) / f"{stem}.json"
+    n = 2
+    while out.exists():
+        out = Path(args.out_dir) / f"{stem}_{n}.json"
+        n += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="tiny", help="model config: tiny, nfd-130m, nfd-310m (default tiny)")
@@ -430,17 +857,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", help="only this nfd_rt dtype (default: every dtype the device supports)")
     p.add_argument("--steps", type=int, default=4, help="sampler steps per frame: 1, 2 or 4 (default 4)")
     p.add_argument("--frames", type=int, default=50, help="timed frames per runner (default 50)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed frames before timing (default 5)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed frames before timing (default sink_frames + window + 1: a full cache)")
+    p.add_argument("--runners", help=f"comma-separated runners to run (default all: {', '.join(RUNNERS)})")
     p.add_argument("--threads", type=int, default=default_threads(),
                    help="CPU threads for nfd_rt and PyTorch alike (default: physical cores, as nfd_rt.Session)")
     p.add_argument("--compile-mode", default="max-autotune",
-                   help="torch.compile mode of the compiled baseline (default max-autotune; 'none' skips it)")
+                   help="torch.compile mode of compile-static (default max-autotune; 'none' skips it)")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend of compile-static (default inductor; aot_eager: tracing only, tests)")
     p.add_argument("--skip-baselines", action="store_true", help="time nfd_rt only")
-    p.add_argument("--scaling", action="store_true", help="also a long rollout: time per frame vs frame index")
+    p.add_argument("--curve", action="store_true",
+                   help="also one rollout from reset per runner: ms per frame against visible frames (1 .. full)")
+    p.add_argument("--curve-runners", help="runners of the curve (default all but no-cache)")
+    p.add_argument("--curve-extra", type=int, default=3, help="full-cache frames at the end of the curve (default 3)")
+    p.add_argument("--curve-repeats", type=int, default=1, help="rollouts per curve, median per frame (default 1)")
+    p.add_argument("--no-profile", dest="profile", action="store_false",
+                   help="skip the torch.profiler frames (attention kernels; top CUDA kernels)")
+    p.add_argument("--top-kernels", type=int, default=15, help="CUDA kernels listed per runner (default 15)")
+    p.add_argument("--scaling", action="store_true", help="also a long nfd_rt rollout: time per frame vs index")
     p.add_argument("--scaling-frames", type=int, default=10000, help="frames of the long rollout (default 10000)")
     p.add_argument("--plot", action="store_true", help="write a PNG of the long rollout (needs matplotlib)")
-    p.add_argument("--out", help="JSON output path (default benchmarks/results/<config>_<device>_<date>.json)")
-    p.add_argument("--out-dir", default=str(HERE / "results"), help="folder for the default output")
+    p.add_argument("--out", help="JSON output path (refused if it exists, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="let --out replace an existing file")
+    p.add_argument("--out-dir", default=str(HERE / "results"),
+                   help="folder of the default output <config>_<device>_s<steps>_t<threads>_<date>[_n].json")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table of the results")
     p.add_argument("--markdown-from", metavar="JSON",
                    help="print the Markdown table of a stored result and exit (how the README's tables are made)")
@@ -449,10 +890,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown_from:
         print(markdown(json.loads(Path(args.markdown_from).read_text())))
         return 0
+    if args.frames < 1 or (args.warmup is not None and args.warmup < 0) or args.curve_repeats < 1:
+        raise SystemExit("--frames and --curve-repeats must be >= 1, --warmup >= 0")
 
     result = {"device": args.device, "steps": args.steps, "threads": args.threads,
-              "environment": environment(args.device)}
-    result.update(run_benchmark(args))
+              "environment": environment(args.device), "complete": False}
+    out = output_path(args, result)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    args.out_path = str(out)
+    peak = None
     if args.device == "cuda":
         peak = peak_tflops(result["environment"])
         if peak:
@@ -461,14 +907,17 @@ def main(argv: list[str] | None = None) -> int:
         peak = measure_cpu_gemm_peak(args.threads)
         if peak:
             result["peak_fp32_gemm_tflops_measured"] = peak
-    if peak:
-        for r in result["runners"].values():
-            if "tflops" in r:
-                r["fraction_of_peak"] = r["tflops"] / peak
-    out = Path(args.out) if args.out else Path(args.out_dir) / (
-        f"{result['config']['name']}_{args.device}_s{args.steps}_{result['environment']['date'][:10]}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, sort_keys=True, default=float) + "\n")
+
+    def save():
+        if peak:
+            for r in result.get("runners", {}).values():
+                if "tflops" in r:
+                    r["fraction_of_peak"] = r["tflops"] / peak
+        out.write_text(json.dumps(result, indent=2, sort_keys=True, default=float) + "\n")
+
+    run_benchmark(args, result, save)
+    result["complete"] = True
+    save()
     log(f"wrote {out}")
     if args.markdown:
         print(markdown(result))

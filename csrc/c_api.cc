@@ -9,7 +9,7 @@
 
 #include "core/error.h"
 #include "core/model_file.h"
-#include "core/session.h"
+#include "runtime/session.h"
 
 struct nfd_session {
   std::unique_ptr<nfd::Session> impl;
@@ -73,7 +73,7 @@ void require_finite(const float* x, int64_t n, const char* what) {
 
 extern "C" {
 
-const char* nfd_version(void) { return "0.1.0"; }
+const char* nfd_version(void) { return NFD_VERSION_STRING; }
 
 const char* nfd_last_error(void) { return g_last_error.c_str(); }
 
@@ -203,7 +203,7 @@ nfd_status nfd_session_step(nfd_session* s, const float* action, uint8_t* frame_
     require(s != nullptr, "nfd_session_step: session is NULL");
     require(action != nullptr, "nfd_session_step: action is NULL");
     require_finite(action, s->impl->config().action_dim, "action");
-    s->impl->step(action, latent_out, frame_out);
+    s->impl->step(action, frame_out, latent_out);
   });
 }
 

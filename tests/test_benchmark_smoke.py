@@ -1,6 +1,7 @@
 """The benchmark runs end to end on `tiny` and writes valid JSON (speed is not asserted here)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,29 +9,137 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+FPS = str(ROOT / "benchmarks" / "fps.py")
+
+
+def fps(*args, timeout=600):
+    return subprocess.run([sys.executable, FPS, *args], capture_output=True, text=True, timeout=timeout)
 
 
 def test_fps_benchmark_smoke(tmp_path):
     pytest.importorskip("torch", reason="needs torch for the PyTorch baselines")
     out = tmp_path / "r.json"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fps.py"), "--config", "tiny", "--frames", "3",
-                        "--warmup", "1", "--threads", "1", "--out", str(out), "--markdown"],
-                       capture_output=True, text=True, timeout=600)
+    # compile-static with the aot_eager backend: the runner's plumbing (one whole-frame graph per cache phase,
+    # recompile count) without Inductor's minutes of code generation.
+    r = fps("--config", "tiny", "--frames", "3", "--threads", "1", "--out", str(out), "--markdown", "--curve",
+            "--curve-runners", "nfd_rt,torch-static", "--compile-backend", "aot_eager", "--no-progress")
     assert r.returncode == 0, r.stderr
     result = json.loads(out.read_text())
+    assert result["complete"] is True
     runners = result["runners"]
-    assert set(runners) >= {"nfd_rt[cpu,float32]", "eager", "no-cache"}
-    for name in ("nfd_rt[cpu,float32]", "eager", "no-cache"):
-        assert runners[name]["fps"] > 0 and runners[name]["ms_p99"] >= runners[name]["ms_p50"] > 0
+    names = ("nfd_rt[cpu,float32]", "eager", "torch-static", "no-cache", "compile-static")
+    # onnxruntime[cpu] runs where nfd_rt.onnx and onnxruntime are installed, else it is listed as skipped.
+    assert set(runners) - set(names) <= {"onnxruntime[cpu]"} and set(runners) >= set(names)
+    if "onnxruntime[cpu]" in runners:
+        names += ("onnxruntime[cpu]",)
+    else:
+        assert "onnxruntime" in result["skipped_runners"]
+    ran = [line.split()[1] for line in r.stderr.splitlines() if line.startswith("running ")]
+    assert ran[-1] == "compile-static" and len(ran) == len(names)  # compiled last
+    full = result["config"]["sink_frames"] + result["config"]["window"] + 1
+    for name in names:
+        rr = runners[name]
+        assert rr["fps"] > 0 and rr["ms_p99"] >= rr["ms_p50"] > 0
+        # Steady state by default: every timed frame saw a full cache, and the JSON says so frame by frame.
+        assert rr["visible_frames"] == [full] * rr["frames"] and rr["full_cache"] is True
+        assert len(rr["ms"]) == rr["frames"]
+    assert runners["eager"]["warmup_frames"] == full  # sinks + window + 1
+    assert runners["no-cache"]["prefilled_context"] is True
+    # Every runner makes the same video: first frame against eager's (same weights, seed and actions).
+    for name in ("nfd_rt[cpu,float32]", "torch-static", "compile-static"):
+        assert runners[name]["first_frame_vs_eager"]["max_abs"] <= 1
+    assert runners["no-cache"]["first_frame_vs_eager"] is None  # its context was pre-filled with noise
+    # The attention path each PyTorch runner took (torch.profiler): the fused kernel for the static ones.
+    assert any("math" in k for k in runners["eager"]["profile"]["attention_events"])
+    assert any("flash" in k for k in runners["torch-static"]["profile"]["attention_events"])
+    cs = runners["compile-static"]
+    # Its curve is not asked for: the cache-filling frames run eagerly, one graph (the full-cache frame) is
+    # compiled, and none is recompiled during the timed frames.
+    assert cs["graphs_compiled"] == 1 and cs["recompiles_during_timed_frames"] == 0
+    assert cs["compile_filling_frames"] is False
+    # Ratios against each baseline and the strongest one.
+    strongest = result["strongest_baseline"]
+    assert strongest in names[1:] and result["best"] == "nfd_rt[cpu,float32]"
+    assert result["ratio_vs_strongest_baseline"] == pytest.approx(
+        runners["nfd_rt[cpu,float32]"]["fps"] / runners[strongest]["fps"])
+    assert set(result["ratios"]) == {f"nfd_rt[cpu,float32] / {n}" for n in names[1:]}
+    # The curve: one rollout from reset, visible frames 1 .. full, only for the runners asked for.
+    c = runners["torch-static"]["curve"]
+    assert c["visible_frames"][:full] == list(range(1, full + 1)) and len(c["ms"]) == len(c["visible_frames"])
+    assert "curve" in runners["nfd_rt[cpu,float32]"] and "curve" not in runners["eager"]
     assert result["config"]["name"] == "tiny" and result["environment"]["commit"]
     assert result["cost"]["flops_per_frame"] > 0
-    assert "| nfd_rt[cpu,float32] |" in r.stdout
+    assert "| nfd_rt[cpu,float32] |" in r.stdout and "Steady state" in r.stdout
     # The CPU roofline: a measured GEMM peak, and each runner's fraction of it (of nominal FLOPs: nfd_rt's
     # Winograd and phase convolutions do fewer multiply-adds, so its effective fraction may pass 1).
     assert 0 < result["peak_fp32_gemm_tflops_measured"] < 100
-    assert all(runners[name]["fraction_of_peak"] > 0 for name in ("nfd_rt[cpu,float32]", "eager"))
+    assert all(runners[name]["fraction_of_peak"] > 0 for name in names)
     assert "OpenBLAS" in result["environment"]["blas"]
     # The README's tables come from stored results.
-    again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fps.py"), "--markdown-from", str(out)],
-                           capture_output=True, text=True, timeout=60)
+    again = fps("--markdown-from", str(out), timeout=60)
     assert again.returncode == 0 and "| nfd_rt[cpu,float32] |" in again.stdout and "Roofline peak" in again.stdout
+    assert "Strongest baseline: " in again.stdout
+
+
+def test_fps_never_overwrites_a_result(tmp_path):
+    out = tmp_path / "r.json"
+    out.write_text("{}")
+    r = fps("--config", "tiny", "--frames", "1", "--skip-baselines", "--no-profile", "--out", str(out),
+            timeout=120)
+    assert r.returncode != 0 and "exists" in r.stderr and out.read_text() == "{}"
+    # The default name is new each time, beside what is there.
+    for _ in range(2):
+        r = fps("--config", "tiny", "--frames", "1", "--skip-baselines", "--no-profile", "--threads", "1",
+                "--out-dir", str(tmp_path), timeout=120)
+        assert r.returncode == 0, r.stderr
+    made = sorted(p.name for p in tmp_path.glob("tiny_cpu_s4_t1_*.json"))
+    assert len(made) == 2 and made[0] != made[1]
+
+
+def test_markdown_labels_a_partial_cache(tmp_path):
+    """A stored result whose timed frames saw a partly filled cache says so above its table."""
+    stored = ROOT / "benchmarks" / "results" / "h100-2026-11-25" / "fps_nfd-310m_cuda_baselines.json"
+    r = fps("--markdown-from", str(stored), timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "Partial cache, not steady state" in r.stdout and "3 to 22 of 33" in r.stdout
+
+
+def test_ops_benchmark_smoke(tmp_path):
+    """benchmarks/ops.py times the runtime's own ops (set_timing) on a frame's shapes, with roofline fields."""
+    out = tmp_path / "ops.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ops.py"), "--config", "tiny", "--threads", "1",
+                        "--only", "linear,attention,groupnorm", "--samples", "2", "--target-ms", "1",
+                        "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    rows = {row["name"]: row for row in res["ops"]}
+    assert {row["op"] for row in res["ops"]} == {"linear", "attention", "groupnorm"}
+    att = next(row for row in res["ops"] if row["op"] == "attention")
+    # tiny: 4 denoising passes x 4 layers + the cache-write pass's first 3 layers, over a full cache of 10 frames.
+    assert att["calls_per_frame"] == 19 and "over 160 keys" in att["name"]
+    for row in rows.values():
+        assert "error" not in row, row
+        assert row["ms"] > 0 and len(row["ms_samples"]) == 2 and row["of_roofline"] > 0
+        assert row["bound_by"] in ("compute", "memory")
+    assert res["ceilings"]["peak_tflops"] > 0 and res["ceilings"]["peak_gbs"] > 0
+    assert res["sum_ms_per_frame"] == pytest.approx(sum(row["ms_per_frame"] for row in rows.values()))
+    assert "| op | calls/frame |" in r.stdout
+
+
+def test_gpu_run_script_dry_run(tmp_path):
+    """tools/gpu/run.sh without a GPU: CUDA steps are skipped and said to be, the results are packed."""
+    import tarfile
+
+    env = dict(os.environ, OUT=str(tmp_path / "out"), WORK=str(tmp_path / "work"), NO_GPU="1",
+               STEPS="probe,op_tests,ncu", PYTHON=sys.executable)
+    r = subprocess.run(["bash", str(ROOT / "tools" / "gpu" / "run.sh")], capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    steps = {s["step"]: s for s in summary["steps"]}
+    assert steps["probe"]["status"] == "passed"
+    assert steps["op_tests"]["status"] == "skipped" and steps["op_tests"]["reason"] == "no GPU"
+    assert steps["ncu"]["status"] == "skipped" and summary["gpu"] is False
+    with tarfile.open(tmp_path / "out" / "results.tar.gz") as t:
+        assert "./probe.log" in t.getnames()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["results.tar.gz", "run.log", "summary.json"]

@@ -82,4 +82,19 @@ def test_header_is_c99(tmp_path):
     src.write_text('#include <nfd_rt/nfd_rt.h>\nint main(void) { nfd_session_params p = nfd_session_default_params();'
                    ' return (int)p.threads; }\n')
     _run([cc, "-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror", "-fsyntax-only",
-          "-I", os.path.join(REPO, "csrc", "include"), str(src)])
+          *[f"-I{d}" for d in header_dirs()], str(src)])
+
+
+def header_dirs() -> list[str]:
+    """Where nfd_rt/nfd_rt.h and the generated nfd_rt/nfd_rt_version.h are: the installed package, else a build."""
+    try:
+        import nfd_rt
+
+        return [nfd_rt.include_dir()]
+    except FileNotFoundError:
+        pass
+    build = os.environ.get("NFD_RT_BUILD_DIR", os.path.join(REPO, "build", "dev"))
+    generated = os.path.join(build, "include")
+    if not os.path.exists(os.path.join(generated, "nfd_rt", "nfd_rt_version.h")):
+        pytest.skip(f"no installed nfd_rt and no build tree with the generated version header at {build}")
+    return [os.path.join(REPO, "csrc", "include"), generated]

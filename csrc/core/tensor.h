@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
+
 namespace nfd {
 
 enum class DType : uint8_t { f32, bf16, f16, u8, i32 };
@@ -33,6 +35,19 @@ inline const char* dtype_name(DType t) {
 }
 
 inline const char* device_name(Device d) { return d == Device::cpu ? "cpu" : "cuda"; }
+
+// The user-facing names (Python's device= and dtype= arguments, CLI options): the one place that parses them.
+inline Device parse_device(const std::string& s) {
+  if (s == "cpu") return Device::cpu;
+  if (s == "cuda" || s == "cuda:0") return Device::cuda;
+  fail(ErrorKind::invalid_argument, "device must be 'cpu' or 'cuda', got '" + s + "'");
+}
+inline DType parse_dtype(const std::string& s) {
+  if (s == "float32") return DType::f32;
+  if (s == "bfloat16") return DType::bf16;
+  if (s == "float16") return DType::f16;
+  fail(ErrorKind::invalid_argument, "dtype must be one of ['float32', 'bfloat16', 'float16'], got '" + s + "'");
+}
 
 struct Tensor {
   void* data = nullptr;

@@ -13,7 +13,7 @@
 // 11k keys per head) OpenBLAS does better: per head the visible keys and values packed into contiguous
 // buffers, S = Q K^T, a row softmax, O = P V.
 // Either way the softmax sees all L keys of a head at once (no online rescaling needed).
-#include <cblas.h>
+#include "backends/cpu/blas.h"
 
 #include <algorithm>
 #include <cmath>
@@ -154,10 +154,10 @@ static void attend_head_blas(const float* q, int64_t N, int64_t hd, const float*
       std::memcpy(kp + dst, k + src, size_t(hd) * sizeof(float));
       std::memcpy(vp + dst, v + src, size_t(hd) * sizeof(float));
     }
-  scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(N), int(L), int(hd), scale, q, int(hd), kp,
+  NFD_CBLAS(sgemm)(CblasRowMajor, CblasNoTrans, CblasTrans, int(N), int(L), int(hd), scale, q, int(hd), kp,
                     int(hd), 0.f, S, int(L));
   softmax_rows(S, N, L, L);
-  scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), int(hd), int(L), 1.f, S, int(L), vp, int(hd),
+  NFD_CBLAS(sgemm)(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), int(hd), int(L), 1.f, S, int(L), vp, int(hd),
                     0.f, out, int(ldo));
 }
 

@@ -1,6 +1,6 @@
 // FlashInfer's single-prefill attention (FA2 tile kernel, header-only from the flashinfer-python wheel) behind
 // ops::attention when NFD_RT_ATTENTION=flashinfer: the measured peer of our own kernel (ops/attention_cuda.cu).
-// Compiled only with CMake -DNFD_RT_FLASHINFER=ON (see docs/cuda_backend.md; its bundled CCCL comes first on
+// Compiled only with CMake -DNFD_RT_FLASHINFER=ON (see docs/cuda-backend.md; its bundled CCCL comes first on
 // the include path, set on this file alone).
 //
 // Our tensors as FlashInfer sees them: q [H, N, hd] = NHD with q_stride_n = hd, q_stride_h = N*hd; the first

@@ -4,7 +4,7 @@
 //   anything else: im2col into a scratch buffer, then one sgemm w[Cout, Cin*k*k] @ col.
 // On tiny's decoder (1 thread) the 32 -> 32 conv at 64x64 takes 0.45 ms with Winograd, 0.80 ms with im2col
 // and 0.40 ms in PyTorch (oneDNN, AVX-512); see docs/cpu-backend.md.
-#include <cblas.h>
+#include "backends/cpu/blas.h"
 
 #include <algorithm>
 #include <cstring>
@@ -229,7 +229,7 @@ static void conv3x3_winograd(const Context& ctx, const float* x, const float* w,
     }, ::nfd::cpu::grain_for(16 * T));
     ::nfd::cpu::parallel_for(ctx.threads, 16, [&](int64_t x0, int64_t x1) {
       for (int64_t xi = x0; xi < x1; ++xi)
-        scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(Cout), int(T), int(Cin), 1.f,
+        NFD_CBLAS(sgemm)(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(Cout), int(T), int(Cin), 1.f,
                           U + xi * us, int(Cin), V + xi * vs, int(T), 0.f, M + xi * ms, int(T));
     }, ::nfd::cpu::grain_for(Cout * Cin * T));
     ::nfd::cpu::parallel_for(ctx.threads, Cout, [&](int64_t c0, int64_t c1) {
@@ -333,7 +333,7 @@ void conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& 
       const int64_t p0 = q0 + i0, p1 = q0 + i1;
       // Columns: x itself ([KK, P]) when read directly, else the band's im2col buffer ([KK, BP]).
       const float* col = direct_read ? xs + p0 : col_buf + i0;
-      scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(Cout), int(p1 - p0), int(KK), 1.f,
+      NFD_CBLAS(sgemm)(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(Cout), int(p1 - p0), int(KK), 1.f,
                         w.ptr<float>(), int(KK), col, int(direct_read ? P : BP), 0.f, o + p0, int(P));
       if (!b && !rs) return;
       // One loop per case: a pointer tested inside the loop would become masked loads (see linear_cpu.cc).

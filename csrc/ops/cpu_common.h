@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "backends/cpu/device_cpu.h"
 #include "backends/cpu/parallel.h"
 #include "core/error.h"
 #include "ops/ops.h"

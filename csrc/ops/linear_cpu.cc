@@ -1,6 +1,6 @@
 // linear on the CPU: one OpenBLAS sgemm (sgemv for one row), then the epilogue (bias, GELU-tanh or gated
 // residual) over rows.
-#include <cblas.h>
+#include "backends/cpu/blas.h"
 
 #include <algorithm>
 #include <cmath>
@@ -70,10 +70,10 @@ void linear(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& 
     float* prod = gated ? scratch(size_t(M * cols)) : out + n0;
     const int64_t ldp = gated ? cols : N;
     if (M == 1)  // a matrix-vector product: sgemv reads the weights in place, sgemm would first repack them
-      scipy_cblas_sgemv(CblasRowMajor, CblasNoTrans, int(cols), int(K), 1.f, w.ptr<float>() + n0 * K, int(K),
+      NFD_CBLAS(sgemv)(CblasRowMajor, CblasNoTrans, int(cols), int(K), 1.f, w.ptr<float>() + n0 * K, int(K),
                         x.ptr<float>(), 1, 0.f, prod, 1);
     else
-      scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(M), int(cols), int(K), 1.f, x.ptr<float>(),
+      NFD_CBLAS(sgemm)(CblasRowMajor, CblasNoTrans, CblasTrans, int(M), int(cols), int(K), 1.f, x.ptr<float>(),
                         int(K), w.ptr<float>() + n0 * K, int(K), 0.f, prod, int(ldp));
     for (int64_t r = 0; r < M; ++r)
       epilogue_row(prod + r * ldp, b ? b + n0 : nullptr, g ? g + n0 : nullptr, out + r * N + n0, cols, epilogue);

@@ -4,7 +4,8 @@
 // GEMM engines (ops/cuda_gemm.h), chosen per shape:
 //  * CUTLASS 2.x device::Gemm (Sm80 tensor ops, runs on sm_80/89/90), 64x64x32 tiles, fp32 accumulation. The
 //    bias is fused as the epilogue's source operand C with a zero row stride (C[m][n] = bias[n]); GELU(tanh)
-//    through LinearCombinationGeneric<GELU_taylor>. 2 dtypes x 2 epilogue functors = 4 instantiations.
+//    through LinearCombinationGeneric<GELU_taylor>. 2 dtypes x 2 epilogue functors = 4 instantiations
+//    (CI compile time, see docs/cuda-backend.md).
 //  * cuBLASLt (ops/linear_cublaslt.cu, when built with its header and the library loads at run time):
 //    heuristic algorithm per shape, bias / GELU+bias epilogues.
 // The choice: NFD_RT_GEMM=cutlass|cublaslt forces one; otherwise (auto) the engine linear_prepare measured

@@ -1,6 +1,6 @@
 // The op interface the model is written against (csrc/model). One frame per pass: N tokens of width D.
 //
-// Each op `name` lives in ops/name.h (this file gathers the declarations), ops/name_cpu.cc (fp32 reference
+// Each op `name` is declared here and lives in ops/name.cc (its contract), ops/name_cpu.cc (fp32 reference
 // of the runtime, OpenBLAS for GEMMs) and ops/name_cuda.cu (bf16/fp16/fp32, fp32 accumulation). The free
 // function `nfd::ops::name` dispatches on the output tensor's device. Math is restated next to each op;
 // the PyTorch oracle is python/nfd_rt/reference/model.py.

@@ -6,7 +6,7 @@
 // is a 2x2 convolution of the small image with summed weights: 4 taps instead of 9 per output, 2.25x fewer
 // FLOPs, and the GEMMs run on the small image. Zero padding matches: an input row outside [0, H) is exactly
 // an upsampled row outside [0, 2H).
-#include <cblas.h>
+#include "backends/cpu/blas.h"
 
 #include <algorithm>
 
@@ -97,7 +97,7 @@ void upsample2x_conv2d(const Context& ctx, const Tensor& x, const Tensor& w, con
     ::nfd::cpu::parallel_for(ctx.threads, 4 * P, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1;) {
         const int64_t ph = i / P, p0 = i % P, p1 = std::min(P, p0 + (i1 - i));
-        scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(Cout), int(p1 - p0), int(K), 1.f,
+        NFD_CBLAS(sgemm)(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(Cout), int(p1 - p0), int(K), 1.f,
                           phase_w + ph * Cout * K, int(K), phase_col + ph * K * P + p0, int(P), 0.f,
                           phase_out + ph * Cout * P + p0, int(P));
         i += p1 - p0;

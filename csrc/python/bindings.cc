@@ -10,24 +10,19 @@
 #include <string>
 #include <vector>
 
-#include "backends/cpu/parallel.h"
+#include "backends/cpu/device_cpu.h"
 #include "backends/device.h"
 #include "core/config_json.h"
 #include "core/error.h"
 #include "core/model_file.h"
-#include "core/session.h"
+#include "runtime/session.h"
 #include "ops/cpu_common.h"
 #include "ops/kernel_report.h"
 #include "ops/scratch_bound.h"
-#ifdef NFD_RT_WITH_CUBLASLT
-#include "ops/cuda_gemm.h"
-#endif
 #include "nfd_rt/nfd_rt.h"
+#include "python/bindings.h"
 
 namespace py = pybind11;
-
-// Defined by csrc/python/ops_bindings.cc (op-level bindings for tests and benchmarks).
-void nfd_register_ops(py::module_& m);
 
 namespace {
 
@@ -90,13 +85,8 @@ const T* checked(const py::array& a, const std::vector<py::ssize_t>& shape, cons
 
 nfd::SessionOptions session_options(const std::string& device, const std::string& dtype, int threads) {
   nfd::SessionOptions o;
-  if (device == "cpu") o.device = nfd::Device::cpu;
-  else if (device == "cuda" || device == "cuda:0") o.device = nfd::Device::cuda;
-  else value_error("device must be 'cpu' or 'cuda', got '" + device + "'");
-  if (dtype == "float32") o.dtype = nfd::DType::f32;
-  else if (dtype == "bfloat16") o.dtype = nfd::DType::bf16;
-  else if (dtype == "float16") o.dtype = nfd::DType::f16;
-  else value_error("dtype must be one of ['float32', 'bfloat16', 'float16'], got '" + dtype + "'");
+  o.device = nfd::parse_device(device);
+  o.dtype = nfd::parse_dtype(dtype);
   o.threads = threads;
   return o;
 }
@@ -160,7 +150,7 @@ class PySession {
       frame = f;
     }
     float* lp = latent.mutable_data();
-    run([&](nfd::Session& s) { s.step(a, lp, fp); });
+    run([&](nfd::Session& s) { s.step(a, fp, lp); });
     return py::make_tuple(latent, frame);
   }
 
@@ -322,7 +312,7 @@ PYBIND11_MODULE(_core, m) {
       "available_memory",
       [](const std::string& device) {
         std::string source;
-        size_t bytes = nfd::available_memory(session_options(device, "float32", 0).device, &source);
+        size_t bytes = nfd::available_memory(nfd::parse_device(device), &source);
         return py::make_tuple(bytes, source);
       },
       py::arg("device") = "cpu", "(bytes a new allocation can count on now, where the figure comes from)");
@@ -344,25 +334,12 @@ PYBIND11_MODULE(_core, m) {
         "their last call in this process, e.g. {'attention bf16 hd64': 'ours: mma.sync ...'}.");
   m.def("clear_kernels_used", &nfd::clear_kernels_used, "Forget what kernels_used() recorded.");
   m.def("cuda_build_info", [] {
+    const nfd::CudaBuildInfo b = nfd::cuda_build_info();
     py::dict d;
-#ifdef NFD_RT_WITH_CUDA
-    d["cuda"] = true;
-#else
-    d["cuda"] = false;
-#endif
-#ifdef NFD_RT_WITH_FLASHINFER
-    d["flashinfer"] = true;
-#else
-    d["flashinfer"] = false;
-#endif
-#ifdef NFD_RT_WITH_CUBLASLT
-    d["cublaslt"] = true;
-    // Loading the library needs no GPU; this says where it came from or why it did not load.
-    d["cublaslt_status"] = nfd::ops::cuda_detail::cublaslt_status();
-#else
-    d["cublaslt"] = false;
-    d["cublaslt_status"] = "built without cuBLASLt (cublasLt.h not found at build time)";
-#endif
+    d["cuda"] = b.cuda;
+    d["flashinfer"] = b.flashinfer;
+    d["cublaslt"] = b.cublaslt;
+    d["cublaslt_status"] = b.cublaslt_status;
     return d;
   }, "What the CUDA backend was built with: {'cuda', 'flashinfer', 'cublaslt': bool, 'cublaslt_status': str}.");
   m.def("default_threads", &nfd::physical_cores,

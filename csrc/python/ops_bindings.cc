@@ -5,12 +5,14 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
 #include <cstring>
 #include <memory>
 #include <string>
 #include <thread>
 
 #include "backends/device.h"
+#include "python/bindings.h"
 #include "core/error.h"
 #include "ops/ops.h"
 
@@ -21,18 +23,19 @@ namespace {
 
 using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
 
-Device parse_device(const std::string& s) {
-  if (s == "cpu") return Device::cpu;
-  if (s == "cuda") return Device::cuda;
-  throw py::value_error("device must be 'cpu' or 'cuda', got '" + s + "'");
-}
-
-DType parse_dtype(const std::string& s) {
-  if (s == "float32") return DType::f32;
-  if (s == "bfloat16") return DType::bf16;
-  if (s == "float16") return DType::f16;
-  throw py::value_error("dtype must be 'float32', 'bfloat16' or 'float16', got '" + s + "'");
-}
+// Timing mode for benchmarks/ops.py (set_timing): each op call then runs `warmup` untimed calls and `samples`
+// timed batches of `repeat` calls on its already uploaded inputs (on CUDA one captured graph of the batch,
+// replayed, so launch gaps stay out); last_times() gives seconds per call of each batch. The input copies and
+// the copy back are never timed. Ops that update an input in place (gated_residual, unpatchify_axpy) then
+// return that input after every repeat: the values are not meaningful, the time is.
+struct Timing {
+  int repeat = 0;  // 0: timing off, one plain call
+  int warmup = 2;
+  int samples = 5;
+  bool graph = true;
+  std::vector<double> last;
+};
+Timing g_timing;
 
 std::vector<int64_t> shape_of(const py::array& a) {
   return std::vector<int64_t>(a.shape(), a.shape() + a.ndim());
@@ -72,6 +75,37 @@ struct Call {
   Tensor in_opt(const py::object& o) { return o.is_none() ? Tensor{} : in(o.cast<F32Array>()); }
   Tensor out(std::vector<int64_t> shape, DType dt) { return arena.alloc(std::move(shape), dt); }
   Tensor out(std::vector<int64_t> shape) { return out(std::move(shape), dtype); }
+  // Runs the op once, or as set_timing says.
+  template <class F>
+  void run(F&& f) {
+    if (g_timing.repeat <= 0) {
+      f();
+      return;
+    }
+    using clock = std::chrono::steady_clock;
+    g_timing.last.clear();
+    for (int i = 0; i < g_timing.warmup; ++i) f();
+    device_synchronize(device, ctx.stream);
+    std::unique_ptr<CudaGraph> graph;
+    if (device == Device::cuda && g_timing.graph) {
+      graph = std::make_unique<CudaGraph>();
+      graph->capture(stream, [&] {
+        for (int r = 0; r < g_timing.repeat; ++r) f();
+      });
+      graph->replay(stream);  // the first replay uploads the graph: untimed
+      device_synchronize(device, ctx.stream);
+    }
+    for (int s = 0; s < g_timing.samples; ++s) {
+      const auto t0 = clock::now();
+      if (graph) {
+        graph->replay(stream);
+      } else {
+        for (int r = 0; r < g_timing.repeat; ++r) f();
+      }
+      device_synchronize(device, ctx.stream);
+      g_timing.last.push_back(std::chrono::duration<double>(clock::now() - t0).count() / g_timing.repeat);
+    }
+  }
   py::array_t<float> back(const Tensor& t) {
     device_synchronize(device, ctx.stream);
     py::array_t<float> r(t.shape);
@@ -93,6 +127,19 @@ ops::Epilogue parse_epilogue(const std::string& s) {
 
 void nfd_register_ops(py::module_& m) {
   m.doc() = "Single ops of the runtime on numpy arrays (testing): inputs float32, computed on device/dtype.";
+
+  m.def("set_timing", [](int repeat, int warmup, int samples, bool graph) {
+    if (repeat < 0 || warmup < 0 || samples < 1) throw py::value_error("set_timing: repeat >= 0, warmup >= 0, samples >= 1");
+    g_timing.repeat = repeat;
+    g_timing.warmup = warmup;
+    g_timing.samples = samples;
+    g_timing.graph = graph;
+    g_timing.last.clear();
+  }, py::arg("repeat"), py::arg("warmup") = 2, py::arg("samples") = 5, py::arg("graph") = true,
+     "Time every following op call: `warmup` untimed calls, then `samples` batches of `repeat` calls (on CUDA "
+     "one captured graph per batch); repeat=0 turns timing off. Read the times with last_times().");
+  m.def("last_times", [] { return g_timing.last; },
+        "Seconds per call of each timed batch of the last op call (empty when timing is off).");
 #define NFD_DEV py::arg("device") = "cpu", py::arg("dtype") = "float32", py::arg("threads") = 0
 
   m.def("linear", [](F32Array x, F32Array w, py::object b, const std::string& epilogue, py::object gate,
@@ -101,7 +148,7 @@ void nfd_register_ops(py::module_& m) {
     Tensor tx = c.in(x), tw = c.in(w), tb = c.in_opt(b), tg = c.in_opt(gate);
     ops::Epilogue e = parse_epilogue(epilogue);
     Tensor ty = y.is_none() ? c.out({tx.dim(0), tw.dim(0)}) : c.in(y.cast<F32Array>());
-    ops::linear(c.ctx, tx, tw, tb, ty, e, tg.defined() ? &tg : nullptr);
+    c.run([&] { ops::linear(c.ctx, tx, tw, tb, ty, e, tg.defined() ? &tg : nullptr); });
     return c.back(ty);
   }, py::arg("x"), py::arg("w"), py::arg("b") = py::none(), py::arg("epilogue") = "none",
      py::arg("gate") = py::none(), py::arg("y") = py::none(), NFD_DEV);
@@ -110,14 +157,14 @@ void nfd_register_ops(py::module_& m) {
                                  const std::string& dtype, int threads) {
     Call c(device, dtype, threads);
     Tensor tx = c.in(x), ts = c.in(shift), tc = c.in(scale), to = c.out(tx.shape);
-    ops::layernorm_modulate(c.ctx, tx, ts, tc, eps, to);
+    c.run([&] { ops::layernorm_modulate(c.ctx, tx, ts, tc, eps, to); });
     return c.back(to);
   }, py::arg("x"), py::arg("shift"), py::arg("scale"), py::arg("eps") = 1e-6f, NFD_DEV);
 
   m.def("add_silu", [](F32Array a, F32Array b, const std::string& device, const std::string& dtype, int threads) {
     Call c(device, dtype, threads);
     Tensor ta = c.in(a), tb = c.in(b), to = c.out(ta.shape);
-    ops::add_silu(c.ctx, ta, tb, to);
+    c.run([&] { ops::add_silu(c.ctx, ta, tb, to); });
     return c.back(to);
   }, py::arg("a"), py::arg("b"), NFD_DEV);
 
@@ -133,7 +180,7 @@ void nfd_register_ops(py::module_& m) {
     const int64_t N = qkv.shape(0), hd = qkv.shape(1) / (3 * heads);
     Tensor tq = c.in(qkv), q = c.out({heads, N, hd}), k = c.out({1, N, heads, hd}), v = c.out({1, N, heads, hd});
     ops::RopeParams rp{{rope_dims[0], rope_dims[1], rope_dims[2]}, theta, grid_cols};
-    ops::rope_qkv_split(c.ctx, tq, rp, q, k, v);
+    c.run([&] { ops::rope_qkv_split(c.ctx, tq, rp, q, k, v); });
     k.shape.erase(k.shape.begin());
     v.shape.erase(v.shape.begin());
     return py::make_tuple(c.back(q), c.back(k), c.back(v));
@@ -152,7 +199,7 @@ void nfd_register_ops(py::module_& m) {
     Tensor tq = c.in(q), tk = c.in(k_cache), tv = c.in(v_cache);
     if (tq.rank() != 3) throw py::value_error("q must be [H, N, hd]");
     Tensor to = c.out({tq.dim(1), tq.dim(0) * tq.dim(2)});
-    ops::attention(c.ctx, tq, tk, tv, to);
+    c.run([&] { ops::attention(c.ctx, tq, tk, tv, to); });
     return c.back(to);
   }, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("visible_slots"), NFD_DEV);
 
@@ -161,7 +208,7 @@ void nfd_register_ops(py::module_& m) {
     Call c(device, dtype, threads);
     Tensor tl = c.in(latent);
     Tensor tt = c.out({(tl.dim(1) / patch) * (tl.dim(2) / patch), tl.dim(0) * patch * patch});
-    ops::patchify(c.ctx, tl, patch, tt);
+    c.run([&] { ops::patchify(c.ctx, tl, patch, tt); });
     return c.back(tt);
   }, py::arg("latent"), py::arg("patch"), NFD_DEV);
 
@@ -169,7 +216,7 @@ void nfd_register_ops(py::module_& m) {
                               const std::string& dtype, int threads) {
     Call c(device, dtype, threads);
     Tensor tt = c.in(tokens), tl = c.in(latent);
-    ops::unpatchify_axpy(c.ctx, tt, patch, dt, tl);
+    c.run([&] { ops::unpatchify_axpy(c.ctx, tt, patch, dt, tl); });
     return c.back(tl);
   }, py::arg("tokens"), py::arg("patch"), py::arg("dt"), py::arg("latent"), NFD_DEV);
 
@@ -181,7 +228,7 @@ void nfd_register_ops(py::module_& m) {
     c.set_state(st);
     Tensor tx = c.in_opt(x);
     Tensor to = c.out(tx.defined() ? tx.shape : shape);
-    ops::noise_mix(c.ctx, seed, step, a, tx, b, to);
+    c.run([&] { ops::noise_mix(c.ctx, seed, step, a, tx, b, to); });
     return c.back(to);
   }, py::arg("seed"), py::arg("frame"), py::arg("step"), py::arg("a") = 0.f, py::arg("x") = py::none(),
      py::arg("b") = 1.f, py::arg("shape") = std::vector<int64_t>{}, NFD_DEV);
@@ -192,7 +239,7 @@ void nfd_register_ops(py::module_& m) {
     st.frame_index = frame;
     c.set_state(st);
     Tensor to = c.out({count});
-    ops::noise_mix(c.ctx, seed, step, 0.f, Tensor{}, 1.f, to);
+    c.run([&] { ops::noise_mix(c.ctx, seed, step, 0.f, Tensor{}, 1.f, to); });
     return c.back(to);
   }, py::arg("seed"), py::arg("frame"), py::arg("step"), py::arg("count"), py::arg("device") = "cpu",
      py::arg("threads") = 0);
@@ -204,7 +251,7 @@ void nfd_register_ops(py::module_& m) {
     Tensor tx = c.in(x), tw = c.in(w), tb = c.in_opt(b), tr = c.in_opt(residual);
     const int64_t k = tw.dim(2);
     Tensor to = c.out({tw.dim(0), (tx.dim(1) + 2 * pad - k) / stride + 1, (tx.dim(2) + 2 * pad - k) / stride + 1});
-    ops::conv2d(c.ctx, tx, tw, tb, stride, pad, to, tr.defined() ? &tr : nullptr);
+    c.run([&] { ops::conv2d(c.ctx, tx, tw, tb, stride, pad, to, tr.defined() ? &tr : nullptr); });
     return c.back(to);
   }, py::arg("x"), py::arg("w"), py::arg("b") = py::none(), py::arg("stride") = 1, py::arg("pad") = 0,
      py::arg("residual") = py::none(), NFD_DEV);
@@ -215,7 +262,7 @@ void nfd_register_ops(py::module_& m) {
     Call c(device, dtype, threads);
     Tensor tx = c.in(x), tw = c.in(w), tb = c.in_opt(b);
     Tensor to = c.out({tw.dim(0), 2 * tx.dim(1), 2 * tx.dim(2)});
-    ops::upsample2x_conv2d(c.ctx, tx, tw, tb, to);
+    c.run([&] { ops::upsample2x_conv2d(c.ctx, tx, tw, tb, to); });
     return c.back(to);
   }, py::arg("x"), py::arg("w"), py::arg("b") = py::none(), NFD_DEV);
 
@@ -223,7 +270,7 @@ void nfd_register_ops(py::module_& m) {
                         const std::string& device, const std::string& dtype, int threads) {
     Call c(device, dtype, threads);
     Tensor tx = c.in(x), tg = c.in(gamma), tb = c.in(beta), to = c.out(tx.shape);
-    ops::groupnorm(c.ctx, tx, tg, tb, groups, eps, silu, to);
+    c.run([&] { ops::groupnorm(c.ctx, tx, tg, tb, groups, eps, silu, to); });
     return c.back(to);
   }, py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("groups"), py::arg("eps") = 1e-6f,
      py::arg("silu") = false, NFD_DEV);
@@ -232,7 +279,7 @@ void nfd_register_ops(py::module_& m) {
     if (x.ndim() != 3) throw py::value_error("x must be [C, H, W]");
     Call c(device, dtype, threads);
     Tensor tx = c.in(x), to = c.out({tx.dim(0), 2 * tx.dim(1), 2 * tx.dim(2)});
-    ops::upsample_nearest2x(c.ctx, tx, to);
+    c.run([&] { ops::upsample_nearest2x(c.ctx, tx, to); });
     return c.back(to);
   }, py::arg("x"), NFD_DEV);
 
@@ -240,7 +287,7 @@ void nfd_register_ops(py::module_& m) {
     if (image.ndim() != 3) throw py::value_error("image must be [3, H, W]");
     Call c(device, dtype, threads);
     Tensor ti = c.in(image), to = c.out({ti.dim(1), ti.dim(2), 3}, DType::u8);
-    ops::to_uint8(c.ctx, ti, to);
+    c.run([&] { ops::to_uint8(c.ctx, ti, to); });
     device_synchronize(c.device, c.ctx.stream);
     py::array_t<uint8_t> r(to.shape);
     device_memcpy(r.mutable_data(), Device::cpu, to.data, c.device, to.bytes(), c.ctx.stream);
@@ -254,7 +301,7 @@ void nfd_register_ops(py::module_& m) {
     Tensor tf = c.out(shape_of(frame), DType::u8);
     device_memcpy(tf.data, c.device, frame.data(), Device::cpu, tf.bytes(), c.ctx.stream);
     Tensor to = c.out({3, tf.dim(0), tf.dim(1)});
-    ops::from_uint8(c.ctx, tf, to);
+    c.run([&] { ops::from_uint8(c.ctx, tf, to); });
     return c.back(to);
   }, py::arg("frame"), NFD_DEV);
 #undef NFD_DEV

@@ -6,8 +6,6 @@ reference model, `ReferenceSession` and the exporter's model class.
 
 from . import configs, rng
 
-__version__ = "0.1.0"
-
 __all__ = ["configs", "rng", "Session", "export", "__version__", "include_dir", "cmake_dir", "lib_dir"]
 
 
@@ -45,4 +43,14 @@ def __getattr__(name):  # lazy: `export` needs torch, `Session` needs the compil
         return importlib.import_module(".export", __name__)
     if name == "Session":
         return importlib.import_module(".session", __name__).Session
+    if name == "__version__":  # one source: project(VERSION) in CMakeLists.txt, compiled into the runtime
+        try:
+            return importlib.import_module("._core", __name__).version()
+        except ImportError:
+            from importlib.metadata import PackageNotFoundError, version
+
+            try:
+                return version("nfd_rt")
+            except PackageNotFoundError:
+                return "unknown"
     raise AttributeError(f"module 'nfd_rt' has no attribute {name!r}")

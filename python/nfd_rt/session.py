@@ -16,9 +16,6 @@ from . import _checks
 from ._native import core
 from .configs import NFDConfig
 
-_DTYPES = ("float32", "bfloat16", "float16")
-
-
 class Session:
     """Frame-step session over a `.nfd` file.
 
@@ -35,10 +32,10 @@ class Session:
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", dtype: str = "float32", seed: int = 0,
                  threads: int = 0, cuda_graphs: bool = True, max_memory_bytes: int | None = None):
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {dtype!r}")
         if not isinstance(device, str):
             device = str(device)  # e.g. torch.device("cuda")
+        if not isinstance(dtype, str):
+            dtype = str(dtype).removeprefix("torch.")  # e.g. torch.bfloat16; the runtime parses the name
         if max_memory_bytes is not None and (not isinstance(max_memory_bytes, (int, np.integer))
                                              or isinstance(max_memory_bytes, bool) or max_memory_bytes <= 0):
             raise ValueError(f"max_memory_bytes must be a positive integer or None, got {max_memory_bytes!r}")

@@ -11,7 +11,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <functional>
-#include <string>
 
 namespace nfd {
 namespace cpu {
@@ -53,12 +52,6 @@ void parallel_for(int threads, int64_t n, Fn fn, int64_t grain = 1) {
 // parallel.cc); on tiny at 2 threads 2^16 gave 3.15 ms a frame, 2^18 3.35 ms, 2^20 4.7-5.9 ms.
 constexpr int64_t kMinChunkWork = int64_t(1) << 16;
 inline int64_t grain_for(int64_t work) { return std::max<int64_t>(1, kMinChunkWork / std::max<int64_t>(1, work)); }
-
-// Sets OpenBLAS' thread count (only when it changes).
-void set_blas_threads(int threads);
-
-// OpenBLAS' build and the kernel set it chose for this CPU, e.g. "OpenBLAS 0.3.34 DYNAMIC_ARCH ... SkylakeX".
-std::string blas_config();
 
 }  // namespace cpu
 }  // namespace nfd

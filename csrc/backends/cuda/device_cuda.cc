@@ -1,11 +1,11 @@
 // CUDA side of backends/device.h: device queries, streams, CUDA graphs, and the memory entry points of
-// cuda_backend.h. Nothing here aborts: every CUDA error is turned into nfd::Error with the CUDA error text.
+// backends/cuda/device_cuda.h. Nothing here aborts: every CUDA error is turned into nfd::Error with the CUDA error text.
 #include <cuda_runtime.h>
 
 #include <cstdint>
 #include <string>
 
-#include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/device_cuda.h"
 #include "backends/device.h"
 #include "core/error.h"
 
@@ -34,12 +34,7 @@ std::string cuda_unavailable_reason() {
   return n > 0 ? "" : "no CUDA device";
 }
 
-size_t cuda_free_memory(std::string* source) {
-  size_t free_bytes = 0, total = 0;
-  check(cudaMemGetInfo(&free_bytes, &total), "cudaMemGetInfo");
-  if (source) *source = "free memory of the CUDA device (cudaMemGetInfo)";
-  return free_bytes;
-}
+
 
 std::string cuda_device_name() {
   if (!cuda_available()) return "";
@@ -107,7 +102,7 @@ void CudaGraph::replay(void* stream) {
   check(cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec_), static_cast<cudaStream_t>(stream)), "cudaGraphLaunch");
 }
 
-namespace cuda_backend {
+namespace cuda_device {
 
 void* malloc(size_t bytes) {
   if (bytes == 0) return nullptr;
@@ -138,17 +133,12 @@ void synchronize(void* stream) {
   check(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), "cudaStreamSynchronize");
 }
 
-}  // namespace cuda_backend
-}  // namespace nfd
-
-// The CUDA halves of the generic device functions (backends/device_impl.h), used by backends/cpu/device_cpu.cc.
-#include "backends/device_impl.h"
-
-namespace nfd {
-void* cuda_malloc(size_t bytes) { return cuda_backend::malloc(bytes); }
-void cuda_free(void* ptr) { cuda_backend::free(ptr); }
-void cuda_memcpy(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes, void* stream) {
-  cuda_backend::memcpy(dst, dst_device == Device::cuda, src, src_device == Device::cuda, bytes, stream);
+size_t free_memory(std::string* source) {
+  size_t free_bytes = 0, total = 0;
+  check(cudaMemGetInfo(&free_bytes, &total), "cudaMemGetInfo");
+  if (source) *source = "free memory of the CUDA device (cudaMemGetInfo)";
+  return free_bytes;
 }
-void cuda_synchronize(void* stream) { cuda_backend::synchronize(stream); }
+
+}  // namespace cuda_device
 }  // namespace nfd

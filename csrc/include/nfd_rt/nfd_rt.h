@@ -34,9 +34,8 @@
 extern "C" {
 #endif
 
-#define NFD_VERSION_MAJOR 0
-#define NFD_VERSION_MINOR 1
-#define NFD_VERSION_PATCH 0
+/* NFD_VERSION_MAJOR / _MINOR / _PATCH and NFD_VERSION_STRING, generated from CMakeLists.txt's project(VERSION). */
+#include "nfd_rt/nfd_rt_version.h"
 
 typedef enum nfd_status {
   NFD_OK = 0,
@@ -76,7 +75,7 @@ typedef struct nfd_session_info {
 
 typedef struct nfd_session nfd_session; /* opaque */
 
-/* "0.1.0" */
+/* The library's version, e.g. "0.1.0" (NFD_VERSION_STRING of the header it was built with). */
 NFD_API const char* nfd_version(void);
 
 /* Message of the last failed nfd_* call on this thread ("" after a successful call). Valid until the next

@@ -63,9 +63,9 @@ class Session {
   // (float [count, C, h, w]) into it, with actions [count, action_dim] (nullptr = zeros).
   void reset_frames(const uint8_t* frames, int count, const float* actions);
   void reset_latents(const float* latents, int count, const float* actions);
-  // Generates the next frame for `action` [action_dim]: latent_out float [C, h, w] and/or frame_out
-  // uint8 [H, W, 3] (either may be nullptr; decoding runs only when frame_out is given).
-  void step(const float* action, float* latent_out, uint8_t* frame_out);
+  // Generates the next frame for `action` [action_dim]: frame_out uint8 [H, W, 3] and/or latent_out float
+  // [C, h, w] (either may be nullptr; decoding runs only when frame_out is given). The order of nfd_session_step.
+  void step(const float* action, uint8_t* frame_out, float* latent_out);
   // Decodes one latent [C, h, w] to uint8 [H, W, 3] without touching the session state.
   void decode(const float* latent, uint8_t* frame_out);
 

@@ -6,7 +6,7 @@
 // the slot it writes to holds frame f - W - 1, which it no longer sees. So every pass of frame f writes its
 // K/V straight into the frame's final slot: no scratch copy, and all the device work of a frame runs on fixed
 // buffers (run_frame), with the per-frame values in one FrameState in device memory.
-#include "core/session.h"
+#include "runtime/session.h"
 
 #include <cmath>
 #include <cstdio>
@@ -337,7 +337,7 @@ void Session::reset_latents(const float* latents, int count, const float* action
   }
 }
 
-void Session::step(const float* action, float* latent_out, uint8_t* frame_out) {
+void Session::step(const float* action, uint8_t* frame_out, float* latent_out) {
   Impl& s = *impl_;
   NFD_CHECK(action, invalid_argument, "step: action is null");
   check_finite(action, s.cfg.action_dim, "action");

@@ -1,0 +1,122 @@
+// The device-generic half of backends/device.h: arenas, and memory calls routed to the CPU side
+// (backends/cpu/device_cpu.h) or the CUDA side (backends/cuda/device_cuda.h, only when built with CUDA; without
+// it every CUDA entry point reports "built without CUDA").
+#include "backends/device.h"
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "backends/cpu/device_cpu.h"
+#include "core/error.h"
+#ifdef NFD_RT_WITH_CUDA
+#include "backends/cuda/device_cuda.h"
+#endif
+
+namespace nfd {
+
+Arena::~Arena() {
+  for (void* p : blocks_) {
+    try {
+      device_free(device_, p);
+    } catch (...) {  // destructors never throw
+    }
+  }
+}
+
+Arena::Arena(Arena&& other) noexcept
+    : device_(other.device_), measuring_(other.measuring_), blocks_(std::move(other.blocks_)) {
+  std::copy(other.bytes_, other.bytes_ + 3, bytes_);
+  other.blocks_.clear();
+}
+
+Tensor Arena::alloc(std::vector<int64_t> shape, DType dtype, Use use) {
+  Tensor t;
+  t.dtype = dtype;
+  t.device = device_;
+  t.shape = std::move(shape);
+  for (int64_t s : t.shape) NFD_CHECK(s >= 0, invalid_argument, "Arena::alloc: negative dimension in " + t.describe());
+  size_t bytes = std::max<size_t>(t.bytes(), 1);
+  bytes_[int(use)] += bytes;
+  if (measuring_) return t;  // no data: the tensor only carries its shape
+  t.data = device_malloc(device_, bytes);
+  blocks_.push_back(t.data);
+  if (device_ == Device::cpu) {
+    std::memset(t.data, 0, bytes);
+  } else {
+    std::vector<uint8_t> zeros(bytes, 0);  // arenas are filled once at open: a host staging buffer is fine
+    device_memcpy(t.data, device_, zeros.data(), Device::cpu, bytes, nullptr);
+  }
+  return t;
+}
+
+#ifndef NFD_RT_WITH_CUDA
+[[noreturn]] static void no_cuda(const char* what) {
+  fail(ErrorKind::unsupported, std::string(what) + ": nfd_rt was built without CUDA");
+}
+#endif
+
+void* device_malloc(Device device, size_t bytes) {
+  if (device == Device::cpu) return cpu::host_malloc(bytes);
+#ifdef NFD_RT_WITH_CUDA
+  return cuda_device::malloc(bytes);
+#else
+  no_cuda("device_malloc");
+#endif
+}
+
+void device_free(Device device, void* ptr) {
+  if (!ptr) return;
+  if (device == Device::cpu) return cpu::host_free(ptr);
+#ifdef NFD_RT_WITH_CUDA
+  cuda_device::free(ptr);
+#else
+  no_cuda("device_free");
+#endif
+}
+
+void device_memcpy(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes, void* stream) {
+  if (bytes == 0) return;
+  if (dst_device == Device::cpu && src_device == Device::cpu) {
+    std::memmove(dst, src, bytes);
+    return;
+  }
+#ifdef NFD_RT_WITH_CUDA
+  cuda_device::memcpy(dst, dst_device == Device::cuda, src, src_device == Device::cuda, bytes, stream);
+#else
+  no_cuda("device_memcpy");
+#endif
+}
+
+void device_synchronize(Device device, void* stream) {
+  if (device == Device::cpu) return;  // CPU work is synchronous
+#ifdef NFD_RT_WITH_CUDA
+  cuda_device::synchronize(stream);
+#else
+  no_cuda("device_synchronize");
+#endif
+}
+
+size_t available_memory(Device device, std::string* source) {
+  if (device == Device::cpu) return cpu::host_available_memory(source);
+#ifdef NFD_RT_WITH_CUDA
+  return cuda_device::free_memory(source);
+#else
+  no_cuda("available_memory");
+#endif
+}
+
+#ifndef NFD_RT_WITH_CUDA
+bool cuda_available() { return false; }
+bool built_with_cuda() { return false; }
+std::string cuda_unavailable_reason() { return "built without CUDA"; }
+std::string cuda_device_name() { return ""; }
+void* cuda_stream_create() { no_cuda("cuda_stream_create"); }
+void cuda_stream_destroy(void* stream) {}
+CudaGraph::~CudaGraph() {}
+void CudaGraph::capture(void* stream, const std::function<void()>& fn) { no_cuda("CudaGraph::capture"); }
+void CudaGraph::replay(void* stream) { no_cuda("CudaGraph::replay"); }
+#endif
+
+}  // namespace nfd
