@@ -578,6 +578,7 @@ def run_benchmark(args, result: dict, save: Callable[[], None]) -> dict:
             torch.cuda.empty_cache()
     if args.scaling:
         result["scaling"] = scaling_run(bench)
+    args.model_file = path  # the many-worlds benchmarks (--batch-sizes, --repeat) run on the same weights
     result["peak_host_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if bench.cuda and model is not None:
         import torch
@@ -654,20 +655,21 @@ def scaling_run(bench: Bench) -> dict:
 
 
 def environment(device: str) -> dict:
+    from nfd_rt._env import runtime_report
+
+    rt = runtime_report()  # the same facts as `nfd-rt env`
     env = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": rt["cpu"],
         "python": platform.python_version(),
+        "nfd_rt_version": rt["nfd_rt"],
+        "cuda_runtime": rt["cuda"],
+        "blas": rt["blas"],
+        "cpu_kernels": rt["cpu_kernels"],
     }
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    env["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    if "OPENBLAS_CORETYPE" in rt:
+        env["OPENBLAS_CORETYPE"] = rt["OPENBLAS_CORETYPE"]
     try:
         env["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True,
                                        check=True).stdout.strip()
@@ -677,9 +679,6 @@ def environment(device: str) -> dict:
             env["commit_dirty"] = True
     except (OSError, subprocess.CalledProcessError):
         env["commit"] = os.environ.get("NFD_RT_COMMIT", "unknown")  # a copy without .git (e.g. a GPU machine)
-    import nfd_rt
-
-    env["nfd_rt_version"] = nfd_rt.__version__
     try:
         import torch
 
@@ -694,15 +693,6 @@ def environment(device: str) -> dict:
                 "cudnn": getattr(torch.backends.cuda, "cudnn_sdp_enabled", lambda: None)(),
                 "math": torch.backends.cuda.math_sdp_enabled()}
     except ImportError:
-        pass
-    try:  # the BLAS build and the kernel set it picked (OPENBLAS_CORETYPE overrides the choice)
-        from nfd_rt._native import core
-
-        env["blas"] = core().blas_config()
-        env["cpu_kernels"] = core().cpu_kernel_level()
-        if os.environ.get("OPENBLAS_CORETYPE"):
-            env["OPENBLAS_CORETYPE"] = os.environ["OPENBLAS_CORETYPE"]
-    except (ImportError, AttributeError):
         pass
     if device == "cuda":
         try:
@@ -886,6 +876,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markdown-from", metavar="JSON",
                    help="print the Markdown table of a stored result and exit (how the README's tables are made)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress lines")
+    p.add_argument("--batch-sizes", help="also many worlds: nfd_rt.step_batch over these session counts, e.g. "
+                   "1,2,4,8,16 (benchmarks/worlds.py, on the run's model file)")
+    p.add_argument("--repeat", help="also speculative sampling at these action-repeat probabilities, e.g. "
+                   "0.5,0.8,0.95 (benchmarks/worlds.py; exact and parallel modes against plain stepping)")
+    p.add_argument("--speculate", type=int, default=4, help="frames ahead for --repeat (default 4)")
     args = p.parse_args(argv)
     if args.markdown_from:
         print(markdown(json.loads(Path(args.markdown_from).read_text())))
@@ -916,6 +911,21 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(json.dumps(result, indent=2, sort_keys=True, default=float) + "\n")
 
     run_benchmark(args, result, save)
+    if args.batch_sizes or args.repeat:
+        import worlds  # benchmarks/worlds.py, beside this file
+
+        dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
+        if args.batch_sizes:
+            log("many worlds: batched steps ...")
+            result["batch"] = worlds.batch_benchmark(args.model_file, [int(x) for x in args.batch_sizes.split(",")],
+                                                     args.frames, args.threads, args.device, dtype)
+            save()
+        if args.repeat:
+            log("many worlds: speculative sampling ...")
+            result["speculation"] = worlds.speculation_benchmark(
+                args.model_file, [float(x) for x in args.repeat.split(",")], args.speculate,
+                max(4 * args.frames, 100), args.threads, args.device, dtype, scripted=False)
+            save()
     result["complete"] = True
     save()
     log(f"wrote {out}")

@@ -6,6 +6,7 @@
 #include <memory>
 #include <new>
 #include <string>
+#include <vector>
 
 #include "core/error.h"
 #include "core/model_file.h"
@@ -13,6 +14,9 @@
 
 struct nfd_session {
   std::unique_ptr<nfd::Session> impl;
+};
+struct nfd_model {
+  std::shared_ptr<nfd::Model> impl;
 };
 
 namespace {
@@ -98,6 +102,8 @@ nfd_session_params nfd_session_default_params(void) {
   p.threads = 0;
   p.cuda_graphs = 1;
   p.max_memory_bytes = 0;
+  p.speculate = 0;
+  p.speculate_mode = NFD_SPECULATE_EXACT;
   return p;
 }
 
@@ -127,6 +133,12 @@ nfd::SessionOptions session_options(const nfd_session_params* params) {
   o.threads = p.threads;
   o.cuda_graphs = p.cuda_graphs != 0;
   o.max_memory_bytes = p.max_memory_bytes;
+  o.speculate = p.speculate;
+  switch (p.speculate_mode) {
+    case NFD_SPECULATE_EXACT: o.speculate_mode = nfd::SpeculateMode::exact; break;
+    case NFD_SPECULATE_PARALLEL: o.speculate_mode = nfd::SpeculateMode::parallel; break;
+    default: require(false, "params->speculate_mode is not an nfd_speculate_mode value");
+  }
   return o;
 }
 }  // namespace
@@ -152,6 +164,67 @@ nfd_status nfd_session_open(const char* path, const nfd_session_params* params, 
   });
 }
 
+nfd_status nfd_model_load(const char* path, const nfd_session_params* params, nfd_model** out) {
+  if (out) *out = nullptr;
+  return guarded([&] {
+    require(path != nullptr, "nfd_model_load: path is NULL");
+    require(out != nullptr, "nfd_model_load: out is NULL");
+    nfd::SessionOptions o = session_options(params);
+    nfd::ModelOptions mo;
+    mo.device = o.device;
+    mo.dtype = o.dtype;
+    mo.threads = o.threads;
+    mo.max_memory_bytes = o.max_memory_bytes;
+    auto m = std::make_unique<nfd_model>();
+    m->impl = nfd::Model::load(path, mo);
+    *out = m.release();
+  });
+}
+
+void nfd_model_free(nfd_model* model) {
+  try {
+    delete model;  // drops this handle's reference; sessions keep theirs
+  } catch (...) {
+  }
+}
+
+nfd_status nfd_session_create(nfd_model* model, const nfd_session_params* params, nfd_session** out) {
+  if (out) *out = nullptr;
+  return guarded([&] {
+    require(model != nullptr, "nfd_session_create: model is NULL");
+    require(out != nullptr, "nfd_session_create: out is NULL");
+    auto s = std::make_unique<nfd_session>();
+    s->impl = std::make_unique<nfd::Session>(model->impl, session_options(params));
+    *out = s.release();
+  });
+}
+
+nfd_status nfd_session_fork(nfd_session* session, nfd_session** out) {
+  if (out) *out = nullptr;
+  return guarded([&] {
+    require(session != nullptr, "nfd_session_fork: session is NULL");
+    require(out != nullptr, "nfd_session_fork: out is NULL");
+    auto s = std::make_unique<nfd_session>();
+    s->impl = session->impl->fork();
+    *out = s.release();
+  });
+}
+
+nfd_status nfd_step_batch(nfd_session* const* sessions, int32_t count, const float* actions, uint8_t* frames_out,
+                          float* latents_out) {
+  return guarded([&] {
+    require(sessions != nullptr, "nfd_step_batch: sessions is NULL");
+    require(count > 0, "nfd_step_batch: count must be > 0");
+    require(actions != nullptr, "nfd_step_batch: actions is NULL");
+    std::vector<nfd::Session*> list;
+    for (int32_t i = 0; i < count; ++i) {
+      if (!sessions[i]) nfd::fail(nfd::ErrorKind::invalid_argument, "nfd_step_batch: session " + std::to_string(i) + " is NULL");
+      list.push_back(sessions[i]->impl.get());
+    }
+    nfd::Session::step_batch(list, actions, frames_out, latents_out);
+  });
+}
+
 void nfd_session_close(nfd_session* session) {
   try {
     delete session;
@@ -174,6 +247,9 @@ nfd_status nfd_session_get_info(const nfd_session* s, nfd_session_info* out) {
     out->sink_frames = c.sink_frames;
     out->frame_index = s->impl->frame_index();
     out->memory_bytes = s->impl->memory_bytes();
+    const nfd::Session::SpeculationStats st = s->impl->speculation_stats();
+    out->speculated_served = st.served;
+    out->speculated_discarded = st.discarded;
   });
 }
 

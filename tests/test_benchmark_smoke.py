@@ -143,3 +143,19 @@ def test_gpu_run_script_dry_run(tmp_path):
     with tarfile.open(tmp_path / "out" / "results.tar.gz") as t:
         assert "./probe.log" in t.getnames()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["results.tar.gz", "run.log", "summary.json"]
+
+
+def test_worlds_benchmark_smoke(tmp_path):
+    """benchmarks/worlds.py: batched steps and both speculation modes run and write their tables (no timing
+    asserted)."""
+    out = tmp_path / "w.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "worlds.py"), "--batch-sizes", "1,2",
+                        "--batch-frames", "3", "--repeat", "0.9", "--speculate", "2", "--speculation-frames", "12",
+                        "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(out.read_text())
+    assert [row["sessions"] for row in result["batch"]["rows"]] == [1, 2]
+    cases = [row["case"] for row in result["speculation"]["exact"]]
+    assert cases[0] == "repeat p=0.9" and "demo scripted player" in cases
+    assert all(row["exact"]["stats"]["served"] >= 0 for row in result["speculation"]["exact"])
+    assert "| sessions |" in r.stdout and "Parallel speculation" in r.stdout

@@ -98,3 +98,13 @@ def header_dirs() -> list[str]:
     if not os.path.exists(os.path.join(generated, "nfd_rt", "nfd_rt_version.h")):
         pytest.skip(f"no installed nfd_rt and no build tree with the generated version header at {build}")
     return [os.path.join(REPO, "csrc", "include"), generated]
+
+
+def test_many_worlds_from_c(example, tmp_path):
+    """nfd_model_load / nfd_session_create / nfd_model_free early / nfd_step_batch / nfd_session_fork from C."""
+    worlds = os.path.join(os.path.dirname(example), "nfd_worlds")
+    model = tmp_path / "micro.nfd"
+    model.write_bytes(random_nfd(MICRO))
+    r = _run([worlds, str(model), "4"])
+    assert "batched 4 sessions" in r.stdout and r.stdout.rstrip().endswith("ok"), r.stdout
+    assert "max |parent - fork| = 0" in r.stdout

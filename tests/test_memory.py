@@ -91,7 +91,8 @@ def test_huge_file_through_the_c_abi(huge_file):
 
 class SessionParams(ctypes.Structure):
     _fields_ = [("device", ctypes.c_int), ("dtype", ctypes.c_int), ("seed", ctypes.c_uint64),
-                ("threads", ctypes.c_int32), ("cuda_graphs", ctypes.c_int32), ("max_memory_bytes", ctypes.c_uint64)]
+                ("threads", ctypes.c_int32), ("cuda_graphs", ctypes.c_int32), ("max_memory_bytes", ctypes.c_uint64),
+                ("speculate", ctypes.c_int32), ("speculate_mode", ctypes.c_int32)]
 
 
 def test_max_memory_bytes(tmp_path, tiny_bytes):

@@ -21,24 +21,22 @@ static std::vector<float> timestep_features(float t, int dim) {
   return f;
 }
 
-DiT::DiT(const ModelFile& file, const Config& cfg, Arena& arena, const Context& ctx, DType dtype, int cache_slots)
-    : cfg_(cfg) {
+DiTWeights::DiTWeights(const ModelFile& file, const Config& cfg, Arena& arena, const Context& ctx, DType dtype) {
   const int64_t D = cfg.hidden_size, A = cfg.action_dim, P = cfg.patch_dim(), F = int64_t(cfg.mlp_ratio) * D;
-  const int64_t N = cfg.tokens_per_frame(), H = cfg.num_heads, hd = cfg.head_dim(), E = cfg.time_embed_dim;
-  const int64_t passes = cfg.num_steps() + 1;
+  const int64_t E = cfg.time_embed_dim, passes = cfg.num_steps() + 1;
   auto up = [&](const std::string& name, std::vector<int64_t> shape) {
     return upload(file, name, shape, arena, ctx, dtype);
   };
-  patch_w_ = up("dit.patch_embed.weight", {D, P});
-  patch_b_ = up("dit.patch_embed.bias", {D});
-  act_fc1_w_ = up("dit.action_embed.fc1.weight", {D, A});
-  act_fc1_b_ = up("dit.action_embed.fc1.bias", {D});
-  act_fc2_w_ = up("dit.action_embed.fc2.weight", {D, D});
-  act_fc2_b_ = up("dit.action_embed.fc2.bias", {D});
-  final_adaln_w_ = up("dit.final.adaln.weight", {2 * D, D});
-  final_adaln_b_ = up("dit.final.adaln.bias", {2 * D});
-  final_w_ = up("dit.final.linear.weight", {P, D});
-  final_b_ = up("dit.final.linear.bias", {P});
+  patch_w = up("dit.patch_embed.weight", {D, P});
+  patch_b = up("dit.patch_embed.bias", {D});
+  act_fc1_w = up("dit.action_embed.fc1.weight", {D, A});
+  act_fc1_b = up("dit.action_embed.fc1.bias", {D});
+  act_fc2_w = up("dit.action_embed.fc2.weight", {D, D});
+  act_fc2_b = up("dit.action_embed.fc2.bias", {D});
+  final_adaln_w = up("dit.final.adaln.weight", {2 * D, D});
+  final_adaln_b = up("dit.final.adaln.bias", {2 * D});
+  final_w = up("dit.final.linear.weight", {P, D});
+  final_b = up("dit.final.linear.bias", {P});
   for (int l = 0; l < cfg.depth; ++l) {
     const std::string p = "dit.blocks." + std::to_string(l) + ".";
     Block b;
@@ -52,13 +50,12 @@ DiT::DiT(const ModelFile& file, const Config& cfg, Arena& arena, const Context& 
     b.fc1_b = up(p + "fc1.bias", {F});
     b.fc2_w = up(p + "fc2.weight", {D, F});
     b.fc2_b = up(p + "fc2.bias", {D});
-    b.k_cache = arena.alloc({cache_slots, N, H, hd}, dtype, Arena::Use::kv_cache);  // token-major: see ops::rope_qkv_split
-    b.v_cache = arena.alloc({cache_slots, N, H, hd}, dtype, Arena::Use::kv_cache);
-    kv_bytes_ += b.k_cache.bytes() + b.v_cache.bytes();
-    blocks_.push_back(std::move(b));
+    blocks.push_back(std::move(b));
   }
 
   // Time embeddings depend only on t: one fp32 host MLP per pass position, then uploaded.
+  temb = arena.alloc({passes, D}, dtype, Arena::Use::weights);
+  if (arena.measuring()) return;
   Context host{Device::cpu, ctx.threads, nullptr, nullptr};
   Tensor w1 = file.get("dit.time_embed.fc1.weight", {D, E}), b1 = file.get("dit.time_embed.fc1.bias", {D});
   Tensor w2 = file.get("dit.time_embed.fc2.weight", {D, D}), b2 = file.get("dit.time_embed.fc2.bias", {D});
@@ -77,9 +74,32 @@ DiT::DiT(const ModelFile& file, const Config& cfg, Arena& arena, const Context& 
     ths.shape = {1, D};
     ops::linear(host, ths, w2, b2, tout);
   }
-  temb_ = arena.alloc({passes, D}, dtype);
-  if (!arena.measuring()) ops::copy(ctx, Tensor{table.data(), DType::f32, Device::cpu, {passes, D}}, temb_);
+  ops::copy(ctx, Tensor{table.data(), DType::f32, Device::cpu, {passes, D}}, temb);
+}
 
+DiT::Activations::Activations(const Config& cfg, Arena& arena, DType dtype, int cap) : capacity(cap) {
+  const int64_t D = cfg.hidden_size, P = cfg.patch_dim(), F = int64_t(cfg.mlp_ratio) * D;
+  const int64_t N = cfg.tokens_per_frame(), H = cfg.num_heads, hd = cfg.head_dim(), rows = int64_t(cap) * N;
+  tokens = arena.alloc({rows, P}, dtype);
+  h = arena.alloc({rows, D}, dtype);
+  hn = arena.alloc({rows, D}, dtype);
+  qkv = arena.alloc({rows, 3 * D}, dtype);
+  q = arena.alloc({H, N, hd}, dtype);  // one member at a time: RoPE then attention
+  attn = arena.alloc({rows, D}, dtype);
+  mlp = arena.alloc({rows, F}, dtype);
+  if (cap > 1) tmp = arena.alloc({rows, D}, dtype);  // a batched GEMM's output before each member's gated residual
+  vel = arena.alloc({rows, P}, dtype);
+}
+
+DiT::DiT(const Config& cfg, const DiTWeights& weights, Arena& arena, DType dtype, int cache_slots)
+    : cfg_(cfg), w_(weights) {
+  const int64_t D = cfg.hidden_size, N = cfg.tokens_per_frame(), H = cfg.num_heads, hd = cfg.head_dim();
+  const int64_t passes = cfg.num_steps() + 1;
+  for (int l = 0; l < cfg.depth; ++l) {
+    k_cache_.push_back(arena.alloc({cache_slots, N, H, hd}, dtype, Arena::Use::kv_cache));
+    v_cache_.push_back(arena.alloc({cache_slots, N, H, hd}, dtype, Arena::Use::kv_cache));
+    kv_bytes_ += k_cache_.back().bytes() + v_cache_.back().bytes();
+  }
   rope_.rope_dims[0] = cfg.rope_dims[0];
   rope_.rope_dims[1] = cfg.rope_dims[1];
   rope_.rope_dims[2] = cfg.rope_dims[2];
@@ -93,32 +113,27 @@ DiT::DiT(const ModelFile& file, const Config& cfg, Arena& arena, const Context& 
   cond_ = arena.alloc({passes, D}, dtype);
   mod_ = arena.alloc({cfg.depth, passes, 6 * D}, dtype);
   final_mod_ = arena.alloc({passes, 2 * D}, dtype);
-  tokens_ = arena.alloc({N, P}, dtype);
-  h_ = arena.alloc({N, D}, dtype);
-  hn_ = arena.alloc({N, D}, dtype);
-  qkv_ = arena.alloc({N, 3 * D}, dtype);
-  q_ = arena.alloc({H, N, hd}, dtype);
-  attn_ = arena.alloc({N, D}, dtype);
-  mlp_ = arena.alloc({N, F}, dtype);
-  vel_ = arena.alloc({N, P}, dtype);
+  own_ = Activations(cfg, arena, dtype, 1);
+}
 
-  // The GEMM engine of every linear shape of a frame, timed once here (CUDA; a no-op on the CPU). The layers
-  // share shapes, so block 0 stands for all.
-  Tensor act = arena.alloc({1, A}, dtype);  // stands for the session's action (a few bytes)
-  if (arena.measuring()) return;            // tensors without data: nothing to time
-  const Block& b0 = blocks_[0];
-  Tensor act_h = view(act_h_, 0, {1, D}), act_emb = view(act_emb_, 0, {1, D});
-  ops::linear_prepare(ctx, act, act_fc1_w_, act_fc1_b_, act_h);
-  ops::linear_prepare(ctx, view(act_hs_, 0, {1, D}), act_fc2_w_, act_fc2_b_, act_emb);
+void DiT::prepare_gemms(const Context& ctx, const Tensor& action) {
+  // The layers share shapes, so block 0 stands for all; batched shapes (step_batch) fall back to CUTLASS.
+  const int64_t D = cfg_.hidden_size, passes = cfg_.num_steps() + 1;
+  const DiTWeights::Block& b0 = w_.blocks[0];
+  Tensor act = view(action, 0, {1, cfg_.action_dim});
+  Tensor act_h = view(act_h_, 0, {1, D}), act_hs = view(act_hs_, 0, {1, D}), act_emb = view(act_emb_, 0, {1, D});
+  ops::linear_prepare(ctx, act, w_.act_fc1_w, w_.act_fc1_b, act_h);
+  ops::linear_prepare(ctx, act_hs, w_.act_fc2_w, w_.act_fc2_b, act_emb);
   Tensor m0 = view(mod_, 0, {passes, 6 * D});
   ops::linear_prepare(ctx, cond_, b0.adaln_w, b0.adaln_b, m0);
-  ops::linear_prepare(ctx, cond_, final_adaln_w_, final_adaln_b_, final_mod_);
-  ops::linear_prepare(ctx, tokens_, patch_w_, patch_b_, h_);
-  ops::linear_prepare(ctx, hn_, b0.qkv_w, b0.qkv_b, qkv_);
-  ops::linear_prepare(ctx, attn_, b0.proj_w, b0.proj_b, h_, ops::Epilogue::gated_residual);
-  ops::linear_prepare(ctx, hn_, b0.fc1_w, b0.fc1_b, mlp_, ops::Epilogue::gelu_tanh);
-  ops::linear_prepare(ctx, mlp_, b0.fc2_w, b0.fc2_b, h_, ops::Epilogue::gated_residual);
-  ops::linear_prepare(ctx, hn_, final_w_, final_b_, vel_);
+  ops::linear_prepare(ctx, cond_, w_.final_adaln_w, w_.final_adaln_b, final_mod_);
+  Activations& a = own_;
+  ops::linear_prepare(ctx, a.tokens, w_.patch_w, w_.patch_b, a.h);
+  ops::linear_prepare(ctx, a.hn, b0.qkv_w, b0.qkv_b, a.qkv);
+  ops::linear_prepare(ctx, a.attn, b0.proj_w, b0.proj_b, a.h, ops::Epilogue::gated_residual);
+  ops::linear_prepare(ctx, a.hn, b0.fc1_w, b0.fc1_b, a.mlp, ops::Epilogue::gelu_tanh);
+  ops::linear_prepare(ctx, a.mlp, b0.fc2_w, b0.fc2_b, a.h, ops::Epilogue::gated_residual);
+  ops::linear_prepare(ctx, a.hn, w_.final_w, w_.final_b, a.vel);
 }
 
 void DiT::condition(const Context& ctx, const Tensor& action) {
@@ -126,54 +141,129 @@ void DiT::condition(const Context& ctx, const Tensor& action) {
   // action_embed = fc2(silu(fc1(a))), as rows of one token.
   Tensor a = view(action, 0, {1, A}), h = view(act_h_, 0, {1, D}), hs = view(act_hs_, 0, {1, D});
   Tensor emb = view(act_emb_, 0, {1, D});
-  ops::linear(ctx, a, act_fc1_w_, act_fc1_b_, h);
+  ops::linear(ctx, a, w_.act_fc1_w, w_.act_fc1_b, h);
   ops::add_silu(ctx, act_h_, zeros_, act_hs_);
-  ops::linear(ctx, hs, act_fc2_w_, act_fc2_b_, emb);
+  ops::linear(ctx, hs, w_.act_fc2_w, w_.act_fc2_b, emb);
   for (int64_t k = 0; k < passes; ++k) {
     Tensor c = view(cond_, k * D, {D});
-    ops::add_silu(ctx, view(temb_, k * D, {D}), act_emb_, c);
+    ops::add_silu(ctx, view(w_.temb, k * D, {D}), act_emb_, c);
   }
   // Every pass position's adaLN vectors of a block in one GEMM (rows = pass positions): the weights are read
   // once per frame, not once per pass.
   for (int l = 0; l < cfg_.depth; ++l) {
     Tensor m = view(mod_, l * passes * 6 * D, {passes, 6 * D});
-    ops::linear(ctx, cond_, blocks_[size_t(l)].adaln_w, blocks_[size_t(l)].adaln_b, m);
+    ops::linear(ctx, cond_, w_.blocks[size_t(l)].adaln_w, w_.blocks[size_t(l)].adaln_b, m);
   }
-  ops::linear(ctx, cond_, final_adaln_w_, final_adaln_b_, final_mod_);
+  ops::linear(ctx, cond_, w_.final_adaln_w, w_.final_adaln_b, final_mod_);
 }
 
-void DiT::forward(const Context& ctx, int k, const Tensor& latent, bool full) {
-  const int64_t D = cfg_.hidden_size, passes = cfg_.num_steps() + 1;
-  const float eps = cfg_.norm_eps;
-  ops::patchify(ctx, latent, cfg_.patch_size, tokens_);
-  ops::linear(ctx, tokens_, patch_w_, patch_b_, h_);
-  for (int l = 0; l < cfg_.depth; ++l) {
-    Block& b = blocks_[size_t(l)];
-    // adaLN chunks: shift1, scale1, gate1, shift2, scale2, gate2.
-    auto mod = [&](int i) { return view(mod_, (int64_t(l) * passes + k) * 6 * D + i * D, {D}); };
-    Tensor shift1 = mod(0), scale1 = mod(1), gate1 = mod(2), shift2 = mod(3), scale2 = mod(4), gate2 = mod(5);
-    ops::layernorm_modulate(ctx, h_, shift1, scale1, eps, hn_);
-    ops::linear(ctx, hn_, b.qkv_w, b.qkv_b, qkv_);
-    ops::rope_qkv_split(ctx, qkv_, rope_, q_, b.k_cache, b.v_cache);
-    if (!full && l == cfg_.depth - 1) return;  // cache-write pass: the last block's K/V are all that is needed
-    ops::attention(ctx, q_, b.k_cache, b.v_cache, attn_);
-    ops::linear(ctx, attn_, b.proj_w, b.proj_b, h_, ops::Epilogue::gated_residual, &gate1);
-    ops::layernorm_modulate(ctx, h_, shift2, scale2, eps, hn_);
-    ops::linear(ctx, hn_, b.fc1_w, b.fc1_b, mlp_, ops::Epilogue::gelu_tanh);
-    ops::linear(ctx, mlp_, b.fc2_w, b.fc2_b, h_, ops::Epilogue::gated_residual, &gate2);
+// The rows of member b in a member-major activation [capacity * N, width].
+static Tensor rows(const Tensor& t, int64_t b, int64_t n) { return view(t, b * n * t.dim(1), {n, t.dim(1)}); }
+
+void DiT::forward(const std::vector<Member>& members, int k, bool full, Activations& act) {
+  NFD_CHECK(!members.empty() && int(members.size()) <= act.capacity, internal, "DiT::forward: bad member count");
+  const Config& cfg = members[0].dit->cfg_;
+  const DiTWeights& w = members[0].dit->w_;
+  const int64_t D = cfg.hidden_size, N = cfg.tokens_per_frame(), P = cfg.patch_dim(), passes = cfg.num_steps() + 1;
+  const int64_t B = int64_t(members.size()), M = B * N;
+  const float eps = cfg.norm_eps;
+  const Context& ctx = members[0].ctx;  // the batch-wide GEMMs
+  // The first M rows of an activation (all members).
+  auto all = [&](const Tensor& t) { return view(t, 0, {M, t.dim(1)}); };
+  Tensor tokens = all(act.tokens), h = all(act.h), hn = all(act.hn), qkv = all(act.qkv), attn = all(act.attn);
+  Tensor mlp = all(act.mlp);
+  for (int64_t b = 0; b < B; ++b) {
+    Tensor tb = rows(tokens, b, N);
+    ops::patchify(members[size_t(b)].ctx, members[size_t(b)].latent, cfg.patch_size, tb);
   }
-  Tensor shift = view(final_mod_, int64_t(k) * 2 * D, {D}), scale = view(final_mod_, int64_t(k) * 2 * D + D, {D});
-  ops::layernorm_modulate(ctx, h_, shift, scale, eps, hn_);
-  ops::linear(ctx, hn_, final_w_, final_b_, vel_);
+  ops::linear(ctx, tokens, w.patch_w, w.patch_b, h);
+  // A batch of one uses the fused gated-residual epilogue; a larger one runs the GEMM over every member's rows,
+  // then each member's gated residual (the same arithmetic: o += gate * (x w^T + b)).
+  auto gated_linear = [&](const Tensor& x, const Tensor& wt, const Tensor& bias, int chunk, int l) {
+    if (B == 1) {
+      Tensor gate = view(members[0].dit->mod_, (int64_t(l) * passes + k) * 6 * D + chunk * D, {D});
+      ops::linear(ctx, x, wt, bias, h, ops::Epilogue::gated_residual, &gate);
+      return;
+    }
+    Tensor tmp = all(act.tmp);
+    ops::linear(ctx, x, wt, bias, tmp);
+    for (int64_t b = 0; b < B; ++b) {
+      const Member& m = members[size_t(b)];
+      Tensor gate = view(m.dit->mod_, (int64_t(l) * passes + k) * 6 * D + chunk * D, {D});
+      Tensor hb = rows(h, b, N);
+      ops::gated_add(m.ctx, rows(tmp, b, N), gate, hb);
+    }
+  };
+  for (int l = 0; l < cfg.depth; ++l) {
+    const DiTWeights::Block& blk = w.blocks[size_t(l)];
+    const bool last = !full && l == cfg.depth - 1;  // cache-write pass: the last block's K/V are all it needs
+    // adaLN chunks of member b: shift1, scale1, gate1, shift2, scale2, gate2.
+    auto mod = [&](int64_t b, int i) {
+      return view(members[size_t(b)].dit->mod_, (int64_t(l) * passes + k) * 6 * D + i * D, {D});
+    };
+    for (int64_t b = 0; b < B; ++b) {
+      Tensor hnb = rows(hn, b, N);
+      ops::layernorm_modulate(members[size_t(b)].ctx, rows(h, b, N), mod(b, 0), mod(b, 1), eps, hnb);
+    }
+    ops::linear(ctx, hn, blk.qkv_w, blk.qkv_b, qkv);
+    for (int64_t b = 0; b < B; ++b) {
+      const Member& m = members[size_t(b)];
+      DiT& d = *m.dit;
+      ops::rope_qkv_split(m.ctx, rows(qkv, b, N), d.rope_, act.q, d.k_cache_[size_t(l)], d.v_cache_[size_t(l)]);
+      if (last) continue;
+      Tensor ab = rows(attn, b, N);
+      ops::attention(m.ctx, act.q, d.k_cache_[size_t(l)], d.v_cache_[size_t(l)], ab);
+    }
+    if (last) return;
+    gated_linear(attn, blk.proj_w, blk.proj_b, 2, l);
+    for (int64_t b = 0; b < B; ++b) {
+      Tensor hnb = rows(hn, b, N);
+      ops::layernorm_modulate(members[size_t(b)].ctx, rows(h, b, N), mod(b, 3), mod(b, 4), eps, hnb);
+    }
+    ops::linear(ctx, hn, blk.fc1_w, blk.fc1_b, mlp, ops::Epilogue::gelu_tanh);
+    gated_linear(mlp, blk.fc2_w, blk.fc2_b, 5, l);
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    const DiT& d = *members[size_t(b)].dit;
+    Tensor shift = view(d.final_mod_, int64_t(k) * 2 * D, {D}), scale = view(d.final_mod_, int64_t(k) * 2 * D + D, {D});
+    Tensor hnb = rows(hn, b, N);
+    ops::layernorm_modulate(members[size_t(b)].ctx, rows(h, b, N), shift, scale, eps, hnb);
+  }
+  Tensor vel = view(act.vel, 0, {M, P});
+  ops::linear(ctx, hn, w.final_w, w.final_b, vel);
+}
+
+void DiT::denoise_pass(const std::vector<Member>& members, int k, float dt, Activations& act) {
+  const Config& cfg = members.at(0).dit->cfg_;
+  NFD_CHECK(k >= 0 && k < cfg.num_steps(), internal, "DiT::denoise_pass: bad pass index");
+  forward(members, k, true, act);
+  const int64_t N = cfg.tokens_per_frame();
+  for (size_t b = 0; b < members.size(); ++b) {
+    Tensor latent = members[b].latent;
+    ops::unpatchify_axpy(members[b].ctx, rows(act.vel, int64_t(b), N), cfg.patch_size, dt, latent);
+  }
+}
+
+void DiT::cache_write_pass(const std::vector<Member>& members, Activations& act) {
+  forward(members, members.at(0).dit->cfg_.num_steps(), false, act);
 }
 
 void DiT::denoise_pass(const Context& ctx, int k, float dt, Tensor& latent) {
-  NFD_CHECK(k >= 0 && k < cfg_.num_steps(), internal, "DiT::denoise_pass: bad pass index");
-  forward(ctx, k, latent, true);
-  ops::unpatchify_axpy(ctx, vel_, cfg_.patch_size, dt, latent);
+  denoise_pass({Member{this, ctx, latent}}, k, dt, own_);
 }
 
-void DiT::cache_write_pass(const Context& ctx, const Tensor& latent) { forward(ctx, cfg_.num_steps(), latent, false); }
+void DiT::cache_write_pass(const Context& ctx, const Tensor& latent) {
+  cache_write_pass({Member{this, ctx, latent}}, own_);
+}
+
+void DiT::copy_cache_from(const Context& ctx, const DiT& other) {
+  NFD_CHECK(k_cache_.size() == other.k_cache_.size(), internal, "DiT::copy_cache_from: different models");
+  for (size_t l = 0; l < k_cache_.size(); ++l) {
+    NFD_CHECK(k_cache_[l].shape == other.k_cache_[l].shape, internal, "DiT::copy_cache_from: cache shapes differ");
+    ops::copy(ctx, other.k_cache_[l], k_cache_[l]);
+    ops::copy(ctx, other.v_cache_[l], v_cache_[l]);
+  }
+}
 
 }  // namespace model
 }  // namespace nfd

@@ -7,8 +7,12 @@
 namespace nfd {
 namespace model {
 
-VAE::Net VAE::load(const ModelFile& file, const std::string& prefix, bool decoder, Arena& arena, const Context& ctx,
-                   DType dtype) {
+static VAEWeights::Net load_net(const ModelFile& file, const Config& cfg_, const std::string& prefix, bool decoder,
+                                Arena& arena, const Context& ctx, DType dtype) {
+  using Conv = VAEWeights::Conv;
+  using Norm = VAEWeights::Norm;
+  using ResBlock = VAEWeights::ResBlock;
+  using Level = VAEWeights::Level;
   const std::vector<int>& ch = cfg_.vae.channels;
   const int L = int(ch.size());
   auto conv = [&](const std::string& name, int64_t cout, int64_t cin, int64_t k, int stride) {
@@ -23,7 +27,7 @@ VAE::Net VAE::load(const ModelFile& file, const std::string& prefix, bool decode
     return Norm{upload(file, name + ".weight", {c}, arena, ctx, dtype),
                 upload(file, name + ".bias", {c}, arena, ctx, dtype)};
   };
-  Net n;
+  VAEWeights::Net n;
   const int C = cfg_.latent_channels;
   n.conv_in = decoder ? conv(prefix + "conv_in", ch[L - 1], C, 3, 1) : conv(prefix + "conv_in", ch[0], 3, 3, 1);
   int cin = decoder ? ch[L - 1] : ch[0];
@@ -51,10 +55,14 @@ VAE::Net VAE::load(const ModelFile& file, const std::string& prefix, bool decode
   return n;
 }
 
-VAE::VAE(const ModelFile& file, const Config& cfg, Arena& arena, const Context& ctx, DType dtype, bool with_encoder)
-    : cfg_(cfg), has_encoder_(with_encoder) {
-  dec_ = load(file, "vae.decoder.", true, arena, ctx, dtype);
-  if (with_encoder) enc_ = load(file, "vae.encoder.", false, arena, ctx, dtype);
+VAEWeights::VAEWeights(const ModelFile& file, const Config& cfg, Arena& arena, const Context& ctx, DType dtype,
+                       bool with_encoder)
+    : has_encoder(with_encoder) {
+  dec = load_net(file, cfg, "vae.decoder.", true, arena, ctx, dtype);
+  if (with_encoder) enc = load_net(file, cfg, "vae.encoder.", false, arena, ctx, dtype);
+}
+
+VAE::VAE(const Config& cfg, const VAEWeights& weights, Arena& arena, DType dtype) : cfg_(cfg), w_(weights) {
   // Largest activation: at channel level i the resolution is (H >> i, W >> i); a level's tensors have at most
   // max(ch[i-1..i+1]) channels at that or the next finer resolution (upsample output).
   const std::vector<int>& ch = cfg.vae.channels;
@@ -82,6 +90,9 @@ int VAE::run(const Context& ctx, const Net& net, bool decoder, Tensor& x, int cu
       if (i != a && i != b && i != c) return i;
     return -1;
   };
+  using Conv = VAEWeights::Conv;
+  using ResBlock = VAEWeights::ResBlock;
+  using Level = VAEWeights::Level;
   auto conv_shape = [](const Conv& c, const Tensor& in) {
     const int64_t k = c.w.dim(2);
     return std::vector<int64_t>{c.w.dim(0), (in.dim(1) + 2 * c.pad - k) / c.stride + 1,
@@ -131,20 +142,20 @@ int VAE::run(const Context& ctx, const Net& net, bool decoder, Tensor& x, int cu
 }
 
 void VAE::decode(const Context& ctx, const Tensor& latent, Tensor& frame) {
-  Tensor x = buf(0, {dec_.conv_in.w.dim(0), latent.dim(1), latent.dim(2)});
-  ops::conv2d(ctx, latent, dec_.conv_in.w, dec_.conv_in.b, 1, 1, x, nullptr);
-  run(ctx, dec_, true, x, 0);
-  ops::conv2d(ctx, x, dec_.conv_out.w, dec_.conv_out.b, 1, 1, image_, nullptr);
+  Tensor x = buf(0, {w_.dec.conv_in.w.dim(0), latent.dim(1), latent.dim(2)});
+  ops::conv2d(ctx, latent, w_.dec.conv_in.w, w_.dec.conv_in.b, 1, 1, x, nullptr);
+  run(ctx, w_.dec, true, x, 0);
+  ops::conv2d(ctx, x, w_.dec.conv_out.w, w_.dec.conv_out.b, 1, 1, image_, nullptr);
   ops::to_uint8(ctx, image_, frame);
 }
 
 void VAE::encode(const Context& ctx, const Tensor& frame, Tensor& latent) {
-  NFD_CHECK(has_encoder_, internal, "VAE::encode: the encoder was not loaded");
+  NFD_CHECK(w_.has_encoder, internal, "VAE::encode: the encoder was not loaded");
   ops::from_uint8(ctx, frame, image_);
-  Tensor x = buf(0, {enc_.conv_in.w.dim(0), image_.dim(1), image_.dim(2)});
-  ops::conv2d(ctx, image_, enc_.conv_in.w, enc_.conv_in.b, 1, 1, x, nullptr);
-  run(ctx, enc_, false, x, 0);
-  ops::conv2d(ctx, x, enc_.conv_out.w, enc_.conv_out.b, 1, 1, latent, nullptr);
+  Tensor x = buf(0, {w_.enc.conv_in.w.dim(0), image_.dim(1), image_.dim(2)});
+  ops::conv2d(ctx, image_, w_.enc.conv_in.w, w_.enc.conv_in.b, 1, 1, x, nullptr);
+  run(ctx, w_.enc, false, x, 0);
+  ops::conv2d(ctx, x, w_.enc.conv_out.w, w_.enc.conv_out.b, 1, 1, latent, nullptr);
 }
 
 }  // namespace model

@@ -1,5 +1,6 @@
 // The VAE decoder (latent -> uint8 frame) and encoder (uint8 frame -> latent) for one image, against ops/ops.h.
-// Activations live in four fixed ping-pong buffers sized for the largest stage.
+// VAEWeights are the model's (loaded once, shared by its sessions); a VAE is one session's activation buffers:
+// four fixed ping-pong buffers sized for the largest stage.
 #pragma once
 
 #include <string>
@@ -13,15 +14,7 @@
 namespace nfd {
 namespace model {
 
-class VAE {
- public:
-  VAE(const ModelFile& file, const Config& cfg, Arena& arena, const Context& ctx, DType dtype, bool with_encoder);
-  // latent [C, h, w] -> frame u8 [H, W, 3]
-  void decode(const Context& ctx, const Tensor& latent, Tensor& frame);
-  // frame u8 [H, W, 3] -> latent [C, h, w]
-  void encode(const Context& ctx, const Tensor& frame, Tensor& latent);
-
- private:
+struct VAEWeights {
   struct Conv {
     Tensor w, b;
     int stride = 1, pad = 0;
@@ -42,15 +35,28 @@ class VAE {
     std::vector<Level> levels;
     Norm norm_out;
   };
-  Net load(const ModelFile& file, const std::string& prefix, bool decoder, Arena& arena, const Context& ctx,
-           DType dtype);
-  // Runs `net` from buffer 0 holding `x` (shape set); returns the index of the buffer holding the result.
+  Net dec, enc;
+  bool has_encoder = false;
+  VAEWeights(const ModelFile& file, const Config& cfg, Arena& arena, const Context& ctx, DType dtype,
+             bool with_encoder);
+};
+
+class VAE {
+ public:
+  VAE(const Config& cfg, const VAEWeights& weights, Arena& arena, DType dtype);
+  // latent [C, h, w] -> frame u8 [H, W, 3]
+  void decode(const Context& ctx, const Tensor& latent, Tensor& frame);
+  // frame u8 [H, W, 3] -> latent [C, h, w]
+  void encode(const Context& ctx, const Tensor& frame, Tensor& latent);
+
+ private:
+  using Net = VAEWeights::Net;
+  // Runs `net` from buffer `cur` holding `x` (shape set); returns the index of the buffer holding the result.
   int run(const Context& ctx, const Net& net, bool decoder, Tensor& x, int cur);
   Tensor buf(int i, std::vector<int64_t> shape) const;
 
-  Config cfg_;
-  Net dec_, enc_;
-  bool has_encoder_ = false;
+  const Config& cfg_;
+  const VAEWeights& w_;
   Tensor bufs_[4];
   Tensor image_;  // [3, H, W]
 };

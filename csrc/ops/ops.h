@@ -50,6 +50,9 @@ void linear(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& 
 void linear_prepare(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y,
                     Epilogue epilogue = Epilogue::none);
 
+// y[M,N] += gate[N] * x[M,N]   (the gated residual of a GEMM run over several sessions' rows, member by member)
+void gated_add(const Context& ctx, const Tensor& x, const Tensor& gate, Tensor& y);
+
 // out[M,D] = LayerNorm(x[M,D]; no affine, eps) * (1 + scale[D]) + shift[D]     (row statistics in fp32)
 void layernorm_modulate(const Context& ctx, const Tensor& x, const Tensor& shift, const Tensor& scale, float eps,
                         Tensor& out);

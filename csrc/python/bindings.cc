@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -91,22 +92,120 @@ nfd::SessionOptions session_options(const std::string& device, const std::string
   return o;
 }
 
+nfd::SpeculateMode parse_speculate_mode(const std::string& s) {
+  if (s == "exact") return nfd::SpeculateMode::exact;
+  if (s == "parallel") return nfd::SpeculateMode::parallel;
+  value_error("speculate_mode must be 'exact' or 'parallel', got '" + s + "'");
+}
+
+// The Python-visible model: weights loaded once, shared by the sessions made from it.
+class PyModel {
+ public:
+  PyModel(const std::string& path, const std::string& device, const std::string& dtype, int threads,
+          uint64_t max_memory_bytes) {
+    nfd::ModelOptions o;
+    o.device = nfd::parse_device(device);
+    o.dtype = nfd::parse_dtype(dtype);
+    o.threads = threads;
+    o.max_memory_bytes = max_memory_bytes;
+    py::gil_scoped_release nogil;
+    m_ = nfd::Model::load(path, o);
+  }
+  const std::shared_ptr<nfd::Model>& get() const { return m_; }
+
+ private:
+  std::shared_ptr<nfd::Model> m_;
+};
+
 // The Python-visible session: the C++ session plus a lock, so that threads calling it with the GIL released
 // cannot race; close() frees everything immediately.
 class PySession {
  public:
   PySession(const std::string& path, const std::string& device, const std::string& dtype, uint64_t seed,
-            int threads, bool cuda_graphs, uint64_t max_memory_bytes) {
+            int threads, bool cuda_graphs, uint64_t max_memory_bytes, int speculate,
+            const std::string& speculate_mode) {
     nfd::SessionOptions o = session_options(device, dtype, threads);
     o.seed = seed;
     o.cuda_graphs = cuda_graphs;
     o.max_memory_bytes = max_memory_bytes;
+    o.speculate = speculate;
+    o.speculate_mode = parse_speculate_mode(speculate_mode);
     py::gil_scoped_release nogil;
     s_ = std::make_unique<nfd::Session>(path, o);
     cfg_ = s_->config();
   }
+  PySession(const PyModel& model, uint64_t seed, int threads, bool cuda_graphs, uint64_t max_memory_bytes,
+            int speculate, const std::string& speculate_mode) {
+    nfd::SessionOptions o;
+    o.seed = seed;
+    o.threads = threads;
+    o.cuda_graphs = cuda_graphs;
+    o.max_memory_bytes = max_memory_bytes;
+    o.speculate = speculate;
+    o.speculate_mode = parse_speculate_mode(speculate_mode);
+    py::gil_scoped_release nogil;
+    s_ = std::make_unique<nfd::Session>(model.get(), o);
+    cfg_ = s_->config();
+  }
+  explicit PySession(std::unique_ptr<nfd::Session> s) : s_(std::move(s)), cfg_(s_->config()) {}
 
   const nfd::Config& cfg() const { return cfg_; }
+
+  std::unique_ptr<PySession> fork() {
+    std::unique_ptr<nfd::Session> copy;
+    run([&](nfd::Session& s) { copy = s.fork(); });
+    return std::make_unique<PySession>(std::move(copy));
+  }
+
+  py::dict speculation_stats() {
+    nfd::Session::SpeculationStats st;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!s_) throw std::runtime_error("session is closed");
+      st = s_->speculation_stats();
+    }
+    py::dict d;
+    d["served"] = st.served;
+    d["discarded"] = st.discarded;
+    return d;
+  }
+
+  // Steps several sessions of one model as one batched forward (Session::step_batch). Their locks are taken in
+  // address order, so concurrent batches over overlapping sessions cannot deadlock.
+  static py::tuple step_batch(const std::vector<PySession*>& sessions, const py::array& actions, bool decode) {
+    if (sessions.empty()) value_error("step_batch: no sessions");
+    for (size_t i = 0; i < sessions.size(); ++i)
+      if (!sessions[i]) value_error("step_batch: session " + std::to_string(i) + " is None");
+    const nfd::Config& cfg = sessions[0]->cfg_;
+    const int64_t n = int64_t(sessions.size());
+    const float* a = checked<float>(actions, {n, cfg.action_dim}, "actions");
+    py::array_t<float> latents({n, int64_t(cfg.latent_channels), int64_t(cfg.latent_height()),
+                                int64_t(cfg.latent_width())});
+    py::object frames = py::none();
+    uint8_t* fp = nullptr;
+    if (decode) {
+      py::array_t<uint8_t> f({n, int64_t(cfg.frame_height), int64_t(cfg.frame_width), int64_t(3)});
+      fp = f.mutable_data();
+      frames = f;
+    }
+    float* lp = latents.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      std::vector<PySession*> order(sessions.begin(), sessions.end());
+      std::sort(order.begin(), order.end());
+      order.erase(std::unique(order.begin(), order.end()), order.end());
+      std::vector<std::unique_lock<std::mutex>> locks;
+      for (PySession* s : order) locks.emplace_back(s->mu_);
+      std::vector<nfd::Session*> list;
+      for (size_t i = 0; i < sessions.size(); ++i) {
+        if (!sessions[i]->s_) throw nfd::Error(nfd::ErrorKind::invalid_argument,
+                                               "step_batch: session " + std::to_string(i) + " is closed");
+        list.push_back(sessions[i]->s_.get());
+      }
+      nfd::Session::step_batch(list, a, fp, lp);
+    }
+    return py::make_tuple(latents, frames);
+  }
 
   // Runs `fn` on the session with the GIL released (the numpy buffers stay alive: the caller holds them).
   template <typename Fn>
@@ -228,10 +327,27 @@ PYBIND11_MODULE(_core, m) {
     }
   });
 
+  py::class_<PyModel>(m, "Model")
+      .def(py::init<const std::string&, const std::string&, const std::string&, int, uint64_t>(), py::arg("path"),
+           py::arg("device") = "cpu", py::arg("dtype") = "float32", py::arg("threads") = 0,
+           py::arg("max_memory_bytes") = 0)
+      .def_property_readonly("config_json", [](PyModel& mo) { return nfd::config_to_json(mo.get()->config()); })
+      .def_property_readonly("device", [](PyModel& mo) { return std::string(nfd::device_name(mo.get()->device())); })
+      .def("weight_bytes", [](PyModel& mo) { return mo.get()->weight_bytes(); })
+      .def("sessions_alive", [](PyModel& mo) { return mo.get().use_count() - 1; },
+           "Sessions (C++ or Python) holding this model's weights.");
+
   py::class_<PySession>(m, "Session")
-      .def(py::init<const std::string&, const std::string&, const std::string&, uint64_t, int, bool, uint64_t>(),
+      .def(py::init<const std::string&, const std::string&, const std::string&, uint64_t, int, bool, uint64_t, int,
+                    const std::string&>(),
            py::arg("path"), py::arg("device") = "cpu", py::arg("dtype") = "float32", py::arg("seed") = 0,
-           py::arg("threads") = 0, py::arg("cuda_graphs") = true, py::arg("max_memory_bytes") = 0)
+           py::arg("threads") = 0, py::arg("cuda_graphs") = true, py::arg("max_memory_bytes") = 0,
+           py::arg("speculate") = 0, py::arg("speculate_mode") = "exact")
+      .def(py::init<const PyModel&, uint64_t, int, bool, uint64_t, int, const std::string&>(), py::arg("model"),
+           py::arg("seed") = 0, py::arg("threads") = 0, py::arg("cuda_graphs") = true,
+           py::arg("max_memory_bytes") = 0, py::arg("speculate") = 0, py::arg("speculate_mode") = "exact")
+      .def("fork", &PySession::fork, "An independent session continuing from this one's state.")
+      .def("speculation_stats", &PySession::speculation_stats)
       .def("reset_frames", &PySession::reset_frames, py::arg("frames"), py::arg("actions") = py::none(),
            "frames: uint8 [T, H, W, 3]; actions: float32 [T, action_dim] or None (zeros)")
       .def("reset_latents", &PySession::reset_latents, py::arg("latents"), py::arg("actions") = py::none(),
@@ -251,6 +367,9 @@ PYBIND11_MODULE(_core, m) {
       .def("kv_cache_bytes", &PySession::kv_cache_bytes)
       .def("close", &PySession::close);
 
+  m.def("step_batch", &PySession::step_batch, py::arg("sessions"), py::arg("actions"), py::arg("decode") = true,
+        "Steps sessions of one model as one batched forward: actions float32 [n, action_dim] -> (latents float32 "
+        "[n, C, h, w], frames uint8 [n, H, W, 3] or None).");
   m.def(
       "inspect_file",
       [](const std::string& path) {

@@ -1,24 +1,33 @@
-// nfd::Session: weights, KV cache and activation buffers allocated once at open on the session's device; the
-// sampler of ReferenceSession (python/nfd_rt/reference/session.py) step for step.
+// nfd::Session: one world's KV cache, activation buffers and sampler over a shared Model; the sampler of
+// ReferenceSession (python/nfd_rt/reference/session.py) step for step.
 //
-// KV cache slots (per layer, cache_frames + 1 of them): sinks in [0, S); frame f >= S in the ring
-// S + (f - S) % (W + 1). A frame sees the S sinks, the W frames before it and itself, i.e. S + W + 1 slots, and
-// the slot it writes to holds frame f - W - 1, which it no longer sees. So every pass of frame f writes its
-// K/V straight into the frame's final slot: no scratch copy, and all the device work of a frame runs on fixed
-// buffers (run_frame), with the per-frame values in one FrameState in device memory.
+// KV cache slots (per layer, S + R of them): sinks in [0, S); frame f >= S in the ring S + (f - S) % R, where
+// R = W + 1 + (frames generated ahead by speculation). A frame sees the S sinks, the W frames before it and
+// itself, and the slot it writes to holds frame f - R, which no frame still in play sees. So every pass of frame
+// f writes its K/V straight into the frame's final slot: no scratch copy, and all the device work of a frame runs
+// on fixed buffers (run_frame), with the per-frame values in one FrameState in device memory. Attention visits
+// the visible slots in frame order, so the result does not depend on where the ring happens to be.
+//
+// Exact speculation (SessionOptions::speculate = k): a worker thread generates up to k frames ahead under the
+// last action while the caller is away, into the k spare ring slots; a call with the same action takes the next
+// one, a different action cancels the worker (between passes), forgets the frames ahead (their slots are never
+// visible to the frames that follow) and steps normally. Frames are computed by the same code on the same
+// inputs, so the video is bitwise the one plain stepping gives.
 #include "runtime/session.h"
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
-#include <cstdio>
-#include <fstream>
-#include <set>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <mutex>
 #include <sstream>
 #include <thread>
 #include <utility>
 
 #include "backends/device.h"
 #include "core/error.h"
-#include "core/model_file.h"
 #include "model/dit.h"
 #include "model/vae.h"
 #include "ops/ops.h"
@@ -26,40 +35,22 @@
 
 namespace nfd {
 
-int physical_cores() {
-  std::ifstream f("/proc/cpuinfo");
-  std::set<std::pair<int, int>> cores;
-  std::string line;
-  int phys = 0;
-  while (std::getline(f, line)) {
-    auto value = [&] { return std::atoi(line.substr(line.find(':') + 1).c_str()); };
-    if (line.rfind("physical id", 0) == 0) phys = value();
-    if (line.rfind("core id", 0) == 0) cores.insert({phys, value()});
-  }
-  if (!cores.empty()) return int(cores.size());
-  return std::max(1, int(std::thread::hardware_concurrency() / 2));
-}
-
 namespace {
 
-int effective_threads(const SessionOptions& o) { return o.threads > 0 ? o.threads : physical_cores(); }
-
-// With `need_device`, also that the device is there (an estimate can be made for a device this machine lacks).
-void check_options(const SessionOptions& opt, bool need_device) {
-  if (opt.device == Device::cuda) {
-    if (need_device && !cuda_available())
-      fail(ErrorKind::unsupported, "device cuda requested but CUDA is unavailable: " + cuda_unavailable_reason());
-  } else {
-    NFD_CHECK(opt.dtype == DType::f32, unsupported,
-              std::string("the CPU backend computes in float32; dtype ") + dtype_name(opt.dtype) +
-                  " needs device cuda");
-  }
-  NFD_CHECK(opt.threads >= 0 && opt.threads <= kMaxThreads, invalid_argument,
-            "threads must be between 0 (= number of physical cores) and " + std::to_string(kMaxThreads) + ", got " +
-                std::to_string(opt.threads));
+void check_finite(const float* p, int64_t n, const std::string& what) {
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(p[i])) {
+      std::ostringstream s;
+      s << what << " contains NaN or inf (first at flat index " << i << ", value " << p[i] << ")";
+      fail(ErrorKind::invalid_argument, s.str());
+    }
 }
 
-// The session's own device buffers besides the model's: allocated by the session and by the estimate alike.
+int effective_threads(int threads) { return threads > 0 ? threads : physical_cores(); }
+
+int ring_extra(const SessionOptions& o) { return std::max(o.speculate, 0); }
+
+// The session's own device buffers besides the model's.
 struct IoBuffers {
   Tensor state, action, latent, write, frame;
 };
@@ -74,49 +65,67 @@ IoBuffers alloc_io_buffers(Arena& arena, const Config& cfg, DType dtype) {
   return b;
 }
 
-MemoryEstimate estimate_memory(const ModelFile& file, const SessionOptions& opt) {
-  const Config& cfg = file.config();
-  Arena arena = Arena::measure(opt.device);
-  Context ctx;
-  ctx.device = opt.device;
-  ctx.threads = effective_threads(opt);
-  alloc_io_buffers(arena, cfg, opt.dtype);
-  model::DiT dit(file, cfg, arena, ctx, opt.dtype, cfg.cache_frames() + 1);
-  model::VAE vae(file, cfg, arena, ctx, opt.dtype, true);
+// Everything a session allocates besides its model's weights, on `arena` (a real or a measuring one).
+struct SessionState {
+  IoBuffers io;
+  std::unique_ptr<model::DiT> dit;
+  std::unique_ptr<model::VAE> vae;
+  SessionState(const Config& cfg, const model::DiTWeights& dw, const model::VAEWeights& vw, Arena& arena,
+               DType dtype, int cache_slots)
+      : io(alloc_io_buffers(arena, cfg, dtype)),
+        dit(std::make_unique<model::DiT>(cfg, dw, arena, dtype, cache_slots)),
+        vae(std::make_unique<model::VAE>(cfg, vw, arena, dtype)) {}
+};
+
+int cache_slots(const Config& cfg, const SessionOptions& o) { return cfg.cache_frames() + 1 + ring_extra(o); }
+
+MemoryEstimate session_part(const Config& cfg, const model::DiTWeights& dw, const model::VAEWeights& vw,
+                            Device device, DType dtype, const SessionOptions& o) {
+  Arena arena = Arena::measure(device);
+  SessionState st(cfg, dw, vw, arena, dtype, cache_slots(cfg, o));
   MemoryEstimate m;
-  m.device = opt.device;
-  m.weights = arena.bytes(Arena::Use::weights);
+  m.device = device;
   m.kv_cache = arena.bytes(Arena::Use::kv_cache);
   m.activations = arena.bytes(Arena::Use::activations);
-  m.scratch = ops::scratch_bytes_bound(cfg, opt.device, opt.dtype, ctx.threads);
+  m.scratch = ops::scratch_bytes_bound(cfg, device, dtype, effective_threads(o.threads));
   return m;
 }
 
-// Refuses (ErrorKind::out_of_memory) a session that would not fit, before it allocates anything.
-void check_memory(const MemoryEstimate& need, const SessionOptions& opt) {
-  const std::string what = "opening this session needs " + need.describe() + " on " + device_name(opt.device);
-  if (opt.max_memory_bytes && need.total() > opt.max_memory_bytes)
-    fail(ErrorKind::out_of_memory, what + ", more than max_memory_bytes = " + format_bytes(double(opt.max_memory_bytes)));
-  std::string source;
-  const size_t available = available_memory(opt.device, &source);
-  if (need.total() > available)
-    fail(ErrorKind::out_of_memory,
-         what + ", but only " + format_bytes(double(available)) + " is available (" + source + ")");
-}
-
-void check_finite(const float* p, int64_t n, const std::string& what) {
-  for (int64_t i = 0; i < n; ++i)
-    if (!std::isfinite(p[i])) {
-      std::ostringstream s;
-      s << what << " contains NaN or inf (first at flat index " << i << ", value " << p[i] << ")";
-      fail(ErrorKind::invalid_argument, s.str());
-    }
+void check_session_options(const SessionOptions& o) {
+  NFD_CHECK(o.threads >= 0 && o.threads <= kMaxThreads, invalid_argument,
+            "threads must be between 0 (= number of physical cores) and " + std::to_string(kMaxThreads) + ", got " +
+                std::to_string(o.threads));
+  NFD_CHECK(o.speculate >= 0 && o.speculate <= 64, invalid_argument,
+            "speculate must be between 0 (off) and 64 frames ahead, got " + std::to_string(o.speculate));
 }
 
 }  // namespace
 
+std::string MemoryEstimate::describe() const {
+  return format_bytes(double(total())) + " (weights " + format_bytes(double(weights)) + ", KV cache " +
+         format_bytes(double(kv_cache)) + ", activations " + format_bytes(double(activations)) + ", scratch " +
+         format_bytes(double(scratch)) + ")";
+}
+
+MemoryEstimate estimate_session_memory(const std::string& path, const SessionOptions& options) {
+  check_device_options(options.device, options.dtype, options.threads, false);
+  check_session_options(options);
+  std::unique_ptr<ModelFile> file = ModelFile::open(path);
+  const Config& cfg = file->config();
+  Arena weights = Arena::measure(options.device);
+  Context ctx;
+  ctx.device = options.device;
+  ctx.threads = effective_threads(options.threads);
+  model::DiTWeights dw(*file, cfg, weights, ctx, options.dtype);
+  model::VAEWeights vw(*file, cfg, weights, ctx, options.dtype, true);
+  MemoryEstimate m = session_part(cfg, dw, vw, options.device, options.dtype, options);
+  m.weights = weights.bytes();
+  return m;
+}
+
 struct Session::Impl {
-  Config cfg;
+  std::shared_ptr<const Model> model;
+  const Config& cfg;
   SessionOptions opt;
   Arena arena;
   Context ctx;
@@ -127,38 +136,29 @@ struct Session::Impl {
   // (ops::attention_sized_on_host): such a graph is re-captured when the count changes (while the cache fills).
   int graph_visible[2] = {-1, -1};
   bool use_graphs = false;
-  std::unique_ptr<model::DiT> dit;
-  std::unique_ptr<model::VAE> vae;
+  std::unique_ptr<SessionState> st;
   FrameState host_state{};
-  Tensor state_dev;  // FrameState bytes on the device
-  Tensor action_dev, latent_dev, write_dev, frame_dev, latent_host_dtype;
   std::vector<float> dts;       // Euler step per pass position, fixed per position (graph-friendly)
   float write_a = 1.f, write_b = 0.f;
   std::vector<int64_t> slot_frame;  // frame held by each cache slot, -1 when empty
-  int64_t frame_index = 0;
+  int64_t frame_index = 0;          // the next frame computed (ahead of the caller while speculating)
+  bool owns_model = false;          // opened from a path: the model is this session's alone
 
-  Impl(const std::string& path, const SessionOptions& o) : opt(o), arena(o.device) {
-    check_options(opt, true);
-    std::unique_ptr<ModelFile> file = ModelFile::open(path);
-    cfg = file->config();
-    NFD_CHECK(cfg.cache_frames() + 1 <= FrameState::kMaxSlots, unsupported,
-              "sink_frames + window too large for FrameState::kMaxSlots");
-    check_memory(estimate_memory(*file, opt), opt);
+  Impl(std::shared_ptr<const Model> m, const SessionOptions& o)
+      : model(std::move(m)), cfg(model->config()), opt(o), arena(model->device()) {
+    check_session_options(opt);
+    opt.device = model->device();
+    opt.dtype = model->dtype();
+    MemoryEstimate need = session_part(cfg, model->dit(), model->vae(), opt.device, opt.dtype, opt);
+    check_fits(opt.device, need.total(), opt.max_memory_bytes, "opening this session needs " + need.describe());
     ctx.device = opt.device;
-    ctx.threads = effective_threads(opt);
+    ctx.threads = effective_threads(opt.threads);
     if (opt.device == Device::cuda) ctx.stream = stream = cuda_stream_create();
     use_graphs = opt.device == Device::cuda && opt.cuda_graphs;
-
-    IoBuffers io = alloc_io_buffers(arena, cfg, opt.dtype);
-    state_dev = io.state;
-    action_dev = io.action;
-    latent_dev = io.latent;
-    write_dev = io.write;
-    frame_dev = io.frame;
-    ctx.state = reinterpret_cast<const FrameState*>(state_dev.data);
-    ctx.host_state = &host_state;
-    dit = std::make_unique<model::DiT>(*file, cfg, arena, ctx, opt.dtype, cfg.cache_frames() + 1);
-    vae = std::make_unique<model::VAE>(*file, cfg, arena, ctx, opt.dtype, true);
+    st = std::make_unique<SessionState>(cfg, model->dit(), model->vae(), arena, opt.dtype, cache_slots(cfg, opt));
+    ctx.state = reinterpret_cast<const FrameState*>(st->io.state.data);
+    ctx.host_state = &host_state;  // kernels sized on the host (ops::attention_sized_on_host) read it
+    st->dit->prepare_gemms(ctx, st->io.action);
     device_synchronize(opt.device, ctx.stream);
 
     // Scalars as the reference computes them: Python doubles, cast to fp32 where they meet a tensor.
@@ -168,10 +168,22 @@ struct Session::Impl {
     }
     write_a = float(1.0 - double(cfg.context_noise));
     write_b = cfg.context_noise;
-    slot_frame.assign(size_t(cfg.cache_frames() + 1), -1);
+    slot_frame.assign(size_t(cache_slots(cfg, opt)), -1);
+    if (opt.speculate > 0 && opt.speculate_mode == SpeculateMode::exact)
+      worker = std::thread([this] { speculate_loop(); });
+    if (opt.speculate > 0 && opt.speculate_mode == SpeculateMode::parallel) par = std::make_unique<Parallel>(*this);
   }
 
   ~Impl() {
+    if (worker.joinable()) {
+      {
+        std::lock_guard<std::mutex> lk(mu);
+        stop = true;
+        cancel = true;
+      }
+      cv.notify_all();
+      worker.join();
+    }
     if (stream) {
       try {
         device_synchronize(opt.device, stream);
@@ -182,46 +194,58 @@ struct Session::Impl {
   }
 
   int slot_for(int64_t f) const {
-    const int S = cfg.sink_frames, W = cfg.window;
-    return f < S ? int(f) : S + int((f - S) % (W + 1));
+    const int S = cfg.sink_frames, R = cfg.window + 1 + ring_extra(opt);
+    return f < S ? int(f) : S + int((f - S) % R);
   }
 
-  // FrameState of frame `frame_index`: its slot and the slots of the frames it sees (the reference's rule).
-  void prepare_state() {
-    NFD_CHECK(frame_index < (int64_t(1) << 31) - 1, unsupported, "frame index overflow (2^31 frames)");
-    FrameState& s = host_state;
-    s.frame_index = int32_t(frame_index);
-    s.write_slot = slot_for(frame_index);
-    s.num_visible = 0;
+  // FrameState of frame `frame_index`: its slot and the slots of the frames it sees (the reference's rule),
+  // in frame order.
+  void prepare_state(const Context& c) { make_state(frame_index, host_state, st->io.state, c); }
+
+  // FrameState `s` of frame g, copied to `device_state`: g's slot and the slots of the frames it sees.
+  void make_state(int64_t g, FrameState& s, const Tensor& device_state, const Context& c) {
+    NFD_CHECK(g < (int64_t(1) << 31) - 1, unsupported, "frame index overflow (2^31 frames)");
+    s.frame_index = int32_t(g);
+    s.write_slot = slot_for(g);
+    std::vector<std::pair<int64_t, int>> seen;
     for (size_t slot = 0; slot < slot_frame.size(); ++slot) {
       const int64_t j = slot_frame[slot];
       if (int(slot) == s.write_slot || j < 0) continue;
-      if (j < frame_index && (j < cfg.sink_frames || frame_index - j <= cfg.window))
-        s.visible_slots[s.num_visible++] = int32_t(slot);
+      if (j < g && (j < cfg.sink_frames || g - j <= cfg.window)) seen.push_back({j, int(slot)});
     }
+    std::sort(seen.begin(), seen.end());
+    s.num_visible = 0;
+    for (const auto& p : seen) s.visible_slots[s.num_visible++] = int32_t(p.second);
     s.visible_slots[s.num_visible++] = s.write_slot;  // the frame itself
-    device_memcpy(state_dev.data, opt.device, &s, Device::cpu, sizeof(FrameState), ctx.stream);
+    device_memcpy(device_state.data, opt.device, &s, Device::cpu, sizeof(FrameState), c.stream);
   }
 
   // All device work of one frame on fixed buffers, reading the FrameState from device memory. With
-  // `generate`, samples latent_dev from noise first (else latent_dev holds a given context latent); then the
-  // cache-write pass; then, with `decode`, the frame into frame_dev. The scalars of each pass position are
-  // fixed, so a CUDA graph of this function can be replayed for every frame.
-  void run_frame(bool generate, bool decode) {
-    dit->condition(ctx, action_dev);
+  // `generate`, samples the latent from noise first (else it holds a given context latent); then the cache-write
+  // pass; then, with `decode`, the frame. The scalars of each pass position are fixed, so a CUDA graph of this
+  // function can be replayed for every frame. Returns false when `cancel` was raised between two passes.
+  bool run_frame(bool generate, bool decode, const std::atomic<bool>* cancel = nullptr) {
+    auto cancelled = [&] { return cancel && cancel->load(std::memory_order_relaxed); };
+    st->dit->condition(ctx, st->io.action);
     if (generate) {
-      ops::noise_mix(ctx, opt.seed, 0, 0.f, Tensor{}, 1.f, latent_dev);
-      for (int k = 0; k < cfg.num_steps(); ++k) dit->denoise_pass(ctx, k, dts[size_t(k)], latent_dev);
+      ops::noise_mix(ctx, opt.seed, 0, 0.f, Tensor{}, 1.f, st->io.latent);
+      for (int k = 0; k < cfg.num_steps(); ++k) {
+        if (cancelled()) return false;
+        st->dit->denoise_pass(ctx, k, dts[size_t(k)], st->io.latent);
+      }
     }
-    ops::noise_mix(ctx, opt.seed, cfg.num_steps(), write_a, latent_dev, write_b, write_dev);
-    dit->cache_write_pass(ctx, write_dev);
-    if (decode) vae->decode(ctx, latent_dev, frame_dev);
+    if (cancelled()) return false;
+    ops::noise_mix(ctx, opt.seed, cfg.num_steps(), write_a, st->io.latent, write_b, st->io.write);
+    st->dit->cache_write_pass(ctx, st->io.write);
+    if (decode && cancelled()) return false;  // the decode is half a tiny frame: a cancelled frame skips it
+    if (decode) st->vae->decode(ctx, st->io.latent, st->io.frame);
+    return true;
   }
 
   // A generated frame: replays the captured whole-frame graph on CUDA (FrameState and action are copied to
   // device memory before, outside the graph), runs the ops directly elsewhere.
-  void generate_frame(bool decode) {
-    if (!use_graphs) return run_frame(true, decode);
+  bool generate_frame(bool decode, const std::atomic<bool>* cancel = nullptr) {
+    if (!use_graphs) return run_frame(true, decode, cancel);
     CudaGraph& g = frame_graph[decode ? 1 : 0];
     int& visible = graph_visible[decode ? 1 : 0];
     const bool stale = ops::attention_sized_on_host(ctx) && visible != host_state.num_visible;
@@ -230,16 +254,17 @@ struct Session::Impl {
       visible = host_state.num_visible;
     }
     g.replay(stream);
+    return true;
   }
 
-  void upload_action(const float* action) {
+  void upload_action(const Context& c, const float* action) {
     std::vector<float> zeros;
     if (!action) {
       zeros.assign(size_t(cfg.action_dim), 0.f);
       action = zeros.data();
     }
     Tensor host{const_cast<float*>(action), DType::f32, Device::cpu, {cfg.action_dim}};
-    ops::copy(ctx, host, action_dev);
+    ops::copy(c, host, st->io.action);
   }
 
   // The frame's K/V are in its slot: record it (after success only, so a failed frame leaves no trace).
@@ -249,54 +274,311 @@ struct Session::Impl {
   }
 
   void latent_to_host(float* out) {
-    Tensor host{out, DType::f32, Device::cpu, latent_dev.shape};
-    ops::copy(ctx, latent_dev, host);
+    Tensor host{out, DType::f32, Device::cpu, st->io.latent.shape};
+    ops::copy(ctx, st->io.latent, host);
   }
 
   void frame_to_host(uint8_t* out) {
-    device_memcpy(out, Device::cpu, frame_dev.data, opt.device, frame_dev.bytes(), ctx.stream);
+    device_memcpy(out, Device::cpu, st->io.frame.data, opt.device, st->io.frame.bytes(), ctx.stream);
+  }
+
+  // Forgets frames >= `first` (their slots become empty) and continues from `first`.
+  void rewind_to(int64_t first) {
+    for (int64_t& f : slot_frame)
+      if (f >= first) f = -1;
+    frame_index = first;
   }
 
   void clear() {
     slot_frame.assign(slot_frame.size(), -1);
     frame_index = 0;
   }
+
+  // Generates frame `frame_index` for `action` (host) into the session's buffers and commits it. Copies the
+  // results out when given. Returns false (nothing committed) when cancelled.
+  bool compute_frame(const float* action, bool decode, float* latent_out, uint8_t* frame_out,
+                     const std::atomic<bool>* cancel = nullptr) {
+    prepare_state(ctx);
+    upload_action(ctx, action);
+    if (!generate_frame(decode, cancel)) return false;
+    device_synchronize(opt.device, ctx.stream);
+    if (latent_out) latent_to_host(latent_out);
+    if (frame_out) frame_to_host(frame_out);
+    commit_frame();
+    return true;
+  }
+
+  // ---- exact speculation ------------------------------------------------------------------------------------
+  struct Ahead {
+    std::vector<float> latent;
+    std::vector<uint8_t> frame;  // empty when generated without decode
+  };
+  std::thread worker;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<Ahead> ahead;          // frames served_index, served_index + 1, ... generated under spec_action
+  std::vector<float> spec_action;   // empty: nothing to speculate on (after reset)
+  bool spec_decode = true;          // decode the frames ahead (as the last step did)
+  bool caller_active = false;       // the caller computes or inspects: the worker does not start a frame
+  bool worker_busy = false;
+  bool stop = false;
+  std::atomic<bool> cancel{false};
+  int64_t served_index = 0;         // frames returned to the caller (frame_index minus the frames ahead)
+  std::string worker_error;
+  SpeculationStats stats;
+
+  bool speculating() const { return opt.speculate > 0; }
+  bool exact_worker() const { return worker.joinable(); }
+
+  // ---- parallel speculation: k frames denoised together, block-causal among them ------------------------------
+  struct Parallel {
+    std::vector<FrameState> host;
+    std::vector<Tensor> state, latent, write;
+    std::unique_ptr<model::DiT::Activations> act;
+    explicit Parallel(Impl& s) : host(size_t(s.opt.speculate)) {
+      const std::vector<int64_t> lshape = {s.cfg.latent_channels, s.cfg.latent_height(), s.cfg.latent_width()};
+      for (int j = 0; j < s.opt.speculate; ++j) {
+        state.push_back(s.arena.alloc({int64_t(sizeof(FrameState))}, DType::u8));
+        latent.push_back(s.arena.alloc(lshape, s.opt.dtype));
+        write.push_back(s.arena.alloc(lshape, s.opt.dtype));
+      }
+      act = std::make_unique<model::DiT::Activations>(s.cfg, s.arena, s.opt.dtype, s.opt.speculate);
+    }
+  };
+  std::unique_ptr<Parallel> par;
+
+  // Generates frames frame_index .. frame_index + k - 1 under `action` in one multi-frame pass per step: frame j
+  // attends to the cache and to frames 0..j-1 of the group at their current noise level (the K/V they wrote in
+  // the same pass), then each frame's cache-write pass in order. Commits all k; queues them in `ahead`.
+  void generate_parallel(const float* action, bool decode) {
+    const int k = opt.speculate;
+    const int64_t f0 = frame_index;
+    for (int j = 0; j < k; ++j) slot_frame[size_t(slot_for(f0 + j))] = f0 + j;  // in progress: visible to later ones
+    try {
+      std::vector<model::DiT::Member> members, writes;
+      for (int j = 0; j < k; ++j) {
+        make_state(f0 + j, par->host[size_t(j)], par->state[size_t(j)], ctx);
+        Context c = ctx;
+        c.state = reinterpret_cast<const FrameState*>(par->state[size_t(j)].data);
+        c.host_state = &par->host[size_t(j)];
+        members.push_back({st->dit.get(), c, par->latent[size_t(j)]});
+        writes.push_back({st->dit.get(), c, par->write[size_t(j)]});
+      }
+      upload_action(ctx, action);
+      st->dit->condition(ctx, st->io.action);
+      for (int j = 0; j < k; ++j) ops::noise_mix(members[size_t(j)].ctx, opt.seed, 0, 0.f, Tensor{}, 1.f, par->latent[size_t(j)]);
+      for (int p = 0; p < cfg.num_steps(); ++p) model::DiT::denoise_pass(members, p, dts[size_t(p)], *par->act);
+      for (int j = 0; j < k; ++j)
+        ops::noise_mix(members[size_t(j)].ctx, opt.seed, cfg.num_steps(), write_a, par->latent[size_t(j)], write_b,
+                       par->write[size_t(j)]);
+      model::DiT::cache_write_pass(writes, *par->act);
+      for (int j = 0; j < k; ++j) {
+        Ahead a;
+        a.latent.resize(size_t(cfg.latent_numel()));
+        Tensor host{a.latent.data(), DType::f32, Device::cpu, st->io.latent.shape};
+        ops::copy(ctx, par->latent[size_t(j)], host);
+        if (decode) {
+          st->vae->decode(members[size_t(j)].ctx, par->latent[size_t(j)], st->io.frame);
+          device_synchronize(opt.device, ctx.stream);
+          a.frame.resize(size_t(cfg.frame_height) * cfg.frame_width * 3);
+          frame_to_host(a.frame.data());
+        }
+        ahead.push_back(std::move(a));
+      }
+      device_synchronize(opt.device, ctx.stream);
+    } catch (...) {
+      ahead.clear();
+      rewind_to(f0);
+      throw;
+    }
+    frame_index = f0 + k;
+  }
+
+  void step_parallel(const float* action, uint8_t* frame_out, float* latent_out) {
+    const bool same = !spec_action.empty() &&
+                      std::memcmp(spec_action.data(), action, sizeof(float) * size_t(cfg.action_dim)) == 0;
+    if (!same || ahead.empty()) {
+      stats.discarded += ahead.size();
+      ahead.clear();
+      rewind_to(served_index);
+      spec_action.assign(action, action + cfg.action_dim);
+      generate_parallel(action, frame_out != nullptr);
+    } else {
+      ++stats.served;
+    }
+    Ahead a = std::move(ahead.front());
+    ahead.pop_front();
+    ++served_index;
+    if (latent_out) std::copy(a.latent.begin(), a.latent.end(), latent_out);
+    if (frame_out) {
+      if (a.frame.empty())
+        decode_host(a.latent.data(), frame_out);  // generated by a step_latent call
+      else
+        std::copy(a.frame.begin(), a.frame.end(), frame_out);
+    }
+  }
+
+  void speculate_loop() {
+    std::unique_lock<std::mutex> lk(mu);
+    for (;;) {
+      cv.wait(lk, [&] {
+        return stop || (!caller_active && !spec_action.empty() && int(ahead.size()) < opt.speculate &&
+                        worker_error.empty());
+      });
+      if (stop) return;
+      worker_busy = true;
+      const std::vector<float> action = spec_action;
+      const bool decode = spec_decode;
+      lk.unlock();
+      Ahead a;
+      a.latent.resize(size_t(cfg.latent_numel()));
+      if (decode) a.frame.resize(size_t(cfg.frame_height) * cfg.frame_width * 3);
+      bool done = false;
+      std::string error;
+      try {
+        done = compute_frame(action.data(), decode, a.latent.data(), decode ? a.frame.data() : nullptr, &cancel);
+      } catch (const std::exception& e) {
+        error = e.what();
+      }
+      lk.lock();
+      worker_busy = false;
+      if (done) ahead.push_back(std::move(a));
+      if (!error.empty()) worker_error = error;  // surfaced by the next call (which then steps normally)
+      cv.notify_all();
+    }
+  }
+
+  // Holds the worker out (it finishes or abandons its frame first), so the caller owns the session's buffers.
+  // With `keep_ahead` false, frames generated ahead are forgotten and the cache is rewound to the served frame.
+  std::unique_lock<std::mutex> pause_worker(bool keep_ahead) {
+    std::unique_lock<std::mutex> lk(mu);
+    if (!exact_worker()) {
+      if (!keep_ahead && par) {
+        stats.discarded += ahead.size();
+        ahead.clear();
+        rewind_to(served_index);
+      }
+      return lk;
+    }
+    caller_active = true;
+    if (!keep_ahead) cancel = true;
+    cv.wait(lk, [&] { return !worker_busy; });
+    cancel = false;
+    if (!keep_ahead) {
+      stats.discarded += ahead.size();
+      ahead.clear();
+      rewind_to(served_index);
+    }
+    return lk;
+  }
+  void resume_worker(std::unique_lock<std::mutex>& lk) {
+    if (!exact_worker()) return;
+    caller_active = false;
+    lk.unlock();
+    cv.notify_all();
+  }
+
+  void step(const float* action, uint8_t* frame_out, float* latent_out) {
+    if (par) return step_parallel(action, frame_out, latent_out);
+    if (!speculating()) {
+      compute_frame(action, frame_out != nullptr, latent_out, frame_out);
+      served_index = frame_index;
+      return;
+    }
+    std::unique_lock<std::mutex> lk(mu);
+    const bool same = !spec_action.empty() &&
+                      std::memcmp(spec_action.data(), action, sizeof(float) * size_t(cfg.action_dim)) == 0;
+    if (same && worker_error.empty()) {
+      // The next frame is ahead already, or the worker is on it: take it.
+      caller_active = true;
+      cv.wait(lk, [&] { return !ahead.empty() || !worker_busy; });
+      if (!ahead.empty()) {
+        Ahead a = std::move(ahead.front());
+        ahead.pop_front();
+        ++served_index;
+        ++stats.served;
+        if (latent_out) std::copy(a.latent.begin(), a.latent.end(), latent_out);
+        if (frame_out && !a.frame.empty()) std::copy(a.frame.begin(), a.frame.end(), frame_out);
+        const bool need_decode = frame_out && a.frame.empty();
+        spec_decode = frame_out != nullptr;
+        if (need_decode) {  // generated without decode: decode it now, once the worker is off the buffers
+          cv.wait(lk, [&] { return !worker_busy; });
+          lk.unlock();
+          decode_host(a.latent.data(), frame_out);
+          lk.lock();
+        }
+        caller_active = false;
+        lk.unlock();
+        cv.notify_all();
+        return;
+      }
+      caller_active = false;
+    }
+    lk.unlock();
+    std::unique_lock<std::mutex> paused = pause_worker(false);
+    worker_error.clear();
+    paused.unlock();
+    try {
+      compute_frame(action, frame_out != nullptr, latent_out, frame_out);
+    } catch (...) {
+      paused.lock();
+      resume_worker(paused);
+      throw;
+    }
+    paused.lock();
+    served_index = frame_index;
+    spec_action.assign(action, action + cfg.action_dim);
+    spec_decode = frame_out != nullptr;
+    resume_worker(paused);
+  }
+
+  void decode_host(const float* latent, uint8_t* frame_out) {
+    // Uses the write buffer as the input: it is only scratch between frames.
+    Tensor host{const_cast<float*>(latent), DType::f32, Device::cpu, st->io.write.shape};
+    ops::copy(ctx, host, st->io.write);
+    st->vae->decode(ctx, st->io.write, st->io.frame);
+    device_synchronize(opt.device, ctx.stream);
+    frame_to_host(frame_out);
+  }
 };
 
-std::string format_bytes(double bytes) {
-  char buf[64];
-  if (bytes >= double(1ull << 30))
-    std::snprintf(buf, sizeof(buf), "%.1f GiB", bytes / double(1ull << 30));
-  else if (bytes >= double(1ull << 20))
-    std::snprintf(buf, sizeof(buf), "%.1f MiB", bytes / double(1ull << 20));
-  else if (bytes >= 1024)
-    std::snprintf(buf, sizeof(buf), "%.1f KiB", bytes / 1024.0);
-  else
-    std::snprintf(buf, sizeof(buf), "%.0f bytes", bytes);
-  return buf;
+Session::Session(const std::string& path, const SessionOptions& options) {
+  check_device_options(options.device, options.dtype, options.threads, true);
+  check_session_options(options);
+  ModelOptions mo;
+  mo.device = options.device;
+  mo.dtype = options.dtype;
+  mo.threads = options.threads;
+  mo.max_memory_bytes = options.max_memory_bytes;
+  // The weights and the session are checked together against what is available, before anything is allocated.
+  MemoryEstimate need = estimate_session_memory(path, options);
+  check_fits(options.device, need.total(), options.max_memory_bytes, "opening this session needs " + need.describe());
+  impl_ = std::make_unique<Impl>(Model::load(path, mo), options);
+  impl_->owns_model = true;
 }
 
-std::string MemoryEstimate::describe() const {
-  return format_bytes(double(total())) + " (weights " + format_bytes(double(weights)) + ", KV cache " +
-         format_bytes(double(kv_cache)) + ", activations " + format_bytes(double(activations)) + ", scratch " +
-         format_bytes(double(scratch)) + ")";
+Session::Session(std::shared_ptr<const Model> model, const SessionOptions& options) {
+  NFD_CHECK(model != nullptr, invalid_argument, "Session: model is null");
+  impl_ = std::make_unique<Impl>(std::move(model), options);
 }
 
-MemoryEstimate estimate_session_memory(const std::string& path, const SessionOptions& options) {
-  check_options(options, false);
-  std::unique_ptr<ModelFile> file = ModelFile::open(path);
-  return estimate_memory(*file, options);
-}
-
-Session::Session(const std::string& path, const SessionOptions& options)
-    : impl_(std::make_unique<Impl>(path, options)) {}
 Session::~Session() = default;
 
 const Config& Session::config() const { return impl_->cfg; }
 const SessionOptions& Session::options() const { return impl_->opt; }
-int64_t Session::frame_index() const { return impl_->frame_index; }
-size_t Session::memory_bytes() const { return impl_->arena.bytes(); }
-size_t Session::kv_cache_bytes() const { return impl_->dit->kv_cache_bytes(); }
+const std::shared_ptr<const Model>& Session::model() const { return impl_->model; }
+Device Session::device() const { return impl_->opt.device; }
+DType Session::dtype() const { return impl_->opt.dtype; }
+int64_t Session::frame_index() const { return impl_->served_index; }
+size_t Session::memory_bytes() const {
+  return impl_->arena.bytes() + (impl_->owns_model ? impl_->model->weight_bytes() : 0);
+}
+size_t Session::kv_cache_bytes() const { return impl_->arena.bytes(Arena::Use::kv_cache); }
+
+Session::SpeculationStats Session::speculation_stats() const {
+  std::lock_guard<std::mutex> lk(impl_->mu);
+  return impl_->stats;
+}
 
 void Session::reset_frames(const uint8_t* frames, int count, const float* actions) {
   Impl& s = *impl_;
@@ -304,17 +586,33 @@ void Session::reset_frames(const uint8_t* frames, int count, const float* action
   NFD_CHECK(count >= 0, invalid_argument, "reset: frame count must be >= 0");
   NFD_CHECK(count == 0 || frames, invalid_argument, "reset: frames is null");
   if (actions) check_finite(actions, int64_t(count) * c.action_dim, "actions");
+  std::unique_lock<std::mutex> lk = s.pause_worker(false);
+  s.spec_action.clear();
+  s.worker_error.clear();
   s.clear();
+  s.served_index = 0;
+  lk.unlock();
   const size_t frame_bytes = size_t(c.frame_height) * c.frame_width * 3;
-  for (int j = 0; j < count; ++j) {
-    s.prepare_state();
-    device_memcpy(s.frame_dev.data, s.opt.device, frames + j * frame_bytes, Device::cpu, frame_bytes, s.ctx.stream);
-    s.vae->encode(s.ctx, s.frame_dev, s.latent_dev);
-    s.upload_action(actions ? actions + int64_t(j) * c.action_dim : nullptr);
-    s.run_frame(false, false);
-    device_synchronize(s.opt.device, s.ctx.stream);
-    s.commit_frame();
+  try {
+    for (int j = 0; j < count; ++j) {
+      s.prepare_state(s.ctx);
+      device_memcpy(s.st->io.frame.data, s.opt.device, frames + j * frame_bytes, Device::cpu, frame_bytes,
+                    s.ctx.stream);
+      s.st->vae->encode(s.ctx, s.st->io.frame, s.st->io.latent);
+      s.upload_action(s.ctx, actions ? actions + int64_t(j) * c.action_dim : nullptr);
+      s.run_frame(false, false);
+      device_synchronize(s.opt.device, s.ctx.stream);
+      s.commit_frame();
+    }
+  } catch (...) {
+    lk.lock();
+    s.served_index = s.frame_index;
+    s.resume_worker(lk);
+    throw;
   }
+  lk.lock();
+  s.served_index = s.frame_index;
+  s.resume_worker(lk);
 }
 
 void Session::reset_latents(const float* latents, int count, const float* actions) {
@@ -324,42 +622,144 @@ void Session::reset_latents(const float* latents, int count, const float* action
   NFD_CHECK(count == 0 || latents, invalid_argument, "reset: latents is null");
   check_finite(latents, int64_t(count) * c.latent_numel(), "latents");
   if (actions) check_finite(actions, int64_t(count) * c.action_dim, "actions");
+  std::unique_lock<std::mutex> lk = s.pause_worker(false);
+  s.spec_action.clear();
+  s.worker_error.clear();
   s.clear();
-  for (int j = 0; j < count; ++j) {
-    s.prepare_state();
-    Tensor host{const_cast<float*>(latents + int64_t(j) * c.latent_numel()), DType::f32, Device::cpu,
-                s.latent_dev.shape};
-    ops::copy(s.ctx, host, s.latent_dev);
-    s.upload_action(actions ? actions + int64_t(j) * c.action_dim : nullptr);
-    s.run_frame(false, false);
-    device_synchronize(s.opt.device, s.ctx.stream);
-    s.commit_frame();
+  s.served_index = 0;
+  lk.unlock();
+  try {
+    for (int j = 0; j < count; ++j) {
+      s.prepare_state(s.ctx);
+      Tensor host{const_cast<float*>(latents + int64_t(j) * c.latent_numel()), DType::f32, Device::cpu,
+                  s.st->io.latent.shape};
+      ops::copy(s.ctx, host, s.st->io.latent);
+      s.upload_action(s.ctx, actions ? actions + int64_t(j) * c.action_dim : nullptr);
+      s.run_frame(false, false);
+      device_synchronize(s.opt.device, s.ctx.stream);
+      s.commit_frame();
+    }
+  } catch (...) {
+    lk.lock();
+    s.served_index = s.frame_index;
+    s.resume_worker(lk);
+    throw;
   }
+  lk.lock();
+  s.served_index = s.frame_index;
+  s.resume_worker(lk);
 }
 
 void Session::step(const float* action, uint8_t* frame_out, float* latent_out) {
   Impl& s = *impl_;
   NFD_CHECK(action, invalid_argument, "step: action is null");
   check_finite(action, s.cfg.action_dim, "action");
-  s.prepare_state();
-  s.upload_action(action);
-  s.generate_frame(frame_out != nullptr);
-  device_synchronize(s.opt.device, s.ctx.stream);
-  if (latent_out) s.latent_to_host(latent_out);
-  if (frame_out) s.frame_to_host(frame_out);
-  s.commit_frame();
+  s.step(action, frame_out, latent_out);
 }
 
 void Session::decode(const float* latent, uint8_t* frame_out) {
   Impl& s = *impl_;
   NFD_CHECK(latent && frame_out, invalid_argument, "decode: null latent or output");
   check_finite(latent, s.cfg.latent_numel(), "latent");
-  // Uses write_dev as the input buffer: it is only scratch between frames.
-  Tensor host{const_cast<float*>(latent), DType::f32, Device::cpu, s.write_dev.shape};
-  ops::copy(s.ctx, host, s.write_dev);
-  s.vae->decode(s.ctx, s.write_dev, s.frame_dev);
-  device_synchronize(s.opt.device, s.ctx.stream);
-  s.frame_to_host(frame_out);
+  std::unique_lock<std::mutex> lk = s.pause_worker(true);
+  lk.unlock();
+  try {
+    s.decode_host(latent, frame_out);
+  } catch (...) {
+    lk.lock();
+    s.resume_worker(lk);
+    throw;
+  }
+  lk.lock();
+  s.resume_worker(lk);
+}
+
+std::unique_ptr<Session> Session::fork() const {
+  Impl& s = *impl_;
+  auto copy = std::make_unique<Session>(s.model, s.opt);
+  Impl& d = *copy->impl_;
+  // The served state: frames generated ahead stay with this session (their slots are empty in the fork).
+  std::unique_lock<std::mutex> lk = s.pause_worker(true);
+  try {
+    d.st->dit->copy_cache_from(s.ctx, *s.st->dit);
+    device_synchronize(s.opt.device, s.ctx.stream);
+  } catch (...) {
+    s.resume_worker(lk);
+    throw;
+  }
+  d.slot_frame = s.slot_frame;
+  d.rewind_to(s.served_index);
+  d.served_index = s.served_index;
+  s.resume_worker(lk);
+  return copy;
+}
+
+void Session::step_batch(const std::vector<Session*>& sessions, const float* actions, uint8_t* frames_out,
+                         float* latents_out) {
+  NFD_CHECK(!sessions.empty(), invalid_argument, "step_batch: no sessions");
+  NFD_CHECK(actions, invalid_argument, "step_batch: actions is null");
+  const size_t n = sessions.size();
+  for (size_t i = 0; i < n; ++i) {
+    NFD_CHECK(sessions[i], invalid_argument, "step_batch: session " + std::to_string(i) + " is null");
+    NFD_CHECK(sessions[i]->impl_->model == sessions[0]->impl_->model, invalid_argument,
+              "step_batch: session " + std::to_string(i) +
+                  " uses a different model than session 0 (sessions in one batch must share a Model)");
+    NFD_CHECK(!sessions[i]->impl_->speculating(), invalid_argument,
+              "step_batch: session " + std::to_string(i) + " speculates (speculate > 0); step it on its own");
+    for (size_t j = 0; j < i; ++j)
+      NFD_CHECK(sessions[j] != sessions[i], invalid_argument,
+                "step_batch: session " + std::to_string(i) + " appears twice (as session " + std::to_string(j) + ")");
+  }
+  const Config& cfg = sessions[0]->config();
+  const int64_t A = cfg.action_dim;
+  check_finite(actions, int64_t(n) * A, "actions");
+  if (n == 1) return sessions[0]->step(actions, frames_out, latents_out);
+
+  const Model& model = *sessions[0]->impl_->model;
+  std::lock_guard<std::mutex> batch_lock(model.batch_mutex());
+  model::DiT::Activations& act = model.batch_activations(int(n));
+  Impl& lead = *sessions[0]->impl_;
+  Context bctx = lead.ctx;  // the batch runs on the first session's stream and thread count
+  std::vector<model::DiT::Member> members(n), writes(n);
+  for (size_t i = 0; i < n; ++i) {
+    Impl& s = *sessions[i]->impl_;
+    Context c = bctx;
+    c.state = s.ctx.state;
+    c.host_state = s.ctx.host_state;
+    s.prepare_state(c);
+    s.upload_action(c, actions + int64_t(i) * A);
+    s.st->dit->condition(c, s.st->io.action);
+    ops::noise_mix(c, s.opt.seed, 0, 0.f, Tensor{}, 1.f, s.st->io.latent);
+    members[i] = model::DiT::Member{s.st->dit.get(), c, s.st->io.latent};
+    writes[i] = model::DiT::Member{s.st->dit.get(), c, s.st->io.write};
+  }
+  for (int k = 0; k < cfg.num_steps(); ++k) model::DiT::denoise_pass(members, k, lead.dts[size_t(k)], act);
+  for (size_t i = 0; i < n; ++i) {
+    Impl& s = *sessions[i]->impl_;
+    ops::noise_mix(members[i].ctx, s.opt.seed, cfg.num_steps(), s.write_a, s.st->io.latent, s.write_b, s.st->io.write);
+  }
+  model::DiT::cache_write_pass(writes, act);
+  const int64_t frame_bytes = int64_t(cfg.frame_height) * cfg.frame_width * 3;
+  for (size_t i = 0; i < n; ++i) {
+    Impl& s = *sessions[i]->impl_;
+    if (frames_out) s.st->vae->decode(members[i].ctx, s.st->io.latent, s.st->io.frame);
+  }
+  device_synchronize(lead.opt.device, bctx.stream);
+  for (size_t i = 0; i < n; ++i) {
+    Impl& s = *sessions[i]->impl_;
+    if (latents_out) {
+      Tensor host{latents_out + int64_t(i) * cfg.latent_numel(), DType::f32, Device::cpu, s.st->io.latent.shape};
+      ops::copy(bctx, s.st->io.latent, host);
+    }
+    if (frames_out)
+      device_memcpy(frames_out + int64_t(i) * frame_bytes, Device::cpu, s.st->io.frame.data, s.opt.device,
+                    size_t(frame_bytes), bctx.stream);
+  }
+  for (size_t i = 0; i < n; ++i) {
+    Impl& s = *sessions[i]->impl_;
+    s.commit_frame();
+    s.served_index = s.frame_index;
+  }
 }
 
 }  // namespace nfd

@@ -6,7 +6,8 @@ reference model, `ReferenceSession` and the exporter's model class.
 
 from . import configs, rng
 
-__all__ = ["configs", "rng", "Session", "export", "__version__", "include_dir", "cmake_dir", "lib_dir"]
+__all__ = ["configs", "rng", "Model", "Session", "step_batch", "step_latent_batch", "export", "__version__",
+           "include_dir", "cmake_dir", "lib_dir"]
 
 
 def _installed_dir(*parts: str) -> str:
@@ -41,8 +42,8 @@ def __getattr__(name):  # lazy: `export` needs torch, `Session` needs the compil
 
     if name == "export":
         return importlib.import_module(".export", __name__)
-    if name == "Session":
-        return importlib.import_module(".session", __name__).Session
+    if name in ("Session", "Model", "step_batch", "step_latent_batch"):
+        return getattr(importlib.import_module(".session", __name__), name)
     if name == "__version__":  # one source: project(VERSION) in CMakeLists.txt, compiled into the runtime
         try:
             return importlib.import_module("._core", __name__).version()

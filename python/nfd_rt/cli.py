@@ -2,9 +2,11 @@
 
     nfd-rt info m.nfd
     nfd-rt export-random tiny -o m.nfd          (needs torch)
+    nfd-rt export-onnx m.nfd -o m_onnx/         ONNX graphs + host-loop JSON for ONNX Runtime / TensorRT (torch)
     nfd-rt demo [--frames 120] [--out nfd_demo.mp4]      the shipped Gridworld model, video of game | model
     nfd-rt play                                         arrow keys drive the model live (pygame)
     nfd-rt evaluate [--sequences 100]                   position error and PSNR against the real game
+    nfd-rt serve [MODEL] [--port 8000] [--ray]           players in a browser (docs/serve.md)
 """
 
 from __future__ import annotations
@@ -44,29 +46,19 @@ def _info(args: argparse.Namespace) -> int:
 
 def _env(args: argparse.Namespace) -> int:
     """What this installation runs on: the facts to quote in a performance report or a bug report."""
-    import os
-    import platform
+    from ._env import runtime_report
 
-    from . import __version__
-    from ._native import core
-
-    c = core()
-    if c.cuda_available():
-        cuda = f"yes: {c.cuda_device_name()}"
-    elif c.built_with_cuda():
-        cuda = f"no: built with CUDA, but {c.cuda_unavailable_reason()}"
-    else:
-        cuda = "no: built without CUDA (install with nvcc on the PATH to build the CUDA backend)"
+    r = runtime_report()
     lines = {
-        "nfd_rt": f"{__version__} (C++ runtime {c.version()})",
-        "python": f"{platform.python_version()} on {platform.machine()}",
-        "CUDA": cuda,
-        "CPU kernels": c.cpu_kernel_level(),
-        "BLAS": c.blas_config(),
-        "default threads": f"{c.default_threads()} (physical cores)",
+        "nfd_rt": r["nfd_rt"],
+        "python": r["python"],
+        "CPU": r["cpu"],
+        "CUDA": r["cuda"],
+        "CPU kernels": r["cpu_kernels"],
+        "BLAS": r["blas"] + (f" (chosen by OPENBLAS_CORETYPE={r['OPENBLAS_CORETYPE']})"
+                             if "OPENBLAS_CORETYPE" in r else ""),
+        "default threads": f"{r['default_threads']} (physical cores)",
     }
-    if os.environ.get("OPENBLAS_CORETYPE"):
-        lines["BLAS"] += f" (chosen by OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']})"
     if args.json:
         print(json.dumps(lines, indent=2))
     else:
@@ -86,6 +78,25 @@ def _export_random(args: argparse.Namespace) -> int:
         open(args.config).read())
     export.save(NFDModel(cfg, init_seed=args.seed), args.output)
     print(f"wrote {args.output} ({os.path.getsize(args.output) / 2**20:.1f} MiB, random {cfg.name} weights)")
+    return 0
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    try:
+        from . import export
+        import torch  # noqa: F401
+        import onnx  # noqa: F401
+    except ImportError as e:
+        print(f"export-onnx needs PyTorch and onnx ({e}): pip install 'nfd_rt[torch,onnx]'", file=sys.stderr)
+        return 2
+    spec = export.to_onnx(args.file, args.output, opset=args.opset, vae_output=args.vae_output,
+                          encoder=not args.no_encoder, batch=args.batch)
+    for name in spec["files"].values():
+        path = os.path.join(args.output, name)
+        print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB)")
+    axes = "dynamic axis: batch" if spec["dynamic_axes"] else f"fixed batch {args.batch}"
+    print(f"wrote {os.path.join(args.output, 'nfd_onnx.json')} (opset {spec['opset']}, {axes}; "
+          f"{spec['sampler']['passes_per_frame']} dit_pass runs per frame)")
     return 0
 
 
@@ -114,7 +125,8 @@ def _open_session(args: argparse.Namespace):
     from .session import Session
 
     device, dtype = _pick_device(args.device, args.dtype)
-    s = Session(_demo_model(args.model), device=device, dtype=dtype, seed=args.seed, threads=args.threads)
+    s = Session(_demo_model(args.model), device=device, dtype=dtype, seed=args.seed, threads=args.threads,
+                speculate=args.speculate, speculate_mode=args.speculate_mode)
     cfg = s.config
     print(f"session: {cfg.name} model on {s.device} ({dtype}), {cfg.frame_width}x{cfg.frame_height} frames, "
           f"{cfg.num_steps} steps/frame, {s.memory_bytes() / 2**20:.1f} MiB", flush=True)
@@ -192,6 +204,10 @@ def _add_session_options(q: argparse.ArgumentParser) -> None:
     q.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto (bf16 on cuda)")
     q.add_argument("--seed", type=int, default=0, help="noise seed of the sampler")
     q.add_argument("--threads", type=int, default=0, help="CPU threads (0 = physical cores)")
+    q.add_argument("--speculate", type=int, default=0,
+                   help="frames generated ahead under the last action (0 = off; docs/batching.md)")
+    q.add_argument("--speculate-mode", default="exact", choices=["exact", "parallel"],
+                   help="exact: the same video, sooner; parallel: frames denoised together (faster, not identical)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,6 +229,17 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("-o", "--output", required=True)
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(fn=_export_random)
+
+    q = sub.add_parser("export-onnx", help="write ONNX graphs (DiT pass, VAE) and their host-loop JSON (needs torch)")
+    q.add_argument("file", help="the .nfd model")
+    q.add_argument("-o", "--output", required=True, help="output folder")
+    q.add_argument("--opset", type=int, default=17, help="ONNX opset, 17..20 (default 17)")
+    q.add_argument("--vae-output", default="uint8", choices=["uint8", "float32"],
+                   help="decoder output: uint8 [B,H,W,3] frames (default) or float32 [B,3,H,W] images in [-1, 1]")
+    q.add_argument("--no-encoder", action="store_true", help="skip vae_encoder.onnx (only reset(frames) needs it)")
+    q.add_argument("--batch", type=int, default=None,
+                   help="fix the batch size (all shapes static); default: a dynamic batch axis")
+    q.set_defaults(fn=_export_onnx)
 
     q = sub.add_parser("demo", help="the shipped world model plays Gridworld; writes a video (game | model)")
     _add_session_options(q)
@@ -239,6 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--length", type=_positive_int, default=32, help="frames per sequence, the first one is context")
     q.add_argument("--json", help="also write the full result here")
     q.set_defaults(fn=_evaluate)
+
+    from .serve import cli as serve_cli
+
+    q = sub.add_parser("serve", help="play the model in a browser: WebSocket server (docs/serve.md)")
+    serve_cli.add_arguments(q)
+    q.set_defaults(fn=serve_cli.run)
 
     args = p.parse_args(argv)
     try:

@@ -145,3 +145,18 @@ def save_random(cfg: NFDConfig, path: str | os.PathLike, seed: int = 0) -> None:
             fan_in = int(np.prod(shape[1:]))
             tensors[name] = rng.standard_normal(shape, dtype=np.float32) / np.sqrt(fan_in, dtype=np.float32)
     write_nfd(tensors, cfg, path)
+
+
+def to_onnx(model_or_path, out_dir: str | os.PathLike, opset: int = 17, vae_output: str = "uint8",
+            encoder: bool = True, batch: int | None = None) -> dict:
+    """Export a model (NFDModel or .nfd path) to ONNX for ONNX Runtime and TensorRT (needs torch).
+
+    Writes `dit_pass.onnx` (one DiT pass of one frame against the KV cache), `vae_decoder.onnx`,
+    `vae_encoder.onnx` (unless encoder=False) and `nfd_onnx.json` (shapes, schedule and the host loop) into
+    `out_dir`; returns that JSON's content. `nfd_rt.onnx.OnnxSession(out_dir)` runs them. See docs/onnx.md.
+    batch=None gives every graph a dynamic batch axis; an int fixes it (all shapes static).
+    Raises ValueError for a config or option the exporter cannot express.
+    """
+    from ._onnx_export import to_onnx as _to_onnx
+
+    return _to_onnx(model_or_path, out_dir, opset=opset, vae_output=vae_output, encoder=encoder, batch=batch)

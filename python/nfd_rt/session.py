@@ -1,4 +1,6 @@
-"""`nfd_rt.Session`: the C++ runtime behind exactly the API of `nfd_rt.reference.ReferenceSession`.
+"""`nfd_rt.Model` and `nfd_rt.Session`: the C++ runtime behind exactly the API of
+`nfd_rt.reference.ReferenceSession`, plus many worlds over one copy of the weights (`Model.session`,
+`step_batch`, `Session.fork`) and speculative sampling.
 
 Inputs are validated here with the same code and messages as the reference (`_checks.py`); the extension
 checks buffers again before handing them to C++. Torch tensors are accepted (converted through numpy).
@@ -8,7 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -16,8 +18,88 @@ from . import _checks
 from ._native import core
 from .configs import NFDConfig
 
+_SPECULATE_MODES = ("exact", "parallel")
+
+
+def _names(device: Any, dtype: Any) -> tuple[str, str]:
+    if not isinstance(device, str):
+        device = str(device)  # e.g. torch.device("cuda")
+    if not isinstance(dtype, str):
+        dtype = str(dtype).removeprefix("torch.")  # e.g. torch.bfloat16; the runtime parses the name
+    return device, dtype
+
+
+def _memory_limit(max_memory_bytes: Any) -> int:
+    if max_memory_bytes is None:
+        return 0
+    if not isinstance(max_memory_bytes, (int, np.integer)) or isinstance(max_memory_bytes, bool) or max_memory_bytes <= 0:
+        raise ValueError(f"max_memory_bytes must be a positive integer or None, got {max_memory_bytes!r}")
+    return int(max_memory_bytes)
+
+
+def _threads(threads: Any, stacklevel: int = 3) -> int:
+    threads = _checks.threads(threads, core().max_threads())
+    if threads > (os.cpu_count() or 1):
+        warnings.warn(f"threads={threads} is more than the {os.cpu_count()} CPUs of this machine: the extra "
+                      "threads only wait for one another (the result is the same at any thread count)",
+                      RuntimeWarning, stacklevel=stacklevel)
+    return threads
+
+
+def _speculation(speculate: Any, mode: Any) -> tuple[int, str]:
+    if isinstance(speculate, bool) or not isinstance(speculate, (int, np.integer)) or not 0 <= speculate <= 64:
+        raise ValueError(f"speculate must be an integer from 0 (off) to 64 frames ahead, got {speculate!r}")
+    if mode not in _SPECULATE_MODES:
+        raise ValueError(f"speculate_mode must be one of {list(_SPECULATE_MODES)}, got {mode!r}")
+    return int(speculate), mode
+
+
+class Model:
+    """A `.nfd` file's weights, loaded and validated once on one device, shared by every session made from it.
+
+    `m.session(seed=...)` makes a session over these weights (16 sessions of a model hold one copy of the
+    weights plus 16 KV caches). A model lives as long as its last session: dropping the `Model` object never
+    pulls the weights from under a session.
+
+    Args:
+        path: the model file.
+        device, dtype: as for `Session`.
+        threads: CPU threads used while loading and the default of the sessions (0 = physical cores).
+        max_memory_bytes: refuse to load (MemoryError) when the weights would need more than this.
+    """
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", dtype: str = "float32", threads: int = 0,
+                 max_memory_bytes: int | None = None):
+        device, dtype = _names(device, dtype)
+        self.threads = _threads(threads)
+        self._m = core().Model(os.fspath(path), device, dtype, self.threads, _memory_limit(max_memory_bytes))
+        self._cfg = NFDConfig.from_json(self._m.config_json)
+        self.path = os.fspath(path)
+        self.device = self._m.device
+        self.dtype = dtype
+
+    @property
+    def config(self) -> NFDConfig:
+        return self._cfg
+
+    def memory_bytes(self) -> int:
+        """Bytes of the weights on the device (shared by every session of the model)."""
+        return self._m.weight_bytes()
+
+    def session(self, seed: int = 0, threads: int | None = None, speculate: int = 0,
+                speculate_mode: str = "exact", cuda_graphs: bool = True,
+                max_memory_bytes: int | None = None) -> "Session":
+        """A new session (its own KV cache, frame index and noise stream) over this model's weights."""
+        return Session._over(self, seed=seed, threads=self.threads if threads is None else threads,
+                             speculate=speculate, speculate_mode=speculate_mode, cuda_graphs=cuda_graphs,
+                             max_memory_bytes=max_memory_bytes)
+
+    def __repr__(self) -> str:
+        return f"nfd_rt.Model({self._cfg.name}, device={self.device!r}, dtype={self.dtype!r})"
+
+
 class Session:
-    """Frame-step session over a `.nfd` file.
+    """Frame-step session over a `.nfd` file (its own copy of the weights) or over a shared `Model`.
 
     Args:
         path: the model file.
@@ -28,28 +110,41 @@ class Session:
         max_memory_bytes: refuse to open (MemoryError) when the session would need more than this on its
             device. The memory the device has available is always checked: a session that cannot fit raises
             MemoryError naming the bytes needed and available, before allocating anything.
+        speculate: generate up to this many frames ahead under the last action (0 = off). With
+            speculate_mode="exact" (the default) they are computed in the background between calls and are
+            exactly the frames plain stepping would give, so a repeated action is answered at once and the video
+            never changes; a different action discards them (`speculation_stats()` counts both).
     """
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", dtype: str = "float32", seed: int = 0,
-                 threads: int = 0, cuda_graphs: bool = True, max_memory_bytes: int | None = None):
-        if not isinstance(device, str):
-            device = str(device)  # e.g. torch.device("cuda")
-        if not isinstance(dtype, str):
-            dtype = str(dtype).removeprefix("torch.")  # e.g. torch.bfloat16; the runtime parses the name
-        if max_memory_bytes is not None and (not isinstance(max_memory_bytes, (int, np.integer))
-                                             or isinstance(max_memory_bytes, bool) or max_memory_bytes <= 0):
-            raise ValueError(f"max_memory_bytes must be a positive integer or None, got {max_memory_bytes!r}")
+                 threads: int = 0, cuda_graphs: bool = True, max_memory_bytes: int | None = None,
+                 speculate: int = 0, speculate_mode: str = "exact"):
+        device, dtype = _names(device, dtype)
+        limit = _memory_limit(max_memory_bytes)
         self._s = None
-        c = core()
         self.seed = _checks.seed(seed)
-        threads = _checks.threads(threads, c.max_threads())
-        if threads > (os.cpu_count() or 1):
-            warnings.warn(f"threads={threads} is more than the {os.cpu_count()} CPUs of this machine: the extra "
-                          "threads only wait for one another (the result is the same at any thread count)",
-                          RuntimeWarning, stacklevel=2)
-        self._s = c.Session(os.fspath(path), device, dtype, self.seed, threads,
-                            bool(cuda_graphs), int(max_memory_bytes or 0))
+        threads = _threads(threads)
+        speculate, speculate_mode = _speculation(speculate, speculate_mode)
+        self._s = core().Session(os.fspath(path), device, dtype, self.seed, threads, bool(cuda_graphs), limit,
+                                 speculate, speculate_mode)
+        self._finish(None, dtype)
+
+    @classmethod
+    def _over(cls, model: Model, seed: int, threads: int, speculate: int, speculate_mode: str, cuda_graphs: bool,
+              max_memory_bytes: int | None) -> "Session":
+        self = cls.__new__(cls)
+        self._s = None
+        self.seed = _checks.seed(seed)
+        threads = _threads(threads, stacklevel=4)
+        speculate, speculate_mode = _speculation(speculate, speculate_mode)
+        self._s = core().Session(model._m, self.seed, threads, bool(cuda_graphs), _memory_limit(max_memory_bytes),
+                                 speculate, speculate_mode)
+        self._finish(model, model.dtype)
+        return self
+
+    def _finish(self, model: Model | None, dtype: str) -> None:
         self._cfg = NFDConfig.from_json(self._s.config_json)
+        self.model = model  # None when the session opened its own copy of the file
         self.device = self._s.device
         self.dtype = dtype
 
@@ -105,6 +200,22 @@ class Session:
     def kv_cache_bytes(self) -> int:
         return self._open().kv_cache_bytes()
 
+    def fork(self) -> "Session":
+        """An independent session that continues from this one's state (KV cache, frame index, noise position),
+        sharing the model. Stepping either never changes the other; a fork stepped with actions A equals a fresh
+        session replayed through the same history and then A."""
+        s = self._open()
+        f = Session.__new__(Session)
+        f._s = None
+        f.seed = self.seed
+        f._s = s.fork()
+        f._finish(self.model, self.dtype)
+        return f
+
+    def speculation_stats(self) -> dict:
+        """{"served": frames returned from speculation, "discarded": frames generated ahead and thrown away}."""
+        return dict(self._open().speculation_stats())
+
     def close(self) -> None:
         """Free the session's memory now. Any later call raises RuntimeError("session is closed")."""
         if self._s is not None:
@@ -126,3 +237,35 @@ class Session:
         if self._s is None:
             raise RuntimeError("session is closed")
         return self._s
+
+
+def _batch(sessions: Sequence[Session], actions: Any, decode: bool):
+    sessions = list(sessions)
+    if not sessions:
+        raise ValueError("step_batch needs at least one session")
+    for i, s in enumerate(sessions):
+        if not isinstance(s, Session):
+            raise ValueError(f"step_batch: sessions[{i}] is a {type(s).__name__}, not an nfd_rt.Session")
+    cfg = sessions[0].config
+    a = _checks._as_numpy(actions, "actions")
+    if a.dtype.kind not in "fiub":
+        raise ValueError(f"actions must be numeric, got dtype {a.dtype}")
+    if a.shape != (len(sessions), cfg.action_dim):
+        raise ValueError(f"actions must have shape ({len(sessions)}, {cfg.action_dim}) (one per session), "
+                         f"got {a.shape}")
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    _checks._check_finite(a, "actions")
+    return core().step_batch([s._open() for s in sessions], a, decode)
+
+
+def step_batch(sessions: Sequence[Session], actions: Any) -> np.ndarray:
+    """Step several sessions of one `Model` as one batched forward (GEMMs over all their tokens, attention per
+    session over its own cache): actions [n, action_dim] -> frames uint8 [n, H, W, 3]. The same frames as stepping
+    each session alone (CPU float32: within 1e-5). Sessions must share a model, appear once and not speculate;
+    anything else raises ValueError."""
+    return _batch(sessions, actions, True)[1]
+
+
+def step_latent_batch(sessions: Sequence[Session], actions: Any) -> np.ndarray:
+    """`step_batch` without decoding: latents float32 [n, C, h, w]."""
+    return _batch(sessions, actions, False)[0]

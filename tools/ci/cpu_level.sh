@@ -14,7 +14,7 @@ PY=${PYTHON:-$(command -v python3 || command -v python)}
 if ! grep -q -w "$( [ "$LEVEL" = x86-64-v4 ] && echo avx512f || echo avx2 )" /proc/cpuinfo; then
   echo "cpu_level: this CPU cannot run $LEVEL code; skipped"; exit 0
 fi
-cmake -S . -B "$BUILD" -G Ninja -DNFD_RT_CPU_LEVEL="$LEVEL" -DNFD_RT_CUDA=OFF -DCMAKE_BUILD_TYPE=Release \
+cmake -S . -B "$BUILD" -G Ninja -DNFD_RT_CPU_LEVEL="$LEVEL" -DNFD_RT_CUDA=OFF -DNFD_RT_BLAS=WHEEL -DCMAKE_BUILD_TYPE=Release \
       -DPython_EXECUTABLE="$PY" > /dev/null
 cmake --build "$BUILD" -j"${JOBS:-2}" --target _core
 if [ "$LEVEL" = x86-64-v3 ] && command -v objdump > /dev/null; then  # really no AVX-512 in this build

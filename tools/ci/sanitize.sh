@@ -14,7 +14,7 @@ BUILD=${BUILD:-build/asan}
 PY=${PYTHON:-$(command -v python3 || command -v python)}
 JOBS=${JOBS:-2}
 
-cmake -S . -B "$BUILD" -G Ninja -DNFD_RT_SANITIZE=ON -DNFD_RT_MULTIVERSION=OFF -DNFD_RT_CUDA=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+cmake -S . -B "$BUILD" -G Ninja -DNFD_RT_SANITIZE=ON -DNFD_RT_MULTIVERSION=OFF -DNFD_RT_CUDA=OFF -DNFD_RT_BLAS=WHEEL -DCMAKE_BUILD_TYPE=RelWithDebInfo \
       -DPython_EXECUTABLE="$PY"
 cmake --build "$BUILD" -j"$JOBS"
 

@@ -52,6 +52,13 @@ typedef enum nfd_device { NFD_DEVICE_CPU = 0, NFD_DEVICE_CUDA = 1 } nfd_device;
 
 typedef enum nfd_dtype { NFD_DTYPE_F32 = 0, NFD_DTYPE_BF16 = 1, NFD_DTYPE_F16 = 2 } nfd_dtype;
 
+/* Speculative sampling (nfd_session_params.speculate = k > 0): EXACT generates the k frames ahead that plain
+ * stepping would produce (in a background thread, between calls), so the video never changes; PARALLEL
+ * denoises k frames together in one multi-frame pass when the action changes (the NFD paper's way: more frames
+ * per second, not the same frames as plain stepping). Either way a repeated action is served from the frames
+ * ahead, and a different one discards them and rolls the KV cache back. */
+typedef enum nfd_speculate_mode { NFD_SPECULATE_EXACT = 0, NFD_SPECULATE_PARALLEL = 1 } nfd_speculate_mode;
+
 typedef struct nfd_session_params {
   nfd_device device; /* NFD_DEVICE_CPU (default) or NFD_DEVICE_CUDA */
   nfd_dtype dtype;   /* compute dtype: F32 on the CPU; F32, BF16 or F16 on CUDA */
@@ -61,6 +68,8 @@ typedef struct nfd_session_params {
   /* Refuse to open (NFD_ERROR_OUT_OF_MEMORY) a session that would need more bytes than this on its device;
    * 0 (default) = no limit beyond the memory the device has available, which is always checked. */
   uint64_t max_memory_bytes;
+  int32_t speculate;      /* frames to generate ahead under the last action (0 = off, at most 64) */
+  int32_t speculate_mode; /* an nfd_speculate_mode */
 } nfd_session_params;
 
 typedef struct nfd_session_info {
@@ -70,10 +79,14 @@ typedef struct nfd_session_info {
   int32_t num_steps;                 /* denoising steps per frame */
   int32_t window, sink_frames;       /* KV cache: sink frames + rolling window */
   int64_t frame_index;               /* index of the next frame step() generates */
-  uint64_t memory_bytes;             /* bytes held on the device: weights + KV cache + buffers */
+  uint64_t memory_bytes;             /* bytes held on the device: KV cache + buffers, + the weights for a session
+                                        opened from a path (a session of a shared nfd_model does not count them) */
+  uint64_t speculated_served;        /* frames returned from speculation */
+  uint64_t speculated_discarded;     /* frames generated ahead and thrown away because the action changed */
 } nfd_session_info;
 
 typedef struct nfd_session nfd_session; /* opaque */
+typedef struct nfd_model nfd_model;     /* opaque: weights on a device, shared by sessions */
 
 /* The library's version, e.g. "0.1.0" (NFD_VERSION_STRING of the header it was built with). */
 NFD_API const char* nfd_version(void);
@@ -101,6 +114,26 @@ NFD_API nfd_status nfd_session_open(const char* path, const nfd_session_params* 
 
 /* Frees the session; NULL is a no-op. */
 NFD_API void nfd_session_close(nfd_session* session);
+
+/* Many worlds over one copy of the weights:
+ *   nfd_model* m; nfd_model_load("m.nfd", &p, &m);        // p.device, p.dtype, p.threads, p.max_memory_bytes
+ *   nfd_session *a, *b; nfd_session_create(m, &p, &a); nfd_session_create(m, &p, &b);
+ *   nfd_model_free(m);          // allowed at any time: each session keeps the weights alive until it closes
+ *   nfd_session* sessions[2] = {a, b}; nfd_step_batch(sessions, 2, actions, frames, NULL);
+ * A model is reference-counted: nfd_model_free releases the caller's handle, and the weights are freed when the
+ * last of the model's sessions closes too. A model handle may be used from several threads; each session from
+ * one thread at a time. */
+NFD_API nfd_status nfd_model_load(const char* path, const nfd_session_params* params, nfd_model** out);
+NFD_API void nfd_model_free(nfd_model* model); /* NULL is a no-op */
+/* A session over `model`'s weights (params->device and params->dtype are ignored: the model's apply). */
+NFD_API nfd_status nfd_session_create(nfd_model* model, const nfd_session_params* params, nfd_session** out);
+/* An independent session continuing from `session`'s state (cache, frame index, seed), sharing its model. */
+NFD_API nfd_status nfd_session_fork(nfd_session* session, nfd_session** out);
+/* Steps `count` sessions of one model as one batched forward: actions float [count, action_dim]; frames_out
+ * uint8 [count, H, W, 3] and/or latents_out float [count, C, h, w] (either may be NULL). Equal to stepping each
+ * session alone up to float rounding. Sessions must share a model, appear once and not speculate. */
+NFD_API nfd_status nfd_step_batch(nfd_session* const* sessions, int32_t count, const float* actions,
+                                  uint8_t* frames_out, float* latents_out);
 
 NFD_API nfd_status nfd_session_get_info(const nfd_session* session, nfd_session_info* out);
 

@@ -20,7 +20,8 @@ from ..configs import NFDConfig
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
     """LayerNorm without affine, then `* (1 + scale) + shift` (adaLN)."""
-    return F.layer_norm(x, x.shape[-1:], eps=eps) * (1 + scale) + shift
+    # int(): the normalized shape stays a constant when the ONNX exporter traces this (nfd_rt.export.to_onnx).
+    return F.layer_norm(x, (int(x.shape[-1]),), eps=eps) * (1 + scale) + shift
 
 
 def timestep_features(t: torch.Tensor, dim: int) -> torch.Tensor:

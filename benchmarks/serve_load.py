@@ -1,0 +1,462 @@
+#!/usr/bin/env python3
+"""Load and fault test of `nfd-rt serve` on loopback: scripted players, misbehaving clients, server memory.
+
+    python benchmarks/serve_load.py                          # 1, 16 and 32 players, 60 s each, faults at 32
+    python benchmarks/serve_load.py --players 1,4 --seconds 5 --out /tmp/r.json     (a quick look)
+
+Starts `nfd-rt serve` itself on a free loopback port (or uses --url), then runs one phase per entry of
+--players. A scripted player is a closed loop, like the play page: it sends the keys it holds ({"type":
+"keys"}, a random key held 1-8 frames), waits for the frame, records the time from sending to receiving
+(action-to-frame latency), and answers at once; the server's tick (--fps) paces it. In the largest phase,
+misbehaving clients run beside the players:
+  - disconnect mid-frame: connect, send an action, drop the TCP connection while its frame is being made;
+  - garbage: invalid JSON, binary, wrong types, unknown keys, NaN, deep nesting, oversize messages, until the
+    server closes it (4400 after 10 malformed messages in a row, 1009 for an oversize frame); then again;
+  - never reading: a raw socket with a small receive buffer that sends actions and never reads a byte.
+The server's resident memory is sampled every second (/proc) and its /metrics are read at the end.
+Writes JSON under benchmarks/results/ (never over an existing file) and prints a Markdown table
+(`--markdown-from RESULT.json` prints it again from a stored result).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import datetime as _dt
+import json
+import os
+import platform
+import random
+import re
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+KEYS = (None, "ArrowUp", "ArrowDown", "ArrowLeft", "ArrowRight")
+
+
+# -- the server ---------------------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_command() -> list[str]:
+    """`nfd-rt serve` as installed beside this Python (the console script), else through the module."""
+    exe = Path(sys.executable).with_name("nfd-rt")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "nfd_rt.cli"]
+
+
+class ServerProcess:
+    """`nfd-rt serve ARGS --port P` in a subprocess; ready once /healthz answers. Stops it on exit."""
+
+    def __init__(self, *args: str, port: int | None = None, log_path: str | None = None, ready_timeout=90.0):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
+        self.args, self.log_path, self.ready_timeout = list(args), log_path, ready_timeout
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "ServerProcess":
+        out = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(serve_command() + ["serve", "--port", str(self.port), "--log-level", "warning",
+                                                        *self.args], stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nfd-rt serve exited with {self.proc.returncode} before it was ready"
+                                   + (f" (log: {self.log_path})" if self.log_path else ""))
+            try:
+                self.health()
+                return self
+            except OSError:
+                time.sleep(0.2)
+        self.__exit__(None, None, None)
+        raise TimeoutError(f"nfd-rt serve did not answer /healthz within {self.ready_timeout:g} s")
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # uvicorn shuts down gracefully on SIGTERM
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def get(self, path: str) -> bytes:
+        with urllib.request.urlopen(self.url + path, timeout=10) as r:
+            return r.read()
+
+    def health(self) -> dict:
+        return json.loads(self.get("/healthz"))
+
+    def metrics(self) -> dict[str, float]:
+        return parse_metrics(self.get("/metrics").decode())
+
+    def rss_mib(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            kb = int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+        return kb / 1024
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text -> {"name{labels}": value} for the samples (comments dropped)."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+# -- well-behaved players ---------------------------------------------------------------------------------------
+async def player(url: str, seconds: float, seed: int, warmup: float = 1.0) -> dict:
+    """One scripted player; latencies and frames counted after `warmup` seconds. Never raises."""
+    from websockets.asyncio.client import connect
+
+    rng = random.Random(seed)
+    lat, frames, hold, key = [], 0, 0, None
+    result = {"seed": seed, "error": None, "close": None}
+    try:
+        async with connect(f"{url}?seed={seed}", compression=None, max_size=2**20) as ws:
+            hello = json.loads(await ws.recv())
+            result["replica"] = hello["replica"]
+            while not isinstance(await ws.recv(), bytes):  # the room's starting frame
+                pass
+            t_start = time.perf_counter()
+            t_count = t_start + warmup
+            t_end = t_start + warmup + seconds
+            while True:
+                if hold == 0:
+                    key, hold = rng.choice(KEYS), rng.randint(1, 8)
+                hold -= 1
+                sent = time.perf_counter()
+                if sent >= t_end:
+                    break
+                await ws.send(json.dumps({"type": "keys", "keys": [key] if key else []}))
+                while True:  # stats messages may come between frames
+                    m = await ws.recv()
+                    if isinstance(m, bytes):
+                        break
+                    if json.loads(m).get("type") == "error":
+                        raise RuntimeError(f"server said: {m}")
+                now = time.perf_counter()
+                if sent >= t_count:
+                    frames += 1
+                    lat.append(now - sent)
+    except Exception as e:  # noqa: BLE001 - recorded; the phase fails on any player error
+        result["error"] = repr(e)
+        result["close"] = getattr(getattr(e, "rcvd", None), "code", None)
+    result.update(frames=frames, seconds=seconds, latencies=lat)
+    return result
+
+
+# -- misbehaving clients ----------------------------------------------------------------------------------------
+async def disconnect_mid_frame(url: str, stop: asyncio.Event, counts: dict) -> None:
+    from websockets.asyncio.client import connect
+
+    while not stop.is_set():
+        try:
+            ws = await connect(url, compression=None)
+            await ws.recv()  # hello
+            await ws.send(json.dumps({"type": "keys", "keys": ["ArrowRight"]}))
+            await asyncio.sleep(random.uniform(0.0, 0.06))  # somewhere inside the tick making its frame
+            ws.transport.abort()  # no close handshake: the TCP connection just goes
+            counts["disconnects"] += 1
+        except Exception as e:  # noqa: BLE001
+            counts.setdefault("disconnect_errors", []).append(repr(e))
+        await asyncio.sleep(0.25)
+
+
+GARBAGE = [
+    "not json", "[1, 2, 3]", '{"no": "type"}', '{"type": "fly"}', '{"type": "action", "action": "left"}',
+    '{"type": "action", "action": [1, 2]}', '{"type": "action", "action": [NaN, 0, 0, 0, 0, 0, 0, 0]}',
+    '{"type": "action", "action": [1e999, 0, 0, 0, 0, 0, 0, 0]}', '{"type": "keys", "keys": ["F13"]}',
+    '{"type": "keys", "keys": "ArrowUp"}', '{"type": "reset", "seed": -1}', '{"type": "reset", "seed": "x"}',
+    "[" * 2000 + "]" * 2000, "x" * 5000, b"\x00\xff binary",
+]
+
+
+async def garbage(url: str, stop: asyncio.Event, counts: dict) -> None:
+    """Sends garbage until closed; checks that every malformed message got an error reply first."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    while not stop.is_set():
+        try:
+            async with connect(url, compression=None) as ws:
+                await ws.recv()  # hello
+                i = 0
+                while True:
+                    await ws.send(GARBAGE[i % len(GARBAGE)])
+                    i += 1
+                    while True:
+                        m = await ws.recv()
+                        if isinstance(m, str) and json.loads(m)["type"] == "error":
+                            counts["error_replies"] += 1
+                            break
+                    if i % 4 == 0:  # a valid message in between keeps the connection usable...
+                        await ws.send(json.dumps({"type": "keys", "keys": []}))
+                        while not isinstance(await ws.recv(), bytes):
+                            pass
+                        counts["frames_between_garbage"] += 1
+                    if i >= 24:  # ...then 10 in a row get it closed
+                        for _ in range(12):
+                            await ws.send("garbage")
+                        while True:  # error replies, then the close (raises ConnectionClosed)
+                            await asyncio.wait_for(ws.recv(), 10)
+        except ConnectionClosed as e:
+            code = e.rcvd.code if e.rcvd else None
+            counts["closes"][str(code)] = counts["closes"].get(str(code), 0) + 1
+        except Exception as e:  # noqa: BLE001
+            counts.setdefault("garbage_errors", []).append(repr(e))
+        else:
+            counts["closes"]["none"] = counts["closes"].get("none", 0) + 1
+        # One oversize frame (over the server's 64 KiB limit) per round: closed by uvicorn with 1009.
+        try:
+            async with connect(url, compression=None, max_size=2**20) as ws:
+                await ws.recv()
+                await ws.send("y" * 100_000)
+                await asyncio.wait_for(ws.recv(), 10)
+                await asyncio.wait_for(ws.recv(), 10)
+        except ConnectionClosed as e:
+            code = e.rcvd.code if e.rcvd else None
+            counts["closes"][str(code)] = counts["closes"].get(str(code), 0) + 1
+        except Exception as e:  # noqa: BLE001
+            counts.setdefault("garbage_errors", []).append(repr(e))
+        await asyncio.sleep(0.5)
+
+
+def _ws_frame(text: str) -> bytes:
+    """A masked client text frame (RFC 6455), for the raw-socket client."""
+    payload = text.encode()
+    mask = os.urandom(4)
+    n = len(payload)
+    head = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack(">H", n))
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def never_reading(url: str, stop: asyncio.Event, counts: dict) -> None:
+    """Handshake on a raw socket with a 4 KiB receive buffer, then send actions at 20/s and never read."""
+    host, port = re.match(r"ws://([^:/]+):(\d+)", url).groups()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    status = await reader.readline()
+    counts["never_reading_handshake"] = status.decode().strip()
+    try:
+        while not stop.is_set():
+            writer.write(_ws_frame(json.dumps({"type": "keys", "keys": ["ArrowDown"]})))
+            await asyncio.wait_for(writer.drain(), 5)
+            counts["never_reading_actions"] += 1
+            await asyncio.sleep(0.05)
+    except (OSError, asyncio.TimeoutError) as e:  # the server closed it (send timeout) or stopped reading us
+        counts["never_reading_end"] = repr(e)
+    finally:
+        writer.transport.abort()
+
+
+# -- phases -----------------------------------------------------------------------------------------------------
+def summarize(results: list[dict], seconds: float) -> dict:
+    lat = np.concatenate([r["latencies"] for r in results]) * 1e3 if results else np.zeros(0)
+    per_player = [r["frames"] / seconds for r in results]
+    return {
+        "players": len(results),
+        "errors": [r["error"] for r in results if r["error"]],
+        "frames": int(sum(r["frames"] for r in results)),
+        "aggregate_fps": float(sum(per_player)),
+        "fps_per_player_mean": float(np.mean(per_player)) if per_player else 0.0,
+        "fps_per_player_min": float(np.min(per_player)) if per_player else 0.0,
+        "latency_ms_p50": float(np.percentile(lat, 50)) if lat.size else None,
+        "latency_ms_p99": float(np.percentile(lat, 99)) if lat.size else None,
+        "latency_ms_max": float(lat.max()) if lat.size else None,
+        "replicas": sorted({r.get("replica") for r in results if r.get("replica")}),
+    }
+
+
+async def run_phase(server: ServerProcess, players: int, seconds: float, faults: bool) -> dict:
+    stop = asyncio.Event()
+    counts = {"disconnects": 0, "error_replies": 0, "frames_between_garbage": 0, "closes": {},
+              "never_reading_actions": 0}
+    fault_tasks = []
+    if faults:
+        fault_tasks = [asyncio.ensure_future(disconnect_mid_frame(server.ws_url, stop, counts)),
+                       asyncio.ensure_future(garbage(server.ws_url, stop, counts)),
+                       asyncio.ensure_future(never_reading(server.ws_url, stop, counts))]
+    rss: list[tuple[float, float]] = []
+
+    async def sample_memory():
+        t0 = time.monotonic()
+        while not stop.is_set():
+            rss.append((round(time.monotonic() - t0, 1), round(server.rss_mib(), 1)))
+            await asyncio.sleep(1.0)
+
+    sampler = asyncio.ensure_future(sample_memory())
+    results = await asyncio.gather(*(player(server.ws_url, seconds, seed=1000 + i) for i in range(players)))
+    stop.set()
+    await asyncio.gather(*fault_tasks, sampler, return_exceptions=True)
+    out = summarize(results, seconds)
+    out["seconds"] = seconds
+    out["rss_mib"] = rss
+    if faults:
+        out["faults"] = counts
+    return out
+
+
+def memory_growth(rss: list, skip: float = 5.0) -> float | None:
+    """MiB between the median of the first and the last 5 samples after `skip` seconds of warm-up."""
+    vals = [v for t, v in rss if t >= skip]
+    if len(vals) < 4:
+        return None
+    k = min(5, len(vals) // 2)
+    return float(np.median(vals[-k:]) - np.median(vals[:k]))
+
+
+def environment() -> dict:
+    env = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "python": platform.python_version(),
+           "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+           "load_average_start": os.getloadavg()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            env["cpu"] = re.search(r"model name\s*:\s*(.*)", f.read()).group(1)
+    except (OSError, AttributeError):
+        pass
+    try:
+        env["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                                       check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        env["commit"] = "unknown"
+    return env
+
+
+def runtime_alone(threads: int, seconds: float = 3.0) -> dict:
+    """Session.step in a loop in this process, no server: what the machine gives the runtime right now."""
+    import nfd_rt
+    from nfd_rt.demo import MODEL_PATH, game
+
+    with nfd_rt.Session(MODEL_PATH, threads=threads) as s:
+        s.reset(frames=game.GridWorld(0).render()[None])
+        a = game.action_vector("right")
+        for _ in range(3):
+            s.step(a)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            s.step(a)
+            n += 1
+        dt = time.perf_counter() - t0
+    return {"fps": n / dt, "ms_per_frame": 1e3 * dt / n, "threads": threads}
+
+
+def run(players: list[int], seconds: float, fps: float = 20.0, faults: bool = True, threads: int = 0,
+        solo_seconds: float | None = None, server_log: str | None = None, extra_args: tuple = (),
+        baseline_seconds: float = 3.0) -> dict:
+    """Every phase against one server; faults in the largest phase. Returns the result dict."""
+    env = environment()
+    result = {"benchmark": "serve_load", "environment": env, "fps": fps, "phases": {},
+              "runtime_alone_before": runtime_alone(threads, baseline_seconds)}
+    top = max(players)
+    with ServerProcess("--fps", str(fps), "--max-players", str(top + 8), "--threads", str(threads),
+                       *extra_args, log_path=server_log) as server:
+        health = server.health()
+        result["server"] = {k: health[k] for k in ("model", "device", "replica", "batched")}
+        for n in players:
+            secs = solo_seconds if (n == 1 and solo_seconds) else seconds
+            phase = asyncio.run(run_phase(server, n, secs, faults and n == top))
+            phase["memory_growth_mib"] = memory_growth(phase["rss_mib"])
+            result["phases"][str(n)] = phase
+            print(f"  {n:3d} players: {phase['aggregate_fps']:.1f} frames/s in all, "
+                  f"{phase['fps_per_player_mean']:.1f}/player, p50 {phase['latency_ms_p50']} ms, "
+                  f"p99 {phase['latency_ms_p99']} ms, errors {len(phase['errors'])}", flush=True)
+        m = server.metrics()
+        result["server_metrics"] = {k: v for k, v in m.items() if k.startswith(("nfd_serve_", "process_resident"))
+                                    and "_bucket" not in k and "_created" not in k}
+        result["server_alive"] = server.proc.poll() is None
+    env["load_average_end"] = os.getloadavg()
+    result["runtime_alone_after"] = runtime_alone(threads, baseline_seconds)
+    m = result["server_metrics"]
+    if m.get("nfd_serve_batch_size_sum"):  # the runtime's share of a tick, per player stepped
+        result["ms_per_session_step_in_server"] = 1e3 * m["nfd_serve_step_seconds_sum"] / m["nfd_serve_batch_size_sum"]
+    solo = result["phases"].get("1")
+    if solo and solo["aggregate_fps"] > 0:
+        for n, ph in result["phases"].items():
+            ph["aggregate_vs_one_player"] = ph["aggregate_fps"] / solo["aggregate_fps"]
+    return result
+
+
+def markdown(result: dict) -> str:
+    env = result["environment"]
+    lines = [f"`nfd-rt serve`, {result['server']['model']} on {result['server']['device']}, {result['fps']:g} FPS "
+             f"ticks, {env['cpu']} ({env['cores']} cores), load average {env['load_average_start'][0]:.1f} at start,"
+             f" commit `{env['commit'][:10]}`, {env['date'][:10]}", "",
+             "| players | frames/s per player | aggregate frames/s | x one player | p50 ms | p99 ms | "
+             "player errors | server memory growth |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for n, ph in result["phases"].items():
+        g = ph.get("memory_growth_mib")
+        lines.append(f"| {n} | {ph['fps_per_player_mean']:.1f} | {ph['aggregate_fps']:.1f} | "
+                     f"{ph.get('aggregate_vs_one_player', float('nan')):.2f}x | {ph['latency_ms_p50']:.1f} | "
+                     f"{ph['latency_ms_p99']:.1f} | {len(ph['errors'])} | "
+                     f"{'n/a' if g is None else f'{g:+.1f} MiB'} |")
+    m = result["server_metrics"]
+    a, b = result["runtime_alone_before"], result["runtime_alone_after"]
+    lines.append("")
+    lines.append(f"The runtime alone on this machine (Session.step in a loop, no server): {a['fps']:.0f} FPS "
+                 f"({a['ms_per_frame']:.1f} ms) before the run, {b['fps']:.0f} FPS after; inside the server a "
+                 f"tick spent {result.get('ms_per_session_step_in_server', float('nan')):.1f} ms per player "
+                 "stepped (step + encoding).")
+    lines.append(f"Server errors: {m.get('nfd_serve_server_errors_total', 0):g}; malformed client messages "
+                 f"answered: {m.get('nfd_serve_client_errors_total', 0):g}; frames dropped (latest-frame-wins): "
+                 f"{m.get('nfd_serve_frames_dropped_total', 0):g}.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--players", default="1,16,32", help="comma-separated player counts, one phase each")
+    p.add_argument("--seconds", type=float, default=60.0, help="length of each phase (bounded: the run stops)")
+    p.add_argument("--solo-seconds", type=float, default=20.0, help="length of the one-player phase")
+    p.add_argument("--fps", type=float, default=20.0)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads per session (server's --threads)")
+    p.add_argument("--no-faults", action="store_true", help="no misbehaving clients in the largest phase")
+    p.add_argument("--out", help="JSON path (default: a new file under benchmarks/results/)")
+    p.add_argument("--server-log", help="write the server's output here")
+    p.add_argument("--markdown-from", help="print the table of a stored result (docs/serve.md) and exit")
+    args = p.parse_args(argv)
+    if args.markdown_from:
+        print(markdown(json.loads(Path(args.markdown_from).read_text())))
+        return 0
+    players = sorted({int(x) for x in args.players.split(",")})
+    result = run(players, args.seconds, args.fps, not args.no_faults, args.threads, args.solo_seconds,
+                 args.server_log)
+    out = Path(args.out) if args.out else None
+    if out is None:
+        stem = f"serve_load_{result['server']['device']}_{result['environment']['date'][:10]}"
+        out = HERE / "results" / f"{stem}.json"
+        k = 2
+        while out.exists():
+            out = HERE / "results" / f"{stem}_{k}.json"
+            k += 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for ph in result["phases"].values():  # keep the file small: the samples are summarized above
+        ph.pop("latencies", None)
+    out.write_text(json.dumps(result, indent=1))
+    print(markdown(result))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+#include "runtime/model.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <set>
+#include <thread>
+
+#include "core/error.h"
+#include "core/model_file.h"
+
+namespace nfd {
+
+int physical_cores() {
+  std::ifstream f("/proc/cpuinfo");
+  std::set<std::pair<int, int>> cores;
+  std::string line;
+  int phys = 0;
+  while (std::getline(f, line)) {
+    auto value = [&] { return std::atoi(line.substr(line.find(':') + 1).c_str()); };
+    if (line.rfind("physical id", 0) == 0) phys = value();
+    if (line.rfind("core id", 0) == 0) cores.insert({phys, value()});
+  }
+  if (!cores.empty()) return int(cores.size());
+  return std::max(1, int(std::thread::hardware_concurrency() / 2));
+}
+
+std::string format_bytes(double bytes) {
+  char buf[64];
+  if (bytes >= double(1ull << 30))
+    std::snprintf(buf, sizeof(buf), "%.1f GiB", bytes / double(1ull << 30));
+  else if (bytes >= double(1ull << 20))
+    std::snprintf(buf, sizeof(buf), "%.1f MiB", bytes / double(1ull << 20));
+  else if (bytes >= 1024)
+    std::snprintf(buf, sizeof(buf), "%.1f KiB", bytes / 1024.0);
+  else
+    std::snprintf(buf, sizeof(buf), "%.0f bytes", bytes);
+  return buf;
+}
+
+void check_device_options(Device device, DType dtype, int threads, bool need_device) {
+  if (device == Device::cuda) {
+    if (need_device && !cuda_available())
+      fail(ErrorKind::unsupported, "device cuda requested but CUDA is unavailable: " + cuda_unavailable_reason());
+  } else {
+    NFD_CHECK(dtype == DType::f32, unsupported,
+              std::string("the CPU backend computes in float32; dtype ") + dtype_name(dtype) + " needs device cuda");
+  }
+  NFD_CHECK(threads >= 0 && threads <= kMaxThreads, invalid_argument,
+            "threads must be between 0 (= number of physical cores) and " + std::to_string(kMaxThreads) + ", got " +
+                std::to_string(threads));
+}
+
+void check_fits(Device device, size_t bytes, uint64_t limit, const std::string& what) {
+  const std::string where = what + " on " + device_name(device);
+  if (limit && bytes > limit)
+    fail(ErrorKind::out_of_memory, where + ", more than max_memory_bytes = " + format_bytes(double(limit)));
+  std::string source;
+  const size_t available = available_memory(device, &source);
+  if (bytes > available)
+    fail(ErrorKind::out_of_memory,
+         where + ", but only " + format_bytes(double(available)) + " is available (" + source + ")");
+}
+
+std::shared_ptr<Model> Model::load(const std::string& path, const ModelOptions& options) {
+  check_device_options(options.device, options.dtype, options.threads, true);
+  std::unique_ptr<ModelFile> file = ModelFile::open(path);
+  std::shared_ptr<Model> m(new Model());
+  m->cfg_ = file->config();
+  m->opt_ = options;
+  NFD_CHECK(m->cfg_.cache_frames() + 1 <= FrameState::kMaxSlots, unsupported,
+            "sink_frames + window too large for FrameState::kMaxSlots");
+  Context ctx;
+  ctx.device = options.device;
+  ctx.threads = options.threads > 0 ? options.threads : physical_cores();
+  {
+    Arena measure = Arena::measure(options.device);
+    model::DiTWeights dit(*file, m->cfg_, measure, ctx, options.dtype);
+    model::VAEWeights vae(*file, m->cfg_, measure, ctx, options.dtype, true);
+    check_fits(options.device, measure.bytes(), options.max_memory_bytes,
+               "loading this model needs " + format_bytes(double(measure.bytes())) + " of weights");
+  }
+  m->arena_ = std::make_unique<Arena>(options.device);
+  void* stream = options.device == Device::cuda ? cuda_stream_create() : nullptr;
+  ctx.stream = stream;
+  try {
+    m->dit_ = std::make_unique<model::DiTWeights>(*file, m->cfg_, *m->arena_, ctx, options.dtype);
+    m->vae_ = std::make_unique<model::VAEWeights>(*file, m->cfg_, *m->arena_, ctx, options.dtype, true);
+    device_synchronize(options.device, stream);
+  } catch (...) {
+    if (stream) cuda_stream_destroy(stream);
+    throw;
+  }
+  if (stream) cuda_stream_destroy(stream);
+  return m;
+}
+
+Model::~Model() = default;
+
+model::DiT::Activations& Model::batch_activations(int batch) const {
+  if (batch_act_.capacity < batch) {
+    batch_act_ = model::DiT::Activations();
+    batch_arena_ = std::make_unique<Arena>(opt_.device);
+    batch_act_ = model::DiT::Activations(cfg_, *batch_arena_, opt_.dtype, batch);
+  }
+  return batch_act_;
+}
+
+}  // namespace nfd

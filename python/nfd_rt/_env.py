@@ -1,0 +1,43 @@
+"""What this installation runs on: the one place `nfd-rt env` and `benchmarks/fps.py` read it from."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def runtime_report() -> dict:
+    """{nfd_rt, python, cpu, cuda, cpu_kernels, blas, OPENBLAS_CORETYPE (when set), default_threads}."""
+    from . import __version__
+    from ._native import core
+
+    c = core()
+    if c.cuda_available():
+        cuda = f"yes: {c.cuda_device_name()}"
+    elif c.built_with_cuda():
+        cuda = f"no: built with CUDA, but {c.cuda_unavailable_reason()}"
+    else:
+        cuda = "no: built without CUDA (install with nvcc on the PATH to build the CUDA backend)"
+    report = {
+        "nfd_rt": __version__,
+        "python": f"{platform.python_version()} on {platform.machine()}",
+        "cpu": cpu_model(),
+        "cuda": cuda,
+        "cpu_kernels": c.cpu_kernel_level(),
+        "blas": c.blas_config(),
+        "default_threads": c.default_threads(),
+    }
+    if os.environ.get("OPENBLAS_CORETYPE"):
+        report["OPENBLAS_CORETYPE"] = os.environ["OPENBLAS_CORETYPE"]
+    return report

@@ -1,0 +1,73 @@
+"""The `nfd-rt serve` subcommand: options and the uvicorn (or Ray Serve) launch."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(q: argparse.ArgumentParser) -> None:
+    from ..cli import _positive_float, _positive_int  # bad numbers are usage errors, as in every subcommand
+
+    q.add_argument("model", nargs="?", default="", help="a .nfd file (default: the shipped Gridworld model)")
+    q.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    q.add_argument("--port", type=int, default=8000)
+    q.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
+    q.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto (bf16 on cuda)")
+    q.add_argument("--threads", type=int, default=0, help="CPU threads per session (0 = physical cores)")
+    q.add_argument("--fps", type=_positive_float, default=20.0,
+                   help="ticks per second: the most frames a player gets a second")
+    q.add_argument("--max-players", type=_positive_int, default=32, help="players per process (per replica with --ray)")
+    q.add_argument("--token", default=None, help="players must connect with ?token=SECRET")
+    q.add_argument("--idle-timeout", type=_positive_float, default=60.0, help="close a player silent this many seconds")
+    q.add_argument("--world", default="auto", choices=("auto", "gridworld", "blank"),
+                   help="what a reset starts from (auto: gridworld for the shipped model, else no context frame)")
+    q.add_argument("--keymap", default=None, help="JSON file {key name: action dimension} for keyboard players")
+    q.add_argument("--log-level", default="info")
+    q.add_argument("--ray", action="store_true", help="serve on Ray Serve (pip install 'nfd_rt[ray]')")
+    q.add_argument("--replicas", type=_positive_int, default=1, help="Ray Serve replicas (one per GPU in production)")
+    q.add_argument("--ray-address", default=None, help="an existing Ray cluster ('auto'); default: start one")
+    q.add_argument("--cpus-per-replica", type=float, default=None, help="Ray CPUs reserved per replica")
+    q.add_argument("--gpus-per-replica", type=float, default=None,
+                   help="Ray GPUs per replica (default 1 with --device cuda, else 0)")
+
+
+def config_from_args(args: argparse.Namespace):
+    from .server import ServeConfig
+
+    cfg = ServeConfig(model=args.model, device=args.device, dtype=args.dtype, threads=args.threads, fps=args.fps,
+                      max_players=args.max_players, token=args.token, idle_timeout=args.idle_timeout,
+                      world=args.world, keymap=args.keymap)
+    cfg.check()
+    return cfg
+
+
+def _missing(extra: str, e: ImportError) -> ImportError:
+    return ImportError(f"nfd-rt serve needs the {extra!r} extra ({e.name or e} is missing): "
+                       f"pip install 'nfd_rt[{extra}]'")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    if args.ray:
+        try:
+            from . import ray as ray_serve
+        except ImportError as e:
+            raise _missing("ray", e) from None
+        return ray_serve.run(cfg, replicas=args.replicas, host=args.host, port=args.port, address=args.ray_address,
+                             cpus_per_replica=args.cpus_per_replica, gpus_per_replica=args.gpus_per_replica)
+    try:
+        import uvicorn
+
+        from .app import create_app
+    except ImportError as e:
+        raise _missing("serve", e) from None
+    app = create_app(cfg)
+    print(f"nfd-rt serve: http://{args.host}:{args.port}/  (model {cfg.resolved_model()}, {cfg.fps:g} FPS, "
+          f"up to {cfg.max_players} players{', token required' if cfg.token else ''})", file=sys.stderr, flush=True)
+    # ws_max_size: client messages are small JSON; a 64 KiB frame limit stops a memory-filling message early.
+    # No per-message deflate: frames are JPEG/PNG already, compressing them again only costs CPU.
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, ws_max_size=65536,
+                ws_per_message_deflate=False,
+                ws_ping_interval=20.0, ws_ping_timeout=20.0, timeout_graceful_shutdown=5)
+    return 0

@@ -1,0 +1,134 @@
+// The play page of `nfd-rt serve`: one WebSocket, one session. Protocol: docs/serve.md.
+// The loop is closed: each frame that arrives is answered with the keys held now, so a player has one action
+// in flight at a time and the time from sending it to its frame is the round-trip latency shown.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const screen = $("screen");
+const ctx = screen.getContext("2d");
+const frameCanvas = document.createElement("canvas"); // the last frame at its own size (tests read it)
+const frameCtx = frameCanvas.getContext("2d", { willReadFrequently: true });
+const params = new URLSearchParams(location.search);
+const CLOSE_REASONS = {
+  1000: "closed", 1001: "the server is shutting down", 1006: "connection lost",
+  1011: "the server failed to run this session", 4400: "too many malformed messages",
+  4401: "unauthorized: this server needs ?token=", 4408: "idle for too long",
+  4422: "bad request", 4429: "too many messages", 4503: "the server is full", 4504: "too slow to read frames",
+};
+
+// State the tests read as window.nfd.
+const nfd = window.nfd = { hello: null, frames: 0, latencies: [], closed: null, stats: null, connected: false };
+const held = new Set();
+let ws = null, keymap = null, sentAt = null, watchdog = null, frameTimes = [];
+
+function wsUrl() {
+  const u = new URL("ws", location.href);
+  u.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+  for (const k of ["token", "format", "seed"]) if (params.has(k)) u.searchParams.set(k, params.get(k));
+  return u.toString();
+}
+
+function show(text) {
+  $("message").textContent = text;
+  $("overlay").classList.toggle("show", !!text);
+}
+
+function sendAction() {
+  if (!ws || ws.readyState !== WebSocket.OPEN) return;
+  const msg = keymap
+    ? { type: "keys", keys: [...held].filter((k) => keymap.has(k)) }
+    : { type: "action", action: new Array(nfd.hello.action_dim).fill(0) };
+  ws.send(JSON.stringify(msg));
+  sentAt = performance.now();
+}
+
+async function onFrame(blob) {
+  const now = performance.now();
+  if (sentAt !== null) {
+    nfd.latencies.push(now - sentAt);
+    if (nfd.latencies.length > 100) nfd.latencies.shift();
+    sentAt = null;
+  }
+  frameTimes.push(now);
+  while (frameTimes.length && now - frameTimes[0] > 1000) frameTimes.shift();
+  sendAction(); // answer first: decoding and drawing overlap with the server's next step
+  const bmp = await createImageBitmap(blob);
+  if (frameCanvas.width !== bmp.width) { frameCanvas.width = bmp.width; frameCanvas.height = bmp.height; }
+  frameCtx.drawImage(bmp, 0, 0);
+  ctx.imageSmoothingEnabled = false;
+  ctx.drawImage(bmp, 0, 0, screen.width, screen.height);
+  bmp.close();
+  nfd.frames += 1;
+  $("frame").textContent = nfd.frames;
+}
+
+function onText(msg) {
+  if (msg.type === "hello") {
+    nfd.hello = msg;
+    keymap = msg.keys ? new Set(msg.keys) : null;
+    $("model").textContent = `${msg.model} ${msg.width}x${msg.height}, ${msg.world} world, replica ${msg.replica}`;
+    $("seed").value = msg.seed;
+    if (!keymap) show("This model has no key map: the page sends no-op actions.");
+    if (msg.world === "blank") sendAction(); // no starting frame comes: ask for the first one
+  } else if (msg.type === "stats") {
+    nfd.stats = msg;
+    $("players").textContent = msg.players;
+    $("server").textContent = `server: ${msg.server_fps} frames/s in all, step ${msg.step_ms ?? "–"} ms a tick, ` +
+      `${msg.dropped} of your frames dropped`;
+  } else if (msg.type === "error") {
+    console.warn("server:", msg.message);
+  }
+}
+
+function connect() {
+  show("");
+  $("status").textContent = "connecting";
+  ws = new WebSocket(wsUrl());
+  ws.binaryType = "blob";
+  ws.onopen = () => { nfd.connected = true; nfd.closed = null; $("status").textContent = "playing"; };
+  ws.onmessage = (e) => {
+    if (typeof e.data === "string") onText(JSON.parse(e.data));
+    else onFrame(e.data);
+  };
+  ws.onclose = (e) => {
+    nfd.connected = false;
+    nfd.closed = { code: e.code, reason: e.reason };
+    const why = e.reason || CLOSE_REASONS[e.code] || "connection closed";
+    $("status").textContent = `closed (${e.code})`;
+    show(`Disconnected: ${why} (code ${e.code})`);
+  };
+}
+
+// A frame answered with nothing (an error reply, a reset in between): ask again after a second of silence.
+watchdog = setInterval(() => {
+  if (sentAt !== null && performance.now() - sentAt > 1000) sendAction();
+  const lat = nfd.latencies.slice(-20);
+  $("fps").textContent = frameTimes.length;
+  $("latency").textContent = lat.length ? (lat.reduce((a, b) => a + b, 0) / lat.length).toFixed(0) : "–";
+}, 250);
+
+addEventListener("keydown", (e) => {
+  if (keymap && keymap.has(e.code)) { held.add(e.code); e.preventDefault(); }
+});
+addEventListener("keyup", (e) => { held.delete(e.code); });
+addEventListener("blur", () => held.clear());
+$("reset").onclick = () => {
+  const seed = Math.max(0, Math.floor(Number($("seed").value) || 0));
+  if (ws && ws.readyState === WebSocket.OPEN) {
+    ws.send(JSON.stringify({ type: "reset", seed }));
+    sentAt = performance.now();
+  }
+  $("reset").blur();
+};
+$("reconnect").onclick = () => { if (ws) ws.onclose = null; if (ws) ws.close(); connect(); };
+
+// For tests and curious players: the last frame's pixels, RGB rows (what the model drew, before scaling).
+nfd.framePixels = () => {
+  const { width, height } = frameCanvas;
+  const rgba = frameCtx.getImageData(0, 0, width, height).data;
+  const rgb = [];
+  for (let i = 0; i < rgba.length; i += 4) rgb.push(rgba[i], rgba[i + 1], rgba[i + 2]);
+  return { width, height, rgb };
+};
+
+connect();
