@@ -75,7 +75,7 @@ static void attend_block(const float* q, int64_t nq, int64_t hd, const float* co
   Vec16 m = load16(st);
   for (int64_t j = 1; j < L; ++j) {
     const Vec16 s = load16(st + j * kQueries);
-    m = s > m ? s : m;
+    m = vmax(s, m);
   }
   float mx[kQueries], l[kQueries] = {};
   store16(mx, m);

@@ -28,7 +28,7 @@ constexpr int64_t kWinogradMinPixels = 1024;  // below 32x32 the transforms cost
 // while it walks the Cin x 9 taps. Output rows [y0, y1) of a band that starts at image row `band0`: padded row
 // r of a channel (plane floats apart) holds image row band0 - 1 + r.
 template <int kCout>
-static inline void conv3x3_rows(const float* padded, int64_t plane, int64_t band0, const float* w, const float* bias,
+NFD_CPU_INLINE void conv3x3_rows(const float* padded, int64_t plane, int64_t band0, const float* w, const float* bias,
                                 const float* residual, int64_t Cin, int64_t H, int64_t W, float* out, int64_t y0,
                                 int64_t y1) {
   const int64_t Wp = W + 2;
@@ -108,7 +108,7 @@ static void winograd_weights(const float* __restrict w, int64_t pairs, float* __
 // without it gives up on proving that this many pointers do not overlap and leaves the loops scalar.
 
 // t_r = (B^T d)_r along a row of W columns: d0..d3 are input rows 2ty - 1 .. 2ty + 2.
-static inline void winograd_rows(const float* __restrict d0, const float* __restrict d1,
+NFD_CPU_INLINE void winograd_rows(const float* __restrict d0, const float* __restrict d1,
                                  const float* __restrict d2, const float* __restrict d3, float* __restrict t0,
                                  float* __restrict t1, float* __restrict t2, float* __restrict t3, int64_t W) {
   for (int64_t i = 0; i < W; ++i) {
@@ -120,7 +120,7 @@ static inline void winograd_rows(const float* __restrict d0, const float* __rest
 }
 
 // (t B) for each tile tx of a row t (valid at t[-1] and t[W], both zero): columns 2tx - 1 .. 2tx + 2.
-static inline void winograd_columns(const float* __restrict t, float* __restrict v0, float* __restrict v1,
+NFD_CPU_INLINE void winograd_columns(const float* __restrict t, float* __restrict v0, float* __restrict v1,
                                     float* __restrict v2, float* __restrict v3, int64_t tw) {
   for (int64_t tx = 0; tx < tw; ++tx) {
     const float a = t[2 * tx - 1], b = t[2 * tx], c = t[2 * tx + 1], e = t[2 * tx + 2];
@@ -161,7 +161,7 @@ static void winograd_input(const float* x, int64_t H, int64_t W, int64_t ty0, in
 // One row of tiles: A^T m A (+ bias, + residual) into output rows o0, o1 (2 tw columns each). m holds the 16
 // products of the row's tiles, m[xi * stride + tx].
 template <bool kResidual>
-static inline void winograd_output_row(const float* __restrict m, int64_t stride, float bv,
+NFD_CPU_INLINE void winograd_output_row(const float* __restrict m, int64_t stride, float bv,
                                        const float* __restrict r0, const float* __restrict r1,
                                        float* __restrict o0, float* __restrict o1, int64_t tw) {
   for (int64_t tx = 0; tx < tw; ++tx) {

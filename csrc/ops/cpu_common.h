@@ -157,18 +157,39 @@ inline std::string cpu_kernel_level() {
 #endif
 }
 
-// 16 floats that the compiler maps to one AVX-512 register, two AVX2 or four SSE registers, by target. Where
-// a loop's accumulators must stay in registers (a chain through memory makes every FMA wait on the store of the
-// one before), kernels spell out Vec16 arithmetic instead of leaving plain loops to the vectoriser.
-// (GCC's -Wpsabi note that passing such a vector by value differs between targets is turned off in
-// CMakeLists.txt: these helpers are always inlined, so no call ever passes one.)
-typedef float Vec16 __attribute__((vector_size(64)));
-__attribute__((always_inline)) inline Vec16 load16(const float* p) {
+// 16 floats as two halves of 8 (one AVX2 register each, an AVX-512 target uses two ymm registers). Where a
+// loop's accumulators must stay in registers (a chain through memory makes every FMA wait on the store of the
+// one before), kernels spell out Vec16 arithmetic instead of leaving plain loops to the vectoriser. It is not a
+// 64-byte vector type: GCC keeps those in memory on AVX2 targets, so every FMA of the attention kernel went
+// through the stack (20x slower on an AVX2-only CPU than the same code on AVX-512).
+typedef float Vec8 __attribute__((vector_size(32)));
+struct Vec16 {
+  Vec8 lo, hi;
+};
+#define NFD_VEC16_INLINE __attribute__((always_inline)) inline
+// A helper of an NFD_CPU_MULTIVERSION kernel: always inlined, so it is compiled for the caller's target. A helper
+// GCC chose not to inline ran as the baseline (SSE2, no FMA) copy: conv_out's direct kernel was 30% of a decode.
+#define NFD_CPU_INLINE __attribute__((always_inline)) inline
+NFD_VEC16_INLINE Vec16 operator+(Vec16 a, Vec16 b) { return {a.lo + b.lo, a.hi + b.hi}; }
+NFD_VEC16_INLINE Vec16 operator+(Vec16 a, float s) { return {a.lo + s, a.hi + s}; }
+NFD_VEC16_INLINE Vec16& operator+=(Vec16& a, Vec16 b) {
+  a.lo += b.lo;
+  a.hi += b.hi;
+  return a;
+}
+NFD_VEC16_INLINE Vec16 operator*(float s, Vec16 v) { return {s * v.lo, s * v.hi}; }
+NFD_VEC16_INLINE Vec16 operator*(Vec16 v, float s) { return {v.lo * s, v.hi * s}; }
+NFD_VEC16_INLINE Vec16 vmax(Vec16 a, Vec16 b) { return {a.lo > b.lo ? a.lo : b.lo, a.hi > b.hi ? a.hi : b.hi}; }
+NFD_VEC16_INLINE Vec16 load16(const float* p) {
   Vec16 v;
-  std::memcpy(&v, p, sizeof v);
+  std::memcpy(&v.lo, p, sizeof v.lo);
+  std::memcpy(&v.hi, p + 8, sizeof v.hi);
   return v;
 }
-__attribute__((always_inline)) inline void store16(float* p, Vec16 v) { std::memcpy(p, &v, sizeof v); }
+NFD_VEC16_INLINE void store16(float* p, Vec16 v) {
+  std::memcpy(p, &v.lo, sizeof v.lo);
+  std::memcpy(p + 8, &v.hi, sizeof v.hi);
+}
 
 // exp(x) written so that a loop calling it vectorises (glibc's expf is a call per element): k = round(x / ln2)
 // by the 1.5 * 2^23 trick, r = x - k ln2 in two parts (|r| <= ln2 / 2), a degree-6 Taylor polynomial of exp(r)

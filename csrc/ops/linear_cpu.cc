@@ -14,7 +14,7 @@ namespace cpu {
 
 using namespace cpu_detail;
 
-static inline float gelu_tanh(float v) {
+NFD_CPU_INLINE float gelu_tanh(float v) {
   // tanh(u) = 1 - 2 / (exp(2u) + 1): one exp instead of tanh; exp_approx's clamp still gives tanh = +-1.
   const float u = 0.7978845608028654f * (v + 0.044715f * v * v * v);  // sqrt(2 / pi) (v + 0.044715 v^3)
   return 0.5f * v * (2.f - 2.f / (exp_approx(2.f * u) + 1.f));
