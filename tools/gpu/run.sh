@@ -32,9 +32,9 @@
 #   OUT=/tmp/gpu-dry BUILD_DIR=build/dev bash tools/gpu/run.sh
 # Knobs (environment): STEPS (comma list, default "probe,wheels,build,op_tests,pytest,memcheck,ops,ncu,fps"),
 #   DEADLINE (530), ARCH (90a), BUILD_DIR (build/gpu), CONFIG (nfd-310m; tiny without a GPU), FPS_FRAMES (30),
-#   FPS_RUNNERS (all), COMPILE_MODE (max-autotune; none skips compile-static), FPS_ARGS (extra fps.py options),
-#   CMAKE_ARGS (extra -D options of the build), NCU_DIT_KERNELS (40), PYTHON (python3), NFD_RT_COMMIT (recorded
-#   where the tree has no .git), NO_GPU=1 (dry run even where a GPU is present).
+#   FPS_RUNNERS (all), PYTEST_ARGS (extra pytest options), COMPILE_MODE (max-autotune; none skips compile-static),
+#   FPS_ARGS (extra fps.py options), CMAKE_ARGS (extra -D options of the build), NCU_DIT_KERNELS (40),
+#   PYTHON (python3), NFD_RT_COMMIT (recorded where the tree has no .git), NO_GPU=1 (dry run even with a GPU).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -150,7 +150,10 @@ step build 240 0 "$BUILD_CMD"
 
 step op_tests 60 1 "$BUILD_DIR/nfd_cuda_op_tests"
 
-step pytest 150 1 "NFD_CUDA_OP_TESTS=$ROOT/$BUILD_DIR/nfd_cuda_op_tests $PY -m pytest -q -m cuda -rA -p no:cacheprovider tests"
+# The op harness already ran as its own step: pytest skips its wrapper unless op_tests was left out.
+PYTEST_DESELECT=$(wanted op_tests && echo "--deselect tests/test_cuda_ops.py::test_cuda_ops" || echo "")
+step pytest 150 1 "NFD_CUDA_OP_TESTS=$ROOT/$BUILD_DIR/nfd_cuda_op_tests $PY -m pytest -q -m cuda -rA -p no:cacheprovider \
+  $PYTEST_DESELECT ${PYTEST_ARGS:-} tests"
 
 step memcheck 120 1 "\$(tool compute-sanitizer) --tool memcheck --error-exitcode 9 $PY tools/gpu/session_smoke.py"
 
