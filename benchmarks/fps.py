@@ -671,6 +671,8 @@ def environment(device: str) -> dict:
     if "OPENBLAS_CORETYPE" in rt:
         env["OPENBLAS_CORETYPE"] = rt["OPENBLAS_CORETYPE"]
     try:
+        if os.environ.get("NFD_RT_COMMIT"):  # set by tools/gpu/run.sh: a copied tree's .git may be stale
+            raise OSError("NFD_RT_COMMIT given")
         env["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True,
                                        check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
