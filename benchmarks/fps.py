@@ -655,7 +655,7 @@ def scaling_run(bench: Bench) -> dict:
 
 
 def environment(device: str) -> dict:
-    from nfd_rt._env import runtime_report
+    from nfd_rt._env import runtime_report, source_commit
 
     rt = runtime_report()  # the same facts as `nfd-rt env`
     env = {
@@ -670,17 +670,7 @@ def environment(device: str) -> dict:
     }
     if "OPENBLAS_CORETYPE" in rt:
         env["OPENBLAS_CORETYPE"] = rt["OPENBLAS_CORETYPE"]
-    try:
-        if os.environ.get("NFD_RT_COMMIT"):  # set by tools/gpu/run.sh: a copied tree's .git may be stale
-            raise OSError("NFD_RT_COMMIT given")
-        env["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True,
-                                       check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        if dirty:
-            env["commit_dirty"] = True
-    except (OSError, subprocess.CalledProcessError):
-        env["commit"] = os.environ.get("NFD_RT_COMMIT", "unknown")  # a copy without .git (e.g. a GPU machine)
+    env.update(source_commit(HERE))
     try:
         import torch
 
