@@ -10,8 +10,8 @@
 //
 // Exact speculation (SessionOptions::speculate = k): a worker thread generates up to k frames ahead under the
 // last action while the caller is away, into the k spare ring slots; a call with the same action takes the next
-// one, a different action cancels the worker (between passes), forgets the frames ahead (their slots are never
-// visible to the frames that follow) and steps normally. Frames are computed by the same code on the same
+// one, a different action cancels the worker (between passes and decoder blocks), forgets the frames ahead
+// (their slots are never visible to the frames that follow) and steps normally. Frames are computed by the same code on the same
 // inputs, so the video is bitwise the one plain stepping gives.
 #include "runtime/session.h"
 
@@ -237,8 +237,9 @@ struct Session::Impl {
     if (cancelled()) return false;
     ops::noise_mix(ctx, opt.seed, cfg.num_steps(), write_a, st->io.latent, write_b, st->io.write);
     st->dit->cache_write_pass(ctx, st->io.write);
-    if (decode && cancelled()) return false;  // the decode is half a tiny frame: a cancelled frame skips it
-    if (decode) st->vae->decode(ctx, st->io.latent, st->io.frame);
+    // The decode is half a tiny frame: a cancelled frame skips it, or stops it between resnet blocks.
+    if (decode && cancelled()) return false;
+    if (decode) return st->vae->decode(ctx, st->io.latent, st->io.frame, cancel);
     return true;
   }
 
