@@ -94,6 +94,17 @@ static void hw_ldmatrix_x4(Smem& sm, const int* addr /*[32] element offsets*/, b
       }
 }
 
+// An x4 ldmatrix of keys or values holds two n8 B fragments: matrices 0-1 the first, 2-3 the second.
+static void split_x4(const float regs[32][4][2], FragB* b0 /*[32]*/, FragB* b1 /*[32]*/) {
+  for (int l = 0; l < 32; ++l)
+    for (int j = 0; j < 2; ++j) {
+      b0[l].v[0][j] = regs[l][0][j];
+      b0[l].v[1][j] = regs[l][1][j];
+      b1[l].v[0][j] = regs[l][2][j];
+      b1[l].v[1][j] = regs[l][3][j];
+    }
+}
+
 static float bf16(float x) { return tile::round_bf16(x); }
 
 // ---- the kernel, emulated ------------------------------------------------------------------------------
@@ -196,13 +207,7 @@ static void emulate_cta(const Problem& P, int qt, int h, int split, std::vector<
           }
           hw_ldmatrix_x4(Ks[stage], addr, false, regs);
           FragB b0[32], b1[32];
-          for (int l = 0; l < 32; ++l)
-            for (int j = 0; j < 2; ++j) {
-              b0[l].v[0][j] = regs[l][0][j];
-              b0[l].v[1][j] = regs[l][1][j];
-              b1[l].v[0][j] = regs[l][2][j];
-              b1[l].v[1][j] = regs[l][3][j];
-            }
+          split_x4(regs, b0, b1);
           hw_mma(&s[size_t(2 * p) * 32], &qf[size_t(ks) * 32], b0);
           hw_mma(&s[size_t(2 * p + 1) * 32], &qf[size_t(ks) * 32], b1);
         }
@@ -258,13 +263,7 @@ static void emulate_cta(const Problem& P, int qt, int h, int split, std::vector<
           }
           hw_ldmatrix_x4(Vs[stage], addr, true, regs);
           FragB b0[32], b1[32];
-          for (int l = 0; l < 32; ++l)
-            for (int j = 0; j < 2; ++j) {
-              b0[l].v[0][j] = regs[l][0][j];
-              b0[l].v[1][j] = regs[l][1][j];
-              b1[l].v[0][j] = regs[l][2][j];
-              b1[l].v[1][j] = regs[l][3][j];
-            }
+          split_x4(regs, b0, b1);
           hw_mma(&o[size_t(2 * qd) * 32], pa, b0);
           hw_mma(&o[size_t(2 * qd + 1) * 32], pa, b1);
         }
