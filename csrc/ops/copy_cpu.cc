@@ -1,4 +1,5 @@
-// ops::copy between two host tensors (contract checked in ops/copy.cc): same dtype -> memcpy; f32 <-> bf16 converts (round to nearest even). f16 is a CUDA dtype.
+// ops::copy between two host tensors (contract checked in ops/copy.cc): same dtype -> memcpy; f32 <-> bf16 converts
+// (round to nearest even). f16 is a CUDA dtype.
 #include <cstring>
 
 #include "ops/cpu_common.h"

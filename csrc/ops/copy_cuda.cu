@@ -1,4 +1,5 @@
-// ops::copy on CUDA (contract checked in ops/copy.cc): tensors of the same shape, at least one of them on cuda; dtype conversion among
+// ops::copy on CUDA (contract checked in ops/copy.cc): tensors of the same shape, at least one of them on cuda; dtype
+// conversion among
 // f32/bf16/f16 runs on the device (host data are staged through stream-ordered scratch memory). Copies that
 // touch host memory are synchronous on ctx.stream (the host buffer is ready / reusable on return).
 #include "ops/cuda_common.cuh"

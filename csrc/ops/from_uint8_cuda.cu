@@ -1,4 +1,5 @@
-// ops::from_uint8 on CUDA (contract checked in ops/from_uint8.cc): u8[H, W, 3] -> image[3, H, W]: u / 127.5 - 1 (division then subtraction, as the reference).
+// ops::from_uint8 on CUDA (contract checked in ops/from_uint8.cc): u8[H, W, 3] -> image[3, H, W]: u / 127.5 - 1
+// (division then subtraction, as the reference).
 #include "ops/cuda_common.cuh"
 
 namespace nfd {

@@ -1,4 +1,5 @@
-// ops::groupnorm on the CPU (contract checked in ops/groupnorm.cc): GroupNorm of one image [C, H, W] (+ SiLU); group statistics by norm_stats, then one vectorised pass per
+// ops::groupnorm on the CPU (contract checked in ops/groupnorm.cc): GroupNorm of one image [C, H, W] (+ SiLU); group
+// statistics by norm_stats, then one vectorised pass per
 // channel (the VAE applies SiLU to nearly every activation, so this loop is hot).
 #include <cmath>
 

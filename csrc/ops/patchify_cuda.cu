@@ -1,4 +1,5 @@
-// ops::patchify on CUDA (contract checked in ops/patchify.cc): latent[C, h, w] -> tokens[N, C*p*p]; patch vector order (c, py, px), tokens row-major over the patch grid.
+// ops::patchify on CUDA (contract checked in ops/patchify.cc): latent[C, h, w] -> tokens[N, C*p*p]; patch vector order
+// (c, py, px), tokens row-major over the patch grid.
 #include "ops/cuda_common.cuh"
 #include "ops/patch_layout.h"
 

@@ -1,5 +1,7 @@
-// ops::rope_qkv_split on CUDA (contract checked in ops/rope_qkv_split.cc): split qkv[N, 3D] into q_out[H, N, hd] and the cache slot state->write_slot of the token-major k_cache /
-// v_cache [slots, N, H, hd] (a token's row of the cache is its q/k/v section of qkv), with 3D RoPE on q and k. One thread per (token, head, pair): it moves the pair of q, k and v.
+// ops::rope_qkv_split on CUDA (contract checked in ops/rope_qkv_split.cc): split qkv[N, 3D] into q_out[H, N, hd] and
+// the cache slot state->write_slot of the token-major k_cache /
+// v_cache [slots, N, H, hd] (a token's row of the cache is its q/k/v section of qkv), with 3D RoPE on q and k. One
+// thread per (token, head, pair): it moves the pair of q, k and v.
 // Angles and cos/sin in double (tile::rope_angle), cast to float; rotation in fp32 without FMA contraction.
 // frame_index and write_slot come from the device FrameState (graph replay reads the current frame's values);
 // a write_slot outside [0, slots) writes nothing to the cache (a kernel cannot throw).

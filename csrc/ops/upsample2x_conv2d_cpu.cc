@@ -1,4 +1,5 @@
-// ops::upsample2x_conv2d on the CPU (contract checked in ops/upsample2x_conv2d.cc) without building the upsampled image.
+// ops::upsample2x_conv2d on the CPU (contract checked in ops/upsample2x_conv2d.cc) without building the upsampled
+// image.
 //
 // A 3x3 convolution of a nearest-2x-upsampled image reads, for output pixel (2y+py, 2x+px), only the input
 // rows y-1+py .. y+py and columns x-1+px .. x+px: the three kernel rows collapse onto two input rows ({0} and

@@ -1,4 +1,5 @@
-// ops::upsample2x_conv2d on CUDA (contract checked in ops/upsample2x_conv2d.cc): the upsample kernel into a stream-ordered scratch image, then ops::conv2d
+// ops::upsample2x_conv2d on CUDA (contract checked in ops/upsample2x_conv2d.cc): the upsample kernel into a
+// stream-ordered scratch image, then ops::conv2d
 // (tensor-core im2col + GEMM for bf16/fp16). The phase decomposition of the CPU backend would save the
 // upsampled image here too; it is left for when it can be measured on a GPU.
 #include "ops/cuda_common.cuh"

@@ -1,4 +1,5 @@
-// ops::upsample_nearest2x on the CPU (contract checked in ops/upsample_nearest2x.cc): out[C, 2H, 2W] = x[C, H, W] repeated 2x2.
+// ops::upsample_nearest2x on the CPU (contract checked in ops/upsample_nearest2x.cc): out[C, 2H, 2W] = x[C, H, W]
+// repeated 2x2.
 #include "ops/cpu_common.h"
 #include "ops/ops_impl.h"
 

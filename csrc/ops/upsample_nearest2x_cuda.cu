@@ -1,4 +1,5 @@
-// ops::upsample_nearest2x on CUDA (contract checked in ops/upsample_nearest2x.cc): out[C, 2H, 2W] = x[C, H, W] repeated 2x2.
+// ops::upsample_nearest2x on CUDA (contract checked in ops/upsample_nearest2x.cc): out[C, 2H, 2W] = x[C, H, W] repeated
+// 2x2.
 #include "ops/cuda_common.cuh"
 
 namespace nfd {
