@@ -15,9 +15,7 @@ void patchify(const Context& ctx, const Tensor& latent, int patch, Tensor& token
   const int64_t C = latent.dim(0), h = latent.dim(1), w = latent.dim(2), p = patch;
   const float* z = latent.ptr<float>();
   float* t = tokens.ptr<float>();
-  for (int64_t ch = 0; ch < C; ++ch)
-    for (int64_t y = 0; y < h; ++y)
-      for (int64_t x = 0; x < w; ++x) t[patch_token_offset(ch, y, x, C, w, p)] = z[(ch * h + y) * w + x];
+  for_each_patch_element(C, h, w, p, [&](int64_t l, int64_t k) { t[k] = z[l]; });
 }
 
 }  // namespace cpu

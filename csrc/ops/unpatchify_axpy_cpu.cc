@@ -15,9 +15,7 @@ void unpatchify_axpy(const Context& ctx, const Tensor& tokens, int patch, float 
   const int64_t C = latent.dim(0), h = latent.dim(1), w = latent.dim(2), p = patch;
   const float* t = tokens.ptr<float>();
   float* z = latent.ptr<float>();
-  for (int64_t ch = 0; ch < C; ++ch)
-    for (int64_t y = 0; y < h; ++y)
-      for (int64_t x = 0; x < w; ++x) z[(ch * h + y) * w + x] += dt * t[patch_token_offset(ch, y, x, C, w, p)];
+  for_each_patch_element(C, h, w, p, [&](int64_t l, int64_t k) { z[l] += dt * t[k]; });
 }
 
 }  // namespace cpu
