@@ -1,4 +1,5 @@
-// Attention of the current frame's queries over the visible cache slots, fp32. The caches are token-major
+// ops::attention on the CPU (contract checked in ops/attention.cc): the current frame's queries over the visible
+// cache slots, fp32. The caches are token-major
 // ([slots, N, H, hd]): a key of head h is a row of hd floats, consecutive keys H * hd floats apart. Two ways,
 // by frame size:
 //
@@ -162,18 +163,9 @@ static void attend_head_blas(const float* q, int64_t N, int64_t hd, const float*
 }
 
 void attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, Tensor& out) {
-  expect("attention", "q", q, {-1, -1, -1});
+  fp32_only("attention", out);
   const int64_t H = q.dim(0), N = q.dim(1), hd = q.dim(2);
-  expect("attention", "k_cache", k_cache, {-1, N, H, hd});
-  const int64_t slots = k_cache.dim(0);
-  expect("attention", "v_cache", v_cache, {slots, N, H, hd});
-  expect("attention", "out", out, {N, H * hd});
-  const FrameState& st = state(ctx, "attention");
-  NFD_CHECK(st.num_visible > 0 && st.num_visible <= FrameState::kMaxSlots, invalid_argument,
-            "ops::attention: num_visible " + std::to_string(st.num_visible) + " out of range");
-  for (int i = 0; i < st.num_visible; ++i)
-    NFD_CHECK(st.visible_slots[i] >= 0 && st.visible_slots[i] < slots, invalid_argument,
-              "ops::attention: visible slot " + std::to_string(st.visible_slots[i]) + " outside the cache");
+  const FrameState& st = *ctx.state;
 
   const float scale = float(1.0 / std::sqrt(double(hd)));
   const int64_t L = int64_t(st.num_visible) * N;  // keys of one head

@@ -2,8 +2,19 @@
 //
 // Each op `name` is declared here and lives in ops/name.cc (its contract), ops/name_cpu.cc (fp32 reference
 // of the runtime, OpenBLAS for GEMMs) and ops/name_cuda.cu (bf16/fp16/fp32, fp32 accumulation). The free
-// function `nfd::ops::name` dispatches on the output tensor's device. Math is restated next to each op;
-// the PyTorch oracle is python/nfd_rt/reference/model.py.
+// function `nfd::ops::name` checks its arguments against the contract, once for every backend, then runs the
+// backend of the output tensor's device; the backends only compute (and check their own limits: the CPU's
+// fp32, a CUDA kernel's head_dim). Math is restated next to each op; the PyTorch oracle is
+// python/nfd_rt/reference/model.py; the op table tests/test_ops.py runs every op on every backend.
+//
+// What every op's contract holds besides the shapes below (ops/contract.h words the errors):
+//  * every tensor is defined; the float tensors of a call share one device and one dtype (f32, bf16 or f16);
+//    to_uint8 / from_uint8 take u8 for the frame, copy converts among the float dtypes;
+//  * an output overlaps none of the op's inputs, except where an op says it may work in place (out the very
+//    tensor of an input): add_silu, layernorm_modulate, groupnorm, noise_mix, copy;
+//  * ops that read the FrameState need ctx.state; where the host can read it (ctx.state on the CPU,
+//    ctx.host_state on CUDA) its slots must lie in the cache and frame_index must be >= 0.
+// Violations are ErrorKind::invalid_argument (ValueError in Python); a backend's limit is `unsupported`.
 #pragma once
 
 #include <cstdint>
