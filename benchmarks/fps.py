@@ -313,6 +313,13 @@ def make_compile_static(bench: Bench) -> Runner:
     from nfd_rt.reference.static import StaticSession
 
     mode = bench.args.compile_mode
+    conv_backends = None
+    if mode == "max-autotune" and not bench.args.compile_autotune_convs:
+        # Inductor's Triton convolution templates took over 4 minutes of autotuning on an H200 (the VAE's many
+        # conv shapes) and lost to cuDNN: leave convolutions to ATen (cuDNN), autotune the GEMMs.
+        import torch._inductor.config as inductor_config
+
+        conv_backends = inductor_config.max_autotune_conv_backends = "ATEN"
     # Compile the cache-filling frames too only when they are timed (the curve); else they run the same module
     # eagerly and one graph is compiled.
     curve_names = bench.args.curve_runners.split(",") if bench.args.curve_runners else None
@@ -335,6 +342,7 @@ def make_compile_static(bench: Bench) -> Runner:
                                       if "cudagraph" in k or k in ("extern_calls",)}}
 
     info = {"compile_mode": mode, "compile_backend": bench.args.compile_backend, "fullgraph": True,
+            "max_autotune_conv_backends": conv_backends or "inductor default",
             "compile_filling_frames": compile_filling,
             "what": "torch-static, the whole frame under one torch.compile"
                     + ("" if compile_filling else " (frames that fill the cache run eagerly: one graph)"),
@@ -655,7 +663,7 @@ def scaling_run(bench: Bench) -> dict:
 
 
 def environment(device: str) -> dict:
-    from nfd_rt._env import runtime_report
+    from nfd_rt._env import runtime_report, source_commit
 
     rt = runtime_report()  # the same facts as `nfd-rt env`
     env = {
@@ -670,15 +678,7 @@ def environment(device: str) -> dict:
     }
     if "OPENBLAS_CORETYPE" in rt:
         env["OPENBLAS_CORETYPE"] = rt["OPENBLAS_CORETYPE"]
-    try:
-        env["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True,
-                                       check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        if dirty:
-            env["commit_dirty"] = True
-    except (OSError, subprocess.CalledProcessError):
-        env["commit"] = os.environ.get("NFD_RT_COMMIT", "unknown")  # a copy without .git (e.g. a GPU machine)
+    env.update(source_commit(HERE))
     try:
         import torch
 
@@ -854,6 +854,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="CPU threads for nfd_rt and PyTorch alike (default: physical cores, as nfd_rt.Session)")
     p.add_argument("--compile-mode", default="max-autotune",
                    help="torch.compile mode of compile-static (default max-autotune; 'none' skips it)")
+    p.add_argument("--compile-autotune-convs", action="store_true",
+                   help="with max-autotune, also autotune Triton convolutions (default: convolutions stay on cuDNN; "
+                        "their autotuning takes minutes)")
     p.add_argument("--compile-backend", default="inductor",
                    help="torch.compile backend of compile-static (default inductor; aot_eager: tracing only, tests)")
     p.add_argument("--skip-baselines", action="store_true", help="time nfd_rt only")

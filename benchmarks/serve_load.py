@@ -327,19 +327,13 @@ def memory_growth(rss: list, skip: float = 5.0) -> float | None:
 
 
 def environment() -> dict:
+    from nfd_rt._env import cpu_model, source_commit
+
     env = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "python": platform.python_version(),
            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
            "load_average_start": os.getloadavg()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            env["cpu"] = re.search(r"model name\s*:\s*(.*)", f.read()).group(1)
-    except (OSError, AttributeError):
-        pass
-    try:
-        env["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True,
-                                       check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        env["commit"] = "unknown"
+    env["cpu"] = cpu_model()
+    env.update(source_commit(HERE))
     return env
 
 

@@ -18,7 +18,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -101,13 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or MODEL_PATH
     print(f"soak: {args.frames} frames of {os.path.basename(model)} on {args.threads} thread(s)", file=sys.stderr)
     result = run(model, args.frames, args.block, args.threads, decode=not args.no_decode, progress=True)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=HERE, capture_output=True,
-                                text=True).stdout.strip()
-    except OSError:
-        commit = ""
-    result["env"] = {"date": _dt.date.today().isoformat(), "commit": commit, "python": platform.python_version(),
-                     "cpu": platform.processor() or platform.machine()}
+    from nfd_rt._env import cpu_model, source_commit
+
+    result["env"] = {"date": _dt.date.today().isoformat(), **source_commit(HERE), "python": platform.python_version(),
+                     "cpu": cpu_model()}
     out = Path(args.out) if args.out else HERE / "results" / (
         f"soak_{result['config']}_cpu_t{args.threads}_{result['env']['date']}.json")
     if out.exists():

@@ -22,7 +22,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -166,13 +165,10 @@ def speculation_benchmark(path: str, repeats: list[float], k: int = 4, frames: i
 
 
 def environment() -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=HERE, capture_output=True,
-                                text=True).stdout.strip()
-    except OSError:
-        commit = ""
-    return {"date": _dt.date.today().isoformat(), "commit": commit, "python": platform.python_version(),
-            "cpu": platform.processor() or platform.machine(), "load_average": os.getloadavg()}
+    from nfd_rt._env import cpu_model, source_commit
+
+    return {"date": _dt.date.today().isoformat(), **source_commit(HERE), "python": platform.python_version(),
+            "cpu": cpu_model(), "load_average": os.getloadavg()}
 
 
 def markdown(result: dict) -> str:

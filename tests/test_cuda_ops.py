@@ -1,4 +1,6 @@
-"""GPU op harness (tests/cuda/test_ops_cuda.cu): every CUDA op against naive host loops, on a real GPU.
+"""The CUDA checks that need C++ (tests/cuda/test_ops_cuda.cu: the device layer, graph capture and replay, what
+kernels do with a replayed FrameState, the GEMM engine choice), on a real GPU. Every op's numbers and contract
+on CUDA are rows of the op table, tests/test_ops.py.
 
 Builds the CMake target `nfd_cuda_op_tests` in a temporary build tree (or uses $NFD_CUDA_OP_TESTS, a prebuilt
 binary) and runs it; skipped with reason "no CUDA device" where no GPU is present.

@@ -292,3 +292,44 @@ def test_parallel_speculation_serves_the_group_and_rolls_back(model):
     for i in range(2 * (CFG.window + CFG.sink_frames)):
         z = s.step_latent(key(i // 4))
         assert np.isfinite(z).all()
+
+
+# -- the same machinery on CUDA (run on a GPU machine; the CPU oracle above fixes the semantics) -----------------
+
+@pytest.fixture(scope="module")
+def cuda_model(model_path):
+    return nfd_rt.Model(model_path, device="cuda", dtype="bfloat16")
+
+
+@pytest.mark.cuda
+def test_cuda_batch_equals_stepping_alone(cuda_model):
+    """bf16 on CUDA: a batched GEMM over 4 sessions' rows may round differently from 4 single GEMMs, so within
+    bf16 tolerance, past the window's wrap-around."""
+    rng = np.random.default_rng(1)
+    batch = [cuda_model.session(seed=20 + i) for i in range(4)]
+    alone = [cuda_model.session(seed=20 + i) for i in range(4)]
+    worst = 0.0
+    for t in range(CFG.window + CFG.sink_frames + 3):
+        acts = rng.standard_normal((4, A)).astype(np.float32)
+        got = nfd_rt.step_latent_batch(batch, acts)
+        want = np.stack([s.step_latent(a) for s, a in zip(alone, acts)])
+        worst = max(worst, float(np.abs(got - want).max()))
+    print(f"cuda bf16 batch of 4 vs alone: max latent difference {worst:.3g}")
+    assert worst <= 0.1, worst
+
+
+@pytest.mark.cuda
+def test_cuda_fork_and_exact_speculation_are_bitwise(cuda_model):
+    """Fork copies the device cache; exact speculation replays the same kernels on the same shapes: same bits."""
+    s = cuda_model.session(seed=6)
+    for i in range(CFG.window + 2):
+        s.step_latent(key(i))
+    f, replay = s.fork(), s.fork()
+    for i in range(4):
+        np.testing.assert_array_equal(f.step_latent(key(1)), replay.step_latent(key(1)))
+    spec, plain = cuda_model.session(seed=5, speculate=3), cuda_model.session(seed=5)
+    for i, c in enumerate([0, 0, 0, 0, 1, 1, 2, 2, 2, 2, 2, 0, 1, 1, 1, 1, 1, 1]):
+        if i % 4 == 1:
+            time.sleep(0.01)  # let the worker run ahead
+        np.testing.assert_array_equal(spec.step(key(c)), plain.step(key(c)), err_msg=f"frame {i}")
+    assert spec.speculation_stats()["served"] > 0

@@ -213,3 +213,33 @@ def test_cuda_graph_replay_equals_direct_execution(model_path, model):
             zg, fg = graph.step_both(a)
             zd, fd = direct.step_both(a)
             assert np.array_equal(zg, zd) and np.array_equal(fg, fd)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("impl", ["ours", "simt", "flashinfer"])
+def test_cuda_attention_implementations(impl, tmp_path, monkeypatch):
+    """Each attention kernel behind the CUDA op (NFD_RT_ATTENTION) in a bf16 session with graphs, through the
+    cache filling and the window rolling: frames against the fp32 session (PSNR >= 35 dB), and the session reports
+    the kernel that ran. head_dim 64: the size FlashInfer is built for."""
+    if impl == "flashinfer" and not _core.cuda_build_info()["flashinfer"]:
+        pytest.skip("built without FlashInfer (CMake -DNFD_RT_FLASHINFER=ON)")
+    cfg = nfd_rt.configs.get("tiny").replace(hidden_size=128, num_heads=2, rope_dims=(16, 24, 24), window=3,
+                                             sink_frames=1)
+    save(NFDModel(cfg, init_seed=2), tmp_path / "m.nfd")
+    ref = CoreSession(tmp_path / "m.nfd", device="cuda", dtype="float32", seed=7)
+    monkeypatch.setenv("NFD_RT_ATTENTION", impl)
+    _core.clear_kernels_used()
+    half = CoreSession(tmp_path / "m.nfd", device="cuda", dtype="bfloat16", seed=7)
+    values = [psnr(ref.step(a), half.step(a)) for a in actions(10, cfg.action_dim, seed=8)]  # 10 > 1 + 3 + 1
+    ran = {k: v for k, v in _core.kernels_used().items() if k.startswith("attention bf16")}
+    print(f"{impl}: PSNR min {min(values):.1f} dB; {ran}")
+    assert min(values) >= 35.0
+    assert ran and next(iter(ran.values())).startswith({"ours": "ours: mma", "simt": "simt", "flashinfer": "flashinfer"}[impl])
+
+
+def test_cuda_build_info_reports_the_vendor_kernels():
+    info = _core.cuda_build_info()
+    assert set(info) == {"cuda", "flashinfer", "cublaslt", "cublaslt_status"}
+    assert isinstance(info["cublaslt_status"], str) and info["cublaslt_status"]
+    if not info["cuda"]:
+        assert not info["flashinfer"] and not info["cublaslt"]

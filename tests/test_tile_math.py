@@ -1,4 +1,6 @@
-"""CPU test of the CUDA kernels' tile math (csrc/ops/attention_math.h, csrc/core/philox.h), no GPU needed."""
+"""CPU tests of the CUDA kernels' tile math, no GPU needed: csrc/ops/attention_math.h and csrc/core/philox.h
+(tests/cpp/test_tile_math.cc), and the tensor-core attention kernel emulated lane by lane through
+csrc/ops/attention_mma.h (tests/cpp/test_attention_emulation.cc)."""
 
 import shutil
 import subprocess
@@ -9,12 +11,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_tile_math_cpu(tmp_path):
+@pytest.mark.parametrize("source", ["test_tile_math.cc", "test_attention_emulation.cc"])
+def test_tile_math_cpu(tmp_path, source):
     cxx = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
     if cxx is None:
         pytest.skip("no C++ compiler")
-    exe = tmp_path / "test_tile_math"
-    subprocess.run([cxx, "-std=c++17", "-O2", f"-I{ROOT / 'csrc'}", str(ROOT / "tests/cpp/test_tile_math.cc"),
+    exe = tmp_path / "test"
+    subprocess.run([cxx, "-std=c++17", "-O2", f"-I{ROOT / 'csrc'}", str(ROOT / "tests/cpp" / source),
                     "-o", str(exe)], check=True)
     r = subprocess.run([str(exe)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -96,8 +96,8 @@ DiT::DiT(const Config& cfg, const DiTWeights& weights, Arena& arena, DType dtype
   const int64_t D = cfg.hidden_size, N = cfg.tokens_per_frame(), H = cfg.num_heads, hd = cfg.head_dim();
   const int64_t passes = cfg.num_steps() + 1;
   for (int l = 0; l < cfg.depth; ++l) {
-    k_cache_.push_back(arena.alloc({cache_slots, H, N, hd}, dtype, Arena::Use::kv_cache));
-    v_cache_.push_back(arena.alloc({cache_slots, H, N, hd}, dtype, Arena::Use::kv_cache));
+    k_cache_.push_back(arena.alloc({cache_slots, N, H, hd}, dtype, Arena::Use::kv_cache));
+    v_cache_.push_back(arena.alloc({cache_slots, N, H, hd}, dtype, Arena::Use::kv_cache));
     kv_bytes_ += k_cache_.back().bytes() + v_cache_.back().bytes();
   }
   rope_.rope_dims[0] = cfg.rope_dims[0];
@@ -114,6 +114,26 @@ DiT::DiT(const Config& cfg, const DiTWeights& weights, Arena& arena, DType dtype
   mod_ = arena.alloc({cfg.depth, passes, 6 * D}, dtype);
   final_mod_ = arena.alloc({passes, 2 * D}, dtype);
   own_ = Activations(cfg, arena, dtype, 1);
+}
+
+void DiT::prepare_gemms(const Context& ctx, const Tensor& action) {
+  // The layers share shapes, so block 0 stands for all; batched shapes (step_batch) fall back to CUTLASS.
+  const int64_t D = cfg_.hidden_size, passes = cfg_.num_steps() + 1;
+  const DiTWeights::Block& b0 = w_.blocks[0];
+  Tensor act = view(action, 0, {1, cfg_.action_dim});
+  Tensor act_h = view(act_h_, 0, {1, D}), act_hs = view(act_hs_, 0, {1, D}), act_emb = view(act_emb_, 0, {1, D});
+  ops::linear_prepare(ctx, act, w_.act_fc1_w, w_.act_fc1_b, act_h);
+  ops::linear_prepare(ctx, act_hs, w_.act_fc2_w, w_.act_fc2_b, act_emb);
+  Tensor m0 = view(mod_, 0, {passes, 6 * D});
+  ops::linear_prepare(ctx, cond_, b0.adaln_w, b0.adaln_b, m0);
+  ops::linear_prepare(ctx, cond_, w_.final_adaln_w, w_.final_adaln_b, final_mod_);
+  Activations& a = own_;
+  ops::linear_prepare(ctx, a.tokens, w_.patch_w, w_.patch_b, a.h);
+  ops::linear_prepare(ctx, a.hn, b0.qkv_w, b0.qkv_b, a.qkv);
+  ops::linear_prepare(ctx, a.attn, b0.proj_w, b0.proj_b, a.h, ops::Epilogue::gated_residual);
+  ops::linear_prepare(ctx, a.hn, b0.fc1_w, b0.fc1_b, a.mlp, ops::Epilogue::gelu_tanh);
+  ops::linear_prepare(ctx, a.mlp, b0.fc2_w, b0.fc2_b, a.h, ops::Epilogue::gated_residual);
+  ops::linear_prepare(ctx, a.hn, w_.final_w, w_.final_b, a.vel);
 }
 
 void DiT::condition(const Context& ctx, const Tensor& action) {

@@ -45,8 +45,14 @@ class DiT {
     Tensor latent;   // [C, h, w]: updated by denoise passes, read by the cache-write pass
   };
 
-  // Allocates the KV cache ([cache_slots, H, N, hd] per layer), the adaLN buffers and one member's activations.
+  // Allocates the KV cache (token-major [cache_slots, N, H, hd] per layer: a frame's keys are one contiguous
+  // range, see ops::attention), the adaLN buffers and one member's activations.
   DiT(const Config& cfg, const DiTWeights& weights, Arena& arena, DType dtype, int cache_slots);
+
+  // Picks the GEMM engine of every linear shape of a single-session frame (ops::linear_prepare: CUDA times
+  // CUTLASS against cuBLASLt; a no-op on the CPU), with `action` [A] standing for any action. Synchronises
+  // ctx's stream: call at session open.
+  void prepare_gemms(const Context& ctx, const Tensor& action);
 
   // Per frame: c_k = SiLU(temb(t_k) + action_embed(action)) and the adaLN vectors of every block for every
   // pass position k in [0, num_steps] (k == num_steps: the cache-write pass at t = context_noise).

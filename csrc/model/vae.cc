@@ -81,7 +81,8 @@ VAE::VAE(const Config& cfg, const VAEWeights& weights, Arena& arena, DType dtype
 
 Tensor VAE::buf(int i, std::vector<int64_t> shape) const { return view(bufs_[i], 0, std::move(shape)); }
 
-int VAE::run(const Context& ctx, const Net& net, bool decoder, Tensor& x, int cur) {
+int VAE::run(const Context& ctx, const Net& net, bool decoder, Tensor& x, int cur, const std::atomic<bool>* cancel) {
+  auto cancelled = [&] { return cancel && cancel->load(std::memory_order_relaxed); };
   const int groups = cfg_.vae.norm_groups;
   const float eps = cfg_.vae.norm_eps;
   // Picks a buffer other than those in use.
@@ -105,6 +106,7 @@ int VAE::run(const Context& ctx, const Net& net, bool decoder, Tensor& x, int cu
   };
   for (const Level& lv : net.levels) {
     for (const ResBlock& b : lv.blocks) {
+      if (cancelled()) return -1;
       const int t = other(cur, -1), u = other(cur, t);
       Tensor a = buf(t, x.shape);
       ops::groupnorm(ctx, x, b.norm1.gamma, b.norm1.beta, groups, eps, true, a);
@@ -141,12 +143,14 @@ int VAE::run(const Context& ctx, const Net& net, bool decoder, Tensor& x, int cu
   return t;
 }
 
-void VAE::decode(const Context& ctx, const Tensor& latent, Tensor& frame) {
+bool VAE::decode(const Context& ctx, const Tensor& latent, Tensor& frame, const std::atomic<bool>* cancel) {
   Tensor x = buf(0, {w_.dec.conv_in.w.dim(0), latent.dim(1), latent.dim(2)});
   ops::conv2d(ctx, latent, w_.dec.conv_in.w, w_.dec.conv_in.b, 1, 1, x, nullptr);
-  run(ctx, w_.dec, true, x, 0);
+  if (run(ctx, w_.dec, true, x, 0, cancel) < 0) return false;
+  if (cancel && cancel->load(std::memory_order_relaxed)) return false;
   ops::conv2d(ctx, x, w_.dec.conv_out.w, w_.dec.conv_out.b, 1, 1, image_, nullptr);
   ops::to_uint8(ctx, image_, frame);
+  return true;
 }
 
 void VAE::encode(const Context& ctx, const Tensor& frame, Tensor& latent) {

@@ -3,6 +3,7 @@
 // four fixed ping-pong buffers sized for the largest stage.
 #pragma once
 
+#include <atomic>
 #include <string>
 #include <vector>
 
@@ -44,15 +45,18 @@ struct VAEWeights {
 class VAE {
  public:
   VAE(const Config& cfg, const VAEWeights& weights, Arena& arena, DType dtype);
-  // latent [C, h, w] -> frame u8 [H, W, 3]
-  void decode(const Context& ctx, const Tensor& latent, Tensor& frame);
+  // latent [C, h, w] -> frame u8 [H, W, 3]. Returns false, the frame unwritten, when `cancel` was raised
+  // (checked between resnet blocks: a speculation worker's decode is most of a tiny frame).
+  bool decode(const Context& ctx, const Tensor& latent, Tensor& frame, const std::atomic<bool>* cancel = nullptr);
   // frame u8 [H, W, 3] -> latent [C, h, w]
   void encode(const Context& ctx, const Tensor& frame, Tensor& latent);
 
  private:
   using Net = VAEWeights::Net;
-  // Runs `net` from buffer `cur` holding `x` (shape set); returns the index of the buffer holding the result.
-  int run(const Context& ctx, const Net& net, bool decoder, Tensor& x, int cur);
+  // Runs `net` from buffer `cur` holding `x` (shape set); returns the index of the buffer holding the result,
+  // or -1 when `cancel` was raised.
+  int run(const Context& ctx, const Net& net, bool decoder, Tensor& x, int cur,
+          const std::atomic<bool>* cancel = nullptr);
   Tensor buf(int i, std::vector<int64_t> shape) const;
 
   const Config& cfg_;

@@ -1,4 +1,7 @@
-// Attention of the current frame's queries over the visible cache slots, fp32. Two ways, by frame size:
+// ops::attention on the CPU (contract checked in ops/attention.cc): the current frame's queries over the visible
+// cache slots, fp32. The caches are token-major
+// ([slots, N, H, hd]): a key of head h is a row of hd floats, consecutive keys H * hd floats apart. Two ways,
+// by frame size:
 //
 // Frames of at most kRegisterKernelMaxTokens tokens (16 on `tiny`): a kernel written for the vector units. One
 // GEMM per head and slot was mostly call and packing overhead there (80 sgemm calls per layer on tiny, 59 us;
@@ -8,7 +11,8 @@
 //   a softmax down each column (max, exp, sum), vectorised over the queries as well;
 //   O = P V: 4 queries x 16 head dims of sums in registers while the keys stream past.
 // It re-reads every key and value once per block of 16 queries, so for large frames (336 tokens on nfd-130m,
-// 11k keys per head) OpenBLAS does better: per head S = Q K^T (one sgemm per slot), a row softmax, O = P V.
+// 11k keys per head) OpenBLAS does better: per head the visible keys and values packed into contiguous
+// buffers, S = Q K^T, a row softmax, O = P V.
 // Either way the softmax sees all L keys of a head at once (no online rescaling needed).
 #include "backends/cpu/blas.h"
 
@@ -30,11 +34,12 @@ constexpr int64_t kRegisterKernelMaxTokens = 64;
 constexpr int64_t kQueries = 16;  // queries per block: the lanes of one Vec16 of scores per key
 
 // One head, queries q[0 .. nq) (nq <= kQueries, rows of hd floats) against `num_blocks` blocks of `rows` keys
-// and values; writes nq rows of out (stride ldo). `work` holds (hd + num_blocks * rows) * kQueries floats.
+// and values (rows ldk floats apart); writes nq rows of out (stride ldo). `work` holds
+// (hd + num_blocks * rows) * kQueries floats.
 NFD_CPU_MULTIVERSION
 static void attend_block(const float* q, int64_t nq, int64_t hd, const float* const* keys,
-                         const float* const* values, int num_blocks, int64_t rows, float scale, float* out,
-                         int64_t ldo, float* work) {
+                         const float* const* values, int num_blocks, int64_t rows, int64_t ldk, float scale,
+                         float* out, int64_t ldo, float* work) {
   const int64_t L = num_blocks * rows;
   float* qt = work;                // [hd, kQueries]; lanes past nq are zero queries, never written out
   float* st = qt + hd * kQueries;  // [L, kQueries] scores, then probabilities
@@ -43,7 +48,7 @@ static void attend_block(const float* q, int64_t nq, int64_t hd, const float* co
     for (int64_t d = 0; d < hd; ++d) qt[d * kQueries + i] = q[i * hd + d] * scale;
 
   // Scores, 4 keys at a time: 4 independent accumulators hide the FMA latency.
-  auto key = [&](int64_t r) { return keys[r / rows] + (r % rows) * hd; };
+  auto key = [&](int64_t r) { return keys[r / rows] + (r % rows) * ldk; };
   int64_t r = 0;
   for (; r + 4 <= L; r += 4) {
     const float *k0 = key(r), *k1 = key(r + 1), *k2 = key(r + 2), *k3 = key(r + 3);
@@ -83,7 +88,7 @@ static void attend_block(const float* q, int64_t nq, int64_t hd, const float* co
     }
 
   // O = P V / l, 4 queries x 16 head dims at a time (a tail of head dims one at a time).
-  auto value = [&](int64_t j) { return values[j / rows] + (j % rows) * hd; };
+  auto value = [&](int64_t j) { return values[j / rows] + (j % rows) * ldk; };
   for (int64_t i0 = 0; i0 < nq; i0 += 4) {
     const int64_t n = std::min<int64_t>(4, nq - i0);
     int64_t c = 0;
@@ -136,58 +141,54 @@ static void softmax_rows(float* s, int64_t rows, int64_t n, int64_t ld) {
   }
 }
 
-// One head through OpenBLAS: S[N, L] = Q K^T (an sgemm per visible slot), softmax rows, O = P V (accumulated
-// slot by slot into out's columns of this head). `S` holds N * L floats.
-static void attend_head_blas(const float* q, int64_t N, int64_t hd, const float* const* keys,
-                             const float* const* values, int num_blocks, float scale, float* out, int64_t ldo,
-                             float* S) {
-  const int64_t L = num_blocks * N;
-  for (int b = 0; b < num_blocks; ++b)
-    NFD_CBLAS(sgemm)(CblasRowMajor, CblasNoTrans, CblasTrans, int(N), int(N), int(hd), scale, q, int(hd),
-                      keys[b], int(hd), 0.f, S + b * N, int(L));
+// One head through OpenBLAS: the head's keys and values of the visible slots gathered into contiguous [L, hd]
+// buffers (kp, vp: the cache rows of a head are H * hd floats apart, which made the sgemms ~8% slower on
+// nfd-130m shapes than packed rows), then S[N, L] = Q K^T, softmax rows, O = P V as one sgemm each. k, v point
+// at head h of cache row 0; `S` holds N * L floats, kp and vp L * hd each.
+static void attend_head_blas(const float* q, int64_t N, int64_t hd, const float* k, const float* v, int64_t ldk,
+                             const int32_t* slots, int num_slots, float scale, float* out, int64_t ldo, float* S,
+                             float* kp, float* vp) {
+  const int64_t L = int64_t(num_slots) * N;
+  for (int b = 0; b < num_slots; ++b)
+    for (int64_t r = 0; r < N; ++r) {
+      const int64_t src = (int64_t(slots[b]) * N + r) * ldk, dst = (int64_t(b) * N + r) * hd;
+      std::memcpy(kp + dst, k + src, size_t(hd) * sizeof(float));
+      std::memcpy(vp + dst, v + src, size_t(hd) * sizeof(float));
+    }
+  NFD_CBLAS(sgemm)(CblasRowMajor, CblasNoTrans, CblasTrans, int(N), int(L), int(hd), scale, q, int(hd), kp,
+                    int(hd), 0.f, S, int(L));
   softmax_rows(S, N, L, L);
-  for (int b = 0; b < num_blocks; ++b)
-    NFD_CBLAS(sgemm)(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), int(hd), int(N), 1.f, S + b * N, int(L),
-                      values[b], int(hd), b ? 1.f : 0.f, out, int(ldo));
+  NFD_CBLAS(sgemm)(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), int(hd), int(L), 1.f, S, int(L), vp, int(hd),
+                    0.f, out, int(ldo));
 }
 
 void attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, Tensor& out) {
-  expect("attention", "q", q, {-1, -1, -1});
+  fp32_only("attention", out);
   const int64_t H = q.dim(0), N = q.dim(1), hd = q.dim(2);
-  expect("attention", "k_cache", k_cache, {-1, H, N, hd});
-  const int64_t slots = k_cache.dim(0);
-  expect("attention", "v_cache", v_cache, {slots, H, N, hd});
-  expect("attention", "out", out, {N, H * hd});
-  const FrameState& st = state(ctx, "attention");
-  NFD_CHECK(st.num_visible > 0 && st.num_visible <= FrameState::kMaxSlots, invalid_argument,
-            "ops::attention: num_visible " + std::to_string(st.num_visible) + " out of range");
-  for (int i = 0; i < st.num_visible; ++i)
-    NFD_CHECK(st.visible_slots[i] >= 0 && st.visible_slots[i] < slots, invalid_argument,
-              "ops::attention: visible slot " + std::to_string(st.visible_slots[i]) + " outside the cache");
+  const FrameState& st = *ctx.state;
 
   const float scale = float(1.0 / std::sqrt(double(hd)));
   const int64_t L = int64_t(st.num_visible) * N;  // keys of one head
+  const int64_t ldk = H * hd;                     // floats between consecutive keys of a head
+  if (N > kRegisterKernelMaxTokens) {
+    ::nfd::cpu::set_blas_threads(1);
+    ::nfd::cpu::parallel_for(ctx.threads, H, [&](int64_t h0, int64_t h1) {  // heads are independent
+      float* S = scratch(size_t(N * L));
+      float* kv = scratch(size_t(2 * L * hd), 1);
+      for (int64_t h = h0; h < h1; ++h)
+        attend_head_blas(q.ptr<float>() + h * N * hd, N, hd, k_cache.ptr<float>() + h * hd,
+                         v_cache.ptr<float>() + h * hd, ldk, st.visible_slots, st.num_visible, scale,
+                         out.ptr<float>() + h * hd, H * hd, S, kv, kv + L * hd);
+    }, ::nfd::cpu::grain_for(2 * N * L * hd));
+    return;
+  }
   auto slot_pointers = [&](int64_t h, const float** keys, const float** values) {
-    for (int b = 0; b < st.num_visible; ++b) {  // the [N, hd] keys/values of head h in visible slot b
-      const int64_t offset = (int64_t(st.visible_slots[b]) * H + h) * N * hd;
+    for (int b = 0; b < st.num_visible; ++b) {  // key / value row 0 of head h in visible slot b
+      const int64_t offset = int64_t(st.visible_slots[b]) * N * ldk + h * hd;
       keys[b] = k_cache.ptr<float>() + offset;
       values[b] = v_cache.ptr<float>() + offset;
     }
   };
-  if (N > kRegisterKernelMaxTokens) {
-    ::nfd::cpu::set_blas_threads(1);
-    ::nfd::cpu::parallel_for(ctx.threads, H, [&](int64_t h0, int64_t h1) {  // heads are independent
-      const float* keys[FrameState::kMaxSlots];
-      const float* values[FrameState::kMaxSlots];
-      float* S = scratch(size_t(N * L));
-      for (int64_t h = h0; h < h1; ++h) {
-        slot_pointers(h, keys, values);
-        attend_head_blas(q.ptr<float>() + h * N * hd, N, hd, keys, values, st.num_visible, scale,
-                         out.ptr<float>() + h * hd, H * hd, S);
-      }
-    }, ::nfd::cpu::grain_for(2 * N * L * hd));
-    return;
-  }
   const int64_t query_blocks = (N + kQueries - 1) / kQueries;
   ::nfd::cpu::parallel_for(ctx.threads, H * query_blocks, [&](int64_t t0, int64_t t1) {
     const float* keys[FrameState::kMaxSlots];
@@ -197,7 +198,7 @@ void attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const
       const int64_t h = t / query_blocks, r0 = (t % query_blocks) * kQueries;
       slot_pointers(h, keys, values);
       attend_block(q.ptr<float>() + (h * N + r0) * hd, std::min(kQueries, N - r0), hd, keys, values,
-                   st.num_visible, N, scale, out.ptr<float>() + r0 * H * hd + h * hd, H * hd, work);
+                   st.num_visible, N, ldk, scale, out.ptr<float>() + r0 * H * hd + h * hd, H * hd, work);
     }
   }, ::nfd::cpu::grain_for(4 * kQueries * L * hd));
 }

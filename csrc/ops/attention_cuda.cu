@@ -1,55 +1,364 @@
 // out[N, H*hd] = softmax(q k^T / sqrt(hd)) v per head over the keys of cache slots
-// state->visible_slots[0 .. num_visible), each slot holding N keys of k_cache[slot, h] (sinks + rolling window +
-// the current frame's scratch slot). The slot list is read on the device, so a captured graph follows it.
+// state->visible_slots[0 .. num_visible); q [H, N, hd], caches token-major [slots, N, H, hd] (a key of head h
+// is a row of hd elements, consecutive keys H*hd apart). The slot list is read on the device, so one captured
+// graph serves every fill level of the cache. Three implementations behind the op, chosen per call
+// (NFD_RT_ATTENTION = ours | flashinfer | simt, default ours; nfd::kernels_used() records which one ran):
 //
-// Flash-decoding on CUDA cores (first version; a tensor-core tile kernel is the planned next step):
-//  * grid (query tiles of 32, heads, splits): the key range [0, num_visible * N) is cut into `splits` chunks so a
-//    batch-1 frame fills every SM; the host picks splits from the SM count and the cache capacity (it never reads
-//    num_visible: chunks past the live key range simply produce empty partials);
-//  * 128 threads = 32 queries x 4 threads; each thread owns hd/4 interleaved dims of q and of the accumulator;
-//    a q.k dot is 2 shuffles; keys / values come through shared memory 32 at a time, converted to fp32;
-//  * online softmax in fp32 in log2 units (scores pre-scaled by log2(e)/sqrt(hd)), one rescale per key tile;
-//  * splits > 1: unnormalised partials + (m, l) go to stream-ordered scratch and a combine kernel merges them
-//    with tile::softmax_merge_weights (ops/attention_math.h, also tested on the CPU).
+//  * ours, bf16/fp16, head_dim 32/64/128 ("mma"): a flash-attention tile kernel on tensor cores (sm_80+
+//    mma.sync.m16n8k16, fp32 accumulation), index maps in ops/attention_mma.h:
+//      - grid (query tiles of 64, heads, splits); 4 warps, each 16 query rows; key tiles of 64 through shared
+//        memory (cp.async, double-buffered, 16-byte chunks XOR-swizzled), Q held in registers as A fragments;
+//      - S = Q K^T (K via ldmatrix), online softmax in fp32 on the accumulators (log2 units, scores scaled by
+//        log2(e)/sqrt(hd)), P re-packed in registers as the A operand of O += P V (V via ldmatrix.trans);
+//      - split over the key range: the live key tiles (num_visible * N / 64, read on the device) are shared
+//        out evenly over the `splits` CTAs of a (query tile, head) (tile::mma::kv_split_range), so a
+//        batch-1 frame fills every SM at any fill level; the host sizes the grid for the full cache and
+//        never reads num_visible. Each split writes its rows normalised plus their log-sum-exp; a second
+//        kernel merges them (tile::mma::lse_weight). CTAs whose range is empty write lse = -inf and exit.
+//  * flashinfer (CMake -DNFD_RT_FLASHINFER=ON): FlashInfer's single-prefill kernel on the same tensors
+//    (ops/attention_flashinfer_cuda.cu). Its grid comes from kv_len on the host (ctx.host_state): it runs
+//    when the visible slots are the prefix 0 .. num_visible-1 of the cache (always the case for a session
+//    without rollback), else ours runs.
+//  * simt: flash-decoding on CUDA cores (the first version; fp32 always runs here): grid (32-query tiles,
+//    heads, splits), 4 threads per query, keys/values through shared memory 32 at a time.
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <type_traits>
+#include <vector>
+
 #include "ops/attention_math.h"
+#include "ops/attention_mma.h"
 #include "ops/cuda_common.cuh"
+#include "ops/kernel_report.h"
 
 namespace nfd {
 namespace ops {
+
+#ifdef NFD_RT_WITH_FLASHINFER
+namespace cuda_detail {
+// ops/attention_flashinfer_cuda.cu: q [H, N, hd], k/v the first kv_len rows of the token-major caches,
+// out [N, H*hd]; bf16/fp16, head_dim 64. False when it does not take this problem (dtype, head_dim).
+bool flashinfer_attention(DType dtype, const void* q, const void* k, const void* v, void* out, int N, int H,
+                          int hd, int kv_len, cudaStream_t s);
+}  // namespace cuda_detail
+#endif
+
 namespace {
-constexpr int kBQ = 32, kTPQ = 4, kBK = 32, kThreads = kBQ * kTPQ;
+using tile::mma::kBK;
+using tile::mma::kBQ;
+
+// Split partials (either kernel): o [splits, H, N, hd] fp32 normalised rows, lse [splits, H, N] (log2 units).
+struct Partials {
+  float* o = nullptr;
+  float* lse = nullptr;
+};
 
 struct AttnArgs {
   const void* q;
   const void* k;
   const void* v;
-  void* out;             // [N, H*hd] (splits == 1)
-  float* part_acc;       // [splits, H, N, hd] (splits > 1)
-  float* part_ml;        // [splits, H, N, 2]
+  void* out;  // [N, H*hd] (splits == 1)
+  Partials part;
   const FrameState* state;
   int N, H, slots, splits;
-  float scale_log2;      // log2(e) / sqrt(hd)
+  float scale_log2;  // log2(e) / sqrt(hd)
 };
 
+// Visible slots into shared memory (-1 for a slot outside the cache: its keys are masked); returns the count.
+__device__ __forceinline__ int load_slot_list(const FrameState* state, int slots, int* slot_of) {
+  int nvis = state->num_visible;
+  nvis = nvis < 0 ? 0 : (nvis > FrameState::kMaxSlots ? FrameState::kMaxSlots : nvis);
+  for (int i = threadIdx.x; i < nvis; i += blockDim.x) {
+    const int s = state->visible_slots[i];
+    slot_of[i] = s >= 0 && s < slots ? s : -1;
+  }
+  return nvis;
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Tensor-core kernel (sm_80+). PTX wrappers: cp.async 16 bytes (zero-filled when !valid), ldmatrix x4, mma.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  const unsigned s = unsigned(__cvta_generic_to_shared(smem));
+  const int src_size = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_size));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ void ldsm_x4(uint32_t* r, const void* smem) {
+  const unsigned s = unsigned(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s));
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t* r, const void* smem) {
+  const unsigned s = unsigned(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s));
+}
+// d[0..3] += a[0..3] (16x16, row) * b[0..1] (16x8, col), fp32 accumulators.
+template <typename T>
+__device__ __forceinline__ void mma16816(float* d, const uint32_t* a, const uint32_t* b);
+template <>
+__device__ __forceinline__ void mma16816<__nv_bfloat16>(float* d, const uint32_t* a, const uint32_t* b) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+template <>
+__device__ __forceinline__ void mma16816<__half>(float* d, const uint32_t* a, const uint32_t* b) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+// Two floats -> one register of two 16-bit values, the first in the low half (the lower column of a fragment).
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <>
+__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+template <>
+__device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
+  __half2 v = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+template <typename T>
+__device__ __forceinline__ void store2(T* p, float a, float b);
+template <>
+__device__ __forceinline__ void store2<__nv_bfloat16>(__nv_bfloat16* p, float a, float b) {
+  *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
+}
+template <>
+__device__ __forceinline__ void store2<__half>(__half* p, float a, float b) {
+  *reinterpret_cast<__half2*>(p) = __floats2half2_rn(a, b);
+}
+
+template <int HD>
+constexpr int mma_smem_bytes() {
+  return (kBQ + 4 * kBK) * HD * 2;  // Q + 2 stages of K + 2 stages of V, 16-bit elements
+}
+
 template <typename T, int HD>
-__global__ void __launch_bounds__(kThreads) attention_kernel(AttnArgs a) {
-  constexpr int DPT = HD / kTPQ;  // dims per thread
-  __shared__ float Ks[kBK][HD];
-  __shared__ float Vs[kBK][HD];
+__global__ void __launch_bounds__(tile::mma::kThreads) attention_mma_kernel(AttnArgs a) {
+  namespace tm = tile::mma;
+  constexpr int kChunksQ = kBQ * HD / tm::kChunk, kChunksKV = kBK * HD / tm::kChunk;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  T* Qs = reinterpret_cast<T*>(smem_raw);  // [kBQ][HD], swizzled
+  T* Ks = Qs + kBQ * HD;                   // [2][kBK][HD]
+  T* Vs = Ks + 2 * kBK * HD;               // [2][kBK][HD]
   __shared__ int slot_of[FrameState::kMaxSlots];
+  __shared__ int key_ok[2][kBK];  // per stage: key row of the tile is live (in range, valid slot)
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int q0 = blockIdx.x * kBQ, h = blockIdx.y, split = blockIdx.z;
+  const int N = a.N, H = a.H;
+  const int nvis = load_slot_list(a.state, a.slots, slot_of);
+  const int64_t L = int64_t(nvis) * N;
+  int64_t tb, te;
+  tm::kv_split_range((L + kBK - 1) / kBK, a.splits, split, &tb, &te);
+  if (tb >= te) {  // no keys for this split (CTA-uniform): an empty partial, or zeros when unsplit
+    for (int r = tid; r < kBQ; r += tm::kThreads) {
+      const int n = q0 + r;
+      if (n >= N) continue;
+      if (a.splits > 1) {
+        a.part.lse[(int64_t(split) * H + h) * N + n] = -INFINITY;
+      } else {
+        T* op = static_cast<T*>(a.out) + int64_t(n) * H * HD + h * HD;
+        for (int d = 0; d < HD; ++d) op[d] = cudaops::from_f<T>(0.f);
+      }
+    }
+    return;
+  }
+  __syncthreads();  // slot_of ready
+
+  const T* qg = static_cast<const T*>(a.q) + int64_t(h) * N * HD;
+  const T* kg = static_cast<const T*>(a.k);
+  const T* vg = static_cast<const T*>(a.v);
+  for (int e = tid; e < kChunksQ; e += tm::kThreads) {
+    int r, c;
+    tm::load_chunk_coords(e, HD, &r, &c);
+    const bool ok = q0 + r < N;
+    cp_async16(Qs + tm::smem_offset(r, c * tm::kChunk, HD), qg + (ok ? int64_t(q0 + r) * HD + c * tm::kChunk : 0), ok);
+  }
+  auto load_kv = [&](int64_t t, int stage) {
+    T* ks = Ks + stage * kBK * HD;
+    T* vs = Vs + stage * kBK * HD;
+    for (int e = tid; e < kChunksKV; e += tm::kThreads) {
+      int r, c;
+      tm::load_chunk_coords(e, HD, &r, &c);
+      const int key = int(t) * kBK + r;  // < kMaxSlots * N: 32-bit division
+      int64_t off = 0;
+      bool ok = false;
+      if (key < L) {
+        const int slot = slot_of[key / N];
+        ok = slot >= 0;
+        if (ok) off = tm::kv_offset(slot, key % N, N, H, h, HD) + c * tm::kChunk;
+      }
+      cp_async16(ks + tm::smem_offset(r, c * tm::kChunk, HD), kg + off, ok);
+      cp_async16(vs + tm::smem_offset(r, c * tm::kChunk, HD), vg + off, ok);
+      if (c == 0) key_ok[stage][r] = ok;
+    }
+  };
+  load_kv(tb, 0);
+  cp_async_commit();
+
+  uint32_t qf[HD / 16][4];      // Q as A fragments, per k-step of 16 head dims
+  float o[HD / 8][4];           // O accumulators, per n-tile of 8 head dims
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};  // rows g and g+8 of the warp's 16
+#pragma unroll
+  for (int j = 0; j < HD / 8; ++j)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) o[j][i] = 0.f;
+
+  for (int64_t t = tb; t < te; ++t) {
+    const int stage = int(t - tb) & 1;
+    if (t + 1 < te) load_kv(t + 1, stage ^ 1);
+    cp_async_commit();  // possibly empty: keeps "all but the newest group" = everything up to tile t
+    cp_async_wait<1>();
+    __syncthreads();
+    if (t == tb) {
+#pragma unroll
+      for (int ks = 0; ks < HD / 16; ++ks) {
+        int r, c;
+        tm::ldsm_q_src(lane, ks, &r, &c);
+        ldsm_x4(qf[ks], Qs + tm::smem_offset(16 * warp + r, c, HD));
+      }
+    }
+    const T* ks_tile = Ks + stage * kBK * HD;
+    const T* vs_tile = Vs + stage * kBK * HD;
+
+    float s[kBK / 8][4];
+#pragma unroll
+    for (int j = 0; j < kBK / 8; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) s[j][i] = 0.f;
+#pragma unroll
+    for (int p = 0; p < kBK / 16; ++p)
+#pragma unroll
+      for (int ks = 0; ks < HD / 16; ++ks) {
+        uint32_t kb[4];
+        int key, c;
+        tm::ldsm_k_src(lane, p, ks, &key, &c);
+        ldsm_x4(kb, ks_tile + tm::smem_offset(key, c, HD));
+        mma16816<T>(s[2 * p], qf[ks], kb);
+        mma16816<T>(s[2 * p + 1], qf[ks], kb + 2);
+      }
+
+    // Online softmax on the accumulators: this thread holds rows g (c0, c1) and g+8 (c2, c3); the 4 threads of
+    // a quad hold the row's other columns.
+    float mx[2] = {m_run[0], m_run[1]};
+#pragma unroll
+    for (int j = 0; j < kBK / 8; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int key = 8 * j + tm::c_col(lane, i);
+        s[j][i] = key_ok[stage][key] ? s[j][i] * a.scale_log2 : -INFINITY;
+        mx[i >> 1] = fmaxf(mx[i >> 1], s[j][i]);
+      }
+    float corr[2], rowsum[2] = {0.f, 0.f};
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+      corr[r] = mx[r] == -INFINITY ? 1.f : exp2f(m_run[r] - mx[r]);  // exp2(-inf) = 0 on the first tile
+    }
+#pragma unroll
+    for (int j = 0; j < kBK / 8; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float m = mx[i >> 1];
+        s[j][i] = m == -INFINITY ? 0.f : exp2f(s[j][i] - m);
+        rowsum[i >> 1] += s[j][i];
+      }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      l_run[r] = l_run[r] * corr[r] + rowsum[r];  // per-thread partial of the row sum; quad-reduced at the end
+      m_run[r] = mx[r];
+    }
+#pragma unroll
+    for (int j = 0; j < HD / 8; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) o[j][i] *= corr[i >> 1];
+
+#pragma unroll
+    for (int kk = 0; kk < kBK / 16; ++kk) {
+      uint32_t pa[4];
+#pragma unroll
+      for (int ar = 0; ar < 4; ++ar) {
+        const int j = tm::p_ntile(kk, ar);
+        pa[ar] = pack2<T>(s[j][tm::p_creg(ar, 0)], s[j][tm::p_creg(ar, 1)]);
+      }
+#pragma unroll
+      for (int qd = 0; qd < HD / 16; ++qd) {
+        uint32_t vb[4];
+        int key, c;
+        tm::ldsm_v_src(lane, kk, qd, &key, &c);
+        ldsm_x4_trans(vb, vs_tile + tm::smem_offset(key, c, HD));
+        mma16816<T>(o[2 * qd], pa, vb);
+        mma16816<T>(o[2 * qd + 1], pa, vb + 2);
+      }
+    }
+    __syncthreads();  // every warp is done with this stage before the next iteration's loads overwrite it
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 1);
+    l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 2);
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int n = q0 + 16 * warp + tm::c_row(lane, 2 * r);
+    if (n >= N) continue;
+    const float inv = l_run[r] > 0.f ? 1.f / l_run[r] : 0.f;
+    if (a.splits == 1) {
+      T* op = static_cast<T*>(a.out) + int64_t(n) * H * HD + h * HD;
+#pragma unroll
+      for (int j = 0; j < HD / 8; ++j)
+        store2<T>(op + 8 * j + tm::c_col(lane, 2 * r), o[j][2 * r] * inv, o[j][2 * r + 1] * inv);
+    } else {
+      const int64_t row = (int64_t(split) * H + h) * N + n;
+      float* op = a.part.o + row * HD;
+#pragma unroll
+      for (int j = 0; j < HD / 8; ++j)
+        *reinterpret_cast<float2*>(op + 8 * j + tm::c_col(lane, 2 * r)) =
+            make_float2(o[j][2 * r] * inv, o[j][2 * r + 1] * inv);
+      if ((lane & 3) == 0) a.part.lse[row] = tm::lse_log2(m_run[r], l_run[r]);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// CUDA-core kernel (fp32, and any dtype on request).
+constexpr int kSBQ = 32, kTPQ = 4, kSBK = 32, kSThreads = kSBQ * kTPQ;
+
+template <typename T, int HD>
+__global__ void __launch_bounds__(kSThreads) attention_simt_kernel(AttnArgs a) {
+  constexpr int DPT = HD / kTPQ;  // dims per thread
+  __shared__ float Ks[kSBK][HD];
+  __shared__ float Vs[kSBK][HD];
+  __shared__ int slot_of[FrameState::kMaxSlots];
+  __shared__ bool live[kSBK];  // key of the tile in range with a valid slot
 
   const int h = blockIdx.y, split = blockIdx.z;
   const int qi = threadIdx.x / kTPQ, sub = threadIdx.x % kTPQ;
-  const int n = blockIdx.x * kBQ + qi;
+  const int n = blockIdx.x * kSBQ + qi;
   const int N = a.N, H = a.H;
-
-  int nvis = a.state->num_visible;
-  nvis = nvis < 0 ? 0 : (nvis > FrameState::kMaxSlots ? FrameState::kMaxSlots : nvis);
-  for (int i = threadIdx.x; i < nvis; i += kThreads) slot_of[i] = a.state->visible_slots[i];
-
+  const int nvis = load_slot_list(a.state, a.slots, slot_of);
   const int64_t L = int64_t(nvis) * N;
   int64_t chunk = (L + a.splits - 1) / a.splits;
-  chunk = (chunk + kBK - 1) / kBK * kBK;
+  chunk = (chunk + kSBK - 1) / kSBK * kSBK;
   const int64_t k_begin = int64_t(split) * chunk;
   const int64_t k_end = k_begin + chunk < L ? k_begin + chunk : L;
 
@@ -66,159 +375,268 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(AttnArgs a) {
   const T* vp = static_cast<const T*>(a.v);
   __syncthreads();  // slot_of ready
 
-  for (int64_t t0 = k_begin; t0 < k_end; t0 += kBK) {
-    for (int e = threadIdx.x; e < kBK * HD; e += kThreads) {
+  for (int64_t t0 = k_begin; t0 < k_end; t0 += kSBK) {
+    for (int e = threadIdx.x; e < kSBK * HD; e += kSThreads) {
       const int kk = e / HD, d = e % HD;
       const int64_t key = t0 + kk;
       float kv = 0.f, vv = 0.f;
+      bool ok = false;
       if (key < k_end) {
         const int slot = slot_of[key / N];
-        if (slot >= 0 && slot < a.slots) {
-          const int64_t off = ((int64_t(slot) * H + h) * N + key % N) * HD + d;
+        ok = slot >= 0;
+        if (ok) {
+          const int64_t off = tile::mma::kv_offset(slot, int(key % N), N, H, h, HD) + d;
           kv = cudaops::to_f(kp[off]);
           vv = cudaops::to_f(vp[off]);
         }
       }
       Ks[kk][d] = kv;
       Vs[kk][d] = vv;
+      if (d == 0) live[kk] = ok;
     }
     __syncthreads();
-    float s[kBK];
+    float s[kSBK];
     float m_tile = -INFINITY;
 #pragma unroll
-    for (int kk = 0; kk < kBK; ++kk) {
+    for (int kk = 0; kk < kSBK; ++kk) {
       float p = 0.f;
 #pragma unroll
       for (int i = 0; i < DPT; ++i) p += qr[i] * Ks[kk][sub + kTPQ * i];
       p += __shfl_xor_sync(0xffffffffu, p, 1);
       p += __shfl_xor_sync(0xffffffffu, p, 2);
-      s[kk] = t0 + kk < k_end ? p : -INFINITY;
+      s[kk] = live[kk] ? p : -INFINITY;
       m_tile = fmaxf(m_tile, s[kk]);
     }
-    const float m_new = fmaxf(st.m, m_tile);  // finite: the tile has at least one live key
-    const float corr = exp2f(st.m - m_new);
-    st.l *= corr;
+    const float m_new = fmaxf(st.m, m_tile);
+    if (m_new != -INFINITY) {  // a tile of only masked keys changes nothing
+      const float corr = exp2f(st.m - m_new);
+      st.l *= corr;
 #pragma unroll
-    for (int i = 0; i < DPT; ++i) acc[i] *= corr;
+      for (int i = 0; i < DPT; ++i) acc[i] *= corr;
 #pragma unroll
-    for (int kk = 0; kk < kBK; ++kk) {
-      const float p = exp2f(s[kk] - m_new);
-      st.l += p;
+      for (int kk = 0; kk < kSBK; ++kk) {
+        const float p = exp2f(s[kk] - m_new);
+        st.l += p;
 #pragma unroll
-      for (int i = 0; i < DPT; ++i) acc[i] += p * Vs[kk][sub + kTPQ * i];
+        for (int i = 0; i < DPT; ++i) acc[i] += p * Vs[kk][sub + kTPQ * i];
+      }
+      st.m = m_new;
     }
-    st.m = m_new;
     __syncthreads();
   }
 
   if (n >= N) return;
+  const float inv = st.l > 0.f ? 1.f / st.l : 0.f;
   if (a.splits == 1) {
     T* op = static_cast<T*>(a.out);
-    const float inv = st.l > 0.f ? 1.f / st.l : 0.f;
 #pragma unroll
     for (int i = 0; i < DPT; ++i)
       op[int64_t(n) * H * HD + h * HD + sub + kTPQ * i] = cudaops::from_f<T>(acc[i] * inv);
   } else {
     const int64_t row = (int64_t(split) * H + h) * N + n;
 #pragma unroll
-    for (int i = 0; i < DPT; ++i) a.part_acc[row * HD + sub + kTPQ * i] = acc[i];
-    if (sub == 0) {
-      a.part_ml[row * 2] = st.m;
-      a.part_ml[row * 2 + 1] = st.l;
-    }
+    for (int i = 0; i < DPT; ++i) a.part.o[row * HD + sub + kTPQ * i] = acc[i] * inv;
+    if (sub == 0) a.part.lse[row] = tile::mma::lse_log2(st.m, st.l);
   }
 }
 
-// One warp per (head, token): merges the splits' partials and writes out[n, h*hd + d].
+// ------------------------------------------------------------------------------------------------------------
+// One warp per (head, token): merges the splits' normalised rows by their log-sum-exp. A split with lse = -inf
+// (no keys) has weight 0 and its row is not read (it was never written).
 template <typename T>
-__global__ void attention_combine_kernel(const float* part_acc, const float* part_ml, T* out, int N, int H, int hd,
-                                         int splits) {
+__global__ void attention_combine_kernel(Partials part, T* out, int N, int H, int hd, int splits) {
   const int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
   if (warp >= N * H) return;
   const int h = warp / N, n = warp % N;
+  float lse_max = -INFINITY;
+  for (int s = 0; s < splits; ++s) lse_max = fmaxf(lse_max, part.lse[(int64_t(s) * H + h) * N + n]);
+  float wsum = 0.f;
+  for (int s = 0; s < splits; ++s) wsum += tile::mma::lse_weight(part.lse[(int64_t(s) * H + h) * N + n], lse_max);
+  const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
   for (int d = lane; d < hd; d += 32) {
-    tile::SoftmaxState run = tile::softmax_empty();
-    float o = 0.f;
+    float acc = 0.f;
     for (int s = 0; s < splits; ++s) {
       const int64_t row = (int64_t(s) * H + h) * N + n;
-      tile::SoftmaxState part{part_ml[row * 2], part_ml[row * 2 + 1]};
-      float wr, wp;
-      const float l = tile::softmax_merge_weights(run, part, &wr, &wp);
-      o = wr * o + wp * part_acc[row * hd + d];
-      run.m = fmaxf(run.m, part.l > 0.f ? part.m : -INFINITY);
-      run.l = l;
+      const float w = tile::mma::lse_weight(part.lse[row], lse_max);
+      if (w > 0.f) acc += w * part.o[row * hd + d];
     }
-    out[int64_t(n) * H * hd + h * hd + d] = cudaops::from_f<T>(run.l > 0.f ? o / run.l : 0.f);
+    out[int64_t(n) * H * hd + h * hd + d] = cudaops::from_f<T>(acc * inv);
   }
+}
+
+// ------------------------------------------------------------------------------------------------------------
+enum class Impl { ours, flashinfer, simt };
+
+Impl requested_impl() {
+  const char* e = std::getenv("NFD_RT_ATTENTION");
+  if (!e || !*e || std::strcmp(e, "ours") == 0) return Impl::ours;
+  if (std::strcmp(e, "flashinfer") == 0) return Impl::flashinfer;
+  if (std::strcmp(e, "simt") == 0) return Impl::simt;
+  fail(ErrorKind::invalid_argument,
+       std::string("NFD_RT_ATTENTION must be 'ours', 'flashinfer' or 'simt', got '") + e + "'");
+}
+
+int sm_count() {
+  int dev = 0, sms = 0;
+  cudaops::check(cudaGetDevice(&dev), "cudaGetDevice");
+  cudaops::check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
+  return sms;
+}
+
+// Splits of the key range: the machine's waves filled (tile::mma::choose_splits), never more than the key
+// tiles of a full cache. NFD_RT_ATTENTION_SPLITS overrides (tuning on a GPU).
+int pick_splits(int base, int per_sm, int64_t max_tiles) {
+  if (const char* e = std::getenv("NFD_RT_ATTENTION_SPLITS")) {
+    const int v = std::atoi(e);
+    NFD_CHECK(v >= 1 && v <= 64, invalid_argument,  // 64: the partials' bound in ops/scratch_bound.cc
+              std::string("NFD_RT_ATTENTION_SPLITS must be 1..64, got '") + e + "'");
+    return int(std::max<int64_t>(1, std::min<int64_t>(v, max_tiles)));
+  }
+  return tile::mma::choose_splits(base, sm_count(), per_sm, max_tiles, 64);
 }
 
 template <typename T, int HD>
-void launch(AttnArgs a, cudaStream_t s) {
-  dim3 grid((a.N + kBQ - 1) / kBQ, a.H, a.splits);
-  attention_kernel<T, HD><<<grid, kThreads, 0, s>>>(a);
-  cudaops::check_launch("attention");
+int mma_ctas_per_sm() {
+  // Dynamic shared memory beyond 48 KB must be allowed per kernel (once per process; not a stream operation,
+  // so it is also fine while a graph is being captured).
+  static std::once_flag once;
+  static int per_sm = 1;
+  std::call_once(once, [] {
+    auto kernel = attention_mma_kernel<T, HD>;
+    cudaops::check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, mma_smem_bytes<HD>()),
+                   "cudaFuncSetAttribute (attention smem)");
+    cudaops::check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, tile::mma::kThreads,
+                                                                 mma_smem_bytes<HD>()),
+                   "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+    per_sm = std::max(per_sm, 1);
+  });
+  return per_sm;
 }
 
 template <typename T>
-void run_typed(AttnArgs a, int hd, cudaStream_t s) {
-  cudaops::Scratch acc(a.splits > 1 ? size_t(a.splits) * a.H * a.N * hd * sizeof(float) : 0, s);
-  cudaops::Scratch ml(a.splits > 1 ? size_t(a.splits) * a.H * a.N * 2 * sizeof(float) : 0, s);
-  a.part_acc = acc.get<float>();
-  a.part_ml = ml.get<float>();
-  switch (hd) {
-    case 32: launch<T, 32>(a, s); break;
-    case 64: launch<T, 64>(a, s); break;
-    case 128: launch<T, 128>(a, s); break;
-    default: fail(ErrorKind::unsupported, "attention: head_dim " + std::to_string(hd) + " (CUDA supports 32, 64, 128)");
+void combine(const AttnArgs& a, int hd, cudaStream_t s) {
+  const int64_t threads = int64_t(a.N) * a.H * 32;
+  attention_combine_kernel<T><<<cudaops::grid_1d(threads, 256), 256, 0, s>>>(a.part, static_cast<T*>(a.out), a.N,
+                                                                            a.H, hd, a.splits);
+  cudaops::check_launch("attention (combine)");
+}
+
+// Runs the kernel with splits partials in stream-ordered scratch (graph-capturable), then the merge.
+template <typename T, typename Launch>
+void with_partials(AttnArgs a, int hd, cudaStream_t s, Launch launch) {
+  cudaops::Scratch o(a.splits > 1 ? size_t(a.splits) * a.H * a.N * hd * sizeof(float) : 0, s);
+  cudaops::Scratch lse(a.splits > 1 ? size_t(a.splits) * a.H * a.N * sizeof(float) : 0, s);
+  a.part.o = o.get<float>();
+  a.part.lse = lse.get<float>();
+  launch(a);
+  if (a.splits > 1) combine<T>(a, hd, s);
+}
+
+template <typename T, int HD>
+std::string run_mma(AttnArgs a, cudaStream_t s) {
+  const int base = ((a.N + kBQ - 1) / kBQ) * a.H;
+  const int64_t max_tiles = (int64_t(std::min(a.slots, FrameState::kMaxSlots)) * a.N + kBK - 1) / kBK;
+  a.splits = pick_splits(base, mma_ctas_per_sm<T, HD>(), max_tiles);
+  with_partials<T>(a, HD, s, [&](const AttnArgs& args) {
+    dim3 grid((args.N + kBQ - 1) / kBQ, args.H, args.splits);
+    attention_mma_kernel<T, HD><<<grid, tile::mma::kThreads, mma_smem_bytes<HD>(), s>>>(args);
+    cudaops::check_launch("attention (tensor cores)");
+  });
+  return "ours: mma.sync m16n8k16, 64x64 tiles, splits=" + std::to_string(a.splits);
+}
+
+template <typename T, int HD>
+std::string run_simt(AttnArgs a, cudaStream_t s) {
+  const int base = ((a.N + kSBQ - 1) / kSBQ) * a.H;
+  const int64_t max_tiles = (int64_t(std::min(a.slots, FrameState::kMaxSlots)) * a.N + kSBK - 1) / kSBK;
+  a.splits = pick_splits(base, 2, max_tiles);
+  with_partials<T>(a, HD, s, [&](const AttnArgs& args) {
+    dim3 grid((args.N + kSBQ - 1) / kSBQ, args.H, args.splits);
+    attention_simt_kernel<T, HD><<<grid, kSThreads, 0, s>>>(args);
+    cudaops::check_launch("attention (CUDA cores)");
+  });
+  return "simt: CUDA cores, splits=" + std::to_string(a.splits);
+}
+
+template <typename T>
+std::string run_typed(const AttnArgs& a, int hd, bool mma, cudaStream_t s) {
+  if constexpr (!std::is_same<T, float>::value) {  // tensor cores: 16-bit inputs only
+    if (mma) {
+      switch (hd) {
+        case 32: return run_mma<T, 32>(a, s);
+        case 64: return run_mma<T, 64>(a, s);
+        case 128: return run_mma<T, 128>(a, s);
+        default: break;
+      }
+    }
   }
-  if (a.splits > 1) {
-    const int64_t threads = int64_t(a.N) * a.H * 32;
-    attention_combine_kernel<T><<<cudaops::grid_1d(threads, 256), 256, 0, s>>>(a.part_acc, a.part_ml,
-                                                                              static_cast<T*>(a.out), a.N, a.H, hd,
-                                                                              a.splits);
-    cudaops::check_launch("attention (combine)");
+  switch (hd) {
+    case 32: return run_simt<T, 32>(a, s);
+    case 64: return run_simt<T, 64>(a, s);
+    case 128: return run_simt<T, 128>(a, s);
+    default:  // the backend's own limit (the contract, ops/attention.cc, takes any head_dim)
+      fail(ErrorKind::unsupported,
+           "ops::attention: head_dim " + std::to_string(hd) + ": the CUDA kernels take 32, 64 or 128");
   }
 }
+
+#ifdef NFD_RT_WITH_FLASHINFER
+// The visible slots are the cache's prefix 0 .. num_visible-1 (in any order): keys = the first rows.
+bool visible_is_prefix(const FrameState& st, int slots) {
+  if (st.num_visible < 1 || st.num_visible > slots || st.num_visible > FrameState::kMaxSlots) return false;
+  std::vector<char> seen(size_t(st.num_visible), 0);
+  for (int i = 0; i < st.num_visible; ++i) {
+    const int s = st.visible_slots[i];
+    if (s < 0 || s >= st.num_visible || seen[size_t(s)]) return false;
+    seen[size_t(s)] = 1;
+  }
+  return true;
+}
+#endif
 }  // namespace
+
+bool cuda::attention_sized_on_host() { return requested_impl() == Impl::flashinfer; }
 
 void cuda::attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, Tensor& out) {
   using namespace cudaops;
-  const char* op = "attention";
-  require_state(op, ctx);
-  require_cuda_float(op, "q", q);
-  require_cuda_float(op, "k_cache", k_cache);
-  require_cuda_float(op, "v_cache", v_cache);
-  require_cuda_float(op, "out", out);
-  NFD_CHECK(q.dtype == k_cache.dtype && q.dtype == v_cache.dtype && q.dtype == out.dtype, invalid_argument,
-            std::string(op) + ": q, caches and out must share one dtype, got " + q.describe() + ", " + k_cache.describe() +
-                ", " + out.describe());
-  NFD_CHECK(q.rank() == 3 && k_cache.rank() == 4 && k_cache.shape == v_cache.shape, invalid_argument,
-            std::string(op) + ": expected q[H,N,hd] and caches [slots,H,N,hd], got " + q.describe() + " and " +
-                k_cache.describe());
   const int H = int(q.dim(0)), N = int(q.dim(1)), hd = int(q.dim(2)), slots = int(k_cache.dim(0));
-  NFD_CHECK(k_cache.dim(1) == H && k_cache.dim(2) == N && k_cache.dim(3) == hd, invalid_argument,
-            std::string(op) + ": cache " + k_cache.describe() + " does not match q " + q.describe());
-  NFD_CHECK(out.numel() == int64_t(N) * H * hd && out.dim(-1) == int64_t(H) * hd, invalid_argument,
-            std::string(op) + ": out must be [N, H*hd], got " + out.describe());
   if (int64_t(N) * H * hd == 0) return;
   cudaStream_t s = stream_of(ctx);
+  const Impl impl = requested_impl();
+  const bool half = q.dtype == DType::bf16 || q.dtype == DType::f16;
+  const std::string key = std::string("attention ") + dtype_name(q.dtype) + " hd" + std::to_string(hd);
 
-  // Splits: aim for ~2 CTAs per SM, never more chunks than key tiles of the full cache (capacity bound).
-  int dev = 0, sms = 0;
-  check(cudaGetDevice(&dev), "cudaGetDevice");
-  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
-  const int base = ((N + kBQ - 1) / kBQ) * H;
-  const int64_t max_tiles = (int64_t(std::min(slots, FrameState::kMaxSlots)) * N + kBK - 1) / kBK;
-  int splits = (2 * sms + base - 1) / base;
-  splits = int(std::max<int64_t>(1, std::min<int64_t>({int64_t(splits), max_tiles, 64})));
-
-  AttnArgs a{q.data, k_cache.data, v_cache.data, out.data, nullptr, nullptr, ctx.state, N, H, slots, splits,
-             float(1.4426950408889634 / std::sqrt(double(hd)))};
-  switch (q.dtype) {
-    case DType::bf16: run_typed<__nv_bfloat16>(a, hd, s); break;
-    case DType::f16: run_typed<__half>(a, hd, s); break;
-    default: run_typed<float>(a, hd, s); break;
+  if (impl == Impl::flashinfer) {
+#ifdef NFD_RT_WITH_FLASHINFER
+    NFD_CHECK(ctx.host_state != nullptr, invalid_argument,
+              "ops::attention: NFD_RT_ATTENTION=flashinfer needs ctx.host_state (the host copy of the FrameState)");
+    if (half && visible_is_prefix(*ctx.host_state, slots)) {
+      const int kv_len = ctx.host_state->num_visible * N;
+      if (cuda_detail::flashinfer_attention(q.dtype, q.data, k_cache.data, v_cache.data, out.data, N, H, hd, kv_len, s)) {
+        note_kernel(key, "flashinfer: SinglePrefillWithKVCache (FA2, split-KV by FlashInfer)");
+        return;
+      }
+    }
+#else
+    fail(ErrorKind::unsupported,
+         "NFD_RT_ATTENTION=flashinfer, but nfd_rt was built without FlashInfer (CMake -DNFD_RT_FLASHINFER=ON)");
+#endif
   }
+
+  AttnArgs a{q.data, k_cache.data, v_cache.data, out.data, Partials{}, ctx.state, N, H, slots, 1,
+             float(1.4426950408889634 / std::sqrt(double(hd)))};
+  auto aligned16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
+  // 16-byte cp.async needs 16-byte aligned rows: true for arena tensors (hd is a multiple of 8).
+  const bool mma = half && impl != Impl::simt && aligned16(q.data) && aligned16(k_cache.data) &&
+                   aligned16(v_cache.data) && (reinterpret_cast<uintptr_t>(out.data) & 3u) == 0;
+  std::string ran;
+  switch (q.dtype) {
+    case DType::bf16: ran = run_typed<__nv_bfloat16>(a, hd, mma, s); break;
+    case DType::f16: ran = run_typed<__half>(a, hd, mma, s); break;
+    default: ran = run_typed<float>(a, hd, false, s); break;
+  }
+  if (impl == Impl::flashinfer) ran += " (FlashInfer requested; it does not take this problem)";
+  note_kernel(key, ran);
 }
 
 }  // namespace ops

@@ -1,5 +1,6 @@
 // Tile-level math shared by the CUDA kernels and the CPU tests (tests/cpp/test_tile_math.cc compiles this
-// header without nvcc): online-softmax partial results and their merge, the RoPE angle, bf16 rounding.
+// header without nvcc): online-softmax partial results and their merge, chunked mean/variance and their merge,
+// the RoPE angle, bf16 rounding.
 #pragma once
 
 #include <cmath>
@@ -43,6 +44,26 @@ NFD_HOST_DEVICE inline float softmax_merge_weights(SoftmaxState a, SoftmaxState 
   *wa = a.l > 0.f ? exp2f(a.m - m) : 0.f;
   *wb = b.l > 0.f ? exp2f(b.m - m) : 0.f;
   return *wa * a.l + *wb * b.l;
+}
+
+// Mean and sum of squared deviations (M2) of `n` values, for statistics computed in chunks by separate CUDA
+// blocks (GroupNorm) and merged afterwards (Chan et al.'s pairwise update): as exact as one two-pass over all
+// values as long as each chunk's own statistics are two-pass.
+struct MomentState {
+  float n;
+  float mean;
+  float m2;
+};
+NFD_HOST_DEVICE inline MomentState moments_merge(MomentState a, MomentState b) {
+  const float n = a.n + b.n;
+  if (n == 0.f) return MomentState{0.f, 0.f, 0.f};
+  const float delta = b.mean - a.mean, fb = b.n / n;
+  return MomentState{n, a.mean + delta * fb, a.m2 + b.m2 + delta * delta * a.n * fb};
+}
+// Chunk c of `chunks` over n elements: [n * c / chunks, n * (c + 1) / chunks).
+NFD_HOST_DEVICE inline void chunk_range(int64_t n, int chunks, int c, int64_t* begin, int64_t* end) {
+  *begin = n * c / chunks;
+  *end = n * (c + 1) / chunks;
 }
 
 // RoPE: angle of pair `pair` (0 .. head_dim/2) of a token at (frame, row, col); parts (time, height, width)

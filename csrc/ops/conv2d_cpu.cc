@@ -1,4 +1,4 @@
-// conv2d of one image on the CPU, three ways:
+// ops::conv2d on the CPU (contract checked in ops/conv2d.cc), one image, three ways:
 //   3x3, stride 1, pad 1, <= 4 output channels (the RGB conv_out): direct, in registers;
 //   3x3, stride 1, pad 1, even sides, >= kWinogradMinPixels: Winograd F(2x2, 3x3), 16 OpenBLAS GEMMs;
 //   anything else: im2col into a scratch buffer, then one sgemm w[Cout, Cin*k*k] @ col.
@@ -240,19 +240,10 @@ static void conv3x3_winograd(const Context& ctx, const float* x, const float* w,
 
 void conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, int stride, int pad,
             Tensor& out, const Tensor* residual) {
-  expect("conv2d", "w", w, {-1, -1, -1, -1});
+  fp32_only("conv2d", out);
   const int64_t Cout = w.dim(0), Cin = w.dim(1), k = w.dim(2);
-  NFD_CHECK(w.dim(3) == k, invalid_argument, "ops::conv2d: square kernels only, got " + w.describe());
-  NFD_CHECK(stride >= 1 && pad >= 0, invalid_argument, "ops::conv2d: stride must be >= 1 and pad >= 0");
-  expect("conv2d", "x", x, {Cin, -1, -1});
-  const int64_t H = x.dim(1), W = x.dim(2);
-  const int64_t Ho = (H + 2 * pad - k) / stride + 1, Wo = (W + 2 * pad - k) / stride + 1;
-  NFD_CHECK(Ho > 0 && Wo > 0, invalid_argument, "ops::conv2d: image smaller than the kernel");
-  expect("conv2d", "out", out, {Cout, Ho, Wo});
-  if (bias.defined()) expect("conv2d", "bias", bias, {Cout});
+  const int64_t H = x.dim(1), W = x.dim(2), Ho = out.dim(1), Wo = out.dim(2);
   const bool res = residual && residual->defined();
-  if (res) expect("conv2d", "residual", *residual, {Cout, Ho, Wo});
-  NFD_CHECK(x.data != out.data, invalid_argument, "ops::conv2d: x and out must not alias");
 
   if (k == 3 && stride == 1 && pad == 1 && Cout <= kDirectMaxCout) {
     // Bands of output rows; each gets a zero-bordered copy of the input rows it reads (band + 2 rows).

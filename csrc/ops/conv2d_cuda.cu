@@ -74,30 +74,11 @@ __global__ void transpose_add_kernel(cudaops::DPtr prod, cudaops::DPtr out, cuda
 void cuda::conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, int stride, int pad,
                   Tensor& out, const Tensor* residual) {
   using namespace cudaops;
-  const char* op = "conv2d";
-  require_cuda_float(op, "x", x);
-  require_cuda_float(op, "w", w);
-  require_cuda_float(op, "out", out);
-  NFD_CHECK(x.rank() == 3 && w.rank() == 4 && w.dim(1) == x.dim(0) && w.dim(2) == w.dim(3), invalid_argument,
-            std::string(op) + ": expected x[Cin,H,W] and w[Cout,Cin,k,k], got " + x.describe() + " and " + w.describe());
-  NFD_CHECK(stride >= 1 && pad >= 0, invalid_argument, std::string(op) + ": stride must be >= 1 and pad >= 0");
   const int Cin = int(x.dim(0)), H = int(x.dim(1)), W = int(x.dim(2)), Cout = int(w.dim(0)), ks = int(w.dim(2));
-  const int Ho = (H + 2 * pad - ks) / stride + 1, Wo = (W + 2 * pad - ks) / stride + 1;
-  NFD_CHECK(Ho > 0 && Wo > 0 && out.rank() == 3 && out.dim(0) == Cout && out.dim(1) == Ho && out.dim(2) == Wo,
-            invalid_argument, std::string(op) + ": out must be [" + std::to_string(Cout) + ", " + std::to_string(Ho) +
-                                  ", " + std::to_string(Wo) + "], got " + out.describe());
-  if (bias.defined()) {
-    require_cuda_float(op, "bias", bias);
-    require_numel(op, "bias", bias, Cout);
-  }
+  const int Ho = int(out.dim(1)), Wo = int(out.dim(2));
   const bool has_res = residual && residual->defined();
-  if (has_res) {
-    require_cuda_float(op, "residual", *residual);
-    require_numel(op, "residual", *residual, out.numel());
-  }
   const int P = Ho * Wo, K = Cin * ks * ks;
-  const bool half = x.dtype == w.dtype && x.dtype == out.dtype && (x.dtype == DType::bf16 || x.dtype == DType::f16) &&
-                    (!bias.defined() || bias.dtype == x.dtype) && (!has_res || residual->dtype == x.dtype);
+  const bool half = x.dtype == DType::bf16 || x.dtype == DType::f16;  // one dtype for all (the contract)
   if (half && K % 8 == 0 && Cout % 8 == 0) {
     cudaStream_t s = stream_of(ctx);
     const size_t es = dtype_size(x.dtype);

@@ -1,4 +1,5 @@
-// Argument checks and scratch memory shared by the CPU ops (ops/*_cpu.cc). The CPU backend is fp32 only.
+// What the CPU ops (ops/*_cpu.cc) share: the fp32-only check, scratch memory, norm statistics, vector helpers.
+// The argument checks of each op are its contract, in ops/NAME.cc.
 #pragma once
 
 #include <algorithm>
@@ -21,28 +22,11 @@ namespace nfd {
 namespace ops {
 namespace cpu_detail {
 
-inline std::string shape_str(const std::vector<int64_t>& s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + "]";
-}
-
-// `t` must be defined, on the CPU, of dtype `dt`, with the given shape (-1 = any extent).
-inline void expect(const char* op, const char* name, const Tensor& t, std::vector<int64_t> shape,
-                   DType dt = DType::f32) {
-  std::string where = std::string("ops::") + op + ": " + name;
-  NFD_CHECK(t.defined(), invalid_argument, where + " is undefined");
-  NFD_CHECK(t.device == Device::cpu, invalid_argument, where + " must be on the cpu, got " + t.describe());
-  NFD_CHECK(t.dtype == dt, unsupported,
-            where + " must be " + dtype_name(dt) + " (the CPU backend computes in fp32), got " + t.describe());
-  bool ok = t.rank() == int(shape.size());
-  for (size_t i = 0; ok && i < shape.size(); ++i) ok = shape[i] < 0 || shape[i] == t.shape[i];
-  NFD_CHECK(ok, invalid_argument, where + " must have shape " + shape_str(shape) + ", got " + t.describe());
-}
-
-inline const FrameState& state(const Context& ctx, const char* op) {
-  NFD_CHECK(ctx.state != nullptr, invalid_argument, std::string("ops::") + op + ": Context has no FrameState");
-  return *ctx.state;
+// The CPU backend's own limit, checked by each CPU op: it computes in fp32 only. (The contract, ops/NAME.cc,
+// has already made every float operand share `t`'s dtype.)
+inline void fp32_only(const char* op, const Tensor& t) {
+  NFD_CHECK(t.dtype == DType::f32, unsupported,
+            std::string("ops::") + op + ": the CPU backend computes in fp32 only, got " + t.describe());
 }
 
 // Per-thread scratch buffer of at least n floats (reused across calls: no allocation per frame once warm).

@@ -29,37 +29,6 @@ inline void check_launch(const char* what) { check(cudaGetLastError(), what); }
 
 inline cudaStream_t stream_of(const Context& ctx) { return static_cast<cudaStream_t>(ctx.stream); }
 
-inline bool is_float(DType t) { return t == DType::f32 || t == DType::bf16 || t == DType::f16; }
-
-// Argument checks shared by all ops: `op` names the op in the message.
-inline void require_cuda_float(const char* op, const char* name, const Tensor& t) {
-  NFD_CHECK(t.defined(), invalid_argument, std::string(op) + ": " + name + " is undefined");
-  NFD_CHECK(t.device == Device::cuda, invalid_argument,
-            std::string(op) + ": " + name + " must be on cuda, got " + t.describe());
-  NFD_CHECK(is_float(t.dtype), invalid_argument,
-            std::string(op) + ": " + name + " must be f32, bf16 or f16, got " + t.describe());
-}
-
-// patchify / unpatchify_axpy: latent [C, h, w] with h, w divisible by `patch`, tokens [N, C patch^2].
-inline void require_patch_shapes(const char* op, const Tensor& latent, const Tensor& tokens, int patch) {
-  require_cuda_float(op, "latent", latent);
-  require_cuda_float(op, "tokens", tokens);
-  NFD_CHECK(patch > 0 && latent.rank() == 3 && latent.dim(1) % patch == 0 && latent.dim(2) % patch == 0,
-            invalid_argument, std::string(op) + ": latent must be [C,h,w] with h, w divisible by patch " +
-                                  std::to_string(patch) + ", got " + latent.describe());
-  const int64_t C = latent.dim(0), h = latent.dim(1), w = latent.dim(2);
-  NFD_CHECK(tokens.rank() == 2 && tokens.dim(0) == (h / patch) * (w / patch) && tokens.dim(1) == C * patch * patch,
-            invalid_argument,
-            std::string(op) + ": tokens shape mismatch: " + tokens.describe() + " for " + latent.describe());
-}
-inline void require_numel(const char* op, const char* name, const Tensor& t, int64_t n) {
-  NFD_CHECK(t.numel() == n, invalid_argument,
-            std::string(op) + ": " + name + " must have " + std::to_string(n) + " elements, got " + t.describe());
-}
-inline void require_state(const char* op, const Context& ctx) {
-  NFD_CHECK(ctx.state != nullptr, invalid_argument, std::string(op) + ": ctx.state (device FrameState) is null");
-}
-
 // A pointer plus its dtype: memory-bound kernels convert on load/store with a warp-uniform switch, so any mix
 // of f32/bf16/f16 tensors works without a template instantiation per combination.
 struct DPtr {

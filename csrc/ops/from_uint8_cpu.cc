@@ -1,4 +1,4 @@
-// u8[H, W, 3] -> image[3, H, W] = u / 127.5 - 1.
+// ops::from_uint8 on the CPU (contract checked in ops/from_uint8.cc): u8[H, W, 3] -> image[3, H, W] = u / 127.5 - 1.
 #include "ops/cpu_common.h"
 #include "ops/ops_impl.h"
 
@@ -9,9 +9,8 @@ namespace cpu {
 using namespace cpu_detail;
 
 void from_uint8(const Context& ctx, const Tensor& frame, Tensor& image) {
-  expect("from_uint8", "frame", frame, {-1, -1, 3}, DType::u8);
+  fp32_only("from_uint8", image);
   const int64_t H = frame.dim(0), W = frame.dim(1);
-  expect("from_uint8", "image", image, {3, H, W});
   const uint8_t* u = frame.ptr<uint8_t>();
   float* x = image.ptr<float>();
   for (int64_t i = 0; i < H * W; ++i)

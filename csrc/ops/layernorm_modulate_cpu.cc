@@ -1,4 +1,5 @@
-// LayerNorm (no affine) + adaLN modulation, one row per token; statistics in double for a tight reference.
+// ops::layernorm_modulate on the CPU (contract checked in ops/layernorm_modulate.cc): LayerNorm (no affine) +
+// adaLN modulation, one row per token; statistics by norm_stats (ops/cpu_common.h).
 #include <cmath>
 
 #include "ops/cpu_common.h"
@@ -12,11 +13,8 @@ using namespace cpu_detail;
 
 void layernorm_modulate(const Context& ctx, const Tensor& x, const Tensor& shift, const Tensor& scale, float eps,
                         Tensor& out) {
-  expect("layernorm_modulate", "x", x, {-1, -1});
+  fp32_only("layernorm_modulate", out);
   const int64_t M = x.dim(0), D = x.dim(1);
-  expect("layernorm_modulate", "shift", shift, {D});
-  expect("layernorm_modulate", "scale", scale, {D});
-  expect("layernorm_modulate", "out", out, {M, D});
   const float* xs = x.ptr<float>();
   const float* sh = shift.ptr<float>();
   const float* sc = scale.ptr<float>();

@@ -1,19 +1,35 @@
 // y[M,N] = x[M,K] @ w[N,K]^T + bias[N], with the epilogues of ops.h (none / gelu_tanh / gated_residual).
 //
-// bf16 / fp16 with K % 8 == 0, N % 8 == 0 and 16-byte aligned pointers: CUTLASS 2.x device::Gemm (Sm80 tensor
-// ops, runs on sm_80/89/90), fp32 accumulation. The bias is fused as the epilogue's source operand C with a zero
-// row stride (C[m][n] = bias[n]); GELU(tanh) is fused through LinearCombinationGeneric<GELU_taylor>.
-// gated_residual is NOT fused into the CUTLASS epilogue yet: GEMM + bias into stream-ordered scratch, then one
-// small kernel y += gate[n] * t (graph-capturable; costs one extra pass over M x N).
-// Everything else (fp32, unaligned shapes, mixed dtypes) takes the SIMT tiled GEMM of simt_gemm.cuh.
-// Instantiations: 2 dtypes x 2 epilogue functors = 4 CUTLASS kernels (CI compile time, see docs/cuda-backend.md).
+// bf16 / fp16 with K % 8 == 0, N % 8 == 0 and 16-byte aligned pointers run on tensor cores through one of two
+// GEMM engines (ops/cuda_gemm.h), chosen per shape:
+//  * CUTLASS 2.x device::Gemm (Sm80 tensor ops, runs on sm_80/89/90), 64x64x32 tiles, fp32 accumulation. The
+//    bias is fused as the epilogue's source operand C with a zero row stride (C[m][n] = bias[n]); GELU(tanh)
+//    through LinearCombinationGeneric<GELU_taylor>. 2 dtypes x 2 epilogue functors = 4 instantiations
+//    (CI compile time, see docs/cuda-backend.md).
+//  * cuBLASLt (ops/linear_cublaslt.cu, when built with its header and the library loads at run time):
+//    heuristic algorithm per shape, bias / GELU+bias epilogues.
+// The choice: NFD_RT_GEMM=cutlass|cublaslt forces one; otherwise (auto) the engine linear_prepare measured
+// faster for the shape (the session times both on the GPU at open), CUTLASS for shapes never prepared.
+// nfd::kernels_used() records the engine per shape.
+// gated_residual is not fused into either epilogue: GEMM + bias into stream-ordered scratch, then one small
+// kernel y += gate[n] * t (graph-capturable; one extra pass over M x N).
+// Everything else (fp32, unaligned shapes) takes the SIMT tiled GEMM of simt_gemm.cuh. The contract (one dtype
+// for x, w, bias, gate and y; x 2-D) is checked in ops/linear.cc.
 #include <cutlass/cutlass.h>
 #include <cutlass/epilogue/thread/activation.h>
 #include <cutlass/epilogue/thread/linear_combination.h>
 #include <cutlass/epilogue/thread/linear_combination_generic.h>
 #include <cutlass/gemm/device/gemm.h>
 
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <tuple>
+
 #include "ops/cuda_common.cuh"
+#include "ops/cuda_gemm.h"
+#include "ops/kernel_report.h"
 #include "ops/simt_gemm.cuh"
 
 namespace nfd {
@@ -65,6 +81,62 @@ void cutlass_linear(bool gelu, int M, int N, int K, const void* x, const void* w
   else CutlassLinear<T, false>::run(M, N, K, x, w, bias, y, s);
 }
 
+// --- engine choice per shape -------------------------------------------------------------------------------
+enum class Engine { cutlass, cublaslt };
+enum class Mode { automatic, cutlass, cublaslt };
+
+Mode requested_mode() {
+  const char* e = std::getenv("NFD_RT_GEMM");
+  if (!e || !*e || std::strcmp(e, "auto") == 0) return Mode::automatic;
+  if (std::strcmp(e, "cutlass") == 0) return Mode::cutlass;
+  if (std::strcmp(e, "cublaslt") == 0) return Mode::cublaslt;
+  fail(ErrorKind::invalid_argument, std::string("NFD_RT_GEMM must be 'auto', 'cutlass' or 'cublaslt', got '") + e + "'");
+}
+
+using ShapeKey = std::tuple<int, bool, bool, int, int, int>;  // dtype, gelu, bias, M, N, K
+std::mutex g_choice_mu;
+std::map<ShapeKey, Engine>& choices() {
+  static std::map<ShapeKey, Engine> m;
+  return m;
+}
+
+std::string shape_name(DType t, bool gelu, bool bias, int M, int N, int K) {
+  return std::string("linear ") + dtype_name(t) + " " + std::to_string(M) + "x" + std::to_string(N) + "x" +
+         std::to_string(K) + (gelu ? " gelu" : "") + (bias ? " bias" : "");
+}
+
+// The tensor-core GEMM (bias, GELU fused) on the engine chosen for the shape.
+void gemm16(DType t, bool gelu, int M, int N, int K, const void* x, const void* w, const void* b, void* y,
+            cudaStream_t s) {
+  const Mode mode = requested_mode();
+  Engine engine = Engine::cutlass;
+  if (mode == Mode::cublaslt) {
+    engine = Engine::cublaslt;
+  } else if (mode == Mode::automatic) {
+    std::lock_guard<std::mutex> lock(g_choice_mu);
+    auto it = choices().find(ShapeKey{int(t), gelu, b != nullptr, M, N, K});
+    if (it != choices().end()) engine = it->second;
+  }
+  const std::string key = shape_name(t, gelu, b != nullptr, M, N, K);
+#ifdef NFD_RT_WITH_CUBLASLT
+  if (engine == Engine::cublaslt) {
+    std::string note;
+    if (cuda_detail::cublaslt_gemm(t, gelu, M, N, K, x, w, b, y, s, &note)) {
+      note_kernel(key, "cublaslt (" + note + ")");
+      return;
+    }
+    note_kernel(key, "cutlass 64x64x32 (cuBLASLt requested, unavailable: " +
+                         (cuda_detail::cublaslt_available() ? note : cuda_detail::cublaslt_status()) + ")");
+  } else {
+    note_kernel(key, "cutlass 64x64x32");
+  }
+#else
+  note_kernel(key, engine == Engine::cublaslt ? "cutlass 64x64x32 (cuBLASLt requested; built without it)"
+                                              : "cutlass 64x64x32");
+#endif
+  cuda_detail::cutlass_gemm(t, gelu, M, N, K, x, w, b, y, s);
+}
+
 // y[m, n] += gate[n] * t[m, n]  (no FMA contraction: same rounding as the CPU's y + g * t)
 __global__ void gated_add_kernel(cudaops::DPtr y, cudaops::DPtr t, cudaops::DPtr gate, int N, int64_t total) {
   NFD_GRID_STRIDE(i, total) {
@@ -100,56 +172,135 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) ==
 
 }  // namespace
 
+void cuda_detail::cutlass_gemm(DType t, bool gelu, int M, int N, int K, const void* x, const void* w,
+                               const void* bias, void* y, cudaStream_t s) {
+  if (t == DType::bf16) cutlass_linear<cutlass::bfloat16_t>(gelu, M, N, K, x, w, bias, y, s);
+  else cutlass_linear<cutlass::half_t>(gelu, M, N, K, x, w, bias, y, s);
+}
+
+namespace {
+struct LinearShape {
+  int64_t M, N, K;
+  bool tensor_op;  // the 16-bit tensor-core path applies
+};
+
+// The problem size and the path it takes (the contract, ops/linear.cc, has checked the shapes and made every
+// tensor share y's dtype). The CUDA kernels' own limit: dimensions below 2^31.
+LinearShape linear_shape(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y) {
+  const int64_t M = x.dim(0), N = w.dim(0), K = w.dim(1);
+  NFD_CHECK(M < (int64_t(1) << 31) && N < (int64_t(1) << 31) && K < (int64_t(1) << 31), unsupported,
+            "ops::linear: the CUDA GEMMs take dimensions below 2^31, got x " + x.describe() + " and w " +
+                w.describe());
+  const DType t = y.dtype;
+  const bool tensor_op = (t == DType::bf16 || t == DType::f16) && (!bias.defined() || aligned16(bias.data)) &&
+                         K % 8 == 0 && N % 8 == 0 && K > 0 && aligned16(x.data) && aligned16(w.data) &&
+                         aligned16(y.data);
+  return LinearShape{M, N, K, tensor_op};
+}
+
+// Milliseconds per call of `run` on stream s: 2 warm-up calls, then the best of 3 timings of 5 calls each.
+template <typename F>
+float time_ms(cudaStream_t s, F run) {
+  cudaEvent_t e0, e1;
+  cudaops::check(cudaEventCreate(&e0), "cudaEventCreate");
+  cudaops::check(cudaEventCreate(&e1), "cudaEventCreate");
+  float best = 1e30f;
+  try {
+    run();
+    run();
+    for (int rep = 0; rep < 3; ++rep) {
+      cudaops::check(cudaEventRecord(e0, s), "cudaEventRecord");
+      for (int i = 0; i < 5; ++i) run();
+      cudaops::check(cudaEventRecord(e1, s), "cudaEventRecord");
+      cudaops::check(cudaEventSynchronize(e1), "cudaEventSynchronize");
+      float ms = 0.f;
+      cudaops::check(cudaEventElapsedTime(&ms, e0, e1), "cudaEventElapsedTime");
+      best = std::min(best, ms / 5.f);
+    }
+  } catch (...) {
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    throw;
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return best;
+}
+}  // namespace
+
 void cuda::linear(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y,
                   Epilogue epilogue, const Tensor* gate) {
   using namespace cudaops;
-  const char* op = "linear";
-  require_cuda_float(op, "x", x);
-  require_cuda_float(op, "w", w);
-  require_cuda_float(op, "y", y);
-  NFD_CHECK(w.rank() == 2, invalid_argument, std::string(op) + ": w must be [N, K], got " + w.describe());
-  const int64_t N = w.dim(0), K = w.dim(1);
-  NFD_CHECK(x.rank() >= 1 && x.dim(-1) == K, invalid_argument,
-            std::string(op) + ": x " + x.describe() + " does not match w " + w.describe());
-  const int64_t M = x.numel() / (K ? K : 1);
-  require_numel(op, "y", y, M * N);
-  NFD_CHECK(y.dim(-1) == N, invalid_argument, std::string(op) + ": y " + y.describe() + " must end in N = " + std::to_string(N));
-  if (bias.defined()) {
-    require_cuda_float(op, "bias", bias);
-    require_numel(op, "bias", bias, N);
-  }
-  if (epilogue == Epilogue::gated_residual) {
-    NFD_CHECK(gate != nullptr, invalid_argument, std::string(op) + ": gated_residual needs a gate");
-    require_cuda_float(op, "gate", *gate);
-    require_numel(op, "gate", *gate, N);
-  }
-  NFD_CHECK(M < (int64_t(1) << 31) && N < (int64_t(1) << 31) && K < (int64_t(1) << 31), invalid_argument,
-            std::string(op) + ": dimensions exceed int32");
+  const LinearShape sh = linear_shape(x, w, bias, y);
+  const int64_t M = sh.M, N = sh.N, K = sh.K;
   if (M == 0 || N == 0) return;
   cudaStream_t s = stream_of(ctx);
-
   const DType t = y.dtype;
-  const bool tensor_op = (t == DType::bf16 || t == DType::f16) && x.dtype == t && w.dtype == t &&
-                         (!bias.defined() || (bias.dtype == t && aligned16(bias.data))) && K % 8 == 0 && N % 8 == 0 && K > 0 &&
-                         aligned16(x.data) && aligned16(w.data) && aligned16(y.data);
-  if (tensor_op) {
+  if (sh.tensor_op) {
     const bool gelu = epilogue == Epilogue::gelu_tanh;
     const void* b = bias.defined() ? bias.data : nullptr;
     if (epilogue == Epilogue::gated_residual) {
       Scratch tmp(size_t(M * N) * dtype_size(t), s);
-      if (t == DType::bf16) cutlass_linear<cutlass::bfloat16_t>(false, int(M), int(N), int(K), x.data, w.data, b, tmp.get<void>(), s);
-      else cutlass_linear<cutlass::half_t>(false, int(M), int(N), int(K), x.data, w.data, b, tmp.get<void>(), s);
+      gemm16(t, false, int(M), int(N), int(K), x.data, w.data, b, tmp.get<void>(), s);
       gated_add_kernel<<<grid_1d(M * N, 256), 256, 0, s>>>(dp(y), DPtr{tmp.get<void>(), t}, dp(*gate), int(N), M * N);
       check_launch("linear (gated residual add)");
-    } else if (t == DType::bf16) {
-      cutlass_linear<cutlass::bfloat16_t>(gelu, int(M), int(N), int(K), x.data, w.data, b, y.data, s);
     } else {
-      cutlass_linear<cutlass::half_t>(gelu, int(M), int(N), int(K), x.data, w.data, b, y.data, s);
+      gemm16(t, gelu, int(M), int(N), int(K), x.data, w.data, b, y.data, s);
     }
     return;
   }
   LinearEpi epi{dp(y), dp(bias), gate ? dp(*gate) : DPtr{nullptr, DType::f32}, bias.defined(), epilogue, int(N)};
   simt_gemm(int(M), int(N), int(K), LoadX{dp(x), int(K)}, LoadWT{dp(w), int(K)}, epi, s, "linear (SIMT GEMM)");
+}
+
+// Times CUTLASS and cuBLASLt on this shape (the GEMM + bias (+ GELU) part; a gated residual's add is the same
+// for both) into a scratch output, and records the faster for ops::linear. Reads x, w, bias; writes nothing
+// the caller owns. Needs an uncaptured stream (it synchronises).
+void cuda::linear_prepare(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y,
+                          Epilogue epilogue) {
+  using namespace cudaops;
+  const LinearShape sh = linear_shape(x, w, bias, y);  // the GEMM part is timed
+  if (!sh.tensor_op || sh.M == 0 || sh.N == 0 || requested_mode() != Mode::automatic) return;
+#ifdef NFD_RT_WITH_CUBLASLT
+  if (!cuda_detail::cublaslt_available()) return;
+  cudaStream_t s = stream_of(ctx);
+  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+  check(cudaStreamIsCapturing(s, &cap), "cudaStreamIsCapturing");
+  if (cap != cudaStreamCaptureStatusNone) return;  // cannot time inside a capture: CUTLASS stays the default
+  const DType t = y.dtype;
+  const bool gelu = epilogue == Epilogue::gelu_tanh;
+  const void* b = bias.defined() ? bias.data : nullptr;
+  const int M = int(sh.M), N = int(sh.N), K = int(sh.K);
+  const ShapeKey key{int(t), gelu, b != nullptr, M, N, K};
+  {
+    std::lock_guard<std::mutex> lock(g_choice_mu);
+    if (choices().count(key)) return;  // measured before (another session, another layer)
+  }
+  void* out = nullptr;
+  check(cudaMalloc(&out, size_t(M) * N * dtype_size(t)), "cudaMalloc (linear_prepare)");
+  std::string note;
+  float t_lt = -1.f, t_cutlass = -1.f;
+  try {
+    if (cuda_detail::cublaslt_gemm(t, gelu, M, N, K, x.data, w.data, b, out, s, &note))
+      t_lt = time_ms(s, [&] { cuda_detail::cublaslt_gemm(t, gelu, M, N, K, x.data, w.data, b, out, s); });
+    t_cutlass = time_ms(s, [&] { cuda_detail::cutlass_gemm(t, gelu, M, N, K, x.data, w.data, b, out, s); });
+  } catch (...) {
+    cudaStreamSynchronize(s);
+    cudaFree(out);
+    throw;
+  }
+  check(cudaStreamSynchronize(s), "cudaStreamSynchronize (linear_prepare)");
+  cudaFree(out);
+  const Engine e = t_lt > 0.f && t_lt < t_cutlass ? Engine::cublaslt : Engine::cutlass;
+  {
+    std::lock_guard<std::mutex> lock(g_choice_mu);
+    choices()[key] = e;
+  }
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "measured at open: cutlass %.4f ms, cublaslt %.4f ms -> %s", t_cutlass, t_lt,
+                e == Engine::cublaslt ? "cublaslt" : "cutlass");
+  note_kernel(shape_name(t, gelu, b != nullptr, M, N, K) + " (choice)", std::string(buf) + "; " + note);
+#endif
 }
 
 }  // namespace ops

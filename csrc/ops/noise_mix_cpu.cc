@@ -1,3 +1,4 @@
+// ops::noise_mix on the CPU (contract checked in ops/noise_mix.cc):
 // out = a * x + b * Philox normal(seed, frame_index, step, e)   (core/philox.h, identical to nfd_rt.rng).
 #include "core/philox.h"
 #include "ops/cpu_common.h"
@@ -10,13 +11,8 @@ namespace cpu {
 using namespace cpu_detail;
 
 void noise_mix(const Context& ctx, uint64_t seed, int step, float a, const Tensor& x, float b, Tensor& out) {
-  NFD_CHECK(out.defined(), invalid_argument, "ops::noise_mix: out is undefined");
-  std::vector<int64_t> shape = out.shape;
-  expect("noise_mix", "out", out, shape);
-  if (x.defined()) expect("noise_mix", "x", x, shape);
-  NFD_CHECK(step >= 0, invalid_argument, "ops::noise_mix: step must be >= 0");
-  const FrameState& st = state(ctx, "noise_mix");
-  NFD_CHECK(st.frame_index >= 0, invalid_argument, "ops::noise_mix: negative frame index");
+  fp32_only("noise_mix", out);
+  const FrameState& st = *ctx.state;
   const int64_t n = out.numel();
   const float* xs = x.defined() ? x.ptr<float>() : nullptr;
   float* o = out.ptr<float>();

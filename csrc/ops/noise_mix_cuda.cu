@@ -1,3 +1,4 @@
+// ops::noise_mix on CUDA (contract checked in ops/noise_mix.cc):
 // out[e] = a * x[e] + b * normal(seed, state->frame_index, step, e)  (Philox4x32-10 + Box-Muller in double,
 // core/philox.h, bit-identical to python/nfd_rt/rng.py). The frame index is read from the device FrameState so
 // a captured graph uses the current frame at replay. One thread per group of 4 elements (one Philox call).
@@ -27,14 +28,6 @@ __global__ void noise_mix_kernel(uint64_t seed, uint32_t step, float a, cudaops:
 void cuda::noise_mix(const Context& ctx, uint64_t seed, int step, float a, const Tensor& x, float b, Tensor& out) {
   using namespace cudaops;
   const char* op = "noise_mix";
-  require_state(op, ctx);
-  require_cuda_float(op, "out", out);
-  NFD_CHECK(step >= 0, invalid_argument, std::string(op) + ": step must be >= 0");
-  NFD_CHECK(out.numel() <= (int64_t(1) << 34), invalid_argument, std::string(op) + ": tensor too large for the counter");
-  if (x.defined()) {
-    require_cuda_float(op, "x", x);
-    require_numel(op, "x", x, out.numel());
-  }
   if (out.numel() == 0) return;
   const int64_t groups = (out.numel() + 3) / 4;
   noise_mix_kernel<<<grid_1d(groups, 128), 128, 0, stream_of(ctx)>>>(seed, uint32_t(step), a, dp(x), x.defined(), b,

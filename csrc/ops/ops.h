@@ -2,8 +2,19 @@
 //
 // Each op `name` is declared here and lives in ops/name.cc (its contract), ops/name_cpu.cc (fp32 reference
 // of the runtime, OpenBLAS for GEMMs) and ops/name_cuda.cu (bf16/fp16/fp32, fp32 accumulation). The free
-// function `nfd::ops::name` dispatches on the output tensor's device. Math is restated next to each op;
-// the PyTorch oracle is python/nfd_rt/reference/model.py.
+// function `nfd::ops::name` checks its arguments against the contract, once for every backend, then runs the
+// backend of the output tensor's device; the backends only compute (and check their own limits: the CPU's
+// fp32, a CUDA kernel's head_dim). Math is restated next to each op; the PyTorch oracle is
+// python/nfd_rt/reference/model.py; the op table tests/test_ops.py runs every op on every backend.
+//
+// What every op's contract holds besides the shapes below (ops/contract.h words the errors):
+//  * every tensor is defined; the float tensors of a call share one device and one dtype (f32, bf16 or f16);
+//    to_uint8 / from_uint8 take u8 for the frame, copy converts among the float dtypes;
+//  * an output overlaps none of the op's inputs, except where an op says it may work in place (out the very
+//    tensor of an input): add_silu, layernorm_modulate, groupnorm, noise_mix, copy;
+//  * ops that read the FrameState need ctx.state; where the host can read it (ctx.state on the CPU,
+//    ctx.host_state on CUDA) its slots must lie in the cache and frame_index must be >= 0.
+// Violations are ErrorKind::invalid_argument (ValueError in Python); a backend's limit is `unsupported`.
 #pragma once
 
 #include <cstdint>
@@ -28,6 +39,10 @@ struct Context {
   int threads = 1;
   void* stream = nullptr;            // cudaStream_t on CUDA
   const FrameState* state = nullptr; // device pointer on CUDA, host pointer on CPU
+  // Host copy of *state as of the ops being enqueued (may be null). Kernels read `state`; only a vendor kernel
+  // whose grid is sized on the host (FlashInfer attention) reads this, and then a captured graph is valid for
+  // that num_visible only (see attention_sized_on_host).
+  const FrameState* host_state = nullptr;
 };
 
 namespace ops {
@@ -40,6 +55,12 @@ enum class Epilogue { none, gelu_tanh, gated_residual };
 void linear(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y,
             Epilogue epilogue = Epilogue::none, const Tensor* gate = nullptr);
 
+// Picks, once per shape and process, the fastest GEMM engine for this linear on ctx's device and remembers it
+// for ops::linear (CUDA: CUTLASS vs cuBLASLt, both timed on the GPU; a no-op elsewhere). Reads x, w, bias and
+// writes nothing of the caller's; synchronises ctx's stream, so call it at session open (outside a capture).
+void linear_prepare(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y,
+                    Epilogue epilogue = Epilogue::none);
+
 // y[M,N] += gate[N] * x[M,N]   (the gated residual of a GEMM run over several sessions' rows, member by member)
 void gated_add(const Context& ctx, const Tensor& x, const Tensor& gate, Tensor& y);
 
@@ -51,7 +72,9 @@ void layernorm_modulate(const Context& ctx, const Tensor& x, const Tensor& shift
 void add_silu(const Context& ctx, const Tensor& a, const Tensor& b, Tensor& out);
 
 // Split qkv[N, 3D] (q | k | v, each heads x head_dim), apply 3D RoPE to q and k and write
-// q -> q_out[H, N, hd], k -> k_cache[write_slot, H, N, hd], v -> v_cache[write_slot, H, N, hd].
+// q -> q_out[H, N, hd], k -> k_cache[write_slot, N, H, hd], v -> v_cache[write_slot, N, H, hd].
+// The caches are token-major ([slots, N, H, hd] = [slots * N, H, hd]): the keys of consecutive slots are one
+// contiguous range of rows (row stride H * hd), which is the layout vendor attention kernels take as-is.
 // RoPE: pairs (2i, 2i+1) of a head; the first rope_dims[0]/2 pairs rotate by frame_index * theta^(-2j/dt),
 // the next rope_dims[1]/2 by row * theta^(-2j/dh), the last rope_dims[2]/2 by col * theta^(-2j/dw);
 // token n sits at row n / grid_cols, col n % grid_cols. Angles and cos/sin in double, rotation in fp32.
@@ -64,8 +87,13 @@ void rope_qkv_split(const Context& ctx, const Tensor& qkv, const RopeParams& rop
                     Tensor& v_cache);
 
 // out[N, H*hd] = softmax(q k^T / sqrt(hd)) v per head, over the keys of the cache slots
-// state->visible_slots[0 .. num_visible) (each slot: N keys of k_cache[slot, h]); online softmax in fp32.
+// state->visible_slots[0 .. num_visible) (each slot: the N keys k_cache[slot, :, h]); q[H, N, hd],
+// k_cache / v_cache [slots, N, H, hd]. Softmax statistics in fp32.
 void attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, Tensor& out);
+// True when the attention implementation selected for ctx's device sizes its launch from ctx.host_state
+// (CUDA with NFD_RT_ATTENTION=flashinfer): a CUDA graph captured around it then holds for one num_visible and
+// the session re-captures when that changes (only while the cache fills).
+bool attention_sized_on_host(const Context& ctx);
 
 // Patches: latent[C, h, w] <-> tokens[N, C*p*p], patch vector order (c, py, px), tokens row-major on the grid.
 void patchify(const Context& ctx, const Tensor& latent, int patch, Tensor& tokens);

@@ -1,7 +1,8 @@
-// Backend implementations behind the dispatchers of ops/ops.h: nfd::ops::cpu::NAME (ops/NAME_cpu.cc) and
+// Backend implementations behind the ops of ops/ops.h: nfd::ops::cpu::NAME (ops/NAME_cpu.cc) and
 // nfd::ops::cuda::NAME (ops/NAME_cuda.cu, only when built with CUDA). Each has exactly the signature of
-// nfd::ops::NAME (no default arguments here: the dispatcher always passes every argument). The dispatcher
-// ops/NAME.cc checks the output tensor's device and calls one of them.
+// nfd::ops::NAME (no default arguments here: ops/NAME.cc always passes every argument). ops/NAME.cc checks the
+// op's contract (ops/contract.h), then NFD_DISPATCH calls the backend of the output tensor's device, which
+// only computes: it may take every argument as the contract promises it.
 #pragma once
 
 #include "core/error.h"
@@ -17,10 +18,14 @@ namespace cpu {
 #ifdef NFD_RT_WITH_CUDA
 namespace cuda {
 #include "ops/backend_ops.inc"
+// CUDA-only parts of ops::linear_prepare and ops::attention_sized_on_host (ops/ops.h).
+void linear_prepare(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y,
+                    Epilogue epilogue);
+bool attention_sized_on_host();
 }  // namespace cuda
 #endif
 
-// The body of a dispatcher ops/NAME.cc: runs backend::NAME for the device of `out` (the output tensor).
+// The last line of ops/NAME.cc, after the contract: runs backend::NAME for the device of `out` (the output).
 #ifdef NFD_RT_WITH_CUDA
 #define NFD_DISPATCH(NAME, out, ...) \
   return (out).device == Device::cuda ? cuda::NAME(__VA_ARGS__) : cpu::NAME(__VA_ARGS__)

@@ -1,4 +1,5 @@
-// latent[C, h, w] -> tokens[N, C*p*p]; patch vector order (c, py, px), tokens row-major over the patch grid.
+// ops::patchify on CUDA (contract checked in ops/patchify.cc): latent[C, h, w] -> tokens[N, C*p*p]; patch vector order
+// (c, py, px), tokens row-major over the patch grid.
 #include "ops/cuda_common.cuh"
 #include "ops/patch_layout.h"
 
@@ -17,7 +18,6 @@ __global__ void patchify_kernel(cudaops::DPtr lat, cudaops::DPtr tok, int C, int
 void cuda::patchify(const Context& ctx, const Tensor& latent, int patch, Tensor& tokens) {
   using namespace cudaops;
   const char* op = "patchify";
-  require_patch_shapes(op, latent, tokens, patch);
   const int C = int(latent.dim(0)), h = int(latent.dim(1)), w = int(latent.dim(2));
   if (latent.numel() == 0) return;
   patchify_kernel<<<grid_1d(latent.numel(), 256), 256, 0, stream_of(ctx)>>>(dp(latent), dp(tokens), C, h, w,

@@ -1,10 +1,42 @@
-// Dispatcher for ops::rope_qkv_split (math in ops/ops.h): runs the backend of the output tensor's device.
+// ops::rope_qkv_split: qkv[N, 3D] -> q_out[H, N, hd] and the cache slot state->write_slot of the token-major
+// caches [slots, N, H, hd], with 3D RoPE on q and k (math in ops/ops.h). The contract is checked here; the
+// backends only compute.
+#include <string>
+
+#include "ops/contract.h"
 #include "ops/ops_impl.h"
 
 namespace nfd {
 namespace ops {
 
-void rope_qkv_split(const Context& ctx, const Tensor& qkv, const RopeParams& rope, Tensor& q_out, Tensor& k_cache, Tensor& v_cache) {
+void rope_qkv_split(const Context& ctx, const Tensor& qkv, const RopeParams& rope, Tensor& q_out, Tensor& k_cache,
+                    Tensor& v_cache) {
+  const Contract c("rope_qkv_split");
+  c.defined({{"qkv", qkv}, {"q_out", q_out}, {"k_cache", k_cache}, {"v_cache", v_cache}});
+  c.shape({"q_out", q_out}, {-1, -1, -1}, "H, N, hd");
+  const int64_t H = q_out.dim(0), N = q_out.dim(1), hd = q_out.dim(2);
+  c.shape({"qkv", qkv}, {N, 3 * H * hd}, "N, 3 * H * hd");
+  c.shape({"k_cache", k_cache}, {-1, N, H, hd}, "slots, N, H, hd");
+  c.same_shape({"v_cache", v_cache}, {"k_cache", k_cache});
+  c.float_operands({{"q_out", q_out}, {"qkv", qkv}, {"k_cache", k_cache}, {"v_cache", v_cache}});
+  c.disjoint({"qkv", qkv}, {"q_out", q_out});
+  c.disjoint({"qkv", qkv}, {"k_cache", k_cache});
+  c.disjoint({"qkv", qkv}, {"v_cache", v_cache});
+  c.disjoint({"q_out", q_out}, {"k_cache", k_cache});
+  c.disjoint({"q_out", q_out}, {"v_cache", v_cache});
+  c.disjoint({"k_cache", k_cache}, {"v_cache", v_cache});
+  const int dt = rope.rope_dims[0], dh = rope.rope_dims[1], dw = rope.rope_dims[2];
+  c.check(dt >= 0 && dh >= 0 && dw >= 0 && dt % 2 == 0 && dh % 2 == 0 && dw % 2 == 0 && dt + dh + dw == hd,
+          "rope_dims must be even and sum to head_dim " + std::to_string(hd) + ", got [" + std::to_string(dt) +
+              ", " + std::to_string(dh) + ", " + std::to_string(dw) + "]");
+  c.check(rope.grid_cols > 0 && N % rope.grid_cols == 0,
+          "grid_cols must divide the token count N = " + std::to_string(N) + ", got " + std::to_string(rope.grid_cols));
+  // The write slot, where the host can see it (on CUDA the kernel reads the device copy at replay and writes
+  // nothing for a slot outside the cache).
+  if (const FrameState* st = c.frame_state(ctx, q_out.device))
+    c.check(st->write_slot >= 0 && st->write_slot < k_cache.dim(0),
+            "write_slot " + std::to_string(st->write_slot) + " outside the cache of " +
+                std::to_string(k_cache.dim(0)) + " slots");
   NFD_DISPATCH(rope_qkv_split, q_out, ctx, qkv, rope, q_out, k_cache, v_cache);
 }
 

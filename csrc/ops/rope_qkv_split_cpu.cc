@@ -1,6 +1,9 @@
-// Split qkv into heads, rotate q and k with 3D RoPE, write q to q_out and k/v to the cache slot
-// state->write_slot. Angles and cos/sin in double (as the reference), rotation in fp32.
+// ops::rope_qkv_split on the CPU (contract checked in ops/rope_qkv_split.cc).
+// Split qkv into heads, rotate q and k with 3D RoPE, write q to q_out [H, N, hd] and k/v to the cache slot
+// state->write_slot of the token-major caches [slots, N, H, hd] (a token's heads are one contiguous row of the
+// cache, as in qkv). Angles and cos/sin in double (as the reference), rotation in fp32.
 #include <cmath>
+#include <cstring>
 #include <string>
 
 #include "ops/attention_math.h"
@@ -15,20 +18,11 @@ using namespace cpu_detail;
 
 void rope_qkv_split(const Context& ctx, const Tensor& qkv, const RopeParams& rope, Tensor& q_out, Tensor& k_cache,
                     Tensor& v_cache) {
-  expect("rope_qkv_split", "q_out", q_out, {-1, -1, -1});
+  fp32_only("rope_qkv_split", q_out);
   const int64_t H = q_out.dim(0), N = q_out.dim(1), hd = q_out.dim(2), D = H * hd;
-  expect("rope_qkv_split", "qkv", qkv, {N, 3 * D});
-  expect("rope_qkv_split", "k_cache", k_cache, {-1, H, N, hd});
-  expect("rope_qkv_split", "v_cache", v_cache, {k_cache.dim(0), H, N, hd});
   const int dt = rope.rope_dims[0], dh = rope.rope_dims[1], dw = rope.rope_dims[2];
-  NFD_CHECK(dt >= 0 && dh >= 0 && dw >= 0 && dt % 2 == 0 && dh % 2 == 0 && dw % 2 == 0 && dt + dh + dw == hd,
-            invalid_argument, "ops::rope_qkv_split: rope_dims must be even and sum to head_dim " + std::to_string(hd));
-  NFD_CHECK(rope.grid_cols > 0 && N % rope.grid_cols == 0, invalid_argument,
-            "ops::rope_qkv_split: grid_cols must divide the token count");
-  const FrameState& st = state(ctx, "rope_qkv_split");
+  const FrameState& st = *ctx.state;
   const int64_t slot = st.write_slot;
-  NFD_CHECK(slot >= 0 && slot < k_cache.dim(0), invalid_argument,
-            "ops::rope_qkv_split: write_slot " + std::to_string(slot) + " outside the cache");
 
   const int64_t half = hd / 2;
   float* cs = scratch(size_t(2 * N * half));  // cos, sin per (token, pair)
@@ -42,8 +36,8 @@ void rope_qkv_split(const Context& ctx, const Tensor& qkv, const RopeParams& rop
     }
   const float* src = qkv.ptr<float>();
   float* q = q_out.ptr<float>();
-  float* k = k_cache.ptr<float>() + slot * H * N * hd;
-  float* v = v_cache.ptr<float>() + slot * H * N * hd;
+  float* k = k_cache.ptr<float>() + slot * N * D;
+  float* v = v_cache.ptr<float>() + slot * N * D;
   ::nfd::cpu::parallel_for(ctx.threads, N, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
       const float* row = src + n * 3 * D;
@@ -51,10 +45,8 @@ void rope_qkv_split(const Context& ctx, const Tensor& qkv, const RopeParams& rop
       for (int64_t h = 0; h < H; ++h) {
         const float* qi = row + h * hd;
         const float* ki = row + D + h * hd;
-        const float* vi = row + 2 * D + h * hd;
         float* qo = q + (h * N + n) * hd;
-        float* ko = k + (h * N + n) * hd;
-        float* vo = v + (h * N + n) * hd;
+        float* ko = k + n * D + h * hd;
         for (int64_t i = 0; i < half; ++i) {
           const float co = c[2 * i], si = c[2 * i + 1];
           qo[2 * i] = qi[2 * i] * co - qi[2 * i + 1] * si;
@@ -62,8 +54,8 @@ void rope_qkv_split(const Context& ctx, const Tensor& qkv, const RopeParams& rop
           ko[2 * i] = ki[2 * i] * co - ki[2 * i + 1] * si;
           ko[2 * i + 1] = ki[2 * i] * si + ki[2 * i + 1] * co;
         }
-        for (int64_t d = 0; d < hd; ++d) vo[d] = vi[d];
       }
+      std::memcpy(v + n * D, row + 2 * D, size_t(D) * sizeof(float));  // v: the token's heads, already in order
     }
   }, ::nfd::cpu::grain_for(4 * H * hd));
 }

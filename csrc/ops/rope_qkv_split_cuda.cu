@@ -1,5 +1,7 @@
-// Split qkv[N, 3D] into q_out[H, N, hd] and the cache slot state->write_slot of k_cache / v_cache
-// [slots, H, N, hd], with 3D RoPE on q and k. One thread per (token, head, pair): it moves the pair of q, k and v.
+// ops::rope_qkv_split on CUDA (contract checked in ops/rope_qkv_split.cc): split qkv[N, 3D] into q_out[H, N, hd] and
+// the cache slot state->write_slot of the token-major k_cache /
+// v_cache [slots, N, H, hd] (a token's row of the cache is its q/k/v section of qkv), with 3D RoPE on q and k. One
+// thread per (token, head, pair): it moves the pair of q, k and v.
 // Angles and cos/sin in double (tile::rope_angle), cast to float; rotation in fp32 without FMA contraction.
 // frame_index and write_slot come from the device FrameState (graph replay reads the current frame's values);
 // a write_slot outside [0, slots) writes nothing to the cache (a kernel cannot throw).
@@ -26,7 +28,7 @@ __global__ void rope_qkv_split_kernel(cudaops::DPtr qkv, RopeDims dims, double t
     const float c = float(cos(ang)), s = float(sin(ang));
     const int64_t src = int64_t(n) * 3 * D + h * hd + 2 * j;          // q at src, k at src + D, v at src + 2D
     const int64_t dst = (int64_t(h) * N + n) * hd + 2 * j;            // within [H, N, hd]
-    const int64_t cdst = int64_t(slot) * H * N * hd + dst;            // within the cache
+    const int64_t cdst = (int64_t(slot) * N + n) * D + h * hd + 2 * j;  // within the cache [slots, N, H, hd]
     float x0 = cudaops::ld(qkv, src), x1 = cudaops::ld(qkv, src + 1);
     cudaops::st(q, dst, __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s)));
     cudaops::st(q, dst + 1, __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c)));
@@ -46,23 +48,7 @@ void cuda::rope_qkv_split(const Context& ctx, const Tensor& qkv, const RopeParam
                           Tensor& k_cache, Tensor& v_cache) {
   using namespace cudaops;
   const char* op = "rope_qkv_split";
-  require_state(op, ctx);
-  require_cuda_float(op, "qkv", qkv);
-  require_cuda_float(op, "q_out", q_out);
-  require_cuda_float(op, "k_cache", k_cache);
-  require_cuda_float(op, "v_cache", v_cache);
-  NFD_CHECK(q_out.rank() == 3 && k_cache.rank() == 4 && k_cache.shape == v_cache.shape, invalid_argument,
-            std::string(op) + ": expected q_out[H,N,hd] and k/v caches [slots,H,N,hd], got " + q_out.describe() + ", " +
-                k_cache.describe() + ", " + v_cache.describe());
   const int H = int(q_out.dim(0)), N = int(q_out.dim(1)), hd = int(q_out.dim(2));
-  NFD_CHECK(k_cache.dim(1) == H && k_cache.dim(2) == N && k_cache.dim(3) == hd, invalid_argument,
-            std::string(op) + ": cache " + k_cache.describe() + " does not match q_out " + q_out.describe());
-  NFD_CHECK(qkv.rank() == 2 && qkv.dim(0) == N && qkv.dim(1) == 3 * int64_t(H) * hd, invalid_argument,
-            std::string(op) + ": qkv must be [N, 3*H*hd], got " + qkv.describe());
-  NFD_CHECK(hd % 2 == 0 && rope.rope_dims[0] % 2 == 0 && rope.rope_dims[1] % 2 == 0 && rope.rope_dims[2] % 2 == 0 &&
-                rope.rope_dims[0] + rope.rope_dims[1] + rope.rope_dims[2] == hd && rope.grid_cols > 0,
-            invalid_argument, std::string(op) + ": rope_dims must be even, sum to head_dim " + std::to_string(hd) +
-                                  " and grid_cols must be > 0");
   const int64_t total = int64_t(N) * H * (hd / 2);
   if (total == 0) return;
   RopeDims dims{{rope.rope_dims[0], rope.rope_dims[1], rope.rope_dims[2]}};

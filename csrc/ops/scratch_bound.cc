@@ -41,15 +41,22 @@ int64_t cpu_thread_floats(const Config& cfg) {
 
 size_t scratch_bytes_bound(const Config& cfg, Device device, DType dtype, int threads) {
   if (device == Device::cpu) {
-    // scratch(…, 1) of the Winograd input transform: 4 rows of the padded image.
-    const int64_t per_thread = cpu_thread_floats(cfg) + 4 * (cfg.frame_width + 2);
+    // scratch(…, 1): 4 rows of the padded image (Winograd input transform), or a head's visible keys and values
+    // packed contiguous (attention, sgemm path: 2 L hd).
+    const int64_t L = int64_t(cfg.cache_frames() + 1) * cfg.tokens_per_frame();
+    const int64_t per_thread =
+        cpu_thread_floats(cfg) + std::max<int64_t>(4 * (cfg.frame_width + 2), 2 * L * cfg.head_dim());
     return size_t(std::max(threads, 1)) * size_t(per_thread) * sizeof(float);
   }
   // CUDA: stream-ordered scratch lives for one op; the pool keeps the largest. es = bytes per element.
   const int64_t es = int64_t(dtype_size(dtype));
   const int64_t N = cfg.tokens_per_frame(), D = cfg.hidden_size;
   int64_t need = 64 * N * (D + 2 * cfg.num_heads) * 4;  // attention: partials of up to 64 KV splits (fp32)
-  need = std::max(need, N * 6 * D * es);                 // linear with gated residual: the product
+  // FlashInfer attention: its partials (output dtype) and log-sum-exp for up to ceil(keys / 256) chunks.
+  const int64_t keys = int64_t(cfg.cache_frames() + 1) * N;
+  need = std::max(need, (keys + 255) / 256 * N * (D * es + cfg.num_heads * 4) + 16);
+  // linear with gated residual: the product, plus a cuBLASLt workspace (at most 32 MiB) beside it.
+  need = std::max(need, N * 6 * D * es + (int64_t(32) << 20));
   const std::vector<int>& ch = cfg.vae.channels;
   for (size_t i = 0; i < ch.size(); ++i) {
     const int64_t pixels = int64_t(cfg.frame_height >> i) * (cfg.frame_width >> i), c = level_channels(ch, i);

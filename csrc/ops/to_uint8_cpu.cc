@@ -1,3 +1,4 @@
+// ops::to_uint8 on the CPU (contract checked in ops/to_uint8.cc):
 // image[3, H, W] in [-1, 1] -> u8[H, W, 3]; the float expression is evaluated in the reference's order.
 #include <cmath>
 
@@ -11,9 +12,8 @@ namespace cpu {
 using namespace cpu_detail;
 
 void to_uint8(const Context& ctx, const Tensor& image, Tensor& out) {
-  expect("to_uint8", "image", image, {3, -1, -1});
+  fp32_only("to_uint8", image);
   const int64_t H = image.dim(1), W = image.dim(2);
-  expect("to_uint8", "out", out, {H, W, 3}, DType::u8);
   const float* x = image.ptr<float>();
   uint8_t* o = out.ptr<uint8_t>();
   for (int64_t c = 0; c < 3; ++c)

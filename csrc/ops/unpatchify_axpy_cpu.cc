@@ -1,3 +1,4 @@
+// ops::unpatchify_axpy on the CPU (contract checked in ops/unpatchify_axpy.cc):
 // latent += dt * unpatchify(tokens): the Euler step fused with the inverse of patchify.
 #include "ops/cpu_common.h"
 #include "ops/ops_impl.h"
@@ -10,17 +11,11 @@ namespace cpu {
 using namespace cpu_detail;
 
 void unpatchify_axpy(const Context& ctx, const Tensor& tokens, int patch, float dt, Tensor& latent) {
-  expect("unpatchify_axpy", "latent", latent, {-1, -1, -1});
+  fp32_only("unpatchify_axpy", latent);
   const int64_t C = latent.dim(0), h = latent.dim(1), w = latent.dim(2), p = patch;
-  NFD_CHECK(p > 0 && h % p == 0 && w % p == 0, invalid_argument,
-            "ops::unpatchify_axpy: patch must divide the latent");
-  const int64_t rows = h / p, cols = w / p;
-  expect("unpatchify_axpy", "tokens", tokens, {rows * cols, C * p * p});
   const float* t = tokens.ptr<float>();
   float* z = latent.ptr<float>();
-  for (int64_t ch = 0; ch < C; ++ch)
-    for (int64_t y = 0; y < h; ++y)
-      for (int64_t x = 0; x < w; ++x) z[(ch * h + y) * w + x] += dt * t[patch_token_offset(ch, y, x, C, w, p)];
+  for_each_patch_element(C, h, w, p, [&](int64_t l, int64_t k) { z[l] += dt * t[k]; });
 }
 
 }  // namespace cpu

@@ -1,3 +1,4 @@
+// ops::unpatchify_axpy on CUDA (contract checked in ops/unpatchify_axpy.cc):
 // latent[C, h, w] += dt * unpatchify(tokens[N, C*p*p]) (the Euler step fused with unpatchify).
 #include "ops/cuda_common.cuh"
 #include "ops/patch_layout.h"
@@ -19,7 +20,6 @@ __global__ void unpatchify_axpy_kernel(cudaops::DPtr tok, cudaops::DPtr lat, flo
 void cuda::unpatchify_axpy(const Context& ctx, const Tensor& tokens, int patch, float dt, Tensor& latent) {
   using namespace cudaops;
   const char* op = "unpatchify_axpy";
-  require_patch_shapes(op, latent, tokens, patch);
   const int C = int(latent.dim(0)), h = int(latent.dim(1)), w = int(latent.dim(2));
   if (latent.numel() == 0) return;
   unpatchify_axpy_kernel<<<grid_1d(latent.numel(), 256), 256, 0, stream_of(ctx)>>>(dp(tokens), dp(latent), dt, C,

@@ -1,4 +1,5 @@
-// out[C, 2H, 2W] = x[C, H, W] repeated 2x2 (nearest neighbour).
+// ops::upsample_nearest2x on CUDA (contract checked in ops/upsample_nearest2x.cc): out[C, 2H, 2W] = x[C, H, W] repeated
+// 2x2.
 #include "ops/cuda_common.cuh"
 
 namespace nfd {
@@ -16,12 +17,6 @@ __global__ void upsample_kernel(cudaops::DPtr x, cudaops::DPtr out, int H, int W
 void cuda::upsample_nearest2x(const Context& ctx, const Tensor& x, Tensor& out) {
   using namespace cudaops;
   const char* op = "upsample_nearest2x";
-  require_cuda_float(op, "x", x);
-  require_cuda_float(op, "out", out);
-  NFD_CHECK(x.rank() == 3 && out.rank() == 3 && out.dim(0) == x.dim(0) && out.dim(1) == 2 * x.dim(1) &&
-                out.dim(2) == 2 * x.dim(2),
-            invalid_argument, std::string(op) + ": expected x[C,H,W] and out[C,2H,2W], got " + x.describe() + " and " +
-                                  out.describe());
   if (out.numel() == 0) return;
   upsample_kernel<<<grid_1d(out.numel(), 256), 256, 0, stream_of(ctx)>>>(dp(x), dp(out), int(x.dim(1)),
                                                                         int(x.dim(2)), out.numel());

@@ -18,6 +18,7 @@
 #include "core/model_file.h"
 #include "runtime/session.h"
 #include "ops/cpu_common.h"
+#include "ops/kernel_report.h"
 #include "ops/scratch_bound.h"
 #include "nfd_rt/nfd_rt.h"
 #include "python/bindings.h"
@@ -447,6 +448,19 @@ PYBIND11_MODULE(_core, m) {
   m.def("blas_config", &nfd::cpu::blas_config, "OpenBLAS' build and the kernel set it chose for this CPU.");
   m.def("cpu_kernel_level", &nfd::ops::cpu_detail::cpu_kernel_level,
         "Which compiled copy of the CPU kernels runs on this CPU (x86-64-v4 / v3 / baseline).");
+  m.def("kernels_used", &nfd::kernels_used,
+        "{op key: implementation} of the ops that choose between kernels (CUDA attention, CUDA linear), as of "
+        "their last call in this process, e.g. {'attention bf16 hd64': 'ours: mma.sync ...'}.");
+  m.def("clear_kernels_used", &nfd::clear_kernels_used, "Forget what kernels_used() recorded.");
+  m.def("cuda_build_info", [] {
+    const nfd::CudaBuildInfo b = nfd::cuda_build_info();
+    py::dict d;
+    d["cuda"] = b.cuda;
+    d["flashinfer"] = b.flashinfer;
+    d["cublaslt"] = b.cublaslt;
+    d["cublaslt_status"] = b.cublaslt_status;
+    return d;
+  }, "What the CUDA backend was built with: {'cuda', 'flashinfer', 'cublaslt': bool, 'cublaslt_status': str}.");
   m.def("default_threads", &nfd::physical_cores,
         "CPU threads a Session uses with threads=0 (physical cores).");
   py::module_ ops = m.def_submodule("ops", "op-level bindings (tests, benchmarks)");

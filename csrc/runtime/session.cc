@@ -10,8 +10,8 @@
 //
 // Exact speculation (SessionOptions::speculate = k): a worker thread generates up to k frames ahead under the
 // last action while the caller is away, into the k spare ring slots; a call with the same action takes the next
-// one, a different action cancels the worker (between passes), forgets the frames ahead (their slots are never
-// visible to the frames that follow) and steps normally. Frames are computed by the same code on the same
+// one, a different action cancels the worker (between passes and decoder blocks), forgets the frames ahead
+// (their slots are never visible to the frames that follow) and steps normally. Frames are computed by the same code on the same
 // inputs, so the video is bitwise the one plain stepping gives.
 #include "runtime/session.h"
 
@@ -132,6 +132,9 @@ struct Session::Impl {
   void* stream = nullptr;
   // Whole-frame CUDA graphs (with and without decode), captured at the first step and replayed after.
   CudaGraph frame_graph[2];
+  // num_visible each graph was captured for, when the attention kernel is sized on the host
+  // (ops::attention_sized_on_host): such a graph is re-captured when the count changes (while the cache fills).
+  int graph_visible[2] = {-1, -1};
   bool use_graphs = false;
   std::unique_ptr<SessionState> st;
   FrameState host_state{};
@@ -154,6 +157,8 @@ struct Session::Impl {
     use_graphs = opt.device == Device::cuda && opt.cuda_graphs;
     st = std::make_unique<SessionState>(cfg, model->dit(), model->vae(), arena, opt.dtype, cache_slots(cfg, opt));
     ctx.state = reinterpret_cast<const FrameState*>(st->io.state.data);
+    ctx.host_state = &host_state;  // kernels sized on the host (ops::attention_sized_on_host) read it
+    st->dit->prepare_gemms(ctx, st->io.action);
     device_synchronize(opt.device, ctx.stream);
 
     // Scalars as the reference computes them: Python doubles, cast to fp32 where they meet a tensor.
@@ -232,8 +237,9 @@ struct Session::Impl {
     if (cancelled()) return false;
     ops::noise_mix(ctx, opt.seed, cfg.num_steps(), write_a, st->io.latent, write_b, st->io.write);
     st->dit->cache_write_pass(ctx, st->io.write);
-    if (decode && cancelled()) return false;  // the decode is half a tiny frame: a cancelled frame skips it
-    if (decode) st->vae->decode(ctx, st->io.latent, st->io.frame);
+    // The decode is half a tiny frame: a cancelled frame skips it, or stops it between resnet blocks.
+    if (decode && cancelled()) return false;
+    if (decode) return st->vae->decode(ctx, st->io.latent, st->io.frame, cancel);
     return true;
   }
 
@@ -242,7 +248,12 @@ struct Session::Impl {
   bool generate_frame(bool decode, const std::atomic<bool>* cancel = nullptr) {
     if (!use_graphs) return run_frame(true, decode, cancel);
     CudaGraph& g = frame_graph[decode ? 1 : 0];
-    if (!g.captured()) g.capture(stream, [&] { run_frame(true, decode); });
+    int& visible = graph_visible[decode ? 1 : 0];
+    const bool stale = ops::attention_sized_on_host(ctx) && visible != host_state.num_visible;
+    if (!g.captured() || stale) {
+      g.capture(stream, [&] { run_frame(true, decode); });
+      visible = host_state.num_visible;
+    }
     g.replay(stream);
     return true;
   }
@@ -350,6 +361,7 @@ struct Session::Impl {
         make_state(f0 + j, par->host[size_t(j)], par->state[size_t(j)], ctx);
         Context c = ctx;
         c.state = reinterpret_cast<const FrameState*>(par->state[size_t(j)].data);
+        c.host_state = &par->host[size_t(j)];
         members.push_back({st->dit.get(), c, par->latent[size_t(j)]});
         writes.push_back({st->dit.get(), c, par->write[size_t(j)]});
       }
@@ -714,6 +726,7 @@ void Session::step_batch(const std::vector<Session*>& sessions, const float* act
     Impl& s = *sessions[i]->impl_;
     Context c = bctx;
     c.state = s.ctx.state;
+    c.host_state = s.ctx.host_state;
     s.prepare_state(c);
     s.upload_action(c, actions + int64_t(i) * A);
     s.st->dit->condition(c, s.st->io.action);

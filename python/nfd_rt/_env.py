@@ -1,9 +1,10 @@
-"""What this installation runs on: the one place `nfd-rt env` and `benchmarks/fps.py` read it from."""
+"""What this installation runs on: the one place `nfd-rt env` and the benchmarks read it from."""
 
 from __future__ import annotations
 
 import os
 import platform
+import subprocess
 
 
 def cpu_model() -> str:
@@ -41,3 +42,20 @@ def runtime_report() -> dict:
     if os.environ.get("OPENBLAS_CORETYPE"):
         report["OPENBLAS_CORETYPE"] = os.environ["OPENBLAS_CORETYPE"]
     return report
+
+
+def source_commit(where: str) -> dict:
+    """{"commit": sha or "unknown"[, "commit_dirty": True]} of the checkout holding `where`. NFD_RT_COMMIT wins
+    when set: tools/gpu/run.sh sets it, because a tree copied to a GPU machine may carry a stale .git."""
+    if os.environ.get("NFD_RT_COMMIT"):
+        return {"commit": os.environ["NFD_RT_COMMIT"]}
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, check=True).stdout.strip()
+
+        out = {"commit": git("rev-parse", "HEAD")}
+        if git("status", "--porcelain", "--untracked-files=no"):
+            out["commit_dirty"] = True
+        return out
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": "unknown"}

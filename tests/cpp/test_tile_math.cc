@@ -56,6 +56,38 @@ int main() {
                wb == 0.f,
            "merge of two empty partials is empty");
   }
+  // Chunked moments (GroupNorm's statistics over several blocks): chunks' two-pass statistics merged pairwise ==
+  // one two-pass over all values in double, for values with a large offset (where sum-of-squares would cancel)
+  // and uneven chunk sizes, one of them empty.
+  {
+    const int64_t n = 10753;
+    std::vector<float> x(static_cast<size_t>(n));
+    for (auto& v : x) v = 1000.f + nd(rng) / 3.f;
+    double mean = 0, m2 = 0;
+    for (float v : x) mean += v;
+    mean /= double(n);
+    for (float v : x) m2 += (v - mean) * (v - mean);
+    const int chunks = 7;
+    tile::MomentState run{0.f, 0.f, 0.f};
+    bool covered = true;
+    int64_t next = 0;
+    for (int c = -1; c < chunks; ++c) {
+      int64_t b = 0, e = 0;  // c = -1: an empty chunk first
+      if (c >= 0) tile::chunk_range(n, chunks, c, &b, &e);
+      covered = covered && (c < 0 || b == next);
+      if (c >= 0) next = e;
+      float s = 0.f;
+      for (int64_t i = b; i < e; ++i) s += x[size_t(i)];
+      const float cm = e > b ? s / float(e - b) : 0.f;
+      float cm2 = 0.f;
+      for (int64_t i = b; i < e; ++i) cm2 += (x[size_t(i)] - cm) * (x[size_t(i)] - cm);
+      run = tile::moments_merge(run, tile::MomentState{float(e - b), cm, cm2});
+    }
+    const double var = m2 / double(n), var_merged = double(run.m2) / double(run.n);
+    const double err = std::fabs(var_merged - var) / var + std::fabs(run.mean - mean) / 1000.0;
+    expect(covered && next == n && run.n == float(n) && err < 1e-4,
+           "chunked mean/variance merged == two-pass (offset 1000, 7 chunks + 1 empty)", err);
+  }
   // RoPE angles: part boundaries and frequencies (dims 8/12/12, theta 1e4).
   {
     const int dims[3] = {8, 12, 12};

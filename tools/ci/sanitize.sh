@@ -36,7 +36,7 @@ export NFD_RT_BUILD_DIR="$ROOT/$BUILD"
 echo "== pytest under ASan/UBSan"
 # The allocation-failure test is left out: ASan's allocator aborts on a failed allocation instead of returning NULL.
 LD_PRELOAD="$LIBASAN" PYTHONPATH="$ROOT/$PKG" "$PY" -m pytest -q -p no:cacheprovider \
-  tests/test_loader.py tests/test_session_api.py tests/test_c_api.py tests/test_ops_cpu.py \
+  tests/test_loader.py tests/test_session_api.py tests/test_c_api.py tests/test_ops.py \
   tests/test_determinism.py tests/test_memory.py \
   --deselect tests/test_memory.py::test_allocation_failure_is_memory_error ${PYTEST_ARGS:-}
 

@@ -5,9 +5,10 @@
 #   wheels      installs .devcarry/wheels/*.whl (packages the GPU machine lacks; tools/gpu/prepare_carry.sh) and
 #               unpacks .devcarry/flashinfer-data.tgz (then the build compiles FlashInfer's attention as a peer)
 #   build       CMake + Ninja, CUDA for $ARCH only (default 90a), all targets + the op harness; _core -> python/
-#   op_tests    the GPU op harness (every CUDA op against host loops)
-#   pytest      pytest -m cuda: op bindings, fp32 session parity with the CPU over 64 frames, bf16/fp16 PSNR,
-#               graph replay == direct, the static PyTorch baseline under CUDA graphs
+#   op_tests    the C++ CUDA checks (tests/cuda/test_ops_cuda.cu: device layer, graph replay, GEMM engine choice)
+#   pytest      pytest -m cuda: the op table on CUDA (tests/test_ops.py: every op in f32/f16/bf16 against PyTorch,
+#               its contract, the kernel each switch runs), fp32 session parity with the CPU over 64 frames,
+#               bf16/fp16 PSNR, graph replay == direct, the static PyTorch baseline under CUDA graphs
 #   memcheck    compute-sanitizer memcheck on a short session (tools/gpu/session_smoke.py)
 #   ops         benchmarks/ops.py: every op of a frame at a full cache, time / TFLOP/s / GB/s / roofline,
 #               PyTorch peers
@@ -15,7 +16,8 @@
 #               $NCU_DIT_KERNELS kernels of the DiT and every kernel of one decode
 #   fps         benchmarks/fps.py at a full cache, every runner, torch.compile last; with --curve for nfd_rt
 #               and torch-static (time against visible frames); writes $OUT/fps.json after every runner
-#   racecheck   (not in the default STEPS) compute-sanitizer racecheck on the op harness
+#   racecheck   (not in the default STEPS) compute-sanitizer racecheck on the C++ checks and the op table's bf16
+#               attention, norm and conv rows
 #
 # Each step runs under its own `timeout` and within one deadline (DEADLINE seconds from the start, default 530:
 # the device tool allows 600 s a command); a step that would start with under 20 s left is skipped. Output goes
@@ -32,9 +34,9 @@
 #   OUT=/tmp/gpu-dry BUILD_DIR=build/dev bash tools/gpu/run.sh
 # Knobs (environment): STEPS (comma list, default "probe,wheels,build,op_tests,pytest,memcheck,ops,ncu,fps"),
 #   DEADLINE (530), ARCH (90a), BUILD_DIR (build/gpu), CONFIG (nfd-310m; tiny without a GPU), FPS_FRAMES (30),
-#   FPS_RUNNERS (all), COMPILE_MODE (max-autotune; none skips compile-static), FPS_ARGS (extra fps.py options),
-#   CMAKE_ARGS (extra -D options of the build), NCU_DIT_KERNELS (40), PYTHON (python3), NFD_RT_COMMIT (recorded
-#   where the tree has no .git), NO_GPU=1 (dry run even where a GPU is present).
+#   FPS_RUNNERS (all), PYTEST_ARGS (extra pytest options), COMPILE_MODE (max-autotune; none skips compile-static),
+#   FPS_ARGS (extra fps.py options), CMAKE_ARGS (extra -D options of the build), NCU_DIT_KERNELS (40),
+#   PYTHON (python3), NFD_RT_COMMIT (recorded where the tree has no .git), NO_GPU=1 (dry run even with a GPU).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -150,7 +152,10 @@ step build 240 0 "$BUILD_CMD"
 
 step op_tests 60 1 "$BUILD_DIR/nfd_cuda_op_tests"
 
-step pytest 150 1 "NFD_CUDA_OP_TESTS=$ROOT/$BUILD_DIR/nfd_cuda_op_tests $PY -m pytest -q -m cuda -rA -p no:cacheprovider tests"
+# The C++ checks already ran as their own step: pytest skips their wrapper unless op_tests was left out.
+PYTEST_DESELECT=$(wanted op_tests && echo "--deselect tests/test_cuda_ops.py::test_cuda_ops" || echo "")
+step pytest 150 1 "NFD_CUDA_OP_TESTS=$ROOT/$BUILD_DIR/nfd_cuda_op_tests $PY -m pytest -q -m cuda -rA -p no:cacheprovider \
+  $PYTEST_DESELECT ${PYTEST_ARGS:-} tests"
 
 step memcheck 120 1 "\$(tool compute-sanitizer) --tool memcheck --error-exitcode 9 $PY tools/gpu/session_smoke.py"
 
@@ -171,7 +176,9 @@ step fps 600 0 "$PY benchmarks/fps.py --config $CONFIG --device $DEVICE $FPS_DTY
   --threads \$(nproc) --compile-mode $COMPILE_MODE ${FPS_RUNNERS:+--runners $FPS_RUNNERS} \
   --curve --curve-runners nfd_rt,torch-static --out $OUT/fps.json --overwrite --markdown --no-progress ${FPS_ARGS:-}"
 
-step racecheck 120 1 "\$(tool compute-sanitizer) --tool racecheck --error-exitcode 9 $BUILD_DIR/nfd_cuda_op_tests"
+step racecheck 120 1 "\$(tool compute-sanitizer) --tool racecheck --error-exitcode 9 $BUILD_DIR/nfd_cuda_op_tests &&
+  \$(tool compute-sanitizer) --tool racecheck --error-exitcode 9 $PY -m pytest -q -x -m cuda -p no:cacheprovider \
+    tests/test_ops.py -k 'bf16 and (attention or norm or conv)'"
 
 pack
 log "done in $(( $(date +%s) - START ))s"

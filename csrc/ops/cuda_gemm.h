@@ -1,0 +1,35 @@
+// The 16-bit GEMM engines behind the CUDA ops::linear (ops/linear_cuda.cu): CUTLASS 2.x (always built) and
+// cuBLASLt (ops/linear_cublaslt.cu, built when cublasLt.h is found: NFD_RT_WITH_CUBLASLT; the library is
+// opened at run time). Both compute y[M,N] = x[M,K] w[N,K]^T (+ bias[N]) (then GELU(tanh)) with fp32
+// accumulation, bf16 or fp16 everywhere, row-major, 16-byte aligned, K and N multiples of 8.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "core/tensor.h"
+
+namespace nfd {
+namespace ops {
+namespace cuda_detail {
+
+void cutlass_gemm(DType t, bool gelu, int M, int N, int K, const void* x, const void* w, const void* bias, void* y,
+                  cudaStream_t s);
+
+#ifdef NFD_RT_WITH_CUBLASLT
+// True once libcublasLt.so.13 is loaded and a handle exists (tried once per process; see cublaslt_status()).
+bool cublaslt_available();
+// Why cuBLASLt is or is not available: the library path that was loaded, or what failed.
+std::string cublaslt_status();
+// Runs the GEMM through cuBLASLt: the algorithm from cublasLtMatmulAlgoGetHeuristic (asked once per shape and
+// cached), bias / GELU+bias epilogues fused, the workspace the algorithm needs (<= 32 MiB) from stream-ordered
+// scratch (a memory node inside a captured graph). Returns false when cuBLASLt is unavailable or has no
+// algorithm for the problem (nothing was launched); throws nfd::Error when a launch fails.
+bool cublaslt_gemm(DType t, bool gelu, int M, int N, int K, const void* x, const void* w, const void* bias, void* y,
+                   cudaStream_t s, std::string* algo_note = nullptr);
+#endif
+
+}  // namespace cuda_detail
+}  // namespace ops
+}  // namespace nfd

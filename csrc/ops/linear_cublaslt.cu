@@ -1,0 +1,211 @@
+// cuBLASLt GEMMs for the CUDA ops::linear (interface and contract in ops/cuda_gemm.h).
+//
+// Built against cublasLt.h (the nvidia-cublas wheel or a toolkit that has it) but not linked: the library is
+// opened with dlopen at first use, so nfd_rt loads and runs (on CUTLASS) where nvidia-cublas is not installed.
+// Search order: $NFD_RT_CUBLASLT_LIB; the nvidia-cublas wheel beside this binary (site-packages/nvidia/cu13/lib
+// or nvidia/cublas/lib, seen from site-packages/nfd_rt/ and site-packages/nfd_rt/lib/); the loader's path.
+//
+// Row-major y[M,N] = x[M,K] w[N,K]^T is column-major y^T[N,M] = w^T... as cuBLASLt sees it: A = w (column-major
+// [K,N], ld K, TRANSA = T), B = x (column-major [K,M], ld K, TRANSB = N), D = y (column-major [N,M], ld N);
+// the bias is per row of D (length N), as CUBLASLT_EPILOGUE_BIAS / GELU_BIAS expect.
+#include <cublasLt.h>
+#include <dlfcn.h>
+
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "ops/cuda_common.cuh"
+#include "ops/cuda_gemm.h"
+
+namespace nfd {
+namespace ops {
+namespace cuda_detail {
+namespace {
+
+// The entry points we use, resolved from the loaded library.
+struct Lt {
+  decltype(&cublasLtCreate) create;
+  decltype(&cublasLtMatmulDescCreate) desc_create;
+  decltype(&cublasLtMatmulDescDestroy) desc_destroy;
+  decltype(&cublasLtMatmulDescSetAttribute) desc_set;
+  decltype(&cublasLtMatrixLayoutCreate) layout_create;
+  decltype(&cublasLtMatrixLayoutDestroy) layout_destroy;
+  decltype(&cublasLtMatmulPreferenceCreate) pref_create;
+  decltype(&cublasLtMatmulPreferenceDestroy) pref_destroy;
+  decltype(&cublasLtMatmulPreferenceSetAttribute) pref_set;
+  decltype(&cublasLtMatmulAlgoGetHeuristic) heuristic;
+  decltype(&cublasLtMatmul) matmul;
+  decltype(&cublasLtGetStatusString) status_string;
+  cublasLtHandle_t handle = nullptr;
+  std::string status;
+  bool ok = false;
+};
+
+std::string own_dir() {  // folder of the binary holding this code (libnfd_rt.so, _core*.so, a test program)
+  Dl_info info;
+  if (dladdr(reinterpret_cast<void*>(&own_dir), &info) && info.dli_fname) {
+    std::string p = info.dli_fname;
+    const size_t slash = p.rfind('/');
+    if (slash != std::string::npos) return p.substr(0, slash);
+  }
+  return ".";
+}
+
+Lt& lt() {
+  static Lt l;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    std::vector<std::string> candidates;
+    if (const char* e = std::getenv("NFD_RT_CUBLASLT_LIB")) candidates.push_back(e);
+    const std::string dir = own_dir();
+    for (const char* up : {"/..", "/../.."})  // site-packages/nfd_rt/_core.so, site-packages/nfd_rt/lib/
+      for (const char* sub : {"/nvidia/cu13/lib", "/nvidia/cublas/lib"})  // nvidia-cublas 13.x, older layout
+        candidates.push_back(dir + up + sub + "/libcublasLt.so.13");
+    candidates.push_back("libcublasLt.so.13");
+    void* h = nullptr;
+    std::string tried;
+    for (const std::string& c : candidates) {
+      h = dlopen(c.c_str(), RTLD_NOW | RTLD_LOCAL);
+      if (h) {
+        l.status = "cuBLASLt from " + c;
+        break;
+      }
+      tried += (tried.empty() ? "" : "; ") + c;
+    }
+    if (!h) {
+      l.status = "cuBLASLt not loaded (pip install nvidia-cublas, the `cuda` extra); tried " + tried;
+      return;
+    }
+    bool all = true;
+    auto sym = [&](auto& fn, const char* name) {
+      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(h, name));
+      all = all && fn != nullptr;
+    };
+    sym(l.create, "cublasLtCreate");
+    sym(l.desc_create, "cublasLtMatmulDescCreate");
+    sym(l.desc_destroy, "cublasLtMatmulDescDestroy");
+    sym(l.desc_set, "cublasLtMatmulDescSetAttribute");
+    sym(l.layout_create, "cublasLtMatrixLayoutCreate");
+    sym(l.layout_destroy, "cublasLtMatrixLayoutDestroy");
+    sym(l.pref_create, "cublasLtMatmulPreferenceCreate");
+    sym(l.pref_destroy, "cublasLtMatmulPreferenceDestroy");
+    sym(l.pref_set, "cublasLtMatmulPreferenceSetAttribute");
+    sym(l.heuristic, "cublasLtMatmulAlgoGetHeuristic");
+    sym(l.matmul, "cublasLtMatmul");
+    sym(l.status_string, "cublasLtGetStatusString");
+    if (!all) {
+      l.status += ": missing symbols";
+      return;
+    }
+    const cublasStatus_t st = l.create(&l.handle);
+    if (st != CUBLAS_STATUS_SUCCESS) {
+      l.status += std::string(": cublasLtCreate failed: ") + l.status_string(st);
+      return;
+    }
+    l.ok = true;  // the handle lives until the process ends (destroying it at exit races the CUDA teardown)
+  });
+  return l;
+}
+
+void check_lt(cublasStatus_t st, const char* what) {
+  if (st != CUBLAS_STATUS_SUCCESS)
+    fail(ErrorKind::internal, std::string("cuBLASLt ") + what + ": " + lt().status_string(st));
+}
+
+constexpr size_t kMaxWorkspace = size_t(32) << 20;  // NVIDIA's recommendation for Hopper
+
+// Per shape: the layouts and the heuristic's algorithm (descriptors are immutable once made; the matmul
+// descriptor, which holds the bias pointer, is made per call).
+struct Plan {
+  bool ok = false;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  size_t workspace = 0;
+  std::string note;
+};
+using PlanKey = std::tuple<int, bool, bool, int, int, int>;  // dtype, gelu, bias, M, N, K
+
+cublasLtMatmulDesc_t make_desc(bool gelu, const void* bias) {
+  Lt& l = lt();
+  cublasLtMatmulDesc_t desc = nullptr;
+  check_lt(l.desc_create(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "MatmulDescCreate");
+  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  check_lt(l.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "set TRANSA");
+  check_lt(l.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), "set TRANSB");
+  const cublasLtEpilogue_t epi = bias ? (gelu ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_BIAS)
+                                      : (gelu ? CUBLASLT_EPILOGUE_GELU : CUBLASLT_EPILOGUE_DEFAULT);
+  check_lt(l.desc_set(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi), "set EPILOGUE");
+  if (bias) check_lt(l.desc_set(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias), "set BIAS_POINTER");
+  return desc;
+}
+
+const Plan& plan_for(DType t, bool gelu, const void* bias, int M, int N, int K) {
+  static std::mutex mu;
+  static std::map<PlanKey, Plan> plans;
+  std::lock_guard<std::mutex> lock(mu);
+  const PlanKey key{int(t), gelu, bias != nullptr, M, N, K};
+  auto it = plans.find(key);
+  if (it != plans.end()) return it->second;
+  Plan& p = plans[key];
+  Lt& l = lt();
+  const cudaDataType_t dt = t == DType::bf16 ? CUDA_R_16BF : CUDA_R_16F;
+  check_lt(l.layout_create(&p.a, dt, K, N, K), "MatrixLayoutCreate (w)");
+  check_lt(l.layout_create(&p.b, dt, K, M, K), "MatrixLayoutCreate (x)");
+  check_lt(l.layout_create(&p.d, dt, N, M, N), "MatrixLayoutCreate (y)");
+  cublasLtMatmulPreference_t pref = nullptr;
+  check_lt(l.pref_create(&pref), "MatmulPreferenceCreate");
+  check_lt(l.pref_set(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &kMaxWorkspace, sizeof kMaxWorkspace),
+           "set MAX_WORKSPACE_BYTES");
+  const uint32_t align = 16;  // our tensors: 16-byte aligned (checked by the caller)
+  for (auto attr : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                    CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES})
+    check_lt(l.pref_set(pref, attr, &align, sizeof align), "set MIN_ALIGNMENT");
+  cublasLtMatmulDesc_t desc = make_desc(gelu, bias);
+  cublasLtMatmulHeuristicResult_t res{};
+  int found = 0;
+  const cublasStatus_t st = l.heuristic(l.handle, desc, p.a, p.b, p.d, p.d, pref, 1, &res, &found);
+  l.desc_destroy(desc);
+  l.pref_destroy(pref);
+  if (st == CUBLAS_STATUS_SUCCESS && found > 0 && res.state == CUBLAS_STATUS_SUCCESS) {
+    p.ok = true;
+    p.algo = res.algo;
+    p.workspace = res.workspaceSize;
+    p.note = "cuBLASLt heuristic algorithm #0, workspace " + std::to_string(res.workspaceSize) + " B, waves " +
+             std::to_string(res.wavesCount);
+  } else {
+    p.note = std::string("cuBLASLt: no algorithm (") + l.status_string(st) + ")";
+  }
+  return p;
+}
+
+}  // namespace
+
+bool cublaslt_available() { return lt().ok; }
+std::string cublaslt_status() { return lt().status; }
+
+bool cublaslt_gemm(DType t, bool gelu, int M, int N, int K, const void* x, const void* w, const void* bias, void* y,
+                   cudaStream_t s, std::string* algo_note) {
+  if (!cublaslt_available() || (t != DType::bf16 && t != DType::f16)) return false;
+  const Plan& p = plan_for(t, gelu, bias, M, N, K);
+  if (algo_note) *algo_note = p.note;
+  if (!p.ok) return false;
+  Lt& l = lt();
+  cublasLtMatmulDesc_t desc = make_desc(gelu, bias);
+  cudaops::Scratch ws(p.workspace, s);
+  const float alpha = 1.f, beta = 0.f;
+  const cublasStatus_t st = l.matmul(l.handle, desc, &alpha, w, p.a, x, p.b, &beta, y, p.d, y, p.d, &p.algo,
+                                     ws.get<void>(), p.workspace, s);
+  l.desc_destroy(desc);
+  check_lt(st, "Matmul");
+  cudaops::check_launch("linear (cuBLASLt)");
+  return true;
+}
+
+}  // namespace cuda_detail
+}  // namespace ops
+}  // namespace nfd

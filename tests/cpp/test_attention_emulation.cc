@@ -1,0 +1,466 @@
+// CPU emulation of the tensor-core attention kernel (csrc/ops/attention_cuda.cu, attention_mma_kernel) and its
+// log-sum-exp merge, compiled without nvcc. The emulator follows the kernel step by step for every CTA, warp
+// and lane, taking every address, ldmatrix source row, fragment coordinate and split range from
+// ops/attention_mma.h (the functions the kernel calls), while the hardware side (cp.async zero-fill,
+// ldmatrix / ldmatrix.trans, mma.m16n8k16 fragment layouts) is written here independently from the PTX ISA's
+// tables. The result is compared with a double-precision attention over the same bf16-exact inputs.
+// It checks that the kernel's index maps compose (swizzled stores vs ldmatrix reads, K as B, V through
+// .trans, the S accumulators re-used as the A operand of P V, masking, splits, merge) and that every ldmatrix
+// phase is free of shared-memory bank conflicts. What it cannot check: that the PTX tables transcribed here
+// match the hardware (a GPU run of tests/cuda/test_ops_cuda.cu does), timing, and races.
+// Prints "N passed, N failed"; exit code 1 on failure.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <set>
+#include <vector>
+
+#include "core/tensor.h"  // FrameState::kMaxSlots via ops.h
+#include "ops/attention_math.h"
+#include "ops/attention_mma.h"
+#include "ops/ops.h"
+
+using namespace nfd;
+namespace am = nfd::tile::mma;
+
+static int g_pass = 0, g_fail = 0;
+static void expect(bool ok, const std::string& what, double detail = 0) {
+  (ok ? g_pass : g_fail)++;
+  std::printf("%s %-72s %.3e\n", ok ? "PASS" : "FAIL", what.c_str(), detail);
+}
+
+// ---- hardware side, from the PTX ISA (independent of attention_mma.h) ---------------------------------------
+// Fragments hold values (already rounded as the registers would hold them): A 4 regs x 2, B 2 regs x 2,
+// C 4 floats, per lane.
+struct FragA { float v[4][2]; };
+struct FragB { float v[2][2]; };
+struct FragC { float v[4]; };
+
+// mma.m16n8k16 .row.col, A 16x16, B 16x8, C/D 16x8 fp32 (PTX ISA "Matrix Fragments for mma.m16n8k16"):
+// groupID = lane >> 2, threadID_in_group = lane % 4.
+//   A: a0,a1: (g, 2t + {0,1}); a2,a3: (g + 8, 2t + {0,1}); a4,a5: (g, 2t + 8 + {0,1}); a6,a7: (g + 8, 2t + 8 + {0,1})
+//   B: b0,b1: (k = 2t + {0,1}, n = g); b2,b3: (k = 2t + 8 + {0,1}, n = g)
+//   C: c0,c1: (g, 2t + {0,1}); c2,c3: (g + 8, 2t + {0,1})
+static void hw_mma(FragC* d /*[32]*/, const FragA* a /*[32]*/, const FragB* b /*[32]*/) {
+  double A[16][16], B[16][8], C[16][8];
+  for (int l = 0; l < 32; ++l) {
+    const int g = l >> 2, t = l & 3;
+    const int arow[4] = {g, g + 8, g, g + 8}, acol[4] = {2 * t, 2 * t, 2 * t + 8, 2 * t + 8};
+    for (int r = 0; r < 4; ++r)
+      for (int j = 0; j < 2; ++j) A[arow[r]][acol[r] + j] = a[l].v[r][j];
+    for (int r = 0; r < 2; ++r)
+      for (int j = 0; j < 2; ++j) B[2 * t + 8 * r + j][g] = b[l].v[r][j];
+    const int crow[4] = {g, g, g + 8, g + 8}, ccol[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
+    for (int i = 0; i < 4; ++i) C[crow[i]][ccol[i]] = d[l].v[i];
+  }
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 8; ++j) {
+      double acc = C[i][j];
+      for (int k = 0; k < 16; ++k) acc += A[i][k] * B[k][j];
+      C[i][j] = float(acc);
+    }
+  for (int l = 0; l < 32; ++l) {
+    const int g = l >> 2, t = l & 3;
+    const int crow[4] = {g, g, g + 8, g + 8}, ccol[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
+    for (int i = 0; i < 4; ++i) d[l].v[i] = float(C[crow[i]][ccol[i]]);
+  }
+}
+
+// Shared memory of 16-bit elements (stored as their float values) plus a bank-conflict counter for ldmatrix.
+struct Smem {
+  std::vector<float> e;
+  long conflicts = 0, misaligned = 0;
+};
+
+// ldmatrix.sync.aligned.m8n8.x4(.trans).b16: lanes 8m .. 8m+7 give the addresses of rows 0..7 of matrix m.
+// Non-trans: register m of thread T = matrix m, row T/4, columns 2(T%4), 2(T%4)+1.
+// .trans:     register m of thread T = matrix m, (row 2(T%4), col T/4) and (row 2(T%4)+1, col T/4).
+static void hw_ldmatrix_x4(Smem& sm, const int* addr /*[32] element offsets*/, bool trans, float out[32][4][2]) {
+  for (int m = 0; m < 4; ++m) {
+    std::set<int> groups;  // one phase reads matrix m's 8 rows of 16 bytes: 4-bank groups must differ
+    for (int r = 0; r < 8; ++r) {
+      const int a = addr[8 * m + r];
+      if (a % 8) ++sm.misaligned;
+      groups.insert(((a * 2) / 16) % 8);
+    }
+    sm.conflicts += 8 - long(groups.size());
+  }
+  for (int T = 0; T < 32; ++T)
+    for (int m = 0; m < 4; ++m)
+      for (int j = 0; j < 2; ++j) {
+        const int row = trans ? 2 * (T % 4) + j : T / 4, col = trans ? T / 4 : 2 * (T % 4) + j;
+        out[T][m][j] = sm.e[size_t(addr[8 * m + row] + col)];
+      }
+}
+
+// An x4 ldmatrix of keys or values holds two n8 B fragments: matrices 0-1 the first, 2-3 the second.
+static void split_x4(const float regs[32][4][2], FragB* b0 /*[32]*/, FragB* b1 /*[32]*/) {
+  for (int l = 0; l < 32; ++l)
+    for (int j = 0; j < 2; ++j) {
+      b0[l].v[0][j] = regs[l][0][j];
+      b0[l].v[1][j] = regs[l][1][j];
+      b1[l].v[0][j] = regs[l][2][j];
+      b1[l].v[1][j] = regs[l][3][j];
+    }
+}
+
+static float bf16(float x) { return tile::round_bf16(x); }
+
+// ---- the kernel, emulated ------------------------------------------------------------------------------
+struct Problem {
+  int H, N, HD, slots;
+  std::vector<int> vis;  // visible slot list (may hold an out-of-range slot: its keys are masked)
+  int splits;
+  std::vector<float> q, k, v;  // q [H, N, HD]; caches [slots, N, H, HD]; bf16-exact values
+};
+
+struct Partials {
+  std::vector<float> o, lse;  // [splits, H, N, HD], [splits, H, N]
+};
+
+// One CTA (query tile qt, head h, split) of attention_mma_kernel: writes out (splits == 1) or the partials.
+static void emulate_cta(const Problem& P, int qt, int h, int split, std::vector<float>& out, Partials& part,
+                        long* conflicts, long* misaligned) {
+  const int HD = P.HD, N = P.N, H = P.H, q0 = qt * am::kBQ;
+  std::vector<int> slot_of;
+  for (int s : P.vis) slot_of.push_back(s >= 0 && s < P.slots ? s : -1);
+  const int64_t L = int64_t(slot_of.size()) * N;
+  int64_t tb, te;
+  am::kv_split_range((L + am::kBK - 1) / am::kBK, P.splits, split, &tb, &te);
+  if (tb >= te) {
+    for (int r = 0; r < am::kBQ; ++r) {
+      const int n = q0 + r;
+      if (n >= N) continue;
+      if (P.splits > 1) part.lse[(size_t(split) * H + h) * N + n] = -INFINITY;
+      else for (int d = 0; d < HD; ++d) out[size_t(n) * H * HD + h * HD + d] = 0.f;
+    }
+    return;
+  }
+  Smem Qs, Ks[2], Vs[2];
+  Qs.e.assign(size_t(am::kBQ) * HD, NAN);
+  for (int s = 0; s < 2; ++s) Ks[s].e.assign(size_t(am::kBK) * HD, NAN), Vs[s].e.assign(size_t(am::kBK) * HD, NAN);
+  int key_ok[2][am::kBK];
+  // cp.async 16 bytes: 8 elements, zero-filled when the source size is 0.
+  auto cp16 = [](Smem& sm, int dst, const float* src, bool valid) {
+    for (int i = 0; i < am::kChunk; ++i) sm.e[size_t(dst + i)] = valid ? src[i] : 0.f;
+  };
+  for (int e = 0; e < am::kBQ * HD / am::kChunk; ++e) {
+    int r, c;
+    am::load_chunk_coords(e, HD, &r, &c);
+    const bool ok = q0 + r < N;
+    cp16(Qs, am::smem_offset(r, c * am::kChunk, HD),
+         P.q.data() + size_t(h) * N * HD + (ok ? size_t(q0 + r) * HD + c * am::kChunk : 0), ok);
+  }
+  auto load_kv = [&](int64_t t, int stage) {
+    for (int e = 0; e < am::kBK * HD / am::kChunk; ++e) {
+      int r, c;
+      am::load_chunk_coords(e, HD, &r, &c);
+      const int64_t key = t * am::kBK + r;
+      int64_t off = 0;
+      bool ok = false;
+      if (key < L) {
+        const int slot = slot_of[size_t(key / N)];
+        ok = slot >= 0;
+        if (ok) off = am::kv_offset(slot, int(key % N), N, H, h, HD) + c * am::kChunk;
+      }
+      cp16(Ks[stage], am::smem_offset(r, c * am::kChunk, HD), P.k.data() + off, ok);
+      cp16(Vs[stage], am::smem_offset(r, c * am::kChunk, HD), P.v.data() + off, ok);
+      if (c == 0) key_ok[stage][r] = ok;
+    }
+  };
+  const float scale_log2 = float(1.4426950408889634 / std::sqrt(double(HD)));
+
+  for (int warp = 0; warp < am::kWarps; ++warp) {
+    // Registers of the warp's 32 lanes.
+    std::vector<FragA> qf(size_t(HD / 16) * 32);
+    std::vector<FragC> o(size_t(HD / 8) * 32);
+    for (auto& f : o) f = FragC{{0.f, 0.f, 0.f, 0.f}};
+    float m_run[32][2], l_run[32][2];
+    for (int l = 0; l < 32; ++l) m_run[l][0] = m_run[l][1] = -INFINITY, l_run[l][0] = l_run[l][1] = 0.f;
+
+    for (int64_t t = tb; t < te; ++t) {
+      const int stage = int(t - tb) & 1;
+      load_kv(t, stage);  // (the kernel prefetches it one tile ahead into this stage)
+      int addr[32];
+      float regs[32][4][2];
+      if (t == tb)
+        for (int ks = 0; ks < HD / 16; ++ks) {
+          for (int l = 0; l < 32; ++l) {
+            int r, c;
+            am::ldsm_q_src(l, ks, &r, &c);
+            addr[l] = am::smem_offset(16 * warp + r, c, HD);
+          }
+          hw_ldmatrix_x4(Qs, addr, false, regs);
+          for (int l = 0; l < 32; ++l)
+            for (int i = 0; i < 4; ++i)
+              for (int j = 0; j < 2; ++j) qf[size_t(ks) * 32 + l].v[i][j] = regs[l][i][j];
+        }
+      std::vector<FragC> s(size_t(am::kBK / 8) * 32);
+      for (auto& f : s) f = FragC{{0.f, 0.f, 0.f, 0.f}};
+      for (int p = 0; p < am::kBK / 16; ++p)
+        for (int ks = 0; ks < HD / 16; ++ks) {
+          for (int l = 0; l < 32; ++l) {
+            int key, c;
+            am::ldsm_k_src(l, p, ks, &key, &c);
+            addr[l] = am::smem_offset(key, c, HD);
+          }
+          hw_ldmatrix_x4(Ks[stage], addr, false, regs);
+          FragB b0[32], b1[32];
+          split_x4(regs, b0, b1);
+          hw_mma(&s[size_t(2 * p) * 32], &qf[size_t(ks) * 32], b0);
+          hw_mma(&s[size_t(2 * p + 1) * 32], &qf[size_t(ks) * 32], b1);
+        }
+      // Online softmax, lane by lane as the kernel (quad reductions over lanes 4g .. 4g+3).
+      float mx[32][2], corr[32][2], rowsum[32][2];
+      for (int l = 0; l < 32; ++l) {
+        mx[l][0] = m_run[l][0];
+        mx[l][1] = m_run[l][1];
+        rowsum[l][0] = rowsum[l][1] = 0.f;
+        for (int j = 0; j < am::kBK / 8; ++j)
+          for (int i = 0; i < 4; ++i) {
+            float& x = s[size_t(j) * 32 + l].v[i];
+            const int key = 8 * j + am::c_col(l, i);
+            x = key_ok[stage][key] ? x * scale_log2 : -INFINITY;
+            mx[l][i >> 1] = std::max(mx[l][i >> 1], x);
+          }
+      }
+      for (int l0 = 0; l0 < 32; l0 += 4)
+        for (int r = 0; r < 2; ++r) {
+          float m = mx[l0][r];
+          for (int d = 1; d < 4; ++d) m = std::max(m, mx[l0 + d][r]);
+          for (int d = 0; d < 4; ++d) mx[l0 + d][r] = m;
+        }
+      for (int l = 0; l < 32; ++l) {
+        for (int r = 0; r < 2; ++r)
+          corr[l][r] = mx[l][r] == -INFINITY ? 1.f : std::exp2(m_run[l][r] - mx[l][r]);
+        for (int j = 0; j < am::kBK / 8; ++j)
+          for (int i = 0; i < 4; ++i) {
+            float& x = s[size_t(j) * 32 + l].v[i];
+            const float m = mx[l][i >> 1];
+            x = m == -INFINITY ? 0.f : std::exp2(x - m);
+            rowsum[l][i >> 1] += x;
+          }
+        for (int r = 0; r < 2; ++r) {
+          l_run[l][r] = l_run[l][r] * corr[l][r] + rowsum[l][r];
+          m_run[l][r] = mx[l][r];
+        }
+        for (int j = 0; j < HD / 8; ++j)
+          for (int i = 0; i < 4; ++i) o[size_t(j) * 32 + l].v[i] *= corr[l][i >> 1];
+      }
+      for (int kk = 0; kk < am::kBK / 16; ++kk) {
+        FragA pa[32];
+        for (int l = 0; l < 32; ++l)
+          for (int ar = 0; ar < 4; ++ar) {
+            const int j = am::p_ntile(kk, ar);
+            for (int hf = 0; hf < 2; ++hf) pa[l].v[ar][hf] = bf16(s[size_t(j) * 32 + l].v[am::p_creg(ar, hf)]);
+          }
+        for (int qd = 0; qd < HD / 16; ++qd) {
+          for (int l = 0; l < 32; ++l) {
+            int key, c;
+            am::ldsm_v_src(l, kk, qd, &key, &c);
+            addr[l] = am::smem_offset(key, c, HD);
+          }
+          hw_ldmatrix_x4(Vs[stage], addr, true, regs);
+          FragB b0[32], b1[32];
+          split_x4(regs, b0, b1);
+          hw_mma(&o[size_t(2 * qd) * 32], pa, b0);
+          hw_mma(&o[size_t(2 * qd + 1) * 32], pa, b1);
+        }
+      }
+    }
+    for (int l0 = 0; l0 < 32; l0 += 4)
+      for (int r = 0; r < 2; ++r) {
+        float sum = 0.f;
+        for (int d = 0; d < 4; ++d) sum += l_run[l0 + d][r];
+        for (int d = 0; d < 4; ++d) l_run[l0 + d][r] = sum;
+      }
+    for (int l = 0; l < 32; ++l)
+      for (int r = 0; r < 2; ++r) {
+        const int n = q0 + 16 * warp + am::c_row(l, 2 * r);
+        if (n >= N) continue;
+        const float inv = l_run[l][r] > 0.f ? 1.f / l_run[l][r] : 0.f;
+        for (int j = 0; j < HD / 8; ++j)
+          for (int e = 0; e < 2; ++e) {
+            const int d = 8 * j + am::c_col(l, 2 * r + e);
+            const float val = o[size_t(j) * 32 + l].v[2 * r + e] * inv;
+            if (P.splits == 1) out[size_t(n) * H * HD + h * HD + d] = bf16(val);
+            else part.o[((size_t(split) * H + h) * N + n) * HD + d] = val;
+          }
+        if (P.splits > 1 && (l & 3) == 0) part.lse[(size_t(split) * H + h) * N + n] = am::lse_log2(m_run[l][r], l_run[l][r]);
+      }
+  }
+  for (int s = 0; s < 2; ++s) *conflicts += Ks[s].conflicts + Vs[s].conflicts, *misaligned += Ks[s].misaligned + Vs[s].misaligned;
+  *conflicts += Qs.conflicts;
+  *misaligned += Qs.misaligned;
+}
+
+// attention_combine_kernel.
+static void emulate_combine(const Problem& P, const Partials& part, std::vector<float>& out) {
+  for (int h = 0; h < P.H; ++h)
+    for (int n = 0; n < P.N; ++n) {
+      float mx = -INFINITY;
+      for (int s = 0; s < P.splits; ++s) mx = std::max(mx, part.lse[(size_t(s) * P.H + h) * P.N + n]);
+      float wsum = 0.f;
+      for (int s = 0; s < P.splits; ++s) wsum += am::lse_weight(part.lse[(size_t(s) * P.H + h) * P.N + n], mx);
+      const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
+      for (int d = 0; d < P.HD; ++d) {
+        float acc = 0.f;
+        for (int s = 0; s < P.splits; ++s) {
+          const size_t row = (size_t(s) * P.H + h) * P.N + n;
+          const float w = am::lse_weight(part.lse[row], mx);
+          if (w > 0.f) acc += w * part.o[row * P.HD + d];
+        }
+        out[size_t(n) * P.H * P.HD + h * P.HD + d] = bf16(acc * inv);
+      }
+    }
+}
+
+static std::vector<double> reference(const Problem& P) {
+  std::vector<double> out(size_t(P.N) * P.H * P.HD, 0.0);
+  std::vector<std::pair<int, int>> keys;  // (slot, row) of every live key
+  for (int s : P.vis)
+    if (s >= 0 && s < P.slots)
+      for (int r = 0; r < P.N; ++r) keys.push_back({s, r});
+  if (keys.empty()) return out;
+  for (int h = 0; h < P.H; ++h)
+    for (int n = 0; n < P.N; ++n) {
+      std::vector<double> sc(keys.size());
+      double mx = -1e300;
+      for (size_t j = 0; j < keys.size(); ++j) {
+        const size_t base = size_t(am::kv_offset(keys[j].first, keys[j].second, P.N, P.H, h, P.HD));
+        double d = 0;
+        for (int c = 0; c < P.HD; ++c) d += double(P.q[(size_t(h) * P.N + n) * P.HD + c]) * P.k[base + c];
+        sc[j] = d / std::sqrt(double(P.HD));
+        mx = std::max(mx, sc[j]);
+      }
+      double l = 0;
+      for (double& x : sc) l += (x = std::exp(x - mx));
+      for (int c = 0; c < P.HD; ++c) {
+        double o = 0;
+        for (size_t j = 0; j < keys.size(); ++j)
+          o += sc[j] * P.v[size_t(am::kv_offset(keys[j].first, keys[j].second, P.N, P.H, h, P.HD)) + c];
+        out[size_t(n) * P.H * P.HD + h * P.HD + c] = o / l;
+      }
+    }
+  return out;
+}
+
+static void run_case(const char* name, int H, int N, int HD, int slots, std::vector<int> vis, int splits,
+                     float q_scale, std::mt19937& rng) {
+  Problem P{H, N, HD, slots, vis, splits, {}, {}, {}};
+  std::normal_distribution<float> nd(0.f, 1.f);
+  auto fill = [&](std::vector<float>& x, size_t n, float sc) {
+    x.resize(n);
+    for (float& e : x) e = bf16(nd(rng) * sc);
+  };
+  fill(P.q, size_t(H) * N * HD, q_scale);
+  fill(P.k, size_t(slots) * N * H * HD, 1.f);
+  fill(P.v, size_t(slots) * N * H * HD, 1.f);
+  std::vector<float> out(size_t(N) * H * HD, NAN);
+  Partials part;
+  if (splits > 1) {
+    part.o.assign(size_t(splits) * H * N * HD, NAN);  // rows of empty splits stay NaN: the merge must skip them
+    part.lse.assign(size_t(splits) * H * N, NAN);
+  }
+  long conflicts = 0, misaligned = 0;
+  const int qtiles = (N + am::kBQ - 1) / am::kBQ;
+  for (int qt = 0; qt < qtiles; ++qt)
+    for (int h = 0; h < H; ++h)
+      for (int s = 0; s < splits; ++s) emulate_cta(P, qt, h, s, out, part, &conflicts, &misaligned);
+  if (splits > 1) emulate_combine(P, part, out);
+  const std::vector<double> ref = reference(P);
+  double num = 0, den = 0;
+  bool finite = true;
+  for (size_t i = 0; i < out.size(); ++i) {
+    finite = finite && std::isfinite(out[i]);
+    num += (out[i] - ref[i]) * (out[i] - ref[i]);
+    den += ref[i] * ref[i];
+  }
+  const double rel = std::sqrt(num / (den > 0 ? den : 1));
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "emulated mma attention %s (H=%d N=%d hd=%d vis=%zu splits=%d)", name, H, N, HD,
+                vis.size(), splits);
+  expect(finite && rel < 8e-3, buf, rel);  // P is rounded to bf16 (as in the kernel), the output too
+  std::snprintf(buf, sizeof buf, "  ldmatrix rows 16-byte aligned, no bank conflicts (%s)", name);
+  expect(conflicts == 0 && misaligned == 0, buf, double(conflicts + misaligned));
+}
+
+int main() {
+  std::mt19937 rng(11);
+  // Split ranges: every tile in exactly one split, sizes differ by at most one, empty splits when tiles < splits.
+  {
+    bool ok = true;
+    for (int64_t tiles : {0, 1, 5, 7, 174, 1000})
+      for (int splits : {1, 2, 3, 8, 11, 64}) {
+        int64_t next = 0, lo = 1 << 30, hi = 0;
+        for (int s = 0; s < splits; ++s) {
+          int64_t b, e;
+          am::kv_split_range(tiles, splits, s, &b, &e);
+          ok = ok && b == next && e >= b;
+          next = e;
+          lo = std::min(lo, e - b);
+          hi = std::max(hi, e - b);
+        }
+        ok = ok && next == tiles && hi - lo <= 1;
+      }
+    expect(ok, "kv_split_range covers every key tile once, balanced");
+  }
+  // Split choice: nfd-310m full cache (96 CTAs of 64 queries x 16 heads, 174 key tiles) on 132 SMs.
+  {
+    const int s4 = am::choose_splits(96, 132, 4, 174, 64), s3 = am::choose_splits(96, 132, 3, 174, 64);
+    const int tiny = am::choose_splits(4, 132, 4, 3, 64), big = am::choose_splits(2000, 132, 2, 500, 64);
+    std::printf("  splits: 310m@4/SM %d, 310m@3/SM %d, tiny %d, big grid %d\n", s4, s3, tiny, big);
+    auto eff = [](int base, int s, int slots) {
+      const int64_t c = int64_t(base) * s, w = (c + slots - 1) / slots;
+      return double(c) / double(w * slots);
+    };
+    expect(eff(96, s4, 528) >= 0.9 && eff(96, s3, 396) >= 0.9, "choose_splits fills >= 90% of the waves (310m)");
+    expect(tiny == 3 && big == 1, "choose_splits: capped by key tiles; 1 when the grid is already large");
+  }
+  // Log-sum-exp merge of two partials == softmax over the union (log2 units).
+  {
+    const float s[5] = {0.5f, -1.f, 3.f, 2.f, -0.25f}, v[5] = {1.f, 2.f, -1.f, 0.5f, 4.f};
+    auto part = [&](int b, int e, float* o, float* lse) {
+      float m = -INFINITY, l = 0, acc = 0;
+      for (int i = b; i < e; ++i) m = std::max(m, s[i]);
+      for (int i = b; i < e; ++i) l += std::exp2(s[i] - m), acc += std::exp2(s[i] - m) * v[i];
+      *o = l > 0 ? acc / l : 0.f;
+      *lse = am::lse_log2(m, l);
+    };
+    float o1, l1, o2, l2, o3, l3, oall, lall;
+    part(0, 2, &o1, &l1);
+    part(2, 5, &o2, &l2);
+    part(5, 5, &o3, &l3);  // empty
+    part(0, 5, &oall, &lall);
+    const float mx = std::max({l1, l2, l3});
+    const float w1 = am::lse_weight(l1, mx), w2 = am::lse_weight(l2, mx), w3 = am::lse_weight(l3, mx);
+    const float merged = (w1 * o1 + w2 * o2) / (w1 + w2 + w3);
+    expect(std::fabs(merged - oall) < 1e-6f && w3 == 0.f && std::isinf(l3), "lse merge == softmax over the union",
+           std::fabs(merged - oall));
+  }
+  // The swizzle is a permutation of each row's chunks.
+  {
+    bool ok = true;
+    for (int hd : {32, 64, 128})
+      for (int r = 0; r < 64; ++r) {
+        std::set<int> seen;
+        for (int c = 0; c < hd; c += 8) seen.insert(am::smem_offset(r, c, hd));
+        ok = ok && int(seen.size()) == hd / 8 && *seen.begin() >= r * hd && *seen.rbegin() < (r + 1) * hd;
+      }
+    expect(ok, "smem_offset: each row's chunks permuted within the row");
+  }
+  // The kernel, emulated. Shapes: a partial query tile and key tiles straddling slot boundaries (N = 37), the
+  // real frame size, every head_dim, one and several splits (some empty), slot lists out of order, a slot
+  // outside the cache (masked), sharp softmax.
+  run_case("first frame", 2, 37, 64, 4, {3}, 1, 1.f, rng);
+  run_case("slots out of order", 2, 37, 64, 6, {0, 4, 1, 2, 5}, 1, 1.f, rng);
+  run_case("hd32 split 3", 1, 37, 32, 6, {5, 0, 3, 4}, 3, 1.f, rng);
+  run_case("hd128 split 2", 1, 37, 128, 5, {1, 0, 4}, 2, 1.f, rng);
+  run_case("more splits than tiles", 1, 20, 64, 3, {2}, 4, 1.f, rng);
+  run_case("invalid slot masked", 2, 24, 64, 3, {0, 7, 2}, 2, 1.f, rng);
+  run_case("sharp softmax", 1, 37, 64, 4, {0, 1, 2, 3}, 2, 8.f, rng);
+  run_case("frame of 336 tokens", 1, 336, 64, 3, {1, 2, 0}, 5, 1.f, rng);
+  std::printf("%d passed, %d failed\n", g_pass, g_fail);
+  return g_fail ? 1 : 0;
+}
