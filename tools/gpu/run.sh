@@ -154,7 +154,7 @@ step op_tests 60 1 "$BUILD_DIR/nfd_cuda_op_tests"
 
 # The C++ checks already ran as their own step: pytest skips their wrapper unless op_tests was left out.
 PYTEST_DESELECT=$(wanted op_tests && echo "--deselect tests/test_cuda_ops.py::test_cuda_ops" || echo "")
-step pytest 150 1 "NFD_CUDA_OP_TESTS=$ROOT/$BUILD_DIR/nfd_cuda_op_tests $PY -m pytest -q -m cuda -rA -p no:cacheprovider \
+step pytest 300 1 "NFD_CUDA_OP_TESTS=$ROOT/$BUILD_DIR/nfd_cuda_op_tests $PY -m pytest -q -m cuda -rA -p no:cacheprovider \
   $PYTEST_DESELECT ${PYTEST_ARGS:-} tests"
 
 step memcheck 120 1 "\$(tool compute-sanitizer) --tool memcheck --error-exitcode 9 $PY tools/gpu/session_smoke.py"
