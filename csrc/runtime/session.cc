@@ -533,6 +533,38 @@ struct Session::Impl {
     resume_worker(paused);
   }
 
+  // Forgets everything (frames ahead too), then writes `count` context frames into the cache: `latent_of(j)`
+  // puts frame j's latent into st->io.latent, and the cache-write pass stores it under actions[j] (zeros when
+  // null).
+  template <typename LatentOf>
+  void reset_context(int count, const float* actions, LatentOf latent_of) {
+    if (actions) check_finite(actions, int64_t(count) * cfg.action_dim, "actions");
+    std::unique_lock<std::mutex> lk = pause_worker(false);
+    spec_action.clear();
+    worker_error.clear();
+    clear();
+    served_index = 0;
+    lk.unlock();
+    try {
+      for (int j = 0; j < count; ++j) {
+        prepare_state(ctx);
+        latent_of(j);
+        upload_action(ctx, actions ? actions + int64_t(j) * cfg.action_dim : nullptr);
+        run_frame(false, false);
+        device_synchronize(opt.device, ctx.stream);
+        commit_frame();
+      }
+    } catch (...) {
+      lk.lock();
+      served_index = frame_index;
+      resume_worker(lk);
+      throw;
+    }
+    lk.lock();
+    served_index = frame_index;
+    resume_worker(lk);
+  }
+
   void decode_host(const float* latent, uint8_t* frame_out) {
     // Uses the write buffer as the input: it is only scratch between frames.
     Tensor host{const_cast<float*>(latent), DType::f32, Device::cpu, st->io.write.shape};
@@ -583,37 +615,14 @@ Session::SpeculationStats Session::speculation_stats() const {
 
 void Session::reset_frames(const uint8_t* frames, int count, const float* actions) {
   Impl& s = *impl_;
-  const Config& c = s.cfg;
   NFD_CHECK(count >= 0, invalid_argument, "reset: frame count must be >= 0");
   NFD_CHECK(count == 0 || frames, invalid_argument, "reset: frames is null");
-  if (actions) check_finite(actions, int64_t(count) * c.action_dim, "actions");
-  std::unique_lock<std::mutex> lk = s.pause_worker(false);
-  s.spec_action.clear();
-  s.worker_error.clear();
-  s.clear();
-  s.served_index = 0;
-  lk.unlock();
-  const size_t frame_bytes = size_t(c.frame_height) * c.frame_width * 3;
-  try {
-    for (int j = 0; j < count; ++j) {
-      s.prepare_state(s.ctx);
-      device_memcpy(s.st->io.frame.data, s.opt.device, frames + j * frame_bytes, Device::cpu, frame_bytes,
-                    s.ctx.stream);
-      s.st->vae->encode(s.ctx, s.st->io.frame, s.st->io.latent);
-      s.upload_action(s.ctx, actions ? actions + int64_t(j) * c.action_dim : nullptr);
-      s.run_frame(false, false);
-      device_synchronize(s.opt.device, s.ctx.stream);
-      s.commit_frame();
-    }
-  } catch (...) {
-    lk.lock();
-    s.served_index = s.frame_index;
-    s.resume_worker(lk);
-    throw;
-  }
-  lk.lock();
-  s.served_index = s.frame_index;
-  s.resume_worker(lk);
+  const size_t frame_bytes = size_t(s.cfg.frame_height) * s.cfg.frame_width * 3;
+  s.reset_context(count, actions, [&](int j) {
+    device_memcpy(s.st->io.frame.data, s.opt.device, frames + j * frame_bytes, Device::cpu, frame_bytes,
+                  s.ctx.stream);
+    s.st->vae->encode(s.ctx, s.st->io.frame, s.st->io.latent);
+  });
 }
 
 void Session::reset_latents(const float* latents, int count, const float* actions) {
@@ -622,33 +631,11 @@ void Session::reset_latents(const float* latents, int count, const float* action
   NFD_CHECK(count >= 0, invalid_argument, "reset: latent count must be >= 0");
   NFD_CHECK(count == 0 || latents, invalid_argument, "reset: latents is null");
   check_finite(latents, int64_t(count) * c.latent_numel(), "latents");
-  if (actions) check_finite(actions, int64_t(count) * c.action_dim, "actions");
-  std::unique_lock<std::mutex> lk = s.pause_worker(false);
-  s.spec_action.clear();
-  s.worker_error.clear();
-  s.clear();
-  s.served_index = 0;
-  lk.unlock();
-  try {
-    for (int j = 0; j < count; ++j) {
-      s.prepare_state(s.ctx);
-      Tensor host{const_cast<float*>(latents + int64_t(j) * c.latent_numel()), DType::f32, Device::cpu,
-                  s.st->io.latent.shape};
-      ops::copy(s.ctx, host, s.st->io.latent);
-      s.upload_action(s.ctx, actions ? actions + int64_t(j) * c.action_dim : nullptr);
-      s.run_frame(false, false);
-      device_synchronize(s.opt.device, s.ctx.stream);
-      s.commit_frame();
-    }
-  } catch (...) {
-    lk.lock();
-    s.served_index = s.frame_index;
-    s.resume_worker(lk);
-    throw;
-  }
-  lk.lock();
-  s.served_index = s.frame_index;
-  s.resume_worker(lk);
+  s.reset_context(count, actions, [&](int j) {
+    Tensor host{const_cast<float*>(latents + int64_t(j) * c.latent_numel()), DType::f32, Device::cpu,
+                s.st->io.latent.shape};
+    ops::copy(s.ctx, host, s.st->io.latent);
+  });
 }
 
 void Session::step(const float* action, uint8_t* frame_out, float* latent_out) {
