@@ -388,9 +388,10 @@ for cin, cout, h, w in [
     (64, 3, 130, 256),  # the direct path for <= 4 outputs in bands of 61, 61 and 8 rows
 ]:
     conv_case(cin, cout, h, w, 3, 1, 1)
-for cin, cout, h, w, k, stride, pad in [  # CUDA: tensor-core im2col + GEMM, and the CUDA-core path (Cin*k*k = 36)
+for cin, cout, h, w, k, stride, pad in [  # CUDA: the tensor-core implicit GEMM (Cin % 8 == 0; Cout padded to 8)
     (8, 16, 13, 11, 3, 1, 1), (16, 16, 13, 12, 3, 2, 1), (16, 8, 9, 9, 1, 1, 0), (64, 64, 24, 40, 3, 1, 1),
-    (4, 8, 10, 10, 3, 1, 1),
+    (16, 12, 7, 10, 3, 1, 1), (64, 3, 20, 36, 3, 1, 1),
+    (4, 8, 10, 10, 3, 1, 1),  # and the CUDA-core path (Cin = 4)
 ]:
     conv_case(cin, cout, h, w, k, stride, pad)
 
@@ -400,7 +401,7 @@ def upconv_ref(x, wt, b):
     return F.conv2d(up, T(wt), T(b) if b is not None else None, padding=1)[0]
 
 
-for cin, cout, h, w in [(64, 64, 8, 8), (32, 32, 32, 32), (3, 5, 5, 7), (16, 8, 6, 5),
+for cin, cout, h, w in [(64, 64, 8, 8), (32, 32, 32, 32), (3, 5, 5, 7), (16, 8, 6, 5), (16, 3, 5, 9),
                         (32, 32, 30, 128)]:  # the last: CPU bands of 12, 12 and 6 input rows
     x, wt, b = randn(cin, h, w, seed=29), randn(cout, cin, 3, 3, seed=30, scale=1 / math.sqrt(cin * 9)), \
         randn(cout, seed=31)

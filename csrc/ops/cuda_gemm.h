@@ -1,5 +1,5 @@
-// The 16-bit GEMM engines behind the CUDA ops::linear (ops/linear_cuda.cu): CUTLASS 2.x (always built) and
-// cuBLASLt (ops/linear_cublaslt.cu, built when cublasLt.h is found: NFD_RT_WITH_CUBLASLT; the library is
+// The 16-bit GEMM engines of the CUDA backend. Behind ops::linear (ops/linear_cuda.cu): CUTLASS 2.x (always
+// built) and cuBLASLt (ops/linear_cublaslt.cu, built when cublasLt.h is found: NFD_RT_WITH_CUBLASLT; the library is
 // opened at run time). Both compute y[M,N] = x[M,K] w[N,K]^T (+ bias[N]) (then GELU(tanh)) with fp32
 // accumulation, bf16 or fp16 everywhere, row-major, 16-byte aligned, K and N multiples of 8.
 #pragma once
@@ -9,10 +9,19 @@
 #include <string>
 
 #include "core/tensor.h"
+#include "ops/ops.h"
 
 namespace nfd {
 namespace ops {
 namespace cuda_detail {
+
+// The tensor-core convolution of ops::conv2d and ops::upsample2x_conv2d (ops/conv2d_cuda.cu): CUTLASS's NHWC
+// implicit GEMM between two transposes, for bf16/fp16 with Cin % 8 == 0 (eligible()). upsample2x folds the 2x
+// nearest upsampling of x into the NHWC transpose (then x is the low-resolution image and out is 2H x 2W).
+bool conv2d_implicit_gemm_eligible(const Tensor& x);
+void conv2d_implicit_gemm(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, int stride,
+                          int pad, bool upsample2x, Tensor& out, const Tensor* residual);
+// Its scratch and index maps: ops/conv2d_layout.h.
 
 void cutlass_gemm(DType t, bool gelu, int M, int N, int K, const void* x, const void* w, const void* bias, void* y,
                   cudaStream_t s);

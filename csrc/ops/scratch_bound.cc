@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "ops/conv2d_layout.h"
 #include "ops/cpu_common.h"
 
 namespace nfd {
@@ -60,8 +61,11 @@ size_t scratch_bytes_bound(const Config& cfg, Device device, DType dtype, int th
   const std::vector<int>& ch = cfg.vae.channels;
   for (size_t i = 0; i < ch.size(); ++i) {
     const int64_t pixels = int64_t(cfg.frame_height >> i) * (cfg.frame_width >> i), c = level_channels(ch, i);
-    // conv2d: im2col columns [P, 9 Cin] + product [P, Cout]; upsample2x_conv2d: the upsampled image first.
-    need = std::max(need, pixels * (10 * c + c) * es);
+    // conv2d / upsample2x_conv2d at this level, k <= 3: tensor cores (NHWC input, filters, product; an
+    // upsampled input has this level's pixels; conv_out's 3 outputs pad to 8 <= c), or CUDA cores after an
+    // upsample into a [C, H, W] scratch.
+    need = std::max(need, conv_layout::ScratchLayout(pixels, c, pixels, c, 3, es).total);
+    need = std::max(need, pixels * c * es);
   }
   // copy: host data staged through scratch, at most the largest weight or a frame's image.
   need = std::max(need, int64_t(cfg.hidden_size) * cfg.hidden_size * cfg.mlp_ratio * 4);
