@@ -8,6 +8,8 @@ For each op call of a frame (csrc/model: the DiT passes, the cache-write pass an
 runtime's op through `nfd_rt._core.ops` (inputs uploaded once; `set_timing` repeats the op alone, on CUDA as a
 captured graph of back-to-back calls) and reports time per call, calls per frame, achieved TFLOP/s and GB/s,
 and the fraction of the roofline: max(FLOPs / peak FLOP/s, bytes / peak bandwidth) over the measured time.
+A CUDA bf16/fp16 linear is timed under both GEMM engines (CUTLASS and cuBLASLt): a session times both at open
+and keeps the faster per shape, so the row reports the faster and records both (`engines`, `engine`).
 Bytes are the fewest an op must move (each input read once, each output written once). The ceilings are
 measured in the same run: a large matrix product and a large copy through PyTorch on CUDA; on the CPU a
 512x1024x1024 GEMM through nfd_rt's OpenBLAS (as fps.py) and a large numpy copy. With PyTorch installed, the same
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -248,6 +251,30 @@ def time_op(ops, case: OpCase, kw: dict, target_s: float, samples: int) -> list[
         ops.set_timing(0)
 
 
+def time_linear_engines(core, ops, case: OpCase, kw: dict, target_s: float, samples: int, row: dict) -> list[float]:
+    """A CUDA 16-bit linear under each GEMM engine (NFD_RT_GEMM, read per call): a session times both at open
+    (ops::linear_prepare) and keeps the faster per shape, so the row reports the faster one and records both,
+    with the kernel each really ran (kernels_used: cuBLASLt falls back to CUTLASS when it is unavailable)."""
+    engines, best, saved = {}, None, os.environ.get("NFD_RT_GEMM")
+    try:
+        for engine in ("cutlass", "cublaslt"):
+            os.environ["NFD_RT_GEMM"] = engine
+            core.clear_kernels_used()
+            ts = time_op(ops, case, kw, target_s, samples)
+            ran = [v for k, v in core.kernels_used().items() if k.startswith("linear ")]
+            engines[engine] = {"ms": float(np.median(ts)) * 1e3, "kernel": ran[0] if ran else "?"}
+            if best is None or np.median(ts) < np.median(best[1]):
+                best = (engine, ts)
+    finally:
+        if saved is None:
+            os.environ.pop("NFD_RT_GEMM", None)
+        else:
+            os.environ["NFD_RT_GEMM"] = saved
+    row["engines"] = engines
+    row["engine"] = best[0]
+    return best[1]
+
+
 def time_torch(fn: Callable[[], Any], torch, cuda: bool, target_s: float, samples: int) -> list[float]:
     """Seconds per call of fn: on CUDA a captured graph of back-to-back calls timed with events (plain loop if the
     capture fails), on the CPU a host clock around a loop."""
@@ -398,7 +425,10 @@ def main(argv: list[str] | None = None) -> int:
         row: dict = {"name": case.name, "op": case.op, "calls_per_frame": case.calls_per_frame,
                      "flops": case.flops, "bytes": case.bytes_moved}
         try:
-            ts = time_op(ops, case, kw, target, args.samples)
+            if case.op == "linear" and args.device == "cuda" and dtype != "float32":
+                ts = time_linear_engines(core(), ops, case, kw, target, args.samples, row)
+            else:
+                ts = time_op(ops, case, kw, target, args.samples)
             t = float(np.median(ts))
             row.update(ms=t * 1e3, ms_samples=[x * 1e3 for x in ts], ms_per_frame=t * 1e3 * case.calls_per_frame,
                        tflops=case.flops / t / 1e12, gbs=case.bytes_moved / t / 1e9)
