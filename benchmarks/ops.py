@@ -8,8 +8,10 @@ For each op call of a frame (csrc/model: the DiT passes, the cache-write pass an
 runtime's op through `nfd_rt._core.ops` (inputs uploaded once; `set_timing` repeats the op alone, on CUDA as a
 captured graph of back-to-back calls) and reports time per call, calls per frame, achieved TFLOP/s and GB/s,
 and the fraction of the roofline: max(FLOPs / peak FLOP/s, bytes / peak bandwidth) over the measured time.
-A CUDA bf16/fp16 linear is timed under both GEMM engines (CUTLASS and cuBLASLt): a session times both at open
-and keeps the faster per shape, so the row reports the faster and records both (`engines`, `engine`).
+On CUDA (bf16/fp16) the implementation switches are timed side by side: a linear under both GEMM engines
+(CUTLASS, cuBLASLt; a session keeps the faster per shape, so the row reports the faster) and attention under
+ours (128 query rows), ours with 64 rows and FlashInfer (the row reports the default, ours); `engines` /
+`impls` hold each one's time and the kernel that ran.
 Bytes are the fewest an op must move (each input read once, each output written once). The ceilings are
 measured in the same run: a large matrix product and a large copy through PyTorch on CUDA; on the CPU a
 512x1024x1024 GEMM through nfd_rt's OpenBLAS (as fps.py) and a large numpy copy. With PyTorch installed, the same
@@ -251,28 +253,51 @@ def time_op(ops, case: OpCase, kw: dict, target_s: float, samples: int) -> list[
         ops.set_timing(0)
 
 
-def time_linear_engines(core, ops, case: OpCase, kw: dict, target_s: float, samples: int, row: dict) -> list[float]:
-    """A CUDA 16-bit linear under each GEMM engine (NFD_RT_GEMM, read per call): a session times both at open
-    (ops::linear_prepare) and keeps the faster per shape, so the row reports the faster one and records both,
-    with the kernel each really ran (kernels_used: cuBLASLt falls back to CUTLASS when it is unavailable)."""
-    engines, best, saved = {}, None, os.environ.get("NFD_RT_GEMM")
+# The implementation switches a CUDA session reads per call, timed side by side. A session picks the faster GEMM
+# engine per shape at open (ops::linear_prepare); attention runs its default unless an environment variable says.
+LINEAR_ENGINES = {"cutlass": {"NFD_RT_GEMM": "cutlass"}, "cublaslt": {"NFD_RT_GEMM": "cublaslt"}}
+ATTENTION_IMPLS = {"ours": {}, "ours rows=64": {"NFD_RT_ATTENTION_ROWS": "64"},
+                   "flashinfer": {"NFD_RT_ATTENTION": "flashinfer"}}
+
+
+def time_variants(core, ops, case: OpCase, kw: dict, target_s: float, samples: int,
+                  variants: dict[str, dict[str, str]]) -> dict[str, dict]:
+    """Times the op under each variant's environment; records its median and the kernel that really ran
+    (kernels_used: a variant that does not take the problem falls back, and says so there)."""
+    out, saved = {}, {k: os.environ.get(k) for env in variants.values() for k in env}
     try:
-        for engine in ("cutlass", "cublaslt"):
-            os.environ["NFD_RT_GEMM"] = engine
+        for name, env in variants.items():
+            for k in saved:
+                os.environ.pop(k, None)
+            os.environ.update(env)
             core.clear_kernels_used()
-            ts = time_op(ops, case, kw, target_s, samples)
-            ran = [v for k, v in core.kernels_used().items() if k.startswith("linear ")]
-            engines[engine] = {"ms": float(np.median(ts)) * 1e3, "kernel": ran[0] if ran else "?"}
-            if best is None or np.median(ts) < np.median(best[1]):
-                best = (engine, ts)
+            try:
+                ts = time_op(ops, case, kw, target_s, samples)
+            except Exception as e:  # noqa: BLE001 - e.g. FlashInfer not built: the others still run
+                out[name] = {"error": f"{type(e).__name__}: {e}"}
+                continue
+            ran = [v for k, v in core.kernels_used().items() if k.startswith(case.op + " ")]
+            out[name] = {"ms": float(np.median(ts)) * 1e3, "samples": ts, "kernel": ran[0] if ran else "?"}
     finally:
-        if saved is None:
-            os.environ.pop("NFD_RT_GEMM", None)
-        else:
-            os.environ["NFD_RT_GEMM"] = saved
-    row["engines"] = engines
-    row["engine"] = best[0]
-    return best[1]
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return out
+
+
+def pick_variant(variants: dict[str, dict], row: dict, key: str, choose_fastest: bool, default: str) -> list[float]:
+    """Records every variant's time under row[key] and returns the samples the row reports: the fastest
+    (what a session picks) or the default (what a session runs)."""
+    timed = {k: v for k, v in variants.items() if "ms" in v}
+    if not timed:
+        raise RuntimeError("; ".join(f"{k}: {v.get('error')}" for k, v in variants.items()))
+    fastest = min(timed, key=lambda k: timed[k]["ms"])
+    chosen = fastest if choose_fastest or default not in timed else default
+    row[key] = {k: {kk: vv for kk, vv in v.items() if kk != "samples"} for k, v in variants.items()}
+    row[key + "_reported"], row[key + "_fastest"] = chosen, fastest
+    return timed[chosen]["samples"]
 
 
 def time_torch(fn: Callable[[], Any], torch, cuda: bool, target_s: float, samples: int) -> list[float]:
@@ -426,7 +451,11 @@ def main(argv: list[str] | None = None) -> int:
                      "flops": case.flops, "bytes": case.bytes_moved}
         try:
             if case.op == "linear" and args.device == "cuda" and dtype != "float32":
-                ts = time_linear_engines(core(), ops, case, kw, target, args.samples, row)
+                v = time_variants(core(), ops, case, kw, target, args.samples, LINEAR_ENGINES)
+                ts = pick_variant(v, row, "engines", True, "cutlass")
+            elif case.op == "attention" and args.device == "cuda" and dtype != "float32":
+                v = time_variants(core(), ops, case, kw, target, args.samples, ATTENTION_IMPLS)
+                ts = pick_variant(v, row, "impls", False, "ours")
             else:
                 ts = time_op(ops, case, kw, target, args.samples)
             t = float(np.median(ts))

@@ -41,7 +41,7 @@ ops = _core.ops
 BACKENDS = [("cpu", "float32"), ("cuda", "float32"), ("cuda", "float16"), ("cuda", "bfloat16")]
 SHORT = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 TORCH_DTYPE = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-ATTENTION_ENV = ("NFD_RT_ATTENTION", "NFD_RT_ATTENTION_SPLITS", "NFD_RT_GEMM")
+ATTENTION_ENV = ("NFD_RT_ATTENTION", "NFD_RT_ATTENTION_SPLITS", "NFD_RT_ATTENTION_ROWS", "NFD_RT_GEMM")
 
 
 def tol(dtype: str, long_sum: bool = False) -> float:
@@ -274,9 +274,11 @@ def attention_kernel(impl, hd, dtype):
     return f"attention {SHORT[dtype]} hd{hd}", prefix
 
 
-# The implementations behind CUDA attention (NFD_RT_ATTENTION), with split overrides for ours; float32 takes one.
-ATTENTION_VARIANTS = [("ours", None), ("ours", "1"), ("ours", "3"), ("simt", None)] + \
-    ([("flashinfer", None)] if flashinfer_built() else [])
+# The implementations behind CUDA attention (NFD_RT_ATTENTION), with split and query-tile overrides for ours
+# (NFD_RT_ATTENTION_SPLITS; NFD_RT_ATTENTION_ROWS=64 for head_dim 64, whose default is 128); float32 takes one.
+ATTENTION_VARIANTS = [("ours", {}), ("ours", {"NFD_RT_ATTENTION_SPLITS": "1"}),
+                      ("ours", {"NFD_RT_ATTENTION_SPLITS": "3"}), ("ours", {"NFD_RT_ATTENTION_ROWS": "64"}),
+                      ("simt", {})] + ([("flashinfer", {})] if flashinfer_built() else [])
 
 
 def attention_case(H, N, hd, S, slots, spread=1.0, kv_scale=1.0, note="", long_sum=None):
@@ -289,11 +291,14 @@ def attention_case(H, N, hd, S, slots, spread=1.0, kv_scale=1.0, note="", long_s
     if hd not in (32, 64, 128):  # a documented CUDA limit: its kernels take these head_dims
         case(name, call, ref, long_sum=long_sum, raises={"cuda": (RuntimeError, f"head_dim {hd}")})
         return
-    for impl, splits in ATTENTION_VARIANTS:
-        default = impl == "ours" and splits is None
-        env = {} if default else {"NFD_RT_ATTENTION": impl, **({"NFD_RT_ATTENTION_SPLITS": splits} if splits else {})}
+    for impl, knobs in ATTENTION_VARIANTS:
+        if "NFD_RT_ATTENTION_ROWS" in knobs and hd != 64:
+            continue  # the override exists for head_dim 64 only
+        default = impl == "ours" and not knobs
+        env = {} if default else {"NFD_RT_ATTENTION": impl, **knobs}
         kernel = functools.partial(attention_kernel, impl, hd)
-        case(name + ("" if default else f" {impl}" + (f" splits={splits}" if splits else "")), call, ref,
+        label = " ".join(f"{k.removeprefix('NFD_RT_ATTENTION_').lower()}={v}" for k, v in knobs.items())
+        case(name + ("" if default else f" {impl}" + (f" {label}" if label else "")), call, ref,
              long_sum=long_sum, env=env, where=(lambda device, dtype: True) if default else cuda_16bit,
              kernel=kernel)
 

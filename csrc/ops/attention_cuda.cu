@@ -6,8 +6,10 @@
 //
 //  * ours, bf16/fp16, head_dim 32/64/128 ("mma"): a flash-attention tile kernel on tensor cores (sm_80+
 //    mma.sync.m16n8k16, fp32 accumulation), index maps in ops/attention_mma.h:
-//      - grid (query tiles of 64, heads, splits); 4 warps, each 16 query rows; key tiles of 64 through shared
-//        memory (cp.async, double-buffered, 16-byte chunks XOR-swizzled), Q held in registers as A fragments;
+//      - grid (query tiles of 128, heads, splits); 4 warps, each 2 row tiles of 16 queries (head_dim 128: 64
+//        and 1; NFD_RT_ATTENTION_ROWS=64 for head_dim 64 too), so each K/V fragment read from shared memory
+//        feeds 4 MMAs; key tiles of 64 through shared memory (cp.async, double-buffered, 16-byte chunks
+//        XOR-swizzled), Q held in registers as A fragments;
 //      - S = Q K^T (K via ldmatrix), online softmax in fp32 on the accumulators (log2 units, scores scaled by
 //        log2(e)/sqrt(hd)), P re-packed in registers as the A operand of O += P V (V via ldmatrix.trans);
 //      - split over the key range: the live key tiles (num_visible * N / 64, read on the device) are shared
@@ -47,7 +49,6 @@ bool flashinfer_attention(DType dtype, const void* q, const void* k, const void*
 
 namespace {
 using tile::mma::kBK;
-using tile::mma::kBQ;
 
 // Split partials (either kernel): o [splits, H, N, hd] fp32 normalised rows, lse [splits, H, N] (log2 units).
 struct Partials {
@@ -144,14 +145,16 @@ __device__ __forceinline__ void store2<__half>(__half* p, float a, float b) {
   *reinterpret_cast<__half2*>(p) = __floats2half2_rn(a, b);
 }
 
-template <int HD>
+template <int HD, int MT>
 constexpr int mma_smem_bytes() {
-  return (kBQ + 4 * kBK) * HD * 2;  // Q + 2 stages of K + 2 stages of V, 16-bit elements
+  return (tile::mma::block_rows(MT) + 4 * kBK) * HD * 2;  // Q + 2 stages of K + 2 stages of V, 16-bit elements
 }
 
-template <typename T, int HD>
+// MT: m16 row tiles per warp (block_rows(MT) query rows per CTA), see ops/attention_mma.h.
+template <typename T, int HD, int MT>
 __global__ void __launch_bounds__(tile::mma::kThreads) attention_mma_kernel(AttnArgs a) {
   namespace tm = tile::mma;
+  constexpr int kBQ = tm::block_rows(MT);
   constexpr int kChunksQ = kBQ * HD / tm::kChunk, kChunksKV = kBK * HD / tm::kChunk;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* Qs = reinterpret_cast<T*>(smem_raw);  // [kBQ][HD], swizzled
@@ -213,13 +216,18 @@ __global__ void __launch_bounds__(tile::mma::kThreads) attention_mma_kernel(Attn
   load_kv(tb, 0);
   cp_async_commit();
 
-  uint32_t qf[HD / 16][4];      // Q as A fragments, per k-step of 16 head dims
-  float o[HD / 8][4];           // O accumulators, per n-tile of 8 head dims
-  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};  // rows g and g+8 of the warp's 16
+  uint32_t qf[MT][HD / 16][4];  // Q as A fragments, per row tile and k-step of 16 head dims
+  float o[MT][HD / 8][4];       // O accumulators, per row tile and n-tile of 8 head dims
+  float m_run[MT][2], l_run[MT][2];  // rows g and g+8 of each row tile
 #pragma unroll
-  for (int j = 0; j < HD / 8; ++j)
+  for (int mt = 0; mt < MT; ++mt) {
+    m_run[mt][0] = m_run[mt][1] = -INFINITY;
+    l_run[mt][0] = l_run[mt][1] = 0.f;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) o[j][i] = 0.f;
+    for (int j = 0; j < HD / 8; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) o[mt][j][i] = 0.f;
+  }
 
   for (int64_t t = tb; t < te; ++t) {
     const int stage = int(t - tb) & 1;
@@ -229,112 +237,130 @@ __global__ void __launch_bounds__(tile::mma::kThreads) attention_mma_kernel(Attn
     __syncthreads();
     if (t == tb) {
 #pragma unroll
-      for (int ks = 0; ks < HD / 16; ++ks) {
-        int r, c;
-        tm::ldsm_q_src(lane, ks, &r, &c);
-        ldsm_x4(qf[ks], Qs + tm::smem_offset(16 * warp + r, c, HD));
-      }
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int ks = 0; ks < HD / 16; ++ks) {
+          int r, c;
+          tm::ldsm_q_src(lane, ks, &r, &c);
+          ldsm_x4(qf[mt][ks], Qs + tm::smem_offset(tm::row_tile_start(warp, mt, MT) + r, c, HD));
+        }
     }
     const T* ks_tile = Ks + stage * kBK * HD;
     const T* vs_tile = Vs + stage * kBK * HD;
 
-    float s[kBK / 8][4];
+    float s[MT][kBK / 8][4];
 #pragma unroll
-    for (int j = 0; j < kBK / 8; ++j)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) s[j][i] = 0.f;
+      for (int j = 0; j < kBK / 8; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) s[mt][j][i] = 0.f;
 #pragma unroll
     for (int p = 0; p < kBK / 16; ++p)
 #pragma unroll
       for (int ks = 0; ks < HD / 16; ++ks) {
-        uint32_t kb[4];
+        uint32_t kb[4];  // loaded once, used by every row tile
         int key, c;
         tm::ldsm_k_src(lane, p, ks, &key, &c);
         ldsm_x4(kb, ks_tile + tm::smem_offset(key, c, HD));
-        mma16816<T>(s[2 * p], qf[ks], kb);
-        mma16816<T>(s[2 * p + 1], qf[ks], kb + 2);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma16816<T>(s[mt][2 * p], qf[mt][ks], kb);
+          mma16816<T>(s[mt][2 * p + 1], qf[mt][ks], kb + 2);
+        }
       }
 
-    // Online softmax on the accumulators: this thread holds rows g (c0, c1) and g+8 (c2, c3); the 4 threads of
-    // a quad hold the row's other columns.
-    float mx[2] = {m_run[0], m_run[1]};
+    // Online softmax on the accumulators: this thread holds rows g (c0, c1) and g+8 (c2, c3) of each row tile;
+    // the 4 threads of a quad hold the row's other columns.
 #pragma unroll
-    for (int j = 0; j < kBK / 8; ++j)
+    for (int mt = 0; mt < MT; ++mt) {
+      float mx[2] = {m_run[mt][0], m_run[mt][1]};
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int key = 8 * j + tm::c_col(lane, i);
-        s[j][i] = key_ok[stage][key] ? s[j][i] * a.scale_log2 : -INFINITY;
-        mx[i >> 1] = fmaxf(mx[i >> 1], s[j][i]);
-      }
-    float corr[2], rowsum[2] = {0.f, 0.f};
+      for (int j = 0; j < kBK / 8; ++j)
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-      corr[r] = mx[r] == -INFINITY ? 1.f : exp2f(m_run[r] - mx[r]);  // exp2(-inf) = 0 on the first tile
-    }
+        for (int i = 0; i < 4; ++i) {
+          const int key = 8 * j + tm::c_col(lane, i);
+          s[mt][j][i] = key_ok[stage][key] ? s[mt][j][i] * a.scale_log2 : -INFINITY;
+          mx[i >> 1] = fmaxf(mx[i >> 1], s[mt][j][i]);
+        }
+      float corr[2], rowsum[2] = {0.f, 0.f};
 #pragma unroll
-    for (int j = 0; j < kBK / 8; ++j)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float m = mx[i >> 1];
-        s[j][i] = m == -INFINITY ? 0.f : exp2f(s[j][i] - m);
-        rowsum[i >> 1] += s[j][i];
+      for (int r = 0; r < 2; ++r) {
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+        corr[r] = mx[r] == -INFINITY ? 1.f : exp2f(m_run[mt][r] - mx[r]);  // exp2(-inf) = 0 on the first tile
       }
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      l_run[r] = l_run[r] * corr[r] + rowsum[r];  // per-thread partial of the row sum; quad-reduced at the end
-      m_run[r] = mx[r];
+      for (int j = 0; j < kBK / 8; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float m = mx[i >> 1];
+          s[mt][j][i] = m == -INFINITY ? 0.f : exp2f(s[mt][j][i] - m);
+          rowsum[i >> 1] += s[mt][j][i];
+        }
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        l_run[mt][r] = l_run[mt][r] * corr[r] + rowsum[r];  // per-thread partial of the row sum; quad-reduced at the end
+        m_run[mt][r] = mx[r];
+      }
+#pragma unroll
+      for (int j = 0; j < HD / 8; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) o[mt][j][i] *= corr[i >> 1];
     }
-#pragma unroll
-    for (int j = 0; j < HD / 8; ++j)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) o[j][i] *= corr[i >> 1];
 
 #pragma unroll
     for (int kk = 0; kk < kBK / 16; ++kk) {
-      uint32_t pa[4];
+      uint32_t pa[MT][4];
 #pragma unroll
-      for (int ar = 0; ar < 4; ++ar) {
-        const int j = tm::p_ntile(kk, ar);
-        pa[ar] = pack2<T>(s[j][tm::p_creg(ar, 0)], s[j][tm::p_creg(ar, 1)]);
-      }
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int ar = 0; ar < 4; ++ar) {
+          const int j = tm::p_ntile(kk, ar);
+          pa[mt][ar] = pack2<T>(s[mt][j][tm::p_creg(ar, 0)], s[mt][j][tm::p_creg(ar, 1)]);
+        }
 #pragma unroll
       for (int qd = 0; qd < HD / 16; ++qd) {
-        uint32_t vb[4];
+        uint32_t vb[4];  // loaded once, used by every row tile
         int key, c;
         tm::ldsm_v_src(lane, kk, qd, &key, &c);
         ldsm_x4_trans(vb, vs_tile + tm::smem_offset(key, c, HD));
-        mma16816<T>(o[2 * qd], pa, vb);
-        mma16816<T>(o[2 * qd + 1], pa, vb + 2);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma16816<T>(o[mt][2 * qd], pa[mt], vb);
+          mma16816<T>(o[mt][2 * qd + 1], pa[mt], vb + 2);
+        }
       }
     }
     __syncthreads();  // every warp is done with this stage before the next iteration's loads overwrite it
   }
 
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 1);
-    l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 2);
-  }
+  for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int n = q0 + 16 * warp + tm::c_row(lane, 2 * r);
-    if (n >= N) continue;
-    const float inv = l_run[r] > 0.f ? 1.f / l_run[r] : 0.f;
-    if (a.splits == 1) {
-      T* op = static_cast<T*>(a.out) + int64_t(n) * H * HD + h * HD;
+    for (int r = 0; r < 2; ++r) {
+      l_run[mt][r] += __shfl_xor_sync(0xffffffffu, l_run[mt][r], 1);
+      l_run[mt][r] += __shfl_xor_sync(0xffffffffu, l_run[mt][r], 2);
+    }
 #pragma unroll
-      for (int j = 0; j < HD / 8; ++j)
-        store2<T>(op + 8 * j + tm::c_col(lane, 2 * r), o[j][2 * r] * inv, o[j][2 * r + 1] * inv);
-    } else {
-      const int64_t row = (int64_t(split) * H + h) * N + n;
-      float* op = a.part.o + row * HD;
+    for (int r = 0; r < 2; ++r) {
+      const int n = q0 + tm::row_tile_start(warp, mt, MT) + tm::c_row(lane, 2 * r);
+      if (n >= N) continue;
+      const float inv = l_run[mt][r] > 0.f ? 1.f / l_run[mt][r] : 0.f;
+      if (a.splits == 1) {
+        T* op = static_cast<T*>(a.out) + int64_t(n) * H * HD + h * HD;
 #pragma unroll
-      for (int j = 0; j < HD / 8; ++j)
-        *reinterpret_cast<float2*>(op + 8 * j + tm::c_col(lane, 2 * r)) =
-            make_float2(o[j][2 * r] * inv, o[j][2 * r + 1] * inv);
-      if ((lane & 3) == 0) a.part.lse[row] = tm::lse_log2(m_run[r], l_run[r]);
+        for (int j = 0; j < HD / 8; ++j)
+          store2<T>(op + 8 * j + tm::c_col(lane, 2 * r), o[mt][j][2 * r] * inv, o[mt][j][2 * r + 1] * inv);
+      } else {
+        const int64_t row = (int64_t(split) * H + h) * N + n;
+        float* op = a.part.o + row * HD;
+#pragma unroll
+        for (int j = 0; j < HD / 8; ++j)
+          *reinterpret_cast<float2*>(op + 8 * j + tm::c_col(lane, 2 * r)) =
+              make_float2(o[mt][j][2 * r] * inv, o[mt][j][2 * r + 1] * inv);
+        if ((lane & 3) == 0) a.part.lse[row] = tm::lse_log2(m_run[mt][r], l_run[mt][r]);
+      }
     }
   }
 }
@@ -495,22 +521,33 @@ int pick_splits(int base, int per_sm, int64_t max_tiles) {
   return tile::mma::choose_splits(base, sm_count(), per_sm, max_tiles, 64);
 }
 
-template <typename T, int HD>
+template <typename T, int HD, int MT>
 int mma_ctas_per_sm() {
   // Dynamic shared memory beyond 48 KB must be allowed per kernel (once per process; not a stream operation,
   // so it is also fine while a graph is being captured).
   static std::once_flag once;
   static int per_sm = 1;
   std::call_once(once, [] {
-    auto kernel = attention_mma_kernel<T, HD>;
-    cudaops::check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, mma_smem_bytes<HD>()),
+    auto kernel = attention_mma_kernel<T, HD, MT>;
+    constexpr int smem = mma_smem_bytes<HD, MT>();
+    cudaops::check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
                    "cudaFuncSetAttribute (attention smem)");
-    cudaops::check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, tile::mma::kThreads,
-                                                                 mma_smem_bytes<HD>()),
+    cudaops::check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, tile::mma::kThreads, smem),
                    "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
     per_sm = std::max(per_sm, 1);
   });
   return per_sm;
+}
+
+// Query rows per CTA of the tensor-core kernel: 128 (2 row tiles per warp) for head_dim 32 and 64, 64 for 128
+// (its accumulators would not fit twice in registers). NFD_RT_ATTENTION_ROWS=64|128 overrides for head_dim
+// 64 (the A/B of benchmarks/ops.py on a GPU).
+int mma_rows(int hd) {
+  const char* e = std::getenv("NFD_RT_ATTENTION_ROWS");
+  if (hd != 64 || !e || !*e) return hd == 128 ? 64 : 128;
+  NFD_CHECK(std::strcmp(e, "64") == 0 || std::strcmp(e, "128") == 0, invalid_argument,
+            std::string("NFD_RT_ATTENTION_ROWS must be 64 or 128, got '") + e + "'");
+  return std::atoi(e);
 }
 
 template <typename T>
@@ -532,17 +569,19 @@ void with_partials(AttnArgs a, int hd, cudaStream_t s, Launch launch) {
   if (a.splits > 1) combine<T>(a, hd, s);
 }
 
-template <typename T, int HD>
+template <typename T, int HD, int MT>
 std::string run_mma(AttnArgs a, cudaStream_t s) {
+  constexpr int kBQ = tile::mma::block_rows(MT);
   const int base = ((a.N + kBQ - 1) / kBQ) * a.H;
   const int64_t max_tiles = (int64_t(std::min(a.slots, FrameState::kMaxSlots)) * a.N + kBK - 1) / kBK;
-  a.splits = pick_splits(base, mma_ctas_per_sm<T, HD>(), max_tiles);
+  a.splits = pick_splits(base, mma_ctas_per_sm<T, HD, MT>(), max_tiles);
   with_partials<T>(a, HD, s, [&](const AttnArgs& args) {
     dim3 grid((args.N + kBQ - 1) / kBQ, args.H, args.splits);
-    attention_mma_kernel<T, HD><<<grid, tile::mma::kThreads, mma_smem_bytes<HD>(), s>>>(args);
+    attention_mma_kernel<T, HD, MT><<<grid, tile::mma::kThreads, mma_smem_bytes<HD, MT>(), s>>>(args);
     cudaops::check_launch("attention (tensor cores)");
   });
-  return "ours: mma.sync m16n8k16, 64x64 tiles, splits=" + std::to_string(a.splits);
+  return "ours: mma.sync m16n8k16, " + std::to_string(kBQ) + "x" + std::to_string(kBK) +
+         " tiles, splits=" + std::to_string(a.splits);
 }
 
 template <typename T, int HD>
@@ -563,9 +602,9 @@ std::string run_typed(const AttnArgs& a, int hd, bool mma, cudaStream_t s) {
   if constexpr (!std::is_same<T, float>::value) {  // tensor cores: 16-bit inputs only
     if (mma) {
       switch (hd) {
-        case 32: return run_mma<T, 32>(a, s);
-        case 64: return run_mma<T, 64>(a, s);
-        case 128: return run_mma<T, 128>(a, s);
+        case 32: return run_mma<T, 32, 2>(a, s);
+        case 64: return mma_rows(64) == 64 ? run_mma<T, 64, 1>(a, s) : run_mma<T, 64, 2>(a, s);
+        case 128: return run_mma<T, 128, 1>(a, s);
         default: break;
       }
     }

@@ -4,10 +4,14 @@
 // PTX-documented semantics of cp.async, ldmatrix and mma.m16n8k16 emulated lane by lane) through the same
 // functions, against a double-precision attention.
 //
-// Kernel shape (one CTA = kWarps warps = kBQ query rows of one head, one range of key tiles):
-//   S[16 x kBK] = Q[16 x hd] K^T per warp (mma.m16n8k16, A = Q from ldmatrix, B = K from ldmatrix),
+// Kernel shape (one CTA = kWarps warps = block_rows(MT) query rows of one head, one range of key tiles; each
+// warp holds MT m16 row tiles):
+//   S[16 x kBK] = Q[16 x hd] K^T per row tile (mma.m16n8k16, A = Q from ldmatrix, B = K from ldmatrix),
 //   online softmax on the S accumulators in fp32 (log2 units), P re-packed in registers as the A operand of
 //   O[16 x hd] += P[16 x kBK] V[kBK x hd] (B = V from ldmatrix.trans).
+//   A warp loads each K and V fragment once for its MT row tiles: with MT = 2 one ldmatrix.x4 feeds 4 MMAs
+//   instead of 2, so shared-memory reads no longer bound the MMA rate (4 cycles of ldmatrix.x4 against ~1.5
+//   per MMA), and each CTA reads a key tile for twice the queries (half the L2 traffic).
 // Shared tiles are [rows][hd] 16-bit elements in 16-byte chunks, the chunk index XOR-swizzled by the row so
 // the 8 row addresses of one ldmatrix phase hit 8 different 4-bank groups (no bank conflicts).
 #pragma once
@@ -21,11 +25,14 @@ namespace nfd {
 namespace tile {
 namespace mma {
 
-constexpr int kWarps = 4;         // warps per CTA
-constexpr int kBQ = 16 * kWarps;  // query rows per CTA: one m16 MMA row tile per warp
-constexpr int kBK = 64;           // keys per tile (8 MMA n-tiles of 8 keys)
+constexpr int kWarps = 4;  // warps per CTA
+constexpr int kBK = 64;    // keys per tile (8 MMA n-tiles of 8 keys)
 constexpr int kThreads = 32 * kWarps;
 constexpr int kChunk = 8;  // 16-bit elements per 16-byte chunk (one cp.async, one ldmatrix row)
+
+// Query rows per CTA with MT m16 row tiles per warp; row tile mt of warp w starts at row 16 (w MT + mt).
+NFD_HOST_DEVICE constexpr int block_rows(int mt_per_warp) { return 16 * mt_per_warp * kWarps; }
+NFD_HOST_DEVICE inline int row_tile_start(int warp, int mt, int mt_per_warp) { return 16 * (warp * mt_per_warp + mt); }
 
 // --- shared memory --------------------------------------------------------------------------------------
 // Physical chunk of logical chunk `chunk` in row `row` of a tile with `chunks_per_row` chunks (hd / 8).

@@ -110,6 +110,7 @@ static float bf16(float x) { return tile::round_bf16(x); }
 // ---- the kernel, emulated ------------------------------------------------------------------------------
 struct Problem {
   int H, N, HD, slots;
+  int mt;                // m16 row tiles per warp (the kernel's MT): block_rows(mt) queries per CTA
   std::vector<int> vis;  // visible slot list (may hold an out-of-range slot: its keys are masked)
   int splits;
   std::vector<float> q, k, v;  // q [H, N, HD]; caches [slots, N, H, HD]; bf16-exact values
@@ -122,14 +123,14 @@ struct Partials {
 // One CTA (query tile qt, head h, split) of attention_mma_kernel: writes out (splits == 1) or the partials.
 static void emulate_cta(const Problem& P, int qt, int h, int split, std::vector<float>& out, Partials& part,
                         long* conflicts, long* misaligned) {
-  const int HD = P.HD, N = P.N, H = P.H, q0 = qt * am::kBQ;
+  const int HD = P.HD, N = P.N, H = P.H, BQ = am::block_rows(P.mt), q0 = qt * BQ;
   std::vector<int> slot_of;
   for (int s : P.vis) slot_of.push_back(s >= 0 && s < P.slots ? s : -1);
   const int64_t L = int64_t(slot_of.size()) * N;
   int64_t tb, te;
   am::kv_split_range((L + am::kBK - 1) / am::kBK, P.splits, split, &tb, &te);
   if (tb >= te) {
-    for (int r = 0; r < am::kBQ; ++r) {
+    for (int r = 0; r < BQ; ++r) {
       const int n = q0 + r;
       if (n >= N) continue;
       if (P.splits > 1) part.lse[(size_t(split) * H + h) * N + n] = -INFINITY;
@@ -138,14 +139,14 @@ static void emulate_cta(const Problem& P, int qt, int h, int split, std::vector<
     return;
   }
   Smem Qs, Ks[2], Vs[2];
-  Qs.e.assign(size_t(am::kBQ) * HD, NAN);
+  Qs.e.assign(size_t(BQ) * HD, NAN);
   for (int s = 0; s < 2; ++s) Ks[s].e.assign(size_t(am::kBK) * HD, NAN), Vs[s].e.assign(size_t(am::kBK) * HD, NAN);
   int key_ok[2][am::kBK];
   // cp.async 16 bytes: 8 elements, zero-filled when the source size is 0.
   auto cp16 = [](Smem& sm, int dst, const float* src, bool valid) {
     for (int i = 0; i < am::kChunk; ++i) sm.e[size_t(dst + i)] = valid ? src[i] : 0.f;
   };
-  for (int e = 0; e < am::kBQ * HD / am::kChunk; ++e) {
+  for (int e = 0; e < BQ * HD / am::kChunk; ++e) {
     int r, c;
     am::load_chunk_coords(e, HD, &r, &c);
     const bool ok = q0 + r < N;
@@ -171,8 +172,12 @@ static void emulate_cta(const Problem& P, int qt, int h, int split, std::vector<
   };
   const float scale_log2 = float(1.4426950408889634 / std::sqrt(double(HD)));
 
-  for (int warp = 0; warp < am::kWarps; ++warp) {
-    // Registers of the warp's 32 lanes.
+  // Each row tile of each warp, on its own: the kernel reads a K or V fragment once for all of a warp's row
+  // tiles, which gives every tile the same registers as reading it per tile.
+  for (int warp = 0; warp < am::kWarps; ++warp)
+  for (int mt = 0; mt < P.mt; ++mt) {
+    const int row0 = am::row_tile_start(warp, mt, P.mt);
+    // Registers of the warp's 32 lanes for this row tile.
     std::vector<FragA> qf(size_t(HD / 16) * 32);
     std::vector<FragC> o(size_t(HD / 8) * 32);
     for (auto& f : o) f = FragC{{0.f, 0.f, 0.f, 0.f}};
@@ -189,7 +194,7 @@ static void emulate_cta(const Problem& P, int qt, int h, int split, std::vector<
           for (int l = 0; l < 32; ++l) {
             int r, c;
             am::ldsm_q_src(l, ks, &r, &c);
-            addr[l] = am::smem_offset(16 * warp + r, c, HD);
+            addr[l] = am::smem_offset(row0 + r, c, HD);
           }
           hw_ldmatrix_x4(Qs, addr, false, regs);
           for (int l = 0; l < 32; ++l)
@@ -277,7 +282,7 @@ static void emulate_cta(const Problem& P, int qt, int h, int split, std::vector<
       }
     for (int l = 0; l < 32; ++l)
       for (int r = 0; r < 2; ++r) {
-        const int n = q0 + 16 * warp + am::c_row(l, 2 * r);
+        const int n = q0 + row0 + am::c_row(l, 2 * r);
         if (n >= N) continue;
         const float inv = l_run[l][r] > 0.f ? 1.f / l_run[l][r] : 0.f;
         for (int j = 0; j < HD / 8; ++j)
@@ -347,8 +352,8 @@ static std::vector<double> reference(const Problem& P) {
 }
 
 static void run_case(const char* name, int H, int N, int HD, int slots, std::vector<int> vis, int splits,
-                     float q_scale, std::mt19937& rng) {
-  Problem P{H, N, HD, slots, vis, splits, {}, {}, {}};
+                     float q_scale, std::mt19937& rng, int mt = 2) {
+  Problem P{H, N, HD, slots, mt, vis, splits, {}, {}, {}};
   std::normal_distribution<float> nd(0.f, 1.f);
   auto fill = [&](std::vector<float>& x, size_t n, float sc) {
     x.resize(n);
@@ -364,7 +369,7 @@ static void run_case(const char* name, int H, int N, int HD, int slots, std::vec
     part.lse.assign(size_t(splits) * H * N, NAN);
   }
   long conflicts = 0, misaligned = 0;
-  const int qtiles = (N + am::kBQ - 1) / am::kBQ;
+  const int qtiles = (N + am::block_rows(mt) - 1) / am::block_rows(mt);
   for (int qt = 0; qt < qtiles; ++qt)
     for (int h = 0; h < H; ++h)
       for (int s = 0; s < splits; ++s) emulate_cta(P, qt, h, s, out, part, &conflicts, &misaligned);
@@ -379,8 +384,8 @@ static void run_case(const char* name, int H, int N, int HD, int slots, std::vec
   }
   const double rel = std::sqrt(num / (den > 0 ? den : 1));
   char buf[200];
-  std::snprintf(buf, sizeof buf, "emulated mma attention %s (H=%d N=%d hd=%d vis=%zu splits=%d)", name, H, N, HD,
-                vis.size(), splits);
+  std::snprintf(buf, sizeof buf, "emulated mma attention %s (H=%d N=%d hd=%d vis=%zu splits=%d rows=%d)", name, H,
+                N, HD, vis.size(), splits, am::block_rows(mt));
   expect(finite && rel < 8e-3, buf, rel);  // P is rounded to bf16 (as in the kernel), the output too
   std::snprintf(buf, sizeof buf, "  ldmatrix rows 16-byte aligned, no bank conflicts (%s)", name);
   expect(conflicts == 0 && misaligned == 0, buf, double(conflicts + misaligned));
@@ -406,16 +411,20 @@ int main() {
       }
     expect(ok, "kv_split_range covers every key tile once, balanced");
   }
-  // Split choice: nfd-310m full cache (96 CTAs of 64 queries x 16 heads, 174 key tiles) on 132 SMs.
+  // Split choice: nfd-310m full cache (96 CTAs of 64 queries x 16 heads, or 48 of 128 queries, 174 key tiles)
+  // on 132 SMs.
   {
     const int s4 = am::choose_splits(96, 132, 4, 174, 64), s3 = am::choose_splits(96, 132, 3, 174, 64);
+    const int s128 = am::choose_splits(48, 132, 2, 174, 64);
     const int tiny = am::choose_splits(4, 132, 4, 3, 64), big = am::choose_splits(2000, 132, 2, 500, 64);
-    std::printf("  splits: 310m@4/SM %d, 310m@3/SM %d, tiny %d, big grid %d\n", s4, s3, tiny, big);
+    std::printf("  splits: 310m@4/SM %d, 310m@3/SM %d, 310m 128 rows@2/SM %d, tiny %d, big grid %d\n", s4, s3, s128,
+                tiny, big);
     auto eff = [](int base, int s, int slots) {
       const int64_t c = int64_t(base) * s, w = (c + slots - 1) / slots;
       return double(c) / double(w * slots);
     };
-    expect(eff(96, s4, 528) >= 0.9 && eff(96, s3, 396) >= 0.9, "choose_splits fills >= 90% of the waves (310m)");
+    expect(eff(96, s4, 528) >= 0.9 && eff(96, s3, 396) >= 0.9 && eff(48, s128, 264) >= 0.9,
+           "choose_splits fills >= 90% of the waves (310m)");
     expect(tiny == 3 && big == 1, "choose_splits: capped by key tiles; 1 when the grid is already large");
   }
   // Log-sum-exp merge of two partials == softmax over the union (log2 units).
@@ -453,14 +462,19 @@ int main() {
   // The kernel, emulated. Shapes: a partial query tile and key tiles straddling slot boundaries (N = 37), the
   // real frame size, every head_dim, one and several splits (some empty), slot lists out of order, a slot
   // outside the cache (masked), sharp softmax.
+  // The row tiles per warp as the host picks them (mma_rows): 2 for head_dim 32/64, 1 for 128 and for 64 under
+  // NFD_RT_ATTENTION_ROWS=64.
   run_case("first frame", 2, 37, 64, 4, {3}, 1, 1.f, rng);
+  run_case("first frame", 2, 37, 64, 4, {3}, 1, 1.f, rng, 1);
   run_case("slots out of order", 2, 37, 64, 6, {0, 4, 1, 2, 5}, 1, 1.f, rng);
   run_case("hd32 split 3", 1, 37, 32, 6, {5, 0, 3, 4}, 3, 1.f, rng);
-  run_case("hd128 split 2", 1, 37, 128, 5, {1, 0, 4}, 2, 1.f, rng);
+  run_case("hd128 split 2", 1, 37, 128, 5, {1, 0, 4}, 2, 1.f, rng, 1);
   run_case("more splits than tiles", 1, 20, 64, 3, {2}, 4, 1.f, rng);
   run_case("invalid slot masked", 2, 24, 64, 3, {0, 7, 2}, 2, 1.f, rng);
   run_case("sharp softmax", 1, 37, 64, 4, {0, 1, 2, 3}, 2, 8.f, rng);
   run_case("frame of 336 tokens", 1, 336, 64, 3, {1, 2, 0}, 5, 1.f, rng);
+  run_case("frame of 336 tokens", 1, 336, 64, 3, {1, 2, 0}, 5, 1.f, rng, 1);
+  run_case("a query tile past 128 rows", 1, 150, 64, 2, {1, 0}, 2, 1.f, rng);
   std::printf("%d passed, %d failed\n", g_pass, g_fail);
   return g_fail ? 1 : 0;
 }
