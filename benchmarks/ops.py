@@ -133,6 +133,12 @@ def frame_cases(cfg, b: int, layout: str = "head-major") -> list[OpCase]:
         cases.append(OpCase(f"layernorm_modulate {N}x{D}", "layernorm_modulate", count, 8.0 * N * D,
                             (2 * N * D + 2 * D) * b, lambda ops, kw: ops.layernorm_modulate(x, sh, sc, **kw)))
 
+    def gated_add_layernorm_modulate(count):  # a branch's gated residual folded into the norm after it
+        x, g, y, sh, sc = rnd(N, D), rnd(D, scale=0.1), rnd(N, D), rnd(D, scale=0.1), rnd(D, scale=0.1)
+        cases.append(OpCase(f"gated_add_layernorm_modulate {N}x{D}", "gated_add_layernorm_modulate", count,
+                            10.0 * N * D, (4 * N * D + 3 * D) * b,
+                            lambda ops, kw: ops.gated_add_layernorm_modulate(x, g, y, sh, sc, **kw)))
+
     # Conditioning: the action MLP, then every pass position's adaLN vectors in one GEMM per layer.
     linear("action fc1", 1, A, D, 1)
     linear("action fc2", 1, D, D, 1)
@@ -146,7 +152,10 @@ def frame_cases(cfg, b: int, layout: str = "head-major") -> list[OpCase]:
     cases.append(OpCase(f"patchify {N}x{P}", "patchify", passes, 0.0, 2 * N * P * b,
                         lambda ops, kw: ops.patchify(lat, cfg.patch_size, **kw)))
     linear("patch_embed", N, P, D, passes)
-    layernorm_modulate(2 * full_layers + 1 + steps)
+    # Each pass's first norm has no residual before it; every other norm takes the gated residual of the branch
+    # (proj or fc2) before it: the next block's first norm, the block's second, the final layer's.
+    layernorm_modulate(passes)
+    gated_add_layernorm_modulate(2 * full_layers + 1 + steps - passes)
     linear("qkv", N, D, 3 * D, passes * L)
     qkv = rnd(N, 3 * D)
     cases.append(OpCase(f"rope_qkv_split {N}x{3 * D}", "rope_qkv_split", passes * L, 6.0 * N * 2 * D,
@@ -154,9 +163,9 @@ def frame_cases(cfg, b: int, layout: str = "head-major") -> list[OpCase]:
                         lambda ops, kw: ops.rope_qkv_split(qkv, cfg.cache_frames, list(cfg.rope_dims), cfg.rope_theta,
                                                            cfg.grid[1], H, **kw)))
     attention(full_layers)
-    linear("proj", N, D, D, full_layers, "gated_residual")
+    linear("proj", N, D, D, full_layers)  # the gated residual: in the next norm
     linear("fc1", N, D, F, full_layers, "gelu_tanh")
-    linear("fc2", N, F, D, full_layers, "gated_residual")
+    linear("fc2", N, F, D, full_layers)
     linear("final", N, D, P, steps)
     tok = rnd(N, P)
     cases.append(OpCase(f"unpatchify_axpy {N}x{P}", "unpatchify_axpy", steps, 2.0 * N * P, 3 * N * P * b,

@@ -193,6 +193,15 @@ for M, D, spread, offset, mod in [(16, 128, 3.0, 1.0, 1.0), (37, 1024, 2.0, 3.0,
                  randn(D, seed=11, scale=mod))
     case(f"layernorm_modulate {M}x{D}", lambda dev, x=x, sh=sh, sc=sc: ops.layernorm_modulate(x, sh, sc, 1e-6, **dev),
          lambda x=x, sh=sh, sc=sc: layernorm_ref(x, sh, sc))
+for M, D in [(37, 1024), (16, 128), (5, 24), (7, 20), (3, 2304)]:
+    # CUDA: a warp per row in registers for D % 8 == 0 and D <= 2048 (full and partial 256-element chunks);
+    # D = 20 and 2304 take gated_add + layernorm_modulate there.
+    x, gate, y = randn(M, D, seed=12), randn(D, seed=13), randn(M, D, seed=14, scale=2.0, offset=1.0)
+    sh, sc = randn(D, seed=15, scale=0.5), randn(D, seed=16, scale=0.5)
+    case(f"gated_add_layernorm_modulate {M}x{D}",
+         lambda dev, x=x, gate=gate, y=y, sh=sh, sc=sc: ops.gated_add_layernorm_modulate(x, gate, y, sh, sc, 1e-6, **dev),
+         lambda x=x, gate=gate, y=y, sh=sh, sc=sc: (T(y) + T(gate) * T(x),
+                                                    layernorm_ref((T(y) + T(gate) * T(x)).numpy(), sh, sc)))
 x, sh, sc = randn(16, 128, seed=9, scale=3.0, offset=1.0), randn(128, seed=10), randn(128, seed=11)
 case("layernorm_modulate 16x128 in place (out is x)",
      lambda dev, x=x, sh=sh, sc=sc: ops.layernorm_modulate(x, sh, sc, 1e-6, alias={"out": "x"}, **dev),
@@ -544,6 +553,14 @@ CONTRACTS = [
         r"ops::gated_add: gate must have y's dtype"),
     Bad("gated_add aliasing", lambda d, o: ops.gated_add(r(4, 5), r(5), r(4, 5), alias={"y": "x"}, **d),
         r"ops::gated_add: x and y must not overlap in memory"),
+    Bad("gated_add_layernorm_modulate y", lambda d, o: ops.gated_add_layernorm_modulate(r(8), r(8), r(8), r(8), r(8), **d),
+        r"ops::gated_add_layernorm_modulate: y must be \[M, D\], got"),
+    Bad("gated_add_layernorm_modulate gate",
+        lambda d, o: ops.gated_add_layernorm_modulate(x48, r(7), x48.copy(), r(8), r(8), **d),
+        r"ops::gated_add_layernorm_modulate: gate must be \[D\] with D = 8"),
+    Bad("gated_add_layernorm_modulate aliasing",
+        lambda d, o: ops.gated_add_layernorm_modulate(x48, r(8), x48.copy(), r(8), r(8), alias={"out": "y"}, **d),
+        r"ops::gated_add_layernorm_modulate: y and out must not overlap in memory"),
     Bad("layernorm_modulate x", lambda d, o: ops.layernorm_modulate(r(2, 3, 8), r(8), r(8), **d),
         r"ops::layernorm_modulate: x must be \[M, D\], got"),
     Bad("layernorm_modulate shift", lambda d, o: ops.layernorm_modulate(x48, r(7), r(8), **d),

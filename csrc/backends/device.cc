@@ -114,6 +114,7 @@ std::string cuda_unavailable_reason() { return "built without CUDA"; }
 std::string cuda_device_name() { return ""; }
 void* cuda_stream_create() { no_cuda("cuda_stream_create"); }
 void cuda_stream_destroy(void* stream) {}
+void cuda_stream_wait_for(void* waiting, void* other) { no_cuda("cuda_stream_wait_for"); }
 CudaGraph::~CudaGraph() {}
 void CudaGraph::capture(void* stream, const std::function<void()>& fn) { no_cuda("CudaGraph::capture"); }
 void CudaGraph::replay(void* stream) { no_cuda("CudaGraph::replay"); }

@@ -59,6 +59,10 @@ std::string cuda_unavailable_reason();
 size_t available_memory(Device device, std::string* source = nullptr);
 void* cuda_stream_create();
 void cuda_stream_destroy(void* stream);
+// Work enqueued on `waiting` from now on starts after the work enqueued on `other` so far (an event recorded on
+// `other`, waited for on `waiting`). Inside a graph capture this forks a second stream into the graph or joins
+// it back: the graph gets two branches that run side by side.
+void cuda_stream_wait_for(void* waiting, void* other);
 
 // Captures the work `fn` enqueues on `stream` once, then replays it (cudaGraphLaunch).
 class CudaGraph {

@@ -87,7 +87,7 @@ DiT::Activations::Activations(const Config& cfg, Arena& arena, DType dtype, int 
   q = arena.alloc({H, N, hd}, dtype);  // one member at a time: RoPE then attention
   attn = arena.alloc({rows, D}, dtype);
   mlp = arena.alloc({rows, F}, dtype);
-  if (cap > 1) tmp = arena.alloc({rows, D}, dtype);  // a batched GEMM's output before each member's gated residual
+  tmp = arena.alloc({rows, D}, dtype);  // a branch GEMM's output before its gated residual (DiT::forward)
   vel = arena.alloc({rows, P}, dtype);
 }
 
@@ -130,9 +130,9 @@ void DiT::prepare_gemms(const Context& ctx, const Tensor& action) {
   Activations& a = own_;
   ops::linear_prepare(ctx, a.tokens, w_.patch_w, w_.patch_b, a.h);
   ops::linear_prepare(ctx, a.hn, b0.qkv_w, b0.qkv_b, a.qkv);
-  ops::linear_prepare(ctx, a.attn, b0.proj_w, b0.proj_b, a.h, ops::Epilogue::gated_residual);
+  ops::linear_prepare(ctx, a.attn, b0.proj_w, b0.proj_b, a.tmp);  // gated residual: in the next norm
   ops::linear_prepare(ctx, a.hn, b0.fc1_w, b0.fc1_b, a.mlp, ops::Epilogue::gelu_tanh);
-  ops::linear_prepare(ctx, a.mlp, b0.fc2_w, b0.fc2_b, a.h, ops::Epilogue::gated_residual);
+  ops::linear_prepare(ctx, a.mlp, b0.fc2_w, b0.fc2_b, a.tmp);
   ops::linear_prepare(ctx, a.hn, w_.final_w, w_.final_b, a.vel);
 }
 
@@ -177,22 +177,31 @@ void DiT::forward(const std::vector<Member>& members, int k, bool full, Activati
     ops::patchify(members[size_t(b)].ctx, members[size_t(b)].latent, cfg.patch_size, tb);
   }
   ops::linear(ctx, tokens, w.patch_w, w.patch_b, h);
-  // A batch of one uses the fused gated-residual epilogue; a larger one runs the GEMM over every member's rows,
-  // then each member's gated residual (the same arithmetic: o += gate * (x w^T + b)).
-  auto gated_linear = [&](const Tensor& x, const Tensor& wt, const Tensor& bias, int chunk, int l) {
-    if (B == 1) {
-      Tensor gate = view(members[0].dit->mod_, (int64_t(l) * passes + k) * 6 * D + chunk * D, {D});
-      ops::linear(ctx, x, wt, bias, h, ops::Epilogue::gated_residual, &gate);
-      return;
-    }
-    Tensor tmp = all(act.tmp);
+  // A branch (proj, fc2) runs its GEMM over every member's rows into tmp; its gated residual h += gate * tmp is
+  // folded into the layernorm that follows (ops::gated_add_layernorm_modulate): the next block's first norm,
+  // or the final layer's. `pending` is the gate chunk (2: proj, 5: fc2) and block of the residual waiting in tmp.
+  Tensor tmp = all(act.tmp);
+  struct Pending {
+    int chunk = -1, l = -1;
+  } pending;
+  auto branch = [&](const Tensor& x, const Tensor& wt, const Tensor& bias, int chunk, int l) {
     ops::linear(ctx, x, wt, bias, tmp);
+    pending = {chunk, l};
+  };
+  // hn = LayerNorm(h) * (1 + scale) + shift per member, after adding the pending residual.
+  auto norm = [&](const auto& mod_of, int shift_i, int scale_i) {
     for (int64_t b = 0; b < B; ++b) {
       const Member& m = members[size_t(b)];
-      Tensor gate = view(m.dit->mod_, (int64_t(l) * passes + k) * 6 * D + chunk * D, {D});
-      Tensor hb = rows(h, b, N);
-      ops::gated_add(m.ctx, rows(tmp, b, N), gate, hb);
+      Tensor hb = rows(h, b, N), hnb = rows(hn, b, N);
+      if (pending.chunk >= 0) {
+        Tensor gate = view(m.dit->mod_, (int64_t(pending.l) * passes + k) * 6 * D + pending.chunk * D, {D});
+        ops::gated_add_layernorm_modulate(m.ctx, rows(tmp, b, N), gate, hb, mod_of(b, shift_i), mod_of(b, scale_i),
+                                          eps, hnb);
+      } else {
+        ops::layernorm_modulate(m.ctx, hb, mod_of(b, shift_i), mod_of(b, scale_i), eps, hnb);
+      }
     }
+    pending = {};
   };
   for (int l = 0; l < cfg.depth; ++l) {
     const DiTWeights::Block& blk = w.blocks[size_t(l)];
@@ -201,10 +210,7 @@ void DiT::forward(const std::vector<Member>& members, int k, bool full, Activati
     auto mod = [&](int64_t b, int i) {
       return view(members[size_t(b)].dit->mod_, (int64_t(l) * passes + k) * 6 * D + i * D, {D});
     };
-    for (int64_t b = 0; b < B; ++b) {
-      Tensor hnb = rows(hn, b, N);
-      ops::layernorm_modulate(members[size_t(b)].ctx, rows(h, b, N), mod(b, 0), mod(b, 1), eps, hnb);
-    }
+    norm(mod, 0, 1);
     ops::linear(ctx, hn, blk.qkv_w, blk.qkv_b, qkv);
     for (int64_t b = 0; b < B; ++b) {
       const Member& m = members[size_t(b)];
@@ -215,20 +221,14 @@ void DiT::forward(const std::vector<Member>& members, int k, bool full, Activati
       ops::attention(m.ctx, act.q, d.k_cache_[size_t(l)], d.v_cache_[size_t(l)], ab);
     }
     if (last) return;
-    gated_linear(attn, blk.proj_w, blk.proj_b, 2, l);
-    for (int64_t b = 0; b < B; ++b) {
-      Tensor hnb = rows(hn, b, N);
-      ops::layernorm_modulate(members[size_t(b)].ctx, rows(h, b, N), mod(b, 3), mod(b, 4), eps, hnb);
-    }
+    branch(attn, blk.proj_w, blk.proj_b, 2, l);
+    norm(mod, 3, 4);
     ops::linear(ctx, hn, blk.fc1_w, blk.fc1_b, mlp, ops::Epilogue::gelu_tanh);
-    gated_linear(mlp, blk.fc2_w, blk.fc2_b, 5, l);
+    branch(mlp, blk.fc2_w, blk.fc2_b, 5, l);
   }
-  for (int64_t b = 0; b < B; ++b) {
-    const DiT& d = *members[size_t(b)].dit;
-    Tensor shift = view(d.final_mod_, int64_t(k) * 2 * D, {D}), scale = view(d.final_mod_, int64_t(k) * 2 * D + D, {D});
-    Tensor hnb = rows(hn, b, N);
-    ops::layernorm_modulate(members[size_t(b)].ctx, rows(h, b, N), shift, scale, eps, hnb);
-  }
+  // The final layer's adaLN: shift and scale of pass k.
+  norm([&](int64_t b, int i) { return view(members[size_t(b)].dit->final_mod_, (int64_t(k) * 2 + i) * D, {D}); }, 0,
+       1);
   Tensor vel = view(act.vel, 0, {M, P});
   ops::linear(ctx, hn, w.final_w, w.final_b, vel);
 }

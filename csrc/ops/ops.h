@@ -64,6 +64,12 @@ void linear_prepare(const Context& ctx, const Tensor& x, const Tensor& w, const 
 // y[M,N] += gate[N] * x[M,N]   (the gated residual of a GEMM run over several sessions' rows, member by member)
 void gated_add(const Context& ctx, const Tensor& x, const Tensor& gate, Tensor& y);
 
+// y[M,D] += gate[D] * x[M,D], then out[M,D] = LayerNorm(y; no affine, eps) * (1 + scale[D]) + shift[D]:
+// gated_add folded into the layernorm_modulate that follows it in a DiT block (the branch output x of proj or
+// fc2 meets the residual stream y once, in the kernel that normalises it: no pass or kernel of its own).
+void gated_add_layernorm_modulate(const Context& ctx, const Tensor& x, const Tensor& gate, Tensor& y,
+                                  const Tensor& shift, const Tensor& scale, float eps, Tensor& out);
+
 // out[M,D] = LayerNorm(x[M,D]; no affine, eps) * (1 + scale[D]) + shift[D]     (row statistics in fp32)
 void layernorm_modulate(const Context& ctx, const Tensor& x, const Tensor& shift, const Tensor& scale, float eps,
                         Tensor& out);

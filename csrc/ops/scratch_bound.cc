@@ -49,24 +49,28 @@ size_t scratch_bytes_bound(const Config& cfg, Device device, DType dtype, int th
         cpu_thread_floats(cfg) + std::max<int64_t>(4 * (cfg.frame_width + 2), 2 * L * cfg.head_dim());
     return size_t(std::max(threads, 1)) * size_t(per_thread) * sizeof(float);
   }
-  // CUDA: stream-ordered scratch lives for one op; the pool keeps the largest. es = bytes per element.
+  // CUDA: stream-ordered scratch lives for one op; the pool keeps the largest. A session decodes on a second
+  // stream beside the cache-write pass (runtime/session.cc, run_frame), so one DiT op and one VAE op may hold
+  // scratch at the same time: the bound is the largest of each, added. es = bytes per element.
   const int64_t es = int64_t(dtype_size(dtype));
   const int64_t N = cfg.tokens_per_frame(), D = cfg.hidden_size;
-  int64_t need = 64 * N * (D + 2 * cfg.num_heads) * 4;  // attention: partials of up to 64 KV splits (fp32)
+  int64_t dit = 64 * N * (D + 2 * cfg.num_heads) * 4;  // attention: partials of up to 64 KV splits (fp32)
   // FlashInfer attention: its partials (output dtype) and log-sum-exp for up to ceil(keys / 256) chunks.
   const int64_t keys = int64_t(cfg.cache_frames() + 1) * N;
-  need = std::max(need, (keys + 255) / 256 * N * (D * es + cfg.num_heads * 4) + 16);
+  dit = std::max(dit, (keys + 255) / 256 * N * (D * es + cfg.num_heads * 4) + 16);
   // linear with gated residual: the product, plus a cuBLASLt workspace (at most 32 MiB) beside it.
-  need = std::max(need, N * 6 * D * es + (int64_t(32) << 20));
+  dit = std::max(dit, N * 6 * D * es + (int64_t(32) << 20));
+  int64_t vae = 0;
   const std::vector<int>& ch = cfg.vae.channels;
   for (size_t i = 0; i < ch.size(); ++i) {
     const int64_t pixels = int64_t(cfg.frame_height >> i) * (cfg.frame_width >> i), c = level_channels(ch, i);
     // conv2d / upsample2x_conv2d at this level, k <= 3: tensor cores (NHWC input, filters, product; an
     // upsampled input has this level's pixels; conv_out's 3 outputs pad to 8 <= c), or CUDA cores after an
     // upsample into a [C, H, W] scratch.
-    need = std::max(need, conv_layout::ScratchLayout(pixels, c, pixels, c, 3, es).total);
-    need = std::max(need, pixels * c * es);
+    vae = std::max(vae, conv_layout::ScratchLayout(pixels, c, pixels, c, 3, es).total);
+    vae = std::max(vae, pixels * c * es);
   }
+  int64_t need = dit + vae;
   // copy: host data staged through scratch, at most the largest weight or a frame's image.
   need = std::max(need, int64_t(cfg.hidden_size) * cfg.hidden_size * cfg.mlp_ratio * 4);
   need = std::max(need, int64_t(3) * cfg.frame_height * cfg.frame_width * 4);

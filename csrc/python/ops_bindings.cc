@@ -241,6 +241,16 @@ void nfd_register_ops(py::module_& m) {
     return c.back(ty);
   }, py::arg("x"), py::arg("gate"), py::arg("y"), NFD_DEV);
 
+  m.def("gated_add_layernorm_modulate", [](F32Array x, F32Array gate, F32Array y, F32Array shift, F32Array scale,
+                                            float eps, NFD_DEV_PARAMS) {
+    NFD_CALL(c);
+    Tensor tx = c.in("x", x), tg = c.in("gate", gate), ty = c.in("y", y), ts = c.in("shift", shift),
+           tc = c.in("scale", scale), to = c.out("out", ty.shape);
+    c.run([&] { ops::gated_add_layernorm_modulate(c.ctx, tx, tg, ty, ts, tc, eps, to); });
+    return py::make_tuple(c.back(ty), c.back(to));
+  }, py::arg("x"), py::arg("gate"), py::arg("y"), py::arg("shift"), py::arg("scale"), py::arg("eps") = 1e-6f, NFD_DEV,
+     "y += gate * x, then out = LayerNorm(y) * (1 + scale) + shift; returns (y, out).");
+
   m.def("layernorm_modulate", [](F32Array x, F32Array shift, F32Array scale, float eps, NFD_DEV_PARAMS) {
     NFD_CALL(c);
     Tensor tx = c.in("x", x), ts = c.in("shift", shift), tc = c.in("scale", scale), to = c.out("out", tx.shape);

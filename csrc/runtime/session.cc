@@ -130,6 +130,9 @@ struct Session::Impl {
   Arena arena;
   Context ctx;
   void* stream = nullptr;
+  // CUDA: the frame's decode runs on its own stream, beside the cache-write pass (run_frame).
+  void* decode_stream = nullptr;
+  Context decode_ctx;
   // Whole-frame CUDA graphs (with and without decode), captured at the first step and replayed after.
   CudaGraph frame_graph[2];
   // num_visible each graph was captured for, when the attention kernel is sized on the host
@@ -160,6 +163,10 @@ struct Session::Impl {
     ctx.host_state = &host_state;  // kernels sized on the host (ops::attention_sized_on_host) read it
     st->dit->prepare_gemms(ctx, st->io.action);
     device_synchronize(opt.device, ctx.stream);
+    if (opt.device == Device::cuda) {
+      decode_ctx = ctx;
+      decode_ctx.stream = decode_stream = cuda_stream_create();
+    }
 
     // Scalars as the reference computes them: Python doubles, cast to fp32 where they meet a tensor.
     for (int k = 0; k < cfg.num_steps(); ++k) {
@@ -184,12 +191,13 @@ struct Session::Impl {
       cv.notify_all();
       worker.join();
     }
-    if (stream) {
+    for (void* s : {decode_stream, stream}) {
+      if (!s) continue;
       try {
-        device_synchronize(opt.device, stream);
+        device_synchronize(opt.device, s);
       } catch (...) {
       }
-      cuda_stream_destroy(stream);
+      cuda_stream_destroy(s);
     }
   }
 
@@ -236,6 +244,25 @@ struct Session::Impl {
     }
     if (cancelled()) return false;
     ops::noise_mix(ctx, opt.seed, cfg.num_steps(), write_a, st->io.latent, write_b, st->io.write);
+    if (decode && decode_stream && !cancel) {
+      // CUDA: the decode reads only the latent, the cache-write pass only the cache-write latent and the cache
+      // (VAE and DiT buffers are disjoint), so they run side by side: forked after the latent is final, joined
+      // before the frame counts as done. In a captured graph, two branches.
+      cuda_stream_wait_for(decode_stream, stream);
+      bool ok = false;
+      try {
+        ok = st->vae->decode(decode_ctx, st->io.latent, st->io.frame);
+        st->dit->cache_write_pass(ctx, st->io.write);
+      } catch (...) {
+        try {
+          cuda_stream_wait_for(stream, decode_stream);  // a capture must end joined
+        } catch (...) {
+        }
+        throw;
+      }
+      cuda_stream_wait_for(stream, decode_stream);
+      return ok;
+    }
     st->dit->cache_write_pass(ctx, st->io.write);
     // The decode is half a tiny frame: a cancelled frame skips it, or stops it between resnet blocks.
     if (decode && cancelled()) return false;

@@ -67,6 +67,15 @@ void cuda_stream_destroy(void* stream) {
   if (stream) cudaStreamDestroy(static_cast<cudaStream_t>(stream));  // no throw: called from destructors
 }
 
+void cuda_stream_wait_for(void* waiting, void* other) {
+  cudaEvent_t e = nullptr;
+  check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
+  cudaError_t r = cudaEventRecord(e, static_cast<cudaStream_t>(other));
+  if (r == cudaSuccess) r = cudaStreamWaitEvent(static_cast<cudaStream_t>(waiting), e, 0);
+  cudaEventDestroy(e);  // the wait is enqueued (or captured as a dependency): the event itself is not needed
+  check(r, "cudaEventRecord / cudaStreamWaitEvent");
+}
+
 CudaGraph::~CudaGraph() {
   if (exec_) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec_));
   if (graph_) cudaGraphDestroy(static_cast<cudaGraph_t>(graph_));
