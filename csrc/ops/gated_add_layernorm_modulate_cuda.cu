@@ -14,7 +14,37 @@ namespace {
 constexpr int kMaxChunks = 8;  // 8 x 256 elements: D <= 2048
 constexpr int kRowsPerBlock = 8;
 
-template <typename T> struct Vec8;  // 8 elements as one (16-bit) or two (fp32) 16-byte accesses
+// 8 elements as one 16-byte access: 4 pairs of a 16-bit dtype, or two float4 for fp32.
+template <typename T> struct Pair;  // a 16-bit dtype's 2-element vector and its fp32 conversions
+template <> struct Pair<__nv_bfloat16> {
+  using type = __nv_bfloat162;
+  static __device__ __forceinline__ float2 to_f2(type v) { return __bfloat1622float2(v); }
+  static __device__ __forceinline__ type from_f2(float a, float b) { return __floats2bfloat162_rn(a, b); }
+};
+template <> struct Pair<__half> {
+  using type = __half2;
+  static __device__ __forceinline__ float2 to_f2(type v) { return __half22float2(v); }
+  static __device__ __forceinline__ type from_f2(float a, float b) { return __floats2half2_rn(a, b); }
+};
+template <typename T> struct Vec8 {
+  using P = Pair<T>;
+  static __device__ __forceinline__ void load(const T* p, float* f) {
+    const uint4 u = *reinterpret_cast<const uint4*>(p);
+    const typename P::type* h = reinterpret_cast<const typename P::type*>(&u);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const float2 t = P::to_f2(h[k]);
+      f[2 * k] = t.x, f[2 * k + 1] = t.y;
+    }
+  }
+  static __device__ __forceinline__ void store(T* p, const float* f) {
+    uint4 u;
+    typename P::type* h = reinterpret_cast<typename P::type*>(&u);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) h[k] = P::from_f2(f[2 * k], f[2 * k + 1]);
+    *reinterpret_cast<uint4*>(p) = u;
+  }
+};
 template <> struct Vec8<float> {
   static __device__ __forceinline__ void load(const float* p, float* f) {
     const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
@@ -23,42 +53,6 @@ template <> struct Vec8<float> {
   static __device__ __forceinline__ void store(float* p, const float* f) {
     reinterpret_cast<float4*>(p)[0] = make_float4(f[0], f[1], f[2], f[3]);
     reinterpret_cast<float4*>(p)[1] = make_float4(f[4], f[5], f[6], f[7]);
-  }
-};
-template <> struct Vec8<__nv_bfloat16> {
-  static __device__ __forceinline__ void load(const __nv_bfloat16* p, float* f) {
-    const uint4 u = *reinterpret_cast<const uint4*>(p);
-    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const float2 t = __bfloat1622float2(h[k]);
-      f[2 * k] = t.x, f[2 * k + 1] = t.y;
-    }
-  }
-  static __device__ __forceinline__ void store(__nv_bfloat16* p, const float* f) {
-    uint4 u;
-    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
-#pragma unroll
-    for (int k = 0; k < 4; ++k) h[k] = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
-    *reinterpret_cast<uint4*>(p) = u;
-  }
-};
-template <> struct Vec8<__half> {
-  static __device__ __forceinline__ void load(const __half* p, float* f) {
-    const uint4 u = *reinterpret_cast<const uint4*>(p);
-    const __half2* h = reinterpret_cast<const __half2*>(&u);
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const float2 t = __half22float2(h[k]);
-      f[2 * k] = t.x, f[2 * k + 1] = t.y;
-    }
-  }
-  static __device__ __forceinline__ void store(__half* p, const float* f) {
-    uint4 u;
-    __half2* h = reinterpret_cast<__half2*>(&u);
-#pragma unroll
-    for (int k = 0; k < 4; ++k) h[k] = __floats2half2_rn(f[2 * k], f[2 * k + 1]);
-    *reinterpret_cast<uint4*>(p) = u;
   }
 };
 

@@ -159,7 +159,7 @@ step pytest 300 1 "NFD_CUDA_OP_TESTS=$ROOT/$BUILD_DIR/nfd_cuda_op_tests $PY -m p
 
 step memcheck 120 1 "\$(tool compute-sanitizer) --tool memcheck --error-exitcode 9 $PY tools/gpu/session_smoke.py"
 
-step ops 75 0 "$PY benchmarks/ops.py --config $CONFIG --device $DEVICE --threads \$(nproc) --samples 5 --out $WORK/ops.json"
+step ops 100 0 "$PY benchmarks/ops.py --config $CONFIG --device $DEVICE --threads \$(nproc) --samples 5 --out $WORK/ops.json"
 
 NCU_ARGS="--clock-control none --nvtx --nvtx-include profiled/ --section SpeedOfLight --section LaunchStats --section Occupancy --csv --page details"
 step ncu 90 1 "
