@@ -89,6 +89,36 @@ void device_memcpy(void* dst, Device dst_device, const void* src, Device src_dev
 #endif
 }
 
+void device_memcpy_async(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes,
+                         void* stream) {
+  if (bytes == 0) return;
+  if (dst_device == Device::cpu && src_device == Device::cpu) {
+    std::memmove(dst, src, bytes);
+    return;
+  }
+#ifdef NFD_RT_WITH_CUDA
+  cuda_device::memcpy_async(dst, dst_device == Device::cuda, src, src_device == Device::cuda, bytes, stream);
+#else
+  no_cuda("device_memcpy_async");
+#endif
+}
+
+void* pinned_host_alloc(size_t bytes) {
+#ifdef NFD_RT_WITH_CUDA
+  return cuda_device::pinned_alloc(bytes);
+#else
+  no_cuda("pinned_host_alloc");
+#endif
+}
+
+void pinned_host_free(void* ptr) {
+#ifdef NFD_RT_WITH_CUDA
+  cuda_device::pinned_free(ptr);
+#else
+  (void)ptr;
+#endif
+}
+
 void device_synchronize(Device device, void* stream) {
   if (device == Device::cpu) return;  // CPU work is synchronous
 #ifdef NFD_RT_WITH_CUDA

@@ -45,6 +45,14 @@ void device_free(Device device, void* ptr);
 // Copies bytes between host and device memory (either side may be either device); synchronous on `stream`.
 void device_memcpy(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes, void* stream);
 void device_synchronize(Device device, void* stream);
+// As device_memcpy, without waiting: the copy is ordered on `stream` (cuda) and done once the stream is
+// synchronised; until then neither buffer may be reused. Host memory from pinned_host_alloc makes it truly
+// asynchronous. Host-to-host copies are done on return.
+void device_memcpy_async(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes,
+                         void* stream);
+// Page-locked host memory (cudaMallocHost) for the asynchronous copies of a CUDA session's step.
+void* pinned_host_alloc(size_t bytes);
+void pinned_host_free(void* ptr);  // nullptr is a no-op; never throws (used from destructors)
 
 bool cuda_available();              // built with CUDA, a driver is loaded and a device exists
 std::string cuda_device_name();     // "" when unavailable

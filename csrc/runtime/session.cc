@@ -53,6 +53,9 @@ int ring_extra(const SessionOptions& o) { return std::max(o.speculate, 0); }
 // The session's own device buffers besides the model's.
 struct IoBuffers {
   Tensor state, action, latent, write, frame;
+  // 16-bit sessions: the action and the latent in float32, where a step's host copies convert on the device
+  // (compute_frame's asynchronous path); undefined for float32 sessions.
+  Tensor action_f32, latent_f32;
 };
 IoBuffers alloc_io_buffers(Arena& arena, const Config& cfg, DType dtype) {
   const std::vector<int64_t> lshape = {cfg.latent_channels, cfg.latent_height(), cfg.latent_width()};
@@ -62,8 +65,35 @@ IoBuffers alloc_io_buffers(Arena& arena, const Config& cfg, DType dtype) {
   b.latent = arena.alloc(lshape, dtype);
   b.write = arena.alloc(lshape, dtype);
   b.frame = arena.alloc({cfg.frame_height, cfg.frame_width, 3}, DType::u8);
+  if (dtype != DType::f32) {
+    b.action_f32 = arena.alloc({cfg.action_dim}, DType::f32);
+    b.latent_f32 = arena.alloc(lshape, DType::f32);
+  }
   return b;
 }
+
+// Page-locked host staging of a CUDA session's step (compute_frame): the FrameState and action going up, the
+// latent and frame coming down, so the copies are asynchronous and the step waits once, for everything.
+class PinnedStaging {
+ public:
+  PinnedStaging(const Config& cfg, int64_t latent_numel)
+      : action_off_(align(sizeof(FrameState))),
+        latent_off_(action_off_ + align(size_t(cfg.action_dim) * sizeof(float))),
+        frame_off_(latent_off_ + align(size_t(latent_numel) * sizeof(float))),
+        p_(static_cast<char*>(pinned_host_alloc(frame_off_ + size_t(cfg.frame_height) * cfg.frame_width * 3))) {}
+  ~PinnedStaging() { pinned_host_free(p_); }
+  PinnedStaging(const PinnedStaging&) = delete;
+  PinnedStaging& operator=(const PinnedStaging&) = delete;
+  FrameState* state() const { return reinterpret_cast<FrameState*>(p_); }
+  float* action() const { return reinterpret_cast<float*>(p_ + action_off_); }
+  float* latent() const { return reinterpret_cast<float*>(p_ + latent_off_); }
+  uint8_t* frame() const { return reinterpret_cast<uint8_t*>(p_ + frame_off_); }
+
+ private:
+  static size_t align(size_t n) { return (n + 63) / 64 * 64; }
+  size_t action_off_, latent_off_, frame_off_;
+  char* p_;
+};
 
 // Everything a session allocates besides its model's weights, on `arena` (a real or a measuring one).
 struct SessionState {
@@ -133,6 +163,7 @@ struct Session::Impl {
   // CUDA: the frame's decode runs on its own stream, beside the cache-write pass (run_frame).
   void* decode_stream = nullptr;
   Context decode_ctx;
+  std::unique_ptr<PinnedStaging> staging;  // CUDA: a step's host copies (compute_frame)
   // Whole-frame CUDA graphs (with and without decode), captured at the first step and replayed after.
   CudaGraph frame_graph[2];
   // num_visible each graph was captured for, when the attention kernel is sized on the host
@@ -166,6 +197,7 @@ struct Session::Impl {
     if (opt.device == Device::cuda) {
       decode_ctx = ctx;
       decode_ctx.stream = decode_stream = cuda_stream_create();
+      staging = std::make_unique<PinnedStaging>(cfg, st->io.latent.numel());
     }
 
     // Scalars as the reference computes them: Python doubles, cast to fp32 where they meet a tensor.
@@ -212,6 +244,12 @@ struct Session::Impl {
 
   // FrameState `s` of frame g, copied to `device_state`: g's slot and the slots of the frames it sees.
   void make_state(int64_t g, FrameState& s, const Tensor& device_state, const Context& c) {
+    fill_state(g, s);
+    device_memcpy(device_state.data, opt.device, &s, Device::cpu, sizeof(FrameState), c.stream);
+  }
+
+  // FrameState `s` of frame g (host only).
+  void fill_state(int64_t g, FrameState& s) {
     NFD_CHECK(g < (int64_t(1) << 31) - 1, unsupported, "frame index overflow (2^31 frames)");
     s.frame_index = int32_t(g);
     s.write_slot = slot_for(g);
@@ -225,7 +263,6 @@ struct Session::Impl {
     s.num_visible = 0;
     for (const auto& p : seen) s.visible_slots[s.num_visible++] = int32_t(p.second);
     s.visible_slots[s.num_visible++] = s.write_slot;  // the frame itself
-    device_memcpy(device_state.data, opt.device, &s, Device::cpu, sizeof(FrameState), c.stream);
   }
 
   // All device work of one frame on fixed buffers, reading the FrameState from device memory. With
@@ -326,12 +363,48 @@ struct Session::Impl {
   // results out when given. Returns false (nothing committed) when cancelled.
   bool compute_frame(const float* action, bool decode, float* latent_out, uint8_t* frame_out,
                      const std::atomic<bool>* cancel = nullptr) {
+    if (staging) return compute_frame_staged(action, decode, latent_out, frame_out, cancel);
     prepare_state(ctx);
     upload_action(ctx, action);
     if (!generate_frame(decode, cancel)) return false;
     device_synchronize(opt.device, ctx.stream);
     if (latent_out) latent_to_host(latent_out);
     if (frame_out) frame_to_host(frame_out);
+    commit_frame();
+    return true;
+  }
+
+  // compute_frame on CUDA with one host synchronisation: the FrameState and action go up from page-locked
+  // staging (16-bit sessions convert the action on the device), the frame runs, the latent (converted on the
+  // device) and the frame go down into the staging, all ordered on the stream; then one wait, and the results
+  // are copied out of the staging on the host.
+  bool compute_frame_staged(const float* action, bool decode, float* latent_out, uint8_t* frame_out,
+                            const std::atomic<bool>* cancel) {
+    const Device cuda = Device::cuda, cpu = Device::cpu;
+    fill_state(frame_index, host_state);
+    *staging->state() = host_state;
+    device_memcpy_async(st->io.state.data, cuda, staging->state(), cpu, sizeof(FrameState), ctx.stream);
+    const size_t A = size_t(cfg.action_dim);
+    if (action) std::memcpy(staging->action(), action, A * sizeof(float));
+    else std::fill(staging->action(), staging->action() + A, 0.f);
+    const bool f32 = !st->io.action_f32.defined();
+    device_memcpy_async(f32 ? st->io.action.data : st->io.action_f32.data, cuda, staging->action(), cpu,
+                        A * sizeof(float), ctx.stream);
+    if (!f32) ops::copy(ctx, st->io.action_f32, st->io.action);  // device to device: converts, does not wait
+    if (!generate_frame(decode, cancel)) {
+      device_synchronize(opt.device, ctx.stream);  // the staged inputs must be read before they are reused
+      return false;
+    }
+    const size_t latent_bytes = size_t(st->io.latent.numel()) * sizeof(float);
+    if (latent_out) {
+      if (!f32) ops::copy(ctx, st->io.latent, st->io.latent_f32);
+      device_memcpy_async(staging->latent(), cpu, f32 ? st->io.latent.data : st->io.latent_f32.data, cuda,
+                          latent_bytes, ctx.stream);
+    }
+    if (frame_out) device_memcpy_async(staging->frame(), cpu, st->io.frame.data, cuda, st->io.frame.bytes(), ctx.stream);
+    device_synchronize(opt.device, ctx.stream);
+    if (latent_out) std::memcpy(latent_out, staging->latent(), latent_bytes);
+    if (frame_out) std::memcpy(frame_out, staging->frame(), st->io.frame.bytes());
     commit_frame();
     return true;
   }

@@ -129,13 +129,28 @@ void free(void* ptr) {
   if (ptr) cudaFree(ptr);
 }
 
-void memcpy(void* dst, bool dst_on_device, const void* src, bool src_on_device, size_t n, void* stream) {
+void memcpy_async(void* dst, bool dst_on_device, const void* src, bool src_on_device, size_t n, void* stream) {
   if (n == 0) return;
   cudaMemcpyKind kind = dst_on_device ? (src_on_device ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice)
                                       : (src_on_device ? cudaMemcpyDeviceToHost : cudaMemcpyHostToHost);
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-  check(cudaMemcpyAsync(dst, src, n, kind, s), "cudaMemcpyAsync");
-  check(cudaStreamSynchronize(s), "cudaStreamSynchronize (after memcpy)");
+  check(cudaMemcpyAsync(dst, src, n, kind, static_cast<cudaStream_t>(stream)), "cudaMemcpyAsync");
+}
+
+void memcpy(void* dst, bool dst_on_device, const void* src, bool src_on_device, size_t n, void* stream) {
+  if (n == 0) return;
+  memcpy_async(dst, dst_on_device, src, src_on_device, n, stream);
+  check(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), "cudaStreamSynchronize (after memcpy)");
+}
+
+void* pinned_alloc(size_t bytes) {
+  if (bytes == 0) return nullptr;
+  void* p = nullptr;
+  check(cudaMallocHost(&p, bytes), "cudaMallocHost (pinned staging)");
+  return p;
+}
+
+void pinned_free(void* ptr) {
+  if (ptr) cudaFreeHost(ptr);
 }
 
 void synchronize(void* stream) {
