@@ -271,7 +271,9 @@ __global__ void __launch_bounds__(tile::mma::kThreads) attention_mma_kernel(Attn
       }
 
     // Online softmax on the accumulators: this thread holds rows g (c0, c1) and g+8 (c2, c3) of each row tile;
-    // the 4 threads of a quad hold the row's other columns.
+    // the 4 threads of a quad hold the row's other columns. A tile whose keys are all live skips the per-key
+    // mask (its shared-memory reads compete with ldmatrix).
+    const bool all_live = tm::tile_all_live(t * kBK, kBK, L, N, slot_of);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
       float mx[2] = {m_run[mt][0], m_run[mt][1]};
@@ -280,7 +282,7 @@ __global__ void __launch_bounds__(tile::mma::kThreads) attention_mma_kernel(Attn
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const int key = 8 * j + tm::c_col(lane, i);
-          s[mt][j][i] = key_ok[stage][key] ? s[mt][j][i] * a.scale_log2 : -INFINITY;
+          s[mt][j][i] = all_live || key_ok[stage][key] ? s[mt][j][i] * a.scale_log2 : -INFINITY;
           mx[i >> 1] = fmaxf(mx[i >> 1], s[mt][j][i]);
         }
       float corr[2], rowsum[2] = {0.f, 0.f};

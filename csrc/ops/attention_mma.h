@@ -89,6 +89,16 @@ NFD_HOST_DEVICE inline int64_t kv_offset(int slot, int row, int N, int H, int h,
   return ((int64_t(slot) * N + row) * H + h) * hd;
 }
 
+// True when every key of the tile starting at key k0 is live: inside the L visible keys and in a slot of the
+// cache (slot_of[i] >= 0 for each visible frame i it spans). Such a tile, nearly every tile of a frame, needs
+// no per-key mask (CTA-uniform: the same for every thread).
+NFD_HOST_DEVICE inline bool tile_all_live(int64_t k0, int tile_keys, int64_t L, int N, const int* slot_of) {
+  if (k0 + tile_keys > L) return false;
+  for (int64_t f = k0 / N, last = (k0 + tile_keys - 1) / N; f <= last; ++f)
+    if (slot_of[f] < 0) return false;
+  return true;
+}
+
 // --- split over the key range ---------------------------------------------------------------------------
 // Key tiles [begin, end) of split s of `splits` over `tiles` tiles: as equal as integer division allows, so
 // every split has work once tiles >= splits (a partly filled cache still spreads over every CTA).

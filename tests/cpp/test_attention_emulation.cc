@@ -25,6 +25,7 @@ using namespace nfd;
 namespace am = nfd::tile::mma;
 
 static int g_pass = 0, g_fail = 0;
+static long fast_mask_elems = 0;  // scores the emulated kernel took through tile_all_live's unmasked path
 static void expect(bool ok, const std::string& what, double detail = 0) {
   (ok ? g_pass : g_fail)++;
   std::printf("%s %-72s %.3e\n", ok ? "PASS" : "FAIL", what.c_str(), detail);
@@ -226,7 +227,9 @@ static void emulate_cta(const Problem& P, int qt, int h, int split, std::vector<
           for (int i = 0; i < 4; ++i) {
             float& x = s[size_t(j) * 32 + l].v[i];
             const int key = 8 * j + am::c_col(l, i);
-            x = key_ok[stage][key] ? x * scale_log2 : -INFINITY;
+            const bool all_live = am::tile_all_live(t * am::kBK, am::kBK, L, N, slot_of.data());
+            x = all_live || key_ok[stage][key] ? x * scale_log2 : -INFINITY;
+            if (all_live) ++fast_mask_elems;
             mx[l][i >> 1] = std::max(mx[l][i >> 1], x);
           }
       }
@@ -448,6 +451,24 @@ int main() {
     expect(std::fabs(merged - oall) < 1e-6f && w3 == 0.f && std::isinf(l3), "lse merge == softmax over the union",
            std::fabs(merged - oall));
   }
+  // tile_all_live == every key of the tile is inside the visible keys and in a valid slot (brute force).
+  {
+    bool ok = true;
+    long live_tiles = 0;
+    for (int N : {5, 16, 37, 336})
+      for (const std::vector<int>& slots : std::vector<std::vector<int>>{{0, 1, 2}, {3, -1, 0, 2}, {-1}, {4, 1, 0, 2, -1, 3}}) {
+        const int64_t L = int64_t(slots.size()) * N;
+        for (int64_t k0 = 0; k0 < L; k0 += am::kBK) {
+          bool brute = k0 + am::kBK <= L;
+          for (int64_t key = k0; brute && key < k0 + am::kBK; ++key) brute = slots[size_t(key / N)] >= 0;
+          const bool got = am::tile_all_live(k0, am::kBK, L, N, slots.data());
+          ok = ok && got == brute;
+          live_tiles += got;
+        }
+      }
+    expect(ok && live_tiles > 0, "tile_all_live == per-key liveness (tiles across slot borders, masked slots)",
+           double(live_tiles));
+  }
   // The swizzle is a permutation of each row's chunks.
   {
     bool ok = true;
@@ -475,6 +496,7 @@ int main() {
   run_case("frame of 336 tokens", 1, 336, 64, 3, {1, 2, 0}, 5, 1.f, rng);
   run_case("frame of 336 tokens", 1, 336, 64, 3, {1, 2, 0}, 5, 1.f, rng, 1);
   run_case("a query tile past 128 rows", 1, 150, 64, 2, {1, 0}, 2, 1.f, rng);
+  expect(fast_mask_elems > 0, "the unmasked path of fully live tiles ran", double(fast_mask_elems));
   std::printf("%d passed, %d failed\n", g_pass, g_fail);
   return g_fail ? 1 : 0;
 }
