@@ -333,6 +333,15 @@ for H, N, hd, S, slots, note in [
     (2, 336, 64, 33, [0, 1, *range(12, 33), *range(2, 12)], "nfd-310m's full cache, 2 of its heads"),
 ]:
     attention_case(H, N, hd, S, slots, note=note, long_sum=True)  # the GPU harness' float32 bound for these
+# ops::attention_prepare (CUDA: times both query tiles of ours at head_dim 64 over every slot, keeps the faster
+# for the shape), then the op as a session runs it: any tile it picks must give the same result.
+for H, N, S, slots in [(2, 37, 4, [3, 0, 2]), (2, 336, 6, [0, 5, 1, 2, 3, 4])]:
+    shape = (H, N, 64, S, 1.0, 1.0)
+    case(f"attention H={H} N={N} hd=64 slots={S} visible={slots} after attention_prepare",
+         lambda dev, shape=shape, slots=slots: ops.attention(*attention_inputs(*shape), list(slots), prepare=True,
+                                                             **dev),
+         functools.partial(attention_ref, *shape, tuple(slots)), long_sum=True,
+         kernel=functools.partial(attention_kernel, "ours", 64))
 
 
 # ---- patches, noise -------------------------------------------------------------------------------------------

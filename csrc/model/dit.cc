@@ -116,7 +116,7 @@ DiT::DiT(const Config& cfg, const DiTWeights& weights, Arena& arena, DType dtype
   own_ = Activations(cfg, arena, dtype, 1);
 }
 
-void DiT::prepare_gemms(const Context& ctx, const Tensor& action) {
+void DiT::prepare_kernels(const Context& ctx, const Tensor& action) {
   // The layers share shapes, so block 0 stands for all; batched shapes (step_batch) fall back to CUTLASS.
   const int64_t D = cfg_.hidden_size, passes = cfg_.num_steps() + 1;
   const DiTWeights::Block& b0 = w_.blocks[0];
@@ -134,6 +134,7 @@ void DiT::prepare_gemms(const Context& ctx, const Tensor& action) {
   ops::linear_prepare(ctx, a.hn, b0.fc1_w, b0.fc1_b, a.mlp, ops::Epilogue::gelu_tanh);
   ops::linear_prepare(ctx, a.mlp, b0.fc2_w, b0.fc2_b, a.tmp);
   ops::linear_prepare(ctx, a.hn, w_.final_w, w_.final_b, a.vel);
+  ops::attention_prepare(ctx, a.q, k_cache_[0], v_cache_[0], a.attn);
 }
 
 void DiT::condition(const Context& ctx, const Tensor& action) {

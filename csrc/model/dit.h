@@ -49,10 +49,11 @@ class DiT {
   // range, see ops::attention), the adaLN buffers and one member's activations.
   DiT(const Config& cfg, const DiTWeights& weights, Arena& arena, DType dtype, int cache_slots);
 
-  // Picks the GEMM engine of every linear shape of a single-session frame (ops::linear_prepare: CUDA times
-  // CUTLASS against cuBLASLt; a no-op on the CPU), with `action` [A] standing for any action. Synchronises
-  // ctx's stream: call at session open.
-  void prepare_gemms(const Context& ctx, const Tensor& action);
+  // Picks the kernels of a single-session frame where the CUDA backend has two (a no-op on the CPU): the GEMM
+  // engine of every linear shape (ops::linear_prepare: CUTLASS against cuBLASLt), with `action` [A] standing
+  // for any action, and attention's query tile (ops::attention_prepare, over this session's cache: its
+  // contents do not matter). Synchronises ctx's stream: call at session open.
+  void prepare_kernels(const Context& ctx, const Tensor& action);
 
   // Per frame: c_k = SiLU(temb(t_k) + action_embed(action)) and the adaLN vectors of every block for every
   // pass position k in [0, num_steps] (k == num_steps: the cache-write pass at t = context_noise).

@@ -8,8 +8,9 @@
 namespace nfd {
 namespace ops {
 
-void attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, Tensor& out) {
-  const Contract c("attention");
+namespace {
+void check_attention(const Contract& c, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                     const Tensor& out) {
   c.defined({{"q", q}, {"k_cache", k_cache}, {"v_cache", v_cache}, {"out", out}});
   c.shape({"q", q}, {-1, -1, -1}, "H, N, hd");
   const int64_t H = q.dim(0), N = q.dim(1), hd = q.dim(2);
@@ -20,6 +21,12 @@ void attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const
   c.disjoint({"q", q}, {"out", out});
   c.disjoint({"k_cache", k_cache}, {"out", out});
   c.disjoint({"v_cache", v_cache}, {"out", out});
+}
+}  // namespace
+
+void attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, Tensor& out) {
+  const Contract c("attention");
+  check_attention(c, q, k_cache, v_cache, out);
   // The visible slots, where the host can see them (on CUDA the kernel reads the device copy at replay and
   // skips a slot outside the cache).
   if (const FrameState* st = c.frame_state(ctx, out.device)) {
@@ -33,6 +40,16 @@ void attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const
                   std::to_string(slots) + " slots");
   }
   NFD_DISPATCH(attention, out, ctx, q, k_cache, v_cache, out);
+}
+
+void attention_prepare(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                       Tensor& out) {
+  check_attention(Contract("attention_prepare"), q, k_cache, v_cache, out);
+#ifdef NFD_RT_WITH_CUDA
+  if (out.device == Device::cuda) cuda::attention_prepare(ctx, q, k_cache, v_cache, out);
+#else
+  (void)ctx;
+#endif
 }
 
 bool attention_sized_on_host(const Context& ctx) {

@@ -7,7 +7,8 @@
 //  * ours, bf16/fp16, head_dim 32/64/128 ("mma"): a flash-attention tile kernel on tensor cores (sm_80+
 //    mma.sync.m16n8k16, fp32 accumulation), index maps in ops/attention_mma.h:
 //      - grid (query tiles of 128, heads, splits); 4 warps, each 2 row tiles of 16 queries (head_dim 128: 64
-//        and 1; NFD_RT_ATTENTION_ROWS=64 for head_dim 64 too), so each K/V fragment read from shared memory
+//        and 1; at head_dim 64 both, the faster per shape as ops::attention_prepare measured it at session
+//        open, or NFD_RT_ATTENTION_ROWS), so each K/V fragment read from shared memory
 //        feeds 4 MMAs; key tiles of 64 through shared memory (cp.async, double-buffered, 16-byte chunks
 //        XOR-swizzled), Q held in registers as A fragments;
 //      - S = Q K^T (K via ldmatrix), online softmax in fp32 on the accumulators (log2 units, scores scaled by
@@ -24,9 +25,12 @@
 //  * simt: flash-decoding on CUDA cores (the first version; fp32 always runs here): grid (32-query tiles,
 //    heads, splits), 4 threads per query, keys/values through shared memory 32 at a time.
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <mutex>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -542,14 +546,30 @@ int mma_ctas_per_sm() {
 }
 
 // Query rows per CTA of the tensor-core kernel: 128 (2 row tiles per warp) for head_dim 32 and 64, 64 for 128
-// (its accumulators would not fit twice in registers). NFD_RT_ATTENTION_ROWS=64|128 overrides for head_dim
-// 64 (the A/B of benchmarks/ops.py on a GPU).
-int mma_rows(int hd) {
+// (its accumulators would not fit twice in registers). At head_dim 64 both exist: NFD_RT_ATTENTION_ROWS=64|128
+// forces one; otherwise the one ops::attention_prepare measured faster for the shape (at session open), 128
+// for shapes never prepared.
+using RowsKey = std::tuple<int, int, int, int>;  // dtype, N, H, slots
+std::mutex g_rows_mu;
+std::map<RowsKey, int>& rows_choices() {
+  static std::map<RowsKey, int> m;
+  return m;
+}
+
+const char* rows_override() {
   const char* e = std::getenv("NFD_RT_ATTENTION_ROWS");
-  if (hd != 64 || !e || !*e) return hd == 128 ? 64 : 128;
+  if (!e || !*e) return nullptr;
   NFD_CHECK(std::strcmp(e, "64") == 0 || std::strcmp(e, "128") == 0, invalid_argument,
             std::string("NFD_RT_ATTENTION_ROWS must be 64 or 128, got '") + e + "'");
-  return std::atoi(e);
+  return e;
+}
+
+int mma_rows(int hd, const RowsKey& key) {
+  if (hd != 64) return hd == 128 ? 64 : 128;
+  if (const char* e = rows_override()) return std::atoi(e);
+  std::lock_guard<std::mutex> lock(g_rows_mu);
+  auto it = rows_choices().find(key);
+  return it == rows_choices().end() ? 128 : it->second;
 }
 
 template <typename T>
@@ -605,7 +625,10 @@ std::string run_typed(const AttnArgs& a, int hd, bool mma, cudaStream_t s) {
     if (mma) {
       switch (hd) {
         case 32: return run_mma<T, 32, 2>(a, s);
-        case 64: return mma_rows(64) == 64 ? run_mma<T, 64, 1>(a, s) : run_mma<T, 64, 2>(a, s);
+        case 64: {
+          const RowsKey key{int(std::is_same<T, __half>::value ? DType::f16 : DType::bf16), a.N, a.H, a.slots};
+          return mma_rows(64, key) == 64 ? run_mma<T, 64, 1>(a, s) : run_mma<T, 64, 2>(a, s);
+        }
         case 128: return run_mma<T, 128, 1>(a, s);
         default: break;
       }
@@ -637,6 +660,57 @@ bool visible_is_prefix(const FrameState& st, int slots) {
 }  // namespace
 
 bool cuda::attention_sized_on_host() { return requested_impl() == Impl::flashinfer; }
+
+namespace {
+// Times both query tiles of ours at head_dim 64 with every slot visible and records the faster (attention_prepare).
+template <typename T>
+void prepare_rows(AttnArgs a, const RowsKey& key, const std::string& name, cudaStream_t s) {
+  FrameState full{};
+  full.num_visible = std::min(a.slots, FrameState::kMaxSlots);
+  for (int i = 0; i < full.num_visible; ++i) full.visible_slots[i] = i;
+  cudaops::Scratch state(sizeof(FrameState), s);
+  cudaops::check(cudaMemcpyAsync(state.get<void>(), &full, sizeof(FrameState), cudaMemcpyHostToDevice, s),
+                 "attention_prepare: FrameState upload");
+  a.state = state.get<const FrameState>();
+  const float t64 = cudaops::time_ms(s, [&] { run_mma<T, 64, 1>(a, s); });
+  const float t128 = cudaops::time_ms(s, [&] { run_mma<T, 64, 2>(a, s); });
+  cudaops::check(cudaStreamSynchronize(s), "cudaStreamSynchronize (attention_prepare)");
+  const int rows = t128 <= t64 ? 128 : 64;
+  {
+    std::lock_guard<std::mutex> lock(g_rows_mu);
+    rows_choices()[key] = rows;
+  }
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "measured at open over %d slots: 64 rows %.4f ms, 128 rows %.4f ms -> %d",
+                full.num_visible, t64, t128, rows);
+  note_kernel(name + " (choice)", buf);
+}
+}  // namespace
+
+void cuda::attention_prepare(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                             Tensor& out) {
+  using namespace cudaops;
+  const int H = int(q.dim(0)), N = int(q.dim(1)), hd = int(q.dim(2)), slots = int(k_cache.dim(0));
+  const bool half = q.dtype == DType::bf16 || q.dtype == DType::f16;
+  if (!half || hd != 64 || int64_t(N) * H == 0 || requested_impl() != Impl::ours || rows_override()) return;
+  auto aligned16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
+  if (!aligned16(q.data) || !aligned16(k_cache.data) || !aligned16(v_cache.data)) return;
+  cudaStream_t s = stream_of(ctx);
+  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+  check(cudaStreamIsCapturing(s, &cap), "cudaStreamIsCapturing");
+  if (cap != cudaStreamCaptureStatusNone) return;  // cannot time inside a capture: 128 rows stay the default
+  const RowsKey key{int(q.dtype), N, H, slots};
+  {
+    std::lock_guard<std::mutex> lock(g_rows_mu);
+    if (rows_choices().count(key)) return;  // measured before (another session or layer)
+  }
+  AttnArgs a{q.data, k_cache.data, v_cache.data, out.data, Partials{}, nullptr, N, H, slots, 1,
+             float(1.4426950408889634 / std::sqrt(double(hd)))};
+  const std::string name = std::string("attention ") + dtype_name(q.dtype) + " hd64 N=" + std::to_string(N) +
+                           " H=" + std::to_string(H) + " slots=" + std::to_string(slots);
+  if (q.dtype == DType::bf16) prepare_rows<__nv_bfloat16>(a, key, name, s);
+  else prepare_rows<__half>(a, key, name, s);
+}
 
 void cuda::attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, Tensor& out) {
   using namespace cudaops;

@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -91,6 +92,35 @@ class Scratch {
   void* p_ = nullptr;
   cudaStream_t s_;
 };
+
+// Milliseconds per call of `run` on stream s: 2 warm-up calls, then the best of 3 timings of 5 calls each.
+template <typename F>
+float time_ms(cudaStream_t s, F run) {
+  cudaEvent_t e0, e1;
+  check(cudaEventCreate(&e0), "cudaEventCreate");
+  check(cudaEventCreate(&e1), "cudaEventCreate");
+  float best = 1e30f;
+  try {
+    run();
+    run();
+    for (int rep = 0; rep < 3; ++rep) {
+      check(cudaEventRecord(e0, s), "cudaEventRecord");
+      for (int i = 0; i < 5; ++i) run();
+      check(cudaEventRecord(e1, s), "cudaEventRecord");
+      check(cudaEventSynchronize(e1), "cudaEventSynchronize");
+      float ms = 0.f;
+      check(cudaEventElapsedTime(&ms, e0, e1), "cudaEventElapsedTime");
+      best = std::min(best, ms / 5.f);
+    }
+  } catch (...) {
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    throw;
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return best;
+}
 
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -198,34 +198,6 @@ LinearShape linear_shape(const Tensor& x, const Tensor& w, const Tensor& bias, c
   return LinearShape{M, N, K, tensor_op};
 }
 
-// Milliseconds per call of `run` on stream s: 2 warm-up calls, then the best of 3 timings of 5 calls each.
-template <typename F>
-float time_ms(cudaStream_t s, F run) {
-  cudaEvent_t e0, e1;
-  cudaops::check(cudaEventCreate(&e0), "cudaEventCreate");
-  cudaops::check(cudaEventCreate(&e1), "cudaEventCreate");
-  float best = 1e30f;
-  try {
-    run();
-    run();
-    for (int rep = 0; rep < 3; ++rep) {
-      cudaops::check(cudaEventRecord(e0, s), "cudaEventRecord");
-      for (int i = 0; i < 5; ++i) run();
-      cudaops::check(cudaEventRecord(e1, s), "cudaEventRecord");
-      cudaops::check(cudaEventSynchronize(e1), "cudaEventSynchronize");
-      float ms = 0.f;
-      cudaops::check(cudaEventElapsedTime(&ms, e0, e1), "cudaEventElapsedTime");
-      best = std::min(best, ms / 5.f);
-    }
-  } catch (...) {
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
-    throw;
-  }
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
-  return best;
-}
 }  // namespace
 
 void cuda::linear(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y,
@@ -282,8 +254,8 @@ void cuda::linear_prepare(const Context& ctx, const Tensor& x, const Tensor& w, 
   float t_lt = -1.f, t_cutlass = -1.f;
   try {
     if (cuda_detail::cublaslt_gemm(t, gelu, M, N, K, x.data, w.data, b, out, s, &note))
-      t_lt = time_ms(s, [&] { cuda_detail::cublaslt_gemm(t, gelu, M, N, K, x.data, w.data, b, out, s); });
-    t_cutlass = time_ms(s, [&] { cuda_detail::cutlass_gemm(t, gelu, M, N, K, x.data, w.data, b, out, s); });
+      t_lt = cudaops::time_ms(s, [&] { cuda_detail::cublaslt_gemm(t, gelu, M, N, K, x.data, w.data, b, out, s); });
+    t_cutlass = cudaops::time_ms(s, [&] { cuda_detail::cutlass_gemm(t, gelu, M, N, K, x.data, w.data, b, out, s); });
   } catch (...) {
     cudaStreamSynchronize(s);
     cudaFree(out);

@@ -96,6 +96,13 @@ void rope_qkv_split(const Context& ctx, const Tensor& qkv, const RopeParams& rop
 // state->visible_slots[0 .. num_visible) (each slot: the N keys k_cache[slot, :, h]); q[H, N, hd],
 // k_cache / v_cache [slots, N, H, hd]. Softmax statistics in fp32.
 void attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, Tensor& out);
+// Picks, once per shape and process, the faster query tile of the CUDA tensor-core attention at a full cache
+// (128 or 64 query rows per CTA at head_dim 64, both timed on the GPU over every slot of these tensors) and
+// remembers it for ops::attention. A no-op elsewhere: the CPU, float32, other head_dims, NFD_RT_ATTENTION or
+// NFD_RT_ATTENTION_ROWS set, inside a capture. Reads q and the caches (any contents), writes out; synchronises
+// ctx's stream, so call it at session open.
+void attention_prepare(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                       Tensor& out);
 // True when the attention implementation selected for ctx's device sizes its launch from ctx.host_state
 // (CUDA with NFD_RT_ATTENTION=flashinfer): a CUDA graph captured around it then holds for one num_visible and
 // the session re-captures when that changes (only while the cache fills).

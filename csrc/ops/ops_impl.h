@@ -18,9 +18,11 @@ namespace cpu {
 #ifdef NFD_RT_WITH_CUDA
 namespace cuda {
 #include "ops/backend_ops.inc"
-// CUDA-only parts of ops::linear_prepare and ops::attention_sized_on_host (ops/ops.h).
+// CUDA-only parts of ops::linear_prepare, ops::attention_prepare and ops::attention_sized_on_host (ops/ops.h).
 void linear_prepare(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y,
                     Epilogue epilogue);
+void attention_prepare(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                       Tensor& out);
 bool attention_sized_on_host();
 }  // namespace cuda
 #endif

@@ -286,7 +286,7 @@ void nfd_register_ops(py::module_& m) {
      "Returns q [H, N, hd] and the caches k, v [slots, N, H, hd] (zero but for slot write_slot).");
 
   m.def("attention", [](F32Array q, F32Array k_cache, F32Array v_cache, std::vector<int> visible_slots,
-                        NFD_DEV_PARAMS) {
+                        bool prepare, NFD_DEV_PARAMS) {
     if (visible_slots.size() > size_t(FrameState::kMaxSlots))
       throw py::value_error("visible_slots holds at most " + std::to_string(FrameState::kMaxSlots) + " slots");
     NFD_CALL(c);
@@ -296,9 +296,11 @@ void nfd_register_ops(py::module_& m) {
     c.set_state(st);
     Tensor tq = c.in("q", q), tk = c.in("k_cache", k_cache), tv = c.in("v_cache", v_cache);
     Tensor to = c.out("out", {dim_or0(tq, 1), dim_or0(tq, 0) * dim_or0(tq, 2)});
+    if (prepare) ops::attention_prepare(c.ctx, tq, tk, tv, to);
     c.run([&] { ops::attention(c.ctx, tq, tk, tv, to); });
     return c.back(to);
-  }, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("visible_slots"), NFD_DEV);
+  }, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("visible_slots"), py::arg("prepare") = false,
+     NFD_DEV, "prepare: run ops::attention_prepare first (CUDA: times both query tiles of the kernel).");
 
   m.def("patchify", [](F32Array latent, int patch, NFD_DEV_PARAMS) {
     NFD_CALL(c);

@@ -192,7 +192,7 @@ struct Session::Impl {
     st = std::make_unique<SessionState>(cfg, model->dit(), model->vae(), arena, opt.dtype, cache_slots(cfg, opt));
     ctx.state = reinterpret_cast<const FrameState*>(st->io.state.data);
     ctx.host_state = &host_state;  // kernels sized on the host (ops::attention_sized_on_host) read it
-    st->dit->prepare_gemms(ctx, st->io.action);
+    st->dit->prepare_kernels(ctx, st->io.action);
     device_synchronize(opt.device, ctx.stream);
     if (opt.device == Device::cuda) {
       decode_ctx = ctx;
