@@ -9,9 +9,10 @@ runtime's op through `nfd_rt._core.ops` (inputs uploaded once; `set_timing` repe
 captured graph of back-to-back calls) and reports time per call, calls per frame, achieved TFLOP/s and GB/s,
 and the fraction of the roofline: max(FLOPs / peak FLOP/s, bytes / peak bandwidth) over the measured time.
 On CUDA (bf16/fp16) the implementation switches are timed side by side: a linear under both GEMM engines
-(CUTLASS, cuBLASLt; a session keeps the faster per shape, so the row reports the faster) and attention under
-ours (128 query rows), ours with 64 rows and FlashInfer (the row reports the default, ours); `engines` /
-`impls` hold each one's time and the kernel that ran.
+(CUTLASS, cuBLASLt; a session keeps the faster per shape, so the row reports the faster), attention under
+ours (128 query rows), ours with 64 rows and FlashInfer, and the convolutions under the implicit GEMM and the
+former im2col engine (these rows report the default); `engines` / `impls` hold each one's time and the
+kernel that ran.
 Bytes are the fewest an op must move (each input read once, each output written once). The ceilings are
 measured in the same run: a large matrix product and a large copy through PyTorch on CUDA; on the CPU a
 512x1024x1024 GEMM through nfd_rt's OpenBLAS (as fps.py) and a large numpy copy. With PyTorch installed, the same
@@ -267,11 +268,12 @@ def time_op(ops, case: OpCase, kw: dict, target_s: float, samples: int) -> list[
 LINEAR_ENGINES = {"cutlass": {"NFD_RT_GEMM": "cutlass"}, "cublaslt": {"NFD_RT_GEMM": "cublaslt"}}
 ATTENTION_IMPLS = {"ours": {}, "ours rows=64": {"NFD_RT_ATTENTION_ROWS": "64"},
                    "flashinfer": {"NFD_RT_ATTENTION": "flashinfer"}}
+CONV_ENGINES = {"implicit": {}, "im2col": {"NFD_RT_CONV": "im2col"}}
 
 
 def time_variants(core, ops, case: OpCase, kw: dict, target_s: float, samples: int,
                   variants: dict[str, dict[str, str]]) -> dict[str, dict]:
-    """Times the op under each variant's environment; records its median and the kernel that really ran
+    """Times the op under each variant's environment; records its median and every kernel that really ran
     (kernels_used: a variant that does not take the problem falls back, and says so there)."""
     out, saved = {}, {k: os.environ.get(k) for env in variants.values() for k in env}
     try:
@@ -285,8 +287,7 @@ def time_variants(core, ops, case: OpCase, kw: dict, target_s: float, samples: i
             except Exception as e:  # noqa: BLE001 - e.g. FlashInfer not built: the others still run
                 out[name] = {"error": f"{type(e).__name__}: {e}"}
                 continue
-            ran = [v for k, v in core.kernels_used().items() if k.startswith(case.op + " ")]
-            out[name] = {"ms": float(np.median(ts)) * 1e3, "samples": ts, "kernel": ran[0] if ran else "?"}
+            out[name] = {"ms": float(np.median(ts)) * 1e3, "samples": ts, "kernels": dict(core.kernels_used())}
     finally:
         for k, v in saved.items():
             if v is None:
@@ -465,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
             elif case.op == "attention" and args.device == "cuda" and dtype != "float32":
                 v = time_variants(core(), ops, case, kw, target, args.samples, ATTENTION_IMPLS)
                 ts = pick_variant(v, row, "impls", False, "ours")
+            elif case.op in ("conv2d", "upsample2x_conv2d") and args.device == "cuda" and dtype != "float32":
+                v = time_variants(core(), ops, case, kw, target, args.samples, CONV_ENGINES)
+                ts = pick_variant(v, row, "engines", False, "implicit")
             else:
                 ts = time_op(ops, case, kw, target, args.samples)
             t = float(np.median(ts))

@@ -41,7 +41,7 @@ ops = _core.ops
 BACKENDS = [("cpu", "float32"), ("cuda", "float32"), ("cuda", "float16"), ("cuda", "bfloat16")]
 SHORT = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 TORCH_DTYPE = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-ATTENTION_ENV = ("NFD_RT_ATTENTION", "NFD_RT_ATTENTION_SPLITS", "NFD_RT_ATTENTION_ROWS", "NFD_RT_GEMM")
+SWITCH_ENV = ("NFD_RT_ATTENTION", "NFD_RT_ATTENTION_SPLITS", "NFD_RT_ATTENTION_ROWS", "NFD_RT_GEMM", "NFD_RT_CONV")
 
 
 def tol(dtype: str, long_sum: bool = False) -> float:
@@ -394,6 +394,9 @@ def conv_case(cin, cout, h, w, k, stride, pad):
     case(name + " bias", lambda dev: ops.conv2d(x, wt, b, stride, pad, **dev), lambda: ref(True))
     case(name + " bias+residual", lambda dev: ops.conv2d(x, wt, b, stride, pad, res, **dev), lambda: ref(True, res))
     case(name + " no bias", lambda dev: ops.conv2d(x, wt, None, stride, pad, **dev), lambda: ref(False))
+    if cin % 8 == 0:  # CUDA 16-bit: the former im2col engine too (NFD_RT_CONV=im2col), kept as a fallback
+        case(name + " bias+residual im2col", lambda dev: ops.conv2d(x, wt, b, stride, pad, res, **dev),
+             lambda: ref(True, res), env={"NFD_RT_CONV": "im2col"}, where=cuda_16bit)
 
 
 for cin, cout, k, stride, pad, hw in [
@@ -482,7 +485,7 @@ def backend_params(rows, applies):
 
 @pytest.fixture
 def clean_env(monkeypatch):
-    for name in ATTENTION_ENV:
+    for name in SWITCH_ENV:
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -652,6 +655,8 @@ CONTRACTS = [
         r"ops::conv2d: w must be \[Cout, Cin, k, k\] with Cout = 4, Cin = 3, k = 3, got"),
     Bad("conv2d x", lambda d, o: ops.conv2d(r(2, 6, 6), r(4, 3, 3, 3), **d),
         r"ops::conv2d: x must be \[Cin, H, W\] with Cin = 3"),
+    Bad("conv2d NFD_RT_CONV", lambda d, o: ops.conv2d(c3, r(4, 3, 3, 3), **d),
+        r"NFD_RT_CONV must be 'implicit' or 'im2col', got 'bogus'", cuda_only=True, env={"NFD_RT_CONV": "bogus"}),
     Bad("conv2d stride", lambda d, o: ops.conv2d(c3, r(4, 3, 3, 3), stride=0, **d),
         r"ops::conv2d: stride must be >= 1 and pad >= 0, got stride 0"),
     Bad("conv2d small image", lambda d, o: ops.conv2d(r(3, 2, 2), r(4, 3, 5, 5), **d),

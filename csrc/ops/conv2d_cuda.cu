@@ -12,7 +12,9 @@
 // Rounding equals the former im2col path: fp32 accumulation, bias added before one rounding to the dtype,
 // the residual added in fp32 after it. The transposes cost 2 passes over the activations, far below what the
 // im2col columns did (9x Cin per pixel); an NHWC VAE end to end would remove them too.
-// Else (fp32, Cin % 8 != 0): implicit GEMM on CUDA cores (simt_gemm.cuh), M = Cout, N = Ho*Wo, K = Cin*k*k,
+// NFD_RT_CONV=im2col (or Cin % 8 != 0 with Cin*k*k and Cout multiples of 8): the former path, an explicit
+// im2col into scratch, ops::linear's GEMM and the transpose back (kept as a measured fallback).
+// Else (fp32, other shapes): implicit GEMM on CUDA cores (simt_gemm.cuh), M = Cout, N = Ho*Wo, K = Cin*k*k,
 // B(kk, p) = the input pixel under tap kk for output pixel p, gathered on the fly (zero outside the image), the
 // output written directly in [C, H, W].
 #include <cutlass/conv/conv2d_problem_size.h>
@@ -21,6 +23,8 @@
 #include <cutlass/cutlass.h>
 #include <cutlass/epilogue/thread/linear_combination.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "ops/cuda_common.cuh"
@@ -58,6 +62,19 @@ struct ConvEpi {
     cudaops::st(out, i, acc);
   }
 };
+
+// col[p, kk] = x under kernel tap kk for output pixel p (0 outside the image): the im2col engine.
+__global__ void im2col_kernel(cudaops::DPtr x, cudaops::DPtr col, int H, int W, int Wo, int ks, int stride, int pad,
+                              int K, int64_t total) {
+  NFD_GRID_STRIDE(i, total) {
+    const int kk = int(i % K);
+    const int64_t p = i / K;
+    const int ci = kk / (ks * ks), ky = (kk / ks) % ks, kx = kk % ks;
+    const int iy = int(p / Wo) * stride - pad + ky, ix = int(p % Wo) * stride - pad + kx;
+    const bool inside = iy >= 0 && iy < H && ix >= 0 && ix < W;
+    cudaops::st(col, i, inside ? cudaops::ld(x, (int64_t(ci) * H + iy) * W + ix) : 0.f);
+  }
+}
 
 // --- the tensor-core path ------------------------------------------------------------------------------------
 using conv_layout::kChannelAlign;
@@ -164,6 +181,12 @@ struct CutlassConv {
 }  // namespace
 
 bool cuda_detail::conv2d_implicit_gemm_eligible(const Tensor& x) {
+  const char* e = std::getenv("NFD_RT_CONV");
+  if (e && *e && std::strcmp(e, "implicit") != 0) {
+    NFD_CHECK(std::strcmp(e, "im2col") == 0, invalid_argument,
+              std::string("NFD_RT_CONV must be 'implicit' or 'im2col', got '") + e + "'");
+    return false;
+  }
   return (x.dtype == DType::bf16 || x.dtype == DType::f16) && x.dim(0) % kChannelAlign == 0;
 }
 
@@ -222,6 +245,27 @@ void cuda::conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Te
   const int H = int(x.dim(1)), W = int(x.dim(2)), Cout = int(w.dim(0)), ks = int(w.dim(2));
   const int Wo = int(out.dim(2)), P = int(out.dim(1)) * Wo, K = int(x.dim(0)) * ks * ks;
   const bool has_res = residual && residual->defined();
+  if ((x.dtype == DType::bf16 || x.dtype == DType::f16) && K % 8 == 0 && Cout % 8 == 0) {
+    // The im2col engine (NFD_RT_CONV=im2col; the tensor-core path until 2026-11-26, verified on the H200):
+    // explicit columns [P, K] in scratch, ops::linear's GEMM (bias fused), a tiled transpose adding the residual.
+    cudaStream_t s = stream_of(ctx);
+    const size_t es = dtype_size(x.dtype);
+    Scratch col(size_t(P) * K * es, s), prod(size_t(P) * Cout * es, s);
+    Tensor col_t{col.get<void>(), x.dtype, Device::cuda, {P, K}};
+    Tensor prod_t{prod.get<void>(), x.dtype, Device::cuda, {P, Cout}};
+    Tensor w_t{w.data, w.dtype, Device::cuda, {Cout, K}};
+    im2col_kernel<<<grid_1d(int64_t(P) * K, 256), 256, 0, s>>>(dp(x), dp(col_t), H, W, Wo, ks, stride, pad, K,
+                                                               int64_t(P) * K);
+    check_launch("conv2d (im2col)");
+    cuda::linear(ctx, col_t, w_t, bias, prod_t, Epilogue::none, nullptr);
+    from_nhwc_add_kernel<<<dim3(unsigned((P + 31) / 32), unsigned((Cout + 31) / 32)), dim3(32, 8), 0, s>>>(
+        dp(prod_t), Cout, dp(out), has_res ? dp(*residual) : dp(out), has_res, P, Cout);
+    check_launch("conv2d (transpose)");
+    note_kernel(std::string("conv2d ") + dtype_name(x.dtype) + " " + std::to_string(x.dim(0)) + "->" +
+                    std::to_string(Cout) + " k" + std::to_string(ks) + " s" + std::to_string(stride),
+                "im2col + ops::linear GEMM");
+    return;
+  }
   ConvEpi epi{dp(out), dp(bias), has_res ? dp(*residual) : DPtr{nullptr, DType::f32}, bias.defined(), has_res, P};
   simt_gemm(Cout, P, K, LoadW{dp(w), K}, LoadIm2col{dp(x), H, W, Wo, ks, stride, pad}, epi, stream_of(ctx),
             "conv2d (SIMT implicit GEMM)");

@@ -69,6 +69,8 @@ size_t scratch_bytes_bound(const Config& cfg, Device device, DType dtype, int th
     // upsample into a [C, H, W] scratch.
     vae = std::max(vae, conv_layout::ScratchLayout(pixels, c, pixels, c, 3, es).total);
     vae = std::max(vae, pixels * c * es);
+    // NFD_RT_CONV=im2col: the columns [P, 9 Cin] + the product [P, Cout] (+ the upsampled image before them).
+    vae = std::max(vae, pixels * (10 * c + c) * es);
   }
   int64_t need = dit + vae;
   // copy: host data staged through scratch, at most the largest weight or a frame's image.
