@@ -76,19 +76,6 @@ void device_free(Device device, void* ptr) {
 #endif
 }
 
-void device_memcpy(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes, void* stream) {
-  if (bytes == 0) return;
-  if (dst_device == Device::cpu && src_device == Device::cpu) {
-    std::memmove(dst, src, bytes);
-    return;
-  }
-#ifdef NFD_RT_WITH_CUDA
-  cuda_device::memcpy(dst, dst_device == Device::cuda, src, src_device == Device::cuda, bytes, stream);
-#else
-  no_cuda("device_memcpy");
-#endif
-}
-
 void device_memcpy_async(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes,
                          void* stream) {
   if (bytes == 0) return;
@@ -101,6 +88,11 @@ void device_memcpy_async(void* dst, Device dst_device, const void* src, Device s
 #else
   no_cuda("device_memcpy_async");
 #endif
+}
+
+void device_memcpy(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes, void* stream) {
+  device_memcpy_async(dst, dst_device, src, src_device, bytes, stream);
+  if (bytes && (dst_device == Device::cuda || src_device == Device::cuda)) device_synchronize(Device::cuda, stream);
 }
 
 void* pinned_host_alloc(size_t bytes) {

@@ -662,6 +662,20 @@ bool visible_is_prefix(const FrameState& st, int slots) {
 bool cuda::attention_sized_on_host() { return requested_impl() == Impl::flashinfer; }
 
 namespace {
+AttnArgs attn_args(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, Tensor& out,
+                   const FrameState* state) {
+  return AttnArgs{q.data, k_cache.data, v_cache.data, out.data, Partials{}, state, int(q.dim(1)), int(q.dim(0)),
+                  int(k_cache.dim(0)), 1, float(1.4426950408889634 / std::sqrt(double(q.dim(2))))};
+}
+
+// What the tensor-core kernel needs besides a head_dim it was built for: 16-bit tensors, 16-byte aligned rows
+// for cp.async (true for arena tensors: hd is a multiple of 8) and 4-byte aligned output pairs.
+bool mma_takes(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& out) {
+  return (q.dtype == DType::bf16 || q.dtype == DType::f16) && cudaops::aligned16(q.data) &&
+         cudaops::aligned16(k_cache.data) && cudaops::aligned16(v_cache.data) &&
+         (reinterpret_cast<uintptr_t>(out.data) & 3u) == 0;
+}
+
 // Times both query tiles of ours at head_dim 64 with every slot visible and records the faster (attention_prepare).
 template <typename T>
 void prepare_rows(AttnArgs a, const RowsKey& key, const std::string& name, cudaStream_t s) {
@@ -691,10 +705,9 @@ void cuda::attention_prepare(const Context& ctx, const Tensor& q, const Tensor& 
                              Tensor& out) {
   using namespace cudaops;
   const int H = int(q.dim(0)), N = int(q.dim(1)), hd = int(q.dim(2)), slots = int(k_cache.dim(0));
-  const bool half = q.dtype == DType::bf16 || q.dtype == DType::f16;
-  if (!half || hd != 64 || int64_t(N) * H == 0 || requested_impl() != Impl::ours || rows_override()) return;
-  auto aligned16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
-  if (!aligned16(q.data) || !aligned16(k_cache.data) || !aligned16(v_cache.data)) return;
+  if (hd != 64 || int64_t(N) * H == 0 || !mma_takes(q, k_cache, v_cache, out) || requested_impl() != Impl::ours ||
+      rows_override())
+    return;
   cudaStream_t s = stream_of(ctx);
   cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
   check(cudaStreamIsCapturing(s, &cap), "cudaStreamIsCapturing");
@@ -704,8 +717,7 @@ void cuda::attention_prepare(const Context& ctx, const Tensor& q, const Tensor& 
     std::lock_guard<std::mutex> lock(g_rows_mu);
     if (rows_choices().count(key)) return;  // measured before (another session or layer)
   }
-  AttnArgs a{q.data, k_cache.data, v_cache.data, out.data, Partials{}, nullptr, N, H, slots, 1,
-             float(1.4426950408889634 / std::sqrt(double(hd)))};
+  const AttnArgs a = attn_args(q, k_cache, v_cache, out, nullptr);  // prepare_rows sets its own FrameState
   const std::string name = std::string("attention ") + dtype_name(q.dtype) + " hd64 N=" + std::to_string(N) +
                            " H=" + std::to_string(H) + " slots=" + std::to_string(slots);
   if (q.dtype == DType::bf16) prepare_rows<__nv_bfloat16>(a, key, name, s);
@@ -718,13 +730,13 @@ void cuda::attention(const Context& ctx, const Tensor& q, const Tensor& k_cache,
   if (int64_t(N) * H * hd == 0) return;
   cudaStream_t s = stream_of(ctx);
   const Impl impl = requested_impl();
-  const bool half = q.dtype == DType::bf16 || q.dtype == DType::f16;
   const std::string key = std::string("attention ") + dtype_name(q.dtype) + " hd" + std::to_string(hd);
 
   if (impl == Impl::flashinfer) {
 #ifdef NFD_RT_WITH_FLASHINFER
     NFD_CHECK(ctx.host_state != nullptr, invalid_argument,
               "ops::attention: NFD_RT_ATTENTION=flashinfer needs ctx.host_state (the host copy of the FrameState)");
+    const bool half = q.dtype == DType::bf16 || q.dtype == DType::f16;
     if (half && visible_is_prefix(*ctx.host_state, slots)) {
       const int kv_len = ctx.host_state->num_visible * N;
       if (cuda_detail::flashinfer_attention(q.dtype, q.data, k_cache.data, v_cache.data, out.data, N, H, hd, kv_len, s)) {
@@ -738,12 +750,8 @@ void cuda::attention(const Context& ctx, const Tensor& q, const Tensor& k_cache,
 #endif
   }
 
-  AttnArgs a{q.data, k_cache.data, v_cache.data, out.data, Partials{}, ctx.state, N, H, slots, 1,
-             float(1.4426950408889634 / std::sqrt(double(hd)))};
-  auto aligned16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
-  // 16-byte cp.async needs 16-byte aligned rows: true for arena tensors (hd is a multiple of 8).
-  const bool mma = half && impl != Impl::simt && aligned16(q.data) && aligned16(k_cache.data) &&
-                   aligned16(v_cache.data) && (reinterpret_cast<uintptr_t>(out.data) & 3u) == 0;
+  const AttnArgs a = attn_args(q, k_cache, v_cache, out, ctx.state);
+  const bool mma = impl != Impl::simt && mma_takes(q, k_cache, v_cache, out);
   std::string ran;
   switch (q.dtype) {
     case DType::bf16: ran = run_typed<__nv_bfloat16>(a, hd, mma, s); break;

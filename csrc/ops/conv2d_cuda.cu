@@ -178,6 +178,11 @@ struct CutlassConv {
   }
 };
 
+// The kernels_used() key of a convolution: "conv2d bf16 128->64 k3 s1".
+std::string kernel_key(const char* op, const Tensor& x, const Tensor& w, int stride) {
+  return std::string(op) + " " + dtype_name(x.dtype) + " " + std::to_string(x.dim(0)) + "->" +
+         std::to_string(w.dim(0)) + " k" + std::to_string(w.dim(2)) + " s" + std::to_string(stride);
+}
 }  // namespace
 
 bool cuda_detail::conv2d_implicit_gemm_eligible(const Tensor& x) {
@@ -229,9 +234,7 @@ void cuda_detail::conv2d_implicit_gemm(const Context& ctx, const Tensor& x, cons
   from_nhwc_add_kernel<<<dim3(unsigned((P + 31) / 32), unsigned((Cout + 31) / 32)), block, 0, s>>>(
       dp(prod), Co8, dp(out), has_res ? dp(*residual) : dp(out), has_res, P, Cout);
   check_launch("conv2d (from NHWC)");
-  note_kernel(std::string(upsample2x ? "upsample2x_conv2d " : "conv2d ") + dtype_name(x.dtype) + " " +
-                  std::to_string(Cin) + "->" + std::to_string(Cout) + " k" + std::to_string(ks) + " s" +
-                  std::to_string(stride),
+  note_kernel(kernel_key(upsample2x ? "upsample2x_conv2d" : "conv2d", x, w, stride),
               "cutlass implicit-GEMM conv2d fprop NHWC 128x64x32");
 }
 
@@ -261,9 +264,7 @@ void cuda::conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Te
     from_nhwc_add_kernel<<<dim3(unsigned((P + 31) / 32), unsigned((Cout + 31) / 32)), dim3(32, 8), 0, s>>>(
         dp(prod_t), Cout, dp(out), has_res ? dp(*residual) : dp(out), has_res, P, Cout);
     check_launch("conv2d (transpose)");
-    note_kernel(std::string("conv2d ") + dtype_name(x.dtype) + " " + std::to_string(x.dim(0)) + "->" +
-                    std::to_string(Cout) + " k" + std::to_string(ks) + " s" + std::to_string(stride),
-                "im2col + ops::linear GEMM");
+    note_kernel(kernel_key("conv2d", x, w, stride), "im2col + ops::linear GEMM");
     return;
   }
   ConvEpi epi{dp(out), dp(bias), has_res ? dp(*residual) : DPtr{nullptr, DType::f32}, bias.defined(), has_res, P};

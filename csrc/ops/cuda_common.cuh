@@ -30,6 +30,9 @@ inline void check_launch(const char* what) { check(cudaGetLastError(), what); }
 
 inline cudaStream_t stream_of(const Context& ctx) { return static_cast<cudaStream_t>(ctx.stream); }
 
+// 16-byte alignment: what cp.async, ldmatrix and the 16-byte vector loads of the kernels need of a pointer.
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
 // A pointer plus its dtype: memory-bound kernels convert on load/store with a warp-uniform switch, so any mix
 // of f32/bf16/f16 tensors works without a template instantiation per combination.
 struct DPtr {

@@ -120,9 +120,9 @@ void cuda::gated_add_layernorm_modulate(const Context& ctx, const Tensor& x, con
                                         const Tensor& shift, const Tensor& scale, float eps, Tensor& out) {
   const int64_t M = y.dim(0), D = y.dim(1);
   if (M == 0 || D == 0) return;
-  auto aligned16 = [](const Tensor& t) { return (reinterpret_cast<uintptr_t>(t.data) & 15u) == 0; };
-  const bool fits = D % 8 == 0 && D <= 256 * kMaxChunks && M < (int64_t(1) << 31) && aligned16(x) &&
-                    aligned16(gate) && aligned16(y) && aligned16(shift) && aligned16(scale) && aligned16(out);
+  bool fits = D % 8 == 0 && D <= 256 * kMaxChunks && M < (int64_t(1) << 31);
+  for (const Tensor* t : {&x, &gate, static_cast<const Tensor*>(&y), &shift, &scale, static_cast<const Tensor*>(&out)})
+    fits = fits && cudaops::aligned16(t->data);
   if (!fits) {
     cuda::gated_add(ctx, x, gate, y);
     cuda::layernorm_modulate(ctx, y, shift, scale, eps, out);

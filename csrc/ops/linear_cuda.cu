@@ -168,8 +168,6 @@ struct LinearEpi {
   }
 };
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
 }  // namespace
 
 void cuda_detail::cutlass_gemm(DType t, bool gelu, int M, int N, int K, const void* x, const void* w,
@@ -192,9 +190,9 @@ LinearShape linear_shape(const Tensor& x, const Tensor& w, const Tensor& bias, c
             "ops::linear: the CUDA GEMMs take dimensions below 2^31, got x " + x.describe() + " and w " +
                 w.describe());
   const DType t = y.dtype;
-  const bool tensor_op = (t == DType::bf16 || t == DType::f16) && (!bias.defined() || aligned16(bias.data)) &&
-                         K % 8 == 0 && N % 8 == 0 && K > 0 && aligned16(x.data) && aligned16(w.data) &&
-                         aligned16(y.data);
+  const bool tensor_op = (t == DType::bf16 || t == DType::f16) && (!bias.defined() || cudaops::aligned16(bias.data)) &&
+                         K % 8 == 0 && N % 8 == 0 && K > 0 && cudaops::aligned16(x.data) &&
+                         cudaops::aligned16(w.data) && cudaops::aligned16(y.data);
   return LinearShape{M, N, K, tensor_op};
 }
 

@@ -177,10 +177,9 @@ static void test_backend() {
   std::vector<uint8_t> a(1024), b(1024, 0);
   for (int i = 0; i < 1024; ++i) a[i] = uint8_t(i * 7);
   void* s = cuda_stream_create();
-  cuda_device::memcpy(p, true, a.data(), false, 1024, s);
-  cuda_device::memcpy(b.data(), false, p, true, 1024, s);
-  cuda_device::synchronize(s);
-  report("cuda_device malloc/memcpy round trip", a == b, "");
+  device_memcpy(p, Device::cuda, a.data(), Device::cpu, 1024, s);  // each waits for its copy
+  device_memcpy(b.data(), Device::cpu, p, Device::cuda, 1024, s);
+  report("cuda_device malloc, device_memcpy round trip", a == b, "");
   cuda_device::free(p);
   cuda_stream_destroy(s);
   expect_error("cuda_device::malloc of 1 PiB -> nfd::Error", [] { cuda_device::malloc(size_t(1) << 50); });

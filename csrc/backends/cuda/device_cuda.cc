@@ -136,12 +136,6 @@ void memcpy_async(void* dst, bool dst_on_device, const void* src, bool src_on_de
   check(cudaMemcpyAsync(dst, src, n, kind, static_cast<cudaStream_t>(stream)), "cudaMemcpyAsync");
 }
 
-void memcpy(void* dst, bool dst_on_device, const void* src, bool src_on_device, size_t n, void* stream) {
-  if (n == 0) return;
-  memcpy_async(dst, dst_on_device, src, src_on_device, n, stream);
-  check(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), "cudaStreamSynchronize (after memcpy)");
-}
-
 void* pinned_alloc(size_t bytes) {
   if (bytes == 0) return nullptr;
   void* p = nullptr;

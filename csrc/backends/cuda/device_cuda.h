@@ -11,9 +11,8 @@ namespace cuda_device {
 
 void* malloc(size_t bytes);  // cudaMalloc; 0 bytes -> nullptr
 void free(void* ptr);        // cudaFree; nullptr is a no-op; never throws (used from destructors)
-// Copies n bytes; either side may be host or device memory. Synchronous: returns once `stream` has finished it.
-void memcpy(void* dst, bool dst_on_device, const void* src, bool src_on_device, size_t n, void* stream);
-// The same, ordered on `stream` without waiting (cudaMemcpyAsync).
+// Copies n bytes, ordered on `stream` without waiting (cudaMemcpyAsync); either side may be host or device
+// memory. (device_memcpy adds the wait.)
 void memcpy_async(void* dst, bool dst_on_device, const void* src, bool src_on_device, size_t n, void* stream);
 void* pinned_alloc(size_t bytes);  // cudaMallocHost; 0 bytes -> nullptr
 void pinned_free(void* ptr);       // cudaFreeHost; never throws
