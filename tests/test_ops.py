@@ -41,7 +41,8 @@ ops = _core.ops
 BACKENDS = [("cpu", "float32"), ("cuda", "float32"), ("cuda", "float16"), ("cuda", "bfloat16")]
 SHORT = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 TORCH_DTYPE = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-SWITCH_ENV = ("NFD_RT_ATTENTION", "NFD_RT_ATTENTION_SPLITS", "NFD_RT_ATTENTION_ROWS", "NFD_RT_GEMM", "NFD_RT_CONV")
+SWITCH_ENV = ("NFD_RT_ATTENTION", "NFD_RT_ATTENTION_SPLITS", "NFD_RT_ATTENTION_ROWS", "NFD_RT_GEMM", "NFD_RT_CONV",
+              "NFD_RT_FUSED_NORM", "NFD_RT_ROPE_GROUP")
 
 
 def tol(dtype: str, long_sum: bool = False) -> float:
@@ -198,10 +199,14 @@ for M, D in [(37, 1024), (16, 128), (5, 24), (7, 20), (3, 2304)]:
     # D = 20 and 2304 take gated_add + layernorm_modulate there.
     x, gate, y = randn(M, D, seed=12), randn(D, seed=13), randn(M, D, seed=14, scale=2.0, offset=1.0)
     sh, sc = randn(D, seed=15, scale=0.5), randn(D, seed=16, scale=0.5)
-    case(f"gated_add_layernorm_modulate {M}x{D}",
-         lambda dev, x=x, gate=gate, y=y, sh=sh, sc=sc: ops.gated_add_layernorm_modulate(x, gate, y, sh, sc, 1e-6, **dev),
-         lambda x=x, gate=gate, y=y, sh=sh, sc=sc: (T(y) + T(gate) * T(x),
-                                                    layernorm_ref((T(y) + T(gate) * T(x)).numpy(), sh, sc)))
+    ref = (lambda x=x, gate=gate, y=y, sh=sh, sc=sc: (T(y) + T(gate) * T(x),
+                                                      layernorm_ref((T(y) + T(gate) * T(x)).numpy(), sh, sc)))
+    call = (lambda dev, x=x, gate=gate, y=y, sh=sh, sc=sc:
+            ops.gated_add_layernorm_modulate(x, gate, y, sh, sc, 1e-6, **dev))
+    case(f"gated_add_layernorm_modulate {M}x{D}", call, ref)
+    if D in (1024, 128):  # CUDA: the two separate ops, the path measured before the fused kernel
+        case(f"gated_add_layernorm_modulate {M}x{D} NFD_RT_FUSED_NORM=off", call, ref,
+             env={"NFD_RT_FUSED_NORM": "off"}, where=only_cuda)
 x, sh, sc = randn(16, 128, seed=9, scale=3.0, offset=1.0), randn(128, seed=10), randn(128, seed=11)
 case("layernorm_modulate 16x128 in place (out is x)",
      lambda dev, x=x, sh=sh, sc=sc: ops.layernorm_modulate(x, sh, sc, 1e-6, alias={"out": "x"}, **dev),
@@ -235,7 +240,7 @@ case("groupnorm 32x16x16 +silu in place (out is x)",
 
 
 # ---- rope_qkv_split, attention --------------------------------------------------------------------------------
-def rope_case(name, H, rows, cols, hd, dims, theta, frame, slots, slot):
+def rope_case(name, H, rows, cols, hd, dims, theta, frame, slots, slot, env=None):
     N = rows * cols
     qkv = randn(N, 3 * H * hd, seed=17)
 
@@ -251,7 +256,8 @@ def rope_case(name, H, rows, cols, hd, dims, theta, frame, slots, slot):
         return (apply_rope(rq, cos, sin)[0].transpose(0, 1), apply_rope(rk, cos, sin)[0], rv[0].numpy(), untouched,
                 untouched)
 
-    case(name, call, ref, mode=("close", "close", "rounded", "rounded", "rounded"))
+    case(name, call, ref, mode=("close", "close", "rounded", "rounded", "rounded"), env=env or {},
+         where=only_cuda if env else (lambda device, dtype: True))
 
 
 tiny = configs.get("tiny")
@@ -259,6 +265,11 @@ for frame in (0, 5, 1000):
     rope_case(f"rope_qkv_split tiny frame={frame}", tiny.num_heads, *tiny.grid, tiny.head_dim, tuple(tiny.rope_dims),
               tiny.rope_theta, frame, 1, 0)
 rope_case("rope_qkv_split 3x4 grid frame=7 slot 2 of 4", 2, 3, 4, 32, (8, 12, 12), 10000.0, 7, 4, 2)
+# CUDA: one head per thread (NFD_RT_ROPE_GROUP=1), the path measured before heads were grouped by 4; 6 heads
+# leave a partial group of 2 in the grouped kernel.
+rope_case("rope_qkv_split 3x4 grid 6 heads frame=7 slot 2 of 4", 6, 3, 4, 32, (8, 12, 12), 10000.0, 7, 4, 2)
+rope_case("rope_qkv_split 3x4 grid 6 heads frame=7 slot 2 of 4 NFD_RT_ROPE_GROUP=1", 6, 3, 4, 32, (8, 12, 12),
+          10000.0, 7, 4, 2, env={"NFD_RT_ROPE_GROUP": "1"})
 
 
 @functools.cache
@@ -657,6 +668,13 @@ CONTRACTS = [
         r"ops::conv2d: x must be \[Cin, H, W\] with Cin = 3"),
     Bad("conv2d NFD_RT_CONV", lambda d, o: ops.conv2d(c3, r(4, 3, 3, 3), **d),
         r"NFD_RT_CONV must be 'implicit' or 'im2col', got 'bogus'", cuda_only=True, env={"NFD_RT_CONV": "bogus"}),
+    Bad("gated_add_layernorm_modulate NFD_RT_FUSED_NORM",
+        lambda d, o: ops.gated_add_layernorm_modulate(x48, r(8), x48.copy(), r(8), r(8), **d),
+        r"NFD_RT_FUSED_NORM must be one of 'on', 'off', '1', '0', got 'bogus'", cuda_only=True,
+        env={"NFD_RT_FUSED_NORM": "bogus"}),
+    Bad("rope_qkv_split NFD_RT_ROPE_GROUP", lambda d, o: ops.rope_qkv_split(r(12, 3 * 2 * 32), 0, [8, 12, 12],
+                                                                            10000.0, 4, 2, **d),
+        r"NFD_RT_ROPE_GROUP must be one of '4', '1', got 'bogus'", cuda_only=True, env={"NFD_RT_ROPE_GROUP": "bogus"}),
     Bad("conv2d stride", lambda d, o: ops.conv2d(c3, r(4, 3, 3, 3), stride=0, **d),
         r"ops::conv2d: stride must be >= 1 and pad >= 0, got stride 0"),
     Bad("conv2d small image", lambda d, o: ops.conv2d(r(3, 2, 2), r(4, 3, 5, 5), **d),

@@ -551,6 +551,7 @@ int mma_ctas_per_sm() {
 // for shapes never prepared.
 using RowsKey = std::tuple<int, int, int, int>;  // dtype, N, H, slots
 std::mutex g_rows_mu;
+bool g_rows128_failed = false;  // the 128-row tile failed in some attention_prepare: unprepared shapes take 64
 std::map<RowsKey, int>& rows_choices() {
   static std::map<RowsKey, int> m;
   return m;
@@ -569,7 +570,7 @@ int mma_rows(int hd, const RowsKey& key) {
   if (const char* e = rows_override()) return std::atoi(e);
   std::lock_guard<std::mutex> lock(g_rows_mu);
   auto it = rows_choices().find(key);
-  return it == rows_choices().end() ? 128 : it->second;
+  return it != rows_choices().end() ? it->second : g_rows128_failed ? 64 : 128;
 }
 
 template <typename T>
@@ -686,18 +687,33 @@ void prepare_rows(AttnArgs a, const RowsKey& key, const std::string& name, cudaS
   cudaops::check(cudaMemcpyAsync(state.get<void>(), &full, sizeof(FrameState), cudaMemcpyHostToDevice, s),
                  "attention_prepare: FrameState upload");
   a.state = state.get<const FrameState>();
+  // 64 rows is the tile measured on a GPU before 128 existed: its failure is the session's. A 128-row tile that
+  // fails to launch (or to run) is noted and left out, so a session opens on the measured tile instead of failing.
   const float t64 = cudaops::time_ms(s, [&] { run_mma<T, 64, 1>(a, s); });
-  const float t128 = cudaops::time_ms(s, [&] { run_mma<T, 64, 2>(a, s); });
-  cudaops::check(cudaStreamSynchronize(s), "cudaStreamSynchronize (attention_prepare)");
-  const int rows = t128 <= t64 ? 128 : 64;
+  float t128 = -1.f;
+  std::string failed;
+  try {
+    t128 = cudaops::time_ms(s, [&] { run_mma<T, 64, 2>(a, s); });
+    cudaops::check(cudaStreamSynchronize(s), "cudaStreamSynchronize (attention_prepare)");
+  } catch (const Error& e) {
+    failed = e.what();
+    cudaStreamSynchronize(s);  // what was queued before the failure
+    cudaGetLastError();
+  }
+  const int rows = failed.empty() && t128 <= t64 ? 128 : 64;
   {
     std::lock_guard<std::mutex> lock(g_rows_mu);
     rows_choices()[key] = rows;
+    if (!failed.empty()) g_rows128_failed = true;
   }
   char buf[160];
-  std::snprintf(buf, sizeof buf, "measured at open over %d slots: 64 rows %.4f ms, 128 rows %.4f ms -> %d",
-                full.num_visible, t64, t128, rows);
-  note_kernel(name + " (choice)", buf);
+  if (failed.empty())
+    std::snprintf(buf, sizeof buf, "measured at open over %d slots: 64 rows %.4f ms, 128 rows %.4f ms -> %d",
+                  full.num_visible, t64, t128, rows);
+  else
+    std::snprintf(buf, sizeof buf, "measured at open over %d slots: 64 rows %.4f ms, 128 rows failed -> 64 (",
+                  full.num_visible, t64);
+  note_kernel(name + " (choice)", failed.empty() ? std::string(buf) : buf + failed.substr(0, 200) + ")");
 }
 }  // namespace
 

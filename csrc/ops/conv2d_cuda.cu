@@ -28,6 +28,7 @@
 #include <string>
 
 #include "ops/cuda_common.cuh"
+#include "ops/cutlass_status.cuh"
 #include "ops/conv2d_layout.h"
 #include "ops/cuda_gemm.h"
 #include "ops/kernel_report.h"
@@ -164,17 +165,12 @@ struct CutlassConv {
         Ref(static_cast<T*>(const_cast<void*>(b8)), bias_rows),
         Ref(static_cast<T*>(prod), Layout::packed({pb.N, pb.P, pb.Q, pb.K})), {1.f, 1.f});
     Conv conv;
-    cutlass::Status st = conv.can_implement(args);
-    NFD_CHECK(st == cutlass::Status::kSuccess, internal,
-              std::string("conv2d: CUTLASS cannot run this problem: ") + cutlassGetStatusString(st));
+    constexpr size_t smem = sizeof(typename Kernel::SharedStorage);
+    cudaops::check_cutlass(conv.can_implement(args), "conv2d: CUTLASS cannot run this problem", s, smem);
     NFD_CHECK(conv.get_workspace_size(args) == 0, internal, "conv2d: CUTLASS asked for a workspace (split-K is off)");
-    st = conv.initialize(args, nullptr, s);
-    NFD_CHECK(st == cutlass::Status::kSuccess, internal,
-              std::string("conv2d: CUTLASS initialize failed: ") + cutlassGetStatusString(st));
-    st = conv(s);
+    cudaops::check_cutlass(conv.initialize(args, nullptr, s), "conv2d: CUTLASS initialize failed", s, smem);
+    cudaops::check_cutlass(conv(s), "conv2d: CUTLASS implicit GEMM failed", s, smem);
     cudaops::check_launch("conv2d (CUTLASS implicit GEMM)");
-    NFD_CHECK(st == cutlass::Status::kSuccess, internal,
-              std::string("conv2d: CUTLASS implicit GEMM failed: ") + cutlassGetStatusString(st));
   }
 };
 

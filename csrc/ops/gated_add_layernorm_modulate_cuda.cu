@@ -5,7 +5,9 @@
 // without re-reading memory) by warp shuffles, and writes out. The separate ops read the row three times in a
 // block per row with two block reductions; this reads x and y once and saves the gated_add kernel.
 // Rounding as the separate ops: y rounded to the dtype as it is stored, the norm over the stored values.
-// Other shapes: ops::gated_add then ops::layernorm_modulate.
+// Other shapes, and NFD_RT_FUSED_NORM=off (the path measured before this kernel existed): ops::gated_add then
+// ops::layernorm_modulate.
+#include "core/switches.h"
 #include "ops/cuda_common.cuh"
 
 namespace nfd {
@@ -120,7 +122,7 @@ void cuda::gated_add_layernorm_modulate(const Context& ctx, const Tensor& x, con
                                         const Tensor& shift, const Tensor& scale, float eps, Tensor& out) {
   const int64_t M = y.dim(0), D = y.dim(1);
   if (M == 0 || D == 0) return;
-  bool fits = D % 8 == 0 && D <= 256 * kMaxChunks && M < (int64_t(1) << 31);
+  bool fits = switch_on("NFD_RT_FUSED_NORM") && D % 8 == 0 && D <= 256 * kMaxChunks && M < (int64_t(1) << 31);
   for (const Tensor* t : {&x, &gate, static_cast<const Tensor*>(&y), &shift, &scale, static_cast<const Tensor*>(&out)})
     fits = fits && cudaops::aligned16(t->data);
   if (!fits) {

@@ -28,6 +28,7 @@
 #include <tuple>
 
 #include "ops/cuda_common.cuh"
+#include "ops/cutlass_status.cuh"
 #include "ops/cuda_gemm.h"
 #include "ops/kernel_report.h"
 #include "ops/simt_gemm.cuh"
@@ -61,16 +62,11 @@ struct CutlassLinear {
     typename Gemm::Arguments args({M, N, K}, {xp, K}, {wp, K}, {cp, 0}, {yp, N},
                                   typename EpilogueOp::Params(1.f, bias ? 1.f : 0.f));
     Gemm gemm;
-    cutlass::Status st = gemm.can_implement(args);
-    NFD_CHECK(st == cutlass::Status::kSuccess, internal,
-              std::string("linear: CUTLASS cannot run this problem: ") + cutlassGetStatusString(st));
-    st = gemm.initialize(args, nullptr, s);
-    NFD_CHECK(st == cutlass::Status::kSuccess, internal,
-              std::string("linear: CUTLASS initialize failed: ") + cutlassGetStatusString(st));
-    st = gemm(s);
+    constexpr size_t smem = sizeof(typename Gemm::GemmKernel::SharedStorage);
+    cudaops::check_cutlass(gemm.can_implement(args), "linear: CUTLASS cannot run this problem", s, smem);
+    cudaops::check_cutlass(gemm.initialize(args, nullptr, s), "linear: CUTLASS initialize failed", s, smem);
+    cudaops::check_cutlass(gemm(s), "linear: CUTLASS GEMM failed", s, smem);
     cudaops::check_launch("linear (CUTLASS GEMM)");
-    NFD_CHECK(st == cutlass::Status::kSuccess, internal,
-              std::string("linear: CUTLASS GEMM failed: ") + cutlassGetStatusString(st));
   }
 };
 

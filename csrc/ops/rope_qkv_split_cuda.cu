@@ -5,6 +5,7 @@
 // Angles and cos/sin in double (tile::rope_angle), cast to float; rotation in fp32 without FMA contraction.
 // frame_index and write_slot come from the device FrameState (graph replay reads the current frame's values);
 // a write_slot outside [0, slots) writes nothing to the cache (a kernel cannot throw).
+#include "core/switches.h"
 #include "ops/attention_math.h"
 #include "ops/cuda_common.cuh"
 
@@ -17,9 +18,9 @@ struct RopeDims {
 
 // The angle of a pair depends on the token and the pair, not the head: each thread computes it once (double pow,
 // cos and sin: the costly part) and applies it to kHeadsPerThread heads. Consecutive threads take consecutive
-// pairs of one (token, head group), so every load and store of a warp stays coalesced.
-constexpr int kHeadsPerThread = 4;
-
+// pairs of one (token, head group), so every load and store of a warp stays coalesced. NFD_RT_ROPE_GROUP=1 runs
+// one head per thread, the path measured before grouping (the same kernel with a group of one head).
+template <int kHeadsPerThread>
 __global__ void rope_qkv_split_kernel(cudaops::DPtr qkv, RopeDims dims, double theta, int grid_cols, cudaops::DPtr q,
                                       cudaops::DPtr kc, cudaops::DPtr vc, int N, int H, int hd, int slots,
                                       const FrameState* state) {
@@ -57,12 +58,14 @@ void cuda::rope_qkv_split(const Context& ctx, const Tensor& qkv, const RopeParam
   using namespace cudaops;
   const char* op = "rope_qkv_split";
   const int H = int(q_out.dim(0)), N = int(q_out.dim(1)), hd = int(q_out.dim(2));
-  const int64_t total = int64_t(N) * ((H + kHeadsPerThread - 1) / kHeadsPerThread) * (hd / 2);
+  const int group = switch_value("NFD_RT_ROPE_GROUP", {"4", "1"}) == "4" ? 4 : 1;
+  const int64_t total = int64_t(N) * ((H + group - 1) / group) * (hd / 2);
   if (total == 0) return;
   RopeDims dims{{rope.rope_dims[0], rope.rope_dims[1], rope.rope_dims[2]}};
-  rope_qkv_split_kernel<<<grid_1d(total, 256), 256, 0, stream_of(ctx)>>>(
-      dp(qkv), dims, rope.theta, rope.grid_cols, dp(q_out), dp(k_cache), dp(v_cache), N, H, hd, int(k_cache.dim(0)),
-      ctx.state);
+  auto kernel = group == 4 ? rope_qkv_split_kernel<4> : rope_qkv_split_kernel<1>;
+  kernel<<<grid_1d(total, 256), 256, 0, stream_of(ctx)>>>(dp(qkv), dims, rope.theta, rope.grid_cols, dp(q_out),
+                                                          dp(k_cache), dp(v_cache), N, H, hd, int(k_cache.dim(0)),
+                                                          ctx.state);
   check_launch(op);
 }
 

@@ -28,6 +28,7 @@
 
 #include "backends/device.h"
 #include "core/error.h"
+#include "core/switches.h"
 #include "model/dit.h"
 #include "model/vae.h"
 #include "ops/ops.h"
@@ -195,9 +196,14 @@ struct Session::Impl {
     st->dit->prepare_kernels(ctx, st->io.action);
     device_synchronize(opt.device, ctx.stream);
     if (opt.device == Device::cuda) {
-      decode_ctx = ctx;
-      decode_ctx.stream = decode_stream = cuda_stream_create();
-      staging = std::make_unique<PinnedStaging>(cfg, st->io.latent.numel());
+      // Each path one switch away from the one measured before it (docs/cuda-backend.md): NFD_RT_DECODE_STREAM=off
+      // decodes on the session's stream after the cache-write pass, NFD_RT_PINNED_STAGING=off copies through
+      // pageable memory with a wait per copy.
+      if (switch_on("NFD_RT_DECODE_STREAM")) {
+        decode_ctx = ctx;
+        decode_ctx.stream = decode_stream = cuda_stream_create();
+      }
+      if (switch_on("NFD_RT_PINNED_STAGING")) staging = std::make_unique<PinnedStaging>(cfg, st->io.latent.numel());
     }
 
     // Scalars as the reference computes them: Python doubles, cast to fp32 where they meet a tensor.
@@ -380,6 +386,21 @@ struct Session::Impl {
   // are copied out of the staging on the host.
   bool compute_frame_staged(const float* action, bool decode, float* latent_out, uint8_t* frame_out,
                             const std::atomic<bool>* cancel) {
+    try {
+      return compute_frame_staged_once(action, decode, latent_out, frame_out, cancel);
+    } catch (...) {
+      // The copies queued before the error may still read or write the staging, which the next step rewrites:
+      // wait for them (a failure to wait is the error already being reported).
+      try {
+        device_synchronize(opt.device, ctx.stream);
+      } catch (...) {
+      }
+      throw;
+    }
+  }
+
+  bool compute_frame_staged_once(const float* action, bool decode, float* latent_out, uint8_t* frame_out,
+                                 const std::atomic<bool>* cancel) {
     const Device cuda = Device::cuda, cpu = Device::cpu;
     fill_state(frame_index, host_state);
     *staging->state() = host_state;
