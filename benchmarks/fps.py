@@ -614,6 +614,25 @@ def finish(result: dict, first_frames: dict) -> None:
             result["ratio_vs_strongest_baseline"] = ours[best]["fps"] / base[result["strongest_baseline"]]["fps"]
 
 
+def merge_results(results: list[dict], sources: list[str]) -> dict:
+    """One result from several fps.py runs of one machine and config (runners of later runs added; a name that is
+    already there gets its compile mode appended); ratios against the strongest baseline recomputed."""
+    if not results:
+        raise SystemExit("nothing to merge")
+    merged = json.loads(json.dumps(results[0]))
+    merged["merged_from"] = sources
+    for other, source in zip(results[1:], sources[1:]):
+        for key in ("config", "steps", "device"):
+            if other.get(key) != merged.get(key):
+                raise SystemExit(f"cannot merge {source}: its {key} differs ({other.get(key)!r} vs {merged.get(key)!r})")
+        for name, r in other.get("runners", {}).items():
+            key = name if name not in merged["runners"] else f"{name} [{r.get('compile_mode', source)}]"
+            merged["runners"][key] = {**r, "from": source}
+        merged["complete"] = merged.get("complete", False) and other.get("complete", False)
+    finish(merged, {})
+    return merged
+
+
 def scaling_run(bench: Bench) -> dict:
     """nfd_rt: per-frame time against frame index over a long rollout (the rolling cache keeps it flat)."""
     import nfd_rt
@@ -884,9 +903,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", help="also speculative sampling at these action-repeat probabilities, e.g. "
                    "0.5,0.8,0.95 (benchmarks/worlds.py; exact and parallel modes against plain stepping)")
     p.add_argument("--speculate", type=int, default=4, help="frames ahead for --repeat (default 4)")
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="merge results of one machine (e.g. nfd_rt first, baselines later) into --out; ratios are "
+                        "recomputed over every runner")
     args = p.parse_args(argv)
     if args.markdown_from:
         print(markdown(json.loads(Path(args.markdown_from).read_text())))
+        return 0
+    if args.merge:
+        if not args.out:
+            raise SystemExit("--merge needs --out")
+        merged = merge_results([json.loads(Path(f).read_text()) for f in args.merge], [Path(f).name for f in args.merge])
+        Path(args.out).write_text(json.dumps(merged, indent=2, sort_keys=True, default=float) + "\n")
+        print(markdown(merged) if args.markdown else f"wrote {args.out}")
         return 0
     if args.frames < 1 or (args.warmup is not None and args.warmup < 0) or args.curve_repeats < 1:
         raise SystemExit("--frames and --curve-repeats must be >= 1, --warmup >= 0")

@@ -1,42 +1,52 @@
 #!/usr/bin/env bash
-# One GPU visit, one command: the most verified information a bare H100/H200 can return in under 9 minutes.
+# One GPU visit, one command: the figure of record first, then the most verified information a bare H100/H200
+# can return in under 9 minutes. Steps, in order (each skipped when its time is gone):
 #
 #   probe       GPU, driver, toolkit, Python packages, tools (nvidia-smi, nvcc, ncu, compute-sanitizer)
-#   wheels      installs .devcarry/wheels/*.whl (packages the GPU machine lacks; tools/gpu/prepare_carry.sh) and
-#               unpacks .devcarry/flashinfer-data.tgz (then the build compiles FlashInfer's attention as a peer)
+#   wheels      installs .devcarry/wheels/*.whl (what the GPU image lacks; tools/gpu/prepare_carry.sh) and unpacks
+#               .devcarry/flashinfer-data.tgz (then the build compiles FlashInfer's attention as a peer)
 #   build       CMake + Ninja, CUDA for $ARCH only (default 90a), all targets + the op harness; _core -> python/
 #   op_tests    the C++ CUDA checks (tests/cuda/test_ops_cuda.cu: device layer, graph replay, GEMM engine choice)
-#   pytest      pytest -m cuda: the op table on CUDA (tests/test_ops.py: every op in f32/f16/bf16 against PyTorch,
-#               its contract, the kernel each switch runs), fp32 session parity with the CPU over 64 frames,
-#               bf16/fp16 PSNR, graph replay == direct, the static PyTorch baseline under CUDA graphs
-#   memcheck    compute-sanitizer memcheck on a short session (tools/gpu/session_smoke.py)
-#   ops         benchmarks/ops.py: every op of a frame at a full cache, time / TFLOP/s / GB/s / roofline,
-#               PyTorch peers
-#   ncu         Nsight Compute (SpeedOfLight, launch stats, occupancy) on one full-cache frame: the first
-#               $NCU_DIT_KERNELS kernels of the DiT and every kernel of one decode
-#   fps         benchmarks/fps.py at a full cache, every runner, torch.compile last; with --curve for nfd_rt
-#               and torch-static (time against visible frames); writes $OUT/fps.json after every runner
-#   racecheck   (not in the default STEPS) compute-sanitizer racecheck on the C++ checks and the op table's bf16
-#               attention, norm and conv rows
+#   headline    THE FIGURE OF RECORD: benchmarks/fps.py, nfd_rt (+ eager, for first_frame_vs_eager) at a full
+#               cache, through tools/gpu/new_paths.py headline: if the run fails or its first frame does not match
+#               eager's, it re-runs at once with every new path off (the paths measured before) and bisects by
+#               switches to name the one that broke; the rest of the run uses the working switches
+#               ($WORK/working_env.sh). Writes $OUT/fps.json.
+#   ops         benchmarks/ops.py: every op of a frame at a full cache (each engine/variant), roofline, PyTorch peers
+#   sdpa        tools/gpu/sdpa_bench.py: PyTorch SDPA at the frame's shape (cuDNN, FLASH, EFFICIENT; cuDNN and
+#               FLASH with the key range split as the batch dimension + log-sum-exp merge), ~20 s
+#   baselines   fps.py torch-static and compile-static (reduce-overhead), merged with the headline into fps.json
+#               (ratios against the strongest baseline of this run)
+#   steps       fps.py nfd_rt and torch-static at 1 and 2 sampler steps (the cost of a distilled model of this
+#               architecture), each merged into $WORK/fps_steps{1,2}.json
+#   pytest      pytest -m cuda, restricted to the kernels written since the last GPU run (op table rows of the
+#               fused norm, RoPE, conv, attention) and the session tests (parity, PSNR, graphs, batching)
+#   memcheck    compute-sanitizer memcheck: tools/gpu/memcheck_shapes.py (the new kernels at nfd-310m shapes,
+#               both query tiles, D = 1024, the padded conv_out, both engines) and a short tiny session
+#   racecheck   compute-sanitizer racecheck on the C++ checks and the op table's bf16 attention, norm, conv rows
+#   ncu         Nsight Compute on one full-cache frame: the first $NCU_DIT_KERNELS DiT kernels and one decode
+#   autotune    fps.py compile-static under max-autotune, only with the time that is left, merged into fps.json
 #
-# Each step runs under its own `timeout` and within one deadline (DEADLINE seconds from the start, default 530:
-# the device tool allows 600 s a command); a step that would start with under 20 s left is skipped. Output goes
-# to $OUT as it happens, in at most 4 files (the device tool returns 8, 2 folders deep):
-#   run.log          everything, as it happens
+# Each step runs under its own `timeout` within one deadline (DEADLINE seconds from the start, default 530: the
+# device tool allows 600 s a command); a step that would start with under 20 s left is skipped. Output goes to
+# $OUT as it happens, in at most 4 files (the device tool returns 8, 2 folders deep):
+#   run.log          everything, as it happens; at most $LOG_CAP bytes of each step (the whole log is in the tar)
 #   summary.json     each step: status (passed / failed / timeout / skipped), exit code, seconds, reason
-#   results.tar.gz   every step's own files (logs, ops.json, ncu CSVs, ...), re-packed after each step
-#   fps.json         the benchmark result (rewritten after each runner, so a killed compile keeps the others)
+#   results.tar.gz   every step's own files (logs, ops.json, sdpa.json, headline.json, ncu CSVs, ...), re-packed
+#                    after each step
+#   fps.json         the figure of record (rewritten as runners finish and baselines are merged in)
 #
 # Usage, from the repository root (on the GPU machine through the device tool, with carry [".devcarry"]):
 #   NFD_RT_COMMIT=<sha> bash tools/gpu/run.sh
-#   STEPS=wheels,build,fps FPS_RUNNERS=nfd_rt,torch-static,compile-static bash tools/gpu/run.sh   # a 2nd call
-# Without a GPU (dry run: CUDA steps are skipped, CPU steps run on `tiny`; BUILD_DIR reuses a CPU build):
+#   STEPS=wheels,build,baselines,autotune bash tools/gpu/run.sh          # a second call, if time is left
+# Without a GPU (dry run: CUDA steps are skipped, the CPU steps run on `tiny`; BUILD_DIR reuses a CPU build):
 #   OUT=/tmp/gpu-dry BUILD_DIR=build/dev bash tools/gpu/run.sh
-# Knobs (environment): STEPS (comma list, default "probe,wheels,build,op_tests,pytest,memcheck,ops,ncu,fps"),
-#   DEADLINE (530), ARCH (90a), BUILD_DIR (build/gpu), CONFIG (nfd-310m; tiny without a GPU), FPS_FRAMES (30),
-#   FPS_RUNNERS (all), PYTEST_ARGS (extra pytest options), COMPILE_MODE (max-autotune; none skips compile-static),
-#   FPS_ARGS (extra fps.py options), CMAKE_ARGS (extra -D options of the build), NCU_DIT_KERNELS (40),
-#   PYTHON (python3), NFD_RT_COMMIT (recorded where the tree has no .git), NO_GPU=1 (dry run even with a GPU).
+#   USE_INSTALLED=1 ...  runs the installed nfd_rt (no build, python/ not put on the path): CI's dry run
+# Knobs (environment): STEPS, DEADLINE (530), ARCH (90a), BUILD_DIR (build/gpu), CONFIG (nfd-310m; tiny without a
+#   GPU), FPS_FRAMES (30), PYTEST_ARGS, FPS_ARGS (extra fps.py options), CMAKE_ARGS, NCU_DIT_KERNELS (40),
+#   LOG_CAP (1000000), PYTHON (python3), NFD_RT_COMMIT (recorded where the tree has no .git), NO_GPU=1 (dry run
+#   even with a GPU), USE_INSTALLED=1, WORK (build/gpu-run), NFD_RT_DRY_BREAK=<switch> (test hook: that new path
+#   is reported broken, to exercise the fallback without a GPU).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -47,14 +57,18 @@ OUT=$(cd "$OUT" && pwd)
 WORK="${WORK:-$ROOT/build/gpu-run}"          # each step's files; packed into $OUT/results.tar.gz
 rm -rf "$WORK"
 mkdir -p "$WORK"
+WORK=$(cd "$WORK" && pwd)
 PY="${PYTHON:-python3}"
 DEADLINE="${DEADLINE:-530}"
 ARCH="${ARCH:-90a}"
 BUILD_DIR="${BUILD_DIR:-build/gpu}"
-STEPS="${STEPS:-probe,wheels,build,op_tests,pytest,memcheck,ops,ncu,fps}"
+LOG_CAP="${LOG_CAP:-1000000}"
+STEPS="${STEPS:-probe,wheels,build,op_tests,headline,ops,sdpa,baselines,steps,pytest,memcheck,racecheck,ncu,autotune}"
 if [ "${NO_GPU:-0}" != 1 ] && nvidia-smi -L >/dev/null 2>&1; then GPU=1; DEVICE=cuda; else GPU=0; DEVICE=cpu; fi
 CONFIG="${CONFIG:-$([ $GPU = 1 ] && echo nfd-310m || echo tiny)}"
-export PYTHONPATH="$ROOT/python${PYTHONPATH:+:$PYTHONPATH}"
+DTYPE=$([ $GPU = 1 ] && echo bfloat16 || echo float32)
+FPS_FRAMES="${FPS_FRAMES:-30}"
+if [ "${USE_INSTALLED:-0}" != 1 ]; then export PYTHONPATH="$ROOT/python${PYTHONPATH:+:$PYTHONPATH}"; fi
 export PYTHONUNBUFFERED=1
 export NFD_RT_COMMIT="${NFD_RT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
 : > "$OUT/run.log"
@@ -69,15 +83,21 @@ tool() {  # first of: on PATH, in the CUDA toolkit, in an Nsight Compute install
 export -f tool  # the steps run in child shells
 
 pack() {  # summary.json + results.tar.gz from what the steps left so far
-  "$PY" - "$WORK/steps.tsv" "$OUT/summary.json" "$START" "$GPU" "$CONFIG" "$NFD_RT_COMMIT" <<'EOF'
-import json, sys, time
-tsv, out, start, gpu, config, commit = sys.argv[1:]
+  "$PY" - "$WORK/steps.tsv" "$OUT/summary.json" "$START" "$GPU" "$CONFIG" "$NFD_RT_COMMIT" "$WORK" <<'EOF'
+import json, os, sys, time
+tsv, out, start, gpu, config, commit, work = sys.argv[1:]
 steps = []
 for line in open(tsv):
     name, status, rc, seconds, reason = (line.rstrip("\n").split("\t") + [""] * 5)[:5]
     steps.append({"step": name, "status": status, "rc": int(rc), "seconds": int(seconds), "reason": reason})
-json.dump({"commit": commit, "gpu": gpu == "1", "config": config, "elapsed_seconds": int(time.time() - int(start)),
-           "steps": steps}, open(out, "w"), indent=2)
+summary = {"commit": commit, "gpu": gpu == "1", "config": config, "elapsed_seconds": int(time.time() - int(start)),
+           "date": time.strftime("%Y-%m-%d"), "steps": steps}
+headline = os.path.join(work, "headline.json")
+if os.path.exists(headline):
+    h = json.load(open(headline))
+    summary["headline"] = {"result": h.get("result"), "working_env": h.get("working_env"),
+                           "broken": h.get("bisect", {}).get("broken")}
+json.dump(summary, open(out, "w"), indent=2)
 EOF
   [ -f "$OUT/fps.json" ] && cp "$OUT/fps.json" "$WORK/"
   tar -czf "$OUT/results.tar.gz.tmp" -C "$WORK" . && mv "$OUT/results.tar.gz.tmp" "$OUT/results.tar.gz"
@@ -85,8 +105,8 @@ EOF
 
 record() { printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" >> "$WORK/steps.tsv"; pack; }
 
-# step NAME BUDGET NEEDS_GPU COMMAND: runs COMMAND (bash) under timeout min(BUDGET, time left), output to
-# $WORK/NAME.log and run.log.
+# step NAME BUDGET NEEDS_GPU COMMAND: runs COMMAND (bash) under timeout min(BUDGET, time left); its whole output
+# goes to $WORK/NAME.log, the first $LOG_CAP bytes of it to run.log as it happens.
 step() {
   local name=$1 budget=$2 needs_gpu=$3 cmd=$4
   wanted "$name" || return 0
@@ -96,8 +116,12 @@ step() {
   local t=$(( budget < left - 10 ? budget : left - 10 ))
   log "$name (timeout ${t}s)"
   local s=$(date +%s)
-  timeout --kill-after=10 "$t" bash -c "$cmd" 2>&1 | tee "$WORK/$name.log" >> "$OUT/run.log"
+  # tee -p: keeps writing the step's log after head has taken its share of run.log.
+  timeout --kill-after=10 "$t" bash -c "$cmd" 2>&1 | tee -p "$WORK/$name.log" | head -c "$LOG_CAP" >> "$OUT/run.log"
   local rc=${PIPESTATUS[0]}
+  local size
+  size=$(wc -c < "$WORK/$name.log")
+  (( size > LOG_CAP )) && echo "[$name: $size bytes of output, the first $LOG_CAP above; all in results.tar.gz]" >> "$OUT/run.log"
   local status=passed
   if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then status=timeout; elif [ "$rc" != 0 ]; then status=failed; fi
   log "$name: $status (rc $rc, $(( $(date +%s) - s ))s)"
@@ -134,7 +158,9 @@ if [ -f .devcarry/flashinfer-data.tgz ]; then
   FLASHINFER_ARGS="-DNFD_RT_FLASHINFER=ON -DNFD_RT_FLASHINFER_DIR=$ROOT/build/flashinfer-data"
 fi
 
-if [ $GPU = 1 ]; then
+if [ "${USE_INSTALLED:-0}" = 1 ]; then
+  BUILD_CMD="$PY -c 'import nfd_rt, nfd_rt._core as c; print(\"installed nfd_rt\", nfd_rt.__version__, c.__file__)'"
+elif [ $GPU = 1 ]; then
   BUILD_CMD="
     cmake -S . -B $BUILD_DIR -G Ninja -DCMAKE_BUILD_TYPE=Release -DNFD_RT_CUDA=ON -DNFD_RT_CUDA_ARCHITECTURES=$ARCH \
       -DPython_EXECUTABLE=\$(command -v $PY) $FLASHINFER_ARGS ${CMAKE_ARGS:-} &&
@@ -152,14 +178,56 @@ step build 240 0 "$BUILD_CMD"
 
 step op_tests 60 1 "$BUILD_DIR/nfd_cuda_op_tests"
 
-# The C++ checks already ran as their own step: pytest skips their wrapper unless op_tests was left out.
-PYTEST_DESELECT=$(wanted op_tests && echo "--deselect tests/test_cuda_ops.py::test_cuda_ops" || echo "")
-step pytest 300 1 "NFD_CUDA_OP_TESTS=$ROOT/$BUILD_DIR/nfd_cuda_op_tests $PY -m pytest -q -m cuda -rA -p no:cacheprovider \
-  $PYTEST_DESELECT ${PYTEST_ARGS:-} tests"
+# fps.py's common options: a full cache (fps.py warms up sink + window + 1 frames by default), this machine's
+# threads, no progress lines.
+FPS_COMMON="--frames $FPS_FRAMES --threads $(nproc) --no-progress ${FPS_ARGS:-}"
+step headline 240 0 "$PY tools/gpu/new_paths.py headline --config $CONFIG --device $DEVICE --dtype $DTYPE \
+  --out $OUT/fps.json --work $WORK --seconds 220 -- --steps 4 --runners nfd_rt,eager $FPS_COMMON"
+# The rest of the run uses the switches the headline found to work (none set when every new path works).
+if [ -f "$WORK/working_env.sh" ]; then
+  # shellcheck disable=SC1091
+  . "$WORK/working_env.sh"
+  log "switches for the rest of the run: $(grep '^export' "$WORK/working_env.sh" | sed 's/^export //' | tr '\n' ' ')"
+fi
 
-step memcheck 120 1 "\$(tool compute-sanitizer) --tool memcheck --error-exitcode 9 $PY tools/gpu/session_smoke.py"
+step ops 100 0 "$PY benchmarks/ops.py --config $CONFIG --device $DEVICE --threads \$(nproc) --samples 5 --out $WORK/ops.json --overwrite"
 
-step ops 100 0 "$PY benchmarks/ops.py --config $CONFIG --device $DEVICE --threads \$(nproc) --samples 5 --out $WORK/ops.json"
+step sdpa 40 0 "$PY tools/gpu/sdpa_bench.py --config $CONFIG --device $DEVICE --seconds $([ $GPU = 1 ] && echo 20 || echo 2) \
+  --out $WORK/sdpa.json"
+
+# A GPU compiles the whole frame with CUDA graphs (reduce-overhead); a dry run has no time for Inductor on a CPU.
+BASELINES=$([ $GPU = 1 ] && echo torch-static,compile-static || echo torch-static)
+step baselines 200 0 "
+  $PY benchmarks/fps.py --config $CONFIG --device $DEVICE --dtype $DTYPE --steps 4 --runners $BASELINES \
+    --compile-mode reduce-overhead $FPS_COMMON --out $WORK/fps_baselines.json --overwrite &&
+  if [ -f $OUT/fps.json ]; then
+    $PY benchmarks/fps.py --merge $OUT/fps.json $WORK/fps_baselines.json --out $WORK/fps_merged.json --markdown &&
+      mv $WORK/fps_merged.json $OUT/fps.json
+  fi"
+
+step steps 120 0 "
+  for n in 1 2; do
+    $PY benchmarks/fps.py --config $CONFIG --device $DEVICE --dtype $DTYPE --steps \$n --runners nfd_rt,torch-static \
+      $FPS_COMMON --no-profile --out $WORK/fps_steps\$n.json --overwrite || exit 1
+  done"
+
+PYTEST_COMMON="-q -m cuda -p no:cacheprovider --tb=line --maxfail=20 -rfE"
+step pytest 150 1 "
+  $PY -m pytest $PYTEST_COMMON tests/test_ops.py \
+    -k 'gated_add_layernorm_modulate or rope_qkv_split or conv2d or attention or upsample' ${PYTEST_ARGS:-}; a=\$?
+  NFD_CUDA_OP_TESTS=$ROOT/$BUILD_DIR/nfd_cuda_op_tests $PY -m pytest $PYTEST_COMMON tests/test_parity_cpu.py \
+    tests/test_many_worlds.py tests/test_static_baseline.py ${PYTEST_ARGS:-}; b=\$?
+  exit \$(( a || b ))"
+
+SANITIZER="--error-exitcode 9 --print-limit 20"
+step memcheck 120 1 "
+  \$(tool compute-sanitizer) --tool memcheck $SANITIZER $PY tools/gpu/memcheck_shapes.py --config $CONFIG; a=\$?
+  \$(tool compute-sanitizer) --tool memcheck $SANITIZER $PY tools/gpu/session_smoke.py; b=\$?
+  exit \$(( a || b ))"
+
+step racecheck 90 1 "\$(tool compute-sanitizer) --tool racecheck $SANITIZER $BUILD_DIR/nfd_cuda_op_tests &&
+  \$(tool compute-sanitizer) --tool racecheck $SANITIZER $PY -m pytest -q -x -m cuda -p no:cacheprovider --tb=line \
+    tests/test_ops.py -k 'bf16 and (attention or norm or conv)'"
 
 NCU_ARGS="--clock-control none --nvtx --nvtx-include profiled/ --section SpeedOfLight --section LaunchStats --section Occupancy --csv --page details"
 step ncu 90 1 "
@@ -169,19 +237,14 @@ step ncu 90 1 "
   wc -l $WORK/ncu_*.csv
 "
 
-FPS_DTYPE=$([ $GPU = 1 ] && echo "--dtype bfloat16" || echo "")
-# Without a GPU (dry run) compile-static is skipped unless COMPILE_MODE is set: Inductor takes minutes on a CPU.
-COMPILE_MODE="${COMPILE_MODE:-$([ $GPU = 1 ] && echo max-autotune || echo none)}"
-step fps 600 0 "$PY benchmarks/fps.py --config $CONFIG --device $DEVICE $FPS_DTYPE --steps 4 --frames ${FPS_FRAMES:-30} \
-  --threads \$(nproc) --compile-mode $COMPILE_MODE ${FPS_RUNNERS:+--runners $FPS_RUNNERS} \
-  --curve --curve-runners nfd_rt,torch-static --out $OUT/fps.json --overwrite --markdown --no-progress ${FPS_ARGS:-}"
-
-step racecheck 120 1 "\$(tool compute-sanitizer) --tool racecheck --error-exitcode 9 $BUILD_DIR/nfd_cuda_op_tests &&
-  \$(tool compute-sanitizer) --tool racecheck --error-exitcode 9 $PY -m pytest -q -x -m cuda -p no:cacheprovider \
-    tests/test_ops.py -k 'bf16 and (attention or norm or conv)'"
+step autotune 300 1 "
+  $PY benchmarks/fps.py --config $CONFIG --device $DEVICE --dtype $DTYPE --steps 4 --runners compile-static \
+    --compile-mode max-autotune $FPS_COMMON --no-profile --out $WORK/fps_autotune.json --overwrite &&
+  $PY benchmarks/fps.py --merge $OUT/fps.json $WORK/fps_autotune.json --out $WORK/fps_merged.json --markdown &&
+    mv $WORK/fps_merged.json $OUT/fps.json"
 
 pack
 log "done in $(( $(date +%s) - START ))s"
-cat "$OUT/summary.json" | tee -a "$OUT/run.log"
+tee -a "$OUT/run.log" < "$OUT/summary.json"
 [ -f "$OUT/fps.json" ] && $PY benchmarks/fps.py --markdown-from "$OUT/fps.json" | tee -a "$OUT/run.log"
 exit 0

@@ -1,0 +1,169 @@
+"""The tools of a GPU visit (tools/gpu/), checked where CI runs: without a GPU.
+
+A GPU lease is one command of a few minutes on a bare machine: a script that breaks there loses the visit. So:
+prepare_carry.sh must work from a clean environment and carry wheels that satisfy the build; run.sh's dry run
+must put the figure of record first and fall back (every new path off, then a bisection naming the broken one)
+when the headline fails; the switch list, the docs and the fallback tool agree.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tomllib
+import venv
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+GPU_TOOLS = REPO / "tools" / "gpu"
+sys.path.insert(0, str(GPU_TOOLS))
+import new_paths  # noqa: E402  (tools/gpu/new_paths.py)
+
+# What pip prints when it cannot reach a package index (no network, DNS, proxy): a skip, not a failure.
+UNREACHABLE = re.compile(r"NewConnectionError|Temporary failure in name resolution|Max retries exceeded|"
+                         r"Network is unreachable|No route to host|ConnectTimeout|Read timed out|ProxyError")
+
+
+def carry_pins() -> list[str]:
+    lines = (GPU_TOOLS / "carry-requirements.txt").read_text().splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def test_carried_pins_satisfy_the_build_requirements():
+    """Each pinned wheel is a version pyproject's [build-system] accepts: the GPU build uses exactly these."""
+    from packaging.requirements import Requirement
+
+    requires = {Requirement(r).name: Requirement(r) for r in
+                tomllib.loads((REPO / "pyproject.toml").read_text())["build-system"]["requires"]}
+    pins = [Requirement(p) for p in carry_pins()]
+    assert {p.name for p in pins} == {"nlohmann-json", "scipy-openblas32", "nvidia-cutlass"}
+    for pin in pins:
+        (spec,) = pin.specifier
+        assert spec.operator == "==", f"{pin} must pin one version"
+        assert requires[pin.name].specifier.contains(spec.version), f"{pin} is outside pyproject's {requires[pin.name]}"
+
+
+def test_prepare_carry_works_from_a_clean_environment(tmp_path):
+    """The script in a fresh virtual environment with none of the packages: one wheel per pin, and those wheels,
+    installed offline as run.sh's `wheels` step does, give the headers and library the CMake build looks up."""
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    py = str(env_dir / "bin" / "python")
+    carry = tmp_path / "carry"
+    env = {**os.environ, "PYTHON": py, "CARRY_DIR": str(carry), "PIP_DEFAULT_TIMEOUT": "20", "PIP_RETRIES": "1"}
+    r = subprocess.run(["bash", str(GPU_TOOLS / "prepare_carry.sh")], env=env, capture_output=True, text=True,
+                       timeout=600)
+    if r.returncode != 0 and UNREACHABLE.search(r.stdout + r.stderr):
+        pytest.skip(f"the package registry is unreachable: {UNREACHABLE.search(r.stdout + r.stderr).group(0)}")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    wheels = sorted(p.name for p in (carry / "wheels").glob("*.whl"))
+    assert len(wheels) == len(carry_pins()), wheels
+    for pin in carry_pins():
+        stem = pin.split("==")[0].replace("-", "_") + "-" + pin.split("==")[1]
+        assert any(w.startswith(stem) for w in wheels), f"no wheel for {pin} in {wheels}"
+    install = subprocess.run([py, "-m", "pip", "install", "-q", "--no-index", "--no-deps", *map(str, (carry /
+                              "wheels").glob("*.whl"))], capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stderr[-2000:]
+    # The lookups of CMakeLists.txt (nfd_python_path), in the clean environment.
+    probe = ("import importlib.util as u, os\n"
+             "root = lambda m: u.find_spec(m).submodule_search_locations[0]\n"
+             "print(os.path.isfile(os.path.join(root('cutlass_library'), 'source', 'include', 'cutlass', 'cutlass.h')))\n"
+             "print(os.path.isfile(os.path.join(root('nlohmann_json'), 'include', 'nlohmann', 'json.hpp')))\n"
+             "import scipy_openblas32 as b; print(any(f.startswith('libscipy_openblas') for f in os.listdir(b.get_lib_dir())))\n")
+    found = subprocess.run([py, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert found.stdout.split() == ["True", "True", "True"], found.stdout + found.stderr
+
+
+def test_every_new_path_has_a_documented_switch():
+    """new_paths.NEW_PATHS is the fallback's list: each switch is in docs/cuda-backend.md's table with its
+    off value, and env-off turns every one off."""
+    doc = (REPO / "docs" / "cuda-backend.md").read_text()
+    for name, (off, _) in new_paths.NEW_PATHS.items():
+        row = next((ln for ln in doc.splitlines() if ln.startswith(f"| `{name}`")), None)
+        assert row is not None, f"{name} is not in docs/cuda-backend.md's switch table"
+        assert f"`{off}`" in row, f"{name}'s row does not give its off value {off!r}: {row}"
+    words = subprocess.run([sys.executable, str(GPU_TOOLS / "new_paths.py"), "env-off"], capture_output=True,
+                           text=True, check=True).stdout.split()
+    assert dict(w.split("=") for w in words) == new_paths.env_off()
+
+
+def fps_json(path: Path, runners: dict) -> str:
+    path.write_text(json.dumps({"runners": runners}))
+    return str(path)
+
+
+def test_check_accepts_a_matching_first_frame_and_refuses_the_rest(tmp_path, capsys):
+    good = {"nfd_rt[cuda,bfloat16]": {"fps": 40.0, "first_frame_vs_eager": {"mean_abs": 0.9, "max_abs": 6}}}
+    assert new_paths.check(fps_json(tmp_path / "a.json", good)) == 0
+    garbage = {"nfd_rt[cuda,bfloat16]": {"fps": 90.0, "first_frame_vs_eager": {"mean_abs": 41.0, "max_abs": 255}}}
+    assert new_paths.check(fps_json(tmp_path / "b.json", garbage)) == 1
+    failed = {"nfd_rt[cuda,bfloat16]": {"error": "RuntimeError: CUDA error: an illegal memory access"}}
+    assert new_paths.check(fps_json(tmp_path / "c.json", failed)) == 1
+    assert new_paths.check(fps_json(tmp_path / "d.json", {"eager": {"fps": 5.0}})) == 1
+    assert new_paths.check(str(tmp_path / "missing.json")) == 1
+    out = capsys.readouterr().out
+    assert "over the limits" in out and "illegal memory access" in out and "no nfd_rt runner" in out
+
+
+def run_dry(tmp_path, **env) -> tuple[dict, str]:
+    out = tmp_path / "out"
+    full = {**os.environ, "OUT": str(out), "WORK": str(tmp_path / "work"), "NO_GPU": "1", "USE_INSTALLED": "1",
+            "PYTHON": sys.executable, "FPS_FRAMES": "2", "FPS_ARGS": "--no-profile", **env}
+    r = subprocess.run(["bash", str(GPU_TOOLS / "run.sh")], env=full, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return json.loads((out / "summary.json").read_text()), (out / "run.log").read_text()
+
+
+def test_run_sh_dry_run_puts_the_headline_first_and_falls_back(tmp_path):
+    """A dry run (no GPU, the installed nfd_rt, tiny) in which one new path is reported broken (the test hook
+    NFD_RT_DRY_BREAK): the headline fails, re-runs at once with every new path off, the bisection names the
+    path, the later steps run with it off, and the figure of record comes back in fps.json with the baselines
+    merged in. At most the 4 files the device tool returns."""
+    summary, log = run_dry(tmp_path, STEPS="probe,build,op_tests,headline,baselines,pytest",
+                           NFD_RT_DRY_BREAK="NFD_RT_ROPE_GROUP")
+    order = [s["step"] for s in summary["steps"]]
+    assert order == ["probe", "build", "op_tests", "headline", "baselines", "pytest"]
+    status = {s["step"]: s["status"] for s in summary["steps"]}
+    assert status == {"probe": "passed", "build": "passed", "op_tests": "skipped", "headline": "passed",
+                      "baselines": "passed", "pytest": "skipped"}, summary["steps"]
+    assert summary["headline"]["broken"] == ["NFD_RT_ROPE_GROUP"]
+    assert summary["headline"]["working_env"] == {"NFD_RT_ROPE_GROUP": "1"}
+    assert "switches for the rest of the run: NFD_RT_ROPE_GROUP=1" in log
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["fps.json", "results.tar.gz", "run.log", "summary.json"]
+    fps = json.loads((out / "fps.json").read_text())
+    ours = fps["runners"]["nfd_rt[cpu,float32]"]
+    assert ours["fps"] > 0 and ours["first_frame_vs_eager"]["max_abs"] <= new_paths.FIRST_FRAME_LIMITS["max_abs"]
+    assert fps["runners"]["torch-static"]["fps"] > 0 and fps["strongest_baseline"] in ("torch-static", "eager")
+    assert fps["ratio_vs_strongest_baseline"] > 0
+    headline = json.loads(subprocess.run(["tar", "-xzOf", str(out / "results.tar.gz"), "./headline.json"],
+                                         capture_output=True, check=True).stdout)
+    assert [r["ok"] for r in headline["runs"]] == [False, True]
+    bisect_runs = {r["run"].split(" ")[0]: r["ok"] for r in headline["bisect"]["runs"]}
+    assert bisect_runs.pop("NFD_RT_ROPE_GROUP") is False and all(bisect_runs.values()), headline["bisect"]
+
+
+def test_sdpa_bench_split_and_merge_equal_full_attention(tmp_path):
+    """The micro-benchmark's split-as-batch + log-sum-exp merge (run on the GPU with cuDNN and FLASH) computes
+    attention: checked on the CPU's math path at a small shape, every split count within fp32 rounding."""
+    out = tmp_path / "sdpa.json"
+    subprocess.run([sys.executable, str(GPU_TOOLS / "sdpa_bench.py"), "--shape", "2,24,96,32", "--splits", "1,3,4,5",
+                    "--seconds", "0.5", "--device", "cpu", "--out", str(out)], check=True, capture_output=True,
+                   timeout=300)
+    variants = json.loads(out.read_text())["variants"]
+    assert "96 keys do not split into 5" in variants["split 5"]["error"]
+    for name in ("sdpa math", "math split 1 + lse merge", "math split 3 + lse merge", "math split 4 + lse merge"):
+        assert variants[name]["rel_l2_vs_fp32"] < 1e-5 and variants[name]["ms"] > 0, (name, variants[name])
+
+
+def test_memcheck_shapes_runs_every_call_at_real_shapes():
+    """The script compute-sanitizer runs on the GPU, on the CPU at nfd-310m's shapes: every call runs."""
+    r = subprocess.run([sys.executable, str(GPU_TOOLS / "memcheck_shapes.py"), "--device", "cpu"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "hd=64 over 33 slots" in r.stdout and "336x1024" in r.stdout and "conv_out 64->3 224x384" in r.stdout
+    assert "memcheck_shapes: all calls ok" in r.stdout
