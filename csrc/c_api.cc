@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "core/error.h"
-#include "core/model_file.h"
+#include "runtime/loader.h"
 #include "runtime/session.h"
 
 struct nfd_session {
@@ -110,7 +110,7 @@ nfd_session_params nfd_session_default_params(void) {
 nfd_status nfd_model_validate(const char* path) {
   return guarded([&] {
     require(path != nullptr, "nfd_model_validate: path is NULL");
-    nfd::ModelFile::open(path);
+    nfd::ModelLoader::open(path);
   });
 }
 

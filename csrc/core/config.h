@@ -1,45 +1,51 @@
-// NFDConfig as read from a .nfd file's metadata (the JSON written by python/nfd_rt/configs.py).
+// The runtime's view of a model's config: what every architecture has (frames, latents, actions, the KV ring,
+// the number of denoising passes). The architecture's own fields (its DiT, its decoder, its schedule) live in
+// `arch`, parsed and read by the architecture's plug-in (model/architecture.h, model/<arch>/); the session, the
+// ring, the sampler loop and the C ABI read only what is here.
 #pragma once
 
+#include <memory>
 #include <string>
-#include <vector>
+#include <typeinfo>
+
+#include "core/error.h"
 
 namespace nfd {
 
-struct VAEConfig {
-  std::vector<int> channels;  // per level, highest resolution first
-  int num_res_blocks = 1;
-  int norm_groups = 8;
-  float norm_eps = 1e-6f;
-  int downsample() const { return 1 << (int(channels.size()) - 1); }
+// Cache slots a session can have (sinks + window + the current frame + frames generated ahead): the size of
+// FrameState::visible_slots (ops/ops.h).
+constexpr int kMaxCacheSlots = 1024;
+
+// Base of an architecture's own config (model/<arch>/config.h).
+struct ArchConfig {
+  virtual ~ArchConfig() = default;
 };
 
 struct Config {
-  std::string name;
-  int frame_height = 0, frame_width = 0, latent_channels = 0, patch_size = 0;
-  int hidden_size = 0, depth = 0, num_heads = 0, mlp_ratio = 4;
-  int rope_dims[3] = {0, 0, 0};
-  double rope_theta = 10000.0;
-  int time_embed_dim = 256, action_dim = 0;
-  float norm_eps = 1e-6f;
+  std::string name;                  // "tiny", "nfd-310m", ...
+  std::string architecture = "nfd";  // the plug-in that runs it (model/architecture.h)
+  int frame_height = 0, frame_width = 0;
+  int latent_channels = 0, latent_h = 0, latent_w = 0;
+  int action_dim = 0;
+  // KV ring: a frame sees the `sink_frames` first frames, the `window` frames before it, and itself.
   int window = 0, sink_frames = 0;
-  std::vector<float> schedule;
-  float context_noise = 0.f;
-  VAEConfig vae;
+  int steps = 0;  // denoising passes per frame (the cache-write pass comes after them)
+  std::shared_ptr<const ArchConfig> arch;
 
-  int head_dim() const { return hidden_size / num_heads; }
-  int latent_height() const { return frame_height / vae.downsample(); }
-  int latent_width() const { return frame_width / vae.downsample(); }
-  int grid_rows() const { return latent_height() / patch_size; }
-  int grid_cols() const { return latent_width() / patch_size; }
-  int tokens_per_frame() const { return grid_rows() * grid_cols(); }
-  int patch_dim() const { return latent_channels * patch_size * patch_size; }
+  int latent_height() const { return latent_h; }
+  int latent_width() const { return latent_w; }
+  int latent_numel() const { return latent_channels * latent_h * latent_w; }
   int cache_frames() const { return sink_frames + window; }
-  int num_steps() const { return int(schedule.size()); }
-  int latent_numel() const { return latent_channels * latent_height() * latent_width(); }
-};
+  int num_steps() const { return steps; }
 
-// Parses and validates the config JSON; throws nfd::Error(invalid_file) naming the first bad field.
-Config parse_config_json(const std::string& json_text);
+  // The architecture's own config; an internal error when the config belongs to another architecture.
+  template <typename T>
+  const T& arch_as() const {
+    const T* p = dynamic_cast<const T*>(arch.get());
+    NFD_CHECK(p != nullptr, internal, "config '" + name + "' of architecture '" + architecture + "' read as " +
+                                          typeid(T).name());
+    return *p;
+  }
+};
 
 }  // namespace nfd

@@ -1,8 +1,9 @@
 // The .nfd loader. Everything in the header is checked before a single tensor byte is read:
 //   8-byte little-endian header length (<= kMaxHeaderBytes, inside the file), JSON object, __metadata__ with
 //   nfd_format_version == "1" and a valid config, then per tensor: dtype (F32 only in version 1), shape,
-//   data_offsets inside the data section, shape x dtype == byte span, 4-byte alignment; spans must not overlap;
-//   the tensor set must equal expected_tensors(config) name by name and shape by shape.
+//   data_offsets inside the data section, shape x dtype == byte span, 4-byte alignment; spans must not overlap.
+// The config and the tensor set (name by name, shape by shape) are checked by the model's architecture
+// (runtime/loader.cc).
 // Every error names the file (label) and the first problem found; nothing here aborts.
 #include "core/model_file.h"
 
@@ -139,11 +140,7 @@ void ModelFile::parse(const uint8_t* bytes, size_t size, const std::string& labe
   auto cfg_it = meta.find("config");
   if (cfg_it == meta.end()) bad("metadata has no config");
   if (!cfg_it->is_string()) bad("metadata entry 'config' must be a JSON string");
-  try {
-    config_ = parse_config_json(cfg_it->get<std::string>());
-  } catch (const Error& e) {
-    bad(std::string("bad config: ") + e.what());
-  }
+  config_json_ = cfg_it->get<std::string>();  // parsed by its architecture (runtime/loader.cc)
 
   // 4. Tensor entries (JSON objects iterate in name order, so "the first problem" is deterministic).
   std::vector<const TensorEntry*> by_offset;
@@ -216,21 +213,7 @@ void ModelFile::parse(const uint8_t* bytes, size_t size, const std::string& labe
           "])");
     prev = t;
   }
-
-  // 6. Exactly the tensors of the model the config describes.
-  auto expected = expected_tensors(config_);
-  for (const auto& [name, shape] : expected) {
-    auto it = tensors_.find(name);
-    if (it == tensors_.end()) bad("missing tensor '" + name + "'");
-    if (it->second.shape != shape)
-      bad("tensor '" + name + "' has shape " + shape_str(it->second.shape) + ", expected " + shape_str(shape));
-  }
-  if (tensors_.size() != expected.size()) {
-    std::map<std::string, bool> want;
-    for (const auto& e : expected) want[e.first] = true;
-    for (const auto& [name, t] : tensors_)
-      if (!want.count(name)) bad("unexpected tensor '" + name + "' (not part of a " + config_.name + " model)");
-  }
+  label_ = label;
 }
 
 Tensor ModelFile::get(const std::string& name, const std::vector<int64_t>& shape) const {
@@ -245,86 +228,6 @@ Tensor ModelFile::get(const std::string& name, const std::vector<int64_t>& shape
   t.device = Device::cpu;
   t.shape = shape;
   return t;
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// expected_tensors: the state_dict of python/nfd_rt/reference/model.py NFDModel, in registration order.
-
-namespace {
-
-using Shapes = std::vector<std::pair<std::string, std::vector<int64_t>>>;
-
-void add_linear(Shapes& out, const std::string& p, int64_t in, int64_t outd) {
-  out.push_back({p + ".weight", {outd, in}});
-  out.push_back({p + ".bias", {outd}});
-}
-void add_conv(Shapes& out, const std::string& p, int64_t cin, int64_t cout, int64_t k) {
-  out.push_back({p + ".weight", {cout, cin, k, k}});
-  out.push_back({p + ".bias", {cout}});
-}
-void add_norm(Shapes& out, const std::string& p, int64_t c) {
-  out.push_back({p + ".weight", {c}});
-  out.push_back({p + ".bias", {c}});
-}
-void add_resblock(Shapes& out, const std::string& p, int64_t cin, int64_t cout) {
-  add_norm(out, p + ".norm1", cin);
-  add_conv(out, p + ".conv1", cin, cout, 3);
-  add_norm(out, p + ".norm2", cout);
-  add_conv(out, p + ".conv2", cout, cout, 3);
-  if (cin != cout) add_conv(out, p + ".skip", cin, cout, 1);
-}
-
-}  // namespace
-
-std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const Config& cfg) {
-  Shapes out;
-  const int64_t D = cfg.hidden_size, M = int64_t(cfg.mlp_ratio) * D;
-  add_linear(out, "dit.patch_embed", cfg.patch_dim(), D);
-  add_linear(out, "dit.time_embed.fc1", cfg.time_embed_dim, D);
-  add_linear(out, "dit.time_embed.fc2", D, D);
-  add_linear(out, "dit.action_embed.fc1", cfg.action_dim, D);
-  add_linear(out, "dit.action_embed.fc2", D, D);
-  for (int i = 0; i < cfg.depth; ++i) {
-    const std::string b = "dit.blocks." + std::to_string(i);
-    add_linear(out, b + ".adaln", D, 6 * D);
-    add_linear(out, b + ".qkv", D, 3 * D);
-    add_linear(out, b + ".proj", D, D);
-    add_linear(out, b + ".fc1", D, M);
-    add_linear(out, b + ".fc2", M, D);
-  }
-  add_linear(out, "dit.final.adaln", D, 2 * D);
-  add_linear(out, "dit.final.linear", D, cfg.patch_dim());
-
-  const auto& ch = cfg.vae.channels;
-  const int L = int(ch.size());
-  // Encoder: highest resolution first; every level but the last ends with a stride-2 conv.
-  add_conv(out, "vae.encoder.conv_in", 3, ch[0], 3);
-  int64_t cin = ch[0];
-  for (int i = 0; i < L; ++i) {
-    const std::string lv = "vae.encoder.levels." + std::to_string(i);
-    for (int j = 0; j < cfg.vae.num_res_blocks; ++j) {
-      add_resblock(out, lv + ".blocks." + std::to_string(j), cin, ch[i]);
-      cin = ch[i];
-    }
-    if (i < L - 1) add_conv(out, lv + ".downsample", cin, cin, 3);
-  }
-  add_norm(out, "vae.encoder.norm_out", ch[L - 1]);
-  add_conv(out, "vae.encoder.conv_out", ch[L - 1], cfg.latent_channels, 3);
-  // Decoder: lowest resolution first (levels[k] has channels ch[L-1-k]); all but the last upsample.
-  add_conv(out, "vae.decoder.conv_in", cfg.latent_channels, ch[L - 1], 3);
-  cin = ch[L - 1];
-  for (int k = 0; k < L; ++k) {
-    const int i = L - 1 - k;
-    const std::string lv = "vae.decoder.levels." + std::to_string(k);
-    for (int j = 0; j < cfg.vae.num_res_blocks; ++j) {
-      add_resblock(out, lv + ".blocks." + std::to_string(j), cin, ch[i]);
-      cin = ch[i];
-    }
-    if (i > 0) add_conv(out, lv + ".upsample", cin, cin, 3);
-  }
-  add_norm(out, "vae.decoder.norm_out", ch[0]);
-  add_conv(out, "vae.decoder.conv_out", ch[0], 3, 3);
-  return out;
 }
 
 }  // namespace nfd

@@ -7,7 +7,6 @@
 #include <string>
 #include <vector>
 
-#include "core/config.h"
 #include "core/tensor.h"
 
 namespace nfd {
@@ -24,15 +23,17 @@ struct TensorEntry {
 
 class ModelFile {
  public:
-  // Opens, maps and validates `path`: header length vs file size, JSON, metadata + version, config,
-  // dtypes, shape x dtype == byte span, offsets inside the file and not overlapping, and that every
-  // tensor the config needs (expected_tensors) is present with the right shape. Throws nfd::Error.
+  // Opens, maps and validates `path` as a safetensors file with .nfd metadata: header length vs file size, JSON,
+  // metadata + format version + a config string, dtypes, shape x dtype == byte span, offsets inside the file and
+  // not overlapping. Throws nfd::Error. The config itself and the tensor set are the architecture's to check
+  // (runtime/loader.h: ModelLoader does both).
   static std::unique_ptr<ModelFile> open(const std::string& path);
   // Same checks on an in-memory buffer (used by the fuzzer and tests); the buffer must outlive the object.
   static std::unique_ptr<ModelFile> from_memory(const void* data, size_t size, const std::string& label);
   ~ModelFile();
 
-  const Config& config() const { return config_; }
+  const std::string& config_json() const { return config_json_; }
+  const std::string& label() const { return label_; }  // the path, or the label of an in-memory file
   const std::map<std::string, TensorEntry>& tensors() const { return tensors_; }
   // fp32 view of a tensor (zero-copy, on the CPU); throws if absent or the shape differs from `shape`.
   Tensor get(const std::string& name, const std::vector<int64_t>& shape) const;
@@ -40,13 +41,10 @@ class ModelFile {
  private:
   ModelFile() = default;
   void parse(const uint8_t* bytes, size_t size, const std::string& label);
-  Config config_;
+  std::string config_json_, label_;
   std::map<std::string, TensorEntry> tensors_;
   void* mapping_ = nullptr;
   size_t mapping_size_ = 0;
 };
-
-// Names and shapes of every tensor an NFD model with `cfg` has (the PyTorch state_dict of NFDModel).
-std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const Config& cfg);
 
 }  // namespace nfd

@@ -19,6 +19,7 @@
 
 #include <cstdint>
 
+#include "core/config.h"
 #include "core/tensor.h"
 
 namespace nfd {
@@ -26,7 +27,7 @@ namespace nfd {
 // Per-frame scalars that change every frame. They live in memory of the session's device so that a captured
 // CUDA graph reads the current values at replay time (nothing is re-captured per frame).
 struct FrameState {
-  static constexpr int kMaxSlots = 1024;
+  static constexpr int kMaxSlots = kMaxCacheSlots;
   int32_t frame_index;   // absolute index of the frame being generated (RoPE time position, noise counter)
   int32_t write_slot;    // cache slot the current frame's K/V are written to (the scratch slot while denoising)
   int32_t num_visible;   // number of entries of visible_slots (cached frames visible to this frame + current)

@@ -11,26 +11,16 @@ namespace ops {
 
 namespace {
 
-// Largest channel count of the VAE at level i or a neighbour (upsample/downsample inputs and outputs).
-int64_t level_channels(const std::vector<int>& ch, size_t i) {
-  int64_t c = ch[i];
-  if (i + 1 < ch.size()) c = std::max<int64_t>(c, ch[i + 1]);
-  if (i > 0) c = std::max<int64_t>(c, ch[i - 1]);
-  return c;
-}
-
 // Floats one thread's scratch(…, 0) may grow to on the CPU.
-int64_t cpu_thread_floats(const Config& cfg) {
-  const int64_t N = cfg.tokens_per_frame(), D = cfg.hidden_size, hd = cfg.head_dim();
-  const int64_t L = int64_t(cfg.cache_frames() + 1) * N;  // keys of a full cache
+int64_t cpu_thread_floats(const ScratchShapes& s) {
+  const int64_t N = s.tokens, D = s.hidden, hd = s.head_dim, L = s.keys;
   int64_t dit = std::max({N * L,                // attention, sgemm path: scores of one head
                           (hd + L) * 16,        // attention, register path: one block of 16 queries
                           N * D,                // linear, gated residual: the product before the epilogue
                           N * hd});             // rope_qkv_split: cos/sin tables
-  const std::vector<int>& ch = cfg.vae.channels;
-  const int64_t cmax = *std::max_element(ch.begin(), ch.end());
-  const int64_t W = cfg.frame_width + 2, latent_c = cfg.latent_channels;
-  const int64_t c = std::max(cmax, latent_c);
+  int64_t cmax = s.latent_channels;
+  for (const auto& lv : s.conv_levels) cmax = std::max(cmax, lv.channels);
+  const int64_t W = s.frame_width + 2, c = cmax;
   // Banded convolutions hold at most cpu_detail::kBandFloats of band data, or one row's worth when a row is larger:
   // direct conv2d 3 * Cin * (W + 2); Winograd 16 * (Cin + Cout) * W / 2; upsample2x_conv2d 4 * (4 Cin + Cout) * W;
   // im2col 9 * Cin * W. Winograd and upsample2x_conv2d also keep their transformed weights (16 Cout Cin).
@@ -40,30 +30,26 @@ int64_t cpu_thread_floats(const Config& cfg) {
 
 }  // namespace
 
-size_t scratch_bytes_bound(const Config& cfg, Device device, DType dtype, int threads) {
+size_t scratch_bytes_bound(const ScratchShapes& s, Device device, DType dtype, int threads) {
   if (device == Device::cpu) {
     // scratch(…, 1): 4 rows of the padded image (Winograd input transform), or a head's visible keys and values
     // packed contiguous (attention, sgemm path: 2 L hd).
-    const int64_t L = int64_t(cfg.cache_frames() + 1) * cfg.tokens_per_frame();
-    const int64_t per_thread =
-        cpu_thread_floats(cfg) + std::max<int64_t>(4 * (cfg.frame_width + 2), 2 * L * cfg.head_dim());
+    const int64_t per_thread = cpu_thread_floats(s) + std::max<int64_t>(4 * (s.frame_width + 2), 2 * s.keys * s.head_dim);
     return size_t(std::max(threads, 1)) * size_t(per_thread) * sizeof(float);
   }
   // CUDA: stream-ordered scratch lives for one op; the pool keeps the largest. A session decodes on a second
-  // stream beside the cache-write pass (runtime/session.cc, run_frame), so one DiT op and one VAE op may hold
-  // scratch at the same time: the bound is the largest of each, added. es = bytes per element.
+  // stream beside the cache-write pass (runtime/sampler.cc), so one DiT op and one decoder op may hold scratch at
+  // the same time: the bound is the largest of each, added. es = bytes per element.
   const int64_t es = int64_t(dtype_size(dtype));
-  const int64_t N = cfg.tokens_per_frame(), D = cfg.hidden_size;
-  int64_t dit = 64 * N * (D + 2 * cfg.num_heads) * 4;  // attention: partials of up to 64 KV splits (fp32)
+  const int64_t N = s.tokens, D = s.hidden;
+  int64_t dit = 64 * N * (D + 2 * s.heads) * 4;  // attention: partials of up to 64 KV splits (fp32)
   // FlashInfer attention: its partials (output dtype) and log-sum-exp for up to ceil(keys / 256) chunks.
-  const int64_t keys = int64_t(cfg.cache_frames() + 1) * N;
-  dit = std::max(dit, (keys + 255) / 256 * N * (D * es + cfg.num_heads * 4) + 16);
+  dit = std::max(dit, (s.keys + 255) / 256 * N * (D * es + s.heads * 4) + 16);
   // linear with gated residual: the product, plus a cuBLASLt workspace (at most 32 MiB) beside it.
-  dit = std::max(dit, N * 6 * D * es + (int64_t(32) << 20));
+  dit = std::max(dit, N * s.widest_gated_output * es + (int64_t(32) << 20));
   int64_t vae = 0;
-  const std::vector<int>& ch = cfg.vae.channels;
-  for (size_t i = 0; i < ch.size(); ++i) {
-    const int64_t pixels = int64_t(cfg.frame_height >> i) * (cfg.frame_width >> i), c = level_channels(ch, i);
+  for (const auto& lv : s.conv_levels) {
+    const int64_t pixels = lv.pixels, c = lv.channels;
     // conv2d / upsample2x_conv2d at this level, k <= 3: tensor cores (NHWC input, filters, product; an
     // upsampled input has this level's pixels; conv_out's 3 outputs pad to 8 <= c), or CUDA cores after an
     // upsample into a [C, H, W] scratch.
@@ -74,8 +60,8 @@ size_t scratch_bytes_bound(const Config& cfg, Device device, DType dtype, int th
   }
   int64_t need = dit + vae;
   // copy: host data staged through scratch, at most the largest weight or a frame's image.
-  need = std::max(need, int64_t(cfg.hidden_size) * cfg.hidden_size * cfg.mlp_ratio * 4);
-  need = std::max(need, int64_t(3) * cfg.frame_height * cfg.frame_width * 4);
+  need = std::max(need, s.largest_weight * 4);
+  need = std::max(need, int64_t(3) * s.frame_height * s.frame_width * 4);
   return size_t(need);
 }
 

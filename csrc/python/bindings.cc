@@ -15,7 +15,9 @@
 #include "backends/device.h"
 #include "core/config_json.h"
 #include "core/error.h"
-#include "core/model_file.h"
+#include "model/architecture.h"
+#include "runtime/kv_ring.h"
+#include "runtime/loader.h"
 #include "runtime/session.h"
 #include "ops/cpu_common.h"
 #include "ops/kernel_report.h"
@@ -290,7 +292,8 @@ class PySession {
   std::mutex mu_;
 };
 
-py::dict describe(const nfd::ModelFile& f) {
+py::dict describe(const nfd::ModelLoader& loader) {
+  const nfd::ModelFile& f = loader.file();
   py::dict tensors;
   for (const auto& [name, t] : f.tensors()) {
     py::dict e;
@@ -301,7 +304,7 @@ py::dict describe(const nfd::ModelFile& f) {
   }
   py::dict out;
   out["format_version"] = nfd::kFormatVersion;
-  out["config"] = nfd::config_to_json(f.config());
+  out["config"] = nfd::config_to_json(loader.config());
   out["tensors"] = tensors;
   return out;
 }
@@ -373,10 +376,10 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "inspect_file",
       [](const std::string& path) {
-        std::unique_ptr<nfd::ModelFile> f;
+        std::unique_ptr<nfd::ModelLoader> f;
         {
           py::gil_scoped_release nogil;
-          f = nfd::ModelFile::open(path);
+          f = std::make_unique<nfd::ModelLoader>(nfd::ModelLoader::open(path));
         }
         return describe(*f);
       },
@@ -388,15 +391,15 @@ PYBIND11_MODULE(_core, m) {
         // An exact-size private copy: aligned, and an overread past the end is visible to AddressSanitizer.
         std::unique_ptr<uint8_t[]> copy(new uint8_t[view.size() ? view.size() : 1]);
         std::copy(view.begin(), view.end(), copy.get());
-        auto f = nfd::ModelFile::from_memory(copy.get(), view.size(), label);
-        return describe(*f);
+        return describe(nfd::ModelLoader::from_memory(copy.get(), view.size(), label));
       },
       py::arg("data"), py::arg("label") = "<bytes>", "Same checks as inspect_file on an in-memory file.");
   m.def(
       "expected_tensors",
       [](const std::string& config_json) {
-        std::vector<std::pair<std::string, std::vector<int64_t>>> out = nfd::expected_tensors(
-            nfd::parse_config_json(config_json));
+        const nfd::Config cfg = nfd::parse_config_json(config_json);
+        std::vector<std::pair<std::string, std::vector<int64_t>>> out =
+            nfd::model::architecture(cfg.architecture).expected_tensors(cfg);
         return out;
       },
       py::arg("config_json"), "[(name, shape)] of every tensor a model with this config has, in state_dict order.");
@@ -405,6 +408,23 @@ PYBIND11_MODULE(_core, m) {
         return nfd::config_to_json(nfd::parse_config_json(config_json));
       },
       py::arg("config_json"), "Parse + validate a config JSON with the C++ parser and write it back.");
+  py::class_<nfd::KvRing>(m, "KvRing", "The C++ runtime's KV ring rule (runtime/kv_ring.h), for tests against "
+                                        "nfd_rt.ring.")
+      .def(py::init<int, int, int>(), py::arg("sinks"), py::arg("window"), py::arg("extra") = 0)
+      .def_property_readonly("slots", &nfd::KvRing::slots)
+      .def("slot_for", &nfd::KvRing::slot_for, py::arg("frame"))
+      .def("frame_state",
+           [](const nfd::KvRing& r, int64_t g) {
+             auto st = std::make_unique<nfd::FrameState>();
+             r.fill_state(g, *st);
+             return py::make_tuple(st->write_slot,
+                                   std::vector<int>(st->visible_slots, st->visible_slots + st->num_visible));
+           },
+           py::arg("frame"), "(write slot, visible slots in frame order, the frame's own last)")
+      .def("commit", &nfd::KvRing::commit, py::arg("frame"))
+      .def("forget_from", &nfd::KvRing::forget_from, py::arg("first"))
+      .def("clear", &nfd::KvRing::clear)
+      .def_property_readonly("slot_frame", &nfd::KvRing::slot_frames);
   m.def(
       "estimate_memory",
       [](const std::string& path, const std::string& device, const std::string& dtype, int threads) {

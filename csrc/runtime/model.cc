@@ -7,7 +7,7 @@
 #include <thread>
 
 #include "core/error.h"
-#include "core/model_file.h"
+#include "runtime/loader.h"
 
 namespace nfd {
 
@@ -38,6 +38,12 @@ std::string format_bytes(double bytes) {
   return buf;
 }
 
+void check_threads(int threads) {
+  NFD_CHECK(threads >= 0 && threads <= kMaxThreads, invalid_argument,
+            "threads must be between 0 (= number of physical cores) and " + std::to_string(kMaxThreads) + ", got " +
+                std::to_string(threads));
+}
+
 void check_device_options(Device device, DType dtype, int threads, bool need_device) {
   if (device == Device::cuda) {
     if (need_device && !cuda_available())
@@ -46,9 +52,7 @@ void check_device_options(Device device, DType dtype, int threads, bool need_dev
     NFD_CHECK(dtype == DType::f32, unsupported,
               std::string("the CPU backend computes in float32; dtype ") + dtype_name(dtype) + " needs device cuda");
   }
-  NFD_CHECK(threads >= 0 && threads <= kMaxThreads, invalid_argument,
-            "threads must be between 0 (= number of physical cores) and " + std::to_string(kMaxThreads) + ", got " +
-                std::to_string(threads));
+  check_threads(threads);
 }
 
 void check_fits(Device device, size_t bytes, uint64_t limit, const std::string& what) {
@@ -64,28 +68,29 @@ void check_fits(Device device, size_t bytes, uint64_t limit, const std::string& 
 
 std::shared_ptr<Model> Model::load(const std::string& path, const ModelOptions& options) {
   check_device_options(options.device, options.dtype, options.threads, true);
-  std::unique_ptr<ModelFile> file = ModelFile::open(path);
+  return load(ModelLoader::open(path), options);
+}
+
+std::shared_ptr<Model> Model::load(const ModelLoader& loader, const ModelOptions& options, bool fits_checked) {
+  check_device_options(options.device, options.dtype, options.threads, true);
   std::shared_ptr<Model> m(new Model());
-  m->cfg_ = file->config();
+  m->cfg_ = loader.config();
   m->opt_ = options;
-  NFD_CHECK(m->cfg_.cache_frames() + 1 <= FrameState::kMaxSlots, unsupported,
-            "sink_frames + window too large for FrameState::kMaxSlots");
-  Context ctx;
-  ctx.device = options.device;
-  ctx.threads = options.threads > 0 ? options.threads : physical_cores();
-  {
-    Arena measure = Arena::measure(options.device);
-    model::DiTWeights dit(*file, m->cfg_, measure, ctx, options.dtype);
-    model::VAEWeights vae(*file, m->cfg_, measure, ctx, options.dtype, true);
-    check_fits(options.device, measure.bytes(), options.max_memory_bytes,
-               "loading this model needs " + format_bytes(double(measure.bytes())) + " of weights");
+  m->arch_ = &loader.architecture();
+  const int threads = effective_threads(options.threads);
+  if (!fits_checked) {
+    const size_t bytes = loader.weight_bytes(options.device, options.dtype, threads);
+    check_fits(options.device, bytes, options.max_memory_bytes,
+               "loading this model needs " + format_bytes(double(bytes)) + " of weights");
   }
   m->arena_ = std::make_unique<Arena>(options.device);
+  Context ctx;
+  ctx.device = options.device;
+  ctx.threads = threads;
   void* stream = options.device == Device::cuda ? cuda_stream_create() : nullptr;
   ctx.stream = stream;
   try {
-    m->dit_ = std::make_unique<model::DiTWeights>(*file, m->cfg_, *m->arena_, ctx, options.dtype);
-    m->vae_ = std::make_unique<model::VAEWeights>(*file, m->cfg_, *m->arena_, ctx, options.dtype, true);
+    m->weights_ = loader.load_weights(*m->arena_, ctx, options.dtype);
     device_synchronize(options.device, stream);
   } catch (...) {
     if (stream) cuda_stream_destroy(stream);
@@ -97,13 +102,13 @@ std::shared_ptr<Model> Model::load(const std::string& path, const ModelOptions& 
 
 Model::~Model() = default;
 
-model::DiT::Activations& Model::batch_activations(int batch) const {
-  if (batch_act_.capacity < batch) {
-    batch_act_ = model::DiT::Activations();
+model::Activations& Model::batch_activations(int batch) const {
+  if (!batch_act_ || batch_act_->capacity < batch) {
+    batch_act_.reset();
     batch_arena_ = std::make_unique<Arena>(opt_.device);
-    batch_act_ = model::DiT::Activations(cfg_, *batch_arena_, opt_.dtype, batch);
+    batch_act_ = arch_->make_activations(cfg_, *batch_arena_, opt_.dtype, batch);
   }
-  return batch_act_;
+  return *batch_act_;
 }
 
 }  // namespace nfd

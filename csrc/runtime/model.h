@@ -11,8 +11,7 @@
 #include "backends/device.h"
 #include "core/config.h"
 #include "core/tensor.h"
-#include "model/dit.h"
-#include "model/vae.h"
+#include "model/architecture.h"
 
 namespace nfd {
 
@@ -23,11 +22,15 @@ struct ModelOptions {
   uint64_t max_memory_bytes = 0;  // refuse to load when the weights would need more; 0 = what is available
 };
 
+class ModelLoader;
+
 class Model {
  public:
   // Opens, validates and uploads `path`; refuses (ErrorKind::out_of_memory) before allocating when the weights
   // do not fit.
   static std::shared_ptr<Model> load(const std::string& path, const ModelOptions& options);
+  // The same from a file already opened; `fits_checked`: the caller has checked the memory (with the session's).
+  static std::shared_ptr<Model> load(const ModelLoader& loader, const ModelOptions& options, bool fits_checked = false);
   ~Model();
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
@@ -36,30 +39,36 @@ class Model {
   const ModelOptions& options() const { return opt_; }
   Device device() const { return opt_.device; }
   DType dtype() const { return opt_.dtype; }
-  const model::DiTWeights& dit() const { return *dit_; }
-  const model::VAEWeights& vae() const { return *vae_; }
+  const model::Architecture& architecture() const { return *arch_; }
+  const model::Weights& weights() const { return *weights_; }
   size_t weight_bytes() const { return arena_->bytes(); }
 
   // Activations of a batched pass for `batch` sessions, kept between calls (grown when a larger batch comes).
   // Callers hold batch_mutex() while they use them: one batched step of a model runs at a time.
   std::mutex& batch_mutex() const { return batch_mu_; }
-  model::DiT::Activations& batch_activations(int batch) const;
+  model::Activations& batch_activations(int batch) const;
 
  private:
   Model() = default;
   Config cfg_;
   ModelOptions opt_;
   std::unique_ptr<Arena> arena_;
-  std::unique_ptr<model::DiTWeights> dit_;
-  std::unique_ptr<model::VAEWeights> vae_;
+  const model::Architecture* arch_ = nullptr;
+  std::unique_ptr<model::Weights> weights_;
   mutable std::mutex batch_mu_;
+  mutable std::unique_ptr<model::Activations> batch_act_;  // released before its arena
   mutable std::unique_ptr<Arena> batch_arena_;
-  mutable model::DiT::Activations batch_act_;
 };
 
 // The CPU thread count that threads == 0 means: physical cores (distinct (physical id, core id) pairs in
 // /proc/cpuinfo), else half the hardware threads.
 int physical_cores();
+
+// The thread count of `threads` (0: physical cores).
+inline int effective_threads(int threads) { return threads > 0 ? threads : physical_cores(); }
+
+// The message of a thread count out of range, one place for the model's and the session's checks.
+void check_threads(int threads);
 
 // threads above this are refused: a typo (threads=100000) would otherwise run a pool of that many threads.
 constexpr int kMaxThreads = 1024;

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import _checks, rng
+from . import _checks, ring, rng
 from .configs import NFDConfig
 
 SPEC_NAME = "nfd_onnx.json"
@@ -44,15 +44,13 @@ def rope_time(frame_index: int, dims: int, theta: float) -> tuple[np.ndarray, np
 
 
 def slot_of_frame(cfg: NFDConfig, frame: int) -> int | None:
-    """Cache slot frame `frame` is written to: sinks first, then a ring over the window (None: not cached)."""
-    S, W = cfg.sink_frames, cfg.window
-    if frame < S:
-        return frame
-    return S + (frame - S) % W if W > 0 else None
+    """Cache slot frame `frame` is written to (nfd_rt.ring; a ring of `window` slots; None: not cached)."""
+    return ring.slot_for(frame, cfg.sink_frames, cfg.window)
 
 
 def valid_frames(cfg: NFDConfig, frame: int) -> int:
-    """Filled cache slots when frame `frame` is generated; they are always slots 0 .. n-1 and all visible."""
+    """Filled cache slots when frame `frame` is generated. Under the ring's rule with `window` ring slots and no
+    rewinds, they are always slots 0 .. n-1 and all visible, so the exported graph takes a count, not a list."""
     return min(frame, cfg.cache_frames if cfg.window > 0 else cfg.sink_frames)
 
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import ring
 from ..configs import NFDConfig
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -78,8 +79,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 def frame_visible(cfg: NFDConfig, query_frame: torch.Tensor, key_frame: torch.Tensor) -> torch.Tensor:
     """True where a query of frame i may attend to a key of frame j: j <= i and (j is a sink or i - j <= window)."""
-    i, j = query_frame[:, None], key_frame[None, :]
-    return (j <= i) & ((j < cfg.sink_frames) | (i - j <= cfg.window))
+    return ring.sees(query_frame[:, None], key_frame[None, :], cfg.sink_frames, cfg.window)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -14,36 +14,36 @@ import torch.nn.functional as F
 
 from .. import _checks, rng
 from ..configs import NFDConfig
-from .model import NFDModel, frame_visible
+from ..ring import KVRing
+from .model import NFDModel
 
 
 class KVCache:
-    """Per layer K and V of `sink_frames + window` frames: sinks in slots [0, S), a ring over the rest."""
+    """Per layer K and V of `sink_frames + window` frames over the ring of nfd_rt.ring (sinks in slots [0, S), a
+    ring of `window` slots over the rest; the frame being generated stays beside the cache until it is done)."""
 
     def __init__(self, cfg: NFDConfig, device: torch.device, dtype: torch.dtype):
         self.cfg = cfg
         shape = (cfg.depth, cfg.cache_frames, cfg.tokens_per_frame, cfg.num_heads, cfg.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.slot_frame = [-1] * cfg.cache_frames  # frame held by each slot, -1 when empty
+        self.ring = KVRing.of(cfg)
+
+    @property
+    def slot_frame(self) -> list[int]:
+        """Frame held by each slot, -1 when empty."""
+        return self.ring.slot_frame
 
     def clear(self) -> None:
-        self.slot_frame = [-1] * self.cfg.cache_frames
+        self.ring.clear()
 
     def slot_for(self, frame: int) -> int | None:
         """Slot that frame `frame` is written to (None when the cache keeps no frames beyond the sinks)."""
-        S, W = self.cfg.sink_frames, self.cfg.window
-        if frame < S:
-            return frame
-        return S + (frame - S) % W if W > 0 else None
+        return self.ring.slot_for(frame)
 
     def visible_slots(self, frame: int) -> list[int]:
-        held = [(s, f) for s, f in enumerate(self.slot_frame) if f >= 0]
-        if not held:
-            return []
-        keys = torch.tensor([f for _, f in held])
-        ok = frame_visible(self.cfg, torch.tensor([frame]), keys)[0]
-        return [s for (s, _), v in zip(held, ok.tolist()) if v]
+        """Slots of the cached frames `frame` sees, in frame order."""
+        return self.ring.visible_slots(frame)
 
 
 class ReferenceSession:
@@ -174,5 +174,5 @@ class ReferenceSession:
             if slot is not None:
                 cache.k[:, slot] = torch.stack(new_k)
                 cache.v[:, slot] = torch.stack(new_v)
-                cache.slot_frame[slot] = i
+                cache.ring.commit(i)
         return vel[0, 0]

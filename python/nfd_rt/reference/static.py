@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import _checks
+from .. import _checks, ring
 from ..configs import NFDConfig
 from .model import NFDModel, images_to_frames, modulate, timestep_features
 
@@ -164,11 +164,8 @@ class StaticFrame(nn.Module):
 
     def write_positions(self) -> torch.Tensor:
         """Token positions of the current frame's ring slot: sinks first, then a ring over the window."""
-        cfg, f = self.cfg, self.frame
-        if cfg.window > 0:
-            slot = torch.where(f < cfg.sink_frames, f, cfg.sink_frames + (f - cfg.sink_frames) % cfg.window)
-        else:
-            slot = f  # only called while f < sink_frames (frame())
+        cfg = self.cfg
+        slot = ring.slot_for(self.frame, cfg.sink_frames, cfg.window)  # window 0: only called for sink frames
         return (1 + slot) * self.N + self.positions
 
     def dit_pass(self, x: torch.Tensor, mods: list[torch.Tensor], final_mod: torch.Tensor | None, cos, sin,

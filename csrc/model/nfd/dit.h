@@ -11,12 +11,14 @@
 #include <vector>
 
 #include "backends/device.h"
-#include "core/config.h"
+#include "model/architecture.h"
+#include "model/nfd/config.h"
 #include "core/model_file.h"
 #include "ops/ops.h"
 
 namespace nfd {
 namespace model {
+namespace nfd_arch {
 
 struct DiTWeights {
   struct Block {
@@ -27,17 +29,16 @@ struct DiTWeights {
   std::vector<Block> blocks;
   Tensor temb;  // [passes, D] time embeddings per pass position, computed once on the host
   // Uploads the weights to the arena's device as `dtype` (on a measuring arena: only counts the bytes).
-  DiTWeights(const ModelFile& file, const Config& cfg, Arena& arena, const Context& ctx, DType dtype);
+  DiTWeights(const ModelFile& file, const NfdConfig& cfg, Arena& arena, const Context& ctx, DType dtype);
 };
 
 class DiT {
  public:
   // The activations of one pass for up to `capacity` members, rows member-major ([capacity * N, ...]).
-  struct Activations {
+  struct Activations : model::Activations {
     Tensor tokens, h, hn, qkv, q, attn, mlp, tmp, vel;
-    int capacity = 0;
     Activations() = default;
-    Activations(const Config& cfg, Arena& arena, DType dtype, int capacity);
+    Activations(const NfdConfig& cfg, Arena& arena, DType dtype, int capacity);
   };
   struct Member {
     DiT* dit;
@@ -47,7 +48,7 @@ class DiT {
 
   // Allocates the KV cache (token-major [cache_slots, N, H, hd] per layer: a frame's keys are one contiguous
   // range, see ops::attention), the adaLN buffers and one member's activations.
-  DiT(const Config& cfg, const DiTWeights& weights, Arena& arena, DType dtype, int cache_slots);
+  DiT(const NfdConfig& cfg, const DiTWeights& weights, Arena& arena, DType dtype, int cache_slots);
 
   // Picks the kernels of a single-session frame where the CUDA backend has two (a no-op on the CPU): the GEMM
   // engine of every linear shape (ops::linear_prepare: CUTLASS against cuBLASLt), with `action` [A] standing
@@ -76,7 +77,7 @@ class DiT {
   // Runs the blocks up to the K/V of the last one; the rest only when `full` (then fills act.vel).
   static void forward(const std::vector<Member>& members, int k, bool full, Activations& act);
 
-  const Config& cfg_;
+  const NfdConfig& cfg_;
   const DiTWeights& w_;
   ops::RopeParams rope_{};
   std::vector<Tensor> k_cache_, v_cache_;  // per layer
@@ -89,5 +90,6 @@ class DiT {
   size_t kv_bytes_ = 0;
 };
 
+}  // namespace nfd_arch
 }  // namespace model
 }  // namespace nfd

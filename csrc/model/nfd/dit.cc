@@ -1,4 +1,4 @@
-#include "model/dit.h"
+#include "model/nfd/dit.h"
 
 #include <cmath>
 #include <string>
@@ -7,6 +7,7 @@
 
 namespace nfd {
 namespace model {
+namespace nfd_arch {
 
 // Sinusoidal features of t * 1000 as the reference (timestep_features): angles in double, features in fp32.
 static std::vector<float> timestep_features(float t, int dim) {
@@ -21,7 +22,7 @@ static std::vector<float> timestep_features(float t, int dim) {
   return f;
 }
 
-DiTWeights::DiTWeights(const ModelFile& file, const Config& cfg, Arena& arena, const Context& ctx, DType dtype) {
+DiTWeights::DiTWeights(const ModelFile& file, const NfdConfig& cfg, Arena& arena, const Context& ctx, DType dtype) {
   const int64_t D = cfg.hidden_size, A = cfg.action_dim, P = cfg.patch_dim(), F = int64_t(cfg.mlp_ratio) * D;
   const int64_t E = cfg.time_embed_dim, passes = cfg.num_steps() + 1;
   auto up = [&](const std::string& name, std::vector<int64_t> shape) {
@@ -77,7 +78,8 @@ DiTWeights::DiTWeights(const ModelFile& file, const Config& cfg, Arena& arena, c
   ops::copy(ctx, Tensor{table.data(), DType::f32, Device::cpu, {passes, D}}, temb);
 }
 
-DiT::Activations::Activations(const Config& cfg, Arena& arena, DType dtype, int cap) : capacity(cap) {
+DiT::Activations::Activations(const NfdConfig& cfg, Arena& arena, DType dtype, int cap) {
+  capacity = cap;
   const int64_t D = cfg.hidden_size, P = cfg.patch_dim(), F = int64_t(cfg.mlp_ratio) * D;
   const int64_t N = cfg.tokens_per_frame(), H = cfg.num_heads, hd = cfg.head_dim(), rows = int64_t(cap) * N;
   tokens = arena.alloc({rows, P}, dtype);
@@ -91,7 +93,7 @@ DiT::Activations::Activations(const Config& cfg, Arena& arena, DType dtype, int 
   vel = arena.alloc({rows, P}, dtype);
 }
 
-DiT::DiT(const Config& cfg, const DiTWeights& weights, Arena& arena, DType dtype, int cache_slots)
+DiT::DiT(const NfdConfig& cfg, const DiTWeights& weights, Arena& arena, DType dtype, int cache_slots)
     : cfg_(cfg), w_(weights) {
   const int64_t D = cfg.hidden_size, N = cfg.tokens_per_frame(), H = cfg.num_heads, hd = cfg.head_dim();
   const int64_t passes = cfg.num_steps() + 1;
@@ -163,7 +165,7 @@ static Tensor rows(const Tensor& t, int64_t b, int64_t n) { return view(t, b * n
 
 void DiT::forward(const std::vector<Member>& members, int k, bool full, Activations& act) {
   NFD_CHECK(!members.empty() && int(members.size()) <= act.capacity, internal, "DiT::forward: bad member count");
-  const Config& cfg = members[0].dit->cfg_;
+  const NfdConfig& cfg = members[0].dit->cfg_;
   const DiTWeights& w = members[0].dit->w_;
   const int64_t D = cfg.hidden_size, N = cfg.tokens_per_frame(), P = cfg.patch_dim(), passes = cfg.num_steps() + 1;
   const int64_t B = int64_t(members.size()), M = B * N;
@@ -235,7 +237,7 @@ void DiT::forward(const std::vector<Member>& members, int k, bool full, Activati
 }
 
 void DiT::denoise_pass(const std::vector<Member>& members, int k, float dt, Activations& act) {
-  const Config& cfg = members.at(0).dit->cfg_;
+  const NfdConfig& cfg = members.at(0).dit->cfg_;
   NFD_CHECK(k >= 0 && k < cfg.num_steps(), internal, "DiT::denoise_pass: bad pass index");
   forward(members, k, true, act);
   const int64_t N = cfg.tokens_per_frame();
@@ -266,5 +268,6 @@ void DiT::copy_cache_from(const Context& ctx, const DiT& other) {
   }
 }
 
+}  // namespace nfd_arch
 }  // namespace model
 }  // namespace nfd

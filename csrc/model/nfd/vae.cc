@@ -1,4 +1,4 @@
-#include "model/vae.h"
+#include "model/nfd/vae.h"
 
 #include <algorithm>
 
@@ -6,8 +6,9 @@
 
 namespace nfd {
 namespace model {
+namespace nfd_arch {
 
-static VAEWeights::Net load_net(const ModelFile& file, const Config& cfg_, const std::string& prefix, bool decoder,
+static VAEWeights::Net load_net(const ModelFile& file, const NfdConfig& cfg_, const std::string& prefix, bool decoder,
                                 Arena& arena, const Context& ctx, DType dtype) {
   using Conv = VAEWeights::Conv;
   using Norm = VAEWeights::Norm;
@@ -55,14 +56,14 @@ static VAEWeights::Net load_net(const ModelFile& file, const Config& cfg_, const
   return n;
 }
 
-VAEWeights::VAEWeights(const ModelFile& file, const Config& cfg, Arena& arena, const Context& ctx, DType dtype,
+VAEWeights::VAEWeights(const ModelFile& file, const NfdConfig& cfg, Arena& arena, const Context& ctx, DType dtype,
                        bool with_encoder)
     : has_encoder(with_encoder) {
   dec = load_net(file, cfg, "vae.decoder.", true, arena, ctx, dtype);
   if (with_encoder) enc = load_net(file, cfg, "vae.encoder.", false, arena, ctx, dtype);
 }
 
-VAE::VAE(const Config& cfg, const VAEWeights& weights, Arena& arena, DType dtype) : cfg_(cfg), w_(weights) {
+VAE::VAE(const NfdConfig& cfg, const VAEWeights& weights, Arena& arena, DType dtype) : cfg_(cfg), w_(weights) {
   // Largest activation: at channel level i the resolution is (H >> i, W >> i); a level's tensors have at most
   // max(ch[i-1..i+1]) channels at that or the next finer resolution (upsample output).
   const std::vector<int>& ch = cfg.vae.channels;
@@ -162,5 +163,6 @@ void VAE::encode(const Context& ctx, const Tensor& frame, Tensor& latent) {
   ops::conv2d(ctx, x, w_.enc.conv_out.w, w_.enc.conv_out.b, 1, 1, latent, nullptr);
 }
 
+}  // namespace nfd_arch
 }  // namespace model
 }  // namespace nfd

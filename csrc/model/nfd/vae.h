@@ -8,12 +8,13 @@
 #include <vector>
 
 #include "backends/device.h"
-#include "core/config.h"
+#include "model/nfd/config.h"
 #include "core/model_file.h"
 #include "ops/ops.h"
 
 namespace nfd {
 namespace model {
+namespace nfd_arch {
 
 struct VAEWeights {
   struct Conv {
@@ -38,13 +39,13 @@ struct VAEWeights {
   };
   Net dec, enc;
   bool has_encoder = false;
-  VAEWeights(const ModelFile& file, const Config& cfg, Arena& arena, const Context& ctx, DType dtype,
+  VAEWeights(const ModelFile& file, const NfdConfig& cfg, Arena& arena, const Context& ctx, DType dtype,
              bool with_encoder);
 };
 
 class VAE {
  public:
-  VAE(const Config& cfg, const VAEWeights& weights, Arena& arena, DType dtype);
+  VAE(const NfdConfig& cfg, const VAEWeights& weights, Arena& arena, DType dtype);
   // latent [C, h, w] -> frame u8 [H, W, 3]. Returns false, the frame unwritten, when `cancel` was raised
   // (checked between resnet blocks: a speculation worker's decode is most of a tiny frame).
   bool decode(const Context& ctx, const Tensor& latent, Tensor& frame, const std::atomic<bool>* cancel = nullptr);
@@ -59,11 +60,12 @@ class VAE {
           const std::atomic<bool>* cancel = nullptr);
   Tensor buf(int i, std::vector<int64_t> shape) const;
 
-  const Config& cfg_;
+  const NfdConfig& cfg_;
   const VAEWeights& w_;
   Tensor bufs_[4];
   Tensor image_;  // [3, H, W]
 };
 
+}  // namespace nfd_arch
 }  // namespace model
 }  // namespace nfd
