@@ -31,24 +31,11 @@ namespace {
 
 [[noreturn]] void value_error(const std::string& msg) { throw py::value_error(msg); }
 
-// nfd_rt.export.NFDFormatError when importable (so `except NFDFormatError` catches loader errors from both the
-// Python header reader and the C++ loader), else ValueError. Leaked on purpose: no destructor at exit.
-PyObject* format_error_class() {
-  static PyObject* cls = nullptr;
-  if (!cls) {
-    PyObject* mod = PyImport_ImportModule("nfd_rt.export");
-    if (mod) {
-      cls = PyObject_GetAttrString(mod, "NFDFormatError");
-      Py_DECREF(mod);
-    }
-    if (!cls) {
-      PyErr_Clear();
-      Py_INCREF(PyExc_ValueError);
-      cls = PyExc_ValueError;
-    }
-  }
-  return cls;
-}
+// nfd_rt._core.NFDFormatError (re-exported as nfd_rt.export.NFDFormatError, so `except NFDFormatError` catches
+// loader errors from both the Python header reader and the C++ loader): a ValueError subclass made at import.
+// Leaked on purpose: no destructor at exit.
+PyObject* g_format_error = nullptr;
+PyObject* format_error_class() { return g_format_error ? g_format_error : PyExc_ValueError; }
 
 // Sets a Python exception; a message holding bytes from a hostile file that are not UTF-8 is still delivered.
 void set_error(PyObject* cls, const std::string& msg) {
@@ -313,6 +300,12 @@ py::dict describe(const nfd::ModelLoader& loader) {
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "nfd_rt C++ runtime (see python/nfd_rt/session.py for the user-facing API)";
+  g_format_error = PyErr_NewExceptionWithDoc("nfd_rt._core.NFDFormatError",
+                                             "A file is not a valid .nfd file; the message names the first problem "
+                                             "found.",
+                                             PyExc_ValueError, nullptr);
+  if (!g_format_error) throw py::error_already_set();
+  m.attr("NFDFormatError") = py::handle(g_format_error);
 
   py::register_exception_translator([](std::exception_ptr p) {
     try {

@@ -18,8 +18,12 @@ FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
-class NFDFormatError(ValueError):
-    """A file is not a valid .nfd file; the message names the first problem found."""
+try:  # one class for the C++ loader's errors and this module's: the extension's, when it is built
+    from ._core import NFDFormatError
+except ImportError:  # a checkout without the compiled extension: reading headers needs no C++
+
+    class NFDFormatError(ValueError):
+        """A file is not a valid .nfd file; the message names the first problem found."""
 
 
 def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], NFDConfig]:
