@@ -764,3 +764,17 @@ def test_contract(row: Bad, device, dtype, clean_env):
 def test_cpu_computes_in_fp32_only(call):
     with pytest.raises(RuntimeError, match=r"the CPU backend computes in fp32 only, got bf16"):
         call(dict(device="cpu", dtype="bfloat16"))
+
+
+def test_every_op_has_a_binding_and_rows():
+    """csrc/ops/ops.def is the one list of ops: each has a binding in _core.ops and rows in this table (results
+    and contract), so an op cannot be added without its test."""
+    names = _core.op_names()
+    assert len(names) == len(set(names)) and "linear" in names and "attention" in names
+    case_ops = {c.id.split(" ")[0] for c in CASES}
+    bad_ops = {b.id.split(" ")[0] for b in CONTRACTS}
+    for name in names:
+        assert hasattr(ops, name), f"op {name} has no binding in csrc/python/ops_bindings.cc"
+        assert name in case_ops, f"op {name} has no row in CASES"
+        if name not in ("copy", "from_uint8", "noise_mix", "add_silu"):
+            assert name in bad_ops, f"op {name} has no row in CONTRACTS"

@@ -1,4 +1,4 @@
-// Device memory, streams and CUDA graphs behind one small interface, so core/session.cc is device-agnostic.
+// Device memory, streams and CUDA graphs behind one small interface, so runtime/ and model/ are device-agnostic.
 // backends/cpu/device_cpu.cc implements the CPU side and the CUDA entry points when built without CUDA
 // (they throw ErrorKind::unsupported "built without CUDA"); backends/cuda/device_cuda.cc the CUDA side.
 #pragma once

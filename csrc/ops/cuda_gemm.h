@@ -1,5 +1,5 @@
 // The 16-bit GEMM engines of the CUDA backend. Behind ops::linear (ops/linear_cuda.cu): CUTLASS 2.x (always
-// built) and cuBLASLt (ops/linear_cublaslt.cu, built when cublasLt.h is found: NFD_RT_WITH_CUBLASLT; the library is
+// built) and cuBLASLt (ops/linear_cuda_cublaslt.cu, built when cublasLt.h is found: NFD_RT_WITH_CUBLASLT; the library is
 // opened at run time). Both compute y[M,N] = x[M,K] w[N,K]^T (+ bias[N]) (then GELU(tanh)) with fp32
 // accumulation, bf16 or fp16 everywhere, row-major, 16-byte aligned, K and N multiples of 8.
 #pragma once

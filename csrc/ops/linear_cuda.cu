@@ -6,7 +6,7 @@
 //    bias is fused as the epilogue's source operand C with a zero row stride (C[m][n] = bias[n]); GELU(tanh)
 //    through LinearCombinationGeneric<GELU_taylor>. 2 dtypes x 2 epilogue functors = 4 instantiations
 //    (CI compile time, see docs/cuda-backend.md).
-//  * cuBLASLt (ops/linear_cublaslt.cu, when built with its header and the library loads at run time):
+//  * cuBLASLt (ops/linear_cuda_cublaslt.cu, when built with its header and the library loads at run time):
 //    heuristic algorithm per shape, bias / GELU+bias epilogues.
 // The choice: NFD_RT_GEMM=cutlass|cublaslt forces one; otherwise (auto) the engine linear_prepare measured
 // faster for the shape (the session times both on the GPU at open), CUTLASS for shapes never prepared.

@@ -11,13 +11,14 @@
 namespace nfd {
 namespace ops {
 
+#define NFD_OP(name, params) void name params;
 namespace cpu {
-#include "ops/backend_ops.inc"
+#include "ops/ops.def"
 }  // namespace cpu
 
 #ifdef NFD_RT_WITH_CUDA
 namespace cuda {
-#include "ops/backend_ops.inc"
+#include "ops/ops.def"
 // CUDA-only parts of ops::linear_prepare, ops::attention_prepare and ops::attention_sized_on_host (ops/ops.h).
 void linear_prepare(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y,
                     Epilogue epilogue);
@@ -26,6 +27,7 @@ void attention_prepare(const Context& ctx, const Tensor& q, const Tensor& k_cach
 bool attention_sized_on_host();
 }  // namespace cuda
 #endif
+#undef NFD_OP
 
 // The last line of ops/NAME.cc, after the contract: runs backend::NAME for the device of `out` (the output).
 #ifdef NFD_RT_WITH_CUDA

@@ -461,6 +461,16 @@ PYBIND11_MODULE(_core, m) {
   m.def("blas_config", &nfd::cpu::blas_config, "OpenBLAS' build and the kernel set it chose for this CPU.");
   m.def("cpu_kernel_level", &nfd::ops::cpu_detail::cpu_kernel_level,
         "Which compiled copy of the CPU kernels runs on this CPU (x86-64-v4 / v3 / baseline).");
+  m.def(
+      "op_names",
+      [] {
+        std::vector<std::string> names;
+#define NFD_OP(name, params) names.push_back(#name);
+#include "ops/ops.def"
+#undef NFD_OP
+        return names;
+      },
+      "The runtime's ops, in the order of csrc/ops/ops.def (the one list an op is named in).");
   m.def("kernels_used", &nfd::kernels_used,
         "{op key: implementation} of the ops that choose between kernels (CUDA attention, CUDA linear), as of "
         "their last call in this process, e.g. {'attention bf16 hd64': 'ours: mma.sync ...'}.");
