@@ -487,3 +487,32 @@ def test_vector_wrappers(demo):
         *_, info = envs.step(envs.action_space.sample())
     assert info["episode"]["r"].tolist() == [2.0, 2.0] and info["episode"]["l"].tolist() == [2, 2]
     envs.close()
+
+
+def test_docs_examples_run():
+    """docs/gym.md's quick start and reward example, run as written."""
+    import os
+    import re
+
+    text = open(os.path.join(os.path.dirname(__file__), "..", "docs", "gym.md")).read()
+    scope: dict = {}
+    for name in ("gym-quickstart", "gym-reward"):
+        m = re.search(r"<!-- test: " + name + r" -->\s*```python\n(.*?)```", text, re.S)
+        assert m, f"docs/gym.md has no python block marked <!-- test: {name} -->"
+        exec(compile(m.group(1), f"docs/gym.md:{name}", "exec"), scope)
+    env = scope["env"]  # the reward example's env: the game's coin-seeking player in room 2, beside the real game
+    room = game.GridWorld(2)
+    env.reset(seed=0, options={"frames": room.render()[None]})
+    rewards = []
+    for _ in range(30):
+        key = room.greedy_key()  # index into game.KEYS: 0 no-op, then up, down, left, right
+        action = np.zeros(4, np.int8)
+        if key:
+            action[key - 1] = 1
+        room.step(G.gridworld_actions()[1](action))
+        _, reward, terminated, truncated, _ = env.step(action)
+        rewards.append(reward)
+        if terminated:
+            break
+    assert terminated and not room.coins  # the model's frames lose their last coin when the game does
+    assert sum(rewards) == 3.0  # one reward per coin
