@@ -208,6 +208,20 @@ def test_bad_reset_options(demo, options, message):
         G.Env(demo).reset(seed=0, options=options)
 
 
+def test_a_refused_reset_changes_nothing(demo):
+    env = G.Env(demo)
+    env.reset(seed=1)
+    env.step(np.ones(4, np.int8))
+    with pytest.raises(ValueError, match=r"actions must have shape \(1, 8\)"):
+        env.reset(seed=2, options={"frames": np.zeros((1, 64, 64, 3), np.uint8), "actions": np.zeros(8)})
+    assert env.session.seed == 1 and env.session.frame_index == 2
+    envs = G.VectorEnv(2, demo)
+    envs.reset(seed=1)
+    with pytest.raises(ValueError, match=r"frames must have dtype uint8"):
+        envs.reset(seed=5, options={"frames": np.zeros((2, 1, 64, 64, 3), np.float32)})
+    assert [(s.seed, s.frame_index) for s in envs.sessions] == [(1, 1), (2, 1)]
+
+
 def test_step_before_reset_and_after_close(demo):
     env = G.Env(demo)
     with pytest.raises(gymnasium.error.ResetNeeded, match=r"call reset\(\) before step\(\)"):

@@ -178,19 +178,26 @@ class _World:
             old.close()
         return self.model.session(seed=seed)
 
-    def start(self, session: Session, rng: np.random.Generator, frames: Any, actions: Any) -> np.ndarray:
-        """Reset `session` to the context frames (the given ones, else `initial_frames`); returns the observation:
-        the last context frame (a black frame when there is none)."""
+    def context(self, frames: Any, actions: Any) -> tuple[np.ndarray, np.ndarray] | None:
+        """Checked reset options: (frames uint8 [T, H, W, 3], actions float32 [T, A]), or None when not given."""
         if frames is None:
             if actions is not None:
                 raise ValueError("options['actions'] needs options['frames']: one action per context frame")
+            return None
+        f = _checks.frames(frames, self.cfg)
+        return f, _checks.actions(actions, f.shape[0], self.cfg)
+
+    def start(self, session: Session, rng: np.random.Generator, context: tuple | None) -> np.ndarray:
+        """Reset `session` to `context` (else `initial_frames`); returns the observation: the last context frame,
+        a black frame when there is none."""
+        if context is None and self.initial_frames is not None:
             frames = self.initial_frames(rng) if callable(self.initial_frames) else self.initial_frames
-        if frames is None:
+            context = self.context(frames, None)
+        if context is None or len(context[0]) == 0:
             session.reset()
             return np.zeros(self.observation_space.shape, np.uint8)
-        f = _checks.frames(frames, self.cfg)
-        session.reset(frames=f, actions=actions)
-        return f[-1].copy() if len(f) else np.zeros(self.observation_space.shape, np.uint8)
+        session.reset(frames=context[0], actions=context[1])
+        return context[0][-1].copy()
 
     def vector(self, action: Any) -> np.ndarray:
         """The model's float32 [action_dim] for an action of the space."""
@@ -276,14 +283,14 @@ class Env(gymnasium.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         philox = None if seed is None else _philox_seed(seed)
-        frames, actions = _options(options)
         if options and "reset_mask" in options:
             raise ValueError("options['reset_mask'] is for vector envs; a single env always resets")
+        context = self._world.context(*_options(options))  # checked before anything changes
         super().reset(seed=seed)
         if philox is None:
             philox = int(self.np_random.integers(PHILOX_SEEDS))
         self._session = self._world.open(philox, self._session)
-        self._frame = self._world.start(self._session, self.np_random, frames, actions)
+        self._frame = self._world.start(self._session, self.np_random, context)
         return self._frame.copy(), {"philox_seed": philox}
 
     def step(self, action: Any):
@@ -371,14 +378,14 @@ class VectorEnv(gymnasium.vector.VectorEnv):
             self._rngs[i], self._rng_seeds[i] = seeding.np_random()
         return self._rngs[i]
 
-    def _reset_world(self, i: int, seed: int | None, frames: Any, actions: Any) -> dict:
+    def _reset_world(self, i: int, seed: int | None, context: tuple | None) -> dict:
         if seed is not None:
             self._rngs[i], self._rng_seeds[i] = seeding.np_random(seed)
             philox = seed
         else:
             philox = int(self._rng(i).integers(PHILOX_SEEDS))
         self.sessions[i] = self._world.open(philox, self.sessions[i])
-        self._frames[i] = self._world.start(self.sessions[i], self._rngs[i], frames, actions)
+        self._frames[i] = self._world.start(self.sessions[i], self._rngs[i], context)
         self._steps[i] = 0
         self._autoreset[i] = False
         return {"philox_seed": philox}
@@ -399,9 +406,10 @@ class VectorEnv(gymnasium.vector.VectorEnv):
         mask = self._reset_mask(options)
         frames = self._per_world(frames, 5, "frames")
         actions = self._per_world(actions, 3, "actions")
+        contexts = [self._world.context(f, a) for f, a in zip(frames, actions)]  # checked before any world resets
         infos: dict[str, Any] = {}
         for i in np.flatnonzero(mask):
-            infos = self._add_info(infos, self._reset_world(i, seeds[i], frames[i], actions[i]), i)
+            infos = self._add_info(infos, self._reset_world(i, seeds[i], contexts[i]), i)
         return self._frames.copy(), infos
 
     def _reset_mask(self, options: dict | None) -> np.ndarray:
@@ -446,7 +454,7 @@ class VectorEnv(gymnasium.vector.VectorEnv):
                 truncated[i] = self.max_episode_steps is not None and self._steps[i] >= self.max_episode_steps
         infos: dict[str, Any] = {}
         for i in resetting:
-            infos = self._add_info(infos, self._reset_world(i, None, None, None), i)
+            infos = self._add_info(infos, self._reset_world(i, None, None), i)
         self._autoreset = terminated | truncated
         return self._frames.copy(), rewards, terminated, truncated, infos
 
