@@ -159,3 +159,17 @@ def test_worlds_benchmark_smoke(tmp_path):
     assert cases[0] == "repeat p=0.9" and "demo scripted player" in cases
     assert all(row["exact"]["stats"]["served"] >= 0 for row in result["speculation"]["exact"])
     assert "| sessions |" in r.stdout and "Parallel speculation" in r.stdout
+
+
+def test_gym_vec_benchmark_smoke(tmp_path):
+    """benchmarks/gym_vec.py: the vector env, single envs and bare step_batch run and write their table (no timing
+    asserted)."""
+    pytest.importorskip("gymnasium", reason="needs gymnasium (the `gym` extra)")
+    out = tmp_path / "g.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gym_vec.py"), "--num-envs", "2", "--steps", "2",
+                        "--rounds", "2", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    bench = json.loads(out.read_text())["bench"]
+    assert set(bench["runners"]) == {"vector", "single", "step_batch"} and bench["full_cache"] is True
+    assert all(r["frames"] == 2 * 2 * 2 and r["fps"] > 0 for r in bench["runners"].values())
+    assert "| `VectorEnv` (one `step_batch` a step) |" in r.stdout

@@ -1,7 +1,8 @@
 """nfd_rt: a runtime for Next-Frame-Diffusion video world models.
 
 `nfd_rt.Session` runs a `.nfd` file with the C++ runtime; `nfd_rt.reference` (needs torch) holds the PyTorch
-reference model, `ReferenceSession` and the exporter's model class.
+reference model, `ReferenceSession` and the exporter's model class; `nfd_rt.gym` (needs gymnasium) the Gymnasium
+environments.
 """
 
 from . import configs, rng
@@ -40,8 +41,8 @@ def cmake_dir() -> str:
 def __getattr__(name):  # lazy: `export` needs torch, `Session` needs the compiled core
     import importlib
 
-    if name == "export":
-        return importlib.import_module(".export", __name__)
+    if name in ("export", "gym"):  # `gym` needs gymnasium (the `gym` extra)
+        return importlib.import_module("." + name, __name__)
     if name in ("Session", "Model", "step_batch", "step_latent_batch"):
         return getattr(importlib.import_module(".session", __name__), name)
     if name == "__version__":  # one source: project(VERSION) in CMakeLists.txt, compiled into the runtime

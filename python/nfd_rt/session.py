@@ -94,6 +94,12 @@ class Model:
                              speculate=speculate, speculate_mode=speculate_mode, cuda_graphs=cuda_graphs,
                              max_memory_bytes=max_memory_bytes)
 
+    def __copy__(self) -> "Model":
+        return self  # immutable: a copy would be the same weights (Gymnasium deep-copies its make() arguments)
+
+    def __deepcopy__(self, memo: dict) -> "Model":
+        return self
+
     def __repr__(self) -> str:
         return f"nfd_rt.Model({self._cfg.name}, device={self.device!r}, dtype={self.dtype!r})"
 
