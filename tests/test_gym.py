@@ -476,14 +476,14 @@ def test_rollout_through_standard_wrappers(demo, tmp_path):
 
 
 def test_resize_observation(demo):
-    pytest.importorskip("cv2", reason="gymnasium's ResizeObservation needs opencv (not in the test extra)")
+    pytest.importorskip("cv2", reason="gymnasium's ResizeObservation needs opencv (the test extra has it)")
     env = gymnasium.wrappers.ResizeObservation(G.Env(demo), (32, 32))
     obs, _ = env.reset(seed=0)
     assert obs.shape == (32, 32, 3) and env.step(env.action_space.sample())[0] in env.observation_space
 
 
 def test_record_video(demo, tmp_path):
-    pytest.importorskip("moviepy", reason="gymnasium's RecordVideo needs moviepy (not in the test extra)")
+    pytest.importorskip("moviepy", reason="gymnasium's RecordVideo needs moviepy (the test extra has it)")
     env = gymnasium.wrappers.RecordVideo(G.Env(demo), str(tmp_path), episode_trigger=lambda e: True)
     env.reset(seed=0)
     for _ in range(3):
