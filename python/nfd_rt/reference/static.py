@@ -271,23 +271,40 @@ class StaticSession:
         return self.cfg
 
     @torch.no_grad()
-    def reset(self) -> None:
-        """Forget every frame (context frames are not supported: this session is a benchmark baseline)."""
+    def reset(self, frames: Any = None, latents: Any = None, actions: Any = None) -> None:
+        """Forget every frame. Context frames are not supported: this session is a benchmark baseline."""
+        if frames is not None or latents is not None or actions is not None:
+            raise ValueError("StaticSession.reset takes no context frames, latents or actions (a benchmark baseline "
+                             "starts from an empty cache); use nfd_rt.Session for a prompt")
         self.net.frame.zero_()
         self.frame_index = 0
 
     @torch.no_grad()
     def step(self, action: Any) -> np.ndarray:
         """Generate and decode the next frame: uint8 [H, W, 3]."""
-        return self._step(action).cpu().numpy()
+        return self._step(action).cpu().numpy().copy()  # never a view of a buffer the next frame rewrites
 
     @torch.no_grad()
     def step_latent(self, action: Any) -> np.ndarray:
         """Generate the next frame (decoded too: one whole-frame graph) and return its latent (float32 [C, h, w])."""
         self._step(action)
-        return self.net.latent.float().cpu().numpy()
+        # A copy: on the CPU .float().cpu().numpy() of the float32 buffer would be a view the next frame rewrites.
+        return self.net.latent.float().cpu().numpy().copy()
+
+    def close(self) -> None:
+        """Drop the compiled graph and the buffers (the frame-step API's close; nothing else is held)."""
+        self._compiled = None
+        self.net = None
+
+    def __enter__(self) -> "StaticSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _step(self, action: Any) -> torch.Tensor:
+        if self.net is None:
+            raise ValueError("this StaticSession is closed")
         self._host_action.copy_(torch.from_numpy(_checks.action(action, self.cfg)))
         self.net.action.copy_(self._host_action, non_blocking=True)
         full = self.frame_index >= self.cfg.cache_frames
