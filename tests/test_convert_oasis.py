@@ -311,11 +311,26 @@ def test_cli_convert(tmp_path, fixture_files, converted):
     assert r.returncode == 0 and "--dit" in r.stdout and "(default)" in r.stdout
 
 
+def test_docs_snippet_runs_as_written(tmp_path):
+    """docs/oasis.md's try-it-without-the-weights commands, in an empty folder."""
+    import re
+
+    text = open(os.path.join(REPO, "docs", "oasis.md")).read()
+    m = re.search(r"<!-- test: oasis-convert -->\s*```bash\n(.*?)```", text, re.S)
+    assert m, "docs/oasis.md has no bash block marked <!-- test: oasis-convert -->"
+    env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "python") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    r = subprocess.run(["bash", "-euo", "pipefail", "-c", m.group(1)], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert nfd_rt.export.read_header(tmp_path / "oasis-tiny.nfd")[1] == TINY
+
+
 # -- the real size ---------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("NFD_RT_SLOW_TESTS") != "1",
-                    reason="writes and converts 3.4 GB of random real-size weights; set NFD_RT_SLOW_TESTS=1")
+                    reason="writes and converts 3.35 GB of random real-size weights; set NFD_RT_SLOW_TESTS=1")
 def test_real_size_conversion(tmp_path):
     cfg = configs.get("oasis-500m")
     dit, vae = tmp_path / "oasis500m.safetensors", tmp_path / "vit-l-20.safetensors"

@@ -93,11 +93,13 @@ def test_bad_oasis_configs(changes, what):
 
 
 def test_ddim_timesteps_are_upstreams_float32_linspace():
-    """Upstream: torch.linspace(-1, 999, steps + 1) (float32) truncated to integers, visited highest first."""
-    for steps in list(range(1, 120)) + [250, 500, 999]:
+    """Upstream: torch.linspace(-1, 999, steps + 1) (float32), each entry made a long (truncated), visited from the
+    last entry down to entry 1 (entry 0, -1, means clean). Every step count 1..999."""
+    for steps in range(1, 1000):
         lin = torch.linspace(-1, 999, steps + 1)
-        want = tuple(int(torch.full((1,), float(lin[k]), dtype=torch.float32).long()) for k in range(steps, 0, -1))
-        assert configs.ddim_timesteps(steps) == want, steps
+        assert configs.ddim_timesteps(steps) == tuple(lin.long().flip(0)[:-1].tolist()), steps
+    lin = torch.linspace(-1, 999, 27)  # a count whose float32 linspace is not the exact one (levels 498, not 499)
+    assert int(torch.full((1,), lin[13], dtype=torch.long)) == 498 == configs.ddim_timesteps(26)[13]
     assert configs.ddim_timesteps(3) == (999, 665, 332) == TINY.timesteps
 
 
