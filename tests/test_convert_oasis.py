@@ -112,6 +112,7 @@ def test_summary_and_header(converted):
         n = int.from_bytes(f.read(8), "little")
         meta = json.loads(f.read(n))["__metadata__"]
     assert meta["nfd_format_version"] == "1" and json.loads(meta["config"])["architecture"] == "oasis"
+    assert nfd_rt.convert.oasis is conv  # reachable as an attribute after `import nfd_rt`
 
 
 def test_tensors_are_the_upstream_tensors_transformed(converted, upstream_sd):

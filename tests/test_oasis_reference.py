@@ -174,8 +174,9 @@ def test_a_later_frame_never_changes_an_earlier_one(model):
 
 @torch.no_grad()
 def test_window_rule_drops_old_frames(model):
-    """With window W, frame i does not see frame i - W - 1 at all: changing frame 0 leaves frame W + 1 alone at
-    depth 1 only through the chain of layers, so test it on a one-layer model."""
+    """With window W = 2, frame i's temporal attention skips frame i - 3. With one layer nothing else carries it
+    (deeper models reach further back through earlier frames' states), so changing frame 0 changes frames 1-2
+    only."""
     m1 = OasisModel(TINY.replace(depth=1), init_seed=3).eval()
     x, t, a = _clip(T=5)
     base = m1.velocity(x, t, a, window=2)

@@ -9,4 +9,12 @@ touches the network. Converters need PyTorch (the `torch` extra) to read `.pt` f
 
 ARCHITECTURES = ("oasis",)
 
-__all__ = ["ARCHITECTURES"]
+__all__ = ["ARCHITECTURES", "oasis"]
+
+
+def __getattr__(name):  # lazy: `nfd_rt.convert.oasis` after `import nfd_rt`, without importing torch up front
+    import importlib
+
+    if name in ARCHITECTURES:
+        return importlib.import_module("." + name, __name__)
+    raise AttributeError(f"module 'nfd_rt.convert' has no attribute {name!r}")
