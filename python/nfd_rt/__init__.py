@@ -1,14 +1,14 @@
 """nfd_rt: a runtime for Next-Frame-Diffusion video world models.
 
 `nfd_rt.Session` runs a `.nfd` file with the C++ runtime; `nfd_rt.reference` (needs torch) holds the PyTorch
-reference model, `ReferenceSession` and the exporter's model class; `nfd_rt.gym` (needs gymnasium) the Gymnasium
-environments.
+reference models, `ReferenceSession` and the exporter's model class; `nfd_rt.convert` turns published checkpoints
+(Oasis-500M) into `.nfd` files; `nfd_rt.gym` (needs gymnasium) the Gymnasium environments.
 """
 
 from . import configs, rng
 
-__all__ = ["configs", "rng", "Model", "Session", "step_batch", "step_latent_batch", "export", "__version__",
-           "include_dir", "cmake_dir", "lib_dir"]
+__all__ = ["configs", "rng", "Model", "Session", "step_batch", "step_latent_batch", "export", "convert",
+           "__version__", "include_dir", "cmake_dir", "lib_dir"]
 
 
 def _installed_dir(*parts: str) -> str:
@@ -41,7 +41,7 @@ def cmake_dir() -> str:
 def __getattr__(name):  # lazy: `export` needs torch, `Session` needs the compiled core
     import importlib
 
-    if name in ("export", "gym"):  # `gym` needs gymnasium (the `gym` extra)
+    if name in ("export", "convert", "gym"):  # `gym` needs gymnasium (the `gym` extra)
         return importlib.import_module("." + name, __name__)
     if name in ("Session", "Model", "step_batch", "step_latent_batch"):
         return getattr(importlib.import_module(".session", __name__), name)

@@ -3,6 +3,7 @@
     nfd-rt info m.nfd
     nfd-rt export-random tiny -o m.nfd          (needs torch)
     nfd-rt export-onnx m.nfd -o m_onnx/         ONNX graphs + host-loop JSON for ONNX Runtime / TensorRT (torch)
+    nfd-rt convert oasis --dit oasis500m.safetensors --vae vit-l-20.safetensors -o oasis500m.nfd   (torch)
     nfd-rt demo [--frames 120] [--out nfd_demo.mp4]      the shipped Gridworld model, video of game | model
     nfd-rt play                                         arrow keys drive the model live (pygame)
     nfd-rt evaluate [--sequences 100]                   position error, PSNR, coin state against the real game
@@ -71,13 +72,14 @@ def _env(args: argparse.Namespace) -> int:
 def _export_random(args: argparse.Namespace) -> int:
     try:
         from . import configs, export
-        from .reference import NFDModel
+        from .reference import NFDModel, OasisModel
     except ImportError as e:
         print(f"export-random needs PyTorch ({e}): pip install 'nfd_rt[torch]'", file=sys.stderr)
         return 2
-    cfg = configs.get(args.config) if not args.config.endswith(".json") else configs.NFDConfig.from_json(
+    cfg = configs.get(args.config) if not args.config.endswith(".json") else configs.from_json(
         open(args.config).read())
-    export.save(NFDModel(cfg, init_seed=args.seed), args.output)
+    model = (OasisModel if isinstance(cfg, configs.OasisConfig) else NFDModel)(cfg, init_seed=args.seed)
+    export.save(model, args.output)
     print(f"wrote {args.output} ({os.path.getsize(args.output) / 2**20:.1f} MiB, random {cfg.name} weights)")
     return 0
 
@@ -98,6 +100,29 @@ def _export_onnx(args: argparse.Namespace) -> int:
     axes = "dynamic axis: batch" if spec["dynamic_axes"] else f"fixed batch {args.batch}"
     print(f"wrote {os.path.join(args.output, 'nfd_onnx.json')} (opset {spec['opset']}, {axes}; "
           f"{spec['sampler']['passes_per_frame']} dit_pass runs per frame)")
+    return 0
+
+
+def _convert_oasis(args: argparse.Namespace) -> int:
+    try:
+        import torch  # noqa: F401
+        import safetensors  # noqa: F401
+    except ImportError as e:
+        print(f"convert needs PyTorch and safetensors ({e}): pip install 'nfd_rt[torch]'", file=sys.stderr)
+        return 2
+    from ._progress import ProgressBar
+    from .convert import oasis
+
+    bar = ProgressBar(1, "convert") if args.progress else None
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done)
+
+    summary = oasis.convert(args.dit, args.vae, args.output, config=args.config,
+                            progress=progress if bar is not None else None)
+    print(f"wrote {summary['output']} ({os.path.getsize(summary['output']) / 2**20:.1f} MiB: {summary['tensors']} "
+          f"tensors, {summary['parameters']:,} parameters, config {summary['config']})")
     return 0
 
 
@@ -248,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     q.set_defaults(fn=_env)
 
     q = sub.add_parser("export-random", help="write a randomly initialised model (needs torch)")
-    q.add_argument("config", help="config name (tiny, nfd-130m, nfd-310m) or a config .json file")
+    q.add_argument("config", help="config name (tiny, nfd-130m, nfd-310m, oasis-tiny, oasis-500m) or a config .json "
+                   "file")
     q.add_argument("-o", "--output", required=True)
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(fn=_export_random)
@@ -263,6 +289,20 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--batch", type=int, default=None,
                    help="fix the batch size (all shapes static); default: a dynamic batch axis")
     q.set_defaults(fn=_export_onnx)
+
+    q = sub.add_parser("convert", help="convert a published model's checkpoint files to one .nfd file (needs torch)")
+    archs = q.add_subparsers(dest="architecture", required=True, metavar="ARCHITECTURE")
+    c = archs.add_parser("oasis", help="Oasis-500M (etched-ai/open-oasis): DiT + ViT VAE checkpoints (docs/oasis.md)",
+                         description="Convert Oasis-500M's two checkpoints (Hugging Face Etched/oasis-500m) to one "
+                         ".nfd file. Every tensor's name and shape is checked first; no network access.")
+    c.add_argument("--dit", required=True, help="the DiT checkpoint, .safetensors or .pt (oasis500m.safetensors)")
+    c.add_argument("--vae", required=True, help="the ViT VAE checkpoint, .safetensors or .pt (vit-l-20.safetensors)")
+    c.add_argument("-o", "--output", required=True, help="the .nfd file to write (replaced only when complete)")
+    c.add_argument("--config", default="oasis-500m",
+                   help="the Oasis config the checkpoints must match: oasis-500m (default), oasis-tiny or a "
+                   "config .json file")
+    c.add_argument("--progress", action="store_true", help="show a progress bar while tensors are written")
+    c.set_defaults(fn=_convert_oasis)
 
     q = sub.add_parser("demo", help="the shipped world model plays Gridworld; writes a video (game | model)")
     _add_session_options(q)

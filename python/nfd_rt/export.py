@@ -1,8 +1,9 @@
-"""`.nfd` files: save an `NFDModel`, load it back (bit-exact), read a file's header without torch.
+"""`.nfd` files: save an `NFDModel` (or an `OasisModel`), load it back (bit-exact), read a file's header without
+torch.
 
 A `.nfd` file is a safetensors file whose `__metadata__` holds `nfd_format_version` and `config` (JSON of
-`NFDConfig`); tensor names are the model's state_dict names, stored as little-endian float32.
-See docs/file-format.md.
+`NFDConfig`, or of `OasisConfig` with `"architecture": "oasis"`); tensor names are the model's state_dict names,
+stored as little-endian float32. See docs/file-format.md.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import os
 import struct
 from typing import Any
 
-from .configs import NFDConfig
+from . import configs
+from .configs import ModelConfig, NFDConfig
 
 FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -26,8 +28,9 @@ except ImportError:  # a checkout without the compiled extension: reading header
         """A file is not a valid .nfd file; the message names the first problem found."""
 
 
-def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], NFDConfig]:
-    """Parse and check the safetensors header of `path`. Returns (tensor table, config). Needs no torch."""
+def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], ModelConfig]:
+    """Parse and check the safetensors header of `path`. Returns (tensor table, config): an NFDConfig, or an
+    OasisConfig for a file whose config says `"architecture": "oasis"`. Needs no torch."""
     path = os.fspath(path)
     try:
         size = os.path.getsize(path)
@@ -54,7 +57,7 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], NFDConfig]:
     if version != str(FORMAT_VERSION):
         raise NFDFormatError(f"{path}: unknown nfd_format_version {version!r}; this nfd_rt reads {FORMAT_VERSION}")
     try:
-        cfg = NFDConfig.from_json(meta["config"])
+        cfg = configs.from_json(meta["config"])
     except KeyError:
         raise NFDFormatError(f"{path}: metadata has no config") from None
     except (ValueError, TypeError) as e:
@@ -63,7 +66,7 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], NFDConfig]:
 
 
 def save(model, path: str | os.PathLike) -> None:
-    """Write `model` (an NFDModel) to `path` as a .nfd file (float32 weights).
+    """Write `model` (an NFDModel or an OasisModel) to `path` as a .nfd file (float32 weights).
 
     Written by `write_nfd` (sorted tensors, fixed metadata order), so the same weights always give the same
     bytes; safetensors' own writer orders the metadata differently from run to run.
@@ -75,15 +78,21 @@ def save(model, path: str | os.PathLike) -> None:
 
 
 def load(path: str | os.PathLike):
-    """Load a .nfd file into a new NFDModel, checking every tensor's name, dtype and shape."""
+    """Load a .nfd file into a new NFDModel (an OasisModel for an Oasis file), checking every tensor's name,
+    dtype and shape."""
     import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .reference.model import NFDModel
-
     table, cfg = read_header(path)
-    model = NFDModel(cfg, init_seed=None)
+    if isinstance(cfg, configs.OasisConfig):
+        from .reference.oasis import OasisModel
+
+        model = OasisModel(cfg, init_seed=None)
+    else:
+        from .reference.model import NFDModel
+
+        model = NFDModel(cfg, init_seed=None)
     expected = model.state_dict()
     for name, ref in expected.items():
         entry = table.get(name)
@@ -105,23 +114,36 @@ def load(path: str | os.PathLike):
     return model.eval()
 
 
-def write_nfd(tensors: dict, cfg: NFDConfig, path: str | os.PathLike) -> None:
+def write_nfd(tensors: dict, cfg: ModelConfig, path: str | os.PathLike) -> None:
     """Write numpy float32 arrays as a .nfd file (pure Python, no torch): the safetensors layout by hand."""
     import numpy as np
 
+    arrays = {name: np.ascontiguousarray(tensors[name], dtype="<f4") for name in tensors}
+    write_nfd_stream({name: a.shape for name, a in arrays.items()}, arrays.__getitem__, cfg, path)
+
+
+def write_nfd_stream(shapes: dict, produce, cfg: ModelConfig, path: str | os.PathLike) -> None:
+    """Write a .nfd file one tensor at a time: `shapes` maps every name to its shape (the header is written
+    first), `produce(name)` returns that tensor's values (anything numpy converts to float32) when its turn comes.
+    The same bytes as `write_nfd` for the same tensors; peak memory is one tensor, whatever the model's size."""
+    import numpy as np
+
     header: dict[str, Any] = {"__metadata__": {"nfd_format_version": str(FORMAT_VERSION), "config": cfg.to_json()}}
-    offset, blobs = 0, []
-    for name in sorted(tensors):
-        a = np.ascontiguousarray(tensors[name], dtype="<f4")
-        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
-        offset += a.nbytes
-        blobs.append(a)
+    offset, order = 0, sorted(shapes)
+    for name in order:
+        shape = [int(d) for d in shapes[name]]
+        nbytes = 4 * int(np.prod(shape, dtype=np.int64))
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # keep the data section 8-byte aligned, as safetensors does
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
-        for a in blobs:
+        for name in order:
+            a = np.ascontiguousarray(produce(name), dtype="<f4")
+            if list(a.shape) != header[name]["shape"]:
+                raise ValueError(f"tensor {name!r} has shape {list(a.shape)}, announced {header[name]['shape']}")
             f.write(a.tobytes())
 
 
@@ -137,6 +159,9 @@ def with_schedule(src: str | os.PathLike, dst: str | os.PathLike, schedule) -> s
     as they are). The runtime samples whatever schedule the file stores, so this runs a model at another number
     of steps, e.g. a 4-step model at 1 step to compare with a distilled one. Returns `dst`. No torch."""
     table, cfg = read_header(src)
+    if not isinstance(cfg, NFDConfig):
+        raise ValueError(f"{src}: with_schedule rewrites an NFD flow-matching schedule; this is an "
+                         f"{cfg.architecture} model (its DDIM levels are the config's `timesteps`)")
     cfg = cfg.replace(schedule=tuple(float(t) for t in schedule))  # validated by NFDConfig
     with open(src, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
