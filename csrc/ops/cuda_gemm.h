@@ -32,11 +32,16 @@ bool cublaslt_available();
 // Why cuBLASLt is or is not available: the library path that was loaded, or what failed.
 std::string cublaslt_status();
 // Runs the GEMM through cuBLASLt: the algorithm from cublasLtMatmulAlgoGetHeuristic (asked once per shape and
-// cached), bias / GELU+bias epilogues fused, the workspace the algorithm needs (<= 32 MiB) from stream-ordered
+// cached: the first offered, or the fastest once cublaslt_tune timed them), bias / GELU+bias epilogues fused, the workspace the algorithm needs (<= 32 MiB) from stream-ordered
 // scratch (a memory node inside a captured graph). Returns false when cuBLASLt is unavailable or has no
 // algorithm for the problem (nothing was launched); throws nfd::Error when a launch fails.
 bool cublaslt_gemm(DType t, bool gelu, int M, int N, int K, const void* x, const void* w, const void* bias, void* y,
                    cudaStream_t s, std::string* algo_note = nullptr);
+// Times every algorithm the heuristic offers for the shape (up to 8, split-K ones included) and keeps the fastest
+// for later cublaslt_gemm calls; returns its time in ms (-1: cuBLASLt unavailable or no algorithm). Not inside a
+// capture: it synchronises the stream (called at session open by ops::linear_prepare).
+float cublaslt_tune(DType t, bool gelu, int M, int N, int K, const void* x, const void* w, const void* bias, void* y,
+                    cudaStream_t s, std::string* algo_note = nullptr);
 #endif
 
 }  // namespace cuda_detail

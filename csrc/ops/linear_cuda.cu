@@ -247,8 +247,7 @@ void cuda::linear_prepare(const Context& ctx, const Tensor& x, const Tensor& w, 
   std::string note;
   float t_lt = -1.f, t_cutlass = -1.f;
   try {
-    if (cuda_detail::cublaslt_gemm(t, gelu, M, N, K, x.data, w.data, b, out, s, &note))
-      t_lt = cudaops::time_ms(s, [&] { cuda_detail::cublaslt_gemm(t, gelu, M, N, K, x.data, w.data, b, out, s); });
+    t_lt = cuda_detail::cublaslt_tune(t, gelu, M, N, K, x.data, w.data, b, out, s, &note);
     t_cutlass = cudaops::time_ms(s, [&] { cuda_detail::cutlass_gemm(t, gelu, M, N, K, x.data, w.data, b, out, s); });
   } catch (...) {
     cudaStreamSynchronize(s);

@@ -118,16 +118,26 @@ void check_lt(cublasStatus_t st, const char* what) {
 }
 
 constexpr size_t kMaxWorkspace = size_t(32) << 20;  // NVIDIA's recommendation for Hopper
+// Algorithms asked of the heuristic per shape; cublaslt_tune times them all (the first is often not the fastest
+// for the small-M GEMMs of one frame, where split-K or a narrower tile wins).
+constexpr int kCandidates = 8;
 
 // Per shape: the layouts and the heuristic's algorithm (descriptors are immutable once made; the matmul
 // descriptor, which holds the bias pointer, is made per call).
 struct Plan {
   bool ok = false;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
-  cublasLtMatmulAlgo_t algo{};
+  cublasLtMatmulAlgo_t algo{};  // the one run: the heuristic's first, or the fastest once tuned
   size_t workspace = 0;
+  std::vector<cublasLtMatmulHeuristicResult_t> candidates;  // in the heuristic's order
+  bool tuned = false;
   std::string note;
 };
+
+std::string describe(const cublasLtMatmulHeuristicResult_t& r, int index, int count, const char* how) {
+  return "cuBLASLt heuristic algorithm #" + std::to_string(index) + " of " + std::to_string(count) + " (" + how +
+         "), workspace " + std::to_string(r.workspaceSize) + " B, waves " + std::to_string(r.wavesCount);
+}
 using PlanKey = std::tuple<int, bool, bool, int, int, int>;  // dtype, gelu, bias, M, N, K
 
 cublasLtMatmulDesc_t make_desc(bool gelu, const void* bias) {
@@ -166,21 +176,35 @@ const Plan& plan_for(DType t, bool gelu, const void* bias, int M, int N, int K) 
                     CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES})
     check_lt(l.pref_set(pref, attr, &align, sizeof align), "set MIN_ALIGNMENT");
   cublasLtMatmulDesc_t desc = make_desc(gelu, bias);
-  cublasLtMatmulHeuristicResult_t res{};
+  cublasLtMatmulHeuristicResult_t res[kCandidates] = {};
   int found = 0;
-  const cublasStatus_t st = l.heuristic(l.handle, desc, p.a, p.b, p.d, p.d, pref, 1, &res, &found);
+  const cublasStatus_t st = l.heuristic(l.handle, desc, p.a, p.b, p.d, p.d, pref, kCandidates, res, &found);
   l.desc_destroy(desc);
   l.pref_destroy(pref);
-  if (st == CUBLAS_STATUS_SUCCESS && found > 0 && res.state == CUBLAS_STATUS_SUCCESS) {
+  for (int i = 0; st == CUBLAS_STATUS_SUCCESS && i < found; ++i)
+    if (res[i].state == CUBLAS_STATUS_SUCCESS) p.candidates.push_back(res[i]);
+  if (!p.candidates.empty()) {
     p.ok = true;
-    p.algo = res.algo;
-    p.workspace = res.workspaceSize;
-    p.note = "cuBLASLt heuristic algorithm #0, workspace " + std::to_string(res.workspaceSize) + " B, waves " +
-             std::to_string(res.wavesCount);
+    p.algo = p.candidates[0].algo;
+    p.workspace = p.candidates[0].workspaceSize;
+    p.note = describe(p.candidates[0], 0, int(p.candidates.size()), "the heuristic's first, not timed");
   } else {
     p.note = std::string("cuBLASLt: no algorithm (") + l.status_string(st) + ")";
   }
   return p;
+}
+
+void run(const Plan& p, const cublasLtMatmulAlgo_t& algo, size_t workspace, bool gelu, const void* x,
+         const void* w, const void* bias, void* y, cudaStream_t s) {
+  Lt& l = lt();
+  cublasLtMatmulDesc_t desc = make_desc(gelu, bias);
+  cudaops::Scratch ws(workspace, s);
+  const float alpha = 1.f, beta = 0.f;
+  const cublasStatus_t st =
+      l.matmul(l.handle, desc, &alpha, w, p.a, x, p.b, &beta, y, p.d, y, p.d, &algo, ws.get<void>(), workspace, s);
+  l.desc_destroy(desc);
+  check_lt(st, "Matmul");
+  cudaops::check_launch("linear (cuBLASLt)");
 }
 
 }  // namespace
@@ -194,16 +218,43 @@ bool cublaslt_gemm(DType t, bool gelu, int M, int N, int K, const void* x, const
   const Plan& p = plan_for(t, gelu, bias, M, N, K);
   if (algo_note) *algo_note = p.note;
   if (!p.ok) return false;
-  Lt& l = lt();
-  cublasLtMatmulDesc_t desc = make_desc(gelu, bias);
-  cudaops::Scratch ws(p.workspace, s);
-  const float alpha = 1.f, beta = 0.f;
-  const cublasStatus_t st = l.matmul(l.handle, desc, &alpha, w, p.a, x, p.b, &beta, y, p.d, y, p.d, &p.algo,
-                                     ws.get<void>(), p.workspace, s);
-  l.desc_destroy(desc);
-  check_lt(st, "Matmul");
-  cudaops::check_launch("linear (cuBLASLt)");
+  run(p, p.algo, p.workspace, gelu, x, w, bias, y, s);
   return true;
+}
+
+float cublaslt_tune(DType t, bool gelu, int M, int N, int K, const void* x, const void* w, const void* bias, void* y,
+                    cudaStream_t s, std::string* algo_note) {
+  if (!cublaslt_available() || (t != DType::bf16 && t != DType::f16)) return -1.f;
+  Plan& p = const_cast<Plan&>(plan_for(t, gelu, bias, M, N, K));
+  if (!p.ok) {
+    if (algo_note) *algo_note = p.note;
+    return -1.f;
+  }
+  float best_ms = -1.f;
+  int best = -1;
+  std::string failures;
+  for (size_t i = 0; i < p.candidates.size(); ++i) {
+    const auto& c = p.candidates[i];
+    try {  // a candidate that fails to launch (workspace, a split-K it cannot run) is left out
+      const float ms = cudaops::time_ms(s, [&] { run(p, c.algo, c.workspaceSize, gelu, x, w, bias, y, s); });
+      if (best < 0 || ms < best_ms) best_ms = ms, best = int(i);
+    } catch (const Error& e) {
+      cudaStreamSynchronize(s);
+      cudaGetLastError();
+      failures += " #" + std::to_string(i) + " failed (" + std::string(e.what()).substr(0, 80) + ")";
+    }
+  }
+  if (best >= 0) {
+    p.algo = p.candidates[size_t(best)].algo;
+    p.workspace = p.candidates[size_t(best)].workspaceSize;
+    p.tuned = true;
+    char ms[32];
+    std::snprintf(ms, sizeof ms, "%.4f ms", best_ms);
+    p.note = describe(p.candidates[size_t(best)], best, int(p.candidates.size()),
+                      (std::string("the fastest timed at open, ") + ms).c_str()) + failures;
+  }
+  if (algo_note) *algo_note = p.note;
+  return best_ms;
 }
 
 }  // namespace cuda_detail
