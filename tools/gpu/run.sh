@@ -112,7 +112,7 @@ step probe 30 0 "
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv || true
   nvcc --version | tail -2 || true
   echo ncu: \$(tool ncu) compute-sanitizer: \$(tool compute-sanitizer)
-  nproc; free -g | head -2; df -h . | tail -1; uname -r
+  nproc; free -g; df -h . | tail -1; uname -r
   $PY -c 'import sys, platform; print(sys.version); print(platform.platform())'
   $PY -c 'import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.is_available());
 [print(torch.cuda.get_device_properties(0)) for _ in [0] if torch.cuda.is_available()]' || true
