@@ -348,6 +348,13 @@ PYBIND11_MODULE(_core, m) {
            py::arg("max_memory_bytes") = 0, py::arg("speculate") = 0, py::arg("speculate_mode") = "exact")
       .def("fork", &PySession::fork, "An independent session continuing from this one's state.")
       .def("speculation_stats", &PySession::speculation_stats)
+      .def("wait_speculation",
+           [](PySession& s) {
+             int n = 0;
+             s.run([&](nfd::Session& x) { n = x.wait_speculation(); });
+             return n;
+           },
+           "Blocks until the exact-speculation worker has generated every frame it can ahead; returns their number.")
       .def("reset_frames", &PySession::reset_frames, py::arg("frames"), py::arg("actions") = py::none(),
            "frames: uint8 [T, H, W, 3]; actions: float32 [T, action_dim] or None (zeros)")
       .def("reset_latents", &PySession::reset_latents, py::arg("latents"), py::arg("actions") = py::none(),

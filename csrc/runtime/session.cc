@@ -549,6 +549,18 @@ struct Session::Impl {
     }
   }
 
+  int wait_speculation() {
+    std::unique_lock<std::mutex> lk(mu);
+    if (!exact_worker()) return 0;
+    // The negation of the worker's wake-up condition, with the worker idle: nothing more will be generated now.
+    cv.wait(lk, [&] {
+      const bool work = !caller_active && !spec_action.empty() && int(ahead.size()) < opt.speculate &&
+                        worker_error.empty();
+      return stop || (!worker_busy && !work);
+    });
+    return int(ahead.size());
+  }
+
   // Holds the worker out (it finishes or abandons its frame first), so the caller owns the session's buffers.
   // With `keep_ahead` false, frames generated ahead are forgotten and the cache is rewound to the served frame.
   std::unique_lock<std::mutex> pause_worker(bool keep_ahead) {
@@ -712,6 +724,8 @@ Session::SpeculationStats Session::speculation_stats() const {
   std::lock_guard<std::mutex> lk(impl_->mu);
   return impl_->stats;
 }
+
+int Session::wait_speculation() { return impl_->wait_speculation(); }
 
 void Session::reset_frames(const uint8_t* frames, int count, const float* actions) {
   Impl& s = *impl_;
