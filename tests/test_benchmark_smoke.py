@@ -171,3 +171,16 @@ def test_worlds_benchmark_smoke(tmp_path):
         assert 0 <= served <= warm + repeats, row
         assert 0 <= discarded <= 2 * (12 - 1 - repeats), row
     assert "| sessions |" in r.stdout and "Parallel speculation" in r.stdout
+
+
+def test_fps_benchmark_leaves_no_files_behind(tmp_path):
+    """Its model file went to /tmp/nfd_bench_*/ and stayed there (7 MiB for tiny at every run)."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    out = tmp_path / "r.json"
+    r = subprocess.run([sys.executable, FPS, "--config", "tiny", "--frames", "1", "--warmup", "0", "--threads", "1",
+                        "--skip-baselines", "--no-profile", "--no-progress", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600, env=dict(os.environ, TMPDIR=str(tmp)))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out.read_text())["complete"] is True
+    assert list(tmp.iterdir()) == []

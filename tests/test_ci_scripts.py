@@ -52,3 +52,21 @@ def test_the_check_finds_the_pattern():
     assert not early_exit_readers("objdump -d x.so | grep -c zmm || true")  # -c reads everything
     assert not early_exit_readers("pip list | grep -iE 'torch|cutlass' || true")
     assert not early_exit_readers("grep -q avx2 /proc/cpuinfo || exit 0")  # no pipe
+
+
+def test_run_outputs_are_ignored_by_git():
+    """`nfd-rt demo` in the checkout writes nfd_demo.mp4 (or a .gif); results go to out/: not for committing.
+    The pictures the docs show stay tracked."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+
+    def ignored(path: str) -> bool:
+        return subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=ROOT).returncode == 0
+
+    assert all(ignored(p) for p in ("nfd_demo.mp4", "demo.gif", "out/result.json"))
+    assert not any(ignored(p) for p in ("docs/images/demo.gif", "docs/images/new.gif", "tests/test_cli.py"))
