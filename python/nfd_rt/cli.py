@@ -45,7 +45,8 @@ def _info(args: argparse.Namespace) -> int:
         out = {"file": path, "format_version": d["format_version"], "tensors": len(tensors), "parameters": params,
                "session_bytes": {k: int(m["total"]) for k, m in memory.items()}, "config": cfg}
         if args.tensors:
-            out["tensor_table"] = {name: {"dtype": t["dtype"], "shape": list(t["shape"])} for name, t in tensors.items()}
+            out["tensor_table"] = {name: {"dtype": t["dtype"], "shape": list(t["shape"])}
+                                   for name, t in tensors.items()}
         print(json.dumps(out, indent=2, sort_keys=True))
         return 0
     print(f"{path}: .nfd format version {d['format_version']}, model {cfg['name']!r}")
@@ -312,7 +313,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nfd-rt", description="Next-Frame-Diffusion runtime", formatter_class=_HelpFormatter)
+    p = argparse.ArgumentParser(prog="nfd-rt", description="Next-Frame-Diffusion runtime",
+                                formatter_class=_HelpFormatter)
     p.add_argument("--version", action=_Version, help="print the version of nfd_rt and exit")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -360,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = command("play", "drive the world model live with the arrow keys (needs pygame and a display)")
     _add_session_options(q)
-    q.add_argument("--room", type=_int_in(0, MAX_ROOM), default=13, help="Gridworld room seed (R in the window: next room)")
+    q.add_argument("--room", type=_int_in(0, MAX_ROOM), default=13,
+                   help="Gridworld room seed (R in the window: next room)")
     q.add_argument("--scale", type=_positive_int, default=8, help="pixel upscaling of the 64x64 frames")
     q.add_argument("--fps", type=_positive_float, default=15.0, help="cap on the display rate (game speed)")
     q.add_argument("--no-truth", action="store_true", help="show only the model, not the real game beside it")
