@@ -84,10 +84,22 @@ const T* checked(const py::array& a, const std::vector<py::ssize_t>& shape, cons
   return static_cast<const T*>(a.data());
 }
 
+// A dtype the device does not compute in is bad input to a Python caller: ValueError, as the README promises. (The C
+// ABI keeps NFD_ERROR_UNSUPPORTED for it, as nfd_rt.h documents.)
+void check_dtype_for_device(nfd::Device device, nfd::DType dtype) {
+  try {
+    nfd::check_device_options(device, dtype, 0, false);
+  } catch (const nfd::Error& e) {
+    if (e.kind() == nfd::ErrorKind::unsupported) value_error(e.what());
+    throw;
+  }
+}
+
 nfd::SessionOptions session_options(const std::string& device, const std::string& dtype, int threads) {
   nfd::SessionOptions o;
   o.device = nfd::parse_device(device);
   o.dtype = nfd::parse_dtype(dtype);
+  check_dtype_for_device(o.device, o.dtype);
   o.threads = threads;
   return o;
 }
@@ -106,6 +118,7 @@ class PyModel {
     nfd::ModelOptions o;
     o.device = nfd::parse_device(device);
     o.dtype = nfd::parse_dtype(dtype);
+    check_dtype_for_device(o.device, o.dtype);
     o.threads = threads;
     o.max_memory_bytes = max_memory_bytes;
     py::gil_scoped_release nogil;

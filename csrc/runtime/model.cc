@@ -43,9 +43,8 @@ void check_device_options(Device device, DType dtype, int threads, bool need_dev
     if (need_device && !cuda_available())
       fail(ErrorKind::unsupported, "device cuda requested but CUDA is unavailable: " + cuda_unavailable_reason());
   } else {
-    // Bad input (ValueError in Python), like any other argument the runtime cannot take.
     const char* name = dtype == DType::bf16 ? "bfloat16" : dtype == DType::f16 ? "float16" : dtype_name(dtype);
-    NFD_CHECK(dtype == DType::f32, invalid_argument,
+    NFD_CHECK(dtype == DType::f32, unsupported,
               std::string("the CPU backend computes in float32; dtype ") + name + " needs device cuda");
   }
   NFD_CHECK(threads >= 0 && threads <= kMaxThreads, invalid_argument,

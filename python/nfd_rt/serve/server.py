@@ -199,7 +199,9 @@ class Server:
         self.cfg = cfg
         self.model_path, self.model_cfg, self.world = check_files(cfg)
         self.device, self.dtype = _pick_device(cfg.device, cfg.dtype)
-        self._model = None  # nfd_rt.Model shared by every player's session, loaded by the worker thread
+        # nfd_rt.Model shared by every player's session: loaded by `nfd-rt serve` before it listens (open_model), or
+        # else by the worker thread at the first player.
+        self._model = None
         self.replica = replica or f"{os.uname().nodename}:{os.getpid()}"
         self.players: dict[str, Player] = {}
         self.metrics = Metrics()
