@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -276,7 +277,6 @@ def make_no_cache(bench: Bench) -> Runner:
 def make_onnxruntime(bench: Bench) -> Runner:
     """The ONNX export (nfd_rt.export.to_onnx: dit_pass + vae_decoder) stepped by nfd_rt.onnx.OnnxSession with ONNX
     Runtime: CPU execution provider (intra-op threads = --threads) or CUDA (onnxruntime-gpu). Export time apart."""
-    import shutil
 
     import onnxruntime as ort
 
@@ -521,8 +521,7 @@ def run_benchmark(args, result: dict, save: Callable[[], None]) -> dict:
             model = NFDModel(cfg, init_seed=0).eval()
     except ImportError:
         log("torch not installed: PyTorch baselines skipped (pip install 'nfd_rt[torch]')")
-    tmp = tempfile.mkdtemp(prefix="nfd_bench_")
-    path = os.path.join(tmp, f"{cfg.name}.nfd")
+    path = os.path.join(args.work_dir, f"{cfg.name}.nfd")
     if model is not None:
         nfd_rt.export.save(model, path)
     else:
@@ -942,24 +941,29 @@ def main(argv: list[str] | None = None) -> int:
                     r["fraction_of_peak"] = r["tflops"] / peak
         out.write_text(json.dumps(result, indent=2, sort_keys=True, default=float) + "\n")
 
-    run_benchmark(args, result, save)
-    if args.batch_sizes or args.repeat:
-        import worlds  # benchmarks/worlds.py, beside this file
+    # The run's model file (7 MiB for tiny, GiBs for the large configs) lives here until the end, whatever happens.
+    args.work_dir = tempfile.mkdtemp(prefix="nfd_bench_")
+    try:
+        run_benchmark(args, result, save)
+        if args.batch_sizes or args.repeat:
+            import worlds  # benchmarks/worlds.py, beside this file
 
-        dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
-        if args.batch_sizes:
-            log("many worlds: batched steps ...")
-            result["batch"] = worlds.batch_benchmark(args.model_file, [int(x) for x in args.batch_sizes.split(",")],
-                                                     args.frames, args.threads, args.device, dtype)
-            save()
-        if args.repeat:
-            log("many worlds: speculative sampling ...")
-            result["speculation"] = worlds.speculation_benchmark(
-                args.model_file, [float(x) for x in args.repeat.split(",")], args.speculate,
-                max(4 * args.frames, 100), args.threads, args.device, dtype, scripted=False)
-            save()
-    result["complete"] = True
-    save()
+            dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
+            if args.batch_sizes:
+                log("many worlds: batched steps ...")
+                result["batch"] = worlds.batch_benchmark(args.model_file, [int(x) for x in args.batch_sizes.split(",")],
+                                                         args.frames, args.threads, args.device, dtype)
+                save()
+            if args.repeat:
+                log("many worlds: speculative sampling ...")
+                result["speculation"] = worlds.speculation_benchmark(
+                    args.model_file, [float(x) for x in args.repeat.split(",")], args.speculate,
+                    max(4 * args.frames, 100), args.threads, args.device, dtype, scripted=False)
+                save()
+        result["complete"] = True
+        save()
+    finally:
+        shutil.rmtree(args.work_dir, ignore_errors=True)
     log(f"wrote {out}")
     if args.markdown:
         print(markdown(result))

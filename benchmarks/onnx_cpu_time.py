@@ -33,15 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     from nfd_rt.reference import NFDModel
 
     cfg = nfd_rt.configs.get(args.config)
-    d = tempfile.mkdtemp(prefix="nfd_cpu_time_")
-    nfd_rt.export.save(NFDModel(cfg, init_seed=0), f"{d}/m.nfd")
-    nfd_rt.export.to_onnx(f"{d}/m.nfd", f"{d}/onnx", encoder=False, batch=1)
     rng = np.random.default_rng(0)
     acts = rng.standard_normal((args.warmup + args.frames, cfg.action_dim)).astype(np.float32)
     ctx = rng.standard_normal((cfg.cache_frames if args.full_cache else 0, cfg.latent_channels,
                                cfg.latent_height, cfg.latent_width)).astype(np.float32)
-    runners = {"nfd_rt": nfd_rt.Session(f"{d}/m.nfd", threads=1),
-               "onnxruntime": OnnxSession(f"{d}/onnx", threads=1, providers=["CPUExecutionProvider"])}
+    with tempfile.TemporaryDirectory(prefix="nfd_cpu_time_") as d:  # the sessions hold what they need once open
+        nfd_rt.export.save(NFDModel(cfg, init_seed=0), f"{d}/m.nfd")
+        nfd_rt.export.to_onnx(f"{d}/m.nfd", f"{d}/onnx", encoder=False, batch=1)
+        runners = {"nfd_rt": nfd_rt.Session(f"{d}/m.nfd", threads=1),
+                   "onnxruntime": OnnxSession(f"{d}/onnx", threads=1, providers=["CPUExecutionProvider"])}
     for s in runners.values():
         s.reset(latents=ctx)
         for a in acts[:args.warmup]:

@@ -108,7 +108,20 @@ def test_random_bytes_never_crash():
 
 def test_header_length_past_eof(micro):
     check(struct.pack("<Q", len(micro)) + micro[8:], f"header length {len(micro)} runs past the end")
-    check(struct.pack("<Q", 2**64 - 1) + micro[8:], "exceeds the limit")
+    check(struct.pack("<Q", 2**64 - 1) + micro[8:], "not a .nfd (safetensors) file: its first 8 bytes give a "
+          f"header length of {2**64 - 1}, over the limit")
+
+
+def test_a_text_file_is_not_a_nfd_file(tmp_path):
+    """A text file renamed .nfd: its first 8 bytes read as an absurd header length; say what the file is not."""
+    path = tmp_path / "notes.nfd"
+    path.write_text("some notes, not a model\n" * 10)
+    with pytest.raises(NFDFormatError, match=r"notes.nfd: not a .nfd \(safetensors\) file"):
+        _core.inspect_file(str(path))
+    from nfd_rt.export import read_header
+
+    with pytest.raises(NFDFormatError, match=r"notes.nfd: not a .nfd \(safetensors\) file"):
+        read_header(path)
 
 
 @pytest.mark.parametrize("text,fragment", [

@@ -228,6 +228,36 @@ def test_cuda_unavailable_is_a_clear_error(model_path):
         nfd_rt.Session(model_path, device="cuda")
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_low_precision_on_the_cpu_is_a_value_error(model_path, dtype):
+    """Bad input, as the README promises: ValueError (it was RuntimeError), and the message says what would work."""
+    with pytest.raises(ValueError, match=f"the CPU backend computes in float32; dtype {dtype} needs device cuda"):
+        nfd_rt.Session(model_path, dtype=dtype)
+    with pytest.raises(ValueError, match="computes in float32"):
+        nfd_rt.Model(model_path, dtype=dtype)
+
+
+def test_no_driver_is_not_an_insufficient_driver():
+    """Without any NVIDIA driver the CUDA runtime says "driver version is insufficient"; say what is missing."""
+    import ctypes
+
+    from nfd_rt import _core
+
+    if not _core.built_with_cuda():
+        pytest.skip("nfd_rt was built without CUDA (the CUDA runtime is not asked)")
+    try:
+        ctypes.CDLL("libcuda.so.1")
+        pytest.skip("an NVIDIA driver (libcuda.so.1) is installed")
+    except OSError:
+        pass
+    reason = _core.cuda_unavailable_reason()
+    assert reason == "no CUDA device: no NVIDIA driver is installed (libcuda.so.1 not found)", reason
+    from nfd_rt.demo import MODEL_PATH
+
+    with pytest.raises(RuntimeError, match="no NVIDIA driver is installed"):
+        nfd_rt.Session(MODEL_PATH, device="cuda")
+
+
 def test_low_level_binding_checks_buffers(model_path):
     from nfd_rt import _core
 

@@ -112,8 +112,10 @@ void ModelFile::parse(const uint8_t* bytes, size_t size, const std::string& labe
   if (size < 8) bad("file is " + std::to_string(size) + " bytes, too short for a safetensors header length");
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | bytes[i];  // little-endian, independent of the host
+  // A text or other file renamed .nfd reads as an absurd length: say what the file is not, not the length.
   if (n > kMaxHeaderBytes)
-    bad("header length " + std::to_string(n) + " exceeds the limit of " + std::to_string(kMaxHeaderBytes) + " bytes");
+    bad("not a .nfd (safetensors) file: its first 8 bytes give a header length of " + std::to_string(n) +
+        ", over the limit of " + std::to_string(kMaxHeaderBytes) + " bytes");
   if (n > size - 8)
     bad("header length " + std::to_string(n) + " runs past the end of the " + std::to_string(size) + "-byte file");
   const uint8_t* data = bytes + 8 + n;

@@ -73,10 +73,22 @@ const T* checked(const py::array& a, const std::vector<py::ssize_t>& shape, cons
   return static_cast<const T*>(a.data());
 }
 
+// A dtype the device does not compute in is bad input to a Python caller: ValueError, as the README promises. (The C
+// ABI keeps NFD_ERROR_UNSUPPORTED for it, as nfd_rt.h documents.)
+void check_dtype_for_device(nfd::Device device, nfd::DType dtype) {
+  try {
+    nfd::check_device_options(device, dtype, 0, false);
+  } catch (const nfd::Error& e) {
+    if (e.kind() == nfd::ErrorKind::unsupported) value_error(e.what());
+    throw;
+  }
+}
+
 nfd::SessionOptions session_options(const std::string& device, const std::string& dtype, int threads) {
   nfd::SessionOptions o;
   o.device = nfd::parse_device(device);
   o.dtype = nfd::parse_dtype(dtype);
+  check_dtype_for_device(o.device, o.dtype);
   o.threads = threads;
   return o;
 }
@@ -95,6 +107,7 @@ class PyModel {
     nfd::ModelOptions o;
     o.device = nfd::parse_device(device);
     o.dtype = nfd::parse_dtype(dtype);
+    check_dtype_for_device(o.device, o.dtype);
     o.threads = threads;
     o.max_memory_bytes = max_memory_bytes;
     py::gil_scoped_release nogil;
@@ -344,6 +357,13 @@ PYBIND11_MODULE(_core, m) {
            py::arg("max_memory_bytes") = 0, py::arg("speculate") = 0, py::arg("speculate_mode") = "exact")
       .def("fork", &PySession::fork, "An independent session continuing from this one's state.")
       .def("speculation_stats", &PySession::speculation_stats)
+      .def("wait_speculation",
+           [](PySession& s) {
+             int n = 0;
+             s.run([&](nfd::Session& x) { n = x.wait_speculation(); });
+             return n;
+           },
+           "Blocks until the exact-speculation worker has generated every frame it can ahead; returns their number.")
       .def("reset_frames", &PySession::reset_frames, py::arg("frames"), py::arg("actions") = py::none(),
            "frames: uint8 [T, H, W, 3]; actions: float32 [T, action_dim] or None (zeros)")
       .def("reset_latents", &PySession::reset_latents, py::arg("latents"), py::arg("actions") = py::none(),

@@ -49,8 +49,9 @@ void check_device_options(Device device, DType dtype, int threads, bool need_dev
     if (need_device && !cuda_available())
       fail(ErrorKind::unsupported, "device cuda requested but CUDA is unavailable: " + cuda_unavailable_reason());
   } else {
+    const char* name = dtype == DType::bf16 ? "bfloat16" : dtype == DType::f16 ? "float16" : dtype_name(dtype);
     NFD_CHECK(dtype == DType::f32, unsupported,
-              std::string("the CPU backend computes in float32; dtype ") + dtype_name(dtype) + " needs device cuda");
+              std::string("the CPU backend computes in float32; dtype ") + name + " needs device cuda");
   }
   check_threads(threads);
 }

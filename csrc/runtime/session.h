@@ -92,6 +92,11 @@ class Session {
     uint64_t discarded = 0;  // frames generated ahead and thrown away (the action changed)
   };
   SpeculationStats speculation_stats() const;
+  // Blocks until exact speculation's background worker has generated every frame it would generate now (up to
+  // `speculate` frames ahead under the last action; fewer after a reset or a worker error) and returns the
+  // frames ahead. Makes "the player paused long enough for the worker to run ahead" exact (tests, benchmarks)
+  // instead of a sleep that is too short on a loaded machine. 0 without exact speculation.
+  int wait_speculation();
 
   struct Impl;
 

@@ -149,6 +149,7 @@ struct Session::Impl {
   // With `keep_ahead` false, frames generated ahead are forgotten and the cache is rewound to the served frame.
   std::unique_lock<std::mutex> pause_worker(bool keep_ahead);
   void resume_worker(std::unique_lock<std::mutex>& lk);
+  int wait_speculation();
 
   // ---- parallel speculation: k frames denoised together, block-causal among them (speculation.cc) ----------------
   struct Parallel {

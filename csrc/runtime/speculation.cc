@@ -70,6 +70,20 @@ std::unique_lock<std::mutex> Session::Impl::pause_worker(bool keep_ahead) {
   return lk;
 }
 
+int Session::Impl::wait_speculation() {
+  std::unique_lock<std::mutex> lk(mu);
+  if (!exact_worker()) return 0;
+  // The negation of the worker's wake-up condition, with the worker idle: nothing more will be generated now.
+  cv.wait(lk, [&] {
+    const bool work = !caller_active && !spec_action.empty() && int(ahead.size()) < opt.speculate &&
+                      worker_error.empty();
+    return stop || (!worker_busy && !work);
+  });
+  return int(ahead.size());
+}
+
+int Session::wait_speculation() { return impl_->wait_speculation(); }
+
 void Session::Impl::resume_worker(std::unique_lock<std::mutex>& lk) {
   if (!exact_worker()) return;
   caller_active = false;

@@ -21,25 +21,42 @@ import sys
 import numpy as np
 
 
+def _model_file(name: str) -> str:
+    """A .nfd path, or the file of a shipped model named like `demo --model` takes it (gridworld, ...)."""
+    from .demo import MODELS
+
+    path = MODELS.get(name, name)
+    if not os.path.exists(path):
+        raise OSError(f"model file {path} not found (shipped models: {', '.join(MODELS)})")
+    return path
+
+
 def _info(args: argparse.Namespace) -> int:
     from ._native import core
 
-    d = core().inspect_file(args.file)
+    path = _model_file(args.file)
+    d = core().inspect_file(path)
     cfg = json.loads(d["config"])
     tensors = d["tensors"]
     params = sum(int(np.prod(t["shape"])) for t in tensors.values())
-    print(f"{args.file}: .nfd format version {d['format_version']}, model {cfg['name']!r}")
-    print(f"  {len(tensors)} tensors, {params:,} parameters ({params * 4 / 2**20:.1f} MiB as float32)")
-    mem = core().estimate_memory(args.file, "cpu", "float32", 0)
-    print(f"  a CPU session needs {mem['text']}")
+    memory = {"cpu_float32": core().estimate_memory(path, "cpu", "float32", 0)}
     if core().built_with_cuda():
-        mem = core().estimate_memory(args.file, "cuda", "bfloat16", 0)
-        print(f"  a CUDA bfloat16 session needs {mem['text']}")
-    if args.json:
-        print(json.dumps(cfg, indent=2, sort_keys=True))
-    else:
-        for k in sorted(cfg):
-            print(f"  {k}: {cfg[k]}")
+        memory["cuda_bfloat16"] = core().estimate_memory(path, "cuda", "bfloat16", 0)
+    if args.json:  # one JSON document and nothing else, for `nfd-rt info m.nfd --json | jq`
+        out = {"file": path, "format_version": d["format_version"], "tensors": len(tensors), "parameters": params,
+               "session_bytes": {k: int(m["total"]) for k, m in memory.items()}, "config": cfg}
+        if args.tensors:
+            out["tensor_table"] = {name: {"dtype": t["dtype"], "shape": list(t["shape"])}
+                                   for name, t in tensors.items()}
+        print(json.dumps(out, indent=2, sort_keys=True))
+        return 0
+    print(f"{path}: .nfd format version {d['format_version']}, model {cfg['name']!r}")
+    print(f"  {len(tensors)} tensors, {params:,} parameters ({params * 4 / 2**20:.1f} MiB as float32)")
+    print(f"  a CPU session needs {memory['cpu_float32']['text']}")
+    if "cuda_bfloat16" in memory:
+        print(f"  a CUDA bfloat16 session needs {memory['cuda_bfloat16']['text']}")
+    for k in sorted(cfg):
+        print(f"  {k}: {cfg[k]}")
     if args.tensors:
         for name, t in tensors.items():
             print(f"  {name}: {t['dtype']}{t['shape']}")
@@ -92,7 +109,7 @@ def _export_onnx(args: argparse.Namespace) -> int:
     except ImportError as e:
         print(f"export-onnx needs PyTorch and onnx ({e}): pip install 'nfd_rt[torch,onnx]'", file=sys.stderr)
         return 2
-    spec = export.to_onnx(args.file, args.output, opset=args.opset, vae_output=args.vae_output,
+    spec = export.to_onnx(_model_file(args.file), args.output, opset=args.opset, vae_output=args.vae_output,
                           encoder=not args.no_encoder, batch=args.batch)
     for name in spec["files"].values():
         path = os.path.join(args.output, name)
@@ -181,10 +198,21 @@ def _demo(args: argparse.Namespace) -> int:
         video, summary = run_demo(s, args.frames, args.room, scale=args.scale, with_truth=not args.no_truth)
     path = write_video(video, args.out, fps=args.video_fps)
     panels = "the model alone" if args.no_truth else "left: the real game, right: the world model"
+    if summary["interrupted"]:  # Ctrl-C: the frames so far are still a video worth keeping
+        _end_progress_line()
+        print(f"nfd-rt demo: interrupted after {summary['frames']} of {args.frames} frames; wrote {path} ({panels})",
+              file=sys.stderr)
+        return 130
     print(f"{args.frames} frames at {summary['fps']:.1f} FPS (runtime only); agent position error "
           f"{summary['mean_position_error_px']:.1f} px on average")
     print(f"wrote {path} ({panels})")
     return 0
+
+
+def _end_progress_line() -> None:
+    """After Ctrl-C a progress bar on a terminal is left mid-line (and ^C printed after it): start a new one."""
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
 
 
 def _play(args: argparse.Namespace) -> int:
@@ -232,6 +260,35 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _int_in(lo: int, hi: int, what: str = ""):
+    """argparse type: an integer in [lo, hi]."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"must be an integer in [{lo}, {hi}]{what}, got {v}")
+        return v
+    return parse
+
+
+MAX_ROOM = 2**31 - 1  # Gridworld room seeds, as `nfd-rt serve` takes them
+
+
+def _video_path(text: str) -> str:
+    """argparse type for --out: checked before the run, not after it (a bad name would lose the whole video)."""
+    ext = os.path.splitext(text)[1].lower()
+    if ext not in (".mp4", ".gif"):
+        raise argparse.ArgumentTypeError(f"the video file must end in .mp4 or .gif, got {text!r}")
+    folder = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"folder {folder} does not exist (create it first)")
+    if not os.access(folder, os.W_OK):
+        raise argparse.ArgumentTypeError(f"folder {folder} is not writable")
+    return text
+
+
 def _positive_float(text: str) -> float:
     try:
         v = float(text)
@@ -243,100 +300,135 @@ def _positive_float(text: str) -> float:
 
 
 def _add_session_options(q: argparse.ArgumentParser) -> None:
-    q.add_argument("--model", help="a .nfd file or a shipped model: gridworld (default), gridworld-2step, "
-                   "gridworld-1step")
+    q.add_argument("--model", help="a .nfd file or a shipped model: gridworld, gridworld-2step, gridworld-1step "
+                   "(default: the shipped model for --steps, gridworld without it)")
     q.add_argument("--steps", type=_positive_int,
                    help="sampling steps per frame: without --model the shipped model for 4, 2 or 1 step(s); with "
-                   "--model that model run at an even N-step schedule")
+                   "--model that model run at an even N-step schedule (default: the model's own schedule)")
     q.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
     q.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto (bf16 on cuda)")
-    q.add_argument("--seed", type=int, default=0, help="noise seed of the sampler")
-    q.add_argument("--threads", type=int, default=0, help="CPU threads (0 = physical cores)")
-    q.add_argument("--speculate", type=int, default=0,
+    q.add_argument("--seed", type=_int_in(0, 2**64 - 1), default=0, help="noise seed of the sampler")
+    q.add_argument("--threads", type=_int_in(0, 1024), default=0, help="CPU threads (0 = physical cores)")
+    q.add_argument("--speculate", type=_int_in(0, 64), default=0,
                    help="frames generated ahead under the last action (0 = off; docs/batching.md)")
     q.add_argument("--speculate-mode", default="exact", choices=["exact", "parallel"],
                    help="exact: the same video, sooner; parallel: frames denoised together (faster, not identical)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="nfd-rt", description="Next-Frame-Diffusion runtime")
+class _Version(argparse.Action):
+    """--version, looked up only when asked for (the version comes from the compiled runtime)."""
+
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from . import __version__
+
+        print(f"nfd-rt {__version__}")
+        parser.exit()
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show (flags, required options)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default == "" or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nfd-rt", description="Next-Frame-Diffusion runtime",
+                                formatter_class=_HelpFormatter)
+    p.add_argument("--version", action=_Version, help="print the version of nfd_rt and exit")
     sub = p.add_subparsers(dest="command", required=True)
 
-    q = sub.add_parser("info", help="validate a .nfd file and print its config")
-    q.add_argument("file")
-    q.add_argument("--json", action="store_true", help="print the config as JSON")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
+
+    q = command("info", "validate a .nfd file and print its config")
+    q.add_argument("file", help="a .nfd file or a shipped model: gridworld, gridworld-2step, gridworld-1step")
+    q.add_argument("--json", action="store_true", help="print one JSON document (file, sizes, config) and nothing else")
     q.add_argument("--tensors", action="store_true", help="list every tensor")
     q.set_defaults(fn=_info)
 
-    q = sub.add_parser("env", help="what this installation runs on: CUDA device, CPU kernels, BLAS, threads")
-    q.add_argument("--json", action="store_true")
+    q = command("env", "what this installation runs on: CUDA device, CPU kernels, BLAS, threads")
+    q.add_argument("--json", action="store_true", help="print the same facts as one JSON object")
     q.set_defaults(fn=_env)
 
-    q = sub.add_parser("export-random", help="write a randomly initialised model (needs torch)")
+    q = command("export-random", "write a randomly initialised model (needs torch)")
     q.add_argument("config", help="config name (tiny, nfd-130m, nfd-310m, oasis-tiny, oasis-500m) or a config .json "
                    "file")
-    q.add_argument("-o", "--output", required=True)
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("-o", "--output", required=True, help="the .nfd file to write")
+    q.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=0, help="seed of the random initialisation")
     q.set_defaults(fn=_export_random)
 
-    q = sub.add_parser("export-onnx", help="write ONNX graphs (DiT pass, VAE) and their host-loop JSON (needs torch)")
-    q.add_argument("file", help="the .nfd model")
+    q = command("export-onnx", "write ONNX graphs (DiT pass, VAE) and their host-loop JSON (needs torch)")
+    q.add_argument("file", help="a .nfd file or a shipped model: gridworld, gridworld-2step, gridworld-1step")
     q.add_argument("-o", "--output", required=True, help="output folder")
-    q.add_argument("--opset", type=int, default=17, help="ONNX opset, 17..20 (default 17)")
+    q.add_argument("--opset", type=int, default=17, help="ONNX opset, 17..20")
     q.add_argument("--vae-output", default="uint8", choices=["uint8", "float32"],
-                   help="decoder output: uint8 [B,H,W,3] frames (default) or float32 [B,3,H,W] images in [-1, 1]")
+                   help="decoder output: uint8 [B,H,W,3] frames or float32 [B,3,H,W] images in [-1, 1]")
     q.add_argument("--no-encoder", action="store_true", help="skip vae_encoder.onnx (only reset(frames) needs it)")
-    q.add_argument("--batch", type=int, default=None,
+    q.add_argument("--batch", type=_positive_int, default=None,
                    help="fix the batch size (all shapes static); default: a dynamic batch axis")
     q.set_defaults(fn=_export_onnx)
 
-    q = sub.add_parser("convert", help="convert a published model's checkpoint files to one .nfd file (needs torch)")
-    archs = q.add_subparsers(dest="architecture", required=True, metavar="ARCHITECTURE")
+    q = command("convert", "convert a published model's checkpoint files to one .nfd file (needs torch)")
+    archs = q.add_subparsers(dest="architecture", required=True, metavar="ARCHITECTURE",
+                             help="the published model family the files come from")
     c = archs.add_parser("oasis", help="Oasis-500M (etched-ai/open-oasis): DiT + ViT VAE checkpoints (docs/oasis.md)",
                          description="Convert Oasis-500M's two checkpoints (Hugging Face Etched/oasis-500m) to one "
-                         ".nfd file. Every tensor's name and shape is checked first; no network access.")
+                         ".nfd file. Every tensor's name and shape is checked first; no network access.",
+                         formatter_class=_HelpFormatter)
     c.add_argument("--dit", required=True, help="the DiT checkpoint, .safetensors or .pt (oasis500m.safetensors)")
     c.add_argument("--vae", required=True, help="the ViT VAE checkpoint, .safetensors or .pt (vit-l-20.safetensors)")
     c.add_argument("-o", "--output", required=True, help="the .nfd file to write (replaced only when complete)")
     c.add_argument("--config", default="oasis-500m",
-                   help="the Oasis config the checkpoints must match: oasis-500m (default), oasis-tiny or a "
-                   "config .json file")
+                   help="the Oasis config the checkpoints must match: oasis-500m, oasis-tiny or a config .json file")
     c.add_argument("--progress", action="store_true", help="show a progress bar while tensors are written")
     c.set_defaults(fn=_convert_oasis)
 
-    q = sub.add_parser("demo", help="the shipped world model plays Gridworld; writes a video (game | model)")
+    q = command("demo", "the shipped world model plays Gridworld; writes a video (game | model)")
     _add_session_options(q)
-    q.add_argument("--frames", type=_positive_int, default=120, help="frames to generate (default 120)")
-    q.add_argument("--room", type=int, default=13, help="Gridworld room seed (13: a room where the model does well; see docs/demo.md)")
-    q.add_argument("--out", default="nfd_demo.mp4", help="video file, .mp4 or .gif (default nfd_demo.mp4)")
+    q.add_argument("--frames", type=_positive_int, default=120, help="frames to generate (Ctrl-C stops early and "
+                   "still writes the video)")
+    q.add_argument("--room", type=_int_in(0, MAX_ROOM), default=13,
+                   help="Gridworld room seed (13: a room where the model does well; see docs/demo.md)")
+    q.add_argument("--out", type=_video_path, default="nfd_demo.mp4", help="video file, .mp4 or .gif")
     q.add_argument("--scale", type=_positive_int, default=4, help="pixel upscaling of the 64x64 frames")
     q.add_argument("--video-fps", type=_positive_float, default=15.0, help="playback rate of the video")
     q.add_argument("--no-truth", action="store_true", help="show only the model, not the real game beside it")
     q.set_defaults(fn=_demo)
 
-    q = sub.add_parser("play", help="drive the world model live with the arrow keys (needs pygame)")
+    q = command("play", "drive the world model live with the arrow keys (needs pygame and a display)")
     _add_session_options(q)
-    q.add_argument("--room", type=int, default=13, help="Gridworld room seed (R in the window: next room)")
+    q.add_argument("--room", type=_int_in(0, MAX_ROOM), default=13,
+                   help="Gridworld room seed (R in the window: next room)")
     q.add_argument("--scale", type=_positive_int, default=8, help="pixel upscaling of the 64x64 frames")
     q.add_argument("--fps", type=_positive_float, default=15.0, help="cap on the display rate (game speed)")
     q.add_argument("--no-truth", action="store_true", help="show only the model, not the real game beside it")
     q.add_argument("--max-frames", type=_positive_int, default=None, help="stop after this many frames")
     q.set_defaults(fn=_play)
 
-    q = sub.add_parser("evaluate", help="score the model against Gridworld ground truth on held-out sequences")
+    q = command("evaluate", "score the model against Gridworld ground truth on held-out sequences")
     _add_session_options(q)
-    q.add_argument("--sequences", type=_positive_int, default=100)
+    q.add_argument("--sequences", type=_positive_int, default=100, help="held-out sequences (rooms and key "
+                   "presses never seen in training) to score")
     q.add_argument("--length", type=_positive_int, default=32, help="frames per sequence, the first one is context")
-    q.add_argument("--json", help="also write the full result here")
+    q.add_argument("--json", help="also write the full result to this file")
     q.set_defaults(fn=_evaluate)
 
     from .serve import cli as serve_cli
 
-    q = sub.add_parser("serve", help="play the model in a browser: WebSocket server (docs/serve.md)")
+    q = command("serve", "play the model in a browser: WebSocket server (docs/serve.md)")
     serve_cli.add_arguments(q)
     q.set_defaults(fn=serve_cli.run)
+    return p
 
-    args = p.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         rc = args.fn(args)
         sys.stdout.flush()  # inside the try: a closed pipe shows up here rather than at interpreter exit
@@ -347,6 +439,10 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except KeyboardInterrupt:  # Ctrl-C: one line and the shell's status for SIGINT (128 + 2), no traceback
+        _end_progress_line()
+        print(f"nfd-rt {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, OSError, RuntimeError, ImportError, MemoryError) as e:
         print(f"nfd-rt {args.command}: error: {e}", file=sys.stderr)
         return 1

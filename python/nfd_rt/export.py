@@ -39,7 +39,10 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], ModelConfig]:
             if len(head) < 8:
                 raise NFDFormatError(f"{path}: file is {size} bytes, too short for a safetensors header length")
             (n,) = struct.unpack("<Q", head)
-            if n > MAX_HEADER_BYTES or 8 + n > size:
+            if n > MAX_HEADER_BYTES:  # e.g. a text file renamed .nfd: say what it is not
+                raise NFDFormatError(f"{path}: not a .nfd (safetensors) file: its first 8 bytes give a header "
+                                     f"length of {n}, over the limit of {MAX_HEADER_BYTES} bytes")
+            if 8 + n > size:
                 raise NFDFormatError(f"{path}: header length {n} runs past the end of the {size}-byte file")
             raw = f.read(n)
     except OSError as e:

@@ -222,6 +222,12 @@ class Session:
         """{"served": frames returned from speculation, "discarded": frames generated ahead and thrown away}."""
         return dict(self._open().speculation_stats())
 
+    def wait_speculation(self) -> int:
+        """Wait until the background worker of exact speculation has generated every frame it can ahead (up to
+        `speculate` under the last action) and return how many are ahead; 0 without exact speculation. For tests
+        and benchmarks: a player who paused long enough, without guessing how long that is on a busy machine."""
+        return int(self._open().wait_speculation())
+
     def close(self) -> None:
         """Free the session's memory now. Any later call raises RuntimeError("session is closed")."""
         if self._s is not None:

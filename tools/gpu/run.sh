@@ -116,8 +116,10 @@ step() {
   local t=$(( budget < left - 10 ? budget : left - 10 ))
   log "$name (timeout ${t}s)"
   local s=$(date +%s)
-  # tee -p: keeps writing the step's log after head has taken its share of run.log.
-  timeout --kill-after=10 "$t" bash -c "$cmd" 2>&1 | tee -p "$WORK/$name.log" | head -c "$LOG_CAP" >> "$OUT/run.log"
+  # awk passes the first $LOG_CAP bytes to run.log and reads the rest without printing it: a reader that exits
+  # early (head) would kill tee with SIGPIPE.
+  timeout --kill-after=10 "$t" bash -c "$cmd" 2>&1 | tee "$WORK/$name.log" |
+    awk -v cap="$LOG_CAP" '{ n += length($0) + 1; if (n <= cap) print; fflush() }' >> "$OUT/run.log"
   local rc=${PIPESTATUS[0]}
   local size
   size=$(wc -c < "$WORK/$name.log")
@@ -136,7 +138,7 @@ step probe 30 0 "
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv || true
   nvcc --version | tail -2 || true
   echo ncu: \$(tool ncu) compute-sanitizer: \$(tool compute-sanitizer)
-  nproc; free -g | head -2; df -h . | tail -1; uname -r
+  nproc; free -g; df -h . | tail -1; uname -r
   $PY -c 'import sys, platform; print(sys.version); print(platform.platform())'
   $PY -c 'import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.is_available());
 [print(torch.cuda.get_device_properties(0)) for _ in [0] if torch.cuda.is_available()]' || true

@@ -1,6 +1,7 @@
 // CUDA side of backends/device.h: device queries, streams, CUDA graphs, and the memory entry points of
 // backends/cuda/device_cuda.h. Nothing here aborts: every CUDA error is turned into nfd::Error with the CUDA error text.
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 
 #include <cstdint>
 #include <string>
@@ -18,6 +19,12 @@ void check(cudaError_t e, const char* what) {
          std::string("CUDA error in ") + what + ": " + cudaGetErrorString(e));
   }
 }
+
+bool driver_installed() {
+  void* h = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL);
+  if (h) dlclose(h);
+  return h != nullptr;
+}
 }  // namespace
 
 bool cuda_available() { return cuda_unavailable_reason().empty(); }
@@ -29,6 +36,9 @@ std::string cuda_unavailable_reason() {
   cudaError_t e = cudaGetDeviceCount(&n);  // no driver / no device: an error code, not an abort
   if (e != cudaSuccess) {
     cudaGetLastError();
+    // The runtime says "CUDA driver version is insufficient" also when there is no driver at all.
+    if (e == cudaErrorInsufficientDriver && !driver_installed())
+      return "no CUDA device: no NVIDIA driver is installed (libcuda.so.1 not found)";
     return std::string("no usable CUDA device (cudaGetDeviceCount: ") + cudaGetErrorString(e) + ")";
   }
   return n > 0 ? "" : "no CUDA device";

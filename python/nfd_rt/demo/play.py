@@ -7,6 +7,9 @@ and the display rate, which `--fps` caps so the game runs at a playable speed.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
 
 import numpy as np
@@ -22,18 +25,37 @@ def _keys_to_action(pressed, pygame, action_dim: int) -> np.ndarray:
     return a
 
 
+@contextlib.contextmanager
+def _stderr_to_devnull():
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def play(session, room: int = 0, scale: int = 8, fps: float = 15.0, show_truth: bool = True,
          max_frames: int | None = None) -> dict:
-    """Run the interactive loop; returns {frames, runtime_fps}. `max_frames` ends it early (tests, recordings)."""
+    """Run the interactive loop; returns {frames, runtime_fps}. `max_frames` ends it early (tests, recordings).
+
+    Without a display SDL falls back to a window nobody sees ("offscreen"): that is an error, unless the caller
+    asked for such a driver (SDL_VIDEODRIVER=dummy or offscreen: tests, recordings) and set `max_frames`."""
     try:
         import pygame
     except ImportError:
         raise ImportError("nfd-rt play needs pygame: pip install pygame (or pip install 'nfd_rt[play]')") from None
     cfg = session.config
-    pygame.init()
+    with _stderr_to_devnull():  # SDL's probing of drivers it does not find ("XDG_RUNTIME_DIR is invalid ...")
+        pygame.display.init()  # the display only: the audio probe would print ALSA errors, and nothing plays sound
     try:
         driver = pygame.display.get_driver()
-        if driver in ("dummy", "offscreen") and max_frames is None:  # would loop forever with nothing to see
+        asked = os.environ.get("SDL_VIDEODRIVER", "").lower() == driver
+        if driver in ("dummy", "offscreen") and (not asked or max_frames is None):  # nothing to see, maybe forever
             raise RuntimeError(f"nfd-rt play needs a display, but SDL found none (video driver {driver!r}): run "
                                "it in a desktop session, or use `nfd-rt demo` to write a video instead")
         world = game.GridWorld(room)

@@ -36,7 +36,6 @@ def write_video(frames: list[np.ndarray], path: str, fps: float) -> str:
         import imageio.v2 as imageio
     except ImportError as e:
         raise ImportError(f"writing {path} needs imageio: pip install imageio imageio-ffmpeg ({e})") from None
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     ext = os.path.splitext(path)[1].lower()
     if ext == ".gif":
         imageio.mimsave(path, frames, duration=1000 / fps, loop=0)
@@ -52,7 +51,8 @@ def run_demo(session, frames: int, room: int, scale: int = 4, with_truth: bool =
     """Step `session` for `frames` frames on a scripted player in room `room`.
 
     The player walks to the coins, with a random key every `random_every` frames so it also meets walls.
-    Returns the video frames and a summary (FPS of the runtime alone, mean agent position error).
+    Returns the video frames and a summary (frames made, FPS of the runtime alone, mean agent position error,
+    `interrupted`: Ctrl-C stopped the run early, and the video holds the frames made until then).
     """
     cfg = session.config
     world = game.GridWorld(room)
@@ -62,15 +62,22 @@ def run_demo(session, frames: int, room: int, scale: int = 4, with_truth: bool =
     video = [side_by_side(first if with_truth else None, first, scale)]
     errors, step_seconds = [], 0.0
     bar = None if quiet else ProgressBar(frames, "demo")
-    for i in range(1, frames + 1):
-        key = int(rng.integers(len(game.KEYS))) if random_every and i % random_every == 0 else world.greedy_key()
-        action = game.action_vector(key, cfg.action_dim)
-        truth = world.step(action)
-        t0 = time.perf_counter()
-        out = session.step(action)
-        step_seconds += time.perf_counter() - t0
-        errors.append(position_error(out, truth)[0])
-        video.append(side_by_side(truth if with_truth else None, out, scale))
-        if bar:
-            bar.update(i, f"{i / step_seconds:.0f} FPS")
-    return video, {"frames": frames, "fps": frames / step_seconds, "mean_position_error_px": float(np.mean(errors))}
+    interrupted = False
+    try:
+        for i in range(1, frames + 1):
+            key = int(rng.integers(len(game.KEYS))) if random_every and i % random_every == 0 else world.greedy_key()
+            action = game.action_vector(key, cfg.action_dim)
+            truth = world.step(action)
+            t0 = time.perf_counter()
+            out = session.step(action)
+            step_seconds += time.perf_counter() - t0
+            errors.append(position_error(out, truth)[0])
+            video.append(side_by_side(truth if with_truth else None, out, scale))
+            if bar:
+                bar.update(i, f"{i / step_seconds:.0f} FPS")
+    except KeyboardInterrupt:
+        interrupted = True
+    done = len(video) - 1
+    return video, {"frames": done, "fps": done / step_seconds if step_seconds else 0.0,
+                   "mean_position_error_px": float(np.mean(errors)) if errors else float("nan"),
+                   "interrupted": interrupted}

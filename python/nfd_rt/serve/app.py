@@ -29,8 +29,8 @@ STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 class _Holder:
     """The process's Server, made on first use (never pickled: Ray ships the app before any exists)."""
 
-    def __init__(self, cfg: ServeConfig, replica_name: Callable[[], str] | None):
-        self.cfg, self.replica_name, self.server = cfg, replica_name, None
+    def __init__(self, cfg: ServeConfig, replica_name: Callable[[], str] | None, server: Server | None = None):
+        self.cfg, self.replica_name, self.server = cfg, replica_name, server
 
     def get(self) -> Server:
         if self.server is None:
@@ -46,10 +46,11 @@ def _static(name: str) -> bytes:
         return f.read()
 
 
-def create_app(cfg: ServeConfig, replica_name: Callable[[], str] | None = None):
-    """The FastAPI app serving `cfg.model`. `replica_name` labels this process in /healthz and hello messages."""
+def create_app(cfg: ServeConfig, replica_name: Callable[[], str] | None = None, server: Server | None = None):
+    """The FastAPI app serving `cfg.model`. `replica_name` labels this process in /healthz and hello messages.
+    `server`: a Server made (and checked) already, e.g. by `nfd-rt serve` before it listens; not for Ray."""
     cfg.check()
-    holder = _Holder(cfg, replica_name)
+    holder = _Holder(cfg, replica_name, server)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

@@ -7,15 +7,15 @@ import sys
 
 
 def add_arguments(q: argparse.ArgumentParser) -> None:
-    from ..cli import _positive_float, _positive_int  # bad numbers are usage errors, as in every subcommand
+    from ..cli import _int_in, _positive_float, _positive_int  # bad numbers are usage errors, as everywhere
 
     q.add_argument("model", nargs="?", default="", help="a .nfd file or a shipped model: gridworld (default), "
                    "gridworld-2step, gridworld-1step")
     q.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    q.add_argument("--port", type=int, default=8000)
+    q.add_argument("--port", type=_int_in(1, 65535), default=8000, help="TCP port to listen on")
     q.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
     q.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto (bf16 on cuda)")
-    q.add_argument("--threads", type=int, default=0, help="CPU threads per session (0 = physical cores)")
+    q.add_argument("--threads", type=_int_in(0, 1024), default=0, help="CPU threads per session (0 = physical cores)")
     q.add_argument("--fps", type=_positive_float, default=20.0,
                    help="ticks per second: the most frames a player gets a second")
     q.add_argument("--max-players", type=_positive_int, default=32, help="players per process (per replica with --ray)")
@@ -24,7 +24,8 @@ def add_arguments(q: argparse.ArgumentParser) -> None:
     q.add_argument("--world", default="auto", choices=("auto", "gridworld", "blank"),
                    help="what a reset starts from (auto: gridworld for the shipped model, else no context frame)")
     q.add_argument("--keymap", default=None, help="JSON file {key name: action dimension} for keyboard players")
-    q.add_argument("--log-level", default="info")
+    q.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug", "trace"),
+                   help="uvicorn's log level")
     q.add_argument("--ray", action="store_true", help="serve on Ray Serve (pip install 'nfd_rt[ray]')")
     q.add_argument("--replicas", type=_positive_int, default=1, help="Ray Serve replicas (one per GPU in production)")
     q.add_argument("--ray-address", default=None, help="an existing Ray cluster ('auto'); default: start one")
@@ -48,22 +49,49 @@ def _missing(extra: str, e: ImportError) -> ImportError:
                        f"pip install 'nfd_rt[{extra}]'")
 
 
+def _check_port(host: str, port: int) -> None:
+    """Fail now, in one line, when the address cannot be listened on (in use, not an address of this machine),
+    rather than in uvicorn's log after the model has loaded. Bound the way uvicorn binds it (SO_REUSEADDR)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise OSError(f"--host {host}: not an address or a known host name ({e.strerror})") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise OSError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+
+
 def run(args: argparse.Namespace) -> int:
+    """Checks everything (options, model file, key map, device and dtype, the address) before listening: a bad
+    option is one line and a non-zero exit, never a server that starts and then fails every player."""
     cfg = config_from_args(args)
     if args.ray:
         try:
             from . import ray as ray_serve
         except ImportError as e:
             raise _missing("ray", e) from None
+        from .server import check_files
+
+        check_files(cfg)  # the device is checked by each replica: the GPUs may be on other machines
         return ray_serve.run(cfg, replicas=args.replicas, host=args.host, port=args.port, address=args.ray_address,
                              cpus_per_replica=args.cpus_per_replica, gpus_per_replica=args.gpus_per_replica)
     try:
         import uvicorn
 
         from .app import create_app
+        from .server import Server
     except ImportError as e:
         raise _missing("serve", e) from None
-    app = create_app(cfg)
+    server = Server(cfg)  # the model file and the key map
+    server.open_model()  # the device and dtype: loads the weights the players will share
+    _check_port(args.host, args.port)
+    app = create_app(cfg, server=server)
     print(f"nfd-rt serve: http://{args.host}:{args.port}/  (model {cfg.resolved_model()}, {cfg.fps:g} FPS, "
           f"up to {cfg.max_players} players{', token required' if cfg.token else ''})", file=sys.stderr, flush=True)
     # ws_max_size: client messages are small JSON; a 64 KiB frame limit stops a memory-filling message early.

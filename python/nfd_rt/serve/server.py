@@ -103,6 +103,22 @@ class ServeConfig:
             raise ValueError("; ".join(problems))
 
 
+def check_files(cfg: ServeConfig):
+    """The model file and the key map: (model path, model config, world). Raises ValueError / OSError naming
+    what is wrong."""
+    from .._native import core
+    from ..configs import NFDConfig
+
+    cfg.check()
+    path = cfg.resolved_model()
+    info = core().inspect_file(path)  # validates the whole file now, not at the first player
+    model_cfg = NFDConfig.from_json(info["config"])
+    if cfg.keymap is not None and not os.path.isfile(cfg.keymap):
+        raise OSError(f"--keymap {cfg.keymap}: no such file")
+    world = protocol.make_world(cfg.world, path, cfg.keymap, model_cfg.action_dim)
+    return path, model_cfg, world
+
+
 class ServerFull(Exception):
     pass
 
@@ -180,18 +196,12 @@ class Server:
     """Players, sessions and the tick loop of one process; the loop starts with the first player (`start()`)."""
 
     def __init__(self, cfg: ServeConfig, replica: str | None = None):
-        cfg.check()
         self.cfg = cfg
-        self.model_path = cfg.resolved_model()
-        from .._native import core
-
-        info = core().inspect_file(self.model_path)  # validates the file now, not at the first player
-        from ..configs import NFDConfig
-
-        self.model_cfg = NFDConfig.from_json(info["config"])
-        self.world = protocol.make_world(cfg.world, self.model_path, cfg.keymap, self.model_cfg.action_dim)
+        self.model_path, self.model_cfg, self.world = check_files(cfg)
         self.device, self.dtype = _pick_device(cfg.device, cfg.dtype)
-        self._model = None  # nfd_rt.Model shared by every player's session, loaded by the worker thread
+        # nfd_rt.Model shared by every player's session: loaded by `nfd-rt serve` before it listens (open_model), or
+        # else by the worker thread at the first player.
+        self._model = None
         self.replica = replica or f"{os.uname().nodename}:{os.getpid()}"
         self.players: dict[str, Player] = {}
         self.metrics = Metrics()
@@ -202,6 +212,9 @@ class Server:
         self._recent_ticks: collections.deque = collections.deque(maxlen=100)  # (time, frames)
         self._tick_ms: collections.deque = collections.deque(maxlen=100)
         self.stopping = False
+        # The server's clock (idle timeouts, message rates, latencies, FPS). Tests replace it to make an idle
+        # player idle without waiting in real time.
+        self.clock = time.monotonic
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -232,7 +245,8 @@ class Server:
             raise ServerFull("server is shutting down")
         if len(self.players) >= self.cfg.max_players:
             raise ServerFull(f"server full: {self.cfg.max_players} players already playing, try again later")
-        p = Player(id=f"{next(self._ids)}-{secrets.token_hex(4)}", fmt=fmt, seed=seed)
+        now = self.clock()
+        p = Player(id=f"{next(self._ids)}-{secrets.token_hex(4)}", fmt=fmt, seed=seed, joined=now, last_message=now)
         p.pending_reset = seed  # the first tick opens the session and sends the starting frame
         self.players[p.id] = p
         self.metrics.players.set(len(self.players))
@@ -248,7 +262,7 @@ class Server:
 
     def on_message(self, p: Player, text: object) -> None:
         """Handle one client message (never raises): queue the action/reset, or answer with an error."""
-        now = time.monotonic()
+        now = self.clock()
         p.last_message = now
         times = p.message_times
         times.append(now)
@@ -297,7 +311,7 @@ class Server:
 
     def frames_per_second(self) -> float:
         """Frames produced per second over the last few seconds (all players)."""
-        now = time.monotonic()
+        now = self.clock()
         recent = [(t, n) for t, n in self._recent_ticks if now - t <= 5.0]
         if not recent:
             return 0.0
@@ -323,7 +337,7 @@ class Server:
             await asyncio.sleep(delay)
 
     async def _tick(self, loop) -> None:
-        now = time.monotonic()
+        now = self.clock()
         jobs = []
         for p in list(self.players.values()):
             if p.close_request:
@@ -352,8 +366,8 @@ class Server:
             self.metrics.steps.observe(dt)
             self.metrics.batch.observe(stepped)
             self._tick_ms.append(dt * 1e3)
-        self._recent_ticks.append((time.monotonic(), len(results)))
-        sent_at = time.monotonic()
+        self._recent_ticks.append((self.clock(), len(results)))
+        sent_at = self.clock()
         for (p, kind, _, since), (data, index, error) in zip(jobs, results):
             if error is not None:
                 self.metrics.server_errors.inc()
@@ -409,15 +423,20 @@ class Server:
                     results[i] = (encode_frame(f, p.fmt, self.cfg.jpeg_quality), p.session.frame_index, None)
         return results
 
+    def open_model(self) -> None:
+        """Load the model the players' sessions share (once). Raises what the runtime says about the device and
+        dtype (no GPU, a dtype the CPU does not compute in), so `nfd-rt serve` calls it before it listens."""
+        from ..session import Model
+
+        if self._model is None:
+            self._model = Model(self.model_path, device=self.device, dtype=self.dtype, threads=self.cfg.threads)
+
     def _reset(self, p: Player, seed: int) -> np.ndarray:
         """Worker thread: (re)open the player's session with noise seed `seed` and write the world's context.
 
         Every player's session is a session of one shared `nfd_rt.Model` (loaded at the first player, on this
         thread): one copy of the weights, and sessions `step_many` can batch."""
-        from ..session import Model
-
-        if self._model is None:
-            self._model = Model(self.model_path, device=self.device, dtype=self.dtype, threads=self.cfg.threads)
+        self.open_model()
         if p.session is None or p.session_seed != seed:
             if p.session is not None:
                 p.session.close()

@@ -1,0 +1,72 @@
+# nfd_detect_gpu(<found> <archs> <what>): whether this machine has an NVIDIA GPU, and which CUDA architectures
+# it needs. <found> TRUE/FALSE; <archs> e.g. "90" or "80;90" (the compute capabilities nvidia-smi reports), or
+# "native" (a driver lists a GPU but nvidia-smi cannot say which: nvcc asks the GPU itself); <what> names the GPUs
+# or says why none was found, for the configure log.
+#
+# Also runs as a script, for tests and for a look before building:
+#   cmake -P cmake/nfd_detect_gpu.cmake       ->  "found=TRUE archs=90 what=NVIDIA H100 80GB HBM3 (sm_90)"
+# NFD_NVIDIA_SMI (a program) and NFD_NVIDIA_PROC (a folder) override where the answers come from (tests).
+function(nfd_detect_gpu out_found out_archs out_what)
+  set(found FALSE)
+  set(archs "")
+  set(what "")
+  if(DEFINED NFD_NVIDIA_SMI)
+    set(smi "${NFD_NVIDIA_SMI}")
+  else()
+    find_program(smi nvidia-smi NO_CACHE)
+  endif()
+  if(smi)
+    execute_process(COMMAND "${smi}" --query-gpu=name,compute_cap --format=csv,noheader
+                    OUTPUT_VARIABLE out ERROR_VARIABLE err RESULT_VARIABLE rc TIMEOUT 30
+                    OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_STRIP_TRAILING_WHITESPACE)
+    if(rc EQUAL 0 AND out)
+      string(REPLACE "\n" ";" lines "${out}")
+      set(names "")
+      foreach(line IN LISTS lines)
+        # "NVIDIA H100 80GB HBM3, 9.0" -> name, "90"
+        if(line MATCHES "^(.*), *([0-9]+)\\.([0-9]+) *$")
+          set(arch "${CMAKE_MATCH_2}${CMAKE_MATCH_3}")
+          list(APPEND archs "${arch}")
+          list(APPEND names "${CMAKE_MATCH_1} (sm_${arch})")
+        endif()
+      endforeach()
+      if(archs)
+        set(found TRUE)
+        list(REMOVE_DUPLICATES archs)
+        list(REMOVE_DUPLICATES names)
+        list(JOIN names ", " what)
+      else()
+        set(what "nvidia-smi listed no GPU with a compute capability: ${out}")
+      endif()
+    else()
+      set(what "nvidia-smi found no GPU (${err}${out})")
+    endif()
+  else()
+    set(what "no nvidia-smi")
+  endif()
+  if(NOT found)
+    # A driver without nvidia-smi (some containers): the kernel module lists its GPUs here.
+    if(DEFINED NFD_NVIDIA_PROC)
+      set(proc "${NFD_NVIDIA_PROC}")
+    else()
+      set(proc "/proc/driver/nvidia/gpus")
+    endif()
+    file(GLOB gpus "${proc}/*")
+    if(gpus)
+      set(found TRUE)
+      set(archs native)
+      list(LENGTH gpus n)
+      set(what "${n} GPU(s) in ${proc}")
+    elseif(what STREQUAL "no nvidia-smi")
+      set(what "no nvidia-smi and no GPU in ${proc}")
+    endif()
+  endif()
+  set(${out_found} ${found} PARENT_SCOPE)
+  set(${out_archs} "${archs}" PARENT_SCOPE)
+  set(${out_what} "${what}" PARENT_SCOPE)
+endfunction()
+
+if(CMAKE_SCRIPT_MODE_FILE STREQUAL CMAKE_CURRENT_LIST_FILE)
+  nfd_detect_gpu(found archs what)
+  message("found=${found} archs=${archs} what=${what}")
+endif()
