@@ -11,9 +11,9 @@ sees a full KV cache (sinks + window + itself); the JSON records each timed fram
 Runners (`--runners`, default all; each steps the same actions with the same seed):
   nfd_rt[<device>,<dtype>]  the C++ runtime (nfd_rt.Session), every dtype the device supports (or --dtype)
   eager                     ReferenceSession: the readable oracle (3-D SDPA, torch.cat of the cache, host RoPE)
-  torch-static              nfd_rt.reference.static.StaticSession: static 4-D KV cache, fused SDPA, all on device
+  torch-static              nfd_rt.baselines.static.StaticSession: static 4-D KV cache, fused SDPA, all on device
   no-cache                  recomputes the whole visible context every pass (how Oasis-style runtimes work)
-  onnxruntime[<device>]     the ONNX export run by ONNX Runtime (nfd_rt.onnx.OnnxSession; where installed)
+  onnxruntime[<device>]     the ONNX export run by ONNX Runtime (nfd_rt.onnx_runtime.OnnxSession; where installed)
   compile-static            torch-static with the whole frame under torch.compile(mode=--compile-mode, default
                             max-autotune: autotuned kernels + CUDA graphs); compiled last (minutes)
 Reports frames/s, p50/p99/max ms, memory, FLOPs per frame (docs/performance.md), achieved TFLOP/s, which
@@ -216,7 +216,7 @@ def make_eager(bench: Bench) -> Runner:
 
 @register("torch-static")
 def make_torch_static(bench: Bench) -> Runner:
-    from nfd_rt.reference.static import StaticSession
+    from nfd_rt.baselines.static import StaticSession
 
     s = StaticSession(bench.model, device=bench.args.device, seed=0, dtype=bench.torch_dtype_name)
     return Runner("torch-static", s.step, s.reset, torch_runner=True,
@@ -273,15 +273,15 @@ def make_no_cache(bench: Bench) -> Runner:
                   info={"what": "recomputes the visible context every pass; context pre-filled with noise latents"})
 
 
-@register("onnxruntime", needs_torch=False, unavailable=missing("onnxruntime", "onnx", "nfd_rt.onnx"))
+@register("onnxruntime", needs_torch=False, unavailable=missing("onnxruntime", "onnx", "nfd_rt.onnx_runtime"))
 def make_onnxruntime(bench: Bench) -> Runner:
-    """The ONNX export (nfd_rt.export.to_onnx: dit_pass + vae_decoder) stepped by nfd_rt.onnx.OnnxSession with ONNX
+    """The ONNX export (nfd_rt.export.to_onnx: dit_pass + vae_decoder) stepped by nfd_rt.onnx_runtime.OnnxSession with ONNX
     Runtime: CPU execution provider (intra-op threads = --threads) or CUDA (onnxruntime-gpu). Export time apart."""
 
     import onnxruntime as ort
 
     import nfd_rt
-    from nfd_rt.onnx import OnnxSession
+    from nfd_rt.onnx_runtime import OnnxSession
 
     providers = ["CPUExecutionProvider"]
     if bench.cuda:
@@ -310,7 +310,7 @@ def make_onnxruntime(bench: Bench) -> Runner:
 def make_compile_static(bench: Bench) -> Runner:
     import torch._dynamo.utils as dynamo_utils
 
-    from nfd_rt.reference.static import StaticSession
+    from nfd_rt.baselines.static import StaticSession
 
     mode = bench.args.compile_mode
     conv_backends = None

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import nfd_rt
-    from nfd_rt.onnx import OnnxSession
+    from nfd_rt.onnx_runtime import OnnxSession
     from nfd_rt.reference import NFDModel
 
     cfg = nfd_rt.configs.get(args.config)

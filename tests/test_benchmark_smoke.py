@@ -28,7 +28,7 @@ def test_fps_benchmark_smoke(tmp_path):
     assert result["complete"] is True
     runners = result["runners"]
     names = ("nfd_rt[cpu,float32]", "eager", "torch-static", "no-cache", "compile-static")
-    # onnxruntime[cpu] runs where nfd_rt.onnx and onnxruntime are installed, else it is listed as skipped.
+    # onnxruntime[cpu] runs where nfd_rt.onnx_runtime and onnxruntime are installed, else it is listed as skipped.
     assert set(runners) - set(names) <= {"onnxruntime[cpu]"} and set(runners) >= set(names)
     if "onnxruntime[cpu]" in runners:
         names += ("onnxruntime[cpu]",)

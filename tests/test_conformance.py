@@ -22,7 +22,7 @@ import nfd_rt  # noqa: E402
 from nfd_rt.api import FrameSession  # noqa: E402
 from nfd_rt.export import save  # noqa: E402
 from nfd_rt.reference import NFDModel, ReferenceSession  # noqa: E402
-from nfd_rt.reference.static import StaticSession  # noqa: E402
+from nfd_rt.baselines.static import StaticSession  # noqa: E402
 
 
 @dataclass
@@ -42,7 +42,7 @@ def cpp(model, files, seed):
 
 def onnxruntime(model, files, seed):
     pytest.importorskip("onnxruntime", reason="needs onnxruntime (the `onnx` or `test` extra)")
-    from nfd_rt.onnx import OnnxSession
+    from nfd_rt.onnx_runtime import OnnxSession
 
     return OnnxSession(files.onnx(model), seed=seed, providers=["CPUExecutionProvider"], threads=1)
 

@@ -1,6 +1,6 @@
 """ONNX export (`nfd-rt export-onnx`, `nfd_rt.export.to_onnx`) checked with ONNX Runtime against the reference.
 
-`nfd_rt.onnx.OnnxSession` drives the exported graphs with the host loop of nfd_onnx.json; it must give the
+`nfd_rt.onnx_runtime.OnnxSession` drives the exported graphs with the host loop of nfd_onnx.json; it must give the
 video of `ReferenceSession` (same seed, same noise stream) within float32 tolerance.
 """
 
@@ -22,7 +22,7 @@ ort = pytest.importorskip("onnxruntime", reason="needs onnxruntime (the `onnx` o
 import nfd_rt  # noqa: E402
 from nfd_rt.export import save  # noqa: E402
 from nfd_rt import rng  # noqa: E402
-from nfd_rt.onnx import (OnnxSession, frame_noise, rope_time, slot_of_frame, timestep_features,  # noqa: E402
+from nfd_rt.onnx_runtime import (OnnxSession, frame_noise, rope_time, slot_of_frame, timestep_features,  # noqa: E402
                          valid_frames)
 from nfd_rt.reference import KVCache, NFDModel, ReferenceSession  # noqa: E402
 
@@ -233,7 +233,7 @@ def test_session_input_errors(export_dir, tmp_path):
 def test_running_needs_no_torch(export_dir):
     """Only exporting needs torch: OnnxSession runs with torch made unimportable."""
     code = ("import sys; sys.modules['torch'] = None\n"
-            "import numpy as np; from nfd_rt.onnx import OnnxSession\n"
+            "import numpy as np; from nfd_rt.onnx_runtime import OnnxSession\n"
             f"s = OnnxSession({str(export_dir)!r}, providers=['CPUExecutionProvider'], threads=1)\n"
             "s.reset(frames=np.zeros((1, 64, 64, 3), np.uint8)); f = s.step(np.zeros(8, np.float32))\n"
             "print(f.shape, f.dtype, s.frame_index)")

@@ -1,4 +1,4 @@
-"""The strong PyTorch baseline (nfd_rt.reference.static) computes what ReferenceSession computes."""
+"""The strong PyTorch baseline (nfd_rt.baselines.static) computes what ReferenceSession computes."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch", reason="needs torch (the `torch` extra)")
 from conftest import tiny_config  # noqa: E402
 from nfd_rt import rng  # noqa: E402
 from nfd_rt.reference import NFDModel, ReferenceSession  # noqa: E402
-from nfd_rt.reference.static import StaticSession, philox_normal  # noqa: E402
+from nfd_rt.baselines.static import StaticSession, philox_normal  # noqa: E402
 
 
 @pytest.mark.parametrize("seed,frame,step,count", [(0, 0, 0, 1), (5, 7, 3, 1001), (2**63 + 11, 123456, 4, 4096),

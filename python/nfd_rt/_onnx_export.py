@@ -9,7 +9,7 @@ timestep, the action and the frame's RoPE time angles.
 Two things are computed by the host, in float64, and fed as float32 inputs, because float32 inside a graph
 cannot hold them to the reference's precision (and TensorRT has no float64): the sinusoidal timestep
 features (angles up to t * 1000 rad) and the cos/sin of the RoPE time part (angles grow with the frame index
-without bound). `nfd_rt.onnx.timestep_features` and `nfd_rt.onnx.rope_time` compute them; the JSON states the
+without bound). `nfd_rt.onnx_runtime.timestep_features` and `nfd_rt.onnx_runtime.rope_time` compute them; the JSON states the
 formulas.
 """
 
@@ -299,7 +299,7 @@ def to_onnx(model_or_path, out_dir: str | os.PathLike, opset: int = DEFAULT_OPSE
     if isinstance(model_or_path, NFDModel):
         model = model_or_path
     elif isinstance(model_or_path, (str, os.PathLike)):
-        from .export import load
+        from .nfd_file import load
 
         model = load(model_or_path)
     else:

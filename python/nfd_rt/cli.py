@@ -101,6 +101,18 @@ def _export_random(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    try:
+        from . import export
+        import torch  # noqa: F401
+    except ImportError as e:
+        print(f"export needs PyTorch ({e}): pip install 'nfd_rt[torch]'", file=sys.stderr)
+        return 2
+    name, params = export.from_checkpoint(args.checkpoint, args.output, config=args.config)
+    print(f"wrote {args.output} ({name}, {params / 1e6:.2f}M parameters)")
+    return 0
+
+
 def _export_onnx(args: argparse.Namespace) -> int:
     try:
         from . import export
@@ -355,6 +367,13 @@ def build_parser() -> argparse.ArgumentParser:
     q = command("env", "what this installation runs on: CUDA device, CPU kernels, BLAS, threads")
     q.add_argument("--json", action="store_true", help="print the same facts as one JSON object")
     q.set_defaults(fn=_env)
+
+    q = command("export", "a trained model's PyTorch checkpoint (state_dict or checkpoint dict) -> .nfd (needs torch)")
+    q.add_argument("checkpoint", help="the .pt/.pth file: a state_dict, or a dict with it under 'model' or "
+                   "'state_dict' and optionally the config under 'config'")
+    q.add_argument("-o", "--output", required=True, help="the .nfd file to write")
+    q.add_argument("--config", help="config name (tiny, nfd-130m, nfd-310m); overrides the checkpoint's")
+    q.set_defaults(fn=_export)
 
     q = command("export-random", "write a randomly initialised model (needs torch)")
     q.add_argument("config", help="config name (tiny, nfd-130m, nfd-310m, oasis-tiny, oasis-500m) or a config .json "

@@ -361,7 +361,7 @@ def convert(dit_path: str | os.PathLike, vae_path: str | os.PathLike, out: str |
         import torch  # noqa: F401
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("nfd_rt.convert needs PyTorch: pip install 'nfd_rt[torch]'") from e
-    from ..export import write_nfd_stream
+    from ..nfd_file import write_nfd_stream
 
     cfg = _config(config)
     dit_shapes, vae_shapes, rope = upstream_dit_shapes(cfg), upstream_vae_shapes(cfg), upstream_dit_rope(cfg)

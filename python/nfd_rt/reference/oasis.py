@@ -465,7 +465,7 @@ class OasisReferenceSession:
     def __init__(self, model_or_path: OasisModel | str | os.PathLike, device: str = "cpu", seed: int = 0,
                  dtype: str = "float32", sampler: str = "cached"):
         if isinstance(model_or_path, (str, os.PathLike)):
-            from ..export import load
+            from ..nfd_file import load
 
             model = load(model_or_path)
             if not isinstance(model, OasisModel):

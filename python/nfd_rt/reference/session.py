@@ -52,7 +52,7 @@ class ReferenceSession:
     def __init__(self, model_or_path: NFDModel | str | os.PathLike, device: str = "cpu", seed: int = 0,
                  dtype: str = "float32"):
         if isinstance(model_or_path, (str, os.PathLike)):
-            from ..export import load
+            from ..nfd_file import load
 
             model = load(model_or_path)
         elif isinstance(model_or_path, NFDModel):

@@ -228,7 +228,7 @@ class OnnxSession:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"frame_index={self.frame_index}"
-        return f"nfd_rt.onnx.OnnxSession({self._cfg.name}, providers={self.providers}, {state})"
+        return f"nfd_rt.onnx_runtime.OnnxSession({self._cfg.name}, providers={self.providers}, {state})"
 
     # -- internals --------------------------------------------------------------------------------------------
     def _check_open(self) -> None:

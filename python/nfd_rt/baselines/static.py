@@ -35,7 +35,7 @@ from torch import nn
 
 from .. import _checks, ring
 from ..configs import NFDConfig
-from .model import NFDModel, images_to_frames, modulate, timestep_features
+from ..reference.model import NFDModel, images_to_frames, modulate, timestep_features
 
 # ---------------------------------------------------------------------------------------------------------------
 # Philox4x32-10 and Box-Muller on device tensors (the stream of nfd_rt.rng, docs/rng.md)
@@ -239,7 +239,7 @@ class StaticSession:
                  dtype: str = "float32", compile_mode: str | None = None, compile_filling: bool = True,
                  backend: str = "inductor"):
         if isinstance(model_or_path, (str, os.PathLike)):
-            from ..export import load
+            from ..nfd_file import load
 
             model = load(model_or_path)
         elif isinstance(model_or_path, NFDModel):
