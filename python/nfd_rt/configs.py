@@ -185,13 +185,41 @@ _CONFIGS: dict[str, NFDConfig] = {
 }
 
 
-def names() -> list[str]:
-    return list(_CONFIGS)
+# Other model architectures (DESIGN.md, "Model architectures"): the module of each one's config class and named
+# configs. A .nfd config JSON names its architecture; without the field it is today's "nfd".
+_ARCHITECTURES = {"waypoint": "nfd_rt.configs_waypoint"}
 
 
-def get(name: str) -> NFDConfig:
-    """Return the named config ("tiny", "nfd-130m", "nfd-310m")."""
-    try:
+def _arch_module(architecture: str):
+    import importlib
+
+    if architecture not in _ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; known: nfd, {', '.join(_ARCHITECTURES)}")
+    return importlib.import_module(_ARCHITECTURES[architecture])
+
+
+def names(architecture: str = "nfd") -> list[str]:
+    """Named configs of one architecture (today's NFD DiT by default)."""
+    return list(_CONFIGS) if architecture == "nfd" else _arch_module(architecture).names()
+
+
+def get(name: str):
+    """Return the named config ("tiny", "nfd-130m", "nfd-310m"; other architectures' names, e.g. "waypoint-tiny")."""
+    if name in _CONFIGS:
         return _CONFIGS[name]
-    except KeyError:
-        raise ValueError(f"unknown config {name!r}; known: {', '.join(_CONFIGS)}") from None
+    for arch in _ARCHITECTURES:
+        if name in _arch_module(arch).names():
+            return _arch_module(arch).get(name)
+    known = list(_CONFIGS) + [n for arch in _ARCHITECTURES for n in _arch_module(arch).names()]
+    raise ValueError(f"unknown config {name!r}; known: {', '.join(known)}")
+
+
+def from_json(text: str):
+    """The config of a .nfd file, of the architecture its JSON names ("nfd" when it names none)."""
+    d = json.loads(text)
+    if not isinstance(d, dict):
+        raise ValueError("config JSON is not an object")
+    arch = d.get("architecture", "nfd")
+    if arch == "nfd":
+        return NFDConfig.from_dict({k: v for k, v in d.items() if k != "architecture"})
+    return _arch_module(arch).config_from_dict(d)

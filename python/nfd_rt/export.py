@@ -12,6 +12,7 @@ import os
 import struct
 from typing import Any
 
+from . import configs
 from .configs import NFDConfig
 
 FORMAT_VERSION = 1
@@ -54,7 +55,7 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], NFDConfig]:
     if version != str(FORMAT_VERSION):
         raise NFDFormatError(f"{path}: unknown nfd_format_version {version!r}; this nfd_rt reads {FORMAT_VERSION}")
     try:
-        cfg = NFDConfig.from_json(meta["config"])
+        cfg = configs.from_json(meta["config"])  # NFDConfig, or another architecture's config
     except KeyError:
         raise NFDFormatError(f"{path}: metadata has no config") from None
     except (ValueError, TypeError) as e:
@@ -75,7 +76,8 @@ def save(model, path: str | os.PathLike) -> None:
 
 
 def load(path: str | os.PathLike):
-    """Load a .nfd file into a new NFDModel, checking every tensor's name, dtype and shape."""
+    """Load a .nfd file into a new NFDModel (a WaypointModel for a Waypoint file), checking every tensor's name,
+    dtype and shape."""
     import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -83,6 +85,10 @@ def load(path: str | os.PathLike):
     from .reference.model import NFDModel
 
     table, cfg = read_header(path)
+    if getattr(cfg, "architecture", "nfd") == "waypoint":
+        from .reference.waypoint import load as load_waypoint
+
+        return load_waypoint(path)
     model = NFDModel(cfg, init_seed=None)
     expected = model.state_dict()
     for name, ref in expected.items():
