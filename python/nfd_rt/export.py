@@ -112,22 +112,30 @@ def load(path: str | os.PathLike):
 
 
 def write_nfd(tensors: dict, cfg: NFDConfig, path: str | os.PathLike) -> None:
-    """Write numpy float32 arrays as a .nfd file (pure Python, no torch): the safetensors layout by hand."""
+    """Write numpy float32 arrays as a .nfd file (pure Python, no torch): the safetensors layout by hand.
+
+    A value may also be a lazy array-like (a `shape` attribute and `__array__`): the header is written from the
+    shapes, then each tensor is materialised and written in turn, so a converter holds one tensor at a time."""
     import numpy as np
 
     header: dict[str, Any] = {"__metadata__": {"nfd_format_version": str(FORMAT_VERSION), "config": cfg.to_json()}}
-    offset, blobs = 0, []
-    for name in sorted(tensors):
-        a = np.ascontiguousarray(tensors[name], dtype="<f4")
-        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
-        offset += a.nbytes
-        blobs.append(a)
+    offset = 0
+    names = sorted(tensors)
+    for name in names:
+        shape = [int(d) for d in tensors[name].shape]
+        nbytes = 4 * int(np.prod(shape, dtype=np.int64))
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # keep the data section 8-byte aligned, as safetensors does
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
-        for a in blobs:
+        for name in names:
+            a = np.ascontiguousarray(tensors[name], dtype="<f4")
+            if list(a.shape) != header[name]["shape"]:
+                raise ValueError(f"tensor {name!r}: materialised shape {list(a.shape)} differs from its declared "
+                                 f"shape {header[name]['shape']}")
             f.write(a.tobytes())
 
 
