@@ -101,6 +101,20 @@ def _export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    if args.architecture == "waypoint":
+        from .convert import waypoint
+
+        cfg = waypoint.convert(args.folder, args.output, taehv=args.taehv, ignore_options=args.ignore_option,
+                               name=args.name)
+        what = (f"{cfg.name}: {cfg.depth} layers x {cfg.hidden_size}, {cfg.output_width}x{cfg.output_height} video, "
+                f"{cfg.frames_per_latent} frames per step")
+    else:  # pragma: no cover - argparse only lets the registered architectures through
+        raise ValueError(f"no converter for {args.architecture!r}")
+    print(f"wrote {args.output} ({os.path.getsize(args.output) / 2**20:.1f} MiB, {what})")
+    return 0
+
+
 def _pick_device(device: str, dtype: str) -> tuple[str, str]:
     """"auto" means CUDA (bfloat16) when the runtime was built with CUDA and sees a GPU, else CPU (float32)."""
     if device == "auto":
@@ -263,6 +277,21 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--batch", type=int, default=None,
                    help="fix the batch size (all shapes static); default: a dynamic batch axis")
     q.set_defaults(fn=_export_onnx)
+
+    q = sub.add_parser("convert", help="convert an upstream checkpoint folder to one .nfd file (no network)")
+    archs = q.add_subparsers(dest="architecture", required=True, metavar="ARCHITECTURE",
+                             help="the checkpoint's model family: waypoint")
+    a = archs.add_parser("waypoint", help="Waypoint-1.5 (Overworld): config.yaml + model.safetensors + TAEHV "
+                         "weights (docs/waypoint.md)")
+    a.add_argument("folder", help="the checkpoint folder: config.yaml, model.safetensors, taehv/taehv1_5.pth")
+    a.add_argument("-o", "--output", required=True, help="the .nfd file to write")
+    a.add_argument("--taehv", default=None, help="the TAEHV weights (.pth or .safetensors); default: "
+                   "taehv1_5.{safetensors,pth} in FOLDER or FOLDER/taehv")
+    a.add_argument("--ignore-option", action="append", default=[], metavar="NAME",
+                   help="a config.yaml option to ignore rather than refuse as unknown (repeatable; default none)")
+    a.add_argument("--name", default=None, help="the model name stored in the file (default: the nfd_rt name of "
+                   "the published geometry, e.g. waypoint-1.5-1b)")
+    q.set_defaults(fn=_convert)
 
     q = sub.add_parser("demo", help="the shipped world model plays Gridworld; writes a video (game | model)")
     _add_session_options(q)
