@@ -330,3 +330,17 @@ def test_converted_model_computes_the_upstream_formulas(fixture_dir, converted):
                                               cfg.latent_width)).astype(np.float32))
     with torch.no_grad():
         assert torch.allclose(model.taehv.decoder(lat[None])[0], upstream_taehv_decode(S, cfg, lat), atol=1e-5)
+
+
+def test_docs_fixture_snippet_runs(tmp_path, monkeypatch, capsys):
+    """docs/waypoint.md's 'try it without the weights' block, run as written."""
+    import re
+
+    from nfd_testfiles import REPO
+
+    text = open(os.path.join(REPO, "docs", "waypoint.md")).read()
+    m = re.search(r"<!-- test: waypoint-fixture -->\s*```python\n(.*?)```", text, re.S)
+    assert m, "docs/waypoint.md has no python block marked <!-- test: waypoint-fixture -->"
+    monkeypatch.chdir(tmp_path)
+    exec(compile(m.group(1), "docs/waypoint.md", "exec"), {})
+    assert capsys.readouterr().out.strip() == "(4, 72, 128, 3) uint8"
