@@ -344,3 +344,11 @@ def test_docs_fixture_snippet_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     exec(compile(m.group(1), "docs/waypoint.md", "exec"), {})
     assert capsys.readouterr().out.strip() == "(4, 72, 128, 3) uint8"
+
+
+def test_export_random_waypoint(tmp_path, capsys):
+    from nfd_rt.cli import main
+
+    out = tmp_path / "r.nfd"
+    assert main(["export-random", "waypoint-tiny", "-o", str(out), "--seed", "2"]) == 0
+    assert isinstance(nfd_rt.export.load(out), wp.WaypointModel)

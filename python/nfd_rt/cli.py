@@ -3,6 +3,7 @@
     nfd-rt info m.nfd
     nfd-rt export-random tiny -o m.nfd          (needs torch)
     nfd-rt export-onnx m.nfd -o m_onnx/         ONNX graphs + host-loop JSON for ONNX Runtime / TensorRT (torch)
+    nfd-rt convert waypoint DIR -o m.nfd        an upstream checkpoint folder -> .nfd (docs/waypoint.md)
     nfd-rt demo [--frames 120] [--out nfd_demo.mp4]      the shipped Gridworld model, video of game | model
     nfd-rt play                                         arrow keys drive the model live (pygame)
     nfd-rt evaluate [--sequences 100]                   position error, PSNR, coin state against the real game
@@ -77,7 +78,12 @@ def _export_random(args: argparse.Namespace) -> int:
         return 2
     cfg = configs.get(args.config) if not args.config.endswith(".json") else configs.NFDConfig.from_json(
         open(args.config).read())
-    export.save(NFDModel(cfg, init_seed=args.seed), args.output)
+    if getattr(cfg, "architecture", "nfd") == "waypoint":
+        from .reference.waypoint import WaypointModel
+
+        export.save(WaypointModel(cfg, init_seed=args.seed), args.output)
+    else:
+        export.save(NFDModel(cfg, init_seed=args.seed), args.output)
     print(f"wrote {args.output} ({os.path.getsize(args.output) / 2**20:.1f} MiB, random {cfg.name} weights)")
     return 0
 
@@ -262,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     q.set_defaults(fn=_env)
 
     q = sub.add_parser("export-random", help="write a randomly initialised model (needs torch)")
-    q.add_argument("config", help="config name (tiny, nfd-130m, nfd-310m) or a config .json file")
+    q.add_argument("config", help="config name (tiny, nfd-130m, nfd-310m; waypoint-tiny, ...) or a config .json "
+                   "file")
     q.add_argument("-o", "--output", required=True)
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(fn=_export_random)
