@@ -512,8 +512,9 @@ def find_files(folder: str | os.PathLike, taehv: str | os.PathLike | None = None
                       for sub in ((), ("taehv",))]
         found = [c for c in candidates if os.path.isfile(c)]
         if not found:
-            raise ConversionError(f"{folder}: no TAEHV weights (looked for {', '.join(os.path.relpath(c, folder) for c in candidates)}"
-                                  "; download Overworld-Models/taehv1_5 into taehv/, or pass --taehv FILE)")
+            looked = ", ".join(os.path.relpath(c, folder) for c in candidates)
+            raise ConversionError(f"{folder}: no TAEHV weights (looked for {looked}; download "
+                                  "Overworld-Models/taehv1_5 into taehv/, or pass --taehv FILE)")
         taehv = found[0]
     elif not os.path.isfile(taehv):
         raise ConversionError(f"{taehv}: TAEHV weights not found")

@@ -103,7 +103,8 @@ class WaypointStaticFrame(nn.Module):
         ang = self.frame.to(torch.float64) * self.rope_time_freq
         tcos = torch.cos(ang).to(torch.float32).to(self.dtype).expand(self.N, -1)
         tsin = torch.sin(ang).to(torch.float32).to(self.dtype).expand(self.N, -1)
-        return (torch.cat([self.rope_space_cos, tcos], -1)[:, None], torch.cat([self.rope_space_sin, tsin], -1)[:, None])
+        cos = torch.cat([self.rope_space_cos, tcos], -1)[:, None]
+        return cos, torch.cat([self.rope_space_sin, tsin], -1)[:, None]
 
     @staticmethod
     def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
