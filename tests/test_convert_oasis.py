@@ -306,10 +306,10 @@ def test_cli_convert(tmp_path, fixture_files, converted):
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     r = _cli("convert", "oasis", "--dit", "x.safetensors")
     assert r.returncode == 2 and "required" in r.stderr
-    r = _cli("convert", "waypoint")
-    assert r.returncode == 2 and "invalid choice: 'waypoint'" in r.stderr
+    r = _cli("convert", "genie-2")
+    assert r.returncode == 2 and "invalid choice: 'genie-2'" in r.stderr
     r = _cli("convert", "oasis", "--help")
-    assert r.returncode == 0 and "--dit" in r.stdout and "(default)" in r.stdout
+    assert r.returncode == 0 and "--dit" in r.stdout and "(default: oasis-500m)" in r.stdout
 
 
 def test_docs_snippet_runs_as_written(tmp_path):

@@ -62,15 +62,15 @@ def test_json_dispatch_and_roundtrip():
     assert "architecture" not in json.loads(tiny.to_json())  # NFD files stay as they were
     assert configs.from_json(tiny.to_json()) == tiny
     assert configs.from_dict({**tiny.to_dict(), "architecture": "nfd"}) == tiny
-    with pytest.raises(ValueError, match="unknown architecture 'waypoint'"):
-        configs.from_dict({**TINY.to_dict(), "architecture": "waypoint"})
+    with pytest.raises(ValueError, match="unknown architecture 'genie-2'"):
+        configs.from_dict({**TINY.to_dict(), "architecture": "genie-2"})
     with pytest.raises(ValueError, match="unknown Oasis config fields"):
         configs.from_dict({**TINY.to_dict(), "bogus": 1})
     with pytest.raises(ValueError, match="unknown Oasis VAE config fields"):
         configs.from_dict({**TINY.to_dict(), "vae": {**TINY.vae.__dict__, "channels": 3}})
     assert configs.names() == ["tiny", "nfd-130m", "nfd-310m"]
     assert configs.names("oasis") == ["oasis-500m", "oasis-tiny"]
-    assert configs.names("all") == configs.names() + configs.names("oasis")
+    assert configs.names("all") == configs.names() + configs.names("oasis") + configs.names("waypoint")
     assert isinstance(configs.get("tiny"), NFDConfig)
 
 

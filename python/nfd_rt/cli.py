@@ -4,6 +4,7 @@
     nfd-rt export-random tiny -o m.nfd          (needs torch)
     nfd-rt export-onnx m.nfd -o m_onnx/         ONNX graphs + host-loop JSON for ONNX Runtime / TensorRT (torch)
     nfd-rt convert oasis --dit oasis500m.safetensors --vae vit-l-20.safetensors -o oasis500m.nfd   (torch)
+    nfd-rt convert waypoint DIR -o m.nfd        an upstream checkpoint folder -> .nfd (docs/waypoint.md)
     nfd-rt demo [--frames 120] [--out nfd_demo.mp4]      the shipped Gridworld model, video of game | model
     nfd-rt play                                         arrow keys drive the model live (pygame)
     nfd-rt evaluate [--sequences 100]                   position error, PSNR, coin state against the real game
@@ -95,7 +96,12 @@ def _export_random(args: argparse.Namespace) -> int:
         return 2
     cfg = configs.get(args.config) if not args.config.endswith(".json") else configs.from_json(
         open(args.config).read())
-    model = (OasisModel if isinstance(cfg, configs.OasisConfig) else NFDModel)(cfg, init_seed=args.seed)
+    if getattr(cfg, "architecture", "nfd") == "waypoint":
+        from .reference.waypoint import WaypointModel
+
+        model = WaypointModel(cfg, init_seed=args.seed)
+    else:
+        model = (OasisModel if isinstance(cfg, configs.OasisConfig) else NFDModel)(cfg, init_seed=args.seed)
     export.save(model, args.output)
     print(f"wrote {args.output} ({os.path.getsize(args.output) / 2**20:.1f} MiB, random {cfg.name} weights)")
     return 0
@@ -152,6 +158,16 @@ def _convert_oasis(args: argparse.Namespace) -> int:
                             progress=progress if bar is not None else None)
     print(f"wrote {summary['output']} ({os.path.getsize(summary['output']) / 2**20:.1f} MiB: {summary['tensors']} "
           f"tensors, {summary['parameters']:,} parameters, config {summary['config']})")
+    return 0
+
+
+def _convert_waypoint(args: argparse.Namespace) -> int:
+    from .convert import waypoint
+
+    cfg = waypoint.convert(args.folder, args.output, taehv=args.taehv, ignore_options=args.ignore_option,
+                           name=args.name)
+    print(f"wrote {args.output} ({os.path.getsize(args.output) / 2**20:.1f} MiB, {cfg.name}: {cfg.depth} layers x "
+          f"{cfg.hidden_size}, {cfg.output_width}x{cfg.output_height} video, {cfg.frames_per_latent} frames per step)")
     return 0
 
 
@@ -376,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(fn=_export)
 
     q = command("export-random", "write a randomly initialised model (needs torch)")
-    q.add_argument("config", help="config name (tiny, nfd-130m, nfd-310m, oasis-tiny, oasis-500m) or a config .json "
+    q.add_argument("config", help="config name (tiny, nfd-130m, nfd-310m, oasis-tiny, oasis-500m, waypoint-tiny, ...) or a config .json "
                    "file")
     q.add_argument("-o", "--output", required=True, help="the .nfd file to write")
     q.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=0, help="seed of the random initialisation")
@@ -407,6 +423,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the Oasis config the checkpoints must match: oasis-500m, oasis-tiny or a config .json file")
     c.add_argument("--progress", action="store_true", help="show a progress bar while tensors are written")
     c.set_defaults(fn=_convert_oasis)
+    c = archs.add_parser("waypoint", help="Waypoint-1.5 (Overworld): config.yaml + model.safetensors + TAEHV weights "
+                         "(docs/waypoint.md)", description="Convert a Waypoint-1.5 checkpoint folder (Hugging Face "
+                         "Overworld/Waypoint-1.5-1B) to one .nfd file. Every option and tensor is checked first; no "
+                         "network access.", formatter_class=_HelpFormatter)
+    c.add_argument("folder", help="the checkpoint folder: config.yaml, model.safetensors, taehv/taehv1_5.pth")
+    c.add_argument("-o", "--output", required=True, help="the .nfd file to write")
+    c.add_argument("--taehv", default=None, help="the TAEHV weights (.pth or .safetensors); default: "
+                   "taehv1_5.{safetensors,pth} in FOLDER or FOLDER/taehv")
+    c.add_argument("--ignore-option", action="append", default=[], metavar="NAME",
+                   help="a config.yaml option to ignore rather than refuse as unknown (repeatable)")
+    c.add_argument("--name", default=None, help="the model name stored in the file (default: the nfd_rt name of "
+                   "the published geometry, e.g. waypoint-1.5-1b)")
+    c.set_defaults(fn=_convert_waypoint)
 
     q = command("demo", "the shipped world model plays Gridworld; writes a video (game | model)")
     _add_session_options(q)

@@ -485,8 +485,15 @@ _OASIS_CONFIGS: dict[str, OasisConfig] = {
     ),
 }
 
-ModelConfig = Union[NFDConfig, OasisConfig]
-ARCHITECTURES = ("nfd", "oasis")
+ModelConfig = Union[NFDConfig, OasisConfig, "WaypointConfig"]  # noqa: F821 (nfd_rt.configs_waypoint)
+ARCHITECTURES = ("nfd", "oasis", "waypoint")
+
+
+def _waypoint():
+    """nfd_rt.configs_waypoint (imported when first needed: it imports this module)."""
+    from . import configs_waypoint
+
+    return configs_waypoint
 
 
 def from_dict(d: dict[str, Any]) -> ModelConfig:
@@ -499,6 +506,8 @@ def from_dict(d: dict[str, Any]) -> ModelConfig:
         return NFDConfig.from_dict({k: v for k, v in d.items() if k != "architecture"})
     if arch == "oasis":
         return OasisConfig.from_dict(d)
+    if arch == "waypoint":
+        return _waypoint().config_from_dict(d)
     raise ValueError(f"unknown architecture {arch!r}; this nfd_rt knows: {', '.join(ARCHITECTURES)}")
 
 
@@ -508,20 +517,22 @@ def from_json(text: str) -> ModelConfig:
 
 
 def names(architecture: str = "nfd") -> list[str]:
-    """Named configs of one architecture ("nfd": tiny, nfd-130m, nfd-310m; "oasis": oasis-500m, oasis-tiny) or
-    of all ("all")."""
-    table = {"nfd": list(_CONFIGS), "oasis": list(_OASIS_CONFIGS)}
+    """Named configs of one architecture ("nfd": tiny, nfd-130m, nfd-310m; "oasis": oasis-500m, oasis-tiny;
+    "waypoint": waypoint-1.5-1b, waypoint-1.5-1b-360p, waypoint-tiny) or of all ("all")."""
+    table = {"nfd": list(_CONFIGS), "oasis": list(_OASIS_CONFIGS), "waypoint": _waypoint().names()}
     if architecture == "all":
-        return table["nfd"] + table["oasis"]
+        return table["nfd"] + table["oasis"] + table["waypoint"]
     if architecture not in table:
         raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}, all")
     return table[architecture]
 
 
 def get(name: str) -> ModelConfig:
-    """Return the named config ("tiny", "nfd-130m", "nfd-310m", "oasis-500m", "oasis-tiny")."""
+    """Return the named config ("tiny", "nfd-130m", "nfd-310m", "oasis-500m", "oasis-tiny", "waypoint-tiny", ...)."""
     if name in _CONFIGS:
         return _CONFIGS[name]
     if name in _OASIS_CONFIGS:
         return _OASIS_CONFIGS[name]
+    if name in _waypoint().names():
+        return _waypoint().get(name)
     raise ValueError(f"unknown config {name!r}; known: {', '.join(names('all'))}") from None

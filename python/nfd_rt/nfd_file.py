@@ -82,13 +82,17 @@ def save(model, path: str | os.PathLike) -> None:
 
 
 def load(path: str | os.PathLike):
-    """Load a .nfd file into a new NFDModel (an OasisModel for an Oasis file), checking every tensor's name,
-    dtype and shape."""
+    """Load a .nfd file into a new NFDModel (an OasisModel or a WaypointModel for those architectures' files),
+    checking every tensor's name, dtype and shape."""
     import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     table, cfg = read_header(path)
+    if getattr(cfg, "architecture", "nfd") == "waypoint":
+        from .reference.waypoint import load as load_waypoint
+
+        return load_waypoint(path)
     if isinstance(cfg, configs.OasisConfig):
         from .reference.oasis import OasisModel
 
@@ -119,11 +123,11 @@ def load(path: str | os.PathLike):
 
 
 def write_nfd(tensors: dict, cfg: ModelConfig, path: str | os.PathLike) -> None:
-    """Write numpy float32 arrays as a .nfd file (pure Python, no torch): the safetensors layout by hand."""
-    import numpy as np
+    """Write numpy float32 arrays as a .nfd file (pure Python, no torch): the safetensors layout by hand.
 
-    arrays = {name: np.ascontiguousarray(tensors[name], dtype="<f4") for name in tensors}
-    write_nfd_stream({name: a.shape for name, a in arrays.items()}, arrays.__getitem__, cfg, path)
+    A value may also be a lazy array-like (a `shape` attribute and `__array__`): each is materialised in its turn
+    (write_nfd_stream), so a converter holds one tensor at a time."""
+    write_nfd_stream({name: t.shape for name, t in tensors.items()}, tensors.__getitem__, cfg, path)
 
 
 def write_nfd_stream(shapes: dict, produce, cfg: ModelConfig, path: str | os.PathLike) -> None:
