@@ -8,10 +8,10 @@
 For each config a model with random weights (written with numpy, no PyTorch) is loaded once; one session is filled
 to a full cache (sink_frames + window context latents through `reset`, so every slot the next frame sees holds a
 frame), then, each the median of --repeats runs:
-  - snapshot: `session.snapshot()` (the device-to-host copy of the visible K/V, the metadata, the CRC-32);
+  - snapshot: `session.snapshot()` (the device-to-host copy of the visible K/V, the metadata, the CRC-32C);
   - restore: `model.session(snapshot=blob)` (open a session, check the blob, copy the K/V in), and beside it
     `model.session()` alone, so the part the snapshot adds is visible;
-  - crc32: the CRC-32 of the whole blob alone (computed once on save and once on restore).
+  - crc32c: the CRC-32C of the whole blob alone (computed once on save and once on restore).
 The blob's size is exact. Restored sessions are checked to continue bitwise (one latent) on `tiny` only: the
 other configs take seconds a frame on a CPU, and tests/test_snapshot.py covers the semantics.
 """
@@ -102,11 +102,11 @@ def bench_config(name: str, workdir: str, repeats: int, threads: int, device: st
     open_ms, open_all = median_ms(lambda: model.session(seed=1), repeats)
     restore_ms, restore_all = median_ms(lambda: model.session(snapshot=blob), repeats)
     log(f"{name}: restore {restore_ms:.1f} ms (a session alone opens in {open_ms:.1f} ms)")
-    crc_ms, _ = median_ms(lambda: _core.crc32(blob), repeats)
+    crc_ms, _ = median_ms(lambda: _core.crc32c(blob), repeats)
 
     row = {"config": name, "frames_saved": full, "blob_bytes": len(blob), "state_bytes": info["state_bytes"],
            "metadata_bytes": len(blob) - info["state_bytes"] - 36, "kv_cache_bytes": s.kv_cache_bytes(),
-           "snapshot_ms": snap_ms, "restore_ms": restore_ms, "open_ms": open_ms, "crc32_ms": crc_ms,
+           "snapshot_ms": snap_ms, "restore_ms": restore_ms, "open_ms": open_ms, "crc32c_ms": crc_ms,
            "snapshot_gb_s": len(blob) / snap_ms / 1e6, "restore_gb_s": len(blob) / restore_ms / 1e6,
            "snapshot_ms_all": snap_all, "restore_ms_all": restore_all, "open_ms_all": open_all}
     if name == "tiny":  # cheap enough to check the restored session continues bitwise
@@ -131,13 +131,13 @@ def markdown(result: dict) -> str:
     out = [f"Snapshot and restore, {result['device']} {result['dtype']}, {result['threads']} thread(s), "
            f"{env.get('cpu', '')}, commit `{env.get('commit', '?')[:10]}`, {env['date'][:10]}; median of "
            f"{result['repeats']} runs at a full cache:", "",
-           "| config | frames saved | blob | snapshot ms | restore ms | open alone ms | CRC-32 ms |",
+           "| config | frames saved | blob | snapshot ms | restore ms | open alone ms | CRC-32C ms |",
            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in result["rows"]:
         size = r["blob_bytes"]
         size_s = f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.0f} KiB"
         out.append(f"| `{r['config']}` | {r['frames_saved']} | {size_s} | {r['snapshot_ms']:.1f} | "
-                   f"{r['restore_ms']:.1f} | {r['open_ms']:.1f} | {r['crc32_ms']:.1f} |")
+                   f"{r['restore_ms']:.1f} | {r['open_ms']:.1f} | {r['crc32c_ms']:.1f} |")
     return "\n".join(out)
 
 

@@ -130,7 +130,7 @@ def test_snapshot_from_c(example, tmp_path):
     assert (f"buffer one byte short: NFD_ERROR_INVALID_ARGUMENT (size_out {size}): nfd_session_snapshot: the "
             f"buffer holds {size - 1} bytes, the snapshot needs {size}") in out
     assert f"truncated blob: NFD_ERROR_INVALID_ARGUMENT: snapshot: truncated: expected {size} bytes, got {size - 10}" in out
-    assert "flipped bit: NFD_ERROR_INVALID_ARGUMENT: snapshot: corrupted: its CRC-32 is" in out
+    assert "flipped bit: NFD_ERROR_INVALID_ARGUMENT: snapshot: corrupted: its CRC-32C is" in out
     blob = snap.read_bytes()
     info = nfd_rt.snapshot_info(blob)
     assert info["frame_index"] == frames and info["seed"] == 7

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import struct
 import time
-import zlib
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nfd_rt
-from nfd_rt import configs
+from nfd_rt import _core, configs
 from nfd_testfiles import MICRO, random_nfd
 
 CFG = configs.get("tiny")  # window 8, 1 sink frame
@@ -76,7 +75,28 @@ def reseal(blob: bytes, meta: dict | None = None, raw_meta: bytes | None = None)
     text += b" " * (-len(text) % 8)
     total = HEADER + len(text) + len(state) + TRAILER
     body = b"nfdsnap\0" + struct.pack("<IIQQ", 1, len(text), len(state), total) + text + state
-    return body + struct.pack("<I", zlib.crc32(body))
+    return body + struct.pack("<I", _core.crc32c(body))
+
+
+def crc32c_reference(data: bytes) -> int:
+    """CRC-32C (Castagnoli) bit by bit, straight from its definition: the oracle of the runtime's two versions."""
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def test_crc32c_is_castagnolis():
+    assert crc32c_reference(b"123456789") == 0xE3069283  # the standard check value (RFC 3720's CRC)
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 7, 8, 9, 63, 1000, 4099):
+        data = rng.integers(0, 256, n + 3, dtype=np.uint8).tobytes()
+        for start in (0, 1, 3):  # unaligned starts
+            want = crc32c_reference(data[start:start + n])
+            assert _core.crc32c(data[start:start + n]) == want
+            assert _core.crc32c(data[start:start + n], software=True) == want
 
 
 # -- the restored session continues bitwise --------------------------------------------------------------------------
@@ -143,7 +163,7 @@ def test_blob_holds_the_visible_frames_only(model):
     (m,) = struct.unpack_from("<I", blob, 12)
     assert len(blob) == HEADER + m + state_bytes(CFG, full) + TRAILER == info["size"]
     assert m % 8 == 0 and m < 2048
-    assert struct.unpack_from("<I", blob, len(blob) - 4)[0] == zlib.crc32(blob[:-4])  # zlib's CRC-32
+    assert struct.unpack_from("<I", blob, len(blob) - 4)[0] == _core.crc32c(blob[:-4], software=True)
 
 
 def test_restore_with_its_own_model_copy_and_other_options(model, model_path):
@@ -282,7 +302,7 @@ def test_corruption_is_detected(model, blob):
     for at in (HEADER + 5, HEADER + m + 1000, len(blob) - 5, len(blob) - 1):  # metadata, state, CRC
         bad = bytearray(blob)
         bad[at] ^= 0x10
-        refused(model, bytes(bad), r"^snapshot: corrupted: its CRC-32 is [0-9a-f]{8}, the blob says [0-9a-f]{8}$")
+        refused(model, bytes(bad), r"^snapshot: corrupted: its CRC-32C is [0-9a-f]{8}, the blob says [0-9a-f]{8}$")
     sizes = bytearray(blob)
     struct.pack_into("<I", sizes, 12, m + 8)  # metadata size no longer adds up
     refused(model, bytes(sizes), r"corrupted: the header's sizes do not add up")

@@ -488,13 +488,16 @@ PYBIND11_MODULE(_core, m) {
         return d;
       },
       py::arg("snapshot"),
-      "The metadata of a snapshot blob (a dict) after checking its format (magic, version, size, CRC-32).");
+      "The metadata of a snapshot blob (a dict) after checking its format (magic, version, size, CRC-32C).");
   m.def(
-      "crc32", [](const py::bytes& data) {
+      "crc32c",
+      [](const py::bytes& data, bool software) {
         std::string_view v(data);
-        return nfd::snapshot::crc32(v.data(), v.size());
+        return software ? nfd::snapshot::crc32c_software(v.data(), v.size())
+                        : nfd::snapshot::crc32c(v.data(), v.size());
       },
-      py::arg("data"), "The CRC-32 snapshots use (zlib's), for tests.");
+      py::arg("data"), py::arg("software") = false,
+      "The CRC-32C (Castagnoli) snapshots end with; software=True: the table-driven fallback (tests).");
   m.def(
       "estimate_memory",
       [](const std::string& path, const std::string& device, const std::string& dtype, int threads) {

@@ -83,7 +83,7 @@ class Session {
 
   // Snapshots (docs/snapshots.md): everything this world's future depends on (the K/V of the frames a later
   // frame can still see, which frames they are, the frame index, the seed), checked by the model's config and a
-  // fingerprint of its weights, the dtype, a format version and a CRC-32. Frames generated ahead by speculation
+  // fingerprint of its weights, the dtype, a format version and a CRC-32C. Frames generated ahead by speculation
   // are not saved: like fork(), a snapshot is the served state. snapshot_size() is the blob's size now;
   // snapshot(out, capacity) writes it (invalid_argument when capacity is smaller) and returns its size.
   size_t snapshot_size() const;

@@ -22,12 +22,15 @@ using json = nlohmann::json;
 
 [[noreturn]] void bad(const std::string& msg) { fail(ErrorKind::invalid_argument, "snapshot: " + msg); }
 
+// CRC-32C (Castagnoli, reflected polynomial 0x82F63B78): the checksum of iSCSI, ext4 and SSE 4.2's crc32
+// instruction, which computes 8 bytes a step (several GB/s, so a GiB blob is checked in a fraction of its copy
+// time); the table-driven software version (slicing-by-8) is the fallback on other CPUs.
 struct CrcTables {
   uint32_t t[8][256];
   CrcTables() {
     for (uint32_t i = 0; i < 256; ++i) {
       uint32_t c = i;
-      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0x82F63B78u ^ (c >> 1) : c >> 1;
       t[0][i] = c;
     }
     for (int k = 1; k < 8; ++k)
@@ -100,7 +103,7 @@ std::string string_field(const json& meta, const char* key) {
 
 }  // namespace
 
-uint32_t crc32(const void* data, size_t size, uint32_t crc) {
+uint32_t crc32c_software(const void* data, size_t size, uint32_t crc) {
   static const CrcTables T;
   const uint8_t* p = static_cast<const uint8_t*>(data);
   crc = ~crc;
@@ -111,6 +114,30 @@ uint32_t crc32(const void* data, size_t size, uint32_t crc) {
   }
   for (; size; ++p, --size) crc = T.t[0][(crc ^ *p) & 0xff] ^ (crc >> 8);
   return ~crc;
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+namespace {
+__attribute__((target("sse4.2"))) uint32_t crc32c_sse42(const void* data, size_t size, uint32_t crc) {
+  const uint8_t* p = static_cast<const uint8_t*>(data);
+  uint64_t c = ~crc;
+  for (; size >= 8; p += 8, size -= 8) {
+    uint64_t v;
+    std::memcpy(&v, p, 8);  // little-endian, as the instruction reads it
+    c = __builtin_ia32_crc32di(c, v);
+  }
+  for (; size; ++p, --size) c = __builtin_ia32_crc32qi(uint32_t(c), *p);
+  return ~uint32_t(c);
+}
+}  // namespace
+#endif
+
+uint32_t crc32c(const void* data, size_t size, uint32_t crc) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  static const bool hw = __builtin_cpu_supports("sse4.2");
+  if (hw) return crc32c_sse42(data, size, crc);
+#endif
+  return crc32c_software(data, size, crc);
 }
 
 uint64_t weights_fingerprint(const ModelFile& file) {
@@ -168,10 +195,10 @@ Blob open(const void* data, size_t size) {
   if (state_bytes > total || total - state_bytes != kHeaderBytes + meta_bytes + kTrailerBytes)
     bad("corrupted: the header's sizes do not add up (metadata " + std::to_string(meta_bytes) + " + state " +
         std::to_string(state_bytes) + " bytes in a blob of " + std::to_string(total) + ")");
-  const uint32_t stored = load_u32(p + size - kTrailerBytes), actual = crc32(p, size - kTrailerBytes);
+  const uint32_t stored = load_u32(p + size - kTrailerBytes), actual = crc32c(p, size - kTrailerBytes);
   if (stored != actual) {
     char buf[96];
-    std::snprintf(buf, sizeof(buf), "corrupted: its CRC-32 is %08x, the blob says %08x", actual, stored);
+    std::snprintf(buf, sizeof(buf), "corrupted: its CRC-32C is %08x, the blob says %08x", actual, stored);
     bad(buf);
   }
   Blob b;
@@ -295,7 +322,7 @@ size_t Session::Impl::write_snapshot(void* out, size_t capacity) {
   std::memcpy(b + snapshot::kHeaderBytes, p.meta.data(), p.meta.size());
   uint8_t* state = b + snapshot::kHeaderBytes + p.meta.size();
   st->graph->save_state(ctx, p.slots, state);
-  snapshot::store_u32(state + p.state_bytes, snapshot::crc32(b, p.total - snapshot::kTrailerBytes));
+  snapshot::store_u32(state + p.state_bytes, snapshot::crc32c(b, p.total - snapshot::kTrailerBytes));
   return p.total;
 }
 

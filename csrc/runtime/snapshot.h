@@ -9,7 +9,7 @@
 //   [24, 32)      u64 total bytes of the blob (32 + M + P + 4), so a truncated blob is named as such first
 //   [32, 32 + M)  metadata: architecture, config, weights fingerprint, dtype, seed, frame_index, frames, ...
 //   [.., + P)     the state: SessionGraph::save_state of the saved frames' slots, in frame order
-//   last 4 bytes  u32 CRC-32 (zlib's, as Python's zlib.crc32) of every byte before it
+//   last 4 bytes  u32 CRC-32C (Castagnoli) of every byte before it
 #pragma once
 
 #include <cstddef>
@@ -30,8 +30,10 @@ constexpr char kMagic[8] = {'n', 'f', 'd', 's', 'n', 'a', 'p', '\0'};
 constexpr uint32_t kVersion = 1;
 constexpr size_t kHeaderBytes = 32, kTrailerBytes = 4;
 
-// CRC-32 with zlib's polynomial (0xEDB88320, reflected), continuing from `crc` (0 to start).
-uint32_t crc32(const void* data, size_t size, uint32_t crc = 0);
+// CRC-32C (Castagnoli: reflected polynomial 0x82F63B78, as iSCSI, ext4 and SSE 4.2's crc32 instruction),
+// continuing from `crc` (0 to start); the instruction where the CPU has it, else crc32c_software.
+uint32_t crc32c(const void* data, size_t size, uint32_t crc = 0);
+uint32_t crc32c_software(const void* data, size_t size, uint32_t crc = 0);
 
 // The fingerprint of a .nfd file's weights that a snapshot records, so a blob of another model with the same
 // config is refused: a 64-bit FNV-1a hash of the tensor table (names, shapes) and, per tensor, of 64 chunks of 64

@@ -131,7 +131,7 @@ NFD_API nfd_status nfd_session_create(nfd_model* model, const nfd_session_params
 NFD_API nfd_status nfd_session_fork(nfd_session* session, nfd_session** out);
 /* Snapshots (docs/snapshots.md): everything a world's future depends on (the KV cache of the frames a later frame
  * can still see, the frame index, the seed) as one versioned blob, checked on restore against the model's config,
- * a fingerprint of its weights, the dtype and a CRC-32. Frames generated ahead by speculation are not saved: like
+ * a fingerprint of its weights, the dtype and a CRC-32C. Frames generated ahead by speculation are not saved: like
  * nfd_session_fork, a snapshot is the state after the last frame returned. Query the size first, like snprintf:
  *   size_t n; nfd_session_snapshot(s, NULL, 0, &n); void* blob = malloc(n); nfd_session_snapshot(s, blob, n, &n);
  * *size_out is set to the snapshot's size (0 on other errors). buffer NULL: only the size. A buffer with capacity
