@@ -238,7 +238,7 @@ class Session:
     def snapshot(self) -> bytes:
         """Everything this world's future depends on, as bytes: the KV cache of the frames a later frame can still
         see, which frames they are, the frame index and the seed, with the model's config, a fingerprint of its
-        weights, the dtype, a format version and a CRC-32. `model.session(snapshot=blob)` (or
+        weights, the dtype, a format version and a CRC-32C. `model.session(snapshot=blob)` (or
         `Session(path, snapshot=blob)`) continues from it, in this process or another; on the CPU it produces
         bitwise the frames this session would produce next. Frames generated ahead by speculation are not saved:
         like `fork()`, the snapshot is the state after the last frame returned (docs/snapshots.md)."""
@@ -304,7 +304,7 @@ def step_latent_batch(sessions: Sequence[Session], actions: Any) -> np.ndarray:
 
 
 def snapshot_info(snapshot: Any) -> dict:
-    """The metadata of a snapshot blob, after checking its format (magic bytes, version, size, CRC-32): the
+    """The metadata of a snapshot blob, after checking its format (magic bytes, version, size, CRC-32C): the
     architecture, config, weights fingerprint, dtype, seed, frame_index, the saved frames, state_bytes, the
     nfd_rt version that wrote it, plus format_version and size. Raises ValueError for a blob that is not an intact
     snapshot. It does not check the blob against a model: restoring does."""
