@@ -340,6 +340,9 @@ def test_crafted_metadata(model, blob):
         return reseal(blob, m)
 
     refused(model, with_(architecture="oasis"), r"architecture 'oasis', this model's is 'nfd'")
+    # Strings from a blob are quoted printable: control and non-ASCII bytes escaped, one line.
+    refused(model, with_(architecture="a\nb\u00e9"), r"architecture 'a\\x0ab\\xc3\\xa9', this model's")
+    refused(model, with_(dtype="x" * 100), r"taken from a x{40}\.\.\. session")
     refused(model, with_(dtype="bfloat16"), r"taken from a bfloat16 session, this session computes in float32")
     refused(model, with_(config={**meta["config"], "name": "tiny2"}), r"config differs: name is \"tiny2\"")
     refused(model, with_(seed=None), r"metadata has no field 'seed'")

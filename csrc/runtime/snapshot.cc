@@ -38,7 +38,9 @@ struct CrcTables {
   }
 };
 
-uint32_t load_u32(const uint8_t* p) { return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24; }
+uint32_t load_u32(const uint8_t* p) {
+  return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
+}
 uint64_t load_u64(const uint8_t* p) { return uint64_t(load_u32(p)) | uint64_t(load_u32(p + 4)) << 32; }
 void store_u32(uint8_t* p, uint32_t v) {
   for (int i = 0; i < 4; ++i) p[i] = uint8_t(v >> (8 * i));
@@ -59,6 +61,22 @@ struct Fnv {
     add(b, 8);
   }
 };
+
+// A string from a blob, quoted in a message: control and non-ASCII bytes escaped, kept short, so messages stay
+// one printable line whatever the blob holds.
+std::string printable(const std::string& s) {
+  std::string out;
+  for (unsigned char ch : s.substr(0, 40)) {
+    if (ch >= 0x20 && ch < 0x7f && ch != '\\') {
+      out += char(ch);
+    } else {
+      char buf[8];
+      std::snprintf(buf, sizeof(buf), "\\x%02x", ch);
+      out += buf;
+    }
+  }
+  return s.size() > 40 ? out + "..." : out;
+}
 
 // A JSON value quoted in a message, kept short.
 std::string quote(const json& v) {
@@ -221,7 +239,7 @@ Contents read(const void* data, size_t size, const Model& model, DType dtype) {
   const Config& cfg = model.config();
   const std::string arch = string_field(meta, "architecture");
   if (arch != cfg.architecture)
-    bad("it is of a model of architecture '" + arch + "', this model's is '" + cfg.architecture + "'");
+    bad("it is of a model of architecture '" + printable(arch) + "', this model's is '" + cfg.architecture + "'");
   const json& saved_config = field(meta, "config");
   const json ours = json::parse(config_to_json(cfg));
   if (saved_config != ours) {
@@ -234,12 +252,12 @@ Contents read(const void* data, size_t size, const Model& model, DType dtype) {
   }
   const std::string weights = string_field(meta, "weights_fingerprint");
   if (weights != hex64(model.weights_fingerprint()))
-    bad("it is of another model with the same config: weights fingerprint " + weights + " in the snapshot, " +
-        hex64(model.weights_fingerprint()) + " for this model's file");
+    bad("it is of another model with the same config: weights fingerprint " + printable(weights) +
+        " in the snapshot, " + hex64(model.weights_fingerprint()) + " for this model's file");
   const std::string saved_dtype = string_field(meta, "dtype");
   if (saved_dtype != dtype_user_name(dtype))
-    bad("it was taken from a " + saved_dtype + " session, this session computes in " + dtype_user_name(dtype) +
-        " (a snapshot restores into a session of the same dtype)");
+    bad("it was taken from a " + printable(saved_dtype) + " session, this session computes in " +
+        dtype_user_name(dtype) + " (a snapshot restores into a session of the same dtype)");
 
   Contents c;
   c.seed = unsigned_field(meta, "seed");
