@@ -414,6 +414,33 @@ def test_crafted_fields_never_crash(model, blob, field, value):
     assert np.isfinite(s.step_latent(key(0))).all()
 
 
+# -- CUDA (run on a GPU machine; unverified until one runs it) ------------------------------------------------------
+
+@pytest.mark.cuda
+def test_cuda_snapshots(model_path):
+    """bf16 on CUDA: a restored session replays the same kernels on the same bytes, so the same bits as a fork;
+    a blob crosses devices through host memory unchanged (CPU float32 -> CUDA float32 -> the same blob), and
+    another dtype is refused."""
+    bf16 = nfd_rt.Model(model_path, device="cuda", dtype="bfloat16")
+    s = bf16.session(seed=6)
+    for i in range(2 * (CFG.window + CFG.sink_frames) + 3):
+        s.step_latent(key(i))
+    blob = s.snapshot()
+    info = nfd_rt.snapshot_info(blob)
+    assert info["dtype"] == "bfloat16" and info["state_bytes"] == state_bytes(CFG, CFG.sink_frames + CFG.window, 2)
+    fork, restored = s.fork(), bf16.session(snapshot=blob)
+    for i in range(2 * CFG.window + 3):
+        np.testing.assert_array_equal(restored.step(key(i)), fork.step(key(i)), err_msg=f"frame {i}")
+    cpu = nfd_rt.Model(model_path).session(seed=6)
+    run(cpu, actions(CFG.window + 4, 1))
+    cpu_blob = cpu.snapshot()
+    with pytest.raises(ValueError, match="taken from a float32 session, this session computes in bfloat16"):
+        bf16.session(snapshot=cpu_blob)
+    on_cuda = nfd_rt.Model(model_path, device="cuda").session(snapshot=cpu_blob)
+    assert on_cuda.snapshot() == cpu_blob
+    assert np.isfinite(on_cuda.step_latent(key(0))).all()
+
+
 # -- the size of a snapshot per config (docs/snapshots.md) ----------------------------------------------------------
 
 def test_sizes_in_the_docs_follow_the_formula():
