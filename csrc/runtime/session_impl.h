@@ -127,8 +127,8 @@ struct Session::Impl {
   SnapshotPlan snapshot_plan() const;
   // Writes the blob of the served state to `out` (capacity bytes; nullptr: only its size) and returns its size.
   size_t write_snapshot(void* out, size_t capacity);
-  // Replaces this session's state by a blob's, after checking it completely (the session is unchanged when a
-  // check fails).
+  // Replaces this session's state by a blob's, after checking it completely: the session is unchanged when a
+  // check fails, and as after a reset when copying the state in fails.
   void load_snapshot(const void* data, size_t size);
 
   // ---- exact speculation (speculation.cc) ----------------------------------------------------------------------

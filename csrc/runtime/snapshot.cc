@@ -355,7 +355,9 @@ void Session::Impl::load_snapshot(const void* data, size_t size) {
   for (int64_t f : c.frames) slots.push_back(ring.slot_for(f));  // this session's ring (its size may differ)
   try {
     st->graph->load_state(ctx, slots, c.state);
-  } catch (...) {
+  } catch (...) {  // a device error midway: the cache holds parts of two states, so forget every frame
+    ring.clear();
+    frame_index = served_index = 0;
     resume_worker(lk);
     throw;
   }
