@@ -210,6 +210,51 @@ nfd_status nfd_session_fork(nfd_session* session, nfd_session** out) {
   });
 }
 
+nfd_status nfd_session_snapshot(nfd_session* session, void* buffer, size_t capacity, size_t* size_out) {
+  if (size_out) *size_out = 0;
+  return guarded([&] {
+    require(session != nullptr, "nfd_session_snapshot: session is NULL");
+    require(size_out != nullptr, "nfd_session_snapshot: size_out is NULL");
+    if (!buffer) {
+      *size_out = session->impl->snapshot_size();
+      return;
+    }
+    const size_t need = session->impl->snapshot_size();
+    *size_out = need;
+    if (capacity < need)
+      nfd::fail(nfd::ErrorKind::invalid_argument, "nfd_session_snapshot: the buffer holds " +
+                                                      std::to_string(capacity) + " bytes, the snapshot needs " +
+                                                      std::to_string(need));
+    *size_out = session->impl->snapshot(buffer, capacity);
+  });
+}
+
+nfd_status nfd_session_create_from_snapshot(nfd_model* model, const nfd_session_params* params,
+                                            const void* snapshot, size_t size, nfd_session** out) {
+  if (out) *out = nullptr;
+  return guarded([&] {
+    require(model != nullptr, "nfd_session_create_from_snapshot: model is NULL");
+    require(out != nullptr, "nfd_session_create_from_snapshot: out is NULL");
+    require(snapshot != nullptr || size == 0, "nfd_session_create_from_snapshot: snapshot is NULL");
+    auto s = std::make_unique<nfd_session>();
+    s->impl = std::make_unique<nfd::Session>(model->impl, session_options(params), snapshot, size);
+    *out = s.release();
+  });
+}
+
+nfd_status nfd_session_open_snapshot(const char* path, const nfd_session_params* params, const void* snapshot,
+                                     size_t size, nfd_session** out) {
+  if (out) *out = nullptr;
+  return guarded([&] {
+    require(path != nullptr, "nfd_session_open_snapshot: path is NULL");
+    require(out != nullptr, "nfd_session_open_snapshot: out is NULL");
+    require(snapshot != nullptr || size == 0, "nfd_session_open_snapshot: snapshot is NULL");
+    auto s = std::make_unique<nfd_session>();
+    s->impl = std::make_unique<nfd::Session>(path, session_options(params), snapshot, size);
+    *out = s.release();
+  });
+}
+
 nfd_status nfd_step_batch(nfd_session* const* sessions, int32_t count, const float* actions, uint8_t* frames_out,
                           float* latents_out) {
   return guarded([&] {

@@ -108,3 +108,31 @@ def test_many_worlds_from_c(example, tmp_path):
     r = _run([worlds, str(model), "4"])
     assert "batched 4 sessions" in r.stdout and r.stdout.rstrip().endswith("ok"), r.stdout
     assert "max |parent - fork| = 0" in r.stdout
+
+
+def test_snapshot_from_c(example, tmp_path):
+    """nfd_session_snapshot (size first), nfd_session_create_from_snapshot, nfd_session_open_snapshot: restored
+    sessions continue bitwise; a short buffer and damaged blobs are clear errors. The blob written by C restores in
+    Python."""
+    import nfd_rt
+
+    prog = os.path.join(os.path.dirname(example), "nfd_snapshot")
+    model = tmp_path / "micro.nfd"
+    model.write_bytes(random_nfd(MICRO))
+    snap = tmp_path / "world.snap"
+    r = _run([prog, str(model), str(snap)])
+    out = r.stdout
+    assert out.rstrip().endswith("ok"), out
+    frames = 2 * (MICRO.sink_frames + MICRO.window) + 3
+    assert f"restored sessions: {2 * MICRO.window + 3} frames bitwise equal" in out
+    size = snap.stat().st_size
+    assert f"snapshot at frame {frames}: {size} bytes" in out
+    assert (f"buffer one byte short: NFD_ERROR_INVALID_ARGUMENT (size_out {size}): nfd_session_snapshot: the "
+            f"buffer holds {size - 1} bytes, the snapshot needs {size}") in out
+    assert f"truncated blob: NFD_ERROR_INVALID_ARGUMENT: snapshot: truncated: expected {size} bytes, got {size - 10}" in out
+    assert "flipped bit: NFD_ERROR_INVALID_ARGUMENT: snapshot: corrupted: its CRC-32C is" in out
+    blob = snap.read_bytes()
+    info = nfd_rt.snapshot_info(blob)
+    assert info["frame_index"] == frames and info["seed"] == 7
+    restored = nfd_rt.Session(model, snapshot=blob)
+    assert restored.frame_index == frames and restored.seed == 7

@@ -65,6 +65,17 @@ class SessionGraph {
   // Copies another session's state (caches, decoder state) of the same model into this one (fork).
   virtual void copy_state_from(const Context& ctx, const SessionGraph& other) = 0;
   virtual size_t kv_cache_bytes() const = 0;
+
+  // Snapshots (runtime/snapshot.cc): the architecture owns the bytes of its state. The runtime picks the cache
+  // slots whose frames a future frame can still see and passes them in frame order; the state written is what
+  // those slots hold in every cached layer (NFD: K then V), followed by any decoder state kept between frames
+  // (NFD's VAE keeps none). Byte-exact in the session's dtype, so a restored session computes bitwise alike.
+  // state_bytes(n): the size of that state for n slots. save_state writes exactly state_bytes(slots.size())
+  // bytes to host memory `out`; load_state reads as many from host memory `in` into `slots` (of this session,
+  // whose ring may differ in size from the saved one's). Both synchronise ctx's stream.
+  virtual size_t state_bytes(int slot_count) const = 0;
+  virtual void save_state(const Context& ctx, const std::vector<int>& slots, uint8_t* out) const = 0;
+  virtual void load_state(const Context& ctx, const std::vector<int>& slots, const uint8_t* in) = 0;
 };
 
 // A frame in flight.

@@ -19,6 +19,7 @@
 #include "runtime/kv_ring.h"
 #include "runtime/loader.h"
 #include "runtime/session.h"
+#include "runtime/snapshot.h"
 #include "ops/cpu_common.h"
 #include "ops/kernel_report.h"
 #include "ops/scratch_bound.h"
@@ -99,6 +100,33 @@ nfd::SpeculateMode parse_speculate_mode(const std::string& s) {
   value_error("speculate_mode must be 'exact' or 'parallel', got '" + s + "'");
 }
 
+// A snapshot blob from Python: any C-contiguous bytes-like object (bytes, bytearray, memoryview, numpy uint8),
+// held (and readable with the GIL released) for the object's lifetime. None: no snapshot.
+class BlobArg {
+ public:
+  explicit BlobArg(const py::object& obj) {
+    if (obj.is_none()) return;
+    if (PyObject_GetBuffer(obj.ptr(), &view_, PyBUF_SIMPLE) != 0) {
+      PyErr_Clear();
+      value_error("snapshot must be a bytes-like object (from Session.snapshot()), got " +
+                  std::string(py::str(py::type::of(obj).attr("__name__"))));
+    }
+    held_ = true;
+  }
+  ~BlobArg() {
+    if (held_) PyBuffer_Release(&view_);
+  }
+  BlobArg(const BlobArg&) = delete;
+  BlobArg& operator=(const BlobArg&) = delete;
+  bool given() const { return held_; }
+  const void* data() const { return view_.buf; }
+  size_t size() const { return size_t(view_.len); }
+
+ private:
+  Py_buffer view_{};
+  bool held_ = false;
+};
+
 // The Python-visible model: weights loaded once, shared by the sessions made from it.
 class PyModel {
  public:
@@ -125,19 +153,21 @@ class PySession {
  public:
   PySession(const std::string& path, const std::string& device, const std::string& dtype, uint64_t seed,
             int threads, bool cuda_graphs, uint64_t max_memory_bytes, int speculate,
-            const std::string& speculate_mode) {
+            const std::string& speculate_mode, const py::object& snapshot) {
     nfd::SessionOptions o = session_options(device, dtype, threads);
     o.seed = seed;
     o.cuda_graphs = cuda_graphs;
     o.max_memory_bytes = max_memory_bytes;
     o.speculate = speculate;
     o.speculate_mode = parse_speculate_mode(speculate_mode);
+    BlobArg blob(snapshot);
     py::gil_scoped_release nogil;
-    s_ = std::make_unique<nfd::Session>(path, o);
+    s_ = blob.given() ? std::make_unique<nfd::Session>(path, o, blob.data(), blob.size())
+                      : std::make_unique<nfd::Session>(path, o);
     cfg_ = s_->config();
   }
   PySession(const PyModel& model, uint64_t seed, int threads, bool cuda_graphs, uint64_t max_memory_bytes,
-            int speculate, const std::string& speculate_mode) {
+            int speculate, const std::string& speculate_mode, const py::object& snapshot) {
     nfd::SessionOptions o;
     o.seed = seed;
     o.threads = threads;
@@ -145,8 +175,10 @@ class PySession {
     o.max_memory_bytes = max_memory_bytes;
     o.speculate = speculate;
     o.speculate_mode = parse_speculate_mode(speculate_mode);
+    BlobArg blob(snapshot);
     py::gil_scoped_release nogil;
-    s_ = std::make_unique<nfd::Session>(model.get(), o);
+    s_ = blob.given() ? std::make_unique<nfd::Session>(model.get(), o, blob.data(), blob.size())
+                      : std::make_unique<nfd::Session>(model.get(), o);
     cfg_ = s_->config();
   }
   explicit PySession(std::unique_ptr<nfd::Session> s) : s_(std::move(s)), cfg_(s_->config()) {}
@@ -157,6 +189,28 @@ class PySession {
     std::unique_ptr<nfd::Session> copy;
     run([&](nfd::Session& s) { copy = s.fork(); });
     return std::make_unique<PySession>(std::move(copy));
+  }
+
+  // The snapshot as a bytes object, written in place (no second copy of a blob that may be a GiB). The session's
+  // lock is held from the size to the write, so no other thread changes the state in between; the GIL is released
+  // around the C++ calls (threads waiting for the lock never hold the GIL).
+  py::bytes snapshot() {
+    std::unique_lock<std::mutex> lock(mu_, std::defer_lock);
+    size_t size = 0;
+    {
+      py::gil_scoped_release nogil;
+      lock.lock();
+      if (!s_) throw std::runtime_error("session is closed");
+      size = s_->snapshot_size();
+    }
+    PyObject* bytes = PyBytes_FromStringAndSize(nullptr, Py_ssize_t(size));
+    if (!bytes) throw py::error_already_set();
+    py::bytes out = py::reinterpret_steal<py::bytes>(bytes);
+    {
+      py::gil_scoped_release nogil;
+      s_->snapshot(PyBytes_AS_STRING(bytes), size);
+    }
+    return out;
   }
 
   py::dict speculation_stats() {
@@ -265,6 +319,7 @@ class PySession {
   }
 
   int64_t frame_index() { return query([](nfd::Session& s) { return s.frame_index(); }); }
+  uint64_t seed() { return query([](nfd::Session& s) { return s.options().seed; }); }
   size_t memory_bytes() { return query([](nfd::Session& s) { return s.memory_bytes(); }); }
   size_t kv_cache_bytes() { return query([](nfd::Session& s) { return s.kv_cache_bytes(); }); }
   std::string device() {
@@ -348,14 +403,16 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<PySession>(m, "Session")
       .def(py::init<const std::string&, const std::string&, const std::string&, uint64_t, int, bool, uint64_t, int,
-                    const std::string&>(),
+                    const std::string&, const py::object&>(),
            py::arg("path"), py::arg("device") = "cpu", py::arg("dtype") = "float32", py::arg("seed") = 0,
            py::arg("threads") = 0, py::arg("cuda_graphs") = true, py::arg("max_memory_bytes") = 0,
-           py::arg("speculate") = 0, py::arg("speculate_mode") = "exact")
-      .def(py::init<const PyModel&, uint64_t, int, bool, uint64_t, int, const std::string&>(), py::arg("model"),
-           py::arg("seed") = 0, py::arg("threads") = 0, py::arg("cuda_graphs") = true,
-           py::arg("max_memory_bytes") = 0, py::arg("speculate") = 0, py::arg("speculate_mode") = "exact")
+           py::arg("speculate") = 0, py::arg("speculate_mode") = "exact", py::arg("snapshot") = py::none())
+      .def(py::init<const PyModel&, uint64_t, int, bool, uint64_t, int, const std::string&, const py::object&>(),
+           py::arg("model"), py::arg("seed") = 0, py::arg("threads") = 0, py::arg("cuda_graphs") = true,
+           py::arg("max_memory_bytes") = 0, py::arg("speculate") = 0, py::arg("speculate_mode") = "exact",
+           py::arg("snapshot") = py::none())
       .def("fork", &PySession::fork, "An independent session continuing from this one's state.")
+      .def("snapshot", &PySession::snapshot, "The session's state as a snapshot blob (bytes).")
       .def("speculation_stats", &PySession::speculation_stats)
       .def("wait_speculation",
            [](PySession& s) {
@@ -377,6 +434,7 @@ PYBIND11_MODULE(_core, m) {
                                return py::module_::import("json").attr("loads")(nfd::config_to_json(s.cfg()));
                              })
       .def_property_readonly("frame_index", &PySession::frame_index)
+      .def_property_readonly("seed", &PySession::seed)
       .def_property_readonly("device", &PySession::device)
       .def_property_readonly("closed", &PySession::closed)
       .def("memory_bytes", &PySession::memory_bytes)
@@ -438,6 +496,28 @@ PYBIND11_MODULE(_core, m) {
       .def("forget_from", &nfd::KvRing::forget_from, py::arg("first"))
       .def("clear", &nfd::KvRing::clear)
       .def_property_readonly("slot_frame", &nfd::KvRing::slot_frames);
+  m.def(
+      "snapshot_info",
+      [](const py::object& blob) {
+        BlobArg b(blob);
+        if (!b.given()) value_error("snapshot must be a bytes-like object (from Session.snapshot()), got None");
+        nfd::snapshot::Blob opened = nfd::snapshot::open(b.data(), b.size());
+        py::dict d = py::module_::import("json").attr("loads")(opened.meta);
+        d["format_version"] = nfd::snapshot::kVersion;
+        d["size"] = b.size();
+        return d;
+      },
+      py::arg("snapshot"),
+      "The metadata of a snapshot blob (a dict) after checking its format (magic, version, size, CRC-32C).");
+  m.def(
+      "crc32c",
+      [](const py::bytes& data, bool software) {
+        std::string_view v(data);
+        return software ? nfd::snapshot::crc32c_software(v.data(), v.size())
+                        : nfd::snapshot::crc32c(v.data(), v.size());
+      },
+      py::arg("data"), py::arg("software") = false,
+      "The CRC-32C (Castagnoli) snapshots end with; software=True: the table-driven fallback (tests).");
   m.def(
       "estimate_memory",
       [](const std::string& path, const std::string& device, const std::string& dtype, int threads) {

@@ -22,16 +22,21 @@ void KvRing::fill_state(int64_t g, FrameState& s) const {
   NFD_CHECK(g >= 0 && g < (int64_t(1) << 31) - 1, unsupported, "frame index overflow (2^31 frames)");
   s.frame_index = int32_t(g);
   s.write_slot = slot_for(g);
+  s.num_visible = 0;
+  for (const auto& p : visible_to(g)) s.visible_slots[s.num_visible++] = int32_t(p.second);
+  s.visible_slots[s.num_visible++] = s.write_slot;  // the frame itself
+}
+
+std::vector<std::pair<int64_t, int>> KvRing::visible_to(int64_t g) const {
+  const int write_slot = slot_for(g);
   std::vector<std::pair<int64_t, int>> seen;
   for (size_t slot = 0; slot < slot_frame_.size(); ++slot) {
     const int64_t j = slot_frame_[slot];
-    if (int(slot) == s.write_slot || j < 0) continue;
+    if (int(slot) == write_slot || j < 0) continue;
     if (j < g && (j < sinks_ || g - j <= window_)) seen.push_back({j, int(slot)});
   }
   std::sort(seen.begin(), seen.end());
-  s.num_visible = 0;
-  for (const auto& p : seen) s.visible_slots[s.num_visible++] = int32_t(p.second);
-  s.visible_slots[s.num_visible++] = s.write_slot;  // the frame itself
+  return seen;
 }
 
 void KvRing::forget_from(int64_t first) {

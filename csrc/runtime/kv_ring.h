@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "ops/ops.h"
@@ -26,6 +27,9 @@ class KvRing {
   // Frame g's FrameState: its index, its slot and the slots of the frames it sees (committed frames only), in
   // frame order, itself last.
   void fill_state(int64_t g, FrameState& s) const;
+  // The committed frames frame g sees besides itself, (frame, slot) in frame order: what a snapshot taken before
+  // frame g saves (no later frame sees a frame that g does not).
+  std::vector<std::pair<int64_t, int>> visible_to(int64_t g) const;
   // Frame f's K/V are in its slot: record it (after success only, so a failed frame leaves no trace).
   void commit(int64_t f) { slot_frame_[size_t(slot_for(f))] = f; }
   // Forgets frames >= first (their slots become empty).

@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "runtime/loader.h"
+#include "runtime/snapshot.h"
 
 namespace nfd {
 
@@ -78,6 +79,7 @@ std::shared_ptr<Model> Model::load(const ModelLoader& loader, const ModelOptions
   m->cfg_ = loader.config();
   m->opt_ = options;
   m->arch_ = &loader.architecture();
+  m->fingerprint_ = snapshot::weights_fingerprint(loader.file());
   const int threads = effective_threads(options.threads);
   if (!fits_checked) {
     const size_t bytes = loader.weight_bytes(options.device, options.dtype, threads);

@@ -42,6 +42,8 @@ class Model {
   const model::Architecture& architecture() const { return *arch_; }
   const model::Weights& weights() const { return *weights_; }
   size_t weight_bytes() const { return arena_->bytes(); }
+  // A fingerprint of the file's weights (runtime/snapshot.h), so a snapshot of another model is refused.
+  uint64_t weights_fingerprint() const { return fingerprint_; }
 
   // Activations of a batched pass for `batch` sessions, kept between calls (grown when a larger batch comes).
   // Callers hold batch_mutex() while they use them: one batched step of a model runs at a time.
@@ -55,6 +57,7 @@ class Model {
   std::unique_ptr<Arena> arena_;
   const model::Architecture* arch_ = nullptr;
   std::unique_ptr<model::Weights> weights_;
+  uint64_t fingerprint_ = 0;
   mutable std::mutex batch_mu_;
   mutable std::unique_ptr<model::Activations> batch_act_;  // released before its arena
   mutable std::unique_ptr<Arena> batch_arena_;

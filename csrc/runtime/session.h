@@ -81,6 +81,21 @@ class Session {
   // An independent session continuing from this one's state (cache, frame index, seed), sharing the model.
   std::unique_ptr<Session> fork() const;
 
+  // Snapshots (docs/snapshots.md): everything this world's future depends on (the K/V of the frames a later
+  // frame can still see, which frames they are, the frame index, the seed), checked by the model's config and a
+  // fingerprint of its weights, the dtype, a format version and a CRC-32C. Frames generated ahead by speculation
+  // are not saved: like fork(), a snapshot is the served state. snapshot_size() is the blob's size now;
+  // snapshot(out, capacity) writes it (invalid_argument when capacity is smaller) and returns its size.
+  size_t snapshot_size() const;
+  size_t snapshot(void* out, size_t capacity) const;
+  std::vector<uint8_t> snapshot() const;
+  // A session continuing from a snapshot of a session of the same model (config and weights) and dtype:
+  // bitwise the frames the original would produce next (on the CPU). options.seed is replaced by the
+  // snapshot's; speculation, threads and CUDA graphs may differ from the original's. A bad blob throws
+  // invalid_argument naming what is wrong or differs.
+  Session(std::shared_ptr<const Model> model, const SessionOptions& options, const void* snapshot, size_t size);
+  Session(const std::string& path, const SessionOptions& options, const void* snapshot, size_t size);
+
   // Steps sessions of one model as one batched forward (GEMMs over all their tokens, attention per session over
   // its own cache): actions [n, action_dim]; frames_out [n, H, W, 3] and/or latents_out [n, C, h, w] (either may
   // be null). The same frames as stepping each session alone (within fp rounding: the GEMMs see more rows).

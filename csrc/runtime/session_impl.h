@@ -122,6 +122,15 @@ struct Session::Impl {
   void decode_host(const float* latent, uint8_t* frame_out);
   void step(const float* action, uint8_t* frame_out, float* latent_out);
 
+  // ---- snapshots (snapshot.cc) ----------------------------------------------------------------------------------
+  struct SnapshotPlan;
+  SnapshotPlan snapshot_plan() const;
+  // Writes the blob of the served state to `out` (capacity bytes; nullptr: only its size) and returns its size.
+  size_t write_snapshot(void* out, size_t capacity);
+  // Replaces this session's state by a blob's, after checking it completely: the session is unchanged when a
+  // check fails, and as after a reset when copying the state in fails.
+  void load_snapshot(const void* data, size_t size);
+
   // ---- exact speculation (speculation.cc) ----------------------------------------------------------------------
   struct Ahead {
     std::vector<float> latent;

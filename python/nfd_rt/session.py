@@ -46,6 +46,14 @@ def _threads(threads: Any, stacklevel: int = 3) -> int:
     return threads
 
 
+def _seed_and_snapshot(seed: Any, snapshot: Any) -> int:
+    """The seed to open with: a snapshot brings its own (the noise of later frames follows from it), so passing
+    both is refused rather than one silently ignored."""
+    if snapshot is not None and seed is not None:
+        raise ValueError("seed and snapshot are exclusive: a restored session continues with the snapshot's seed")
+    return _checks.seed(0 if seed is None else seed)
+
+
 def _speculation(speculate: Any, mode: Any) -> tuple[int, str]:
     if isinstance(speculate, bool) or not isinstance(speculate, (int, np.integer)) or not 0 <= speculate <= 64:
         raise ValueError(f"speculate must be an integer from 0 (off) to 64 frames ahead, got {speculate!r}")
@@ -86,13 +94,20 @@ class Model:
         """Bytes of the weights on the device (shared by every session of the model)."""
         return self._m.weight_bytes()
 
-    def session(self, seed: int = 0, threads: int | None = None, speculate: int = 0,
+    def session(self, seed: int | None = None, threads: int | None = None, speculate: int = 0,
                 speculate_mode: str = "exact", cuda_graphs: bool = True,
-                max_memory_bytes: int | None = None) -> "Session":
-        """A new session (its own KV cache, frame index and noise stream) over this model's weights."""
+                max_memory_bytes: int | None = None, snapshot: Any = None) -> "Session":
+        """A new session (its own KV cache, frame index and noise stream) over this model's weights; seed None
+        means 0.
+
+        snapshot: a blob from `Session.snapshot()` of a session of this model (same config and weights) and
+        dtype: the new session continues from it, with its seed (so `seed` must be left out), and on the CPU
+        produces bitwise the frames the snapshotted session would have produced. Speculation and threads may
+        differ from the original's. A bad blob raises ValueError naming what is wrong or differs
+        (docs/snapshots.md)."""
         return Session._over(self, seed=seed, threads=self.threads if threads is None else threads,
                              speculate=speculate, speculate_mode=speculate_mode, cuda_graphs=cuda_graphs,
-                             max_memory_bytes=max_memory_bytes)
+                             max_memory_bytes=max_memory_bytes, snapshot=snapshot)
 
     def __copy__(self) -> "Model":
         return self  # immutable: a copy would be the same weights (Gymnasium deep-copies its make() arguments)
@@ -120,36 +135,39 @@ class Session:
             speculate_mode="exact" (the default) they are computed in the background between calls and are
             exactly the frames plain stepping would give, so a repeated action is answered at once and the video
             never changes; a different action discards them (`speculation_stats()` counts both).
+        snapshot: continue from a blob of `Session.snapshot()` (see `Model.session`); seed must then be left
+            out (None means 0 otherwise).
     """
 
-    def __init__(self, path: str | os.PathLike, device: str = "cpu", dtype: str = "float32", seed: int = 0,
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", dtype: str = "float32", seed: int | None = None,
                  threads: int = 0, cuda_graphs: bool = True, max_memory_bytes: int | None = None,
-                 speculate: int = 0, speculate_mode: str = "exact"):
+                 speculate: int = 0, speculate_mode: str = "exact", snapshot: Any = None):
         device, dtype = _names(device, dtype)
         limit = _memory_limit(max_memory_bytes)
         self._s = None
-        self.seed = _checks.seed(seed)
+        seed = _seed_and_snapshot(seed, snapshot)
         threads = _threads(threads)
         speculate, speculate_mode = _speculation(speculate, speculate_mode)
-        self._s = core().Session(os.fspath(path), device, dtype, self.seed, threads, bool(cuda_graphs), limit,
-                                 speculate, speculate_mode)
+        self._s = core().Session(os.fspath(path), device, dtype, seed, threads, bool(cuda_graphs), limit,
+                                 speculate, speculate_mode, snapshot)
         self._finish(None, dtype)
 
     @classmethod
-    def _over(cls, model: Model, seed: int, threads: int, speculate: int, speculate_mode: str, cuda_graphs: bool,
-              max_memory_bytes: int | None) -> "Session":
+    def _over(cls, model: Model, seed: int | None, threads: int, speculate: int, speculate_mode: str,
+              cuda_graphs: bool, max_memory_bytes: int | None, snapshot: Any = None) -> "Session":
         self = cls.__new__(cls)
         self._s = None
-        self.seed = _checks.seed(seed)
+        seed = _seed_and_snapshot(seed, snapshot)
         threads = _threads(threads, stacklevel=4)
         speculate, speculate_mode = _speculation(speculate, speculate_mode)
-        self._s = core().Session(model._m, self.seed, threads, bool(cuda_graphs), _memory_limit(max_memory_bytes),
-                                 speculate, speculate_mode)
+        self._s = core().Session(model._m, seed, threads, bool(cuda_graphs), _memory_limit(max_memory_bytes),
+                                 speculate, speculate_mode, snapshot)
         self._finish(model, model.dtype)
         return self
 
     def _finish(self, model: Model | None, dtype: str) -> None:
         self._cfg = NFDConfig.from_json(self._s.config_json)
+        self.seed = self._s.seed  # a restored session's is the snapshot's
         self.model = model  # None when the session opened its own copy of the file
         self.device = self._s.device
         self.dtype = dtype
@@ -213,10 +231,18 @@ class Session:
         s = self._open()
         f = Session.__new__(Session)
         f._s = None
-        f.seed = self.seed
         f._s = s.fork()
         f._finish(self.model, self.dtype)
         return f
+
+    def snapshot(self) -> bytes:
+        """Everything this world's future depends on, as bytes: the KV cache of the frames a later frame can still
+        see, which frames they are, the frame index and the seed, with the model's config, a fingerprint of its
+        weights, the dtype, a format version and a CRC-32C. `model.session(snapshot=blob)` (or
+        `Session(path, snapshot=blob)`) continues from it, in this process or another; on the CPU it produces
+        bitwise the frames this session would produce next. Frames generated ahead by speculation are not saved:
+        like `fork()`, the snapshot is the state after the last frame returned (docs/snapshots.md)."""
+        return self._open().snapshot()
 
     def speculation_stats(self) -> dict:
         """{"served": frames returned from speculation, "discarded": frames generated ahead and thrown away}."""
@@ -281,3 +307,11 @@ def step_batch(sessions: Sequence[Session], actions: Any) -> np.ndarray:
 def step_latent_batch(sessions: Sequence[Session], actions: Any) -> np.ndarray:
     """`step_batch` without decoding: latents float32 [n, C, h, w]."""
     return _batch(sessions, actions, False)[0]
+
+
+def snapshot_info(snapshot: Any) -> dict:
+    """The metadata of a snapshot blob, after checking its format (magic bytes, version, size, CRC-32C): the
+    architecture, config, weights fingerprint, dtype, seed, frame_index, the saved frames, state_bytes, the
+    nfd_rt version that wrote it, plus format_version and size. Raises ValueError for a blob that is not an intact
+    snapshot. It does not check the blob against a model: restoring does."""
+    return dict(core().snapshot_info(snapshot))

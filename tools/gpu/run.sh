@@ -218,7 +218,7 @@ step pytest 150 1 "
   $PY -m pytest $PYTEST_COMMON tests/test_ops.py \
     -k 'gated_add_layernorm_modulate or rope_qkv_split or conv2d or attention or upsample' ${PYTEST_ARGS:-}; a=\$?
   NFD_CUDA_OP_TESTS=$ROOT/$BUILD_DIR/nfd_cuda_op_tests $PY -m pytest $PYTEST_COMMON tests/test_parity_cpu.py \
-    tests/test_many_worlds.py tests/test_static_baseline.py ${PYTEST_ARGS:-}; b=\$?
+    tests/test_many_worlds.py tests/test_snapshot.py tests/test_static_baseline.py ${PYTEST_ARGS:-}; b=\$?
   exit \$(( a || b ))"
 
 SANITIZER="--error-exitcode 9 --print-limit 20"

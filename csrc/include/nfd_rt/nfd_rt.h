@@ -129,6 +129,25 @@ NFD_API void nfd_model_free(nfd_model* model); /* NULL is a no-op */
 NFD_API nfd_status nfd_session_create(nfd_model* model, const nfd_session_params* params, nfd_session** out);
 /* An independent session continuing from `session`'s state (cache, frame index, seed), sharing its model. */
 NFD_API nfd_status nfd_session_fork(nfd_session* session, nfd_session** out);
+/* Snapshots (docs/snapshots.md): everything a world's future depends on (the KV cache of the frames a later frame
+ * can still see, the frame index, the seed) as one versioned blob, checked on restore against the model's config,
+ * a fingerprint of its weights, the dtype and a CRC-32C. Frames generated ahead by speculation are not saved: like
+ * nfd_session_fork, a snapshot is the state after the last frame returned. Query the size first, like snprintf:
+ *   size_t n; nfd_session_snapshot(s, NULL, 0, &n); void* blob = malloc(n); nfd_session_snapshot(s, blob, n, &n);
+ * *size_out is set to the snapshot's size (0 on other errors). buffer NULL: only the size. A buffer with capacity
+ * below the size is NFD_ERROR_INVALID_ARGUMENT, and nothing is written. The blob is plain bytes: store it, send
+ * it, restore it in another process or on another machine with the same model file. */
+NFD_API nfd_status nfd_session_snapshot(nfd_session* session, void* buffer, size_t capacity, size_t* size_out);
+/* A new session over `model` continuing from a snapshot of a session of the same model (config and weights) and
+ * dtype: on the CPU it produces bitwise the frames the snapshotted session would have produced. params->seed is
+ * ignored (the snapshot's applies); speculation, threads and CUDA graphs may differ from the original's; NULL
+ * params = defaults. A bad blob (not a snapshot, another format version, truncated, corrupted, another model or
+ * dtype) is NFD_ERROR_INVALID_ARGUMENT with a message naming what is wrong or differs; *out is then NULL. */
+NFD_API nfd_status nfd_session_create_from_snapshot(nfd_model* model, const nfd_session_params* params,
+                                                    const void* snapshot, size_t size, nfd_session** out);
+/* The same over its own copy of the model in `path` (params->device and dtype apply, as for nfd_session_open). */
+NFD_API nfd_status nfd_session_open_snapshot(const char* path, const nfd_session_params* params, const void* snapshot,
+                                             size_t size, nfd_session** out);
 /* Steps `count` sessions of one model as one batched forward: actions float [count, action_dim]; frames_out
  * uint8 [count, H, W, 3] and/or latents_out float [count, C, h, w] (either may be NULL). Equal to stepping each
  * session alone up to float rounding. Sessions must share a model, appear once and not speculate. */

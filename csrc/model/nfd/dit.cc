@@ -268,6 +268,43 @@ void DiT::copy_cache_from(const Context& ctx, const DiT& other) {
   }
 }
 
+size_t DiT::slot_bytes() const {
+  return k_cache_.empty() ? 0 : 2 * k_cache_.size() * (k_cache_[0].bytes() / size_t(k_cache_[0].shape[0]));
+}
+
+namespace {
+// The byte ranges of `slots` in every layer's K, then V, in snapshot order, handed to `copy(device, host, n)`.
+template <typename Copy>
+void for_each_slot_range(const std::vector<Tensor>& k, const std::vector<Tensor>& v, const std::vector<int>& slots,
+                         Copy&& copy) {
+  size_t at = 0;
+  for (size_t l = 0; l < k.size(); ++l)
+    for (const Tensor* t : {&k[l], &v[l]}) {
+      const size_t one = t->bytes() / size_t(t->shape[0]);
+      for (int s : slots) {
+        NFD_CHECK(s >= 0 && s < t->shape[0], internal,
+                  "DiT snapshot: slot " + std::to_string(s) + " outside the cache's " + std::to_string(t->shape[0]));
+        copy(static_cast<uint8_t*>(t->data) + size_t(s) * one, at, one);
+        at += one;
+      }
+    }
+}
+}  // namespace
+
+void DiT::save_slots(const Context& ctx, const std::vector<int>& slots, uint8_t* out) const {
+  for_each_slot_range(k_cache_, v_cache_, slots, [&](const uint8_t* cache, size_t at, size_t n) {
+    device_memcpy(out + at, Device::cpu, cache, ctx.device, n, ctx.stream);
+  });
+  device_synchronize(ctx.device, ctx.stream);
+}
+
+void DiT::load_slots(const Context& ctx, const std::vector<int>& slots, const uint8_t* in) {
+  for_each_slot_range(k_cache_, v_cache_, slots, [&](uint8_t* cache, size_t at, size_t n) {
+    device_memcpy(cache, ctx.device, in + at, Device::cpu, n, ctx.stream);
+  });
+  device_synchronize(ctx.device, ctx.stream);
+}
+
 }  // namespace nfd_arch
 }  // namespace model
 }  // namespace nfd

@@ -73,6 +73,13 @@ class DiT {
   void copy_cache_from(const Context& ctx, const DiT& other);
   size_t kv_cache_bytes() const { return kv_bytes_; }
 
+  // Snapshots: the K/V of cache slots `slots` to or from host memory, layer by layer: layer 0's K of each slot in
+  // the order given, then its V of each slot, then layer 1's, ...; one slot of one layer is N * H * hd elements
+  // of the session's dtype. slot_bytes(): the bytes of one slot in all layers, K and V.
+  size_t slot_bytes() const;
+  void save_slots(const Context& ctx, const std::vector<int>& slots, uint8_t* out) const;
+  void load_slots(const Context& ctx, const std::vector<int>& slots, const uint8_t* in);
+
  private:
   // Runs the blocks up to the K/V of the last one; the rest only when `full` (then fills act.vel).
   static void forward(const std::vector<Member>& members, int k, bool full, Activations& act);

@@ -59,6 +59,14 @@ class NfdSession : public SessionGraph {
     dit_.copy_cache_from(ctx, static_cast<const NfdSession&>(other).dit_);  // the VAE keeps no state
   }
   size_t kv_cache_bytes() const override { return dit_.kv_cache_bytes(); }
+  // The K/V of the slots; the VAE keeps no state between frames, so nothing follows them.
+  size_t state_bytes(int slot_count) const override { return size_t(slot_count) * dit_.slot_bytes(); }
+  void save_state(const Context& ctx, const std::vector<int>& slots, uint8_t* out) const override {
+    dit_.save_slots(ctx, slots, out);
+  }
+  void load_state(const Context& ctx, const std::vector<int>& slots, const uint8_t* in) override {
+    dit_.load_slots(ctx, slots, in);
+  }
 
   DiT& dit() { return dit_; }
   const Schedule& schedule() const { return schedule_; }
