@@ -28,14 +28,11 @@ Adding a runner: write `def make(bench) -> Runner` (or a list of them) and decor
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
 import json
 import os
-import platform
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +43,8 @@ from typing import Any, Callable
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import result_header  # noqa: E402  (benchmarks/common.py)
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) by GPU name, for the roofline fraction.
 GPU_BF16_PEAK_TFLOPS = {"H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0, "H100": 989.0,
@@ -680,51 +679,6 @@ def scaling_run(bench: Bench) -> dict:
 # Environment and output
 
 
-def environment(device: str) -> dict:
-    from nfd_rt._env import runtime_report, source_commit
-
-    rt = runtime_report()  # the same facts as `nfd-rt env`
-    env = {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "host": platform.node(),
-        "cpu": rt["cpu"],
-        "python": platform.python_version(),
-        "nfd_rt_version": rt["nfd_rt"],
-        "cuda_runtime": rt["cuda"],
-        "blas": rt["blas"],
-        "cpu_kernels": rt["cpu_kernels"],
-    }
-    if "OPENBLAS_CORETYPE" in rt:
-        env["OPENBLAS_CORETYPE"] = rt["OPENBLAS_CORETYPE"]
-    env.update(source_commit(HERE))
-    try:
-        import torch
-
-        env["torch"] = torch.__version__
-        if device == "cuda" and torch.cuda.is_available():
-            env["gpu"] = torch.cuda.get_device_name()
-            env["cuda"] = torch.version.cuda
-            env["sm_count"] = torch.cuda.get_device_properties(0).multi_processor_count
-            env["sdpa_backends_enabled"] = {
-                "flash": torch.backends.cuda.flash_sdp_enabled(),
-                "mem_efficient": torch.backends.cuda.mem_efficient_sdp_enabled(),
-                "cudnn": getattr(torch.backends.cuda, "cudnn_sdp_enabled", lambda: None)(),
-                "math": torch.backends.cuda.math_sdp_enabled()}
-    except ImportError:
-        pass
-    if device == "cuda":
-        try:
-            env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                           capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            pass
-    try:
-        env["load_average"] = os.getloadavg()[0]  # other work on the machine at the start
-    except OSError:
-        pass
-    return env
-
-
 def peak_tflops(env: dict) -> float | None:
     gpu = env.get("gpu", "")
     for name, peak in GPU_BF16_PEAK_TFLOPS.items():
@@ -919,8 +873,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.frames < 1 or (args.warmup is not None and args.warmup < 0) or args.curve_repeats < 1:
         raise SystemExit("--frames and --curve-repeats must be >= 1, --warmup >= 0")
 
-    result = {"device": args.device, "steps": args.steps, "threads": args.threads,
-              "environment": environment(args.device), "complete": False}
+    result = {**result_header("fps", args.device), "device": args.device, "steps": args.steps,
+              "threads": args.threads, "complete": False}
     out = output_path(args, result)
     out.parent.mkdir(parents=True, exist_ok=True)
     args.out_path = str(out)

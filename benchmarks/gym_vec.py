@@ -27,7 +27,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from worlds import environment, log  # noqa: E402  (benchmarks/worlds.py, beside this file)
+from common import result_header  # noqa: E402  (benchmarks/common.py, beside this file)
+from worlds import log  # noqa: E402
 
 
 def run(path: str, num_envs: int, steps: int, rounds: int, threads: int, device: str, dtype: str) -> dict:
@@ -100,7 +101,7 @@ def run(path: str, num_envs: int, steps: int, rounds: int, threads: int, device:
 
 def markdown(result: dict) -> str:
     b = result["bench"]
-    env = result["env"]
+    env = result["environment"]
     lines = [f"{b['num_envs']} worlds of `{result['model']}`, {result['device']} {result['dtype']}, {b['threads']} "
              f"thread(s), {env['cpu']}, commit `{env['commit'][:10]}`, {env['date']}: {b['rounds']} rounds x "
              f"{b['steps_per_round']} steps a runner after {b['warmup_steps']} warm-up steps (a full cache: "
@@ -136,12 +137,12 @@ def main(argv: list[str] | None = None) -> int:
 
     path = args.model or MODEL_PATH
     dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
-    result: dict = {"model": os.path.basename(path), "device": args.device, "dtype": dtype, "env": environment(),
-                    "note": args.note}
+    result: dict = {**result_header("gym_vec", args.device), "model": os.path.basename(path), "device": args.device,
+                    "dtype": dtype, "note": args.note}
     result["bench"] = run(path, args.num_envs, args.steps, args.rounds, args.threads, args.device, dtype)
-    result["env"]["load_average_after"] = os.getloadavg()
+    result["environment"]["load_average_after"] = os.getloadavg()
     out = Path(args.out) if args.out else HERE / "results" / (
-        f"gym_vec_{args.device}_t{args.threads}_{result['env']['date']}.json")
+        f"gym_vec_{args.device}_t{args.threads}_{result['environment']['date'][:10]}.json")
     if out.exists():
         log(f"{out} exists; not overwriting it (pass another --out)")
         return 1

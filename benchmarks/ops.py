@@ -427,9 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = nfd_rt.configs.get(args.config).replace(schedule=sched[args.steps])
     b = 4 if dtype == "float32" else 2
     target = (args.target_ms or (2.0 if args.device == "cuda" else 20.0)) / 1e3
-    env = fps.environment(args.device)
-    result: dict = {"config": args.config, "device": args.device, "dtype": dtype, "threads": args.threads,
-                    "steps": args.steps, "environment": env, "full_cache_visible_frames": cfg.cache_frames + 1}
+    result: dict = {**fps.result_header("ops", args.device), "config": args.config, "device": args.device,
+                    "dtype": dtype, "threads": args.threads, "steps": args.steps,
+                    "full_cache_visible_frames": cfg.cache_frames + 1}
     torch = None
     if args.peers or args.device == "cuda":
         try:
@@ -507,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         if out.exists() and not args.overwrite:
             raise SystemExit(f"{out} exists: pass --overwrite or another --out")
     else:
-        stem = f"ops_{args.config}_{args.device}_{dtype}_t{args.threads}_{env['date'][:10]}"
+        stem = f"ops_{args.config}_{args.device}_{dtype}_t{args.threads}_{result['environment']['date'][:10]}"
         out = Path(args.out_dir) / f"{stem}.json"
         n = 2
         while out.exists():

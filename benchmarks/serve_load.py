@@ -23,10 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import datetime as _dt
 import json
 import os
-import platform
 import random
 import re
 import socket
@@ -40,6 +38,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import result_header  # noqa: E402  (benchmarks/common.py)
 KEYS = (None, "ArrowUp", "ArrowDown", "ArrowLeft", "ArrowRight")
 
 
@@ -326,17 +326,6 @@ def memory_growth(rss: list, skip: float = 5.0) -> float | None:
     return float(np.median(vals[-k:]) - np.median(vals[:k]))
 
 
-def environment() -> dict:
-    from nfd_rt._env import cpu_model, source_commit
-
-    env = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "python": platform.python_version(),
-           "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-           "load_average_start": os.getloadavg()}
-    env["cpu"] = cpu_model()
-    env.update(source_commit(HERE))
-    return env
-
-
 def runtime_alone(threads: int, seconds: float = 3.0) -> dict:
     """Session.step in a loop in this process, no server: what the machine gives the runtime right now."""
     import nfd_rt
@@ -359,8 +348,7 @@ def run(players: list[int], seconds: float, fps: float = 20.0, faults: bool = Tr
         solo_seconds: float | None = None, server_log: str | None = None, extra_args: tuple = (),
         baseline_seconds: float = 3.0) -> dict:
     """Every phase against one server; faults in the largest phase. Returns the result dict."""
-    env = environment()
-    result = {"benchmark": "serve_load", "environment": env, "fps": fps, "phases": {},
+    result = {**result_header("serve_load"), "fps": fps, "phases": {},
               "runtime_alone_before": runtime_alone(threads, baseline_seconds)}
     top = max(players)
     with ServerProcess("--fps", str(fps), "--max-players", str(top + 8), "--threads", str(threads),
@@ -379,7 +367,7 @@ def run(players: list[int], seconds: float, fps: float = 20.0, faults: bool = Tr
         result["server_metrics"] = {k: v for k, v in m.items() if k.startswith(("nfd_serve_", "process_resident"))
                                     and "_bucket" not in k and "_created" not in k}
         result["server_alive"] = server.proc.poll() is None
-    env["load_average_end"] = os.getloadavg()
+    result["environment"]["load_average_end"] = os.getloadavg()
     result["runtime_alone_after"] = runtime_alone(threads, baseline_seconds)
     m = result["server_metrics"]
     if m.get("nfd_serve_batch_size_sum"):  # the runtime's share of a tick, per player stepped
@@ -391,10 +379,15 @@ def run(players: list[int], seconds: float, fps: float = 20.0, faults: bool = Tr
     return result
 
 
+def _load_at_start(env: dict) -> float:
+    """The load average when the run started (results from before benchmarks/common.py kept a triple)."""
+    return env["load_average"] if "load_average" in env else env.get("load_average_start", [0.0])[0]
+
+
 def markdown(result: dict) -> str:
     env = result["environment"]
     lines = [f"`nfd-rt serve`, {result['server']['model']} on {result['server']['device']}, {result['fps']:g} FPS "
-             f"ticks, {env['cpu']} ({env['cores']} cores), load average {env['load_average_start'][0]:.1f} at start,"
+             f"ticks, {env['cpu']} ({env['cores']} cores), load average {_load_at_start(env):.1f} at start,"
              f" commit `{env['commit'][:10]}`, {env['date'][:10]}", "",
              "| players | frames/s per player | aggregate frames/s | x one player | p50 ms | p99 ms | "
              "player errors | server memory growth |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]

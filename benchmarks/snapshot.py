@@ -119,13 +119,6 @@ def bench_config(name: str, workdir: str, repeats: int, threads: int, device: st
     return row
 
 
-def environment(device: str) -> dict:
-    sys.path.insert(0, str(HERE))
-    import fps  # benchmarks/fps.py: the same environment record as the FPS results
-
-    return fps.environment(device)
-
-
 def markdown(result: dict) -> str:
     env = result["environment"]
     out = [f"Snapshot and restore, {result['device']} {result['dtype']}, {result['threads']} thread(s), "
@@ -159,8 +152,11 @@ def main(argv=None) -> int:
     from nfd_rt import _core
 
     threads = args.threads or _core.default_threads()
-    result = {"benchmark": "snapshot", "device": args.device, "dtype": args.dtype, "threads": threads,
-              "repeats": args.repeats, "environment": environment(args.device), "rows": []}
+    sys.path.insert(0, str(HERE))
+    from common import result_header  # benchmarks/common.py
+
+    result = {**result_header("snapshot", args.device), "device": args.device, "dtype": args.dtype,
+              "threads": threads, "repeats": args.repeats, "rows": []}
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.configs.split(","):
             result["rows"].append(bench_config(name, workdir, args.repeats, threads, args.device, args.dtype))

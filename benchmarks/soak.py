@@ -14,10 +14,8 @@ first blocks'.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -100,12 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or MODEL_PATH
     print(f"soak: {args.frames} frames of {os.path.basename(model)} on {args.threads} thread(s)", file=sys.stderr)
     result = run(model, args.frames, args.block, args.threads, decode=not args.no_decode, progress=True)
-    from nfd_rt._env import cpu_model, source_commit
+    sys.path.insert(0, str(HERE))
+    from common import result_header  # benchmarks/common.py
 
-    result["env"] = {"date": _dt.date.today().isoformat(), **source_commit(HERE), "python": platform.python_version(),
-                     "cpu": cpu_model()}
+    result = {**result_header("soak"), **result}
     out = Path(args.out) if args.out else HERE / "results" / (
-        f"soak_{result['config']}_cpu_t{args.threads}_{result['env']['date']}.json")
+        f"soak_{result['config']}_cpu_t{args.threads}_{result['environment']['date'][:10]}.json")
     if out.exists():
         print(f"soak: {out} exists; not overwriting it (pass --out)", file=sys.stderr)
         return 1

@@ -29,7 +29,6 @@ import numpy as np
 
 import nfd_rt
 from nfd_rt import export
-from nfd_rt._env import runtime_report
 from nfd_rt.demo import MODELS
 from nfd_rt.demo.evaluate import held_out_sequence
 
@@ -109,8 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[fps] {args.fps_rounds} interleaved rounds of {args.fps_frames} frames per row", flush=True)
         speed = interleaved_fps(files, args.fps_frames, args.fps_rounds, args.threads)
 
-    summary = {"date": _dt.date.today().isoformat(), "environment": runtime_report(), "speed": speed,
-               "rows": {}}
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from common import result_header  # benchmarks/common.py
+
+    summary = {**result_header("steps"), "date": _dt.date.today().isoformat(), "speed": speed, "rows": {}}
     print("\n| sampling | agent position error (px) | PSNR vs the game (dB) | agent found | coin state agrees | "
           "collected coins still shown | frames/s | latents/s (no decode) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

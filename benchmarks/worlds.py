@@ -18,10 +18,8 @@ Needs no PyTorch. `fps.py --batch-sizes ... --repeat ...` runs the same function
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import result_header  # noqa: E402  (benchmarks/common.py)
 
 
 def log(msg: str) -> None:
@@ -164,13 +164,6 @@ def speculation_benchmark(path: str, repeats: list[float], k: int = 4, frames: i
             "exact": exact, "parallel": parallel}
 
 
-def environment() -> dict:
-    from nfd_rt._env import cpu_model, source_commit
-
-    return {"date": _dt.date.today().isoformat(), **source_commit(HERE), "python": platform.python_version(),
-            "cpu": cpu_model(), "load_average": os.getloadavg()}
-
-
 def markdown(result: dict) -> str:
     out = []
     if "batch" in result:
@@ -223,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
 
     path = args.model or MODEL_PATH
     dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
-    result: dict = {"model": os.path.basename(path), "device": args.device, "dtype": dtype, "env": environment()}
+    result: dict = {**result_header("worlds", args.device), "model": os.path.basename(path), "device": args.device,
+                    "dtype": dtype}
     if args.batch_sizes:
         log("batched steps ...")
         result["batch"] = batch_benchmark(path, [int(x) for x in args.batch_sizes.split(",")], args.batch_frames,

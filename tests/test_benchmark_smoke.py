@@ -198,3 +198,20 @@ def test_fps_benchmark_leaves_no_files_behind(tmp_path):
     assert r.returncode == 0, r.stderr
     assert json.loads(out.read_text())["complete"] is True
     assert list(tmp.iterdir()) == []
+
+
+def test_every_benchmark_writes_the_common_header():
+    """One schema: each benchmark that writes a result JSON starts it with benchmarks/common.py's header
+    (benchmark name, schema version, the one environment record)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import common
+
+    h = common.result_header("x")
+    assert h["benchmark"] == "x" and h["schema_version"] == common.SCHEMA_VERSION
+    assert {"date", "cpu", "commit", "blas", "load_average", "cores"} <= set(h["environment"])
+    writers = [p for p in (ROOT / "benchmarks").glob("*.py") if "json.dump" in p.read_text() or
+               "write_text(json.dumps" in p.read_text()]
+    assert len(writers) >= 7
+    for p in writers:
+        name = p.stem
+        assert f'result_header("{name}"' in p.read_text(), f"{p.name} does not start its result with result_header"
