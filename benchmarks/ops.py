@@ -17,7 +17,10 @@ Bytes are the fewest an op must move (each input read once, each output written 
 measured in the same run: a large matrix product and a large copy through PyTorch on CUDA; on the CPU a
 512x1024x1024 GEMM through nfd_rt's OpenBLAS (as fps.py) and a large numpy copy. With PyTorch installed, the same
 shapes through PyTorch (cuBLAS, cuDNN, flash SDPA on CUDA; oneDNN/MKL on the CPU) are timed beside each heavy op
-as a peer. Writes JSON (a new file, never over an existing one) and prints a table sorted by time per frame.
+as a peer. The table's list of a frame's calls (op, output shape, calls per frame) is checked against the runtime's
+own count (the ops' dispatcher counts every call while a session makes a frame: nfd_rt._core.op_trace_*): the JSON
+says whether they match and lists any difference. Writes JSON (a new file, never over an existing one) and prints
+a table sorted by time per frame.
 """
 
 from __future__ import annotations
@@ -59,31 +62,45 @@ def rnd(*shape, scale=1.0, seed=[0]):  # noqa: B006 - a counter: fresh random in
     return (np.random.default_rng(seed[0]).standard_normal(shape) * scale).astype(np.float32)
 
 
-def attention_layout(ops) -> str:
-    """The K/V cache layout ops.attention takes: 'head-major' [slots, H, N, hd] or 'token-major' [slots, N, H, hd]
-    (the runtime moves to token-major for vendor kernels). Found by computing a small case both ways on the CPU
-    against numpy, so this benchmark follows the build it runs against."""
-    H, N, hd, slots = 2, 3, 8, 2
-    q, kc, vc = rnd(H, N, hd), rnd(slots, H, N, hd), rnd(slots, H, N, hd)
-    k = kc.transpose(1, 0, 2, 3).reshape(H, slots * N, hd)
-    v = vc.transpose(1, 0, 2, 3).reshape(H, slots * N, hd)
-    s = q @ k.transpose(0, 2, 1) / np.sqrt(hd)
-    p = np.exp(s - s.max(-1, keepdims=True))
-    want = ((p / p.sum(-1, keepdims=True)) @ v).transpose(1, 0, 2).reshape(N, H * hd)
-    for layout, (k_in, v_in) in (("token-major", (kc.transpose(0, 2, 1, 3), vc.transpose(0, 2, 1, 3))),
-                                 ("head-major", (kc, vc))):
-        try:
-            got = ops.attention(q, np.ascontiguousarray(k_in), np.ascontiguousarray(v_in), [0, 1])
-        except Exception:  # noqa: BLE001 - a shape check of the other layout
-            continue
-        if np.allclose(got, want, atol=1e-4):
-            return layout
-    raise RuntimeError("ops.attention matches neither cache layout on a small case")
+def runtime_frame_calls(cfg, device: str, dtype: str, threads: int) -> dict[tuple, int]:
+    """The op calls of one frame (with decode) as the runtime makes them: {(op, output shape): calls}, counted by
+    the ops' dispatcher (nfd_rt._core.op_trace_*) while a session of `cfg` (random weights) generates a frame.
+    A frame's calls do not depend on how full the cache is, so the first frame is traced."""
+    import tempfile
+
+    import nfd_rt
+    from nfd_rt import _core
+
+    with tempfile.TemporaryDirectory(prefix="nfd_ops_") as tmp:
+        path = os.path.join(tmp, "m.nfd")
+        nfd_rt.export.save_random(cfg, path)
+        with nfd_rt.Session(path, device=device, dtype=dtype, threads=threads, cuda_graphs=False) as s:
+            _core.op_trace_begin()
+            try:
+                s.step(np.zeros(cfg.action_dim, np.float32))
+            finally:
+                calls = _core.op_trace_end()
+    return {(op, tuple(shape)): n for op, shape, n in calls}
 
 
-def frame_cases(cfg, b: int, layout: str = "head-major") -> list[OpCase]:
-    """Every op call of one frame at a full cache; b = bytes per value of the benchmark dtype; layout: the
-    attention op's K/V cache layout (attention_layout)."""
+def check_frame_calls(cases: list, out_shapes: dict, reported: dict) -> list[str]:
+    """Differences between this benchmark's list of a frame's op calls and the runtime's (by op and output
+    shape): empty when the table covers exactly what a frame runs."""
+    mine: dict[tuple, int] = {}
+    for case in cases:
+        key = (case.op, out_shapes.get(case.name))
+        mine[key] = mine.get(key, 0) + case.calls_per_frame
+    diffs = []
+    for key in sorted(set(mine) | set(reported), key=str):
+        if mine.get(key, 0) != reported.get(key, 0):
+            diffs.append(f"{key[0]} -> {list(key[1]) if key[1] else '?'}: this table {mine.get(key, 0)} calls a "
+                         f"frame, the runtime {reported.get(key, 0)}")
+    return diffs
+
+
+def frame_cases(cfg, b: int) -> list[OpCase]:
+    """Every op call of one frame at a full cache; b = bytes per value of the benchmark dtype. The list is checked
+    against the runtime's own count of a frame's calls (runtime_frame_calls, check_frame_calls)."""
     D, N, H, hd = cfg.hidden_size, cfg.tokens_per_frame, cfg.num_heads, cfg.head_dim
     F, P, A, L = cfg.mlp_ratio * cfg.hidden_size, cfg.patch_dim, cfg.action_dim, cfg.depth
     steps, passes = cfg.num_steps, cfg.num_steps + 1
@@ -114,18 +131,15 @@ def frame_cases(cfg, b: int, layout: str = "head-major") -> list[OpCase]:
                             lambda ops, kw: ops.linear(x, w, bias, epilogue=epilogue, **extra_in, **kw), peer))
 
     def attention(count):
-        q, kc, vc = rnd(H, N, hd), rnd(slots, H, N, hd), rnd(slots, H, N, hd)  # head-major caches
-        if layout == "token-major":  # [slots, N, H, hd]
-            kc, vc = np.ascontiguousarray(kc.transpose(0, 2, 1, 3)), np.ascontiguousarray(vc.transpose(0, 2, 1, 3))
+        q, kc, vc = rnd(H, N, hd), rnd(slots, N, H, hd), rnd(slots, N, H, hd)  # token-major caches, as sessions
 
         def peer(torch, dev, dt):
             tq = torch.from_numpy(q).to(dev, dt)[None]  # [1, H, N, hd]
-            perm = (2, 0, 1, 3) if layout == "token-major" else (1, 0, 2, 3)  # -> [H, slots, N, hd]
-            tk = torch.from_numpy(kc).to(dev, dt).permute(*perm).reshape(1, H, keys, hd)
-            tv = torch.from_numpy(vc).to(dev, dt).permute(*perm).reshape(1, H, keys, hd)
+            tk = torch.from_numpy(kc).to(dev, dt).permute(2, 0, 1, 3).reshape(1, H, keys, hd)
+            tv = torch.from_numpy(vc).to(dev, dt).permute(2, 0, 1, 3).reshape(1, H, keys, hd)
             return lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv)
 
-        cases.append(OpCase(f"attention {H}x{N}x{hd} over {keys} keys ({layout} cache)", "attention", count,
+        cases.append(OpCase(f"attention {H}x{N}x{hd} over {keys} keys", "attention", count,
                             4.0 * N * keys * D, (2 * N * D + 2 * keys * D) * b,
                             lambda ops, kw: ops.attention(q, kc, vc, list(range(slots)), **kw), peer))
 
@@ -448,13 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     kw = {"device": args.device, "dtype": dtype, "threads": args.threads}
     only = set(args.only.split(",")) if args.only else None
     rows = []
-    try:
-        layout = attention_layout(ops)
-    except Exception as e:  # noqa: BLE001 - the attention row will say what failed
-        log(f"attention layout: {e}")
-        layout = "head-major"
-    result["attention_cache_layout"] = layout
-    for case in frame_cases(cfg, b, layout):
+    cases = frame_cases(cfg, b)
+    out_shapes: dict[str, tuple] = {}
+    for case in cases:
         if only and case.op not in only:
             continue
         row: dict = {"name": case.name, "op": case.op, "calls_per_frame": case.calls_per_frame,
@@ -471,6 +481,8 @@ def main(argv: list[str] | None = None) -> int:
                 ts = pick_variant(v, row, "engines", False, "implicit")
             else:
                 ts = time_op(ops, case, kw, target, args.samples)
+            out = case.run(ops, kw)
+            out_shapes[case.name] = tuple((out[0] if isinstance(out, tuple) else out).shape)
             t = float(np.median(ts))
             row.update(ms=t * 1e3, ms_samples=[x * 1e3 for x in ts], ms_per_frame=t * 1e3 * case.calls_per_frame,
                        tflops=case.flops / t / 1e12, gbs=case.bytes_moved / t / 1e9)
@@ -495,6 +507,13 @@ def main(argv: list[str] | None = None) -> int:
         log(f"  {case.name}: " + (f"{row['ms']:.4f} ms" if "ms" in row else row.get("error", "?"))
             + (f" (torch {row['torch_ms']:.4f} ms)" if "torch_ms" in row else ""))
     result["ops"] = rows
+    if not only:  # the table against the runtime's own count of a frame's op calls
+        reported = runtime_frame_calls(cfg, args.device, dtype, args.threads)
+        diffs = check_frame_calls(cases, out_shapes, reported)
+        result["frame_calls"] = {"runtime": [[op, list(shape), n] for (op, shape), n in sorted(reported.items())],
+                                 "matches_this_table": not diffs, "differences": diffs}
+        for d in diffs:
+            log(f"frame calls differ: {d}")
     total = sum(r.get("ms_per_frame", 0.0) for r in rows)
     result["sum_ms_per_frame"] = total
     by_op: dict[str, float] = {}

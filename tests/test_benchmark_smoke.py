@@ -215,3 +215,17 @@ def test_every_benchmark_writes_the_common_header():
     for p in writers:
         name = p.stem
         assert f'result_header("{name}"' in p.read_text(), f"{p.name} does not start its result with result_header"
+
+
+def test_ops_benchmark_lists_exactly_the_calls_of_a_frame(tmp_path):
+    """ops.py's table of a frame's op calls (op, output shape, calls) equals what the runtime's dispatcher counts
+    while a session makes a frame (nfd_rt._core.op_trace_*): a model change that the table misses fails here."""
+    out = tmp_path / "ops.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ops.py"), "--config", "tiny", "--threads", "1",
+                        "--samples", "1", "--target-ms", "0.2", "--no-peers", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    calls = json.loads(out.read_text())["frame_calls"]
+    assert calls["matches_this_table"] is True, calls["differences"]
+    runtime = {(op, tuple(shape)): n for op, shape, n in calls["runtime"]}
+    assert runtime[("attention", (16, 128))] == 19 and sum(runtime.values()) > 200

@@ -1,6 +1,8 @@
 #include "ops/kernel_report.h"
 
+#include <atomic>
 #include <mutex>
+#include <utility>
 
 #ifdef NFD_RT_WITH_CUBLASLT
 #include "ops/cuda_gemm.h"
@@ -15,6 +17,34 @@ std::map<std::string, std::string>& registry() {
   return m;
 }
 }  // namespace
+
+std::atomic<bool> g_trace_on{false};
+std::map<std::pair<std::string, std::vector<int64_t>>, int64_t>& trace() {
+  static std::map<std::pair<std::string, std::vector<int64_t>>, int64_t> m;
+  return m;
+}
+
+void op_trace_begin() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  trace().clear();
+  g_trace_on = true;
+}
+
+std::vector<OpCall> op_trace_end() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  g_trace_on = false;
+  std::vector<OpCall> out;
+  for (const auto& [key, n] : trace()) out.push_back({key.first, key.second, n});
+  trace().clear();
+  return out;
+}
+
+bool op_trace_on() { return g_trace_on.load(std::memory_order_relaxed); }
+
+void op_trace_record(const char* op, const std::vector<int64_t>& out_shape) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  if (g_trace_on) ++trace()[{op, out_shape}];
+}
 
 void note_kernel(const std::string& op_key, const std::string& impl) {
   std::lock_guard<std::mutex> lock(g_mutex);

@@ -4,8 +4,10 @@
 // libnfd_rt), thread-safe.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <string>
+#include <vector>
 
 namespace nfd {
 
@@ -16,6 +18,20 @@ void note_kernel(const std::string& op_key, const std::string& impl);
 std::map<std::string, std::string> kernels_used();
 
 void clear_kernels_used();
+
+// The op calls of a stretch of work, for benchmarks/ops.py (which times each op of a frame and checks its list of
+// a frame's calls against this one): op_trace_begin(), then every op that passes its contract is counted by name
+// and output shape (NFD_DISPATCH, ops/ops_impl.h) until op_trace_end() returns the counts. Process-wide; off by
+// default (then one relaxed atomic load per op call).
+struct OpCall {
+  std::string op;
+  std::vector<int64_t> out_shape;
+  int64_t count = 0;
+};
+void op_trace_begin();
+std::vector<OpCall> op_trace_end();
+bool op_trace_on();
+void op_trace_record(const char* op, const std::vector<int64_t>& out_shape);
 
 // What the CUDA backend was compiled with (the vendor peers), and where cuBLASLt was loaded from or why not.
 struct CudaBuildInfo {

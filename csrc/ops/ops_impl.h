@@ -6,6 +6,7 @@
 #pragma once
 
 #include "core/error.h"
+#include "ops/kernel_report.h"
 #include "ops/ops.h"
 
 namespace nfd {
@@ -29,12 +30,15 @@ bool attention_sized_on_host();
 #endif
 #undef NFD_OP
 
-// The last line of ops/NAME.cc, after the contract: runs backend::NAME for the device of `out` (the output).
+// The last line of ops/NAME.cc, after the contract: runs backend::NAME for the device of `out` (the output), and
+// counts the call when an op trace is on (ops/kernel_report.h).
 #ifdef NFD_RT_WITH_CUDA
-#define NFD_DISPATCH(NAME, out, ...) \
+#define NFD_DISPATCH(NAME, out, ...)                                    \
+  if (op_trace_on()) op_trace_record(#NAME, (out).shape);               \
   return (out).device == Device::cuda ? cuda::NAME(__VA_ARGS__) : cpu::NAME(__VA_ARGS__)
 #else
 #define NFD_DISPATCH(NAME, out, ...)                                                                          \
+  if (op_trace_on()) op_trace_record(#NAME, (out).shape);                                                     \
   if ((out).device == Device::cuda)                                                                           \
     fail(ErrorKind::unsupported, "ops::" #NAME ": device cuda requested but nfd_rt was built without CUDA"); \
   return cpu::NAME(__VA_ARGS__)

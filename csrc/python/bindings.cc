@@ -571,6 +571,15 @@ PYBIND11_MODULE(_core, m) {
         return names;
       },
       "The runtime's ops, in the order of csrc/ops/ops.def (the one list an op is named in).");
+  m.def("op_trace_begin", &nfd::op_trace_begin, "Start counting op calls (by op and output shape).");
+  m.def(
+      "op_trace_end",
+      [] {
+        py::list out;
+        for (const auto& c : nfd::op_trace_end()) out.append(py::make_tuple(c.op, py::tuple(py::cast(c.out_shape)), c.count));
+        return out;
+      },
+      "Stop counting; returns [(op, output shape, calls)] since op_trace_begin().");
   m.def("kernels_used", &nfd::kernels_used,
         "{op key: implementation} of the ops that choose between kernels (CUDA attention, CUDA linear), as of "
         "their last call in this process, e.g. {'attention bf16 hd64': 'ours: mma.sync ...'}.");
