@@ -13,7 +13,7 @@ frame), then, each the median of --repeats runs:
     `model.session()` alone, so the part the snapshot adds is visible;
   - crc32c: the CRC-32C of the whole blob alone (computed once on save and once on restore).
 The blob's size is exact. Restored sessions are checked to continue bitwise (one latent) on `tiny` only: the
-other configs take seconds a frame on a CPU, and tests/test_snapshot.py covers the semantics.
+other configs take seconds a frame on a CPU, and tests/runtime/test_snapshot.py covers the semantics.
 """
 
 from __future__ import annotations

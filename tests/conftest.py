@@ -1,7 +1,8 @@
 import importlib.util
 
-import numpy as np
 import pytest
+
+from nfd_testfiles import tiny_config
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
@@ -27,12 +28,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def tiny_config(**changes):
-    import nfd_rt
-
-    return nfd_rt.configs.get("tiny").replace(**changes)
-
-
 @pytest.fixture(scope="session")
 def tiny_model():
     if not HAVE_TORCH:
@@ -52,5 +47,16 @@ def tiny_nfd(tmp_path_factory, tiny_model):
     return path
 
 
-def random_actions(count, dim, seed=0):
-    return np.random.default_rng(seed).standard_normal((count, dim)).astype(np.float32)
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """PyTorch at one thread for a module (restored after): tiny models' small ops gain nothing from two, and lose a
+    lot on a busy machine. Use with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    if not HAVE_TORCH:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -75,3 +75,16 @@ def find_c_library() -> str | None:
         return path if os.path.exists(path) else None
     except (FileNotFoundError, ImportError):
         return None
+
+
+def tiny_config(**changes):
+    """The `tiny` config (window 8, 1 sink frame), with `changes`."""
+    import nfd_rt
+
+    return nfd_rt.configs.get("tiny").replace(**changes)
+
+
+def random_actions(count, dim, seed=0):
+    import numpy as np
+
+    return np.random.default_rng(seed).standard_normal((count, dim)).astype(np.float32)

@@ -5,7 +5,7 @@
 // function `nfd::ops::name` checks its arguments against the contract, once for every backend, then runs the
 // backend of the output tensor's device; the backends only compute (and check their own limits: the CPU's
 // fp32, a CUDA kernel's head_dim). Math is restated next to each op; the PyTorch oracle is
-// python/nfd_rt/reference/model.py; the op table tests/test_ops.py runs every op on every backend.
+// python/nfd_rt/reference/model.py; the op table tests/ops/test_ops.py runs every op on every backend.
 //
 // What every op's contract holds besides the shapes below (ops/contract.h words the errors):
 //  * every tensor is defined; the float tensors of a call share one device and one dtype (f32, bf16 or f16);

@@ -2,7 +2,7 @@
 // buffers of the CPU ops (ops/cpu_common.h, scratch()) and the stream-ordered scratch of the CUDA ops
 // (ops/cuda_common.cuh, Scratch). The session adds it to its arena (measured exactly) to decide, before
 // allocating anything, whether it fits (runtime memory estimate). Keep it in step with the ops: each term
-// names the op whose request it bounds, and tests/test_memory.py checks it against the CPU ops' measured
+// names the op whose request it bounds, and tests/runtime/test_memory.py checks it against the CPU ops' measured
 // high-water mark.
 #pragma once
 

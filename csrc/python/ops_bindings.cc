@@ -1,5 +1,5 @@
 // nfd_rt._core.ops: every op of ops/ops.h on numpy float32 arrays, on a chosen device and dtype, so the op table
-// (tests/test_ops.py) runs each op on every backend against PyTorch. Inputs are copied to fresh device tensors
+// (tests/ops/test_ops.py) runs each op on every backend against PyTorch. Inputs are copied to fresh device tensors
 // of `dtype`, the op runs, outputs come back as float32 (uint8 for to_uint8). The bindings check only their own
 // arguments: whatever reaches an op is checked by its contract (ops/NAME.cc), so the table tests the contracts.
 #include <pybind11/numpy.h>
@@ -49,7 +49,7 @@ std::vector<int64_t> shape_of(const py::array& a) {
 // checking them, so that a bad input reaches the op and its contract (ops/NAME.cc) says what is wrong.
 int64_t dim_or0(const Tensor& t, int i) { return i < t.rank() ? t.dim(i) : 0; }
 
-// Testing hooks every op takes besides device, dtype and threads, so the op table (tests/test_ops.py) can hand
+// Testing hooks every op takes besides device, dtype and threads, so the op table (tests/ops/test_ops.py) can hand
 // an op the arguments its contract must refuse. Keys are the op's argument names (ops/ops.h):
 //   dtypes  {"w": "bfloat16"}  that argument in another dtype (float32, bfloat16, float16 or uint8)
 //   devices {"x": "cpu"}       that argument on another device

@@ -3,7 +3,7 @@
 Four classes implement it: `nfd_rt.Session` (the C++ runtime), `nfd_rt.reference.ReferenceSession` (the PyTorch
 oracle), `nfd_rt.onnx_runtime.OnnxSession` (the ONNX export under ONNX Runtime) and `nfd_rt.baselines.static.StaticSession`
 (the static PyTorch baseline of the benchmarks). Code that only steps worlds (benchmarks, the Gymnasium
-environments, a user's agent loop) can take any of them; tests/test_conformance.py runs one suite over all four
+environments, a user's agent loop) can take any of them; tests/runtime/test_conformance.py runs one suite over all four
 against the reference.
 """
 

@@ -84,23 +84,24 @@ def save(model, path: str | os.PathLike) -> None:
 def load(path: str | os.PathLike):
     """Load a .nfd file into a new NFDModel (an OasisModel or a WaypointModel for those architectures' files),
     checking every tensor's name, dtype and shape."""
+    table, cfg = read_header(path)
+    arch = getattr(cfg, "architecture", "nfd")
+    if arch == "waypoint":
+        from .reference.waypoint import WaypointModel as Model
+    elif arch == "oasis":
+        from .reference.oasis import OasisModel as Model
+    else:
+        from .reference.model import NFDModel as Model
+    return load_into(Model(cfg, init_seed=None), table, path)
+
+
+def load_into(model, table: dict, path: str | os.PathLike):
+    """The tensors of the .nfd file `path` (its header's tensor table: read_header) into `model`, a fresh model of
+    the file's config; every tensor's name, dtype and shape is checked against the model first."""
     import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    table, cfg = read_header(path)
-    if getattr(cfg, "architecture", "nfd") == "waypoint":
-        from .reference.waypoint import load as load_waypoint
-
-        return load_waypoint(path)
-    if isinstance(cfg, configs.OasisConfig):
-        from .reference.oasis import OasisModel
-
-        model = OasisModel(cfg, init_seed=None)
-    else:
-        from .reference.model import NFDModel
-
-        model = NFDModel(cfg, init_seed=None)
     expected = model.state_dict()
     for name, ref in expected.items():
         entry = table.get(name)
@@ -112,7 +113,7 @@ def load(path: str | os.PathLike):
             raise NFDFormatError(f"{path}: tensor {name!r} has shape {entry.get('shape')}, expected {list(ref.shape)}")
     extra = sorted(set(table) - set(expected))
     if extra:
-        raise NFDFormatError(f"{path}: unexpected tensor {extra[0]!r} (not part of a {cfg.name} model)")
+        raise NFDFormatError(f"{path}: unexpected tensor {extra[0]!r} (not part of a {model.cfg.name} model)")
     try:
         tensors = load_file(os.fspath(path))
     except (SafetensorError, OSError) as e:

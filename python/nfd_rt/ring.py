@@ -1,7 +1,7 @@
 """The KV ring rule in Python: which cache slot holds a frame, and which frames a frame sees.
 
 The one place of the rule for the Python sessions (the PyTorch reference, the ONNX Runtime session, the static
-PyTorch baseline); `csrc/runtime/kv_ring.cc` is the same rule in C++, and tests/test_ring.py checks the two
+PyTorch baseline); `csrc/runtime/kv_ring.cc` is the same rule in C++, and tests/runtime/test_ring.py checks the two
 against each other.
 
 - A frame i sees frame j when j <= i and (j is one of the `sinks` first frames or i - j <= window).

@@ -5,7 +5,7 @@
 // epilogue's source C read through the layout, here a zero pixel stride so every pixel gets the biases), then
 // back to [C, H, W] with the residual; and compares with a direct convolution in double. It also checks the
 // scratch layout (aligned, disjoint, large enough). What it cannot check: CUTLASS on the GPU itself (the op
-// table's CUDA rows in tests/test_ops.py do). Prints "N passed, N failed"; exit code 1 on failure.
+// table's CUDA rows in tests/ops/test_ops.py do). Prints "N passed, N failed"; exit code 1 on failure.
 #include <cmath>
 #include <cstdio>
 #include <random>

@@ -1,5 +1,5 @@
 // The CUDA checks that need C++. Every op's numbers on every backend, its contract and the kernel each CUDA
-// implementation switch runs are in the op table, tests/test_ops.py (through nfd_rt._core.ops); what is left here
+// implementation switch runs are in the op table, tests/ops/test_ops.py (through nfd_rt._core.ops); what is left here
 // cannot be reached from those bindings:
 //   * the device layer: malloc/memcpy round trip, an allocation failure (1 PiB) as an nfd::Error;
 //   * CUDA graphs: attention captured once, replayed as the device FrameState changes (more and fewer visible

@@ -26,6 +26,6 @@ rm -rf "$PKG" && mkdir -p "$PKG"
 cp -r python/nfd_rt "$PKG/"
 rm -f "$PKG"/nfd_rt/_core*.so
 cp "$BUILD"/_core*.so "$PKG/nfd_rt/"
-PYTHONPATH="$ROOT/$PKG" "$PY" -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_parity_cpu.py \
-  tests/test_determinism.py
+PYTHONPATH="$ROOT/$PKG" "$PY" -m pytest -q -p no:cacheprovider tests/ops/test_ops.py tests/runtime/test_parity_cpu.py \
+  tests/runtime/test_determinism.py
 echo "cpu_level $LEVEL: OK"

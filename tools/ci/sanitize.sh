@@ -36,9 +36,9 @@ export NFD_RT_BUILD_DIR="$ROOT/$BUILD"
 echo "== pytest under ASan/UBSan"
 # The allocation-failure test is left out: ASan's allocator aborts on a failed allocation instead of returning NULL.
 LD_PRELOAD="$LIBASAN" PYTHONPATH="$ROOT/$PKG" "$PY" -m pytest -q -p no:cacheprovider \
-  tests/test_loader.py tests/test_session_api.py tests/test_c_api.py tests/test_ops.py \
-  tests/test_determinism.py tests/test_memory.py \
-  --deselect tests/test_memory.py::test_allocation_failure_is_memory_error ${PYTEST_ARGS:-}
+  tests/runtime/test_loader.py tests/api/test_session_api.py tests/api/test_c_api.py tests/ops/test_ops.py \
+  tests/runtime/test_determinism.py tests/runtime/test_memory.py \
+  --deselect tests/runtime/test_memory.py::test_allocation_failure_is_memory_error ${PYTEST_ARGS:-}
 
 echo "== C example under ASan/UBSan (leak checking on)"
 TMP=$(mktemp -d)

@@ -215,10 +215,10 @@ step steps 120 0 "
 
 PYTEST_COMMON="-q -m cuda -p no:cacheprovider --tb=line --maxfail=20 -rfE"
 step pytest 150 1 "
-  $PY -m pytest $PYTEST_COMMON tests/test_ops.py \
+  $PY -m pytest $PYTEST_COMMON tests/ops/test_ops.py \
     -k 'gated_add_layernorm_modulate or rope_qkv_split or conv2d or attention or upsample' ${PYTEST_ARGS:-}; a=\$?
-  NFD_CUDA_OP_TESTS=$ROOT/$BUILD_DIR/nfd_cuda_op_tests $PY -m pytest $PYTEST_COMMON tests/test_parity_cpu.py \
-    tests/test_many_worlds.py tests/test_snapshot.py tests/test_static_baseline.py ${PYTEST_ARGS:-}; b=\$?
+  NFD_CUDA_OP_TESTS=$ROOT/$BUILD_DIR/nfd_cuda_op_tests $PY -m pytest $PYTEST_COMMON tests/runtime/test_parity_cpu.py \
+    tests/runtime/test_many_worlds.py tests/runtime/test_snapshot.py tests/models/test_static_baseline.py ${PYTEST_ARGS:-}; b=\$?
   exit \$(( a || b ))"
 
 SANITIZER="--error-exitcode 9 --print-limit 20"
@@ -229,7 +229,7 @@ step memcheck 120 1 "
 
 step racecheck 90 1 "\$(tool compute-sanitizer) --tool racecheck $SANITIZER $BUILD_DIR/nfd_cuda_op_tests &&
   \$(tool compute-sanitizer) --tool racecheck $SANITIZER $PY -m pytest -q -x -m cuda -p no:cacheprovider --tb=line \
-    tests/test_ops.py -k 'bf16 and (attention or norm or conv)'"
+    tests/ops/test_ops.py -k 'bf16 and (attention or norm or conv)'"
 
 NCU_ARGS="--clock-control none --nvtx --nvtx-include profiled/ --section SpeedOfLight --section LaunchStats --section Occupancy --csv --page details"
 step ncu 90 1 "

@@ -5,7 +5,7 @@
 // Determinism: the chunks are a function of the shape alone (n and the op's grain), never of the thread count or
 // of how many workers are free. Every chunk runs the same code on the same sub-problem (the same sgemm call, the
 // same vector loop with the same tail) whoever runs it, so a seed gives bitwise the same video with 1, 2 or 64
-// threads and with other sessions running beside it (tests/test_determinism.py).
+// threads and with other sessions running beside it (tests/runtime/test_determinism.py).
 #pragma once
 
 #include <algorithm>

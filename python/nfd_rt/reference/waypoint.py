@@ -451,34 +451,12 @@ class WaypointModel(nn.Module):
 
 def load(path: str | os.PathLike) -> WaypointModel:
     """A Waypoint .nfd file as a WaypointModel, every tensor's name, dtype and shape checked first."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from ..nfd_file import NFDFormatError, read_header
+    from ..nfd_file import NFDFormatError, load_into, read_header
 
     table, cfg = read_header(path)
     if not isinstance(cfg, WaypointConfig):
         raise NFDFormatError(f"{path}: not a Waypoint model (architecture {getattr(cfg, 'architecture', 'nfd')!r})")
-    model = WaypointModel(cfg, init_seed=None)
-    expected = model.state_dict()
-    for name, ref in expected.items():
-        entry = table.get(name)
-        if entry is None:
-            raise NFDFormatError(f"{path}: missing tensor {name!r}")
-        if entry.get("dtype") != "F32":
-            raise NFDFormatError(f"{path}: tensor {name!r} has dtype {entry.get('dtype')}, expected F32")
-        if list(entry.get("shape", [])) != list(ref.shape):
-            raise NFDFormatError(f"{path}: tensor {name!r} has shape {entry.get('shape')}, expected {list(ref.shape)}")
-    extra = sorted(set(table) - set(expected))
-    if extra:
-        raise NFDFormatError(f"{path}: unexpected tensor {extra[0]!r} (not part of a {cfg.name} model)")
-    try:
-        tensors = load_file(os.fspath(path))
-    except (SafetensorError, OSError) as e:
-        raise NFDFormatError(f"{path}: cannot read tensor data: {e}") from None
-    with torch.no_grad():
-        model.load_state_dict(tensors, strict=True)
-    return model.eval()
+    return load_into(WaypointModel(cfg, init_seed=None), table, path)
 
 
 # ---------------------------------------------------------------------------------------------------------------

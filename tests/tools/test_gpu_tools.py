@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GPU_TOOLS = REPO / "tools" / "gpu"
 sys.path.insert(0, str(GPU_TOOLS))
 import new_paths  # noqa: E402  (tools/gpu/new_paths.py)
@@ -118,6 +118,7 @@ def run_dry(tmp_path, **env) -> tuple[dict, str]:
     return json.loads((out / "summary.json").read_text()), (out / "run.log").read_text()
 
 
+@pytest.mark.slow
 def test_run_sh_dry_run_puts_the_headline_first_and_falls_back(tmp_path):
     """A dry run (no GPU, the installed nfd_rt, tiny) in which one new path is reported broken (the test hook
     NFD_RT_DRY_BREAK): the headline fails, re-runs at once with every new path off, the bisection names the

@@ -17,7 +17,7 @@ from nfd_rt import cli, export
 from nfd_rt.demo import MODEL_FOR_STEPS, MODEL_PATH, MODELS, game
 from nfd_rt.demo.evaluate import coin_tiles, held_out_sequence
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 needs_core = pytest.mark.skipif(
     __import__("importlib").util.find_spec("nfd_rt._core") is None, reason="nfd_rt._core is not built")
 STUDENTS = {2: MODELS["gridworld-2step"], 1: MODELS["gridworld-1step"]}

@@ -85,13 +85,7 @@ class Files:
         return self.done[key]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The reference at one thread: tiny's small ops gain nothing from two, and lose a lot on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +94,8 @@ def files(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def model():
-    return NFDModel(nfd_rt.configs.get("tiny").replace(window=8, sink_frames=1), init_seed=0)
+def model(tiny_model):  # conftest.py's tiny model (window 8, 1 sink frame, init_seed 0)
+    return tiny_model
 
 
 def actions(n, dim, seed=0):

@@ -9,7 +9,7 @@ import nfd_rt  # noqa: E402
 from nfd_rt.reference import NFDModel, ReferenceSession  # noqa: E402
 from nfd_rt.reference.model import frame_visible  # noqa: E402
 
-from conftest import random_actions, tiny_config  # noqa: E402
+from nfd_testfiles import random_actions, tiny_config  # noqa: E402
 
 
 def record_passes(session):

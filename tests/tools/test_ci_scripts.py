@@ -6,7 +6,7 @@ import re
 import shlex
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = [ROOT / ".ci" / "run", *sorted((ROOT / "tools").rglob("*.sh"))]
 
 
@@ -69,4 +69,4 @@ def test_run_outputs_are_ignored_by_git():
         return subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=ROOT).returncode == 0
 
     assert all(ignored(p) for p in ("nfd_demo.mp4", "demo.gif", "out/result.json"))
-    assert not any(ignored(p) for p in ("docs/images/demo.gif", "docs/images/new.gif", "tests/test_cli.py"))
+    assert not any(ignored(p) for p in ("docs/images/demo.gif", "docs/images/new.gif", "tests/api/test_cli.py"))

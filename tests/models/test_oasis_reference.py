@@ -24,13 +24,7 @@ from nfd_rt.reference import OasisModel, OasisReferenceSession  # noqa: E402
 TINY = configs.get("oasis-tiny")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """oasis-tiny's small ops gain nothing from two threads, and lose a lot on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 # -- configs ----------------------------------------------------------------------------------------------------

@@ -508,7 +508,7 @@ def test_docs_examples_run():
     import os
     import re
 
-    text = open(os.path.join(os.path.dirname(__file__), "..", "docs", "gym.md")).read()
+    text = open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", "gym.md")).read()
     scope: dict = {}
     for name in ("gym-quickstart", "gym-reward"):
         m = re.search(r"<!-- test: " + name + r" -->\s*```python\n(.*?)```", text, re.S)

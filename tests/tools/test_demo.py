@@ -15,7 +15,7 @@ from nfd_rt import cli
 from nfd_rt.demo import MODEL_PATH, game
 from nfd_rt.demo.evaluate import evaluate, held_out_sequence, position_error
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 needs_core = pytest.mark.skipif(
     __import__("importlib").util.find_spec("nfd_rt._core") is None, reason="nfd_rt._core is not built")
 
@@ -179,14 +179,17 @@ def test_play_loop_runs_headless(monkeypatch):
             play(s)
 
 
+@pytest.mark.slow
 @needs_core
 def test_training_script_is_reproducible(tmp_path):
     pytest.importorskip("torch")
     outs = []
     for run in range(2):
         out = tmp_path / f"run{run}.nfd"
-        subprocess.run([sys.executable, os.path.join(ROOT, "tools", "train", "train_demo.py"), "--quick",
-                        "--seed", "3", "-o", str(out)], check=True, capture_output=True, timeout=600)
+        # Every stage, a few steps each: reproducibility does not need --quick's 20 + 10 steps (4 minutes here).
+        subprocess.run([sys.executable, os.path.join(ROOT, "tools", "train", "train_demo.py"), "--vae-steps", "3",
+                        "--dit-steps", "2", "--episodes", "4", "--episode-length", "24", "--batch", "8", "--seed", "3",
+                        "-o", str(out)], check=True, capture_output=True, timeout=600)
         outs.append(out.read_bytes())
     assert outs[0] == outs[1], "same seed, same threads: same model file"
     log = json.loads((tmp_path / "run0.train.json").read_text())

@@ -21,16 +21,13 @@ class CoreSession(nfd_rt.Session):
 
 
 @pytest.fixture(scope="module")
-def model():
-    cfg = nfd_rt.configs.get("tiny").replace(window=8, sink_frames=1)
-    return NFDModel(cfg, init_seed=0)
+def model(tiny_model):  # conftest.py's tiny model (window 8, 1 sink frame, init_seed 0)
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
-def model_path(model, tmp_path_factory):
-    path = tmp_path_factory.mktemp("nfd") / "tiny.nfd"
-    save(model, path)
-    return path
+def model_path(tiny_nfd):  # conftest.py's tiny model as a .nfd file
+    return tiny_nfd
 
 
 @pytest.fixture

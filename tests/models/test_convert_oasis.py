@@ -28,15 +28,10 @@ from nfd_rt.convert import oasis as conv  # noqa: E402
 from nfd_rt.reference import OasisModel, OasisReferenceSession  # noqa: E402
 
 TINY = configs.get("oasis-tiny")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

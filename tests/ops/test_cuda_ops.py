@@ -1,6 +1,6 @@
 """The CUDA checks that need C++ (tests/cuda/test_ops_cuda.cu: the device layer, graph capture and replay, what
 kernels do with a replayed FrameState, the GEMM engine choice), on a real GPU. Every op's numbers and contract
-on CUDA are rows of the op table, tests/test_ops.py.
+on CUDA are rows of the op table, tests/ops/test_ops.py.
 
 Builds the CMake target `nfd_cuda_op_tests` in a temporary build tree (or uses $NFD_CUDA_OP_TESTS, a prebuilt
 binary) and runs it; skipped with reason "no CUDA device" where no GPU is present.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cuda_device_present() -> bool:

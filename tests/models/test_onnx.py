@@ -39,18 +39,12 @@ def level_diff(a, b):
     return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The reference at one thread: tiny's small ops gain nothing from two, and lose a lot on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")
-def model():
-    return NFDModel(nfd_rt.configs.get("tiny").replace(window=8, sink_frames=1), init_seed=0)
+def model(tiny_model):  # conftest.py's tiny model (window 8, 1 sink frame, init_seed 0)
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -242,6 +236,7 @@ def test_running_needs_no_torch(export_dir):
     assert r.stdout.strip() == "(64, 64, 3) uint8 2"
 
 
+@pytest.mark.slow
 def test_nfd_130m_first_frames_match_reference(tmp_path):
     """A random nfd-130m (336 tokens/frame, 12 layers, 32-slot cache): two frames against the reference."""
     torch.set_num_threads(TORCH_THREADS)  # big GEMMs: every core (the module's other tests use one thread)
@@ -280,7 +275,7 @@ def test_docs_quickstart_runs_as_written(tmp_path):
     """docs/onnx.md's marked bash block: export-random, export-onnx, an OnnxSession stepping two frames."""
     import re
 
-    text = (Path(__file__).resolve().parents[1] / "docs" / "onnx.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "onnx.md").read_text()
     block = re.search(r"<!-- test: onnx-quickstart -->\s*```bash\n(.*?)```", text, re.S).group(1)
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     r = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, capture_output=True, text=True,

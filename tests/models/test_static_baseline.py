@@ -5,7 +5,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="needs torch (the `torch` extra)")
 
-from conftest import tiny_config  # noqa: E402
+from nfd_testfiles import tiny_config  # noqa: E402
 from nfd_rt import rng  # noqa: E402
 from nfd_rt.reference import NFDModel, ReferenceSession  # noqa: E402
 from nfd_rt.baselines.static import StaticSession, philox_normal  # noqa: E402

@@ -103,7 +103,7 @@ def test_export_cli_from_state_dict_and_checkpoint(tiny_model, tmp_path):
     import sys
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "tools" / "export" / "export.py"
+    script = Path(__file__).resolve().parents[2] / "tools" / "export" / "export.py"
     sd = tmp_path / "sd.pt"
     torch.save(tiny_model.state_dict(), sd)
     ckpt = tmp_path / "ckpt.pt"

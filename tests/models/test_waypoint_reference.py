@@ -16,9 +16,7 @@ from nfd_rt.reference import waypoint as wp  # noqa: E402
 TINY = nfd_rt.configs.get("waypoint-tiny")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """`nfd-rt serve` over real sockets on loopback: the protocol, players moving the agent as the game says, the
 guards (token, max players, idle, abuse, slow clients), metrics, and a short load + fault run.
 
-The browser test is tests/test_serve_browser.py, the Ray Serve test tests/test_serve_ray.py; the long load
+The browser test is tests/serve/test_serve_browser.py, the Ray Serve test tests/serve/test_serve_ray.py; the long load
 test is benchmarks/serve_load.py (60 s, results in benchmarks/results/).
 """
 

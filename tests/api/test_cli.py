@@ -16,7 +16,7 @@ import pytest
 
 from nfd_testfiles import MICRO, random_nfd
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def nfd_rt_cli(*args: str, **kw) -> subprocess.CompletedProcess:
