@@ -11,13 +11,17 @@ See docs/models.md for the reasoning behind the NFD dimensions.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
+
+from ._config_base import ConfigBase
+
+if TYPE_CHECKING:
+    from .configs_waypoint import WaypointConfig
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,9 @@ class VAEConfig:
 
 
 @dataclass(frozen=True)
-class NFDConfig:
+class NFDConfig(ConfigBase):
+    _kind, _nested = "config", {"vae": (VAEConfig, "VAE config")}
+
     name: str = "tiny"
     # Frames and latents.
     frame_height: int = 64
@@ -104,20 +110,6 @@ class NFDConfig:
         return self.frame_width // self.vae.downsample
 
     @property
-    def grid(self) -> tuple[int, int]:
-        """Patch grid (rows, cols) of one frame."""
-        return self.latent_height // self.patch_size, self.latent_width // self.patch_size
-
-    @property
-    def tokens_per_frame(self) -> int:
-        rows, cols = self.grid
-        return rows * cols
-
-    @property
-    def patch_dim(self) -> int:
-        return self.latent_channels * self.patch_size**2
-
-    @property
     def cache_frames(self) -> int:
         """Frames held in the KV cache: sink frames + rolling window (the current frame is not cached)."""
         return self.sink_frames + self.window
@@ -127,35 +119,6 @@ class NFDConfig:
         return len(self.schedule)
 
     # Serialisation (the `config` entry of a .nfd file).
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "NFDConfig":
-        d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown config fields: {sorted(unknown)}")
-        vae = d.pop("vae", {})
-        vae_known = {f.name for f in dataclasses.fields(VAEConfig)}
-        if set(vae) - vae_known:
-            raise ValueError(f"unknown VAE config fields: {sorted(set(vae) - vae_known)}")
-        vae = {k: tuple(v) if isinstance(v, list) else v for k, v in vae.items()}
-        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return cls(vae=VAEConfig(**vae), **d)
-
-    @classmethod
-    def from_json(cls, text: str) -> "NFDConfig":
-        return cls.from_dict(json.loads(text))
-
-    def replace(self, **changes: Any) -> "NFDConfig":
-        return dataclasses.replace(self, **changes)
-
-
 _CONFIGS: dict[str, NFDConfig] = {
     "tiny": NFDConfig(),
     # 384x224 frames -> 48x28 latents (8x VAE), patch 2 -> 24x14 = 336 tokens per frame, 32-frame context.
@@ -283,10 +246,11 @@ def _default_oasis_timesteps() -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
-class OasisConfig:
+class OasisConfig(ConfigBase):
     """Oasis-500M's family: a DiT of spatial + causal temporal axial attention blocks over per-frame latents of a
     ViT VAE, DDIM v-prediction sampling over a 1000-level sigmoid beta schedule. Frame i's temporal attention
     sees the `max_frames - 1` frames before it (upstream's sliding window of max_frames frames)."""
+    _kind, _nested = "Oasis config", {"vae": (OasisVAEConfig, "Oasis VAE config")}
 
     name: str = "oasis-500m"
     architecture: str = "oasis"
@@ -386,20 +350,6 @@ class OasisConfig:
         return self.latent_height, self.latent_width
 
     @property
-    def grid(self) -> tuple[int, int]:
-        """DiT patch grid (rows, cols) of one frame."""
-        return self.latent_height // self.patch_size, self.latent_width // self.patch_size
-
-    @property
-    def tokens_per_frame(self) -> int:
-        rows, cols = self.grid
-        return rows * cols
-
-    @property
-    def patch_dim(self) -> int:
-        return self.latent_channels * self.patch_size**2
-
-    @property
     def vae_patch_dim(self) -> int:
         return 3 * self.vae.patch_size**2
 
@@ -431,36 +381,6 @@ class OasisConfig:
         return sigmoid_alphas_cumprod(self.noise_levels)
 
     # Serialisation (the `config` entry of a .nfd file).
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "OasisConfig":
-        d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown Oasis config fields: {sorted(unknown)}")
-        vae = d.pop("vae", {})
-        if not isinstance(vae, dict):
-            raise ValueError("Oasis config field 'vae' must be an object")
-        vae_known = {f.name for f in dataclasses.fields(OasisVAEConfig)}
-        if set(vae) - vae_known:
-            raise ValueError(f"unknown Oasis VAE config fields: {sorted(set(vae) - vae_known)}")
-        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return cls(vae=OasisVAEConfig(**vae), **d)
-
-    @classmethod
-    def from_json(cls, text: str) -> "OasisConfig":
-        return cls.from_dict(json.loads(text))
-
-    def replace(self, **changes: Any) -> "OasisConfig":
-        return dataclasses.replace(self, **changes)
-
-
 _OASIS_CONFIGS: dict[str, OasisConfig] = {
     # Oasis-500M as etched-ai/open-oasis builds it: DiT-S/2 over 18 x 32 x 16 latents (144 tokens a frame),
     # ViT-L/20 VAE over 360 x 640 frames.

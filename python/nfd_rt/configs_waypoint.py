@@ -14,11 +14,11 @@ less than 128 frames back). No sink frames.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from ._config_base import ConfigBase
 
 ARCHITECTURE = "waypoint"
 
@@ -59,7 +59,9 @@ class TAEHVConfig:
 
 
 @dataclass(frozen=True)
-class WaypointConfig:
+class WaypointConfig(ConfigBase):
+    _kind, _nested = "Waypoint config", {"taehv": (TAEHVConfig, "Waypoint taehv config")}
+
     architecture: str = ARCHITECTURE
     name: str = "waypoint-tiny"
     # Frames. frame_* is the autoencoder's resolution; step() returns (and reset() takes) frames of output_*,
@@ -149,20 +151,6 @@ class WaypointConfig:
         return self.frame_width // self.taehv.spatial_factor
 
     @property
-    def grid(self) -> tuple[int, int]:
-        """Patch grid (rows, cols) of one latent frame."""
-        return self.latent_height // self.patch_size, self.latent_width // self.patch_size
-
-    @property
-    def tokens_per_frame(self) -> int:
-        rows, cols = self.grid
-        return rows * cols
-
-    @property
-    def patch_dim(self) -> int:
-        return self.latent_channels * self.patch_size**2
-
-    @property
     def control_dim(self) -> int:
         """Length of one step's control vector: mouse dx, dy, the buttons, scroll."""
         return self.n_buttons + 3
@@ -221,35 +209,6 @@ class WaypointConfig:
         return (frame // s) % self.cache_slots(layer) if frame % s == 0 else None
 
     # Serialisation (the `config` entry of a .nfd file).
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "WaypointConfig":
-        d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown Waypoint config fields: {unknown}")
-        taehv = dict(d.pop("taehv", {}))
-        taehv_known = {f.name for f in dataclasses.fields(TAEHVConfig)}
-        if set(taehv) - taehv_known:
-            raise ValueError(f"unknown Waypoint taehv config fields: {sorted(set(taehv) - taehv_known)}")
-        taehv = {k: tuple(v) if isinstance(v, list) else v for k, v in taehv.items()}
-        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return cls(taehv=TAEHVConfig(**taehv), **d)
-
-    @classmethod
-    def from_json(cls, text: str) -> "WaypointConfig":
-        return cls.from_dict(json.loads(text))
-
-    def replace(self, **changes: Any) -> "WaypointConfig":
-        return dataclasses.replace(self, **changes)
-
-
 def _waypoint_1_5_1b(name: str, frame: tuple[int, int], output: tuple[int, int]) -> WaypointConfig:
     """The published Waypoint-1.5-1B checkpoints (config.yaml + the FlashDreams/world_engine key table)."""
     return WaypointConfig(
