@@ -55,27 +55,13 @@ DiTWeights::DiTWeights(const ModelFile& file, const NfdConfig& cfg, Arena& arena
   }
 
   // Time embeddings depend only on t: one fp32 host MLP per pass position, then uploaded.
-  temb = arena.alloc({passes, D}, dtype, Arena::Use::weights);
-  if (arena.measuring()) return;
-  Context host{Device::cpu, ctx.threads, nullptr, nullptr};
-  Tensor w1 = file.get("dit.time_embed.fc1.weight", {D, E}), b1 = file.get("dit.time_embed.fc1.bias", {D});
-  Tensor w2 = file.get("dit.time_embed.fc2.weight", {D, D}), b2 = file.get("dit.time_embed.fc2.bias", {D});
-  std::vector<float> feat, h1(static_cast<size_t>(D)), h1s(static_cast<size_t>(D)), zero(static_cast<size_t>(D), 0.f),
-      table(static_cast<size_t>(passes * D));
+  std::vector<float> feats;
   for (int64_t k = 0; k < passes; ++k) {
-    float t = k < cfg.num_steps() ? cfg.schedule[size_t(k)] : cfg.context_noise;
-    feat = timestep_features(t, int(E));
-    Tensor tf{feat.data(), DType::f32, Device::cpu, {1, E}};
-    Tensor th{h1.data(), DType::f32, Device::cpu, {1, D}}, ths{h1s.data(), DType::f32, Device::cpu, {D}};
-    Tensor tz{zero.data(), DType::f32, Device::cpu, {D}}, tout{&table[size_t(k * D)], DType::f32, Device::cpu, {1, D}};
-    ops::linear(host, tf, w1, b1, th);
-    Tensor th1 = th;
-    th1.shape = {D};
-    ops::add_silu(host, th1, tz, ths);
-    ths.shape = {1, D};
-    ops::linear(host, ths, w2, b2, tout);
+    const float t = k < cfg.num_steps() ? cfg.schedule[size_t(k)] : cfg.context_noise;
+    const std::vector<float> f = timestep_features(t, int(E));
+    feats.insert(feats.end(), f.begin(), f.end());
   }
-  ops::copy(ctx, Tensor{table.data(), DType::f32, Device::cpu, {passes, D}}, temb);
+  temb = host_embed_mlp(file, "dit.time_embed", feats, passes, E, D, arena, ctx, dtype);
 }
 
 DiT::Activations::Activations(const NfdConfig& cfg, Arena& arena, DType dtype, int cap) {
