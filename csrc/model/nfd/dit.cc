@@ -80,14 +80,10 @@ DiT::Activations::Activations(const NfdConfig& cfg, Arena& arena, DType dtype, i
 }
 
 DiT::DiT(const NfdConfig& cfg, const DiTWeights& weights, Arena& arena, DType dtype, int cache_slots)
-    : cfg_(cfg), w_(weights) {
-  const int64_t D = cfg.hidden_size, N = cfg.tokens_per_frame(), H = cfg.num_heads, hd = cfg.head_dim();
-  const int64_t passes = cfg.num_steps() + 1;
-  for (int l = 0; l < cfg.depth; ++l) {
-    k_cache_.push_back(arena.alloc({cache_slots, N, H, hd}, dtype, Arena::Use::kv_cache));
-    v_cache_.push_back(arena.alloc({cache_slots, N, H, hd}, dtype, Arena::Use::kv_cache));
-    kv_bytes_ += k_cache_.back().bytes() + v_cache_.back().bytes();
-  }
+    : cfg_(cfg),
+      w_(weights),
+      kv_(arena, cfg.depth, {cache_slots, cfg.tokens_per_frame(), cfg.num_heads, cfg.head_dim()}, dtype) {
+  const int64_t D = cfg.hidden_size, passes = cfg.num_steps() + 1;
   rope_.rope_dims[0] = cfg.rope_dims[0];
   rope_.rope_dims[1] = cfg.rope_dims[1];
   rope_.rope_dims[2] = cfg.rope_dims[2];
@@ -122,7 +118,7 @@ void DiT::prepare_kernels(const Context& ctx, const Tensor& action) {
   ops::linear_prepare(ctx, a.hn, b0.fc1_w, b0.fc1_b, a.mlp, ops::Epilogue::gelu_tanh);
   ops::linear_prepare(ctx, a.mlp, b0.fc2_w, b0.fc2_b, a.tmp);
   ops::linear_prepare(ctx, a.hn, w_.final_w, w_.final_b, a.vel);
-  ops::attention_prepare(ctx, a.q, k_cache_[0], v_cache_[0], a.attn);
+  ops::attention_prepare(ctx, a.q, kv_.k[0], kv_.v[0], a.attn);
 }
 
 void DiT::condition(const Context& ctx, const Tensor& action) {
@@ -146,8 +142,7 @@ void DiT::condition(const Context& ctx, const Tensor& action) {
   ops::linear(ctx, cond_, w_.final_adaln_w, w_.final_adaln_b, final_mod_);
 }
 
-// The rows of member b in a member-major activation [capacity * N, width].
-static Tensor rows(const Tensor& t, int64_t b, int64_t n) { return view(t, b * n * t.dim(1), {n, t.dim(1)}); }
+static Tensor rows(const Tensor& t, int64_t b, int64_t n) { return member_rows(t, b, n); }
 
 void DiT::forward(const std::vector<Member>& members, int k, bool full, Activations& act) {
   NFD_CHECK(!members.empty() && int(members.size()) <= act.capacity, internal, "DiT::forward: bad member count");
@@ -178,18 +173,12 @@ void DiT::forward(const std::vector<Member>& members, int k, bool full, Activati
     pending = {chunk, l};
   };
   // hn = LayerNorm(h) * (1 + scale) + shift per member, after adding the pending residual.
+  auto ctx_of = [&](int64_t b) -> const Context& { return members[size_t(b)].ctx; };
+  auto gate_of = [&](int64_t b) {
+    return view(members[size_t(b)].dit->mod_, (int64_t(pending.l) * passes + k) * 6 * D + pending.chunk * D, {D});
+  };
   auto norm = [&](const auto& mod_of, int shift_i, int scale_i) {
-    for (int64_t b = 0; b < B; ++b) {
-      const Member& m = members[size_t(b)];
-      Tensor hb = rows(h, b, N), hnb = rows(hn, b, N);
-      if (pending.chunk >= 0) {
-        Tensor gate = view(m.dit->mod_, (int64_t(pending.l) * passes + k) * 6 * D + pending.chunk * D, {D});
-        ops::gated_add_layernorm_modulate(m.ctx, rows(tmp, b, N), gate, hb, mod_of(b, shift_i), mod_of(b, scale_i),
-                                          eps, hnb);
-      } else {
-        ops::layernorm_modulate(m.ctx, hb, mod_of(b, shift_i), mod_of(b, scale_i), eps, hnb);
-      }
-    }
+    adaln_norm(B, N, h, hn, tmp, pending.chunk >= 0, eps, ctx_of, mod_of, shift_i, scale_i, gate_of);
     pending = {};
   };
   for (int l = 0; l < cfg.depth; ++l) {
@@ -204,10 +193,10 @@ void DiT::forward(const std::vector<Member>& members, int k, bool full, Activati
     for (int64_t b = 0; b < B; ++b) {
       const Member& m = members[size_t(b)];
       DiT& d = *m.dit;
-      ops::rope_qkv_split(m.ctx, rows(qkv, b, N), d.rope_, act.q, d.k_cache_[size_t(l)], d.v_cache_[size_t(l)]);
+      ops::rope_qkv_split(m.ctx, rows(qkv, b, N), d.rope_, act.q, d.kv_.k[size_t(l)], d.kv_.v[size_t(l)]);
       if (last) continue;
       Tensor ab = rows(attn, b, N);
-      ops::attention(m.ctx, act.q, d.k_cache_[size_t(l)], d.v_cache_[size_t(l)], ab);
+      ops::attention(m.ctx, act.q, d.kv_.k[size_t(l)], d.kv_.v[size_t(l)], ab);
     }
     if (last) return;
     branch(attn, blk.proj_w, blk.proj_b, 2, l);
@@ -243,15 +232,6 @@ void DiT::denoise_pass(const Context& ctx, int k, float dt, Tensor& latent) {
 
 void DiT::cache_write_pass(const Context& ctx, const Tensor& latent) {
   cache_write_pass({Member{this, ctx, latent}}, own_);
-}
-
-void DiT::copy_cache_from(const Context& ctx, const DiT& other) {
-  NFD_CHECK(k_cache_.size() == other.k_cache_.size(), internal, "DiT::copy_cache_from: different models");
-  for (size_t l = 0; l < k_cache_.size(); ++l) {
-    NFD_CHECK(k_cache_[l].shape == other.k_cache_[l].shape, internal, "DiT::copy_cache_from: cache shapes differ");
-    ops::copy(ctx, other.k_cache_[l], k_cache_[l]);
-    ops::copy(ctx, other.v_cache_[l], v_cache_[l]);
-  }
 }
 
 }  // namespace nfd_arch

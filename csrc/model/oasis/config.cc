@@ -3,6 +3,8 @@
 // noise schedule.
 #include "model/oasis/config.h"
 
+#include "model/plugin.h"
+
 #include <algorithm>
 #include <cmath>
 #include <memory>
@@ -15,21 +17,10 @@ namespace {
 
 using namespace config_json;
 
-// Upper bounds (inclusive). Generous for real models (oasis-500m is far inside them).
-constexpr int kMaxFrameSide = 4096;
-constexpr int kMaxChannels = 4096;
-constexpr int kMaxHidden = 16384;
-constexpr int kMaxDepth = 256;
-constexpr int kMaxHeads = 256;
-constexpr int kMaxMlpRatio = 16;
-constexpr int kMaxPatch = 64;
-constexpr int kMaxTimeEmbed = 16384;
-constexpr int kMaxActionDim = 65536;
+// Upper bounds (inclusive): the plug-ins' shared ones (model/plugin.h; oasis-500m is far inside them) and Oasis' own.
+using namespace limits;
 constexpr int kMaxNoiseLevels = 100000;
-constexpr int kMaxTokensPerFrame = 65536;
 constexpr int kMaxVaeTokens = 16384;  // the ViT's attention scores of a head: tokens^2 floats
-constexpr double kMaxKvCacheBytes = 64.0 * (1ull << 30);        // temporal K + V, fp32, all layers
-constexpr double kMaxVaeActivationBytes = 16.0 * (1ull << 30);  // the ViT's widest activation, fp32
 // The start noise is clamped to [-noise_clamp, noise_clamp] (upstream). The Philox normals (24-bit uniforms through
 // Box-Muller, docs/rng.md) never exceed sqrt(2 * 24 ln 2) = 5.77 in magnitude, so a clamp of 6 or more is the
 // identity and the runtime applies none; a smaller one is refused rather than ignored.
@@ -69,9 +60,9 @@ void check_consistency(const OasisConfig& c) {
       c.latent_width() < c.patch_size)
     bad("latent " + std::to_string(c.latent_height()) + "x" + std::to_string(c.latent_width()) +
         " is not divisible by patch_size " + std::to_string(c.patch_size));
-  if (c.tokens_per_frame() > kMaxTokensPerFrame)
+  if (c.tokens_per_frame() > kTokensPerFrame)
     bad("tokens_per_frame " + std::to_string(c.tokens_per_frame()) + " exceeds the limit " +
-        std::to_string(kMaxTokensPerFrame));
+        std::to_string(kTokensPerFrame));
   if (c.vae_tokens() > kMaxVaeTokens)
     bad("the VAE's tokens per frame (" + std::to_string(c.vae_tokens()) + ") exceed the limit " +
         std::to_string(kMaxVaeTokens));
@@ -88,11 +79,11 @@ void check_consistency(const OasisConfig& c) {
         ": this runtime's Philox normals never exceed 5.77 in magnitude and it applies no clamp");
   // Memory bounds (doubles: no overflow for any in-range inputs).
   const double kv = 2.0 * c.depth * (c.max_frames + 1) * double(c.tokens_per_frame()) * c.hidden_size * 4.0;
-  if (kv > kMaxKvCacheBytes)
+  if (kv > kKvCacheBytes)
     bad("the temporal KV cache would need " + std::to_string(int64_t(kv / (1 << 20))) +
         " MiB (depth x (max_frames + 1) x tokens x hidden_size), over the 64 GiB limit");
   const double act = double(c.vae_tokens()) * std::max(v.encoder_dim, v.decoder_dim) * v.mlp_ratio * 4.0;
-  if (act > kMaxVaeActivationBytes)
+  if (act > kActivationBytes)
     bad("a VAE activation would need " + std::to_string(int64_t(act / (1 << 20))) +
         " MiB (VAE tokens x width x mlp_ratio), over the 16 GiB limit");
 }
@@ -104,23 +95,20 @@ Config parse_config(const json& j) {
   OasisConfig& c = *arch;
   Fields f(j, "");
   f.at("architecture");  // "oasis": checked by the caller, which chose this plug-in by it
-  const json& name = f.at("name");
-  if (!name.is_string()) bad(std::string("field 'name' must be a string, got ") + json_type(name));
-  c.name = name.get<std::string>();
-  if (c.name.size() > 256) bad("field 'name' is longer than 256 characters");
-  c.frame_height = f.integer("frame_height", 1, kMaxFrameSide);
-  c.frame_width = f.integer("frame_width", 1, kMaxFrameSide);
-  c.latent_channels = f.integer("latent_channels", 1, kMaxChannels);
-  c.patch_size = f.integer("patch_size", 1, kMaxPatch);
-  c.hidden_size = f.integer("hidden_size", 1, kMaxHidden);
-  c.depth = f.integer("depth", 1, kMaxDepth);
-  c.num_heads = f.integer("num_heads", 1, kMaxHeads);
-  c.mlp_ratio = f.integer("mlp_ratio", 1, kMaxMlpRatio);
-  c.time_embed_dim = f.integer("time_embed_dim", 2, kMaxTimeEmbed);
+  c.name = config_name(f);
+  c.frame_height = f.integer("frame_height", 1, kFrameSide);
+  c.frame_width = f.integer("frame_width", 1, kFrameSide);
+  c.latent_channels = f.integer("latent_channels", 1, kChannels);
+  c.patch_size = f.integer("patch_size", 1, kPatch);
+  c.hidden_size = f.integer("hidden_size", 1, kHidden);
+  c.depth = f.integer("depth", 1, kDepth);
+  c.num_heads = f.integer("num_heads", 1, kHeads);
+  c.mlp_ratio = f.integer("mlp_ratio", 1, kMlpRatio);
+  c.time_embed_dim = f.integer("time_embed_dim", 2, kTimeEmbed);
   if (c.time_embed_dim % 2) bad("field 'time_embed_dim' = " + std::to_string(c.time_embed_dim) + " must be even");
-  c.action_dim = f.integer("action_dim", 1, kMaxActionDim);
+  c.action_dim = f.integer("action_dim", 1, kActionDim);
   c.norm_eps = f.number("norm_eps", 0.0, 1.0, /*lo_open=*/true);
-  c.spatial_rope_dim = f.integer("spatial_rope_dim", 0, kMaxHidden);
+  c.spatial_rope_dim = f.integer("spatial_rope_dim", 0, kHidden);
   c.spatial_rope_max_freq = f.number("spatial_rope_max_freq", 0.0, 1e9, true);
   c.temporal_rope_theta = f.number("temporal_rope_theta", 0.0, 1e12, true);
   c.max_frames = f.integer("max_frames", 1, kMaxCacheSlots);
@@ -136,16 +124,16 @@ Config parse_config(const json& j) {
   if (!vae.is_object()) bad(std::string("field 'vae' must be an object, got ") + json_type(vae));
   Fields v(vae, "vae.");
   OasisVAEConfig& o = c.vae;
-  o.patch_size = v.integer("patch_size", 1, kMaxPatch);
-  o.encoder_dim = v.integer("encoder_dim", 1, kMaxHidden);
-  o.encoder_depth = v.integer("encoder_depth", 1, kMaxDepth);
-  o.encoder_heads = v.integer("encoder_heads", 1, kMaxHeads);
-  o.decoder_dim = v.integer("decoder_dim", 1, kMaxHidden);
-  o.decoder_depth = v.integer("decoder_depth", 1, kMaxDepth);
-  o.decoder_heads = v.integer("decoder_heads", 1, kMaxHeads);
-  o.mlp_ratio = v.integer("mlp_ratio", 1, kMaxMlpRatio);
+  o.patch_size = v.integer("patch_size", 1, kPatch);
+  o.encoder_dim = v.integer("encoder_dim", 1, kHidden);
+  o.encoder_depth = v.integer("encoder_depth", 1, kDepth);
+  o.encoder_heads = v.integer("encoder_heads", 1, kHeads);
+  o.decoder_dim = v.integer("decoder_dim", 1, kHidden);
+  o.decoder_depth = v.integer("decoder_depth", 1, kDepth);
+  o.decoder_heads = v.integer("decoder_heads", 1, kHeads);
+  o.mlp_ratio = v.integer("mlp_ratio", 1, kMlpRatio);
   o.norm_eps = v.number("norm_eps", 0.0, 1.0, true);
-  o.rope_dim = v.integer("rope_dim", 0, kMaxHidden);
+  o.rope_dim = v.integer("rope_dim", 0, kHidden);
   o.rope_max_freq = v.number("rope_max_freq", 0.0, 1e9, true);
   o.scaling_factor = v.number("scaling_factor", 0.0, 1e6, true);
   v.reject_unknown();
@@ -205,17 +193,7 @@ std::string config_to_json(const Config& cfg) {
 
 namespace {
 
-using Shapes = std::vector<std::pair<std::string, std::vector<int64_t>>>;
-
-void add_linear(Shapes& out, const std::string& p, int64_t in, int64_t outd, bool bias = true) {
-  out.push_back({p + ".weight", {outd, in}});
-  if (bias) out.push_back({p + ".bias", {outd}});
-}
-void add_norm(Shapes& out, const std::string& p, int64_t c) {
-  out.push_back({p + ".weight", {c}});
-  out.push_back({p + ".bias", {c}});
-}
-void add_vit_block(Shapes& out, const std::string& p, int64_t E, int64_t ratio) {
+void add_vit_block(TensorList& out, const std::string& p, int64_t E, int64_t ratio) {
   add_norm(out, p + ".norm1", E);
   add_linear(out, p + ".qkv", E, 3 * E);
   add_linear(out, p + ".proj", E, E);
@@ -228,7 +206,7 @@ void add_vit_block(Shapes& out, const std::string& p, int64_t E, int64_t ratio) 
 
 std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const Config& config) {
   const OasisConfig& c = config.arch_as<OasisConfig>();
-  Shapes out;
+  TensorList out;
   const int64_t D = c.hidden_size, M = int64_t(c.mlp_ratio) * D;
   add_linear(out, "dit.patch_embed", c.patch_dim(), D);
   add_linear(out, "dit.time_embed.fc1", c.time_embed_dim, D);

@@ -112,14 +112,13 @@ DiT::Activations::Activations(const OasisConfig& cfg, Arena& arena, DType dtype,
 }
 
 DiT::DiT(const OasisConfig& cfg, const DiTWeights& weights, Arena& arena, DType dtype, int cache_slots)
-    : cfg_(cfg), w_(weights), spatial_state_(arena), own_(cfg, arena, dtype, 1) {
-  const int64_t D = cfg.hidden_size, N = cfg.tokens_per_frame(), H = cfg.num_heads, hd = cfg.head_dim();
+    : cfg_(cfg),
+      w_(weights),
+      kv_(arena, cfg.depth, {cache_slots, cfg.tokens_per_frame(), cfg.num_heads, cfg.head_dim()}, dtype),
+      spatial_state_(arena),
+      own_(cfg, arena, dtype, 1) {
+  const int64_t D = cfg.hidden_size, N = cfg.tokens_per_frame(), hd = cfg.head_dim();
   const int64_t passes = cfg.num_steps() + 1;
-  for (int l = 0; l < cfg.depth; ++l) {
-    k_cache_.push_back(arena.alloc({cache_slots, N, H, hd}, dtype, Arena::Use::kv_cache));
-    v_cache_.push_back(arena.alloc({cache_slots, N, H, hd}, dtype, Arena::Use::kv_cache));
-    kv_bytes_ += k_cache_.back().bytes() + v_cache_.back().bytes();
-  }
   temporal_rope_.rope_dims[0] = int(hd);
   temporal_rope_.rope_dims[1] = temporal_rope_.rope_dims[2] = 0;
   temporal_rope_.theta = cfg.temporal_rope_theta;
@@ -168,8 +167,7 @@ void DiT::condition(const Context& ctx, const Tensor& action) {
   ops::linear(ctx, cond_, w_.final_adaln_w, w_.final_adaln_b, final_mod_);
 }
 
-// The rows of member b in a member-major activation [capacity * N, width].
-static Tensor rows(const Tensor& t, int64_t b, int64_t n) { return view(t, b * n * t.dim(1), {n, t.dim(1)}); }
+static Tensor rows(const Tensor& t, int64_t b, int64_t n) { return member_rows(t, b, n); }
 
 void DiT::forward(const std::vector<Member>& members, int k, bool full, Activations& act) {
   NFD_CHECK(!members.empty() && int(members.size()) <= act.capacity, internal, "oasis::DiT::forward: bad member count");
@@ -194,20 +192,14 @@ void DiT::forward(const std::vector<Member>& members, int k, bool full, Activati
   struct Pending {
     int chunk = -1, sub = 0, l = 0;
   } pending;
-  auto gate_of = [&](const Member& m) {
-    return view(m.dit->mod_[pending.sub], ((int64_t(pending.l) * passes + k) * 6 + pending.chunk) * D, {D});
+  auto ctx_of = [&](int64_t b) -> const Context& { return members[size_t(b)].ctx; };
+  auto gate_of = [&](int64_t b) {
+    return view(members[size_t(b)].dit->mod_[pending.sub], ((int64_t(pending.l) * passes + k) * 6 + pending.chunk) * D,
+                {D});
   };
   // hn = LayerNorm(h) * (1 + scale) + shift per member (mod_of(b, i): its chunk i), after the pending residual.
   auto norm = [&](const auto& mod_of, int shift_i, int scale_i) {
-    for (int64_t b = 0; b < B; ++b) {
-      const Member& m = members[size_t(b)];
-      Tensor hb = rows(h, b, N), hnb = rows(hn, b, N);
-      if (pending.chunk >= 0)
-        ops::gated_add_layernorm_modulate(m.ctx, rows(tmp, b, N), gate_of(m), hb, mod_of(b, shift_i),
-                                          mod_of(b, scale_i), eps, hnb);
-      else
-        ops::layernorm_modulate(m.ctx, hb, mod_of(b, shift_i), mod_of(b, scale_i), eps, hnb);
-    }
+    adaln_norm(B, N, h, hn, tmp, pending.chunk >= 0, eps, ctx_of, mod_of, shift_i, scale_i, gate_of);
     pending = {};
   };
   for (int l = 0; l < cfg.depth; ++l) {
@@ -225,11 +217,10 @@ void DiT::forward(const std::vector<Member>& members, int k, bool full, Activati
         DiT& d = *m.dit;
         Tensor ab = rows(attn, b, N);
         if (temporal) {
-          ops::rope_qkv_split(m.ctx, rows(qkv, b, N), d.temporal_rope_, act.q, d.k_cache_[size_t(l)],
-                              d.v_cache_[size_t(l)]);
+          ops::rope_qkv_split(m.ctx, rows(qkv, b, N), d.temporal_rope_, act.q, d.kv_.k[size_t(l)],
+                              d.kv_.v[size_t(l)]);
           if (!last)
-            ops::attention(m.ctx, act.q, d.k_cache_[size_t(l)], d.v_cache_[size_t(l)], ab,
-                           ops::AttentionKeys::same_token);
+            ops::attention(m.ctx, act.q, d.kv_.k[size_t(l)], d.kv_.v[size_t(l)], ab, ops::AttentionKeys::same_token);
         } else {
           const Context sc = d.spatial_state_.over(m.ctx);
           ops::rope_qkv_split(sc, rows(qkv, b, N), d.temporal_rope_, act.q, act.ks, act.vs, &w.spatial_rope);
@@ -265,15 +256,6 @@ void DiT::denoise_pass(const std::vector<Member>& members, int k, float a, float
 
 void DiT::cache_write_pass(const std::vector<Member>& members, Activations& act) {
   forward(members, members.at(0).dit->cfg_.num_steps(), false, act);
-}
-
-void DiT::copy_cache_from(const Context& ctx, const DiT& other) {
-  NFD_CHECK(k_cache_.size() == other.k_cache_.size(), internal, "oasis::DiT::copy_cache_from: different models");
-  for (size_t l = 0; l < k_cache_.size(); ++l) {
-    NFD_CHECK(k_cache_[l].shape == other.k_cache_[l].shape, internal, "oasis::DiT::copy_cache_from: cache shapes differ");
-    ops::copy(ctx, other.k_cache_[l], k_cache_[l]);
-    ops::copy(ctx, other.v_cache_[l], v_cache_[l]);
-  }
 }
 
 }  // namespace oasis

@@ -16,6 +16,7 @@
 #include "core/model_file.h"
 #include "model/architecture.h"
 #include "model/oasis/config.h"
+#include "model/plugin.h"
 #include "model/weights.h"
 #include "ops/ops.h"
 
@@ -69,8 +70,8 @@ class DiT {
   // after the last layer's temporal K/V.
   static void cache_write_pass(const std::vector<Member>& members, Activations& act);
 
-  void copy_cache_from(const Context& ctx, const DiT& other);
-  size_t kv_cache_bytes() const { return kv_bytes_; }
+  void copy_cache_from(const Context& ctx, const DiT& other) { kv_.copy_from(ctx, other.kv_); }
+  size_t kv_cache_bytes() const { return kv_.bytes; }
 
  private:
   static void forward(const std::vector<Member>& members, int k, bool full, Activations& act);
@@ -78,17 +79,13 @@ class DiT {
   const OasisConfig& cfg_;
   const DiTWeights& w_;
   ops::RopeParams temporal_rope_{};  // (head_dim, 0, 0): pair j at frame f rotates by f theta^(-2j / hd)
-  std::vector<Tensor> k_cache_, v_cache_;  // per layer: the temporal sub-block's K (after RoPE) and V
+  LayerKV kv_;  // per layer: the temporal sub-block's K (after RoPE) and V
   Tensor act_emb_;     // [1, D]
   Tensor cond_;        // [passes, D]
   Tensor mod_[2];      // [depth, passes, 6D]: spatial, temporal
   Tensor final_mod_;   // [passes, 2D]
   FixedFrameState spatial_state_;  // the spatial attention: the frame's own K/V in act.ks / act.vs (slot 0)
   Activations own_;
-  size_t kv_bytes_ = 0;
-
- public:
-  Activations& own() { return own_; }
 };
 
 }  // namespace oasis

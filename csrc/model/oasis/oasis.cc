@@ -11,6 +11,7 @@
 #include "model/oasis/config.h"
 #include "model/oasis/dit.h"
 #include "model/oasis/vae.h"
+#include "model/plugin.h"
 #include "ops/scratch_bound.h"
 
 namespace nfd {
@@ -77,37 +78,14 @@ class OasisSession : public SessionGraph {
   VAE vae_;
 };
 
-std::vector<DiT::Member> dit_members(const std::vector<Member>& members, bool write) {
-  std::vector<DiT::Member> out;
-  out.reserve(members.size());
-  for (const Member& m : members)
-    out.push_back({&static_cast<OasisSession*>(m.graph)->dit(), m.ctx, write ? m.write : m.latent});
-  return out;
-}
+using Plugin = PluginArchitecture<OasisConfig, OasisWeights, OasisSession, DiT::Activations, &oasis::parse_config,
+                                  &oasis::config_to_json, &oasis::expected_tensors>;
 
-class OasisArchitecture : public Architecture {
+class OasisArchitecture : public Plugin {
  public:
   const char* name() const override { return "oasis"; }
-  Config parse_config(const config_json::json& j) const override { return oasis::parse_config(j); }
-  std::string config_to_json(const Config& cfg) const override { return oasis::config_to_json(cfg); }
-  std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const Config& cfg) const override {
-    return oasis::expected_tensors(cfg);
-  }
-  std::unique_ptr<Weights> load_weights(const ModelFile& file, const Config& cfg, Arena& arena, const Context& ctx,
-                                        DType dtype) const override {
-    return std::make_unique<OasisWeights>(file, cfg.arch_as<OasisConfig>(), arena, ctx, dtype);
-  }
-  std::unique_ptr<SessionGraph> make_session(const Config& cfg, const Weights& w, Arena& arena, DType dtype,
-                                             int cache_slots) const override {
-    return std::make_unique<OasisSession>(cfg.arch_as<OasisConfig>(), static_cast<const OasisWeights&>(w), arena,
-                                          dtype, cache_slots);
-  }
-  std::unique_ptr<Activations> make_activations(const Config& cfg, Arena& arena, DType dtype,
-                                                int capacity) const override {
-    return std::make_unique<DiT::Activations>(cfg.arch_as<OasisConfig>(), arena, dtype, capacity);
-  }
   void denoise_pass(const std::vector<Member>& members, int k, Activations& act) const override {
-    const Schedule& s = static_cast<const OasisSession*>(members.at(0).graph)->schedule();
+    const Schedule& s = session_of(members.at(0)).schedule();
     DiT::denoise_pass(dit_members(members, false), k, s.a.at(size_t(k)), s.b.at(size_t(k)),
                       static_cast<DiT::Activations&>(act));
   }
@@ -134,6 +112,14 @@ class OasisArchitecture : public Architecture {
     s.frame_width = c.frame_width;
     s.latent_channels = c.latent_channels;
     return ops::scratch_bytes_bound(s, device, dtype, threads);
+  }
+
+ private:
+  // Each member's DiT member: its latent for a denoising pass, its cache-write input for the cache-write pass.
+  static std::vector<DiT::Member> dit_members(const std::vector<Member>& members, bool write) {
+    return members_as<DiT::Member>(members, [&](OasisSession& s, const Member& m) {
+      return DiT::Member{&s.dit(), m.ctx, write ? m.write : m.latent};
+    });
   }
 };
 
