@@ -229,3 +229,53 @@ def test_memory_estimate_before_allocation(converted):
         s.reset(np.zeros((2, cfg.frame_height, cfg.frame_width, 3), np.uint8))
         s.step(actions(1)[0])
     # The scratch bound against the ops' high-water mark: tests/test_memory.py (oasis-tiny is one of its configs).
+
+
+# -- serve ----------------------------------------------------------------------------------------------------------
+
+def test_serve_plays_an_oasis_file_with_its_key_map(exported, tmp_path):
+    """`nfd-rt serve oasis.nfd --keymap examples/oasis_keys.json`: the page's keys become Oasis' button actions
+    (W = forward, dim 11, ...); frames come back at the model's size. (The camera is continuous: send
+    {"type": "action"} messages for it.)"""
+    from serve_helpers import ROOT, decode, load_bench, need_serve_extra
+
+    need_serve_extra()
+    from websockets.sync.client import connect
+
+    keymap = ROOT / "examples" / "oasis_keys.json"
+    assert json.loads(keymap.read_text())["KeyW"] == 11  # upstream's ACTION_KEYS: forward
+    with load_bench().ServerProcess(str(exported), "--keymap", str(keymap), "--threads", "1", "--fps", "10",
+                                    log_path=str(tmp_path / "serve.log")) as srv:
+        assert srv.health()["model"] == "oasis-tiny"
+        with connect(f"{srv.ws_url}?format=png&seed=3") as ws:
+            hello = json.loads(ws.recv(timeout=60))
+            assert hello["width"] == TINY.frame_width and hello["height"] == TINY.frame_height
+            assert hello["world"] == "blank" and "KeyW" in hello["keys"] and hello["action_dim"] == 25
+            ws.send(json.dumps({"type": "keys", "keys": ["KeyW", "Space"]}))
+            while not isinstance(m := ws.recv(timeout=60), bytes):
+                pass
+            assert decode(m).shape == (TINY.frame_height, TINY.frame_width, 3)
+            a = [0.0] * 25
+            a[15] = 0.5  # cameraX
+            ws.send(json.dumps({"type": "action", "action": a}))
+            while not isinstance(m := ws.recv(timeout=60), bytes):
+                pass
+            assert decode(m).shape == (TINY.frame_height, TINY.frame_width, 3)
+
+
+def test_docs_snippets_convert_then_run(tmp_path):
+    """docs/oasis.md as written: convert random upstream-layout weights, then the 'Running in nfd_rt' snippet."""
+    import os
+    import subprocess
+    import sys
+
+    from nfd_testfiles import REPO
+    from test_docs import snippet
+
+    env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "python") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    for name in ("oasis-convert", "oasis-run"):
+        r = subprocess.run(["bash", "-euo", "pipefail", "-c", snippet("oasis.md", name)], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300, env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.split() == ["9", "(48,", "96,", "3)"]  # 1 prompt frame + 8 generated

@@ -186,9 +186,9 @@ class Server:
         from .._native import core
 
         info = core().inspect_file(self.model_path)  # validates the file now, not at the first player
-        from ..configs import NFDConfig
+        from .. import configs
 
-        self.model_cfg = NFDConfig.from_json(info["config"])
+        self.model_cfg = configs.from_json(info["config"])  # any architecture (NFD, Oasis)
         self.world = protocol.make_world(cfg.world, self.model_path, cfg.keymap, self.model_cfg.action_dim)
         self.device, self.dtype = _pick_device(cfg.device, cfg.dtype)
         self._model = None  # nfd_rt.Model shared by every player's session, loaded by the worker thread
