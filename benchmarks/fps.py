@@ -86,7 +86,8 @@ def oasis_frame_cost(cfg, bytes_per_value: int = 2, visible_frames: int | None =
     passes = cfg.num_steps + 1
     dit_params = L * 2 * (12 * D * D + 6 * D * D) + 2 * cfg.patch_dim * D
     kv_bytes = 2 * L * F * N * D * bytes_per_value
-    recompute_pass = L * F * (sub_gemm + 4 * N * N * D + 4 * N * F * D) + 2 * F * N * cfg.patch_dim * D * 2
+    # upstream's pass: both sub-blocks over all F frames (spatial attention per frame, temporal over F frames)
+    recompute_pass = L * F * (2 * sub_gemm + 4 * N * N * D + 4 * N * F * D) + 2 * F * N * cfg.patch_dim * D * 2
     return {
         "flops_per_frame": passes * dit_pass + vae,
         "dit_flops_per_pass": dit_pass,
@@ -872,6 +873,11 @@ def cache_line(result: dict) -> str:
             f"({n_full} of {len(vis)} at a full cache{note}).\n")
 
 
+def fps_text(fps: float) -> str:
+    """One decimal, or three significant digits below 1 FPS (oasis-500m on a CPU: seconds a frame)."""
+    return f"{fps:.1f}" if fps >= 1 else f"{fps:.3g}"
+
+
 def markdown(result: dict) -> str:
     env, rows = result["environment"], []
     rows.append(f"**{result['config']['name']}**, {result['steps']} steps, "
@@ -894,7 +900,7 @@ def markdown(result: dict) -> str:
             continue
         ratio = result["runners"][best]["fps"] / r["fps"] if best else float("nan")
         frac = f"{100 * r['fraction_of_peak']:.1f}%" if "fraction_of_peak" in r else "-"
-        rows.append(f"| {name} | {r['fps']:.1f} | {r['ms_p50']:.2f} | {r['ms_p99']:.2f} | {r['ms_max']:.2f} | "
+        rows.append(f"| {name} | {fps_text(r['fps'])} | {r['ms_p50']:.2f} | {r['ms_p99']:.2f} | {r['ms_max']:.2f} | "
                     f"{r['tflops']:.3f} | {frac} | {ratio:.2f}x |")
     notes = []
     base = {k: v for k, v in result["runners"].items() if not k.startswith("nfd_rt") and "fps" in v}
@@ -1063,7 +1069,7 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(result))
     else:
         for name, r in result["runners"].items():
-            print(f"{name:28s} " + (f"{r['fps']:9.1f} FPS  p50 {r['ms_p50']:.2f} ms  p99 {r['ms_p99']:.2f} ms"
+            print(f"{name:28s} " + (f"{fps_text(r['fps']):>9s} FPS  p50 {r['ms_p50']:.2f} ms  p99 {r['ms_p99']:.2f} ms"
                                     if "fps" in r else f"failed: {r['error']}"))
         for k, v in result.get("ratios", {}).items():
             print(f"ratio {k}: {v:.2f}x")
