@@ -54,3 +54,15 @@ def tiny_nfd(tmp_path_factory, tiny_model):
 
 def random_actions(count, dim, seed=0):
     return np.random.default_rng(seed).standard_normal((count, dim)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """PyTorch on one thread for a module (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`): small
+    reference models gain nothing from two threads, and lose a lot on a busy machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

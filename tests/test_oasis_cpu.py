@@ -25,14 +25,7 @@ from nfd_rt.reference import OasisModel, OasisReferenceSession  # noqa: E402
 
 TINY = configs.get("oasis-tiny")
 LATENT_TOL = 1e-4
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

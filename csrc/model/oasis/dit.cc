@@ -222,6 +222,7 @@ void DiT::forward(const std::vector<Member>& members, int k, bool full, Activati
           if (!last)
             ops::attention(m.ctx, act.q, d.kv_.k[size_t(l)], d.kv_.v[size_t(l)], ab, ops::AttentionKeys::same_token);
         } else {
+          // The frame's own K/V into slot 0 of ks / vs, rotated by the table (the RopeParams are not read).
           const Context sc = d.spatial_state_.over(m.ctx);
           ops::rope_qkv_split(sc, rows(qkv, b, N), d.temporal_rope_, act.q, act.ks, act.vs, &w.spatial_rope);
           ops::attention(sc, act.q, act.ks, act.vs, ab);
