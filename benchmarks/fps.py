@@ -3,6 +3,7 @@
 
     python benchmarks/fps.py --config tiny --device cpu --frames 300
     python benchmarks/fps.py --config nfd-310m --device cuda --steps 4 --frames 100 --curve
+    python benchmarks/fps.py --config oasis-500m --frames 2      (Oasis: every timed frame at a full 32-frame window)
 
 Steady state by default: each runner steps `sink_frames + window + 1` untimed frames first, so every timed frame
 sees a full KV cache (sinks + window + itself); the JSON records each timed frame's visible-frame count.
@@ -16,6 +17,13 @@ Runners (`--runners`, default all; each steps the same actions with the same see
   onnxruntime[<device>]     the ONNX export run by ONNX Runtime (nfd_rt.onnx_runtime.OnnxSession; where installed)
   compile-static            torch-static with the whole frame under torch.compile(mode=--compile-mode, default
                             max-autotune: autotuned kernels + CUDA graphs); compiled last (minutes)
+Oasis configs (oasis-500m, oasis-tiny) have their own baselines, the reference's samplers (docs/oasis.md):
+  oasis-recompute           upstream's loop (OasisReferenceSession sampler "recompute"): every DDIM step re-runs
+                            the DiT over the last max_frames frames
+  oasis-cached              the reference's "cached" sampler in eager PyTorch: the same algorithm as nfd_rt
+                            (steps passes over the new frame + a cache-write pass), the cached PyTorch baseline
+Their context is pre-filled with max_frames - 1 random latents (reset(latents=...)), so every timed frame sees a
+full window of max_frames frames; --steps n runs upstream's n-step DDIM levels (default: the config's).
 Reports frames/s, p50/p99/max ms, memory, FLOPs per frame (docs/performance.md), achieved TFLOP/s, which
 attention kernels ran (torch.profiler), compile and recompile counts, and the ratio of the best nfd_rt runner to
 each baseline and to the strongest one. Writes JSON under benchmarks/results/ (a new file, never over an
@@ -62,9 +70,40 @@ def log(msg: str) -> None:
 # Work per frame (docs/performance.md)
 
 
+def oasis_frame_cost(cfg, bytes_per_value: int = 2, visible_frames: int | None = None) -> dict:
+    """An Oasis frame, cached: steps + 1 single-frame DiT passes (spatial + temporal sub-blocks; the temporal
+    attention of each token over `visible_frames` keys) and one ViT decode. `recompute_flops_per_frame`: upstream's
+    loop, steps passes over all visible frames and no cache-write pass."""
+    D, N, L, F = cfg.hidden_size, cfg.tokens_per_frame, cfg.depth, visible_frames or cfg.cache_frames + 1
+    sub_gemm = 2 * N * D * (3 * D + D + 2 * cfg.mlp_ratio * D) + 2 * D * 6 * D
+    spatial = sub_gemm + 4 * N * N * D
+    temporal = sub_gemm + 4 * N * F * D
+    dit_pass = L * (spatial + temporal) + 2 * N * cfg.patch_dim * D * 2 + 2 * D * 2 * D
+    v, Nv = cfg.vae, cfg.latent_height * cfg.latent_width
+    E = v.decoder_dim
+    vae = v.decoder_depth * (2 * Nv * E * (3 * E + E + 2 * v.mlp_ratio * E) + 4 * Nv * Nv * E)
+    vae += 2 * Nv * E * (cfg.latent_channels + cfg.vae_patch_dim)
+    passes = cfg.num_steps + 1
+    dit_params = L * 2 * (12 * D * D + 6 * D * D) + 2 * cfg.patch_dim * D
+    kv_bytes = 2 * L * F * N * D * bytes_per_value
+    # upstream's pass: both sub-blocks over all F frames (spatial attention per frame, temporal over F frames)
+    recompute_pass = L * F * (2 * sub_gemm + 4 * N * N * D + 4 * N * F * D) + 2 * F * N * cfg.patch_dim * D * 2
+    return {
+        "flops_per_frame": passes * dit_pass + vae,
+        "dit_flops_per_pass": dit_pass,
+        "vae_flops": vae,
+        "recompute_flops_per_frame": cfg.num_steps * recompute_pass + vae,
+        "bytes_per_frame": passes * (dit_params * bytes_per_value + kv_bytes),
+        "passes_per_frame": passes,
+        "visible_frames": F,
+    }
+
+
 def frame_cost(cfg, bytes_per_value: int = 2, visible_frames: int | None = None) -> dict:
     """FLOPs and bytes of one frame: (steps) denoising passes + 1 cache-write pass + one VAE decode, for a frame
     that attends to `visible_frames` frames (default: a full cache, sinks + window + itself)."""
+    if getattr(cfg, "architecture", "nfd") == "oasis":
+        return oasis_frame_cost(cfg, bytes_per_value, visible_frames)
     D, N, L = cfg.hidden_size, cfg.tokens_per_frame, cfg.depth
     keys = (visible_frames or cfg.cache_frames + 1) * N
     per_layer = 2 * N * D * (3 * D + D + 2 * cfg.mlp_ratio * D) + 4 * N * keys * D + 2 * D * 6 * D
@@ -119,6 +158,7 @@ class Runner:
     frames: int | None = None  # timed frames, if fewer than --frames (slow runners)
     # Fills the context to a full cache without stepping (cheaper warm-up for runners without a cache).
     prefill: Callable[[], None] | None = None
+    prefill_warmup: int = 2  # untimed frames after a prefill
     mark_timing: Callable[[], None] | None = None  # called just before the first timed frame
     after_timing: Callable[[], dict] | None = None  # extra JSON after the timed frames (e.g. recompiles)
     memory_bytes: Callable[[], int] | None = None
@@ -131,11 +171,15 @@ class Bench:
     cfg: Any
     args: argparse.Namespace
     path: str  # the .nfd file of the weights
-    model: Any = None  # nfd_rt.reference.NFDModel (None without torch)
+    model: Any = None  # nfd_rt.reference.NFDModel or OasisModel (None without torch)
 
     @property
     def cuda(self) -> bool:
         return self.args.device == "cuda"
+
+    @property
+    def oasis(self) -> bool:
+        return getattr(self.cfg, "architecture", "nfd") == "oasis"
 
     @property
     def torch_dtype_name(self) -> str:
@@ -154,18 +198,19 @@ class Registration:
     devices: tuple[str, ...]
     needs_torch: bool
     unavailable: Callable[[], str | None] = lambda: None  # a reason to skip it here (a missing package), or None
+    archs: tuple[str, ...] = ("nfd",)  # the model architectures it runs
 
 
 RUNNERS: dict[str, Registration] = {}
 
 
 def register(name: str, devices: tuple[str, ...] = ("cpu", "cuda"), needs_torch: bool = True,
-             unavailable: Callable[[], str | None] = lambda: None):
+             unavailable: Callable[[], str | None] = lambda: None, archs: tuple[str, ...] = ("nfd",)):
     """Registers a runner factory under `name` (the order of registration is the order of the run, except that
-    compile-static runs last)."""
+    compile-static runs last); `archs`: the architectures (config families) it runs."""
 
     def deco(fn):
-        RUNNERS[name] = Registration(fn, devices, needs_torch, unavailable)
+        RUNNERS[name] = Registration(fn, devices, needs_torch, unavailable, archs)
         return fn
 
     return deco
@@ -189,7 +234,19 @@ def missing(*modules: str) -> Callable[[], str | None]:
     return check
 
 
-@register("nfd_rt", needs_torch=False)
+def oasis_prefill(reset_latents: Callable[[np.ndarray], None], cfg) -> Callable[[], None]:
+    """A full window of context: max_frames - 1 random latents (the same for every runner), so the next frame sees
+    max_frames frames. The work of a frame depends on the count of context frames, not on their content."""
+
+    def prefill():
+        z = np.random.default_rng(1).standard_normal(
+            (cfg.cache_frames, cfg.latent_channels, cfg.latent_height, cfg.latent_width)).astype(np.float32)
+        reset_latents(z)
+
+    return prefill
+
+
+@register("nfd_rt", needs_torch=False, archs=("nfd", "oasis"))
 def make_nfd_rt(bench: Bench) -> list[Runner]:
     import nfd_rt
 
@@ -198,9 +255,38 @@ def make_nfd_rt(bench: Bench) -> list[Runner]:
     out = []
     for dtype in dtypes:
         s = nfd_rt.Session(bench.path, device=bench.args.device, dtype=dtype, seed=0, threads=bench.args.threads)
-        out.append(Runner(f"nfd_rt[{bench.args.device},{dtype}]", s.step, s.reset, s.close,
-                          info={"cuda_graphs": bench.cuda}, memory_bytes=s.memory_bytes))
+        r = Runner(f"nfd_rt[{bench.args.device},{dtype}]", s.step, s.reset, s.close, info={"cuda_graphs": bench.cuda},
+                   memory_bytes=s.memory_bytes)
+        if bench.oasis:
+            r.prefill = oasis_prefill(lambda z, s=s: s.reset(latents=z), bench.cfg)
+            r.prefill_warmup = 1
+            r.info["what"] = "the C++ runtime, the reference's cached sampler (steps + 1 single-frame passes)"
+        out.append(r)
     return out
+
+
+def make_oasis_reference(bench: Bench, sampler: str, what: str, warmup: int) -> Runner:
+    from nfd_rt.reference import OasisReferenceSession
+
+    ref = OasisReferenceSession(bench.model, device=bench.args.device, seed=0, dtype=bench.torch_dtype_name,
+                                sampler=sampler)
+    return Runner(f"oasis-{sampler}", ref.step, ref.reset, ref.close, torch_runner=True,
+                  prefill=oasis_prefill(lambda z: ref.reset(latents=z), bench.cfg), prefill_warmup=warmup,
+                  info={"what": what, "sampler": sampler})
+
+
+@register("oasis-recompute", archs=("oasis",))
+def make_oasis_recompute(bench: Bench) -> Runner:
+    r = make_oasis_reference(bench, "recompute", "upstream's loop (OasisReferenceSession sampler 'recompute'): every "
+                             "DDIM step re-runs the DiT over the last max_frames frames, eager PyTorch", warmup=0)
+    r.frames = max(1, bench.args.frames // 2)  # minutes a frame at oasis-500m on a CPU
+    return r
+
+
+@register("oasis-cached", archs=("oasis",))
+def make_oasis_cached(bench: Bench) -> Runner:
+    return make_oasis_reference(bench, "cached", "the reference's cached sampler (OasisReferenceSession sampler "
+                                "'cached'), eager PyTorch: nfd_rt's algorithm, the cached PyTorch baseline", warmup=1)
 
 
 @register("eager")
@@ -382,7 +468,7 @@ def time_runner(r: Runner, bench: Bench, actions: np.ndarray) -> dict:
     frame_index = 0
     if r.prefill is not None and args.warmup is None:
         r.prefill()
-        frame_index, warmup = cfg.cache_frames, 2
+        frame_index, warmup = cfg.cache_frames, r.prefill_warmup
     first = None
     warm_ms, times, visible = [], [], []
     for n in range(warmup + frames):
@@ -475,8 +561,8 @@ def first_frame_diff(a: np.ndarray | None, b: np.ndarray | None) -> dict | None:
     return {"mean_abs": float(d.mean()), "max_abs": int(d.max())}
 
 
-def selected_runners(args) -> list[str]:
-    names = [n for n, reg in RUNNERS.items() if args.device in reg.devices]
+def selected_runners(args, arch: str = "nfd") -> list[str]:
+    names = [n for n, reg in RUNNERS.items() if args.device in reg.devices and arch in reg.archs]
     if args.runners:
         want = [w.strip() for w in args.runners.split(",") if w.strip()]
         unknown = [w for w in want if w not in RUNNERS]
@@ -494,10 +580,15 @@ def run_benchmark(args, result: dict, save: Callable[[], None]) -> dict:
     import nfd_rt
 
     cfg = nfd_rt.configs.get(args.config)
-    sched = {1: (1.0,), 2: (1.0, 0.5), 4: (1.0, 0.75, 0.5, 0.25)}
-    if args.steps not in sched:
-        raise SystemExit(f"--steps must be one of {sorted(sched)}")
-    cfg = cfg.replace(schedule=sched[args.steps])
+    arch = getattr(cfg, "architecture", "nfd")
+    if arch == "oasis":
+        cfg = cfg.replace(timesteps=nfd_rt.configs.ddim_timesteps(args.steps, cfg.noise_levels))  # upstream's levels
+    else:
+        sched = {1: (1.0,), 2: (1.0, 0.5), 4: (1.0, 0.75, 0.5, 0.25)}
+        if args.steps not in sched:
+            raise SystemExit(f"--steps must be one of {sorted(sched)}")
+        cfg = cfg.replace(schedule=sched[args.steps])
+    result["steps"] = cfg.num_steps
     warmup = args.warmup if args.warmup is not None else cfg.cache_frames + 1
     if warmup < cfg.cache_frames:
         log(f"warning: --warmup {warmup} < {cfg.cache_frames} cached frames: timed frames see a partly filled "
@@ -508,16 +599,16 @@ def run_benchmark(args, result: dict, save: Callable[[], None]) -> dict:
                    "cache_frames": cfg.cache_frames, "warmup": warmup})
 
     model = None
-    names = selected_runners(args)
+    names = selected_runners(args, arch)
     try:
         if any(RUNNERS[n].needs_torch for n in names):
             import torch
 
-            from nfd_rt.reference import NFDModel
+            from nfd_rt.reference import NFDModel, OasisModel
 
             torch.set_num_threads(args.threads)
             log(f"building random {cfg.name} weights ...")
-            model = NFDModel(cfg, init_seed=0).eval()
+            model = (OasisModel if arch == "oasis" else NFDModel)(cfg, init_seed=0).eval()
     except ImportError:
         log("torch not installed: PyTorch baselines skipped (pip install 'nfd_rt[torch]')")
     path = os.path.join(args.work_dir, f"{cfg.name}.nfd")
@@ -735,6 +826,11 @@ def cache_line(result: dict) -> str:
             f"({n_full} of {len(vis)} at a full cache{note}).\n")
 
 
+def fps_text(fps: float) -> str:
+    """One decimal, or three significant digits below 1 FPS (oasis-500m on a CPU: seconds a frame)."""
+    return f"{fps:.1f}" if fps >= 1 else f"{fps:.3g}"
+
+
 def markdown(result: dict) -> str:
     env, rows = result["environment"], []
     rows.append(f"**{result['config']['name']}**, {result['steps']} steps, "
@@ -757,7 +853,7 @@ def markdown(result: dict) -> str:
             continue
         ratio = result["runners"][best]["fps"] / r["fps"] if best else float("nan")
         frac = f"{100 * r['fraction_of_peak']:.1f}%" if "fraction_of_peak" in r else "-"
-        rows.append(f"| {name} | {r['fps']:.1f} | {r['ms_p50']:.2f} | {r['ms_p99']:.2f} | {r['ms_max']:.2f} | "
+        rows.append(f"| {name} | {fps_text(r['fps'])} | {r['ms_p50']:.2f} | {r['ms_p99']:.2f} | {r['ms_max']:.2f} | "
                     f"{r['tflops']:.3f} | {frac} | {ratio:.2f}x |")
     notes = []
     base = {k: v for k, v in result["runners"].items() if not k.startswith("nfd_rt") and "fps" in v}
@@ -814,10 +910,13 @@ def output_path(args, result: dict) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="tiny", help="model config: tiny, nfd-130m, nfd-310m (default tiny)")
+    p.add_argument("--config", default="tiny",
+                   help="model config: tiny, nfd-130m, nfd-310m, oasis-tiny, oasis-500m (default tiny)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device to run on (default cpu)")
     p.add_argument("--dtype", help="only this nfd_rt dtype (default: every dtype the device supports)")
-    p.add_argument("--steps", type=int, default=4, help="sampler steps per frame: 1, 2 or 4 (default 4)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampler steps per frame: 1, 2 or 4 (default 4); Oasis: upstream's n-step DDIM levels "
+                        "(default: the config's, 10 for oasis-500m)")
     p.add_argument("--frames", type=int, default=50, help="timed frames per runner (default 50)")
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed frames before timing (default sink_frames + window + 1: a full cache)")
@@ -860,6 +959,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="merge results of one machine (e.g. nfd_rt first, baselines later) into --out; ratios are "
                         "recomputed over every runner")
     args = p.parse_args(argv)
+    if args.steps is None:  # NFD: 4; Oasis: the config's DDIM step count
+        import nfd_rt
+
+        cfg = nfd_rt.configs.get(args.config) if args.config in nfd_rt.configs.names("all") else None
+        args.steps = cfg.num_steps if getattr(cfg, "architecture", "nfd") == "oasis" else 4
     if args.markdown_from:
         print(markdown(json.loads(Path(args.markdown_from).read_text())))
         return 0
@@ -923,7 +1027,7 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(result))
     else:
         for name, r in result["runners"].items():
-            print(f"{name:28s} " + (f"{r['fps']:9.1f} FPS  p50 {r['ms_p50']:.2f} ms  p99 {r['ms_p99']:.2f} ms"
+            print(f"{name:28s} " + (f"{fps_text(r['fps']):>9s} FPS  p50 {r['ms_p50']:.2f} ms  p99 {r['ms_p99']:.2f} ms"
                                     if "fps" in r else f"failed: {r['error']}"))
         for k, v in result.get("ratios", {}).items():
             print(f"ratio {k}: {v:.2f}x")

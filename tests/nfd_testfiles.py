@@ -88,3 +88,13 @@ def random_actions(count, dim, seed=0):
     import numpy as np
 
     return np.random.default_rng(seed).standard_normal((count, dim)).astype(np.float32)
+
+
+def snippet(doc: str, name: str) -> str:
+    """The bash block of docs/<doc> marked `<!-- test: name -->` (the docs' commands, run by tests as written)."""
+    import re
+
+    text = open(os.path.join(REPO, "docs", doc)).read()
+    m = re.search(r"<!-- test: " + re.escape(name) + r" -->\s*```bash\n(.*?)```", text, re.S)
+    assert m, f"docs/{doc} has no bash block marked <!-- test: {name} -->"
+    return m.group(1)

@@ -10,11 +10,15 @@ namespace model {
 namespace nfd_arch {
 const Architecture& architecture();
 }
+namespace oasis {
+const Architecture& architecture();
+}
 
 namespace {
 const std::vector<std::pair<std::string, const Architecture*>>& registry() {
   static const std::vector<std::pair<std::string, const Architecture*>> r = {
       {"nfd", &nfd_arch::architecture()},
+      {"oasis", &oasis::architecture()},
   };
   return r;
 }

@@ -21,6 +21,32 @@ inline Tensor upload(const ModelFile& file, const std::string& name, const std::
   return t;
 }
 
+// Values the architecture computes on the host (a RoPE table, a time-embedding table), uploaded once into `arena` as
+// `dtype` (a measuring arena only counts the bytes).
+Tensor upload_host(const std::vector<float>& values, const std::vector<int64_t>& shape, Arena& arena,
+                   const Context& ctx, DType dtype);
+
+// Rows fc2(SiLU(fc1(features[r]))) of the MLP `prefix` of the file (fc1 [D, E], fc2 [D, D], with biases) for the
+// `rows` rows of `features` [rows, E]: each row computed on the host in fp32 as a one-token pass would (the
+// time embedding of every noise level a frame uses, once per model), then uploaded as [rows, D].
+Tensor host_embed_mlp(const ModelFile& file, const std::string& prefix, const std::vector<float>& features,
+                      int64_t rows, int64_t E, int64_t D, Arena& arena, const Context& ctx, DType dtype);
+
+// A FrameState that never changes, in the arena's device memory: frame 0, slot 0 written and the only one seen. For
+// attention within one frame over a one-slot K/V buffer (the Oasis DiT's spatial attention, its ViT's attention):
+// `over(ctx)` is ctx reading this state instead of the frame's. Not movable (over() points at `host`).
+class FixedFrameState {
+ public:
+  explicit FixedFrameState(Arena& arena);
+  FixedFrameState(const FixedFrameState&) = delete;
+  FixedFrameState& operator=(const FixedFrameState&) = delete;
+  Context over(const Context& ctx) const;
+
+ private:
+  Tensor device_;
+  FrameState host_{};
+};
+
 // A view of `shape` starting `offset` elements into `t` (no copy).
 inline Tensor view(const Tensor& t, int64_t offset, std::vector<int64_t> shape) {
   Tensor v;

@@ -1,5 +1,5 @@
-// ops::attention: out[N, H*hd] = softmax(q k^T / sqrt(hd)) v per head over the visible cache slots (math in
-// ops/ops.h). The contract is checked here; the backends only compute (CUDA: the head_dims its kernels take).
+// ops::attention: out[N, H*hd] = softmax(q k^T / sqrt(hd)) v per head over the visible cache slots, every token
+// of them or the query's own token (math in ops/ops.h). The contract is checked here; the backends only compute (CUDA: the head_dims its kernels take).
 #include <string>
 
 #include "ops/contract.h"
@@ -24,7 +24,8 @@ void check_attention(const Contract& c, const Tensor& q, const Tensor& k_cache, 
 }
 }  // namespace
 
-void attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, Tensor& out) {
+void attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, Tensor& out,
+               AttentionKeys keys) {
   const Contract c("attention");
   check_attention(c, q, k_cache, v_cache, out);
   // The visible slots, where the host can see them (on CUDA the kernel reads the device copy at replay and
@@ -39,7 +40,7 @@ void attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const
               "visible slot " + std::to_string(st->visible_slots[i]) + " outside the cache of " +
                   std::to_string(slots) + " slots");
   }
-  NFD_DISPATCH(attention, out, ctx, q, k_cache, v_cache, out);
+  NFD_DISPATCH(attention, out, ctx, q, k_cache, v_cache, out, keys);
 }
 
 void attention_prepare(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,

@@ -162,10 +162,53 @@ static void attend_head_blas(const float* q, int64_t N, int64_t hd, const float*
                     0.f, out, int(ldo));
 }
 
-void attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, Tensor& out) {
+// keys = same_token: query (n, h) over token n of each visible slot (num_visible keys, a few dozen at most): per
+// (token, head) the scores, a softmax over them and the weighted values, in order of the visible list.
+NFD_CPU_MULTIVERSION
+static void attend_same_token(const float* q, const float* k_cache, const float* v_cache, int64_t N, int64_t H,
+                              int64_t hd, const int32_t* slots, int num_visible, float scale, float* out,
+                              int64_t t0, int64_t t1) {
+  float p[FrameState::kMaxSlots];
+  for (int64_t t = t0; t < t1; ++t) {  // t = n * H + h
+    const int64_t n = t / H, h = t % H;
+    const float* qi = q + (h * N + n) * hd;
+    float m = -INFINITY;
+    for (int j = 0; j < num_visible; ++j) {
+      const float* k = k_cache + ((int64_t(slots[j]) * N + n) * H + h) * hd;
+      float s = 0.f;
+      for (int64_t d = 0; d < hd; ++d) s += qi[d] * k[d];
+      p[j] = s * scale;
+      m = std::max(m, p[j]);
+    }
+    float sum = 0.f;
+    for (int j = 0; j < num_visible; ++j) {
+      p[j] = std::exp(p[j] - m);
+      sum += p[j];
+    }
+    const float inv = 1.f / sum;
+    float* o = out + n * H * hd + h * hd;
+    for (int64_t d = 0; d < hd; ++d) o[d] = 0.f;
+    for (int j = 0; j < num_visible; ++j) {
+      const float* v = v_cache + ((int64_t(slots[j]) * N + n) * H + h) * hd;
+      const float w = p[j] * inv;
+      for (int64_t d = 0; d < hd; ++d) o[d] += w * v[d];
+    }
+  }
+}
+
+void attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, Tensor& out,
+               AttentionKeys keys) {
   fp32_only("attention", out);
   const int64_t H = q.dim(0), N = q.dim(1), hd = q.dim(2);
   const FrameState& st = *ctx.state;
+  if (keys == AttentionKeys::same_token) {
+    const float scale = float(1.0 / std::sqrt(double(hd)));
+    ::nfd::cpu::parallel_for(ctx.threads, N * H, [&](int64_t t0, int64_t t1) {
+      attend_same_token(q.ptr<float>(), k_cache.ptr<float>(), v_cache.ptr<float>(), N, H, hd, st.visible_slots,
+                        st.num_visible, scale, out.ptr<float>(), t0, t1);
+    }, ::nfd::cpu::grain_for(4 * int64_t(st.num_visible) * hd));
+    return;
+  }
 
   const float scale = float(1.0 / std::sqrt(double(hd)));
   const int64_t L = int64_t(st.num_visible) * N;  // keys of one head

@@ -24,6 +24,8 @@
 //    without rollback), else ours runs.
 //  * simt: flash-decoding on CUDA cores (the first version; fp32 always runs here): grid (32-query tiles,
 //    heads, splits), 4 threads per query, keys/values through shared memory 32 at a time.
+// keys = same_token (each query over its own token of the visible slots: num_visible keys) is one kernel of its
+// own for every dtype, ops/attention_cuda_same_token.cuh.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -37,6 +39,7 @@
 #include "ops/attention_cuda_common.cuh"
 #include "ops/attention_cuda_merge.cuh"
 #include "ops/attention_cuda_mma.cuh"
+#include "ops/attention_cuda_same_token.cuh"
 #include "ops/attention_cuda_simt.cuh"
 #include "ops/attention_math.h"
 #include "ops/kernel_report.h"
@@ -298,11 +301,18 @@ void cuda::attention_prepare(const Context& ctx, const Tensor& q, const Tensor& 
   else prepare_rows<__half>(a, key, name, s);
 }
 
-void cuda::attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, Tensor& out) {
+void cuda::attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, Tensor& out,
+                     AttentionKeys keys) {
   using namespace cudaops;
   const int H = int(q.dim(0)), N = int(q.dim(1)), hd = int(q.dim(2)), slots = int(k_cache.dim(0));
   if (int64_t(N) * H * hd == 0) return;
   cudaStream_t s = stream_of(ctx);
+  if (keys == AttentionKeys::same_token) {
+    same_token::run(q, k_cache, v_cache, out, ctx.state, s);
+    note_kernel(std::string("attention same_token ") + dtype_name(q.dtype) + " hd" + std::to_string(hd),
+                "same_token: a warp per (token, head), online softmax");
+    return;
+  }
   const Impl impl = requested_impl();
   const std::string key = std::string("attention ") + dtype_name(q.dtype) + " hd" + std::to_string(hd);
 

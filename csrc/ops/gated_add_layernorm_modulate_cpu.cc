@@ -10,7 +10,7 @@ namespace cpu {
 void gated_add_layernorm_modulate(const Context& ctx, const Tensor& x, const Tensor& gate, Tensor& y,
                                   const Tensor& shift, const Tensor& scale, float eps, Tensor& out) {
   gated_add(ctx, x, gate, y);
-  layernorm_modulate(ctx, y, shift, scale, eps, out);
+  layernorm_modulate(ctx, y, shift, scale, eps, out, 1.f);
 }
 
 }  // namespace cpu

@@ -127,7 +127,7 @@ void cuda::gated_add_layernorm_modulate(const Context& ctx, const Tensor& x, con
     fits = fits && cudaops::aligned16(t->data);
   if (!fits) {
     cuda::gated_add(ctx, x, gate, y);
-    cuda::layernorm_modulate(ctx, y, shift, scale, eps, out);
+    cuda::layernorm_modulate(ctx, y, shift, scale, eps, out, 1.f);
     return;
   }
   switch (y.dtype) {

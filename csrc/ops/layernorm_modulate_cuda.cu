@@ -1,5 +1,5 @@
 // ops::layernorm_modulate on CUDA (contract checked in ops/layernorm_modulate.cc):
-// out[M,D] = LayerNorm(x; no affine, eps) * (1 + scale) + shift. One block per row; mean and variance in fp32
+// out[M,D] = LayerNorm(x; no affine, eps) * (scale_offset + scale) + shift. One block per row; mean and variance in fp32
 // with two passes over the row (the row stays in L1/L2, D <= a few thousand).
 #include "ops/cuda_common.cuh"
 
@@ -7,7 +7,7 @@ namespace nfd {
 namespace ops {
 namespace {
 __global__ void layernorm_modulate_kernel(cudaops::DPtr x, cudaops::DPtr shift, cudaops::DPtr scale, float eps,
-                                          cudaops::DPtr out, int D) {
+                                          float scale_offset, cudaops::DPtr out, int D) {
   __shared__ float sh[33];
   const int64_t base = int64_t(blockIdx.x) * D;
   float s = 0.f;
@@ -21,19 +21,19 @@ __global__ void layernorm_modulate_kernel(cudaops::DPtr x, cudaops::DPtr shift, 
   const float rstd = rsqrtf(cudaops::block_sum(v, sh) / D + eps);
   for (int i = threadIdx.x; i < D; i += blockDim.x) {
     float y = (cudaops::ld(x, base + i) - mean) * rstd;
-    cudaops::st(out, base + i, y * (1.f + cudaops::ld(scale, i)) + cudaops::ld(shift, i));
+    cudaops::st(out, base + i, y * (scale_offset + cudaops::ld(scale, i)) + cudaops::ld(shift, i));
   }
 }
 }  // namespace
 
 void cuda::layernorm_modulate(const Context& ctx, const Tensor& x, const Tensor& shift, const Tensor& scale,
-                              float eps, Tensor& out) {
+                              float eps, Tensor& out, float scale_offset) {
   using namespace cudaops;
   const char* op = "layernorm_modulate";
   const int64_t M = x.dim(0), D = x.dim(1);
   if (M == 0 || D == 0) return;
-  layernorm_modulate_kernel<<<unsigned(M), 256, 0, stream_of(ctx)>>>(dp(x), dp(shift), dp(scale), eps, dp(out),
-                                                                    int(D));
+  layernorm_modulate_kernel<<<unsigned(M), 256, 0, stream_of(ctx)>>>(dp(x), dp(shift), dp(scale), eps,
+                                                                    scale_offset, dp(out), int(D));
   check_launch(op);
 }
 

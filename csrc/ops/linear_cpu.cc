@@ -1,5 +1,5 @@
 // ops::linear on the CPU (contract checked in ops/linear.cc): one OpenBLAS sgemm (sgemv for one row), then the
-// epilogue (bias, GELU-tanh or gated residual) over rows.
+// epilogue (bias, GELU-tanh, exact GELU or gated residual) over rows.
 #include "backends/cpu/blas.h"
 
 #include <algorithm>
@@ -20,14 +20,14 @@ NFD_CPU_INLINE float gelu_tanh(float v) {
   return 0.5f * v * (2.f - 2.f / (exp_approx(2.f * u) + 1.f));
 }
 
-// One row of the epilogue on columns [0, cols): v = product (+ bias); GELU-tanh; then store or, for the gated
+// One row of the epilogue on columns [0, cols): v = product (+ bias); GELU-tanh or exact GELU; then store or, for the gated
 // residual, o += gate * v. Vectorised per target (the GELU's exp is most of a small linear's time otherwise).
 // Each case is its own loop: a pointer tested inside the loop becomes masked loads, and a masked load from a
 // null pointer costs a microcode assist per vector on AMD CPUs (a 3x slower linear).
 NFD_CPU_MULTIVERSION
 static void epilogue_row(const float* prod, const float* bias, const float* gate, float* o, int64_t cols,
                          Epilogue epilogue) {
-  const bool gelu = epilogue == Epilogue::gelu_tanh;
+  const bool gelu = epilogue == Epilogue::gelu_tanh, erf = epilogue == Epilogue::gelu_erf;
   if (gate && bias) {
     for (int64_t c = 0; c < cols; ++c) o[c] += gate[c] * (prod[c] + bias[c]);
   } else if (gate) {
@@ -36,6 +36,10 @@ static void epilogue_row(const float* prod, const float* bias, const float* gate
     for (int64_t c = 0; c < cols; ++c) o[c] = gelu_tanh(prod[c] + bias[c]);
   } else if (gelu) {
     for (int64_t c = 0; c < cols; ++c) o[c] = gelu_tanh(prod[c]);
+  } else if (erf && bias) {
+    for (int64_t c = 0; c < cols; ++c) o[c] = gelu_erf(prod[c] + bias[c]);
+  } else if (erf) {
+    for (int64_t c = 0; c < cols; ++c) o[c] = gelu_erf(prod[c]);
   } else if (bias) {
     for (int64_t c = 0; c < cols; ++c) o[c] = prod[c] + bias[c];
   } else if (o != prod) {

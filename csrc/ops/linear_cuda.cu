@@ -1,4 +1,5 @@
-// y[M,N] = x[M,K] @ w[N,K]^T + bias[N], with the epilogues of ops.h (none / gelu_tanh / gated_residual).
+// y[M,N] = x[M,K] @ w[N,K]^T + bias[N], with the epilogues of ops.h (none / gelu_tanh / gated_residual / gelu_erf;
+// the tensor-core path applies the exact GELU in a pass of its own after the GEMM, unverified on a GPU).
 //
 // bf16 / fp16 with K % 8 == 0, N % 8 == 0 and 16-byte aligned pointers run on tensor cores through one of two
 // GEMM engines (ops/cuda_gemm.h), chosen per shape:
@@ -133,6 +134,11 @@ void gemm16(DType t, bool gelu, int M, int N, int K, const void* x, const void* 
   cuda_detail::cutlass_gemm(t, gelu, M, N, K, x, w, b, y, s);
 }
 
+// y[i] = gelu_erf(y[i]): the exact GELU after a tensor-core GEMM (its engines fuse only the tanh form).
+__global__ void gelu_erf_kernel(cudaops::DPtr y, int64_t total) {
+  NFD_GRID_STRIDE(i, total) { cudaops::st(y, i, cudaops::gelu_erf(cudaops::ld(y, i))); }
+}
+
 // y[m, n] += gate[n] * t[m, n]  (no FMA contraction: same rounding as the CPU's y + g * t)
 __global__ void gated_add_kernel(cudaops::DPtr y, cudaops::DPtr t, cudaops::DPtr gate, int N, int64_t total) {
   NFD_GRID_STRIDE(i, total) {
@@ -159,6 +165,7 @@ struct LinearEpi {
     const int64_t i = int64_t(m) * N + n;
     float v = has_bias ? __fadd_rn(acc, cudaops::ld(bias, n)) : acc;
     if (epi == Epilogue::gelu_tanh) v = cudaops::gelu_tanh(v);
+    if (epi == Epilogue::gelu_erf) v = cudaops::gelu_erf(v);
     if (epi == Epilogue::gated_residual) v = __fadd_rn(cudaops::ld(y, i), __fmul_rn(cudaops::ld(gate, n), v));
     cudaops::st(y, i, v);
   }
@@ -212,6 +219,10 @@ void cuda::linear(const Context& ctx, const Tensor& x, const Tensor& w, const Te
       check_launch("linear (gated residual add)");
     } else {
       gemm16(t, gelu, int(M), int(N), int(K), x.data, w.data, b, y.data, s);
+      if (epilogue == Epilogue::gelu_erf) {
+        gelu_erf_kernel<<<grid_1d(M * N, 256), 256, 0, s>>>(dp(y), M * N);
+        check_launch("linear (exact GELU)");
+      }
     }
     return;
   }

@@ -48,10 +48,11 @@ struct Context {
 
 namespace ops {
 
-enum class Epilogue { none, gelu_tanh, gated_residual };
+enum class Epilogue { none, gelu_tanh, gated_residual, gelu_erf };
 
 // y[M,N] = x[M,K] @ w[N,K]^T + bias[N]          (bias may be undefined)
 //   gelu_tanh:      y = gelu_tanh(x w^T + b)
+//   gelu_erf:       y = gelu(x w^T + b) = v / 2 (1 + erf(v / sqrt 2))   (exact GELU: the Oasis ViT VAE's MLP)
 //   gated_residual: y[M,N] += gate[N] * (x w^T + b)    (the adaLN-Zero gated residual, fused)
 void linear(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y,
             Epilogue epilogue = Epilogue::none, const Tensor* gate = nullptr);
@@ -71,9 +72,10 @@ void gated_add(const Context& ctx, const Tensor& x, const Tensor& gate, Tensor& 
 void gated_add_layernorm_modulate(const Context& ctx, const Tensor& x, const Tensor& gate, Tensor& y,
                                   const Tensor& shift, const Tensor& scale, float eps, Tensor& out);
 
-// out[M,D] = LayerNorm(x[M,D]; no affine, eps) * (1 + scale[D]) + shift[D]     (row statistics in fp32)
+// out[M,D] = LayerNorm(x[M,D]; no affine, eps) * (scale_offset + scale[D]) + shift[D]   (row statistics in fp32)
+// scale_offset 1: adaLN's modulation (1 + scale); 0: a LayerNorm with affine (weight = scale, bias = shift).
 void layernorm_modulate(const Context& ctx, const Tensor& x, const Tensor& shift, const Tensor& scale, float eps,
-                        Tensor& out);
+                        Tensor& out, float scale_offset = 1.f);
 
 // out[n] = silu(a[n] + b[n])     (the conditioning vector c = SiLU(time_embed + action_embed))
 void add_silu(const Context& ctx, const Tensor& a, const Tensor& b, Tensor& out);
@@ -85,18 +87,26 @@ void add_silu(const Context& ctx, const Tensor& a, const Tensor& b, Tensor& out)
 // RoPE: pairs (2i, 2i+1) of a head; the first rope_dims[0]/2 pairs rotate by frame_index * theta^(-2j/dt),
 // the next rope_dims[1]/2 by row * theta^(-2j/dh), the last rope_dims[2]/2 by col * theta^(-2j/dw);
 // token n sits at row n / grid_cols, col n % grid_cols. Angles and cos/sin in double, rotation in fp32.
+// With a `table` [N, P, 2] (P <= hd / 2; the operands' dtype), `rope` is not read: pair i < P of token n rotates
+// by the angle whose (cos, sin) are table[n, i], pairs i >= P pass unchanged (partial rotation), the same for every
+// head (the Oasis DiT's axial spatial RoPE, its ViT VAE's partial one; tables the architecture computes once).
 struct RopeParams {
   int rope_dims[3];
   double theta;
   int grid_cols;
 };
 void rope_qkv_split(const Context& ctx, const Tensor& qkv, const RopeParams& rope, Tensor& q_out, Tensor& k_cache,
-                    Tensor& v_cache);
+                    Tensor& v_cache, const Tensor* table = nullptr);
 
 // out[N, H*hd] = softmax(q k^T / sqrt(hd)) v per head, over the keys of the cache slots
 // state->visible_slots[0 .. num_visible) (each slot: the N keys k_cache[slot, :, h]); q[H, N, hd],
 // k_cache / v_cache [slots, N, H, hd]. Softmax statistics in fp32.
-void attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, Tensor& out);
+// keys = all_tokens: query n of head h sees every token of every visible slot (num_visible * N keys: a frame
+// over the frames it sees). same_token: it sees only token n of each visible slot (num_visible keys: the Oasis
+// DiT's temporal attention, each position over its own history).
+enum class AttentionKeys { all_tokens, same_token };
+void attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, Tensor& out,
+               AttentionKeys keys = AttentionKeys::all_tokens);
 // Picks, once per shape and process, the faster query tile of the CUDA tensor-core attention at a full cache
 // (128 or 64 query rows per CTA at head_dim 64, both timed on the GPU over every slot of these tensors) and
 // remembers it for ops::attention. A no-op elsewhere: the CPU, float32, other head_dims, NFD_RT_ATTENTION or
@@ -111,8 +121,10 @@ bool attention_sized_on_host(const Context& ctx);
 
 // Patches: latent[C, h, w] <-> tokens[N, C*p*p], patch vector order (c, py, px), tokens row-major on the grid.
 void patchify(const Context& ctx, const Tensor& latent, int patch, Tensor& tokens);
-// latent[C,h,w] += dt * unpatchify(tokens)    (the Euler step of flow matching, fused with unpatchify)
-void unpatchify_axpy(const Context& ctx, const Tensor& tokens, int patch, float dt, Tensor& latent);
+// latent[C,h,w] = keep * latent + dt * unpatchify(tokens)   (keep 1: the Euler step of flow matching, fused with
+// unpatchify; keep A, dt B: a DDIM step x = A x + B v; keep 0: latent is only written, its old values never read)
+void unpatchify_axpy(const Context& ctx, const Tensor& tokens, int patch, float dt, Tensor& latent,
+                     float keep = 1.f);
 
 // out[e] = a * x[e] + b * normal(seed, state->frame_index, step, e)   (Philox4x32-10, docs/rng.md)
 // With x undefined: out = b * noise.
@@ -130,10 +142,15 @@ void upsample_nearest2x(const Context& ctx, const Tensor& x, Tensor& out);
 // out[Cout, 2H, 2W] = conv2d(upsample_nearest2x(x[Cin, H, W]), w[Cout, Cin, 3, 3], bias; stride 1, pad 1):
 // the VAE decoder's upsampling step as one op (the CPU backend never builds the upsampled image).
 void upsample2x_conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out);
-// image[3, H, W] in [-1,1] -> u8[H, W, 3]: clamp(floor((x + 1) * 127.5 + 0.5), 0, 255)
-void to_uint8(const Context& ctx, const Tensor& image, Tensor& out);
-// u8[H, W, 3] -> image[3, H, W]: u / 127.5 - 1
-void from_uint8(const Context& ctx, const Tensor& frame, Tensor& image);
+// How pixels map to [-1, 1] (each float expression in this order):
+//   rounded (the NFD model):   u8 = clamp(floor((x + 1) * 127.5 + 0.5), 0, 255);   x = u / 127.5 - 1
+//   truncated (Oasis, upstream's .byte()):  u8 = floor(clamp((x + 1) / 2, 0, 1) * 255);   x = (u / 255) * 2 - 1
+// NaN maps to 0 either way.
+enum class Pixels { rounded, truncated };
+// image[3, H, W] in [-1,1] -> u8[H, W, 3]
+void to_uint8(const Context& ctx, const Tensor& image, Tensor& out, Pixels pixels = Pixels::rounded);
+// u8[H, W, 3] -> image[3, H, W]
+void from_uint8(const Context& ctx, const Tensor& frame, Tensor& image, Pixels pixels = Pixels::rounded);
 
 // Copy between any two tensors of the same shape (any devices, dtype conversion f32 <-> bf16/f16 included).
 void copy(const Context& ctx, const Tensor& src, Tensor& dst);

@@ -1,6 +1,6 @@
 // ops::rope_qkv_split: qkv[N, 3D] -> q_out[H, N, hd] and the cache slot state->write_slot of the token-major
-// caches [slots, N, H, hd], with 3D RoPE on q and k (math in ops/ops.h). The contract is checked here; the
-// backends only compute.
+// caches [slots, N, H, hd], with 3D RoPE on q and k, or the rotation of a per-token table (math in ops/ops.h).
+// The contract is checked here; the backends only compute.
 #include <string>
 
 #include "ops/contract.h"
@@ -10,7 +10,7 @@ namespace nfd {
 namespace ops {
 
 void rope_qkv_split(const Context& ctx, const Tensor& qkv, const RopeParams& rope, Tensor& q_out, Tensor& k_cache,
-                    Tensor& v_cache) {
+                    Tensor& v_cache, const Tensor* table) {
   const Contract c("rope_qkv_split");
   c.defined({{"qkv", qkv}, {"q_out", q_out}, {"k_cache", k_cache}, {"v_cache", v_cache}});
   c.shape({"q_out", q_out}, {-1, -1, -1}, "H, N, hd");
@@ -18,26 +18,40 @@ void rope_qkv_split(const Context& ctx, const Tensor& qkv, const RopeParams& rop
   c.shape({"qkv", qkv}, {N, 3 * H * hd}, "N, 3 * H * hd");
   c.shape({"k_cache", k_cache}, {-1, N, H, hd}, "slots, N, H, hd");
   c.same_shape({"v_cache", v_cache}, {"k_cache", k_cache});
-  c.float_operands({{"q_out", q_out}, {"qkv", qkv}, {"k_cache", k_cache}, {"v_cache", v_cache}});
+  const Tensor none;
+  const Tensor& tab = table ? *table : none;
+  c.float_operands({{"q_out", q_out}, {"qkv", qkv}, {"k_cache", k_cache}, {"v_cache", v_cache}, {"table", tab}});
   c.disjoint({"qkv", qkv}, {"q_out", q_out});
   c.disjoint({"qkv", qkv}, {"k_cache", k_cache});
   c.disjoint({"qkv", qkv}, {"v_cache", v_cache});
   c.disjoint({"q_out", q_out}, {"k_cache", k_cache});
   c.disjoint({"q_out", q_out}, {"v_cache", v_cache});
   c.disjoint({"k_cache", k_cache}, {"v_cache", v_cache});
-  const int dt = rope.rope_dims[0], dh = rope.rope_dims[1], dw = rope.rope_dims[2];
-  c.check(dt >= 0 && dh >= 0 && dw >= 0 && dt % 2 == 0 && dh % 2 == 0 && dw % 2 == 0 && dt + dh + dw == hd,
-          "rope_dims must be even and sum to head_dim " + std::to_string(hd) + ", got [" + std::to_string(dt) +
-              ", " + std::to_string(dh) + ", " + std::to_string(dw) + "]");
-  c.check(rope.grid_cols > 0 && N % rope.grid_cols == 0,
-          "grid_cols must divide the token count N = " + std::to_string(N) + ", got " + std::to_string(rope.grid_cols));
+  if (table) {  // the rotation comes from the table: `rope` is not read
+    c.check(tab.defined(), "table is undefined (no data)");
+    c.shape({"table", tab}, {N, -1, 2}, "N, P, 2");
+    c.check(tab.dim(1) >= 1 && 2 * tab.dim(1) <= hd,
+            "table must rotate 1 to head_dim / 2 = " + std::to_string(hd / 2) + " pairs, got P = " +
+                std::to_string(tab.dim(1)));
+    c.disjoint({"table", tab}, {"q_out", q_out});
+    c.disjoint({"table", tab}, {"k_cache", k_cache});
+    c.disjoint({"table", tab}, {"v_cache", v_cache});
+  } else {
+    const int dt = rope.rope_dims[0], dh = rope.rope_dims[1], dw = rope.rope_dims[2];
+    c.check(dt >= 0 && dh >= 0 && dw >= 0 && dt % 2 == 0 && dh % 2 == 0 && dw % 2 == 0 && dt + dh + dw == hd,
+            "rope_dims must be even and sum to head_dim " + std::to_string(hd) + ", got [" + std::to_string(dt) +
+                ", " + std::to_string(dh) + ", " + std::to_string(dw) + "]");
+    c.check(rope.grid_cols > 0 && N % rope.grid_cols == 0, "grid_cols must divide the token count N = " +
+                                                               std::to_string(N) + ", got " +
+                                                               std::to_string(rope.grid_cols));
+  }
   // The write slot, where the host can see it (on CUDA the kernel reads the device copy at replay and writes
   // nothing for a slot outside the cache).
   if (const FrameState* st = c.frame_state(ctx, q_out.device))
     c.check(st->write_slot >= 0 && st->write_slot < k_cache.dim(0),
             "write_slot " + std::to_string(st->write_slot) + " outside the cache of " +
                 std::to_string(k_cache.dim(0)) + " slots");
-  NFD_DISPATCH(rope_qkv_split, q_out, ctx, qkv, rope, q_out, k_cache, v_cache);
+  NFD_DISPATCH(rope_qkv_split, q_out, ctx, qkv, rope, q_out, k_cache, v_cache, table);
 }
 
 }  // namespace ops

@@ -1,5 +1,6 @@
 // ops::unpatchify_axpy on the CPU (contract checked in ops/unpatchify_axpy.cc):
-// latent += dt * unpatchify(tokens): the Euler step fused with the inverse of patchify.
+// latent = keep * latent + dt * unpatchify(tokens): the Euler step (keep 1) or a DDIM step (x = A x + B v) fused
+// with the inverse of patchify; keep 0 writes the latent without reading it.
 #include "ops/cpu_common.h"
 #include "ops/ops_impl.h"
 #include "ops/patch_layout.h"
@@ -10,12 +11,17 @@ namespace cpu {
 
 using namespace cpu_detail;
 
-void unpatchify_axpy(const Context& ctx, const Tensor& tokens, int patch, float dt, Tensor& latent) {
+void unpatchify_axpy(const Context& ctx, const Tensor& tokens, int patch, float dt, Tensor& latent, float keep) {
   fp32_only("unpatchify_axpy", latent);
   const int64_t C = latent.dim(0), h = latent.dim(1), w = latent.dim(2), p = patch;
   const float* t = tokens.ptr<float>();
   float* z = latent.ptr<float>();
-  for_each_patch_element(C, h, w, p, [&](int64_t l, int64_t k) { z[l] += dt * t[k]; });
+  if (keep == 1.f)
+    for_each_patch_element(C, h, w, p, [&](int64_t l, int64_t k) { z[l] += dt * t[k]; });
+  else if (keep == 0.f)
+    for_each_patch_element(C, h, w, p, [&](int64_t l, int64_t k) { z[l] = dt * t[k]; });
+  else
+    for_each_patch_element(C, h, w, p, [&](int64_t l, int64_t k) { z[l] = keep * z[l] + dt * t[k]; });
 }
 
 }  // namespace cpu

@@ -191,7 +191,14 @@ ops::Epilogue parse_epilogue(const std::string& s) {
   if (s == "none") return ops::Epilogue::none;
   if (s == "gelu_tanh") return ops::Epilogue::gelu_tanh;
   if (s == "gated_residual") return ops::Epilogue::gated_residual;
-  throw py::value_error("epilogue must be 'none', 'gelu_tanh' or 'gated_residual', got '" + s + "'");
+  if (s == "gelu_erf") return ops::Epilogue::gelu_erf;
+  throw py::value_error("epilogue must be 'none', 'gelu_tanh', 'gated_residual' or 'gelu_erf', got '" + s + "'");
+}
+
+ops::Pixels parse_pixels(const std::string& s) {
+  if (s == "rounded") return ops::Pixels::rounded;
+  if (s == "truncated") return ops::Pixels::truncated;
+  throw py::value_error("pixels must be 'rounded' or 'truncated', got '" + s + "'");
 }
 
 }  // namespace
@@ -251,12 +258,14 @@ void nfd_register_ops(py::module_& m) {
   }, py::arg("x"), py::arg("gate"), py::arg("y"), py::arg("shift"), py::arg("scale"), py::arg("eps") = 1e-6f, NFD_DEV,
      "y += gate * x, then out = LayerNorm(y) * (1 + scale) + shift; returns (y, out).");
 
-  m.def("layernorm_modulate", [](F32Array x, F32Array shift, F32Array scale, float eps, NFD_DEV_PARAMS) {
+  m.def("layernorm_modulate", [](F32Array x, F32Array shift, F32Array scale, float eps, float scale_offset,
+                                 NFD_DEV_PARAMS) {
     NFD_CALL(c);
     Tensor tx = c.in("x", x), ts = c.in("shift", shift), tc = c.in("scale", scale), to = c.out("out", tx.shape);
-    c.run([&] { ops::layernorm_modulate(c.ctx, tx, ts, tc, eps, to); });
+    c.run([&] { ops::layernorm_modulate(c.ctx, tx, ts, tc, eps, to, scale_offset); });
     return c.back(to);
-  }, py::arg("x"), py::arg("shift"), py::arg("scale"), py::arg("eps") = 1e-6f, NFD_DEV);
+  }, py::arg("x"), py::arg("shift"), py::arg("scale"), py::arg("eps") = 1e-6f, py::arg("scale_offset") = 1.f, NFD_DEV,
+     "out = LayerNorm(x) * (scale_offset + scale) + shift (scale_offset 0: a LayerNorm with affine).");
 
   m.def("add_silu", [](F32Array a, F32Array b, NFD_DEV_PARAMS) {
     NFD_CALL(c);
@@ -266,7 +275,7 @@ void nfd_register_ops(py::module_& m) {
   }, py::arg("a"), py::arg("b"), NFD_DEV);
 
   m.def("rope_qkv_split", [](F32Array qkv, int frame_index, std::vector<int> rope_dims, double theta, int grid_cols,
-                             int heads, int slots, int write_slot, NFD_DEV_PARAMS) {
+                             int heads, int slots, int write_slot, py::object table, NFD_DEV_PARAMS) {
     if (rope_dims.size() != 3) throw py::value_error("rope_dims must have 3 entries");
     if (heads <= 0 || slots < 0) throw py::value_error("heads must be > 0 and slots >= 0");
     NFD_CALL(c);
@@ -279,14 +288,19 @@ void nfd_register_ops(py::module_& m) {
     Tensor q = c.out("q_out", {heads, N, hd}), k = c.out("k_cache", {slots, N, heads, hd}),
            v = c.out("v_cache", {slots, N, heads, hd});
     ops::RopeParams rp{{rope_dims[0], rope_dims[1], rope_dims[2]}, theta, grid_cols};
-    c.run([&] { ops::rope_qkv_split(c.ctx, tq, rp, q, k, v); });
+    Tensor tt = c.in_opt("table", table);
+    c.run([&] { ops::rope_qkv_split(c.ctx, tq, rp, q, k, v, table.is_none() ? nullptr : &tt); });
     return py::make_tuple(c.back(q), c.back(k), c.back(v));
   }, py::arg("qkv"), py::arg("frame_index"), py::arg("rope_dims"), py::arg("theta"), py::arg("grid_cols"),
-     py::arg("heads"), py::arg("slots") = 1, py::arg("write_slot") = 0, NFD_DEV,
-     "Returns q [H, N, hd] and the caches k, v [slots, N, H, hd] (zero but for slot write_slot).");
+     py::arg("heads"), py::arg("slots") = 1, py::arg("write_slot") = 0, py::arg("table") = py::none(), NFD_DEV,
+     "Returns q [H, N, hd] and the caches k, v [slots, N, H, hd] (zero but for slot write_slot). table: (cos, sin) "
+     "[N, P, 2] of the first P pairs instead of the 3D formula.");
 
   m.def("attention", [](F32Array q, F32Array k_cache, F32Array v_cache, std::vector<int> visible_slots,
-                        bool prepare, NFD_DEV_PARAMS) {
+                        bool prepare, const std::string& keys, NFD_DEV_PARAMS) {
+    if (keys != "all_tokens" && keys != "same_token")
+      throw py::value_error("keys must be 'all_tokens' or 'same_token', got '" + keys + "'");
+    const ops::AttentionKeys k = keys == "same_token" ? ops::AttentionKeys::same_token : ops::AttentionKeys::all_tokens;
     if (visible_slots.size() > size_t(FrameState::kMaxSlots))
       throw py::value_error("visible_slots holds at most " + std::to_string(FrameState::kMaxSlots) + " slots");
     NFD_CALL(c);
@@ -297,10 +311,12 @@ void nfd_register_ops(py::module_& m) {
     Tensor tq = c.in("q", q), tk = c.in("k_cache", k_cache), tv = c.in("v_cache", v_cache);
     Tensor to = c.out("out", {dim_or0(tq, 1), dim_or0(tq, 0) * dim_or0(tq, 2)});
     if (prepare) ops::attention_prepare(c.ctx, tq, tk, tv, to);
-    c.run([&] { ops::attention(c.ctx, tq, tk, tv, to); });
+    c.run([&] { ops::attention(c.ctx, tq, tk, tv, to, k); });
     return c.back(to);
   }, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("visible_slots"), py::arg("prepare") = false,
-     NFD_DEV, "prepare: run ops::attention_prepare first (CUDA: times both query tiles of the kernel).");
+     py::arg("keys") = "all_tokens", NFD_DEV,
+     "prepare: run ops::attention_prepare first (CUDA: times both query tiles of the kernel); keys: 'all_tokens' "
+     "or 'same_token' (each query over its own token of the visible slots).");
 
   m.def("patchify", [](F32Array latent, int patch, NFD_DEV_PARAMS) {
     NFD_CALL(c);
@@ -311,12 +327,13 @@ void nfd_register_ops(py::module_& m) {
     return c.back(tt);
   }, py::arg("latent"), py::arg("patch"), NFD_DEV);
 
-  m.def("unpatchify_axpy", [](F32Array tokens, int patch, float dt, F32Array latent, NFD_DEV_PARAMS) {
+  m.def("unpatchify_axpy", [](F32Array tokens, int patch, float dt, F32Array latent, float keep, NFD_DEV_PARAMS) {
     NFD_CALL(c);
     Tensor tt = c.in("tokens", tokens), tl = c.in("latent", latent);
-    c.run([&] { ops::unpatchify_axpy(c.ctx, tt, patch, dt, tl); });
+    c.run([&] { ops::unpatchify_axpy(c.ctx, tt, patch, dt, tl, keep); });
     return c.back(tl);
-  }, py::arg("tokens"), py::arg("patch"), py::arg("dt"), py::arg("latent"), NFD_DEV);
+  }, py::arg("tokens"), py::arg("patch"), py::arg("dt"), py::arg("latent"), py::arg("keep") = 1.f, NFD_DEV,
+     "latent = keep * latent + dt * unpatchify(tokens) (keep 0: latent's values are not read).");
 
   m.def("noise_mix", [](uint64_t seed, int frame, int step, float a, py::object x, float b, std::vector<int64_t> shape,
                         NFD_DEV_PARAMS) {
@@ -378,23 +395,26 @@ void nfd_register_ops(py::module_& m) {
     return c.back(to);
   }, py::arg("x"), NFD_DEV);
 
-  m.def("to_uint8", [](F32Array image, NFD_DEV_PARAMS) {
+  m.def("to_uint8", [](F32Array image, const std::string& pixels, NFD_DEV_PARAMS) {
+    const ops::Pixels px = parse_pixels(pixels);
     NFD_CALL(c);
     Tensor ti = c.in("image", image), to = c.out("out", {dim_or0(ti, 1), dim_or0(ti, 2), 3}, DType::u8);
-    c.run([&] { ops::to_uint8(c.ctx, ti, to); });
+    c.run([&] { ops::to_uint8(c.ctx, ti, to, px); });
     return c.back(to);
-  }, py::arg("image"), NFD_DEV);
+  }, py::arg("image"), py::arg("pixels") = "rounded", NFD_DEV);
 
-  m.def("from_uint8", [](py::array_t<uint8_t, py::array::c_style | py::array::forcecast> frame, NFD_DEV_PARAMS) {
+  m.def("from_uint8", [](py::array_t<uint8_t, py::array::c_style | py::array::forcecast> frame,
+                         const std::string& pixels, NFD_DEV_PARAMS) {
+    const ops::Pixels px = parse_pixels(pixels);
     NFD_CALL(c);
     // The frame's bytes as float32 values: in() uploads them into a u8 tensor as they are (or, hooked, as floats).
     F32Array values(shape_of(frame));
     for (py::ssize_t i = 0; i < frame.size(); ++i) values.mutable_data()[i] = float(frame.data()[i]);
     if (!c.hooks.dtypes.count("frame")) c.hooks.dtypes["frame"] = "uint8";
     Tensor tf = c.in("frame", values), to = c.out("image", {3, dim_or0(tf, 0), dim_or0(tf, 1)});
-    c.run([&] { ops::from_uint8(c.ctx, tf, to); });
+    c.run([&] { ops::from_uint8(c.ctx, tf, to, px); });
     return c.back(to);
-  }, py::arg("frame"), NFD_DEV);
+  }, py::arg("frame"), py::arg("pixels") = "rounded", NFD_DEV);
 
   m.def("copy", [](F32Array x, py::object src_device, py::object src_dtype, NFD_DEV_PARAMS) {
     const std::string from_device = src_device.is_none() ? device : src_device.cast<std::string>();

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .configs import NFDConfig
+from .configs import ModelConfig
 
 
 def _as_numpy(x: Any, what: str) -> np.ndarray:
@@ -27,7 +27,7 @@ def _check_finite(a: np.ndarray, what: str) -> None:
         raise ValueError(f"{what} contains NaN or inf (first at flat index {bad[0]}, value {a.reshape(-1)[bad[0]]})")
 
 
-def action(x: Any, cfg: NFDConfig) -> np.ndarray:
+def action(x: Any, cfg: ModelConfig) -> np.ndarray:
     """One frame's action -> float32 [action_dim]."""
     a = _as_numpy(x, "action")
     if a.dtype.kind not in "fiub":
@@ -39,7 +39,7 @@ def action(x: Any, cfg: NFDConfig) -> np.ndarray:
     return a
 
 
-def actions(x: Any, count: int, cfg: NFDConfig) -> np.ndarray:
+def actions(x: Any, count: int, cfg: ModelConfig) -> np.ndarray:
     """Per-frame actions of `count` context frames -> float32 [count, action_dim] (zeros when None)."""
     if x is None:
         return np.zeros((count, cfg.action_dim), dtype=np.float32)
@@ -53,7 +53,7 @@ def actions(x: Any, count: int, cfg: NFDConfig) -> np.ndarray:
     return a
 
 
-def frames(x: Any, cfg: NFDConfig) -> np.ndarray:
+def frames(x: Any, cfg: ModelConfig) -> np.ndarray:
     """Context frames -> uint8 [T, H, W, 3] (C-contiguous)."""
     f = _as_numpy(x, "frames")
     want = (cfg.frame_height, cfg.frame_width, 3)
@@ -66,7 +66,7 @@ def frames(x: Any, cfg: NFDConfig) -> np.ndarray:
     return np.ascontiguousarray(f)
 
 
-def latents(x: Any, cfg: NFDConfig) -> np.ndarray:
+def latents(x: Any, cfg: ModelConfig) -> np.ndarray:
     """Context latents -> float32 [T, C, h, w]."""
     z = _as_numpy(x, "latents")
     want = (cfg.latent_channels, cfg.latent_height, cfg.latent_width)

@@ -14,9 +14,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import _checks
+from . import _checks, configs
 from ._native import core
-from .configs import NFDConfig
+from .configs import ModelConfig
 
 _SPECULATE_MODES = ("exact", "parallel")
 
@@ -81,13 +81,13 @@ class Model:
         device, dtype = _names(device, dtype)
         self.threads = _threads(threads)
         self._m = core().Model(os.fspath(path), device, dtype, self.threads, _memory_limit(max_memory_bytes))
-        self._cfg = NFDConfig.from_json(self._m.config_json)
+        self._cfg = configs.from_json(self._m.config_json)
         self.path = os.fspath(path)
         self.device = self._m.device
         self.dtype = dtype
 
     @property
-    def config(self) -> NFDConfig:
+    def config(self) -> ModelConfig:
         return self._cfg
 
     def memory_bytes(self) -> int:
@@ -166,7 +166,7 @@ class Session:
         return self
 
     def _finish(self, model: Model | None, dtype: str) -> None:
-        self._cfg = NFDConfig.from_json(self._s.config_json)
+        self._cfg = configs.from_json(self._s.config_json)  # any architecture's config
         self.seed = self._s.seed  # a restored session's is the snapshot's
         self.model = model  # None when the session opened its own copy of the file
         self.device = self._s.device
@@ -174,7 +174,7 @@ class Session:
 
     # -- public API (same as ReferenceSession) --------------------------------------------------------------------
     @property
-    def config(self) -> NFDConfig:
+    def config(self) -> ModelConfig:
         return self._cfg
 
     @property

@@ -66,6 +66,22 @@ def test_example_writes_16_frames(example, tmp_path):
     assert not (out / "frame_016.ppm").exists()
 
 
+def test_example_runs_an_oasis_file(example, tmp_path):
+    """The same C program, unchanged, on an Oasis file: the ABI knows no architecture."""
+    import nfd_rt
+
+    cfg = nfd_rt.configs.get("oasis-tiny")
+    model = tmp_path / "oasis-tiny.nfd"
+    model.write_bytes(random_nfd(cfg))
+    out = tmp_path / "out"
+    out.mkdir()
+    r = _run([example, str(model), str(out)])
+    assert "16 frames in" in r.stdout
+    header = f"P6\n{cfg.frame_width} {cfg.frame_height}\n255\n".encode()
+    data = (out / "frame_015.ppm").read_bytes()
+    assert data.startswith(header) and len(data) == len(header) + cfg.frame_width * cfg.frame_height * 3
+
+
 def test_example_reports_a_bad_file(example, tmp_path):
     bad = tmp_path / "bad.nfd"
     bad.write_bytes(random_nfd(MICRO)[:50])

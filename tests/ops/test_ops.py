@@ -34,6 +34,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from nfd_rt import configs, rng  # noqa: E402
 from nfd_rt.reference.model import apply_rope, frames_to_images, images_to_frames, rope_angles  # noqa: E402
+from nfd_rt.reference import oasis as oasis_ref  # noqa: E402
 
 _core = pytest.importorskip("nfd_rt._core")
 ops = _core.ops
@@ -144,6 +145,8 @@ def linear_ref(M, K, N, epilogue, bias):
     i, p = linear_inputs(M, K, N), linear_product(M, K, N, bias)
     if epilogue == "gelu_tanh":
         return F.gelu(p, approximate="tanh")
+    if epilogue == "gelu_erf":
+        return F.gelu(p)
     if epilogue == "gated_residual":
         return T(i["y"]) + T(i["gate"]) * p
     return p
@@ -164,7 +167,7 @@ LINEAR_SHAPES = [
     (33, 36, 20),  # unaligned: the SIMT GEMM for every dtype on CUDA
 ]
 LINEAR_EPILOGUES = [("none", True, "bias"), ("none", False, "no bias"), ("gelu_tanh", True, "bias+gelu"),
-                    ("gated_residual", True, "gated_residual")]
+                    ("gated_residual", True, "gated_residual"), ("gelu_erf", True, "bias+gelu_erf")]
 for M, K, N in LINEAR_SHAPES:
     for epilogue, bias, name in LINEAR_EPILOGUES:
         for engine in (None, "cutlass", "cublaslt"):  # NFD_RT_GEMM: the 16-bit tensor-core GEMM engines
@@ -172,6 +175,9 @@ for M, K, N in LINEAR_SHAPES:
                  linear_call(M, K, N, epilogue, bias), functools.partial(linear_ref, M, K, N, epilogue, bias),
                  long_sum=K >= 1024, env={"NFD_RT_GEMM": engine} if engine else {},
                  where=cuda_16bit if engine else (lambda device, dtype: True))
+for M, K, N in [(37, 64, 50), (33, 36, 20)]:  # the exact GELU without a bias (the Oasis VAE always has one)
+    case(f"linear {M}x{K}x{N} no bias+gelu_erf", linear_call(M, K, N, "gelu_erf", False),
+         functools.partial(linear_ref, M, K, N, "gelu_erf", False))
 for M, K, N in [(16, 128, 384), (336, 1024, 4096)]:
     case(f"linear {M}x{K}x{N} bias+gelu after linear_prepare", linear_call(M, K, N, "gelu_tanh", True, prepare=True),
          functools.partial(linear_ref, M, K, N, "gelu_tanh", True), long_sum=K >= 1024)
@@ -207,6 +213,11 @@ for M, D in [(37, 1024), (16, 128), (5, 24), (7, 20), (3, 2304)]:
     if D in (1024, 128):  # CUDA: the two separate ops, the path measured before the fused kernel
         case(f"gated_add_layernorm_modulate {M}x{D} NFD_RT_FUSED_NORM=off", call, ref,
              env={"NFD_RT_FUSED_NORM": "off"}, where=only_cuda)
+for M, D in [(37, 1024), (5, 24)]:  # scale_offset 0: a LayerNorm with affine (weight = scale, bias = shift)
+    x, w, b = randn(M, D, seed=9, scale=2.0, offset=1.0), randn(D, seed=10, offset=1.0), randn(D, seed=11)
+    case(f"layernorm_modulate {M}x{D} affine (scale_offset 0)",
+         lambda dev, x=x, w=w, b=b: ops.layernorm_modulate(x, b, w, 1e-6, scale_offset=0.0, **dev),
+         lambda x=x, w=w, b=b: F.layer_norm(T(x), (x.shape[1],), T(w), T(b), eps=1e-6))
 x, sh, sc = randn(16, 128, seed=9, scale=3.0, offset=1.0), randn(128, seed=10), randn(128, seed=11)
 case("layernorm_modulate 16x128 in place (out is x)",
      lambda dev, x=x, sh=sh, sc=sc: ops.layernorm_modulate(x, sh, sc, 1e-6, alias={"out": "x"}, **dev),
@@ -270,6 +281,33 @@ rope_case("rope_qkv_split 3x4 grid frame=7 slot 2 of 4", 2, 3, 4, 32, (8, 12, 12
 rope_case("rope_qkv_split 3x4 grid 6 heads frame=7 slot 2 of 4", 6, 3, 4, 32, (8, 12, 12), 10000.0, 7, 4, 2)
 rope_case("rope_qkv_split 3x4 grid 6 heads frame=7 slot 2 of 4 NFD_RT_ROPE_GROUP=1", 6, 3, 4, 32, (8, 12, 12),
           10000.0, 7, 4, 2, env={"NFD_RT_ROPE_GROUP": "1"})
+
+
+def rope_table_case(name, H, rows, cols, hd, P, max_freq, slots, slot):
+    """rope_qkv_split with a (cos, sin) table [N, P, 2]: the Oasis DiT's spatial RoPE (P = hd / 2) and its ViT's
+    partial one (P < hd / 2: the other pairs pass unchanged)."""
+    N = rows * cols
+    qkv = randn(N, 3 * H * hd, seed=17)
+    ang = oasis_ref.pixel_rope_angles(rows, cols, P, max_freq)  # [N, P] float64
+    table = np.stack([torch.cos(ang).numpy(), torch.sin(ang).numpy()], -1).astype(np.float32)
+    table = rounded(table, "bfloat16")  # exact in every dtype
+
+    def call(dev):
+        q, k, v = ops.rope_qkv_split(qkv, 0, [hd, 0, 0], 1.0, 1, H, slots=slots, write_slot=slot, table=table, **dev)
+        return q, k[slot], v[slot]
+
+    def ref():
+        cos, sin = (T(table[..., i])[:, None, :] for i in (0, 1))  # [N, 1, P]
+        rq, rk, rv = T(qkv).view(N, 3, H, hd).unbind(1)
+        return (oasis_ref.rotate_pairs(rq, cos, sin).transpose(0, 1), oasis_ref.rotate_pairs(rk, cos, sin),
+                rv.numpy().astype(np.float32))
+
+    case(name, call, ref, mode=("close", "close", "rounded"))
+
+
+rope_table_case("rope_qkv_split table oasis-tiny spatial (P = hd / 2)", 4, 3, 6, 16, 8, 256.0, 1, 0)
+rope_table_case("rope_qkv_split table partial (P = 4 of 16 pairs) slot 1 of 3", 2, 6, 12, 32, 4, 72.0, 3, 1)
+rope_table_case("rope_qkv_split table partial (P = 16 of 32 pairs) 3 heads", 3, 4, 5, 64, 16, 20.0, 1, 0)
 
 
 @functools.cache
@@ -344,6 +382,30 @@ for H, N, hd, S, slots, note in [
     (2, 336, 64, 33, [0, 1, *range(12, 33), *range(2, 12)], "nfd-310m's full cache, 2 of its heads"),
 ]:
     attention_case(H, N, hd, S, slots, note=note, long_sum=True)  # the GPU harness' float32 bound for these
+
+
+@functools.cache
+def attention_same_token_ref(H, N, hd, S, spread, kv_scale, slots):
+    q, kc, vc = attention_inputs(H, N, hd, S, spread, kv_scale)
+    keys, vals = T(kc)[list(slots)].permute(1, 2, 0, 3), T(vc)[list(slots)].permute(1, 2, 0, 3)  # [N, H, L, hd]
+    p = torch.softmax((T(q).transpose(0, 1)[:, :, None, :] @ keys.transpose(-1, -2)) / math.sqrt(hd), dim=-1)
+    return (p @ vals)[:, :, 0, :].reshape(N, H * hd)
+
+
+# keys = same_token: each query over its own token of the visible slots (the Oasis DiT's temporal attention).
+for H, N, hd, S, slots, spread in [
+    (4, 18, 16, 6, [5], 2.0),                   # oasis-tiny, the first frame: its own slot only
+    (4, 18, 16, 6, [1, 2, 3, 4, 5, 0], 2.0),    # oasis-tiny, a full window, the ring wrapped
+    (2, 7, 40, 5, [3, 0, 4], 30.0),             # a head_dim of no vector multiple; scores nearly one-hot
+    (2, 144, 64, 32, [*range(5, 32), *range(0, 5)], 2.0),  # oasis-500m's frame and window (2 of its heads)
+]:
+    shape = (H, N, hd, S, spread, 2.0)
+    case(f"attention same_token H={H} N={N} hd={hd} slots={S} visible={len(slots)}",
+         lambda dev, shape=shape, slots=slots: ops.attention(*attention_inputs(*shape), list(slots), keys="same_token",
+                                                             **dev),
+         functools.partial(attention_same_token_ref, *shape, tuple(slots)))
+
+
 # ops::attention_prepare (CUDA: times both query tiles of ours at head_dim 64 over every slot, keeps the faster
 # for the shape), then the op as a session runs it: any tile it picks must give the same result.
 for H, N, S, slots in [(2, 37, 4, [3, 0, 2]), (2, 336, 6, [0, 5, 1, 2, 3, 4])]:
@@ -373,6 +435,19 @@ for C, h, w, p in [(4, 8, 12, 2), (4, 6, 10, 2), (3, 6, 9, 3)]:
     case(f"unpatchify_axpy {C}x{h}x{w} p={p}",
          lambda dev, tok=tok, p=p, base=base: ops.unpatchify_axpy(tok, p, -0.25, base, **dev),
          lambda tok=tok, p=p, base=base, C=C, h=h, w=w: T(base) - 0.25 * unpatchify_ref(tok, p, C, h, w))
+    case(f"unpatchify_axpy {C}x{h}x{w} p={p} keep=0.75 (a DDIM step)",
+         lambda dev, tok=tok, p=p, base=base: ops.unpatchify_axpy(tok, p, -0.25, base, keep=0.75, **dev),
+         lambda tok=tok, p=p, base=base, C=C, h=h, w=w:
+             np.float64(np.float32(0.75)) * T(base) - 0.25 * unpatchify_ref(tok, p, C, h, w))
+    nan = np.full((C, h, w), np.nan, np.float32)  # keep 0: the latent is written, never read
+    case(f"unpatchify_axpy {C}x{h}x{w} p={p} keep=0 over NaN",
+         lambda dev, tok=tok, p=p, nan=nan: ops.unpatchify_axpy(tok, p, 1.0, nan, keep=0.0, **dev),
+         lambda tok=tok, p=p, C=C, h=h, w=w: unpatchify_ref(tok, p, C, h, w).numpy(), mode="rounded")
+img20 = randn(3, 40, 60, seed=21)  # the Oasis VAE's 20 x 20 patches (a 2 x 3 grid)
+case("patchify 3x40x60 p=20", lambda dev: ops.patchify(img20, 20, **dev), lambda: patchify_ref(img20, 20).numpy(),
+     mode="rounded")
+z1 = randn(4, 3, 5, seed=21)  # patch 1: the ViT decoder's tokens, one latent vector each
+case("patchify 4x3x5 p=1", lambda dev: ops.patchify(z1, 1, **dev), lambda: patchify_ref(z1, 1).numpy(), mode="rounded")
 
 for seed, frame, step, count in [(0, 0, 0, 256), (2**64 - 1, 7, 4, 1001), (123456789123, 2**31 - 1, 3, 5),
                                  (0x0123456789ABCDEF, 5, 2, 4099)]:
@@ -460,6 +535,16 @@ for H, W in [(16, 20), (8, 9)]:
     frame_u8 = np.random.default_rng(34).integers(0, 256, (H, W, 3), dtype=np.uint8)
     case(f"from_uint8 {H}x{W}x3", lambda dev, f=frame_u8: ops.from_uint8(f, **dev),
          lambda f=frame_u8: frames_to_images(torch.from_numpy(f)[None])[0].numpy(), mode="rounded")
+    # Oasis: truncation to uint8 (upstream's .byte()) and (u / 255) * 2 - 1 (reference/oasis.py).
+    case(f"to_uint8 3x{H}x{W} truncated", lambda dev, img=img: ops.to_uint8(img, pixels="truncated", **dev),
+         lambda img=img: oasis_ref.images_to_frames(torch.from_numpy(img)[None])[0].numpy(), mode="exact")
+    case(f"from_uint8 {H}x{W}x3 truncated", lambda dev, f=frame_u8: ops.from_uint8(f, pixels="truncated", **dev),
+         lambda f=frame_u8: oasis_ref.frames_to_images(torch.from_numpy(f)[None])[0].numpy(), mode="rounded")
+steps = np.arange(-1.0, 1.0 + 1e-9, 2.0 / 255.0 / 7.0, dtype=np.float32)  # values at and between the levels
+edge = np.stack([steps, -steps, steps * 1.5])[:, None, :]
+case("to_uint8 truncated at the level boundaries", lambda dev: ops.to_uint8(edge, pixels="truncated", **dev),
+     lambda: oasis_ref.images_to_frames(torch.from_numpy(edge)[None])[0].numpy(), mode="exact",
+     where=lambda device, dtype: dtype == "float32")
 
 
 # ---- copy -----------------------------------------------------------------------------------------------------
@@ -619,6 +704,21 @@ CONTRACTS = [
     Bad("rope_qkv_split dtype", lambda d, o: ops.rope_qkv_split(r(12, 96), 0, [8, 4, 4], 1e4, 4, 2,
                                                                  dtypes={"k_cache": o}, **d),
         r"ops::rope_qkv_split: k_cache must have q_out's dtype"),
+    Bad("rope_qkv_split table shape", lambda d, o: ops.rope_qkv_split(r(12, 96), 0, [16, 0, 0], 1e4, 1, 2,
+                                                                       table=r(11, 4, 2), **d),
+        r"ops::rope_qkv_split: table must be \[N, P, 2\] with N = 12"),
+    Bad("rope_qkv_split table pairs", lambda d, o: ops.rope_qkv_split(r(12, 96), 0, [16, 0, 0], 1e4, 1, 2,
+                                                                       table=r(12, 9, 2), **d),
+        r"ops::rope_qkv_split: table must rotate 1 to head_dim / 2 = 8 pairs, got P = 9"),
+    Bad("rope_qkv_split table dtype", lambda d, o: ops.rope_qkv_split(r(12, 96), 0, [16, 0, 0], 1e4, 1, 2,
+                                                                       table=r(12, 8, 2), dtypes={"table": o}, **d),
+        r"ops::rope_qkv_split: table must have q_out's dtype"),
+    Bad("attention same_token visible slot", lambda d, o: ops.attention(q64, kc64, kc64, [0, 3], keys="same_token",
+                                                                        **d),
+        r"ops::attention: visible slot 3 outside the cache of 3 slots"),
+    Bad("attention same_token k_cache", lambda d, o: ops.attention(q, r(3, 5, 2, 8), r(3, 5, 2, 8), [0],
+                                                                   keys="same_token", **d),
+        r"ops::attention: k_cache must be \[slots, N, H, hd\] with N = 4, H = 2, hd = 8"),
     Bad("attention q", lambda d, o: ops.attention(r(4, 8), kc, kc, [0], **d),
         r"ops::attention: q must be \[H, N, hd\], got"),
     Bad("attention k_cache", lambda d, o: ops.attention(q, r(3, 5, 2, 8), r(3, 5, 2, 8), [0], **d),
@@ -652,6 +752,8 @@ CONTRACTS = [
     Bad("patchify dtype", lambda d, o: ops.patchify(r(4, 6, 8), 2, dtypes={"tokens": o}, **d),
         r"ops::patchify: tokens must have latent's dtype"),
     Bad("unpatchify_axpy tokens", lambda d, o: ops.unpatchify_axpy(r(12, 15), 2, 0.5, r(4, 6, 8), **d),
+        r"ops::unpatchify_axpy: tokens must be \[N, C \* patch \* patch\] with N = 12"),
+    Bad("unpatchify_axpy tokens keep=0", lambda d, o: ops.unpatchify_axpy(r(12, 15), 2, 0.5, r(4, 6, 8), keep=0.0, **d),
         r"ops::unpatchify_axpy: tokens must be \[N, C \* patch \* patch\] with N = 12"),
     Bad("noise_mix x", lambda d, o: ops.noise_mix(0, 0, 0, 1.0, r(4, 5), 1.0, shapes={"out": [4, 6]}, **d),
         r"ops::noise_mix: x must have out's shape"),
@@ -712,6 +814,8 @@ CONTRACTS = [
     Bad("upsample2x_conv2d bias", lambda d, o: ops.upsample2x_conv2d(img, r(8, 3, 3, 3), r(3), **d),
         r"ops::upsample2x_conv2d: bias must be \[Cout\] with Cout = 8"),
     Bad("to_uint8 image", lambda d, o: ops.to_uint8(r(4, 4, 5), **d), r"ops::to_uint8: image must be \[3, H, W\], got"),
+    Bad("to_uint8 truncated image", lambda d, o: ops.to_uint8(r(4, 4, 5), pixels="truncated", **d),
+        r"ops::to_uint8: image must be \[3, H, W\], got"),
     Bad("to_uint8 out", lambda d, o: ops.to_uint8(img, dtypes={"out": "float32"}, **d),
         r"ops::to_uint8: out must be u8, got f32"),
     Bad("to_uint8 device", lambda d, o: ops.to_uint8(img, devices={"out": "cpu"}, **d),

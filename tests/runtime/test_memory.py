@@ -126,7 +126,8 @@ def test_max_memory_bytes(tmp_path, tiny_bytes):
     lib.nfd_session_close(s)
 
 
-@pytest.mark.parametrize("cfg", [MICRO, nfd_rt.configs.get("tiny"), WIDE], ids=lambda c: c.name)
+@pytest.mark.parametrize("cfg", [MICRO, nfd_rt.configs.get("tiny"), WIDE, nfd_rt.configs.get("oasis-tiny")],
+                         ids=lambda c: c.name)
 def test_estimate_is_exact_for_the_arena(tmp_path, cfg):
     path = tmp_path / f"{cfg.name}.nfd"
     path.write_bytes(random_nfd(cfg))
@@ -156,7 +157,8 @@ SCRATCH_PROBE = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("cfg", [MICRO, nfd_rt.configs.get("tiny"), WIDE], ids=lambda c: c.name)
+@pytest.mark.parametrize("cfg", [MICRO, nfd_rt.configs.get("tiny"), WIDE, nfd_rt.configs.get("oasis-tiny")],
+                         ids=lambda c: c.name)
 def test_scratch_bound_holds(tmp_path, cfg):
     """A fresh process (the scratch counters are process-wide) runs reset with context frames (the encoder),
     a full window of decoded steps, and compares the ops' scratch high-water mark with the estimate's bound."""

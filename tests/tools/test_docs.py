@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 
 import pytest
 
-from nfd_testfiles import REPO
-
-
-def snippet(doc: str, name: str) -> str:
-    text = open(os.path.join(REPO, "docs", doc)).read()
-    m = re.search(r"<!-- test: " + re.escape(name) + r" -->\s*```bash\n(.*?)```", text, re.S)
-    assert m, f"docs/{doc} has no bash block marked <!-- test: {name} -->"
-    return m.group(1)
+from nfd_testfiles import REPO, snippet
 
 
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is not installed")

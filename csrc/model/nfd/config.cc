@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "core/config_json.h"
+#include "model/plugin.h"
 
 namespace nfd {
 namespace model {
@@ -15,22 +16,11 @@ namespace {
 
 using namespace config_json;
 
-// Upper bounds (inclusive). Generous for real models (nfd-310m is far inside them), tiny for allocators.
-constexpr int kMaxFrameSide = 4096;
-constexpr int kMaxChannels = 4096;
-constexpr int kMaxHidden = 16384;
-constexpr int kMaxDepth = 256;
-constexpr int kMaxHeads = 256;
-constexpr int kMaxMlpRatio = 16;
-constexpr int kMaxPatch = 64;
-constexpr int kMaxTimeEmbed = 16384;
-constexpr int kMaxActionDim = 65536;
+// Upper bounds (inclusive): the plug-ins' shared ones (model/plugin.h; nfd-310m is far inside them) and the NFD's own.
+using namespace limits;
 constexpr int kMaxSteps = 1000;
 constexpr int kMaxVaeLevels = 8;
 constexpr int kMaxResBlocks = 16;
-constexpr int kMaxTokensPerFrame = 65536;
-constexpr double kMaxKvCacheBytes = 64.0 * (1ull << 30);      // K + V, fp32, all layers
-constexpr double kMaxVaeActivationBytes = 16.0 * (1ull << 30);  // one fp32 feature map of the VAE
 
 void check_consistency(const NfdConfig& c) {
   auto fail_cfg = [](const std::string& m) { bad(m); };
@@ -54,9 +44,9 @@ void check_consistency(const NfdConfig& c) {
   if (c.latent_height() < c.patch_size || c.latent_width() < c.patch_size)
     fail_cfg("latent " + std::to_string(c.latent_height()) + "x" + std::to_string(c.latent_width()) +
              " is smaller than one patch");
-  if (c.tokens_per_frame() > kMaxTokensPerFrame)
+  if (c.tokens_per_frame() > kTokensPerFrame)
     fail_cfg("tokens_per_frame " + std::to_string(c.tokens_per_frame()) + " exceeds the limit " +
-             std::to_string(kMaxTokensPerFrame));
+             std::to_string(kTokensPerFrame));
   const auto& s = c.schedule;
   bool decreasing = true;
   for (size_t i = 1; i < s.size(); ++i) decreasing = decreasing && s[i] <= s[i - 1];
@@ -71,13 +61,13 @@ void check_consistency(const NfdConfig& c) {
                std::to_string(c.vae.norm_groups));
   // Memory bounds (doubles: no overflow for any in-range inputs).
   double kv = 2.0 * c.depth * (c.cache_frames() + 1) * double(c.tokens_per_frame()) * c.hidden_size * 4.0;
-  if (kv > kMaxKvCacheBytes)
+  if (kv > kKvCacheBytes)
     fail_cfg("the KV cache would need " + std::to_string(int64_t(kv / (1 << 20))) +
              " MiB (depth x (window + sink_frames + 1) x tokens x hidden_size), over the 64 GiB limit");
   int max_ch = 0;
   for (int ch : c.vae.channels) max_ch = std::max(max_ch, ch);
   double act = double(c.frame_height) * c.frame_width * max_ch * 4.0;
-  if (act > kMaxVaeActivationBytes)
+  if (act > kActivationBytes)
     fail_cfg("a VAE feature map would need " + std::to_string(int64_t(act / (1 << 20))) +
              " MiB (frame size x widest VAE channel count), over the 16 GiB limit");
 }
@@ -89,23 +79,20 @@ Config parse_config(const json& j) {
   NfdConfig& c = *arch;
   Fields f(j, "");
   if (j.contains("architecture")) f.at("architecture");  // "nfd": checked by the caller
-  const json& name = f.at("name");
-  if (!name.is_string()) bad(std::string("field 'name' must be a string, got ") + json_type(name));
-  c.name = name.get<std::string>();
-  if (c.name.size() > 256) bad("field 'name' is longer than 256 characters");
-  c.frame_height = f.integer("frame_height", 1, kMaxFrameSide);
-  c.frame_width = f.integer("frame_width", 1, kMaxFrameSide);
-  c.latent_channels = f.integer("latent_channels", 1, kMaxChannels);
-  c.patch_size = f.integer("patch_size", 1, kMaxPatch);
-  c.hidden_size = f.integer("hidden_size", 1, kMaxHidden);
-  c.depth = f.integer("depth", 1, kMaxDepth);
-  c.num_heads = f.integer("num_heads", 1, kMaxHeads);
-  c.mlp_ratio = f.integer("mlp_ratio", 1, kMaxMlpRatio);
-  std::vector<int> rope = f.int_list("rope_dims", 3, 3, 0, kMaxHidden);
+  c.name = config_name(f);
+  c.frame_height = f.integer("frame_height", 1, kFrameSide);
+  c.frame_width = f.integer("frame_width", 1, kFrameSide);
+  c.latent_channels = f.integer("latent_channels", 1, kChannels);
+  c.patch_size = f.integer("patch_size", 1, kPatch);
+  c.hidden_size = f.integer("hidden_size", 1, kHidden);
+  c.depth = f.integer("depth", 1, kDepth);
+  c.num_heads = f.integer("num_heads", 1, kHeads);
+  c.mlp_ratio = f.integer("mlp_ratio", 1, kMlpRatio);
+  std::vector<int> rope = f.int_list("rope_dims", 3, 3, 0, kHidden);
   for (int i = 0; i < 3; ++i) c.rope_dims[i] = rope[i];
   c.rope_theta = f.number("rope_theta", 0.0, 1e12, /*lo_open=*/true);
-  c.time_embed_dim = f.integer("time_embed_dim", 2, kMaxTimeEmbed);
-  c.action_dim = f.integer("action_dim", 1, kMaxActionDim);
+  c.time_embed_dim = f.integer("time_embed_dim", 2, kTimeEmbed);
+  c.action_dim = f.integer("action_dim", 1, kActionDim);
   c.norm_eps = float(f.number("norm_eps", 0.0, 1.0, true));
   c.window = f.integer("window", 0, kMaxCacheSlots - 1);
   c.sink_frames = f.integer("sink_frames", 0, kMaxCacheSlots - 1);
@@ -120,9 +107,9 @@ Config parse_config(const json& j) {
   const json& vae = f.at("vae");
   if (!vae.is_object()) bad(std::string("field 'vae' must be an object, got ") + json_type(vae));
   Fields v(vae, "vae.");
-  c.vae.channels = v.int_list("channels", 1, kMaxVaeLevels, 1, kMaxChannels);
+  c.vae.channels = v.int_list("channels", 1, kMaxVaeLevels, 1, kChannels);
   c.vae.num_res_blocks = v.integer("num_res_blocks", 1, kMaxResBlocks);
-  c.vae.norm_groups = v.integer("norm_groups", 1, kMaxChannels);
+  c.vae.norm_groups = v.integer("norm_groups", 1, kChannels);
   c.vae.norm_eps = float(v.number("norm_eps", 0.0, 1.0, true));
   v.reject_unknown();
   f.reject_unknown();
@@ -176,19 +163,11 @@ std::string config_to_json(const Config& cfg) {
 
 namespace {
 
-using Shapes = std::vector<std::pair<std::string, std::vector<int64_t>>>;
+using Shapes = TensorList;
 
-void add_linear(Shapes& out, const std::string& p, int64_t in, int64_t outd) {
-  out.push_back({p + ".weight", {outd, in}});
-  out.push_back({p + ".bias", {outd}});
-}
 void add_conv(Shapes& out, const std::string& p, int64_t cin, int64_t cout, int64_t k) {
   out.push_back({p + ".weight", {cout, cin, k, k}});
   out.push_back({p + ".bias", {cout}});
-}
-void add_norm(Shapes& out, const std::string& p, int64_t c) {
-  out.push_back({p + ".weight", {c}});
-  out.push_back({p + ".bias", {c}});
 }
 void add_resblock(Shapes& out, const std::string& p, int64_t cin, int64_t cout) {
   add_norm(out, p + ".norm1", cin);

@@ -55,27 +55,13 @@ DiTWeights::DiTWeights(const ModelFile& file, const NfdConfig& cfg, Arena& arena
   }
 
   // Time embeddings depend only on t: one fp32 host MLP per pass position, then uploaded.
-  temb = arena.alloc({passes, D}, dtype, Arena::Use::weights);
-  if (arena.measuring()) return;
-  Context host{Device::cpu, ctx.threads, nullptr, nullptr};
-  Tensor w1 = file.get("dit.time_embed.fc1.weight", {D, E}), b1 = file.get("dit.time_embed.fc1.bias", {D});
-  Tensor w2 = file.get("dit.time_embed.fc2.weight", {D, D}), b2 = file.get("dit.time_embed.fc2.bias", {D});
-  std::vector<float> feat, h1(static_cast<size_t>(D)), h1s(static_cast<size_t>(D)), zero(static_cast<size_t>(D), 0.f),
-      table(static_cast<size_t>(passes * D));
+  std::vector<float> feats;
   for (int64_t k = 0; k < passes; ++k) {
-    float t = k < cfg.num_steps() ? cfg.schedule[size_t(k)] : cfg.context_noise;
-    feat = timestep_features(t, int(E));
-    Tensor tf{feat.data(), DType::f32, Device::cpu, {1, E}};
-    Tensor th{h1.data(), DType::f32, Device::cpu, {1, D}}, ths{h1s.data(), DType::f32, Device::cpu, {D}};
-    Tensor tz{zero.data(), DType::f32, Device::cpu, {D}}, tout{&table[size_t(k * D)], DType::f32, Device::cpu, {1, D}};
-    ops::linear(host, tf, w1, b1, th);
-    Tensor th1 = th;
-    th1.shape = {D};
-    ops::add_silu(host, th1, tz, ths);
-    ths.shape = {1, D};
-    ops::linear(host, ths, w2, b2, tout);
+    const float t = k < cfg.num_steps() ? cfg.schedule[size_t(k)] : cfg.context_noise;
+    const std::vector<float> f = timestep_features(t, int(E));
+    feats.insert(feats.end(), f.begin(), f.end());
   }
-  ops::copy(ctx, Tensor{table.data(), DType::f32, Device::cpu, {passes, D}}, temb);
+  temb = host_embed_mlp(file, "dit.time_embed", feats, passes, E, D, arena, ctx, dtype);
 }
 
 DiT::Activations::Activations(const NfdConfig& cfg, Arena& arena, DType dtype, int cap) {
@@ -94,14 +80,10 @@ DiT::Activations::Activations(const NfdConfig& cfg, Arena& arena, DType dtype, i
 }
 
 DiT::DiT(const NfdConfig& cfg, const DiTWeights& weights, Arena& arena, DType dtype, int cache_slots)
-    : cfg_(cfg), w_(weights) {
-  const int64_t D = cfg.hidden_size, N = cfg.tokens_per_frame(), H = cfg.num_heads, hd = cfg.head_dim();
-  const int64_t passes = cfg.num_steps() + 1;
-  for (int l = 0; l < cfg.depth; ++l) {
-    k_cache_.push_back(arena.alloc({cache_slots, N, H, hd}, dtype, Arena::Use::kv_cache));
-    v_cache_.push_back(arena.alloc({cache_slots, N, H, hd}, dtype, Arena::Use::kv_cache));
-    kv_bytes_ += k_cache_.back().bytes() + v_cache_.back().bytes();
-  }
+    : cfg_(cfg),
+      w_(weights),
+      kv_(arena, cfg.depth, {cache_slots, cfg.tokens_per_frame(), cfg.num_heads, cfg.head_dim()}, dtype) {
+  const int64_t D = cfg.hidden_size, passes = cfg.num_steps() + 1;
   rope_.rope_dims[0] = cfg.rope_dims[0];
   rope_.rope_dims[1] = cfg.rope_dims[1];
   rope_.rope_dims[2] = cfg.rope_dims[2];
@@ -136,7 +118,7 @@ void DiT::prepare_kernels(const Context& ctx, const Tensor& action) {
   ops::linear_prepare(ctx, a.hn, b0.fc1_w, b0.fc1_b, a.mlp, ops::Epilogue::gelu_tanh);
   ops::linear_prepare(ctx, a.mlp, b0.fc2_w, b0.fc2_b, a.tmp);
   ops::linear_prepare(ctx, a.hn, w_.final_w, w_.final_b, a.vel);
-  ops::attention_prepare(ctx, a.q, k_cache_[0], v_cache_[0], a.attn);
+  ops::attention_prepare(ctx, a.q, kv_.k[0], kv_.v[0], a.attn);
 }
 
 void DiT::condition(const Context& ctx, const Tensor& action) {
@@ -160,8 +142,7 @@ void DiT::condition(const Context& ctx, const Tensor& action) {
   ops::linear(ctx, cond_, w_.final_adaln_w, w_.final_adaln_b, final_mod_);
 }
 
-// The rows of member b in a member-major activation [capacity * N, width].
-static Tensor rows(const Tensor& t, int64_t b, int64_t n) { return view(t, b * n * t.dim(1), {n, t.dim(1)}); }
+static Tensor rows(const Tensor& t, int64_t b, int64_t n) { return member_rows(t, b, n); }
 
 void DiT::forward(const std::vector<Member>& members, int k, bool full, Activations& act) {
   NFD_CHECK(!members.empty() && int(members.size()) <= act.capacity, internal, "DiT::forward: bad member count");
@@ -192,18 +173,12 @@ void DiT::forward(const std::vector<Member>& members, int k, bool full, Activati
     pending = {chunk, l};
   };
   // hn = LayerNorm(h) * (1 + scale) + shift per member, after adding the pending residual.
+  auto ctx_of = [&](int64_t b) -> const Context& { return members[size_t(b)].ctx; };
+  auto gate_of = [&](int64_t b) {
+    return view(members[size_t(b)].dit->mod_, (int64_t(pending.l) * passes + k) * 6 * D + pending.chunk * D, {D});
+  };
   auto norm = [&](const auto& mod_of, int shift_i, int scale_i) {
-    for (int64_t b = 0; b < B; ++b) {
-      const Member& m = members[size_t(b)];
-      Tensor hb = rows(h, b, N), hnb = rows(hn, b, N);
-      if (pending.chunk >= 0) {
-        Tensor gate = view(m.dit->mod_, (int64_t(pending.l) * passes + k) * 6 * D + pending.chunk * D, {D});
-        ops::gated_add_layernorm_modulate(m.ctx, rows(tmp, b, N), gate, hb, mod_of(b, shift_i), mod_of(b, scale_i),
-                                          eps, hnb);
-      } else {
-        ops::layernorm_modulate(m.ctx, hb, mod_of(b, shift_i), mod_of(b, scale_i), eps, hnb);
-      }
-    }
+    adaln_norm(B, N, h, hn, tmp, pending.chunk >= 0, eps, ctx_of, mod_of, shift_i, scale_i, gate_of);
     pending = {};
   };
   for (int l = 0; l < cfg.depth; ++l) {
@@ -218,10 +193,10 @@ void DiT::forward(const std::vector<Member>& members, int k, bool full, Activati
     for (int64_t b = 0; b < B; ++b) {
       const Member& m = members[size_t(b)];
       DiT& d = *m.dit;
-      ops::rope_qkv_split(m.ctx, rows(qkv, b, N), d.rope_, act.q, d.k_cache_[size_t(l)], d.v_cache_[size_t(l)]);
+      ops::rope_qkv_split(m.ctx, rows(qkv, b, N), d.rope_, act.q, d.kv_.k[size_t(l)], d.kv_.v[size_t(l)]);
       if (last) continue;
       Tensor ab = rows(attn, b, N);
-      ops::attention(m.ctx, act.q, d.k_cache_[size_t(l)], d.v_cache_[size_t(l)], ab);
+      ops::attention(m.ctx, act.q, d.kv_.k[size_t(l)], d.kv_.v[size_t(l)], ab);
     }
     if (last) return;
     branch(attn, blk.proj_w, blk.proj_b, 2, l);
@@ -257,52 +232,6 @@ void DiT::denoise_pass(const Context& ctx, int k, float dt, Tensor& latent) {
 
 void DiT::cache_write_pass(const Context& ctx, const Tensor& latent) {
   cache_write_pass({Member{this, ctx, latent}}, own_);
-}
-
-void DiT::copy_cache_from(const Context& ctx, const DiT& other) {
-  NFD_CHECK(k_cache_.size() == other.k_cache_.size(), internal, "DiT::copy_cache_from: different models");
-  for (size_t l = 0; l < k_cache_.size(); ++l) {
-    NFD_CHECK(k_cache_[l].shape == other.k_cache_[l].shape, internal, "DiT::copy_cache_from: cache shapes differ");
-    ops::copy(ctx, other.k_cache_[l], k_cache_[l]);
-    ops::copy(ctx, other.v_cache_[l], v_cache_[l]);
-  }
-}
-
-size_t DiT::slot_bytes() const {
-  return k_cache_.empty() ? 0 : 2 * k_cache_.size() * (k_cache_[0].bytes() / size_t(k_cache_[0].shape[0]));
-}
-
-namespace {
-// The byte ranges of `slots` in every layer's K, then V, in snapshot order, handed to `copy(device, host, n)`.
-template <typename Copy>
-void for_each_slot_range(const std::vector<Tensor>& k, const std::vector<Tensor>& v, const std::vector<int>& slots,
-                         Copy&& copy) {
-  size_t at = 0;
-  for (size_t l = 0; l < k.size(); ++l)
-    for (const Tensor* t : {&k[l], &v[l]}) {
-      const size_t one = t->bytes() / size_t(t->shape[0]);
-      for (int s : slots) {
-        NFD_CHECK(s >= 0 && s < t->shape[0], internal,
-                  "DiT snapshot: slot " + std::to_string(s) + " outside the cache's " + std::to_string(t->shape[0]));
-        copy(static_cast<uint8_t*>(t->data) + size_t(s) * one, at, one);
-        at += one;
-      }
-    }
-}
-}  // namespace
-
-void DiT::save_slots(const Context& ctx, const std::vector<int>& slots, uint8_t* out) const {
-  for_each_slot_range(k_cache_, v_cache_, slots, [&](const uint8_t* cache, size_t at, size_t n) {
-    device_memcpy(out + at, Device::cpu, cache, ctx.device, n, ctx.stream);
-  });
-  device_synchronize(ctx.device, ctx.stream);
-}
-
-void DiT::load_slots(const Context& ctx, const std::vector<int>& slots, const uint8_t* in) {
-  for_each_slot_range(k_cache_, v_cache_, slots, [&](uint8_t* cache, size_t at, size_t n) {
-    device_memcpy(cache, ctx.device, in + at, Device::cpu, n, ctx.stream);
-  });
-  device_synchronize(ctx.device, ctx.stream);
 }
 
 }  // namespace nfd_arch

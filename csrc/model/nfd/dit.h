@@ -13,6 +13,7 @@
 #include "backends/device.h"
 #include "model/architecture.h"
 #include "model/nfd/config.h"
+#include "model/plugin.h"
 #include "core/model_file.h"
 #include "ops/ops.h"
 
@@ -70,15 +71,12 @@ class DiT {
   void cache_write_pass(const Context& ctx, const Tensor& latent);
 
   // Copies another session's KV cache (same config and device) into this one (fork).
-  void copy_cache_from(const Context& ctx, const DiT& other);
-  size_t kv_cache_bytes() const { return kv_bytes_; }
+  void copy_cache_from(const Context& ctx, const DiT& other) { kv_.copy_from(ctx, other.kv_); }
+  size_t kv_cache_bytes() const { return kv_.bytes; }
 
-  // Snapshots: the K/V of cache slots `slots` to or from host memory, layer by layer: layer 0's K of each slot in
-  // the order given, then its V of each slot, then layer 1's, ...; one slot of one layer is N * H * hd elements
-  // of the session's dtype. slot_bytes(): the bytes of one slot in all layers, K and V.
-  size_t slot_bytes() const;
-  void save_slots(const Context& ctx, const std::vector<int>& slots, uint8_t* out) const;
-  void load_slots(const Context& ctx, const std::vector<int>& slots, const uint8_t* in);
+  // The cache itself (snapshots: LayerKV::save_slots / load_slots).
+  const LayerKV& kv() const { return kv_; }
+  LayerKV& kv() { return kv_; }
 
  private:
   // Runs the blocks up to the K/V of the last one; the rest only when `full` (then fills act.vel).
@@ -87,14 +85,13 @@ class DiT {
   const NfdConfig& cfg_;
   const DiTWeights& w_;
   ops::RopeParams rope_{};
-  std::vector<Tensor> k_cache_, v_cache_;  // per layer
+  LayerKV kv_;
   Tensor zeros_;       // [D]: add_silu(x, zeros) = silu(x)
   Tensor act_h_, act_hs_, act_emb_;  // action MLP [D] each
   Tensor cond_;        // [passes, D]
   Tensor mod_;         // [depth, passes, 6D]
   Tensor final_mod_;   // [passes, 2D]
   Activations own_;    // capacity 1: the single-session passes
-  size_t kv_bytes_ = 0;
 };
 
 }  // namespace nfd_arch

@@ -9,6 +9,7 @@
 #include "model/nfd/config.h"
 #include "model/nfd/dit.h"
 #include "model/nfd/vae.h"
+#include "model/plugin.h"
 #include "ops/scratch_bound.h"
 
 namespace nfd {
@@ -60,12 +61,12 @@ class NfdSession : public SessionGraph {
   }
   size_t kv_cache_bytes() const override { return dit_.kv_cache_bytes(); }
   // The K/V of the slots; the VAE keeps no state between frames, so nothing follows them.
-  size_t state_bytes(int slot_count) const override { return size_t(slot_count) * dit_.slot_bytes(); }
+  size_t state_bytes(int slot_count) const override { return size_t(slot_count) * dit_.kv().slot_bytes(); }
   void save_state(const Context& ctx, const std::vector<int>& slots, uint8_t* out) const override {
-    dit_.save_slots(ctx, slots, out);
+    dit_.kv().save_slots(ctx, slots, out);
   }
   void load_state(const Context& ctx, const std::vector<int>& slots, const uint8_t* in) override {
-    dit_.load_slots(ctx, slots, in);
+    dit_.kv().load_slots(ctx, slots, in);
   }
 
   DiT& dit() { return dit_; }
@@ -78,37 +79,14 @@ class NfdSession : public SessionGraph {
   VAE vae_;
 };
 
-std::vector<DiT::Member> dit_members(const std::vector<Member>& members, bool write) {
-  std::vector<DiT::Member> out;
-  out.reserve(members.size());
-  for (const Member& m : members)
-    out.push_back({&static_cast<NfdSession*>(m.graph)->dit(), m.ctx, write ? m.write : m.latent});
-  return out;
-}
+using Plugin = PluginArchitecture<NfdConfig, NfdWeights, NfdSession, DiT::Activations, &nfd_arch::parse_config,
+                                  &nfd_arch::config_to_json, &nfd_arch::expected_tensors>;
 
-class NfdArchitecture : public Architecture {
+class NfdArchitecture : public Plugin {
  public:
   const char* name() const override { return "nfd"; }
-  Config parse_config(const config_json::json& j) const override { return nfd_arch::parse_config(j); }
-  std::string config_to_json(const Config& cfg) const override { return nfd_arch::config_to_json(cfg); }
-  std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const Config& cfg) const override {
-    return nfd_arch::expected_tensors(cfg);
-  }
-  std::unique_ptr<Weights> load_weights(const ModelFile& file, const Config& cfg, Arena& arena, const Context& ctx,
-                                        DType dtype) const override {
-    return std::make_unique<NfdWeights>(file, cfg.arch_as<NfdConfig>(), arena, ctx, dtype);
-  }
-  std::unique_ptr<SessionGraph> make_session(const Config& cfg, const Weights& w, Arena& arena, DType dtype,
-                                             int cache_slots) const override {
-    return std::make_unique<NfdSession>(cfg.arch_as<NfdConfig>(), static_cast<const NfdWeights&>(w), arena, dtype,
-                                        cache_slots);
-  }
-  std::unique_ptr<Activations> make_activations(const Config& cfg, Arena& arena, DType dtype,
-                                                int capacity) const override {
-    return std::make_unique<DiT::Activations>(cfg.arch_as<NfdConfig>(), arena, dtype, capacity);
-  }
   void denoise_pass(const std::vector<Member>& members, int k, Activations& act) const override {
-    const float dt = static_cast<NfdSession*>(members.at(0).graph)->schedule().dts.at(size_t(k));
+    const float dt = session_of(members.at(0)).schedule().dts.at(size_t(k));
     DiT::denoise_pass(dit_members(members, false), k, dt, static_cast<DiT::Activations&>(act));
   }
   void cache_write_pass(const std::vector<Member>& members, Activations& act) const override {
@@ -135,6 +113,14 @@ class NfdArchitecture : public Architecture {
     s.frame_width = c.frame_width;
     s.latent_channels = c.latent_channels;
     return ops::scratch_bytes_bound(s, device, dtype, threads);
+  }
+
+ private:
+  // Each member's DiT member: its latent for a denoising pass, its cache-write input for the cache-write pass.
+  static std::vector<DiT::Member> dit_members(const std::vector<Member>& members, bool write) {
+    return members_as<DiT::Member>(members, [&](NfdSession& s, const Member& m) {
+      return DiT::Member{&s.dit(), m.ctx, write ? m.write : m.latent};
+    });
   }
 };
 

@@ -106,13 +106,13 @@ class ServeConfig:
 def check_files(cfg: ServeConfig):
     """The model file and the key map: (model path, model config, world). Raises ValueError / OSError naming
     what is wrong."""
+    from .. import configs
     from .._native import core
-    from ..configs import NFDConfig
 
     cfg.check()
     path = cfg.resolved_model()
     info = core().inspect_file(path)  # validates the whole file now, not at the first player
-    model_cfg = NFDConfig.from_json(info["config"])
+    model_cfg = configs.from_json(info["config"])  # any architecture (NFD, Oasis, ...)
     if cfg.keymap is not None and not os.path.isfile(cfg.keymap):
         raise OSError(f"--keymap {cfg.keymap}: no such file")
     world = protocol.make_world(cfg.world, path, cfg.keymap, model_cfg.action_dim)
