@@ -246,17 +246,31 @@ def oasis_prefill(reset_latents: Callable[[np.ndarray], None], cfg) -> Callable[
     return prefill
 
 
+def engines_used(dtype: str) -> dict:
+    """What each op of a `dtype` session ran and why, from nfd_rt._core.kernels_used(): per op shape the kernel or
+    engine, and for the choices made at session open ("... (choice)") both timings and the winner (timed), or the
+    switch that forced it, or the fallback taken."""
+    from nfd_rt import _core
+
+    tag = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}[dtype]
+    return {k: v for k, v in _core.kernels_used().items() if f" {tag} " in f" {k} "}
+
+
 @register("nfd_rt", needs_torch=False, archs=("nfd", "oasis"))
 def make_nfd_rt(bench: Bench) -> list[Runner]:
     import nfd_rt
 
+    from nfd_rt import _core
+
     dtypes = [bench.args.dtype] if bench.args.dtype else (
         ["bfloat16", "float16", "float32"] if bench.cuda else ["float32"])
     out = []
+    _core.clear_kernels_used()
     for dtype in dtypes:
         s = nfd_rt.Session(bench.path, device=bench.args.device, dtype=dtype, seed=0, threads=bench.args.threads)
         r = Runner(f"nfd_rt[{bench.args.device},{dtype}]", s.step, s.reset, s.close, info={"cuda_graphs": bench.cuda},
                    memory_bytes=s.memory_bytes)
+        r.after_timing = lambda dtype=dtype: {"engines": engines_used(dtype)}
         if bench.oasis:
             r.prefill = oasis_prefill(lambda z, s=s: s.reset(latents=z), bench.cfg)
             r.prefill_warmup = 1
