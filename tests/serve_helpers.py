@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import io
 import os
@@ -36,3 +37,48 @@ def decode(data: bytes) -> np.ndarray:
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+# -- driving an in-process Server (fake sockets, the server's replaceable clock, real sessions) --------------------
+class BlockingSocket:
+    """A WebSocket whose sends wait until `release` is set (a client that stopped reading); `waiting` is set
+    once a send waits."""
+
+    def __init__(self, reading: bool = False):
+        self.release = asyncio.Event()
+        if reading:
+            self.release.set()
+        self.waiting = asyncio.Event()
+        self.sent: list = []
+        self.closed = None
+
+    async def send_text(self, text):
+        await self._wait()
+        self.sent.append(text)
+
+    async def send_bytes(self, data):
+        await self._wait()
+        self.sent.append(data)
+
+    async def _wait(self):
+        if not self.release.is_set():
+            self.waiting.set()
+        await self.release.wait()
+
+    async def close(self, code, reason=""):
+        self.closed = (code, reason)
+
+
+async def until(condition, timeout: float = 60) -> None:
+    """Wait for `condition()` (the timeout only guards against a hang; nothing depends on how long it takes)."""
+    async def poll():
+        while not condition():
+            await asyncio.sleep(0.005)
+    await asyncio.wait_for(poll(), timeout)
+
+
+async def act_and_wait(srv, p, keys: str = '["ArrowRight"]') -> None:
+    """One action, then wait until its frame has been made (one tick)."""
+    before = p.frame_index
+    srv.on_message(p, '{"type": "keys", "keys": %s}' % keys)
+    await until(lambda: p.frame_index > before)
