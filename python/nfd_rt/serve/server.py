@@ -354,12 +354,17 @@ class Server:
             old.request_close(protocol.CLOSE_WORLD_TAKEN, "this world was resumed by another connection")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(old.departed.wait(), 30.0)
-        world, why = await self.worlds.take(resume)
+        try:
+            world, why = await self.worlds.take(resume, wait=True)
+        except Exception as e:  # noqa: BLE001 - a store that fails: a new world, and the reason
+            log.exception("taking a world from the store failed")
+            world, why = None, f"the world store failed: {e!r}"[:200]
         try:
             p = self.join(fmt, seed, resume, world) if world is not None else self.join(fmt, seed)
         except ServerFull:
             if world is not None:  # put it back for a later try
-                await self.worlds.put(resume, world, connected=False)
+                with _logged("putting a world back"):
+                    await self.worlds.put(resume, world, connected=False)
             raise
         if world is None:
             self.metrics.resume_failures.labels(_reason(why)).inc()
@@ -487,7 +492,8 @@ class Server:
                 (saving if keep and not p.failed else closing).append(p)
             else:
                 if p.parked:
-                    await self.worlds.release(p.token)
+                    with _logged("releasing a parked world"):
+                        await self.worlds.release(p.token)
                     p.parked, p.parked_bytes = False, 0
                 self._forget(p)
         jobs = []
@@ -515,7 +521,8 @@ class Server:
             await self._run_jobs(loop, jobs, saving, closing)
         if self._tokens_parked() and now - self._last_touch >= self.TOUCH_EVERY_S:
             self._last_touch = now
-            await self.worlds.touch(self._tokens_parked())
+            with _logged("renewing the parked worlds' leases"):
+                await self.worlds.touch(self._tokens_parked())
         self._update_gauges()
 
     async def _run_jobs(self, loop, jobs: list, saving: list, closing: list) -> None:
@@ -563,8 +570,15 @@ class Server:
 
     async def _put(self, p: Player, world: World, connected: bool) -> bool:
         """Store `p`'s world; close the players here whose parked worlds were dropped to make room (4507). False
-        when this world itself could not be stored."""
-        dropped = await self.worlds.put(p.token, world, connected)
+        when this world itself could not be stored (and `p`, if parking, closed with 4507)."""
+        try:
+            dropped = await self.worlds.put(p.token, world, connected)
+        except Exception as e:  # noqa: BLE001 - a store that fails (Ray: its replica down) loses this world only
+            log.exception("storing a world failed")
+            self.metrics.server_errors.inc()
+            if connected:
+                p.request_close(protocol.CLOSE_WORLD_LOST, f"your world could not be parked: {e!r}"[:120])
+            return False
         for t in dropped:
             q = self._by_token.get(t)
             if q is not None and (q is p or q.parked):
@@ -576,7 +590,11 @@ class Server:
     async def _unpark(self, p: Player) -> bool:
         """A parked player's input: take its world back from the store (the worker restores it before the step).
         False (and the player closed) when it is no longer there."""
-        world, why = await self.worlds.take(p.token)
+        try:
+            world, why = await self.worlds.take(p.token)
+        except Exception as e:  # noqa: BLE001 - the store failed: this player's world is out of reach
+            log.exception("taking a parked world back failed")
+            world, why = None, f"the world store failed: {e!r}"
         p.parked, p.parked_bytes = False, 0
         if world is None:
             reason = _reason(why)
@@ -751,9 +769,10 @@ def _trim_malloc() -> None:
 
 @contextlib.contextmanager
 def _logged(what: str):
+    """Best effort: a failure (a world store that does not answer) is logged, and the caller goes on."""
     try:
         yield
-    except Exception:  # noqa: BLE001 - best effort (shutting down)
+    except Exception:  # noqa: BLE001
         log.exception("%s failed", what)
 
 

@@ -233,8 +233,8 @@ class LocalWorlds:
     async def put(self, token: str, world: World, connected: bool) -> list[str]:
         return self.store.put(token, world, connected)
 
-    async def take(self, token: str) -> tuple[World | None, str | None]:
-        return self.store.take(token)
+    async def take(self, token: str, wait: bool = False) -> tuple[World | None, str | None]:
+        return self.store.take(token)  # `wait` is for a shared store (Ray): here the server knows its players
 
     async def release(self, token: str) -> None:
         self.store.release(token)
