@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import io
+import json
 import os
 from pathlib import Path
 
@@ -82,3 +83,31 @@ async def act_and_wait(srv, p, keys: str = '["ArrowRight"]') -> None:
     before = p.frame_index
     srv.on_message(p, '{"type": "keys", "keys": %s}' % keys)
     await until(lambda: p.frame_index > before)
+
+
+# -- a player's video, as a session never parked or moved makes it --------------------------------------------------
+ROOM = 25
+KEYS = ["ArrowRight", "ArrowRight", "ArrowDown", None, "ArrowLeft", "ArrowUp", "ArrowRight", None, "ArrowDown",
+        "ArrowDown", "ArrowLeft", None, "ArrowUp", "ArrowRight", "ArrowRight", None, "ArrowDown", "ArrowLeft"]
+
+
+def keys_msg(key) -> str:
+    return json.dumps({"type": "keys", "keys": [key] if key else []})
+
+
+def reference_frames(keys, seed: int = ROOM) -> list[np.ndarray]:
+    """A session never parked: the room's context frame, then one frame per key, each stepped as the server steps
+    a player alone in its tick (one nfd_rt.step_batch of one session)."""
+    import nfd_rt
+    from nfd_rt.demo import MODEL_PATH, game
+    from nfd_rt.serve import protocol
+
+    m = nfd_rt.Model(MODEL_PATH, threads=1)
+    with m.session(seed=seed) as s:
+        ctx = game.GridWorld(seed).render()
+        s.reset(frames=ctx[None])
+        out = [ctx]
+        for k in keys:  # the action vector the server makes of the message
+            a = protocol.parse_message(keys_msg(k), m.config.action_dim, protocol.GRIDWORLD_KEYS).vector
+            out.append(nfd_rt.step_batch([s], a[None])[0])
+    return out

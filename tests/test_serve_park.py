@@ -19,7 +19,8 @@ import time
 import numpy as np
 import pytest
 
-from serve_helpers import BlockingSocket, decode, load_bench, need_serve_extra, until
+from serve_helpers import (KEYS, ROOM, BlockingSocket, decode, keys_msg, load_bench, need_serve_extra,
+                           reference_frames, until)
 
 need_serve_extra()
 
@@ -27,31 +28,9 @@ from websockets.exceptions import ConnectionClosed  # noqa: E402
 from websockets.sync.client import connect  # noqa: E402
 
 import nfd_rt  # noqa: E402
-from nfd_rt.demo import MODEL_PATH, game  # noqa: E402
+from nfd_rt.demo import MODEL_PATH  # noqa: E402
 from nfd_rt.serve import protocol, worlds  # noqa: E402
 from nfd_rt.serve.worlds import World, WorldStore  # noqa: E402
-
-ROOM = 25
-KEYS = ["ArrowRight", "ArrowRight", "ArrowDown", None, "ArrowLeft", "ArrowUp", "ArrowRight", None, "ArrowDown",
-        "ArrowDown", "ArrowLeft", None, "ArrowUp", "ArrowRight", "ArrowRight", None, "ArrowDown", "ArrowLeft"]
-
-
-def keys_msg(key) -> str:
-    return json.dumps({"type": "keys", "keys": [key] if key else []})
-
-
-def reference_frames(keys, seed: int = ROOM) -> list[np.ndarray]:
-    """A session never parked: the room's context frame, then one frame per key, each stepped as the server steps
-    a player alone in its tick (one nfd_rt.step_batch of one session)."""
-    m = nfd_rt.Model(MODEL_PATH, threads=1)
-    with m.session(seed=seed) as s:
-        ctx = game.GridWorld(seed).render()
-        s.reset(frames=ctx[None])
-        out = [ctx]
-        for k in keys:  # the action vector the server makes of the message
-            a = protocol.parse_message(keys_msg(k), m.config.action_dim, protocol.GRIDWORLD_KEYS).vector
-            out.append(nfd_rt.step_batch([s], a[None])[0])
-    return out
 
 
 def metric(srv, name: str, labels: dict | None = None) -> float:
