@@ -346,14 +346,15 @@ class Server:
     async def admit(self, fmt: str, seed: int, resume: str | None = None) -> tuple[Player, str | None]:
         """join(), continuing the world of resume token `resume` when the store has it: (player, None), or
         (player with a new world, why the old one could not be continued). Raises ServerFull."""
-        self.check_room()
-        if resume is None:
-            return self.join(fmt, seed), None
-        old = self._by_token.get(resume)
-        if old is not None:  # still here (connected, or its departure not yet processed): it hands over first
+        old = self._by_token.get(resume) if resume is not None else None
+        if old is not None:  # still here (connected, or its departure not yet processed): it hands over first,
+            # and its place with it (a page reconnecting to a full server is not refused by its own old socket)
             old.request_close(protocol.CLOSE_WORLD_TAKEN, "this world was resumed by another connection")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(old.departed.wait(), 30.0)
+        self.check_room()
+        if resume is None:
+            return self.join(fmt, seed), None
         try:
             world, why = await self.worlds.take(resume, wait=True)
         except Exception as e:  # noqa: BLE001 - a store that fails: a new world, and the reason
