@@ -516,9 +516,12 @@ async def parking_phase(server: "ServerProcess", players: int, active: int, seco
     jumps = [float(np.linalg.norm(o["position_after"] - o["position_before"])) for o in back
              if o.get("position_after") is not None and o.get("position_before") is not None]
 
-    def mean_seconds(name: str) -> float | None:
-        n = m.get(f"{name}_count", 0)
-        return m[f"{name}_sum"] / n if n else None
+    def mean_seconds(name: str, at: dict) -> float | None:
+        n = at.get(f"{name}_count", 0)
+        return at[f"{name}_sum"] / n if n else None
+
+    park_s = mean_seconds("nfd_serve_park_seconds", m_mid)  # parks only (players who leave are timed there too)
+    resume_s = mean_seconds("nfd_serve_resume_seconds", m)
 
     return {
         "parking": parking, "players": players, "active": active, "seconds": t1 - t0,
@@ -539,10 +542,8 @@ async def parking_phase(server: "ServerProcess", players: int, active: int, seco
         "lost": len(lost), "lost_seeds": lost,
         "agent_jump_px_max": max(jumps) if jumps else None,
         "first_frame_after_idle_ms_max": 1e3 * max((o.get("first_frame_s", 0) for o in back), default=0),
-        "park_ms_mean": None if mean_seconds("nfd_serve_park_seconds") is None
-        else 1e3 * mean_seconds("nfd_serve_park_seconds"),
-        "resume_ms_mean": None if mean_seconds("nfd_serve_resume_seconds") is None
-        else 1e3 * mean_seconds("nfd_serve_resume_seconds"),
+        "park_ms_mean": None if park_s is None else 1e3 * park_s,
+        "resume_ms_mean": None if resume_s is None else 1e3 * resume_s,
     }
 
 

@@ -232,7 +232,8 @@ class Metrics:
         self.resume_failures = Counter("nfd_serve_resume_failures", "A parked player or a ?resume= whose world "
                                        "was not in the store, by reason", ["reason"], registry=r)
         buckets = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5)
-        self.park_seconds = Histogram("nfd_serve_park_seconds", "Time to snapshot and close one session (worker)",
+        self.park_seconds = Histogram("nfd_serve_park_seconds", "Time to snapshot and close one session (worker): "
+                                      "parking, or keeping the world of a player who left",
                                       registry=r, buckets=buckets)
         self.resume_seconds = Histogram("nfd_serve_resume_seconds", "Time to restore one session from its "
                                         "snapshot (worker)", registry=r, buckets=buckets)
