@@ -124,7 +124,9 @@ def run(args: argparse.Namespace) -> int:
     _check_port(args.host, args.port)
     app = create_app(cfg, server=server)
     print(f"nfd-rt serve: http://{args.host}:{args.port}/  (model {cfg.resolved_model()}, {cfg.fps:g} FPS, "
-          f"up to {cfg.max_players} players{', token required' if cfg.token else ''})", file=sys.stderr, flush=True)
+          f"up to {cfg.max_players} players{', token required' if cfg.token else ''}, "
+          f"{f'parking players idle {cfg.park_after:g} s' if cfg.park_after else 'no parking'})",
+          file=sys.stderr, flush=True)
     # ws_max_size: client messages are small JSON; a 64 KiB frame limit stops a memory-filling message early.
     # No per-message deflate: frames are JPEG/PNG already, compressing them again only costs CPU.
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, ws_max_size=65536,

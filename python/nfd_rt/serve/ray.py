@@ -12,7 +12,8 @@ one replica, no CPU reserved), holding the `worlds.WorldStore` every replica use
 puts a player's world there when the player parks (--park-after) or disconnects, and any replica that receives a
 connection with that player's `?resume=TOKEN` takes it and restores the session. So a player whose replica died
 while it was parked or after it left continues its world on another replica; a player active when its replica
-dies loses the frames since its last park (its session was only in that replica's memory) and starts anew.
+dies loses its world (its session was only in that replica's memory, and a world leaves the store when it is
+resumed) and starts anew.
 
     python -m nfd_rt.serve.ray [MODEL.nfd] --replicas 2 [--port 8000] [--ray-address auto]
 
