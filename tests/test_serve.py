@@ -282,11 +282,12 @@ def test_idle_player_is_closed_and_the_other_plays_on():
         await act_and_wait(srv, active)  # the active player plays on
         still_open = active.close_request is None and sockets[0].closed is None
         closes = srv.metrics.registry.get_sample_value("nfd_serve_closes_total", {"code": "4408"})
+        for p in (active, idle):  # as the app does: left first, then the senders cancelled
+            srv.leave(p)
+            p.wake.set()
         for t in senders:
             t.cancel()
         await asyncio.gather(*senders, return_exceptions=True)
-        for p in (active, idle):
-            srv.leave(p)
         await srv.stop()
         return sockets[1].closed, still_open, closes, active.frame_index
 

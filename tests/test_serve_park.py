@@ -127,11 +127,12 @@ async def open_players(srv, *seeds):
 
 
 async def shut(srv, players, senders):
+    for p in players:  # as the app does: left first, then the senders cancelled (they end at a wake-up anyway)
+        srv.leave(p)
+        p.wake.set()
     for t in senders:
         t.cancel()
     await asyncio.gather(*senders, return_exceptions=True)
-    for p in players:
-        srv.leave(p)
     await srv.stop()
 
 

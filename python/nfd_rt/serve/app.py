@@ -143,6 +143,8 @@ async def _play(srv: Server, ws) -> None:
         for t in done:  # a send to a vanished client ends with an error: expected, only logged
             if not t.cancelled() and t.exception() is not None:
                 log.debug("connection %s: %r", player.id, t.exception())
+        srv.leave(player)  # first: a sender that misses its cancellation still ends at its next wake-up
+        player.wake.set()
         for t in pending:
             t.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
@@ -160,14 +162,26 @@ async def _receive(srv: Server, ws, p: Player) -> None:
         srv.on_message(p, m.get("text") if m.get("text") is not None else m.get("bytes"))
 
 
+async def _woken(p: Player, timeout: float) -> None:
+    """Until `p.wake` is set or `timeout` seconds pass. Not `asyncio.wait_for(p.wake.wait(), ...)`: before Python
+    3.12 that swallows a cancellation arriving just as the event is set, and the sender then outlived its
+    connection by up to a stats interval (a test with a long one hung)."""
+    if p.wake.is_set():
+        return
+    waiter = asyncio.ensure_future(p.wake.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=timeout)
+    finally:
+        waiter.cancel()
+
+
 async def _send(srv: Server, ws, p: Player) -> None:
     """The only task that writes to this socket after the hello: texts, then the newest frame, then stats."""
     timeout = srv.cfg.send_timeout
     interval = srv.cfg.stats_interval
     next_stats = time.monotonic() + interval
-    while True:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(p.wake.wait(), max(0.0, next_stats - time.monotonic()))
+    while not p.gone:
+        await _woken(p, max(0.0, next_stats - time.monotonic()))
         p.wake.clear()
         if p.close_request is not None:
             await _close(srv, ws, *p.close_request)
