@@ -258,14 +258,11 @@ def test_serve_plays_an_oasis_file_with_its_key_map(exported, tmp_path):
 
 def test_docs_snippets_convert_then_run(tmp_path):
     """docs/oasis.md as written: convert random upstream-layout weights, then the 'Running in nfd_rt' snippet."""
-    import os
     import subprocess
-    import sys
 
-    from nfd_testfiles import REPO, snippet
+    from nfd_testfiles import snippet, subprocess_env
 
-    env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "python") + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    env = subprocess_env()
     for name in ("oasis-convert", "oasis-run"):
         r = subprocess.run(["bash", "-euo", "pipefail", "-c", snippet("oasis.md", name)], cwd=tmp_path,
                            capture_output=True, text=True, timeout=300, env=env)
