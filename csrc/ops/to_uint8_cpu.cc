@@ -12,16 +12,21 @@ namespace cpu {
 using namespace cpu_detail;
 
 void to_uint8(const Context& ctx, const Tensor& image, Tensor& out) {
-  fp32_only("to_uint8", image);
   const int64_t H = image.dim(1), W = image.dim(2);
-  const float* x = image.ptr<float>();
-  uint8_t* o = out.ptr<uint8_t>();
-  for (int64_t c = 0; c < 3; ++c)
-    for (int64_t i = 0; i < H * W; ++i) {
-      float u = std::floor((x[c * H * W + i] + 1.f) * 127.5f + 0.5f);
-      u = std::isnan(u) ? 0.f : std::min(std::max(u, 0.f), 255.f);  // NaN would be UB in the cast
-      o[i * 3 + c] = uint8_t(u);
-    }
+  const bool bf16 = cpu_bf16("to_uint8", image);
+  auto run = [&](auto* x) {
+    uint8_t* o = out.ptr<uint8_t>();
+    for (int64_t c = 0; c < 3; ++c)
+      for (int64_t i = 0; i < H * W; ++i) {
+        float u = std::floor((to_float(x[c * H * W + i]) + 1.f) * 127.5f + 0.5f);
+        u = std::isnan(u) ? 0.f : std::min(std::max(u, 0.f), 255.f);  // NaN would be UB in the cast
+        o[i * 3 + c] = uint8_t(u);
+      }
+  };
+  if (bf16)
+    run(image.ptr<bf16_t>());
+  else
+    run(image.ptr<float>());
 }
 
 }  // namespace cpu
