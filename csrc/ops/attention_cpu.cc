@@ -39,6 +39,7 @@ using namespace cpu_detail;
 
 constexpr int64_t kRegisterKernelMaxTokens = 64;
 constexpr int64_t kQueries = 16;  // queries per block: the lanes of one Vec16 of scores per key
+constexpr int64_t kBf16QueryBlock = 64;  // queries per oneDNN product of the bf16 path (NFD_RT_BF16_QBLOCK testing)
 
 // One head, queries q[0 .. nq) (nq <= kQueries, rows of hd floats) against `num_blocks` blocks of `rows` keys
 // and values (rows ldk floats apart); writes nq rows of out (stride ldo). `work` holds
@@ -234,25 +235,34 @@ static void attention_bf16(const Context& ctx, const Tensor& q, const Tensor& k_
       }
   };
   if (N > kRegisterKernelMaxTokens) {
+    // A head's queries in blocks of kBf16QueryBlock: the block's scores (64 x 11k keys on nfd-130m: 2.8 MB) stay
+    // in cache between the three steps, where a whole head's (15 MB) went through memory three times.
+    static const int64_t kq = getenv("NFD_RT_BF16_QBLOCK") ? atoi(getenv("NFD_RT_BF16_QBLOCK")) : kBf16QueryBlock;
+    const int64_t qb = std::min(N, kq);
     ::nfd::cpu::parallel_for(ctx.threads, H, [&](int64_t h0, int64_t h1) {
-      float* S = scratch(size_t(N * L + N * hd + N));    // scores [N, L], O [N, hd], 1 / row sums [N]
-      float* O = S + N * L;
-      float* inv = O + N * hd;
-      float* buf = scratch(size_t(L * hd + N * L / 2 + 1), 1);  // kp, vp [L, hd] and P [N, L] in bf16
+      float* S = scratch(size_t(qb * L + qb * hd + qb));    // scores [qb, L], O [qb, hd], 1 / row sums [qb]
+      float* O = S + qb * L;
+      float* inv = O + qb * hd;
+      float* buf = scratch(size_t(L * hd + qb * L / 2 + 1), 1);  // kp, vp [L, hd] and P [qb, L] in bf16
       bf16_t* kp = reinterpret_cast<bf16_t*>(buf);
       bf16_t* vp = kp + L * hd;
       bf16_t* P = vp + L * hd;
       for (int64_t h = h0; h < h1; ++h) {
         gather(h, kp, vp);
-        ::nfd::cpu::Matmul qk;  // S = Q K^T
-        qk.M = N, qk.N = L, qk.K = hd, qk.lda = hd, qk.ldb = hd, qk.ldc = L, qk.b_nk = true, qk.c = DType::f32;
-        ::nfd::cpu::matmul(qk, qs + h * N * hd, kp, S);
-        softmax_rows_bf16(S, N, L, L, scale, P, inv);
-        ::nfd::cpu::Matmul pv;  // O = P V
-        pv.M = N, pv.N = hd, pv.K = L, pv.lda = L, pv.ldb = hd, pv.ldc = hd, pv.c = DType::f32;
-        ::nfd::cpu::matmul(pv, P, vp, O);
-        for (int64_t i = 0; i < N; ++i)
-          for (int64_t d = 0; d < hd; ++d) o[i * ldk + h * hd + d] = from_float<bf16_t>(O[i * hd + d] * inv[i]);
+        for (int64_t r0 = 0; r0 < N; r0 += qb) {
+          const int64_t rows = std::min(qb, N - r0);
+          ::nfd::cpu::Matmul qk;  // S = Q K^T
+          qk.M = rows, qk.N = L, qk.K = hd, qk.lda = hd, qk.ldb = hd, qk.ldc = L, qk.b_nk = true;
+          qk.c = DType::f32;
+          ::nfd::cpu::matmul(qk, qs + (h * N + r0) * hd, kp, S);
+          softmax_rows_bf16(S, rows, L, L, scale, P, inv);
+          ::nfd::cpu::Matmul pv;  // O = P V
+          pv.M = rows, pv.N = hd, pv.K = L, pv.lda = L, pv.ldb = hd, pv.ldc = hd, pv.c = DType::f32;
+          ::nfd::cpu::matmul(pv, P, vp, O);
+          for (int64_t i = 0; i < rows; ++i)
+            for (int64_t d = 0; d < hd; ++d)
+              o[(r0 + i) * ldk + h * hd + d] = from_float<bf16_t>(O[i * hd + d] * inv[i]);
+        }
       }
     }, ::nfd::cpu::grain_for(2 * N * L * hd));
     return;

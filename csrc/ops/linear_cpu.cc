@@ -44,8 +44,11 @@ static void epilogue_row(const float* prod, const float* bias, const float* gate
   }
 }
 
-// bf16: one oneDNN matmul per block of output columns (the same fixed blocks as fp32), products accumulated in
-// fp32, the epilogue fused (oneDNN post-ops: GELU-tanh, or gate * (product + bias) + y), y rounded once.
+// bf16: one oneDNN matmul per block of output columns (fixed by the shape, as in fp32), products accumulated in
+// fp32, the epilogue fused (oneDNN post-ops: GELU-tanh, or gate * (product + bias) + y), y rounded once. A block
+// has at least kBf16MinColumns columns: a oneDNN call costs a few microseconds more than an sgemm call, and tiny's
+// 16-row linears cut into 8-column blocks ran 2-4x slower than in fp32.
+constexpr int64_t kBf16MinColumns = 64;
 static void linear_bf16(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y,
                         Epilogue epilogue, const Tensor* gate) {
   const int64_t N = w.dim(0), K = w.dim(1), M = x.dim(0);
@@ -60,7 +63,7 @@ static void linear_bf16(const Context& ctx, const Tensor& x, const Tensor& w, co
     mm.bias = b != nullptr, mm.post = post;
     ::nfd::cpu::matmul(mm, x.ptr<bf16_t>(), w.ptr<bf16_t>() + n0 * K, out + n0, b ? b + n0 : nullptr,
                        g ? g + n0 : nullptr);
-  }, ::nfd::cpu::grain_for(M * K));
+  }, std::max<int64_t>(kBf16MinColumns, ::nfd::cpu::grain_for(M * K)));
 }
 
 void linear(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y, Epilogue epilogue,
