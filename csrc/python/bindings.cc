@@ -538,7 +538,7 @@ PYBIND11_MODULE(_core, m) {
         d["text"] = e.describe();
         return d;
       },
-      py::arg("path"), py::arg("device") = "cpu", py::arg("dtype") = "float32", py::arg("threads") = 0,
+      py::arg("path"), py::arg("device") = "cpu", py::arg("dtype") = "auto", py::arg("threads") = 0,
       "Bytes a session of this file would allocate (weights, KV cache, activations exactly; scratch as an upper "
       "bound), computed without allocating; the device need not be present.");
   m.def(
