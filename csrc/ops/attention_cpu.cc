@@ -39,7 +39,7 @@ using namespace cpu_detail;
 
 constexpr int64_t kRegisterKernelMaxTokens = 64;
 constexpr int64_t kQueries = 16;  // queries per block: the lanes of one Vec16 of scores per key
-constexpr int64_t kBf16QueryBlock = 64;  // queries per oneDNN product of the bf16 path (NFD_RT_BF16_QBLOCK testing)
+constexpr int64_t kBf16QueryBlock = 64;  // queries per oneDNN product of the bf16 path
 
 // One head, queries q[0 .. nq) (nq <= kQueries, rows of hd floats) against `num_blocks` blocks of `rows` keys
 // and values (rows ldk floats apart); writes nq rows of out (stride ldo). `work` holds
@@ -180,10 +180,11 @@ static void softmax_rows_bf16(const float* s, int64_t rows, int64_t n, int64_t l
     const float* row = s + r * ld;
     bf16_t* prow = p + r * ld;
     const int64_t body = n / kLanes * kLanes;
+    // The max in Vec16 registers: as a loop over a lane array GCC left it scalar (a third of this function).
+    Vec16 mv = Vec16{} + row[0];
+    for (int64_t j = 0; j < body; j += kLanes) mv = vmax(load16(row + j), mv);
     float lane[kLanes];
-    for (int64_t l = 0; l < kLanes; ++l) lane[l] = row[0];
-    for (int64_t j = 0; j < body; j += kLanes)
-      for (int64_t l = 0; l < kLanes; ++l) lane[l] = std::max(lane[l], row[j + l]);
+    store16(lane, mv);
     float m = row[0];
     for (int64_t l = 0; l < kLanes; ++l) m = std::max(m, lane[l]);
     for (int64_t j = body; j < n; ++j) m = std::max(m, row[j]);
@@ -237,8 +238,7 @@ static void attention_bf16(const Context& ctx, const Tensor& q, const Tensor& k_
   if (N > kRegisterKernelMaxTokens) {
     // A head's queries in blocks of kBf16QueryBlock: the block's scores (64 x 11k keys on nfd-130m: 2.8 MB) stay
     // in cache between the three steps, where a whole head's (15 MB) went through memory three times.
-    static const int64_t kq = getenv("NFD_RT_BF16_QBLOCK") ? atoi(getenv("NFD_RT_BF16_QBLOCK")) : kBf16QueryBlock;
-    const int64_t qb = std::min(N, kq);
+    const int64_t qb = std::min(N, kBf16QueryBlock);
     ::nfd::cpu::parallel_for(ctx.threads, H, [&](int64_t h0, int64_t h1) {
       float* S = scratch(size_t(qb * L + qb * hd + qb));    // scores [qb, L], O [qb, hd], 1 / row sums [qb]
       float* O = S + qb * L;
