@@ -1,4 +1,5 @@
-// What the CPU ops (ops/*_cpu.cc) share: the fp32-only check, scratch memory, norm statistics, vector helpers.
+// What the CPU ops (ops/*_cpu.cc) share: the dtype check (fp32, or bf16 where the CPU has it), bf16 storage,
+// scratch memory, norm statistics, vector helpers.
 // The argument checks of each op are its contract, in ops/NAME.cc.
 #pragma once
 
