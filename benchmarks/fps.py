@@ -955,6 +955,15 @@ def markdown(result: dict) -> str:
     if best and strongest:
         notes.append(f"Strongest baseline: {strongest}; the best nfd_rt runner ({best}) is "
                      f"{result['runners'][best]['fps'] / result['runners'][strongest]['fps']:.2f}x it.")
+    dev = result["device"]
+    ours = {d: result["runners"].get(f"nfd_rt[{dev},{d}]", {}).get("fps") for d in ("bfloat16", "float32")}
+    if dev == "cpu" and ours["bfloat16"] and ours["float32"]:
+        notes.append(f"nfd_rt bf16 / fp32: {ours['bfloat16'] / ours['float32']:.2f}x; bf16 on this CPU: "
+                     f"{env.get('cpu_bf16', '?')}.")
+    if result.get("interleaved"):
+        notes.append(f"Interleaved: every runner warmed up first, then one timed frame of each in turn; load "
+                     f"average {result.get('load_average_before_timing')} before the timed frames, "
+                     f"{result.get('load_average_after_timing')} after (this process adds about its threads).")
     for name, r in result["runners"].items():
         if "recompiles_during_timed_frames" in r:
             how = (f"mode={r.get('compile_mode')!r}" if r.get("compile_backend", "inductor") == "inductor"
@@ -968,6 +977,10 @@ def markdown(result: dict) -> str:
         att = r.get("profile", {}).get("attention_events")
         if att and name != "nfd_rt" and not name.startswith("nfd_rt"):
             notes.append(f"{name} attention: " + ", ".join(f"`{k[:70]}`" for k in list(att)[:3]) + ".")
+        dnnl = r.get("profile", {}).get("onednn_kernels_per_frame")
+        if dnnl and "bfloat16" in name:  # where its bf16 products ran (AMX or AVX512-BF16)
+            notes.append(f"{name} oneDNN kernels per frame: " + ", ".join(f"`{k}` x{v}" for k, v in list(dnnl.items())[:3])
+                         + ".")
         if "curve" in r:
             c = r["curve"]
             notes.append(f"{name} curve: {c['fit_ms_intercept']:.2f} ms + {c['fit_ms_per_visible_frame']:.3f} ms x "
