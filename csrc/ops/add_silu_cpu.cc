@@ -10,12 +10,17 @@ namespace cpu {
 
 using namespace cpu_detail;
 
+template <typename T>
+static void add_silu_n(const T* pa, const T* pb, T* po, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) po[i] = from_float<T>(silu(to_float(pa[i]) + to_float(pb[i])));
+}
+
 void add_silu(const Context& ctx, const Tensor& a, const Tensor& b, Tensor& out) {
-  fp32_only("add_silu", out);
   const int64_t n = out.dim(0);
-  const float *pa = a.ptr<float>(), *pb = b.ptr<float>();
-  float* po = out.ptr<float>();
-  for (int64_t i = 0; i < n; ++i) po[i] = silu(pa[i] + pb[i]);
+  if (cpu_bf16("add_silu", out))
+    add_silu_n(a.ptr<bf16_t>(), b.ptr<bf16_t>(), out.ptr<bf16_t>(), n);
+  else
+    add_silu_n(a.ptr<float>(), b.ptr<float>(), out.ptr<float>(), n);
 }
 
 }  // namespace cpu

@@ -240,7 +240,13 @@ static void conv3x3_winograd(const Context& ctx, const float* x, const float* w,
 
 void conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, int stride, int pad,
             Tensor& out, const Tensor* residual) {
-  fp32_only("conv2d", out);
+  if (cpu_bf16("conv2d", out)) {  // bf16 tensors, fp32 arithmetic (as_f32 in ops/cpu_common.h)
+    const Tensor xf = as_f32(x, 2), wf = as_f32(w, 3), bf = as_f32(bias, 4);
+    const Tensor rf = residual ? as_f32(*residual, 5) : Tensor{};
+    Tensor of = as_f32(out, 6, false);
+    conv2d(ctx, xf, wf, bf, stride, pad, of, rf.defined() ? &rf : nullptr);
+    return narrow_into(of, out);
+  }
   const int64_t Cout = w.dim(0), Cin = w.dim(1), k = w.dim(2);
   const int64_t H = x.dim(1), W = x.dim(2), Ho = out.dim(1), Wo = out.dim(2);
   const bool res = residual && residual->defined();

@@ -37,7 +37,7 @@ class Impl:
 
 
 def cpp(model, files, seed):
-    return nfd_rt.Session(files.nfd(model), device="cpu", seed=seed)
+    return nfd_rt.Session(files.nfd(model), device="cpu", dtype="float32", seed=seed)
 
 
 def onnxruntime(model, files, seed):

@@ -381,8 +381,8 @@ def test_cli_checks_everything_before_listening(tmp_path):
         ([str(text)], 1, f"nfd-rt serve: error: {text}: not a .nfd (safetensors) file"),
         (["--keymap", str(tmp_path / "keys.json")], 1, f"nfd-rt serve: error: --keymap {tmp_path / 'keys.json'}: "
          "no such file"),
-        (["--dtype", "float16"], 1, "nfd-rt serve: error: the CPU backend computes in float32; dtype float16 needs "
-         "device cuda"),
+        (["--dtype", "float16"], 1, "nfd-rt serve: error: the CPU backend computes in float32 or bfloat16; dtype "
+         "float16 needs device cuda"),
         (["--device", "gpu"], 1, "nfd-rt serve: error: device must be 'cpu' or 'cuda', got 'gpu'"),
         (["--port", str(busy.getsockname()[1])], 1, f"nfd-rt serve: error: cannot listen on 127.0.0.1:"
          f"{busy.getsockname()[1]}: "),

@@ -14,7 +14,8 @@ def add_arguments(q: argparse.ArgumentParser) -> None:
     q.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     q.add_argument("--port", type=_int_in(1, 65535), default=8000, help="TCP port to listen on")
     q.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
-    q.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto (bf16 on cuda)")
+    q.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto (bf16 on cuda, and on a CPU "
+                   "with AVX512-BF16 or AMX)")
     q.add_argument("--threads", type=_int_in(0, 1024), default=0, help="CPU threads per session (0 = physical cores)")
     q.add_argument("--fps", type=_positive_float, default=20.0,
                    help="ticks per second: the most frames a player gets a second")
