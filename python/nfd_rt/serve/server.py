@@ -278,7 +278,7 @@ class Server:
             worlds = LocalWorlds(WorldStore(cfg.max_parked_bytes, cfg.resume_within, clock=lambda: self.clock()))
         self.worlds = worlds
         cap = getattr(worlds, "max_bytes", None)
-        one = world_bytes(self.model_cfg, 2 if self.dtype in ("bfloat16", "float16") else 4)
+        one = world_bytes(self.model_cfg, self.dtype)
         if cap is not None and (cfg.park_after > 0 or cfg.resume_within > 0) and cap < one:
             raise ValueError(f"--max-parked-bytes {cap} cannot hold one world of model {self.model_cfg.name} "
                              f"(up to {one} bytes, {human(one)}, at a full cache); raise it, or turn parking and "
