@@ -166,15 +166,15 @@ static void attend_head_blas(const float* q, int64_t N, int64_t hd, const float*
 // (token, head) the scores, a softmax over them and the weighted values, in order of the visible list.
 NFD_CPU_MULTIVERSION
 static void attend_same_token(const float* q, const float* k_cache, const float* v_cache, int64_t N, int64_t H,
-                              int64_t hd, const int32_t* slots, int num_visible, float scale, float* out,
+                              int64_t Hkv, int64_t hd, const int32_t* slots, int num_visible, float scale, float* out,
                               int64_t t0, int64_t t1) {
   float p[FrameState::kMaxSlots];
   for (int64_t t = t0; t < t1; ++t) {  // t = n * H + h
-    const int64_t n = t / H, h = t % H;
+    const int64_t n = t / H, h = t % H, kh = h / (H / Hkv);
     const float* qi = q + (h * N + n) * hd;
     float m = -INFINITY;
     for (int j = 0; j < num_visible; ++j) {
-      const float* k = k_cache + ((int64_t(slots[j]) * N + n) * H + h) * hd;
+      const float* k = k_cache + ((int64_t(slots[j]) * N + n) * Hkv + kh) * hd;
       float s = 0.f;
       for (int64_t d = 0; d < hd; ++d) s += qi[d] * k[d];
       p[j] = s * scale;
@@ -189,7 +189,7 @@ static void attend_same_token(const float* q, const float* k_cache, const float*
     float* o = out + n * H * hd + h * hd;
     for (int64_t d = 0; d < hd; ++d) o[d] = 0.f;
     for (int j = 0; j < num_visible; ++j) {
-      const float* v = v_cache + ((int64_t(slots[j]) * N + n) * H + h) * hd;
+      const float* v = v_cache + ((int64_t(slots[j]) * N + n) * Hkv + kh) * hd;
       const float w = p[j] * inv;
       for (int64_t d = 0; d < hd; ++d) o[d] += w * v[d];
     }
@@ -199,12 +199,13 @@ static void attend_same_token(const float* q, const float* k_cache, const float*
 void attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, Tensor& out,
                AttentionKeys keys) {
   fp32_only("attention", out);
-  const int64_t H = q.dim(0), N = q.dim(1), hd = q.dim(2);
+  const int64_t H = q.dim(0), N = q.dim(1), hd = q.dim(2), Hkv = k_cache.dim(2);
+  const int64_t group = H / Hkv;  // GQA: query head h reads K/V head h / group
   const FrameState& st = *ctx.state;
   if (keys == AttentionKeys::same_token) {
     const float scale = float(1.0 / std::sqrt(double(hd)));
     ::nfd::cpu::parallel_for(ctx.threads, N * H, [&](int64_t t0, int64_t t1) {
-      attend_same_token(q.ptr<float>(), k_cache.ptr<float>(), v_cache.ptr<float>(), N, H, hd, st.visible_slots,
+      attend_same_token(q.ptr<float>(), k_cache.ptr<float>(), v_cache.ptr<float>(), N, H, Hkv, hd, st.visible_slots,
                         st.num_visible, scale, out.ptr<float>(), t0, t1);
     }, ::nfd::cpu::grain_for(4 * int64_t(st.num_visible) * hd));
     return;
@@ -212,22 +213,22 @@ void attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const
 
   const float scale = float(1.0 / std::sqrt(double(hd)));
   const int64_t L = int64_t(st.num_visible) * N;  // keys of one head
-  const int64_t ldk = H * hd;                     // floats between consecutive keys of a head
+  const int64_t ldk = Hkv * hd;                   // floats between consecutive keys of a head
   if (N > kRegisterKernelMaxTokens) {
     ::nfd::cpu::set_blas_threads(1);
     ::nfd::cpu::parallel_for(ctx.threads, H, [&](int64_t h0, int64_t h1) {  // heads are independent
       float* S = scratch(size_t(N * L));
       float* kv = scratch(size_t(2 * L * hd), 1);
       for (int64_t h = h0; h < h1; ++h)
-        attend_head_blas(q.ptr<float>() + h * N * hd, N, hd, k_cache.ptr<float>() + h * hd,
-                         v_cache.ptr<float>() + h * hd, ldk, st.visible_slots, st.num_visible, scale,
+        attend_head_blas(q.ptr<float>() + h * N * hd, N, hd, k_cache.ptr<float>() + (h / group) * hd,
+                         v_cache.ptr<float>() + (h / group) * hd, ldk, st.visible_slots, st.num_visible, scale,
                          out.ptr<float>() + h * hd, H * hd, S, kv, kv + L * hd);
     }, ::nfd::cpu::grain_for(2 * N * L * hd));
     return;
   }
   auto slot_pointers = [&](int64_t h, const float** keys, const float** values) {
     for (int b = 0; b < st.num_visible; ++b) {  // key / value row 0 of head h in visible slot b
-      const int64_t offset = int64_t(st.visible_slots[b]) * N * ldk + h * hd;
+      const int64_t offset = int64_t(st.visible_slots[b]) * N * ldk + (h / group) * hd;
       keys[b] = k_cache.ptr<float>() + offset;
       values[b] = v_cache.ptr<float>() + offset;
     }

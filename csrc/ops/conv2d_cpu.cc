@@ -238,9 +238,8 @@ static void conv3x3_winograd(const Context& ctx, const float* x, const float* w,
   }
 }
 
-void conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, int stride, int pad,
-            Tensor& out, const Tensor* residual) {
-  fp32_only("conv2d", out);
+static void conv2d_linear(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, int stride,
+                          int pad, Tensor& out, const Tensor* residual) {
   const int64_t Cout = w.dim(0), Cin = w.dim(1), k = w.dim(2);
   const int64_t H = x.dim(1), W = x.dim(2), Ho = out.dim(1), Wo = out.dim(2);
   const bool res = residual && residual->defined();
@@ -338,6 +337,22 @@ void conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& 
       }
     }, ::nfd::cpu::grain_for(Cout * KK));
   }
+}
+
+// The ReLU (TAEHV's convolutions) as a pass over the finished output, while it is still in cache for small images.
+NFD_CPU_MULTIVERSION
+static void relu_in_place(float* o, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) o[i] = o[i] > 0.f ? o[i] : 0.f;
+}
+
+void conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, int stride, int pad,
+            Tensor& out, const Tensor* residual, bool relu) {
+  fp32_only("conv2d", out);
+  conv2d_linear(ctx, x, w, bias, stride, pad, out, residual);
+  if (!relu) return;
+  float* o = out.ptr<float>();
+  ::nfd::cpu::parallel_for(ctx.threads, out.numel(), [&](int64_t i0, int64_t i1) { relu_in_place(o + i0, i1 - i0); },
+                           ::nfd::cpu::grain_for(64));
 }
 
 }  // namespace cpu

@@ -234,8 +234,27 @@ void cuda_detail::conv2d_implicit_gemm(const Context& ctx, const Tensor& x, cons
               "cutlass implicit-GEMM conv2d fprop NHWC 128x64x32");
 }
 
+namespace {
+// out = max(out, 0): the ReLU after a convolution (TAEHV), a pass of its own (unverified on a GPU).
+__global__ void relu_kernel(cudaops::DPtr y, int64_t total) {
+  NFD_GRID_STRIDE(i, total) { cudaops::st(y, i, fmaxf(cudaops::ld(y, i), 0.f)); }
+}
+void conv2d_linear(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, int stride, int pad,
+                   Tensor& out, const Tensor* residual);
+}  // namespace
+
 void cuda::conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, int stride, int pad,
-                  Tensor& out, const Tensor* residual) {
+                  Tensor& out, const Tensor* residual, bool relu) {
+  using namespace cudaops;
+  conv2d_linear(ctx, x, w, bias, stride, pad, out, residual);
+  if (!relu || out.numel() == 0) return;
+  relu_kernel<<<grid_1d(out.numel(), 256), 256, 0, stream_of(ctx)>>>(dp(out), out.numel());
+  check_launch("conv2d (ReLU)");
+}
+
+namespace {
+void conv2d_linear(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, int stride, int pad,
+                   Tensor& out, const Tensor* residual) {
   using namespace cudaops;
   if (cuda_detail::conv2d_implicit_gemm_eligible(x)) {
     cuda_detail::conv2d_implicit_gemm(ctx, x, w, bias, stride, pad, false, out, residual);
@@ -267,6 +286,7 @@ void cuda::conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Te
   simt_gemm(Cout, P, K, LoadW{dp(w), K}, LoadIm2col{dp(x), H, W, Wo, ks, stride, pad}, epi, stream_of(ctx),
             "conv2d (SIMT implicit GEMM)");
 }
+}  // namespace
 
 }  // namespace ops
 }  // namespace nfd

@@ -105,6 +105,11 @@ inline double blocked_sum(const float* x, int64_t n, float shift, bool square) {
   }
   return total;
 }
+// The RMSNorm's statistics: mean 0 and 1/sqrt(mean(x^2) + eps), the same blocked sums.
+inline NormStats rms_stats(const float* x, int64_t n, float eps) {
+  const double ms = blocked_sum(x, n, 0.f, true) / double(n);
+  return {0.f, float(1.0 / std::sqrt(ms + double(eps)))};
+}
 inline NormStats norm_stats(const float* x, int64_t n, float eps) {
   const double mean = blocked_sum(x, n, 0.f, false) / double(n);
   const double var = blocked_sum(x, n, float(mean), true) / double(n);

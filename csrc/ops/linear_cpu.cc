@@ -1,5 +1,5 @@
 // ops::linear on the CPU (contract checked in ops/linear.cc): one OpenBLAS sgemm (sgemv for one row), then the
-// epilogue (bias, GELU-tanh, exact GELU or gated residual) over rows.
+// epilogue (bias, GELU-tanh, exact GELU, SiLU or gated residual) over rows.
 #include "backends/cpu/blas.h"
 
 #include <algorithm>
@@ -28,6 +28,7 @@ NFD_CPU_MULTIVERSION
 static void epilogue_row(const float* prod, const float* bias, const float* gate, float* o, int64_t cols,
                          Epilogue epilogue) {
   const bool gelu = epilogue == Epilogue::gelu_tanh, erf = epilogue == Epilogue::gelu_erf;
+  const bool sil = epilogue == Epilogue::silu;
   if (gate && bias) {
     for (int64_t c = 0; c < cols; ++c) o[c] += gate[c] * (prod[c] + bias[c]);
   } else if (gate) {
@@ -40,6 +41,10 @@ static void epilogue_row(const float* prod, const float* bias, const float* gate
     for (int64_t c = 0; c < cols; ++c) o[c] = gelu_erf(prod[c] + bias[c]);
   } else if (erf) {
     for (int64_t c = 0; c < cols; ++c) o[c] = gelu_erf(prod[c]);
+  } else if (sil && bias) {
+    for (int64_t c = 0; c < cols; ++c) o[c] = silu(prod[c] + bias[c]);
+  } else if (sil) {
+    for (int64_t c = 0; c < cols; ++c) o[c] = silu(prod[c]);
   } else if (bias) {
     for (int64_t c = 0; c < cols; ++c) o[c] = prod[c] + bias[c];
   } else if (o != prod) {
