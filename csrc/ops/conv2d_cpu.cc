@@ -339,20 +339,27 @@ static void conv2d_linear(const Context& ctx, const Tensor& x, const Tensor& w, 
   }
 }
 
-// The ReLU (TAEHV's convolutions) as a pass over the finished output, while it is still in cache for small images.
+// The activation (TAEHV's ReLU and clamp to [0, 1]) as a pass over the finished output, while it is still in cache
+// for small images. NaN becomes 0 (the comparisons are false for it).
 NFD_CPU_MULTIVERSION
-static void relu_in_place(float* o, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) o[i] = o[i] > 0.f ? o[i] : 0.f;
+static void activate_in_place(float* o, int64_t n, bool clamp01) {
+  if (clamp01) {
+    for (int64_t i = 0; i < n; ++i) o[i] = o[i] > 0.f ? (o[i] < 1.f ? o[i] : 1.f) : 0.f;
+  } else {
+    for (int64_t i = 0; i < n; ++i) o[i] = o[i] > 0.f ? o[i] : 0.f;
+  }
 }
 
 void conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, int stride, int pad,
-            Tensor& out, const Tensor* residual, bool relu) {
+            Tensor& out, const Tensor* residual, Activation act) {
   fp32_only("conv2d", out);
   conv2d_linear(ctx, x, w, bias, stride, pad, out, residual);
-  if (!relu) return;
+  if (act == Activation::none) return;
   float* o = out.ptr<float>();
-  ::nfd::cpu::parallel_for(ctx.threads, out.numel(), [&](int64_t i0, int64_t i1) { relu_in_place(o + i0, i1 - i0); },
-                           ::nfd::cpu::grain_for(64));
+  const bool clamp01 = act == Activation::clamp01;
+  ::nfd::cpu::parallel_for(ctx.threads, out.numel(), [&](int64_t i0, int64_t i1) {
+    activate_in_place(o + i0, i1 - i0, clamp01);
+  }, ::nfd::cpu::grain_for(64));
 }
 
 }  // namespace cpu

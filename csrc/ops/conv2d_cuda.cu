@@ -235,21 +235,26 @@ void cuda_detail::conv2d_implicit_gemm(const Context& ctx, const Tensor& x, cons
 }
 
 namespace {
-// out = max(out, 0): the ReLU after a convolution (TAEHV), a pass of its own (unverified on a GPU).
-__global__ void relu_kernel(cudaops::DPtr y, int64_t total) {
-  NFD_GRID_STRIDE(i, total) { cudaops::st(y, i, fmaxf(cudaops::ld(y, i), 0.f)); }
+// out = max(out, 0) or min(max(out, 0), 1): the activation after a convolution (TAEHV), a pass of its own
+// (unverified on a GPU). fmaxf maps NaN to 0.
+__global__ void activation_kernel(cudaops::DPtr y, int64_t total, bool clamp01) {
+  NFD_GRID_STRIDE(i, total) {
+    const float v = fmaxf(cudaops::ld(y, i), 0.f);
+    cudaops::st(y, i, clamp01 ? fminf(v, 1.f) : v);
+  }
 }
 void conv2d_linear(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, int stride, int pad,
                    Tensor& out, const Tensor* residual);
 }  // namespace
 
 void cuda::conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, int stride, int pad,
-                  Tensor& out, const Tensor* residual, bool relu) {
+                  Tensor& out, const Tensor* residual, Activation act) {
   using namespace cudaops;
   conv2d_linear(ctx, x, w, bias, stride, pad, out, residual);
-  if (!relu || out.numel() == 0) return;
-  relu_kernel<<<grid_1d(out.numel(), 256), 256, 0, stream_of(ctx)>>>(dp(out), out.numel());
-  check_launch("conv2d (ReLU)");
+  if (act == Activation::none || out.numel() == 0) return;
+  activation_kernel<<<grid_1d(out.numel(), 256), 256, 0, stream_of(ctx)>>>(dp(out), out.numel(),
+                                                                         act == Activation::clamp01);
+  check_launch("conv2d (activation)");
 }
 
 namespace {

@@ -154,10 +154,12 @@ void unpatchify_axpy(const Context& ctx, const Tensor& tokens, int patch, float 
 void noise_mix(const Context& ctx, uint64_t seed, int step, float a, const Tensor& x, float b, Tensor& out);
 
 // VAE ops, one image [C, H, W].
-// out[Cout, Ho, Wo] = conv2d(x, w[Cout, Cin, k, k], bias; stride, pad) (+ residual[Cout,Ho,Wo] if defined), then
-// max(out, 0) when `relu` (TAEHV's convolutions)
+// The activation after a convolution: relu max(x, 0) (TAEHV's convolutions), clamp01 min(max(x, 0), 1) (TAEHV's image
+// head, its clamp to [0, 1] before the pixel shuffle). NaN becomes 0.
+enum class Activation { none, relu, clamp01 };
+// out[Cout, Ho, Wo] = act(conv2d(x, w[Cout, Cin, k, k], bias; stride, pad) (+ residual[Cout,Ho,Wo] if defined))
 void conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, int stride, int pad,
-            Tensor& out, const Tensor* residual = nullptr, bool relu = false);
+            Tensor& out, const Tensor* residual = nullptr, Activation act = Activation::none);
 // out = cap * tanh(x / cap), any shape (TAEHV's latent soft clamp, cap 3). out may be x (in place).
 void softcap(const Context& ctx, const Tensor& x, float cap, Tensor& out);
 // Pixel shuffle by r: x[C r^2, H, W] -> out[C, H r, W r], out[c, h r + i, w r + j] = x[c r^2 + i r + j, h, w];

@@ -387,17 +387,23 @@ void nfd_register_ops(py::module_& m) {
   }, py::arg("seed"), py::arg("frame"), py::arg("step"), py::arg("count"), py::arg("device") = "cpu",
      py::arg("threads") = 0);
 
-  m.def("conv2d", [](F32Array x, F32Array w, py::object b, int stride, int pad, py::object residual, bool relu,
-                     NFD_DEV_PARAMS) {
+  m.def("conv2d", [](F32Array x, F32Array w, py::object b, int stride, int pad, py::object residual,
+                     const std::string& activation, NFD_DEV_PARAMS) {
+    const ops::Activation act = activation == "relu"      ? ops::Activation::relu
+                                : activation == "clamp01" ? ops::Activation::clamp01
+                                : activation == "none"    ? ops::Activation::none
+                                                          : throw py::value_error(
+                                                                "activation must be 'none', 'relu' or 'clamp01', got '" +
+                                                                activation + "'");
     NFD_CALL(c);
     Tensor tx = c.in("x", x), tw = c.in("w", w), tb = c.in_opt("bias", b), tr = c.in_opt("residual", residual);
     const int64_t k = dim_or0(tw, 2), s = stride >= 1 ? stride : 1;
     auto extent = [&](int i) { return std::max<int64_t>(0, (dim_or0(tx, i) + 2 * pad - k) / s + 1); };
     Tensor to = c.out("out", {dim_or0(tw, 0), extent(1), extent(2)});
-    c.run([&] { ops::conv2d(c.ctx, tx, tw, tb, stride, pad, to, tr.defined() ? &tr : nullptr, relu); });
+    c.run([&] { ops::conv2d(c.ctx, tx, tw, tb, stride, pad, to, tr.defined() ? &tr : nullptr, act); });
     return c.back(to);
   }, py::arg("x"), py::arg("w"), py::arg("b") = py::none(), py::arg("stride") = 1, py::arg("pad") = 0,
-     py::arg("residual") = py::none(), py::arg("relu") = false, NFD_DEV);
+     py::arg("residual") = py::none(), py::arg("activation") = "none", NFD_DEV);
 
   m.def("softcap", [](F32Array x, float cap, NFD_DEV_PARAMS) {
     NFD_CALL(c);

@@ -661,11 +661,15 @@ for cin, cout, h, w, k, stride, pad in [(16, 16, 8, 16, 3, 1, 1), (8, 4, 9, 7, 3
     b, ho, wo = randn(cout, seed=27), (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
     res = randn(cout, ho, wo, seed=28)
     name = f"conv2d {cin}->{cout} {h}x{w} k{k} s{stride} p{pad}"
-    case(name + " bias+relu", lambda dev, x=x, wt=wt, b=b, s=stride, p=pad: ops.conv2d(x, wt, b, s, p, relu=True, **dev),
+    case(name + " bias+relu",
+         lambda dev, x=x, wt=wt, b=b, s=stride, p=pad: ops.conv2d(x, wt, b, s, p, activation="relu", **dev),
          lambda x=x, wt=wt, b=b, s=stride, p=pad: F.relu(F.conv2d(T(x)[None], T(wt), T(b), stride=s, padding=p)[0]))
     case(name + " residual+relu",
-         lambda dev, x=x, wt=wt, r=res, s=stride, p=pad: ops.conv2d(x, wt, None, s, p, r, relu=True, **dev),
+         lambda dev, x=x, wt=wt, r=res, s=stride, p=pad: ops.conv2d(x, wt, None, s, p, r, activation="relu", **dev),
          lambda x=x, wt=wt, r=res, s=stride, p=pad: F.relu(F.conv2d(T(x)[None], T(wt), stride=s, padding=p)[0] + T(r)))
+    case(name + " bias+clamp01",
+         lambda dev, x=x, wt=wt, b=b, s=stride, p=pad: ops.conv2d(x, wt, b, s, p, activation="clamp01", **dev),
+         lambda x=x, wt=wt, b=b, s=stride, p=pad: F.conv2d(T(x)[None], T(wt), T(b), stride=s, padding=p)[0].clamp(0, 1))
 
 xs = randn(6, 5, 7, seed=36, scale=4.0)
 case("softcap 6x5x7 cap 3", lambda dev: ops.softcap(xs, 3.0, **dev), lambda: torch.tanh(T(xs) / 3) * 3)
