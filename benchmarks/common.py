@@ -33,6 +33,8 @@ def environment(device: str) -> dict:
         "cuda_runtime": rt["cuda"],
         "blas": rt["blas"],
         "cpu_kernels": rt["cpu_kernels"],
+        "cpu_bf16": rt["cpu_bf16"],  # what nfd_rt's CPU bf16 runs on (AMX / AVX512-BF16 through oneDNN), or why not
+        "cpu_default_dtype": rt["cpu_default_dtype"],
     }
     if "OPENBLAS_CORETYPE" in rt:
         env["OPENBLAS_CORETYPE"] = rt["OPENBLAS_CORETYPE"]

@@ -10,7 +10,8 @@ sees a full KV cache (sinks + window + itself); the JSON records each timed fram
 `--curve` adds one rollout from reset per runner: time against visible frames, 1 .. full.
 
 Runners (`--runners`, default all; each steps the same actions with the same seed):
-  nfd_rt[<device>,<dtype>]  the C++ runtime (nfd_rt.Session), every dtype the device supports (or --dtype)
+  nfd_rt[<device>,<dtype>]  the C++ runtime (nfd_rt.Session), every dtype the device supports (or --dtype): on
+                            the CPU float32, and bfloat16 where the CPU has AVX512-BF16 or AMX
   eager                     ReferenceSession: the readable oracle (3-D SDPA, torch.cat of the cache, host RoPE)
   torch-static              nfd_rt.baselines.static.StaticSession: static 4-D KV cache, fused SDPA, all on device
   no-cache                  recomputes the whole visible context every pass (how Oasis-style runtimes work)
@@ -24,6 +25,13 @@ Oasis configs (oasis-500m, oasis-tiny) have their own baselines, the reference's
                             (steps passes over the new frame + a cache-write pass), the cached PyTorch baseline
 Their context is pre-filled with max_frames - 1 random latents (reset(latents=...)), so every timed frame sees a
 full window of max_frames frames; --steps n runs upstream's n-step DDIM levels (default: the config's).
+torch-static and compile-static run once per --torch-dtypes entry (CPU default: float32, and bfloat16 where the CPU
+has AVX512-BF16 or AMX, i.e. oneDNN's bf16 kernels; CUDA: bfloat16); a dtype other than the first is named in the
+runner, e.g. torch-static[bfloat16]. On the CPU the profiled frames of a PyTorch runner also record which oneDNN
+kernels ran (ONEDNN_VERBOSE), so a bf16 baseline is shown to run on AMX or AVX512-BF16.
+--interleave (the default on the CPU, where machines are shared) sets every runner up and warms it first, then
+times the frames round-robin, one frame of each runner in turn: a change of load falls on all runners alike. The
+JSON records the load average around the timed frames.
 Reports frames/s, p50/p99/max ms, memory, FLOPs per frame (docs/performance.md), achieved TFLOP/s, which
 attention kernels ran (torch.profiler), compile and recompile counts, and the ratio of the best nfd_rt runner to
 each baseline and to the strongest one. Writes JSON under benchmarks/results/ (a new file, never over an
@@ -159,6 +167,7 @@ class Runner:
     # Fills the context to a full cache without stepping (cheaper warm-up for runners without a cache).
     prefill: Callable[[], None] | None = None
     prefill_warmup: int = 2  # untimed frames after a prefill
+    mark_warmup: Callable[[], None] | None = None  # called just before the first warm-up frame
     mark_timing: Callable[[], None] | None = None  # called just before the first timed frame
     after_timing: Callable[[], dict] | None = None  # extra JSON after the timed frames (e.g. recompiles)
     memory_bytes: Callable[[], int] | None = None
@@ -183,7 +192,15 @@ class Bench:
 
     @property
     def torch_dtype_name(self) -> str:
-        return "bfloat16" if self.cuda else "float32"
+        """The first of --torch-dtypes: eager and no-cache run in it, the other runners' names omit it."""
+        return self.args.torch_dtypes.split(",")[0]
+
+    @property
+    def torch_dtypes(self) -> list[str]:
+        return [d.strip() for d in self.args.torch_dtypes.split(",") if d.strip()]
+
+    def torch_name(self, runner: str, dtype: str) -> str:
+        return runner if dtype == self.torch_dtype_name else f"{runner}[{dtype}]"
 
     def sync(self) -> None:
         if self.cuda and self.model is not None:
@@ -216,6 +233,16 @@ def register(name: str, devices: tuple[str, ...] = ("cpu", "cuda"), needs_torch:
     return deco
 
 
+def cpu_bf16() -> bool:
+    """The CPU computes bf16 natively (AVX512-BF16 or AMX, as nfd_rt's oneDNN sees it)."""
+    try:
+        from nfd_rt._native import core
+
+        return bool(core().cpu_bf16()["ok"])
+    except (ImportError, AttributeError):
+        return False
+
+
 def missing(*modules: str) -> Callable[[], str | None]:
     """unavailable= for runners that need optional modules."""
 
@@ -246,17 +273,31 @@ def oasis_prefill(reset_latents: Callable[[np.ndarray], None], cfg) -> Callable[
     return prefill
 
 
+def engines_used(dtype: str) -> dict:
+    """What each op of a `dtype` session ran and why, from nfd_rt._core.kernels_used(): per op shape the kernel or
+    engine, and for the choices made at session open ("... (choice)") both timings and the winner (timed), or the
+    switch that forced it, or the fallback taken."""
+    from nfd_rt import _core
+
+    tag = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}[dtype]
+    return {k: v for k, v in _core.kernels_used().items() if f" {tag} " in f" {k} "}
+
+
 @register("nfd_rt", needs_torch=False, archs=("nfd", "oasis"))
 def make_nfd_rt(bench: Bench) -> list[Runner]:
     import nfd_rt
 
+    from nfd_rt import _core
+
     dtypes = [bench.args.dtype] if bench.args.dtype else (
-        ["bfloat16", "float16", "float32"] if bench.cuda else ["float32"])
+        ["bfloat16", "float16", "float32"] if bench.cuda else ["bfloat16", "float32"] if cpu_bf16() else ["float32"])
     out = []
+    _core.clear_kernels_used()
     for dtype in dtypes:
         s = nfd_rt.Session(bench.path, device=bench.args.device, dtype=dtype, seed=0, threads=bench.args.threads)
         r = Runner(f"nfd_rt[{bench.args.device},{dtype}]", s.step, s.reset, s.close, info={"cuda_graphs": bench.cuda},
                    memory_bytes=s.memory_bytes)
+        r.after_timing = lambda dtype=dtype: {"engines": engines_used(dtype)}
         if bench.oasis:
             r.prefill = oasis_prefill(lambda z, s=s: s.reset(latents=z), bench.cfg)
             r.prefill_warmup = 1
@@ -300,12 +341,16 @@ def make_eager(bench: Bench) -> Runner:
 
 
 @register("torch-static")
-def make_torch_static(bench: Bench) -> Runner:
+def make_torch_static(bench: Bench) -> list[Runner]:
     from nfd_rt.baselines.static import StaticSession
 
-    s = StaticSession(bench.model, device=bench.args.device, seed=0, dtype=bench.torch_dtype_name)
-    return Runner("torch-static", s.step, s.reset, torch_runner=True,
-                  info={"what": "static 4-D KV cache, SDPA on 4-D inputs, RoPE/noise on device, eager"})
+    out = []
+    for dtype in bench.torch_dtypes:
+        s = StaticSession(bench.model, device=bench.args.device, seed=0, dtype=dtype)
+        out.append(Runner(bench.torch_name("torch-static", dtype), s.step, s.reset, torch_runner=True,
+                          info={"what": "static 4-D KV cache, SDPA on 4-D inputs, RoPE/noise on device, eager",
+                                "torch_dtype": dtype}))
+    return out
 
 
 @register("no-cache")
@@ -392,7 +437,12 @@ def make_onnxruntime(bench: Bench) -> Runner:
 
 
 @register("compile-static")
-def make_compile_static(bench: Bench) -> Runner:
+def make_compile_static(bench: Bench) -> list[Runner]:
+    dtypes = [d.strip() for d in (bench.args.compile_dtypes or bench.args.torch_dtypes).split(",") if d.strip()]
+    return [compile_static(bench, dtype) for dtype in dtypes]
+
+
+def compile_static(bench: Bench, dtype: str) -> Runner:
     import torch._dynamo.utils as dynamo_utils
 
     from nfd_rt.baselines.static import StaticSession
@@ -409,32 +459,34 @@ def make_compile_static(bench: Bench) -> Runner:
     # eagerly and one graph is compiled.
     curve_names = bench.args.curve_runners.split(",") if bench.args.curve_runners else None
     compile_filling = bool(bench.args.curve) and (curve_names is None or "compile-static" in curve_names)
-    s = StaticSession(bench.model, device=bench.args.device, seed=0, dtype=bench.torch_dtype_name,
+    s = StaticSession(bench.model, device=bench.args.device, seed=0, dtype=dtype,
                       compile_mode=mode, compile_filling=compile_filling, backend=bench.args.compile_backend)
-    counters = dynamo_utils.counters
-    start = counters["stats"]["unique_graphs"]
+    counters = dynamo_utils.counters  # process-wide: each runner counts the graphs compiled in its own warm-up
     state: dict = {}
+
+    def warm():
+        state["start"] = counters["stats"]["unique_graphs"]
 
     def mark():  # graphs compiled before the timed frames
         state["before_timing"] = counters["stats"]["unique_graphs"]
 
     def after() -> dict:
         now = counters["stats"]["unique_graphs"]
-        return {"graphs_compiled": now - start,
+        return {"graphs_compiled": state.get("before_timing", now) - state.get("start", now),
                 "recompiles_during_timed_frames": now - state.get("before_timing", now),
                 "graph_breaks": sum(counters["graph_break"].values()),
                 "inductor_counters": {k: v for k, v in counters["inductor"].items()
                                       if "cudagraph" in k or k in ("extern_calls",)}}
 
-    info = {"compile_mode": mode, "compile_backend": bench.args.compile_backend, "fullgraph": True,
+    info = {"compile_mode": mode, "compile_backend": bench.args.compile_backend, "fullgraph": True, "torch_dtype": dtype,
             "max_autotune_conv_backends": conv_backends or "inductor default",
             "compile_filling_frames": compile_filling,
             "what": "torch-static, the whole frame under one torch.compile"
                     + ("" if compile_filling else " (frames that fill the cache run eagerly: one graph)"),
             "torch_compile_cudagraphs": bench.cuda and bench.args.compile_backend == "inductor"
             and mode in ("reduce-overhead", "max-autotune")}
-    return Runner("compile-static", s.step, s.reset, torch_runner=True, info=info, mark_timing=mark,
-                  after_timing=after)
+    return Runner(bench.torch_name("compile-static", dtype), s.step, s.reset, torch_runner=True, info=info,
+                  mark_warmup=warm, mark_timing=mark, after_timing=after)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -459,8 +511,9 @@ def summarize(times: list[float], visible: list[int], cfg) -> dict:
     }
 
 
-def time_runner(r: Runner, bench: Bench, actions: np.ndarray) -> dict:
-    """Warm-up, then the timed frames. Returns the runner's JSON entry (and the first frame it made)."""
+def timed_frames(r: Runner, bench: Bench, actions: np.ndarray):
+    """Warm-up, then the timed frames, one per iteration (so runners can take turns: --interleave). Returns (as
+    StopIteration.value) the runner's JSON entry and the first frame it made."""
     cfg, args = bench.cfg, bench.args
     warmup = args.warmup if args.warmup is not None else cfg.cache_frames + 1
     frames = min(args.frames, r.frames or args.frames)
@@ -471,8 +524,12 @@ def time_runner(r: Runner, bench: Bench, actions: np.ndarray) -> dict:
         frame_index, warmup = cfg.cache_frames, r.prefill_warmup
     first = None
     warm_ms, times, visible = [], [], []
+    if r.mark_warmup:
+        r.mark_warmup()
     for n in range(warmup + frames):
-        if n == warmup and r.mark_timing:
+        if n >= warmup:
+            yield
+        if n == warmup and r.mark_timing:  # after the yield: with --interleave, once every runner is warm
             r.mark_timing()
         t0 = time.perf_counter()
         out = r.step(actions[n])
@@ -494,6 +551,23 @@ def time_runner(r: Runner, bench: Bench, actions: np.ndarray) -> dict:
     res["prefilled_context"] = r.prefill is not None and args.warmup is None
     res["_first_frame"] = first
     return res
+
+
+def time_runner(r: Runner, bench: Bench, actions: np.ndarray) -> dict:
+    """Warm-up, then the timed frames. Returns the runner's JSON entry (and the first frame it made)."""
+    gen = timed_frames(r, bench, actions)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as done:
+            return done.value
+
+
+def load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def curve(r: Runner, bench: Bench, actions: np.ndarray) -> dict:
@@ -530,6 +604,7 @@ def profile_frames(r: Runner, bench: Bench, actions: np.ndarray, frames: int = 2
         for i in range(frames):
             r.step(actions[i])
             bench.sync()
+    onednn = None if bench.cuda or not r.torch_runner else onednn_kernels(lambda: r.step(actions[0]))
     attention: dict[str, int] = {}
     for e in prof.events():  # aten ops on the host (device kernels below)
         if e.device_type == DeviceType.CPU and any(s in e.name.lower() for s in ATTENTION_EVENTS):
@@ -546,12 +621,45 @@ def profile_frames(r: Runner, bench: Bench, actions: np.ndarray, frames: int = 2
                 attention[ev.name()] = attention.get(ev.name(), 0) + 1
     top = sorted(kernels.items(), key=lambda kv: -kv[1][1])[: bench.args.top_kernels]
     out: dict = {"frames": frames, "attention_events": dict(sorted(attention.items(), key=lambda kv: -kv[1]))}
+    if onednn is not None:
+        out["onednn_kernels_per_frame"] = onednn
     if bench.cuda:
         total = sum(v[1] for v in kernels.values())
         out["kernel_ms_per_frame"] = total / 1e3 / frames
         out["top_kernels"] = [{"name": k[:200], "calls_per_frame": v[0] / frames, "ms_per_frame": v[1] / 1e3 / frames}
                               for k, v in top]
     return out
+
+
+def onednn_kernels(step: Callable[[], Any]) -> dict:
+    """{"<primitive> <implementation>": calls} of the oneDNN primitives PyTorch ran during step() on the CPU (its
+    ONEDNN_VERBOSE lines, which oneDNN writes to file descriptor 1): shows whether a bf16 baseline's matrix products
+    ran on AMX (brg:avx512_core_amx...) or AVX512-BF16 (brg:avx512_core_bf16), or on no oneDNN kernel at all."""
+    import torch
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile(mode="w+") as f:
+        os.dup2(f.fileno(), 1)
+        try:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                step()
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+        f.seek(0)
+        lines = f.read().splitlines()
+    calls: dict[str, int] = {}
+    for line in lines:  # onednn_verbose,[primitive,]exec,cpu,<kind>,<implementation>,...
+        parts = line.split(",")
+        if not parts[0].startswith("onednn_verbose") or "exec" not in parts:
+            continue
+        i = parts.index("exec")
+        if len(parts) > i + 3:
+            key = f"{parts[i + 2]} {parts[i + 3]}"
+            calls[key] = calls.get(key, 0) + 1
+    return dict(sorted(calls.items(), key=lambda kv: -kv[1]))
 
 
 def first_frame_diff(a: np.ndarray | None, b: np.ndarray | None) -> dict | None:
@@ -574,6 +682,47 @@ def selected_runners(args, arch: str = "nfd") -> list[str]:
     if args.compile_mode == "none":
         names = [n for n in names if n != "compile-static"]
     return sorted(names, key=lambda n: n == "compile-static")  # compile last: minutes, and may not finish
+
+
+def run_one(r: Runner, setup: float, timed: dict | None, bench: Bench, actions: np.ndarray, result: dict,
+            first_frames: dict, save: Callable[[], None]) -> None:
+    """Times runner r (unless `timed` holds its interleaved timing), profiles it and draws its curve (as asked),
+    closes it and records its entry."""
+    args = bench.args
+    log(f"running {r.name} ..." if timed is None else f"finishing {r.name} ...")
+    entry: dict = {"setup_seconds": setup, **r.info}
+    try:
+        if timed is None:
+            before = load_average()
+            timed = time_runner(r, bench, actions)
+            timed["load_average"] = [before, load_average()]
+        if "error" in timed:
+            raise RuntimeError(timed["error"])
+        entry.update(timed)
+        first_frames[r.name] = entry.pop("_first_frame")
+        if r.after_timing:
+            entry.update(r.after_timing())
+        if r.memory_bytes:
+            entry["memory_bytes"] = r.memory_bytes()
+        if args.profile and (r.torch_runner or bench.cuda) and bench.model is not None:
+            try:
+                entry["profile"] = profile_frames(r, bench, actions)
+            except Exception as e:  # noqa: BLE001
+                entry["profile"] = {"error": f"{type(e).__name__}: {e}"}
+        curve_names = set(args.curve_runners.split(",")) if args.curve_runners else None
+        if args.curve and (curve_names is None and r.name != "no-cache" or
+                           curve_names is not None and (r.name in curve_names or r.name.split("[")[0] in curve_names)):
+            log(f"  {r.name}: curve over visible frames ...")
+            entry["curve"] = curve(r, bench, actions)
+    except Exception as e:  # noqa: BLE001
+        log(f"  {r.name} failed: {type(e).__name__}: {e}")
+        entry["error"] = f"{type(e).__name__}: {e}"
+        entry.pop("_first_frame", None)
+    finally:
+        r.close()
+    result["runners"][r.name] = entry
+    finish(result, first_frames)
+    save()
 
 
 def run_benchmark(args, result: dict, save: Callable[[], None]) -> dict:
@@ -617,9 +766,9 @@ def run_benchmark(args, result: dict, save: Callable[[], None]) -> dict:
     else:
         nfd_rt.export.save_random(cfg, path)
     bench = Bench(cfg, args, path, model)
-    curve_names = set(args.curve_runners.split(",")) if args.curve_runners else None
 
     first_frames: dict[str, np.ndarray] = {}
+    made_runners: list[tuple[Runner, float]] = []  # (runner, setup seconds), in order
     for name in names:
         reg = RUNNERS[name]
         if reg.needs_torch and model is None:
@@ -638,41 +787,48 @@ def run_benchmark(args, result: dict, save: Callable[[], None]) -> dict:
             result["runners"][name] = {"error": f"{type(e).__name__}: {e}"}
             save()
             continue
-        for r in made if isinstance(made, list) else [made]:
-            log(f"running {r.name} ...")
-            entry: dict = {"setup_seconds": time.perf_counter() - t0, **r.info}
+        made = made if isinstance(made, list) else [made]
+        setup = (time.perf_counter() - t0) / len(made)
+        if not args.interleave:
+            for r in made:
+                run_one(r, setup, None, bench, actions, result, first_frames, save)
+            del made
+            gc.collect()
+            if bench.cuda and model is not None:
+                import torch
+
+                torch.cuda.empty_cache()
+        else:
+            made_runners.extend((r, setup) for r in made)
+    if made_runners:  # --interleave: every runner warmed up, then the timed frames round-robin
+        gens: dict[str, Any] = {}
+        entries: dict[str, dict] = {}
+        for r, _ in made_runners:
+            log(f"warming up {r.name} ...")
+            gens[r.name] = timed_frames(r, bench, actions)
             try:
-                entry.update(time_runner(r, bench, actions))
-                first_frames[r.name] = entry.pop("_first_frame")
-                if r.after_timing:
-                    entry.update(r.after_timing())
-                if r.memory_bytes:
-                    entry["memory_bytes"] = r.memory_bytes()
-                if args.profile and (r.torch_runner or bench.cuda) and model is not None:
-                    try:
-                        entry["profile"] = profile_frames(r, bench, actions)
-                    except Exception as e:  # noqa: BLE001
-                        entry["profile"] = {"error": f"{type(e).__name__}: {e}"}
-                if args.curve and (curve_names is None and r.name != "no-cache" or
-                                   curve_names is not None and (r.name in curve_names or name in curve_names)):
-                    log(f"  {r.name}: curve over visible frames ...")
-                    entry["curve"] = curve(r, bench, actions)
+                next(gens[r.name])  # runs the warm-up; stops before the first timed frame
             except Exception as e:  # noqa: BLE001
                 log(f"  {r.name} failed: {type(e).__name__}: {e}")
-                entry["error"] = f"{type(e).__name__}: {e}"
-                entry.pop("_first_frame", None)
-            finally:
-                r.close()
-            result["runners"][r.name] = entry
-            finish(result, first_frames)
-            save()
-            t0 = time.perf_counter()
-        del made
-        gc.collect()
-        if bench.cuda and model is not None:
-            import torch
-
-            torch.cuda.empty_cache()
+                entries[r.name] = {"error": f"{type(e).__name__}: {e}"}
+                del gens[r.name]
+        result["interleaved"] = True
+        result["load_average_before_timing"] = load_average()
+        log(f"timing {len(gens)} runners, one frame each in turn ...")
+        while gens:
+            for name in list(gens):
+                try:
+                    next(gens[name])
+                except StopIteration as done:
+                    entries[name] = done.value
+                    del gens[name]
+                except Exception as e:  # noqa: BLE001
+                    log(f"  {name} failed: {type(e).__name__}: {e}")
+                    entries[name] = {"error": f"{type(e).__name__}: {e}"}
+                    del gens[name]
+        result["load_average_after_timing"] = load_average()
+        for r, setup in made_runners:
+            run_one(r, setup, entries.get(r.name), bench, actions, result, first_frames, save)
     if args.scaling:
         result["scaling"] = scaling_run(bench)
     args.model_file = path  # the many-worlds benchmarks (--batch-sizes, --repeat) run on the same weights
@@ -861,6 +1017,15 @@ def markdown(result: dict) -> str:
     if best and strongest:
         notes.append(f"Strongest baseline: {strongest}; the best nfd_rt runner ({best}) is "
                      f"{result['runners'][best]['fps'] / result['runners'][strongest]['fps']:.2f}x it.")
+    dev = result["device"]
+    ours = {d: result["runners"].get(f"nfd_rt[{dev},{d}]", {}).get("fps") for d in ("bfloat16", "float32")}
+    if dev == "cpu" and ours["bfloat16"] and ours["float32"]:
+        notes.append(f"nfd_rt bf16 / fp32: {ours['bfloat16'] / ours['float32']:.2f}x; bf16 on this CPU: "
+                     f"{env.get('cpu_bf16', '?')}.")
+    if result.get("interleaved"):
+        notes.append(f"Interleaved: every runner warmed up first, then one timed frame of each in turn; load "
+                     f"average {result.get('load_average_before_timing')} before the timed frames, "
+                     f"{result.get('load_average_after_timing')} after (this process adds about its threads).")
     for name, r in result["runners"].items():
         if "recompiles_during_timed_frames" in r:
             how = (f"mode={r.get('compile_mode')!r}" if r.get("compile_backend", "inductor") == "inductor"
@@ -874,6 +1039,10 @@ def markdown(result: dict) -> str:
         att = r.get("profile", {}).get("attention_events")
         if att and name != "nfd_rt" and not name.startswith("nfd_rt"):
             notes.append(f"{name} attention: " + ", ".join(f"`{k[:70]}`" for k in list(att)[:3]) + ".")
+        dnnl = r.get("profile", {}).get("onednn_kernels_per_frame")
+        if dnnl and "bfloat16" in name:  # where its bf16 products ran (AMX or AVX512-BF16)
+            notes.append(f"{name} oneDNN kernels per frame: " + ", ".join(f"`{k}` x{v}" for k, v in list(dnnl.items())[:3])
+                         + ".")
         if "curve" in r:
             c = r["curve"]
             notes.append(f"{name} curve: {c['fit_ms_intercept']:.2f} ms + {c['fit_ms_per_visible_frame']:.3f} ms x "
@@ -930,6 +1099,11 @@ def main(argv: list[str] | None = None) -> int:
                         "their autotuning takes minutes)")
     p.add_argument("--compile-backend", default="inductor",
                    help="torch.compile backend of compile-static (default inductor; aot_eager: tracing only, tests)")
+    p.add_argument("--torch-dtypes", help="dtypes of the PyTorch runners, comma-separated; eager and no-cache take "
+                   "the first (default: CUDA bfloat16; CPU float32, plus bfloat16 where the CPU has AVX512-BF16 or AMX)")
+    p.add_argument("--compile-dtypes", help="dtypes of compile-static (default: --torch-dtypes)")
+    p.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=None,
+                   help="warm every runner up, then time one frame of each in turn (default: on the CPU)")
     p.add_argument("--skip-baselines", action="store_true", help="time nfd_rt only")
     p.add_argument("--curve", action="store_true",
                    help="also one rollout from reset per runner: ms per frame against visible frames (1 .. full)")
@@ -974,6 +1148,10 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).write_text(json.dumps(merged, indent=2, sort_keys=True, default=float) + "\n")
         print(markdown(merged) if args.markdown else f"wrote {args.out}")
         return 0
+    if args.torch_dtypes is None:
+        args.torch_dtypes = "bfloat16" if args.device == "cuda" else "float32,bfloat16" if cpu_bf16() else "float32"
+    if args.interleave is None:
+        args.interleave = args.device == "cpu"
     if args.frames < 1 or (args.warmup is not None and args.warmup < 0) or args.curve_repeats < 1:
         raise SystemExit("--frames and --curve-repeats must be >= 1, --warmup >= 0")
 

@@ -16,6 +16,15 @@ misbehaving clients run beside the players:
 The server's resident memory is sampled every second (/proc) and its /metrics are read at the end.
 Writes JSON under benchmarks/results/ (never over an existing file) and prints a Markdown table
 (`--markdown-from RESULT.json` prints it again from a stored result).
+
+    python benchmarks/serve_load.py --parking                # 64 players, 8 active, parking on, then off
+
+The parking scenario (docs/serve.md, "Parking idle players"): all players play a few frames, then most go idle
+(connected, a ping every 10 s, no input) while the active ones play on. With `--park-after` the idle ones are
+parked; the server's memory (resident, and its session and parked bytes) and the active players' frames/s are
+measured for --seconds; then every idle player comes back with one action, and its world must go on where it
+was (the session's frame index one past the last it had, the agent within one step of where it stood). The same
+with parking off (`--park-after 0`) for comparison.
 """
 
 from __future__ import annotations
@@ -384,7 +393,205 @@ def _load_at_start(env: dict) -> float:
     return env["load_average"] if "load_average" in env else env.get("load_average_start", [0.0])[0]
 
 
+# -- parking: many connected players, few active ----------------------------------------------------------------
+async def parking_player(url: str, seed: int, active: bool, warm_frames: int, ev: dict, out: dict) -> None:
+    """One player of the parking scenario; fills `out`. Never raises (errors are recorded)."""
+    from websockets.asyncio.client import connect
+
+    from nfd_rt.demo import game
+
+    rng = random.Random(seed)
+    out.update(seed=seed, active=active, error=None, frames=[], latencies=[], saw_parked=False)
+
+    async def frame_after(msg: str) -> bytes:
+        await ws.send(msg)
+        while True:
+            m = await ws.recv()
+            if isinstance(m, bytes):
+                return m
+            j = json.loads(m)
+            if j.get("type") == "error":
+                raise RuntimeError(f"server said: {m}")
+
+    def keys() -> str:
+        k = rng.choice(KEYS)
+        return json.dumps({"type": "keys", "keys": [k] if k else []})
+
+    try:
+        async with connect(f"{url}?seed={seed}", compression=None, max_size=2**20) as ws:
+            json.loads(await ws.recv())  # hello
+            while not isinstance(await ws.recv(), bytes):  # the room's frame
+                pass
+            for _ in range(warm_frames):
+                last = await frame_after(keys())
+            out["index_before"] = 1 + warm_frames
+            out["position_before"] = game.agent_position(_decode(last))
+            ev["warm"].append(seed)
+            if active:
+                while not ev["stop"].is_set():
+                    sent = time.perf_counter()
+                    await frame_after(keys())
+                    now = time.perf_counter()
+                    out["frames"].append(now)
+                    out["latencies"].append(now - sent)
+                return
+            last_ping = time.monotonic()
+            while not ev["come_back"].is_set():  # idle: read what comes, ping now and then, no input
+                try:
+                    m = await asyncio.wait_for(ws.recv(), 0.5)
+                    if isinstance(m, str) and json.loads(m).get("type") == "stats" and json.loads(m).get("parked"):
+                        out["saw_parked"] = True
+                except asyncio.TimeoutError:
+                    pass
+                if time.monotonic() - last_ping > 10.0:
+                    await ws.send(json.dumps({"type": "ping", "t": seed}))
+                    last_ping = time.monotonic()
+            t0 = time.perf_counter()
+            back = await frame_after(json.dumps({"type": "keys", "keys": []}))  # a no-op: the agent stays
+            out["first_frame_s"] = time.perf_counter() - t0
+            out["position_after"] = game.agent_position(_decode(back))
+            while True:  # the session's frame index, from the next stats message
+                m = await ws.recv()
+                if isinstance(m, str) and json.loads(m).get("type") == "stats":
+                    out["index_after"] = json.loads(m)["frame"]
+                    break
+    except Exception as e:  # noqa: BLE001 - recorded; the scenario reports it
+        out["error"] = repr(e)
+
+
+def _decode(data: bytes) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+async def parking_phase(server: "ServerProcess", players: int, active: int, seconds: float, parking: bool,
+                        warm_frames: int = 12) -> dict:
+    ev = {"warm": [], "stop": asyncio.Event(), "come_back": asyncio.Event()}
+    outs = [{} for _ in range(players)]
+    rss_empty = server.rss_mib()
+    tasks = [asyncio.ensure_future(parking_player(server.ws_url, 3000 + i, i < active, warm_frames, ev, outs[i]))
+             for i in range(players)]
+
+    async def until(cond, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if time.monotonic() > deadline or all(t.done() for t in tasks):
+                return False
+            await asyncio.sleep(0.25)
+        return True
+
+    await until(lambda: len(ev["warm"]) == players, 600)
+    h_before = server.health()
+    idle = players - active
+    if parking:  # every idle player parked (a real --park-after, read from /healthz)
+        await until(lambda: server.health()["parked"] == idle, 120)
+    rss, h = [], []
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        rss.append(server.rss_mib())
+        h.append(server.health())
+        await asyncio.sleep(1.0)
+    t1 = time.perf_counter()
+    m_mid = server.metrics()
+    ev["come_back"].set()
+    await until(lambda: all(t.done() for t in tasks[active:]), 300)
+    ev["stop"].set()
+    await asyncio.gather(*tasks)
+    m = server.metrics()
+    act = outs[:active]
+    lat = np.array([x for o in act for x in o["latencies"]]) * 1e3
+    window = [sum(1 for t in o["frames"] if t0 <= t <= t1) / (t1 - t0) for o in act]
+    back = outs[active:]
+    lost = [o["seed"] for o in back if o.get("error") or o.get("index_after") != o.get("index_before", -1) + 1]
+    jumps = [float(np.linalg.norm(o["position_after"] - o["position_before"])) for o in back
+             if o.get("position_after") is not None and o.get("position_before") is not None]
+
+    def mean_seconds(name: str, at: dict) -> float | None:
+        n = at.get(f"{name}_count", 0)
+        return at[f"{name}_sum"] / n if n else None
+
+    park_s = mean_seconds("nfd_serve_park_seconds", m_mid)  # parks only (players who leave are timed there too)
+    resume_s = mean_seconds("nfd_serve_resume_seconds", m)
+
+    return {
+        "parking": parking, "players": players, "active": active, "seconds": t1 - t0,
+        "errors": [o["error"] for o in outs if o.get("error")],
+        "server_errors": m.get("nfd_serve_server_errors_total", 0),
+        "parked_while_idle": min(x["parked"] for x in h) if h else None,
+        "players_saw_parked": sum(1 for o in back if o["saw_parked"]),
+        "rss_mib_empty": rss_empty, "rss_mib": rss, "rss_mib_median": float(np.median(rss)),
+        "session_bytes_before": h_before["session_bytes"],
+        "session_bytes_idle": int(np.median([x["session_bytes"] for x in h])),
+        "parked_bytes": int(np.median([x["parked_bytes"] for x in h])),
+        "stored_bytes": int(m_mid.get("nfd_serve_stored_bytes", 0)),
+        "active_fps": float(sum(window)), "active_fps_per_player": float(np.mean(window)),
+        "active_latency_ms_p50": float(np.percentile(lat, 50)) if lat.size else None,
+        "active_latency_ms_p99": float(np.percentile(lat, 99)) if lat.size else None,
+        "parks": m.get("nfd_serve_parks_total", 0),
+        "resumed": m.get('nfd_serve_resumes_total{cause="input"}', 0),
+        "lost": len(lost), "lost_seeds": lost,
+        "agent_jump_px_max": max(jumps) if jumps else None,
+        "first_frame_after_idle_ms_max": 1e3 * max((o.get("first_frame_s", 0) for o in back), default=0),
+        "park_ms_mean": None if park_s is None else 1e3 * park_s,
+        "resume_ms_mean": None if resume_s is None else 1e3 * resume_s,
+    }
+
+
+def run_parking(players: int = 64, active: int = 8, seconds: float = 30.0, park_after: float = 5.0,
+                fps: float = 20.0, threads: int = 0, server_log: str | None = None, off: bool = True) -> dict:
+    """The parking scenario with parking on (--park-after) and, if `off`, off (--park-after 0)."""
+    if not 0 < active < players:
+        raise ValueError(f"need 0 < active < players, got {active} of {players}")
+    result = {**result_header("serve_load"), "scenario": "parking", "fps": fps, "threads": threads,
+              "park_after": park_after}
+    for name, after in (("parking_on", park_after), ("parking_off", 0.0))[: 2 if off else 1]:
+        with ServerProcess("--fps", str(fps), "--max-players", str(players + 8), "--threads", str(threads),
+                           "--park-after", str(after), log_path=server_log) as server:
+            health = server.health()
+            result["server"] = {k: health[k] for k in ("model", "device", "replica", "batched")}
+            ph = asyncio.run(parking_phase(server, players, active, seconds, after > 0))
+            ph["server_alive"] = server.proc.poll() is None
+            result[name] = ph
+        print(f"  {name}: {players} players, {active} active: RSS {ph['rss_mib_median']:.0f} MiB "
+              f"(empty server {ph['rss_mib_empty']:.0f}), sessions {ph['session_bytes_idle'] / 2**20:.1f} MiB, "
+              f"parked {ph['parked_bytes'] / 2**20:.1f} MiB; active {ph['active_fps']:.1f} frames/s; "
+              f"resumed {ph['resumed']:g}, lost {ph['lost']}, errors {len(ph['errors'])}", flush=True)
+    result["environment"]["load_average_end"] = os.getloadavg()
+    return result
+
+
+def markdown_parking(result: dict) -> str:
+    env = result["environment"]
+    on, off = result["parking_on"], result.get("parking_off")
+    lines = [f"`nfd-rt serve` parking, {result['server']['model']} on {result['server']['device']}, {on['players']}"
+             f" players of whom {on['active']} active, `--park-after {result['park_after']:g}`, {env['cpu']} "
+             f"({env['cores']} cores), load average {_load_at_start(env):.1f} at start, commit "
+             f"`{env['commit'][:10]}`, {env['date'][:10]}", "",
+             "| parking | server RSS MiB (empty server) | session bytes | parked bytes | active players' frames/s "
+             "(per player) | p99 ms | parked / resumed / lost | errors |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, ph in (("on", on), ("off", off)):
+        if ph is None:
+            continue
+        lines.append(f"| {name} | {ph['rss_mib_median']:.0f} ({ph['rss_mib_empty']:.0f}) | "
+                     f"{ph['session_bytes_idle'] / 2**20:.1f} MiB | {ph['parked_bytes'] / 2**20:.1f} MiB | "
+                     f"{ph['active_fps']:.1f} ({ph['active_fps_per_player']:.1f}) | "
+                     f"{ph['active_latency_ms_p99']:.0f} | {ph['parked_while_idle']} / {ph['resumed']:g} / "
+                     f"{ph['lost']} | {len(ph['errors']) + int(ph['server_errors'])} |")
+    lines.append("")
+    lines.append(f"Park (snapshot + close) {on['park_ms_mean']:.2f} ms and resume (restore) "
+                 f"{on['resume_ms_mean']:.2f} ms per player on average; the first frame after coming back took at "
+                 f"most {on['first_frame_after_idle_ms_max']:.0f} ms; the agent moved at most "
+                 f"{on['agent_jump_px_max']:.1f} px across the pause (a no-op action).")
+    return "\n".join(lines)
+
+
 def markdown(result: dict) -> str:
+    if result.get("scenario") == "parking" or result.get("benchmark") == "serve_load_parking":  # (older results)
+        return markdown_parking(result)
     env = result["environment"]
     lines = [f"`nfd-rt serve`, {result['server']['model']} on {result['server']['device']}, {result['fps']:g} FPS "
              f"ticks, {env['cpu']} ({env['cores']} cores), load average {_load_at_start(env):.1f} at start,"
@@ -421,23 +628,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="JSON path (default: a new file under benchmarks/results/)")
     p.add_argument("--server-log", help="write the server's output here")
     p.add_argument("--markdown-from", help="print the table of a stored result (docs/serve.md) and exit")
+    p.add_argument("--parking", action="store_true",
+                   help="the parking scenario instead: --players N (default 64) of whom --active are playing")
+    p.add_argument("--active", type=int, default=8, help="--parking: players who keep playing")
+    p.add_argument("--park-after", type=float, default=5.0, help="--parking: the server's --park-after")
     args = p.parse_args(argv)
     if args.markdown_from:
         print(markdown(json.loads(Path(args.markdown_from).read_text())))
         return 0
-    players = sorted({int(x) for x in args.players.split(",")})
-    result = run(players, args.seconds, args.fps, not args.no_faults, args.threads, args.solo_seconds,
-                 args.server_log)
+    if args.parking:
+        n = 64 if args.players == p.get_default("players") else int(args.players)
+        seconds = 30.0 if args.seconds == p.get_default("seconds") else args.seconds
+        result = run_parking(n, args.active, seconds, args.park_after, args.fps, args.threads, args.server_log)
+        stem = f"serve_parking_{result['server']['device']}_{result['environment']['date'][:10]}"
+    else:
+        players = sorted({int(x) for x in args.players.split(",")})
+        result = run(players, args.seconds, args.fps, not args.no_faults, args.threads, args.solo_seconds,
+                     args.server_log)
+        stem = f"serve_load_{result['server']['device']}_{result['environment']['date'][:10]}"
     out = Path(args.out) if args.out else None
     if out is None:
-        stem = f"serve_load_{result['server']['device']}_{result['environment']['date'][:10]}"
         out = HERE / "results" / f"{stem}.json"
         k = 2
         while out.exists():
             out = HERE / "results" / f"{stem}_{k}.json"
             k += 1
     out.parent.mkdir(parents=True, exist_ok=True)
-    for ph in result["phases"].values():  # keep the file small: the samples are summarized above
+    for ph in result.get("phases", {}).values():  # keep the file small: the samples are summarized above
         ph.pop("latencies", None)
     out.write_text(json.dumps(result, indent=1))
     print(markdown(result))

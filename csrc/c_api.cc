@@ -97,7 +97,7 @@ const char* nfd_status_name(nfd_status s) {
 nfd_session_params nfd_session_default_params(void) {
   nfd_session_params p;
   p.device = NFD_DEVICE_CPU;
-  p.dtype = NFD_DTYPE_F32;
+  p.dtype = NFD_DTYPE_AUTO;
   p.seed = 0;
   p.threads = 0;
   p.cuda_graphs = 1;
@@ -127,6 +127,7 @@ nfd::SessionOptions session_options(const nfd_session_params* params) {
     case NFD_DTYPE_F32: o.dtype = nfd::DType::f32; break;
     case NFD_DTYPE_BF16: o.dtype = nfd::DType::bf16; break;
     case NFD_DTYPE_F16: o.dtype = nfd::DType::f16; break;
+    case NFD_DTYPE_AUTO: o.dtype = nfd::default_dtype(o.device); break;
     default: require(false, "params->dtype is not an nfd_dtype value");
   }
   o.seed = p.seed;

@@ -14,6 +14,18 @@ from nfd_rt.configs import NFDConfig, VAEConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+
+def subprocess_env(**extra) -> dict:
+    """The environment for a child `python`/`nfd-rt`: it imports the same nfd_rt as these tests (the installed
+    package under CI, the source tree with a dev build here), and finds this interpreter's scripts first."""
+    import sys
+
+    import nfd_rt
+
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(nfd_rt.__file__)))
+    return dict(os.environ, PYTHONPATH=package_parent + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""), **extra)
+
 # A very small valid config (a few thousand parameters): quick to write, mutate and fuzz.
 MICRO = NFDConfig(
     name="micro", frame_height=16, frame_width=16, latent_channels=2, patch_size=2, hidden_size=16, depth=1,

@@ -10,19 +10,32 @@ namespace cpu {
 
 using namespace cpu_detail;
 
+template <typename T>
+static void add_silu_n(const T* pa, const T* pb, T* po, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) po[i] = from_float<T>(silu(to_float(pa[i]) + to_float(pb[i])));
+}
+
+template <typename T>
+static void silu_n(const T* pa, T* po, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) po[i] = from_float<T>(silu(to_float(pa[i])));
+}
+
 void add_silu(const Context& ctx, const Tensor& a, const Tensor& b, Tensor& out) {
-  fp32_only("add_silu", out);
   const int64_t n = out.numel();
-  const float* pa = a.ptr<float>();
-  float* po = out.ptr<float>();
-  if (!b.defined()) {
+  const bool bf16 = cpu_bf16("add_silu", out);
+  if (!b.defined()) {  // silu(a), any shape: the SiLUs of a whole frame, in parallel
     ::nfd::cpu::parallel_for(ctx.threads, n, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) po[i] = silu(pa[i]);
+      if (bf16)
+        silu_n(a.ptr<bf16_t>() + i0, out.ptr<bf16_t>() + i0, i1 - i0);
+      else
+        silu_n(a.ptr<float>() + i0, out.ptr<float>() + i0, i1 - i0);
     }, ::nfd::cpu::grain_for(16));
     return;
   }
-  const float* pb = b.ptr<float>();
-  for (int64_t i = 0; i < n; ++i) po[i] = silu(pa[i] + pb[i]);
+  if (bf16)
+    add_silu_n(a.ptr<bf16_t>(), b.ptr<bf16_t>(), out.ptr<bf16_t>(), n);
+  else
+    add_silu_n(a.ptr<float>(), b.ptr<float>(), out.ptr<float>(), n);
 }
 
 }  // namespace cpu

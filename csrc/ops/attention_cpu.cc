@@ -14,12 +14,19 @@
 // 11k keys per head) OpenBLAS does better: per head the visible keys and values packed into contiguous
 // buffers, S = Q K^T, a row softmax, O = P V.
 // Either way the softmax sees all L keys of a head at once (no online rescaling needed).
+//
+// bf16 (attention_bf16 below): large frames take the same steps with oneDNN's bf16 products (fp32 sums): S = Q K^T
+// in fp32, the softmax in fp32, exp(S - max) rounded to bf16 for P V, the division by the row sum after it, in
+// fp32. Small frames widen the head's keys and values to fp32 and run the register kernel: at 16 tokens the
+// products are too small for a GEMM library to beat it.
 #include "backends/cpu/blas.h"
+#include "backends/cpu/onednn.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "ops/cpu_common.h"
 #include "ops/ops_impl.h"
@@ -32,6 +39,7 @@ using namespace cpu_detail;
 
 constexpr int64_t kRegisterKernelMaxTokens = 64;
 constexpr int64_t kQueries = 16;  // queries per block: the lanes of one Vec16 of scores per key
+constexpr int64_t kBf16QueryBlock = 64;  // queries per oneDNN product of the bf16 path
 
 // One head, queries q[0 .. nq) (nq <= kQueries, rows of hd floats) against `num_blocks` blocks of `rows` keys
 // and values (rows ldk floats apart); writes nq rows of out (stride ldo). `work` holds
@@ -163,20 +171,22 @@ static void attend_head_blas(const float* q, int64_t N, int64_t hd, const float*
 }
 
 // keys = same_token: query (n, h) over token n of each visible slot (num_visible keys, a few dozen at most): per
-// (token, head) the scores, a softmax over them and the weighted values, in order of the visible list.
-NFD_CPU_MULTIVERSION
-static void attend_same_token(const float* q, const float* k_cache, const float* v_cache, int64_t N, int64_t H,
-                              int64_t Hkv, int64_t hd, const int32_t* slots, int num_visible, float scale, float* out,
-                              int64_t t0, int64_t t1) {
+// (token, head) the scores, a softmax over them and the weighted values, in order of the visible list; fp32
+// arithmetic, a bf16 output rounded once. One body, compiled per target by the two wrappers below. GQA: query head
+// h reads K/V head h / (H / Hkv).
+template <typename T>
+NFD_CPU_INLINE void attend_same_token_body(const T* q, const T* k_cache, const T* v_cache, int64_t N, int64_t H,
+                                           int64_t Hkv, int64_t hd, const int32_t* slots, int num_visible,
+                                           float scale, T* out, int64_t t0, int64_t t1) {
   float p[FrameState::kMaxSlots];
   for (int64_t t = t0; t < t1; ++t) {  // t = n * H + h
     const int64_t n = t / H, h = t % H, kh = h / (H / Hkv);
-    const float* qi = q + (h * N + n) * hd;
+    const T* qi = q + (h * N + n) * hd;
     float m = -INFINITY;
     for (int j = 0; j < num_visible; ++j) {
-      const float* k = k_cache + ((int64_t(slots[j]) * N + n) * Hkv + kh) * hd;
+      const T* k = k_cache + ((int64_t(slots[j]) * N + n) * Hkv + kh) * hd;
       float s = 0.f;
-      for (int64_t d = 0; d < hd; ++d) s += qi[d] * k[d];
+      for (int64_t d = 0; d < hd; ++d) s += to_float(qi[d]) * to_float(k[d]);
       p[j] = s * scale;
       m = std::max(m, p[j]);
     }
@@ -186,27 +196,173 @@ static void attend_same_token(const float* q, const float* k_cache, const float*
       sum += p[j];
     }
     const float inv = 1.f / sum;
-    float* o = out + n * H * hd + h * hd;
-    for (int64_t d = 0; d < hd; ++d) o[d] = 0.f;
-    for (int j = 0; j < num_visible; ++j) {
-      const float* v = v_cache + ((int64_t(slots[j]) * N + n) * Hkv + kh) * hd;
-      const float w = p[j] * inv;
-      for (int64_t d = 0; d < hd; ++d) o[d] += w * v[d];
+    T* o = out + n * H * hd + h * hd;
+    if constexpr (std::is_same_v<T, float>) {
+      for (int64_t d = 0; d < hd; ++d) o[d] = 0.f;
+      for (int j = 0; j < num_visible; ++j) {
+        const float* v = v_cache + ((int64_t(slots[j]) * N + n) * Hkv + kh) * hd;
+        const float w = p[j] * inv;
+        for (int64_t d = 0; d < hd; ++d) o[d] += w * v[d];
+      }
+    } else {
+      for (int64_t d = 0; d < hd; ++d) {  // one fp32 sum per output element, rounded once
+        float acc = 0.f;
+        for (int j = 0; j < num_visible; ++j)
+          acc += p[j] * inv * to_float(v_cache[((int64_t(slots[j]) * N + n) * Hkv + kh) * hd + d]);
+        o[d] = from_float<T>(acc);
+      }
     }
   }
 }
 
+NFD_CPU_MULTIVERSION
+static void attend_same_token(const float* q, const float* k, const float* v, int64_t N, int64_t H, int64_t Hkv,
+                              int64_t hd, const int32_t* slots, int num_visible, float scale, float* out, int64_t t0,
+                              int64_t t1) {
+  attend_same_token_body(q, k, v, N, H, Hkv, hd, slots, num_visible, scale, out, t0, t1);
+}
+NFD_CPU_MULTIVERSION
+static void attend_same_token(const bf16_t* q, const bf16_t* k, const bf16_t* v, int64_t N, int64_t H,
+                              int64_t Hkv, int64_t hd, const int32_t* slots, int num_visible, float scale, bf16_t* out,
+                              int64_t t0, int64_t t1) {
+  attend_same_token_body(q, k, v, N, H, Hkv, hd, slots, num_visible, scale, out, t0, t1);
+}
+
+// exp(scale * (s - max)) of each of `rows` rows of n fp32 scores (stride ld) into bf16 p (stride ld), and the
+// reciprocal of each row's sum (of the unrounded values) into inv. Fixed-order lane sums, as softmax_rows.
+NFD_CPU_MULTIVERSION
+static void softmax_rows_bf16(const float* s, int64_t rows, int64_t n, int64_t ld, float scale, bf16_t* p,
+                              float* inv) {
+  constexpr int64_t kLanes = 16;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = s + r * ld;
+    bf16_t* prow = p + r * ld;
+    const int64_t body = n / kLanes * kLanes;
+    // The max in Vec16 registers: as a loop over a lane array GCC left it scalar (a third of this function).
+    Vec16 mv = Vec16{} + row[0];
+    for (int64_t j = 0; j < body; j += kLanes) mv = vmax(load16(row + j), mv);
+    float lane[kLanes];
+    store16(lane, mv);
+    float m = row[0];
+    for (int64_t l = 0; l < kLanes; ++l) m = std::max(m, lane[l]);
+    for (int64_t j = body; j < n; ++j) m = std::max(m, row[j]);
+    for (int64_t l = 0; l < kLanes; ++l) lane[l] = 0.f;
+    for (int64_t j = 0; j < body; j += kLanes)
+      for (int64_t l = 0; l < kLanes; ++l) {
+        const float e = exp_approx((row[j + l] - m) * scale);
+        prow[j + l] = from_float<bf16_t>(e);
+        lane[l] += e;
+      }
+    float sum = 0.f;
+    for (int64_t l = 0; l < kLanes; ++l) sum += lane[l];
+    for (int64_t j = body; j < n; ++j) {
+      const float e = exp_approx((row[j] - m) * scale);
+      prow[j] = from_float<bf16_t>(e);
+      sum += e;
+    }
+    inv[r] = 1.f / sum;
+  }
+}
+
+// bf16 attention (see the top of this file). Heads are the parallel chunks, as in fp32.
+static void attention_bf16(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                           Tensor& out) {
+  const int64_t H = q.dim(0), N = q.dim(1), hd = q.dim(2), Hkv = k_cache.dim(2), group = H / Hkv;
+  const FrameState& st = *ctx.state;
+  const float scale = float(1.0 / std::sqrt(double(hd)));
+  const int64_t L = int64_t(st.num_visible) * N, ldk = Hkv * hd, ldo = H * hd;
+  const bf16_t* qs = q.ptr<bf16_t>();
+  bf16_t* o = out.ptr<bf16_t>();
+  // The visible keys and values of query head h (K/V head h / group), gathered contiguous ([L, hd] each), as T
+  // (bf16 for the GEMMs, fp32 for the register kernel).
+  auto gather = [&](int64_t h, auto* kp, auto* vp) {
+    using T = std::remove_pointer_t<decltype(kp)>;
+    for (int b = 0; b < st.num_visible; ++b)
+      for (int64_t r = 0; r < N; ++r) {
+        const int64_t src = (int64_t(st.visible_slots[b]) * N + r) * ldk + (h / group) * hd;
+        const int64_t dst = (int64_t(b) * N + r) * hd;
+        const bf16_t* kr = k_cache.ptr<bf16_t>() + src;
+        const bf16_t* vr = v_cache.ptr<bf16_t>() + src;
+        if constexpr (std::is_same_v<T, bf16_t>) {
+          std::memcpy(kp + dst, kr, size_t(hd) * sizeof(bf16_t));
+          std::memcpy(vp + dst, vr, size_t(hd) * sizeof(bf16_t));
+        } else {
+          for (int64_t d = 0; d < hd; ++d) {
+            kp[dst + d] = to_float(kr[d]);
+            vp[dst + d] = to_float(vr[d]);
+          }
+        }
+      }
+  };
+  if (N > kRegisterKernelMaxTokens) {
+    // A head's queries in blocks of kBf16QueryBlock: the block's scores (64 x 11k keys on nfd-130m: 2.8 MB) stay
+    // in cache between the three steps, where a whole head's (15 MB) went through memory three times.
+    const int64_t qb = std::min(N, kBf16QueryBlock);
+    ::nfd::cpu::parallel_for(ctx.threads, H, [&](int64_t h0, int64_t h1) {
+      float* S = scratch(size_t(qb * L + qb * hd + qb));    // scores [qb, L], O [qb, hd], 1 / row sums [qb]
+      float* O = S + qb * L;
+      float* inv = O + qb * hd;
+      float* buf = scratch(size_t(L * hd + qb * L / 2 + 1), 1);  // kp, vp [L, hd] and P [qb, L] in bf16
+      bf16_t* kp = reinterpret_cast<bf16_t*>(buf);
+      bf16_t* vp = kp + L * hd;
+      bf16_t* P = vp + L * hd;
+      for (int64_t h = h0; h < h1; ++h) {
+        gather(h, kp, vp);
+        for (int64_t r0 = 0; r0 < N; r0 += qb) {
+          const int64_t rows = std::min(qb, N - r0);
+          ::nfd::cpu::Matmul qk;  // S = Q K^T
+          qk.M = rows, qk.N = L, qk.K = hd, qk.lda = hd, qk.ldb = hd, qk.ldc = L, qk.b_nk = true;
+          qk.c = DType::f32;
+          ::nfd::cpu::matmul(qk, qs + (h * N + r0) * hd, kp, S);
+          softmax_rows_bf16(S, rows, L, L, scale, P, inv);
+          ::nfd::cpu::Matmul pv;  // O = P V
+          pv.M = rows, pv.N = hd, pv.K = L, pv.lda = L, pv.ldb = hd, pv.ldc = hd, pv.c = DType::f32;
+          ::nfd::cpu::matmul(pv, P, vp, O);
+          for (int64_t i = 0; i < rows; ++i)
+            for (int64_t d = 0; d < hd; ++d)
+              o[(r0 + i) * ldo + h * hd + d] = from_float<bf16_t>(O[i * hd + d] * inv[i]);
+        }
+      }
+    }, ::nfd::cpu::grain_for(2 * N * L * hd));
+    return;
+  }
+  const int64_t query_blocks = (N + kQueries - 1) / kQueries;
+  ::nfd::cpu::parallel_for(ctx.threads, H * query_blocks, [&](int64_t t0, int64_t t1) {
+    float* work = scratch(size_t((hd + L) * kQueries));
+    float* kv = scratch(size_t(2 * L * hd + 2 * kQueries * hd), 1);  // keys, values [L, hd]; q and out [16, hd]
+    float* kp = kv;
+    float* vp = kv + L * hd;
+    float* qf = vp + L * hd;
+    float* of = qf + kQueries * hd;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t h = t / query_blocks, r0 = (t % query_blocks) * kQueries, nq = std::min(kQueries, N - r0);
+      gather(h, kp, vp);
+      for (int64_t e = 0; e < nq * hd; ++e) qf[e] = to_float(qs[(h * N + r0) * hd + e]);
+      const float* keys[1] = {kp};
+      const float* values[1] = {vp};
+      attend_block(qf, nq, hd, keys, values, 1, L, hd, scale, of, hd, work);
+      for (int64_t i = 0; i < nq; ++i)
+        for (int64_t d = 0; d < hd; ++d) o[(r0 + i) * ldo + h * hd + d] = from_float<bf16_t>(of[i * hd + d]);
+    }
+  }, ::nfd::cpu::grain_for(4 * kQueries * L * hd));
+}
+
 void attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, Tensor& out,
                AttentionKeys keys) {
-  fp32_only("attention", out);
+  const bool bf16 = cpu_bf16("attention", out);
+  if (bf16 && keys != AttentionKeys::same_token) return attention_bf16(ctx, q, k_cache, v_cache, out);
   const int64_t H = q.dim(0), N = q.dim(1), hd = q.dim(2), Hkv = k_cache.dim(2);
   const int64_t group = H / Hkv;  // GQA: query head h reads K/V head h / group
   const FrameState& st = *ctx.state;
   if (keys == AttentionKeys::same_token) {
     const float scale = float(1.0 / std::sqrt(double(hd)));
     ::nfd::cpu::parallel_for(ctx.threads, N * H, [&](int64_t t0, int64_t t1) {
-      attend_same_token(q.ptr<float>(), k_cache.ptr<float>(), v_cache.ptr<float>(), N, H, Hkv, hd, st.visible_slots,
-                        st.num_visible, scale, out.ptr<float>(), t0, t1);
+      if (bf16)
+        attend_same_token(q.ptr<bf16_t>(), k_cache.ptr<bf16_t>(), v_cache.ptr<bf16_t>(), N, H, Hkv, hd,
+                          st.visible_slots, st.num_visible, scale, out.ptr<bf16_t>(), t0, t1);
+      else
+        attend_same_token(q.ptr<float>(), k_cache.ptr<float>(), v_cache.ptr<float>(), N, H, Hkv, hd,
+                          st.visible_slots, st.num_visible, scale, out.ptr<float>(), t0, t1);
     }, ::nfd::cpu::grain_for(4 * int64_t(st.num_visible) * hd));
     return;
   }

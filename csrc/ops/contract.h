@@ -2,7 +2,7 @@
 // "ops::NAME: <argument> <what was expected>, got <what came>", e.g.
 //   ops::linear: x must be [M, K] with K = 64, got f32[4, 9] on cpu
 // Shapes, dtypes, devices and aliasing are invalid_argument (ValueError in Python); a limit of one backend
-// (the CPU's fp32, a CUDA kernel's head_dim) is `unsupported` and is checked by that backend, not here.
+// (the CPU's fp32 / bf16, a CUDA kernel's head_dim) is `unsupported` and is checked by that backend, not here.
 #pragma once
 
 #include <cstdint>

@@ -352,7 +352,13 @@ static void activate_in_place(float* o, int64_t n, bool clamp01) {
 
 void conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, int stride, int pad,
             Tensor& out, const Tensor* residual, Activation act) {
-  fp32_only("conv2d", out);
+  if (cpu_bf16("conv2d", out)) {  // bf16 tensors, fp32 arithmetic (as_f32 in ops/cpu_common.h), one rounding
+    const Tensor xf = as_f32(x, 2), wf = as_f32(w, 3), bf = as_f32(bias, 4);
+    const Tensor rf = residual ? as_f32(*residual, 5) : Tensor{};
+    Tensor of = as_f32(out, 6, false);
+    cpu::conv2d(ctx, xf, wf, bf, stride, pad, of, rf.defined() ? &rf : nullptr, act);
+    return narrow_into(of, out);
+  }
   conv2d_linear(ctx, x, w, bias, stride, pad, out, residual);
   if (act == Activation::none) return;
   float* o = out.ptr<float>();

@@ -11,29 +11,14 @@ namespace cpu {
 
 using namespace cpu_detail;
 
-static uint16_t f32_to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);  // quiet NaN
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return uint16_t(u >> 16);
-}
-
-static float bf16_to_f32(uint16_t b) {
-  uint32_t u = uint32_t(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
 void copy(const Context& ctx, const Tensor& src, Tensor& dst) {
   const int64_t n = src.numel();
   if (src.dtype == dst.dtype) {
     std::memmove(dst.data, src.data, src.bytes());
   } else if (src.dtype == DType::f32 && dst.dtype == DType::bf16) {
-    for (int64_t i = 0; i < n; ++i) dst.ptr<uint16_t>()[i] = f32_to_bf16(src.ptr<float>()[i]);
+    for (int64_t i = 0; i < n; ++i) dst.ptr<bf16_t>()[i] = from_float<bf16_t>(src.ptr<float>()[i]);
   } else if (src.dtype == DType::bf16 && dst.dtype == DType::f32) {
-    for (int64_t i = 0; i < n; ++i) dst.ptr<float>()[i] = bf16_to_f32(src.ptr<uint16_t>()[i]);
+    for (int64_t i = 0; i < n; ++i) dst.ptr<float>()[i] = to_float(src.ptr<bf16_t>()[i]);
   } else {
     // The CPU backend's own limit: f16 is a CUDA dtype.
     fail(ErrorKind::unsupported, "ops::copy: the CPU backend converts only between f32 and bf16, got src " +

@@ -1,4 +1,5 @@
-// What the CPU ops (ops/*_cpu.cc) share: the fp32-only check, scratch memory, norm statistics, vector helpers.
+// What the CPU ops (ops/*_cpu.cc) share: the dtype check (fp32, or bf16 where the CPU has it), bf16 storage,
+// scratch memory, norm statistics, vector helpers.
 // The argument checks of each op are its contract, in ops/NAME.cc.
 #pragma once
 
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "backends/cpu/device_cpu.h"
+#include "backends/cpu/onednn.h"
 #include "backends/cpu/parallel.h"
 #include "core/error.h"
 #include "ops/ops.h"
@@ -22,11 +24,45 @@ namespace nfd {
 namespace ops {
 namespace cpu_detail {
 
-// The CPU backend's own limit, checked by each CPU op: it computes in fp32 only. (The contract, ops/NAME.cc,
-// has already made every float operand share `t`'s dtype.)
-inline void fp32_only(const char* op, const Tensor& t) {
-  NFD_CHECK(t.dtype == DType::f32, unsupported,
-            std::string("ops::") + op + ": the CPU backend computes in fp32 only, got " + t.describe());
+// The CPU backend's own limit, checked by each CPU op: it computes in fp32, and in bf16 where this build has
+// oneDNN and the CPU has AVX512-BF16 or AMX (backends/cpu/onednn.h). Returns whether the op runs in bf16. (The
+// contract, ops/NAME.cc, has already made every float operand share `t`'s dtype.)
+inline bool cpu_bf16(const char* op, const Tensor& t) {
+  if (t.dtype == DType::f32) return false;
+  if (t.dtype == DType::bf16) {
+    const ::nfd::cpu::Bf16Support& s = ::nfd::cpu::bf16_support();
+    NFD_CHECK(s.ok, unsupported,
+              std::string("ops::") + op + ": the CPU backend computes in fp32, and in bf16 only on CPUs with " +
+                  "AVX512-BF16 or AMX: " + s.why + "; got " + t.describe());
+    return true;
+  }
+  fail(ErrorKind::unsupported,
+       std::string("ops::") + op + ": the CPU backend computes in fp32 or bf16, got " + t.describe());
+}
+
+// bf16 values as the CPU stores them: the upper half of a float's bits. Widening is exact; narrowing rounds to
+// nearest even (NaN stays NaN), the rounding of PyTorch's .to(torch.bfloat16). Plain integer code, so loops over
+// it vectorise for any target and round alike on every copy.
+using bf16_t = uint16_t;
+__attribute__((always_inline)) inline float to_float(float v) { return v; }
+__attribute__((always_inline)) inline float to_float(bf16_t b) {
+  const uint32_t u = uint32_t(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+template <typename T>
+__attribute__((always_inline)) inline T from_float(float v);
+template <>
+__attribute__((always_inline)) inline float from_float<float>(float v) {
+  return v;
+}
+template <>
+__attribute__((always_inline)) inline bf16_t from_float<bf16_t>(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return bf16_t((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : rounded);
 }
 
 // Per-thread scratch buffer of at least n floats (reused across calls: no allocation per frame once warm).
@@ -72,8 +108,9 @@ class ScratchBuffer {
   float* data_ = nullptr;
   size_t floats_ = 0, bytes_ = 0;
 };
+// which: 0 and 1 for the kernels, 2 to 6 for bf16 operands and results as fp32 (as_f32 below).
 inline float* scratch(size_t n, int which = 0) {
-  static thread_local ScratchBuffer buffers[2];
+  static thread_local ScratchBuffer buffers[7];
   return buffers[which].get(n);
 }
 
@@ -84,7 +121,8 @@ inline float* scratch(size_t n, int which = 0) {
 struct NormStats {
   float mean, rstd;
 };
-inline double blocked_sum(const float* x, int64_t n, float shift, bool square) {
+template <typename T>
+inline double blocked_sum(const T* x, int64_t n, float shift, bool square) {
   double total = 0;
   for (int64_t b = 0; b < n; b += 256) {
     const int64_t e = std::min<int64_t>(n, b + 256);
@@ -92,13 +130,13 @@ inline double blocked_sum(const float* x, int64_t n, float shift, bool square) {
     int64_t i = b;
     for (; i + 8 <= e; i += 8)
       for (int j = 0; j < 8; ++j) {
-        const float d = x[i + j] - shift;
+        const float d = to_float(x[i + j]) - shift;
         lane[j] += square ? d * d : d;
       }
     double block = 0;
     for (int j = 0; j < 8; ++j) block += lane[j];
     for (; i < e; ++i) {
-      const double d = double(x[i]) - shift;
+      const double d = double(to_float(x[i])) - shift;
       block += square ? d * d : d;
     }
     total += block;
@@ -106,14 +144,37 @@ inline double blocked_sum(const float* x, int64_t n, float shift, bool square) {
   return total;
 }
 // The RMSNorm's statistics: mean 0 and 1/sqrt(mean(x^2) + eps), the same blocked sums.
-inline NormStats rms_stats(const float* x, int64_t n, float eps) {
+template <typename T>
+inline NormStats rms_stats(const T* x, int64_t n, float eps) {
   const double ms = blocked_sum(x, n, 0.f, true) / double(n);
   return {0.f, float(1.0 / std::sqrt(ms + double(eps)))};
 }
-inline NormStats norm_stats(const float* x, int64_t n, float eps) {
+template <typename T>
+inline NormStats norm_stats(const T* x, int64_t n, float eps) {
   const double mean = blocked_sum(x, n, 0.f, false) / double(n);
   const double var = blocked_sum(x, n, float(mean), true) / double(n);
   return {float(mean), float(1.0 / std::sqrt(var + double(eps)))};
+}
+
+// bf16 operands as fp32, for ops that run their fp32 algorithm on bf16 tensors (the VAE's convolutions: a few
+// percent of a frame, whose fp32 paths Winograd and phase folding make fast): as_f32 gives an fp32 tensor of t's
+// shape in this thread's scratch slot `which` (2 to 6), holding t's values when `values` (exact), or t itself when
+// t is fp32 or undefined; narrow_into rounds such a result into the bf16 output.
+inline Tensor as_f32(const Tensor& t, int which, bool values = true) {
+  if (!t.defined() || t.dtype == DType::f32) return t;
+  const int64_t n = t.numel();
+  float* dst = scratch(size_t(n), which);
+  if (values) {
+    const bf16_t* src = t.ptr<bf16_t>();
+    for (int64_t i = 0; i < n; ++i) dst[i] = to_float(src[i]);
+  }
+  return Tensor{dst, DType::f32, t.device, t.shape};
+}
+inline void narrow_into(const Tensor& f32, Tensor& out) {
+  if (f32.data == out.data) return;
+  const float* src = f32.ptr<float>();
+  bf16_t* dst = out.ptr<bf16_t>();
+  for (int64_t i = 0, n = out.numel(); i < n; ++i) dst[i] = from_float<bf16_t>(src[i]);
 }
 
 // The wheel is built for plain x86-64 (SSE2), so the hot element loops are compiled three times, for

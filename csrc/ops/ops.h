@@ -1,10 +1,11 @@
 // The op interface the model is written against (csrc/model). One frame per pass: N tokens of width D.
 //
 // Each op `name` is declared here and lives in ops/name.cc (its contract), ops/name_cpu.cc (fp32 reference
-// of the runtime, OpenBLAS for GEMMs) and ops/name_cuda.cu (bf16/fp16/fp32, fp32 accumulation). The free
+// of the runtime, OpenBLAS for GEMMs; bf16 with oneDNN's products where the CPU has AVX512-BF16 or AMX) and
+// ops/name_cuda.cu (bf16/fp16/fp32, fp32 accumulation). The free
 // function `nfd::ops::name` checks its arguments against the contract, once for every backend, then runs the
 // backend of the output tensor's device; the backends only compute (and check their own limits: the CPU's
-// fp32, a CUDA kernel's head_dim). Math is restated next to each op; the PyTorch oracle is
+// fp32 / bf16, a CUDA kernel's head_dim). Math is restated next to each op; the PyTorch oracle is
 // python/nfd_rt/reference/model.py; the op table tests/ops/test_ops.py runs every op on every backend.
 //
 // What every op's contract holds besides the shapes below (ops/contract.h words the errors):

@@ -11,8 +11,13 @@ namespace cpu {
 using namespace cpu_detail;
 
 void patchify(const Context& ctx, const Tensor& latent, int patch, Tensor& tokens) {
-  fp32_only("patchify", tokens);
   const int64_t C = latent.dim(0), h = latent.dim(1), w = latent.dim(2), p = patch;
+  if (cpu_bf16("patchify", tokens)) {
+    const bf16_t* z = latent.ptr<bf16_t>();
+    bf16_t* t = tokens.ptr<bf16_t>();
+    for_each_patch_element(C, h, w, p, [&](int64_t l, int64_t k) { t[k] = z[l]; });
+    return;
+  }
   const float* z = latent.ptr<float>();
   float* t = tokens.ptr<float>();
   for_each_patch_element(C, h, w, p, [&](int64_t l, int64_t k) { t[k] = z[l]; });

@@ -1,5 +1,6 @@
 // ops::pixel_shuffle on the CPU (contract checked in ops/pixel_shuffle.cc): a copy through the index map of
 // ops/ops.h, out[c, h r + i, w r + j] = x[c r^2 + i r + j, h, w] (inverse: the same pairs, copied the other way).
+// A copy of elements, so fp32 and bf16 alike (bit for bit).
 #include "ops/cpu_common.h"
 #include "ops/ops_impl.h"
 
@@ -9,12 +10,9 @@ namespace cpu {
 
 using namespace cpu_detail;
 
-void pixel_shuffle(const Context& ctx, const Tensor& x, int r, bool inverse, Tensor& out) {
-  fp32_only("pixel_shuffle", out);
-  const Tensor& small = inverse ? out : x;  // [C r^2, H, W]
-  const int64_t R = r, Cs = small.dim(0), H = small.dim(1), W = small.dim(2), C = Cs / (R * R);
-  const float* in = x.ptr<float>();
-  float* o = out.ptr<float>();
+template <typename T>
+static void shuffle(const Context& ctx, const T* in, T* o, int64_t R, int64_t Cs, int64_t H, int64_t W,
+                    bool inverse) {
   ::nfd::cpu::parallel_for(ctx.threads, Cs * H, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {  // t = (channel of the small side, row)
       const int64_t cs = t / H, h = t % H, c = cs / (R * R), i = (cs / R) % R, j = cs % R;
@@ -25,7 +23,15 @@ void pixel_shuffle(const Context& ctx, const Tensor& x, int r, bool inverse, Ten
       }
     }
   }, ::nfd::cpu::grain_for(W));
-  (void)C;
+}
+
+void pixel_shuffle(const Context& ctx, const Tensor& x, int r, bool inverse, Tensor& out) {
+  const Tensor& small = inverse ? out : x;  // [C r^2, H, W]
+  const int64_t Cs = small.dim(0), H = small.dim(1), W = small.dim(2);
+  if (cpu_bf16("pixel_shuffle", out))
+    shuffle(ctx, x.ptr<bf16_t>(), out.ptr<bf16_t>(), r, Cs, H, W, inverse);
+  else
+    shuffle(ctx, x.ptr<float>(), out.ptr<float>(), r, Cs, H, W, inverse);
 }
 
 }  // namespace cpu

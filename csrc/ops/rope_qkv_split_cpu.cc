@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "ops/attention_math.h"
@@ -21,19 +22,21 @@ using namespace cpu_detail;
 
 namespace {
 
-// One head of hd values: optional RMS normalisation (scale by 1 / sqrt(mean(x^2) + eps)), then the rotation of its
-// pairs (pair i by (c[2i], c[2i + 1]) for i < P, by (t[2j], t[2j + 1]) for i = P + j < P + TP, unchanged after),
-// written interleaved (in place of the pair) or de-interleaved (x0' at i, x1' at i + hd / 2).
-void rotate_head(const float* in, float* out, int64_t hd, const float* c, int64_t P, const float* t, int64_t TP,
+// One head of hd values, widened to fp32 in buf: optional RMS normalisation (scale by 1 / sqrt(mean(x^2) + eps)),
+// then the rotation of its pairs (pair i by (c[2i], c[2i + 1]) for i < P, by (t[2j], t[2j + 1]) for
+// i = P + j < P + TP, unchanged after), written interleaved (in place of the pair) or de-interleaved (x0' at i, x1'
+// at i + hd / 2), each result rounded once to T.
+template <typename T>
+void rotate_head(const T* in, T* out, int64_t hd, const float* c, int64_t P, const float* t, int64_t TP,
                  float norm_eps, bool deinterleave, float* buf) {
-  const float* x = in;
+  for (int64_t e = 0; e < hd; ++e) buf[e] = to_float(in[e]);
   if (norm_eps > 0.f) {
     double ss = 0;
-    for (int64_t e = 0; e < hd; ++e) ss += double(in[e]) * in[e];
+    for (int64_t e = 0; e < hd; ++e) ss += double(buf[e]) * buf[e];
     const float r = float(1.0 / std::sqrt(ss / double(hd) + double(norm_eps)));
-    for (int64_t e = 0; e < hd; ++e) buf[e] = in[e] * r;
-    x = buf;
+    for (int64_t e = 0; e < hd; ++e) buf[e] *= r;
   }
+  const float* x = buf;
   const int64_t half = hd / 2;
   for (int64_t i = 0; i < half; ++i) {
     const float x0 = x[2 * i], x1 = x[2 * i + 1];
@@ -45,11 +48,11 @@ void rotate_head(const float* in, float* out, int64_t hd, const float* c, int64_
       y1 = x0 * si + x1 * co;
     }
     if (deinterleave) {
-      out[i] = y0;
-      out[i + half] = y1;
+      out[i] = from_float<T>(y0);
+      out[i + half] = from_float<T>(y1);
     } else {
-      out[2 * i] = y0;
-      out[2 * i + 1] = y1;
+      out[2 * i] = from_float<T>(y0);
+      out[2 * i + 1] = from_float<T>(y1);
     }
   }
 }
@@ -58,7 +61,7 @@ void rotate_head(const float* in, float* out, int64_t hd, const float* c, int64_
 
 void rope_qkv_split(const Context& ctx, const Tensor& qkv, const RopeParams& rope, Tensor& q_out, Tensor& k_cache,
                     Tensor& v_cache, const Tensor* table, const Tensor* v0) {
-  fp32_only("rope_qkv_split", q_out);
+  const bool bf16 = cpu_bf16("rope_qkv_split", q_out);
   const int64_t H = q_out.dim(0), N = q_out.dim(1), hd = q_out.dim(2), Hkv = k_cache.dim(2);
   const int64_t Dq = H * hd, Dkv = Hkv * hd, width = Dq + 2 * Dkv;
   const int dt = rope.rope_dims[0], dh = rope.rope_dims[1], dw = rope.rope_dims[2];
@@ -66,10 +69,17 @@ void rope_qkv_split(const Context& ctx, const Tensor& qkv, const RopeParams& rop
   const int64_t slot = st.write_slot;
 
   const int64_t half = hd / 2;
-  // cos, sin per (token, pair): the table's P pairs, or all pairs from the 3D formula.
+  // cos, sin per (token, pair) in fp32: the table's P pairs (widened from bf16), or all pairs from the 3D formula.
   const int64_t P = table ? table->dim(1) : half;
-  const float* cs = table ? table->ptr<float>() : nullptr;
-  if (!table) {
+  const float* cs = nullptr;
+  if (table && !bf16) {
+    cs = table->ptr<float>();
+  } else if (table) {
+    float* t = scratch(size_t(2 * N * P));
+    const bf16_t* tb = table->ptr<bf16_t>();
+    for (int64_t e = 0; e < 2 * N * P; ++e) t[e] = to_float(tb[e]);
+    cs = t;
+  } else {
     float* t = scratch(size_t(2 * N * half));
     const int dims[3] = {dt, dh, dw};
     for (int64_t n = 0; n < N; ++n)
@@ -91,55 +101,56 @@ void rope_qkv_split(const Context& ctx, const Tensor& qkv, const RopeParams& rop
     tcs[size_t(2 * j + 1)] = float(std::sin(angle));
   }
   const bool plain = rope.qk_norm_eps == 0.f && !rope.deinterleave && TP == 0;  // the NFD and Oasis layouts
-  const float* src = qkv.ptr<float>();
-  const float* vres = v0 ? v0->ptr<float>() : nullptr;
   const float mix = rope.v_mix;
-  float* q = q_out.ptr<float>();
-  float* k = k_cache.ptr<float>() + slot * N * Dkv;
-  float* v = v_cache.ptr<float>() + slot * N * Dkv;
-  ::nfd::cpu::parallel_for(ctx.threads, N, [&](int64_t n0, int64_t n1) {
-    std::vector<float> buf(static_cast<size_t>(hd));
-    for (int64_t n = n0; n < n1; ++n) {
-      const float* row = src + n * width;
-      const float* c = cs + 2 * n * P;
-      if (plain) {
-        for (int64_t h = 0; h < H; ++h) {
-          const float* qi = row + h * hd;
-          float* qo = q + (h * N + n) * hd;
-          for (int64_t i = 0; i < P; ++i) {
-            const float co = c[2 * i], si = c[2 * i + 1];
-            qo[2 * i] = qi[2 * i] * co - qi[2 * i + 1] * si;
-            qo[2 * i + 1] = qi[2 * i] * si + qi[2 * i + 1] * co;
-          }
-          for (int64_t e = 2 * P; e < hd; ++e) qo[e] = qi[e];  // pairs past the table pass unchanged
+  // The rotation in fp32 (each bf16 input widened, each result rounded once); v is copied bit for bit, or mixed
+  // with v0 in fp32 and rounded once.
+  auto run = [&](auto* src, auto* q, auto* kc, auto* vc) {
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(src)>>;
+    const T* vres = v0 ? v0->ptr<T>() : nullptr;
+    T* k = kc + slot * N * Dkv;
+    T* v = vc + slot * N * Dkv;
+    ::nfd::cpu::parallel_for(ctx.threads, N, [&](int64_t n0, int64_t n1) {
+      std::vector<float> buf(static_cast<size_t>(hd));
+      for (int64_t n = n0; n < n1; ++n) {
+        const T* row = src + n * width;
+        const float* c = cs + 2 * n * P;
+        if (plain) {
+          auto rotate = [&](const T* xi, T* xo) {
+            for (int64_t i = 0; i < P; ++i) {
+              const float co = c[2 * i], si = c[2 * i + 1];
+              const float x0 = to_float(xi[2 * i]), x1 = to_float(xi[2 * i + 1]);
+              xo[2 * i] = from_float<T>(x0 * co - x1 * si);
+              xo[2 * i + 1] = from_float<T>(x0 * si + x1 * co);
+            }
+            for (int64_t e = 2 * P; e < hd; ++e) xo[e] = xi[e];  // pairs past the table pass unchanged
+          };
+          for (int64_t h = 0; h < H; ++h) rotate(row + h * hd, q + (h * N + n) * hd);
+          for (int64_t h = 0; h < Hkv; ++h) rotate(row + Dq + h * hd, k + n * Dkv + h * hd);
+        } else {
+          for (int64_t h = 0; h < H; ++h)
+            rotate_head(row + h * hd, q + (h * N + n) * hd, hd, c, P, tcs.data(), TP, rope.qk_norm_eps,
+                        rope.deinterleave, buf.data());
+          for (int64_t h = 0; h < Hkv; ++h)
+            rotate_head(row + Dq + h * hd, k + n * Dkv + h * hd, hd, c, P, tcs.data(), TP, rope.qk_norm_eps,
+                        rope.deinterleave, buf.data());
         }
-        for (int64_t h = 0; h < Hkv; ++h) {
-          const float* ki = row + Dq + h * hd;
-          float* ko = k + n * Dkv + h * hd;
-          for (int64_t i = 0; i < P; ++i) {
-            const float co = c[2 * i], si = c[2 * i + 1];
-            ko[2 * i] = ki[2 * i] * co - ki[2 * i + 1] * si;
-            ko[2 * i + 1] = ki[2 * i] * si + ki[2 * i + 1] * co;
+        const T* vi = row + Dq + Dkv;
+        if (vres) {  // the value residual: v + v_mix (v0 - v), as the reference orders it
+          const T* v0i = vres + n * width + Dq + Dkv;
+          for (int64_t e = 0; e < Dkv; ++e) {
+            const float a = to_float(vi[e]);
+            v[n * Dkv + e] = from_float<T>(a + mix * (to_float(v0i[e]) - a));
           }
-          for (int64_t e = 2 * P; e < hd; ++e) ko[e] = ki[e];
+        } else {
+          std::memcpy(v + n * Dkv, vi, size_t(Dkv) * sizeof(T));  // v: the token's heads, already in order
         }
-      } else {
-        for (int64_t h = 0; h < H; ++h)
-          rotate_head(row + h * hd, q + (h * N + n) * hd, hd, c, P, tcs.data(), TP, rope.qk_norm_eps,
-                      rope.deinterleave, buf.data());
-        for (int64_t h = 0; h < Hkv; ++h)
-          rotate_head(row + Dq + h * hd, k + n * Dkv + h * hd, hd, c, P, tcs.data(), TP, rope.qk_norm_eps,
-                      rope.deinterleave, buf.data());
       }
-      const float* vi = row + Dq + Dkv;
-      if (vres) {  // the value residual: v + v_mix (v0 - v), as the reference orders it
-        const float* v0i = vres + n * width + Dq + Dkv;
-        for (int64_t e = 0; e < Dkv; ++e) v[n * Dkv + e] = vi[e] + mix * (v0i[e] - vi[e]);
-      } else {
-        std::memcpy(v + n * Dkv, vi, size_t(Dkv) * sizeof(float));  // v: the token's heads, already in order
-      }
-    }
-  }, ::nfd::cpu::grain_for(4 * (H + Hkv) * hd));
+    }, ::nfd::cpu::grain_for(4 * (H + Hkv) * hd));
+  };
+  if (bf16)
+    run(qkv.ptr<bf16_t>(), q_out.ptr<bf16_t>(), k_cache.ptr<bf16_t>(), v_cache.ptr<bf16_t>());
+  else
+    run(qkv.ptr<float>(), q_out.ptr<float>(), k_cache.ptr<float>(), v_cache.ptr<float>());
 }
 
 }  // namespace cpu

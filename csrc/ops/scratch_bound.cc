@@ -34,8 +34,17 @@ size_t scratch_bytes_bound(const ScratchShapes& s, Device device, DType dtype, i
   if (device == Device::cpu) {
     // scratch(…, 1): 4 rows of the padded image (Winograd input transform), or a head's visible keys and values
     // packed contiguous (attention, sgemm path: 2 L hd).
-    const int64_t per_thread = cpu_thread_floats(s) + std::max<int64_t>(4 * (s.frame_width + 2), 2 * s.keys * s.head_dim);
-    return size_t(std::max(threads, 1)) * size_t(per_thread) * sizeof(float);
+    int64_t per_thread = cpu_thread_floats(s) + std::max<int64_t>(4 * (s.frame_width + 2), 2 * s.keys * s.head_dim);
+    if (dtype != DType::bf16) return size_t(std::max(threads, 1)) * size_t(per_thread) * sizeof(float);
+    // bf16 attention: beside the scores, O and the row sums (N hd + N); in scratch(…, 1) the register path's fp32
+    // keys and values plus a block of queries and outputs (2 L hd + 32 hd).
+    per_thread += s.tokens * s.head_dim + s.tokens + 32 * s.head_dim;
+    // The calling thread's fp32 copies of a bf16 convolution (cpu_detail::as_f32): input, residual, output
+    // (3 images of a level) and the weights (9 c^2) and bias.
+    int64_t widened = 3 * int64_t(s.frame_height) * s.frame_width;  // the decoder's RGB output and conv_out's input
+    for (const auto& lv : s.conv_levels)
+      widened = std::max(widened, 3 * lv.pixels * lv.channels + 9 * lv.channels * lv.channels + lv.channels);
+    return (size_t(std::max(threads, 1)) * size_t(per_thread) + size_t(widened)) * sizeof(float);
   }
   // CUDA: stream-ordered scratch lives for one op; the pool keeps the largest. A session decodes on a second
   // stream beside the cache-write pass (runtime/sampler.cc), so one DiT op and one decoder op may hold scratch at

@@ -1,4 +1,5 @@
-// ops::softcap on the CPU (contract checked in ops/softcap.cc): out = tanh(x / cap) * cap, the reference's order.
+// ops::softcap on the CPU (contract checked in ops/softcap.cc): out = tanh(x / cap) * cap, the reference's order,
+// in fp32 (a bf16 result rounded once).
 #include <cmath>
 
 #include "ops/cpu_common.h"
@@ -10,12 +11,18 @@ namespace cpu {
 
 using namespace cpu_detail;
 
+template <typename T>
+static void softcap_n(const T* in, float cap, T* o, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) o[i] = from_float<T>(std::tanh(to_float(in[i]) / cap) * cap);
+}
+
 void softcap(const Context& ctx, const Tensor& x, float cap, Tensor& out) {
-  fp32_only("softcap", out);
-  const float* in = x.ptr<float>();
-  float* o = out.ptr<float>();
+  const bool bf16 = cpu_bf16("softcap", out);
   ::nfd::cpu::parallel_for(ctx.threads, out.numel(), [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) o[i] = std::tanh(in[i] / cap) * cap;
+    if (bf16)
+      softcap_n(x.ptr<bf16_t>() + i0, cap, out.ptr<bf16_t>() + i0, i1 - i0);
+    else
+      softcap_n(x.ptr<float>() + i0, cap, out.ptr<float>() + i0, i1 - i0);
   }, ::nfd::cpu::grain_for(32));
 }
 

@@ -48,7 +48,12 @@ static void fold_phase_weights(const float* __restrict w, int64_t pairs, float* 
 }
 
 void upsample2x_conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out) {
-  fp32_only("upsample2x_conv2d", out);
+  if (cpu_bf16("upsample2x_conv2d", out)) {  // bf16 tensors, fp32 arithmetic (as_f32 in ops/cpu_common.h)
+    const Tensor xf = as_f32(x, 2), wf = as_f32(w, 3), bf = as_f32(bias, 4);
+    Tensor of = as_f32(out, 6, false);
+    upsample2x_conv2d(ctx, xf, wf, bf, of);
+    return narrow_into(of, out);
+  }
   const int64_t Cout = w.dim(0), Cin = w.dim(1);
   const int64_t H = x.dim(1), W = x.dim(2), K = Cin * 4;
 

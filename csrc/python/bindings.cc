@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "backends/cpu/device_cpu.h"
+#include "backends/cpu/onednn.h"
 #include "backends/device.h"
 #include "core/config_json.h"
 #include "core/error.h"
@@ -88,7 +89,7 @@ void check_dtype_for_device(nfd::Device device, nfd::DType dtype) {
 nfd::SessionOptions session_options(const std::string& device, const std::string& dtype, int threads) {
   nfd::SessionOptions o;
   o.device = nfd::parse_device(device);
-  o.dtype = nfd::parse_dtype(dtype);
+  o.dtype = dtype == "auto" ? nfd::default_dtype(o.device) : nfd::parse_dtype(dtype);
   check_dtype_for_device(o.device, o.dtype);
   o.threads = threads;
   return o;
@@ -134,7 +135,7 @@ class PyModel {
           uint64_t max_memory_bytes) {
     nfd::ModelOptions o;
     o.device = nfd::parse_device(device);
-    o.dtype = nfd::parse_dtype(dtype);
+    o.dtype = dtype == "auto" ? nfd::default_dtype(o.device) : nfd::parse_dtype(dtype);
     check_dtype_for_device(o.device, o.dtype);
     o.threads = threads;
     o.max_memory_bytes = max_memory_bytes;
@@ -544,7 +545,7 @@ PYBIND11_MODULE(_core, m) {
         d["text"] = e.describe();
         return d;
       },
-      py::arg("path"), py::arg("device") = "cpu", py::arg("dtype") = "float32", py::arg("threads") = 0,
+      py::arg("path"), py::arg("device") = "cpu", py::arg("dtype") = "auto", py::arg("threads") = 0,
       "Bytes a session of this file would allocate (weights, KV cache, activations exactly; scratch as an upper "
       "bound), computed without allocating; the device need not be present.");
   m.def(
@@ -566,6 +567,25 @@ PYBIND11_MODULE(_core, m) {
   m.def("cuda_device_name", &nfd::cuda_device_name, "Name of the current CUDA device; '' when none.");
   m.def("version", &nfd_version);
   m.def("blas_config", &nfd::cpu::blas_config, "OpenBLAS' build and the kernel set it chose for this CPU.");
+  m.def(
+      "default_dtype",
+      [](const std::string& device) {
+        return nfd::default_dtype(nfd::parse_device(device)) == nfd::DType::bf16 ? "bfloat16" : "float32";
+      },
+      py::arg("device") = "cpu", "What dtype 'auto' means on `device` here: 'bfloat16' or 'float32'.");
+  m.def(
+      "cpu_bf16",
+      [] {
+        const nfd::cpu::Bf16Support& s = nfd::cpu::bf16_support();
+        py::dict d;
+        d["ok"] = s.ok;
+        d["isa"] = s.isa;
+        d["why"] = s.why;
+        d["onednn"] = nfd::cpu::onednn_version();
+        return d;
+      },
+      "Whether the CPU backend computes bf16 here: {ok, isa ('AMX-BF16', 'AVX512-BF16' or ''), why (when not ok), "
+      "onednn (oneDNN's version, '' when not built with it)}.");
   m.def("cpu_kernel_level", &nfd::ops::cpu_detail::cpu_kernel_level,
         "Which compiled copy of the CPU kernels runs on this CPU (x86-64-v4 / v3 / baseline).");
   m.def(

@@ -6,6 +6,7 @@
 #include <set>
 #include <thread>
 
+#include "backends/cpu/onednn.h"
 #include "core/error.h"
 #include "runtime/loader.h"
 #include "runtime/snapshot.h"
@@ -45,14 +46,23 @@ void check_threads(int threads) {
                 std::to_string(threads));
 }
 
+DType default_dtype(Device device) {
+  return device == Device::cpu && cpu::bf16_support().ok ? DType::bf16 : DType::f32;
+}
+
 void check_device_options(Device device, DType dtype, int threads, bool need_device) {
   if (device == Device::cuda) {
     if (need_device && !cuda_available())
       fail(ErrorKind::unsupported, "device cuda requested but CUDA is unavailable: " + cuda_unavailable_reason());
+  } else if (dtype == DType::bf16) {
+    // bf16 on the CPU: oneDNN's AMX or AVX512-BF16 products (backends/cpu/onednn.h).
+    const cpu::Bf16Support& s = cpu::bf16_support();
+    NFD_CHECK(s.ok, unsupported,
+              "dtype bfloat16 on the CPU needs AVX512-BF16 or AMX: " + s.why + "; use dtype float32 (or device cuda)");
   } else {
-    const char* name = dtype == DType::bf16 ? "bfloat16" : dtype == DType::f16 ? "float16" : dtype_name(dtype);
+    const char* name = dtype == DType::f16 ? "float16" : dtype_name(dtype);
     NFD_CHECK(dtype == DType::f32, unsupported,
-              std::string("the CPU backend computes in float32; dtype ") + name + " needs device cuda");
+              std::string("the CPU backend computes in float32 or bfloat16; dtype ") + name + " needs device cuda");
   }
   check_threads(threads);
 }

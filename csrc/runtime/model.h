@@ -79,6 +79,10 @@ constexpr int kMaxThreads = 1024;
 // "1.2 GiB", "340.0 MiB", "512 bytes"
 std::string format_bytes(double bytes);
 
+// The dtype "auto" stands for: bf16 on a CPU that computes it (AVX512-BF16 or AMX, backends/cpu/onednn.h), else
+// f32; f32 on CUDA (where bf16 is asked for by name).
+DType default_dtype(Device device);
+
 // Checks device availability (with `need_device`), the dtype for the device and the thread count.
 void check_device_options(Device device, DType dtype, int threads, bool need_device);
 

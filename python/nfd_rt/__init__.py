@@ -7,7 +7,7 @@ reference models, `ReferenceSession` and the exporter's model class; `nfd_rt.con
 
 from . import configs, rng
 
-__all__ = ["configs", "rng", "Model", "Session", "step_batch", "step_latent_batch", "snapshot_info", "export",
+__all__ = ["configs", "rng", "Model", "Session", "step_batch", "step_latent_batch", "snapshot_info", "resolve_dtype", "export",
            "convert", "__version__", "include_dir", "cmake_dir", "lib_dir"]
 
 
@@ -43,7 +43,7 @@ def __getattr__(name):  # lazy: `export` needs torch, `Session` needs the compil
 
     if name in ("export", "convert", "gym"):  # `gym` needs gymnasium (the `gym` extra)
         return importlib.import_module("." + name, __name__)
-    if name in ("Session", "Model", "step_batch", "step_latent_batch", "snapshot_info"):
+    if name in ("Session", "Model", "step_batch", "step_latent_batch", "snapshot_info", "resolve_dtype"):
         return getattr(importlib.import_module(".session", __name__), name)
     if name == "__version__":  # one source: project(VERSION) in CMakeLists.txt, compiled into the runtime
         try:

@@ -19,7 +19,8 @@ def cpu_model() -> str:
 
 
 def runtime_report() -> dict:
-    """{nfd_rt, python, cpu, cuda, cpu_kernels, blas, OPENBLAS_CORETYPE (when set), default_threads}."""
+    """{nfd_rt, python, cpu, cuda, cpu_kernels, blas, cpu_bf16, cpu_default_dtype, OPENBLAS_CORETYPE (when set),
+    default_threads}."""
     from . import __version__
     from ._native import core
 
@@ -30,6 +31,11 @@ def runtime_report() -> dict:
         cuda = f"no: built with CUDA, but {c.cuda_unavailable_reason()}"
     else:
         cuda = "no: built without CUDA (install with nvcc on the PATH to build the CUDA backend)"
+    bf16 = c.cpu_bf16()
+    if bf16["ok"]:
+        cpu_bf16 = f"yes: {bf16['isa']} through oneDNN {bf16['onednn']} (dtype 'auto' is bfloat16 on the CPU)"
+    else:
+        cpu_bf16 = f"no: {bf16['why']} (dtype 'auto' is float32 on the CPU)"
     report = {
         "nfd_rt": __version__,
         "python": f"{platform.python_version()} on {platform.machine()}",
@@ -37,6 +43,8 @@ def runtime_report() -> dict:
         "cuda": cuda,
         "cpu_kernels": c.cpu_kernel_level(),
         "blas": c.blas_config(),
+        "cpu_bf16": cpu_bf16,
+        "cpu_default_dtype": c.default_dtype("cpu"),
         "default_threads": c.default_threads(),
     }
     if os.environ.get("OPENBLAS_CORETYPE"):

@@ -77,6 +77,7 @@ def _env(args: argparse.Namespace) -> int:
         "CPU kernels": r["cpu_kernels"],
         "BLAS": r["blas"] + (f" (chosen by OPENBLAS_CORETYPE={r['OPENBLAS_CORETYPE']})"
                              if "OPENBLAS_CORETYPE" in r else ""),
+        "CPU bf16": r["cpu_bf16"],
         "default threads": f"{r['default_threads']} (physical cores)",
     }
     if args.json:
@@ -172,13 +173,14 @@ def _convert_waypoint(args: argparse.Namespace) -> int:
 
 
 def _pick_device(device: str, dtype: str) -> tuple[str, str]:
-    """"auto" means CUDA (bfloat16) when the runtime was built with CUDA and sees a GPU, else CPU (float32)."""
-    if device == "auto":
-        from ._native import core
+    """"auto" means CUDA (bfloat16) when the runtime was built with CUDA and sees a GPU, else the CPU (bfloat16 on a
+    CPU with AVX512-BF16 or AMX, else float32: nfd_rt.resolve_dtype)."""
+    from ._native import core
 
+    if device == "auto":
         device = "cuda" if core().cuda_available() else "cpu"
     if dtype == "auto":
-        dtype = "bfloat16" if device == "cuda" else "float32"
+        dtype = "bfloat16" if device == "cuda" else core().default_dtype("cpu")
     return device, dtype
 
 
@@ -334,7 +336,8 @@ def _add_session_options(q: argparse.ArgumentParser) -> None:
                    help="sampling steps per frame: without --model the shipped model for 4, 2 or 1 step(s); with "
                    "--model that model run at an even N-step schedule (default: the model's own schedule)")
     q.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
-    q.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto (bf16 on cuda)")
+    q.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto (bf16 on cuda, and on a CPU "
+                   "with AVX512-BF16 or AMX)")
     q.add_argument("--seed", type=_int_in(0, 2**64 - 1), default=0, help="noise seed of the sampler")
     q.add_argument("--threads", type=_int_in(0, 1024), default=0, help="CPU threads (0 = physical cores)")
     q.add_argument("--speculate", type=_int_in(0, 64), default=0,

@@ -270,7 +270,7 @@ class Env(gymnasium.Env):
     def __init__(self, model: Model | str | os.PathLike | None = None, *, action_space: spaces.Space | None = None,
                  action_map: Callable[[Any], Any] | None = None, reward_fn: Callable | None = None,
                  termination_fn: Callable | None = None, initial_frames: Any = None,
-                 render_mode: str | None = "rgb_array", device: str = "cpu", dtype: str = "float32",
+                 render_mode: str | None = "rgb_array", device: str = "cpu", dtype: str = "auto",
                  threads: int = 0):
         self._world = _World(model, action_space, action_map, reward_fn, termination_fn, initial_frames, render_mode,
                              device, dtype, threads)
@@ -339,7 +339,7 @@ class VectorEnv(gymnasium.vector.VectorEnv):
                  max_episode_steps: int | None = None, action_space: spaces.Space | None = None,
                  action_map: Callable[[Any], Any] | None = None, reward_fn: Callable | None = None,
                  termination_fn: Callable | None = None, initial_frames: Any = None,
-                 render_mode: str | None = "rgb_array", device: str = "cpu", dtype: str = "float32",
+                 render_mode: str | None = "rgb_array", device: str = "cpu", dtype: str = "auto",
                  threads: int = 0):
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")

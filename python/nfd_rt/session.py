@@ -21,10 +21,20 @@ from .configs import ModelConfig
 _SPECULATE_MODES = ("exact", "parallel")
 
 
+def resolve_dtype(device: Any = "cpu", dtype: Any = "auto") -> str:
+    """The dtype a session of `device` computes in for `dtype`: "auto" (or None) is "bfloat16" on a CPU with
+    AVX512-BF16 or AMX (oneDNN's bf16 products, docs/cpu-backend.md) and "float32" on other CPUs and on CUDA; any
+    other name is returned as given (the runtime refuses what the device cannot compute)."""
+    device, dtype = _names(device, dtype)
+    return core().default_dtype(device.split(":")[0]) if dtype == "auto" else dtype
+
+
 def _names(device: Any, dtype: Any) -> tuple[str, str]:
     if not isinstance(device, str):
         device = str(device)  # e.g. torch.device("cuda")
-    if not isinstance(dtype, str):
+    if dtype is None:
+        dtype = "auto"
+    elif not isinstance(dtype, str):
         dtype = str(dtype).removeprefix("torch.")  # e.g. torch.bfloat16; the runtime parses the name
     return device, dtype
 
@@ -76,8 +86,9 @@ class Model:
         max_memory_bytes: refuse to load (MemoryError) when the weights would need more than this.
     """
 
-    def __init__(self, path: str | os.PathLike, device: str = "cpu", dtype: str = "float32", threads: int = 0,
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", dtype: str = "auto", threads: int = 0,
                  max_memory_bytes: int | None = None):
+        dtype = resolve_dtype(device, dtype)
         device, dtype = _names(device, dtype)
         self.threads = _threads(threads)
         self._m = core().Model(os.fspath(path), device, dtype, self.threads, _memory_limit(max_memory_bytes))
@@ -125,7 +136,9 @@ class Session:
     Args:
         path: the model file.
         device: "cpu" or "cuda".
-        dtype: compute dtype, "float32" (CPU and CUDA), "bfloat16" or "float16" (CUDA).
+        dtype: compute dtype: "auto" (the default: "bfloat16" on a CPU with AVX512-BF16 or AMX, else "float32";
+            `nfd_rt.resolve_dtype`), "float32" (CPU and CUDA), "bfloat16" (CUDA, and CPUs with AVX512-BF16 or
+            AMX), "float16" (CUDA). The session's `dtype` attribute names the one it computes in.
         seed: noise seed (Philox); the same seed gives the same video on every backend.
         threads: CPU threads, 0 = number of physical cores. The result does not depend on it (bitwise).
         max_memory_bytes: refuse to open (MemoryError) when the session would need more than this on its
@@ -139,9 +152,10 @@ class Session:
             out (None means 0 otherwise).
     """
 
-    def __init__(self, path: str | os.PathLike, device: str = "cpu", dtype: str = "float32", seed: int | None = None,
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", dtype: str = "auto", seed: int | None = None,
                  threads: int = 0, cuda_graphs: bool = True, max_memory_bytes: int | None = None,
                  speculate: int = 0, speculate_mode: str = "exact", snapshot: Any = None):
+        dtype = resolve_dtype(device, dtype)
         device, dtype = _names(device, dtype)
         limit = _memory_limit(max_memory_bytes)
         self._s = None

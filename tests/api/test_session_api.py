@@ -6,6 +6,9 @@ numerics against the PyTorch oracle are tested with the ops/model (parity tests)
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -17,7 +20,7 @@ from nfd_rt.export import NFDFormatError
 
 from nfd_testfiles import random_nfd
 
-pytest.importorskip("nfd_rt._core", reason="the compiled extension nfd_rt._core is not built")
+_core = pytest.importorskip("nfd_rt._core", reason="the compiled extension nfd_rt._core is not built")
 
 CFG = configs.get("tiny")
 A = CFG.action_dim
@@ -228,13 +231,55 @@ def test_cuda_unavailable_is_a_clear_error(model_path):
         nfd_rt.Session(model_path, device="cuda")
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_low_precision_on_the_cpu_is_a_value_error(model_path, dtype):
+def test_float16_on_the_cpu_is_a_value_error(model_path):
     """Bad input, as the README promises: ValueError (it was RuntimeError), and the message says what would work."""
-    with pytest.raises(ValueError, match=f"the CPU backend computes in float32; dtype {dtype} needs device cuda"):
-        nfd_rt.Session(model_path, dtype=dtype)
-    with pytest.raises(ValueError, match="computes in float32"):
-        nfd_rt.Model(model_path, dtype=dtype)
+    with pytest.raises(ValueError, match="the CPU backend computes in float32 or bfloat16; dtype float16 needs "
+                                         "device cuda"):
+        nfd_rt.Session(model_path, dtype="float16")
+    with pytest.raises(ValueError, match="computes in float32 or bfloat16"):
+        nfd_rt.Model(model_path, dtype="float16")
+
+
+def test_bfloat16_on_the_cpu_runs_where_the_cpu_has_it(model_path):
+    """bf16 on the CPU: the default ("auto") where the CPU has AVX512-BF16 or AMX, float32 by request; elsewhere
+    bf16 is a ValueError naming what is missing, and "auto" is float32."""
+    bf16 = _core.cpu_bf16()
+    assert nfd_rt.resolve_dtype("cpu") == ("bfloat16" if bf16["ok"] else "float32")
+    assert nfd_rt.resolve_dtype("cpu", None) == nfd_rt.resolve_dtype("cpu", "auto")
+    assert nfd_rt.resolve_dtype("cuda") == "float32" and nfd_rt.resolve_dtype("cpu", "float32") == "float32"
+    with nfd_rt.Session(model_path, seed=1) as s, nfd_rt.Session(model_path, dtype="float32", seed=1) as f:
+        assert s.dtype == nfd_rt.resolve_dtype("cpu") and f.dtype == "float32"
+        assert "dtype=" + repr(s.dtype) in repr(s)
+        s.step(action(0))
+    assert nfd_rt.Model(model_path).dtype == nfd_rt.resolve_dtype("cpu")
+    if bf16["ok"]:
+        with nfd_rt.Session(model_path, dtype="bfloat16", seed=1) as s:
+            assert s.step(action(0)).dtype == np.uint8
+    else:
+        with pytest.raises(ValueError, match="dtype bfloat16 on the CPU needs AVX512-BF16 or AMX"):
+            nfd_rt.Session(model_path, dtype="bfloat16")
+
+
+def test_bfloat16_is_refused_on_a_cpu_without_it(model_path):
+    """oneDNN capped below AVX512-BF16 (ONEDNN_MAX_CPU_ISA), as on a CPU without bf16: a bf16 session is a
+    ValueError naming what is missing and what to use; the default is float32 there."""
+    if not _core.cpu_bf16()["onednn"]:
+        pytest.skip("built without oneDNN: no CPU has bf16 in this build")
+    code = f"""
+import nfd_rt
+try:
+    nfd_rt.Session({str(model_path)!r}, dtype="bfloat16")
+    raise SystemExit("a bf16 session opened")
+except ValueError as e:
+    assert "dtype bfloat16 on the CPU needs AVX512-BF16 or AMX: this CPU has neither" in str(e), e
+    assert "use dtype float32" in str(e), e
+s = nfd_rt.Session({str(model_path)!r})
+assert s.dtype == "float32", s.dtype
+print("refused")
+"""
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"},
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "refused" in r.stdout, r.stdout + r.stderr
 
 
 def test_no_driver_is_not_an_insufficient_driver():

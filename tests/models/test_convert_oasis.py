@@ -26,6 +26,7 @@ pytest.importorskip("safetensors", reason="needs safetensors (the `torch` extra)
 import oasis_upstream_semantics as upstream  # noqa: E402
 from nfd_rt.convert import oasis as conv  # noqa: E402
 from nfd_rt.reference import OasisModel, OasisReferenceSession  # noqa: E402
+from nfd_testfiles import subprocess_env  # noqa: E402
 
 TINY = configs.get("oasis-tiny")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -283,7 +284,7 @@ def test_pt_files_bfloat16_and_every_rope_name(tmp_path):
 # -- the command line ------------------------------------------------------------------------------------------
 
 def _cli(*args):
-    env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "python") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = subprocess_env()
     return subprocess.run([sys.executable, "-m", "nfd_rt.cli", *args], capture_output=True, text=True, timeout=120,
                           env=env)
 
@@ -314,8 +315,7 @@ def test_docs_snippet_runs_as_written(tmp_path):
     text = open(os.path.join(REPO, "docs", "oasis.md")).read()
     m = re.search(r"<!-- test: oasis-convert -->\s*```bash\n(.*?)```", text, re.S)
     assert m, "docs/oasis.md has no bash block marked <!-- test: oasis-convert -->"
-    env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "python") + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    env = subprocess_env()
     r = subprocess.run(["bash", "-euo", "pipefail", "-c", m.group(1)], cwd=tmp_path, capture_output=True, text=True,
                        timeout=300, env=env)
     assert r.returncode == 0, r.stdout + r.stderr

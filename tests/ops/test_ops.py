@@ -11,6 +11,7 @@ and one float64 reference serves all. A row compares in one of three ways:
            of >= 1024 terms; float16: 2e-3; bfloat16: 1e-2), and on float32 max|got - ref| / max|ref| too;
   rounded  bit for bit the float32 reference rounded to the dtype (layout ops, conversions, noise);
   exact    bit for bit (uint8 results).
+The CPU's bf16 rows run where the CPU has AVX512-BF16 or AMX (and are skipped, with the reason, elsewhere).
 Rows that use a CUDA implementation switch (NFD_RT_GEMM, NFD_RT_ATTENTION, NFD_RT_ATTENTION_SPLITS) run on CUDA
 only; a backend's documented limit (CUDA attention's head_dims) is a row that expects that backend's error.
 CUDA rows are marked `cuda` and skipped with "no CUDA device" where none is present. What needs C++ (allocation
@@ -40,7 +41,8 @@ from nfd_rt.reference import waypoint as waypoint_ref  # noqa: E402
 _core = pytest.importorskip("nfd_rt._core")
 ops = _core.ops
 
-BACKENDS = [("cpu", "float32"), ("cuda", "float32"), ("cuda", "float16"), ("cuda", "bfloat16")]
+BACKENDS = [("cpu", "float32"), ("cpu", "bfloat16"), ("cuda", "float32"), ("cuda", "float16"), ("cuda", "bfloat16")]
+CPU_BF16 = _core.cpu_bf16()  # bf16 on the CPU: oneDNN on AMX or AVX512-BF16 (docs/cpu-backend.md)
 SHORT = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 TORCH_DTYPE = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SWITCH_ENV = ("NFD_RT_ATTENTION", "NFD_RT_ATTENTION_SPLITS", "NFD_RT_ATTENTION_ROWS", "NFD_RT_GEMM", "NFD_RT_CONV",
@@ -695,6 +697,10 @@ case("to_uint8 3x8x9 unit", lambda dev: ops.to_uint8(unit, pixels="unit", **dev)
      lambda: torch.round(torch.from_numpy(unit).clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).numpy(),
      mode="exact",  # reference/waypoint.py images_to_frames without its resize
      where=lambda device, dtype: dtype == "float32")
+unit16 = rounded(unit, "bfloat16")  # exact in every dtype: the same pixels from a bf16 or f16 image
+case("to_uint8 3x8x9 unit (values exact in 16 bits)", lambda dev: ops.to_uint8(unit16, pixels="unit", **dev),
+     lambda: torch.round(torch.from_numpy(unit16).clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).numpy(),
+     mode="exact")
 fu8 = np.random.default_rng(34).integers(0, 256, (8, 9, 3), dtype=np.uint8)
 case("from_uint8 8x9x3 unit", lambda dev: ops.from_uint8(fu8, pixels="unit", **dev),
      lambda: torch.from_numpy(fu8).permute(2, 0, 1).float().numpy() / np.float32(255.0), mode="rounded")
@@ -728,6 +734,8 @@ def backend_params(rows, applies):
         for device, dtype in BACKENDS:
             if applies(row, device, dtype):
                 marks = [pytest.mark.cuda] if device == "cuda" else []
+                if device == "cpu" and dtype == "bfloat16" and not CPU_BF16["ok"]:
+                    marks.append(pytest.mark.skip(reason=f"no bf16 on this CPU: {CPU_BF16['why']}"))
                 params.append(pytest.param(row, device, dtype, id=f"{row.id} @ {device} {SHORT[dtype]}", marks=marks))
     return params
 
@@ -1038,18 +1046,53 @@ def test_contract(row: Bad, device, dtype, clean_env):
         assert same_words(message) == same_words(contract_message(row, "cpu", "float32"))
 
 
-# The CPU backend's own limit: it computes in fp32 only (an `unsupported` error: RuntimeError).
-@pytest.mark.parametrize("call", [
+# The CPU backend's own limit: it computes in fp32, and in bf16 where the CPU has AVX512-BF16 or AMX (an
+# `unsupported` error, RuntimeError, otherwise); float16 never.
+CPU_LIMIT_CALLS = [
     lambda d: ops.linear(x48, w58, **d),
     lambda d: ops.attention(q, kc, kc, [0], **d),
     lambda d: ops.layernorm_modulate(x48, r(8), r(8), **d),
     lambda d: ops.conv2d(c3, r(4, 3, 3, 3), **d),
     lambda d: ops.groupnorm(r(8, 2, 2), r(8), r(8), 4, **d),
     lambda d: ops.noise_mix(0, 0, 0, shape=[8], **d),
-], ids=["linear", "attention", "layernorm_modulate", "conv2d", "groupnorm", "noise_mix"])
-def test_cpu_computes_in_fp32_only(call):
-    with pytest.raises(RuntimeError, match=r"the CPU backend computes in fp32 only, got bf16"):
-        call(dict(device="cpu", dtype="bfloat16"))
+]
+CPU_LIMIT_IDS = ["linear", "attention", "layernorm_modulate", "conv2d", "groupnorm", "noise_mix"]
+
+
+@pytest.mark.parametrize("call", CPU_LIMIT_CALLS, ids=CPU_LIMIT_IDS)
+def test_cpu_computes_in_fp32_or_bf16(call):
+    with pytest.raises(RuntimeError, match=r"the CPU backend (computes in fp32 or bf16|converts only between f32 and bf16)"):
+        call(dict(device="cpu", dtype="float16"))
+    if CPU_BF16["ok"]:
+        call(dict(device="cpu", dtype="bfloat16"))  # runs
+    else:
+        with pytest.raises(RuntimeError, match=r"in bf16 only on CPUs with AVX512-BF16 or AMX: .*got bf16"):
+            call(dict(device="cpu", dtype="bfloat16"))
+
+
+def test_cpu_refuses_bf16_without_avx512_bf16():
+    """oneDNN capped below AVX512-BF16 (ONEDNN_MAX_CPU_ISA, as on a CPU without it): every bf16 op and a bf16
+    session are refused, naming what is missing; float32 still runs; dtype="auto" resolves to float32."""
+    if not CPU_BF16["onednn"]:
+        pytest.skip("built without oneDNN: bf16 is refused everywhere (test_cpu_computes_in_fp32_or_bf16)")
+    import subprocess
+    import sys
+    code = """
+import numpy as np, nfd_rt
+from nfd_rt import _core
+assert not _core.cpu_bf16()["ok"], _core.cpu_bf16()
+try:
+    _core.ops.linear(np.ones((2, 8), np.float32), np.ones((3, 8), np.float32), dtype="bfloat16")
+    raise SystemExit("bf16 linear ran")
+except RuntimeError as e:
+    assert "in bf16 only on CPUs with AVX512-BF16 or AMX: this CPU has neither" in str(e), e
+_core.ops.linear(np.ones((2, 8), np.float32), np.ones((3, 8), np.float32), dtype="float32")
+assert nfd_rt.resolve_dtype("cpu", "auto") == "float32"
+print("refused")
+"""
+    env = {**__import__("os").environ, "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and "refused" in r.stdout, r.stdout + r.stderr
 
 
 def test_every_op_has_a_binding_and_rows():

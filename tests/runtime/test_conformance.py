@@ -37,7 +37,7 @@ class Impl:
 
 
 def cpp(model, files, seed):
-    return nfd_rt.Session(files.nfd(model), device="cpu", seed=seed)
+    return nfd_rt.Session(files.nfd(model), device="cpu", dtype="float32", seed=seed)
 
 
 def onnxruntime(model, files, seed):
@@ -62,14 +62,17 @@ CONTEXT_IMPLS = [i for i in IMPLS if i.context]
 
 
 class Files:
-    """Each model written once per test session: a .nfd file and its ONNX export."""
+    """Each model written once per test session: a .nfd file and its ONNX export. The models are kept alive with
+    their files: keyed by id() alone, a later model could reuse a collected one's id and get its files (a stale
+    export of another config)."""
 
     def __init__(self, tmp_path_factory):
-        self.tmp, self.done = tmp_path_factory, {}
+        self.tmp, self.done, self.models = tmp_path_factory, {}, []
 
     def nfd(self, model):
         key = ("nfd", id(model))
         if key not in self.done:
+            self.models.append(model)
             self.done[key] = self.tmp.mktemp("nfd") / "m.nfd"
             save(model, self.done[key])
         return self.done[key]

@@ -131,13 +131,18 @@ def test_max_memory_bytes(tmp_path, tiny_bytes):
 def test_estimate_is_exact_for_the_arena(tmp_path, cfg):
     path = tmp_path / f"{cfg.name}.nfd"
     path.write_bytes(random_nfd(cfg))
-    need = _core.estimate_memory(str(path))
-    with nfd_rt.Session(path) as s:
+    need = _core.estimate_memory(str(path), "cpu", "float32")
+    with nfd_rt.Session(path, dtype="float32") as s:
         assert s.memory_bytes() == need["weights"] + need["kv_cache"] + need["activations"]
         assert s.kv_cache_bytes() == need["kv_cache"]
     # The CUDA estimate can be made on a machine without a GPU (bf16: half the bytes of the weights and cache).
     gpu = _core.estimate_memory(str(path), "cuda", "bfloat16")
     assert gpu["device"] == "cuda" and gpu["kv_cache"] == need["kv_cache"] // 2
+    # The default (dtype "auto": bf16 on a CPU with AVX512-BF16 or AMX) is estimated alike.
+    auto = _core.estimate_memory(str(path))
+    with nfd_rt.Session(path) as s:
+        assert s.memory_bytes() == auto["weights"] + auto["kv_cache"] + auto["activations"]
+        assert auto["kv_cache"] == need["kv_cache"] // (2 if s.dtype == "bfloat16" else 1)
 
 
 SCRATCH_PROBE = textwrap.dedent("""
@@ -145,28 +150,30 @@ SCRATCH_PROBE = textwrap.dedent("""
     import numpy as np
     import nfd_rt
     from nfd_rt import _core
-    path, threads = sys.argv[1], int(sys.argv[2])
-    with nfd_rt.Session(path, threads=threads) as s:
+    path, threads, dtype = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    with nfd_rt.Session(path, threads=threads, dtype=dtype) as s:
         cfg = s.config
         rng = np.random.default_rng(0)
         s.reset(frames=rng.integers(0, 256, (2, cfg.frame_height, cfg.frame_width, 3), dtype=np.uint8))
         for i in range(cfg.window + cfg.sink_frames + 2):
             s.step(rng.standard_normal(cfg.action_dim).astype(np.float32))
-    est = _core.estimate_memory(path, "cpu", "float32", threads)
+    est = _core.estimate_memory(path, "cpu", dtype, threads)
     print(json.dumps({"peak": _core.cpu_scratch_peak_bytes(), "bound": est["scratch"]}))
 """)
 
 
+@pytest.mark.parametrize("dtype", ["float32", pytest.param("bfloat16", marks=pytest.mark.skipif(
+    not _core.cpu_bf16()["ok"], reason="no bf16 on this CPU"))])
 @pytest.mark.parametrize("cfg", [MICRO, nfd_rt.configs.get("tiny"), WIDE, nfd_rt.configs.get("oasis-tiny")],
                          ids=lambda c: c.name)
-def test_scratch_bound_holds(tmp_path, cfg):
+def test_scratch_bound_holds(tmp_path, cfg, dtype):
     """A fresh process (the scratch counters are process-wide) runs reset with context frames (the encoder),
     a full window of decoded steps, and compares the ops' scratch high-water mark with the estimate's bound."""
     path = tmp_path / f"{cfg.name}.nfd"
     path.write_bytes(random_nfd(cfg))
     for threads in (1, 2):
-        r = subprocess.run([sys.executable, "-c", SCRATCH_PROBE, str(path), str(threads)], capture_output=True,
-                           text=True, timeout=300)
+        r = subprocess.run([sys.executable, "-c", SCRATCH_PROBE, str(path), str(threads), dtype],
+                           capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
         got = json.loads(r.stdout)
         assert 0 < got["peak"] <= got["bound"], (cfg.name, threads, got)

@@ -120,7 +120,7 @@ def test_rollout_past_the_window_matches_the_reference(which, request):
     """15 frames from an empty context: the window (max_frames 6) rolls twice; every latent within 1e-4 of the
     reference's cached sampler, every pixel within one level."""
     path = request.getfixturevalue(which)
-    s = CoreSession(path, device="cpu", seed=11)
+    s = CoreSession(path, device="cpu", seed=11, dtype="float32")
     r = OasisReferenceSession(path, seed=11)
     s.reset()
     r.reset()
@@ -132,7 +132,7 @@ def test_reset_with_context_frames_and_latents(converted):
     """reset(frames) runs the ViT encoder; reset(latents, actions) takes latents as they are: then both match."""
     rng = np.random.default_rng(2)
     frames = rng.integers(0, 256, (3, TINY.frame_height, TINY.frame_width, 3), dtype=np.uint8)
-    s = CoreSession(converted, device="cpu", seed=4)
+    s = CoreSession(converted, device="cpu", seed=4, dtype="float32")
     r = OasisReferenceSession(converted, seed=4)
     s.reset(frames)
     r.reset(frames)
@@ -149,13 +149,13 @@ def test_encoder_and_decoder_match_the_reference(converted):
     """The ViT decoder on its own (Session.decode), and the encoder through the cache it fills."""
     rng = np.random.default_rng(5)
     z = rng.standard_normal((TINY.latent_channels, TINY.latent_height, TINY.latent_width)).astype(np.float32)
-    s, r = nfd_rt.Session(converted, device="cpu"), OasisReferenceSession(converted)
+    s, r = nfd_rt.Session(converted, device="cpu", dtype="float32"), OasisReferenceSession(converted)
     assert within_one_level(s.decode(z), r.decode(z)) <= 1
     assert s.frame_index == 0
 
 
 def test_step_batch_equals_stepping_alone(converted):
-    m = nfd_rt.Model(converted, device="cpu")
+    m = nfd_rt.Model(converted, device="cpu", dtype="float32")
     batch = [m.session(seed=i) for i in range(3)]
     alone = [m.session(seed=i) for i in range(3)]
     for t in range(8):  # past the window
@@ -170,40 +170,63 @@ def test_step_batch_equals_stepping_alone(converted):
 
 def test_fork_continues_like_a_replay(converted):
     acts = actions(10, seed=6)
-    s = nfd_rt.Session(converted, device="cpu", seed=9)
+    s = nfd_rt.Session(converted, device="cpu", seed=9, dtype="float32")
     for a in acts[:7]:
         s.step_latent(a)
     f = s.fork()
     other = actions(4, seed=7)
     zf = [f.step_latent(a) for a in other]
     zs = [s.step_latent(a) for a in acts[7:]]
-    replay = nfd_rt.Session(converted, device="cpu", seed=9)
+    replay = nfd_rt.Session(converted, device="cpu", seed=9, dtype="float32")
     for a in acts[:7]:
         replay.step_latent(a)
     assert all(np.array_equal(z, replay.step_latent(a)) for z, a in zip(zf, other))
-    again = nfd_rt.Session(converted, device="cpu", seed=9)
+    again = nfd_rt.Session(converted, device="cpu", seed=9, dtype="float32")
     for a in acts[:7]:
         again.step_latent(a)
     assert all(np.array_equal(z, again.step_latent(a)) for z, a in zip(zs, acts[7:]))  # the fork left s alone
 
 
-def test_same_seed_same_video_at_one_and_two_threads(converted):
+BF16 = pytest.param("bfloat16", marks=pytest.mark.skipif(not _core.cpu_bf16()["ok"], reason="no bf16 on this CPU"))
+
+
+@pytest.mark.parametrize("dtype", ["float32", BF16])
+def test_same_seed_same_video_at_one_and_two_threads(converted, dtype):
     acts = actions(9, seed=8)
-    one = CoreSession(converted, device="cpu", seed=5, threads=1)
-    two = CoreSession(converted, device="cpu", seed=5, threads=2)
+    one = CoreSession(converted, device="cpu", seed=5, threads=1, dtype=dtype)
+    two = CoreSession(converted, device="cpu", seed=5, threads=2, dtype=dtype)
     for a in acts:
         z1, f1 = one.step_both(a)
         z2, f2 = two.step_both(a)
         assert np.array_equal(z1, z2) and np.array_equal(f1, f2)
-    other = CoreSession(converted, device="cpu", seed=6, threads=1)
-    assert not np.array_equal(other.step_latent(acts[0]), CoreSession(converted, seed=5).step_latent(acts[0]))
+    other = CoreSession(converted, device="cpu", seed=6, threads=1, dtype=dtype)
+    five = CoreSession(converted, seed=5, dtype=dtype)
+    assert not np.array_equal(other.step_latent(acts[0]), five.step_latent(acts[0]))
+
+
+@pytest.mark.skipif(not _core.cpu_bf16()["ok"], reason="no bf16 on this CPU")
+def test_bfloat16_rollout_stays_close_to_float32(converted):
+    """bf16 on the CPU (oneDNN) against the fp32 session, 40 frames (the 6-frame window rolls many times): the
+    latents within a bf16 relative error, the frames within a few levels on average."""
+    acts = actions(40, seed=12)
+    f32 = CoreSession(converted, device="cpu", seed=3, dtype="float32")
+    b16 = CoreSession(converted, device="cpu", seed=3, dtype="bfloat16")
+    assert b16.dtype == "bfloat16"
+    worst, mean_levels = 0.0, []
+    for a in acts:
+        z1, f1 = f32.step_both(a)
+        z2, f2 = b16.step_both(a)
+        worst = max(worst, float(np.linalg.norm(z1 - z2) / np.linalg.norm(z1)))
+        mean_levels.append(float(np.abs(f1.astype(np.int16) - f2.astype(np.int16)).mean()))
+    assert worst < 0.05, worst
+    assert max(mean_levels) < 3.0, mean_levels
 
 
 # -- memory ---------------------------------------------------------------------------------------------------------
 
 def test_memory_estimate_before_allocation(converted):
     cfg = TINY
-    need = _core.estimate_memory(str(converted))
+    need = _core.estimate_memory(str(converted), "cpu", "float32")
     assert need["total"] == need["weights"] + need["kv_cache"] + need["activations"] + need["scratch"]
     # Temporal K and V per layer: max_frames slots (the window of max_frames - 1 frames + the current one).
     assert need["kv_cache"] == 2 * cfg.depth * cfg.max_frames * cfg.tokens_per_frame * cfg.hidden_size * 4
@@ -215,8 +238,8 @@ def test_memory_estimate_before_allocation(converted):
     floats += cfg.latent_height * cfg.latent_width * cfg.vae.rope_dim * 2
     assert need["weights"] == 4 * floats
     with pytest.raises(MemoryError, match="max_memory_bytes"):
-        nfd_rt.Session(converted, max_memory_bytes=need["total"] - 1)
-    with nfd_rt.Session(converted, max_memory_bytes=need["total"]) as s:  # exactly enough
+        nfd_rt.Session(converted, max_memory_bytes=need["total"] - 1, dtype="float32")
+    with nfd_rt.Session(converted, max_memory_bytes=need["total"], dtype="float32") as s:  # exactly enough
         assert s.kv_cache_bytes() == need["kv_cache"]
         assert s.memory_bytes() == need["weights"] + need["kv_cache"] + need["activations"]
         s.reset(np.zeros((2, cfg.frame_height, cfg.frame_width, 3), np.uint8))
@@ -258,14 +281,11 @@ def test_serve_plays_an_oasis_file_with_its_key_map(exported, tmp_path):
 
 def test_docs_snippets_convert_then_run(tmp_path):
     """docs/oasis.md as written: convert random upstream-layout weights, then the 'Running in nfd_rt' snippet."""
-    import os
     import subprocess
-    import sys
 
-    from nfd_testfiles import REPO, snippet
+    from nfd_testfiles import snippet, subprocess_env
 
-    env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "python") + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    env = subprocess_env()
     for name in ("oasis-convert", "oasis-run"):
         r = subprocess.run(["bash", "-euo", "pipefail", "-c", snippet("oasis.md", name)], cwd=tmp_path,
                            capture_output=True, text=True, timeout=300, env=env)

@@ -32,7 +32,7 @@ def model_path(tiny_nfd):  # conftest.py's tiny model as a .nfd file
 
 @pytest.fixture
 def make_session(model_path):
-    return lambda seed=0: CoreSession(model_path, device="cpu", seed=seed)
+    return lambda seed=0: CoreSession(model_path, device="cpu", dtype="float32", seed=seed)
 
 
 def actions(n, dim, seed=0):
@@ -74,7 +74,7 @@ def test_bad_file_and_options(tmp_path):
 def test_cuda_float32_session_matches_cpu_over_64_frames(model_path, model):
     """The CPU backend is the oracle of the CUDA backend: fp32 over 64 frames with the window rolling."""
     acts = actions(64, model.cfg.action_dim, seed=3)
-    cpu = CoreSession(model_path, device="cpu", seed=1)
+    cpu = CoreSession(model_path, device="cpu", dtype="float32", seed=1)
     gpu = CoreSession(model_path, device="cuda", dtype="float32", seed=1)
     worst = 0.0
     for a in acts:

@@ -33,7 +33,7 @@ def model_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(model_path):
-    return nfd_rt.Model(model_path)
+    return nfd_rt.Model(model_path, dtype="float32")  # the byte counts below are fp32's
 
 
 def actions(n: int, seed: int) -> np.ndarray:
@@ -172,7 +172,7 @@ def test_restore_with_its_own_model_copy_and_other_options(model, model_path):
     blob = s.snapshot()
     acts = [key(i // 3) for i in range(CFG.window + 6)]  # repeats, so the frames ahead are served too
     want = run(s.fork(), acts)
-    with nfd_rt.Session(model_path, snapshot=blob, threads=1) as own:  # its own copy of the weights
+    with nfd_rt.Session(model_path, snapshot=blob, threads=1, dtype="float32") as own:  # its own weights
         assert_same(run(own, acts), want, "Session(path, snapshot=)")
     # Speculation may differ from the original's (another ring size): the frames are the same.
     spec = model.session(snapshot=blob, speculate=3)

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from serve_helpers import decode, load_bench, need_serve_extra
+from serve_helpers import BlockingSocket, act_and_wait, decode, load_bench, need_serve_extra, until
 
 need_serve_extra()
 
@@ -261,50 +261,6 @@ def test_token_and_max_players(guarded):
 
 
 # -- the scheduler: idle, slow and stuck clients (fake sockets and clock, real sessions) ---------------------------
-class BlockingSocket:
-    """A WebSocket whose sends wait until `release` is set (a client that stopped reading); `waiting` is set
-    once a send waits."""
-
-    def __init__(self, reading: bool = False):
-        self.release = asyncio.Event()
-        if reading:
-            self.release.set()
-        self.waiting = asyncio.Event()
-        self.sent: list = []
-        self.closed = None
-
-    async def send_text(self, text):
-        await self._wait()
-        self.sent.append(text)
-
-    async def send_bytes(self, data):
-        await self._wait()
-        self.sent.append(data)
-
-    async def _wait(self):
-        if not self.release.is_set():
-            self.waiting.set()
-        await self.release.wait()
-
-    async def close(self, code, reason=""):
-        self.closed = (code, reason)
-
-
-async def until(condition, timeout: float = 60) -> None:
-    """Wait for `condition()` (the timeout only guards against a hang; nothing depends on how long it takes)."""
-    async def poll():
-        while not condition():
-            await asyncio.sleep(0.005)
-    await asyncio.wait_for(poll(), timeout)
-
-
-async def act_and_wait(srv, p, keys: str = '["ArrowRight"]') -> None:
-    """One action, then wait until its frame has been made (one tick)."""
-    before = p.frame_index
-    srv.on_message(p, '{"type": "keys", "keys": %s}' % keys)
-    await until(lambda: p.frame_index > before)
-
-
 def test_idle_player_is_closed_and_the_other_plays_on():
     """--idle-timeout, on the server's clock: a fake one here, so a loaded machine cannot close the active player
     too (a real 1.5 s timeout did, when its first frames took longer than that)."""
@@ -326,11 +282,12 @@ def test_idle_player_is_closed_and_the_other_plays_on():
         await act_and_wait(srv, active)  # the active player plays on
         still_open = active.close_request is None and sockets[0].closed is None
         closes = srv.metrics.registry.get_sample_value("nfd_serve_closes_total", {"code": "4408"})
+        for p in (active, idle):  # as the app does: left first, then the senders cancelled
+            srv.leave(p)
+            p.wake.set()
         for t in senders:
             t.cancel()
         await asyncio.gather(*senders, return_exceptions=True)
-        for p in (active, idle):
-            srv.leave(p)
         await srv.stop()
         return sockets[1].closed, still_open, closes, active.frame_index
 
@@ -424,8 +381,8 @@ def test_cli_checks_everything_before_listening(tmp_path):
         ([str(text)], 1, f"nfd-rt serve: error: {text}: not a .nfd (safetensors) file"),
         (["--keymap", str(tmp_path / "keys.json")], 1, f"nfd-rt serve: error: --keymap {tmp_path / 'keys.json'}: "
          "no such file"),
-        (["--dtype", "float16"], 1, "nfd-rt serve: error: the CPU backend computes in float32; dtype float16 needs "
-         "device cuda"),
+        (["--dtype", "float16"], 1, "nfd-rt serve: error: the CPU backend computes in float32 or bfloat16; dtype "
+         "float16 needs device cuda"),
         (["--device", "gpu"], 1, "nfd-rt serve: error: device must be 'cpu' or 'cuda', got 'gpu'"),
         (["--port", str(busy.getsockname()[1])], 1, f"nfd-rt serve: error: cannot listen on 127.0.0.1:"
          f"{busy.getsockname()[1]}: "),

@@ -1,6 +1,6 @@
 """The play page in a real headless Chromium (Debian's `chromium`, driven by Playwright through
 executable_path; never `playwright install`): frames arrive, keys move the agent the way the game says, the
-reset button works, a refused player sees why. Saves docs/images/serve.png when it is missing or when
+reset button works, Reconnect continues the world, a refused player sees why. Saves docs/images/serve.png when it is missing or when
 NFD_RT_SCREENSHOTS=1.
 
 Outside CI the test skips when Chromium is not installed (`apt-get install -y chromium`); in CI it must run.
@@ -115,6 +115,16 @@ def test_play_page_in_chromium(server, browser, tmp_path):
     n = page.evaluate("nfd.frames")
     page.wait_for_function(f"nfd.frames >= {n + 3}", timeout=60_000)
     assert np.linalg.norm(agent(page) - truth) < 5
+
+    # Reconnect continues the world (?resume= with the hello's token), on this full server (--max-players 1) too:
+    # the old connection hands its place over. The page plays no-ops meanwhile: the agent stays where it was.
+    token, before = page.evaluate("nfd.hello.resume"), agent(page)
+    page.evaluate("document.getElementById('reconnect').onclick()")
+    page.wait_for_function("nfd.hello.resumed === true", timeout=60_000)
+    assert page.evaluate("nfd.hello.resume") == token
+    n = page.evaluate("nfd.frames")
+    page.wait_for_function(f"nfd.frames >= {n + 3}", timeout=60_000)
+    assert np.linalg.norm(agent(page) - before) < 5 and page.inner_text("#status") == "playing"
 
     # A second player on a server with --max-players 1 is refused, and the page says so.
     other = browser.new_page()

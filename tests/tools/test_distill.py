@@ -100,7 +100,7 @@ def test_students_step_and_cpp_matches_pytorch(steps):
     from nfd_rt.reference import ReferenceSession
 
     frames, actions = held_out_sequence(1, 14)
-    with nfd_rt.Session(STUDENTS[steps], seed=4) as s:
+    with nfd_rt.Session(STUDENTS[steps], dtype="float32", seed=4) as s:
         assert s.config.num_steps == steps
         s.reset(frames=frames[:2])
         ours = np.stack([s.step_latent(a) for a in actions[2:-1]])

@@ -50,7 +50,8 @@ typedef enum nfd_status {
 
 typedef enum nfd_device { NFD_DEVICE_CPU = 0, NFD_DEVICE_CUDA = 1 } nfd_device;
 
-typedef enum nfd_dtype { NFD_DTYPE_F32 = 0, NFD_DTYPE_BF16 = 1, NFD_DTYPE_F16 = 2 } nfd_dtype;
+/* AUTO (the default): BF16 on a CPU with AVX512-BF16 or AMX, F32 on other CPUs and on CUDA. */
+typedef enum nfd_dtype { NFD_DTYPE_F32 = 0, NFD_DTYPE_BF16 = 1, NFD_DTYPE_F16 = 2, NFD_DTYPE_AUTO = 3 } nfd_dtype;
 
 /* Speculative sampling (nfd_session_params.speculate = k > 0): EXACT generates the k frames ahead that plain
  * stepping would produce (in a background thread, between calls), so the video never changes; PARALLEL
@@ -61,7 +62,8 @@ typedef enum nfd_speculate_mode { NFD_SPECULATE_EXACT = 0, NFD_SPECULATE_PARALLE
 
 typedef struct nfd_session_params {
   nfd_device device; /* NFD_DEVICE_CPU (default) or NFD_DEVICE_CUDA */
-  nfd_dtype dtype;   /* compute dtype: F32 on the CPU; F32, BF16 or F16 on CUDA */
+  nfd_dtype dtype;   /* compute dtype: AUTO (default), F32 or BF16 (with AVX512-BF16 or AMX) on the CPU; F32,
+                        BF16 or F16 on CUDA */
   uint64_t seed;     /* noise seed: the same seed gives the same video on every backend */
   int32_t threads;   /* CPU threads; 0 = number of physical cores; at most 1024 */
   int32_t cuda_graphs; /* nonzero (default): capture a whole frame once as a CUDA graph and replay it */

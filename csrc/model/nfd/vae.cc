@@ -59,11 +59,16 @@ static VAEWeights::Net load_net(const ModelFile& file, const NfdConfig& cfg_, co
 VAEWeights::VAEWeights(const ModelFile& file, const NfdConfig& cfg, Arena& arena, const Context& ctx, DType dtype,
                        bool with_encoder)
     : has_encoder(with_encoder) {
+  dtype = vae_dtype(arena.device(), dtype);
   dec = load_net(file, cfg, "vae.decoder.", true, arena, ctx, dtype);
   if (with_encoder) enc = load_net(file, cfg, "vae.encoder.", false, arena, ctx, dtype);
 }
 
-VAE::VAE(const NfdConfig& cfg, const VAEWeights& weights, Arena& arena, DType dtype) : cfg_(cfg), w_(weights) {
+VAE::VAE(const NfdConfig& cfg, const VAEWeights& weights, Arena& arena, DType session_dtype)
+    : cfg_(cfg), w_(weights) {
+  const DType dtype = vae_dtype(arena.device(), session_dtype);
+  if (dtype != session_dtype)
+    latent_ = arena.alloc({cfg.latent_channels, cfg.latent_height(), cfg.latent_width()}, dtype);
   // Largest activation: at channel level i the resolution is (H >> i, W >> i); a level's tensors have at most
   // max(ch[i-1..i+1]) channels at that or the next finer resolution (upsample output).
   const std::vector<int>& ch = cfg.vae.channels;
@@ -145,8 +150,10 @@ int VAE::run(const Context& ctx, const Net& net, bool decoder, Tensor& x, int cu
 }
 
 bool VAE::decode(const Context& ctx, const Tensor& latent, Tensor& frame, const std::atomic<bool>* cancel) {
+  if (latent_.defined()) ops::copy(ctx, latent, latent_);
+  const Tensor& in = latent_.defined() ? latent_ : latent;
   Tensor x = buf(0, {w_.dec.conv_in.w.dim(0), latent.dim(1), latent.dim(2)});
-  ops::conv2d(ctx, latent, w_.dec.conv_in.w, w_.dec.conv_in.b, 1, 1, x, nullptr);
+  ops::conv2d(ctx, in, w_.dec.conv_in.w, w_.dec.conv_in.b, 1, 1, x, nullptr);
   if (run(ctx, w_.dec, true, x, 0, cancel) < 0) return false;
   if (cancel && cancel->load(std::memory_order_relaxed)) return false;
   ops::conv2d(ctx, x, w_.dec.conv_out.w, w_.dec.conv_out.b, 1, 1, image_, nullptr);
@@ -160,7 +167,9 @@ void VAE::encode(const Context& ctx, const Tensor& frame, Tensor& latent) {
   Tensor x = buf(0, {w_.enc.conv_in.w.dim(0), image_.dim(1), image_.dim(2)});
   ops::conv2d(ctx, image_, w_.enc.conv_in.w, w_.enc.conv_in.b, 1, 1, x, nullptr);
   run(ctx, w_.enc, false, x, 0);
-  ops::conv2d(ctx, x, w_.enc.conv_out.w, w_.enc.conv_out.b, 1, 1, latent, nullptr);
+  if (!latent_.defined()) return ops::conv2d(ctx, x, w_.enc.conv_out.w, w_.enc.conv_out.b, 1, 1, latent, nullptr);
+  ops::conv2d(ctx, x, w_.enc.conv_out.w, w_.enc.conv_out.b, 1, 1, latent_, nullptr);
+  ops::copy(ctx, latent_, latent);
 }
 
 }  // namespace nfd_arch

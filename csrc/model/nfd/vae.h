@@ -16,6 +16,14 @@ namespace nfd {
 namespace model {
 namespace nfd_arch {
 
+// The dtype the VAE computes in for a session of `dtype` on `device`: the session's, except that a bf16 session on
+// the CPU decodes in fp32. The CPU's convolutions have fast fp32 paths only (Winograd, phase folding; in bf16 they
+// widen every operand), the decoder is a few percent of an nfd-130m frame and over half of a tiny one, so bf16
+// would cost time there and save none; the latent crosses over through one ops::copy each way.
+inline DType vae_dtype(Device device, DType dtype) {
+  return device == Device::cpu && dtype == DType::bf16 ? DType::f32 : dtype;
+}
+
 struct VAEWeights {
   struct Conv {
     Tensor w, b;
@@ -63,7 +71,8 @@ class VAE {
   const NfdConfig& cfg_;
   const VAEWeights& w_;
   Tensor bufs_[4];
-  Tensor image_;  // [3, H, W]
+  Tensor image_;   // [3, H, W]
+  Tensor latent_;  // [C, h, w] in the VAE's dtype when it is not the session's (vae_dtype), else undefined
 };
 
 }  // namespace nfd_arch

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 
 from . import protocol
 from .server import Player, ServeConfig, Server, ServerFull
+from .worlds import TOKEN_RE
 
 log = logging.getLogger("nfd_rt.serve")
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -29,16 +30,18 @@ STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 class _Holder:
     """The process's Server, made on first use (never pickled: Ray ships the app before any exists)."""
 
-    def __init__(self, cfg: ServeConfig, replica_name: Callable[[], str] | None, server: Server | None = None):
-        self.cfg, self.replica_name, self.server = cfg, replica_name, server
+    def __init__(self, cfg: ServeConfig, replica_name: Callable[[], str] | None, server: Server | None = None,
+                 worlds: Callable[[], object] | None = None):
+        self.cfg, self.replica_name, self.server, self.worlds = cfg, replica_name, server, worlds
 
     def get(self) -> Server:
         if self.server is None:
-            self.server = Server(self.cfg, self.replica_name() if self.replica_name else None)
+            self.server = Server(self.cfg, self.replica_name() if self.replica_name else None,
+                                 worlds=self.worlds() if self.worlds else None)
         return self.server
 
     def __getstate__(self):
-        return {"cfg": self.cfg, "replica_name": self.replica_name, "server": None}
+        return {"cfg": self.cfg, "replica_name": self.replica_name, "server": None, "worlds": self.worlds}
 
 
 def _static(name: str) -> bytes:
@@ -46,11 +49,14 @@ def _static(name: str) -> bytes:
         return f.read()
 
 
-def create_app(cfg: ServeConfig, replica_name: Callable[[], str] | None = None, server: Server | None = None):
+def create_app(cfg: ServeConfig, replica_name: Callable[[], str] | None = None, server: Server | None = None,
+               worlds: Callable[[], object] | None = None):
     """The FastAPI app serving `cfg.model`. `replica_name` labels this process in /healthz and hello messages.
-    `server`: a Server made (and checked) already, e.g. by `nfd-rt serve` before it listens; not for Ray."""
+    `server`: a Server made (and checked) already, e.g. by `nfd-rt serve` before it listens; not for Ray.
+    `worlds`: makes the store of parked and kept worlds (default: one in this process); Ray Serve passes one
+    shared by its replicas."""
     cfg.check()
-    holder = _Holder(cfg, replica_name, server)
+    holder = _Holder(cfg, replica_name, server, worlds)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -76,13 +82,16 @@ def create_app(cfg: ServeConfig, replica_name: Callable[[], str] | None = None, 
 
     @app.get("/healthz")
     async def healthz():
-        return JSONResponse(holder.get().health())
+        srv = holder.get()
+        return JSONResponse({**srv.health(), "worlds": await srv.store_stats()})
 
     @app.get("/metrics")
     async def metrics():
         from prometheus_client import CONTENT_TYPE_LATEST
 
-        return Response(holder.get().metrics.text(), media_type=CONTENT_TYPE_LATEST)
+        srv = holder.get()
+        await srv.store_stats()  # the nfd_serve_stored_* gauges
+        return Response(srv.metrics.text(), media_type=CONTENT_TYPE_LATEST)
 
     @app.websocket("/ws")
     async def play(ws: WebSocket):
@@ -107,25 +116,35 @@ async def _play(srv: Server, ws) -> None:
         return
     fmt = q.get("format", "jpeg").lower()
     seed = q.get("seed", str(srv.cfg.default_seed))
+    resume = q.get("resume")
     if fmt not in ("jpeg", "png") or not seed.isdigit() or int(seed) > protocol.MAX_SEED:
         srv.metrics.connections.labels("bad_request").inc()
         await _close(srv, ws, protocol.CLOSE_BAD_REQUEST,
                      f"bad query: format must be jpeg or png, seed an integer in [0, {protocol.MAX_SEED}]")
         return
+    if resume is not None and not TOKEN_RE.match(resume):
+        srv.metrics.connections.labels("bad_request").inc()
+        await _close(srv, ws, protocol.CLOSE_BAD_REQUEST, "bad query: resume must be the token of a hello message")
+        return
     try:
-        player = srv.join(fmt, int(seed))
+        player, resume_error = await srv.admit(fmt, int(seed), resume)
     except ServerFull as e:
         srv.metrics.connections.labels("full").inc()
         await _close(srv, ws, protocol.CLOSE_FULL, str(e))
         return
     srv.metrics.connections.labels("accepted").inc()
     try:
-        await ws.send_text(json.dumps(srv.hello(player)))
+        hello = srv.hello(player)
+        if resume_error is not None:
+            hello["resume_error"] = resume_error
+        await ws.send_text(json.dumps(hello))
         tasks = {asyncio.ensure_future(_receive(srv, ws, player)), asyncio.ensure_future(_send(srv, ws, player))}
         done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for t in done:  # a send to a vanished client ends with an error: expected, only logged
             if not t.cancelled() and t.exception() is not None:
                 log.debug("connection %s: %r", player.id, t.exception())
+        srv.leave(player)  # first: a sender that misses its cancellation still ends at its next wake-up
+        player.wake.set()
         for t in pending:
             t.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
@@ -143,14 +162,26 @@ async def _receive(srv: Server, ws, p: Player) -> None:
         srv.on_message(p, m.get("text") if m.get("text") is not None else m.get("bytes"))
 
 
+async def _woken(p: Player, timeout: float) -> None:
+    """Until `p.wake` is set or `timeout` seconds pass. Not `asyncio.wait_for(p.wake.wait(), ...)`: before Python
+    3.12 that swallows a cancellation arriving just as the event is set, and the sender then outlived its
+    connection by up to a stats interval (a test with a long one hung)."""
+    if p.wake.is_set():
+        return
+    waiter = asyncio.ensure_future(p.wake.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=timeout)
+    finally:
+        waiter.cancel()
+
+
 async def _send(srv: Server, ws, p: Player) -> None:
     """The only task that writes to this socket after the hello: texts, then the newest frame, then stats."""
     timeout = srv.cfg.send_timeout
     interval = srv.cfg.stats_interval
     next_stats = time.monotonic() + interval
-    while True:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(p.wake.wait(), max(0.0, next_stats - time.monotonic()))
+    while not p.gone:
+        await _woken(p, max(0.0, next_stats - time.monotonic()))
         p.wake.clear()
         if p.close_request is not None:
             await _close(srv, ws, *p.close_request)

@@ -21,10 +21,12 @@ CLOSE_REPLICA_LOST = 1012  # "service restart": the Ray Serve replica holding th
 CLOSE_MALFORMED = 4400  # too many malformed messages in a row
 CLOSE_UNAUTHORIZED = 4401  # --token is set and the connection's ?token= is missing or wrong
 CLOSE_IDLE = 4408  # no message from the client for --idle-timeout seconds
+CLOSE_WORLD_TAKEN = 4409  # another connection continued this player's world with ?resume=
 CLOSE_TOO_MANY_MESSAGES = 4429  # more than the allowed messages per second
 CLOSE_BAD_REQUEST = 4422  # bad query parameter (?format=, ?seed=)
 CLOSE_SLOW_CLIENT = 4504  # a frame could not be delivered for --send-timeout seconds (client not reading)
 CLOSE_FULL = 4503  # --max-players players already connected
+CLOSE_WORLD_LOST = 4507  # the player's parked world is no longer kept (--max-parked-bytes, or its store lost it)
 
 MAX_MESSAGE_CHARS = 4096  # longest text message accepted (an action of a few hundred floats fits)
 MAX_SEED = 2**31 - 1

@@ -5,7 +5,15 @@ step per tick over its players). A player is one WebSocket, and Ray Serve's prox
 replica that accepted it for as long as it is open, so a player stays pinned to one replica for the life of its
 session (sessions are stateful: the KV cache lives there). New players go to the less loaded replica (Serve's
 router compares ongoing requests, and an open WebSocket is one). When a replica dies, its players' WebSockets
-are closed by the proxy; a player that reconnects gets a fresh session on a live replica.
+are closed by the proxy.
+
+Worlds move between replicas through one store of the application, `WorldStoreDeployment` (a second deployment,
+one replica, no CPU reserved), holding the `worlds.WorldStore` every replica uses through `RayWorlds`: a replica
+puts a player's world there when the player parks (--park-after) or disconnects, and any replica that receives a
+connection with that player's `?resume=TOKEN` takes it and restores the session. So a player whose replica died
+while it was parked or after it left continues its world on another replica; a player active when its replica
+dies loses its world (its session was only in that replica's memory, and a world leaves the store when it is
+resumed) and starts anew.
 
     python -m nfd_rt.serve.ray [MODEL.nfd] --replicas 2 [--port 8000] [--ray-address auto]
 
@@ -14,6 +22,7 @@ Multi-node: docs/serve.md ("Scale-out on Ray Serve").
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import sys
 import time
@@ -21,8 +30,15 @@ import time
 from ray import serve
 
 from .server import ServeConfig
+from .worlds import WorldStore
 
 APP_NAME = "nfd_rt"
+# A parked world whose replica stops renewing it (every Server.TOUCH_EVERY_S) is kept this long, then
+# --resume-within more: time for its player to reconnect to another replica after its replica died.
+LEASE_S = 60.0
+# A take of a world not in the store waits this long for it: the replica its player just left may still be
+# saving it (the next tick, after any step in progress) when the reconnect reaches another replica.
+RESUME_GRACE_S = 5.0
 # Ray Serve's hook for middlewares in its HTTP proxies (read by every proxy process at start).
 PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 PROXY_CALLBACK = "nfd_rt.serve.ray.proxy_middlewares"
@@ -61,7 +77,8 @@ class CloseWhenReplicaLost:
 
                 try:
                     await send({"type": "websocket.close", "code": CLOSE_REPLICA_LOST,
-                                "reason": "the replica holding this session is gone: reconnect for a new one"})
+                                "reason": "the replica holding this session is gone: reconnect (?resume=TOKEN "
+                                          "continues a world parked or left before)"})
                 except Exception:  # noqa: BLE001 - the client may be gone too
                     pass
 
@@ -80,21 +97,96 @@ def _replica_name() -> str:
     return getattr(rid, "unique_id", None) or str(rid)
 
 
+@serve.deployment(name="NFDWorlds", num_replicas=1, max_ongoing_requests=4096, health_check_period_s=10)
+class WorldStoreDeployment:
+    """The application's one store of parked and kept worlds (a single replica: one `WorldStore`, its methods
+    run one at a time on the replica's event loop). If it dies, Serve starts a new, empty one: the worlds in it
+    are lost, their players are told when they come back (4507, or a new world on a reconnect)."""
+
+    def __init__(self, max_bytes: int | None, keep_s: float, lease_s: float, grace_s: float = RESUME_GRACE_S):
+        self.store = WorldStore(max_bytes, keep_s, lease_s)  # "auto": a quarter of this node's memory
+        self.grace_s = grace_s
+        self._waiting: dict = {}  # token -> asyncio.Event set by its next put
+
+    async def put(self, token, world, connected: bool) -> list:
+        dropped = self.store.put(token, world, connected)
+        ev = self._waiting.pop(token, None)
+        if ev is not None:
+            ev.set()
+        return dropped
+
+    async def take(self, token, wait: bool = False):
+        """wait: a reconnect's take, which waits up to grace_s for a world not here yet (a parked player's own
+        world is here unless it is gone for good: no wait)."""
+        world, why = self.store.take(token)
+        if world is None and wait and self.grace_s > 0:  # perhaps on its way: wait for a put of it, a little
+            ev = self._waiting.setdefault(token, asyncio.Event())
+            try:
+                await asyncio.wait_for(ev.wait(), self.grace_s)
+            except asyncio.TimeoutError:
+                if self._waiting.get(token) is ev:
+                    del self._waiting[token]
+            world, why = self.store.take(token)
+        return world, why
+
+    async def release(self, token) -> None:
+        self.store.release(token)
+
+    async def touch(self, tokens) -> None:
+        self.store.touch(tokens)
+
+    async def stats(self) -> dict:
+        return self.store.stats()
+
+
+class RayWorlds:
+    """The interface `Server` uses (as `worlds.LocalWorlds`), over the store deployment's handle."""
+
+    durable = True  # outlives a replica: a replica that stops keeps its players' worlds there
+    max_bytes = None  # known to the store's replica (checked by `build` when given)
+
+    TIMEOUT_S = 60.0  # a store that does not answer fails the call (the server then reports the world lost)
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    async def _call(self, method: str, *args):
+        return await asyncio.wait_for(getattr(self.handle, method).remote(*args), self.TIMEOUT_S)
+
+    async def put(self, token, world, connected: bool) -> list:
+        return await self._call("put", token, world, connected)
+
+    async def take(self, token, wait: bool = False):
+        return await self._call("take", token, wait)
+
+    async def release(self, token) -> None:
+        await self._call("release", token)
+
+    async def touch(self, tokens) -> None:
+        await self._call("touch", list(tokens))
+
+    async def stats(self) -> dict:
+        return await self._call("stats")
+
+
 @serve.deployment(name="NFDServe", health_check_period_s=5, health_check_timeout_s=20,
                   graceful_shutdown_timeout_s=5)
 @serve.ingress()
 class NFDServe:
     """One replica: builds the FastAPI app of `nfd_rt.serve.app` in the replica process (nothing is pickled
-    but the config)."""
+    but the config and the store's handle)."""
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: dict, worlds=None):
         self._cfg = ServeConfig(**cfg)
         self._cfg.check()
+        self._worlds = worlds  # a DeploymentHandle of WorldStoreDeployment
 
     def __serve_build_asgi_app__(self):
         from .app import create_app
 
-        return create_app(self._cfg, replica_name=_replica_name)
+        handle = self._worlds
+        return create_app(self._cfg, replica_name=_replica_name,
+                          worlds=(lambda: RayWorlds(handle)) if handle is not None else None)
 
 
 def build(cfg: ServeConfig, replicas: int = 1, cpus_per_replica: float | None = None,
@@ -109,10 +201,23 @@ def build(cfg: ServeConfig, replicas: int = 1, cpus_per_replica: float | None = 
     if cpus_per_replica is None:
         cpus_per_replica = 0.0 if gpus_per_replica else 1.0
     options = {"num_cpus": cpus_per_replica, "num_gpus": gpus_per_replica}
+    if cfg.max_parked_bytes is not None and (cfg.park_after > 0 or cfg.resume_within > 0):
+        from .server import check_files
+        from .worlds import human, world_bytes
+
+        model_cfg = check_files(cfg)[1]
+        half = cfg.dtype in ("bfloat16", "float16") or (cfg.dtype == "auto" and cfg.device == "cuda")
+        one = world_bytes(model_cfg, 2 if half else 4)
+        if cfg.max_parked_bytes < one:
+            raise ValueError(f"--max-parked-bytes {cfg.max_parked_bytes} cannot hold one world of model "
+                             f"{model_cfg.name} (up to {one} bytes, {human(one)}, at a full cache); raise it, or "
+                             "turn parking and keeping off with --park-after 0 --resume-within 0")
+    store = WorldStoreDeployment.options(ray_actor_options={"num_cpus": 0}).bind(
+        cfg.max_parked_bytes, cfg.resume_within, LEASE_S)
     # An open WebSocket counts as one ongoing request for its whole life: allow every player of the replica
     # plus page and health requests; the app itself refuses players past max_players with a close code.
     return NFDServe.options(num_replicas=replicas, ray_actor_options=options,
-                            max_ongoing_requests=cfg.max_players + 16).bind(dataclasses.asdict(cfg))
+                            max_ongoing_requests=cfg.max_players + 16).bind(dataclasses.asdict(cfg), store)
 
 
 def start(cfg: ServeConfig, replicas: int = 1, host: str = "127.0.0.1", port: int = 8000,

@@ -1,6 +1,8 @@
 // The play page of `nfd-rt serve`: one WebSocket, one session. Protocol: docs/serve.md.
 // The loop is closed: each frame that arrives is answered with the keys held now, so a player has one action
 // in flight at a time and the time from sending it to its frame is the round-trip latency shown.
+// A hidden page sends no input (the server parks its world after --park-after) and pings to stay connected;
+// reconnecting, or reloading the page, continues the world with the hello's resume token (?resume=).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -13,18 +15,23 @@ const CLOSE_REASONS = {
   1000: "closed", 1001: "the server is shutting down", 1006: "connection lost",
   1011: "the server failed to run this session", 4400: "too many malformed messages",
   4401: "unauthorized: this server needs ?token=", 4408: "idle for too long",
-  4422: "bad request", 4429: "too many messages", 4503: "the server is full", 4504: "too slow to read frames",
+  4409: "this world was resumed in another tab or window", 4422: "bad request", 4429: "too many messages",
+  4503: "the server is full", 4504: "too slow to read frames",
+  4507: "your parked world was dropped (the server's memory for parked worlds was full)",
 };
+const RESUME_KEY = "nfd_rt.resume"; // this tab's world, for a reconnect or a reload (sessionStorage)
 
 // State the tests read as window.nfd.
 const nfd = window.nfd = { hello: null, frames: 0, latencies: [], closed: null, stats: null, connected: false };
 const held = new Set();
-let ws = null, keymap = null, sentAt = null, watchdog = null, frameTimes = [];
+let ws = null, keymap = null, sentAt = null, watchdog = null, frameTimes = [], paused = false, lastSent = 0;
 
 function wsUrl() {
   const u = new URL("ws", location.href);
   u.protocol = location.protocol === "https:" ? "wss:" : "ws:";
   for (const k of ["token", "format", "seed"]) if (params.has(k)) u.searchParams.set(k, params.get(k));
+  const resume = sessionStorage.getItem(RESUME_KEY);
+  if (resume) u.searchParams.set("resume", resume);
   return u.toString();
 }
 
@@ -33,12 +40,18 @@ function show(text) {
   $("overlay").classList.toggle("show", !!text);
 }
 
+function send(msg) {
+  ws.send(JSON.stringify(msg));
+  lastSent = performance.now();
+}
+
 function sendAction() {
   if (!ws || ws.readyState !== WebSocket.OPEN) return;
+  if (document.hidden) { paused = true; return; } // no input while nobody looks: the server parks the world
   const msg = keymap
     ? { type: "keys", keys: [...held].filter((k) => keymap.has(k)) }
     : { type: "action", action: new Array(nfd.hello.action_dim).fill(0) };
-  ws.send(JSON.stringify(msg));
+  send(msg);
   sentAt = performance.now();
 }
 
@@ -65,6 +78,8 @@ async function onFrame(blob) {
 function onText(msg) {
   if (msg.type === "hello") {
     nfd.hello = msg;
+    sessionStorage.setItem(RESUME_KEY, msg.resume);
+    if (msg.resume_error) console.warn("could not continue the world:", msg.resume_error);
     keymap = msg.keys ? new Set(msg.keys) : null;
     $("model").textContent = `${msg.model} ${msg.width}x${msg.height}, ${msg.world} world, replica ${msg.replica}`;
     $("seed").value = msg.seed;
@@ -102,10 +117,19 @@ function connect() {
 // A frame answered with nothing (an error reply, a reset in between): ask again after a second of silence.
 watchdog = setInterval(() => {
   if (sentAt !== null && performance.now() - sentAt > 1000) sendAction();
+  if (document.hidden && ws && ws.readyState === WebSocket.OPEN && performance.now() - lastSent > 15000) {
+    send({ type: "ping", t: Date.now() }); // stay connected (a ping is no input: the world stays parked)
+  }
   const lat = nfd.latencies.slice(-20);
   $("fps").textContent = frameTimes.length;
   $("latency").textContent = lat.length ? (lat.reduce((a, b) => a + b, 0) / lat.length).toFixed(0) : "–";
 }, 250);
+
+document.addEventListener("visibilitychange", () => {
+  if (document.hidden) return;
+  if (paused) { paused = false; sendAction(); } // back: the next input brings the parked world back
+  else if (nfd.closed && nfd.closed.code === 4408) $("reconnect").onclick(); // closed while away: continue
+});
 
 addEventListener("keydown", (e) => {
   if (keymap && keymap.has(e.code)) { held.add(e.code); e.preventDefault(); }
@@ -115,7 +139,7 @@ addEventListener("blur", () => held.clear());
 $("reset").onclick = () => {
   const seed = Math.max(0, Math.floor(Number($("seed").value) || 0));
   if (ws && ws.readyState === WebSocket.OPEN) {
-    ws.send(JSON.stringify({ type: "reset", seed }));
+    send({ type: "reset", seed });
     sentAt = performance.now();
   }
   $("reset").blur();
