@@ -319,3 +319,54 @@ def test_scratch_bound_holds(converted, dtype):
         assert r.returncode == 0, r.stderr
         got = json.loads(r.stdout)
         assert 0 < got["peak"] <= got["bound"], (threads, got)
+
+
+def test_c_abi_returns_four_frames_a_step(converted):
+    """The C ABI: nfd_session_info.frames_per_step is 4 and a step writes 4 frames, the same bytes as the Python
+    session's step (the same library underneath, the same seed)."""
+    import ctypes
+
+    from nfd_testfiles import find_c_library
+
+    lib_path = find_c_library()
+    if lib_path is None:
+        pytest.skip("libnfd_rt.so not found (build it, or set NFD_RT_LIB)")
+    lib = ctypes.CDLL(lib_path)
+
+    class Params(ctypes.Structure):
+        _fields_ = [("device", ctypes.c_int), ("dtype", ctypes.c_int), ("seed", ctypes.c_uint64),
+                    ("threads", ctypes.c_int32), ("cuda_graphs", ctypes.c_int32),
+                    ("max_memory_bytes", ctypes.c_uint64), ("speculate", ctypes.c_int32),
+                    ("speculate_mode", ctypes.c_int32)]
+
+    class Info(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_int32) for n in ("frame_height", "frame_width", "latent_channels", "latent_height",
+                                                   "latent_width", "action_dim", "num_steps", "window",
+                                                   "sink_frames")] + \
+                   [("frame_index", ctypes.c_int64), ("memory_bytes", ctypes.c_uint64),
+                    ("speculated_served", ctypes.c_uint64), ("speculated_discarded", ctypes.c_uint64),
+                    ("frames_per_step", ctypes.c_int32)]
+
+    lib.nfd_session_default_params.restype = Params
+    lib.nfd_last_error.restype = ctypes.c_char_p
+    lib.nfd_session_open.argtypes = [ctypes.c_char_p, ctypes.POINTER(Params), ctypes.POINTER(ctypes.c_void_p)]
+    lib.nfd_session_get_info.argtypes = [ctypes.c_void_p, ctypes.POINTER(Info)]
+    lib.nfd_session_step.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    lib.nfd_session_close.argtypes = [ctypes.c_void_p]
+    p = lib.nfd_session_default_params()
+    p.dtype, p.seed, p.threads = 0, 7, 1  # NFD_DTYPE_F32
+    s = ctypes.c_void_p()
+    assert lib.nfd_session_open(str(converted).encode(), ctypes.byref(p), ctypes.byref(s)) == 0, lib.nfd_last_error()
+    try:
+        info = Info()
+        assert lib.nfd_session_get_info(s, ctypes.byref(info)) == 0
+        assert (info.frames_per_step, info.frame_height, info.frame_width) == (F, TINY.output_height, TINY.output_width)
+        assert info.action_dim == TINY.control_dim and info.window == TINY.local_window - 1
+        py = nfd_rt.Session(converted, device="cpu", dtype="float32", seed=7, threads=1)
+        for c in controls(3, seed=13):
+            out = np.zeros((F, TINY.output_height, TINY.output_width, 3), np.uint8)
+            c = np.ascontiguousarray(c, np.float32)
+            assert lib.nfd_session_step(s, c.ctypes.data, out.ctypes.data, None) == 0, lib.nfd_last_error()
+            assert np.array_equal(out, py.step(c))
+    finally:
+        lib.nfd_session_close(s)
