@@ -26,7 +26,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import fps  # noqa: E402  (environment record)
+import fps  # noqa: E402  (progress lines)
+from common import result_header  # noqa: E402  (benchmarks/common.py)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -103,9 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         def close(self):
             self.s.close()
 
-    result = {"config": cfg.to_dict(), "model": os.path.basename(args.model) if args.model else "random (init_seed=0)",
-              "frames": args.frames, "device": args.device, "threads": args.threads,
-              "cache_frames": cfg.cache_frames, "environment": fps.environment(args.device)}
+    result = {**result_header("bf16_quality", args.device), "config": cfg.to_dict(),
+              "model": os.path.basename(args.model) if args.model else "random (init_seed=0)",
+              "frames": args.frames, "device": args.device, "threads": args.threads, "cache_frames": cfg.cache_frames}
     result["nfd_rt"] = lockstep(Rt, args.frames, actions)
     fps.log(f"nfd_rt bf16 vs fp32: PSNR min {result['nfd_rt'].get('psnr_db_min')} dB, mean "
             f"{result['nfd_rt'].get('psnr_db_mean')} dB over {args.frames} frames")

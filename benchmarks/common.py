@@ -1,7 +1,8 @@
 """What every benchmark of nfd_rt records the same way: the environment of a run, and the top of its result.
 
 Every result JSON under benchmarks/results/ starts with the same keys:
-    "benchmark"       the script that wrote it (fps, ops, worlds, gym_vec, serve_load, soak, steps, snapshot)
+    "benchmark"       the script that wrote it (fps, ops, worlds, gym_vec, serve_load, soak, steps, snapshot,
+                      bf16_quality)
     "schema_version"  the version of these common keys (1)
     "environment"     environment(device): date, host, CPU, Python, nfd_rt version and commit, BLAS, CPU kernels,
                       torch, the GPU and driver where there is one, and the load average when the run started

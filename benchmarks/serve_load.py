@@ -483,7 +483,17 @@ async def parking_phase(server: "ServerProcess", players: int, active: int, seco
             await asyncio.sleep(0.25)
         return True
 
-    await until(lambda: len(ev["warm"]) == players, 600)
+    # One session's bytes, seen while the players warm up. (With a short --park-after the first players can be
+    # parked before the last is warm, so a single reading after warm-up may already be the parked figure.)
+    seen = {"per_session": 0}
+
+    def all_warm() -> bool:
+        h = server.health()
+        if h["active"]:
+            seen["per_session"] = max(seen["per_session"], h["session_bytes"] // h["active"])
+        return len(ev["warm"]) == players
+
+    await until(all_warm, 600)
     h_before = server.health()
     idle = players - active
     if parking:  # every idle player parked (a real --park-after, read from /healthz)
@@ -523,7 +533,7 @@ async def parking_phase(server: "ServerProcess", players: int, active: int, seco
         "parked_while_idle": min(x["parked"] for x in h) if h else None,
         "players_saw_parked": sum(1 for o in back if o["saw_parked"]),
         "rss_mib_empty": rss_empty, "rss_mib": rss, "rss_mib_median": float(np.median(rss)),
-        "session_bytes_before": h_before["session_bytes"],
+        "session_bytes_before": max(h_before["session_bytes"], players * seen["per_session"]),  # all unparked
         "session_bytes_idle": int(np.median([x["session_bytes"] for x in h])),
         "parked_bytes": int(np.median([x["parked_bytes"] for x in h])),
         "stored_bytes": int(m_mid.get("nfd_serve_stored_bytes", 0)),

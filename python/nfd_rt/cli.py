@@ -21,6 +21,11 @@ import sys
 
 import numpy as np
 
+from ._cli_args import int_in as _int_in
+from ._cli_args import pick_device as _pick_device
+from ._cli_args import positive_float as _positive_float
+from ._cli_args import positive_int as _positive_int
+
 
 def _model_file(name: str) -> str:
     """A .nfd path, or the file of a shipped model named like `demo --model` takes it (gridworld, ...)."""
@@ -172,18 +177,6 @@ def _convert_waypoint(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pick_device(device: str, dtype: str) -> tuple[str, str]:
-    """"auto" means CUDA (bfloat16) when the runtime was built with CUDA and sees a GPU, else the CPU (bfloat16 on a
-    CPU with AVX512-BF16 or AMX, else float32: nfd_rt.resolve_dtype)."""
-    from ._native import core
-
-    if device == "auto":
-        device = "cuda" if core().cuda_available() else "cpu"
-    if dtype == "auto":
-        dtype = "bfloat16" if device == "cuda" else core().default_dtype("cpu")
-    return device, dtype
-
-
 def _demo_model(path: str | None, steps: int | None = None) -> str:
     """The .nfd file to run: a path, a shipped model's name, or (no --model) the shipped model for `steps`."""
     from .demo import MODEL_FOR_STEPS, MODEL_PATH, MODELS
@@ -279,30 +272,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (a clear usage error instead of a crash deep inside for 0 or -3)."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
-def _int_in(lo: int, hi: int, what: str = ""):
-    """argparse type: an integer in [lo, hi]."""
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"must be an integer in [{lo}, {hi}]{what}, got {v}")
-        return v
-    return parse
-
-
 MAX_ROOM = 2**31 - 1  # Gridworld room seeds, as `nfd-rt serve` takes them
 
 
@@ -317,16 +286,6 @@ def _video_path(text: str) -> str:
     if not os.access(folder, os.W_OK):
         raise argparse.ArgumentTypeError(f"folder {folder} is not writable")
     return text
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return v
 
 
 def _add_session_options(q: argparse.ArgumentParser) -> None:

@@ -97,6 +97,8 @@ def test_sizes_parse_and_the_default_is_a_quarter_of_memory():
     # One world of the shipped model at a full cache, as docs/snapshots.md gives it (590,452 bytes) + its frame.
     cfg = nfd_rt.Model(MODEL_PATH).config
     assert 590_452 + 64 * 64 * 3 <= worlds.world_bytes(cfg) <= 590_452 + 64 * 64 * 3 + 4096
+    half_state = 589_824 // 2  # bf16 K/V: half of the fp32 state (docs/snapshots.md), the rest as before
+    assert half_state + 64 * 64 * 3 <= worlds.world_bytes(cfg, "bfloat16") <= half_state + 64 * 64 * 3 + 4096 + 36
 
 
 # -- parking in a server (fake sockets and clock, real sessions) ----------------------------------------------
@@ -199,7 +201,7 @@ def test_parked_bytes_cap_drops_kept_then_oldest_parked():
 
     async def scenario():
         probe, _ = make_server()
-        cap = int(2.5 * worlds.world_bytes(probe.model_cfg))
+        cap = int(2.5 * worlds.world_bytes(probe.model_cfg, probe.dtype))  # probe.dtype: "auto" resolved
         await probe.stop()
         srv, now = make_server(park_after=10, max_parked_bytes=cap)
         (a, b, c, d), (wa, *_), senders = await open_players(srv, 1, 2, 3, 4)

@@ -39,7 +39,7 @@ def test_fps_benchmark_smoke(tmp_path):
         assert "onnxruntime" in result["skipped_runners"]
     # Interleaved on the CPU: every runner warmed up first (compile-static last: compiling takes minutes), then
     # one timed frame of each in turn; the load average around the timed frames is recorded.
-    warmed = [line.split()[3] for line in r.stderr.splitlines() if line.startswith("warming up ")]
+    warmed = [line.split()[2] for line in r.stderr.splitlines() if line.startswith("warming up ")]
     assert warmed[-1].startswith("compile-static") and len(warmed) == len(names)
     assert result["interleaved"] is True and result["load_average_before_timing"] >= 0
     full = result["config"]["sink_frames"] + result["config"]["window"] + 1

@@ -127,8 +127,8 @@ SMALL_EVAL = {
 @pytest.mark.parametrize("choice", list(SMALL_EVAL), ids=lambda c: "_".join(c).replace("--", ""))
 def test_cli_evaluate_steps_reproduces_figures(tmp_path, capsys, choice):
     out = tmp_path / "eval.json"
-    assert cli.main(["evaluate", *choice, "--device", "cpu", "--sequences", "4", "--length", "12",
-                     "--json", str(out)]) == 0
+    assert cli.main(["evaluate", *choice, "--device", "cpu", "--dtype", "float32", "--sequences", "4",
+                     "--length", "12", "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     steps = int(choice[-1])
     assert r["steps_per_frame"] == steps and r["schedule"] == list(export.uniform_schedule(steps))

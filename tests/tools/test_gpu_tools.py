@@ -139,7 +139,9 @@ def test_run_sh_dry_run_puts_the_headline_first_and_falls_back(tmp_path):
     fps = json.loads((out / "fps.json").read_text())
     ours = fps["runners"]["nfd_rt[cpu,float32]"]
     assert ours["fps"] > 0 and ours["first_frame_vs_eager"]["max_abs"] <= new_paths.FIRST_FRAME_LIMITS["max_abs"]
-    assert fps["runners"]["torch-static"]["fps"] > 0 and fps["strongest_baseline"] in ("torch-static", "eager")
+    # (on a CPU with bf16 the PyTorch runners also run in bf16: torch-static[bfloat16] may be the strongest)
+    assert fps["runners"]["torch-static"]["fps"] > 0
+    assert fps["strongest_baseline"].split("[")[0] in ("torch-static", "eager")
     assert fps["ratio_vs_strongest_baseline"] > 0
     headline = json.loads(subprocess.run(["tar", "-xzOf", str(out / "results.tar.gz"), "./headline.json"],
                                          capture_output=True, check=True).stdout)

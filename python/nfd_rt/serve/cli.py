@@ -7,7 +7,9 @@ import sys
 
 
 def add_arguments(q: argparse.ArgumentParser) -> None:
-    from ..cli import _int_in, _positive_float, _positive_int  # bad numbers are usage errors, as everywhere
+    from .._cli_args import int_in as _int_in  # bad numbers are usage errors, as everywhere
+    from .._cli_args import positive_float as _positive_float
+    from .._cli_args import positive_int as _positive_int
 
     q.add_argument("model", nargs="?", default="", help="a .nfd file or a shipped model: gridworld (default), "
                    "gridworld-2step, gridworld-1step")

@@ -206,8 +206,9 @@ def build(cfg: ServeConfig, replicas: int = 1, cpus_per_replica: float | None = 
         from .worlds import human, world_bytes
 
         model_cfg = check_files(cfg)[1]
-        half = cfg.dtype in ("bfloat16", "float16") or (cfg.dtype == "auto" and cfg.device == "cuda")
-        one = world_bytes(model_cfg, 2 if half else 4)
+        # "auto" is resolved on each replica's machine (bf16 on a CPU with AVX512-BF16 or AMX): refuse only a cap
+        # below the smallest world it can be.
+        one = world_bytes(model_cfg, "float32" if cfg.dtype == "float32" else "bfloat16")
         if cfg.max_parked_bytes < one:
             raise ValueError(f"--max-parked-bytes {cfg.max_parked_bytes} cannot hold one world of model "
                              f"{model_cfg.name} (up to {one} bytes, {human(one)}, at a full cache); raise it, or "

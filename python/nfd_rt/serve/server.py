@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._cli_args import pick_device as _pick_device
 from . import protocol
 from .worlds import LocalWorlds, World, WorldStore, human, world_bytes
 
@@ -278,7 +279,7 @@ class Server:
             worlds = LocalWorlds(WorldStore(cfg.max_parked_bytes, cfg.resume_within, clock=lambda: self.clock()))
         self.worlds = worlds
         cap = getattr(worlds, "max_bytes", None)
-        one = world_bytes(self.model_cfg, 2 if self.dtype in ("bfloat16", "float16") else 4)
+        one = world_bytes(self.model_cfg, self.dtype)
         if cap is not None and (cfg.park_after > 0 or cfg.resume_within > 0) and cap < one:
             raise ValueError(f"--max-parked-bytes {cap} cannot hold one world of model {self.model_cfg.name} "
                              f"(up to {one} bytes, {human(one)}, at a full cache); raise it, or turn parking and "
@@ -662,7 +663,7 @@ class Server:
             sessions = [jobs[i][0].session for i in steps]
             try:
                 frames = step_many(sessions, [jobs[i][2] for i in steps])
-            except Exception as e:  # noqa: BLE001 - a batch failed: find out whose session it was
+            except Exception:  # noqa: BLE001 - a batch failed: find out whose session it was
                 log.exception("batched step failed; stepping one by one")
                 frames = []
                 for s, i in zip(sessions, steps):
@@ -796,12 +797,6 @@ def _has_step_batch() -> bool:
     import nfd_rt
 
     return hasattr(nfd_rt, "step_batch")
-
-
-def _pick_device(device: str, dtype: str) -> tuple[str, str]:
-    from ..cli import _pick_device as pick
-
-    return pick(device, dtype)
 
 
 def _json(obj) -> str:

@@ -50,10 +50,12 @@ class World:
         return len(self.snapshot) + (0 if self.frame is None else int(self.frame.nbytes))
 
 
-def world_bytes(model_cfg, itemsize: int = 4) -> int:
-    """An upper bound of one world's bytes for a model: its snapshot at a full cache (docs/snapshots.md, "Size per
-    config"; 36 bytes of header and checksum plus at most 4 KiB of metadata) and one RGB frame."""
+def world_bytes(model_cfg, dtype: str = "float32") -> int:
+    """An upper bound of one world's bytes for a model whose sessions compute in `dtype` (a resolved name, not
+    "auto"): its snapshot at a full cache (docs/snapshots.md, "Size per config"; 36 bytes of header and checksum
+    plus at most 4 KiB of metadata) and one RGB frame."""
     c = model_cfg
+    itemsize = 2 if dtype in ("bfloat16", "float16") else 4
     state = c.cache_frames * c.depth * 2 * c.tokens_per_frame * c.hidden_size * itemsize
     return state + 36 + 4096 + c.frame_height * c.frame_width * 3
 
