@@ -296,6 +296,7 @@ nfd_status nfd_session_get_info(const nfd_session* s, nfd_session_info* out) {
     const nfd::Session::SpeculationStats st = s->impl->speculation_stats();
     out->speculated_served = st.served;
     out->speculated_discarded = st.discarded;
+    out->frames_per_step = c.frames_per_step;
   });
 }
 

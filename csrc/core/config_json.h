@@ -91,6 +91,27 @@ class Fields {
     return out;
   }
 
+  bool boolean(const std::string& key) {
+    const json& v = at(key);
+    if (!v.is_boolean()) bad("field '" + prefix_ + key + "' must be true or false, got " + json_type(v));
+    return v.get<bool>();
+  }
+
+  std::vector<bool> bool_list(const std::string& key, size_t len) {
+    const json& v = at(key);
+    if (!v.is_array()) bad("field '" + prefix_ + key + "' must be a list of booleans, got " + json_type(v));
+    if (v.size() != len)
+      bad("field '" + prefix_ + key + "' must have " + std::to_string(len) + " entries, got " +
+          std::to_string(v.size()));
+    std::vector<bool> out;
+    for (size_t i = 0; i < v.size(); ++i) {
+      if (!v[i].is_boolean())
+        bad("field '" + prefix_ + key + "[" + std::to_string(i) + "]' must be true or false, got " + json_type(v[i]));
+      out.push_back(v[i].get<bool>());
+    }
+    return out;
+  }
+
   void reject_unknown() const {
     for (auto it = obj_.begin(); it != obj_.end(); ++it)
       if (!used_.count(it.key())) bad("unknown field '" + prefix_ + it.key() + "'");

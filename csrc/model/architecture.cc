@@ -13,12 +13,16 @@ const Architecture& architecture();
 namespace oasis {
 const Architecture& architecture();
 }
+namespace waypoint {
+const Architecture& architecture();
+}
 
 namespace {
 const std::vector<std::pair<std::string, const Architecture*>>& registry() {
   static const std::vector<std::pair<std::string, const Architecture*>> r = {
       {"nfd", &nfd_arch::architecture()},
       {"oasis", &oasis::architecture()},
+      {"waypoint", &waypoint::architecture()},
   };
   return r;
 }

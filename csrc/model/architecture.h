@@ -9,8 +9,10 @@
 // sessions, or one session's frames denoised together):
 //   condition(action) -> start_latent -> denoise_pass k = 0 .. num_steps-1 -> write_input -> cache_write_pass
 //   -> decode
-// A member's per-frame values (frame index, the cache slot it writes, the slots it sees) are in the FrameState
-// of its context (ctx.state), so a captured CUDA graph of the sequence replays for every frame.
+// A member's per-frame values (frame index, the cache slot it writes, the slots it sees) are in the FrameStates
+// of its context, so a captured CUDA graph of the sequence replays for every frame: ctx.state points at one
+// FrameState per cache group of the config (Config::cache_policy(), in that order; ctx.host_state likewise), and a
+// layer of group g reads ctx.state + g (group_context below). One group (the NFD and Oasis models): ctx.state is it.
 #pragma once
 
 #include <atomic>
@@ -57,26 +59,46 @@ class SessionGraph {
   virtual void start_latent(const Context& ctx, uint64_t seed, Tensor& latent) = 0;
   // The cache-write pass's input made from the finished latent (noised to the context level, or as it is).
   virtual void write_input(const Context& ctx, uint64_t seed, const Tensor& latent, Tensor& write) = 0;
-  // latent [C, h, w] -> frame u8 [H, W, 3]. Returns false, the frame unwritten, when `cancel` was raised.
+  // latent [C, h, w] -> the step's frames u8 Config::frame_shape() ([H, W, 3], or [frames_per_step, H, W, 3]).
+  // Returns false, the frames unwritten, when `cancel` was raised. A decoder that keeps state between frames
+  // (decoder_keeps_state) advances it: the runtime decodes each generated latent once, in order.
   virtual bool decode(const Context& ctx, const Tensor& latent, Tensor& frame,
                       const std::atomic<bool>* cancel = nullptr) = 0;
-  // frame u8 [H, W, 3] -> latent [C, h, w] (reset with context frames).
+  // The frames of one latent, u8 Config::frame_shape() -> latent [C, h, w] (reset with context frames; an encoder
+  // with state between latents continues the stream reset_state started).
   virtual void encode(const Context& ctx, const Tensor& frame, Tensor& latent) = 0;
   // Copies another session's state (caches, decoder state) of the same model into this one (fork).
   virtual void copy_state_from(const Context& ctx, const SessionGraph& other) = 0;
   virtual size_t kv_cache_bytes() const = 0;
+  // Clears whatever the decoder and encoder keep between frames (a streaming decoder's memory: the next decode is
+  // the first of a stream). The runtime calls it when the session opens and at every reset, before the context is
+  // encoded. The KV caches need nothing: the ring forgets their frames.
+  virtual void reset_state(const Context& ctx) { (void)ctx; }
+  // True when decode() depends on the latents decoded before (a streaming decoder): the runtime then decodes only
+  // frames it returns, in order (speculation generates latents ahead, decoded when served), and never inside a
+  // captured CUDA graph (the decoder's host-side state would not advance at a replay).
+  virtual bool decoder_keeps_state() const { return false; }
 
-  // Snapshots (runtime/snapshot.cc): the architecture owns the bytes of its state. The runtime picks the cache
-  // slots whose frames a future frame can still see and passes them in frame order; the state written is what
-  // those slots hold in every cached layer (NFD: K then V), followed by any decoder state kept between frames
-  // (NFD's VAE keeps none). Byte-exact in the session's dtype, so a restored session computes bitwise alike.
-  // state_bytes(n): the size of that state for n slots. save_state writes exactly state_bytes(slots.size())
-  // bytes to host memory `out`; load_state reads as many from host memory `in` into `slots` (of this session,
-  // whose ring may differ in size from the saved one's). Both synchronise ctx's stream.
-  virtual size_t state_bytes(int slot_count) const = 0;
-  virtual void save_state(const Context& ctx, const std::vector<int>& slots, uint8_t* out) const = 0;
-  virtual void load_state(const Context& ctx, const std::vector<int>& slots, const uint8_t* in) = 0;
+  // Snapshots (runtime/snapshot.cc): the architecture owns the bytes of its state. The runtime picks, per cache
+  // group, the slots whose frames a future frame can still see and passes them in frame order; the state written is
+  // what those slots hold in every cached layer of the group (NFD: K then V per layer), group after group, followed
+  // by any decoder state kept between frames (NFD's VAE keeps none). Byte-exact in the session's dtype, so a
+  // restored session computes bitwise alike. state_bytes(counts): the size of that state for counts[g] slots of
+  // group g. save_state writes exactly state_bytes of the slots' counts to host memory `out`; load_state reads as
+  // many from host memory `in` into `slots` (of this session, whose rings may differ in size from the saved one's).
+  // Both synchronise ctx's stream.
+  virtual size_t state_bytes(const std::vector<int>& slot_counts) const = 0;
+  virtual void save_state(const Context& ctx, const std::vector<std::vector<int>>& slots, uint8_t* out) const = 0;
+  virtual void load_state(const Context& ctx, const std::vector<std::vector<int>>& slots, const uint8_t* in) = 0;
 };
+
+// ctx reading cache group g's FrameState (ctx.state and ctx.host_state point at one per group).
+inline Context group_context(const Context& ctx, int g) {
+  Context c = ctx;
+  if (c.state) c.state += g;
+  if (c.host_state) c.host_state += g;
+  return c;
+}
 
 // A frame in flight.
 struct Member {
@@ -100,9 +122,9 @@ class Architecture {
   // The weights of `file` as `dtype` on `arena`'s device (a measuring arena only counts their bytes).
   virtual std::unique_ptr<Weights> load_weights(const ModelFile& file, const Config& cfg, Arena& arena,
                                                 const Context& ctx, DType dtype) const = 0;
-  // One session's state with `cache_slots` slots per cached layer, on `arena`.
+  // One session's state with cache_slots[g] slots per cached layer of cache group g, on `arena`.
   virtual std::unique_ptr<SessionGraph> make_session(const Config& cfg, const Weights& weights, Arena& arena,
-                                                     DType dtype, int cache_slots) const = 0;
+                                                     DType dtype, const std::vector<int>& cache_slots) const = 0;
   virtual std::unique_ptr<Activations> make_activations(const Config& cfg, Arena& arena, DType dtype,
                                                         int capacity) const = 0;
 

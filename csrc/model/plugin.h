@@ -131,7 +131,7 @@ void adaln_norm(int64_t members, int64_t N, const Tensor& h, const Tensor& hn, c
 }
 
 // The Architecture methods every plug-in writes alike: its config functions, and making its weights, session graph
-// (Session(cfg, weights, arena, dtype, cache_slots)) and activations (Act(cfg, arena, dtype, capacity)) from its
+// (Session(cfg, weights, arena, dtype, cache_slots), slots per cache group) and activations (Act(cfg, arena, dtype, capacity)) from its
 // own config type Cfg.
 template <class Cfg, class W, class S, class Act, Config (*Parse)(const config_json::json&),
           std::string (*ToJson)(const Config&), TensorList (*Tensors)(const Config&)>
@@ -145,7 +145,7 @@ class PluginArchitecture : public Architecture {
     return std::make_unique<W>(file, cfg.arch_as<Cfg>(), arena, ctx, dtype);
   }
   std::unique_ptr<SessionGraph> make_session(const Config& cfg, const Weights& w, Arena& arena, DType dtype,
-                                             int cache_slots) const override {
+                                             const std::vector<int>& cache_slots) const override {
     return std::make_unique<S>(cfg.arch_as<Cfg>(), static_cast<const W&>(w), arena, dtype, cache_slots);
   }
   std::unique_ptr<Activations> make_activations(const Config& cfg, Arena& arena, DType dtype,

@@ -1,5 +1,5 @@
 // ops::attention: out[N, H*hd] = softmax(q k^T / sqrt(hd)) v per head over the visible cache slots, every token
-// of them or the query's own token (math in ops/ops.h). The contract is checked here; the backends only compute (CUDA: the head_dims its kernels take).
+// of them or the query's own token (math in ops/ops.h); GQA when the caches hold fewer heads than q. The contract is checked here; the backends only compute (CUDA: the head_dims its kernels take).
 #include <string>
 
 #include "ops/contract.h"
@@ -14,7 +14,10 @@ void check_attention(const Contract& c, const Tensor& q, const Tensor& k_cache, 
   c.defined({{"q", q}, {"k_cache", k_cache}, {"v_cache", v_cache}, {"out", out}});
   c.shape({"q", q}, {-1, -1, -1}, "H, N, hd");
   const int64_t H = q.dim(0), N = q.dim(1), hd = q.dim(2);
-  c.shape({"k_cache", k_cache}, {-1, N, H, hd}, "slots, N, H, hd");
+  c.shape({"k_cache", k_cache}, {-1, N, -1, hd}, "slots, N, Hkv, hd");
+  const int64_t Hkv = k_cache.dim(2);
+  c.check(Hkv >= 1 && H % Hkv == 0, "k_cache's heads (Hkv = " + std::to_string(Hkv) +
+                                        ") must divide q's H = " + std::to_string(H) + " (GQA)");
   c.same_shape({"v_cache", v_cache}, {"k_cache", k_cache});
   c.shape({"out", out}, {N, H * hd}, "N, H * hd");
   c.float_operands({{"out", out}, {"q", q}, {"k_cache", k_cache}, {"v_cache", v_cache}});

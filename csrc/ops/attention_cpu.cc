@@ -172,18 +172,19 @@ static void attend_head_blas(const float* q, int64_t N, int64_t hd, const float*
 
 // keys = same_token: query (n, h) over token n of each visible slot (num_visible keys, a few dozen at most): per
 // (token, head) the scores, a softmax over them and the weighted values, in order of the visible list; fp32
-// arithmetic, a bf16 output rounded once. One body, compiled per target by the two wrappers below.
+// arithmetic, a bf16 output rounded once. One body, compiled per target by the two wrappers below. GQA: query head
+// h reads K/V head h / (H / Hkv).
 template <typename T>
 NFD_CPU_INLINE void attend_same_token_body(const T* q, const T* k_cache, const T* v_cache, int64_t N, int64_t H,
-                                           int64_t hd, const int32_t* slots, int num_visible, float scale, T* out,
-                                           int64_t t0, int64_t t1) {
+                                           int64_t Hkv, int64_t hd, const int32_t* slots, int num_visible,
+                                           float scale, T* out, int64_t t0, int64_t t1) {
   float p[FrameState::kMaxSlots];
   for (int64_t t = t0; t < t1; ++t) {  // t = n * H + h
-    const int64_t n = t / H, h = t % H;
+    const int64_t n = t / H, h = t % H, kh = h / (H / Hkv);
     const T* qi = q + (h * N + n) * hd;
     float m = -INFINITY;
     for (int j = 0; j < num_visible; ++j) {
-      const T* k = k_cache + ((int64_t(slots[j]) * N + n) * H + h) * hd;
+      const T* k = k_cache + ((int64_t(slots[j]) * N + n) * Hkv + kh) * hd;
       float s = 0.f;
       for (int64_t d = 0; d < hd; ++d) s += to_float(qi[d]) * to_float(k[d]);
       p[j] = s * scale;
@@ -199,7 +200,7 @@ NFD_CPU_INLINE void attend_same_token_body(const T* q, const T* k_cache, const T
     if constexpr (std::is_same_v<T, float>) {
       for (int64_t d = 0; d < hd; ++d) o[d] = 0.f;
       for (int j = 0; j < num_visible; ++j) {
-        const float* v = v_cache + ((int64_t(slots[j]) * N + n) * H + h) * hd;
+        const float* v = v_cache + ((int64_t(slots[j]) * N + n) * Hkv + kh) * hd;
         const float w = p[j] * inv;
         for (int64_t d = 0; d < hd; ++d) o[d] += w * v[d];
       }
@@ -207,7 +208,7 @@ NFD_CPU_INLINE void attend_same_token_body(const T* q, const T* k_cache, const T
       for (int64_t d = 0; d < hd; ++d) {  // one fp32 sum per output element, rounded once
         float acc = 0.f;
         for (int j = 0; j < num_visible; ++j)
-          acc += p[j] * inv * to_float(v_cache[((int64_t(slots[j]) * N + n) * H + h) * hd + d]);
+          acc += p[j] * inv * to_float(v_cache[((int64_t(slots[j]) * N + n) * Hkv + kh) * hd + d]);
         o[d] = from_float<T>(acc);
       }
     }
@@ -215,15 +216,16 @@ NFD_CPU_INLINE void attend_same_token_body(const T* q, const T* k_cache, const T
 }
 
 NFD_CPU_MULTIVERSION
-static void attend_same_token(const float* q, const float* k, const float* v, int64_t N, int64_t H, int64_t hd,
-                              const int32_t* slots, int num_visible, float scale, float* out, int64_t t0, int64_t t1) {
-  attend_same_token_body(q, k, v, N, H, hd, slots, num_visible, scale, out, t0, t1);
+static void attend_same_token(const float* q, const float* k, const float* v, int64_t N, int64_t H, int64_t Hkv,
+                              int64_t hd, const int32_t* slots, int num_visible, float scale, float* out, int64_t t0,
+                              int64_t t1) {
+  attend_same_token_body(q, k, v, N, H, Hkv, hd, slots, num_visible, scale, out, t0, t1);
 }
 NFD_CPU_MULTIVERSION
-static void attend_same_token(const bf16_t* q, const bf16_t* k, const bf16_t* v, int64_t N, int64_t H, int64_t hd,
-                              const int32_t* slots, int num_visible, float scale, bf16_t* out, int64_t t0,
-                              int64_t t1) {
-  attend_same_token_body(q, k, v, N, H, hd, slots, num_visible, scale, out, t0, t1);
+static void attend_same_token(const bf16_t* q, const bf16_t* k, const bf16_t* v, int64_t N, int64_t H,
+                              int64_t Hkv, int64_t hd, const int32_t* slots, int num_visible, float scale, bf16_t* out,
+                              int64_t t0, int64_t t1) {
+  attend_same_token_body(q, k, v, N, H, Hkv, hd, slots, num_visible, scale, out, t0, t1);
 }
 
 // exp(scale * (s - max)) of each of `rows` rows of n fp32 scores (stride ld) into bf16 p (stride ld), and the
@@ -265,19 +267,20 @@ static void softmax_rows_bf16(const float* s, int64_t rows, int64_t n, int64_t l
 // bf16 attention (see the top of this file). Heads are the parallel chunks, as in fp32.
 static void attention_bf16(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                            Tensor& out) {
-  const int64_t H = q.dim(0), N = q.dim(1), hd = q.dim(2);
+  const int64_t H = q.dim(0), N = q.dim(1), hd = q.dim(2), Hkv = k_cache.dim(2), group = H / Hkv;
   const FrameState& st = *ctx.state;
   const float scale = float(1.0 / std::sqrt(double(hd)));
-  const int64_t L = int64_t(st.num_visible) * N, ldk = H * hd;
+  const int64_t L = int64_t(st.num_visible) * N, ldk = Hkv * hd, ldo = H * hd;
   const bf16_t* qs = q.ptr<bf16_t>();
   bf16_t* o = out.ptr<bf16_t>();
-  // The head's visible keys and values, gathered contiguous ([L, hd] each), as T (bf16 for the GEMMs, fp32 for the
-  // register kernel).
+  // The visible keys and values of query head h (K/V head h / group), gathered contiguous ([L, hd] each), as T
+  // (bf16 for the GEMMs, fp32 for the register kernel).
   auto gather = [&](int64_t h, auto* kp, auto* vp) {
     using T = std::remove_pointer_t<decltype(kp)>;
     for (int b = 0; b < st.num_visible; ++b)
       for (int64_t r = 0; r < N; ++r) {
-        const int64_t src = (int64_t(st.visible_slots[b]) * N + r) * ldk + h * hd, dst = (int64_t(b) * N + r) * hd;
+        const int64_t src = (int64_t(st.visible_slots[b]) * N + r) * ldk + (h / group) * hd;
+        const int64_t dst = (int64_t(b) * N + r) * hd;
         const bf16_t* kr = k_cache.ptr<bf16_t>() + src;
         const bf16_t* vr = v_cache.ptr<bf16_t>() + src;
         if constexpr (std::is_same_v<T, bf16_t>) {
@@ -317,7 +320,7 @@ static void attention_bf16(const Context& ctx, const Tensor& q, const Tensor& k_
           ::nfd::cpu::matmul(pv, P, vp, O);
           for (int64_t i = 0; i < rows; ++i)
             for (int64_t d = 0; d < hd; ++d)
-              o[(r0 + i) * ldk + h * hd + d] = from_float<bf16_t>(O[i * hd + d] * inv[i]);
+              o[(r0 + i) * ldo + h * hd + d] = from_float<bf16_t>(O[i * hd + d] * inv[i]);
         }
       }
     }, ::nfd::cpu::grain_for(2 * N * L * hd));
@@ -339,7 +342,7 @@ static void attention_bf16(const Context& ctx, const Tensor& q, const Tensor& k_
       const float* values[1] = {vp};
       attend_block(qf, nq, hd, keys, values, 1, L, hd, scale, of, hd, work);
       for (int64_t i = 0; i < nq; ++i)
-        for (int64_t d = 0; d < hd; ++d) o[(r0 + i) * ldk + h * hd + d] = from_float<bf16_t>(of[i * hd + d]);
+        for (int64_t d = 0; d < hd; ++d) o[(r0 + i) * ldo + h * hd + d] = from_float<bf16_t>(of[i * hd + d]);
     }
   }, ::nfd::cpu::grain_for(4 * kQueries * L * hd));
 }
@@ -348,39 +351,40 @@ void attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const
                AttentionKeys keys) {
   const bool bf16 = cpu_bf16("attention", out);
   if (bf16 && keys != AttentionKeys::same_token) return attention_bf16(ctx, q, k_cache, v_cache, out);
-  const int64_t H = q.dim(0), N = q.dim(1), hd = q.dim(2);
+  const int64_t H = q.dim(0), N = q.dim(1), hd = q.dim(2), Hkv = k_cache.dim(2);
+  const int64_t group = H / Hkv;  // GQA: query head h reads K/V head h / group
   const FrameState& st = *ctx.state;
   if (keys == AttentionKeys::same_token) {
     const float scale = float(1.0 / std::sqrt(double(hd)));
     ::nfd::cpu::parallel_for(ctx.threads, N * H, [&](int64_t t0, int64_t t1) {
       if (bf16)
-        attend_same_token(q.ptr<bf16_t>(), k_cache.ptr<bf16_t>(), v_cache.ptr<bf16_t>(), N, H, hd,
+        attend_same_token(q.ptr<bf16_t>(), k_cache.ptr<bf16_t>(), v_cache.ptr<bf16_t>(), N, H, Hkv, hd,
                           st.visible_slots, st.num_visible, scale, out.ptr<bf16_t>(), t0, t1);
       else
-        attend_same_token(q.ptr<float>(), k_cache.ptr<float>(), v_cache.ptr<float>(), N, H, hd, st.visible_slots,
-                          st.num_visible, scale, out.ptr<float>(), t0, t1);
+        attend_same_token(q.ptr<float>(), k_cache.ptr<float>(), v_cache.ptr<float>(), N, H, Hkv, hd,
+                          st.visible_slots, st.num_visible, scale, out.ptr<float>(), t0, t1);
     }, ::nfd::cpu::grain_for(4 * int64_t(st.num_visible) * hd));
     return;
   }
 
   const float scale = float(1.0 / std::sqrt(double(hd)));
   const int64_t L = int64_t(st.num_visible) * N;  // keys of one head
-  const int64_t ldk = H * hd;                     // floats between consecutive keys of a head
+  const int64_t ldk = Hkv * hd;                   // floats between consecutive keys of a head
   if (N > kRegisterKernelMaxTokens) {
     ::nfd::cpu::set_blas_threads(1);
     ::nfd::cpu::parallel_for(ctx.threads, H, [&](int64_t h0, int64_t h1) {  // heads are independent
       float* S = scratch(size_t(N * L));
       float* kv = scratch(size_t(2 * L * hd), 1);
       for (int64_t h = h0; h < h1; ++h)
-        attend_head_blas(q.ptr<float>() + h * N * hd, N, hd, k_cache.ptr<float>() + h * hd,
-                         v_cache.ptr<float>() + h * hd, ldk, st.visible_slots, st.num_visible, scale,
+        attend_head_blas(q.ptr<float>() + h * N * hd, N, hd, k_cache.ptr<float>() + (h / group) * hd,
+                         v_cache.ptr<float>() + (h / group) * hd, ldk, st.visible_slots, st.num_visible, scale,
                          out.ptr<float>() + h * hd, H * hd, S, kv, kv + L * hd);
     }, ::nfd::cpu::grain_for(2 * N * L * hd));
     return;
   }
   auto slot_pointers = [&](int64_t h, const float** keys, const float** values) {
     for (int b = 0; b < st.num_visible; ++b) {  // key / value row 0 of head h in visible slot b
-      const int64_t offset = int64_t(st.visible_slots[b]) * N * ldk + h * hd;
+      const int64_t offset = int64_t(st.visible_slots[b]) * N * ldk + (h / group) * hd;
       keys[b] = k_cache.ptr<float>() + offset;
       values[b] = v_cache.ptr<float>() + offset;
     }

@@ -227,7 +227,8 @@ namespace {
 AttnArgs attn_args(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, Tensor& out,
                    const FrameState* state) {
   return AttnArgs{q.data, k_cache.data, v_cache.data, out.data, Partials{}, state, int(q.dim(1)), int(q.dim(0)),
-                  int(k_cache.dim(0)), 1, float(1.4426950408889634 / std::sqrt(double(q.dim(2))))};
+                  int(k_cache.dim(0)), 1, float(1.4426950408889634 / std::sqrt(double(q.dim(2)))),
+                  int(k_cache.dim(2))};
 }
 
 // What the tensor-core kernel needs besides a head_dim it was built for: 16-bit tensors, 16-byte aligned rows
@@ -321,7 +322,7 @@ void cuda::attention(const Context& ctx, const Tensor& q, const Tensor& k_cache,
     NFD_CHECK(ctx.host_state != nullptr, invalid_argument,
               "ops::attention: NFD_RT_ATTENTION=flashinfer needs ctx.host_state (the host copy of the FrameState)");
     const bool half = q.dtype == DType::bf16 || q.dtype == DType::f16;
-    if (half && visible_is_prefix(*ctx.host_state, slots)) {
+    if (half && k_cache.dim(2) == H && visible_is_prefix(*ctx.host_state, slots)) {  // our wrapper: no GQA
       const int kv_len = ctx.host_state->num_visible * N;
       if (cuda_detail::flashinfer_attention(q.dtype, q.data, k_cache.data, v_cache.data, out.data, N, H, hd, kv_len, s)) {
         note_kernel(key, "flashinfer: SinglePrefillWithKVCache (FA2, split-KV by FlashInfer)");

@@ -29,6 +29,7 @@ struct AttnArgs {
   const FrameState* state;
   int N, H, slots, splits;
   float scale_log2;  // log2(e) / sqrt(hd)
+  int Hkv;           // K/V heads (GQA: query head h reads K/V head h / (H / Hkv)); H for plain attention
 };
 
 // Visible slots into shared memory (-1 for a slot outside the cache: its keys are masked); returns the count.

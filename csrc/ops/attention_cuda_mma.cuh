@@ -136,7 +136,7 @@ __global__ void __launch_bounds__(tile::mma::kThreads) attention_mma_kernel(Attn
       if (key < L) {
         const int slot = slot_of[key / N];
         ok = slot >= 0;
-        if (ok) off = tm::kv_offset(slot, key % N, N, H, h, HD) + c * tm::kChunk;
+        if (ok) off = tm::kv_offset(slot, key % N, N, a.Hkv, h / (H / a.Hkv), HD) + c * tm::kChunk;
       }
       cp_async16(ks + tm::smem_offset(r, c * tm::kChunk, HD), kg + off, ok);
       cp_async16(vs + tm::smem_offset(r, c * tm::kChunk, HD), vg + off, ok);

@@ -17,7 +17,7 @@ constexpr int kMaxDimsPerLane = 8;  // head_dim <= 256
 constexpr int kWarps = 4;
 
 __global__ void kernel(cudaops::DPtr q, cudaops::DPtr kc, cudaops::DPtr vc, cudaops::DPtr out, int N, int H,
-                       int hd, int slots, float scale, const FrameState* state) {
+                       int Hkv, int hd, int slots, float scale, const FrameState* state) {
   const int lane = threadIdx.x % 32;
   const int64_t t = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;  // t = n * H + h
   if (t >= int64_t(N) * H) return;
@@ -33,7 +33,7 @@ __global__ void kernel(cudaops::DPtr q, cudaops::DPtr kc, cudaops::DPtr vc, cuda
   for (int j = 0; j < visible; ++j) {
     const int slot = state->visible_slots[j];
     if (slot < 0 || slot >= slots) continue;
-    const int64_t row = ((int64_t(slot) * N + n) * H + h) * hd;
+    const int64_t row = ((int64_t(slot) * N + n) * Hkv + h / (H / Hkv)) * hd;
     float s = 0.f;
     for (int i = 0; i < kMaxDimsPerLane; ++i) {
       const int d = lane + 32 * i;
@@ -65,7 +65,8 @@ inline void run(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, T
                 std::to_string(32 * kMaxDimsPerLane));
   const int64_t pairs = int64_t(N) * H;
   const unsigned blocks = unsigned((pairs + kWarps - 1) / kWarps);
-  kernel<<<blocks, 32 * kWarps, 0, s>>>(dp(q), dp(k_cache), dp(v_cache), dp(out), N, H, hd, int(k_cache.dim(0)),
+  kernel<<<blocks, 32 * kWarps, 0, s>>>(dp(q), dp(k_cache), dp(v_cache), dp(out), N, H, int(k_cache.dim(2)), hd,
+                                        int(k_cache.dim(0)),
                                         float(1.0 / std::sqrt(double(hd))), state);
   check_launch("attention (same_token)");
 }

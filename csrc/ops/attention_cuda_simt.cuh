@@ -54,7 +54,7 @@ __global__ void __launch_bounds__(kSThreads) attention_simt_kernel(AttnArgs a) {
         const int slot = slot_of[key / N];
         ok = slot >= 0;
         if (ok) {
-          const int64_t off = tile::mma::kv_offset(slot, int(key % N), N, H, h, HD) + d;
+          const int64_t off = tile::mma::kv_offset(slot, int(key % N), N, a.Hkv, h / (H / a.Hkv), HD) + d;
           kv = cudaops::to_f(kp[off]);
           vv = cudaops::to_f(vp[off]);
         }

@@ -1,5 +1,5 @@
-// ops::conv2d: out[Cout, Ho, Wo] = conv2d(x[Cin, H, W], w[Cout, Cin, k, k], bias; stride, pad) (+ residual)
-// (math in ops/ops.h). The contract is checked here; the backends only compute.
+// ops::conv2d: out[Cout, Ho, Wo] = conv2d(x[Cin, H, W], w[Cout, Cin, k, k], bias; stride, pad) (+ residual),
+// then the activation `act` (math in ops/ops.h). The contract is checked here; the backends only compute.
 #include <string>
 
 #include "ops/contract.h"
@@ -9,7 +9,7 @@ namespace nfd {
 namespace ops {
 
 void conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, int stride, int pad,
-            Tensor& out, const Tensor* residual) {
+            Tensor& out, const Tensor* residual, Activation act) {
   const Contract c("conv2d");
   c.defined({{"x", x}, {"w", w}, {"out", out}});
   c.shape({"w", w}, {-1, -1, -1, -1}, "Cout, Cin, k, k");
@@ -31,7 +31,7 @@ void conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& 
   c.disjoint({"w", w}, {"out", out});
   c.disjoint({"bias", bias}, {"out", out});
   c.disjoint({"residual", res}, {"out", out});
-  NFD_DISPATCH(conv2d, out, ctx, x, w, bias, stride, pad, out, residual);
+  NFD_DISPATCH(conv2d, out, ctx, x, w, bias, stride, pad, out, residual, act);
 }
 
 }  // namespace ops

@@ -238,15 +238,8 @@ static void conv3x3_winograd(const Context& ctx, const float* x, const float* w,
   }
 }
 
-void conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, int stride, int pad,
-            Tensor& out, const Tensor* residual) {
-  if (cpu_bf16("conv2d", out)) {  // bf16 tensors, fp32 arithmetic (as_f32 in ops/cpu_common.h)
-    const Tensor xf = as_f32(x, 2), wf = as_f32(w, 3), bf = as_f32(bias, 4);
-    const Tensor rf = residual ? as_f32(*residual, 5) : Tensor{};
-    Tensor of = as_f32(out, 6, false);
-    conv2d(ctx, xf, wf, bf, stride, pad, of, rf.defined() ? &rf : nullptr);
-    return narrow_into(of, out);
-  }
+static void conv2d_linear(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, int stride,
+                          int pad, Tensor& out, const Tensor* residual) {
   const int64_t Cout = w.dim(0), Cin = w.dim(1), k = w.dim(2);
   const int64_t H = x.dim(1), W = x.dim(2), Ho = out.dim(1), Wo = out.dim(2);
   const bool res = residual && residual->defined();
@@ -344,6 +337,35 @@ void conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& 
       }
     }, ::nfd::cpu::grain_for(Cout * KK));
   }
+}
+
+// The activation (TAEHV's ReLU and clamp to [0, 1]) as a pass over the finished output, while it is still in cache
+// for small images. NaN becomes 0 (the comparisons are false for it).
+NFD_CPU_MULTIVERSION
+static void activate_in_place(float* o, int64_t n, bool clamp01) {
+  if (clamp01) {
+    for (int64_t i = 0; i < n; ++i) o[i] = o[i] > 0.f ? (o[i] < 1.f ? o[i] : 1.f) : 0.f;
+  } else {
+    for (int64_t i = 0; i < n; ++i) o[i] = o[i] > 0.f ? o[i] : 0.f;
+  }
+}
+
+void conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, int stride, int pad,
+            Tensor& out, const Tensor* residual, Activation act) {
+  if (cpu_bf16("conv2d", out)) {  // bf16 tensors, fp32 arithmetic (as_f32 in ops/cpu_common.h), one rounding
+    const Tensor xf = as_f32(x, 2), wf = as_f32(w, 3), bf = as_f32(bias, 4);
+    const Tensor rf = residual ? as_f32(*residual, 5) : Tensor{};
+    Tensor of = as_f32(out, 6, false);
+    cpu::conv2d(ctx, xf, wf, bf, stride, pad, of, rf.defined() ? &rf : nullptr, act);
+    return narrow_into(of, out);
+  }
+  conv2d_linear(ctx, x, w, bias, stride, pad, out, residual);
+  if (act == Activation::none) return;
+  float* o = out.ptr<float>();
+  const bool clamp01 = act == Activation::clamp01;
+  ::nfd::cpu::parallel_for(ctx.threads, out.numel(), [&](int64_t i0, int64_t i1) {
+    activate_in_place(o + i0, i1 - i0, clamp01);
+  }, ::nfd::cpu::grain_for(64));
 }
 
 }  // namespace cpu

@@ -234,8 +234,32 @@ void cuda_detail::conv2d_implicit_gemm(const Context& ctx, const Tensor& x, cons
               "cutlass implicit-GEMM conv2d fprop NHWC 128x64x32");
 }
 
+namespace {
+// out = max(out, 0) or min(max(out, 0), 1): the activation after a convolution (TAEHV), a pass of its own
+// (unverified on a GPU). fmaxf maps NaN to 0.
+__global__ void activation_kernel(cudaops::DPtr y, int64_t total, bool clamp01) {
+  NFD_GRID_STRIDE(i, total) {
+    const float v = fmaxf(cudaops::ld(y, i), 0.f);
+    cudaops::st(y, i, clamp01 ? fminf(v, 1.f) : v);
+  }
+}
+void conv2d_linear(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, int stride, int pad,
+                   Tensor& out, const Tensor* residual);
+}  // namespace
+
 void cuda::conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, int stride, int pad,
-                  Tensor& out, const Tensor* residual) {
+                  Tensor& out, const Tensor* residual, Activation act) {
+  using namespace cudaops;
+  conv2d_linear(ctx, x, w, bias, stride, pad, out, residual);
+  if (act == Activation::none || out.numel() == 0) return;
+  activation_kernel<<<grid_1d(out.numel(), 256), 256, 0, stream_of(ctx)>>>(dp(out), out.numel(),
+                                                                         act == Activation::clamp01);
+  check_launch("conv2d (activation)");
+}
+
+namespace {
+void conv2d_linear(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, int stride, int pad,
+                   Tensor& out, const Tensor* residual) {
   using namespace cudaops;
   if (cuda_detail::conv2d_implicit_gemm_eligible(x)) {
     cuda_detail::conv2d_implicit_gemm(ctx, x, w, bias, stride, pad, false, out, residual);
@@ -267,6 +291,7 @@ void cuda::conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Te
   simt_gemm(Cout, P, K, LoadW{dp(w), K}, LoadIm2col{dp(x), H, W, Wo, ks, stride, pad}, epi, stream_of(ctx),
             "conv2d (SIMT implicit GEMM)");
 }
+}  // namespace
 
 }  // namespace ops
 }  // namespace nfd

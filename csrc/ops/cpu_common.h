@@ -143,6 +143,12 @@ inline double blocked_sum(const T* x, int64_t n, float shift, bool square) {
   }
   return total;
 }
+// The RMSNorm's statistics: mean 0 and 1/sqrt(mean(x^2) + eps), the same blocked sums.
+template <typename T>
+inline NormStats rms_stats(const T* x, int64_t n, float eps) {
+  const double ms = blocked_sum(x, n, 0.f, true) / double(n);
+  return {0.f, float(1.0 / std::sqrt(ms + double(eps)))};
+}
 template <typename T>
 inline NormStats norm_stats(const T* x, int64_t n, float eps) {
   const double mean = blocked_sum(x, n, 0.f, false) / double(n);

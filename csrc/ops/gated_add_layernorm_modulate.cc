@@ -1,4 +1,4 @@
-// ops::gated_add_layernorm_modulate: y[M, D] += gate[D] * x[M, D], then out = LayerNorm(y) * (1 + scale) + shift
+// ops::gated_add_layernorm_modulate: y[M, D] += gate[D] * x[M, D], then out = Norm(y) * (1 + scale) + shift
 // (math in ops/ops.h): the gated residual of a DiT branch folded into the layernorm after it. The contract is
 // checked here; the backends only compute.
 #include "ops/contract.h"
@@ -8,7 +8,7 @@ namespace nfd {
 namespace ops {
 
 void gated_add_layernorm_modulate(const Context& ctx, const Tensor& x, const Tensor& gate, Tensor& y,
-                                  const Tensor& shift, const Tensor& scale, float eps, Tensor& out) {
+                                  const Tensor& shift, const Tensor& scale, float eps, Tensor& out, Norm norm) {
   const Contract c("gated_add_layernorm_modulate");
   c.defined({{"x", x}, {"gate", gate}, {"y", y}, {"shift", shift}, {"scale", scale}, {"out", out}});
   c.shape({"y", y}, {-1, -1}, "M, D");
@@ -29,7 +29,7 @@ void gated_add_layernorm_modulate(const Context& ctx, const Tensor& x, const Ten
   c.disjoint({"gate", gate}, {"out", out});
   c.disjoint({"shift", shift}, {"out", out});
   c.disjoint({"scale", scale}, {"out", out});
-  NFD_DISPATCH(gated_add_layernorm_modulate, out, ctx, x, gate, y, shift, scale, eps, out);
+  NFD_DISPATCH(gated_add_layernorm_modulate, out, ctx, x, gate, y, shift, scale, eps, out, norm);
 }
 
 }  // namespace ops

@@ -8,9 +8,9 @@ namespace ops {
 namespace cpu {
 
 void gated_add_layernorm_modulate(const Context& ctx, const Tensor& x, const Tensor& gate, Tensor& y,
-                                  const Tensor& shift, const Tensor& scale, float eps, Tensor& out) {
-  gated_add(ctx, x, gate, y);
-  layernorm_modulate(ctx, y, shift, scale, eps, out, 1.f);
+                                  const Tensor& shift, const Tensor& scale, float eps, Tensor& out, Norm norm) {
+  cpu::gated_add(ctx, x, gate, y);
+  cpu::layernorm_modulate(ctx, y, shift, scale, eps, out, 1.f, norm);
 }
 
 }  // namespace cpu

@@ -61,7 +61,7 @@ template <> struct Vec8<float> {
 template <typename T>
 __global__ void __launch_bounds__(32 * kRowsPerBlock)
     gated_add_layernorm_modulate_kernel(const T* x, const T* gate, T* y, const T* shift, const T* scale, float eps,
-                                        T* out, int M, int D) {
+                                        T* out, int M, int D, bool rms) {
   const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (row >= M) return;  // warp-uniform
   const int64_t base = int64_t(row) * D;
@@ -82,7 +82,7 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock)
 #pragma unroll
     for (int i = 0; i < 8; ++i) sum += v[c][i];
   }
-  const float mean = cudaops::warp_sum(sum) / D;
+  const float mean = rms ? 0.f : cudaops::warp_sum(sum) / D;  // the RMSNorm: mean 0, var = mean of squares
   float var = 0.f;
 #pragma unroll
   for (int c = 0; c < kMaxChunks; ++c) {
@@ -109,31 +109,32 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock)
 
 template <typename T>
 void launch(const Context& ctx, const Tensor& x, const Tensor& gate, Tensor& y, const Tensor& shift,
-            const Tensor& scale, float eps, Tensor& out, int M, int D) {
+            const Tensor& scale, float eps, Tensor& out, int M, int D, bool rms) {
   gated_add_layernorm_modulate_kernel<T><<<unsigned((M + kRowsPerBlock - 1) / kRowsPerBlock), 32 * kRowsPerBlock, 0,
                                            cudaops::stream_of(ctx)>>>(
       static_cast<const T*>(x.data), static_cast<const T*>(gate.data), static_cast<T*>(y.data),
-      static_cast<const T*>(shift.data), static_cast<const T*>(scale.data), eps, static_cast<T*>(out.data), M, D);
+      static_cast<const T*>(shift.data), static_cast<const T*>(scale.data), eps, static_cast<T*>(out.data), M, D, rms);
   cudaops::check_launch("gated_add_layernorm_modulate");
 }
 }  // namespace
 
 void cuda::gated_add_layernorm_modulate(const Context& ctx, const Tensor& x, const Tensor& gate, Tensor& y,
-                                        const Tensor& shift, const Tensor& scale, float eps, Tensor& out) {
+                                        const Tensor& shift, const Tensor& scale, float eps, Tensor& out, Norm norm) {
   const int64_t M = y.dim(0), D = y.dim(1);
   if (M == 0 || D == 0) return;
+  const bool rms = norm == Norm::rms;
   bool fits = switch_on("NFD_RT_FUSED_NORM") && D % 8 == 0 && D <= 256 * kMaxChunks && M < (int64_t(1) << 31);
   for (const Tensor* t : {&x, &gate, static_cast<const Tensor*>(&y), &shift, &scale, static_cast<const Tensor*>(&out)})
     fits = fits && cudaops::aligned16(t->data);
   if (!fits) {
     cuda::gated_add(ctx, x, gate, y);
-    cuda::layernorm_modulate(ctx, y, shift, scale, eps, out, 1.f);
+    cuda::layernorm_modulate(ctx, y, shift, scale, eps, out, 1.f, norm);
     return;
   }
   switch (y.dtype) {
-    case DType::bf16: return launch<__nv_bfloat16>(ctx, x, gate, y, shift, scale, eps, out, int(M), int(D));
-    case DType::f16: return launch<__half>(ctx, x, gate, y, shift, scale, eps, out, int(M), int(D));
-    default: return launch<float>(ctx, x, gate, y, shift, scale, eps, out, int(M), int(D));
+    case DType::bf16: return launch<__nv_bfloat16>(ctx, x, gate, y, shift, scale, eps, out, int(M), int(D), rms);
+    case DType::f16: return launch<__half>(ctx, x, gate, y, shift, scale, eps, out, int(M), int(D), rms);
+    default: return launch<float>(ctx, x, gate, y, shift, scale, eps, out, int(M), int(D), rms);
   }
 }
 

@@ -1,5 +1,5 @@
-// ops::layernorm_modulate: out[M, D] = LayerNorm(x[M, D]) * (scale_offset + scale[D]) + shift[D] (math in
-// ops/ops.h: scale_offset 1 is adaLN's modulation, 0 a LayerNorm with affine). The
+// ops::layernorm_modulate: out[M, D] = Norm(x[M, D]) * (scale_offset + scale[D]) + shift[D] (math in
+// ops/ops.h: scale_offset 1 is adaLN's modulation, 0 a LayerNorm with affine; Norm LayerNorm or RMSNorm). The
 // contract is checked here; the backends only compute. Row by row: out may be x itself (in place).
 #include "ops/contract.h"
 #include "ops/ops_impl.h"
@@ -8,7 +8,7 @@ namespace nfd {
 namespace ops {
 
 void layernorm_modulate(const Context& ctx, const Tensor& x, const Tensor& shift, const Tensor& scale, float eps,
-                        Tensor& out, float scale_offset) {
+                        Tensor& out, float scale_offset, Norm norm) {
   const Contract c("layernorm_modulate");
   c.defined({{"x", x}, {"shift", shift}, {"scale", scale}, {"out", out}});
   c.shape({"x", x}, {-1, -1}, "M, D");
@@ -20,7 +20,7 @@ void layernorm_modulate(const Context& ctx, const Tensor& x, const Tensor& shift
   c.same_or_disjoint({"x", x}, {"out", out});
   c.disjoint({"shift", shift}, {"out", out});
   c.disjoint({"scale", scale}, {"out", out});
-  NFD_DISPATCH(layernorm_modulate, out, ctx, x, shift, scale, eps, out, scale_offset);
+  NFD_DISPATCH(layernorm_modulate, out, ctx, x, shift, scale, eps, out, scale_offset, norm);
 }
 
 }  // namespace ops

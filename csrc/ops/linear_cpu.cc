@@ -1,5 +1,6 @@
 // ops::linear on the CPU (contract checked in ops/linear.cc): fp32: one OpenBLAS sgemm (sgemv for one row), then
-// the epilogue (bias, GELU-tanh, exact GELU or gated residual) over rows; bf16: oneDNN matmuls with the epilogue fused.
+// the epilogue (bias, GELU-tanh, exact GELU, SiLU or gated residual) over rows; bf16: oneDNN matmuls with the
+// epilogue fused.
 #include "backends/cpu/blas.h"
 #include "backends/cpu/onednn.h"
 
@@ -21,14 +22,16 @@ NFD_CPU_INLINE float gelu_tanh(float v) {
   return 0.5f * v * (2.f - 2.f / (exp_approx(2.f * u) + 1.f));
 }
 
-// One row of the epilogue on columns [0, cols): v = product (+ bias); GELU-tanh or exact GELU; then store or, for the gated
-// residual, o += gate * v. Vectorised per target (the GELU's exp is most of a small linear's time otherwise).
+// One row of the epilogue on columns [0, cols): v = product (+ bias); GELU-tanh, exact GELU or SiLU; then store or,
+// for the gated residual, o += gate * v. Vectorised per target (the GELU's exp is most of a small linear's time
+// otherwise).
 // Each case is its own loop: a pointer tested inside the loop becomes masked loads, and a masked load from a
 // null pointer costs a microcode assist per vector on AMD CPUs (a 3x slower linear).
 NFD_CPU_MULTIVERSION
 static void epilogue_row(const float* prod, const float* bias, const float* gate, float* o, int64_t cols,
                          Epilogue epilogue) {
   const bool gelu = epilogue == Epilogue::gelu_tanh, erf = epilogue == Epilogue::gelu_erf;
+  const bool sil = epilogue == Epilogue::silu;
   if (gate && bias) {
     for (int64_t c = 0; c < cols; ++c) o[c] += gate[c] * (prod[c] + bias[c]);
   } else if (gate) {
@@ -41,6 +44,10 @@ static void epilogue_row(const float* prod, const float* bias, const float* gate
     for (int64_t c = 0; c < cols; ++c) o[c] = gelu_erf(prod[c] + bias[c]);
   } else if (erf) {
     for (int64_t c = 0; c < cols; ++c) o[c] = gelu_erf(prod[c]);
+  } else if (sil && bias) {
+    for (int64_t c = 0; c < cols; ++c) o[c] = silu(prod[c] + bias[c]);
+  } else if (sil) {
+    for (int64_t c = 0; c < cols; ++c) o[c] = silu(prod[c]);
   } else if (bias) {
     for (int64_t c = 0; c < cols; ++c) o[c] = prod[c] + bias[c];
   } else if (o != prod) {
@@ -49,9 +56,9 @@ static void epilogue_row(const float* prod, const float* bias, const float* gate
 }
 
 // bf16: one oneDNN matmul per block of output columns (fixed by the shape, as in fp32), products accumulated in
-// fp32, the epilogue fused (oneDNN post-ops: GELU-tanh, exact GELU, or gate * (product + bias) + y), y rounded once. A block
-// has at least kBf16MinColumns columns: a oneDNN call costs a few microseconds more than an sgemm call, and tiny's
-// 16-row linears cut into 8-column blocks ran 2-4x slower than in fp32.
+// fp32, the epilogue fused (oneDNN post-ops: GELU-tanh, exact GELU, SiLU, or gate * (product + bias) + y), y rounded
+// once. A block has at least kBf16MinColumns columns: a oneDNN call costs a few microseconds more than an sgemm
+// call, and tiny's 16-row linears cut into 8-column blocks ran 2-4x slower than in fp32.
 constexpr int64_t kBf16MinColumns = 64;
 static void linear_bf16(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y,
                         Epilogue epilogue, const Tensor* gate) {
@@ -63,6 +70,7 @@ static void linear_bf16(const Context& ctx, const Tensor& x, const Tensor& w, co
   const Post post = g                                 ? Post::gated
                     : epilogue == Epilogue::gelu_tanh ? Post::gelu_tanh
                     : epilogue == Epilogue::gelu_erf  ? Post::gelu_erf
+                    : epilogue == Epilogue::silu      ? Post::silu
                                                       : Post::none;
   ::nfd::cpu::parallel_for(ctx.threads, N, [&](int64_t n0, int64_t n1) {
     ::nfd::cpu::Matmul mm;

@@ -134,9 +134,13 @@ void gemm16(DType t, bool gelu, int M, int N, int K, const void* x, const void* 
   cuda_detail::cutlass_gemm(t, gelu, M, N, K, x, w, b, y, s);
 }
 
-// y[i] = gelu_erf(y[i]): the exact GELU after a tensor-core GEMM (its engines fuse only the tanh form).
+// y[i] = gelu_erf(y[i]) or silu(y[i]): the exact GELU or the SiLU after a tensor-core GEMM (its engines fuse only
+// the tanh form; the SiLU pass is unverified on a GPU).
 __global__ void gelu_erf_kernel(cudaops::DPtr y, int64_t total) {
   NFD_GRID_STRIDE(i, total) { cudaops::st(y, i, cudaops::gelu_erf(cudaops::ld(y, i))); }
+}
+__global__ void silu_kernel(cudaops::DPtr y, int64_t total) {
+  NFD_GRID_STRIDE(i, total) { cudaops::st(y, i, cudaops::silu(cudaops::ld(y, i))); }
 }
 
 // y[m, n] += gate[n] * t[m, n]  (no FMA contraction: same rounding as the CPU's y + g * t)
@@ -166,6 +170,7 @@ struct LinearEpi {
     float v = has_bias ? __fadd_rn(acc, cudaops::ld(bias, n)) : acc;
     if (epi == Epilogue::gelu_tanh) v = cudaops::gelu_tanh(v);
     if (epi == Epilogue::gelu_erf) v = cudaops::gelu_erf(v);
+    if (epi == Epilogue::silu) v = cudaops::silu(v);
     if (epi == Epilogue::gated_residual) v = __fadd_rn(cudaops::ld(y, i), __fmul_rn(cudaops::ld(gate, n), v));
     cudaops::st(y, i, v);
   }
@@ -222,6 +227,10 @@ void cuda::linear(const Context& ctx, const Tensor& x, const Tensor& w, const Te
       if (epilogue == Epilogue::gelu_erf) {
         gelu_erf_kernel<<<grid_1d(M * N, 256), 256, 0, s>>>(dp(y), M * N);
         check_launch("linear (exact GELU)");
+      }
+      if (epilogue == Epilogue::silu) {
+        silu_kernel<<<grid_1d(M * N, 256), 256, 0, s>>>(dp(y), M * N);
+        check_launch("linear (SiLU)");
       }
     }
     return;

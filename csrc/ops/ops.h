@@ -49,11 +49,12 @@ struct Context {
 
 namespace ops {
 
-enum class Epilogue { none, gelu_tanh, gated_residual, gelu_erf };
+enum class Epilogue { none, gelu_tanh, gated_residual, gelu_erf, silu };
 
 // y[M,N] = x[M,K] @ w[N,K]^T + bias[N]          (bias may be undefined)
 //   gelu_tanh:      y = gelu_tanh(x w^T + b)
 //   gelu_erf:       y = gelu(x w^T + b) = v / 2 (1 + erf(v / sqrt 2))   (exact GELU: the Oasis ViT VAE's MLP)
+//   silu:           y = silu(x w^T + b) = v / (1 + exp(-v))              (Waypoint's MLPs)
 //   gated_residual: y[M,N] += gate[N] * (x w^T + b)    (the adaLN-Zero gated residual, fused)
 void linear(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y,
             Epilogue epilogue = Epilogue::none, const Tensor* gate = nullptr);
@@ -67,18 +68,25 @@ void linear_prepare(const Context& ctx, const Tensor& x, const Tensor& w, const 
 // y[M,N] += gate[N] * x[M,N]   (the gated residual of a GEMM run over several sessions' rows, member by member)
 void gated_add(const Context& ctx, const Tensor& x, const Tensor& gate, Tensor& y);
 
-// y[M,D] += gate[D] * x[M,D], then out[M,D] = LayerNorm(y; no affine, eps) * (1 + scale[D]) + shift[D]:
+// The row normalisation of the *_modulate ops (statistics in fp32):
+//   layer: (x - mean) / sqrt(var + eps)      (LayerNorm without affine)
+//   rms:   x / sqrt(mean(x^2) + eps)         (weightless RMSNorm, as F.rms_norm: Waypoint-1.5, eps 2^-23)
+enum class Norm { layer, rms };
+
+// y[M,D] += gate[D] * x[M,D], then out[M,D] = Norm(y; eps) * (1 + scale[D]) + shift[D]:
 // gated_add folded into the layernorm_modulate that follows it in a DiT block (the branch output x of proj or
 // fc2 meets the residual stream y once, in the kernel that normalises it: no pass or kernel of its own).
 void gated_add_layernorm_modulate(const Context& ctx, const Tensor& x, const Tensor& gate, Tensor& y,
-                                  const Tensor& shift, const Tensor& scale, float eps, Tensor& out);
+                                  const Tensor& shift, const Tensor& scale, float eps, Tensor& out,
+                                  Norm norm = Norm::layer);
 
-// out[M,D] = LayerNorm(x[M,D]; no affine, eps) * (scale_offset + scale[D]) + shift[D]   (row statistics in fp32)
+// out[M,D] = Norm(x[M,D]; eps) * (scale_offset + scale[D]) + shift[D]   (row statistics in fp32)
 // scale_offset 1: adaLN's modulation (1 + scale); 0: a LayerNorm with affine (weight = scale, bias = shift).
 void layernorm_modulate(const Context& ctx, const Tensor& x, const Tensor& shift, const Tensor& scale, float eps,
-                        Tensor& out, float scale_offset = 1.f);
+                        Tensor& out, float scale_offset = 1.f, Norm norm = Norm::layer);
 
-// out[n] = silu(a[n] + b[n])     (the conditioning vector c = SiLU(time_embed + action_embed))
+// out[n] = silu(a[n] + b[n])     (the conditioning vector c = SiLU(time_embed + action_embed)); with b undefined
+// out[n] = silu(a[n]) (a may then have any shape; out the same).
 void add_silu(const Context& ctx, const Tensor& a, const Tensor& b, Tensor& out);
 
 // Split qkv[N, 3D] (q | k | v, each heads x head_dim), apply 3D RoPE to q and k and write
@@ -91,17 +99,32 @@ void add_silu(const Context& ctx, const Tensor& a, const Tensor& b, Tensor& out)
 // With a `table` [N, P, 2] (P <= hd / 2; the operands' dtype), `rope` is not read: pair i < P of token n rotates
 // by the angle whose (cos, sin) are table[n, i], pairs i >= P pass unchanged (partial rotation), the same for every
 // head (the Oasis DiT's axial spatial RoPE, its ViT VAE's partial one; tables the architecture computes once).
+//
+// GQA: the caches may hold fewer heads than q, [slots, N, Hkv, hd] with H % Hkv == 0; qkv is then
+// [N, (H + 2 Hkv) hd] (q | k | v). Waypoint-1.5's variant, by the RopeParams fields after grid_cols (defaults off):
+//   qk_norm_eps > 0: q and k of each head RMS-normalised (weightless, eps qk_norm_eps) before the rotation;
+//   deinterleave:    the rotated pair i = (x[2i], x[2i+1]) is written to (out[i], out[i + hd/2]), not in place;
+//   time_pairs > 0 (with a table [N, P, 2], P + time_pairs = hd / 2): pairs P + j rotate by the frame, angle
+//                    frame_index * time_scale * theta^(-2 floor(j / 2) / time_pairs) (each frequency for two
+//                    adjacent pairs), angles and cos/sin in double;
+//   v0 given:        value residual v = v + v_mix (v0 - v), with v0 the v columns of `v0` (layer 0's qkv, qkv's shape).
 struct RopeParams {
   int rope_dims[3];
   double theta;
   int grid_cols;
+  float qk_norm_eps = 0.f;
+  bool deinterleave = false;
+  int time_pairs = 0;
+  double time_scale = 1.0;
+  float v_mix = 0.f;
 };
 void rope_qkv_split(const Context& ctx, const Tensor& qkv, const RopeParams& rope, Tensor& q_out, Tensor& k_cache,
-                    Tensor& v_cache, const Tensor* table = nullptr);
+                    Tensor& v_cache, const Tensor* table = nullptr, const Tensor* v0 = nullptr);
 
 // out[N, H*hd] = softmax(q k^T / sqrt(hd)) v per head, over the keys of the cache slots
 // state->visible_slots[0 .. num_visible) (each slot: the N keys k_cache[slot, :, h]); q[H, N, hd],
-// k_cache / v_cache [slots, N, H, hd]. Softmax statistics in fp32.
+// k_cache / v_cache [slots, N, Hkv, hd] with H % Hkv == 0 (GQA: query head h reads K/V head h / (H / Hkv); Hkv = H
+// is plain multi-head attention). Softmax statistics in fp32.
 // keys = all_tokens: query n of head h sees every token of every visible slot (num_visible * N keys: a frame
 // over the frames it sees). same_token: it sees only token n of each visible slot (num_visible keys: the Oasis
 // DiT's temporal attention, each position over its own history).
@@ -132,9 +155,21 @@ void unpatchify_axpy(const Context& ctx, const Tensor& tokens, int patch, float 
 void noise_mix(const Context& ctx, uint64_t seed, int step, float a, const Tensor& x, float b, Tensor& out);
 
 // VAE ops, one image [C, H, W].
-// out[Cout, Ho, Wo] = conv2d(x, w[Cout, Cin, k, k], bias; stride, pad) (+ residual[Cout,Ho,Wo] if defined)
+// The activation after a convolution: relu max(x, 0) (TAEHV's convolutions), clamp01 min(max(x, 0), 1) (TAEHV's image
+// head, its clamp to [0, 1] before the pixel shuffle). NaN becomes 0.
+enum class Activation { none, relu, clamp01 };
+// out[Cout, Ho, Wo] = act(conv2d(x, w[Cout, Cin, k, k], bias; stride, pad) (+ residual[Cout,Ho,Wo] if defined))
 void conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, int stride, int pad,
-            Tensor& out, const Tensor* residual = nullptr);
+            Tensor& out, const Tensor* residual = nullptr, Activation act = Activation::none);
+// out = cap * tanh(x / cap), any shape (TAEHV's latent soft clamp, cap 3). out may be x (in place).
+void softcap(const Context& ctx, const Tensor& x, float cap, Tensor& out);
+// Pixel shuffle by r: x[C r^2, H, W] -> out[C, H r, W r], out[c, h r + i, w r + j] = x[c r^2 + i r + j, h, w];
+// inverse (pixel unshuffle): x[C, H r, W r] -> out[C r^2, H, W], the same map read backwards.
+void pixel_shuffle(const Context& ctx, const Tensor& x, int r, bool inverse, Tensor& out);
+// out[C, Ho, Wo] = bilinear resize of x[C, H, W] (align_corners false, no antialias: PyTorch's
+// F.interpolate(mode="bilinear")): source coordinate max((d + 0.5) * in / out - 0.5, 0), its two neighbours (the last
+// one repeated at the edge) weighted by the fraction; fp32 math.
+void resize_bilinear(const Context& ctx, const Tensor& x, Tensor& out);
 // out = GroupNorm(x; groups, eps) * gamma + beta, then SiLU when `silu`
 void groupnorm(const Context& ctx, const Tensor& x, const Tensor& gamma, const Tensor& beta, int groups, float eps,
                bool silu, Tensor& out);
@@ -143,12 +178,13 @@ void upsample_nearest2x(const Context& ctx, const Tensor& x, Tensor& out);
 // out[Cout, 2H, 2W] = conv2d(upsample_nearest2x(x[Cin, H, W]), w[Cout, Cin, 3, 3], bias; stride 1, pad 1):
 // the VAE decoder's upsampling step as one op (the CPU backend never builds the upsampled image).
 void upsample2x_conv2d(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out);
-// How pixels map to [-1, 1] (each float expression in this order):
+// How pixels map to floats (each float expression in this order):
 //   rounded (the NFD model):   u8 = clamp(floor((x + 1) * 127.5 + 0.5), 0, 255);   x = u / 127.5 - 1
 //   truncated (Oasis, upstream's .byte()):  u8 = floor(clamp((x + 1) / 2, 0, 1) * 255);   x = (u / 255) * 2 - 1
-// NaN maps to 0 either way.
-enum class Pixels { rounded, truncated };
-// image[3, H, W] in [-1,1] -> u8[H, W, 3]
+//   unit (Waypoint's TAEHV, images in [0, 1]):  u8 = round_half_even(clamp(x, 0, 1) * 255);   x = u / 255
+// NaN maps to 0 in every mode.
+enum class Pixels { rounded, truncated, unit };
+// image[3, H, W] in [-1,1] ([0, 1] for unit) -> u8[H, W, 3]
 void to_uint8(const Context& ctx, const Tensor& image, Tensor& out, Pixels pixels = Pixels::rounded);
 // u8[H, W, 3] -> image[3, H, W]
 void from_uint8(const Context& ctx, const Tensor& frame, Tensor& image, Pixels pixels = Pixels::rounded);

@@ -69,6 +69,7 @@ __device__ __forceinline__ float gelu_tanh(float x) {
 
 // The exact GELU x / 2 (1 + erf(x / sqrt 2)).
 __device__ __forceinline__ float gelu_erf(float x) { return 0.5f * x * (1.f + erff(x * 0.70710678118654752f)); }
+__device__ __forceinline__ float silu(float x) { return x / (1.f + expf(-x)); }
 
 }  // namespace cudaops
 }  // namespace nfd

@@ -7,11 +7,13 @@
 namespace nfd {
 namespace ops {
 namespace {
-__global__ void to_uint8_kernel(cudaops::DPtr img, uint8_t* out, int64_t HW, bool truncated) {
+__global__ void to_uint8_kernel(cudaops::DPtr img, uint8_t* out, int64_t HW, bool truncated, bool unit) {
   NFD_GRID_STRIDE(i, 3 * HW) {  // i indexes out[H, W, 3]
     const int64_t c = i % 3, p = i / 3;
     float v;
-    if (truncated) {
+    if (unit) {  // round half to even (rintf), unverified on a GPU
+      v = rintf(__fmul_rn(fminf(fmaxf(cudaops::ld(img, c * HW + p), 0.f), 1.f), 255.f));
+    } else if (truncated) {
       const float h = __fdiv_rn(__fadd_rn(cudaops::ld(img, c * HW + p), 1.f), 2.f);
       v = floorf(__fmul_rn(fminf(fmaxf(h, 0.f), 1.f), 255.f));
     } else {
@@ -29,7 +31,7 @@ void cuda::to_uint8(const Context& ctx, const Tensor& image, Tensor& out, Pixels
   const int64_t HW = image.dim(1) * image.dim(2);
   if (HW == 0) return;
   to_uint8_kernel<<<grid_1d(3 * HW, 256), 256, 0, stream_of(ctx)>>>(dp(image), out.ptr<uint8_t>(), HW,
-                                                                 pixels == Pixels::truncated);
+                                                                 pixels == Pixels::truncated, pixels == Pixels::unit);
   check_launch(op);
 }
 

@@ -18,7 +18,7 @@ void cuda::upsample2x_conv2d(const Context& ctx, const Tensor& x, const Tensor& 
   Scratch up(size_t(x.numel()) * 4 * dtype_size(x.dtype), s);
   Tensor up_t{up.get<void>(), x.dtype, Device::cuda, {x.dim(0), 2 * x.dim(1), 2 * x.dim(2)}};
   cuda::upsample_nearest2x(ctx, x, up_t);
-  cuda::conv2d(ctx, up_t, w, bias, 1, 1, out, nullptr);
+  cuda::conv2d(ctx, up_t, w, bias, 1, 1, out, nullptr, Activation::none);
 }
 
 }  // namespace ops

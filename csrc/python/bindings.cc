@@ -241,7 +241,9 @@ class PySession {
     py::object frames = py::none();
     uint8_t* fp = nullptr;
     if (decode) {
-      py::array_t<uint8_t> f({n, int64_t(cfg.frame_height), int64_t(cfg.frame_width), int64_t(3)});
+      std::vector<int64_t> shape = cfg.frame_shape();
+      shape.insert(shape.begin(), n);
+      py::array_t<uint8_t> f(shape);
       fp = f.mutable_data();
       frames = f;
     }
@@ -280,10 +282,14 @@ class PySession {
   }
 
 
+  // frames: T video frames, T a multiple of frames_per_step; actions: one per latent (T / frames_per_step).
   void reset_frames(const py::array& frames, const py::object& actions) {
     const auto* f = checked<uint8_t>(frames, {-1, cfg_.frame_height, cfg_.frame_width, 3}, "frames");
     int count = int(frames.shape(0));
-    const float* a = actions_ptr(actions, count);
+    if (count % cfg_.frames_per_step)
+      value_error("frames: " + std::to_string(count) + " frames is not a multiple of " +
+                  std::to_string(cfg_.frames_per_step) + " (the frames of one latent)");
+    const float* a = actions_ptr(actions, count / cfg_.frames_per_step);
     run([&](nfd::Session& s) { s.reset_frames(f, count, a); });
   }
 
@@ -301,7 +307,7 @@ class PySession {
     py::object frame = py::none();
     uint8_t* fp = nullptr;
     if (decode) {
-      py::array_t<uint8_t> f({cfg_.frame_height, cfg_.frame_width, 3});
+      py::array_t<uint8_t> f(cfg_.frame_shape());
       fp = f.mutable_data();
       frame = f;
     }
@@ -313,7 +319,7 @@ class PySession {
   py::array decode(const py::array& latent) {
     const float* z =
         checked<float>(latent, {cfg_.latent_channels, cfg_.latent_height(), cfg_.latent_width()}, "latent");
-    py::array_t<uint8_t> frame({cfg_.frame_height, cfg_.frame_width, 3});
+    py::array_t<uint8_t> frame(cfg_.frame_shape());
     uint8_t* fp = frame.mutable_data();
     run([&](nfd::Session& s) { s.decode(z, fp); });
     return std::move(frame);
@@ -482,7 +488,8 @@ PYBIND11_MODULE(_core, m) {
       py::arg("config_json"), "Parse + validate a config JSON with the C++ parser and write it back.");
   py::class_<nfd::KvRing>(m, "KvRing", "The C++ runtime's KV ring rule (runtime/kv_ring.h), for tests against "
                                         "nfd_rt.ring.")
-      .def(py::init<int, int, int>(), py::arg("sinks"), py::arg("window"), py::arg("extra") = 0)
+      .def(py::init<int, int, int, int>(), py::arg("sinks"), py::arg("window"), py::arg("extra") = 0,
+           py::arg("stride") = 1)
       .def_property_readonly("slots", &nfd::KvRing::slots)
       .def("slot_for", &nfd::KvRing::slot_for, py::arg("frame"))
       .def("frame_state",

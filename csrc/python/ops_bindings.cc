@@ -192,13 +192,22 @@ ops::Epilogue parse_epilogue(const std::string& s) {
   if (s == "gelu_tanh") return ops::Epilogue::gelu_tanh;
   if (s == "gated_residual") return ops::Epilogue::gated_residual;
   if (s == "gelu_erf") return ops::Epilogue::gelu_erf;
-  throw py::value_error("epilogue must be 'none', 'gelu_tanh', 'gated_residual' or 'gelu_erf', got '" + s + "'");
+  if (s == "silu") return ops::Epilogue::silu;
+  throw py::value_error("epilogue must be 'none', 'gelu_tanh', 'gated_residual', 'gelu_erf' or 'silu', got '" + s +
+                        "'");
+}
+
+ops::Norm parse_norm(const std::string& s) {
+  if (s == "layer") return ops::Norm::layer;
+  if (s == "rms") return ops::Norm::rms;
+  throw py::value_error("norm must be 'layer' or 'rms', got '" + s + "'");
 }
 
 ops::Pixels parse_pixels(const std::string& s) {
   if (s == "rounded") return ops::Pixels::rounded;
   if (s == "truncated") return ops::Pixels::truncated;
-  throw py::value_error("pixels must be 'rounded' or 'truncated', got '" + s + "'");
+  if (s == "unit") return ops::Pixels::unit;
+  throw py::value_error("pixels must be 'rounded', 'truncated' or 'unit', got '" + s + "'");
 }
 
 }  // namespace
@@ -249,52 +258,71 @@ void nfd_register_ops(py::module_& m) {
   }, py::arg("x"), py::arg("gate"), py::arg("y"), NFD_DEV);
 
   m.def("gated_add_layernorm_modulate", [](F32Array x, F32Array gate, F32Array y, F32Array shift, F32Array scale,
-                                            float eps, NFD_DEV_PARAMS) {
+                                            float eps, const std::string& norm, NFD_DEV_PARAMS) {
+    const ops::Norm nm = parse_norm(norm);
     NFD_CALL(c);
     Tensor tx = c.in("x", x), tg = c.in("gate", gate), ty = c.in("y", y), ts = c.in("shift", shift),
            tc = c.in("scale", scale), to = c.out("out", ty.shape);
-    c.run([&] { ops::gated_add_layernorm_modulate(c.ctx, tx, tg, ty, ts, tc, eps, to); });
+    c.run([&] { ops::gated_add_layernorm_modulate(c.ctx, tx, tg, ty, ts, tc, eps, to, nm); });
     return py::make_tuple(c.back(ty), c.back(to));
-  }, py::arg("x"), py::arg("gate"), py::arg("y"), py::arg("shift"), py::arg("scale"), py::arg("eps") = 1e-6f, NFD_DEV,
-     "y += gate * x, then out = LayerNorm(y) * (1 + scale) + shift; returns (y, out).");
+  }, py::arg("x"), py::arg("gate"), py::arg("y"), py::arg("shift"), py::arg("scale"), py::arg("eps") = 1e-6f,
+     py::arg("norm") = "layer", NFD_DEV,
+     "y += gate * x, then out = Norm(y) * (1 + scale) + shift (norm 'layer' or 'rms'); returns (y, out).");
 
   m.def("layernorm_modulate", [](F32Array x, F32Array shift, F32Array scale, float eps, float scale_offset,
-                                 NFD_DEV_PARAMS) {
+                                 const std::string& norm, NFD_DEV_PARAMS) {
+    const ops::Norm nm = parse_norm(norm);
     NFD_CALL(c);
     Tensor tx = c.in("x", x), ts = c.in("shift", shift), tc = c.in("scale", scale), to = c.out("out", tx.shape);
-    c.run([&] { ops::layernorm_modulate(c.ctx, tx, ts, tc, eps, to, scale_offset); });
+    c.run([&] { ops::layernorm_modulate(c.ctx, tx, ts, tc, eps, to, scale_offset, nm); });
     return c.back(to);
-  }, py::arg("x"), py::arg("shift"), py::arg("scale"), py::arg("eps") = 1e-6f, py::arg("scale_offset") = 1.f, NFD_DEV,
-     "out = LayerNorm(x) * (scale_offset + scale) + shift (scale_offset 0: a LayerNorm with affine).");
+  }, py::arg("x"), py::arg("shift"), py::arg("scale"), py::arg("eps") = 1e-6f, py::arg("scale_offset") = 1.f,
+     py::arg("norm") = "layer", NFD_DEV,
+     "out = Norm(x) * (scale_offset + scale) + shift (scale_offset 0: a LayerNorm with affine; norm 'layer' or "
+     "'rms').");
 
-  m.def("add_silu", [](F32Array a, F32Array b, NFD_DEV_PARAMS) {
+  m.def("add_silu", [](F32Array a, py::object b, NFD_DEV_PARAMS) {
     NFD_CALL(c);
-    Tensor ta = c.in("a", a), tb = c.in("b", b), to = c.out("out", ta.shape);
+    Tensor ta = c.in("a", a), tb = c.in_opt("b", b), to = c.out("out", ta.shape);
     c.run([&] { ops::add_silu(c.ctx, ta, tb, to); });
     return c.back(to);
-  }, py::arg("a"), py::arg("b"), NFD_DEV);
+  }, py::arg("a"), py::arg("b") = py::none(), NFD_DEV, "out = silu(a + b), or silu(a) without b.");
 
   m.def("rope_qkv_split", [](F32Array qkv, int frame_index, std::vector<int> rope_dims, double theta, int grid_cols,
-                             int heads, int slots, int write_slot, py::object table, NFD_DEV_PARAMS) {
+                             int heads, int slots, int write_slot, py::object table, int kv_heads, float qk_norm_eps,
+                             bool deinterleave, int time_pairs, double time_scale, py::object v0, float v_mix,
+                             NFD_DEV_PARAMS) {
     if (rope_dims.size() != 3) throw py::value_error("rope_dims must have 3 entries");
     if (heads <= 0 || slots < 0) throw py::value_error("heads must be > 0 and slots >= 0");
+    const int hkv = kv_heads > 0 ? kv_heads : heads;
     NFD_CALL(c);
     FrameState st{};
     st.frame_index = frame_index;
     st.write_slot = write_slot;
     c.set_state(st);
     Tensor tq = c.in("qkv", qkv);
-    const int64_t N = dim_or0(tq, 0), hd = dim_or0(tq, 1) / (3 * heads);
-    Tensor q = c.out("q_out", {heads, N, hd}), k = c.out("k_cache", {slots, N, heads, hd}),
-           v = c.out("v_cache", {slots, N, heads, hd});
+    const int64_t N = dim_or0(tq, 0), hd = dim_or0(tq, 1) / (heads + 2 * hkv);
+    Tensor q = c.out("q_out", {heads, N, hd}), k = c.out("k_cache", {slots, N, hkv, hd}),
+           v = c.out("v_cache", {slots, N, hkv, hd});
     ops::RopeParams rp{{rope_dims[0], rope_dims[1], rope_dims[2]}, theta, grid_cols};
-    Tensor tt = c.in_opt("table", table);
-    c.run([&] { ops::rope_qkv_split(c.ctx, tq, rp, q, k, v, table.is_none() ? nullptr : &tt); });
+    rp.qk_norm_eps = qk_norm_eps;
+    rp.deinterleave = deinterleave;
+    rp.time_pairs = time_pairs;
+    rp.time_scale = time_scale;
+    rp.v_mix = v_mix;
+    Tensor tt = c.in_opt("table", table), tv = c.in_opt("v0", v0);
+    c.run([&] {
+      ops::rope_qkv_split(c.ctx, tq, rp, q, k, v, table.is_none() ? nullptr : &tt, v0.is_none() ? nullptr : &tv);
+    });
     return py::make_tuple(c.back(q), c.back(k), c.back(v));
   }, py::arg("qkv"), py::arg("frame_index"), py::arg("rope_dims"), py::arg("theta"), py::arg("grid_cols"),
-     py::arg("heads"), py::arg("slots") = 1, py::arg("write_slot") = 0, py::arg("table") = py::none(), NFD_DEV,
-     "Returns q [H, N, hd] and the caches k, v [slots, N, H, hd] (zero but for slot write_slot). table: (cos, sin) "
-     "[N, P, 2] of the first P pairs instead of the 3D formula.");
+     py::arg("heads"), py::arg("slots") = 1, py::arg("write_slot") = 0, py::arg("table") = py::none(),
+     py::arg("kv_heads") = 0, py::arg("qk_norm_eps") = 0.f, py::arg("deinterleave") = false,
+     py::arg("time_pairs") = 0, py::arg("time_scale") = 1.0, py::arg("v0") = py::none(), py::arg("v_mix") = 0.f,
+     NFD_DEV,
+     "Returns q [H, N, hd] and the caches k, v [slots, N, Hkv, hd] (zero but for slot write_slot). table: (cos, sin) "
+     "[N, P, 2] of the first P pairs instead of the 3D formula; kv_heads: Hkv (0: = heads); the Waypoint variant: "
+     "qk_norm_eps, deinterleave, time_pairs (with time_scale), v0 (layer 0's qkv) and v_mix.");
 
   m.def("attention", [](F32Array q, F32Array k_cache, F32Array v_cache, std::vector<int> visible_slots,
                         bool prepare, const std::string& keys, NFD_DEV_PARAMS) {
@@ -360,16 +388,48 @@ void nfd_register_ops(py::module_& m) {
      py::arg("threads") = 0);
 
   m.def("conv2d", [](F32Array x, F32Array w, py::object b, int stride, int pad, py::object residual,
-                     NFD_DEV_PARAMS) {
+                     const std::string& activation, NFD_DEV_PARAMS) {
+    const ops::Activation act = activation == "relu"      ? ops::Activation::relu
+                                : activation == "clamp01" ? ops::Activation::clamp01
+                                : activation == "none"    ? ops::Activation::none
+                                                          : throw py::value_error(
+                                                                "activation must be 'none', 'relu' or 'clamp01', got '" +
+                                                                activation + "'");
     NFD_CALL(c);
     Tensor tx = c.in("x", x), tw = c.in("w", w), tb = c.in_opt("bias", b), tr = c.in_opt("residual", residual);
     const int64_t k = dim_or0(tw, 2), s = stride >= 1 ? stride : 1;
     auto extent = [&](int i) { return std::max<int64_t>(0, (dim_or0(tx, i) + 2 * pad - k) / s + 1); };
     Tensor to = c.out("out", {dim_or0(tw, 0), extent(1), extent(2)});
-    c.run([&] { ops::conv2d(c.ctx, tx, tw, tb, stride, pad, to, tr.defined() ? &tr : nullptr); });
+    c.run([&] { ops::conv2d(c.ctx, tx, tw, tb, stride, pad, to, tr.defined() ? &tr : nullptr, act); });
     return c.back(to);
   }, py::arg("x"), py::arg("w"), py::arg("b") = py::none(), py::arg("stride") = 1, py::arg("pad") = 0,
-     py::arg("residual") = py::none(), NFD_DEV);
+     py::arg("residual") = py::none(), py::arg("activation") = "none", NFD_DEV);
+
+  m.def("softcap", [](F32Array x, float cap, NFD_DEV_PARAMS) {
+    NFD_CALL(c);
+    Tensor tx = c.in("x", x), to = c.out("out", tx.shape);
+    c.run([&] { ops::softcap(c.ctx, tx, cap, to); });
+    return c.back(to);
+  }, py::arg("x"), py::arg("cap"), NFD_DEV, "out = cap * tanh(x / cap).");
+
+  m.def("pixel_shuffle", [](F32Array x, int r, bool inverse, NFD_DEV_PARAMS) {
+    NFD_CALL(c);
+    Tensor tx = c.in("x", x);
+    const int64_t R = r > 0 ? r : 1;
+    Tensor to = inverse ? c.out("out", {dim_or0(tx, 0) * R * R, dim_or0(tx, 1) / R, dim_or0(tx, 2) / R})
+                        : c.out("out", {dim_or0(tx, 0) / (R * R), dim_or0(tx, 1) * R, dim_or0(tx, 2) * R});
+    c.run([&] { ops::pixel_shuffle(c.ctx, tx, r, inverse, to); });
+    return c.back(to);
+  }, py::arg("x"), py::arg("r"), py::arg("inverse") = false, NFD_DEV,
+     "F.pixel_shuffle(x, r) of x [C r^2, H, W], or F.pixel_unshuffle with inverse.");
+
+  m.def("resize_bilinear", [](F32Array x, int height, int width, NFD_DEV_PARAMS) {
+    NFD_CALL(c);
+    Tensor tx = c.in("x", x), to = c.out("out", {dim_or0(tx, 0), height, width});
+    c.run([&] { ops::resize_bilinear(c.ctx, tx, to); });
+    return c.back(to);
+  }, py::arg("x"), py::arg("height"), py::arg("width"), NFD_DEV,
+     "F.interpolate(x[None], (height, width), mode='bilinear', align_corners=False)[0].");
 
   m.def("upsample2x_conv2d", [](F32Array x, F32Array w, py::object b, NFD_DEV_PARAMS) {
     NFD_CALL(c);

@@ -45,7 +45,7 @@ void Session::step_batch(const std::vector<Session*>& sessions, const float* act
   so.decode = frames_out != nullptr;
   sample_frames(model.architecture(), cfg.num_steps(), frames, act, so);
   device_synchronize(lead.opt.device, bctx.stream);
-  const int64_t frame_bytes = int64_t(cfg.frame_height) * cfg.frame_width * 3;
+  const int64_t frame_bytes = cfg.frame_bytes();  // one session's frames
   for (size_t i = 0; i < n; ++i) {
     Impl& s = *sessions[i]->impl_;
     if (latents_out) {

@@ -27,17 +27,17 @@ void check_finite(const float* p, int64_t n, const std::string& what) {
     }
 }
 
-int cache_slots(const Config& cfg, const SessionOptions& o) {
-  return cfg.cache_frames() + 1 + std::max(o.speculate, 0);
+std::vector<int> cache_slots(const Config& cfg, const SessionOptions& o) {
+  return CacheRings(cfg.cache_policy(), std::max(o.speculate, 0)).slots();
 }
 
 IoBuffers::IoBuffers(Arena& arena, const Config& cfg, DType dtype) {
   const std::vector<int64_t> lshape = {cfg.latent_channels, cfg.latent_height(), cfg.latent_width()};
-  state = arena.alloc({int64_t(sizeof(FrameState))}, DType::u8);
+  state = arena.alloc({int64_t(cfg.cache_policy().size() * sizeof(FrameState))}, DType::u8);
   action = arena.alloc({cfg.action_dim}, dtype);
   latent = arena.alloc(lshape, dtype);
   write = arena.alloc(lshape, dtype);
-  frame = arena.alloc({cfg.frame_height, cfg.frame_width, 3}, DType::u8);
+  frame = arena.alloc(cfg.frame_shape(), DType::u8);
   if (dtype != DType::f32) {
     action_f32 = arena.alloc({cfg.action_dim}, DType::f32);
     latent_f32 = arena.alloc(lshape, DType::f32);
@@ -45,16 +45,16 @@ IoBuffers::IoBuffers(Arena& arena, const Config& cfg, DType dtype) {
 }
 
 SessionState::SessionState(const Config& cfg, const model::Architecture& arch, const model::Weights& weights,
-                           Arena& arena, DType dtype, int cache_slots)
+                           Arena& arena, DType dtype, const std::vector<int>& cache_slots)
     : io(arena, cfg, dtype),
       graph(arch.make_session(cfg, weights, arena, dtype, cache_slots)),
       own(arch.make_activations(cfg, arena, dtype, 1)) {}
 
-PinnedStaging::PinnedStaging(const Config& cfg, int64_t latent_numel)
-    : action_off_(align(sizeof(FrameState))),
+PinnedStaging::PinnedStaging(const Config& cfg, int64_t latent_numel, size_t groups)
+    : action_off_(align(groups * sizeof(FrameState))),
       latent_off_(action_off_ + align(size_t(cfg.action_dim) * sizeof(float))),
       frame_off_(latent_off_ + align(size_t(latent_numel) * sizeof(float))),
-      p_(static_cast<char*>(pinned_host_alloc(frame_off_ + size_t(cfg.frame_height) * cfg.frame_width * 3))) {}
+      p_(static_cast<char*>(pinned_host_alloc(frame_off_ + size_t(cfg.frame_bytes())))) {}
 PinnedStaging::~PinnedStaging() { pinned_host_free(p_); }
 
 namespace {
@@ -110,7 +110,8 @@ Session::Impl::Impl(std::shared_ptr<const Model> m, const SessionOptions& o, boo
       arch(model->architecture()),
       opt(o),
       arena(model->device()),
-      ring(model->config().sink_frames, model->config().window, std::max(o.speculate, 0)) {
+      host_state(model->config().cache_policy().size()),
+      ring(model->config().cache_policy(), std::max(o.speculate, 0)) {
   check_session_options(opt);
   opt.device = model->device();
   opt.dtype = model->dtype();
@@ -124,7 +125,8 @@ Session::Impl::Impl(std::shared_ptr<const Model> m, const SessionOptions& o, boo
   use_graphs = opt.device == Device::cuda && opt.cuda_graphs;
   st = std::make_unique<SessionState>(cfg, arch, model->weights(), arena, opt.dtype, cache_slots(cfg, opt));
   ctx.state = reinterpret_cast<const FrameState*>(st->io.state.data);
-  ctx.host_state = &host_state;  // kernels sized on the host (ops::attention_sized_on_host) read it
+  ctx.host_state = host_state.data();  // kernels sized on the host (ops::attention_sized_on_host) read it
+  st->graph->reset_state(ctx);
   st->graph->prepare_kernels(ctx, st->io.action);
   device_synchronize(opt.device, ctx.stream);
   if (opt.device == Device::cuda) {
@@ -132,7 +134,8 @@ Session::Impl::Impl(std::shared_ptr<const Model> m, const SessionOptions& o, boo
     // decodes on the session's stream after the cache-write pass, NFD_RT_PINNED_STAGING=off copies through
     // pageable memory with a wait per copy.
     if (switch_on("NFD_RT_DECODE_STREAM")) decode_stream = cuda_stream_create();
-    if (switch_on("NFD_RT_PINNED_STAGING")) staging = std::make_unique<PinnedStaging>(cfg, st->io.latent.numel());
+    if (switch_on("NFD_RT_PINNED_STAGING"))
+      staging = std::make_unique<PinnedStaging>(cfg, st->io.latent.numel(), ring.groups());
   }
   if (opt.speculate > 0 && opt.speculate_mode == SpeculateMode::exact)
     worker = std::thread([this] { speculate_loop(); });
@@ -168,9 +171,9 @@ FrameJob Session::Impl::job(const Context& c, const Tensor& latent, const Tensor
   return j;
 }
 
-void Session::Impl::make_state(int64_t g, FrameState& s, const Tensor& device_state, const Context& c) {
-  ring.fill_state(g, s);
-  device_memcpy(device_state.data, opt.device, &s, Device::cpu, sizeof(FrameState), c.stream);
+void Session::Impl::make_state(int64_t g, FrameState* s, const Tensor& device_state, const Context& c) {
+  ring.fill_states(g, s);
+  device_memcpy(device_state.data, opt.device, s, Device::cpu, state_bytes(), c.stream);
 }
 
 bool Session::Impl::run_frame(bool generate, bool decode, const std::atomic<bool>* cancel) {
@@ -185,14 +188,20 @@ bool Session::Impl::run_frame(bool generate, bool decode, const std::atomic<bool
 
 bool Session::Impl::generate_frame(bool decode, const std::atomic<bool>* cancel) {
   if (!use_graphs) return run_frame(true, decode, cancel);
-  CudaGraph& g = graphs.graph[decode ? 1 : 0];
-  int& visible = graphs.visible[decode ? 1 : 0];
-  const bool stale = ops::attention_sized_on_host(ctx) && visible != host_state.num_visible;
+  // A decoder with state between frames runs after the replay, outside the graph (its host-side state advances).
+  const bool decode_after = decode && stateful_decoder();
+  const bool in_graph = decode && !decode_after;
+  CudaGraph& g = graphs.graph[in_graph ? 1 : 0];
+  std::vector<int>& visible = graphs.visible[in_graph ? 1 : 0];
+  std::vector<int> now;
+  for (const FrameState& f : host_state) now.push_back(f.num_visible);
+  const bool stale = ops::attention_sized_on_host(ctx) && visible != now;
   if (!g.captured() || stale) {
-    g.capture(stream, [&] { run_frame(true, decode); });
-    visible = host_state.num_visible;
+    g.capture(stream, [&] { run_frame(true, in_graph); });
+    visible = now;
   }
   g.replay(stream);
+  if (decode_after) return st->graph->decode(ctx, st->io.latent, st->io.frame, cancel);
   return true;
 }
 
@@ -252,9 +261,9 @@ bool Session::Impl::compute_frame_staged(const float* action, bool decode, float
 bool Session::Impl::compute_frame_staged_once(const float* action, bool decode, float* latent_out,
                                               uint8_t* frame_out, const std::atomic<bool>* cancel) {
   const Device cuda = Device::cuda, cpu = Device::cpu;
-  ring.fill_state(frame_index, host_state);
-  *staging->state() = host_state;
-  device_memcpy_async(st->io.state.data, cuda, staging->state(), cpu, sizeof(FrameState), ctx.stream);
+  ring.fill_states(frame_index, host_state.data());
+  std::copy(host_state.begin(), host_state.end(), staging->state());
+  device_memcpy_async(st->io.state.data, cuda, staging->state(), cpu, state_bytes(), ctx.stream);
   const size_t A = size_t(cfg.action_dim);
   if (action) std::memcpy(staging->action(), action, A * sizeof(float));
   else std::fill(staging->action(), staging->action() + A, 0.f);
@@ -303,6 +312,7 @@ void Session::Impl::reset_context(int count, const float* actions, LatentOf late
   served_index = 0;
   lk.unlock();
   try {
+    st->graph->reset_state(ctx);  // the decoder's and encoder's streams start over
     for (int j = 0; j < count; ++j) {
       prepare_state(ctx);
       latent_of(j);
@@ -375,8 +385,12 @@ void Session::reset_frames(const uint8_t* frames, int count, const float* action
   Impl& s = *impl_;
   NFD_CHECK(count >= 0, invalid_argument, "reset: frame count must be >= 0");
   NFD_CHECK(count == 0 || frames, invalid_argument, "reset: frames is null");
-  const size_t frame_bytes = size_t(s.cfg.frame_height) * s.cfg.frame_width * 3;
-  s.reset_context(count, actions, [&](int j) {
+  const int per_step = s.cfg.frames_per_step;
+  NFD_CHECK(count % per_step == 0, invalid_argument,
+            "reset: " + std::to_string(count) + " frames is not a multiple of " + std::to_string(per_step) +
+                " (the frames of one latent of " + s.cfg.name + ")");
+  const size_t frame_bytes = size_t(s.cfg.frame_bytes());  // one latent's frames
+  s.reset_context(count / per_step, actions, [&](int j) {
     device_memcpy(s.st->io.frame.data, s.opt.device, frames + j * frame_bytes, Device::cpu, frame_bytes,
                   s.ctx.stream);
     s.st->graph->encode(s.ctx, s.st->io.frame, s.st->io.latent);

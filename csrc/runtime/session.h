@@ -69,14 +69,17 @@ class Session {
   size_t memory_bytes() const;
   size_t kv_cache_bytes() const;
 
-  // Clears the cache; then writes `count` context frames (uint8 [count, H, W, 3]) or latents
-  // (float [count, C, h, w]) into it, with actions [count, action_dim] (nullptr = zeros).
+  // Clears the cache (and the decoder's state); then writes `count` context frames (uint8 [count, H, W, 3], count a
+  // multiple of frames_per_step: each latent's frames are encoded together) or latents (float [count, C, h, w]) into
+  // it, with one action per latent, [count / frames_per_step, action_dim] or [count, action_dim] (nullptr = zeros).
   void reset_frames(const uint8_t* frames, int count, const float* actions);
   void reset_latents(const float* latents, int count, const float* actions);
-  // Generates the next frame for `action` [action_dim]: frame_out uint8 [H, W, 3] and/or latent_out float
-  // [C, h, w] (either may be nullptr; decoding runs only when frame_out is given). The order of nfd_session_step.
+  // Generates the next frame for `action` [action_dim]: frame_out uint8 [H, W, 3] ([frames_per_step, H, W, 3]
+  // when a latent decodes to several frames) and/or latent_out float [C, h, w] (either may be nullptr; decoding
+  // runs only when frame_out is given). The order of nfd_session_step.
   void step(const float* action, uint8_t* frame_out, float* latent_out);
-  // Decodes one latent [C, h, w] to uint8 [H, W, 3] without touching the session state.
+  // Decodes one latent [C, h, w] to uint8 [H, W, 3] ([frames_per_step, H, W, 3]) without touching the session
+  // state, except a streaming decoder's (model::SessionGraph::decoder_keeps_state): that advances, as step() would.
   void decode(const float* latent, uint8_t* frame_out);
   // An independent session continuing from this one's state (cache, frame index, seed), sharing the model.
   std::unique_ptr<Session> fork() const;
@@ -97,8 +100,8 @@ class Session {
   Session(const std::string& path, const SessionOptions& options, const void* snapshot, size_t size);
 
   // Steps sessions of one model as one batched forward (GEMMs over all their tokens, attention per session over
-  // its own cache): actions [n, action_dim]; frames_out [n, H, W, 3] and/or latents_out [n, C, h, w] (either may
-  // be null). The same frames as stepping each session alone (within fp rounding: the GEMMs see more rows).
+  // its own cache): actions [n, action_dim]; frames_out [n, H, W, 3] ([n, frames_per_step, H, W, 3]) and/or
+  // latents_out [n, C, h, w] (either may be null). The same frames as stepping each session alone (within fp rounding: the GEMMs see more rows).
   static void step_batch(const std::vector<Session*>& sessions, const float* actions, uint8_t* frames_out,
                          float* latents_out);
 

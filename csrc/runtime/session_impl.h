@@ -23,7 +23,8 @@
 
 namespace nfd {
 
-// The session's own device buffers besides its architecture's.
+// The session's own device buffers besides its architecture's. state: one FrameState per cache group; frame: a
+// step's frames (Config::frame_shape()).
 struct IoBuffers {
   Tensor state, action, latent, write, frame;
   // 16-bit sessions: the action and the latent in float32, where a step's host copies convert on the device
@@ -38,18 +39,18 @@ struct SessionState {
   std::unique_ptr<model::SessionGraph> graph;
   std::unique_ptr<model::Activations> own;  // one member's activations: the single-session passes
   SessionState(const Config& cfg, const model::Architecture& arch, const model::Weights& weights, Arena& arena,
-               DType dtype, int cache_slots);
+               DType dtype, const std::vector<int>& cache_slots);
 };
 
 // Page-locked host staging of a CUDA session's step: the FrameState and action going up, the latent and frame
 // coming down, so the copies are asynchronous and the step waits once, for everything.
 class PinnedStaging {
  public:
-  PinnedStaging(const Config& cfg, int64_t latent_numel);
+  PinnedStaging(const Config& cfg, int64_t latent_numel, size_t groups);
   ~PinnedStaging();
   PinnedStaging(const PinnedStaging&) = delete;
   PinnedStaging& operator=(const PinnedStaging&) = delete;
-  FrameState* state() const { return reinterpret_cast<FrameState*>(p_); }
+  FrameState* state() const { return reinterpret_cast<FrameState*>(p_); }  // one per cache group
   float* action() const { return reinterpret_cast<float*>(p_ + action_off_); }
   float* latent() const { return reinterpret_cast<float*>(p_ + latent_off_); }
   uint8_t* frame() const { return reinterpret_cast<uint8_t*>(p_ + frame_off_); }
@@ -63,9 +64,9 @@ class PinnedStaging {
 // Whole-frame CUDA graphs (with and without decode), captured at the first frame and replayed after.
 struct FrameGraphs {
   CudaGraph graph[2];
-  // num_visible each graph was captured for, when the attention kernel is sized on the host
-  // (ops::attention_sized_on_host): such a graph is re-captured when the count changes (while the cache fills).
-  int visible[2] = {-1, -1};
+  // num_visible (per cache group) each graph was captured for, when the attention kernel is sized on the host
+  // (ops::attention_sized_on_host): such a graph is re-captured when a count changes (while the cache fills).
+  std::vector<int> visible[2];
 };
 
 struct Session::Impl {
@@ -81,8 +82,8 @@ struct Session::Impl {
   bool use_graphs = false;
   FrameGraphs graphs;
   std::unique_ptr<SessionState> st;
-  FrameState host_state{};
-  KvRing ring;
+  std::vector<FrameState> host_state;  // the current frame's FrameState per cache group (ctx.host_state)
+  CacheRings ring;
   int64_t frame_index = 0;  // the next frame computed (ahead of the caller while speculating)
   bool owns_model = false;  // opened from a path: the model is this session's alone
 
@@ -91,9 +92,12 @@ struct Session::Impl {
 
   // ---- one frame (session.cc) ----------------------------------------------------------------------------------
   FrameJob job(const Context& c, const Tensor& latent, const Tensor& write, const Tensor& frame) const;
-  // FrameState of frame g, copied to `device_state` on c's stream.
-  void make_state(int64_t g, FrameState& s, const Tensor& device_state, const Context& c);
-  void prepare_state(const Context& c) { make_state(frame_index, host_state, st->io.state, c); }
+  // FrameStates of frame g (one per cache group, into s[0 ..)), copied to `device_state` on c's stream.
+  void make_state(int64_t g, FrameState* s, const Tensor& device_state, const Context& c);
+  void prepare_state(const Context& c) { make_state(frame_index, host_state.data(), st->io.state, c); }
+  size_t state_bytes() const { return ring.groups() * sizeof(FrameState); }
+  // Whether the decode stays out of captured graphs and speculation (model::SessionGraph::decoder_keeps_state).
+  bool stateful_decoder() const { return st->graph->decoder_keeps_state(); }
   // All device work of one frame on fixed buffers (sample_frames), reading the FrameState from device memory: with
   // `generate` the whole sequence; else (a context frame of reset) the cache-write pass of the given latent.
   bool run_frame(bool generate, bool decode, const std::atomic<bool>* cancel = nullptr);
@@ -162,7 +166,7 @@ struct Session::Impl {
 
   // ---- parallel speculation: k frames denoised together, block-causal among them (speculation.cc) ----------------
   struct Parallel {
-    std::vector<FrameState> host;
+    std::vector<FrameState> host;  // frame j's FrameStates at host[j * groups ..]
     std::vector<Tensor> state, latent, write, frame;
     std::unique_ptr<model::Activations> act;
     explicit Parallel(Impl& s);
@@ -172,7 +176,8 @@ struct Session::Impl {
   void step_parallel(const float* action, uint8_t* frame_out, float* latent_out);
 };
 
-int cache_slots(const Config& cfg, const SessionOptions& o);
+// Slots per cache group of a session of `cfg` with options `o`.
+std::vector<int> cache_slots(const Config& cfg, const SessionOptions& o);
 void check_finite(const float* p, int64_t n, const std::string& what);
 
 }  // namespace nfd

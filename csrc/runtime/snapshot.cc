@@ -271,8 +271,9 @@ Contents read(const void* data, size_t size, const Model& model, DType dtype) {
       bad("metadata field 'frames' holds " + quote(f) + ", not a frame index");
     const int64_t j = f.get<int64_t>();
     if (!c.frames.empty() && j <= c.frames.back()) bad("metadata field 'frames' is not increasing");
-    // Only frames the next frame sees: sinks and the last `window` frames (so each has its own slot).
-    if (j >= c.frame_index || !(j < cfg.sink_frames || c.frame_index - j <= cfg.window))
+    // Only frames the next frame sees in some cache group: sinks and the kept frames of the group's window (so each
+    // has its own slot in the groups that show it).
+    if (j >= c.frame_index || !CacheRings(cfg.cache_policy(), 0).shown(c.frame_index, j))
       bad("frame " + std::to_string(j) + " is not visible from frame_index " + std::to_string(c.frame_index));
     c.frames.push_back(j);
   }
@@ -287,22 +288,28 @@ Contents read(const void* data, size_t size, const Model& model, DType dtype) {
 
 // ---- the session's side ---------------------------------------------------------------------------------------
 
+namespace {
+std::vector<int> slot_counts(const std::vector<std::vector<int>>& slots) {
+  std::vector<int> n;
+  for (const auto& g : slots) n.push_back(int(g.size()));
+  return n;
+}
+}  // namespace
+
 // The blob of the served state. Frames generated ahead (speculation) are not saved: like fork(), the snapshot
 // continues from the last frame returned. The caller holds the worker paused.
 struct Session::Impl::SnapshotPlan {
-  std::vector<int64_t> frames;
-  std::vector<int> slots;
+  std::vector<int64_t> frames;            // every frame a cache group shows the served frame, increasing
+  std::vector<std::vector<int>> slots;    // per group: the slots of those of `frames` it shows
   std::string meta;  // padded to a multiple of 8
   size_t state_bytes = 0, total = 0;
 };
 
 Session::Impl::SnapshotPlan Session::Impl::snapshot_plan() const {
   SnapshotPlan p;
-  for (const auto& [frame, slot] : ring.visible_to(served_index)) {
-    p.frames.push_back(frame);
-    p.slots.push_back(slot);
-  }
-  p.state_bytes = st->graph->state_bytes(int(p.slots.size()));
+  p.frames = ring.visible_frames(served_index);
+  p.slots = ring.slots_of(p.frames, served_index);
+  p.state_bytes = st->graph->state_bytes(slot_counts(p.slots));
   snapshot::json meta;
   meta["architecture"] = cfg.architecture;
   meta["config"] = snapshot::json::parse(config_to_json(cfg));
@@ -346,23 +353,27 @@ size_t Session::Impl::write_snapshot(void* out, size_t capacity) {
 
 void Session::Impl::load_snapshot(const void* data, size_t size) {
   const snapshot::Contents c = snapshot::read(data, size, *model, opt.dtype);
-  const size_t expected = st->graph->state_bytes(int(c.frames.size()));
+  // This session's slots of the saved frames, per group (its rings may differ in size from the saved one's).
+  const std::vector<std::vector<int>> slots = ring.slots_of(c.frames, c.frame_index);
+  const size_t expected = st->graph->state_bytes(slot_counts(slots));
   NFD_CHECK(c.state_bytes == expected, invalid_argument,
             "snapshot: its state is " + std::to_string(c.state_bytes) + " bytes, " + std::to_string(expected) +
                 " expected for " + std::to_string(c.frames.size()) + " saved frames of this model");
   std::unique_lock<std::mutex> lk = pause_worker(false);
-  std::vector<int> slots;
-  for (int64_t f : c.frames) slots.push_back(ring.slot_for(f));  // this session's ring (its size may differ)
   try {
     st->graph->load_state(ctx, slots, c.state);
   } catch (...) {  // a device error midway: the cache holds parts of two states, so forget every frame
     ring.clear();
     frame_index = served_index = 0;
+    try {
+      st->graph->reset_state(ctx);
+    } catch (...) {
+    }
     resume_worker(lk);
     throw;
   }
   ring.clear();
-  for (int64_t f : c.frames) ring.commit(f);
+  ring.restore(c.frames, c.frame_index);
   frame_index = served_index = c.frame_index;
   opt.seed = c.seed;  // the noise of every later frame follows from (seed, frame index)
   resume_worker(lk);

@@ -28,11 +28,12 @@ void Session::Impl::speculate_loop() {
     if (stop) return;
     worker_busy = true;
     const std::vector<float> action = spec_action;
-    const bool decode = spec_decode;
+    // A streaming decoder decodes only the frames served, in order: the frames ahead are latents until then.
+    const bool decode = spec_decode && !stateful_decoder();
     lk.unlock();
     Ahead a;
     a.latent.resize(size_t(cfg.latent_numel()));
-    if (decode) a.frame.resize(size_t(cfg.frame_height) * cfg.frame_width * 3);
+    if (decode) a.frame.resize(size_t(cfg.frame_bytes()));
     bool done = false;
     std::string error;
     try {
@@ -141,13 +142,13 @@ void Session::Impl::step_speculating(const float* action, uint8_t* frame_out, fl
 
 // ---- parallel ---------------------------------------------------------------------------------------------------
 
-Session::Impl::Parallel::Parallel(Impl& s) : host(size_t(s.opt.speculate)) {
+Session::Impl::Parallel::Parallel(Impl& s) : host(size_t(s.opt.speculate) * s.ring.groups()) {
   const std::vector<int64_t> lshape = {s.cfg.latent_channels, s.cfg.latent_height(), s.cfg.latent_width()};
   for (int j = 0; j < s.opt.speculate; ++j) {
-    state.push_back(s.arena.alloc({int64_t(sizeof(FrameState))}, DType::u8));
+    state.push_back(s.arena.alloc({int64_t(s.state_bytes())}, DType::u8));
     latent.push_back(s.arena.alloc(lshape, s.opt.dtype));
     write.push_back(s.arena.alloc(lshape, s.opt.dtype));
-    frame.push_back(s.arena.alloc({s.cfg.frame_height, s.cfg.frame_width, 3}, DType::u8));
+    frame.push_back(s.arena.alloc(s.cfg.frame_shape(), DType::u8));
   }
   act = s.arch.make_activations(s.cfg, s.arena, s.opt.dtype, s.opt.speculate);
 }
@@ -156,14 +157,16 @@ Session::Impl::Parallel::Parallel(Impl& s) : host(size_t(s.opt.speculate)) {
 void Session::Impl::generate_parallel(const float* action, bool decode) {
   const int k = opt.speculate;
   const int64_t f0 = frame_index;
+  const size_t groups = ring.groups();
+  decode = decode && !stateful_decoder();  // a streaming decoder decodes each frame when it is served
   for (int j = 0; j < k; ++j) ring.commit(f0 + j);  // in progress: visible to the later ones
   try {
     std::vector<FrameJob> frames;
     for (int j = 0; j < k; ++j) {
-      make_state(f0 + j, par->host[size_t(j)], par->state[size_t(j)], ctx);
+      make_state(f0 + j, &par->host[size_t(j) * groups], par->state[size_t(j)], ctx);
       Context c = ctx;
       c.state = reinterpret_cast<const FrameState*>(par->state[size_t(j)].data);
-      c.host_state = &par->host[size_t(j)];
+      c.host_state = &par->host[size_t(j) * groups];
       frames.push_back(job(c, par->latent[size_t(j)], par->write[size_t(j)], par->frame[size_t(j)]));
     }
     upload_action(ctx, action);
@@ -177,7 +180,7 @@ void Session::Impl::generate_parallel(const float* action, bool decode) {
       Tensor host{a.latent.data(), DType::f32, Device::cpu, st->io.latent.shape};
       ops::copy(ctx, par->latent[size_t(j)], host);
       if (decode) {
-        a.frame.resize(size_t(cfg.frame_height) * cfg.frame_width * 3);
+        a.frame.resize(size_t(cfg.frame_bytes()));
         device_memcpy(a.frame.data(), Device::cpu, par->frame[size_t(j)].data, opt.device, a.frame.size(), ctx.stream);
       }
       ahead.push_back(std::move(a));

@@ -54,15 +54,19 @@ def actions(x: Any, count: int, cfg: ModelConfig) -> np.ndarray:
 
 
 def frames(x: Any, cfg: ModelConfig) -> np.ndarray:
-    """Context frames -> uint8 [T, H, W, 3] (C-contiguous)."""
+    """Context frames -> uint8 [T, H, W, 3] (C-contiguous), H x W the config's video_size; T a multiple of
+    cfg.frames_per_step (a model whose latent stands for several frames encodes them together)."""
     f = _as_numpy(x, "frames")
-    want = (cfg.frame_height, cfg.frame_width, 3)
+    want = (*cfg.video_size, 3)
     if f.ndim == 3:
         f = f[None]
     if f.ndim != 4 or f.shape[1:] != want:
         raise ValueError(f"frames must be uint8 [T, {want[0]}, {want[1]}, 3] for {cfg.name}, got shape {f.shape}")
     if f.dtype != np.uint8:
         raise ValueError(f"frames must have dtype uint8 (RGB 0..255), got {f.dtype}")
+    per = cfg.frames_per_step
+    if len(f) % per:
+        raise ValueError(f"frames: {len(f)} frames is not a multiple of {per} (the frames of one latent)")
     return np.ascontiguousarray(f)
 
 

@@ -50,6 +50,17 @@ class ConfigBase:
     def replace(self, **changes: Any):
         return dataclasses.replace(self, **changes)
 
+    # What a session's step returns: frames_per_step video frames of video_size (the NFD and Oasis models: one frame
+    # of frame_height x frame_width; Waypoint overrides both: 4 frames of its output size).
+    @property
+    def frames_per_step(self) -> int:
+        return 1
+
+    @property
+    def video_size(self) -> tuple[int, int]:
+        """(height, width) of the frames a session returns and takes."""
+        return self.frame_height, self.frame_width
+
     # The DiT's patches of a latent frame (the class has latent_height, latent_width, latent_channels, patch_size).
     @property
     def grid(self) -> tuple[int, int]:

@@ -164,6 +164,14 @@ class WaypointConfig(ConfigBase):
         return self.taehv.frames_per_latent
 
     @property
+    def frames_per_step(self) -> int:  # what nfd_rt.Session.step returns: one latent's frames
+        return self.frames_per_latent
+
+    @property
+    def video_size(self) -> tuple[int, int]:
+        return self.output_height, self.output_width
+
+    @property
     def num_steps(self) -> int:
         """Euler steps per latent frame (the commit pass comes on top)."""
         return len(self.sigmas) - 1

@@ -196,13 +196,17 @@ class Session:
         return self._open().frame_index
 
     def reset(self, frames: Any = None, latents: Any = None, actions: Any = None) -> None:
-        """Forget everything; then write the given context frames (uint8 [T,H,W,3]) or latents into the cache."""
+        """Forget everything; then write the given context frames (uint8 [T,H,W,3]) or latents into the cache.
+
+        A model whose latent stands for several frames (`config.frames_per_step` = F, Waypoint: 4) takes T a
+        multiple of F, encoded F at a time, and one action per latent: actions [T / F, action_dim]. reset also
+        clears a streaming decoder's state (the next decode is the first of a stream)."""
         s = self._open()
         if frames is not None and latents is not None:
             raise ValueError("pass either frames or latents to reset, not both")
         if frames is not None:
             f = _checks.frames(frames, self._cfg)
-            s.reset_frames(f, _checks.actions(actions, f.shape[0], self._cfg))
+            s.reset_frames(f, _checks.actions(actions, f.shape[0] // self._cfg.frames_per_step, self._cfg))
         elif latents is not None:
             z = _checks.latents(latents, self._cfg)
             s.reset_latents(z, _checks.actions(actions, z.shape[0], self._cfg))
@@ -218,13 +222,16 @@ class Session:
         return latent
 
     def step(self, action: Any) -> np.ndarray:
-        """Generate and decode the next frame: uint8 [H, W, 3]."""
+        """Generate and decode the next frame: uint8 [H, W, 3]. A model whose latent stands for several frames
+        (`config.frames_per_step` = F > 1, Waypoint-1.5: 4) returns them all, uint8 [F, H, W, 3] in time order."""
         s = self._open()
         _, frame = s.step(_checks.action(action, self._cfg), True)
         return frame
 
     def decode(self, latent: Any) -> np.ndarray:
-        """Decode one latent [C, h, w] to uint8 [H, W, 3]."""
+        """Decode one latent [C, h, w] to uint8 [H, W, 3] ([F, H, W, 3] when config.frames_per_step = F > 1).
+        The session's state is untouched, except a streaming decoder's (Waypoint's TAEHV keeps memory between
+        latents, as `WaypointSession.decode`): decode each latent of `step_latent` once, in order."""
         s = self._open()
         z = _checks.latents(latent, self._cfg)
         if z.shape[0] != 1:
@@ -312,7 +319,8 @@ def _batch(sessions: Sequence[Session], actions: Any, decode: bool):
 
 def step_batch(sessions: Sequence[Session], actions: Any) -> np.ndarray:
     """Step several sessions of one `Model` as one batched forward (GEMMs over all their tokens, attention per
-    session over its own cache): actions [n, action_dim] -> frames uint8 [n, H, W, 3]. The same frames as stepping
+    session over its own cache): actions [n, action_dim] -> frames uint8 [n, H, W, 3] ([n, F, H, W, 3] for a model
+    of config.frames_per_step = F > 1). The same frames as stepping
     each session alone (CPU float32: within 1e-5). Sessions must share a model, appear once and not speculate;
     anything else raises ValueError."""
     return _batch(sessions, actions, True)[1]

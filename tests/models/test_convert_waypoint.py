@@ -331,7 +331,7 @@ def test_converted_model_computes_the_upstream_formulas(fixture_dir, converted):
 
 
 def test_docs_fixture_snippet_runs(tmp_path, monkeypatch, capsys):
-    """docs/waypoint.md's 'try it without the weights' block, run as written."""
+    """docs/waypoint.md's 'try it without the weights' block, run as written: the reference, then the C++ runtime."""
     import re
 
     from nfd_testfiles import REPO
@@ -341,7 +341,7 @@ def test_docs_fixture_snippet_runs(tmp_path, monkeypatch, capsys):
     assert m, "docs/waypoint.md has no python block marked <!-- test: waypoint-fixture -->"
     monkeypatch.chdir(tmp_path)
     exec(compile(m.group(1), "docs/waypoint.md", "exec"), {})
-    assert capsys.readouterr().out.strip() == "(4, 72, 128, 3) uint8"
+    assert capsys.readouterr().out.split() == "(4, 72, 128, 3) uint8 (4, 72, 128, 3) uint8".split()
 
 
 def test_export_random_waypoint(tmp_path, capsys):

@@ -36,6 +36,7 @@ import torch.nn.functional as F  # noqa: E402
 from nfd_rt import configs, rng  # noqa: E402
 from nfd_rt.reference.model import apply_rope, frames_to_images, images_to_frames, rope_angles  # noqa: E402
 from nfd_rt.reference import oasis as oasis_ref  # noqa: E402
+from nfd_rt.reference import waypoint as waypoint_ref  # noqa: E402
 
 _core = pytest.importorskip("nfd_rt._core")
 ops = _core.ops
@@ -549,6 +550,162 @@ case("to_uint8 truncated at the level boundaries", lambda dev: ops.to_uint8(edge
      where=lambda device, dtype: dtype == "float32")
 
 
+# ---- Waypoint-1.5: GQA, RMS norms, the QK-norm RoPE variant, SiLU, TAEHV's ops ---------------------------------
+for M, K, N in [(37, 64, 50), (16, 128, 384), (33, 36, 20)]:
+    for bias in (True, False):
+        case(f"linear {M}x{K}x{N} {'bias+' if bias else 'no bias+'}silu", linear_call(M, K, N, "silu", bias),
+             lambda M=M, K=K, N=N, bias=bias: F.silu(linear_product(M, K, N, bias)))
+
+
+def rms_ref(x, shift, scale, eps=waypoint_ref.RMS_EPS):
+    x = T(x)
+    return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + eps) * (1 + T(scale)) + T(shift)
+
+
+for M, D in [(16, 128), (37, 1024), (5, 24)]:
+    x, sh, sc = randn(M, D, seed=9, scale=3.0, offset=1.0), randn(D, seed=10), randn(D, seed=11)
+    case(f"layernorm_modulate {M}x{D} rms",
+         lambda dev, x=x, sh=sh, sc=sc: ops.layernorm_modulate(x, sh, sc, waypoint_ref.RMS_EPS, norm="rms", **dev),
+         lambda x=x, sh=sh, sc=sc: rms_ref(x, sh, sc))
+    xg, gate, y = randn(M, D, seed=12), randn(D, seed=13), randn(M, D, seed=14, scale=2.0, offset=1.0)
+    case(f"gated_add_layernorm_modulate {M}x{D} rms",
+         lambda dev, x=xg, gate=gate, y=y, sh=sh, sc=sc:
+             ops.gated_add_layernorm_modulate(x, gate, y, sh, sc, waypoint_ref.RMS_EPS, norm="rms", **dev),
+         lambda x=xg, gate=gate, y=y, sh=sh, sc=sc: (T(y) + T(gate) * T(x),
+                                                      rms_ref((T(y) + T(gate) * T(x)).numpy(), sh, sc)))
+a3 = randn(4, 5, 6, seed=12)
+case("add_silu 4x5x6 without b", lambda dev: ops.add_silu(a3, **dev), lambda: F.silu(T(a3)))
+
+
+def waypoint_rope_case(name, cfg, frame, slots, slot, v_mix=None):
+    """rope_qkv_split as Waypoint's layers call it: GQA widths, QK-norm, the spatial table + time pairs, the
+    de-interleaved output and (layers > 0) the value residual, against reference/waypoint.py."""
+    H, Hkv, hd, N = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.tokens_per_frame
+    qkv, q0 = randn(N, (H + 2 * Hkv) * hd, seed=17), randn(N, (H + 2 * Hkv) * hd, seed=18)
+    cos, sin = waypoint_ref.rope_angles(cfg, torch.tensor([frame]))  # [1, N, hd/2]
+    P = hd // 4  # the spatial pairs: (cos, sin) from the table; the time pairs from the frame
+    table = np.stack([cos[0, :, :P].numpy(), sin[0, :, :P].numpy()], -1)
+
+    def call(dev):
+        q, k, v = ops.rope_qkv_split(qkv, frame, [hd, 0, 0], cfg.rope_theta, 1, H, slots=slots, write_slot=slot,
+                                     table=table, kv_heads=Hkv, qk_norm_eps=waypoint_ref.RMS_EPS, deinterleave=True,
+                                     time_pairs=hd // 2 - P, time_scale=float(cfg.time_stride),
+                                     v0=None if v_mix is None else q0, v_mix=v_mix or 0.0, **dev)
+        return q, k[slot], v[slot]
+
+    def ref():
+        rq, rk, rv = torch.from_numpy(qkv).split([H * hd, Hkv * hd, Hkv * hd], -1)
+        rq, rk, rv = rq.view(1, N, H, hd), rk.view(1, N, Hkv, hd), rv.view(N, Hkv, hd)
+        if v_mix is not None:
+            v0 = torch.from_numpy(q0)[:, (H + Hkv) * hd:].view(N, Hkv, hd)
+            rv = rv + torch.tensor(np.float32(v_mix)) * (v0 - rv)
+        q = waypoint_ref.apply_rope(waypoint_ref.rms_norm(rq), cos, sin)[0].transpose(0, 1)
+        return q, waypoint_ref.apply_rope(waypoint_ref.rms_norm(rk), cos, sin)[0], rv
+
+    case(name, call, ref, mode=("close", "close", "close" if v_mix is not None else "rounded"))
+
+
+wp_tiny = configs.get("waypoint-tiny")
+for frame in (0, 7, 1000):
+    waypoint_rope_case(f"rope_qkv_split waypoint-tiny frame={frame}", wp_tiny, frame, 3, 1)
+waypoint_rope_case("rope_qkv_split waypoint-tiny frame=9 value residual", wp_tiny, 9, 4, 3, v_mix=0.37)
+wp_hd64 = wp_tiny.replace(hidden_size=256, num_heads=4, num_kv_heads=2)  # the 1B model's head_dim 64
+waypoint_rope_case("rope_qkv_split waypoint hd64 frame=130 value residual", wp_hd64, 130, 2, 0, v_mix=0.8)
+qkv_gqa = randn(12, (4 + 2 * 2) * 32, seed=17)
+
+
+def gqa_rope_ref():
+    cos, sin = rope_angles(SimpleNamespace(grid=(3, 4), rope_dims=(8, 12, 12), rope_theta=1e4), torch.tensor([7]))
+    rq, rk, rv = torch.from_numpy(qkv_gqa).split([4 * 32, 2 * 32, 2 * 32], -1)
+    return (apply_rope(rq.view(1, 12, 4, 32), cos, sin)[0].transpose(0, 1),
+            apply_rope(rk.view(1, 12, 2, 32), cos, sin)[0], rv.view(12, 2, 32).numpy())
+
+
+case("rope_qkv_split GQA 4 of 2 heads, 3D RoPE", lambda dev: (lambda q, k, v: (q, k[1], v[1]))(
+         *ops.rope_qkv_split(qkv_gqa, 7, [8, 12, 12], 1e4, 4, 4, slots=2, write_slot=1, kv_heads=2, **dev)),
+     gqa_rope_ref, mode=("close", "close", "rounded"))
+
+
+@functools.cache
+def gqa_inputs(H, Hkv, N, hd, S):
+    return randn(H, N, hd, seed=18, scale=2.0), randn(S, N, Hkv, hd, seed=19, scale=2.0), \
+        randn(S, N, Hkv, hd, seed=20, scale=2.0)
+
+
+def gqa_ref(H, Hkv, N, hd, S, slots, same_token=False):
+    q, kc, vc = (T(a) for a in gqa_inputs(H, Hkv, N, hd, S))
+    kc, vc = kc.repeat_interleave(H // Hkv, dim=2), vc.repeat_interleave(H // Hkv, dim=2)  # head h reads h // group
+    if same_token:
+        keys, vals = kc[list(slots)].permute(1, 2, 0, 3), vc[list(slots)].permute(1, 2, 0, 3)
+        p = torch.softmax((q.transpose(0, 1)[:, :, None, :] @ keys.transpose(-1, -2)) / math.sqrt(hd), dim=-1)
+        return (p @ vals)[:, :, 0, :].reshape(N, H * hd)
+    keys = kc[list(slots)].reshape(len(slots) * N, H, hd).transpose(0, 1)
+    vals = vc[list(slots)].reshape(len(slots) * N, H, hd).transpose(0, 1)
+    p = torch.softmax(q @ keys.transpose(1, 2) / math.sqrt(hd), dim=-1)
+    return (p @ vals).transpose(0, 1).reshape(N, H * hd)
+
+
+for H, Hkv, N, hd, S, slots in [
+    (4, 2, 8, 16, 5, [3, 0, 4]),           # waypoint-tiny: 8 tokens, head_dim 16 (CPU's register kernel)
+    (4, 1, 37, 32, 4, [1, 2, 3]),          # multi-query
+    (4, 2, 128, 64, 17, list(range(1, 17)) + [0]),  # the 360P model's frame (2 of its 16 K/V heads), a full window
+]:
+    case(f"attention GQA H={H} Hkv={Hkv} N={N} hd={hd} visible={len(slots)}",
+         lambda dev, a=(H, Hkv, N, hd, S), slots=slots: ops.attention(*gqa_inputs(*a), list(slots), **dev),
+         functools.partial(gqa_ref, H, Hkv, N, hd, S, tuple(slots)), long_sum=len(slots) * N >= 1024)
+case("attention same_token GQA H=4 Hkv=2 N=6 hd=16",
+     lambda dev: ops.attention(*gqa_inputs(4, 2, 6, 16, 3), [2, 0], keys="same_token", **dev),
+     functools.partial(gqa_ref, 4, 2, 6, 16, 3, (2, 0), True))
+
+for cin, cout, h, w, k, stride, pad in [(16, 16, 8, 16, 3, 1, 1), (8, 4, 9, 7, 3, 1, 1), (32, 16, 16, 32, 3, 1, 1),
+                                        (8, 8, 16, 16, 3, 2, 1), (16, 32, 6, 8, 1, 1, 0)]:
+    x, wt = randn(cin, h, w, seed=25), randn(cout, cin, k, k, seed=26, scale=1 / math.sqrt(cin * k * k))
+    b, ho, wo = randn(cout, seed=27), (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    res = randn(cout, ho, wo, seed=28)
+    name = f"conv2d {cin}->{cout} {h}x{w} k{k} s{stride} p{pad}"
+    case(name + " bias+relu",
+         lambda dev, x=x, wt=wt, b=b, s=stride, p=pad: ops.conv2d(x, wt, b, s, p, activation="relu", **dev),
+         lambda x=x, wt=wt, b=b, s=stride, p=pad: F.relu(F.conv2d(T(x)[None], T(wt), T(b), stride=s, padding=p)[0]))
+    case(name + " residual+relu",
+         lambda dev, x=x, wt=wt, r=res, s=stride, p=pad: ops.conv2d(x, wt, None, s, p, r, activation="relu", **dev),
+         lambda x=x, wt=wt, r=res, s=stride, p=pad: F.relu(F.conv2d(T(x)[None], T(wt), stride=s, padding=p)[0] + T(r)))
+    case(name + " bias+clamp01",
+         lambda dev, x=x, wt=wt, b=b, s=stride, p=pad: ops.conv2d(x, wt, b, s, p, activation="clamp01", **dev),
+         lambda x=x, wt=wt, b=b, s=stride, p=pad: F.conv2d(T(x)[None], T(wt), T(b), stride=s, padding=p)[0].clamp(0, 1))
+
+xs = randn(6, 5, 7, seed=36, scale=4.0)
+case("softcap 6x5x7 cap 3", lambda dev: ops.softcap(xs, 3.0, **dev), lambda: torch.tanh(T(xs) / 3) * 3)
+case("softcap 6x5x7 in place (out is x)", lambda dev: ops.softcap(xs, 3.0, alias={"out": "x"}, **dev),
+     lambda: torch.tanh(T(xs) / 3) * 3)
+for C, H, W, r in [(12, 5, 7, 2), (27, 4, 3, 3), (3, 1, 1, 1)]:
+    x = randn(C, H, W, seed=37)
+    case(f"pixel_shuffle {C}x{H}x{W} r={r}", lambda dev, x=x, r=r: ops.pixel_shuffle(x, r, **dev),
+         lambda x=x, r=r: F.pixel_shuffle(torch.from_numpy(x)[None], r)[0].numpy(), mode="rounded")
+    big = randn(C // (r * r), H * r, W * r, seed=38)
+    case(f"pixel_shuffle {C // (r * r)}x{H * r}x{W * r} r={r} inverse",
+         lambda dev, x=big, r=r: ops.pixel_shuffle(x, r, inverse=True, **dev),
+         lambda x=big, r=r: F.pixel_unshuffle(torch.from_numpy(x)[None], r)[0].numpy(), mode="rounded")
+for C, H, W, Ho, Wo in [(3, 64, 128, 72, 128), (3, 72, 128, 64, 128), (3, 8, 16, 9, 20), (2, 9, 11, 4, 5),
+                        (3, 16, 32, 16, 32), (1, 1, 1, 3, 2)]:  # Waypoint's 16:8 <-> 16:9, up, down, the identity
+    x = randn(C, H, W, seed=39)
+    case(f"resize_bilinear {C}x{H}x{W} -> {Ho}x{Wo}", lambda dev, x=x, Ho=Ho, Wo=Wo: ops.resize_bilinear(x, Ho, Wo, **dev),
+         lambda x=x, Ho=Ho, Wo=Wo: F.interpolate(torch.from_numpy(x)[None], size=(Ho, Wo), mode="bilinear",
+                                                 align_corners=False)[0].double())
+unit = np.clip(randn(3, 8, 9, seed=33, scale=0.4, offset=0.5), -0.2, 1.2).astype(np.float32)
+unit[0, 0, :5] = [0.0, 1.0, 0.5 / 255, 1.5 / 255, 2.5 / 255]  # the ends and halfway points (round half to even)
+case("to_uint8 3x8x9 unit", lambda dev: ops.to_uint8(unit, pixels="unit", **dev),
+     lambda: torch.round(torch.from_numpy(unit).clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).numpy(),
+     mode="exact",  # reference/waypoint.py images_to_frames without its resize
+     where=lambda device, dtype: dtype == "float32")
+unit16 = rounded(unit, "bfloat16")  # exact in every dtype: the same pixels from a bf16 or f16 image
+case("to_uint8 3x8x9 unit (values exact in 16 bits)", lambda dev: ops.to_uint8(unit16, pixels="unit", **dev),
+     lambda: torch.round(torch.from_numpy(unit16).clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).numpy(),
+     mode="exact")
+fu8 = np.random.default_rng(34).integers(0, 256, (8, 9, 3), dtype=np.uint8)
+case("from_uint8 8x9x3 unit", lambda dev: ops.from_uint8(fu8, pixels="unit", **dev),
+     lambda: torch.from_numpy(fu8).permute(2, 0, 1).float().numpy() / np.float32(255.0), mode="rounded")
+
+
 # ---- copy -----------------------------------------------------------------------------------------------------
 def copy_ref(x, *dtypes):
     t = torch.from_numpy(x)
@@ -688,7 +845,7 @@ CONTRACTS = [
     Bad("add_silu dtype", lambda d, o: ops.add_silu(r(6), r(6), dtypes={"b": o}, **d),
         r"ops::add_silu: b must have out's dtype"),
     Bad("rope_qkv_split qkv", lambda d, o: ops.rope_qkv_split(r(12, 100), 0, [8, 4, 4], 1e4, 4, 2, **d),
-        r"ops::rope_qkv_split: qkv must be \[N, 3 \* H \* hd\] with N = 12, 3 \* H \* hd = 96"),
+        r"ops::rope_qkv_split: qkv must be \[N, \(H \+ 2 \* Hkv\) \* hd\] with N = 12, \(H \+ 2 \* Hkv\) \* hd = 96"),
     Bad("rope_qkv_split rope_dims", lambda d, o: ops.rope_qkv_split(r(12, 96), 0, [8, 4, 2], 1e4, 4, 2, **d),
         r"ops::rope_qkv_split: rope_dims must be even and sum to head_dim 16, got \[8, 4, 2\]"),
     Bad("rope_qkv_split grid_cols", lambda d, o: ops.rope_qkv_split(r(12, 96), 0, [8, 4, 4], 1e4, 5, 2, **d),
@@ -698,7 +855,7 @@ CONTRACTS = [
         r"ops::rope_qkv_split: write_slot 4 outside the cache of 4 slots"),
     Bad("rope_qkv_split k_cache", lambda d, o: ops.rope_qkv_split(r(12, 96), 0, [8, 4, 4], 1e4, 4, 2,
                                                                    shapes={"k_cache": [1, 12, 16, 2]}, **d),
-        r"ops::rope_qkv_split: k_cache must be \[slots, N, H, hd\] with N = 12, H = 2, hd = 16"),
+        r"ops::rope_qkv_split: k_cache must be \[slots, N, Hkv, hd\] with N = 12, hd = 16"),
     Bad("rope_qkv_split v_cache", lambda d, o: ops.rope_qkv_split(r(12, 96), 0, [8, 4, 4], 1e4, 4, 2, slots=2,
                                                                    shapes={"v_cache": [1, 12, 2, 16]}, **d),
         r"ops::rope_qkv_split: v_cache must have k_cache's shape"),
@@ -722,11 +879,11 @@ CONTRACTS = [
         r"ops::attention: visible slot 3 outside the cache of 3 slots"),
     Bad("attention same_token k_cache", lambda d, o: ops.attention(q, r(3, 5, 2, 8), r(3, 5, 2, 8), [0],
                                                                    keys="same_token", **d),
-        r"ops::attention: k_cache must be \[slots, N, H, hd\] with N = 4, H = 2, hd = 8"),
+        r"ops::attention: k_cache must be \[slots, N, Hkv, hd\] with N = 4, hd = 8"),
     Bad("attention q", lambda d, o: ops.attention(r(4, 8), kc, kc, [0], **d),
         r"ops::attention: q must be \[H, N, hd\], got"),
     Bad("attention k_cache", lambda d, o: ops.attention(q, r(3, 5, 2, 8), r(3, 5, 2, 8), [0], **d),
-        r"ops::attention: k_cache must be \[slots, N, H, hd\] with N = 4, H = 2, hd = 8"),
+        r"ops::attention: k_cache must be \[slots, N, Hkv, hd\] with N = 4, hd = 8"),
     Bad("attention v_cache", lambda d, o: ops.attention(q, kc, r(2, 4, 2, 8), [0], **d),
         r"ops::attention: v_cache must have k_cache's shape"),
     Bad("attention out", lambda d, o: ops.attention(q, kc, kc, [0], shapes={"out": [4, 8]}, **d),
@@ -832,6 +989,35 @@ CONTRACTS = [
     Bad("from_uint8 image dtype",
         lambda d, o: ops.from_uint8(np.zeros((4, 5, 3), np.uint8), dtypes={"image": "uint8"}, **d),
         r"ops::from_uint8: image must be f32, bf16 or f16, got u8"),
+    Bad("softcap out", lambda d, o: ops.softcap(r(4, 5), 3.0, shapes={"out": [4, 6]}, **d),
+        r"ops::softcap: out must have x's shape"),
+    Bad("softcap cap", lambda d, o: ops.softcap(r(4, 5), 0.0, **d), r"ops::softcap: cap must be > 0"),
+    Bad("pixel_shuffle channels", lambda d, o: ops.pixel_shuffle(r(6, 4, 4), 2, shapes={"out": [1, 8, 8]}, **d),
+        r"ops::pixel_shuffle: x's channels must be a multiple of r\^2 = 4"),
+    Bad("pixel_shuffle inverse size", lambda d, o: ops.pixel_shuffle(r(3, 5, 4), 2, inverse=True,
+                                                                      shapes={"out": [12, 2, 2]}, **d),
+        r"ops::pixel_shuffle: x's height and width must be multiples of r = 2"),
+    Bad("pixel_shuffle out", lambda d, o: ops.pixel_shuffle(r(12, 4, 4), 2, shapes={"out": [3, 8, 9]}, **d),
+        r"ops::pixel_shuffle: out must be \[C, H r, W r\] with C = 3, H r = 8"),
+    Bad("resize_bilinear out", lambda d, o: ops.resize_bilinear(r(3, 4, 5), 6, 7, shapes={"out": [2, 6, 7]}, **d),
+        r"ops::resize_bilinear: out must be \[C, Ho, Wo\] with C = 3"),
+    Bad("resize_bilinear empty", lambda d, o: ops.resize_bilinear(r(3, 4, 5), 0, 7, **d),
+        r"ops::resize_bilinear: x and out need at least one row and column"),
+    Bad("attention GQA heads", lambda d, o: ops.attention(r(3, 4, 8), kc, kc, [0], **d),
+        r"ops::attention: k_cache's heads \(Hkv = 2\) must divide q's H = 3 \(GQA\)"),
+    Bad("rope_qkv_split time_pairs without a table",
+        lambda d, o: ops.rope_qkv_split(r(12, 96), 0, [8, 4, 4], 1e4, 4, 2, time_pairs=4, **d),
+        r"ops::rope_qkv_split: time_pairs needs a table"),
+    Bad("rope_qkv_split time_pairs", lambda d, o: ops.rope_qkv_split(r(12, 96), 0, [16, 0, 0], 1e4, 1, 2,
+                                                                      table=r(12, 4, 2), time_pairs=3, **d),
+        r"ops::rope_qkv_split: time_pairs must be 0 or head_dim / 2 - P = 4, got 3"),
+    Bad("rope_qkv_split v0", lambda d, o: ops.rope_qkv_split(r(12, 96), 0, [8, 4, 4], 1e4, 4, 2, v0=r(12, 95), **d),
+        r"ops::rope_qkv_split: v0 must have qkv's shape"),
+    Bad("rope_qkv_split qk_norm_eps", lambda d, o: ops.rope_qkv_split(r(12, 96), 0, [8, 4, 4], 1e4, 4, 2,
+                                                                       qk_norm_eps=-1.0, **d),
+        r"ops::rope_qkv_split: qk_norm_eps must be >= 0"),
+    Bad("add_silu without b out", lambda d, o: ops.add_silu(r(2, 3), shapes={"out": [6]}, **d),
+        r"ops::add_silu: out must have a's shape"),
     Bad("copy shape", lambda d, o: ops.copy(r(6), shapes={"dst": [7]}, **d), r"ops::copy: dst must have src's shape"),
     Bad("copy to uint8", lambda d, o: ops.copy(r(6), dtypes={"dst": "uint8"}, **d),
         r"ops::copy: converts only among f32, bf16 and f16"),

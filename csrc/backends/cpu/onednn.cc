@@ -77,6 +77,7 @@ const Entry& entry(const Matmul& m) {
   dnnl::post_ops po;
   if (m.post == Matmul::Post::gelu_tanh) po.append_eltwise(dnnl::algorithm::eltwise_gelu_tanh, 0.f, 0.f);
   if (m.post == Matmul::Post::gelu_erf) po.append_eltwise(dnnl::algorithm::eltwise_gelu_erf, 0.f, 0.f);
+  if (m.post == Matmul::Post::silu) po.append_eltwise(dnnl::algorithm::eltwise_swish, 1.f, 0.f);  // v sigmoid(1 v)
   if (m.post == Matmul::Post::gated) {
     e->gate = dnnl::memory::desc({1, m.N}, to_dt(m.c), dims{m.N, 1});
     po.append_binary(dnnl::algorithm::binary_mul, e->gate);  // gate * (AB + bias)

@@ -28,10 +28,10 @@ std::string onednn_version();
 
 // C[M, N] (row stride ldc) = A[M, K] (lda) x B, then the epilogue, in fp32 (products accumulate in fp32).
 // B is weights[N, K] (row stride ldb) transposed when `b_nk`, else B[K, N] (ldb).
-// bias[N] and gate[N] have C's dtype. Epilogues: gelu_tanh / gelu_erf: C = gelu(AB + bias); gated:
-// C += gate * (AB + bias).
+// bias[N] and gate[N] have C's dtype. Epilogues: gelu_tanh / gelu_erf: C = gelu(AB + bias); silu: C = SiLU(AB +
+// bias); gated: C += gate * (AB + bias).
 struct Matmul {
-  enum class Post { none, gelu_tanh, gelu_erf, gated };
+  enum class Post { none, gelu_tanh, gelu_erf, silu, gated };
   int64_t M = 0, N = 0, K = 0, lda = 0, ldb = 0, ldc = 0;
   bool b_nk = false;
   DType a = DType::bf16, b = DType::bf16, c = DType::bf16;

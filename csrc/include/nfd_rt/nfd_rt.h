@@ -9,7 +9,7 @@
  *   if (nfd_session_open("m.nfd", &p, &s) != NFD_OK) { fprintf(stderr, "%s\n", nfd_last_error()); ... }
  *   nfd_session_info info; nfd_session_get_info(s, &info);
  *   nfd_session_reset(s, NULL, 0, NULL);                 // no context frames
- *   nfd_session_step(s, action, frame_rgb, NULL);        // action: float[action_dim]; frame: uint8[H*W*3]
+ *   nfd_session_step(s, action, frame_rgb, NULL);        // action: float[action_dim]; frame: uint8[F*H*W*3]
  *   nfd_session_close(s);
  */
 #ifndef NFD_RT_H_
@@ -75,16 +75,21 @@ typedef struct nfd_session_params {
 } nfd_session_params;
 
 typedef struct nfd_session_info {
-  int32_t frame_height, frame_width; /* a frame is uint8 [frame_height, frame_width, 3] (RGB, row-major) */
+  int32_t frame_height, frame_width; /* a frame is uint8 [frame_height, frame_width, 3] (RGB, row-major); a step
+                                        returns frames_per_step of them, one after the other */
   int32_t latent_channels, latent_height, latent_width; /* a latent is float [C, h, w] */
   int32_t action_dim;                /* an action is float [action_dim] */
   int32_t num_steps;                 /* denoising steps per frame */
-  int32_t window, sink_frames;       /* KV cache: sink frames + rolling window */
+  int32_t window, sink_frames;       /* KV cache: sink frames + rolling window (of the first cache group, for a
+                                        model whose layers keep different frames, e.g. Waypoint's local layers) */
   int64_t frame_index;               /* index of the next frame step() generates */
   uint64_t memory_bytes;             /* bytes held on the device: KV cache + buffers, + the weights for a session
                                         opened from a path (a session of a shared nfd_model does not count them) */
   uint64_t speculated_served;        /* frames returned from speculation */
   uint64_t speculated_discarded;     /* frames generated ahead and thrown away because the action changed */
+  int32_t frames_per_step;           /* video frames one step decodes (1; 4 for Waypoint-1.5, whose latent stands
+                                        for 4 frames): frame buffers hold frames_per_step * H * W * 3 bytes.
+                                        Added in 0.1.x at the end of the struct. */
 } nfd_session_info;
 
 typedef struct nfd_session nfd_session; /* opaque */
@@ -151,27 +156,33 @@ NFD_API nfd_status nfd_session_create_from_snapshot(nfd_model* model, const nfd_
 NFD_API nfd_status nfd_session_open_snapshot(const char* path, const nfd_session_params* params, const void* snapshot,
                                              size_t size, nfd_session** out);
 /* Steps `count` sessions of one model as one batched forward: actions float [count, action_dim]; frames_out
- * uint8 [count, H, W, 3] and/or latents_out float [count, C, h, w] (either may be NULL). Equal to stepping each
+ * uint8 [count, F, H, W, 3] (F = frames_per_step) and/or latents_out float [count, C, h, w] (either may be NULL).
+ * Equal to stepping each
  * session alone up to float rounding. Sessions must share a model, appear once and not speculate. */
 NFD_API nfd_status nfd_step_batch(nfd_session* const* sessions, int32_t count, const float* actions,
                                   uint8_t* frames_out, float* latents_out);
 
 NFD_API nfd_status nfd_session_get_info(const nfd_session* session, nfd_session_info* out);
 
-/* Forgets every frame, then writes `count` context frames (uint8 [count, H, W, 3]) into the KV cache with
- * their actions (float [count, action_dim]; NULL = zeros). count == 0 (frames may be NULL) starts from nothing. */
+/* Forgets every frame (and a streaming decoder's state), then writes `count` context frames (uint8 [count, H, W, 3])
+ * into the KV cache with their actions (float [count / F, action_dim], one per latent; NULL = zeros). count must be a
+ * multiple of F = frames_per_step (each latent's F frames are encoded together). count == 0 (frames may be NULL)
+ * starts from nothing. */
 NFD_API nfd_status nfd_session_reset(nfd_session* session, const uint8_t* frames, int32_t count,
                                      const float* actions);
-/* Same with latents (float [count, C, h, w]) instead of frames. */
+/* Same with latents (float [count, C, h, w], actions [count, action_dim]) instead of frames. */
 NFD_API nfd_status nfd_session_reset_latents(nfd_session* session, const float* latents, int32_t count,
                                              const float* actions);
 
-/* Generates the next frame for `action` (float [action_dim], finite). frame_out (uint8 [H, W, 3]) and
- * latent_out (float [C, h, w]) may each be NULL; decoding runs only when frame_out is given. */
+/* Generates the next frame for `action` (float [action_dim], finite). frame_out (uint8 [F, H, W, 3]: the step's
+ * F = frames_per_step frames in time order, one frame for NFD and Oasis models) and latent_out (float [C, h, w]) may
+ * each be NULL; decoding runs only when frame_out is given. */
 NFD_API nfd_status nfd_session_step(nfd_session* session, const float* action, uint8_t* frame_out,
                                     float* latent_out);
 
-/* Decodes one latent (float [C, h, w]) to uint8 [H, W, 3] without changing the session state. */
+/* Decodes one latent (float [C, h, w]) to uint8 [F, H, W, 3] without changing the session state, except a streaming
+ * decoder's (Waypoint's TAEHV keeps state between latents: decode each latent of nfd_session_step(..., NULL, latent)
+ * once, in order, as a step that decodes would). */
 NFD_API nfd_status nfd_session_decode(nfd_session* session, const float* latent, uint8_t* frame_out);
 
 #ifdef __cplusplus

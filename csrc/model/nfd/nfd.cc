@@ -41,8 +41,8 @@ struct Schedule {
 
 class NfdSession : public SessionGraph {
  public:
-  NfdSession(const NfdConfig& c, const NfdWeights& w, Arena& arena, DType dtype, int cache_slots)
-      : c_(c), schedule_(c), dit_(c, w.dit, arena, dtype, cache_slots), vae_(c, w.vae, arena, dtype) {}
+  NfdSession(const NfdConfig& c, const NfdWeights& w, Arena& arena, DType dtype, const std::vector<int>& cache_slots)
+      : c_(c), schedule_(c), dit_(c, w.dit, arena, dtype, cache_slots.at(0)), vae_(c, w.vae, arena, dtype) {}
 
   void prepare_kernels(const Context& ctx, const Tensor& action) override { dit_.prepare_kernels(ctx, action); }
   void condition(const Context& ctx, const Tensor& action) override { dit_.condition(ctx, action); }
@@ -61,12 +61,14 @@ class NfdSession : public SessionGraph {
   }
   size_t kv_cache_bytes() const override { return dit_.kv_cache_bytes(); }
   // The K/V of the slots; the VAE keeps no state between frames, so nothing follows them.
-  size_t state_bytes(int slot_count) const override { return size_t(slot_count) * dit_.kv().slot_bytes(); }
-  void save_state(const Context& ctx, const std::vector<int>& slots, uint8_t* out) const override {
-    dit_.kv().save_slots(ctx, slots, out);
+  size_t state_bytes(const std::vector<int>& counts) const override {
+    return size_t(counts.at(0)) * dit_.kv().slot_bytes();
   }
-  void load_state(const Context& ctx, const std::vector<int>& slots, const uint8_t* in) override {
-    dit_.kv().load_slots(ctx, slots, in);
+  void save_state(const Context& ctx, const std::vector<std::vector<int>>& slots, uint8_t* out) const override {
+    dit_.kv().save_slots(ctx, slots.at(0), out);
+  }
+  void load_state(const Context& ctx, const std::vector<std::vector<int>>& slots, const uint8_t* in) override {
+    dit_.kv().load_slots(ctx, slots.at(0), in);
   }
 
   DiT& dit() { return dit_; }
