@@ -168,6 +168,7 @@ class Runner:
     prefill: Callable[[], None] | None = None
     prefill_warmup: int = 2  # untimed frames after a prefill
     mark_warmup: Callable[[], None] | None = None  # called just before the first warm-up frame
+    end_warmup: Callable[[], None] | None = None  # called after the last warm-up frame (before other runners warm)
     mark_timing: Callable[[], None] | None = None  # called just before the first timed frame
     after_timing: Callable[[], dict] | None = None  # extra JSON after the timed frames (e.g. recompiles)
     memory_bytes: Callable[[], int] | None = None
@@ -467,12 +468,15 @@ def compile_static(bench: Bench, dtype: str) -> Runner:
     def warm():
         state["start"] = counters["stats"]["unique_graphs"]
 
-    def mark():  # graphs compiled before the timed frames
+    def warmed():  # graphs compiled in this runner's own warm-up (with --interleave other runners warm up later)
+        state["warmed"] = counters["stats"]["unique_graphs"]
+
+    def mark():
         state["before_timing"] = counters["stats"]["unique_graphs"]
 
     def after() -> dict:
         now = counters["stats"]["unique_graphs"]
-        return {"graphs_compiled": state.get("before_timing", now) - state.get("start", now),
+        return {"graphs_compiled": state.get("warmed", now) - state.get("start", now),
                 "recompiles_during_timed_frames": now - state.get("before_timing", now),
                 "graph_breaks": sum(counters["graph_break"].values()),
                 "inductor_counters": {k: v for k, v in counters["inductor"].items()
@@ -486,7 +490,8 @@ def compile_static(bench: Bench, dtype: str) -> Runner:
             "torch_compile_cudagraphs": bench.cuda and bench.args.compile_backend == "inductor"
             and mode in ("reduce-overhead", "max-autotune")}
     return Runner(bench.torch_name("compile-static", dtype), s.step, s.reset, torch_runner=True, info=info,
-                  mark_warmup=warm, mark_timing=mark, after_timing=after)
+                  mark_warmup=warm, end_warmup=warmed, mark_timing=mark,
+                  after_timing=after)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -527,6 +532,8 @@ def timed_frames(r: Runner, bench: Bench, actions: np.ndarray):
     if r.mark_warmup:
         r.mark_warmup()
     for n in range(warmup + frames):
+        if n == warmup and r.end_warmup:
+            r.end_warmup()
         if n >= warmup:
             yield
         if n == warmup and r.mark_timing:  # after the yield: with --interleave, once every runner is warm
