@@ -502,3 +502,51 @@ def test_serve_brings_waypoints_own_key_map_and_sizes_a_world_by_the_runtime(con
                         "--max-parked-bytes", str(one - 1)], capture_output=True, text=True, timeout=120,
                        env=subprocess_env())
     assert r.returncode != 0 and f"up to {one} bytes" in r.stderr, r.stderr
+
+
+def test_play_turns_keys_mouse_and_wheel_into_controls(converted, tmp_path, monkeypatch):
+    """`nfd-rt play` on a Waypoint file (headless SDL, events posted as a player's): held keys, the mouse's movement
+    since the last step (once a click captured it) and the wheel make each step's control vector through the key
+    map, as serve builds it; a step's 4 frames are shown; the CLI runs it from the file."""
+    pygame = pytest.importorskip("pygame", reason="pygame is not installed (pip install 'nfd_rt[play]')")
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    from nfd_rt.demo.play_controls import key_code_name, play_controls
+    from nfd_rt.serve import protocol
+
+    assert [key_code_name(n) for n in ("w", "7", "left shift", "space", "f13")] == \
+        ["KeyW", "Digit7", "ShiftLeft", "Space", None]
+    keymap_file = tmp_path / "keys.json"
+    keymap_file.write_text(json.dumps(TINY_KEYS))
+    keymap, pointer = protocol.read_keymap(str(keymap_file), TINY.control_dim)
+    E = pygame.event.Event
+    script = [[E(pygame.KEYDOWN, key=pygame.K_w), E(pygame.MOUSEBUTTONDOWN, button=1, pos=(0, 0)),
+               E(pygame.MOUSEMOTION, rel=(5, -3), pos=(0, 0), buttons=(0, 0, 0)),
+               E(pygame.MOUSEWHEEL, x=0, y=1, flipped=False)],
+              [E(pygame.KEYUP, key=pygame.K_w), E(pygame.MOUSEBUTTONDOWN, button=1, pos=(0, 0))], []]
+    seen = []
+
+    class Scripted(nfd_rt.Session):
+        def reset(self, *a, **k):
+            super().reset(*a, **k)
+            for e in script.pop(0):
+                pygame.event.post(e)
+
+        def step(self, c):
+            seen.append(np.array(c))
+            for e in script.pop(0):
+                pygame.event.post(e)
+            return super().step(c)
+
+    with Scripted(converted, dtype="float32", threads=1) as s:
+        result = play_controls(s, keymap, pointer, scale=2, fps=1000, max_steps=2)
+    assert result["steps"] == 2 and result["frames"] == 2 * F
+    assert seen[0].tolist() == [2.5, -1.5, 0, 1, 0, 0, 0, 1]  # W, the mouse (x 0.5), the wheel up
+    assert seen[1].tolist() == [0, 0, 0, 0, 0, 1, 0, 0]  # W released; a click once captured is the left button
+    import subprocess
+
+    from nfd_testfiles import subprocess_env
+
+    r = subprocess.run([sys.executable, "-m", "nfd_rt.cli", "play", "--model", str(converted), "--dtype", "float32",
+                        "--threads", "1", "--max-frames", "2", "--fps", "1000"], capture_output=True, text=True,
+                       timeout=120, env=subprocess_env(SDL_VIDEODRIVER="dummy"))
+    assert r.returncode == 0 and "played 2 steps (8 frames)" in r.stdout, r.stdout + r.stderr

@@ -130,6 +130,21 @@ def _finite_number(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def control_vector(action_dim: int, keymap: dict[str, int], keys, pointer: Pointer | None = None,
+                   mouse=None, scroll: int | None = None) -> np.ndarray:
+    """The action vector of held `keys` (known to `keymap`: 1 at each one's dimension), the mouse's movement
+    [dx, dy] (times the pointer's scale) and the wheel (-1, 0, 1), as `nfd-rt serve` and `nfd-rt play` build it."""
+    vec = np.zeros(action_dim, np.float32)
+    for k in keys:
+        vec[keymap[k]] = 1.0
+    if mouse is not None:
+        vec[pointer.dx] += np.float32(mouse[0] * pointer.scale)
+        vec[pointer.dy] += np.float32(mouse[1] * pointer.scale)
+    if scroll is not None:
+        vec[pointer.scroll] += np.float32(scroll)
+    return vec
+
+
 def parse_message(text: object, action_dim: int, keymap: dict[str, int] | None, pointer: Pointer | None = None):
     """One client message -> Action | Reset | Ping. Raises ProtocolError naming what is wrong."""
     if not isinstance(text, str):
@@ -157,12 +172,9 @@ def parse_message(text: object, action_dim: int, keymap: dict[str, int] | None, 
             raise ProtocolError("this model has no key map: send {\"type\": \"action\", \"action\": [...]} instead")
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys) or len(keys) > 32:
             raise ProtocolError("\"keys\" must be a list of at most 32 key names (strings)")
-        vec = np.zeros(action_dim, np.float32)
         unknown = [k for k in keys if k not in keymap]
         if unknown:
             raise ProtocolError(f"unknown key(s) {unknown[:4]}; this model knows {sorted(keymap)}")
-        for k in keys:
-            vec[keymap[k]] = 1.0
         mouse, scroll = msg.get("mouse"), msg.get("scroll")
         if (mouse is not None or scroll is not None) and pointer is None:
             raise ProtocolError("this model's key map has no pointer: \"mouse\" and \"scroll\" are not accepted")
@@ -170,15 +182,12 @@ def parse_message(text: object, action_dim: int, keymap: dict[str, int] | None, 
             if not isinstance(mouse, list) or len(mouse) != 2 or not all(_finite_number(x) for x in mouse) or \
                     max(abs(x) for x in mouse) > MAX_MOUSE:
                 raise ProtocolError(f"\"mouse\" must be [dx, dy], finite numbers of at most {MAX_MOUSE:g} in size")
-            vec[pointer.dx] += np.float32(mouse[0] * pointer.scale)
-            vec[pointer.dy] += np.float32(mouse[1] * pointer.scale)
         if scroll is not None:
             if scroll not in (-1, 0, 1) or isinstance(scroll, bool):
                 raise ProtocolError(f"\"scroll\" must be -1, 0 or 1 (wheel down, none, up), got {scroll!r}")
             if pointer.scroll is None:
                 raise ProtocolError("this model's key map has no scroll dimension")
-            vec[pointer.scroll] += np.float32(scroll)
-        return Action(vec)
+        return Action(control_vector(action_dim, keymap, keys, pointer, mouse, scroll))
     if kind == "reset":
         seed = msg.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
