@@ -74,7 +74,7 @@ def injected_snapshot(blob: bytes, cfg, dtype: str, n: int) -> bytes:
     sb_local, sb_global = slot_bytes(cfg, dtype)
     state = bytes(len(local) * sb_local + len(glob) * sb_global) + decoder
     meta.update(frame_index=n, frames=sorted(set(local) | set(glob)), state_bytes=len(state))
-    text = json.dumps(meta, separators=(",", ":")).encode()
+    text = json.JSONEncoder(separators=(",", ":")).encode(meta).encode()  # (fps.py writes the result JSON)
     text += b" " * ((8 - len(text) % 8) % 8)
     total = 32 + len(text) + len(state) + 4
     head = blob[:12] + struct.pack("<I", len(text)) + struct.pack("<QQ", len(state), total)
