@@ -203,14 +203,15 @@ def parse_message(text: object, action_dim: int, keymap: dict[str, int] | None, 
 
 # -- worlds: what a reset starts from -------------------------------------------------------------------------
 class World:
-    """The starting point of a session. `context(seed)` -> uint8 [T, H, W, 3] context frames (T may be 0)."""
+    """The starting point of a session. `context(seed)` -> uint8 [T, H, W, 3] context frames of the model's video
+    size (T may be 0; a multiple of the model's frames_per_step)."""
 
     name = "blank"
     keymap: dict[str, int] | None = None
     pointer: Pointer | None = None
 
     def context(self, seed: int, cfg) -> np.ndarray:
-        return np.zeros((0, cfg.frame_height, cfg.frame_width, 3), np.uint8)
+        return np.zeros((0, *cfg.video_size, 3), np.uint8)
 
 
 class GridworldWorld(World):
