@@ -4,6 +4,8 @@
     python benchmarks/fps.py --config tiny --device cpu --frames 300
     python benchmarks/fps.py --config nfd-310m --device cuda --steps 4 --frames 100 --curve
     python benchmarks/fps.py --config oasis-500m --frames 2      (Oasis: every timed frame at a full 32-frame window)
+    python benchmarks/fps.py --config waypoint-1.5-1b-360p --frames 3   (Waypoint: its own runners and injected full
+                                 cache, latent and RGB frames/s: benchmarks/fps_waypoint.py)
 
 Steady state by default: each runner steps `sink_frames + window + 1` untimed frames first, so every timed frame
 sees a full KV cache (sinks + window + itself); the JSON records each timed frame's visible-frame count.
@@ -737,6 +739,10 @@ def run_benchmark(args, result: dict, save: Callable[[], None]) -> dict:
 
     cfg = nfd_rt.configs.get(args.config)
     arch = getattr(cfg, "architecture", "nfd")
+    if arch == "waypoint":  # its own runners and its injected full cache: benchmarks/fps_waypoint.py
+        import fps_waypoint
+
+        return fps_waypoint.run(args, result, save)
     if arch == "oasis":
         cfg = cfg.replace(timesteps=nfd_rt.configs.ddim_timesteps(args.steps, cfg.noise_levels))  # upstream's levels
     else:
@@ -1087,7 +1093,8 @@ def output_path(args, result: dict) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="tiny",
-                   help="model config: tiny, nfd-130m, nfd-310m, oasis-tiny, oasis-500m (default tiny)")
+                   help="model config: tiny, nfd-130m, nfd-310m, oasis-tiny, oasis-500m, waypoint-tiny, "
+                   "waypoint-1.5-1b, waypoint-1.5-1b-360p (default tiny)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device to run on (default cpu)")
     p.add_argument("--dtype", help="only this nfd_rt dtype (default: every dtype the device supports)")
     p.add_argument("--steps", type=int, default=None,
@@ -1096,6 +1103,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=50, help="timed frames per runner (default 50)")
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed frames before timing (default sink_frames + window + 1: a full cache)")
+    p.add_argument("--history", type=int, default=None,
+                   help="Waypoint: frame index of the first warm-up frame, its history injected (default the "
+                   "config's global_window, 128: a full cache; benchmarks/fps_waypoint.py)")
     p.add_argument("--runners", help=f"comma-separated runners to run (default all: {', '.join(RUNNERS)})")
     p.add_argument("--threads", type=int, default=default_threads(),
                    help="CPU threads for nfd_rt and PyTorch alike (default: physical cores, as nfd_rt.Session)")

@@ -542,12 +542,14 @@ PYBIND11_MODULE(_core, m) {
         d["activations"] = e.activations;
         d["scratch"] = e.scratch;
         d["total"] = e.total();
+        d["snapshot_max"] = e.snapshot;
         d["text"] = e.describe();
         return d;
       },
       py::arg("path"), py::arg("device") = "cpu", py::arg("dtype") = "auto", py::arg("threads") = 0,
       "Bytes a session of this file would allocate (weights, KV cache, activations exactly; scratch as an upper "
-      "bound), computed without allocating; the device need not be present.");
+      "bound), computed without allocating; the device need not be present. snapshot_max: the largest snapshot "
+      "such a session can write (full caches, decoder state, metadata), not part of the total.");
   m.def(
       "available_memory",
       [](const std::string& device) {

@@ -75,6 +75,7 @@ MemoryEstimate session_part(const Config& cfg, const model::Architecture& arch, 
   m.kv_cache = arena.bytes(Arena::Use::kv_cache);
   m.activations = arena.bytes(Arena::Use::activations);
   m.scratch = arch.scratch_bytes_bound(cfg, device, dtype, effective_threads(o.threads));
+  m.snapshot = snapshot_size_bound(cfg, *st.graph, dtype);
   return m;
 }
 

@@ -42,6 +42,8 @@ struct SessionOptions {
 struct MemoryEstimate {
   Device device = Device::cpu;
   size_t weights = 0, kv_cache = 0, activations = 0, scratch = 0;
+  // Not memory the session holds: the largest snapshot it can write (full caches, decoder state, metadata).
+  size_t snapshot = 0;
   size_t total() const { return weights + kv_cache + activations + scratch; }
   std::string describe() const;  // "1.2 GiB (weights 7.1 MiB, KV cache ..., activations ..., scratch ...)"
 };

@@ -34,6 +34,10 @@ struct IoBuffers {
 };
 
 // Everything a session allocates besides its model's weights, on `arena` (a real or a measuring one).
+// The largest snapshot (Session::snapshot) a session of this config, graph and dtype can write: every cache group
+// full, the decoder's state, the longest metadata. What serve reserves for a parked world.
+size_t snapshot_size_bound(const Config& cfg, const model::SessionGraph& graph, DType dtype);
+
 struct SessionState {
   IoBuffers io;
   std::unique_ptr<model::SessionGraph> graph;

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <utility>
 
 #include <nlohmann/json.hpp>
@@ -294,6 +295,24 @@ std::vector<int> slot_counts(const std::vector<std::vector<int>>& slots) {
   for (const auto& g : slots) n.push_back(int(g.size()));
   return n;
 }
+
+// The metadata JSON of a snapshot, padded to a multiple of 8.
+std::string snapshot_meta(const Config& cfg, uint64_t fingerprint, DType dtype, uint64_t seed, int64_t frame_index,
+                          const std::vector<int64_t>& frames, size_t state_bytes) {
+  snapshot::json meta;
+  meta["architecture"] = cfg.architecture;
+  meta["config"] = snapshot::json::parse(config_to_json(cfg));
+  meta["weights_fingerprint"] = snapshot::hex64(fingerprint);
+  meta["dtype"] = snapshot::dtype_user_name(dtype);
+  meta["seed"] = seed;
+  meta["frame_index"] = frame_index;
+  meta["frames"] = frames;
+  meta["state_bytes"] = state_bytes;
+  meta["nfd_rt_version"] = NFD_VERSION_STRING;  // informational: which runtime wrote it
+  std::string m = meta.dump();
+  m.append((8 - m.size() % 8) % 8, ' ');
+  return m;
+}
 }  // namespace
 
 // The blob of the served state. Frames generated ahead (speculation) are not saved: like fork(), the snapshot
@@ -305,23 +324,29 @@ struct Session::Impl::SnapshotPlan {
   size_t state_bytes = 0, total = 0;
 };
 
+size_t snapshot_size_bound(const Config& cfg, const model::SessionGraph& graph, DType dtype) {
+  // Per group, the most frames a frame can see besides itself: its sinks and the kept frames of its window.
+  std::vector<int> counts;
+  size_t frames = 0;
+  for (const CacheGroup& g : cfg.cache_policy()) {
+    counts.push_back(g.sinks + (g.window + g.stride - 1) / g.stride);
+    frames += size_t(counts.back());
+  }
+  const size_t state = graph.state_bytes(counts);
+  // The longest metadata: every number at its widest (frame indices are int64, the seed uint64).
+  const int64_t widest = std::numeric_limits<int64_t>::min();
+  const std::string meta = snapshot_meta(cfg, 0, dtype, std::numeric_limits<uint64_t>::max(), widest,
+                                         std::vector<int64_t>(frames, widest), std::numeric_limits<size_t>::max());
+  return snapshot::kHeaderBytes + meta.size() + state + snapshot::kTrailerBytes;
+}
+
 Session::Impl::SnapshotPlan Session::Impl::snapshot_plan() const {
   SnapshotPlan p;
   p.frames = ring.visible_frames(served_index);
   p.slots = ring.slots_of(p.frames, served_index);
   p.state_bytes = st->graph->state_bytes(slot_counts(p.slots));
-  snapshot::json meta;
-  meta["architecture"] = cfg.architecture;
-  meta["config"] = snapshot::json::parse(config_to_json(cfg));
-  meta["weights_fingerprint"] = snapshot::hex64(model->weights_fingerprint());
-  meta["dtype"] = snapshot::dtype_user_name(opt.dtype);
-  meta["seed"] = opt.seed;
-  meta["frame_index"] = served_index;
-  meta["frames"] = p.frames;
-  meta["state_bytes"] = p.state_bytes;
-  meta["nfd_rt_version"] = NFD_VERSION_STRING;  // informational: which runtime wrote it
-  p.meta = meta.dump();
-  p.meta.append((8 - p.meta.size() % 8) % 8, ' ');
+  p.meta = snapshot_meta(cfg, model->weights_fingerprint(), opt.dtype, opt.seed, served_index, p.frames,
+                         p.state_bytes);
   p.total = snapshot::kHeaderBytes + p.meta.size() + p.state_bytes + snapshot::kTrailerBytes;
   return p;
 }

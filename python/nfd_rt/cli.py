@@ -7,6 +7,7 @@
     nfd-rt convert waypoint DIR -o m.nfd        an upstream checkpoint folder -> .nfd (docs/waypoint.md)
     nfd-rt demo [--frames 120] [--out nfd_demo.mp4]      the shipped Gridworld model, video of game | model
     nfd-rt play                                         arrow keys drive the model live (pygame)
+    nfd-rt play --model waypoint.nfd [--image seed.png]  a Waypoint file with keyboard and mouse (pygame)
     nfd-rt evaluate [--sequences 100]                   position error, PSNR, coin state against the real game
     nfd-rt serve [MODEL] [--port 8000] [--ray]           players in a browser (docs/serve.md)
     (demo, play and evaluate take --steps 4|2|1: the shipped model distilled for that many steps)
@@ -242,9 +243,32 @@ def _play(args: argparse.Namespace) -> int:
     from .demo.play import play
 
     with _open_session(args) as s:
-        result = play(s, room=args.room, scale=args.scale, fps=args.fps, show_truth=not args.no_truth,
+        cfg = s.config
+        if args.keymap is not None or getattr(cfg, "architecture", "nfd") == "waypoint":
+            return _play_controls(args, s)
+        if args.image is not None:
+            raise ValueError("--image is for models with their own controls (Waypoint); Gridworld starts from --room")
+        result = play(s, room=args.room, scale=args.scale or 8, fps=args.fps or 15.0, show_truth=not args.no_truth,
                       max_frames=args.max_frames)
     print(f"played {result['frames']} frames, runtime {result['runtime_fps']:.1f} FPS")
+    return 0
+
+
+def _play_controls(args: argparse.Namespace, s) -> int:
+    """A model played with its keyboard and mouse controls (Waypoint; or any model with --keymap)."""
+    from .demo.play_controls import play_controls
+    from .serve import protocol
+
+    cfg = s.config
+    if args.keymap is not None:
+        keymap, pointer = protocol.read_keymap(args.keymap, cfg.action_dim)
+    else:
+        keymap, pointer = protocol.model_keymap(cfg)
+    w = cfg.video_size[1]
+    result = play_controls(s, keymap, pointer, scale=args.scale or max(1, 640 // w), fps=args.fps or 60.0,
+                           max_steps=args.max_frames, image=args.image)
+    print(f"played {result['steps']} steps ({result['frames']} frames), runtime {result['runtime_fps']:.2f} "
+          "steps/s")
     return 0
 
 
@@ -411,14 +435,22 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-truth", action="store_true", help="show only the model, not the real game beside it")
     q.set_defaults(fn=_demo)
 
-    q = command("play", "drive the world model live with the arrow keys (needs pygame and a display)")
+    q = command("play", "drive the world model live: Gridworld with the arrow keys; a Waypoint file with its "
+                "keyboard and mouse controls (needs pygame and a display)")
     _add_session_options(q)
     q.add_argument("--room", type=_int_in(0, MAX_ROOM), default=13,
                    help="Gridworld room seed (R in the window: next room)")
-    q.add_argument("--scale", type=_positive_int, default=8, help="pixel upscaling of the 64x64 frames")
-    q.add_argument("--fps", type=_positive_float, default=15.0, help="cap on the display rate (game speed)")
+    q.add_argument("--scale", type=_positive_int, default=None,
+                   help="pixel upscaling (default: 8 for Gridworld's 64x64 frames; Waypoint: to about 640 wide)")
+    q.add_argument("--fps", type=_positive_float, default=None,
+                   help="cap on the display rate (default: 15 for Gridworld, the game speed; 60 for Waypoint)")
     q.add_argument("--no-truth", action="store_true", help="show only the model, not the real game beside it")
-    q.add_argument("--max-frames", type=_positive_int, default=None, help="stop after this many frames")
+    q.add_argument("--max-frames", type=_positive_int, default=None,
+                   help="stop after this many steps (Waypoint: 4 frames each)")
+    q.add_argument("--keymap", default=None, help="Waypoint (or any model with --keymap): the key map JSON, as "
+                   "`nfd-rt serve --keymap` takes it (default: the model's own; examples/waypoint_keys.json)")
+    q.add_argument("--image", default=None, help="Waypoint: the seed image (repeated 4 times as the context; "
+                   "default: no context)")
     q.set_defaults(fn=_play)
 
     q = command("evaluate", "score the model against Gridworld ground truth on held-out sequences")

@@ -236,6 +236,30 @@ CONFIGS: dict[str, WaypointConfig] = {
 }
 
 
+# The controls' buttons are key codes: Windows virtual-key codes, as Owl-Control (the recorder of Waypoint's training
+# data, src/system/keycode.rs) stores them; e.g. 87 = W, 32 = space, 1 = the left mouse button. Browser key names
+# (KeyboardEvent.code, what `nfd-rt serve`'s page sends, and what `nfd-rt play` names pygame's keys) -> key code.
+# Our reading of those codes, not checked against a recording: the left and right Shift, Ctrl and Alt keys send
+# the generic codes 16, 17, 18.
+KEY_CODES: dict[str, int] = {
+    **{f"Key{chr(c)}": c for c in range(ord("A"), ord("Z") + 1)},
+    **{f"Digit{d}": 48 + d for d in range(10)},
+    "MouseLeft": 1, "MouseRight": 2, "MouseMiddle": 4,
+    "Backspace": 8, "Tab": 9, "Enter": 13, "ShiftLeft": 16, "ShiftRight": 16, "ControlLeft": 17,
+    "ControlRight": 17, "AltLeft": 18, "AltRight": 18, "Escape": 27, "Space": 32,
+    "ArrowLeft": 37, "ArrowUp": 38, "ArrowRight": 39, "ArrowDown": 40,
+}
+
+
+def keymap(cfg: WaypointConfig) -> tuple[dict[str, int], dict[str, Any]]:
+    """The controls as `nfd-rt serve` and `nfd-rt play` take them: (key name -> index in the control vector, the
+    pointer: {"dx": 0, "dy": 1, "scroll": n_buttons + 2, "scale": 1.0}). Button b is index 2 + b; key codes past
+    the model's buttons are left out (waypoint-tiny's 5 buttons keep only the mouse buttons). The mouse enters as
+    the movement since the previous step in pixels (scale 1: not calibrated against real weights)."""
+    keys = {k: 2 + c for k, c in KEY_CODES.items() if c < cfg.n_buttons}
+    return keys, {"dx": 0, "dy": 1, "scroll": cfg.n_buttons + 2, "scale": 1.0}
+
+
 def config_from_dict(d: dict[str, Any]) -> WaypointConfig:  # nfd_rt.configs.from_json dispatches here
     return WaypointConfig.from_dict(d)
 

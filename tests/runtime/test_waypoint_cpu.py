@@ -10,6 +10,7 @@ resize: a value at a half level may fall either way)."""
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -370,3 +371,182 @@ def test_c_abi_returns_four_frames_a_step(converted):
             assert np.array_equal(out, py.step(c))
     finally:
         lib.nfd_session_close(s)
+
+
+# -- nfd-rt serve and play ------------------------------------------------------------------------------------------
+
+# waypoint-tiny has 5 buttons (control dims 2..6) and its scroll at dim 7: a key map in the published models' form.
+TINY_KEYS = {"KeyW": 3, "Space": 4, "MouseLeft": 5, "pointer": {"dx": 0, "dy": 1, "scroll": 7, "scale": 0.5}}
+
+
+def test_the_published_models_key_map_is_their_key_codes():
+    """Waypoint's buttons are key codes (Owl-Control: W = 87, button b at control index 2 + b); the mouse is dims
+    0 and 1, the wheel the last; examples/waypoint_keys.json is that map, written out."""
+    from serve_helpers import ROOT
+
+    from nfd_rt import configs_waypoint
+
+    big = configs.get("waypoint-1.5-1b")
+    keys, pointer = configs_waypoint.keymap(big)
+    assert (keys["KeyW"], keys["KeyA"], keys["Space"], keys["MouseLeft"], keys["Digit1"]) == (89, 67, 34, 3, 51)
+    assert pointer == {"dx": 0, "dy": 1, "scroll": 258, "scale": 1.0}
+    from nfd_rt.serve import protocol
+
+    assert protocol.read_keymap(str(ROOT / "examples" / "waypoint_keys.json"), big.control_dim) == \
+        (keys, protocol.Pointer(0, 1, 258, 1.0))
+    tiny_keys, _ = configs_waypoint.keymap(TINY)  # key codes past its 5 buttons are left out
+    assert tiny_keys == {"MouseLeft": 3, "MouseRight": 4, "MouseMiddle": 6}
+
+
+def test_keys_mouse_and_wheel_become_one_control_vector(tmp_path):
+    from nfd_rt.serve import protocol
+
+    p = tmp_path / "keys.json"
+    p.write_text(json.dumps(TINY_KEYS))
+    keys, pointer = protocol.read_keymap(str(p), TINY.control_dim)
+    msg = json.dumps({"type": "keys", "keys": ["KeyW", "MouseLeft"], "mouse": [4, -2.5], "scroll": -1})
+    v = protocol.parse_message(msg, TINY.control_dim, keys, pointer).vector
+    assert v.tolist() == [2.0, -1.25, 0, 1, 0, 1, 0, -1]
+    for bad, match in (({"mouse": [1]}, "dx, dy"), ({"mouse": [1e9, 0]}, "at most"), ({"scroll": 2}, "-1, 0 or 1")):
+        with pytest.raises(protocol.ProtocolError, match=match):
+            protocol.parse_message(json.dumps({"type": "keys", "keys": [], **bad}), TINY.control_dim, keys, pointer)
+    with pytest.raises(protocol.ProtocolError, match="no pointer"):  # a key map without one (Oasis, Gridworld)
+        protocol.parse_message(json.dumps({"type": "keys", "keys": [], "mouse": [1, 1]}), TINY.control_dim, keys)
+    p.write_text(json.dumps({"KeyW": 3, "pointer": {"dx": 0, "dy": 9}}))
+    with pytest.raises(ValueError, match="pointer 'dy' is 9"):
+        protocol.read_keymap(str(p), TINY.control_dim)
+
+
+def _recv_image(ws):
+    from serve_helpers import decode
+
+    while not isinstance(m := ws.recv(timeout=60), bytes):
+        pass
+    return decode(m)
+
+
+def test_serve_plays_a_waypoint_file_keys_mouse_four_frames_a_message(converted, tmp_path):
+    """`nfd-rt serve waypoint-tiny.nfd --keymap K`: the page's keys, mouse movement and wheel become one control
+    vector; each step comes back as one PNG of its 4 frames stacked top to bottom, bit for bit the frames of an
+    fp32 session stepped with the same vectors. A reconnect with ?resume= shows the last step's 4 frames and goes
+    on exactly as a session never interrupted (the snapshot holds the decoder's memory)."""
+    from serve_helpers import load_bench, need_serve_extra
+
+    need_serve_extra()
+    from websockets.sync.client import connect
+
+    H, W = TINY.output_height, TINY.output_width
+    keymap = tmp_path / "keys.json"
+    keymap.write_text(json.dumps(TINY_KEYS))
+    msgs = [{"type": "keys", "keys": ["KeyW"], "mouse": [4, -2], "scroll": 1},
+            {"type": "keys", "keys": [], "mouse": [0, 0], "scroll": 0},
+            {"type": "keys", "keys": ["Space", "MouseLeft"], "mouse": [-6, 1], "scroll": -1},
+            {"type": "keys", "keys": ["KeyW"]}]
+    ref = nfd_rt.Session(converted, device="cpu", dtype="float32", seed=3, threads=1)
+    ref.reset()
+    want = []
+    for m in msgs:
+        c = np.zeros(TINY.control_dim, np.float32)
+        for k in m["keys"]:
+            c[TINY_KEYS[k]] = 1
+        c[0], c[1] = [0.5 * x for x in m.get("mouse", [0, 0])]
+        c[7] = m.get("scroll", 0)
+        want.append(ref.step(c).reshape(F * H, W, 3))
+    with load_bench().ServerProcess(str(converted), "--keymap", str(keymap), "--dtype", "float32", "--threads", "1",
+                                    "--fps", "10", log_path=str(tmp_path / "serve.log")) as srv:
+        assert srv.health()["model"] == "waypoint-tiny"
+        with connect(f"{srv.ws_url}?format=png&seed=3") as ws:
+            hello = json.loads(ws.recv(timeout=60))
+            assert (hello["width"], hello["height"], hello["frames_per_step"]) == (W, H, F)
+            assert hello["pointer"] is True and hello["action_dim"] == TINY.control_dim
+            assert hello["world"] == "blank" and sorted(hello["keys"]) == ["KeyW", "MouseLeft", "Space"]
+            token = hello["resume"]
+            for m, w in zip(msgs[:2], want):
+                ws.send(json.dumps(m))
+                got = _recv_image(ws)
+                assert got.shape == (F * H, W, 3) and np.array_equal(got, w)
+        with connect(f"{srv.ws_url}?format=png&resume={token}") as ws:
+            assert json.loads(ws.recv(timeout=60))["resumed"] is True
+            assert np.array_equal(_recv_image(ws), want[1])  # the last step's 4 frames, where the player left
+            for m, w in zip(msgs[2:], want[2:]):
+                ws.send(json.dumps(m))
+                assert np.array_equal(_recv_image(ws), w)
+
+
+def test_serve_brings_waypoints_own_key_map_and_sizes_a_world_by_the_runtime(converted, tmp_path):
+    """Without --keymap a Waypoint file brings its controls' key map and pointer; the bound of a parked world is
+    the runtime's bound of its snapshot (both cache groups full, the decoder's memory) plus one message's 4 frames:
+    at least every real snapshot of a long rollout, and --max-parked-bytes below it is refused, naming it."""
+    import subprocess
+
+    from serve_helpers import need_serve_extra
+
+    need_serve_extra()
+    from nfd_testfiles import subprocess_env
+
+    from nfd_rt.serve import protocol, worlds
+
+    world = protocol.make_world("auto", str(converted), None, TINY.control_dim, TINY)
+    assert world.name == "blank" and world.keymap == {"MouseLeft": 3, "MouseRight": 4, "MouseMiddle": 6}
+    assert world.pointer == protocol.Pointer(0, 1, 7, 1.0)
+    one = worlds.world_bytes(str(converted), TINY, "cpu", "float32")
+    frames = F * TINY.output_height * TINY.output_width * 3
+    s = nfd_rt.Session(converted, device="cpu", dtype="float32", seed=0, threads=1)
+    s.reset()
+    sizes = []
+    for c in controls(20, seed=5):
+        s.step(c)
+        sizes.append(len(s.snapshot()))
+    assert max(sizes) + frames <= one <= max(sizes) + frames + 4096
+    r = subprocess.run([sys.executable, "-m", "nfd_rt.cli", "serve", str(converted), "--dtype", "float32",
+                        "--max-parked-bytes", str(one - 1)], capture_output=True, text=True, timeout=120,
+                       env=subprocess_env())
+    assert r.returncode != 0 and f"up to {one} bytes" in r.stderr, r.stderr
+
+
+def test_play_turns_keys_mouse_and_wheel_into_controls(converted, tmp_path, monkeypatch):
+    """`nfd-rt play` on a Waypoint file (headless SDL, events posted as a player's): held keys, the mouse's movement
+    since the last step (once a click captured it) and the wheel make each step's control vector through the key
+    map, as serve builds it; a step's 4 frames are shown; the CLI runs it from the file."""
+    pygame = pytest.importorskip("pygame", reason="pygame is not installed (pip install 'nfd_rt[play]')")
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    from nfd_rt.demo.play_controls import key_code_name, play_controls
+    from nfd_rt.serve import protocol
+
+    assert [key_code_name(n) for n in ("w", "7", "left shift", "space", "f13")] == \
+        ["KeyW", "Digit7", "ShiftLeft", "Space", None]
+    keymap_file = tmp_path / "keys.json"
+    keymap_file.write_text(json.dumps(TINY_KEYS))
+    keymap, pointer = protocol.read_keymap(str(keymap_file), TINY.control_dim)
+    E = pygame.event.Event
+    script = [[E(pygame.KEYDOWN, key=pygame.K_w), E(pygame.MOUSEBUTTONDOWN, button=1, pos=(0, 0)),
+               E(pygame.MOUSEMOTION, rel=(5, -3), pos=(0, 0), buttons=(0, 0, 0)),
+               E(pygame.MOUSEWHEEL, x=0, y=1, flipped=False)],
+              [E(pygame.KEYUP, key=pygame.K_w), E(pygame.MOUSEBUTTONDOWN, button=1, pos=(0, 0))], []]
+    seen = []
+
+    class Scripted(nfd_rt.Session):
+        def reset(self, *a, **k):
+            super().reset(*a, **k)
+            for e in script.pop(0):
+                pygame.event.post(e)
+
+        def step(self, c):
+            seen.append(np.array(c))
+            for e in script.pop(0):
+                pygame.event.post(e)
+            return super().step(c)
+
+    with Scripted(converted, dtype="float32", threads=1) as s:
+        result = play_controls(s, keymap, pointer, scale=2, fps=1000, max_steps=2)
+    assert result["steps"] == 2 and result["frames"] == 2 * F
+    assert seen[0].tolist() == [2.5, -1.5, 0, 1, 0, 0, 0, 1]  # W, the mouse (x 0.5), the wheel up
+    assert seen[1].tolist() == [0, 0, 0, 0, 0, 1, 0, 0]  # W released; a click once captured is the left button
+    import subprocess
+
+    from nfd_testfiles import subprocess_env
+
+    r = subprocess.run([sys.executable, "-m", "nfd_rt.cli", "play", "--model", str(converted), "--dtype", "float32",
+                        "--threads", "1", "--max-frames", "2", "--fps", "1000"], capture_output=True, text=True,
+                       timeout=120, env=subprocess_env(SDL_VIDEODRIVER="dummy"))
+    assert r.returncode == 0 and "played 2 steps (8 frames)" in r.stdout, r.stdout + r.stderr

@@ -94,11 +94,16 @@ def test_sizes_parse_and_the_default_is_a_quarter_of_memory():
         with pytest.raises(ValueError):
             worlds.parse_size(bad)
     assert WorldStore().max_bytes == worlds.memory_limit() // 4 > 0
-    # One world of the shipped model at a full cache, as docs/snapshots.md gives it (590,452 bytes) + its frame.
+    # One world of the shipped model at a full cache, as docs/snapshots.md gives it (590,452 bytes) + its frame:
+    # the runtime's bound of the snapshot (estimate_memory's snapshot_max: the longest metadata) + the frame.
     cfg = nfd_rt.Model(MODEL_PATH).config
-    assert 590_452 + 64 * 64 * 3 <= worlds.world_bytes(cfg) <= 590_452 + 64 * 64 * 3 + 4096
+    assert 590_452 + 64 * 64 * 3 <= worlds.world_bytes(MODEL_PATH, cfg) <= 590_452 + 64 * 64 * 3 + 4096
     half_state = 589_824 // 2  # bf16 K/V: half of the fp32 state (docs/snapshots.md), the rest as before
-    assert half_state + 64 * 64 * 3 <= worlds.world_bytes(cfg, "bfloat16") <= half_state + 64 * 64 * 3 + 4096 + 36
+    from nfd_rt._native import core
+
+    if core().cpu_bf16()["ok"]:  # a 16-bit session is sized only where the CPU computes in bf16
+        bf16 = worlds.world_bytes(MODEL_PATH, cfg, "cpu", "bfloat16")
+        assert half_state + 64 * 64 * 3 <= bf16 <= half_state + 64 * 64 * 3 + 4096 + 36
 
 
 # -- parking in a server (fake sockets and clock, real sessions) ----------------------------------------------
@@ -201,7 +206,7 @@ def test_parked_bytes_cap_drops_kept_then_oldest_parked():
 
     async def scenario():
         probe, _ = make_server()
-        cap = int(2.5 * worlds.world_bytes(probe.model_cfg, probe.dtype))  # probe.dtype: "auto" resolved
+        cap = int(2.5 * worlds.world_bytes(probe.model_path, probe.model_cfg, probe.device, probe.dtype))
         await probe.stop()
         srv, now = make_server(park_after=10, max_parked_bytes=cap)
         (a, b, c, d), (wa, *_), senders = await open_players(srv, 1, 2, 3, 4)

@@ -242,3 +242,41 @@ def test_ops_benchmark_lists_exactly_the_calls_of_a_frame(tmp_path):
     assert calls["matches_this_table"] is True, calls["differences"]
     runtime = {(op, tuple(shape)): n for op, shape, n in calls["runtime"]}
     assert runtime[("attention", (16, 128))] == 19 and sum(runtime.values()) > 200
+
+
+def test_fps_waypoint_smoke(tmp_path):
+    """fps.py --config waypoint-tiny: nfd_rt and the static baseline (eager, compiled with aot_eager) at an injected
+    full cache; latent and RGB frames/s (4 a latent); the injected snapshot is one the runtime accepts, at the frame
+    index asked, with exactly the frames that frame sees."""
+    pytest.importorskip("torch", reason="needs torch for the PyTorch baselines")
+    out = tmp_path / "w.json"
+    r = fps("--config", "waypoint-tiny", "--frames", "2", "--threads", "1", "--out", str(out), "--torch-dtypes",
+            "float32", "--compile-mode", "default", "--compile-backend", "aot_eager", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(out.read_text())
+    assert result["complete"] is True and result["history_frames"] == 8
+    runners = result["runners"]
+    assert {"nfd_rt[cpu,float32]", "waypoint-static-eager[float32]", "waypoint-static-compile[float32]"} <= set(runners)
+    for name, e in runners.items():
+        assert "error" not in e, (name, e)
+        assert e["full_cache"] and e["frames"] == 2 and abs(e["rgb_fps"] - 4 * e["latent_fps"]) < 1e-9
+        assert [v["frame_index"] for v in e["visible_frames"]] == [9, 10]  # after one warm-up frame at 8
+        assert e["visible_frames"][0]["local"] == 3 and e["visible_frames"][0]["global"] == 5  # 2,4,6,8 + itself
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import fps_waypoint
+
+    import nfd_rt
+    from nfd_rt import configs
+
+    cfg = configs.get("waypoint-tiny")
+    path = tmp_path / "w.nfd"
+    from nfd_rt.reference.waypoint import WaypointModel
+
+    nfd_rt.export.save(WaypointModel(cfg, init_seed=0), str(path))
+    s0 = nfd_rt.Session(str(path), dtype="float32", threads=1)
+    s0.reset()
+    blob = fps_waypoint.injected_snapshot(s0.snapshot(), cfg, "float32", 13)
+    s = nfd_rt.Session(str(path), dtype="float32", threads=1, snapshot=blob)
+    assert s.frame_index == 13
+    # global layers: the even frames less than 8 back (6, 8, 10, 12); local layers: 11, 12
+    assert nfd_rt.snapshot_info(s.snapshot())["frames"] == [6, 8, 10, 11, 12]

@@ -35,7 +35,9 @@ def add_arguments(q: argparse.ArgumentParser) -> None:
                    "(0: drop it at once)")
     q.add_argument("--world", default="auto", choices=("auto", "gridworld", "blank"),
                    help="what a reset starts from (auto: gridworld for the shipped model, else no context frame)")
-    q.add_argument("--keymap", default=None, help="JSON file {key name: action dimension} for keyboard players")
+    q.add_argument("--keymap", default=None, help="JSON file {key name: action dimension} for keyboard players, "
+                   "optionally with \"pointer\": {\"dx\": dim, \"dy\": dim, \"scroll\": dim, \"scale\": x} for the "
+                   "mouse (default: the model's own, Waypoint's key codes and mouse; none for other models)")
     q.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug", "trace"),
                    help="uvicorn's log level")
     q.add_argument("--ray", action="store_true", help="serve on Ray Serve (pip install 'nfd_rt[ray]')")

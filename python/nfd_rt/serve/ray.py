@@ -205,10 +205,15 @@ def build(cfg: ServeConfig, replicas: int = 1, cpus_per_replica: float | None = 
         from .server import check_files
         from .worlds import human, world_bytes
 
-        model_cfg = check_files(cfg)[1]
+        path, model_cfg, _ = check_files(cfg)
         # "auto" is resolved on each replica's machine (bf16 on a CPU with AVX512-BF16 or AMX): refuse only a cap
-        # below the smallest world it can be.
-        one = world_bytes(model_cfg, "float32" if cfg.dtype == "float32" else "bfloat16")
+        # below the smallest world it can be (a 16-bit state is the same size on either device). Where this
+        # machine cannot size a 16-bit session (a CPU without bf16, a build without CUDA), each replica checks.
+        try:
+            one = world_bytes(path, model_cfg, "cuda" if gpus_per_replica else "cpu",
+                              "float32" if cfg.dtype == "float32" else "bfloat16")
+        except (RuntimeError, ValueError):
+            one = 0
         if cfg.max_parked_bytes < one:
             raise ValueError(f"--max-parked-bytes {cfg.max_parked_bytes} cannot hold one world of model "
                              f"{model_cfg.name} (up to {one} bytes, {human(one)}, at a full cache); raise it, or "

@@ -55,6 +55,13 @@ def step_many(sessions: list, actions: list) -> list:
     return [s.step(a) for s, a in zip(sessions, actions)]
 
 
+def stacked(frames: np.ndarray) -> np.ndarray:
+    """One step's frames as one image (a copy): uint8 [H, W, 3] as it is; [F, H, W, 3] (Waypoint: F = 4 per step)
+    stacked top to bottom in time order, [F * H, W, 3]. Each frame message of `nfd-rt serve` is one such image."""
+    f = np.asarray(frames)
+    return np.array(f.reshape(-1, *f.shape[-2:]) if f.ndim == 4 else f)
+
+
 def encode_frame(frame: np.ndarray, fmt: str, jpeg_quality: int = 90) -> bytes:
     """uint8 [H, W, 3] -> JPEG or PNG bytes (Pillow). JPEG keeps full chroma: the demo's pixels are tiny."""
     from PIL import Image
@@ -132,7 +139,7 @@ def check_files(cfg: ServeConfig):
     model_cfg = configs.from_json(info["config"])  # any architecture (NFD, Oasis, ...)
     if cfg.keymap is not None and not os.path.isfile(cfg.keymap):
         raise OSError(f"--keymap {cfg.keymap}: no such file")
-    world = protocol.make_world(cfg.world, path, cfg.keymap, model_cfg.action_dim)
+    world = protocol.make_world(cfg.world, path, cfg.keymap, model_cfg.action_dim, model_cfg)
     return path, model_cfg, world
 
 
@@ -155,7 +162,7 @@ class Player:
     session: object = None  # nfd_rt.Session, owned by the worker thread
     session_seed: int | None = None
     session_bytes: int = 0  # what the open session holds on its device (weights excluded)
-    last_frame: np.ndarray | None = None  # the newest frame made for this player (kept with its world)
+    last_frame: np.ndarray | None = None  # the newest frame message's image (`stacked`; kept with its world)
     parked: bool = False  # its world is in the store, its session closed
     parked_bytes: int = 0
     resume_world: World | None = None  # taken from the store; the worker restores it at the next job
@@ -279,7 +286,7 @@ class Server:
             worlds = LocalWorlds(WorldStore(cfg.max_parked_bytes, cfg.resume_within, clock=lambda: self.clock()))
         self.worlds = worlds
         cap = getattr(worlds, "max_bytes", None)
-        one = world_bytes(self.model_cfg, self.dtype)
+        one = world_bytes(self.model_path, self.model_cfg, self.device, self.dtype)
         if cap is not None and (cfg.park_after > 0 or cfg.resume_within > 0) and cap < one:
             raise ValueError(f"--max-parked-bytes {cap} cannot hold one world of model {self.model_cfg.name} "
                              f"(up to {one} bytes, {human(one)}, at a full cache); raise it, or turn parking and "
@@ -394,7 +401,7 @@ class Server:
                             f"more than {self.cfg.max_messages_per_second} messages per second")
             return
         try:
-            msg = protocol.parse_message(text, self.model_cfg.action_dim, self.world.keymap)
+            msg = protocol.parse_message(text, self.model_cfg.action_dim, self.world.keymap, self.world.pointer)
         except protocol.ProtocolError as e:
             self.metrics.client_errors.inc()
             p.errors_in_a_row += 1
@@ -417,11 +424,12 @@ class Server:
 
     def hello(self, p: Player) -> dict:
         c = self.model_cfg
+        h, w = c.video_size
         return {"type": "hello", "session": p.id, "replica": self.replica, "model": c.name,
-                "width": c.frame_width, "height": c.frame_height, "action_dim": c.action_dim, "fps": self.cfg.fps,
-                "format": p.fmt, "seed": p.seed, "world": self.world.name,
+                "width": w, "height": h, "frames_per_step": c.frames_per_step, "action_dim": c.action_dim,
+                "fps": self.cfg.fps, "format": p.fmt, "seed": p.seed, "world": self.world.name,
                 "keys": sorted(self.world.keymap) if self.world.keymap else None,
-                "resume": p.token, "resumed": p.resumed}
+                "pointer": self.world.pointer is not None, "resume": p.token, "resumed": p.resumed}
 
     def stats(self, p: Player) -> dict:
         return {"type": "stats", "frame": p.frame_index, "sent": p.frames_sent, "dropped": p.frames_dropped,
@@ -639,8 +647,9 @@ class Server:
             try:
                 if kind == "reset":
                     p.resume_world = None  # a fresh start: a world taken back is not restored
-                    frames = self._reset(p, arg)
-                    data = encode_frame(frames[-1], p.fmt, self.cfg.jpeg_quality) if len(frames) else None
+                    self._reset(p, arg)
+                    f = p.last_frame
+                    data = encode_frame(f, p.fmt, self.cfg.jpeg_quality) if f is not None else None
                     results[i] = (data, p.session.frame_index, None)
                     continue
                 if p.resume_world is not None:
@@ -676,8 +685,9 @@ class Server:
                 if isinstance(f, Exception):
                     results[i] = (None, 0, f)
                 else:
-                    p.last_frame = np.array(f)  # its own copy: a view would keep the whole batch alive
-                    results[i] = (encode_frame(f, p.fmt, self.cfg.jpeg_quality), p.session.frame_index, None)
+                    p.last_frame = stacked(f)  # its own copy: a view would keep the whole batch alive
+                    results[i] = (encode_frame(p.last_frame, p.fmt, self.cfg.jpeg_quality), p.session.frame_index,
+                                  None)
         if freed:
             _trim_malloc()
         return results, saved
@@ -741,7 +751,8 @@ class Server:
             p.session_bytes = p.session.memory_bytes()
         frames = self.world.context(seed, self.model_cfg)
         p.session.reset(frames=frames if len(frames) else None)
-        p.last_frame = np.array(frames[-1]) if len(frames) else None
+        n = self.model_cfg.frames_per_step
+        p.last_frame = stacked(frames[-n:]) if len(frames) >= n else None  # the last context step's frames
         return frames
 
 

@@ -50,14 +50,16 @@ class World:
         return len(self.snapshot) + (0 if self.frame is None else int(self.frame.nbytes))
 
 
-def world_bytes(model_cfg, dtype: str = "float32") -> int:
-    """An upper bound of one world's bytes for a model whose sessions compute in `dtype` (a resolved name, not
-    "auto"): its snapshot at a full cache (docs/snapshots.md, "Size per config"; 36 bytes of header and checksum
-    plus at most 4 KiB of metadata) and one RGB frame."""
-    c = model_cfg
-    itemsize = 2 if dtype in ("bfloat16", "float16") else 4
-    state = c.cache_frames * c.depth * 2 * c.tokens_per_frame * c.hidden_size * itemsize
-    return state + 36 + 4096 + c.frame_height * c.frame_width * 3
+def world_bytes(model_path: str, model_cfg, device: str = "cpu", dtype: str = "float32") -> int:
+    """An upper bound of one world's bytes for sessions of `model_path` on `device` computing in `dtype` (resolved
+    names, not "auto"): the runtime's bound of its snapshot (full caches, any decoder state, the metadata;
+    `estimate_memory(...)["snapshot_max"]`, computed without allocating, for every architecture) and one frame
+    message's pixels (a step's `frames_per_step` frames: what the server keeps to show after a reconnect)."""
+    from .._native import core
+
+    snapshot = int(core().estimate_memory(model_path, device, dtype, 1)["snapshot_max"])
+    h, w = model_cfg.video_size
+    return snapshot + model_cfg.frames_per_step * h * w * 3
 
 
 def memory_limit() -> int:

@@ -3,6 +3,10 @@
 // in flight at a time and the time from sending it to its frame is the round-trip latency shown.
 // A hidden page sends no input (the server parks its world after --park-after) and pings to stay connected;
 // reconnecting, or reloading the page, continues the world with the hello's resume token (?resume=).
+// A model with a pointer (hello.pointer: Waypoint) also takes the mouse: click the picture to capture it; each
+// action carries the movement since the last one and the wheel. A model with several frames a step
+// (hello.frames_per_step = F: Waypoint's 4) sends each step as one image of its F frames stacked top to bottom, in
+// time order; the page shows them one after the other over the tick (1 / hello.fps s).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -25,6 +29,8 @@ const RESUME_KEY = "nfd_rt.resume"; // this tab's world, for a reconnect or a re
 const nfd = window.nfd = { hello: null, frames: 0, latencies: [], closed: null, stats: null, connected: false };
 const held = new Set();
 let ws = null, keymap = null, sentAt = null, watchdog = null, frameTimes = [], paused = false, lastSent = 0;
+let mouseX = 0, mouseY = 0, wheel = 0, showing = null;
+const MOUSE_BUTTONS = ["MouseLeft", "MouseMiddle", "MouseRight"]; // MouseEvent.button 0, 1, 2
 
 function wsUrl() {
   const u = new URL("ws", location.href);
@@ -51,6 +57,11 @@ function sendAction() {
   const msg = keymap
     ? { type: "keys", keys: [...held].filter((k) => keymap.has(k)) }
     : { type: "action", action: new Array(nfd.hello.action_dim).fill(0) };
+  if (keymap && nfd.hello.pointer) {
+    msg.mouse = [mouseX, mouseY];
+    msg.scroll = Math.sign(wheel);
+    mouseX = mouseY = wheel = 0;
+  }
   send(msg);
   sentAt = performance.now();
 }
@@ -66,13 +77,21 @@ async function onFrame(blob) {
   while (frameTimes.length && now - frameTimes[0] > 1000) frameTimes.shift();
   sendAction(); // answer first: decoding and drawing overlap with the server's next step
   const bmp = await createImageBitmap(blob);
-  if (frameCanvas.width !== bmp.width) { frameCanvas.width = bmp.width; frameCanvas.height = bmp.height; }
+  if (frameCanvas.width !== bmp.width || frameCanvas.height !== bmp.height) {
+    frameCanvas.width = bmp.width; frameCanvas.height = bmp.height;
+  }
   frameCtx.drawImage(bmp, 0, 0);
-  ctx.imageSmoothingEnabled = false;
-  ctx.drawImage(bmp, 0, 0, screen.width, screen.height);
   bmp.close();
   nfd.frames += 1;
   $("frame").textContent = nfd.frames;
+  // The step's frames, one after the other over the tick (a newer message cuts the rest short).
+  const n = Math.max(1, (nfd.hello && nfd.hello.frames_per_step) || 1), h = frameCanvas.height / n;
+  const token = showing = {};
+  for (let i = 0; i < n && showing === token; i++) {
+    ctx.imageSmoothingEnabled = false;
+    ctx.drawImage(frameCanvas, 0, i * h, frameCanvas.width, h, 0, 0, screen.width, screen.height);
+    if (i + 1 < n) await new Promise((r) => setTimeout(r, 1000 / ((nfd.hello && nfd.hello.fps) || 20) / n));
+  }
 }
 
 function onText(msg) {
@@ -81,9 +100,14 @@ function onText(msg) {
     sessionStorage.setItem(RESUME_KEY, msg.resume);
     if (msg.resume_error) console.warn("could not continue the world:", msg.resume_error);
     keymap = msg.keys ? new Set(msg.keys) : null;
+    // The stage keeps the model's aspect ratio (512 pixels wide): 64x64 Gridworld square, 640x360 Waypoint wide.
+    const stageHeight = Math.round(512 * msg.height / msg.width);
+    $("stage").style.height = `${stageHeight}px`;
+    if (screen.height !== stageHeight) screen.height = stageHeight;
     $("model").textContent = `${msg.model} ${msg.width}x${msg.height}, ${msg.world} world, replica ${msg.replica}`;
     $("seed").value = msg.seed;
     if (!keymap) show("This model has no key map: the page sends no-op actions.");
+    else if (msg.pointer) $("model").textContent += " (click the picture to steer with the mouse, Esc to free it)";
     if (msg.world === "blank") sendAction(); // no starting frame comes: ask for the first one
   } else if (msg.type === "stats") {
     nfd.stats = msg;
@@ -136,6 +160,19 @@ addEventListener("keydown", (e) => {
 });
 addEventListener("keyup", (e) => { held.delete(e.code); });
 addEventListener("blur", () => held.clear());
+// The mouse (a model with a pointer): captured by a click on the picture, released with Esc.
+screen.addEventListener("click", () => {
+  if (nfd.hello && nfd.hello.pointer && document.pointerLockElement !== screen) screen.requestPointerLock();
+});
+addEventListener("mousemove", (e) => {
+  if (document.pointerLockElement === screen) { mouseX += e.movementX; mouseY += e.movementY; }
+});
+addEventListener("wheel", (e) => { if (document.pointerLockElement === screen) wheel -= Math.sign(e.deltaY); });
+addEventListener("mousedown", (e) => {
+  const k = MOUSE_BUTTONS[e.button];
+  if (document.pointerLockElement === screen && keymap && keymap.has(k)) held.add(k);
+});
+addEventListener("mouseup", (e) => { held.delete(MOUSE_BUTTONS[e.button]); });
 $("reset").onclick = () => {
   const seed = Math.max(0, Math.floor(Number($("seed").value) || 0));
   if (ws && ws.readyState === WebSocket.OPEN) {
