@@ -44,7 +44,7 @@ from torch import nn
 from .. import _checks
 from ..configs import OasisConfig
 from ..reference.model import modulate
-from ..reference.oasis import (OasisModel, frames_to_images, images_to_frames, level_features, patchify,
+from ..reference.oasis import (OasisModel, images_to_frames, level_features, patchify,
                                pixel_rope_angles, unpatchify)
 from .static import philox_normal
 
@@ -74,7 +74,7 @@ class OasisStaticFrame(nn.Module):
         self.cfg, self.seed, self.dtype = cfg, seed, dtype
         self.dit = model.dit
         self.decoder = model.vae.decoder
-        N, H, hd, D = cfg.tokens_per_frame, cfg.num_heads, cfg.head_dim, cfg.hidden_size
+        N, H, hd = cfg.tokens_per_frame, cfg.num_heads, cfg.head_dim
         self.N, self.slots = N, cfg.cache_frames
         # One buffer per layer and K/V (gpt-fast's KVCache): in-place updates of a whole buffer, never of a view,
         # are what Inductor turns into in-place kernels. Slots 0 .. slots-1 the ring, index `slots` the tail.
