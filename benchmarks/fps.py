@@ -719,7 +719,9 @@ def run_benchmark(args, result: dict, save: Callable[[], None]) -> dict:
             log(f"running {r.name} ...")
             entry: dict = {"setup_seconds": time.perf_counter() - t0, **r.info}
             try:
+                before = load_average()
                 entry.update(time_runner(r, bench, actions))
+                entry["load_average"] = [before, load_average()]  # 1-minute, before and after the timed frames
                 first_frames[r.name] = entry.pop("_first_frame")
                 if r.after_timing:
                     entry.update(r.after_timing())
@@ -759,6 +761,14 @@ def run_benchmark(args, result: dict, save: Callable[[], None]) -> dict:
 
         result["peak_torch_device_bytes"] = torch.cuda.max_memory_allocated()
     return result
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (this process adds about its threads while it runs)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def finish(result: dict, first_frames: dict) -> None:
@@ -955,6 +965,10 @@ def markdown(result: dict) -> str:
             c = r["curve"]
             notes.append(f"{name} curve: {c['fit_ms_intercept']:.2f} ms + {c['fit_ms_per_visible_frame']:.3f} ms x "
                          f"visible frames (fit over frames 2..{len(c['ms'])}).")
+    loads = {name: r["load_average"] for name, r in result["runners"].items() if r.get("load_average")}
+    if loads:
+        notes.append("Load average (1 min) before -> after the timed frames: " + ", ".join(
+            f"{name} {a} -> {b}" for name, (a, b) in loads.items()) + ".")
     if notes:
         rows.append("")
         rows.extend(f"- {n}" for n in notes)

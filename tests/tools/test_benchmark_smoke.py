@@ -110,6 +110,7 @@ def test_fps_oasis_runners_smoke(tmp_path):
         assert "error" not in rr, rr.get("error")
         assert rr["frames"] == timed == len(rr["ms"]) and all(ms > 0 for ms in rr["ms"]) and rr["fps"] > 0
         assert rr["visible_frames"] == [full] * timed and rr["full_cache"] and rr["prefilled_context"] is True
+        assert len(rr["load_average"]) == 2
     assert runners["oasis-recompute"]["sampler"] == "recompute" and runners["oasis-cached"]["sampler"] == "cached"
     cs = runners["oasis-compile-static"]
     # The pre-fill's write passes run eagerly; the frames after it are at a full window: one graph, compiled in
