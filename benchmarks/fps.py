@@ -547,20 +547,22 @@ def time_runner(r: Runner, bench: Bench, actions: np.ndarray) -> dict:
         r.prefill()
         frame_index, warmup = cfg.cache_frames, r.prefill_warmup
     first = None
-    warm_ms, times, visible = [], [], []
+    warm_ms, times, visible, cpu = [], [], [], []
     for n in range(warmup + frames):
         if n == warmup and r.mark_timing:
             r.mark_timing()
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         out = r.step(actions[n])
         bench.sync()
         dt = time.perf_counter() - t0
+        dc = time.process_time() - c0
         if n == 0 and frame_index == 0:  # a pre-filled context makes another video: nothing to compare
             first = out
         if n < warmup:
             warm_ms.append(round(dt * 1e3, 3))
         else:
             times.append(dt)
+            cpu.append(dc)
             visible.append(visible_frames(cfg, frame_index))
             if args.progress and (n - warmup + 1) % max(1, frames // 5) == 0:
                 log(f"  {r.name}: {n - warmup + 1}/{frames} frames, {len(times) / sum(times):.1f} FPS so far")
@@ -568,6 +570,10 @@ def time_runner(r: Runner, bench: Bench, actions: np.ndarray) -> dict:
     res = summarize(times, visible, cfg)
     res["warmup_frames"] = warmup
     res["warmup_ms"] = warm_ms  # the first frames carry one-time costs (compilation, graph capture)
+    # CPU seconds of this process (all its threads, user + system, spin-waiting included) per timed frame: less
+    # sensitive than wall time to other work on a shared machine, which stretches the wall time of a frame.
+    res["cpu_seconds"] = [round(c, 3) for c in cpu]
+    res["cpu_seconds_mean"] = float(np.mean(cpu))
     res["prefilled_context"] = r.prefill is not None and args.warmup is None
     res["_first_frame"] = first
     return res
@@ -969,6 +975,11 @@ def markdown(result: dict) -> str:
     if loads:
         notes.append("Load average (1 min) before -> after the timed frames: " + ", ".join(
             f"{name} {a} -> {b}" for name, (a, b) in loads.items()) + ".")
+    cpu = {name: r["cpu_seconds_mean"] for name, r in result["runners"].items() if "cpu_seconds_mean" in r}
+    if cpu and result["device"] == "cpu":
+        notes.append("CPU seconds a timed frame (this process, all threads, spin-waits included; less sensitive "
+                     "than wall time to other work on the machine): " + ", ".join(
+                         f"{name} {c:.3g} s" for name, c in cpu.items()) + ".")
     if notes:
         rows.append("")
         rows.extend(f"- {n}" for n in notes)

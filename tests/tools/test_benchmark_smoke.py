@@ -111,6 +111,7 @@ def test_fps_oasis_runners_smoke(tmp_path):
         assert rr["frames"] == timed == len(rr["ms"]) and all(ms > 0 for ms in rr["ms"]) and rr["fps"] > 0
         assert rr["visible_frames"] == [full] * timed and rr["full_cache"] and rr["prefilled_context"] is True
         assert len(rr["load_average"]) == 2
+        assert len(rr["cpu_seconds"]) == timed and rr["cpu_seconds_mean"] > 0
     assert runners["oasis-recompute"]["sampler"] == "recompute" and runners["oasis-cached"]["sampler"] == "cached"
     cs = runners["oasis-compile-static"]
     # The pre-fill's write passes run eagerly; the frames after it are at a full window: one graph, compiled in
@@ -128,6 +129,7 @@ def test_fps_oasis_runners_smoke(tmp_path):
     # The cost model: upstream's loop does far more work a frame than the cached sampler.
     assert result["cost"]["recompute_flops_per_frame"] > result["cost"]["flops_per_frame"] > 0
     assert f"Strongest baseline: {strongest}" in r.stdout and "| oasis-recompute |" in r.stdout
+    assert "CPU seconds a timed frame" in r.stdout
 
 
 def test_fps_never_overwrites_a_result(tmp_path):
