@@ -24,7 +24,11 @@ Oasis configs (oasis-500m, oasis-tiny) have their own baselines, the reference's
   oasis-recompute           upstream's loop (OasisReferenceSession sampler "recompute"): every DDIM step re-runs
                             the DiT over the last max_frames frames
   oasis-cached              the reference's "cached" sampler in eager PyTorch: the same algorithm as nfd_rt
-                            (steps passes over the new frame + a cache-write pass), the cached PyTorch baseline
+                            (steps passes over the new frame + a cache-write pass), gathering the cache per pass
+  oasis-static              nfd_rt.baselines.oasis_static.OasisStaticSession: that sampler written for speed (a
+                            preallocated K/V ring per layer written in place, SDPA, adaLN of all passes in one GEMM)
+  oasis-compile-static      oasis-static with the whole frame under one torch.compile(mode=--compile-mode; default
+                            max-autotune on CUDA, default on the CPU); compiled last, with compile-static
 Their context is pre-filled with max_frames - 1 random latents (reset(latents=...)), so every timed frame sees a
 full window of max_frames frames; --steps n runs upstream's n-step DDIM levels (default: the config's).
 torch-static and compile-static run once per --torch-dtypes entry (CPU default: float32, and bfloat16 where the CPU
@@ -333,6 +337,46 @@ def make_oasis_cached(bench: Bench) -> Runner:
                                 "'cached'), eager PyTorch: nfd_rt's algorithm, the cached PyTorch baseline", warmup=1)
 
 
+@register("oasis-static", archs=("oasis",))
+def make_oasis_static(bench: Bench) -> Runner:
+    from nfd_rt.baselines.oasis_static import OasisStaticSession
+
+    s = OasisStaticSession(bench.model, device=bench.args.device, seed=0, dtype=bench.torch_dtype_name)
+    return Runner("oasis-static", s.step, s.reset, s.close, torch_runner=True,
+                  prefill=oasis_prefill(lambda z: s.reset(latents=z), bench.cfg), prefill_warmup=1,
+                  info={"what": "nfd_rt.baselines.oasis_static.OasisStaticSession, eager: the cached sampler with a "
+                                "preallocated K/V ring per layer written in place, SDPA on 4-D inputs, adaLN of "
+                                "all passes in one GEMM per sub-block, noise and RoPE on the device"})
+
+
+# Inductor's mode for oasis-compile-static on the CPU when --compile-mode is not given: "default" fuses the
+# elementwise work (RoPE, adaLN modulation, gates, GELU, DDIM) around ATen's GEMMs and SDPA; "max-autotune" would
+# also benchmark Inductor's C++ GEMM templates for every GEMM shape at compile time (a long compile on 2 cores).
+OASIS_CPU_COMPILE_MODE = "default"
+
+
+@register("oasis-compile-static", archs=("oasis",))
+def make_oasis_compile_static(bench: Bench) -> Runner:
+    from nfd_rt.baselines.oasis_static import OasisStaticSession
+
+    mode = bench.args.compile_mode or ("max-autotune" if bench.cuda else OASIS_CPU_COMPILE_MODE)
+    # The pre-filled context's write passes run eagerly (reset); every frame stepped after it is at a full
+    # window: one graph. --curve compiles the cache-filling frames too (a second graph).
+    curve_names = bench.args.curve_runners.split(",") if bench.args.curve_runners else None
+    compile_filling = bool(bench.args.curve) and (curve_names is None or "oasis-compile-static" in curve_names)
+    s = OasisStaticSession(bench.model, device=bench.args.device, seed=0, dtype=bench.torch_dtype_name,
+                           compile_mode=mode, compile_filling=compile_filling, backend=bench.args.compile_backend)
+    warm, warmed, mark, after = compile_counters()
+    info = {"compile_mode": mode, "compile_backend": bench.args.compile_backend, "fullgraph": True,
+            "compile_filling_frames": compile_filling,
+            "what": "oasis-static, the whole frame (DDIM passes, cache-write pass, decode) under one torch.compile",
+            "torch_compile_cudagraphs": bench.cuda and bench.args.compile_backend == "inductor"
+            and mode in ("reduce-overhead", "max-autotune")}
+    return Runner("oasis-compile-static", s.step, s.reset, s.close, torch_runner=True, info=info,
+                  prefill=oasis_prefill(lambda z: s.reset(latents=z), bench.cfg), prefill_warmup=1,
+                  mark_warmup=warm, end_warmup=warmed, mark_timing=mark, after_timing=after)
+
+
 @register("eager")
 def make_eager(bench: Bench) -> Runner:
     from nfd_rt.reference import ReferenceSession
@@ -439,31 +483,14 @@ def make_onnxruntime(bench: Bench) -> Runner:
                         "kv_cache_on": getattr(s, "cache_device", None)})
 
 
-@register("compile-static")
-def make_compile_static(bench: Bench) -> list[Runner]:
-    dtypes = [d.strip() for d in (bench.args.compile_dtypes or bench.args.torch_dtypes).split(",") if d.strip()]
-    return [compile_static(bench, dtype) for dtype in dtypes]
+COMPILED_RUNNERS = ("compile-static", "oasis-compile-static")  # run last; skipped by --compile-mode none
 
 
-def compile_static(bench: Bench, dtype: str) -> Runner:
+def compile_counters() -> tuple[Callable[[], None], Callable[[], None], Callable[[], None], Callable[[], dict]]:
+    """(mark_warmup, end_warmup, mark_timing, after_timing) of a torch.compile runner: the graphs compiled in its
+    own warm-up, recompiles during the timed frames, graph breaks, Inductor's CUDA-graph counters."""
     import torch._dynamo.utils as dynamo_utils
 
-    from nfd_rt.baselines.static import StaticSession
-
-    mode = bench.args.compile_mode
-    conv_backends = None
-    if mode == "max-autotune" and not bench.args.compile_autotune_convs:
-        # Inductor's Triton convolution templates took over 4 minutes of autotuning on an H200 (the VAE's many
-        # conv shapes) and lost to cuDNN: leave convolutions to ATen (cuDNN), autotune the GEMMs.
-        import torch._inductor.config as inductor_config
-
-        conv_backends = inductor_config.max_autotune_conv_backends = "ATEN"
-    # Compile the cache-filling frames too only when they are timed (the curve); else they run the same module
-    # eagerly and one graph is compiled.
-    curve_names = bench.args.curve_runners.split(",") if bench.args.curve_runners else None
-    compile_filling = bool(bench.args.curve) and (curve_names is None or "compile-static" in curve_names)
-    s = StaticSession(bench.model, device=bench.args.device, seed=0, dtype=dtype,
-                      compile_mode=mode, compile_filling=compile_filling, backend=bench.args.compile_backend)
     counters = dynamo_utils.counters  # process-wide: each runner counts the graphs compiled in its own warm-up
     state: dict = {}
 
@@ -484,6 +511,33 @@ def compile_static(bench: Bench, dtype: str) -> Runner:
                 "inductor_counters": {k: v for k, v in counters["inductor"].items()
                                       if "cudagraph" in k or k in ("extern_calls",)}}
 
+    return warm, warmed, mark, after
+
+
+@register("compile-static")
+def make_compile_static(bench: Bench) -> list[Runner]:
+    dtypes = [d.strip() for d in (bench.args.compile_dtypes or bench.args.torch_dtypes).split(",") if d.strip()]
+    return [compile_static(bench, dtype) for dtype in dtypes]
+
+
+def compile_static(bench: Bench, dtype: str) -> Runner:
+    from nfd_rt.baselines.static import StaticSession
+
+    mode = bench.args.compile_mode or "max-autotune"
+    conv_backends = None
+    if mode == "max-autotune" and not bench.args.compile_autotune_convs:
+        # Inductor's Triton convolution templates took over 4 minutes of autotuning on an H200 (the VAE's many
+        # conv shapes) and lost to cuDNN: leave convolutions to ATen (cuDNN), autotune the GEMMs.
+        import torch._inductor.config as inductor_config
+
+        conv_backends = inductor_config.max_autotune_conv_backends = "ATEN"
+    # Compile the cache-filling frames too only when they are timed (the curve); else they run the same module
+    # eagerly and one graph is compiled.
+    curve_names = bench.args.curve_runners.split(",") if bench.args.curve_runners else None
+    compile_filling = bool(bench.args.curve) and (curve_names is None or "compile-static" in curve_names)
+    s = StaticSession(bench.model, device=bench.args.device, seed=0, dtype=dtype,
+                      compile_mode=mode, compile_filling=compile_filling, backend=bench.args.compile_backend)
+    warm, warmed, mark, after = compile_counters()
     info = {"compile_mode": mode, "compile_backend": bench.args.compile_backend, "fullgraph": True, "torch_dtype": dtype,
             "max_autotune_conv_backends": conv_backends or "inductor default",
             "compile_filling_frames": compile_filling,
@@ -689,8 +743,8 @@ def selected_runners(args, arch: str = "nfd") -> list[str]:
     if args.skip_baselines:
         names = [n for n in names if n == "nfd_rt"]
     if args.compile_mode == "none":
-        names = [n for n in names if n != "compile-static"]
-    return sorted(names, key=lambda n: n == "compile-static")  # compile last: minutes, and may not finish
+        names = [n for n in names if n not in COMPILED_RUNNERS]
+    return sorted(names, key=lambda n: n in COMPILED_RUNNERS)  # compile last: minutes, and may not finish
 
 
 def run_one(r: Runner, setup: float, timed: dict | None, bench: Bench, actions: np.ndarray, result: dict,
@@ -1109,8 +1163,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runners", help=f"comma-separated runners to run (default all: {', '.join(RUNNERS)})")
     p.add_argument("--threads", type=int, default=default_threads(),
                    help="CPU threads for nfd_rt and PyTorch alike (default: physical cores, as nfd_rt.Session)")
-    p.add_argument("--compile-mode", default="max-autotune",
-                   help="torch.compile mode of compile-static (default max-autotune; 'none' skips it)")
+    p.add_argument("--compile-mode", default=None,
+                   help="torch.compile mode of compile-static and oasis-compile-static (default max-autotune; "
+                        f"oasis-compile-static on the CPU: {OASIS_CPU_COMPILE_MODE!r}); 'none' skips them")
     p.add_argument("--compile-autotune-convs", action="store_true",
                    help="with max-autotune, also autotune Triton convolutions (default: convolutions stay on cuDNN; "
                         "their autotuning takes minutes)")

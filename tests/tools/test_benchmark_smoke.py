@@ -94,6 +94,55 @@ def test_fps_benchmark_smoke(tmp_path):
     assert "Strongest baseline: " in again.stdout
 
 
+def test_fps_oasis_runners_smoke(tmp_path):
+    """Oasis: nfd_rt against upstream's recompute loop, the reference's cached sampler and the static baseline,
+    eager and compiled (aot_eager: the plumbing without Inductor's code generation), every timed frame at a full
+    window after a pre-filled context; ratios against every baseline of the same run and the strongest named."""
+    import math
+
+    pytest.importorskip("torch", reason="needs torch for the PyTorch baselines")
+    out = tmp_path / "o.json"
+    r = fps("--config", "oasis-tiny", "--frames", "2", "--threads", "1", "--out", str(out), "--no-profile",
+            "--runners", "nfd_rt,oasis-compile-static,oasis-static,oasis-cached,oasis-recompute",
+            "--compile-backend", "aot_eager", "--no-progress", "--markdown", "--dtype", "float32", "--no-interleave")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "fps" and result["schema_version"] == 1 and result["complete"] is True
+    assert result["environment"]["commit"] and result["config"]["architecture"] == "oasis"
+    runners = result["runners"]
+    baselines = ("oasis-recompute", "oasis-cached", "oasis-static", "oasis-compile-static")
+    names = ("nfd_rt[cpu,float32]",) + baselines  # float32, as the baselines
+    assert set(runners) == set(names), runners.keys()
+    ran = [line.split()[1] for line in r.stderr.splitlines() if line.startswith("running ")]
+    assert sorted(ran) == sorted(names) and ran[-1] == "oasis-compile-static"  # each ran once, compiled last
+    full = result["config"]["max_frames"]
+    assert result["steps"] == len(result["config"]["timesteps"])
+    for name in names:
+        rr = runners[name]
+        timed = 1 if name == "oasis-recompute" else 2  # the recompute loop times half the frames (slow)
+        assert "error" not in rr, rr.get("error")
+        assert rr["frames"] == timed == len(rr["ms"]) and all(ms > 0 for ms in rr["ms"]) and rr["fps"] > 0
+        assert rr["visible_frames"] == [full] * timed and rr["full_cache"] and rr["prefilled_context"] is True
+        assert len(rr["load_average"]) == 2
+    assert runners["oasis-recompute"]["sampler"] == "recompute" and runners["oasis-cached"]["sampler"] == "cached"
+    cs = runners["oasis-compile-static"]
+    # The pre-fill's write passes run eagerly; the frames after it are at a full window: one graph, compiled in
+    # the warm-up frame, none during the timed frames.
+    assert cs["graphs_compiled"] == 1 and cs["recompiles_during_timed_frames"] == 0 and cs["graph_breaks"] == 0
+    assert cs["compile_mode"] == "default" and cs["compile_backend"] == "aot_eager"
+    # Ratios of nfd_rt to every baseline of this run, each its FPS over the baseline's; the strongest named.
+    assert result["best"] == "nfd_rt[cpu,float32]"
+    ours = runners["nfd_rt[cpu,float32]"]["fps"]
+    assert result["ratios"] == pytest.approx({f"nfd_rt[cpu,float32] / {n}": ours / runners[n]["fps"] for n in baselines})
+    assert all(math.isfinite(v) and v > 0 for v in result["ratios"].values())
+    strongest = max(baselines, key=lambda n: runners[n]["fps"])
+    assert result["strongest_baseline"] == strongest
+    assert result["ratio_vs_strongest_baseline"] == pytest.approx(ours / runners[strongest]["fps"])
+    # The cost model: upstream's loop does far more work a frame than the cached sampler.
+    assert result["cost"]["recompute_flops_per_frame"] > result["cost"]["flops_per_frame"] > 0
+    assert f"Strongest baseline: {strongest}" in r.stdout and "| oasis-recompute |" in r.stdout
+
+
 def test_fps_never_overwrites_a_result(tmp_path):
     out = tmp_path / "r.json"
     out.write_text("{}")
