@@ -137,12 +137,19 @@ def wait_for_line(stream, prefix: str, timeout: float = 120) -> None:
     raise AssertionError(f"the process ended before a line starting with {prefix!r}")
 
 
+def sigint_as_from_a_terminal():
+    """In the child, before exec: SIGINT handled by default. A test run started in the background by a shell without
+    job control (as CI scripts are) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_demo_writes_the_frames_so_far(tmp_path):
     """Ctrl-C: one line, exit 130 (128 + SIGINT), and the frames made so far as a video (it was a traceback)."""
     imageio = pytest.importorskip("imageio.v2")
     out = tmp_path / "x.gif"
     p = subprocess.Popen([sys.executable, "-m", "nfd_rt.cli", "demo", "--frames", "3000", "--device", "cpu",
-                          "--scale", "1", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          "--scale", "1", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=sigint_as_from_a_terminal)
     try:
         wait_for_line(p.stderr, "demo [")  # the progress bar: frames are being made
         p.send_signal(signal.SIGINT)
@@ -160,7 +167,7 @@ def test_ctrl_c_during_demo_writes_the_frames_so_far(tmp_path):
 
 def test_ctrl_c_during_evaluate_is_one_line():
     p = subprocess.Popen([sys.executable, "-m", "nfd_rt.cli", "evaluate", "--sequences", "1000", "--device", "cpu"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_from_a_terminal)
     try:
         wait_for_line(p.stderr, "evaluate [")
         p.send_signal(signal.SIGINT)
