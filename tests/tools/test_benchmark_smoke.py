@@ -329,3 +329,31 @@ def test_fps_waypoint_smoke(tmp_path):
     assert s.frame_index == 13
     # global layers: the even frames less than 8 back (6, 8, 10, 12); local layers: 11, 12
     assert nfd_rt.snapshot_info(s.snapshot())["frames"] == [6, 8, 10, 11, 12]
+
+
+def test_oasis_interleaved_smoke(tmp_path):
+    """benchmarks/oasis_interleaved.py: the runners warmed up at a full window, then one timed frame of each per
+    round; ratios of nfd_rt to each baseline by mean, median and best wall time and by CPU seconds."""
+    import math
+
+    pytest.importorskip("torch", reason="needs torch for the PyTorch baselines")
+    out = tmp_path / "i.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "oasis_interleaved.py"), "--config", "oasis-tiny",
+                        "--threads", "1", "--rounds", "2", "--compile-backend", "aot_eager", "--out", str(out),
+                        "--runners", "nfd_rt,oasis-compile-static,oasis-recompute"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "oasis_interleaved" and result["complete"] is True
+    runners = result["runners"]
+    assert list(runners) == ["nfd_rt[cpu,float32]", "oasis-compile-static", "oasis-recompute"]
+    for rr in runners.values():
+        assert rr["frames"] == 2 == len(rr["s"]) == len(rr["cpu_seconds"]) and rr["s_min"] > 0
+    assert runners["oasis-compile-static"]["recompiles_during_timed_frames"] == 0
+    assert len(result["load_average_per_round"]) == 3
+    assert set(result["ratios"]) == {"nfd_rt[cpu,float32] / oasis-compile-static", "nfd_rt[cpu,float32] / oasis-recompute"}
+    for v in result["ratios"].values():
+        assert set(v) == {"s_mean", "s_median", "s_min", "cpu_seconds_mean"}
+        assert all(math.isfinite(x) and x > 0 for x in v.values())
+    assert result["strongest_baseline"] == min(("oasis-compile-static", "oasis-recompute"),
+                                               key=lambda k: runners[k]["s_mean"])
