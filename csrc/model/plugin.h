@@ -53,6 +53,46 @@ inline void add_norm(TensorList& out, const std::string& p, int64_t c) {
   out.push_back({p + ".bias", {c}});
 }
 
+// Snapshot slot I/O over per-layer K and V tensors ([slots, ...] each): for each layer l with keep(l), the K then
+// the V of each of `slots`, in that order, as the session's dtype holds them, to or from host memory.
+namespace kv_slots_detail {
+// copy(tensor, byte offset of the slot in it, offset in the snapshot, bytes) for each slot of each kept layer.
+template <typename Keep, typename Copy>
+void for_each(const std::vector<Tensor>& k, const std::vector<Tensor>& v, const std::vector<int>& slots, Keep&& keep,
+              Copy&& copy) {
+  size_t at = 0;
+  for (size_t l = 0; l < k.size(); ++l) {
+    if (!keep(l)) continue;
+    for (const Tensor* t : {&k[l], &v[l]}) {
+      const size_t one = t->bytes() / size_t(t->shape[0]);
+      for (int s : slots) {
+        NFD_CHECK(s >= 0 && s < t->shape[0], internal,
+                  "snapshot: slot " + std::to_string(s) + " outside the cache's " + std::to_string(t->shape[0]));
+        copy(*t, size_t(s) * one, at, one);
+        at += one;
+      }
+    }
+  }
+}
+}  // namespace kv_slots_detail
+
+template <typename Keep>
+void save_kv_slots(const Context& ctx, const std::vector<Tensor>& k, const std::vector<Tensor>& v,
+                   const std::vector<int>& slots, Keep&& keep, uint8_t* out) {
+  kv_slots_detail::for_each(k, v, slots, keep, [&](const Tensor& t, size_t offset, size_t at, size_t n) {
+    device_memcpy(out + at, Device::cpu, static_cast<const uint8_t*>(t.data) + offset, ctx.device, n, ctx.stream);
+  });
+  device_synchronize(ctx.device, ctx.stream);
+}
+template <typename Keep>
+void load_kv_slots(const Context& ctx, std::vector<Tensor>& k, std::vector<Tensor>& v, const std::vector<int>& slots,
+                   Keep&& keep, const uint8_t* in) {
+  kv_slots_detail::for_each(k, v, slots, keep, [&](const Tensor& t, size_t offset, size_t at, size_t n) {
+    device_memcpy(static_cast<uint8_t*>(t.data) + offset, ctx.device, in + at, Device::cpu, n, ctx.stream);
+  });
+  device_synchronize(ctx.device, ctx.stream);
+}
+
 // A transformer's K/V cache: per layer K and V token-major [slots, N, H, hd] (a frame's keys are one contiguous
 // range; see ops::attention), counted as the arena's kv_cache.
 struct LayerKV {
@@ -79,33 +119,10 @@ struct LayerKV {
   // the session's dtype holds them, to or from host memory. slot_bytes(): one slot in all layers.
   size_t slot_bytes() const { return k.empty() ? 0 : 2 * k.size() * (k[0].bytes() / size_t(k[0].shape[0])); }
   void save_slots(const Context& ctx, const std::vector<int>& slots, uint8_t* out) const {
-    for_each_slot(slots, [&](const Tensor& t, size_t offset, size_t at, size_t n) {
-      device_memcpy(out + at, Device::cpu, static_cast<const uint8_t*>(t.data) + offset, ctx.device, n, ctx.stream);
-    });
-    device_synchronize(ctx.device, ctx.stream);
+    save_kv_slots(ctx, k, v, slots, [](size_t) { return true; }, out);
   }
   void load_slots(const Context& ctx, const std::vector<int>& slots, const uint8_t* in) {
-    for_each_slot(slots, [&](const Tensor& t, size_t offset, size_t at, size_t n) {
-      device_memcpy(static_cast<uint8_t*>(t.data) + offset, ctx.device, in + at, Device::cpu, n, ctx.stream);
-    });
-    device_synchronize(ctx.device, ctx.stream);
-  }
-
- private:
-  // copy(tensor, byte offset of the slot in it, offset in the snapshot, bytes) for each slot of each layer's K, V.
-  template <typename Copy>
-  void for_each_slot(const std::vector<int>& slots, Copy&& copy) const {
-    size_t at = 0;
-    for (size_t l = 0; l < k.size(); ++l)
-      for (const Tensor* t : {&k[l], &v[l]}) {
-        const size_t one = t->bytes() / size_t(t->shape[0]);
-        for (int s : slots) {
-          NFD_CHECK(s >= 0 && s < t->shape[0], internal,
-                    "snapshot: slot " + std::to_string(s) + " outside the cache's " + std::to_string(t->shape[0]));
-          copy(*t, size_t(s) * one, at, one);
-          at += one;
-        }
-      }
+    load_kv_slots(ctx, k, v, slots, [](size_t) { return true; }, in);
   }
 };
 

@@ -319,37 +319,12 @@ size_t DiT::slot_bytes(int g) const {
   return n;
 }
 
-// copy(tensor, byte offset of the slot in it, offset in the snapshot, bytes) for each slot of each layer of group g
-// (K, then V, per layer).
-template <typename Copy>
-void DiT::for_each_slot(int g, const std::vector<int>& slots, Copy&& copy) const {
-  size_t at = 0;
-  for (size_t l = 0; l < k_.size(); ++l) {
-    if (cfg_.group_of(int(l)) != g) continue;
-    for (const Tensor* t : {&k_[l], &v_[l]}) {
-      const size_t one = t->bytes() / size_t(t->shape[0]);
-      for (int s : slots) {
-        NFD_CHECK(s >= 0 && s < t->shape[0], internal,
-                  "snapshot: slot " + std::to_string(s) + " outside the cache's " + std::to_string(t->shape[0]));
-        copy(*t, size_t(s) * one, at, one);
-        at += one;
-      }
-    }
-  }
-}
-
 void DiT::save_slots(const Context& ctx, int g, const std::vector<int>& slots, uint8_t* out) const {
-  for_each_slot(g, slots, [&](const Tensor& t, size_t offset, size_t at, size_t n) {
-    device_memcpy(out + at, Device::cpu, static_cast<const uint8_t*>(t.data) + offset, ctx.device, n, ctx.stream);
-  });
-  device_synchronize(ctx.device, ctx.stream);
+  save_kv_slots(ctx, k_, v_, slots, [&](size_t l) { return cfg_.group_of(int(l)) == g; }, out);
 }
 
 void DiT::load_slots(const Context& ctx, int g, const std::vector<int>& slots, const uint8_t* in) {
-  for_each_slot(g, slots, [&](const Tensor& t, size_t offset, size_t at, size_t n) {
-    device_memcpy(static_cast<uint8_t*>(t.data) + offset, ctx.device, in + at, Device::cpu, n, ctx.stream);
-  });
-  device_synchronize(ctx.device, ctx.stream);
+  load_kv_slots(ctx, k_, v_, slots, [&](size_t l) { return cfg_.group_of(int(l)) == g; }, in);
 }
 
 }  // namespace waypoint

@@ -85,8 +85,6 @@ class DiT {
 
  private:
   static void forward(const std::vector<Member>& members, int k, bool full, Activations& act);
-  template <typename Copy>
-  void for_each_slot(int g, const std::vector<int>& slots, Copy&& copy) const;
 
   const WaypointConfig& cfg_;
   const DiTWeights& w_;
