@@ -46,6 +46,7 @@ from ..configs import OasisConfig
 from ..reference.model import modulate
 from ..reference.oasis import (OasisModel, images_to_frames, level_features, patchify,
                                pixel_rope_angles, unpatchify)
+from ._compile import compile_frame
 from .static import philox_normal
 
 
@@ -277,10 +278,7 @@ class OasisStaticSession:
         self.compile_filling = compile_filling
         self._compiled = None
         if compile_mode is not None:
-            for b in self.net.buffers():  # fixed addresses: CUDA graphs read and update them in place
-                torch._dynamo.mark_static_address(b)
-            options = {"mode": compile_mode} if backend == "inductor" else {}
-            self._compiled = torch.compile(self.net, backend=backend, fullgraph=True, **options)
+            self._compiled = compile_frame(self.net, compile_mode, backend)
         self.frame_index = 0
 
     @property

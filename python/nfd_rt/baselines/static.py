@@ -36,6 +36,7 @@ from torch import nn
 from .. import _checks, ring
 from ..configs import NFDConfig
 from ..reference.model import NFDModel, images_to_frames, modulate, timestep_features
+from ._compile import compile_frame
 
 # ---------------------------------------------------------------------------------------------------------------
 # Philox4x32-10 and Box-Muller on device tensors (the stream of nfd_rt.rng, docs/rng.md)
@@ -258,10 +259,7 @@ class StaticSession:
         self.compile_filling = compile_filling
         self._compiled = None
         if compile_mode is not None:
-            for b in self.net.buffers():  # fixed addresses: CUDA graphs read and update them in place
-                torch._dynamo.mark_static_address(b)
-            options = {"mode": compile_mode} if backend == "inductor" else {}
-            self._compiled = torch.compile(self.net, backend=backend, fullgraph=True, **options)
+            self._compiled = compile_frame(self.net, compile_mode, backend)
         self._host_action = torch.zeros(self.cfg.action_dim, dtype=torch.float32,
                                         pin_memory=self.device.type == "cuda")
         self.frame_index = 0

@@ -37,6 +37,7 @@ from .. import _checks
 from ..configs_waypoint import WaypointConfig
 from .static import philox_normal
 from ..reference.waypoint import WaypointModel, images_to_frames, load, noise_features, rms_norm, rope_frequencies
+from ._compile import compile_frame
 
 
 class WaypointStaticFrame(nn.Module):
@@ -236,10 +237,7 @@ class WaypointStaticSession:
         self.net = WaypointStaticFrame(model, self.device, dtypes[dtype], self.seed)
         self._run = self.net
         if compile_mode is not None:
-            for b in self.net.buffers():  # fixed addresses: CUDA graphs read and update them in place
-                torch._dynamo.mark_static_address(b)
-            options = {"mode": compile_mode} if backend == "inductor" else {}
-            self._run = torch.compile(self.net, backend=backend, fullgraph=True, **options)
+            self._run = compile_frame(self.net, compile_mode, backend)
         self._host_controls = torch.zeros(self.cfg.control_dim, dtype=torch.float32,
                                           pin_memory=self.device.type == "cuda")
         self.frame_index = 0
