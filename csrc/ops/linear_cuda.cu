@@ -160,12 +160,15 @@ struct LoadWT {  // B(k, n) = w[n, k]
   int K;
   __device__ float operator()(int k, int n) const { return cudaops::ld(w, int64_t(n) * K + k); }
 };
+// Not inlined: simt_gemm unrolls its epilogue 16 times per thread, and 16 inlined copies of this body (three
+// dtype-switched loads, three transcendental activations) made cicc take 7 minutes per architecture on this
+// file alone (the CI build's longest step); called, it compiles in seconds, and the call is once per output.
 struct LinearEpi {
   cudaops::DPtr y, bias, gate;
   bool has_bias;
   Epilogue epi;
   int N;
-  __device__ void operator()(int m, int n, float acc) const {
+  __device__ __noinline__ void operator()(int m, int n, float acc) const {
     const int64_t i = int64_t(m) * N + n;
     float v = has_bias ? __fadd_rn(acc, cudaops::ld(bias, n)) : acc;
     if (epi == Epilogue::gelu_tanh) v = cudaops::gelu_tanh(v);
