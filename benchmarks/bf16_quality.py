@@ -51,6 +51,9 @@ def lockstep(make, frames: int, actions: np.ndarray) -> dict:
         out["latent_rel_l2"].append(float(np.linalg.norm(lb - la) / max(np.linalg.norm(la), 1e-30)))
         if ia is not None:
             out["psnr_db"].append(round(psnr(ia, ib), 3))
+        if (i + 1) % 8 == 0 or i + 1 == frames:  # minutes a frame pair at nfd-130m: say where the rollout is
+            last = f", PSNR {out['psnr_db'][-1]:.1f} dB" if out["psnr_db"] else ""
+            fps.log(f"frame {i + 1}/{frames}: latent rel. L2 {out['latent_rel_l2'][-1]:.2e}{last}")
     for s in (f32, b16):
         if hasattr(s, "close"):
             s.close()
