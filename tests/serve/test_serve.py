@@ -24,6 +24,7 @@ from websockets.sync.client import connect  # noqa: E402
 
 from nfd_rt.demo import game  # noqa: E402
 from nfd_rt.serve import protocol  # noqa: E402
+from nfd_rt.serve.server import ServeConfig  # noqa: E402
 
 ROOM = 25  # a room with free space in every direction, where the shipped model tracks the game within ~1 px
 
@@ -217,7 +218,9 @@ def test_malformed_messages_get_errors_and_repeated_abuse_closes(server):
             assert err["message"]
         ws.send(json.dumps({"type": "action", "action": [0] * 8}))  # still usable
         assert decode(next_frame(ws)).shape == (64, 64, 3)
-        for _ in range(12):
+        # Exactly the limit: the server closes on the last one, so no send can race its close (12 sends here
+        # once failed under load: the close arrived before the 11th and the send raised).
+        for _ in range(ServeConfig().max_errors):
             ws.send("garbage")
         code, reason = close_code(ws)
         assert code == protocol.CLOSE_MALFORMED and "malformed" in reason
