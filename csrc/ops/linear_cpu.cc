@@ -57,7 +57,7 @@ static void epilogue_row(const float* prod, const float* bias, const float* gate
 
 // bf16: one oneDNN matmul per block of output columns (fixed by the shape, as in fp32), products accumulated in
 // fp32, the epilogue fused (oneDNN post-ops: GELU-tanh, exact GELU, SiLU, or gate * (product + bias) + y), y rounded
-// once. A block has at least kBf16MinColumns columns: a oneDNN call costs a few microseconds more than an sgemm
+// once; where oneDNN would run such a block on its reference kernel, the bare product and our own epilogue. A block has at least kBf16MinColumns columns: a oneDNN call costs a few microseconds more than an sgemm
 // call, and tiny's 16-row linears cut into 8-column blocks ran 2-4x slower than in fp32.
 constexpr int64_t kBf16MinColumns = 64;
 static void linear_bf16(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y,
@@ -73,11 +73,35 @@ static void linear_bf16(const Context& ctx, const Tensor& x, const Tensor& w, co
                     : epilogue == Epilogue::silu      ? Post::silu
                                                       : Post::none;
   ::nfd::cpu::parallel_for(ctx.threads, N, [&](int64_t n0, int64_t n1) {
+    const int64_t cols = n1 - n0;
     ::nfd::cpu::Matmul mm;
-    mm.M = M, mm.N = n1 - n0, mm.K = K, mm.lda = K, mm.ldb = K, mm.ldc = N, mm.b_nk = true;
+    mm.M = M, mm.N = cols, mm.K = K, mm.lda = K, mm.ldb = K, mm.ldc = N, mm.b_nk = true;
     mm.bias = b != nullptr, mm.post = post;
-    ::nfd::cpu::matmul(mm, x.ptr<bf16_t>(), w.ptr<bf16_t>() + n0 * K, out + n0, b ? b + n0 : nullptr,
-                       g ? g + n0 : nullptr);
+    if (post == Post::none || !::nfd::cpu::matmul_is_reference(mm)) {
+      ::nfd::cpu::matmul(mm, x.ptr<bf16_t>(), w.ptr<bf16_t>() + n0 * K, out + n0, b ? b + n0 : nullptr,
+                         g ? g + n0 : nullptr);
+      return;
+    }
+    // oneDNN has only its reference kernel for this epilogue here: the bare product into fp32 scratch on a fast
+    // kernel, then the fp32 epilogue (bias and gate widened, y widened for the gated residual), rounded once.
+    ::nfd::cpu::Matmul bare = mm;
+    bare.bias = false, bare.post = Post::none, bare.c = DType::f32, bare.ldc = cols;
+    float* prod = scratch(size_t(M * cols), 0);
+    ::nfd::cpu::matmul(bare, x.ptr<bf16_t>(), w.ptr<bf16_t>() + n0 * K, prod);
+    float* bias_f = b ? scratch(size_t(cols), 1) : nullptr;
+    float* gate_f = g ? scratch(size_t(cols), 2) : nullptr;
+    float* row = scratch(size_t(cols), 3);
+    for (int64_t c = 0; c < cols; ++c) {
+      if (bias_f) bias_f[c] = to_float(b[n0 + c]);
+      if (gate_f) gate_f[c] = to_float(g[n0 + c]);
+    }
+    for (int64_t r = 0; r < M; ++r) {
+      bf16_t* o = out + r * N + n0;
+      if (gate_f)
+        for (int64_t c = 0; c < cols; ++c) row[c] = to_float(o[c]);
+      epilogue_row(prod + r * cols, bias_f, gate_f, row, cols, epilogue);
+      for (int64_t c = 0; c < cols; ++c) o[c] = from_float<bf16_t>(row[c]);
+    }
   }, std::max<int64_t>(kBf16MinColumns, ::nfd::cpu::grain_for(M * K)));
 }
 

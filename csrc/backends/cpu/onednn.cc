@@ -28,6 +28,7 @@ std::string onednn_version() { return ""; }
 void matmul(const Matmul&, const void*, const void*, void*, const void*, const void*) {
   fail(ErrorKind::unsupported, "bf16 on the CPU: " + bf16_support().why);
 }
+bool matmul_is_reference(const Matmul&) { return false; }
 
 #else
 
@@ -56,6 +57,7 @@ struct Entry {
   dnnl::matmul prim;
   dnnl::memory::desc a, b, c, bias, gate;
   size_t scratch = 0;
+  bool reference = false;  // oneDNN chose its reference kernel (matmul_is_reference)
 };
 
 using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, int, int, int, bool, int>;
@@ -87,6 +89,7 @@ const Entry& entry(const Matmul& m) {
   OneThread one;  // the kernel's blocking is chosen for the thread count at creation
   dnnl::matmul::primitive_desc pd(engine(), e->a, e->b, e->bias, e->c, attr);
   e->scratch = pd.scratchpad_desc().get_size();
+  e->reference = std::string(pd.impl_info_str()).rfind("ref", 0) == 0;  // "ref:any"
   e->prim = dnnl::matmul(pd);
   return *cache.emplace(key, std::move(e)).first->second;
 }
@@ -141,6 +144,15 @@ const Bf16Support& bf16_support() {
 std::string onednn_version() {
   const dnnl_version_t* v = dnnl_version();
   return std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch);
+}
+
+bool matmul_is_reference(const Matmul& m) {
+  if (!bf16_support().ok && !(m.a == DType::f32 && m.b == DType::f32 && m.c == DType::f32)) return false;
+  try {
+    return entry(m).reference;
+  } catch (const dnnl::error& err) {
+    fail(ErrorKind::internal, std::string("oneDNN matmul failed: ") + err.what());
+  }
 }
 
 void matmul(const Matmul& m, const void* A, const void* B, void* C, const void* bias, const void* gate) {
