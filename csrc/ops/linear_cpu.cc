@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "ops/cpu_common.h"
+#include "ops/kernel_report.h"
 #include "ops/ops_impl.h"
 
 namespace nfd {
@@ -84,6 +85,9 @@ static void linear_bf16(const Context& ctx, const Tensor& x, const Tensor& w, co
     }
     // oneDNN has only its reference kernel for this epilogue here: the bare product into fp32 scratch on a fast
     // kernel, then the fp32 epilogue (bias and gate widened, y widened for the gated residual), rounded once.
+    note_kernel("linear cpu bf16 " + std::to_string(M) + "x" + std::to_string(cols) + "x" + std::to_string(K) +
+                    (g ? " gated" : " epilogue"),
+                "oneDNN bare product + our epilogue (oneDNN's fused epilogue here is its reference kernel)");
     ::nfd::cpu::Matmul bare = mm;
     bare.bias = false, bare.post = Post::none, bare.c = DType::f32, bare.ldc = cols;
     float* prod = scratch(size_t(M * cols), 0);

@@ -1,6 +1,7 @@
 #include "backends/cpu/onednn.h"
 
 #include "core/error.h"
+#include "ops/kernel_report.h"
 
 #ifdef NFD_RT_WITH_ONEDNN
 #include <omp.h>
@@ -58,6 +59,7 @@ struct Entry {
   dnnl::memory::desc a, b, c, bias, gate;
   size_t scratch = 0;
   bool reference = false;  // oneDNN chose its reference kernel (matmul_is_reference)
+  std::string what;        // the problem, for kernels_used() when a reference kernel runs
 };
 
 using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, int, int, int, bool, int>;
@@ -90,6 +92,9 @@ const Entry& entry(const Matmul& m) {
   dnnl::matmul::primitive_desc pd(engine(), e->a, e->b, e->bias, e->c, attr);
   e->scratch = pd.scratchpad_desc().get_size();
   e->reference = std::string(pd.impl_info_str()).rfind("ref", 0) == 0;  // "ref:any"
+  e->what = std::to_string(m.M) + "x" + std::to_string(m.N) + "x" + std::to_string(m.K) + " ld " +
+            std::to_string(m.lda) + "/" + std::to_string(m.ldb) + "/" + std::to_string(m.ldc) + " post " +
+            std::to_string(int(m.post));
   e->prim = dnnl::matmul(pd);
   return *cache.emplace(key, std::move(e)).first->second;
 }
@@ -188,6 +193,8 @@ void matmul(const Matmul& m, const void* A, const void* B, void* C, const void* 
     if (e.scratch) bd.scratch.set_data_handle(thread_scratch(e.scratch));
     if (m.bias) bd.bias.set_data_handle(const_cast<void*>(bias));
     if (m.post == Matmul::Post::gated) bd.gate.set_data_handle(const_cast<void*>(gate));
+    // Seen in kernels_used(): a reference kernel is plain loops, far too slow for a frame (tests assert none runs).
+    if (e.reference) note_kernel("cpu oneDNN reference kernel " + e.what, "ref:any");
     OneThread one;
     e.prim.execute(stream, bd.args);
   } catch (const dnnl::error& err) {
