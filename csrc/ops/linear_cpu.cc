@@ -58,8 +58,9 @@ static void epilogue_row(const float* prod, const float* bias, const float* gate
 
 // bf16: one oneDNN matmul per block of output columns (fixed by the shape, as in fp32), products accumulated in
 // fp32, the epilogue fused (oneDNN post-ops: GELU-tanh, exact GELU, SiLU, or gate * (product + bias) + y), y rounded
-// once; where oneDNN would run such a block on its reference kernel, the bare product and our own epilogue. A block has at least kBf16MinColumns columns: a oneDNN call costs a few microseconds more than an sgemm
-// call, and tiny's 16-row linears cut into 8-column blocks ran 2-4x slower than in fp32.
+// once; where oneDNN would run such a block on its reference kernel, the bare product and our own epilogue. A
+// block has at least kBf16MinColumns columns: a oneDNN call costs a few microseconds more than an sgemm call, and
+// tiny's 16-row linears cut into 8-column blocks ran 2-4x slower than in fp32.
 constexpr int64_t kBf16MinColumns = 64;
 static void linear_bf16(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y,
                         Epilogue epilogue, const Tensor* gate) {
