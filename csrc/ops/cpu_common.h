@@ -240,6 +240,28 @@ NFD_VEC16_INLINE void store16(float* p, Vec16 v) {
   std::memcpy(p, &v.lo, sizeof v.lo);
   std::memcpy(p + 8, &v.hi, sizeof v.hi);
 }
+NFD_VEC16_INLINE Vec16 operator*(Vec16 a, Vec16 b) { return {a.lo * b.lo, a.hi * b.hi}; }
+// 16 bf16 values widened into fp32 lanes (exact: a bf16 is a float's upper half).
+NFD_VEC16_INLINE Vec16 load16(const bf16_t* p) {
+  typedef uint16_t U16x8 __attribute__((vector_size(16)));
+  typedef uint32_t U32x8 __attribute__((vector_size(32)));
+  U16x8 a, b;
+  std::memcpy(&a, p, sizeof a);
+  std::memcpy(&b, p + 8, sizeof b);
+  const U32x8 lo = __builtin_convertvector(a, U32x8) << 16, hi = __builtin_convertvector(b, U32x8) << 16;
+  Vec16 v;
+  std::memcpy(&v.lo, &lo, sizeof v.lo);
+  std::memcpy(&v.hi, &hi, sizeof v.hi);
+  return v;
+}
+// The 16 lanes summed in a fixed order (lane 0 first): the same bits on every thread.
+NFD_VEC16_INLINE float sum16(Vec16 v) {
+  float lane[16];
+  store16(lane, v);
+  float s = 0.f;
+  for (int i = 0; i < 16; ++i) s += lane[i];
+  return s;
+}
 
 // exp(x) written so that a loop calling it vectorises (glibc's expf is a call per element): k = round(x / ln2)
 // by the 1.5 * 2^23 trick, r = x - k ln2 in two parts (|r| <= ln2 / 2), a degree-6 Taylor polynomial of exp(r)
