@@ -12,7 +12,10 @@
 //        feeds 4 MMAs; key tiles of 64 through shared memory (cp.async, double-buffered, 16-byte chunks
 //        XOR-swizzled), Q held in registers as A fragments;
 //      - S = Q K^T (K via ldmatrix), online softmax in fp32 on the accumulators (log2 units, scores scaled by
-//        log2(e)/sqrt(hd)), P re-packed in registers as the A operand of O += P V (V via ldmatrix.trans);
+//        log2(e)/sqrt(hd)) in one of two forms (tile::mma, "online softmax"): folded (one FFMA + ex2.approx a
+//        score, liveness by __syncthreads_and) or separate (the form measured on the H200), the faster per shape
+//        as attention_prepare measured it, or NFD_RT_ATTENTION_SOFTMAX; P re-packed in registers as the A
+//        operand of O += P V (V via ldmatrix.trans);
 //      - split over the key range: the live key tiles (num_visible * N / 64, read on the device) are shared
 //        out evenly over the `splits` CTAs of a (query tile, head) (tile::mma::kv_split_range), so a
 //        batch-1 frame fills every SM at any fill level; the host sizes the grid for the full cache and
@@ -88,14 +91,14 @@ int pick_splits(int base, int per_sm, int64_t max_tiles) {
   return tile::mma::choose_splits(base, sm_count(), per_sm, max_tiles, 64);
 }
 
-template <typename T, int HD, int MT>
+template <typename T, int HD, int MT, bool kFolded>
 int mma_ctas_per_sm() {
   // Dynamic shared memory beyond 48 KB must be allowed per kernel (once per process; not a stream operation,
   // so it is also fine while a graph is being captured).
   static std::once_flag once;
   static int per_sm = 1;
   std::call_once(once, [] {
-    auto kernel = attention_mma_kernel<T, HD, MT>;
+    auto kernel = attention_mma_kernel<T, HD, MT, kFolded>;
     constexpr int smem = mma_smem_bytes<HD, MT>();
     cudaops::check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
                    "cudaFuncSetAttribute (attention smem)");
@@ -106,15 +109,21 @@ int mma_ctas_per_sm() {
   return per_sm;
 }
 
-// Query rows per CTA of the tensor-core kernel: 128 (2 row tiles per warp) for head_dim 32 and 64, 64 for 128
-// (its accumulators would not fit twice in registers). At head_dim 64 both exist: NFD_RT_ATTENTION_ROWS=64|128
-// forces one; otherwise the one ops::attention_prepare measured faster for the shape (at session open), 128
-// for shapes never prepared.
-using RowsKey = std::tuple<int, int, int, int>;  // dtype, N, H, slots
-std::mutex g_rows_mu;
-bool g_rows128_failed = false;  // the 128-row tile failed in some attention_prepare: unprepared shapes take 64
-std::map<RowsKey, int>& rows_choices() {
-  static std::map<RowsKey, int> m;
+// The tensor-core kernel's variant per shape: query rows per CTA (128 = 2 row tiles per warp for head_dim 32 and
+// 64; 64 for 128, whose accumulators would not fit twice in registers; at head_dim 64 both) and the softmax form
+// (folded or separate). NFD_RT_ATTENTION_ROWS=64|128 and NFD_RT_ATTENTION_SOFTMAX=folded|separate force one;
+// otherwise the fastest ops::attention_prepare measured for the shape at session open, and for shapes never
+// prepared 128 rows and the folded form (each unless it failed in some attention_prepare).
+struct MmaChoice {
+  int rows;
+  bool folded;
+};
+using ShapeKey = std::tuple<int, int, int, int, int>;  // dtype, N, H, hd, slots
+std::mutex g_choice_mu;
+bool g_rows128_failed = false;  // the 128-row tile failed in some attention_prepare
+bool g_folded_failed = false;   // the folded form failed in some attention_prepare
+std::map<ShapeKey, MmaChoice>& mma_choices() {
+  static std::map<ShapeKey, MmaChoice> m;
   return m;
 }
 
@@ -126,12 +135,31 @@ const char* rows_override() {
   return e;
 }
 
-int mma_rows(int hd, const RowsKey& key) {
-  if (hd != 64) return hd == 128 ? 64 : 128;
-  if (const char* e = rows_override()) return std::atoi(e);
-  std::lock_guard<std::mutex> lock(g_rows_mu);
-  auto it = rows_choices().find(key);
-  return it != rows_choices().end() ? it->second : g_rows128_failed ? 64 : 128;
+const char* softmax_override() {
+  const char* e = std::getenv("NFD_RT_ATTENTION_SOFTMAX");
+  if (!e || !*e) return nullptr;
+  NFD_CHECK(std::strcmp(e, "folded") == 0 || std::strcmp(e, "separate") == 0, invalid_argument,
+            std::string("NFD_RT_ATTENTION_SOFTMAX must be 'folded' or 'separate', got '") + e + "'");
+  return e;
+}
+
+MmaChoice mma_choice(int hd, const ShapeKey& key) {
+  const char* rows = hd == 64 ? rows_override() : nullptr;
+  const char* form = softmax_override();
+  MmaChoice c{hd == 128 ? 64 : 128, true};
+  {
+    std::lock_guard<std::mutex> lock(g_choice_mu);
+    auto it = mma_choices().find(key);
+    if (it != mma_choices().end()) {
+      c = it->second;
+    } else {
+      if (hd == 64 && g_rows128_failed) c.rows = 64;
+      c.folded = !g_folded_failed;
+    }
+  }
+  if (rows) c.rows = std::atoi(rows);
+  if (form) c.folded = std::strcmp(form, "folded") == 0;
+  return c;
 }
 
 template <typename T>
@@ -153,19 +181,28 @@ void with_partials(AttnArgs a, int hd, cudaStream_t s, Launch launch) {
   if (a.splits > 1) combine<T>(a, hd, s);
 }
 
-template <typename T, int HD, int MT>
+template <typename T, int HD, int MT, bool kFolded>
 std::string run_mma(AttnArgs a, cudaStream_t s) {
   constexpr int kBQ = tile::mma::block_rows(MT);
   const int base = ((a.N + kBQ - 1) / kBQ) * a.H;
   const int64_t max_tiles = (int64_t(std::min(a.slots, FrameState::kMaxSlots)) * a.N + kBK - 1) / kBK;
-  a.splits = pick_splits(base, mma_ctas_per_sm<T, HD, MT>(), max_tiles);
+  a.splits = pick_splits(base, mma_ctas_per_sm<T, HD, MT, kFolded>(), max_tiles);
   with_partials<T>(a, HD, s, [&](const AttnArgs& args) {
     dim3 grid((args.N + kBQ - 1) / kBQ, args.H, args.splits);
-    attention_mma_kernel<T, HD, MT><<<grid, tile::mma::kThreads, mma_smem_bytes<HD, MT>(), s>>>(args);
+    attention_mma_kernel<T, HD, MT, kFolded><<<grid, tile::mma::kThreads, mma_smem_bytes<HD, MT>(), s>>>(args);
     cudaops::check_launch("attention (tensor cores)");
   });
-  return "ours: mma.sync m16n8k16, " + std::to_string(kBQ) + "x" + std::to_string(kBK) +
-         " tiles, splits=" + std::to_string(a.splits);
+  return "ours: mma.sync m16n8k16, " + std::to_string(kBQ) + "x" + std::to_string(kBK) + " tiles, " +
+         (kFolded ? "folded" : "separate") + " softmax, splits=" + std::to_string(a.splits);
+}
+
+// The tensor-core kernel for head_dim HD in the chosen variant (mma_choice).
+template <typename T, int HD>
+std::string run_mma_choice(const AttnArgs& a, MmaChoice c, cudaStream_t s) {
+  constexpr int kWideMT = HD == 128 ? 1 : 2;  // the row tiles per warp of the wider variant
+  if constexpr (HD == 64)
+    if (c.rows == 64) return c.folded ? run_mma<T, HD, 1, true>(a, s) : run_mma<T, HD, 1, false>(a, s);
+  return c.folded ? run_mma<T, HD, kWideMT, true>(a, s) : run_mma<T, HD, kWideMT, false>(a, s);
 }
 
 template <typename T, int HD>
@@ -182,17 +219,19 @@ std::string run_simt(AttnArgs a, cudaStream_t s) {
 }
 
 template <typename T>
+constexpr DType dtype_of() {
+  return std::is_same<T, __half>::value ? DType::f16 : std::is_same<T, float>::value ? DType::f32 : DType::bf16;
+}
+
+template <typename T>
 std::string run_typed(const AttnArgs& a, int hd, bool mma, cudaStream_t s) {
   if constexpr (!std::is_same<T, float>::value) {  // tensor cores: 16-bit inputs only
-    if (mma) {
+    if (mma && (hd == 32 || hd == 64 || hd == 128)) {
+      const MmaChoice c = mma_choice(hd, ShapeKey{int(dtype_of<T>()), a.N, a.H, hd, a.slots});
       switch (hd) {
-        case 32: return run_mma<T, 32, 2>(a, s);
-        case 64: {
-          const RowsKey key{int(std::is_same<T, __half>::value ? DType::f16 : DType::bf16), a.N, a.H, a.slots};
-          return mma_rows(64, key) == 64 ? run_mma<T, 64, 1>(a, s) : run_mma<T, 64, 2>(a, s);
-        }
-        case 128: return run_mma<T, 128, 1>(a, s);
-        default: break;
+        case 32: return run_mma_choice<T, 32>(a, c, s);
+        case 64: return run_mma_choice<T, 64>(a, c, s);
+        default: return run_mma_choice<T, 128>(a, c, s);
       }
     }
   }
@@ -239,9 +278,12 @@ bool mma_takes(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, co
          (reinterpret_cast<uintptr_t>(out.data) & 3u) == 0;
 }
 
-// Times both query tiles of ours at head_dim 64 with every slot visible and records the faster (attention_prepare).
-template <typename T>
-void prepare_rows(AttnArgs a, const RowsKey& key, const std::string& name, cudaStream_t s) {
+// Times every variant of ours the overrides leave open (query rows x softmax form) with every slot visible and
+// records the fastest (attention_prepare). A variant that fails to launch or to run is noted and left out (and
+// kept out of shapes never prepared), so a session opens on the others; only when every variant fails does the
+// session fail to open.
+template <typename T, int HD>
+void prepare_variants(AttnArgs a, const ShapeKey& key, const std::string& name, cudaStream_t s) {
   FrameState full{};
   full.num_visible = std::min(a.slots, FrameState::kMaxSlots);
   for (int i = 0; i < full.num_visible; ++i) full.visible_slots[i] = i;
@@ -249,33 +291,58 @@ void prepare_rows(AttnArgs a, const RowsKey& key, const std::string& name, cudaS
   cudaops::check(cudaMemcpyAsync(state.get<void>(), &full, sizeof(FrameState), cudaMemcpyHostToDevice, s),
                  "attention_prepare: FrameState upload");
   a.state = state.get<const FrameState>();
-  // 64 rows is the tile measured on a GPU before 128 existed: its failure is the session's. A 128-row tile that
-  // fails to launch (or to run) is noted and left out, so a session opens on the measured tile instead of failing.
-  const float t64 = cudaops::time_ms(s, [&] { run_mma<T, 64, 1>(a, s); });
-  float t128 = -1.f;
-  std::string failed;
-  try {
-    t128 = cudaops::time_ms(s, [&] { run_mma<T, 64, 2>(a, s); });
-    cudaops::check(cudaStreamSynchronize(s), "cudaStreamSynchronize (attention_prepare)");
-  } catch (const Error& e) {
-    failed = e.what();
-    cudaStreamSynchronize(s);  // what was queued before the failure
-    cudaGetLastError();
+
+  const char* rows_forced = HD == 64 ? rows_override() : nullptr;
+  const char* form_forced = softmax_override();
+  std::vector<MmaChoice> candidates;
+  for (int rows : HD == 64 ? std::vector<int>{64, 128} : std::vector<int>{HD == 128 ? 64 : 128})
+    for (bool folded : {false, true})
+      if ((!rows_forced || rows == std::atoi(rows_forced)) &&
+          (!form_forced || folded == (std::strcmp(form_forced, "folded") == 0)))
+        candidates.push_back({rows, folded});
+  if (candidates.size() < 2) return;  // nothing to choose
+
+  std::string report = "measured at open over " + std::to_string(full.num_visible) + " slots:", first_error;
+  MmaChoice best{};
+  float best_ms = -1.f;
+  bool rows128_failed = false, folded_failed = false;
+  for (const MmaChoice& c : candidates) {
+    const std::string label = std::to_string(c.rows) + " rows " + (c.folded ? "folded" : "separate");
+    try {
+      const float ms = cudaops::time_ms(s, [&] { run_mma_choice<T, HD>(a, c, s); });
+      cudaops::check(cudaStreamSynchronize(s), "cudaStreamSynchronize (attention_prepare)");
+      char buf[64];
+      std::snprintf(buf, sizeof buf, " %.4f ms", ms);
+      report += " " + label + buf + ",";
+      if (best_ms < 0.f || ms < best_ms) best = c, best_ms = ms;
+    } catch (const Error& e) {
+      cudaStreamSynchronize(s);  // what was queued before the failure
+      cudaGetLastError();
+      report += " " + label + " failed (" + std::string(e.what()).substr(0, 160) + "),";
+      if (first_error.empty()) first_error = e.what();
+      rows128_failed = rows128_failed || (HD == 64 && c.rows == 128);
+      folded_failed = folded_failed || c.folded;
+    }
   }
-  const int rows = failed.empty() && t128 <= t64 ? 128 : 64;
+  NFD_CHECK(best_ms >= 0.f, internal, "attention_prepare: every variant of " + name + " failed: " + first_error);
   {
-    std::lock_guard<std::mutex> lock(g_rows_mu);
-    rows_choices()[key] = rows;
-    if (!failed.empty()) g_rows128_failed = true;
+    std::lock_guard<std::mutex> lock(g_choice_mu);
+    mma_choices()[key] = best;
+    g_rows128_failed = g_rows128_failed || rows128_failed;
+    g_folded_failed = g_folded_failed || folded_failed;
   }
-  char buf[160];
-  if (failed.empty())
-    std::snprintf(buf, sizeof buf, "measured at open over %d slots: 64 rows %.4f ms, 128 rows %.4f ms -> %d",
-                  full.num_visible, t64, t128, rows);
-  else
-    std::snprintf(buf, sizeof buf, "measured at open over %d slots: 64 rows %.4f ms, 128 rows failed -> 64 (",
-                  full.num_visible, t64);
-  note_kernel(name + " (choice)", failed.empty() ? std::string(buf) : buf + failed.substr(0, 200) + ")");
+  report.back() = ' ';
+  note_kernel(name + " (choice)", report + "-> " + std::to_string(best.rows) + " rows " +
+                                      (best.folded ? "folded" : "separate"));
+}
+
+template <typename T>
+void prepare_typed(const AttnArgs& a, int hd, const ShapeKey& key, const std::string& name, cudaStream_t s) {
+  switch (hd) {
+    case 32: return prepare_variants<T, 32>(a, key, name, s);
+    case 64: return prepare_variants<T, 64>(a, key, name, s);
+    default: return prepare_variants<T, 128>(a, key, name, s);
+  }
 }
 }  // namespace
 
@@ -283,23 +350,23 @@ void cuda::attention_prepare(const Context& ctx, const Tensor& q, const Tensor& 
                              Tensor& out) {
   using namespace cudaops;
   const int H = int(q.dim(0)), N = int(q.dim(1)), hd = int(q.dim(2)), slots = int(k_cache.dim(0));
-  if (hd != 64 || int64_t(N) * H == 0 || !mma_takes(q, k_cache, v_cache, out) || requested_impl() != Impl::ours ||
-      rows_override())
+  if ((hd != 32 && hd != 64 && hd != 128) || int64_t(N) * H == 0 || !mma_takes(q, k_cache, v_cache, out) ||
+      requested_impl() != Impl::ours)
     return;
   cudaStream_t s = stream_of(ctx);
   cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
   check(cudaStreamIsCapturing(s, &cap), "cudaStreamIsCapturing");
-  if (cap != cudaStreamCaptureStatusNone) return;  // cannot time inside a capture: 128 rows stay the default
-  const RowsKey key{int(q.dtype), N, H, slots};
+  if (cap != cudaStreamCaptureStatusNone) return;  // cannot time inside a capture: the defaults stay
+  const ShapeKey key{int(q.dtype), N, H, hd, slots};
   {
-    std::lock_guard<std::mutex> lock(g_rows_mu);
-    if (rows_choices().count(key)) return;  // measured before (another session or layer)
+    std::lock_guard<std::mutex> lock(g_choice_mu);
+    if (mma_choices().count(key)) return;  // measured before (another session or layer)
   }
-  const AttnArgs a = attn_args(q, k_cache, v_cache, out, nullptr);  // prepare_rows sets its own FrameState
-  const std::string name = std::string("attention ") + dtype_name(q.dtype) + " hd64 N=" + std::to_string(N) +
-                           " H=" + std::to_string(H) + " slots=" + std::to_string(slots);
-  if (q.dtype == DType::bf16) prepare_rows<__nv_bfloat16>(a, key, name, s);
-  else prepare_rows<__half>(a, key, name, s);
+  const AttnArgs a = attn_args(q, k_cache, v_cache, out, nullptr);  // prepare_variants sets its own FrameState
+  const std::string name = std::string("attention ") + dtype_name(q.dtype) + " hd" + std::to_string(hd) +
+                           " N=" + std::to_string(N) + " H=" + std::to_string(H) + " slots=" + std::to_string(slots);
+  if (q.dtype == DType::bf16) prepare_typed<__nv_bfloat16>(a, hd, key, name, s);
+  else prepare_typed<__half>(a, hd, key, name, s);
 }
 
 void cuda::attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, Tensor& out,

@@ -64,6 +64,12 @@ __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
   __half2 v = __floats2half2_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&v);
 }
+// 2^x on the special-function unit (flush-to-zero; -inf -> +0): the folded softmax's exponent.
+__device__ __forceinline__ float ex2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
 template <typename T>
 __device__ __forceinline__ void store2(T* p, float a, float b);
 template <>
@@ -80,8 +86,9 @@ constexpr int mma_smem_bytes() {
   return (tile::mma::block_rows(MT) + 4 * kBK) * HD * 2;  // Q + 2 stages of K + 2 stages of V, 16-bit elements
 }
 
-// MT: m16 row tiles per warp (block_rows(MT) query rows per CTA), see ops/attention_mma.h.
-template <typename T, int HD, int MT>
+// MT: m16 row tiles per warp (block_rows(MT) query rows per CTA); kFolded: the softmax form (folded or
+// separate); both in ops/attention_mma.h.
+template <typename T, int HD, int MT, bool kFolded>
 __global__ void __launch_bounds__(tile::mma::kThreads) attention_mma_kernel(AttnArgs a) {
   namespace tm = tile::mma;
   constexpr int kBQ = tm::block_rows(MT);
@@ -124,7 +131,9 @@ __global__ void __launch_bounds__(tile::mma::kThreads) attention_mma_kernel(Attn
     const bool ok = q0 + r < N;
     cp_async16(Qs + tm::smem_offset(r, c * tm::kChunk, HD), qg + (ok ? int64_t(q0 + r) * HD + c * tm::kChunk : 0), ok);
   }
+  unsigned live_bits = 0;  // bit s: every key row this thread loaded into stage s is live (folded form)
   auto load_kv = [&](int64_t t, int stage) {
+    bool live = true;
     T* ks = Ks + stage * kBK * HD;
     T* vs = Vs + stage * kBK * HD;
     for (int e = tid; e < kChunksKV; e += tm::kThreads) {
@@ -141,7 +150,9 @@ __global__ void __launch_bounds__(tile::mma::kThreads) attention_mma_kernel(Attn
       cp_async16(ks + tm::smem_offset(r, c * tm::kChunk, HD), kg + off, ok);
       cp_async16(vs + tm::smem_offset(r, c * tm::kChunk, HD), vg + off, ok);
       if (c == 0) key_ok[stage][r] = ok;
+      live = live && ok;
     }
+    live_bits = live ? live_bits | (1u << stage) : live_bits & ~(1u << stage);
   };
   load_kv(tb, 0);
   cp_async_commit();
@@ -164,7 +175,10 @@ __global__ void __launch_bounds__(tile::mma::kThreads) attention_mma_kernel(Attn
     if (t + 1 < te) load_kv(t + 1, stage ^ 1);
     cp_async_commit();  // possibly empty: keeps "all but the newest group" = everything up to tile t
     cp_async_wait<1>();
-    __syncthreads();
+    // Every key row of tile t was loaded by some thread: the AND of their flags is the tile's liveness.
+    bool all_live = true;
+    if constexpr (kFolded) all_live = __syncthreads_and(int((live_bits >> stage) & 1u)) != 0;
+    else __syncthreads();
     if (t == tb) {
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
@@ -203,7 +217,7 @@ __global__ void __launch_bounds__(tile::mma::kThreads) attention_mma_kernel(Attn
     // Online softmax on the accumulators: this thread holds rows g (c0, c1) and g+8 (c2, c3) of each row tile;
     // the 4 threads of a quad hold the row's other columns. A tile whose keys are all live skips the per-key
     // mask (its shared-memory reads compete with ldmatrix).
-    const bool all_live = tm::tile_all_live(t * kBK, kBK, L, N, slot_of);
+    if constexpr (!kFolded) all_live = tm::tile_all_live(t * kBK, kBK, L, N, slot_of);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
       float mx[2] = {m_run[mt][0], m_run[mt][1]};
@@ -212,27 +226,38 @@ __global__ void __launch_bounds__(tile::mma::kThreads) attention_mma_kernel(Attn
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const int key = 8 * j + tm::c_col(lane, i);
-          s[mt][j][i] = all_live || key_ok[stage][key] ? s[mt][j][i] * a.scale_log2 : -INFINITY;
+          const bool ok = all_live || key_ok[stage][key];
+          if constexpr (kFolded) s[mt][j][i] = ok ? s[mt][j][i] : -INFINITY;  // raw scores
+          else s[mt][j][i] = ok ? s[mt][j][i] * a.scale_log2 : -INFINITY;
           mx[i >> 1] = fmaxf(mx[i >> 1], s[mt][j][i]);
         }
-      float corr[2], rowsum[2] = {0.f, 0.f};
+      float corr[2], offset[2], rowsum[2] = {0.f, 0.f};
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-        corr[r] = mx[r] == -INFINITY ? 1.f : exp2f(m_run[mt][r] - mx[r]);  // exp2(-inf) = 0 on the first tile
+        if constexpr (kFolded) {
+          offset[r] = tm::folded_offset(mx[r], a.scale_log2);
+          corr[r] = ex2_approx(fmaf(m_run[mt][r], a.scale_log2, -offset[r]));  // 0 on the first live tile
+        } else {
+          corr[r] = mx[r] == -INFINITY ? 1.f : exp2f(m_run[mt][r] - mx[r]);  // exp2(-inf) = 0 on the first tile
+        }
       }
 #pragma unroll
       for (int j = 0; j < kBK / 8; ++j)
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          const float m = mx[i >> 1];
-          s[mt][j][i] = m == -INFINITY ? 0.f : exp2f(s[mt][j][i] - m);
+          if constexpr (kFolded) {
+            s[mt][j][i] = ex2_approx(fmaf(s[mt][j][i], a.scale_log2, -offset[i >> 1]));
+          } else {
+            const float m = mx[i >> 1];
+            s[mt][j][i] = m == -INFINITY ? 0.f : exp2f(s[mt][j][i] - m);
+          }
           rowsum[i >> 1] += s[mt][j][i];
         }
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        l_run[mt][r] = l_run[mt][r] * corr[r] + rowsum[r];  // per-thread partial of the row sum; quad-reduced at the end
+        l_run[mt][r] = l_run[mt][r] * corr[r] + rowsum[r];  // this thread's part of the row sum (quad-reduced last)
         m_run[mt][r] = mx[r];
       }
 #pragma unroll
@@ -291,7 +316,8 @@ __global__ void __launch_bounds__(tile::mma::kThreads) attention_mma_kernel(Attn
         for (int j = 0; j < HD / 8; ++j)
           *reinterpret_cast<float2*>(op + 8 * j + tm::c_col(lane, 2 * r)) =
               make_float2(o[mt][j][2 * r] * inv, o[mt][j][2 * r + 1] * inv);
-        if ((lane & 3) == 0) a.part.lse[row] = tm::lse_log2(m_run[mt][r], l_run[mt][r]);
+        const float m = kFolded ? m_run[mt][r] * a.scale_log2 : m_run[mt][r];  // log2 units
+        if ((lane & 3) == 0) a.part.lse[row] = tm::lse_log2(m, l_run[mt][r]);
       }
     }
   }

@@ -99,6 +99,21 @@ NFD_HOST_DEVICE inline bool tile_all_live(int64_t k0, int tile_keys, int64_t L, 
   return true;
 }
 
+// --- online softmax: two forms of the same arithmetic (NFD_RT_ATTENTION_SOFTMAX) ---------------------------
+// separate: each score scaled first (s' = s * scale_log2), the row max m' over scaled scores, p = exp2(s' - m');
+//           the form measured on the H200 (2026-11-26).
+// folded (FlashAttention-2's): the row max m over raw scores, p = exp2(fma(s, scale_log2, -offset)) with
+//           offset = m * scale_log2: one FFMA and one ex2.approx a score instead of a multiply, a subtract and
+//           exp2f's range handling. A row whose max is still -inf (every key so far masked) takes offset 0, so a
+//           masked score (-inf) gives p = 0 without a test per score; the rescale of the running sums is
+//           exp2(fma(m_old, scale_log2, -offset)) (0 on the first live tile) and the split's log-sum-exp is
+//           lse_log2(m * scale_log2, l).
+// A tile's liveness: separate reads it from the slot list (tile_all_live, two 64-bit divisions a thread a
+// tile); folded ANDs the flags the loading threads computed anyway (__syncthreads_and at the tile's barrier).
+NFD_HOST_DEVICE inline float folded_offset(float m_raw, float scale_log2) {
+  return m_raw == -INFINITY ? 0.f : m_raw * scale_log2;
+}
+
 // --- split over the key range ---------------------------------------------------------------------------
 // Key tiles [begin, end) of split s of `splits` over `tiles` tiles: as equal as integer division allows, so
 // every split has work once tiles >= splits (a partly filled cache still spreads over every CTA).

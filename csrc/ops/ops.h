@@ -131,11 +131,12 @@ void rope_qkv_split(const Context& ctx, const Tensor& qkv, const RopeParams& rop
 enum class AttentionKeys { all_tokens, same_token };
 void attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, Tensor& out,
                AttentionKeys keys = AttentionKeys::all_tokens);
-// Picks, once per shape and process, the faster query tile of the CUDA tensor-core attention at a full cache
-// (128 or 64 query rows per CTA at head_dim 64, both timed on the GPU over every slot of these tensors) and
-// remembers it for ops::attention. A no-op elsewhere: the CPU, float32, other head_dims, NFD_RT_ATTENTION or
-// NFD_RT_ATTENTION_ROWS set, inside a capture. Reads q and the caches (any contents), writes out; synchronises
-// ctx's stream, so call it at session open.
+// Picks, once per shape and process, the fastest variant of the CUDA tensor-core attention at a full cache (128
+// or 64 query rows per CTA at head_dim 64; the folded or separate softmax form), each timed on the GPU over every
+// slot of these tensors, and remembers it for ops::attention; a variant that fails is left out and noted in
+// kernels_used(). A no-op elsewhere: the CPU, float32, head_dims other than 32/64/128, NFD_RT_ATTENTION set,
+// overrides (NFD_RT_ATTENTION_ROWS, NFD_RT_ATTENTION_SOFTMAX) that leave one variant, inside a capture. Reads
+// q and the caches (any contents), writes out; synchronises ctx's stream, so call it at session open.
 void attention_prepare(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                        Tensor& out);
 // True when the attention implementation selected for ctx's device sizes its launch from ctx.host_state

@@ -26,6 +26,7 @@ namespace am = nfd::tile::mma;
 
 static int g_pass = 0, g_fail = 0;
 static long fast_mask_elems = 0;  // scores the emulated kernel took through tile_all_live's unmasked path
+static long liveness_mismatches = 0;  // tiles where the loaders' AND (folded form) differs from tile_all_live
 static void expect(bool ok, const std::string& what, double detail = 0) {
   (ok ? g_pass : g_fail)++;
   std::printf("%s %-72s %.3e\n", ok ? "PASS" : "FAIL", what.c_str(), detail);
@@ -112,6 +113,7 @@ static float bf16(float x) { return tile::round_bf16(x); }
 struct Problem {
   int H, N, HD, slots;
   int mt;                // m16 row tiles per warp (the kernel's MT): block_rows(mt) queries per CTA
+  bool folded;           // the softmax form (the kernel's kFolded): folded or separate, ops/attention_mma.h
   std::vector<int> vis;  // visible slot list (may hold an out-of-range slot: its keys are masked)
   int splits;
   std::vector<float> q, k, v;  // q [H, N, HD]; caches [slots, N, H, HD]; bf16-exact values
@@ -143,6 +145,7 @@ static void emulate_cta(const Problem& P, int qt, int h, int split, std::vector<
   Qs.e.assign(size_t(BQ) * HD, NAN);
   for (int s = 0; s < 2; ++s) Ks[s].e.assign(size_t(am::kBK) * HD, NAN), Vs[s].e.assign(size_t(am::kBK) * HD, NAN);
   int key_ok[2][am::kBK];
+  bool tile_live[2];  // the folded form's liveness: the AND of every loader's flags (__syncthreads_and)
   // cp.async 16 bytes: 8 elements, zero-filled when the source size is 0.
   auto cp16 = [](Smem& sm, int dst, const float* src, bool valid) {
     for (int i = 0; i < am::kChunk; ++i) sm.e[size_t(dst + i)] = valid ? src[i] : 0.f;
@@ -155,6 +158,7 @@ static void emulate_cta(const Problem& P, int qt, int h, int split, std::vector<
          P.q.data() + size_t(h) * N * HD + (ok ? size_t(q0 + r) * HD + c * am::kChunk : 0), ok);
   }
   auto load_kv = [&](int64_t t, int stage) {
+    tile_live[stage] = true;
     for (int e = 0; e < am::kBK * HD / am::kChunk; ++e) {
       int r, c;
       am::load_chunk_coords(e, HD, &r, &c);
@@ -169,6 +173,7 @@ static void emulate_cta(const Problem& P, int qt, int h, int split, std::vector<
       cp16(Ks[stage], am::smem_offset(r, c * am::kChunk, HD), P.k.data() + off, ok);
       cp16(Vs[stage], am::smem_offset(r, c * am::kChunk, HD), P.v.data() + off, ok);
       if (c == 0) key_ok[stage][r] = ok;
+      tile_live[stage] = tile_live[stage] && ok;
     }
   };
   const float scale_log2 = float(1.4426950408889634 / std::sqrt(double(HD)));
@@ -217,8 +222,11 @@ static void emulate_cta(const Problem& P, int qt, int h, int split, std::vector<
           hw_mma(&s[size_t(2 * p) * 32], &qf[size_t(ks) * 32], b0);
           hw_mma(&s[size_t(2 * p + 1) * 32], &qf[size_t(ks) * 32], b1);
         }
-      // Online softmax, lane by lane as the kernel (quad reductions over lanes 4g .. 4g+3).
-      float mx[32][2], corr[32][2], rowsum[32][2];
+      // Online softmax, lane by lane as the kernel (quad reductions over lanes 4g .. 4g+3), in P.folded's form.
+      const bool slot_live = am::tile_all_live(t * am::kBK, am::kBK, L, N, slot_of.data());
+      liveness_mismatches += slot_live != tile_live[stage];
+      const bool all_live = P.folded ? tile_live[stage] : slot_live;
+      float mx[32][2], corr[32][2], offset[32][2], rowsum[32][2];
       for (int l = 0; l < 32; ++l) {
         mx[l][0] = m_run[l][0];
         mx[l][1] = m_run[l][1];
@@ -227,8 +235,8 @@ static void emulate_cta(const Problem& P, int qt, int h, int split, std::vector<
           for (int i = 0; i < 4; ++i) {
             float& x = s[size_t(j) * 32 + l].v[i];
             const int key = 8 * j + am::c_col(l, i);
-            const bool all_live = am::tile_all_live(t * am::kBK, am::kBK, L, N, slot_of.data());
-            x = all_live || key_ok[stage][key] ? x * scale_log2 : -INFINITY;
+            const bool ok = all_live || key_ok[stage][key];
+            x = !ok ? -INFINITY : P.folded ? x : x * scale_log2;
             if (all_live) ++fast_mask_elems;
             mx[l][i >> 1] = std::max(mx[l][i >> 1], x);
           }
@@ -240,13 +248,18 @@ static void emulate_cta(const Problem& P, int qt, int h, int split, std::vector<
           for (int d = 0; d < 4; ++d) mx[l0 + d][r] = m;
         }
       for (int l = 0; l < 32; ++l) {
-        for (int r = 0; r < 2; ++r)
-          corr[l][r] = mx[l][r] == -INFINITY ? 1.f : std::exp2(m_run[l][r] - mx[l][r]);
+        for (int r = 0; r < 2; ++r) {
+          offset[l][r] = am::folded_offset(mx[l][r], scale_log2);
+          corr[l][r] = P.folded ? std::exp2(std::fma(m_run[l][r], scale_log2, -offset[l][r]))
+                       : mx[l][r] == -INFINITY ? 1.f
+                                               : std::exp2(m_run[l][r] - mx[l][r]);
+        }
         for (int j = 0; j < am::kBK / 8; ++j)
           for (int i = 0; i < 4; ++i) {
             float& x = s[size_t(j) * 32 + l].v[i];
             const float m = mx[l][i >> 1];
-            x = m == -INFINITY ? 0.f : std::exp2(x - m);
+            if (P.folded) x = std::exp2(std::fma(x, scale_log2, -offset[l][i >> 1]));
+            else x = m == -INFINITY ? 0.f : std::exp2(x - m);
             rowsum[l][i >> 1] += x;
           }
         for (int r = 0; r < 2; ++r) {
@@ -295,7 +308,8 @@ static void emulate_cta(const Problem& P, int qt, int h, int split, std::vector<
             if (P.splits == 1) out[size_t(n) * H * HD + h * HD + d] = bf16(val);
             else part.o[((size_t(split) * H + h) * N + n) * HD + d] = val;
           }
-        if (P.splits > 1 && (l & 3) == 0) part.lse[(size_t(split) * H + h) * N + n] = am::lse_log2(m_run[l][r], l_run[l][r]);
+        const float m = P.folded ? m_run[l][r] * scale_log2 : m_run[l][r];  // log2 units
+        if (P.splits > 1 && (l & 3) == 0) part.lse[(size_t(split) * H + h) * N + n] = am::lse_log2(m, l_run[l][r]);
       }
   }
   for (int s = 0; s < 2; ++s) *conflicts += Ks[s].conflicts + Vs[s].conflicts, *misaligned += Ks[s].misaligned + Vs[s].misaligned;
@@ -354,9 +368,9 @@ static std::vector<double> reference(const Problem& P) {
   return out;
 }
 
-static void run_case(const char* name, int H, int N, int HD, int slots, std::vector<int> vis, int splits,
-                     float q_scale, std::mt19937& rng, int mt = 2) {
-  Problem P{H, N, HD, slots, mt, vis, splits, {}, {}, {}};
+static void run_form(const char* name, int H, int N, int HD, int slots, const std::vector<int>& vis, int splits,
+                     float q_scale, std::mt19937& rng, int mt, bool folded) {
+  Problem P{H, N, HD, slots, mt, folded, vis, splits, {}, {}, {}};
   std::normal_distribution<float> nd(0.f, 1.f);
   auto fill = [&](std::vector<float>& x, size_t n, float sc) {
     x.resize(n);
@@ -387,11 +401,17 @@ static void run_case(const char* name, int H, int N, int HD, int slots, std::vec
   }
   const double rel = std::sqrt(num / (den > 0 ? den : 1));
   char buf[200];
-  std::snprintf(buf, sizeof buf, "emulated mma attention %s (H=%d N=%d hd=%d vis=%zu splits=%d rows=%d)", name, H,
-                N, HD, vis.size(), splits, am::block_rows(mt));
+  std::snprintf(buf, sizeof buf, "emulated mma attention %s (H=%d N=%d hd=%d vis=%zu splits=%d rows=%d, %s)", name,
+                H, N, HD, vis.size(), splits, am::block_rows(mt), folded ? "folded" : "separate");
   expect(finite && rel < 8e-3, buf, rel);  // P is rounded to bf16 (as in the kernel), the output too
   std::snprintf(buf, sizeof buf, "  ldmatrix rows 16-byte aligned, no bank conflicts (%s)", name);
   expect(conflicts == 0 && misaligned == 0, buf, double(conflicts + misaligned));
+}
+
+// One problem through both softmax forms of the kernel.
+static void run_case(const char* name, int H, int N, int HD, int slots, std::vector<int> vis, int splits,
+                     float q_scale, std::mt19937& rng, int mt = 2) {
+  for (bool folded : {false, true}) run_form(name, H, N, HD, slots, vis, splits, q_scale, rng, mt, folded);
 }
 
 int main() {
@@ -492,11 +512,15 @@ int main() {
   run_case("hd128 split 2", 1, 37, 128, 5, {1, 0, 4}, 2, 1.f, rng, 1);
   run_case("more splits than tiles", 1, 20, 64, 3, {2}, 4, 1.f, rng);
   run_case("invalid slot masked", 2, 24, 64, 3, {0, 7, 2}, 2, 1.f, rng);
+  run_case("first key tile all masked", 1, 64, 64, 3, {7, 1, 0}, 1, 1.f, rng);   // row max -inf, then live
+  run_case("a split of masked keys only", 1, 64, 64, 3, {7, 1, 0}, 3, 1.f, rng);  // its lse -inf, weight 0
   run_case("sharp softmax", 1, 37, 64, 4, {0, 1, 2, 3}, 2, 8.f, rng);
   run_case("frame of 336 tokens", 1, 336, 64, 3, {1, 2, 0}, 5, 1.f, rng);
   run_case("frame of 336 tokens", 1, 336, 64, 3, {1, 2, 0}, 5, 1.f, rng, 1);
   run_case("a query tile past 128 rows", 1, 150, 64, 2, {1, 0}, 2, 1.f, rng);
   expect(fast_mask_elems > 0, "the unmasked path of fully live tiles ran", double(fast_mask_elems));
+  expect(liveness_mismatches == 0, "the loaders' AND of their key flags == tile_all_live on every tile",
+         double(liveness_mismatches));
   std::printf("%d passed, %d failed\n", g_pass, g_fail);
   return g_fail ? 1 : 0;
 }

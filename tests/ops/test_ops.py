@@ -45,8 +45,8 @@ BACKENDS = [("cpu", "float32"), ("cpu", "bfloat16"), ("cuda", "float32"), ("cuda
 CPU_BF16 = _core.cpu_bf16()  # bf16 on the CPU: oneDNN on AMX or AVX512-BF16 (docs/cpu-backend.md)
 SHORT = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 TORCH_DTYPE = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-SWITCH_ENV = ("NFD_RT_ATTENTION", "NFD_RT_ATTENTION_SPLITS", "NFD_RT_ATTENTION_ROWS", "NFD_RT_GEMM", "NFD_RT_CONV",
-              "NFD_RT_FUSED_NORM", "NFD_RT_ROPE_GROUP")
+SWITCH_ENV = ("NFD_RT_ATTENTION", "NFD_RT_ATTENTION_SPLITS", "NFD_RT_ATTENTION_ROWS", "NFD_RT_ATTENTION_SOFTMAX",
+              "NFD_RT_GEMM", "NFD_RT_CONV", "NFD_RT_FUSED_NORM", "NFD_RT_ROPE_GROUP")
 
 
 def tol(dtype: str, long_sum: bool = False) -> float:
@@ -335,10 +335,13 @@ def attention_kernel(impl, hd, dtype):
     return f"attention {SHORT[dtype]} hd{hd}", prefix
 
 
-# The implementations behind CUDA attention (NFD_RT_ATTENTION), with split and query-tile overrides for ours
-# (NFD_RT_ATTENTION_SPLITS; NFD_RT_ATTENTION_ROWS=64 for head_dim 64, whose default is 128); float32 takes one.
+# The implementations behind CUDA attention (NFD_RT_ATTENTION), with split, query-tile and softmax-form overrides
+# for ours (NFD_RT_ATTENTION_SPLITS; NFD_RT_ATTENTION_ROWS=64 for head_dim 64, whose default is 128;
+# NFD_RT_ATTENTION_SOFTMAX=separate, whose default is folded); float32 takes one.
 ATTENTION_VARIANTS = [("ours", {}), ("ours", {"NFD_RT_ATTENTION_SPLITS": "1"}),
                       ("ours", {"NFD_RT_ATTENTION_SPLITS": "3"}), ("ours", {"NFD_RT_ATTENTION_ROWS": "64"}),
+                      ("ours", {"NFD_RT_ATTENTION_SOFTMAX": "separate"}),
+                      ("ours", {"NFD_RT_ATTENTION_SOFTMAX": "separate", "NFD_RT_ATTENTION_ROWS": "64"}),
                       ("simt", {})] + ([("flashinfer", {})] if flashinfer_built() else [])
 
 
@@ -409,15 +412,16 @@ for H, N, hd, S, slots, spread in [
          functools.partial(attention_same_token_ref, *shape, tuple(slots)))
 
 
-# ops::attention_prepare (CUDA: times both query tiles of ours at head_dim 64 over every slot, keeps the faster
-# for the shape), then the op as a session runs it: any tile it picks must give the same result.
-for H, N, S, slots in [(2, 37, 4, [3, 0, 2]), (2, 336, 6, [0, 5, 1, 2, 3, 4])]:
-    shape = (H, N, 64, S, 1.0, 1.0)
-    case(f"attention H={H} N={N} hd=64 slots={S} visible={slots} after attention_prepare",
+# ops::attention_prepare (CUDA: times the variants of ours, query tiles at head_dim 64 and both softmax forms,
+# over every slot, keeps the fastest for the shape), then the op as a session runs it: any variant it picks must
+# give the same result.
+for H, N, hd, S, slots in [(2, 37, 64, 4, [3, 0, 2]), (2, 336, 64, 6, [0, 5, 1, 2, 3, 4]), (2, 40, 128, 3, [2, 0])]:
+    shape = (H, N, hd, S, 1.0, 1.0)
+    case(f"attention H={H} N={N} hd={hd} slots={S} visible={slots} after attention_prepare",
          lambda dev, shape=shape, slots=slots: ops.attention(*attention_inputs(*shape), list(slots), prepare=True,
                                                              **dev),
          functools.partial(attention_ref, *shape, tuple(slots)), long_sum=True,
-         kernel=functools.partial(attention_kernel, "ours", 64))
+         kernel=functools.partial(attention_kernel, "ours", hd))
 
 
 # ---- patches, noise -------------------------------------------------------------------------------------------

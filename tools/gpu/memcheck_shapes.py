@@ -5,9 +5,10 @@
 
 A short tiny session (tools/gpu/session_smoke.py) runs every kernel, but at tiny's shapes: head_dim 32, D = 128,
 no partial tiles of the real sizes. These are the shapes where an index bug would show on nfd-310m: attention at
-head_dim 64 over a full cache with both query tiles (64 and 128 rows per CTA), the fused gated-add + layernorm
-at D = 1024, the RoPE split with grouped and single heads, the VAE's last convolution (64 -> 3, Cout padded to 8)
-and a 3x3 convolution of the first level, on both engines; linear on both GEMM engines. Each call's result is
+head_dim 64 over a full cache with both query tiles (64 and 128 rows per CTA) and both softmax forms (folded and
+separate), the fused gated-add + layernorm at D = 1024, the RoPE split with grouped and single heads, the VAE's
+last convolution (64 -> 3, Cout padded to 8) and a 3x3 convolution of the first level, on both engines; linear
+on both GEMM engines. Each call's result is
 checked against a float32 CPU run of the same op (relative L2 error), so a kernel that runs clean under the
 sanitizer but writes garbage still fails. Exit status 1 when any call fails or differs.
 """
@@ -25,7 +26,7 @@ from nfd_rt import _core
 ops = _core.ops
 TOL = {"float32": 1e-4, "float16": 5e-3, "bfloat16": 2e-2}
 # The value of each switch that selects the default (new) path; on the CPU only calls with these run.
-DEFAULTS = {"NFD_RT_ATTENTION_ROWS": "128", "NFD_RT_FUSED_NORM": "on", "NFD_RT_ROPE_GROUP": "4", "NFD_RT_GEMM": "cutlass",
+DEFAULTS = {"NFD_RT_ATTENTION_ROWS": "128", "NFD_RT_ATTENTION_SOFTMAX": "folded", "NFD_RT_FUSED_NORM": "on", "NFD_RT_ROPE_GROUP": "4", "NFD_RT_GEMM": "cutlass",
             "NFD_RT_CONV": "implicit"}
 
 
@@ -63,8 +64,10 @@ def calls(cfg):
 
     out = []
     for rows_per_cta in ("128", "64"):
-        out.append((f"attention H={H} N={N} hd={hd} over {S} slots", {"NFD_RT_ATTENTION_ROWS": rows_per_cta},
-                    lambda d, t: ops.attention(q, kc, vc, visible, **dev(d, t))))
+        for form in ("folded", "separate"):
+            out.append((f"attention H={H} N={N} hd={hd} over {S} slots",
+                        {"NFD_RT_ATTENTION_ROWS": rows_per_cta, "NFD_RT_ATTENTION_SOFTMAX": form},
+                        lambda d, t: ops.attention(q, kc, vc, visible, **dev(d, t))))
     out.append(("attention after attention_prepare", {},
                 lambda d, t: ops.attention(q, kc, vc, visible, prepare=True, **dev(d, t))))
     for fused in ("on", "off"):

@@ -31,6 +31,8 @@ import time
 NEW_PATHS = {
     "NFD_RT_CONV": ("im2col", "VAE convolutions as CUTLASS NHWC implicit GEMMs"),
     "NFD_RT_ATTENTION_ROWS": ("64", "attention: 128 query rows per CTA (timed against 64 at open)"),
+    "NFD_RT_ATTENTION_SOFTMAX": ("separate", "attention: folded softmax, one FFMA + ex2.approx a score, liveness "
+                                             "by __syncthreads_and (timed against separate at open)"),
     "NFD_RT_FUSED_NORM": ("off", "gated residual add folded into the next layernorm_modulate"),
     "NFD_RT_ROPE_GROUP": ("1", "RoPE split: one angle per (token, pair) for 4 heads"),
     "NFD_RT_DECODE_STREAM": ("off", "decode on a second stream beside the cache-write pass"),
