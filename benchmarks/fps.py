@@ -31,7 +31,7 @@ Oasis configs (oasis-500m, oasis-tiny) have their own baselines, the reference's
                             max-autotune on CUDA, default on the CPU); compiled last, with compile-static
 Their context is pre-filled with max_frames - 1 random latents (reset(latents=...)), so every timed frame sees a
 full window of max_frames frames; --steps n runs upstream's n-step DDIM levels (default: the config's).
-torch-static and compile-static run once per --torch-dtypes entry (CPU default: float32, and bfloat16 where the CPU
+torch-static, compile-static, oasis-static and oasis-compile-static run once per --torch-dtypes entry (CPU default: float32, and bfloat16 where the CPU
 has AVX512-BF16 or AMX, i.e. oneDNN's bf16 kernels; CUDA: bfloat16); a dtype other than the first is named in the
 runner, e.g. torch-static[bfloat16]. On the CPU the profiled frames of a PyTorch runner also record which oneDNN
 kernels ran (ONEDNN_VERBOSE), so a bf16 baseline is shown to run on AMX or AVX512-BF16.
@@ -338,15 +338,19 @@ def make_oasis_cached(bench: Bench) -> Runner:
 
 
 @register("oasis-static", archs=("oasis",))
-def make_oasis_static(bench: Bench) -> Runner:
+def make_oasis_static(bench: Bench) -> list[Runner]:
     from nfd_rt.baselines.oasis_static import OasisStaticSession
 
-    s = OasisStaticSession(bench.model, device=bench.args.device, seed=0, dtype=bench.torch_dtype_name)
-    return Runner("oasis-static", s.step, s.reset, s.close, torch_runner=True,
-                  prefill=oasis_prefill(lambda z: s.reset(latents=z), bench.cfg), prefill_warmup=1,
-                  info={"what": "nfd_rt.baselines.oasis_static.OasisStaticSession, eager: the cached sampler with a "
-                                "preallocated K/V ring per layer written in place, SDPA on 4-D inputs, adaLN of "
-                                "all passes in one GEMM per sub-block, noise and RoPE on the device"})
+    out = []
+    for dtype in bench.torch_dtypes:  # one runner per --torch-dtypes entry, as torch-static
+        s = OasisStaticSession(bench.model, device=bench.args.device, seed=0, dtype=dtype)
+        out.append(Runner(bench.torch_name("oasis-static", dtype), s.step, s.reset, s.close, torch_runner=True,
+                          prefill=oasis_prefill(lambda z, s=s: s.reset(latents=z), bench.cfg), prefill_warmup=1,
+                          info={"what": "nfd_rt.baselines.oasis_static.OasisStaticSession, eager: the cached sampler "
+                                        "with a preallocated K/V ring per layer written in place, SDPA on 4-D inputs, "
+                                        "adaLN of all passes in one GEMM per sub-block, noise and RoPE on the device",
+                                "torch_dtype": dtype}))
+    return out
 
 
 # Inductor's mode for oasis-compile-static on the CPU when --compile-mode is not given: "default" fuses the
@@ -356,7 +360,12 @@ OASIS_CPU_COMPILE_MODE = "default"
 
 
 @register("oasis-compile-static", archs=("oasis",))
-def make_oasis_compile_static(bench: Bench) -> Runner:
+def make_oasis_compile_static(bench: Bench) -> list[Runner]:
+    dtypes = [d.strip() for d in (bench.args.compile_dtypes or bench.args.torch_dtypes).split(",") if d.strip()]
+    return [oasis_compile_static(bench, dtype) for dtype in dtypes]
+
+
+def oasis_compile_static(bench: Bench, dtype: str) -> Runner:
     from nfd_rt.baselines.oasis_static import OasisStaticSession
 
     mode = bench.args.compile_mode or ("max-autotune" if bench.cuda else OASIS_CPU_COMPILE_MODE)
@@ -364,16 +373,16 @@ def make_oasis_compile_static(bench: Bench) -> Runner:
     # window: one graph. --curve compiles the cache-filling frames too (a second graph).
     curve_names = bench.args.curve_runners.split(",") if bench.args.curve_runners else None
     compile_filling = bool(bench.args.curve) and (curve_names is None or "oasis-compile-static" in curve_names)
-    s = OasisStaticSession(bench.model, device=bench.args.device, seed=0, dtype=bench.torch_dtype_name,
+    s = OasisStaticSession(bench.model, device=bench.args.device, seed=0, dtype=dtype,
                            compile_mode=mode, compile_filling=compile_filling, backend=bench.args.compile_backend)
     warm, warmed, mark, after = compile_counters()
     info = {"compile_mode": mode, "compile_backend": bench.args.compile_backend, "fullgraph": True,
             "compile_filling_frames": compile_filling,
             "what": "oasis-static, the whole frame (DDIM passes, cache-write pass, decode) under one torch.compile",
             "torch_compile_cudagraphs": bench.cuda and bench.args.compile_backend == "inductor"
-            and mode in ("reduce-overhead", "max-autotune")}
-    return Runner("oasis-compile-static", s.step, s.reset, s.close, torch_runner=True, info=info,
-                  prefill=oasis_prefill(lambda z: s.reset(latents=z), bench.cfg), prefill_warmup=1,
+            and mode in ("reduce-overhead", "max-autotune"), "torch_dtype": dtype}
+    return Runner(bench.torch_name("oasis-compile-static", dtype), s.step, s.reset, s.close, torch_runner=True,
+                  info=info, prefill=oasis_prefill(lambda z: s.reset(latents=z), bench.cfg), prefill_warmup=1,
                   mark_warmup=warm, end_warmup=warmed, mark_timing=mark, after_timing=after)
 
 

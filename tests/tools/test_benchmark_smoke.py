@@ -104,11 +104,14 @@ def test_fps_oasis_runners_smoke(tmp_path):
     out = tmp_path / "o.json"
     r = fps("--config", "oasis-tiny", "--frames", "2", "--threads", "1", "--out", str(out), "--no-profile",
             "--runners", "nfd_rt,oasis-compile-static,oasis-static,oasis-cached,oasis-recompute",
-            "--compile-backend", "aot_eager", "--no-progress", "--markdown", "--dtype", "float32", "--no-interleave")
+            "--compile-backend", "aot_eager", "--no-progress", "--markdown", "--dtype", "float32", "--no-interleave",
+            "--torch-dtypes", "float32")
     assert r.returncode == 0, r.stderr
     result = json.loads(out.read_text())
     assert result["benchmark"] == "fps" and result["schema_version"] == 1 and result["complete"] is True
     assert result["environment"]["commit"] and result["config"]["architecture"] == "oasis"
+    assert result["runners"]["oasis-static"]["torch_dtype"] == "float32"
+    assert result["runners"]["oasis-compile-static"]["torch_dtype"] == "float32"
     runners = result["runners"]
     baselines = ("oasis-recompute", "oasis-cached", "oasis-static", "oasis-compile-static")
     names = ("nfd_rt[cpu,float32]",) + baselines  # float32, as the baselines
@@ -329,6 +332,25 @@ def test_fps_waypoint_smoke(tmp_path):
     assert s.frame_index == 13
     # global layers: the even frames less than 8 back (6, 8, 10, 12); local layers: 11, 12
     assert nfd_rt.snapshot_info(s.snapshot())["frames"] == [6, 8, 10, 11, 12]
+
+
+def test_fps_oasis_static_runners_per_torch_dtype(tmp_path):
+    """oasis-static runs once per --torch-dtypes entry, as torch-static: the first dtype unnamed, the others named
+    (oasis-static[bfloat16]), each recording its torch_dtype, so one run compares bf16 nfd_rt with bf16 PyTorch."""
+    pytest.importorskip("torch", reason="needs torch for the PyTorch baselines")
+    from nfd_rt import _core
+
+    if not _core.cpu_bf16():
+        pytest.skip("this CPU has neither AMX-BF16 nor AVX512-BF16 (no bf16 runners)")
+    out = tmp_path / "b.json"
+    r = fps("--config", "oasis-tiny", "--frames", "1", "--threads", "1", "--out", str(out), "--no-profile",
+            "--runners", "nfd_rt,oasis-static", "--torch-dtypes", "float32,bfloat16", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    runners = json.loads(out.read_text())["runners"]
+    assert set(runners) == {"nfd_rt[cpu,float32]", "nfd_rt[cpu,bfloat16]", "oasis-static", "oasis-static[bfloat16]"}
+    assert runners["oasis-static"]["torch_dtype"] == "float32"
+    assert runners["oasis-static[bfloat16]"]["torch_dtype"] == "bfloat16"
+    assert all(rr["fps"] > 0 and rr["full_cache"] for rr in runners.values())
 
 
 def test_oasis_interleaved_smoke(tmp_path):
