@@ -39,6 +39,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "core/switches.h"
 #include "ops/attention_cuda_common.cuh"
 #include "ops/attention_cuda_merge.cuh"
 #include "ops/attention_cuda_mma.cuh"
@@ -112,7 +113,7 @@ int mma_ctas_per_sm() {
 // The tensor-core kernel's variant per shape: query rows per CTA (128 = 2 row tiles per warp for head_dim 32 and
 // 64; 64 for 128, whose accumulators would not fit twice in registers; at head_dim 64 both) and the softmax form
 // (folded or separate). NFD_RT_ATTENTION_ROWS=64|128 and NFD_RT_ATTENTION_SOFTMAX=folded|separate force one;
-// otherwise the fastest ops::attention_prepare measured for the shape at session open, and for shapes never
+// unset or auto: the fastest ops::attention_prepare measured for the shape at session open, and for shapes never
 // prepared 128 rows and the folded form (each unless it failed in some attention_prepare).
 struct MmaChoice {
   int rows;
@@ -127,25 +128,18 @@ std::map<ShapeKey, MmaChoice>& mma_choices() {
   return m;
 }
 
-const char* rows_override() {
-  const char* e = std::getenv("NFD_RT_ATTENTION_ROWS");
-  if (!e || !*e) return nullptr;
-  NFD_CHECK(std::strcmp(e, "64") == 0 || std::strcmp(e, "128") == 0, invalid_argument,
-            std::string("NFD_RT_ATTENTION_ROWS must be 64 or 128, got '") + e + "'");
-  return e;
+// The overrides: 0 / -1 for "auto" (measured at open), else the forced query rows (64, 128) or form (1 folded).
+int rows_forced() {
+  const std::string v = switch_value("NFD_RT_ATTENTION_ROWS", {"auto", "64", "128"});
+  return v == "auto" ? 0 : std::stoi(v);
 }
-
-const char* softmax_override() {
-  const char* e = std::getenv("NFD_RT_ATTENTION_SOFTMAX");
-  if (!e || !*e) return nullptr;
-  NFD_CHECK(std::strcmp(e, "folded") == 0 || std::strcmp(e, "separate") == 0, invalid_argument,
-            std::string("NFD_RT_ATTENTION_SOFTMAX must be 'folded' or 'separate', got '") + e + "'");
-  return e;
+int folded_forced() {
+  const std::string v = switch_value("NFD_RT_ATTENTION_SOFTMAX", {"auto", "folded", "separate"});
+  return v == "auto" ? -1 : v == "folded";
 }
 
 MmaChoice mma_choice(int hd, const ShapeKey& key) {
-  const char* rows = hd == 64 ? rows_override() : nullptr;
-  const char* form = softmax_override();
+  const int rows = hd == 64 ? rows_forced() : 0, folded = folded_forced();
   MmaChoice c{hd == 128 ? 64 : 128, true};
   {
     std::lock_guard<std::mutex> lock(g_choice_mu);
@@ -157,8 +151,8 @@ MmaChoice mma_choice(int hd, const ShapeKey& key) {
       c.folded = !g_folded_failed;
     }
   }
-  if (rows) c.rows = std::atoi(rows);
-  if (form) c.folded = std::strcmp(form, "folded") == 0;
+  if (rows) c.rows = rows;
+  if (folded >= 0) c.folded = folded == 1;
   return c;
 }
 
@@ -292,13 +286,11 @@ void prepare_variants(AttnArgs a, const ShapeKey& key, const std::string& name, 
                  "attention_prepare: FrameState upload");
   a.state = state.get<const FrameState>();
 
-  const char* rows_forced = HD == 64 ? rows_override() : nullptr;
-  const char* form_forced = softmax_override();
+  const int rows_forced_to = HD == 64 ? rows_forced() : 0, folded_forced_to = folded_forced();
   std::vector<MmaChoice> candidates;
   for (int rows : HD == 64 ? std::vector<int>{64, 128} : std::vector<int>{HD == 128 ? 64 : 128})
     for (bool folded : {false, true})
-      if ((!rows_forced || rows == std::atoi(rows_forced)) &&
-          (!form_forced || folded == (std::strcmp(form_forced, "folded") == 0)))
+      if ((!rows_forced_to || rows == rows_forced_to) && (folded_forced_to < 0 || folded == (folded_forced_to == 1)))
         candidates.push_back({rows, folded});
   if (candidates.size() < 2) return;  // nothing to choose
 
