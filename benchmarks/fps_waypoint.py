@@ -15,6 +15,9 @@ docs/snapshots.md, its state zero but the decoder's); the static baseline's slot
 frames (it attends over its whole preallocated buffer with a mask, so its work never depends on the fill). Then
 `--warmup` untimed frames (default 1: the decoder's priming, and torch.compile's compilation), then `--frames`
 timed frames. Runners run one after the other (the 1B model's weights are GiBs each), each closed before the next.
+`--device cuda` runs the same on the GPU (nfd_rt and the baseline in bf16 by default; the compiled baseline under
+max-autotune, CUDA graphs included, unless --compile-mode says otherwise). A frame's time includes the copy of its
+4 RGB frames to the host, for every runner.
 """
 
 from __future__ import annotations
@@ -100,11 +103,11 @@ class Runner:
     info: dict = field(default_factory=dict)
 
 
-def nfd_rt_runner(path: str, dtype: str, threads: int) -> Runner:
+def nfd_rt_runner(path: str, dtype: str, threads: int, device: str = "cpu") -> Runner:
     def start(history: int):
         import nfd_rt
 
-        model = nfd_rt.Model(path, device="cpu", dtype=dtype, threads=threads)
+        model = nfd_rt.Model(path, device=device, dtype=dtype, threads=threads)
         s0 = model.session(seed=0)
         s0.reset()
         blob = injected_snapshot(s0.snapshot(), model.config, dtype, history)
@@ -118,16 +121,18 @@ def nfd_rt_runner(path: str, dtype: str, threads: int) -> Runner:
 
         return s.step, close
 
-    return Runner(f"nfd_rt[cpu,{dtype}]", start, {"what": "the C++ runtime (csrc/model/waypoint), CPU backend"})
+    backend = "CUDA backend" if device == "cuda" else "CPU backend"
+    return Runner(f"nfd_rt[{device},{dtype}]", start, {"what": f"the C++ runtime (csrc/model/waypoint), {backend}"})
 
 
-def static_runner(path: str, dtype: str, compile_mode: str | None, backend: str = "inductor") -> Runner:
+def static_runner(path: str, dtype: str, compile_mode: str | None, backend: str = "inductor",
+                  device: str = "cpu") -> Runner:
     def start(history: int):
         import torch
 
         from nfd_rt.baselines.waypoint_static import WaypointStaticSession
 
-        s = WaypointStaticSession(path, device="cpu", seed=0, dtype=dtype, compile_mode=compile_mode, backend=backend)
+        s = WaypointStaticSession(path, device=device, seed=0, dtype=dtype, compile_mode=compile_mode, backend=backend)
         s.reset()
         net, cfg = s.net, s.cfg
         with torch.no_grad():
@@ -151,7 +156,7 @@ def static_runner(path: str, dtype: str, compile_mode: str | None, backend: str 
     kind = "eager" if compile_mode is None else "compile"
     what = ("the static baseline in eager PyTorch" if compile_mode is None else
             f"the static baseline, the whole frame under one torch.compile (mode {compile_mode!r}, {backend})")
-    info = {"what": what, "torch_dtype": dtype}
+    info = {"what": what, "torch_dtype": dtype, "device": device}
     if compile_mode is not None:
         info.update(compile_mode=compile_mode, compile_backend=backend)
     return Runner(f"waypoint-static-{kind}[{dtype}]", start, info)
@@ -186,14 +191,23 @@ def run(args, result: dict, save: Callable[[], None]) -> dict:
         gc.collect()
     result["model_file_bytes"] = os.path.getsize(path)
     ctrl = controls(cfg, warmup + args.frames)
-    dtypes = [args.dtype] if args.dtype else (["bfloat16", "float32"] if cpu_bf16() else ["float32"])
+    device = getattr(args, "device", "cpu")
+    if args.dtype:
+        dtypes = [args.dtype]
+    elif device == "cuda":
+        dtypes = ["bfloat16"]
+    else:
+        dtypes = ["bfloat16", "float32"] if cpu_bf16() else ["float32"]
     torch_dtypes = [d.strip() for d in args.torch_dtypes.split(",") if d.strip()]
-    runners = [nfd_rt_runner(path, d, args.threads) for d in dtypes]
+    runners = [nfd_rt_runner(path, d, args.threads, device) for d in dtypes]
     if not args.skip_baselines:
-        runners += [static_runner(path, d, None) for d in torch_dtypes]
+        runners += [static_runner(path, d, None, device=device) for d in torch_dtypes]
         if args.compile_mode != "none":
+            # The whole frame under torch.compile: Waypoint's runtimes use CUDA graphs on a GPU (max-autotune
+            # captures them); on the CPU Inductor's default mode (autotuning GEMMs there takes long on 2 cores).
+            mode = args.compile_mode or ("max-autotune" if device == "cuda" else "default")
             compile_dtypes = [d.strip() for d in (args.compile_dtypes or args.torch_dtypes).split(",") if d.strip()]
-            runners += [static_runner(path, d, args.compile_mode, args.compile_backend) for d in compile_dtypes]
+            runners += [static_runner(path, d, mode, args.compile_backend, device) for d in compile_dtypes]
     if args.runners:
         keep = args.runners.split(",")
         runners = [r for r in runners if any(r.name.startswith(k) for k in keep)]
@@ -253,8 +267,8 @@ def ratios(result: dict) -> None:
     for name, r in rs.items():
         if not name.startswith("waypoint-static") or "fps" not in r:
             continue
-        dtype = r["torch_dtype"]
-        ours = rs.get(f"nfd_rt[cpu,{dtype}]", {})
+        dtype, device = r["torch_dtype"], r.get("device", "cpu")
+        ours = rs.get(f"nfd_rt[{device},{dtype}]", {})
         if "fps" in ours:
-            out[f"nfd_rt[cpu,{dtype}] / {name}"] = ours["fps"] / r["fps"]
+            out[f"nfd_rt[{device},{dtype}] / {name}"] = ours["fps"] / r["fps"]
     result["ratios"] = out

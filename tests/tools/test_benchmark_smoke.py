@@ -303,12 +303,15 @@ def test_fps_waypoint_smoke(tmp_path):
     pytest.importorskip("torch", reason="needs torch for the PyTorch baselines")
     out = tmp_path / "w.json"
     r = fps("--config", "waypoint-tiny", "--frames", "2", "--threads", "1", "--out", str(out), "--torch-dtypes",
-            "float32", "--compile-mode", "default", "--compile-backend", "aot_eager", "--no-progress")
+            "float32", "--compile-backend", "aot_eager", "--no-progress")
     assert r.returncode == 0, r.stderr
     result = json.loads(out.read_text())
     assert result["complete"] is True and result["history_frames"] == 8
     runners = result["runners"]
     assert {"nfd_rt[cpu,float32]", "waypoint-static-eager[float32]", "waypoint-static-compile[float32]"} <= set(runners)
+    # No --compile-mode: Inductor's default mode on the CPU (max-autotune, CUDA graphs included, on a GPU).
+    assert runners["waypoint-static-compile[float32]"]["compile_mode"] == "default"
+    assert set(result["ratios"]) >= {"nfd_rt[cpu,float32] / waypoint-static-compile[float32]"}
     for name, e in runners.items():
         assert "error" not in e, (name, e)
         assert e["full_cache"] and e["frames"] == 2 and abs(e["rgb_fps"] - 4 * e["latent_fps"]) < 1e-9

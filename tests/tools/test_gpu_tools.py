@@ -150,6 +150,19 @@ def test_run_sh_dry_run_puts_the_headline_first_and_falls_back(tmp_path):
     assert bisect_runs.pop("NFD_RT_ROPE_GROUP") is False and all(bisect_runs.values()), headline["bisect"]
 
 
+def test_run_sh_models_step_times_each_public_model(tmp_path):
+    """run.sh's `models` step (dry run: the tiny Oasis and Waypoint configs on the CPU): nfd_rt alone on each of
+    MODEL_CONFIGS, each in its own JSON inside results.tar.gz, at a full cache."""
+    summary, log = run_dry(tmp_path, STEPS="models")
+    assert [(s["step"], s["status"]) for s in summary["steps"]] == [("models", "passed")], summary["steps"]
+    for config, fps_key in (("oasis-tiny", "fps"), ("waypoint-tiny", "rgb_fps")):
+        text = subprocess.run(["tar", "-xzOf", str(tmp_path / "out" / "results.tar.gz"), f"./fps_{config}.json"],
+                              capture_output=True, check=True).stdout
+        runners = json.loads(text)["runners"]
+        assert list(runners) == ["nfd_rt[cpu,float32]"], runners.keys()
+        assert runners["nfd_rt[cpu,float32]"][fps_key] > 0 and runners["nfd_rt[cpu,float32]"]["full_cache"]
+
+
 def test_sdpa_bench_split_and_merge_equal_full_attention(tmp_path):
     """The micro-benchmark's split-as-batch + log-sum-exp merge (run on the GPU with cuDNN and FLASH) computes
     attention: checked on the CPU's math path at a small shape, every split count within fp32 rounding."""

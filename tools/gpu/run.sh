@@ -25,6 +25,10 @@
 #               both query tiles, D = 1024, the padded conv_out, both engines) and a short tiny session
 #   racecheck   compute-sanitizer racecheck on the C++ checks and the op table's bf16 attention, norm, conv rows
 #   ncu         Nsight Compute on one full-cache frame: the first $NCU_DIT_KERNELS DiT kernels and one decode
+#   models      fps.py nfd_rt alone on the public models at their real shapes (random weights; $MODEL_CONFIGS,
+#               default oasis-500m and waypoint-1.5-1b): the absolute figures of their issues (Oasis >= 100 FPS
+#               at 10 steps with decode; Waypoint >= 240 RGB frames/s), each in $WORK/fps_<config>.json; no
+#               baselines (their compiles take minutes: a later call with STEPS=models and FPS_ARGS can add them)
 #   autotune    fps.py compile-static under max-autotune, only with the time that is left, merged into fps.json
 #
 # Each step runs under its own `timeout` within one deadline (DEADLINE seconds from the start, default 530: the
@@ -39,12 +43,13 @@
 # Usage, from the repository root (on the GPU machine through the device tool, with carry [".devcarry"]):
 #   NFD_RT_COMMIT=<sha> bash tools/gpu/run.sh
 #   STEPS=wheels,build,baselines,autotune bash tools/gpu/run.sh          # a second call, if time is left
+#   STEPS=wheels,build,models bash tools/gpu/run.sh                       # or the public models' figures
 # Without a GPU (dry run: CUDA steps are skipped, the CPU steps run on `tiny`; BUILD_DIR reuses a CPU build):
 #   OUT=/tmp/gpu-dry BUILD_DIR=build/dev bash tools/gpu/run.sh
 #   USE_INSTALLED=1 ...  runs the installed nfd_rt (no build, python/ not put on the path): CI's dry run
 # Knobs (environment): STEPS, DEADLINE (530), ARCH (90a), BUILD_DIR (build/gpu), CONFIG (nfd-310m; tiny without a
-#   GPU), FPS_FRAMES (30), PYTEST_ARGS, FPS_ARGS (extra fps.py options), CMAKE_ARGS, NCU_DIT_KERNELS (40),
-#   LOG_CAP (1000000), PYTHON (python3), NFD_RT_COMMIT (recorded where the tree has no .git), NO_GPU=1 (dry run
+#   GPU), MODEL_CONFIGS (oasis-500m,waypoint-1.5-1b; the tiny ones without a GPU), FPS_FRAMES (30), PYTEST_ARGS,
+#   FPS_ARGS (extra fps.py options), CMAKE_ARGS, NCU_DIT_KERNELS (40), LOG_CAP (1000000), PYTHON (python3), NFD_RT_COMMIT (recorded where the tree has no .git), NO_GPU=1 (dry run
 #   even with a GPU), USE_INSTALLED=1, WORK (build/gpu-run), NFD_RT_DRY_BREAK=<switch> (test hook: that new path
 #   is reported broken, to exercise the fallback without a GPU).
 set -uo pipefail
@@ -63,9 +68,10 @@ DEADLINE="${DEADLINE:-530}"
 ARCH="${ARCH:-90a}"
 BUILD_DIR="${BUILD_DIR:-build/gpu}"
 LOG_CAP="${LOG_CAP:-1000000}"
-STEPS="${STEPS:-probe,wheels,build,op_tests,headline,ops,sdpa,baselines,steps,pytest,memcheck,racecheck,ncu,autotune}"
+STEPS="${STEPS:-probe,wheels,build,op_tests,headline,ops,sdpa,baselines,steps,pytest,memcheck,racecheck,ncu,models,autotune}"
 if [ "${NO_GPU:-0}" != 1 ] && nvidia-smi -L >/dev/null 2>&1; then GPU=1; DEVICE=cuda; else GPU=0; DEVICE=cpu; fi
 CONFIG="${CONFIG:-$([ $GPU = 1 ] && echo nfd-310m || echo tiny)}"
+MODEL_CONFIGS="${MODEL_CONFIGS:-$([ $GPU = 1 ] && echo oasis-500m,waypoint-1.5-1b || echo oasis-tiny,waypoint-tiny)}"
 DTYPE=$([ $GPU = 1 ] && echo bfloat16 || echo float32)
 FPS_FRAMES="${FPS_FRAMES:-30}"
 if [ "${USE_INSTALLED:-0}" != 1 ]; then export PYTHONPATH="$ROOT/python${PYTHONPATH:+:$PYTHONPATH}"; fi
@@ -238,6 +244,15 @@ step ncu 90 1 "
   \$NCU $NCU_ARGS --launch-count 200 $PY tools/gpu/ncu_frame.py vae $CONFIG bfloat16 > $WORK/ncu_vae.csv; echo \"vae rc \$?\"
   wc -l $WORK/ncu_*.csv
 "
+
+# Each config in its own fps.py (a failure of one still leaves the other's figure); the step fails if either does.
+step models 180 0 "
+  s=0
+  for c in \$(echo $MODEL_CONFIGS | tr , ' '); do
+    $PY benchmarks/fps.py --config \$c --device $DEVICE --dtype $DTYPE --runners nfd_rt --skip-baselines \
+      $FPS_COMMON --no-profile --out $WORK/fps_\$c.json --overwrite || s=1
+  done
+  exit \$s"
 
 step autotune 300 1 "
   $PY benchmarks/fps.py --config $CONFIG --device $DEVICE --dtype $DTYPE --steps 4 --runners compile-static \
