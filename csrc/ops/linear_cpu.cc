@@ -79,11 +79,11 @@ static void linear_bf16(const Context& ctx, const Tensor& x, const Tensor& w, co
     ::nfd::cpu::Matmul mm;
     mm.M = M, mm.N = cols, mm.K = K, mm.lda = K, mm.ldb = K, mm.ldc = N, mm.b_nk = true;
     mm.bias = b != nullptr, mm.post = post;
-    if (post == Post::none || !::nfd::cpu::matmul_is_reference(mm)) {
-      ::nfd::cpu::matmul(mm, x.ptr<bf16_t>(), w.ptr<bf16_t>() + n0 * K, out + n0, b ? b + n0 : nullptr,
-                         g ? g + n0 : nullptr);
+    const bf16_t* wb = w.ptr<bf16_t>() + n0 * K;
+    if (post == Post::none) return ::nfd::cpu::matmul(mm, x.ptr<bf16_t>(), wb, out + n0, b ? b + n0 : nullptr);
+    if (::nfd::cpu::matmul_unless_reference(mm, x.ptr<bf16_t>(), wb, out + n0, b ? b + n0 : nullptr,
+                                            g ? g + n0 : nullptr))
       return;
-    }
     // oneDNN has only its reference kernel for this epilogue here: the bare product into fp32 scratch on a fast
     // kernel, then the fp32 epilogue (bias and gate widened, y widened for the gated residual), rounded once.
     note_kernel("linear cpu bf16 " + std::to_string(M) + "x" + std::to_string(cols) + "x" + std::to_string(K) +
@@ -92,7 +92,7 @@ static void linear_bf16(const Context& ctx, const Tensor& x, const Tensor& w, co
     ::nfd::cpu::Matmul bare = mm;
     bare.bias = false, bare.post = Post::none, bare.c = DType::f32, bare.ldc = cols;
     float* prod = scratch(size_t(M * cols), 0);
-    ::nfd::cpu::matmul(bare, x.ptr<bf16_t>(), w.ptr<bf16_t>() + n0 * K, prod);
+    ::nfd::cpu::matmul(bare, x.ptr<bf16_t>(), wb, prod);
     float* bias_f = b ? scratch(size_t(cols), 1) : nullptr;
     float* gate_f = g ? scratch(size_t(cols), 2) : nullptr;
     float* row = scratch(size_t(cols), 3);

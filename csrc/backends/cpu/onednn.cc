@@ -29,7 +29,9 @@ std::string onednn_version() { return ""; }
 void matmul(const Matmul&, const void*, const void*, void*, const void*, const void*) {
   fail(ErrorKind::unsupported, "bf16 on the CPU: " + bf16_support().why);
 }
-bool matmul_is_reference(const Matmul&) { return false; }
+bool matmul_unless_reference(const Matmul&, const void*, const void*, void*, const void*, const void*) {
+  fail(ErrorKind::unsupported, "bf16 on the CPU: " + bf16_support().why);
+}
 
 #else
 
@@ -58,7 +60,7 @@ struct Entry {
   dnnl::matmul prim;
   dnnl::memory::desc a, b, c, bias, gate;
   size_t scratch = 0;
-  bool reference = false;  // oneDNN chose its reference kernel (matmul_is_reference)
+  bool reference = false;  // oneDNN chose its reference kernel (matmul_unless_reference)
   std::string what;        // the problem, for kernels_used() when a reference kernel runs
 };
 
@@ -151,52 +153,63 @@ std::string onednn_version() {
   return std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch);
 }
 
-bool matmul_is_reference(const Matmul& m) {
-  if (!bf16_support().ok && !(m.a == DType::f32 && m.b == DType::f32 && m.c == DType::f32)) return false;
-  try {
-    return entry(m).reference;
-  } catch (const dnnl::error& err) {
-    fail(ErrorKind::internal, std::string("oneDNN matmul failed: ") + err.what());
+namespace {
+// Runs the primitive of entry e (e = entry(m)) on this thread.
+void run(const Matmul& m, const Entry& e, const void* A, const void* B, void* C, const void* bias, const void* gate) {
+  // This thread's memory objects of the primitive, made once; a call only points them at its data. (Making them
+  // per call was a third of a 16-row linear's time.)
+  struct Bound {
+    dnnl::memory a, b, c, bias, gate, scratch;
+    std::unordered_map<int, dnnl::memory> args;
+  };
+  static thread_local dnnl::stream stream(engine());
+  static thread_local std::unordered_map<const Entry*, Bound> bound;
+  auto [it, fresh] = bound.try_emplace(&e);
+  Bound& bd = it->second;
+  if (fresh) {
+    auto mem = [&](const dnnl::memory::desc& d) { return dnnl::memory(d, engine(), DNNL_MEMORY_NONE); };
+    bd.a = mem(e.a), bd.b = mem(e.b), bd.c = mem(e.c);
+    bd.args = {{DNNL_ARG_SRC, bd.a}, {DNNL_ARG_WEIGHTS, bd.b}, {DNNL_ARG_DST, bd.c}};
+    if (e.scratch) {
+      bd.scratch = mem(dnnl::memory::desc({int64_t(e.scratch)}, dt::u8, dims{1}));
+      bd.args[DNNL_ARG_SCRATCHPAD] = bd.scratch;
+    }
+    if (m.bias) bd.args[DNNL_ARG_BIAS] = bd.bias = mem(e.bias);
+    if (m.post == Matmul::Post::gated)
+      bd.args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = bd.gate = mem(e.gate);
   }
+  bd.a.set_data_handle(const_cast<void*>(A));
+  bd.b.set_data_handle(const_cast<void*>(B));
+  bd.c.set_data_handle(C);
+  if (e.scratch) bd.scratch.set_data_handle(thread_scratch(e.scratch));
+  if (m.bias) bd.bias.set_data_handle(const_cast<void*>(bias));
+  if (m.post == Matmul::Post::gated) bd.gate.set_data_handle(const_cast<void*>(gate));
+  // Seen in kernels_used(): a reference kernel is plain loops, far too slow for a frame (tests assert none runs).
+  if (e.reference) note_kernel("cpu oneDNN reference kernel " + e.what, "ref:any");
+  OneThread one;
+  e.prim.execute(stream, bd.args);
 }
+}  // namespace
 
 void matmul(const Matmul& m, const void* A, const void* B, void* C, const void* bias, const void* gate) {
   NFD_CHECK(bf16_support().ok || (m.a == DType::f32 && m.b == DType::f32 && m.c == DType::f32), unsupported,
             "bf16 on the CPU: " + bf16_support().why);
   try {
+    run(m, entry(m), A, B, C, bias, gate);
+  } catch (const dnnl::error& err) {
+    fail(ErrorKind::internal, std::string("oneDNN matmul failed: ") + err.what());
+  }
+}
+
+bool matmul_unless_reference(const Matmul& m, const void* A, const void* B, void* C, const void* bias,
+                             const void* gate) {
+  NFD_CHECK(bf16_support().ok || (m.a == DType::f32 && m.b == DType::f32 && m.c == DType::f32), unsupported,
+            "bf16 on the CPU: " + bf16_support().why);
+  try {
     const Entry& e = entry(m);
-    // This thread's memory objects of the primitive, made once; a call only points them at its data. (Making them
-    // per call was a third of a 16-row linear's time.)
-    struct Bound {
-      dnnl::memory a, b, c, bias, gate, scratch;
-      std::unordered_map<int, dnnl::memory> args;
-    };
-    static thread_local dnnl::stream stream(engine());
-    static thread_local std::unordered_map<const Entry*, Bound> bound;
-    auto [it, fresh] = bound.try_emplace(&e);
-    Bound& bd = it->second;
-    if (fresh) {
-      auto mem = [&](const dnnl::memory::desc& d) { return dnnl::memory(d, engine(), DNNL_MEMORY_NONE); };
-      bd.a = mem(e.a), bd.b = mem(e.b), bd.c = mem(e.c);
-      bd.args = {{DNNL_ARG_SRC, bd.a}, {DNNL_ARG_WEIGHTS, bd.b}, {DNNL_ARG_DST, bd.c}};
-      if (e.scratch) {
-        bd.scratch = mem(dnnl::memory::desc({int64_t(e.scratch)}, dt::u8, dims{1}));
-        bd.args[DNNL_ARG_SCRATCHPAD] = bd.scratch;
-      }
-      if (m.bias) bd.args[DNNL_ARG_BIAS] = bd.bias = mem(e.bias);
-      if (m.post == Matmul::Post::gated)
-        bd.args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = bd.gate = mem(e.gate);
-    }
-    bd.a.set_data_handle(const_cast<void*>(A));
-    bd.b.set_data_handle(const_cast<void*>(B));
-    bd.c.set_data_handle(C);
-    if (e.scratch) bd.scratch.set_data_handle(thread_scratch(e.scratch));
-    if (m.bias) bd.bias.set_data_handle(const_cast<void*>(bias));
-    if (m.post == Matmul::Post::gated) bd.gate.set_data_handle(const_cast<void*>(gate));
-    // Seen in kernels_used(): a reference kernel is plain loops, far too slow for a frame (tests assert none runs).
-    if (e.reference) note_kernel("cpu oneDNN reference kernel " + e.what, "ref:any");
-    OneThread one;
-    e.prim.execute(stream, bd.args);
+    if (e.reference) return false;
+    run(m, e, A, B, C, bias, gate);
+    return true;
   } catch (const dnnl::error& err) {
     fail(ErrorKind::internal, std::string("oneDNN matmul failed: ") + err.what());
   }

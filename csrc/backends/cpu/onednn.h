@@ -40,11 +40,13 @@ struct Matmul {
 };
 void matmul(const Matmul& mm, const void* A, const void* B, void* C, const void* bias = nullptr,
             const void* gate = nullptr);
-// Whether oneDNN runs this product with its reference kernel (`ref:any`: plain loops, some 100x slower than its
-// brgemm / jit kernels). It does for some fused epilogues on some strides: the gated residual on a bf16 block of a
-// wider C (Waypoint-1.5's 128 x 2048 linears cut into 128-column blocks) took 96% of a 245 s frame that way.
-// Callers then ask for the bare product and apply the epilogue themselves. False in a build without oneDNN.
-bool matmul_is_reference(const Matmul& mm);
+// matmul, unless oneDNN would run this product on its reference kernel (`ref:any`: plain loops, some 100x slower
+// than its brgemm / jit kernels): then nothing runs and the result is false (one primitive lookup for both). It
+// does so for some fused epilogues on some strides: the gated residual on a bf16 block of a wider C (Waypoint-1.5's
+// 128 x 2048 linears cut into 128-column blocks) took 96% of a 245 s frame that way. Callers then ask for the bare
+// product and apply the epilogue themselves.
+bool matmul_unless_reference(const Matmul& mm, const void* A, const void* B, void* C, const void* bias = nullptr,
+                             const void* gate = nullptr);
 
 }  // namespace cpu
 }  // namespace nfd
