@@ -173,47 +173,68 @@ static void attend_head_blas(const float* q, int64_t N, int64_t hd, const float*
 // keys = same_token: query (n, h) over token n of each visible slot (num_visible keys, a few dozen at most): per
 // (token, head) the scores, a softmax over them and the weighted values, in order of the visible list; fp32
 // arithmetic, a bf16 output rounded once. One body, compiled per target by the two wrappers below. GQA: query head
-// h reads K/V head h / (H / Hkv). Head dims go 16 at a time through Vec16 lanes (a score's products summed across
-// lanes in a fixed order, each output element summed over the keys in list order), the rest one by one: the
-// scalar dot products of plain loops (a serial sum GCC may not reorder) made this op a fifth of an Oasis-500M
-// bf16 frame, whose temporal attention is 2304 such (token, head) rows per layer and pass.
+// h reads K/V head h / (H / Hkv).
+// The work of a token's heads goes slot by slot: the K (then V) rows of all its heads in one slot are one
+// contiguous block of the token-major cache, read whole while the next slot's block is prefetched. Taken head by
+// head, each (token, head) read one 128-byte row in each of the 32 slots, 300 KB apart, and stalled on nearly
+// every one (perf: 70% of the op on its two loads). Head dims go 16 at a time through Vec16 lanes (a score's
+// products summed across lanes in a fixed order, each output element summed over the keys in list order), the
+// rest one by one: the plain loops' serial dot products had made this op a fifth of an Oasis-500M bf16 frame.
 template <typename T>
 NFD_CPU_INLINE void attend_same_token_body(const T* q, const T* k_cache, const T* v_cache, int64_t N, int64_t H,
                                            int64_t Hkv, int64_t hd, const int32_t* slots, int num_visible,
                                            float scale, T* out, int64_t t0, int64_t t1) {
-  float p[FrameState::kMaxSlots];
-  const int64_t body = hd / 16 * 16;
-  for (int64_t t = t0; t < t1; ++t) {  // t = n * H + h
-    const int64_t n = t / H, h = t % H, kh = h / (H / Hkv);
-    const T* qi = q + (h * N + n) * hd;
-    const auto row = [&](const T* cache, int j) { return cache + ((int64_t(slots[j]) * N + n) * Hkv + kh) * hd; };
-    float m = -INFINITY;
-    for (int j = 0; j < num_visible; ++j) {
-      const T* k = row(k_cache, j);
-      Vec16 acc = {};
-      for (int64_t d = 0; d < body; d += 16) acc += load16(qi + d) * load16(k + d);
-      float s = sum16(acc);
-      for (int64_t d = body; d < hd; ++d) s += to_float(qi[d]) * to_float(k[d]);
-      p[j] = s * scale;
-      m = std::max(m, p[j]);
+  const int64_t body = hd / 16 * 16, group = H / Hkv;
+  const int nv = num_visible;
+  float* scores = scratch(size_t(H) * FrameState::kMaxSlots, 0);  // [head][key] of one token
+  float* acc = scratch(size_t(H * hd), 1);                        // [head][dim] of one token
+  const auto prefetch_block = [&](const T* p, int64_t bytes) {
+    for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(reinterpret_cast<const char*>(p) + off);
+  };
+  for (int64_t n = t0 / H; n * H < t1; ++n) {  // t = n * H + h; this chunk's heads of token n: [h0, h1)
+    const int64_t h0 = std::max<int64_t>(t0 - n * H, 0), h1 = std::min<int64_t>(t1 - n * H, H);
+    const int64_t kh0 = h0 / group, kh1 = (h1 - 1) / group + 1;  // the K/V heads they read
+    const int64_t block = (kh1 - kh0) * hd * int64_t(sizeof(T));
+    const auto rows = [&](const T* cache, int j) { return cache + ((int64_t(slots[j]) * N + n) * Hkv + kh0) * hd; };
+    for (int j = 0; j < nv; ++j) {
+      if (j + 1 < nv) prefetch_block(rows(k_cache, j + 1), block);
+      const T* kb = rows(k_cache, j);
+      for (int64_t h = h0; h < h1; ++h) {
+        const T* qi = q + (h * N + n) * hd;
+        const T* k = kb + (h / group - kh0) * hd;
+        Vec16 a = {};
+        for (int64_t d = 0; d < body; d += 16) a += load16(qi + d) * load16(k + d);
+        float sc = sum16(a);
+        for (int64_t d = body; d < hd; ++d) sc += to_float(qi[d]) * to_float(k[d]);
+        scores[h * FrameState::kMaxSlots + j] = sc * scale;
+      }
     }
-    for (int j = 0; j < num_visible; ++j) p[j] = exp_approx(p[j] - m);
-    float sum = 0.f;
-    for (int j = 0; j < num_visible; ++j) sum += p[j];
-    const float inv = 1.f / sum;
-    for (int j = 0; j < num_visible; ++j) p[j] *= inv;
-    T* o = out + n * H * hd + h * hd;
-    for (int64_t d = 0; d < body; d += 16) {
-      Vec16 acc = {};
-      for (int j = 0; j < num_visible; ++j) acc += p[j] * load16(row(v_cache, j) + d);
-      float lane[16];
-      store16(lane, acc);
-      for (int i = 0; i < 16; ++i) o[d + i] = from_float<T>(lane[i]);
+    for (int64_t h = h0; h < h1; ++h) {  // softmax over the keys; the weights normalised
+      float* p = scores + h * FrameState::kMaxSlots;
+      float m = -INFINITY;
+      for (int j = 0; j < nv; ++j) m = std::max(m, p[j]);
+      for (int j = 0; j < nv; ++j) p[j] = exp_approx(p[j] - m);
+      float sum = 0.f;
+      for (int j = 0; j < nv; ++j) sum += p[j];
+      const float inv = 1.f / sum;
+      for (int j = 0; j < nv; ++j) p[j] *= inv;
+      for (int64_t d = 0; d < hd; ++d) acc[h * hd + d] = 0.f;
     }
-    for (int64_t d = body; d < hd; ++d) {
-      float acc = 0.f;
-      for (int j = 0; j < num_visible; ++j) acc += p[j] * to_float(row(v_cache, j)[d]);
-      o[d] = from_float<T>(acc);
+    prefetch_block(rows(v_cache, 0), block);
+    for (int j = 0; j < nv; ++j) {
+      if (j + 1 < nv) prefetch_block(rows(v_cache, j + 1), block);
+      const T* vb = rows(v_cache, j);
+      for (int64_t h = h0; h < h1; ++h) {
+        const float w = scores[h * FrameState::kMaxSlots + j];
+        const T* v = vb + (h / group - kh0) * hd;
+        float* o = acc + h * hd;
+        for (int64_t d = 0; d < body; d += 16) store16(o + d, load16(o + d) + w * load16(v + d));
+        for (int64_t d = body; d < hd; ++d) o[d] += w * to_float(v[d]);
+      }
+    }
+    for (int64_t h = h0; h < h1; ++h) {
+      T* o = out + n * H * hd + h * hd;
+      for (int64_t d = 0; d < hd; ++d) o[d] = from_float<T>(acc[h * hd + d]);
     }
   }
 }
