@@ -155,7 +155,8 @@ std::string onednn_version() {
 
 namespace {
 // Runs the primitive of entry e (e = entry(m)) on this thread.
-void run(const Matmul& m, const Entry& e, const void* A, const void* B, void* C, const void* bias, const void* gate) {
+void execute(const Matmul& m, const Entry& e, const void* A, const void* B, void* C, const void* bias,
+             const void* gate) {
   // This thread's memory objects of the primitive, made once; a call only points them at its data. (Making them
   // per call was a third of a 16-row linear's time.)
   struct Bound {
@@ -189,30 +190,31 @@ void run(const Matmul& m, const Entry& e, const void* A, const void* B, void* C,
   OneThread one;
   e.prim.execute(stream, bd.args);
 }
-}  // namespace
 
-void matmul(const Matmul& m, const void* A, const void* B, void* C, const void* bias, const void* gate) {
-  NFD_CHECK(bf16_support().ok || (m.a == DType::f32 && m.b == DType::f32 && m.c == DType::f32), unsupported,
-            "bf16 on the CPU: " + bf16_support().why);
-  try {
-    run(m, entry(m), A, B, C, bias, gate);
-  } catch (const dnnl::error& err) {
-    fail(ErrorKind::internal, std::string("oneDNN matmul failed: ") + err.what());
-  }
-}
-
-bool matmul_unless_reference(const Matmul& m, const void* A, const void* B, void* C, const void* bias,
-                             const void* gate) {
+// matmul and matmul_unless_reference: the dtype check, one primitive lookup, oneDNN's errors as ours. False when
+// `unless_reference` and the primitive is oneDNN's reference kernel (then nothing ran).
+bool run(const Matmul& m, bool unless_reference, const void* A, const void* B, void* C, const void* bias,
+         const void* gate) {
   NFD_CHECK(bf16_support().ok || (m.a == DType::f32 && m.b == DType::f32 && m.c == DType::f32), unsupported,
             "bf16 on the CPU: " + bf16_support().why);
   try {
     const Entry& e = entry(m);
-    if (e.reference) return false;
-    run(m, e, A, B, C, bias, gate);
+    if (unless_reference && e.reference) return false;
+    execute(m, e, A, B, C, bias, gate);
     return true;
   } catch (const dnnl::error& err) {
     fail(ErrorKind::internal, std::string("oneDNN matmul failed: ") + err.what());
   }
+}
+}  // namespace
+
+void matmul(const Matmul& m, const void* A, const void* B, void* C, const void* bias, const void* gate) {
+  run(m, false, A, B, C, bias, gate);
+}
+
+bool matmul_unless_reference(const Matmul& m, const void* A, const void* B, void* C, const void* bias,
+                             const void* gate) {
+  return run(m, true, A, B, C, bias, gate);
 }
 
 #endif
