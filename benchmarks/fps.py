@@ -180,6 +180,11 @@ class Runner:
     memory_bytes: Callable[[], int] | None = None
 
 
+def dtype_list(text: str) -> list[str]:
+    """A comma-separated dtype option (--torch-dtypes, --compile-dtypes) as a list."""
+    return [d.strip() for d in text.split(",") if d.strip()]
+
+
 @dataclass
 class Bench:
     """What a runner factory gets: the config, the arguments, the weights (torch model and .nfd file)."""
@@ -204,7 +209,12 @@ class Bench:
 
     @property
     def torch_dtypes(self) -> list[str]:
-        return [d.strip() for d in self.args.torch_dtypes.split(",") if d.strip()]
+        return dtype_list(self.args.torch_dtypes)
+
+    @property
+    def compile_dtypes(self) -> list[str]:
+        """--compile-dtypes, else --torch-dtypes: the dtypes of the compiled runners."""
+        return dtype_list(self.args.compile_dtypes or self.args.torch_dtypes)
 
     def torch_name(self, runner: str, dtype: str) -> str:
         return runner if dtype == self.torch_dtype_name else f"{runner}[{dtype}]"
@@ -361,8 +371,7 @@ OASIS_CPU_COMPILE_MODE = "default"
 
 @register("oasis-compile-static", archs=("oasis",))
 def make_oasis_compile_static(bench: Bench) -> list[Runner]:
-    dtypes = [d.strip() for d in (bench.args.compile_dtypes or bench.args.torch_dtypes).split(",") if d.strip()]
-    return [oasis_compile_static(bench, dtype) for dtype in dtypes]
+    return [oasis_compile_static(bench, dtype) for dtype in bench.compile_dtypes]
 
 
 def oasis_compile_static(bench: Bench, dtype: str) -> Runner:
@@ -525,8 +534,7 @@ def compile_counters() -> tuple[Callable[[], None], Callable[[], None], Callable
 
 @register("compile-static")
 def make_compile_static(bench: Bench) -> list[Runner]:
-    dtypes = [d.strip() for d in (bench.args.compile_dtypes or bench.args.torch_dtypes).split(",") if d.strip()]
-    return [compile_static(bench, dtype) for dtype in dtypes]
+    return [compile_static(bench, dtype) for dtype in bench.compile_dtypes]
 
 
 def compile_static(bench: Bench, dtype: str) -> Runner:

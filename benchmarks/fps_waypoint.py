@@ -165,7 +165,7 @@ def static_runner(path: str, dtype: str, compile_mode: str | None, backend: str 
 def run(args, result: dict, save: Callable[[], None]) -> dict:
     import nfd_rt
 
-    from fps import cpu_bf16, load_average
+    from fps import cpu_bf16, dtype_list, load_average
 
     cfg = nfd_rt.configs.get(args.config)
     history = args.history if getattr(args, "history", None) is not None else cfg.global_window
@@ -198,7 +198,7 @@ def run(args, result: dict, save: Callable[[], None]) -> dict:
         dtypes = ["bfloat16"]
     else:
         dtypes = ["bfloat16", "float32"] if cpu_bf16() else ["float32"]
-    torch_dtypes = [d.strip() for d in args.torch_dtypes.split(",") if d.strip()]
+    torch_dtypes = dtype_list(args.torch_dtypes)
     runners = [nfd_rt_runner(path, d, args.threads, device) for d in dtypes]
     if not args.skip_baselines:
         runners += [static_runner(path, d, None, device=device) for d in torch_dtypes]
@@ -206,8 +206,8 @@ def run(args, result: dict, save: Callable[[], None]) -> dict:
             # The whole frame under torch.compile: Waypoint's runtimes use CUDA graphs on a GPU (max-autotune
             # captures them); on the CPU Inductor's default mode (autotuning GEMMs there takes long on 2 cores).
             mode = args.compile_mode or ("max-autotune" if device == "cuda" else "default")
-            compile_dtypes = [d.strip() for d in (args.compile_dtypes or args.torch_dtypes).split(",") if d.strip()]
-            runners += [static_runner(path, d, mode, args.compile_backend, device) for d in compile_dtypes]
+            runners += [static_runner(path, d, mode, args.compile_backend, device)
+                        for d in dtype_list(args.compile_dtypes or args.torch_dtypes)]
     if args.runners:
         keep = args.runners.split(",")
         runners = [r for r in runners if any(r.name.startswith(k) for k in keep)]

@@ -49,9 +49,10 @@
 #   USE_INSTALLED=1 ...  runs the installed nfd_rt (no build, python/ not put on the path): CI's dry run
 # Knobs (environment): STEPS, DEADLINE (530), ARCH (90a), BUILD_DIR (build/gpu), CONFIG (nfd-310m; tiny without a
 #   GPU), MODEL_CONFIGS (oasis-500m,waypoint-1.5-1b; the tiny ones without a GPU), FPS_FRAMES (30), PYTEST_ARGS,
-#   FPS_ARGS (extra fps.py options), CMAKE_ARGS, NCU_DIT_KERNELS (40), LOG_CAP (1000000), PYTHON (python3), NFD_RT_COMMIT (recorded where the tree has no .git), NO_GPU=1 (dry run
-#   even with a GPU), USE_INSTALLED=1, WORK (build/gpu-run), NFD_RT_DRY_BREAK=<switch> (test hook: that new path
-#   is reported broken, to exercise the fallback without a GPU).
+#   FPS_ARGS (extra fps.py options), CMAKE_ARGS, NCU_DIT_KERNELS (40), LOG_CAP (1000000), PYTHON (python3),
+#   NFD_RT_COMMIT (recorded where the tree has no .git), NO_GPU=1 (dry run even with a GPU), USE_INSTALLED=1,
+#   WORK (build/gpu-run), NFD_RT_DRY_BREAK=<switch> (test hook: that new path is reported broken, to exercise the
+#   fallback without a GPU).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -249,7 +250,7 @@ step ncu 90 1 "
 step models 180 0 "
   s=0
   for c in \$(echo $MODEL_CONFIGS | tr , ' '); do
-    $PY benchmarks/fps.py --config \$c --device $DEVICE --dtype $DTYPE --runners nfd_rt --skip-baselines \
+    $PY benchmarks/fps.py --config \$c --device $DEVICE --dtype $DTYPE --skip-baselines \
       $FPS_COMMON --no-profile --out $WORK/fps_\$c.json --overwrite || s=1
   done
   exit \$s"
