@@ -261,7 +261,8 @@ def run(args, result: dict, save: Callable[[], None]) -> dict:
 
 
 def ratios(result: dict) -> None:
-    """nfd_rt's frames/s over each baseline's of the same dtype."""
+    """nfd_rt's frames/s over each baseline's of the same dtype; and the fastest nfd_rt runner over the fastest
+    baseline of the run, whatever their dtypes (strongest_baseline, ratio_vs_strongest_baseline), as fps.py."""
     rs = result["runners"]
     out = {}
     for name, r in rs.items():
@@ -272,3 +273,10 @@ def ratios(result: dict) -> None:
         if "fps" in ours:
             out[f"nfd_rt[{device},{dtype}] / {name}"] = ours["fps"] / r["fps"]
     result["ratios"] = out
+    timed = {name: r["fps"] for name, r in rs.items() if "fps" in r}
+    ours = [n for n in timed if n.startswith("nfd_rt")]
+    baselines = [n for n in timed if not n.startswith("nfd_rt")]
+    if ours and baselines:
+        best, strongest = max(ours, key=timed.get), max(baselines, key=timed.get)
+        result.update(best=best, strongest_baseline=strongest,
+                      ratio_vs_strongest_baseline=timed[best] / timed[strongest])

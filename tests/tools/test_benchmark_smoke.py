@@ -312,6 +312,9 @@ def test_fps_waypoint_smoke(tmp_path):
     # No --compile-mode: Inductor's default mode on the CPU (max-autotune, CUDA graphs included, on a GPU).
     assert runners["waypoint-static-compile[float32]"]["compile_mode"] == "default"
     assert set(result["ratios"]) >= {"nfd_rt[cpu,float32] / waypoint-static-compile[float32]"}
+    strongest = max((n for n in runners if n.startswith("waypoint-static")), key=lambda n: runners[n]["fps"])
+    assert result["strongest_baseline"] == strongest and result["best"] == "nfd_rt[cpu,float32]"
+    assert result["ratio_vs_strongest_baseline"] == runners["nfd_rt[cpu,float32]"]["fps"] / runners[strongest]["fps"]
     for name, e in runners.items():
         assert "error" not in e, (name, e)
         assert e["full_cache"] and e["frames"] == 2 and abs(e["rgb_fps"] - 4 * e["latent_fps"]) < 1e-9
