@@ -119,6 +119,8 @@ struct MmaChoice {
   int rows;
   bool folded;
 };
+// The wider query tile of head_dim hd (its only one at 32 and 128).
+constexpr int wide_rows(int hd) { return hd == 128 ? 64 : 128; }
 using ShapeKey = std::tuple<int, int, int, int, int>;  // dtype, N, H, hd, slots
 std::mutex g_choice_mu;
 bool g_rows128_failed = false;  // the 128-row tile failed in some attention_prepare
@@ -140,7 +142,7 @@ int folded_forced() {
 
 MmaChoice mma_choice(int hd, const ShapeKey& key) {
   const int rows = hd == 64 ? rows_forced() : 0, folded = folded_forced();
-  MmaChoice c{hd == 128 ? 64 : 128, true};
+  MmaChoice c{wide_rows(hd), true};
   {
     std::lock_guard<std::mutex> lock(g_choice_mu);
     auto it = mma_choices().find(key);
@@ -193,7 +195,7 @@ std::string run_mma(AttnArgs a, cudaStream_t s) {
 // The tensor-core kernel for head_dim HD in the chosen variant (mma_choice).
 template <typename T, int HD>
 std::string run_mma_choice(const AttnArgs& a, MmaChoice c, cudaStream_t s) {
-  constexpr int kWideMT = HD == 128 ? 1 : 2;  // the row tiles per warp of the wider variant
+  constexpr int kWideMT = wide_rows(HD) / tile::mma::block_rows(1);  // row tiles per warp of the wider tile
   if constexpr (HD == 64)
     if (c.rows == 64) return c.folded ? run_mma<T, HD, 1, true>(a, s) : run_mma<T, HD, 1, false>(a, s);
   return c.folded ? run_mma<T, HD, kWideMT, true>(a, s) : run_mma<T, HD, kWideMT, false>(a, s);
@@ -288,7 +290,7 @@ void prepare_variants(AttnArgs a, const ShapeKey& key, const std::string& name, 
 
   const int rows_forced_to = HD == 64 ? rows_forced() : 0, folded_forced_to = folded_forced();
   std::vector<MmaChoice> candidates;
-  for (int rows : HD == 64 ? std::vector<int>{64, 128} : std::vector<int>{HD == 128 ? 64 : 128})
+  for (int rows : HD == 64 ? std::vector<int>{64, 128} : std::vector<int>{wide_rows(HD)})
     for (bool folded : {false, true})
       if ((!rows_forced_to || rows == rows_forced_to) && (folded_forced_to < 0 || folded == (folded_forced_to == 1)))
         candidates.push_back({rows, folded});
