@@ -1145,7 +1145,7 @@ def test_every_op_has_a_binding_and_rows():
 
 # keys = same_token on the CPU goes slot by slot over the heads of a token that one thread's chunk holds; a chunk may
 # start or end inside a token, and under GQA inside a K/V head's group. Every thread count gives the same bits, and
-# each matches the float64 reference.
+# each matches the float64 reference (gqa_ref).
 SAME_TOKEN_CHUNKS = [(6, 3, 7, 40, 6, [5, 0, 2, 3, 1]), (8, 2, 33, 24, 4, [3, 1]), (16, 16, 144, 64, 33, list(range(32)))]
 
 
@@ -1155,15 +1155,9 @@ SAME_TOKEN_CHUNKS = [(6, 3, 7, 40, 6, [5, 0, 2, 3, 1]), (8, 2, 33, 24, 4, [3, 1]
 def test_cpu_same_token_attention_is_the_same_at_any_thread_count(H, Hkv, N, hd, S, visible, dtype):
     if dtype == "bfloat16" and not CPU_BF16["ok"]:
         pytest.skip("this CPU computes no bf16 (no AVX512-BF16 / AMX, or no oneDNN)")
-    q, kc, vc = randn(H, N, hd, seed=31), randn(S, N, Hkv, hd, seed=32), randn(S, N, Hkv, hd, seed=33)
-    outs = [np.asarray(ops.attention(q, kc, vc, visible, keys="same_token", device="cpu", dtype=dtype, threads=t))
-            for t in (1, 2, 3, 4)]
+    outs = [np.asarray(ops.attention(*gqa_inputs(H, Hkv, N, hd, S), visible, keys="same_token", device="cpu",
+                                     dtype=dtype, threads=t)) for t in (1, 2, 3, 4)]
     for t, o in zip((2, 3, 4), outs[1:]):
         assert np.array_equal(outs[0], o), f"{t} threads differ from 1"
-    g = H // Hkv
-    keys = torch.tensor(kc, dtype=torch.float64)[visible].repeat_interleave(g, dim=2).permute(1, 2, 0, 3)
-    vals = torch.tensor(vc, dtype=torch.float64)[visible].repeat_interleave(g, dim=2).permute(1, 2, 0, 3)
-    qt = torch.tensor(q, dtype=torch.float64).transpose(0, 1)[:, :, None, :]  # [N, H, 1, hd]
-    p = torch.softmax(qt @ keys.transpose(-1, -2) / math.sqrt(hd), dim=-1)
-    want = (p @ vals)[:, :, 0, :].reshape(N, H * hd).numpy()
+    want = gqa_ref(H, Hkv, N, hd, S, tuple(visible), same_token=True).numpy()
     assert np.abs(outs[0] - want).max() < (1e-5 if dtype == "float32" else 3e-2)
