@@ -3,9 +3,11 @@
 // epilogue fused.
 #include "backends/cpu/blas.h"
 #include "backends/cpu/onednn.h"
+#include "core/switches.h"
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "ops/cpu_common.h"
 #include "ops/kernel_report.h"
@@ -74,23 +76,42 @@ static void linear_bf16(const Context& ctx, const Tensor& x, const Tensor& w, co
                     : epilogue == Epilogue::gelu_erf  ? Post::gelu_erf
                     : epilogue == Epilogue::silu      ? Post::silu
                                                       : Post::none;
+  // The epilogue in oneDNN's post-ops (auto), or always as the bare product and our epilogue below (ours: that
+  // path's tests, and a comparison).
+  const bool fused = switch_value("NFD_RT_CPU_EPILOGUE", {"auto", "ours"}) == "auto";
   ::nfd::cpu::parallel_for(ctx.threads, N, [&](int64_t n0, int64_t n1) {
     const int64_t cols = n1 - n0;
+    // oneDNN runs its brgemm kernels only on a dense destination (ldc = the block's width); on a block of y's
+    // columns (ldc = N) it takes its older gemm kernel, 15-20% slower at a frame's shapes (docs/cpu-backend.md).
+    // So a block narrower than y is computed into dense scratch (holding y's block first for the gated residual,
+    // whose sum post-op reads it) and copied into y.
+    const bool dense = cols == N;
+    bf16_t* dst = dense ? out + n0 : reinterpret_cast<bf16_t*>(scratch(size_t(M * cols + 1) / 2));
+    auto copy_rows = [&](const bf16_t* from, int64_t from_ld, bf16_t* to, int64_t to_ld) {
+      for (int64_t r = 0; r < M; ++r) std::memcpy(to + r * to_ld, from + r * from_ld, size_t(cols) * sizeof(bf16_t));
+    };
+    if (!dense && g && fused) copy_rows(out + n0, N, dst, cols);
     ::nfd::cpu::Matmul mm;
-    mm.M = M, mm.N = cols, mm.K = K, mm.lda = K, mm.ldb = K, mm.ldc = N, mm.b_nk = true;
+    mm.M = M, mm.N = cols, mm.K = K, mm.lda = K, mm.ldb = K, mm.ldc = cols, mm.b_nk = true;
     mm.bias = b != nullptr, mm.post = post;
     const bf16_t* wb = w.ptr<bf16_t>() + n0 * K;
-    if (post == Post::none) return ::nfd::cpu::matmul(mm, x.ptr<bf16_t>(), wb, out + n0, b ? b + n0 : nullptr);
-    if (::nfd::cpu::matmul_unless_reference(mm, x.ptr<bf16_t>(), wb, out + n0, b ? b + n0 : nullptr,
-                                            g ? g + n0 : nullptr))
+    const bf16_t* bb = b ? b + n0 : nullptr;
+    const bool ran = post == Post::none ? (::nfd::cpu::matmul(mm, x.ptr<bf16_t>(), wb, dst, bb), true)
+                     : fused ? ::nfd::cpu::matmul_unless_reference(mm, x.ptr<bf16_t>(), wb, dst, bb, g ? g + n0 : nullptr)
+                             : false;
+    if (ran) {
+      if (!dense) copy_rows(dst, cols, out + n0, N);
       return;
-    // oneDNN has only its reference kernel for this epilogue here: the bare product into fp32 scratch on a fast
-    // kernel, then the fp32 epilogue (bias and gate widened, y widened for the gated residual), rounded once.
+    }
+    // oneDNN has only its reference kernel for this epilogue here (or NFD_RT_CPU_EPILOGUE=ours): the bare product
+    // into fp32 scratch on a fast kernel, then the fp32 epilogue (bias and gate widened, y widened for the gated
+    // residual), rounded once.
     note_kernel("linear cpu bf16 " + std::to_string(M) + "x" + std::to_string(cols) + "x" + std::to_string(K) +
                     (g ? " gated" : " epilogue"),
-                "oneDNN bare product + our epilogue (oneDNN's fused epilogue here is its reference kernel)");
+                fused ? "oneDNN bare product + our epilogue (oneDNN's fused epilogue here is its reference kernel)"
+                      : "oneDNN bare product + our epilogue (NFD_RT_CPU_EPILOGUE=ours)");
     ::nfd::cpu::Matmul bare = mm;
-    bare.bias = false, bare.post = Post::none, bare.c = DType::f32, bare.ldc = cols;
+    bare.bias = false, bare.post = Post::none, bare.c = DType::f32;
     float* prod = scratch(size_t(M * cols), 0);
     ::nfd::cpu::matmul(bare, x.ptr<bf16_t>(), wb, prod);
     float* bias_f = b ? scratch(size_t(cols), 1) : nullptr;
