@@ -1,6 +1,6 @@
-// ops::linear on the CPU (contract checked in ops/linear.cc): fp32: one OpenBLAS sgemm (sgemv for one row), then
-// the epilogue (bias, GELU-tanh, exact GELU, SiLU or gated residual) over rows; bf16: oneDNN matmuls with the
-// epilogue fused.
+// ops::linear on the CPU (contract checked in ops/linear.cc): fp32: per column block one product (oneDNN for large
+// blocks, else OpenBLAS sgemm; sgemv for one row), then the epilogue (bias, GELU-tanh, exact GELU, SiLU or gated
+// residual) over rows; bf16: oneDNN matmuls with the epilogue fused.
 #include "backends/cpu/blas.h"
 #include "backends/cpu/onednn.h"
 #include "core/switches.h"
@@ -131,29 +131,54 @@ static void linear_bf16(const Context& ctx, const Tensor& x, const Tensor& w, co
   }, std::max<int64_t>(kBf16MinColumns, ::nfd::cpu::grain_for(M * K)));
 }
 
+// fp32 blocks that go to oneDNN (auto): at least this many rows and multiply-adds (a oneDNN call's fixed cost
+// dominates below; measured in docs/cpu-backend.md).
+constexpr int64_t kOneDnnF32MinRows = 32, kOneDnnF32MinWork = int64_t(1) << 19;
+
 void linear(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y, Epilogue epilogue,
             const Tensor* gate) {
   if (cpu_bf16("linear", y)) return linear_bf16(ctx, x, w, bias, y, epilogue, gate);
   const int64_t N = w.dim(0), K = w.dim(1), M = x.dim(0);
   const bool gated = epilogue == Epilogue::gated_residual;
 
-  // Threads split the output columns; each runs a single-threaded sgemm on its block and the epilogue while the
-  // block is in cache. (OpenBLAS' own threads would spin against our pool on a few cores.)
+  // Threads split the output columns; each runs a single-threaded product on its block and the epilogue while the
+  // block is in cache. (OpenBLAS' own threads would spin against our pool on a few cores.) The product engine is
+  // fixed by the block's shape (so the bits do not depend on the thread count): oneDNN's fp32 brgemm into dense
+  // scratch for blocks of at least kOneDnnF32MinRows rows and kOneDnnF32MinWork multiply-adds, OpenBLAS otherwise
+  // (docs/cpu-backend.md: oneDNN 1.2-1.3x OpenBLAS on a frame's large blocks here, 0.5-0.7x on tiny's 16-row ones);
+  // NFD_RT_CPU_GEMM=openblas|onednn takes one engine for every block.
   ::nfd::cpu::set_blas_threads(1);
+  const std::string engine = switch_value("NFD_RT_CPU_GEMM", {"auto", "openblas", "onednn"});
+  NFD_CHECK(engine != "onednn" || ::nfd::cpu::has_onednn(), unsupported,
+            "NFD_RT_CPU_GEMM=onednn: this build has no oneDNN");
   const float* b = bias.defined() ? bias.ptr<float>() : nullptr;
   const float* g = gated ? gate->ptr<float>() : nullptr;
   float* out = y.ptr<float>();
   ::nfd::cpu::parallel_for(ctx.threads, N, [&](int64_t n0, int64_t n1) {
     const int64_t cols = n1 - n0;
-    // The gated residual accumulates into y, so its product goes to scratch first.
-    float* prod = gated ? scratch(size_t(M * cols)) : out + n0;
-    const int64_t ldp = gated ? cols : N;
-    if (M == 1)  // a matrix-vector product: sgemv reads the weights in place, sgemm would first repack them
-      NFD_CBLAS(sgemv)(CblasRowMajor, CblasNoTrans, int(cols), int(K), 1.f, w.ptr<float>() + n0 * K, int(K),
-                        x.ptr<float>(), 1, 0.f, prod, 1);
-    else
+    const float* wb = w.ptr<float>() + n0 * K;
+    const bool onednn =
+        engine == "onednn" || (engine == "auto" && ::nfd::cpu::has_onednn() && M >= kOneDnnF32MinRows &&
+                               M * cols * K >= kOneDnnF32MinWork);
+    // oneDNN writes a dense block (its brgemm kernels take no other destination); the gated residual accumulates
+    // into y, so its product goes to scratch first too.
+    float* prod = onednn || gated ? scratch(size_t(M * cols)) : out + n0;
+    const int64_t ldp = onednn || gated ? cols : N;
+    bool done = false;
+    if (onednn) {
+      ::nfd::cpu::Matmul mm;
+      mm.M = M, mm.N = cols, mm.K = K, mm.lda = K, mm.ldb = K, mm.ldc = cols, mm.b_nk = true;
+      mm.a = mm.b = mm.c = DType::f32;
+      done = ::nfd::cpu::matmul_unless_reference(mm, x.ptr<float>(), wb, prod);
+    }
+    if (done) {
+    } else if (M == 1) {  // a matrix-vector product: sgemv reads the weights in place, sgemm would first repack them
+      NFD_CBLAS(sgemv)(CblasRowMajor, CblasNoTrans, int(cols), int(K), 1.f, wb, int(K), x.ptr<float>(), 1, 0.f,
+                        prod, 1);
+    } else {
       NFD_CBLAS(sgemm)(CblasRowMajor, CblasNoTrans, CblasTrans, int(M), int(cols), int(K), 1.f, x.ptr<float>(),
-                        int(K), w.ptr<float>() + n0 * K, int(K), 0.f, prod, int(ldp));
+                        int(K), wb, int(K), 0.f, prod, int(ldp));
+    }
     for (int64_t r = 0; r < M; ++r)
       epilogue_row(prod + r * ldp, b ? b + n0 : nullptr, g ? g + n0 : nullptr, out + r * N + n0, cols, epilogue);
   }, ::nfd::cpu::grain_for(M * K));

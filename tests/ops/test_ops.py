@@ -1133,6 +1133,49 @@ def test_cpu_bf16_linear_of_model_shapes_never_runs_onednn_reference_kernels(M, 
     assert err < 1e-2, f"relative L2 error {err:.2e} (bf16 output)"
 
 
+# fp32 linear on the CPU: per column block oneDNN (large blocks) or OpenBLAS (the rest), fixed by the block's shape;
+# NFD_RT_CPU_GEMM=openblas|onednn takes one engine for every block. Shapes: tiny's (16 rows: OpenBLAS under auto),
+# a 77-row one and nfd-130m / Oasis-500M ones (oneDNN under auto), a matrix-vector product.
+FP32_ENGINE_LINEARS = [(16, 128, 384), (77, 1024, 1024), (336, 1024, 4096), (144, 4096, 1024), (1, 1024, 6144)]
+
+
+@pytest.mark.parametrize("M,K,N", FP32_ENGINE_LINEARS, ids=[f"{m}x{k}x{n}" for m, k, n in FP32_ENGINE_LINEARS])
+@pytest.mark.parametrize("epilogue", ["none", "gelu_tanh", "gated_residual"])
+@pytest.mark.parametrize("engine", ["auto", "openblas", "onednn"])
+def test_cpu_fp32_linear_under_each_gemm_engine(M, K, N, epilogue, engine, monkeypatch):
+    if engine == "onednn" and not CPU_BF16["onednn"]:
+        pytest.skip("this build has no oneDNN")
+    monkeypatch.setenv("NFD_RT_CPU_GEMM", engine)
+    i = linear_inputs(M, K, N)
+    gated = epilogue == "gated_residual"
+    got = ops.linear(i["x"], i["w"], i["b"], epilogue=epilogue, gate=i["gate"] if gated else None,
+                     y=i["y"] if gated else None, device="cpu", dtype="float32")
+    p = T(i["x"]) @ T(i["w"]).T + T(i["b"])
+    want = {"gated_residual": T(i["y"]) + T(i["gate"]) * p, "gelu_tanh": F.gelu(p, approximate="tanh"), "none": p}
+    compare(got, want[epilogue], "close", "float32", K >= 1024, f"linear {M}x{K}x{N} {epilogue} ({engine})")
+
+
+def test_cpu_fp32_linear_engine_is_fixed_by_the_shape(monkeypatch):
+    """auto runs oneDNN on a large block and OpenBLAS on a small one (their bits differ, so the engine that ran
+    shows), the same at every thread count; a value that is no engine is refused by name."""
+    if not CPU_BF16["onednn"]:
+        pytest.skip("this build has no oneDNN")
+
+    def run(engine, M, K, N, threads=2):
+        monkeypatch.setenv("NFD_RT_CPU_GEMM", engine)
+        i = linear_inputs(M, K, N)
+        return np.asarray(ops.linear(i["x"], i["w"], i["b"], device="cpu", dtype="float32", threads=threads))
+
+    large, small = (336, 1024, 4096), (16, 128, 384)
+    assert not np.array_equal(run("openblas", *large), run("onednn", *large))  # the switch changes the engine
+    for threads in (1, 2, 3):
+        assert np.array_equal(run("auto", *large, threads=threads), run("onednn", *large))
+        assert np.array_equal(run("auto", *small, threads=threads), run("openblas", *small))
+    monkeypatch.setenv("NFD_RT_CPU_GEMM", "bogus")
+    with pytest.raises(ValueError, match="NFD_RT_CPU_GEMM must be one of 'auto', 'openblas', 'onednn', got 'bogus'"):
+        ops.linear(x48, w58, device="cpu", dtype="float32")
+
+
 def test_every_op_has_a_binding_and_rows():
     """csrc/ops/ops.def is the one list of ops: each has a binding in _core.ops and rows in this table (results
     and contract), so an op cannot be added without its test."""

@@ -1,5 +1,5 @@
 // oneDNN on the CPU: the matrix products of the bf16 CPU path (linear, attention's Q K^T and P V, the VAE's
-// convolution GEMMs). oneDNN picks its kernels for the CPU at run time: AMX tiles where the CPU has AMX-BF16,
+// convolution GEMMs) and the large fp32 linears. oneDNN picks its kernels for the CPU at run time: AMX tiles where the CPU has AMX-BF16,
 // AVX512-BF16 dot products otherwise; a CPU with neither gets no bf16 (bf16_support() says why).
 //
 // Determinism: every product runs on the calling thread alone (oneDNN's OpenMP threads are set to 1 for the call),
@@ -25,6 +25,14 @@ struct Bf16Support {
 const Bf16Support& bf16_support();
 // oneDNN's version ("3.2.0"), "" when this build has no oneDNN.
 std::string onednn_version();
+// Whether this build has oneDNN (its fp32 products run on any x86-64 CPU).
+constexpr bool has_onednn() {
+#ifdef NFD_RT_WITH_ONEDNN
+  return true;
+#else
+  return false;
+#endif
+}
 
 // C[M, N] (row stride ldc) = A[M, K] (lda) x B, then the epilogue, in fp32 (products accumulate in fp32).
 // B is weights[N, K] (row stride ldb) transposed when `b_nk`, else B[K, N] (ldb).
