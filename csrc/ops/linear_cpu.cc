@@ -135,6 +135,14 @@ static void linear_bf16(const Context& ctx, const Tensor& x, const Tensor& w, co
 // dominates below; measured in docs/cpu-backend.md).
 constexpr int64_t kOneDnnF32MinRows = 32, kOneDnnF32MinWork = int64_t(1) << 19;
 
+// prod[M, cols] (dense) = x[M, K] w_block[cols, K]^T in fp32, as oneDNN sees it.
+static ::nfd::cpu::Matmul dense_f32_product(int64_t M, int64_t cols, int64_t K) {
+  ::nfd::cpu::Matmul mm;
+  mm.M = M, mm.N = cols, mm.K = K, mm.lda = K, mm.ldb = K, mm.ldc = cols, mm.b_nk = true;
+  mm.a = mm.b = mm.c = DType::f32;
+  return mm;
+}
+
 void linear(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y, Epilogue epilogue,
             const Tensor* gate) {
   if (cpu_bf16("linear", y)) return linear_bf16(ctx, x, w, bias, y, epilogue, gate);
@@ -164,20 +172,14 @@ void linear(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& 
     // into y, so its product goes to scratch first too.
     float* prod = onednn || gated ? scratch(size_t(M * cols)) : out + n0;
     const int64_t ldp = onednn || gated ? cols : N;
-    bool done = false;
-    if (onednn) {
-      ::nfd::cpu::Matmul mm;
-      mm.M = M, mm.N = cols, mm.K = K, mm.lda = K, mm.ldb = K, mm.ldc = cols, mm.b_nk = true;
-      mm.a = mm.b = mm.c = DType::f32;
-      done = ::nfd::cpu::matmul_unless_reference(mm, x.ptr<float>(), wb, prod);
-    }
-    if (done) {
-    } else if (M == 1) {  // a matrix-vector product: sgemv reads the weights in place, sgemm would first repack them
-      NFD_CBLAS(sgemv)(CblasRowMajor, CblasNoTrans, int(cols), int(K), 1.f, wb, int(K), x.ptr<float>(), 1, 0.f,
-                        prod, 1);
-    } else {
-      NFD_CBLAS(sgemm)(CblasRowMajor, CblasNoTrans, CblasTrans, int(M), int(cols), int(K), 1.f, x.ptr<float>(),
-                        int(K), wb, int(K), 0.f, prod, int(ldp));
+    // OpenBLAS where oneDNN is not asked for, or would run its reference kernel.
+    if (!onednn || !::nfd::cpu::matmul_unless_reference(dense_f32_product(M, cols, K), x.ptr<float>(), wb, prod)) {
+      if (M == 1)  // a matrix-vector product: sgemv reads the weights in place, sgemm would first repack them
+        NFD_CBLAS(sgemv)(CblasRowMajor, CblasNoTrans, int(cols), int(K), 1.f, wb, int(K), x.ptr<float>(), 1, 0.f,
+                          prod, 1);
+      else
+        NFD_CBLAS(sgemm)(CblasRowMajor, CblasNoTrans, CblasTrans, int(M), int(cols), int(K), 1.f, x.ptr<float>(),
+                          int(K), wb, int(K), 0.f, prod, int(ldp));
     }
     for (int64_t r = 0; r < M; ++r)
       epilogue_row(prod + r * ldp, b ? b + n0 : nullptr, g ? g + n0 : nullptr, out + r * N + n0, cols, epilogue);

@@ -19,8 +19,8 @@ def cpu_model() -> str:
 
 
 def runtime_report() -> dict:
-    """{nfd_rt, python, cpu, cuda, cpu_kernels, blas, cpu_bf16, cpu_default_dtype, OPENBLAS_CORETYPE (when set),
-    default_threads}."""
+    """{nfd_rt, python, cpu, cuda, cpu_kernels, blas, cpu_fp32_gemm, cpu_bf16, cpu_default_dtype, OPENBLAS_CORETYPE
+    (when set), default_threads}."""
     from . import __version__
     from ._native import core
 
@@ -36,6 +36,14 @@ def runtime_report() -> dict:
         cpu_bf16 = f"yes: {bf16['isa']} through oneDNN {bf16['onednn']} (dtype 'auto' is bfloat16 on the CPU)"
     else:
         cpu_bf16 = f"no: {bf16['why']} (dtype 'auto' is float32 on the CPU)"
+    # The engine of fp32 linears (csrc/ops/linear_cpu.cc: chosen per column block by its shape).
+    gemm = os.environ.get("NFD_RT_CPU_GEMM") or "auto"
+    if not bf16["onednn"]:
+        fp32_gemm = "OpenBLAS (this build has no oneDNN)"
+    elif gemm == "auto":
+        fp32_gemm = f"oneDNN {bf16['onednn']} for the large blocks of a linear, OpenBLAS for the rest"
+    else:
+        fp32_gemm = f"{'oneDNN' if gemm == 'onednn' else 'OpenBLAS'} for every block (NFD_RT_CPU_GEMM={gemm})"
     report = {
         "nfd_rt": __version__,
         "python": f"{platform.python_version()} on {platform.machine()}",
@@ -43,6 +51,7 @@ def runtime_report() -> dict:
         "cuda": cuda,
         "cpu_kernels": c.cpu_kernel_level(),
         "blas": c.blas_config(),
+        "cpu_fp32_gemm": fp32_gemm,
         "cpu_bf16": cpu_bf16,
         "cpu_default_dtype": c.default_dtype("cpu"),
         "default_threads": c.default_threads(),

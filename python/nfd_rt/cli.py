@@ -83,6 +83,7 @@ def _env(args: argparse.Namespace) -> int:
         "CPU kernels": r["cpu_kernels"],
         "BLAS": r["blas"] + (f" (chosen by OPENBLAS_CORETYPE={r['OPENBLAS_CORETYPE']})"
                              if "OPENBLAS_CORETYPE" in r else ""),
+        "CPU fp32 GEMM": r["cpu_fp32_gemm"],
         "CPU bf16": r["cpu_bf16"],
         "default threads": f"{r['default_threads']} (physical cores)",
     }

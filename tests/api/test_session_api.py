@@ -347,6 +347,7 @@ def test_cli_env_reports_the_runtime(capsys):
     env = json.loads(capsys.readouterr().out)
     assert env["CPU kernels"] == core().cpu_kernel_level() and env["CPU kernels"]
     assert "OpenBLAS" in env["BLAS"]
+    assert ("oneDNN" in env["CPU fp32 GEMM"]) == bool(core().cpu_bf16()["onednn"]), env["CPU fp32 GEMM"]
     assert int(env["default threads"].split()[0]) == core().default_threads() >= 1
     assert env["CUDA"].startswith("yes" if core().cuda_available() else "no")
     if not core().cuda_available():  # says which: not compiled in, or compiled in with no device
