@@ -33,6 +33,7 @@ def environment(device: str) -> dict:
         "nfd_rt_version": rt["nfd_rt"],
         "cuda_runtime": rt["cuda"],
         "blas": rt["blas"],
+        "cpu_fp32_gemm": rt["cpu_fp32_gemm"],  # which engine ran the fp32 linears (oneDNN / OpenBLAS by block)
         "cpu_kernels": rt["cpu_kernels"],
         "cpu_bf16": rt["cpu_bf16"],  # what nfd_rt's CPU bf16 runs on (AMX / AVX512-BF16 through oneDNN), or why not
         "cpu_default_dtype": rt["cpu_default_dtype"],

@@ -273,7 +273,7 @@ def test_every_benchmark_writes_the_common_header():
 
     h = common.result_header("x")
     assert h["benchmark"] == "x" and h["schema_version"] == common.SCHEMA_VERSION
-    assert {"date", "cpu", "commit", "blas", "load_average", "cores"} <= set(h["environment"])
+    assert {"date", "cpu", "commit", "blas", "cpu_fp32_gemm", "load_average", "cores"} <= set(h["environment"])
     writers = [p for p in (ROOT / "benchmarks").glob("*.py") if "json.dump" in p.read_text() or
                "write_text(json.dumps" in p.read_text()]
     assert len(writers) >= 7
