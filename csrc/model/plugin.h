@@ -1,5 +1,5 @@
-// What the architecture plug-ins (model/<arch>/) share beyond the seam itself (model/architecture.h): the bounds of
-// their config fields, the tensor-list helpers of expected_tensors, a transformer's per-layer K/V cache, the
+// What the architecture plug-ins (model/<arch>/) share beyond the seam itself (model/architecture.h): the bounds and
+// the common fields of their configs (model/config_fields.h), the tensor-list helpers of expected_tensors, a transformer's per-layer K/V cache, the
 // adaLN-Zero normalisation of a batch of members with its pending gated residual, and the Architecture methods every
 // plug-in writes alike. Written once so a plug-in holds only what is its own.
 #pragma once
@@ -11,36 +11,11 @@
 
 #include "core/config_json.h"
 #include "model/architecture.h"
+#include "model/config_fields.h"
 #include "model/weights.h"
 
 namespace nfd {
 namespace model {
-
-// Upper bounds (inclusive) of config fields: generous for real models, small enough that a hostile file cannot make
-// a session allocate absurd amounts of memory (the caches and buffers are sized from the config alone).
-namespace limits {
-constexpr int kFrameSide = 4096;
-constexpr int kChannels = 4096;
-constexpr int kHidden = 16384;
-constexpr int kDepth = 256;
-constexpr int kHeads = 256;
-constexpr int kMlpRatio = 16;
-constexpr int kPatch = 64;
-constexpr int kTimeEmbed = 16384;
-constexpr int kActionDim = 65536;
-constexpr int kTokensPerFrame = 65536;
-constexpr double kKvCacheBytes = 64.0 * (1ull << 30);        // K + V, fp32, all layers
-constexpr double kActivationBytes = 16.0 * (1ull << 30);     // one fp32 activation of the decoder
-}  // namespace limits
-
-// The config's "name" field: a string of at most 256 characters.
-inline std::string config_name(config_json::Fields& f) {
-  const config_json::json& name = f.at("name");
-  if (!name.is_string()) config_json::bad(std::string("field 'name' must be a string, got ") + config_json::json_type(name));
-  std::string s = name.get<std::string>();
-  if (s.size() > 256) config_json::bad("field 'name' is longer than 256 characters");
-  return s;
-}
 
 // expected_tensors: names and shapes in state_dict order.
 using TensorList = std::vector<std::pair<std::string, std::vector<int64_t>>>;

@@ -79,15 +79,7 @@ Config parse_config(const json& j) {
   NfdConfig& c = *arch;
   Fields f(j, "");
   if (j.contains("architecture")) f.at("architecture");  // "nfd": checked by the caller
-  c.name = config_name(f);
-  c.frame_height = f.integer("frame_height", 1, kFrameSide);
-  c.frame_width = f.integer("frame_width", 1, kFrameSide);
-  c.latent_channels = f.integer("latent_channels", 1, kChannels);
-  c.patch_size = f.integer("patch_size", 1, kPatch);
-  c.hidden_size = f.integer("hidden_size", 1, kHidden);
-  c.depth = f.integer("depth", 1, kDepth);
-  c.num_heads = f.integer("num_heads", 1, kHeads);
-  c.mlp_ratio = f.integer("mlp_ratio", 1, kMlpRatio);
+  parse_transformer_dims(f, c);
   std::vector<int> rope = f.int_list("rope_dims", 3, 3, 0, kHidden);
   for (int i = 0; i < 3; ++i) c.rope_dims[i] = rope[i];
   c.rope_theta = f.number("rope_theta", 0.0, 1e12, /*lo_open=*/true);

@@ -8,6 +8,7 @@
 
 #include "core/config.h"
 #include "core/config_json.h"
+#include "model/config_fields.h"
 
 namespace nfd {
 namespace model {
@@ -21,10 +22,7 @@ struct VAEConfig {
   int downsample() const { return 1 << (int(channels.size()) - 1); }
 };
 
-struct NfdConfig : ArchConfig {
-  std::string name;
-  int frame_height = 0, frame_width = 0, latent_channels = 0, patch_size = 0;
-  int hidden_size = 0, depth = 0, num_heads = 0, mlp_ratio = 4;
+struct NfdConfig : ArchConfig, TransformerDims {
   int rope_dims[3] = {0, 0, 0};
   double rope_theta = 10000.0;
   int time_embed_dim = 256, action_dim = 0;

@@ -95,15 +95,7 @@ Config parse_config(const json& j) {
   OasisConfig& c = *arch;
   Fields f(j, "");
   f.at("architecture");  // "oasis": checked by the caller, which chose this plug-in by it
-  c.name = config_name(f);
-  c.frame_height = f.integer("frame_height", 1, kFrameSide);
-  c.frame_width = f.integer("frame_width", 1, kFrameSide);
-  c.latent_channels = f.integer("latent_channels", 1, kChannels);
-  c.patch_size = f.integer("patch_size", 1, kPatch);
-  c.hidden_size = f.integer("hidden_size", 1, kHidden);
-  c.depth = f.integer("depth", 1, kDepth);
-  c.num_heads = f.integer("num_heads", 1, kHeads);
-  c.mlp_ratio = f.integer("mlp_ratio", 1, kMlpRatio);
+  parse_transformer_dims(f, c);
   c.time_embed_dim = f.integer("time_embed_dim", 2, kTimeEmbed);
   if (c.time_embed_dim % 2) bad("field 'time_embed_dim' = " + std::to_string(c.time_embed_dim) + " must be even");
   c.action_dim = f.integer("action_dim", 1, kActionDim);

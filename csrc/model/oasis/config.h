@@ -9,6 +9,7 @@
 
 #include "core/config.h"
 #include "core/config_json.h"
+#include "model/config_fields.h"
 
 namespace nfd {
 namespace model {
@@ -25,10 +26,7 @@ struct OasisVAEConfig {
   double scaling_factor = 0.07843137255;  // DiT latent = encoder mean * scaling_factor
 };
 
-struct OasisConfig : ArchConfig {
-  std::string name;
-  int frame_height = 0, frame_width = 0, latent_channels = 0, patch_size = 0;
-  int hidden_size = 0, depth = 0, num_heads = 0, mlp_ratio = 4;
+struct OasisConfig : ArchConfig, TransformerDims {
   int time_embed_dim = 256, action_dim = 0;
   double norm_eps = 1e-6;
   int spatial_rope_dim = 0;

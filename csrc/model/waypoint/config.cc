@@ -92,18 +92,10 @@ Config parse_config(const json& j) {
   WaypointConfig& c = *arch;
   Fields f(j, "");
   f.at("architecture");  // "waypoint": checked by the caller, which chose this plug-in by it
-  c.name = config_name(f);
-  c.frame_height = f.integer("frame_height", 1, kFrameSide);
-  c.frame_width = f.integer("frame_width", 1, kFrameSide);
+  parse_transformer_dims(f, c);
   c.output_height = f.integer("output_height", 1, kFrameSide);
   c.output_width = f.integer("output_width", 1, kFrameSide);
-  c.latent_channels = f.integer("latent_channels", 1, kChannels);
-  c.patch_size = f.integer("patch_size", 1, kPatch);
-  c.hidden_size = f.integer("hidden_size", 1, kHidden);
-  c.depth = f.integer("depth", 1, kDepth);
-  c.num_heads = f.integer("num_heads", 1, kHeads);
   c.num_kv_heads = f.integer("num_kv_heads", 1, kHeads);
-  c.mlp_ratio = f.integer("mlp_ratio", 1, kMlpRatio);
   c.noise_features = f.integer("noise_features", 1, kTimeEmbed);
   c.value_residual = f.boolean("value_residual");
   c.rope_theta = f.number("rope_theta", 0.0, 1e12, /*lo_open=*/true);

@@ -10,6 +10,7 @@
 
 #include "core/config.h"
 #include "core/config_json.h"
+#include "model/config_fields.h"
 
 namespace nfd {
 namespace model {
@@ -29,12 +30,10 @@ struct TAEHVConfig {
   }
 };
 
-struct WaypointConfig : ArchConfig {
-  std::string name;
-  int frame_height = 0, frame_width = 0;    // the autoencoder's frames
+// TransformerDims: frame_height x frame_width are the autoencoder's frames.
+struct WaypointConfig : ArchConfig, TransformerDims {
   int output_height = 0, output_width = 0;  // the frames a session returns and takes (bilinear resize between)
-  int latent_channels = 0, patch_size = 0;
-  int hidden_size = 0, depth = 0, num_heads = 0, num_kv_heads = 0, mlp_ratio = 4, noise_features = 0;
+  int num_kv_heads = 0, noise_features = 0;
   bool value_residual = true;
   double rope_theta = 10000.0, rope_nyquist = 0.8;
   int time_stride = 1;
