@@ -150,6 +150,8 @@ def linear_ref(M, K, N, epilogue, bias):
         return F.gelu(p, approximate="tanh")
     if epilogue == "gelu_erf":
         return F.gelu(p)
+    if epilogue == "silu":
+        return F.silu(p)
     if epilogue == "gated_residual":
         return T(i["y"]) + T(i["gate"]) * p
     return p
@@ -1115,20 +1117,14 @@ def test_cpu_bf16_linear_of_model_shapes_never_runs_onednn_reference_kernels(M, 
     if not CPU_BF16["ok"]:
         pytest.skip("this CPU computes no bf16 (no AVX512-BF16 / AMX, or no oneDNN)")
     monkeypatch.setenv("NFD_RT_CPU_EPILOGUE", impl)
-    i = dict(x=randn(M, K, seed=1), w=randn(N, K, seed=2, scale=1 / math.sqrt(K)), b=randn(N, seed=3, scale=0.1),
-             gate=randn(N, seed=4), y=randn(M, N, seed=5))
-    gated = epilogue == "gated_residual"
     _core.clear_kernels_used()
-    got = ops.linear(i["x"], i["w"], i["b"], epilogue=epilogue, gate=i["gate"] if gated else None,
-                     y=i["y"] if gated else None, device="cpu", dtype="bfloat16")
+    got = linear_call(M, K, N, epilogue, True)(dict(device="cpu", dtype="bfloat16"))
     used = _core.kernels_used()
     assert not [k for k in used if "reference kernel" in k], used
     fallback = [v for k, v in used.items() if k.startswith("linear cpu bf16") and "bare product" in v]
     # The fallback runs exactly where asked for (an epilogue beyond the bias): oneDNN fuses every epilogue here.
     assert bool(fallback) == (impl == "ours" and epilogue != "none"), used
-    p = T(i["x"]) @ T(i["w"]).T + T(i["b"])
-    want = {"gated_residual": T(i["y"]) + T(i["gate"]) * p, "silu": F.silu(p),
-            "gelu_tanh": F.gelu(p, approximate="tanh"), "none": p}[epilogue]
+    want = linear_ref(M, K, N, epilogue, True)
     err = float(torch.linalg.norm(T(got) - want) / torch.linalg.norm(want))
     assert err < 1e-2, f"relative L2 error {err:.2e} (bf16 output)"
 
@@ -1146,13 +1142,9 @@ def test_cpu_fp32_linear_under_each_gemm_engine(M, K, N, epilogue, engine, monke
     if engine == "onednn" and not CPU_BF16["onednn"]:
         pytest.skip("this build has no oneDNN")
     monkeypatch.setenv("NFD_RT_CPU_GEMM", engine)
-    i = linear_inputs(M, K, N)
-    gated = epilogue == "gated_residual"
-    got = ops.linear(i["x"], i["w"], i["b"], epilogue=epilogue, gate=i["gate"] if gated else None,
-                     y=i["y"] if gated else None, device="cpu", dtype="float32")
-    p = T(i["x"]) @ T(i["w"]).T + T(i["b"])
-    want = {"gated_residual": T(i["y"]) + T(i["gate"]) * p, "gelu_tanh": F.gelu(p, approximate="tanh"), "none": p}
-    compare(got, want[epilogue], "close", "float32", K >= 1024, f"linear {M}x{K}x{N} {epilogue} ({engine})")
+    got = linear_call(M, K, N, epilogue, True)(dict(device="cpu", dtype="float32"))
+    compare(got, linear_ref(M, K, N, epilogue, True), "close", "float32", K >= 1024,
+            f"linear {M}x{K}x{N} {epilogue} ({engine})")
 
 
 def test_cpu_fp32_linear_engine_is_fixed_by_the_shape(monkeypatch):
