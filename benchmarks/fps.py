@@ -924,6 +924,14 @@ def run_benchmark(args, result: dict, save: Callable[[], None]) -> dict:
     return result
 
 
+def best_and_strongest(runners: dict) -> tuple[str | None, str | None]:
+    """The fastest nfd_rt runner and the fastest baseline of a run (None where the run has none), by frames/s."""
+    timed = {k: v["fps"] for k, v in runners.items() if "fps" in v}
+    ours = [k for k in timed if k.startswith("nfd_rt")]
+    base = [k for k in timed if not k.startswith("nfd_rt")]
+    return (max(ours, key=timed.get) if ours else None), (max(base, key=timed.get) if base else None)
+
+
 def finish(result: dict, first_frames: dict) -> None:
     """Ratios of the best nfd_rt runner to each baseline and to the strongest; first frames against eager's."""
     runners = result["runners"]
@@ -931,16 +939,15 @@ def finish(result: dict, first_frames: dict) -> None:
     for name, frame in first_frames.items():
         if name != "eager" and ref is not None:
             runners[name]["first_frame_vs_eager"] = first_frame_diff(frame, ref)
-    ours = {k: v for k, v in runners.items() if k.startswith("nfd_rt") and "fps" in v}
-    base = {k: v for k, v in runners.items() if not k.startswith("nfd_rt") and "fps" in v}
-    if base:
-        result["strongest_baseline"] = max(base, key=lambda k: base[k]["fps"])
-    if ours:
-        best = max(ours, key=lambda k: ours[k]["fps"])
+    best, strongest = best_and_strongest(runners)
+    if strongest:
+        result["strongest_baseline"] = strongest
+    if best:
         result["best"] = best
-        result["ratios"] = {f"{best} / {k}": ours[best]["fps"] / v["fps"] for k, v in base.items()}
-        if base:
-            result["ratio_vs_strongest_baseline"] = ours[best]["fps"] / base[result["strongest_baseline"]]["fps"]
+        result["ratios"] = {f"{best} / {k}": runners[best]["fps"] / v["fps"] for k, v in runners.items()
+                            if not k.startswith("nfd_rt") and "fps" in v}
+        if strongest:
+            result["ratio_vs_strongest_baseline"] = runners[best]["fps"] / runners[strongest]["fps"]
 
 
 def merge_results(results: list[dict], sources: list[str]) -> dict:

@@ -273,10 +273,9 @@ def ratios(result: dict) -> None:
         if "fps" in ours:
             out[f"nfd_rt[{device},{dtype}] / {name}"] = ours["fps"] / r["fps"]
     result["ratios"] = out
-    timed = {name: r["fps"] for name, r in rs.items() if "fps" in r}
-    ours = [n for n in timed if n.startswith("nfd_rt")]
-    baselines = [n for n in timed if not n.startswith("nfd_rt")]
-    if ours and baselines:
-        best, strongest = max(ours, key=timed.get), max(baselines, key=timed.get)
+    from fps import best_and_strongest
+
+    best, strongest = best_and_strongest(rs)
+    if best and strongest:
         result.update(best=best, strongest_baseline=strongest,
-                      ratio_vs_strongest_baseline=timed[best] / timed[strongest])
+                      ratio_vs_strongest_baseline=rs[best]["fps"] / rs[strongest]["fps"])
