@@ -85,23 +85,27 @@ static void linear_bf16(const Context& ctx, const Tensor& x, const Tensor& w, co
     // columns (ldc = N) it takes its older gemm kernel, 15-20% slower at a frame's shapes (docs/cpu-backend.md).
     // So a block narrower than y is computed into dense scratch (holding y's block first for the gated residual,
     // whose sum post-op reads it) and copied into y.
-    const bool dense = cols == N;
-    bf16_t* dst = dense ? out + n0 : reinterpret_cast<bf16_t*>(scratch(size_t(M * cols + 1) / 2));
-    auto copy_rows = [&](const bf16_t* from, int64_t from_ld, bf16_t* to, int64_t to_ld) {
-      for (int64_t r = 0; r < M; ++r) std::memcpy(to + r * to_ld, from + r * from_ld, size_t(cols) * sizeof(bf16_t));
-    };
-    if (!dense && g && fused) copy_rows(out + n0, N, dst, cols);
     ::nfd::cpu::Matmul mm;
     mm.M = M, mm.N = cols, mm.K = K, mm.lda = K, mm.ldb = K, mm.ldc = cols, mm.b_nk = true;
     mm.bias = b != nullptr, mm.post = post;
     const bf16_t* wb = w.ptr<bf16_t>() + n0 * K;
-    const bf16_t* bb = b ? b + n0 : nullptr;
-    const bool ran = post == Post::none ? (::nfd::cpu::matmul(mm, x.ptr<bf16_t>(), wb, dst, bb), true)
-                     : fused ? ::nfd::cpu::matmul_unless_reference(mm, x.ptr<bf16_t>(), wb, dst, bb, g ? g + n0 : nullptr)
-                             : false;
-    if (ran) {
-      if (!dense) copy_rows(dst, cols, out + n0, N);
-      return;
+    if (post == Post::none || fused) {
+      const bool dense = cols == N;
+      bf16_t* dst = dense ? out + n0 : reinterpret_cast<bf16_t*>(scratch(size_t(M * cols + 1) / 2));
+      auto copy_rows = [&](const bf16_t* from, int64_t from_ld, bf16_t* to, int64_t to_ld) {
+        for (int64_t r = 0; r < M; ++r)
+          std::memcpy(to + r * to_ld, from + r * from_ld, size_t(cols) * sizeof(bf16_t));
+      };
+      if (!dense && g) copy_rows(out + n0, N, dst, cols);
+      const bf16_t* bb = b ? b + n0 : nullptr;
+      const bool ran = post == Post::none
+                           ? (::nfd::cpu::matmul(mm, x.ptr<bf16_t>(), wb, dst, bb), true)
+                           : ::nfd::cpu::matmul_unless_reference(mm, x.ptr<bf16_t>(), wb, dst, bb,
+                                                                 g ? g + n0 : nullptr);
+      if (ran) {
+        if (!dense) copy_rows(dst, cols, out + n0, N);
+        return;
+      }
     }
     // oneDNN has only its reference kernel for this epilogue here (or NFD_RT_CPU_EPILOGUE=ours): the bare product
     // into fp32 scratch on a fast kernel, then the fp32 epilogue (bias and gate widened, y widened for the gated
@@ -157,7 +161,8 @@ void linear(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& 
   // NFD_RT_CPU_GEMM=openblas|onednn takes one engine for every block.
   ::nfd::cpu::set_blas_threads(1);
   const std::string engine = switch_value("NFD_RT_CPU_GEMM", {"auto", "openblas", "onednn"});
-  NFD_CHECK(engine != "onednn" || ::nfd::cpu::has_onednn(), unsupported,
+  const bool always_onednn = engine == "onednn", auto_onednn = engine == "auto" && ::nfd::cpu::has_onednn();
+  NFD_CHECK(!always_onednn || ::nfd::cpu::has_onednn(), unsupported,
             "NFD_RT_CPU_GEMM=onednn: this build has no oneDNN");
   const float* b = bias.defined() ? bias.ptr<float>() : nullptr;
   const float* g = gated ? gate->ptr<float>() : nullptr;
@@ -166,8 +171,7 @@ void linear(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& 
     const int64_t cols = n1 - n0;
     const float* wb = w.ptr<float>() + n0 * K;
     const bool onednn =
-        engine == "onednn" || (engine == "auto" && ::nfd::cpu::has_onednn() && M >= kOneDnnF32MinRows &&
-                               M * cols * K >= kOneDnnF32MinWork);
+        always_onednn || (auto_onednn && M >= kOneDnnF32MinRows && M * cols * K >= kOneDnnF32MinWork);
     // oneDNN writes a dense block (its brgemm kernels take no other destination); the gated residual accumulates
     // into y, so its product goes to scratch first too.
     float* prod = onednn || gated ? scratch(size_t(M * cols)) : out + n0;
