@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "core/tensor.h"  // FrameState::kMaxSlots via ops.h
+#include "ops/attention_cudnn_layout.h"
 #include "ops/attention_math.h"
 #include "ops/attention_mma.h"
 #include "ops/ops.h"
@@ -414,6 +415,102 @@ static void run_case(const char* name, int H, int N, int HD, int slots, std::vec
   for (bool folded : {false, true}) run_form(name, H, N, HD, slots, vis, splits, q_scale, rng, mt, folded);
 }
 
+
+// cuDNN's SDPA over key batches (ops/attention_cudnn_layout.h), emulated: S copies of q, K/V, O and the
+// log-sum-exp are read and written through exactly the views the cuDNN graph declares; each batch attends over
+// its seq_len_kv keys (an SDPA per batch, as cuDNN computes it: O normalised, Stats = max + ln(sum exp)); the
+// batches merge by sdpa_merge_weight (one batch: O straight into out). Against attention over the first
+// nv * N keys. Checks the views' strides and batch offsets, that every live key is in exactly one batch, that no
+// view reaches past the cache, and the merge. What it cannot check: cuDNN itself (a GPU run does).
+static void run_sdpa_split(int H, int Hkv, int N, int hd, int slots, int nv, int S, std::mt19937& rng) {
+  namespace sd = nfd::tile::sdpa;
+  std::normal_distribution<float> nd(0.f, 1.f);
+  const int64_t total = int64_t(slots) * N, cache = total * Hkv * hd;
+  std::vector<float> q(static_cast<size_t>(H) * N * hd), k(static_cast<size_t>(cache)), v(static_cast<size_t>(cache));
+  for (float& x : q) x = nd(rng);
+  for (float& x : k) x = nd(rng);
+  for (float& x : v) x = nd(rng);
+  const sd::KeySplit split = sd::key_split(total, S);
+  const int B = split.splits;
+  const sd::View qv = sd::q_view(N, H, hd, B), kv = sd::kv_view(split, Hkv, hd);
+  const sd::View ov = sd::o_view(N, H, hd, B), sv = sd::stats_view(N, H, B);
+  std::vector<float> q_batches(size_t(B) * q.size());
+  for (int b = 0; b < B; ++b) std::copy(q.begin(), q.end(), q_batches.begin() + size_t(b) * q.size());
+  std::vector<int32_t> len(static_cast<size_t>(B));
+  int64_t covered = 0, last_read = 0;
+  for (int b = 0; b < B; ++b) {
+    len[size_t(b)] = sd::seq_len_kv(split, b, int64_t(nv) * N);
+    covered += len[size_t(b)];
+    last_read = std::max(last_read, kv.offset(b, Hkv - 1, split.batch_keys - 1, hd - 1));
+  }
+  std::vector<float> out(size_t(N) * H * hd, 0.f), part(B > 1 ? size_t(B) * H * N * hd : 0), stats(size_t(B) * H * N);
+  const double scale = 1.0 / std::sqrt(double(hd));
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < H; ++h)
+      for (int n = 0; n < N; ++n) {
+        const int L = len[size_t(b)];
+        if (L == 0) continue;  // cuDNN's rows of a batch without keys: not read by the merge
+        std::vector<double> sc(static_cast<size_t>(L));
+        double m = -INFINITY;
+        for (int j = 0; j < L; ++j) {
+          double dot = 0;
+          for (int d = 0; d < hd; ++d)
+            dot += double(q_batches[size_t(qv.offset(b, h, n, d))]) * k[size_t(kv.offset(b, h / (H / Hkv), j, d))];
+          sc[size_t(j)] = dot * scale;
+          m = std::max(m, sc[size_t(j)]);
+        }
+        double l = 0;
+        for (double& x : sc) l += (x = std::exp(x - m));
+        float* o = B > 1 ? part.data() : out.data();
+        for (int d = 0; d < hd; ++d) {
+          double acc = 0;
+          for (int j = 0; j < L; ++j) acc += sc[size_t(j)] * v[size_t(kv.offset(b, h / (H / Hkv), j, d))];
+          o[size_t(ov.offset(b, h, n, d))] = float(acc / l);
+        }
+        stats[size_t(sv.offset(b, h, n, 0))] = float(m + std::log(l));
+      }
+  if (B > 1)  // the merge kernel's arithmetic
+    for (int h = 0; h < H; ++h)
+      for (int n = 0; n < N; ++n) {
+        float lse_max = -INFINITY, wsum = 0.f;
+        for (int b = 0; b < B; ++b)
+          if (len[size_t(b)] > 0) lse_max = std::max(lse_max, stats[size_t(sv.offset(b, h, n, 0))]);
+        for (int b = 0; b < B; ++b) wsum += sd::sdpa_merge_weight(len[size_t(b)], stats[size_t(sv.offset(b, h, n, 0))], lse_max);
+        for (int d = 0; d < hd; ++d) {
+          float acc = 0.f;
+          for (int b = 0; b < B; ++b) {
+            const float w = sd::sdpa_merge_weight(len[size_t(b)], stats[size_t(sv.offset(b, h, n, 0))], lse_max);
+            if (w > 0.f) acc += w * part[size_t(ov.offset(b, h, n, d))];
+          }
+          out[size_t(n) * H * hd + size_t(h) * hd + d] = acc / wsum;
+        }
+      }
+  double err = 0, ref_norm = 0;
+  for (int h = 0; h < H; ++h)
+    for (int n = 0; n < N; ++n) {
+      const int g = h / (H / Hkv);
+      std::vector<double> sc(static_cast<size_t>(nv) * N);
+      double m = -INFINITY, l = 0;
+      for (int64_t j = 0; j < int64_t(nv) * N; ++j) {
+        double dot = 0;
+        for (int d = 0; d < hd; ++d) dot += double(q[size_t(h) * N * hd + size_t(n) * hd + d]) * k[size_t((j * Hkv + g) * hd + d)];
+        m = std::max(m, sc[size_t(j)] = dot * scale);
+      }
+      for (double& x : sc) l += (x = std::exp(x - m));
+      for (int d = 0; d < hd; ++d) {
+        double acc = 0;
+        for (int64_t j = 0; j < int64_t(nv) * N; ++j) acc += sc[size_t(j)] * v[size_t((j * Hkv + g) * hd + d)];
+        const double want = acc / l, got = out[size_t(n) * H * hd + size_t(h) * hd + d];
+        err = std::max(err, std::fabs(got - want));
+        ref_norm = std::max(ref_norm, std::fabs(want));
+      }
+    }
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "cudnn views H=%d/%d N=%d hd=%d slots=%d visible=%d batches=%d (stride %ld x %ld)", H,
+                Hkv, N, hd, slots, nv, B, long(split.stride), long(split.batch_keys));
+  expect(covered == int64_t(nv) * N && last_read < cache && err <= 1e-5 * std::max(1.0, ref_norm), buf, err);
+}
+
 int main() {
   std::mt19937 rng(11);
   // Split ranges: every tile in exactly one split, sizes differ by at most one, empty splits when tiles < splits.
@@ -521,6 +618,24 @@ int main() {
   expect(fast_mask_elems > 0, "the unmasked path of fully live tiles ran", double(fast_mask_elems));
   expect(liveness_mismatches == 0, "the loaders' AND of their key flags == tile_all_live on every tile",
          double(liveness_mismatches));
+  // cuDNN's SDPA over key batches: every fill level of a small cache (batches without keys at the first frames),
+  // GQA, head_dims, more batches than slots, and nfd-310m's full cache (33 slots of 336 keys).
+  for (int nv : {1, 2, 5, 6})
+    for (int S : {1, 2, 3, 4, 7, 16}) run_sdpa_split(4, 2, 37, 64, 6, nv, S, rng);
+  run_sdpa_split(2, 2, 20, 32, 3, 3, 5, rng);
+  run_sdpa_split(2, 1, 9, 128, 4, 2, 3, rng);
+  for (int S : {4, 5, 8}) run_sdpa_split(1, 1, 336, 64, 33, 33, S, rng);
+  {  // the split's shape: the last view ends at the cache's end, batches 0 .. S-2 own `stride` keys
+    bool ok = true;
+    for (int64_t total : {1, 7, 37, 222, 11088})
+      for (int S : {1, 2, 3, 4, 5, 8, 16}) {
+        const auto k = nfd::tile::sdpa::key_split(total, S);
+        if (S > total) ok = ok && k.splits == int(total);
+        ok = ok && k.stride >= 1 && k.batch_keys >= k.stride && (k.splits - 1) * k.stride + k.batch_keys == total &&
+             k.batch_keys <= (total + k.splits - 1) / k.splits + k.splits - 1;
+      }
+    expect(ok, "key_split: views end at the cache's end; batch lengths within S - 1 of even");
+  }
   std::printf("%d passed, %d failed\n", g_pass, g_fail);
   return g_fail ? 1 : 0;
 }
