@@ -7,6 +7,9 @@
 #ifdef NFD_RT_WITH_CUBLASLT
 #include "ops/cuda_gemm.h"
 #endif
+#ifdef NFD_RT_WITH_CUDNN
+#include "ops/attention_cudnn.h"
+#endif
 
 namespace nfd {
 
@@ -74,6 +77,12 @@ CudaBuildInfo cuda_build_info() {
   b.cublaslt_status = ops::cuda_detail::cublaslt_status();  // loads the library once; needs no GPU
 #else
   b.cublaslt_status = "built without cuBLASLt (cublasLt.h not found at build time)";
+#endif
+#ifdef NFD_RT_WITH_CUDNN
+  b.cudnn = true;
+  b.cudnn_status = ops::cudnn_sdpa::status();  // loads the library once (no handle: that needs a GPU)
+#else
+  b.cudnn_status = "built without cuDNN attention (cudnn-frontend headers not found at build time)";
 #endif
   return b;
 }

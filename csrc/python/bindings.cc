@@ -620,8 +620,11 @@ PYBIND11_MODULE(_core, m) {
     d["flashinfer"] = b.flashinfer;
     d["cublaslt"] = b.cublaslt;
     d["cublaslt_status"] = b.cublaslt_status;
+    d["cudnn"] = b.cudnn;
+    d["cudnn_status"] = b.cudnn_status;
     return d;
-  }, "What the CUDA backend was built with: {'cuda', 'flashinfer', 'cublaslt': bool, 'cublaslt_status': str}.");
+  }, "What the CUDA backend was built with: {'cuda', 'flashinfer', 'cublaslt', 'cudnn': bool, 'cublaslt_status', "
+     "'cudnn_status': str}.");
   m.def("default_threads", &nfd::physical_cores,
         "CPU threads a Session uses with threads=0 (physical cores).");
   py::module_ ops = m.def_submodule("ops", "op-level bindings (tests, benchmarks)");

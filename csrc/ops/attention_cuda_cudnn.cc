@@ -1,0 +1,275 @@
+// cuDNN's fused SDPA through cudnn-frontend (interface: ops/attention_cudnn.h; the views: ops/attention_cudnn_layout.h).
+//
+// Host C++ only (compiled by the host compiler: nvcc took twice as long on cudnn-frontend's templates). Built against
+// the cudnn-frontend and cuDNN headers, not linked: NV_CUDNN_FRONTEND_USE_DYNAMIC_LOADING makes the frontend call
+// cuDNN through `cudnn_dlhandle`, which this file opens at first use. Search order: $NFD_RT_CUDNN_LIB; the
+// nvidia-cudnn-cu13 wheel beside this binary (site-packages/nvidia/cudnn/lib, seen from site-packages/nfd_rt/ and
+// site-packages/nfd_rt/lib/); the loader's path (where PyTorch loaded it first, its copy).
+#include "ops/attention_cudnn.h"
+
+#include <cudnn_frontend.h>
+#include <dlfcn.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <tuple>
+#include <vector>
+
+#include "core/error.h"
+#include "ops/attention_cudnn_layout.h"
+
+namespace cudnn_frontend {
+void* cudnn_dlhandle = nullptr;  // the frontend's calls into cuDNN resolve against this handle
+}  // namespace cudnn_frontend
+
+namespace nfd {
+namespace ops {
+namespace cudnn_sdpa {
+namespace {
+
+namespace fe = cudnn_frontend;
+
+std::string own_dir() {  // folder of the binary holding this code
+  Dl_info info;
+  if (dladdr(reinterpret_cast<void*>(&own_dir), &info) && info.dli_fname) {
+    std::string p = info.dli_fname;
+    const size_t slash = p.rfind('/');
+    if (slash != std::string::npos) return p.substr(0, slash);
+  }
+  return ".";
+}
+
+struct Library {
+  bool ok = false;  // loaded, cuDNN 9 or newer
+  std::string status;
+  std::mutex mu;  // guards the handle; its stream is set per call: one caller at a time
+  cudnnHandle_t handle = nullptr;
+  std::string handle_error;
+};
+
+Library& library() {
+  static Library lib;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    std::vector<std::string> candidates;
+    if (const char* e = std::getenv("NFD_RT_CUDNN_LIB")) candidates.push_back(e);
+    const std::string dir = own_dir();
+    for (const char* up : {"/..", "/../.."}) candidates.push_back(dir + up + "/nvidia/cudnn/lib/libcudnn.so.9");
+    candidates.push_back("libcudnn.so.9");
+    std::string tried;
+    for (const std::string& c : candidates) {
+      // RTLD_GLOBAL: libcudnn.so.9 opens its sub-libraries (graph, engines) itself and they resolve against it.
+      void* h = dlopen(c.c_str(), RTLD_NOW | RTLD_GLOBAL);
+      if (h) {
+        fe::cudnn_dlhandle = h;
+        lib.status = "cuDNN from " + c;
+        break;
+      }
+      tried += (tried.empty() ? "" : "; ") + c;
+    }
+    if (!fe::cudnn_dlhandle) {
+      lib.status = "cuDNN not loaded (pip install nvidia-cudnn-cu13, or set NFD_RT_CUDNN_LIB); tried " + tried;
+      return;
+    }
+    try {
+      const size_t version = fe::detail::get_backend_version();
+      lib.status += " (version " + std::to_string(version) + ")";
+      if (version < 90000) {
+        lib.status += ": cuDNN 9 or newer is needed";
+        return;
+      }
+    } catch (const std::exception& e) {  // a missing symbol or CUDA runtime: the frontend throws
+      lib.status += std::string(": ") + e.what();
+      return;
+    }
+    lib.ok = true;
+  });
+  return lib;
+}
+
+// The process' cuDNN handle, created at the first prepare (cudnnCreate needs a GPU; loading the library does not).
+// Called with lib.mu held. It lives until the process ends (destroying it at exit races the CUDA teardown).
+cudnnHandle_t handle(Library& lib, std::string* why) {
+  if (!lib.handle && lib.handle_error.empty()) {
+    try {
+      const cudnnStatus_t st = fe::detail::create_handle(&lib.handle);
+      if (st != CUDNN_STATUS_SUCCESS) {
+        lib.handle = nullptr;
+        lib.handle_error = "cudnnCreate failed (status " + std::to_string(int(st)) + ")";
+      }
+    } catch (const std::exception& e) {
+      lib.handle_error = std::string("cudnnCreate: ") + e.what();
+    }
+  }
+  if (!lib.handle && why) *why = lib.handle_error;
+  return lib.handle;
+}
+
+// The largest workspace a plan may ask for (ops/scratch_bound.cc counts it in a session's memory estimate).
+constexpr int64_t kMaxWorkspace = int64_t(32) << 20;
+
+// Tensor uids of the graph's inputs and outputs (the variant pack of a call).
+enum Uid : int64_t { kQ = 1, kK, kV, kO, kStats, kSeqQ, kSeqKv };
+
+struct Built {
+  std::shared_ptr<fe::graph::Graph> graph;
+  int64_t workspace = 0;
+  std::string error;  // non-empty: cuDNN takes no plan for this problem
+};
+
+using Key = std::tuple<int, int, int, int, int, int64_t, int>;
+Key key_of(const Problem& p) { return Key{int(p.dtype), p.N, p.H, p.Hkv, p.hd, p.keys, p.splits}; }
+
+std::mutex g_mu;
+std::map<Key, Built>& graphs() {
+  static std::map<Key, Built> m;
+  return m;
+}
+
+std::shared_ptr<fe::graph::Tensor_attributes> view(fe::graph::Graph& g, const char* name, int64_t uid,
+                                                   const tile::sdpa::View& v) {
+  return g.tensor(fe::graph::Tensor_attributes()
+                      .set_name(name)
+                      .set_uid(uid)
+                      .set_dim({v.dim[0], v.dim[1], v.dim[2], v.dim[3]})
+                      .set_stride({v.stride[0], v.stride[1], v.stride[2], v.stride[3]}));
+}
+
+std::string check(fe::error_t e, const char* step) {
+  return e.is_good() ? std::string() : std::string(step) + ": " + e.get_message();
+}
+
+Built build(const Problem& p, cudnnHandle_t handle) {
+  Built b;
+  const int S = p.splits;
+  const tile::sdpa::KeySplit split = tile::sdpa::key_split(p.keys, S);
+  auto g = std::make_shared<fe::graph::Graph>();
+  g->set_io_data_type(p.dtype == DType::f16 ? fe::DataType_t::HALF : fe::DataType_t::BFLOAT16)
+      .set_intermediate_data_type(fe::DataType_t::FLOAT)
+      .set_compute_data_type(fe::DataType_t::FLOAT);
+  auto q = view(*g, "q", kQ, tile::sdpa::q_view(p.N, p.H, p.hd, S));
+  auto k = view(*g, "k", kK, tile::sdpa::kv_view(split, p.Hkv, p.hd));
+  auto v = view(*g, "v", kV, tile::sdpa::kv_view(split, p.Hkv, p.hd));
+  auto lengths = [&](const char* name, int64_t uid) {
+    return g->tensor(fe::graph::Tensor_attributes()
+                         .set_name(name)
+                         .set_uid(uid)
+                         .set_dim({S, 1, 1, 1})
+                         .set_stride({1, 1, 1, 1})
+                         .set_data_type(fe::DataType_t::INT32));
+  };
+  fe::graph::SDPA_attributes attrs;
+  attrs.set_name("attention")
+      .set_generate_stats(S > 1)
+      .set_attn_scale(float(1.0 / std::sqrt(double(p.hd))))
+      .set_padding_mask(true)
+      .set_seq_len_q(lengths("seq_len_q", kSeqQ))
+      .set_seq_len_kv(lengths("seq_len_kv", kSeqKv));
+  auto [o, stats] = g->sdpa(q, k, v, attrs);
+  const tile::sdpa::View ov = tile::sdpa::o_view(p.N, p.H, p.hd, S);
+  o->set_output(true)
+      .set_uid(kO)
+      .set_dim({ov.dim[0], ov.dim[1], ov.dim[2], ov.dim[3]})
+      .set_stride({ov.stride[0], ov.stride[1], ov.stride[2], ov.stride[3]});
+  if (S > 1) {
+    const tile::sdpa::View sv = tile::sdpa::stats_view(p.N, p.H, S);
+    stats->set_output(true)
+        .set_uid(kStats)
+        .set_data_type(fe::DataType_t::FLOAT)
+        .set_dim({sv.dim[0], sv.dim[1], sv.dim[2], sv.dim[3]})
+        .set_stride({sv.stride[0], sv.stride[1], sv.stride[2], sv.stride[3]});
+  }
+  std::string err = check(g->validate(), "validate");
+  if (err.empty()) err = check(g->build_operation_graph(handle), "build_operation_graph");
+  if (err.empty()) err = check(g->create_execution_plans({fe::HeurMode_t::A}), "create_execution_plans");
+  if (err.empty()) err = check(g->check_support(handle), "check_support");
+  if (err.empty()) err = check(g->build_plans(handle), "build_plans");
+  if (err.empty()) err = check(g->get_workspace_size(b.workspace), "get_workspace_size");
+  if (err.empty() && b.workspace > kMaxWorkspace)  // the session's memory estimate allows this much
+    err = "its plan asks for a workspace of " + std::to_string(b.workspace) + " bytes (at most " +
+          std::to_string(kMaxWorkspace) + ")";
+  if (!err.empty()) {
+    b.error = err;
+    return b;
+  }
+  b.graph = std::move(g);
+  return b;
+}
+
+const Built& built(const Problem& p) {
+  std::lock_guard<std::mutex> lock(g_mu);
+  auto it = graphs().find(key_of(p));
+  NFD_CHECK(it != graphs().end(), internal, "cuDNN attention: problem not prepared (ops::attention_prepare)");
+  return it->second;
+}
+
+}  // namespace
+
+bool available() { return library().ok; }
+std::string status() { return library().status; }
+
+bool prepare(const Problem& p, std::string* why) {
+  Library& lib = library();
+  if (!lib.ok) {
+    if (why) *why = lib.status;
+    return false;
+  }
+  if (p.N < 1 || p.H < 1 || p.Hkv < 1 || p.H % p.Hkv != 0 || p.keys < 1 || p.splits < 1 || p.splits > p.keys) {
+    if (why) *why = "not a problem cuDNN attention takes";
+    return false;
+  }
+  const Key key = key_of(p);
+  {
+    std::lock_guard<std::mutex> lock(g_mu);
+    auto it = graphs().find(key);
+    if (it != graphs().end()) {
+      if (why) *why = it->second.error;
+      return it->second.graph != nullptr;
+    }
+  }
+  Built b;
+  try {
+    std::lock_guard<std::mutex> lock(lib.mu);
+    std::string no_handle;
+    if (cudnnHandle_t h = handle(lib, &no_handle)) b = build(p, h);
+    else b.error = no_handle;
+  } catch (const std::exception& e) {  // the frontend throws on a missing symbol
+    b = Built{};
+    b.error = e.what();
+  }
+  std::lock_guard<std::mutex> lock(g_mu);
+  const Built& kept = graphs().emplace(key, std::move(b)).first->second;
+  if (why) *why = kept.error;
+  return kept.graph != nullptr;
+}
+
+bool prepared(const Problem& p) {
+  std::lock_guard<std::mutex> lock(g_mu);
+  return graphs().count(key_of(p)) > 0;
+}
+
+size_t workspace_bytes(const Problem& p) { return size_t(built(p).workspace); }
+
+void run(const Problem& p, const Pointers& ptr, void* workspace, cudaStream_t s) {
+  const Built& b = built(p);
+  NFD_CHECK(b.graph, internal, "cuDNN attention: no plan for this problem: " + b.error);
+  std::unordered_map<int64_t, void*> pack = {
+      {kQ, const_cast<void*>(ptr.q_batches)},       {kK, const_cast<void*>(ptr.k)},
+      {kV, const_cast<void*>(ptr.v)},               {kO, ptr.out},
+      {kSeqQ, const_cast<int32_t*>(ptr.seq_len_q)}, {kSeqKv, const_cast<int32_t*>(ptr.seq_len_kv)}};
+  if (p.splits > 1) pack[kStats] = ptr.stats;
+  Library& lib = library();
+  std::lock_guard<std::mutex> lock(lib.mu);
+  const cudnnStatus_t st = fe::detail::set_stream(lib.handle, s);
+  NFD_CHECK(st == CUDNN_STATUS_SUCCESS, internal, "cuDNN attention: cudnnSetStream failed (status " +
+                                                      std::to_string(int(st)) + ")");
+  fe::error_t e = b.graph->execute(lib.handle, pack, workspace);
+  NFD_CHECK(e.is_good(), internal, "cuDNN attention: execute failed: " + e.get_message());
+}
+
+}  // namespace cudnn_sdpa
+}  // namespace ops
+}  // namespace nfd
