@@ -1,8 +1,9 @@
 // out[N, H*hd] = softmax(q k^T / sqrt(hd)) v per head over the keys of cache slots
 // state->visible_slots[0 .. num_visible); q [H, N, hd], caches token-major [slots, N, H, hd] (a key of head h
 // is a row of hd elements, consecutive keys H*hd apart). The slot list is read on the device, so one captured
-// graph serves every fill level of the cache. Three implementations behind the op, chosen per call
-// (NFD_RT_ATTENTION = ours | flashinfer | simt, default ours; nfd::kernels_used() records which one ran):
+// graph serves every fill level of the cache. Four implementations behind the op, chosen per call
+// (NFD_RT_ATTENTION = auto | ours | cudnn | flashinfer | simt, default auto: ours, or cuDNN for a shape where
+// ops::attention_prepare measured it faster; nfd::kernels_used() records which one ran):
 //
 //  * ours, bf16/fp16, head_dim 32/64/128 ("mma"): a flash-attention tile kernel on tensor cores (sm_80+
 //    mma.sync.m16n8k16, fp32 accumulation), index maps in ops/attention_mma.h:
@@ -21,6 +22,11 @@
 //        batch-1 frame fills every SM at any fill level; the host sizes the grid for the full cache and
 //        never reads num_visible. Each split writes its rows normalised plus their log-sum-exp; a second
 //        kernel merges them (tile::mma::lse_weight). CTAs whose range is empty write lse = -inf and exit.
+//  * cudnn (built when CMake finds cudnn-frontend's headers; libcudnn.so.9 opened at run time): cuDNN's fused SDPA
+//    through cudnn-frontend (ops/attention_cuda_cudnn.cc), the key range split into 1-16 batches so a frame's few
+//    query tiles fill the GPU (ops/attention_cudnn_layout.h), the batches merged by their log-sum-exp. It reads
+//    the keys as the caches' first rows, so it runs where the host state (ctx.host_state) shows the visible slots
+//    are the cache's prefix, else ours runs. Unverified on a GPU.
 //  * flashinfer (CMake -DNFD_RT_FLASHINFER=ON): FlashInfer's single-prefill kernel on the same tensors
 //    (ops/attention_cuda_flashinfer.cu). Its grid comes from kv_len on the host (ctx.host_state): it runs
 //    when the visible slots are the prefix 0 .. num_visible-1 of the cache (always the case for a session
@@ -30,6 +36,7 @@
 // keys = same_token (each query over its own token of the visible slots: num_visible keys) is one kernel of its
 // own for every dtype, ops/attention_cuda_same_token.cuh.
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -48,6 +55,11 @@
 #include "ops/attention_math.h"
 #include "ops/kernel_report.h"
 
+#ifdef NFD_RT_WITH_CUDNN
+#include "ops/attention_cudnn.h"
+#include "ops/attention_cudnn_layout.h"
+#endif
+
 namespace nfd {
 namespace ops {
 
@@ -62,15 +74,15 @@ bool flashinfer_attention(DType dtype, const void* q, const void* k, const void*
 
 namespace {
 
-enum class Impl { ours, flashinfer, simt };
+enum class Impl { automatic, ours, cudnn, flashinfer, simt };
 
 Impl requested_impl() {
-  const char* e = std::getenv("NFD_RT_ATTENTION");
-  if (!e || !*e || std::strcmp(e, "ours") == 0) return Impl::ours;
-  if (std::strcmp(e, "flashinfer") == 0) return Impl::flashinfer;
-  if (std::strcmp(e, "simt") == 0) return Impl::simt;
-  fail(ErrorKind::invalid_argument,
-       std::string("NFD_RT_ATTENTION must be 'ours', 'flashinfer' or 'simt', got '") + e + "'");
+  const std::string v = switch_value("NFD_RT_ATTENTION", {"auto", "ours", "cudnn", "flashinfer", "simt"});
+  return v == "auto"         ? Impl::automatic
+         : v == "ours"       ? Impl::ours
+         : v == "cudnn"      ? Impl::cudnn
+         : v == "flashinfer" ? Impl::flashinfer
+                             : Impl::simt;
 }
 
 int sm_count() {
@@ -115,16 +127,20 @@ int mma_ctas_per_sm() {
 // (folded or separate). NFD_RT_ATTENTION_ROWS=64|128 and NFD_RT_ATTENTION_SOFTMAX=folded|separate force one;
 // unset or auto: the fastest ops::attention_prepare measured for the shape at session open, and for shapes never
 // prepared 128 rows and the folded form (each unless it failed in some attention_prepare).
+// cudnn_splits > 0: cuDNN's SDPA with that many key batches measured faster than ours (NFD_RT_ATTENTION=auto or
+// cudnn); rows and folded then still name ours' fastest variant, which runs where cuDNN does not take a call.
 struct MmaChoice {
   int rows;
   bool folded;
+  int cudnn_splits = 0;
 };
 // The wider query tile of head_dim hd (its only one at 32 and 128).
 constexpr int wide_rows(int hd) { return hd == 128 ? 64 : 128; }
-using ShapeKey = std::tuple<int, int, int, int, int>;  // dtype, N, H, hd, slots
+using ShapeKey = std::tuple<int, int, int, int, int, int>;  // dtype, N, H, Hkv, hd, slots
 std::mutex g_choice_mu;
 bool g_rows128_failed = false;  // the 128-row tile failed in some attention_prepare
 bool g_folded_failed = false;   // the folded form failed in some attention_prepare
+std::atomic<bool> g_cudnn_chosen{false};  // some attention_prepare picked cuDNN (attention_sized_on_host)
 std::map<ShapeKey, MmaChoice>& mma_choices() {
   static std::map<ShapeKey, MmaChoice> m;
   return m;
@@ -223,7 +239,7 @@ template <typename T>
 std::string run_typed(const AttnArgs& a, int hd, bool mma, cudaStream_t s) {
   if constexpr (!std::is_same<T, float>::value) {  // tensor cores: 16-bit inputs only
     if (mma && (hd == 32 || hd == 64 || hd == 128)) {
-      const MmaChoice c = mma_choice(hd, ShapeKey{int(dtype_of<T>()), a.N, a.H, hd, a.slots});
+      const MmaChoice c = mma_choice(hd, ShapeKey{int(dtype_of<T>()), a.N, a.H, a.Hkv, hd, a.slots});
       switch (hd) {
         case 32: return run_mma_choice<T, 32>(a, c, s);
         case 64: return run_mma_choice<T, 64>(a, c, s);
@@ -241,22 +257,135 @@ std::string run_typed(const AttnArgs& a, int hd, bool mma, cudaStream_t s) {
   }
 }
 
-#ifdef NFD_RT_WITH_FLASHINFER
-// The visible slots are the cache's prefix 0 .. num_visible-1 (in any order): keys = the first rows.
-bool visible_is_prefix(const FrameState& st, int slots) {
-  if (st.num_visible < 1 || st.num_visible > slots || st.num_visible > FrameState::kMaxSlots) return false;
-  std::vector<char> seen(size_t(st.num_visible), 0);
-  for (int i = 0; i < st.num_visible; ++i) {
-    const int s = st.visible_slots[i];
-    if (s < 0 || s >= st.num_visible || seen[size_t(s)]) return false;
-    seen[size_t(s)] = 1;
+// cuDNN's fused SDPA as an engine (ops/attention_cudnn.h; NFD_RT_ATTENTION=cudnn, or auto when it measured faster
+// at open). It reads the keys as the caches' first rows, so it runs only where the host sees the visible slots are
+// the cache's prefix (ctx.host_state); the key batches' lengths come from the device FrameState, so a captured
+// graph serves every fill level of that prefix.
+constexpr int kMaxCudnnSplits = 16;  // the scratch bound (ops/scratch_bound.cc) assumes at most this many
+
+// The split the shape's attention_prepare chose (0: ours was faster, or never prepared).
+int cudnn_chosen_splits(const ShapeKey& key) {
+  std::lock_guard<std::mutex> lock(g_choice_mu);
+  auto it = mma_choices().find(key);
+  return it == mma_choices().end() ? 0 : it->second.cudnn_splits;
+}
+
+#ifdef NFD_RT_WITH_CUDNN
+__global__ void sdpa_lengths_kernel(const FrameState* state, tile::sdpa::KeySplit split, int N, int32_t* len_q,
+                                    int32_t* len_kv) {
+  int nvis = state->num_visible;
+  nvis = nvis < 0 ? 0 : (nvis > FrameState::kMaxSlots ? FrameState::kMaxSlots : nvis);
+  for (int b = threadIdx.x; b < split.splits; b += blockDim.x) {
+    len_q[b] = N;
+    len_kv[b] = tile::sdpa::seq_len_kv(split, b, int64_t(nvis) * N);
   }
-  return true;
+}
+
+// One warp per (head, token): out = sum_b w_b O_b / sum_b w_b, w_b = exp(lse_b - max lse) over the batches that
+// had keys (tile::sdpa::sdpa_merge_weight).
+template <typename T>
+__global__ void sdpa_merge_kernel(const T* part, const float* stats, const int32_t* len_kv, T* out, int N, int H,
+                                  int hd, int splits) {
+  const int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+  if (warp >= N * H) return;
+  const int h = warp / N, n = warp % N;
+  float lse_max = -INFINITY;
+  for (int b = 0; b < splits; ++b)
+    if (len_kv[b] > 0) lse_max = fmaxf(lse_max, stats[(int64_t(b) * H + h) * N + n]);
+  float wsum = 0.f;
+  for (int b = 0; b < splits; ++b)
+    wsum += tile::sdpa::sdpa_merge_weight(len_kv[b], stats[(int64_t(b) * H + h) * N + n], lse_max);
+  const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
+  for (int d = lane; d < hd; d += 32) {
+    float acc = 0.f;
+    for (int b = 0; b < splits; ++b) {
+      const int64_t row = (int64_t(b) * H + h) * N + n;
+      const float w = tile::sdpa::sdpa_merge_weight(len_kv[b], stats[row], lse_max);
+      if (w > 0.f) acc += w * cudaops::to_f(part[row * hd + d]);
+    }
+    out[int64_t(n) * H * hd + h * hd + d] = cudaops::from_f<T>(acc * inv);
+  }
+}
+
+cudnn_sdpa::Problem cudnn_problem(const Tensor& q, const Tensor& k_cache, int splits) {
+  cudnn_sdpa::Problem p;
+  p.dtype = q.dtype;
+  p.H = int(q.dim(0)), p.N = int(q.dim(1)), p.hd = int(q.dim(2)), p.Hkv = int(k_cache.dim(2));
+  p.keys = k_cache.dim(0) * k_cache.dim(1);
+  p.splits = std::max(1, std::min<int>(splits, int(std::min<int64_t>(p.keys, kMaxCudnnSplits))));
+  return p;
+}
+
+// What cuDNN's flash attention takes: 16-bit tensors, head_dim a multiple of 8 up to 128, 16-byte aligned data.
+bool cudnn_takes(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& out) {
+  const int hd = int(q.dim(2));
+  return (q.dtype == DType::bf16 || q.dtype == DType::f16) && hd % 8 == 0 && hd <= 128 &&
+         cudaops::aligned16(q.data) && cudaops::aligned16(k_cache.data) && cudaops::aligned16(v_cache.data) &&
+         cudaops::aligned16(out.data);
+}
+
+// The key batches of a call: with NFD_RT_ATTENTION=cudnn, NFD_RT_ATTENTION_SPLITS when set (capped at 16), else the
+// count attention_prepare measured, else enough batches for two CTAs of 128 query rows per SM; with auto, the
+// measured count (0: ours was faster, or the shape was never prepared).
+int cudnn_splits_for(Impl impl, const ShapeKey& key, int N, int H, int64_t keys) {
+  if (impl == Impl::cudnn && std::getenv("NFD_RT_ATTENTION_SPLITS"))
+    return std::min(kMaxCudnnSplits, pick_splits(1, 1, keys));  // pick_splits parses and checks the override
+  if (const int chosen = cudnn_chosen_splits(key)) return chosen;
+  if (impl != Impl::cudnn) return 0;
+  const int base = ((N + 127) / 128) * H;
+  return std::max(1, std::min<int>({kMaxCudnnSplits, int(std::min<int64_t>(keys, 1 << 20)),
+                                    (2 * sm_count() + base - 1) / base}));
+}
+
+// Runs the prepared graph of p on the call's tensors, state the device FrameState; returns what ran.
+template <typename T>
+std::string run_cudnn(const cudnn_sdpa::Problem& p, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                      Tensor& out, const FrameState* state, cudaStream_t s) {
+  using cudaops::Scratch;
+  const tile::sdpa::KeySplit split = tile::sdpa::key_split(p.keys, p.splits);
+  const int S = split.splits;
+  Scratch len_q(sizeof(int32_t) * S, s), len_kv(sizeof(int32_t) * S, s);
+  sdpa_lengths_kernel<<<1, 32, 0, s>>>(state, split, p.N, len_q.get<int32_t>(), len_kv.get<int32_t>());
+  cudaops::check_launch("attention (cuDNN key batch lengths)");
+  const size_t q_bytes = size_t(p.H) * p.N * p.hd * sizeof(T);
+  Scratch q_batches(S > 1 ? S * q_bytes : 0, s), part(S > 1 ? S * q_bytes : 0, s);
+  Scratch stats(S > 1 ? sizeof(float) * S * p.H * p.N : 0, s);
+  Scratch workspace(cudnn_sdpa::workspace_bytes(p), s);
+  for (int b = 0; b < S && S > 1; ++b)
+    cudaops::check(cudaMemcpyAsync(q_batches.get<char>() + b * q_bytes, q.data, q_bytes, cudaMemcpyDeviceToDevice,
+                                   s),
+                   "attention (cuDNN): copy of q");
+  cudnn_sdpa::Pointers ptr;
+  ptr.q_batches = S > 1 ? q_batches.get<void>() : q.data;
+  ptr.k = k_cache.data, ptr.v = v_cache.data;
+  ptr.out = S > 1 ? part.get<void>() : out.data;
+  ptr.stats = stats.get<float>();
+  ptr.seq_len_q = len_q.get<int32_t>(), ptr.seq_len_kv = len_kv.get<int32_t>();
+  cudnn_sdpa::run(p, ptr, workspace.get<void>(), s);
+  if (S > 1) {
+    const int64_t threads = int64_t(p.N) * p.H * 32;
+    sdpa_merge_kernel<T><<<cudaops::grid_1d(threads, 256), 256, 0, s>>>(
+        part.get<T>(), stats.get<float>(), len_kv.get<int32_t>(), static_cast<T*>(out.data), p.N, p.H, p.hd, S);
+    cudaops::check_launch("attention (cuDNN key batch merge)");
+  }
+  return "cudnn: fused SDPA, " + std::to_string(S) + " key batch" + (S > 1 ? "es" : "");
+}
+
+std::string run_cudnn_typed(const cudnn_sdpa::Problem& p, const Tensor& q, const Tensor& k_cache,
+                            const Tensor& v_cache, Tensor& out, const FrameState* state, cudaStream_t s) {
+  if (q.dtype == DType::f16) return run_cudnn<__half>(p, q, k_cache, v_cache, out, state, s);
+  return run_cudnn<__nv_bfloat16>(p, q, k_cache, v_cache, out, state, s);
 }
 #endif
 }  // namespace
 
-bool cuda::attention_sized_on_host() { return requested_impl() == Impl::flashinfer; }
+bool cuda::attention_sized_on_host() {
+  const Impl impl = requested_impl();
+#ifdef NFD_RT_WITH_CUDNN
+  if (impl == Impl::cudnn || (impl == Impl::automatic && g_cudnn_chosen.load())) return true;
+#endif
+  return impl == Impl::flashinfer;
+}
 
 namespace {
 AttnArgs attn_args(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, Tensor& out,
@@ -274,12 +403,14 @@ bool mma_takes(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, co
          (reinterpret_cast<uintptr_t>(out.data) & 3u) == 0;
 }
 
-// Times every variant of ours the overrides leave open (query rows x softmax form) with every slot visible and
-// records the fastest (attention_prepare). A variant that fails to launch or to run is noted and left out (and
-// kept out of shapes never prepared), so a session opens on the others; only when every variant fails does the
-// session fail to open.
+// Times every variant of ours the overrides leave open (query rows x softmax form) and, with NFD_RT_ATTENTION
+// auto or cudnn, cuDNN's SDPA at 1, 2, 4, 8 and 16 key batches, with every slot visible, and records the fastest of
+// ours (and cuDNN where it was faster still). A candidate that fails to build, launch or run is noted and left out
+// (a failing variant of ours also out of shapes never prepared), so a session opens on the others; only when every
+// candidate fails does the session fail to open.
 template <typename T, int HD>
-void prepare_variants(AttnArgs a, const ShapeKey& key, const std::string& name, cudaStream_t s) {
+void prepare_variants(AttnArgs a, const ShapeKey& key, const std::string& name, const Tensor& q,
+                      const Tensor& k_cache, const Tensor& v_cache, Tensor& out, Impl impl, cudaStream_t s) {
   FrameState full{};
   full.num_visible = std::min(a.slots, FrameState::kMaxSlots);
   for (int i = 0; i < full.num_visible; ++i) full.visible_slots[i] = i;
@@ -290,52 +421,92 @@ void prepare_variants(AttnArgs a, const ShapeKey& key, const std::string& name, 
 
   const int rows_forced_to = HD == 64 ? rows_forced() : 0, folded_forced_to = folded_forced();
   std::vector<MmaChoice> candidates;
-  for (int rows : HD == 64 ? std::vector<int>{64, 128} : std::vector<int>{wide_rows(HD)})
-    for (bool folded : {false, true})
-      if ((!rows_forced_to || rows == rows_forced_to) && (folded_forced_to < 0 || folded == (folded_forced_to == 1)))
-        candidates.push_back({rows, folded});
-  if (candidates.size() < 2) return;  // nothing to choose
-
+  if (impl != Impl::cudnn)
+    for (int rows : HD == 64 ? std::vector<int>{64, 128} : std::vector<int>{wide_rows(HD)})
+      for (bool folded : {false, true})
+        if ((!rows_forced_to || rows == rows_forced_to) &&
+            (folded_forced_to < 0 || folded == (folded_forced_to == 1)))
+          candidates.push_back({rows, folded});
   std::string report = "measured at open over " + std::to_string(full.num_visible) + " slots:", first_error;
-  MmaChoice best{};
-  float best_ms = -1.f;
+#ifdef NFD_RT_WITH_CUDNN
+  if ((impl == Impl::automatic || impl == Impl::cudnn) && cudnn_takes(q, k_cache, v_cache, out)) {
+    std::string why;
+    for (int splits : {1, 2, 4, 8, 16}) {
+      const cudnn_sdpa::Problem p = cudnn_problem(q, k_cache, splits);
+      if (p.splits != splits) break;  // fewer keys than batches
+      if (cudnn_sdpa::prepare(p, &why)) candidates.push_back({wide_rows(HD), true, splits});
+      else if (!cudnn_sdpa::available()) break;  // not loaded: one line says why
+      else report += " cudnn " + std::to_string(splits) + " batches: no plan (" + why.substr(0, 160) + "),";
+    }
+    if (!cudnn_sdpa::available()) report += " cudnn: " + cudnn_sdpa::status() + ",";
+  }
+#else
+  (void)q, (void)k_cache, (void)v_cache, (void)out;
+#endif
+  if (candidates.size() < 2 && impl != Impl::cudnn) return;  // nothing to choose
+
+  MmaChoice best_ours{}, best{};
+  float best_ours_ms = -1.f, best_ms = -1.f;
   bool rows128_failed = false, folded_failed = false;
   for (const MmaChoice& c : candidates) {
-    const std::string label = std::to_string(c.rows) + " rows " + (c.folded ? "folded" : "separate");
+    const std::string label = c.cudnn_splits ? "cudnn " + std::to_string(c.cudnn_splits) + " batches"
+                                             : std::to_string(c.rows) + " rows " + (c.folded ? "folded" : "separate");
     try {
-      const float ms = cudaops::time_ms(s, [&] { run_mma_choice<T, HD>(a, c, s); });
+      float ms;
+      if (c.cudnn_splits) {
+#ifdef NFD_RT_WITH_CUDNN
+        const cudnn_sdpa::Problem p = cudnn_problem(q, k_cache, c.cudnn_splits);
+        ms = cudaops::time_ms(s, [&] { run_cudnn_typed(p, q, k_cache, v_cache, out, a.state, s); });
+#else
+        ms = -1.f;
+#endif
+      } else {
+        ms = cudaops::time_ms(s, [&] { run_mma_choice<T, HD>(a, c, s); });
+      }
       cudaops::check(cudaStreamSynchronize(s), "cudaStreamSynchronize (attention_prepare)");
       char buf[64];
       std::snprintf(buf, sizeof buf, " %.4f ms", ms);
       report += " " + label + buf + ",";
       if (best_ms < 0.f || ms < best_ms) best = c, best_ms = ms;
+      if (!c.cudnn_splits && (best_ours_ms < 0.f || ms < best_ours_ms)) best_ours = c, best_ours_ms = ms;
     } catch (const Error& e) {
       cudaStreamSynchronize(s);  // what was queued before the failure
       cudaGetLastError();
       report += " " + label + " failed (" + std::string(e.what()).substr(0, 160) + "),";
       if (first_error.empty()) first_error = e.what();
-      rows128_failed = rows128_failed || (HD == 64 && c.rows == 128);
-      folded_failed = folded_failed || c.folded;
+      rows128_failed = rows128_failed || (HD == 64 && !c.cudnn_splits && c.rows == 128);
+      folded_failed = folded_failed || (!c.cudnn_splits && c.folded);
     }
   }
+  if (best_ms < 0.f && impl == Impl::cudnn) {  // nothing of cuDNN runs here: ours, as a call would fall back to
+    note_kernel(name + " (choice)", report + " -> ours (NFD_RT_ATTENTION=cudnn: cuDNN takes no plan here)");
+    return;
+  }
   NFD_CHECK(best_ms >= 0.f, internal, "attention_prepare: every variant of " + name + " failed: " + first_error);
+  MmaChoice kept = best_ours_ms >= 0.f ? best_ours : MmaChoice{wide_rows(HD), !g_folded_failed};
+  kept.cudnn_splits = best.cudnn_splits;
   {
     std::lock_guard<std::mutex> lock(g_choice_mu);
-    mma_choices()[key] = best;
+    mma_choices()[key] = kept;
     g_rows128_failed = g_rows128_failed || rows128_failed;
     g_folded_failed = g_folded_failed || folded_failed;
   }
+  if (kept.cudnn_splits) g_cudnn_chosen = true;
   report.back() = ' ';
-  note_kernel(name + " (choice)", report + "-> " + std::to_string(best.rows) + " rows " +
-                                      (best.folded ? "folded" : "separate"));
+  note_kernel(name + " (choice)",
+              report + "-> " +
+                  (kept.cudnn_splits ? "cudnn " + std::to_string(kept.cudnn_splits) + " batches (ours: " : "") +
+                  std::to_string(kept.rows) + " rows " + (kept.folded ? "folded" : "separate") +
+                  (kept.cudnn_splits ? ")" : ""));
 }
 
 template <typename T>
-void prepare_typed(const AttnArgs& a, int hd, const ShapeKey& key, const std::string& name, cudaStream_t s) {
+void prepare_typed(const AttnArgs& a, int hd, const ShapeKey& key, const std::string& name, const Tensor& q,
+                   const Tensor& k_cache, const Tensor& v_cache, Tensor& out, Impl impl, cudaStream_t s) {
   switch (hd) {
-    case 32: return prepare_variants<T, 32>(a, key, name, s);
-    case 64: return prepare_variants<T, 64>(a, key, name, s);
-    default: return prepare_variants<T, 128>(a, key, name, s);
+    case 32: return prepare_variants<T, 32>(a, key, name, q, k_cache, v_cache, out, impl, s);
+    case 64: return prepare_variants<T, 64>(a, key, name, q, k_cache, v_cache, out, impl, s);
+    default: return prepare_variants<T, 128>(a, key, name, q, k_cache, v_cache, out, impl, s);
   }
 }
 }  // namespace
@@ -344,14 +515,15 @@ void cuda::attention_prepare(const Context& ctx, const Tensor& q, const Tensor& 
                              Tensor& out) {
   using namespace cudaops;
   const int H = int(q.dim(0)), N = int(q.dim(1)), hd = int(q.dim(2)), slots = int(k_cache.dim(0));
+  const Impl impl = requested_impl();
   if ((hd != 32 && hd != 64 && hd != 128) || int64_t(N) * H == 0 || !mma_takes(q, k_cache, v_cache, out) ||
-      requested_impl() != Impl::ours)
+      impl == Impl::flashinfer || impl == Impl::simt)
     return;
   cudaStream_t s = stream_of(ctx);
   cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
   check(cudaStreamIsCapturing(s, &cap), "cudaStreamIsCapturing");
   if (cap != cudaStreamCaptureStatusNone) return;  // cannot time inside a capture: the defaults stay
-  const ShapeKey key{int(q.dtype), N, H, hd, slots};
+  const ShapeKey key{int(q.dtype), N, H, int(k_cache.dim(2)), hd, slots};
   {
     std::lock_guard<std::mutex> lock(g_choice_mu);
     if (mma_choices().count(key)) return;  // measured before (another session or layer)
@@ -359,8 +531,8 @@ void cuda::attention_prepare(const Context& ctx, const Tensor& q, const Tensor& 
   const AttnArgs a = attn_args(q, k_cache, v_cache, out, nullptr);  // prepare_variants sets its own FrameState
   const std::string name = std::string("attention ") + dtype_name(q.dtype) + " hd" + std::to_string(hd) +
                            " N=" + std::to_string(N) + " H=" + std::to_string(H) + " slots=" + std::to_string(slots);
-  if (q.dtype == DType::bf16) prepare_typed<__nv_bfloat16>(a, hd, key, name, s);
-  else prepare_typed<__half>(a, hd, key, name, s);
+  if (q.dtype == DType::bf16) prepare_typed<__nv_bfloat16>(a, hd, key, name, q, k_cache, v_cache, out, impl, s);
+  else prepare_typed<__half>(a, hd, key, name, q, k_cache, v_cache, out, impl, s);
 }
 
 void cuda::attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, Tensor& out,
@@ -383,7 +555,7 @@ void cuda::attention(const Context& ctx, const Tensor& q, const Tensor& k_cache,
     NFD_CHECK(ctx.host_state != nullptr, invalid_argument,
               "ops::attention: NFD_RT_ATTENTION=flashinfer needs ctx.host_state (the host copy of the FrameState)");
     const bool half = q.dtype == DType::bf16 || q.dtype == DType::f16;
-    if (half && k_cache.dim(2) == H && visible_is_prefix(*ctx.host_state, slots)) {  // our wrapper: no GQA
+    if (half && k_cache.dim(2) == H && visible_is_prefix(*ctx.host_state)) {  // our wrapper: no GQA
       const int kv_len = ctx.host_state->num_visible * N;
       if (cuda_detail::flashinfer_attention(q.dtype, q.data, k_cache.data, v_cache.data, out.data, N, H, hd, kv_len, s)) {
         note_kernel(key, "flashinfer: SinglePrefillWithKVCache (FA2, split-KV by FlashInfer)");
@@ -396,6 +568,36 @@ void cuda::attention(const Context& ctx, const Tensor& q, const Tensor& k_cache,
 #endif
   }
 
+  std::string why_not_cudnn;
+  if (impl == Impl::cudnn || impl == Impl::automatic) {
+#ifdef NFD_RT_WITH_CUDNN
+    const int splits = cudnn_splits_for(impl, ShapeKey{int(q.dtype), N, H, int(k_cache.dim(2)), hd, slots}, N, H,
+                                        k_cache.dim(0) * N);
+    if (splits > 0) {
+      if (!ctx.host_state || !visible_is_prefix(*ctx.host_state)) {
+        why_not_cudnn = ctx.host_state ? "the visible slots are not the cache's prefix" : "no host FrameState";
+      } else if (!cudnn_takes(q, k_cache, v_cache, out)) {
+        why_not_cudnn = "not a problem cuDNN takes (dtype, head_dim, alignment)";
+      } else {
+        const cudnn_sdpa::Problem p = cudnn_problem(q, k_cache, splits);
+        cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+        check(cudaStreamIsCapturing(s, &cap), "cudaStreamIsCapturing");
+        if (cap != cudaStreamCaptureStatusNone && !cudnn_sdpa::prepared(p))
+          why_not_cudnn = "its cuDNN graph is built outside a stream capture (ops::attention_prepare at open)";
+        else if (cudnn_sdpa::prepare(p, &why_not_cudnn)) {
+          note_kernel(key, run_cudnn_typed(p, q, k_cache, v_cache, out, ctx.state, s));
+          return;
+        }
+      }
+    }
+#else
+    if (impl == Impl::cudnn)
+      fail(ErrorKind::unsupported,
+           "NFD_RT_ATTENTION=cudnn, but nfd_rt was built without cuDNN (cudnn-frontend headers: CMake NFD_RT_CUDNN, "
+           "docs/cuda-backend.md)");
+#endif
+  }
+
   const AttnArgs a = attn_args(q, k_cache, v_cache, out, ctx.state);
   const bool mma = impl != Impl::simt && mma_takes(q, k_cache, v_cache, out);
   std::string ran;
@@ -405,6 +607,7 @@ void cuda::attention(const Context& ctx, const Tensor& q, const Tensor& k_cache,
     default: ran = run_typed<float>(a, hd, false, s); break;
   }
   if (impl == Impl::flashinfer) ran += " (FlashInfer requested; it does not take this problem)";
+  if (impl == Impl::cudnn) ran += " (cuDNN requested; it does not take this call: " + why_not_cudnn + ")";
   note_kernel(key, ran);
 }
 

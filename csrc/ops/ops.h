@@ -47,6 +47,19 @@ struct Context {
   const FrameState* host_state = nullptr;
 };
 
+// Whether the visible slots are the cache's prefix 0 .. num_visible-1 (in any order): the keys are then the
+// caches' first num_visible * N rows, as the vendor attention kernels (FlashInfer, cuDNN) read them.
+inline bool visible_is_prefix(const FrameState& st) {
+  if (st.num_visible < 1 || st.num_visible > FrameState::kMaxSlots) return false;
+  uint64_t seen[(FrameState::kMaxSlots + 63) / 64] = {};
+  for (int i = 0; i < st.num_visible; ++i) {
+    const int s = st.visible_slots[i];
+    if (s < 0 || s >= st.num_visible || (seen[s / 64] >> (s % 64)) & 1u) return false;
+    seen[s / 64] |= uint64_t(1) << (s % 64);
+  }
+  return true;
+}
+
 namespace ops {
 
 enum class Epilogue { none, gelu_tanh, gated_residual, gelu_erf, silu };
@@ -139,9 +152,10 @@ void attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const
 // q and the caches (any contents), writes out; synchronises ctx's stream, so call it at session open.
 void attention_prepare(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                        Tensor& out);
-// True when the attention implementation selected for ctx's device sizes its launch from ctx.host_state
-// (CUDA with NFD_RT_ATTENTION=flashinfer): a CUDA graph captured around it then holds for one num_visible and
-// the session re-captures when that changes (only while the cache fills).
+// True when the attention implementation selected for ctx's device reads ctx.host_state when a call is enqueued
+// (CUDA: NFD_RT_ATTENTION=flashinfer sizes its launch from num_visible; cuDNN, when forced or chosen at open, runs
+// only where the visible slots are the cache's prefix): a CUDA graph captured around it then holds for one
+// num_visible and prefix-ness, and the session re-captures when either changes (while the cache fills).
 bool attention_sized_on_host(const Context& ctx);
 
 // Patches: latent[C, h, w] <-> tokens[N, C*p*p], patch vector order (c, py, px), tokens row-major on the grid.

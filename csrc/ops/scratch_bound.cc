@@ -54,6 +54,9 @@ size_t scratch_bytes_bound(const ScratchShapes& s, Device device, DType dtype, i
   int64_t dit = 64 * N * (D + 2 * s.heads) * 4;  // attention: partials of up to 64 KV splits (fp32)
   // FlashInfer attention: its partials (output dtype) and log-sum-exp for up to ceil(keys / 256) chunks.
   dit = std::max(dit, (s.keys + 255) / 256 * N * (D * es + s.heads * 4) + 16);
+  // cuDNN attention: up to 16 key batches of q copies and O partials (dtype), their log-sum-exp, two length
+  // arrays, and cuDNN's workspace (at most 32 MiB: larger plans are refused, ops/attention_cuda_cudnn.cc).
+  dit = std::max(dit, 16 * N * (2 * D * es + s.heads * 4) + 2 * 256 + (int64_t(32) << 20));
   // linear with gated residual: the product, plus a cuBLASLt workspace (at most 32 MiB) beside it.
   dit = std::max(dit, N * s.widest_gated_output * es + (int64_t(32) << 20));
   int64_t vae = 0;

@@ -195,7 +195,10 @@ bool Session::Impl::generate_frame(bool decode, const std::atomic<bool>* cancel)
   CudaGraph& g = graphs.graph[in_graph ? 1 : 0];
   std::vector<int>& visible = graphs.visible[in_graph ? 1 : 0];
   std::vector<int> now;
-  for (const FrameState& f : host_state) now.push_back(f.num_visible);
+  for (const FrameState& f : host_state) {  // what a host-sized attention call reads (attention_sized_on_host)
+    now.push_back(f.num_visible);
+    now.push_back(visible_is_prefix(f) ? 1 : 0);
+  }
   const bool stale = ops::attention_sized_on_host(ctx) && visible != now;
   if (!g.captured() || stale) {
     g.capture(stream, [&] { run_frame(true, in_graph); });

@@ -68,8 +68,9 @@ class PinnedStaging {
 // Whole-frame CUDA graphs (with and without decode), captured at the first frame and replayed after.
 struct FrameGraphs {
   CudaGraph graph[2];
-  // num_visible (per cache group) each graph was captured for, when the attention kernel is sized on the host
-  // (ops::attention_sized_on_host): such a graph is re-captured when a count changes (while the cache fills).
+  // num_visible and whether the visible slots are the cache's prefix (per cache group) each graph was captured
+  // for, when the attention kernel reads the host state (ops::attention_sized_on_host): such a graph is
+  // re-captured when either changes (while the cache fills).
   std::vector<int> visible[2];
 };
 

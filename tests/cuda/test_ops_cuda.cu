@@ -8,7 +8,10 @@
 //     contract): attention skips a visible slot outside the cache, rope_qkv_split writes no cache for a
 //     write_slot outside it;
 //   * the GEMM engine choice: linear_prepare times CUTLASS and cuBLASLt on a shape and ops::linear runs the
-//     faster (skipped, and said, without cuBLASLt).
+//     faster (skipped, and said, without cuBLASLt);
+//   * cuDNN's attention (NFD_RT_ATTENTION=cudnn) at 1-16 key batches and fill levels that leave batches empty, in a
+//     CUDA graph replayed at other fill levels, the fallback to ours on a slot list that is not the cache's prefix,
+//     and attention_prepare's choice under auto (skipped, and said, without cuDNN built in or loaded).
 // Inputs are random normals rounded to bf16; references are naive host loops in double; outputs are poisoned
 // with NaN bytes before each run. Error metric ||out - ref||_2 / ||ref||_2 (NaN fails): f32 5e-5, bf16 1e-2.
 // Prints "N passed, N failed"; exit code 1 on any failure, 77 (CTest's skip) when no CUDA device is present.
@@ -282,6 +285,82 @@ static void test_attention_graph(cudaStream_t stream, DevState& st) {
   }
 }
 
+// cuDNN's SDPA (ops/attention_cuda_cudnn.cc), forced: every key-batch count against the reference, at a full
+// cache and at fill levels leaving batches without keys; a graph captured at one fill level replayed at others
+// (the batch lengths are read on the device); a slot list that is not the cache's prefix runs ours, and says so.
+// Then auto: attention_prepare times cuDNN beside ours and the op runs the recorded choice.
+static void test_attention_cudnn(cudaStream_t stream, DevState& st) {
+  const CudaBuildInfo info = cuda_build_info();
+  if (!info.cudnn || info.cudnn_status.find("cuDNN from") != 0 ||
+      info.cudnn_status.find(": ") != std::string::npos) {
+    std::printf("  cuDNN attention: skipped (%s)\n", info.cudnn_status.c_str());
+    return;
+  }
+  std::printf("  %s\n", info.cudnn_status.c_str());
+  set_env("NFD_RT_ATTENTION", "cudnn");
+  const int H = 4, N = 336, hd = 64, slots = 9;
+  auto q = randn(size_t(H) * N * hd), k = randn(size_t(slots) * N * H * hd), v = randn(size_t(slots) * N * H * hd);
+  DevT dq({H, N, hd}, DType::bf16, q), dk({slots, N, H, hd}, DType::bf16, k), dv({slots, N, H, hd}, DType::bf16, v);
+  DevT out({N, H * hd}, DType::bf16);
+  Context ctx = make_ctx(stream, st);
+  auto ran = [] {
+    for (auto& kv : kernels_used())
+      if (kv.first == "attention bf16 hd64") return kv.second;
+    return std::string();
+  };
+  std::vector<int> all(slots);
+  for (int i = 0; i < slots; ++i) all[size_t(i)] = (i + 3) % slots;  // the prefix, out of order (a wrapped ring)
+  for (const char* splits : {"1", "2", "4", "8", "16"}) {
+    set_env("NFD_RT_ATTENTION_SPLITS", splits);
+    for (const std::vector<int>& vis : {all, std::vector<int>{1, 0}, std::vector<int>{0}}) {
+      st.set(int(vis.size()), vis.back(), vis);
+      out.poison();
+      clear_kernels_used();
+      ops::attention(ctx, dq.t, dk.t, dv.t, out.t);
+      const std::string name = std::string("cudnn attention, ") + splits + " batches, " +
+                               std::to_string(vis.size()) + " of " + std::to_string(slots) + " slots";
+      check_close(name, out.download(), attention_ref(q, k, v, H, N, hd, slots, vis), tol_of(DType::bf16));
+      report(name + ": cuDNN ran", ran().rfind("cudnn", 0) == 0, ran());
+    }
+  }
+  set_env("NFD_RT_ATTENTION_SPLITS", "4");
+  st.set(2, 1, {1, 0});
+  CudaGraph g;
+  g.capture(stream, [&] { ops::attention(ctx, dq.t, dk.t, dv.t, out.t); });
+  for (int nv : {2, 5, 9, 1}) {
+    std::vector<int> vis;
+    for (int i = nv - 1; i >= 0; --i) vis.push_back(i);
+    st.set_device_only(nv, 0, vis);
+    out.poison();
+    g.replay(stream);
+    check_close("cudnn attention in a CUDA graph replayed at " + std::to_string(nv) + " slots", out.download(),
+                attention_ref(q, k, v, H, N, hd, slots, vis), tol_of(DType::bf16));
+  }
+  st.set(3, 4, {0, 4, 2});
+  clear_kernels_used();
+  ops::attention(ctx, dq.t, dk.t, dv.t, out.t);
+  check_close("cudnn requested, slots not the prefix: ours", out.download(),
+              attention_ref(q, k, v, H, N, hd, slots, {0, 4, 2}), tol_of(DType::bf16));
+  report("cudnn requested, slots not the prefix: ours ran and says why",
+         ran().rfind("ours", 0) == 0 && ran().find("not the cache's prefix") != std::string::npos, ran());
+  set_env("NFD_RT_ATTENTION_SPLITS", nullptr);
+  set_env("NFD_RT_ATTENTION", nullptr);  // auto
+  st.set(slots, 0, all);
+  clear_kernels_used();
+  ops::attention_prepare(ctx, dq.t, dk.t, dv.t, out.t);
+  ops::attention(ctx, dq.t, dk.t, dv.t, out.t);
+  std::string choice;
+  for (auto& kv : kernels_used())
+    if (kv.first.find("(choice)") != std::string::npos) choice = kv.second;
+  std::printf("  auto: %s\n  ran: %s\n", choice.c_str(), ran().c_str());
+  const bool cudnn_won = choice.find("-> cudnn") != std::string::npos;
+  report("attention_prepare timed cuDNN beside ours; the op ran the choice",
+         choice.find("cudnn 1 batches") != std::string::npos &&
+             ran().rfind(cudnn_won ? "cudnn" : "ours", 0) == 0, choice);
+  check_close("auto after attention_prepare", out.download(), attention_ref(q, k, v, H, N, hd, slots, all),
+              tol_of(DType::bf16));
+}
+
 // rope_qkv_split replayed with a write_slot outside the cache: q is written, the caches are not.
 static void test_rope_graph(cudaStream_t stream, DevState& st) {
   const int H = 2, rows = 3, cols = 4, N = rows * cols, hd = 32, slots = 4;
@@ -330,6 +409,7 @@ int main() {
       {"backend", [&] { test_backend(); }},
       {"linear_prepare", [&] { test_linear_prepare(stream, st); }},
       {"attention graph", [&] { test_attention_graph(stream, st); }},
+      {"cudnn attention", [&] { test_attention_cudnn(stream, st); }},
       {"rope graph", [&] { test_rope_graph(stream, st); }},
   };
   for (auto& g : groups) {

@@ -106,6 +106,13 @@ def flashinfer_built() -> bool:
         return False
 
 
+def cudnn_built() -> bool:
+    try:
+        return bool(_core.cuda_build_info()["cudnn"])
+    except Exception:  # noqa: BLE001 - an older module without the report
+        return False
+
+
 @dataclass
 class Case:
     """A row of the op table: `call(dev)` runs the op (dev: the binding's device/dtype keywords) and returns one
@@ -331,9 +338,15 @@ def attention_ref(H, N, hd, S, spread, kv_scale, slots):
 
 
 def attention_kernel(impl, hd, dtype):
-    """What kernels_used() must say ran: tensor cores for 16-bit `ours`, CUDA cores for float32 and simt,
-    anything for flashinfer (it falls back to ours where it does not take the problem)."""
-    prefix = "" if impl == "flashinfer" else "simt" if dtype == "float32" or impl == "simt" else "ours: mma"
+    """What kernels_used() must say ran: tensor cores for 16-bit `ours`, CUDA cores for float32 and simt, ours or
+    cuDNN after attention_prepare (`auto`: the faster at open), anything for flashinfer and cudnn (they fall back to
+    ours where they do not take the call: the visible slots not the cache's prefix)."""
+    if impl in ("flashinfer", "cudnn"):
+        prefix = ""
+    elif dtype == "float32" or impl == "simt":
+        prefix = "simt"
+    else:
+        prefix = ("ours: mma", "cudnn") if impl == "auto" else "ours: mma"
     return f"attention {SHORT[dtype]} hd{hd}", prefix
 
 
@@ -344,7 +357,8 @@ ATTENTION_VARIANTS = [("ours", {}), ("ours", {"NFD_RT_ATTENTION_SPLITS": "1"}),
                       ("ours", {"NFD_RT_ATTENTION_SPLITS": "3"}), ("ours", {"NFD_RT_ATTENTION_ROWS": "64"}),
                       ("ours", {"NFD_RT_ATTENTION_SOFTMAX": "separate"}),
                       ("ours", {"NFD_RT_ATTENTION_SOFTMAX": "separate", "NFD_RT_ATTENTION_ROWS": "64"}),
-                      ("simt", {})] + ([("flashinfer", {})] if flashinfer_built() else [])
+                      ("simt", {})] + ([("flashinfer", {})] if flashinfer_built() else []) + \
+                     ([("cudnn", {})] if cudnn_built() else [])
 
 
 def attention_case(H, N, hd, S, slots, spread=1.0, kv_scale=1.0, note="", long_sum=None):
@@ -362,7 +376,8 @@ def attention_case(H, N, hd, S, slots, spread=1.0, kv_scale=1.0, note="", long_s
             continue  # the override exists for head_dim 64 only
         default = impl == "ours" and not knobs
         env = {} if default else {"NFD_RT_ATTENTION": impl, **knobs}
-        kernel = functools.partial(attention_kernel, impl, hd)
+        # The default (NFD_RT_ATTENTION=auto) runs cuDNN on a shape attention_prepare measured it faster for.
+        kernel = functools.partial(attention_kernel, "auto" if default else impl, hd)
         label = " ".join(f"{k.removeprefix('NFD_RT_ATTENTION_').lower()}={v}" for k, v in knobs.items())
         case(name + ("" if default else f" {impl}" + (f" {label}" if label else "")), call, ref,
              long_sum=long_sum, env=env, where=(lambda device, dtype: True) if default else cuda_16bit,
@@ -414,16 +429,17 @@ for H, N, hd, S, slots, spread in [
          functools.partial(attention_same_token_ref, *shape, tuple(slots)))
 
 
-# ops::attention_prepare (CUDA: times the variants of ours, query tiles at head_dim 64 and both softmax forms,
-# over every slot, keeps the fastest for the shape), then the op as a session runs it: any variant it picks must
-# give the same result.
+# ops::attention_prepare (CUDA: times the variants of ours, query tiles at head_dim 64 and both softmax forms, and
+# cuDNN's SDPA at 1-16 key batches where it is built, over every slot, keeps the fastest for the shape), then the op
+# as a session runs it: any variant it picks must give the same result (cuDNN runs where the visible slots are the
+# cache's prefix: the middle row).
 for H, N, hd, S, slots in [(2, 37, 64, 4, [3, 0, 2]), (2, 336, 64, 6, [0, 5, 1, 2, 3, 4]), (2, 40, 128, 3, [2, 0])]:
     shape = (H, N, hd, S, 1.0, 1.0)
     case(f"attention H={H} N={N} hd={hd} slots={S} visible={slots} after attention_prepare",
          lambda dev, shape=shape, slots=slots: ops.attention(*attention_inputs(*shape), list(slots), prepare=True,
                                                              **dev),
          functools.partial(attention_ref, *shape, tuple(slots)), long_sum=True,
-         kernel=functools.partial(attention_kernel, "ours", hd))
+         kernel=functools.partial(attention_kernel, "auto", hd))
 
 
 # ---- patches, noise -------------------------------------------------------------------------------------------
@@ -906,7 +922,7 @@ CONTRACTS = [
                                                            dtypes={"k_cache": "float32"}, **d),
         r"ops::attention: k_cache must be on out's device \(cuda\)", cuda_only=True),
     Bad("attention NFD_RT_ATTENTION", lambda d, o: ops.attention(q64, kc64, kc64, [0], **d),
-        r"NFD_RT_ATTENTION must be 'ours', 'flashinfer' or 'simt', got 'bogus'", cuda_only=True,
+        r"NFD_RT_ATTENTION must be one of 'auto', 'ours', 'cudnn', 'flashinfer', 'simt', got 'bogus'", cuda_only=True,
         env={"NFD_RT_ATTENTION": "bogus"}),
     Bad("patchify latent", lambda d, o: ops.patchify(r(4, 8), 2, **d),
         r"ops::patchify: latent must be \[C, h, w\], got"),

@@ -121,13 +121,16 @@ def test_cuda_graph_replay_equals_direct_execution(model_path, model):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("impl", ["ours", "simt", "flashinfer"])
+@pytest.mark.parametrize("impl", ["ours", "simt", "flashinfer", "cudnn"])
 def test_cuda_attention_implementations(impl, tmp_path, monkeypatch):
     """Each attention kernel behind the CUDA op (NFD_RT_ATTENTION) in a bf16 session with graphs, through the
     cache filling and the window rolling: frames against the fp32 session (PSNR >= 35 dB), and the session reports
-    the kernel that ran. head_dim 64: the size FlashInfer is built for."""
+    the kernel that ran. head_dim 64: the size FlashInfer is built for. cuDNN runs every frame here (the visible
+    slots are the cache's prefix while it fills, and all of it once full)."""
     if impl == "flashinfer" and not _core.cuda_build_info()["flashinfer"]:
         pytest.skip("built without FlashInfer (CMake -DNFD_RT_FLASHINFER=ON)")
+    if impl == "cudnn" and not _core.cuda_build_info()["cudnn"]:
+        pytest.skip("built without cuDNN attention (cudnn-frontend headers not found at build time)")
     cfg = nfd_rt.configs.get("tiny").replace(hidden_size=128, num_heads=2, rope_dims=(16, 24, 24), window=3,
                                              sink_frames=1)
     save(NFDModel(cfg, init_seed=2), tmp_path / "m.nfd")
@@ -139,12 +142,16 @@ def test_cuda_attention_implementations(impl, tmp_path, monkeypatch):
     ran = {k: v for k, v in _core.kernels_used().items() if k.startswith("attention bf16")}
     print(f"{impl}: PSNR min {min(values):.1f} dB; {ran}")
     assert min(values) >= 35.0
-    assert ran and next(iter(ran.values())).startswith({"ours": "ours: mma", "simt": "simt", "flashinfer": "flashinfer"}[impl])
+    assert ran and next(iter(ran.values())).startswith(
+        {"ours": "ours: mma", "simt": "simt", "flashinfer": "flashinfer", "cudnn": "cudnn"}[impl])
 
 
 def test_cuda_build_info_reports_the_vendor_kernels():
     info = _core.cuda_build_info()
-    assert set(info) == {"cuda", "flashinfer", "cublaslt", "cublaslt_status"}
+    assert set(info) == {"cuda", "flashinfer", "cublaslt", "cublaslt_status", "cudnn", "cudnn_status"}
     assert isinstance(info["cublaslt_status"], str) and info["cublaslt_status"]
+    assert isinstance(info["cudnn_status"], str) and info["cudnn_status"]
     if not info["cuda"]:
-        assert not info["flashinfer"] and not info["cublaslt"]
+        assert not info["flashinfer"] and not info["cublaslt"] and not info["cudnn"]
+    if not info["cudnn"]:
+        assert info["cudnn_status"].startswith("built without cuDNN"), info["cudnn_status"]
