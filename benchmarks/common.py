@@ -32,6 +32,7 @@ def environment(device: str) -> dict:
         "python": platform.python_version(),
         "nfd_rt_version": rt["nfd_rt"],
         "cuda_runtime": rt["cuda"],
+        "cuda_engines": rt["cuda_engines"],  # the vendor engines built in and whether their libraries loaded
         "blas": rt["blas"],
         "cpu_fp32_gemm": rt["cpu_fp32_gemm"],  # which engine ran the fp32 linears (oneDNN / OpenBLAS by block)
         "cpu_kernels": rt["cpu_kernels"],

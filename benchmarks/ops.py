@@ -283,7 +283,10 @@ LINEAR_ENGINES = {"cutlass": {"NFD_RT_GEMM": "cutlass"}, "cublaslt": {"NFD_RT_GE
 ATTENTION_IMPLS = {"ours": {}, "ours rows=64": {"NFD_RT_ATTENTION_ROWS": "64"},
                    "ours rows=128 separate": {"NFD_RT_ATTENTION_ROWS": "128", "NFD_RT_ATTENTION_SOFTMAX": "separate"},
                    "ours rows=64 separate": {"NFD_RT_ATTENTION_ROWS": "64", "NFD_RT_ATTENTION_SOFTMAX": "separate"},
-                   "flashinfer": {"NFD_RT_ATTENTION": "flashinfer"}}
+                   "flashinfer": {"NFD_RT_ATTENTION": "flashinfer"},
+                   "cudnn": {"NFD_RT_ATTENTION": "cudnn"},
+                   **{f"cudnn splits={n}": {"NFD_RT_ATTENTION": "cudnn", "NFD_RT_ATTENTION_SPLITS": str(n)}
+                      for n in (1, 4, 8, 16)}}
 CONV_ENGINES = {"implicit": {}, "im2col": {"NFD_RT_CONV": "im2col"}}
 
 

@@ -5,7 +5,7 @@ reference models, `ReferenceSession` and the exporter's model class; `nfd_rt.con
 (Oasis-500M) into `.nfd` files; `nfd_rt.gym` (needs gymnasium) the Gymnasium environments.
 """
 
-from . import configs, rng
+from . import _native, configs, rng  # noqa: F401 (_native: points the CUDA loaders at pip's NVIDIA libraries)
 
 __all__ = ["configs", "rng", "Model", "Session", "step_batch", "step_latent_batch", "snapshot_info", "resolve_dtype", "export",
            "convert", "__version__", "include_dir", "cmake_dir", "lib_dir"]

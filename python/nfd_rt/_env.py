@@ -19,7 +19,7 @@ def cpu_model() -> str:
 
 
 def runtime_report() -> dict:
-    """{nfd_rt, python, cpu, cuda, cpu_kernels, blas, cpu_fp32_gemm, cpu_bf16, cpu_default_dtype, OPENBLAS_CORETYPE
+    """{nfd_rt, python, cpu, cuda, cuda_engines, cpu_kernels, blas, cpu_fp32_gemm, cpu_bf16, cpu_default_dtype, OPENBLAS_CORETYPE
     (when set), default_threads}."""
     from . import __version__
     from ._native import core
@@ -44,11 +44,19 @@ def runtime_report() -> dict:
         fp32_gemm = f"oneDNN {bf16['onednn']} for the large blocks of a linear, OpenBLAS for the rest"
     else:
         fp32_gemm = f"{'oneDNN' if gemm == 'onednn' else 'OpenBLAS'} for every block (NFD_RT_CPU_GEMM={gemm})"
+    # The vendor engines the CUDA backend was built with, and whether their libraries load here.
+    if c.built_with_cuda():
+        b = c.cuda_build_info()
+        cuda_engines = "; ".join([f"cuBLASLt: {b['cublaslt_status']}", f"cuDNN: {b['cudnn_status']}",
+                                  "FlashInfer: " + ("built in" if b["flashinfer"] else "not built")])
+    else:
+        cuda_engines = "none (built without CUDA)"
     report = {
         "nfd_rt": __version__,
         "python": f"{platform.python_version()} on {platform.machine()}",
         "cpu": cpu_model(),
         "cuda": cuda,
+        "cuda_engines": cuda_engines,
         "cpu_kernels": c.cpu_kernel_level(),
         "blas": c.blas_config(),
         "cpu_fp32_gemm": fp32_gemm,

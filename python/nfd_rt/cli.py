@@ -80,6 +80,7 @@ def _env(args: argparse.Namespace) -> int:
         "python": r["python"],
         "CPU": r["cpu"],
         "CUDA": r["cuda"],
+        "CUDA engines": r["cuda_engines"],
         "CPU kernels": r["cpu_kernels"],
         "BLAS": r["blas"] + (f" (chosen by OPENBLAS_CORETYPE={r['OPENBLAS_CORETYPE']})"
                              if "OPENBLAS_CORETYPE" in r else ""),

@@ -350,6 +350,12 @@ def test_cli_env_reports_the_runtime(capsys):
     assert ("oneDNN" in env["CPU fp32 GEMM"]) == bool(core().cpu_bf16()["onednn"]), env["CPU fp32 GEMM"]
     assert int(env["default threads"].split()[0]) == core().default_threads() >= 1
     assert env["CUDA"].startswith("yes" if core().cuda_available() else "no")
+    if core().built_with_cuda():  # each vendor engine: built in or not, and whether its library loads here
+        info = core().cuda_build_info()
+        for name, key in [("cuBLASLt", "cublaslt_status"), ("cuDNN", "cudnn_status")]:
+            assert f"{name}: {info[key]}" in env["CUDA engines"], env["CUDA engines"]
+    else:
+        assert env["CUDA engines"] == "none (built without CUDA)"
     if not core().cuda_available():  # says which: not compiled in, or compiled in with no device
         want = "built with CUDA, but" if core().built_with_cuda() else "built without CUDA"
         assert want in env["CUDA"], env["CUDA"]
