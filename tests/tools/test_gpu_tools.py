@@ -7,11 +7,14 @@ when the headline fails; the switch list, the docs and the fallback tool agree.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
 import subprocess
+import shutil
 import sys
+import tarfile
 import tomllib
 import venv
 from pathlib import Path
@@ -47,19 +50,31 @@ def test_carried_pins_satisfy_the_build_requirements():
         assert requires[pin.name].specifier.contains(spec.version), f"{pin} is outside pyproject's {requires[pin.name]}"
 
 
-def test_prepare_carry_works_from_a_clean_environment(tmp_path):
-    """The script in a fresh virtual environment with none of the packages: one wheel per pin, and those wheels,
-    installed offline as run.sh's `wheels` step does, give the headers and library the CMake build looks up."""
+@pytest.fixture(scope="module")
+def clean_carry(tmp_path_factory):
+    """prepare_carry.sh run once in a fresh virtual environment with none of the packages: (python, carry dir)."""
+    tmp_path = tmp_path_factory.mktemp("carry")
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     py = str(env_dir / "bin" / "python")
     carry = tmp_path / "carry"
     env = {**os.environ, "PYTHON": py, "CARRY_DIR": str(carry), "PIP_DEFAULT_TIMEOUT": "20", "PIP_RETRIES": "1"}
     r = subprocess.run(["bash", str(GPU_TOOLS / "prepare_carry.sh")], env=env, capture_output=True, text=True,
-                       timeout=600)
+                       timeout=900)
     if r.returncode != 0 and UNREACHABLE.search(r.stdout + r.stderr):
         pytest.skip(f"the package registry is unreachable: {UNREACHABLE.search(r.stdout + r.stderr).group(0)}")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return py, carry
+
+
+def test_prepare_carry_works_from_a_clean_environment(clean_carry):
+    """The script in a fresh virtual environment with none of the packages: one wheel per pin, and those wheels,
+    installed offline as run.sh's `wheels` step does, give the headers and library the CMake build looks up; the
+    cuDNN attention headers come as one archive with the three folders run.sh passes to CMake."""
+    py, carry = clean_carry
+    with tarfile.open(carry / "cudnn-headers.tgz") as t:
+        names = set(t.getnames())
+    assert {"frontend/include/cudnn_frontend.h", "cudnn/cudnn.h", "nvrtc/nvrtc.h"} <= names, sorted(names)[:20]
     wheels = sorted(p.name for p in (carry / "wheels").glob("*.whl"))
     assert len(wheels) == len(carry_pins()), wheels
     for pin in carry_pins():
@@ -76,6 +91,34 @@ def test_prepare_carry_works_from_a_clean_environment(tmp_path):
              "import scipy_openblas32 as b; print(any(f.startswith('libscipy_openblas') for f in os.listdir(b.get_lib_dir())))\n")
     found = subprocess.run([py, "-c", probe], capture_output=True, text=True, timeout=60)
     assert found.stdout.split() == ["True", "True", "True"], found.stdout + found.stderr
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None or shutil.which("cmake") is None or shutil.which("ninja") is None,
+                    reason="needs nvcc, cmake and ninja")
+def test_cudnn_attention_compiles_against_the_carried_headers(clean_carry, tmp_path):
+    """What run.sh builds on the GPU machine: CMake configured with the carried cuDNN headers (NFD_RT_CUDNN=ON)
+    compiles the cuDNN engine and the attention op that calls it (sm_90 only, the two objects). The pip build does
+    not find these headers, so without this test the cuDNN code would never be compiled in CI."""
+    for mod in ("nlohmann_json", "scipy_openblas32", "cutlass_library"):
+        if importlib.util.find_spec(mod) is None:
+            pytest.skip(f"the build requirement {mod} is not installed here")
+    _, carry = clean_carry
+    headers = tmp_path / "cudnn-headers"
+    headers.mkdir()
+    with tarfile.open(carry / "cudnn-headers.tgz") as t:
+        t.extractall(headers, filter="data")
+    build = tmp_path / "build"
+    include = ";".join(str(headers / d) for d in ("frontend/include", "cudnn", "nvrtc"))
+    r = subprocess.run(["cmake", "-S", str(REPO), "-B", str(build), "-G", "Ninja", "-DNFD_RT_CUDA=ON",
+                        "-DNFD_RT_CUDA_ARCHITECTURES=90", "-DNFD_RT_CUDNN=ON", f"-DNFD_RT_CUDNN_INCLUDE={include}",
+                        "-DNFD_RT_CUBLASLT=OFF", "-DNFD_RT_PYTHON=OFF", "-DNFD_RT_BUILD_TESTS=OFF",
+                        f"-DPython_EXECUTABLE={sys.executable}"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "nfd_rt: cuDNN attention ON" in r.stdout, r.stdout[-3000:]
+    objects = [f"CMakeFiles/nfd_rt.dir/csrc/ops/{f}.o" for f in ("attention_cuda_cudnn.cc", "attention_cuda.cu")]
+    r = subprocess.run(["ninja", "-C", str(build), *objects], capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    assert all((build / o).stat().st_size > 0 for o in objects)
 
 
 def test_every_new_path_has_a_documented_switch():

@@ -156,15 +156,25 @@ step wheels 60 0 "
   if compgen -G '.devcarry/wheels/*.whl' >/dev/null; then
     $PY -m pip install -q --no-index --no-deps --no-compile .devcarry/wheels/*.whl && $PY -m pip list 2>/dev/null | grep -iE 'cutlass|openblas|nlohmann|flashinfer|cudnn'
   else echo 'no .devcarry/wheels: nothing to install'; fi
+  if [ -f .devcarry/cudnn-headers.tgz ]; then
+    rm -rf build/cudnn-headers && mkdir -p build/cudnn-headers && tar -xzf .devcarry/cudnn-headers.tgz -C build/cudnn-headers &&
+    echo 'cuDNN attention headers in build/cudnn-headers'
+  fi
   if [ -f .devcarry/flashinfer-data.tgz ]; then
     rm -rf build/flashinfer-data && mkdir -p build/flashinfer-data && tar -xzf .devcarry/flashinfer-data.tgz -C build/flashinfer-data &&
     echo 'FlashInfer headers in build/flashinfer-data'
   fi
 "
-# FlashInfer's attention is built as a peer when its headers were carried (prepare_carry.sh --flashinfer).
-FLASHINFER_ARGS=""
+# FlashInfer's attention is built as a peer when its headers were carried (prepare_carry.sh --flashinfer); cuDNN's
+# when its headers were (prepare_carry.sh's default), else where CMake finds them on this machine (AUTO).
+VENDOR_ARGS=""
 if [ -f .devcarry/flashinfer-data.tgz ]; then
-  FLASHINFER_ARGS="-DNFD_RT_FLASHINFER=ON -DNFD_RT_FLASHINFER_DIR=$ROOT/build/flashinfer-data"
+  VENDOR_ARGS="-DNFD_RT_FLASHINFER=ON -DNFD_RT_FLASHINFER_DIR=$ROOT/build/flashinfer-data"
+fi
+if [ -f .devcarry/cudnn-headers.tgz ]; then
+  H="$ROOT/build/cudnn-headers"
+  # single-quoted inside: BUILD_CMD is parsed again by bash -c, and the list's semicolons must not end the command
+  VENDOR_ARGS="$VENDOR_ARGS -DNFD_RT_CUDNN=ON '-DNFD_RT_CUDNN_INCLUDE=$H/frontend/include;$H/cudnn;$H/nvrtc'"
 fi
 
 if [ "${USE_INSTALLED:-0}" = 1 ]; then
@@ -172,7 +182,7 @@ if [ "${USE_INSTALLED:-0}" = 1 ]; then
 elif [ $GPU = 1 ]; then
   BUILD_CMD="
     cmake -S . -B $BUILD_DIR -G Ninja -DCMAKE_BUILD_TYPE=Release -DNFD_RT_CUDA=ON -DNFD_RT_CUDA_ARCHITECTURES=$ARCH \
-      -DPython_EXECUTABLE=\$(command -v $PY) $FLASHINFER_ARGS ${CMAKE_ARGS:-} &&
+      -DPython_EXECUTABLE=\$(command -v $PY) $VENDOR_ARGS ${CMAKE_ARGS:-} &&
     cmake --build $BUILD_DIR -j\$(nproc) --target all nfd_cuda_op_tests &&
     cp $BUILD_DIR/_core*.so python/nfd_rt/ && ls -la $BUILD_DIR/_core*.so $BUILD_DIR/nfd_cuda_op_tests"
 else  # dry run: a CPU build (reused from BUILD_DIR if it has one)
