@@ -55,7 +55,7 @@ Library& library() {
   static std::once_flag once;
   std::call_once(once, [] {
     std::vector<std::string> candidates;
-    if (const char* e = std::getenv("NFD_RT_CUDNN_LIB")) candidates.push_back(e);
+    if (const char* e = std::getenv("NFD_RT_CUDNN_LIB"); e && *e) candidates.push_back(e);  // dlopen("") = us
     const std::string dir = own_dir();
     for (const char* up : {"/..", "/../.."}) candidates.push_back(dir + up + "/nvidia/cudnn/lib/libcudnn.so.9");
     candidates.push_back("libcudnn.so.9");
@@ -63,6 +63,10 @@ Library& library() {
     for (const std::string& c : candidates) {
       // RTLD_GLOBAL: libcudnn.so.9 opens its sub-libraries (graph, engines) itself and they resolve against it.
       void* h = dlopen(c.c_str(), RTLD_NOW | RTLD_GLOBAL);
+      if (h && !dlsym(h, "cudnnGetVersion")) {  // not cuDNN
+        dlclose(h);
+        h = nullptr;
+      }
       if (h) {
         fe::cudnn_dlhandle = h;
         lib.status = "cuDNN from " + c;
@@ -73,6 +77,28 @@ Library& library() {
     if (!fe::cudnn_dlhandle) {
       lib.status = "cuDNN not loaded (pip install nvidia-cudnn-cu13, or set NFD_RT_CUDNN_LIB); tried " + tried;
       return;
+    }
+    // The frontend makes its own CUDA runtime calls through a shared libcudart.so.13 it opens by name (ours is
+    // linked statically). Where the loader would not find one, point it at the wheel beside cuDNN's
+    // (site-packages/nvidia/cu13/lib) or the toolkit's, unless CUDNN_FRONTEND_CUDART_LIB_NAME says already.
+    if (!std::getenv("CUDNN_FRONTEND_CUDART_LIB_NAME")) {
+      Dl_info info;
+      std::string cudnn_dir;
+      if (dladdr(dlsym(fe::cudnn_dlhandle, "cudnnGetVersion"), &info) && info.dli_fname) {
+        cudnn_dir = info.dli_fname;
+        cudnn_dir = cudnn_dir.substr(0, cudnn_dir.rfind('/'));
+      }
+      for (const std::string& c : {std::string("libcudart.so.13"), cudnn_dir + "/../../cu13/lib/libcudart.so.13",
+                                   std::string("/usr/local/cuda/lib64/libcudart.so.13")}) {
+        if (void* h = dlopen(c.c_str(), RTLD_NOW | RTLD_NOLOAD)) {  // already in the process: the frontend finds it
+          dlclose(h);
+          break;
+        }
+        if (c.find('/') != std::string::npos && dlopen(c.c_str(), RTLD_NOW | RTLD_GLOBAL)) {
+          setenv("CUDNN_FRONTEND_CUDART_LIB_NAME", c.c_str(), 0);
+          break;
+        }
+      }
     }
     try {
       const size_t version = fe::detail::get_backend_version();

@@ -61,7 +61,7 @@ Lt& lt() {
   static std::once_flag once;
   std::call_once(once, [] {
     std::vector<std::string> candidates;
-    if (const char* e = std::getenv("NFD_RT_CUBLASLT_LIB")) candidates.push_back(e);
+    if (const char* e = std::getenv("NFD_RT_CUBLASLT_LIB"); e && *e) candidates.push_back(e);  // dlopen("") = us
     const std::string dir = own_dir();
     for (const char* up : {"/..", "/../.."})  // site-packages/nfd_rt/_core.so, site-packages/nfd_rt/lib/
       for (const char* sub : {"/nvidia/cu13/lib", "/nvidia/cublas/lib"})  // nvidia-cublas 13.x, older layout

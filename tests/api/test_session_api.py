@@ -359,3 +359,25 @@ def test_cli_env_reports_the_runtime(capsys):
     if not core().cuda_available():  # says which: not compiled in, or compiled in with no device
         want = "built with CUDA, but" if core().built_with_cuda() else "built without CUDA"
         assert want in env["CUDA"], env["CUDA"]
+
+
+def test_import_points_the_cuda_loaders_at_pip_nvidia_libraries(tmp_path, monkeypatch):
+    """nfd_rt._native sets NFD_RT_CUDNN_LIB / NFD_RT_CUBLASLT_LIB to the NVIDIA wheels of this Python's
+    site-packages (where PyTorch installs them) when unset, and leaves a value the user set alone."""
+    import sys
+
+    from nfd_rt import _native
+
+    for rel in ("nvidia/cudnn/lib/libcudnn.so.9", "nvidia/cu13/lib/libcublasLt.so.13"):
+        (tmp_path / rel).parent.mkdir(parents=True)
+        (tmp_path / rel).write_bytes(b"")
+    for mod in [m for m in sys.modules if m == "nvidia" or m.startswith("nvidia.")]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("NFD_RT_CUDNN_LIB", raising=False)
+    monkeypatch.setenv("NFD_RT_CUBLASLT_LIB", "/mine/libcublasLt.so.13")
+    _native._point_at_vendor_libs()
+    import os
+
+    assert os.environ["NFD_RT_CUDNN_LIB"] == str(tmp_path / "nvidia/cudnn/lib/libcudnn.so.9")
+    assert os.environ["NFD_RT_CUBLASLT_LIB"] == "/mine/libcublasLt.so.13"
