@@ -1,4 +1,4 @@
-// cuDNN's fused SDPA through cudnn-frontend (interface: ops/attention_cudnn.h; the views: ops/attention_cudnn_layout.h).
+// cuDNN's fused SDPA through cudnn-frontend (interface: ops/attention_cudnn.h; views: ops/attention_cudnn_layout.h).
 //
 // Host C++ only (compiled by the host compiler: nvcc took twice as long on cudnn-frontend's templates). Built against
 // the cudnn-frontend and cuDNN headers, not linked: NV_CUDNN_FRONTEND_USE_DYNAMIC_LOADING makes the frontend call
@@ -20,6 +20,7 @@
 
 #include "core/error.h"
 #include "ops/attention_cudnn_layout.h"
+#include "ops/vendor_library.h"
 
 namespace cudnn_frontend {
 void* cudnn_dlhandle = nullptr;  // the frontend's calls into cuDNN resolve against this handle
@@ -31,16 +32,6 @@ namespace cudnn_sdpa {
 namespace {
 
 namespace fe = cudnn_frontend;
-
-std::string own_dir() {  // folder of the binary holding this code
-  Dl_info info;
-  if (dladdr(reinterpret_cast<void*>(&own_dir), &info) && info.dli_fname) {
-    std::string p = info.dli_fname;
-    const size_t slash = p.rfind('/');
-    if (slash != std::string::npos) return p.substr(0, slash);
-  }
-  return ".";
-}
 
 struct Library {
   bool ok = false;  // loaded, cuDNN 9 or newer
@@ -54,30 +45,15 @@ Library& library() {
   static Library lib;
   static std::once_flag once;
   std::call_once(once, [] {
-    std::vector<std::string> candidates;
-    if (const char* e = std::getenv("NFD_RT_CUDNN_LIB"); e && *e) candidates.push_back(e);  // dlopen("") = us
-    const std::string dir = own_dir();
-    for (const char* up : {"/..", "/../.."}) candidates.push_back(dir + up + "/nvidia/cudnn/lib/libcudnn.so.9");
-    candidates.push_back("libcudnn.so.9");
-    std::string tried;
-    for (const std::string& c : candidates) {
-      // RTLD_GLOBAL: libcudnn.so.9 opens its sub-libraries (graph, engines) itself and they resolve against it.
-      void* h = dlopen(c.c_str(), RTLD_NOW | RTLD_GLOBAL);
-      if (h && !dlsym(h, "cudnnGetVersion")) {  // not cuDNN
-        dlclose(h);
-        h = nullptr;
-      }
-      if (h) {
-        fe::cudnn_dlhandle = h;
-        lib.status = "cuDNN from " + c;
-        break;
-      }
-      tried += (tried.empty() ? "" : "; ") + c;
-    }
-    if (!fe::cudnn_dlhandle) {
-      lib.status = "cuDNN not loaded (pip install nvidia-cudnn-cu13, or set NFD_RT_CUDNN_LIB); tried " + tried;
+    // RTLD_GLOBAL: libcudnn.so.9 opens its sub-libraries (graph, engines) itself and they resolve against it.
+    const vendor::Opened o = vendor::open_library("NFD_RT_CUDNN_LIB", {"nvidia/cudnn/lib/libcudnn.so.9"},
+                                                  "libcudnn.so.9", "cudnnGetVersion", RTLD_NOW | RTLD_GLOBAL);
+    if (!o.handle) {
+      lib.status = "cuDNN not loaded (pip install nvidia-cudnn-cu13, or set NFD_RT_CUDNN_LIB); tried " + o.tried;
       return;
     }
+    fe::cudnn_dlhandle = o.handle;
+    lib.status = "cuDNN from " + o.path;
     // The frontend makes its own CUDA runtime calls through a shared libcudart.so.13 it opens by name (ours is
     // linked statically). Where the loader would not find one, point it at the wheel beside cuDNN's
     // (site-packages/nvidia/cu13/lib) or the toolkit's, unless CUDNN_FRONTEND_CUDART_LIB_NAME says already.

@@ -21,6 +21,7 @@
 
 #include "ops/cuda_common.cuh"
 #include "ops/cuda_gemm.h"
+#include "ops/vendor_library.h"
 
 namespace nfd {
 namespace ops {
@@ -46,41 +47,20 @@ struct Lt {
   bool ok = false;
 };
 
-std::string own_dir() {  // folder of the binary holding this code (libnfd_rt.so, _core*.so, a test program)
-  Dl_info info;
-  if (dladdr(reinterpret_cast<void*>(&own_dir), &info) && info.dli_fname) {
-    std::string p = info.dli_fname;
-    const size_t slash = p.rfind('/');
-    if (slash != std::string::npos) return p.substr(0, slash);
-  }
-  return ".";
-}
-
 Lt& lt() {
   static Lt l;
   static std::once_flag once;
   std::call_once(once, [] {
-    std::vector<std::string> candidates;
-    if (const char* e = std::getenv("NFD_RT_CUBLASLT_LIB"); e && *e) candidates.push_back(e);  // dlopen("") = us
-    const std::string dir = own_dir();
-    for (const char* up : {"/..", "/../.."})  // site-packages/nfd_rt/_core.so, site-packages/nfd_rt/lib/
-      for (const char* sub : {"/nvidia/cu13/lib", "/nvidia/cublas/lib"})  // nvidia-cublas 13.x, older layout
-        candidates.push_back(dir + up + sub + "/libcublasLt.so.13");
-    candidates.push_back("libcublasLt.so.13");
-    void* h = nullptr;
-    std::string tried;
-    for (const std::string& c : candidates) {
-      h = dlopen(c.c_str(), RTLD_NOW | RTLD_LOCAL);
-      if (h) {
-        l.status = "cuBLASLt from " + c;
-        break;
-      }
-      tried += (tried.empty() ? "" : "; ") + c;
-    }
+    // nvidia-cublas 13.x (nvidia/cu13/lib) or its older layout
+    const vendor::Opened o = vendor::open_library(
+        "NFD_RT_CUBLASLT_LIB", {"nvidia/cu13/lib/libcublasLt.so.13", "nvidia/cublas/lib/libcublasLt.so.13"},
+        "libcublasLt.so.13", "cublasLtCreate", RTLD_NOW | RTLD_LOCAL);
+    void* h = o.handle;
     if (!h) {
-      l.status = "cuBLASLt not loaded (pip install nvidia-cublas, the `cuda` extra); tried " + tried;
+      l.status = "cuBLASLt not loaded (pip install nvidia-cublas, the `cuda` extra); tried " + o.tried;
       return;
     }
+    l.status = "cuBLASLt from " + o.path;
     bool all = true;
     auto sym = [&](auto& fn, const char* name) {
       fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(h, name));

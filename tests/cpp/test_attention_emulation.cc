@@ -475,7 +475,8 @@ static void run_sdpa_split(int H, int Hkv, int N, int hd, int slots, int nv, int
         float lse_max = -INFINITY, wsum = 0.f;
         for (int b = 0; b < B; ++b)
           if (len[size_t(b)] > 0) lse_max = std::max(lse_max, stats[size_t(sv.offset(b, h, n, 0))]);
-        for (int b = 0; b < B; ++b) wsum += sd::sdpa_merge_weight(len[size_t(b)], stats[size_t(sv.offset(b, h, n, 0))], lse_max);
+        for (int b = 0; b < B; ++b)
+          wsum += sd::sdpa_merge_weight(len[size_t(b)], stats[size_t(sv.offset(b, h, n, 0))], lse_max);
         for (int d = 0; d < hd; ++d) {
           float acc = 0.f;
           for (int b = 0; b < B; ++b) {
@@ -493,7 +494,8 @@ static void run_sdpa_split(int H, int Hkv, int N, int hd, int slots, int nv, int
       double m = -INFINITY, l = 0;
       for (int64_t j = 0; j < int64_t(nv) * N; ++j) {
         double dot = 0;
-        for (int d = 0; d < hd; ++d) dot += double(q[size_t(h) * N * hd + size_t(n) * hd + d]) * k[size_t((j * Hkv + g) * hd + d)];
+        for (int d = 0; d < hd; ++d)
+          dot += double(q[size_t(h) * N * hd + size_t(n) * hd + d]) * k[size_t((j * Hkv + g) * hd + d)];
         m = std::max(m, sc[size_t(j)] = dot * scale);
       }
       for (double& x : sc) l += (x = std::exp(x - m));
