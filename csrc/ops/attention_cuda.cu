@@ -177,7 +177,8 @@ MmaChoice mma_choice(int hd, const ShapeKey& key) {
 template <typename T>
 void combine(const AttnArgs& a, int hd, cudaStream_t s) {
   const int64_t threads = int64_t(a.N) * a.H * 32;
-  attention_combine_kernel<T><<<cudaops::grid_1d(threads, 256), 256, 0, s>>>(a.part, static_cast<T*>(a.out), a.N,
+  attention_combine_kernel<<<cudaops::grid_1d(threads, 256), 256, 0, s>>>(a.part.o, PartialsLse{a.part.lse},
+                                                                         static_cast<T*>(a.out), a.N,
                                                                             a.H, hd, a.splits);
   cudaops::check_launch("attention (combine)");
 }
@@ -281,31 +282,14 @@ __global__ void sdpa_lengths_kernel(const FrameState* state, tile::sdpa::KeySpli
   }
 }
 
-// One warp per (head, token): out = sum_b w_b O_b / sum_b w_b, w_b = exp(lse_b - max lse) over the batches that
-// had keys (tile::sdpa::sdpa_merge_weight).
-template <typename T>
-__global__ void sdpa_merge_kernel(const T* part, const float* stats, const int32_t* len_kv, T* out, int N, int H,
-                                  int hd, int splits) {
-  const int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
-  if (warp >= N * H) return;
-  const int h = warp / N, n = warp % N;
-  float lse_max = -INFINITY;
-  for (int b = 0; b < splits; ++b)
-    if (len_kv[b] > 0) lse_max = fmaxf(lse_max, stats[(int64_t(b) * H + h) * N + n]);
-  float wsum = 0.f;
-  for (int b = 0; b < splits; ++b)
-    wsum += tile::sdpa::sdpa_merge_weight(len_kv[b], stats[(int64_t(b) * H + h) * N + n], lse_max);
-  const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
-  for (int d = lane; d < hd; d += 32) {
-    float acc = 0.f;
-    for (int b = 0; b < splits; ++b) {
-      const int64_t row = (int64_t(b) * H + h) * N + n;
-      const float w = tile::sdpa::sdpa_merge_weight(len_kv[b], stats[row], lse_max);
-      if (w > 0.f) acc += w * cudaops::to_f(part[row * hd + d]);
-    }
-    out[int64_t(n) * H * hd + h * hd + d] = cudaops::from_f<T>(acc * inv);
+// cuDNN's Stats as the merge reads them (tile::sdpa::lse_log2): log2 units, -inf for a batch without keys.
+struct CudnnLse {
+  const float* stats;
+  const int32_t* len_kv;
+  __device__ float operator()(int batch, int64_t row) const {
+    return tile::sdpa::lse_log2(len_kv[batch], stats[row]);
   }
-}
+};
 
 cudnn_sdpa::Problem cudnn_problem(const Tensor& q, const Tensor& k_cache, int splits) {
   cudnn_sdpa::Problem p;
@@ -339,7 +323,7 @@ int cudnn_splits_for(Impl impl, const ShapeKey& key, int N, int H, int64_t keys)
 
 // Runs the prepared graph of p on the call's tensors, state the device FrameState; returns what ran.
 template <typename T>
-std::string run_cudnn(const cudnn_sdpa::Problem& p, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+std::string run_cudnn(const cudnn_sdpa::Problem& p, const cudnn_sdpa::Plan& plan, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                       Tensor& out, const FrameState* state, cudaStream_t s) {
   using cudaops::Scratch;
   const tile::sdpa::KeySplit split = tile::sdpa::key_split(p.keys, p.splits);
@@ -350,7 +334,7 @@ std::string run_cudnn(const cudnn_sdpa::Problem& p, const Tensor& q, const Tenso
   const size_t q_bytes = size_t(p.H) * p.N * p.hd * sizeof(T);
   Scratch q_batches(S > 1 ? S * q_bytes : 0, s), part(S > 1 ? S * q_bytes : 0, s);
   Scratch stats(S > 1 ? sizeof(float) * S * p.H * p.N : 0, s);
-  Scratch workspace(cudnn_sdpa::workspace_bytes(p), s);
+  Scratch workspace(cudnn_sdpa::workspace_bytes(plan), s);
   for (int b = 0; b < S && S > 1; ++b)
     cudaops::check(cudaMemcpyAsync(q_batches.get<char>() + b * q_bytes, q.data, q_bytes, cudaMemcpyDeviceToDevice,
                                    s),
@@ -361,20 +345,22 @@ std::string run_cudnn(const cudnn_sdpa::Problem& p, const Tensor& q, const Tenso
   ptr.out = S > 1 ? part.get<void>() : out.data;
   ptr.stats = stats.get<float>();
   ptr.seq_len_q = len_q.get<int32_t>(), ptr.seq_len_kv = len_kv.get<int32_t>();
-  cudnn_sdpa::run(p, ptr, workspace.get<void>(), s);
+  cudnn_sdpa::run(plan, ptr, workspace.get<void>(), s);
   if (S > 1) {
     const int64_t threads = int64_t(p.N) * p.H * 32;
-    sdpa_merge_kernel<T><<<cudaops::grid_1d(threads, 256), 256, 0, s>>>(
-        part.get<T>(), stats.get<float>(), len_kv.get<int32_t>(), static_cast<T*>(out.data), p.N, p.H, p.hd, S);
+    attention_combine_kernel<<<cudaops::grid_1d(threads, 256), 256, 0, s>>>(
+        part.get<T>(), CudnnLse{stats.get<float>(), len_kv.get<int32_t>()}, static_cast<T*>(out.data), p.N, p.H,
+        p.hd, S);
     cudaops::check_launch("attention (cuDNN key batch merge)");
   }
   return "cudnn: fused SDPA, " + std::to_string(S) + " key batch" + (S > 1 ? "es" : "");
 }
 
-std::string run_cudnn_typed(const cudnn_sdpa::Problem& p, const Tensor& q, const Tensor& k_cache,
-                            const Tensor& v_cache, Tensor& out, const FrameState* state, cudaStream_t s) {
-  if (q.dtype == DType::f16) return run_cudnn<__half>(p, q, k_cache, v_cache, out, state, s);
-  return run_cudnn<__nv_bfloat16>(p, q, k_cache, v_cache, out, state, s);
+std::string run_cudnn_typed(const cudnn_sdpa::Problem& p, const cudnn_sdpa::Plan& plan, const Tensor& q,
+                            const Tensor& k_cache, const Tensor& v_cache, Tensor& out, const FrameState* state,
+                            cudaStream_t s) {
+  if (q.dtype == DType::f16) return run_cudnn<__half>(p, plan, q, k_cache, v_cache, out, state, s);
+  return run_cudnn<__nv_bfloat16>(p, plan, q, k_cache, v_cache, out, state, s);
 }
 #endif
 }  // namespace
@@ -456,7 +442,8 @@ void prepare_variants(AttnArgs a, const ShapeKey& key, const std::string& name, 
       if (c.cudnn_splits) {
 #ifdef NFD_RT_WITH_CUDNN
         const cudnn_sdpa::Problem p = cudnn_problem(q, k_cache, c.cudnn_splits);
-        ms = cudaops::time_ms(s, [&] { run_cudnn_typed(p, q, k_cache, v_cache, out, a.state, s); });
+        const cudnn_sdpa::Plan* plan = cudnn_sdpa::prepare(p, nullptr);  // built above: a lookup
+        ms = cudaops::time_ms(s, [&] { run_cudnn_typed(p, *plan, q, k_cache, v_cache, out, a.state, s); });
 #else
         ms = -1.f;
 #endif
@@ -584,8 +571,8 @@ void cuda::attention(const Context& ctx, const Tensor& q, const Tensor& k_cache,
         check(cudaStreamIsCapturing(s, &cap), "cudaStreamIsCapturing");
         if (cap != cudaStreamCaptureStatusNone && !cudnn_sdpa::prepared(p))
           why_not_cudnn = "its cuDNN graph is built outside a stream capture (ops::attention_prepare at open)";
-        else if (cudnn_sdpa::prepare(p, &why_not_cudnn)) {
-          note_kernel(key, run_cudnn_typed(p, q, k_cache, v_cache, out, ctx.state, s));
+        else if (const cudnn_sdpa::Plan* plan = cudnn_sdpa::prepare(p, &why_not_cudnn)) {
+          note_kernel(key, run_cudnn_typed(p, *plan, q, k_cache, v_cache, out, ctx.state, s));
           return;
         }
       }

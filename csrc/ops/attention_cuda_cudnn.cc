@@ -29,9 +29,17 @@ void* cudnn_dlhandle = nullptr;  // the frontend's calls into cuDNN resolve agai
 namespace nfd {
 namespace ops {
 namespace cudnn_sdpa {
-namespace {
 
 namespace fe = cudnn_frontend;
+
+struct Plan {
+  std::shared_ptr<fe::graph::Graph> graph;  // null: cuDNN takes no plan for this problem (error says why)
+  int64_t workspace = 0;
+  bool splits = false;  // several key batches: Stats is an output
+  std::string error;
+};
+
+namespace {
 
 struct Library {
   bool ok = false;  // loaded, cuDNN 9 or newer
@@ -116,18 +124,12 @@ constexpr int64_t kMaxWorkspace = int64_t(32) << 20;
 // Tensor uids of the graph's inputs and outputs (the variant pack of a call).
 enum Uid : int64_t { kQ = 1, kK, kV, kO, kStats, kSeqQ, kSeqKv };
 
-struct Built {
-  std::shared_ptr<fe::graph::Graph> graph;
-  int64_t workspace = 0;
-  std::string error;  // non-empty: cuDNN takes no plan for this problem
-};
-
 using Key = std::tuple<int, int, int, int, int, int64_t, int>;
 Key key_of(const Problem& p) { return Key{int(p.dtype), p.N, p.H, p.Hkv, p.hd, p.keys, p.splits}; }
 
 std::mutex g_mu;
-std::map<Key, Built>& graphs() {
-  static std::map<Key, Built> m;
+std::map<Key, Plan>& graphs() {
+  static std::map<Key, Plan> m;
   return m;
 }
 
@@ -144,8 +146,9 @@ std::string check(fe::error_t e, const char* step) {
   return e.is_good() ? std::string() : std::string(step) + ": " + e.get_message();
 }
 
-Built build(const Problem& p, cudnnHandle_t handle) {
-  Built b;
+Plan build(const Problem& p, cudnnHandle_t handle) {
+  Plan b;
+  b.splits = p.splits > 1;
   const int S = p.splits;
   const tile::sdpa::KeySplit split = tile::sdpa::key_split(p.keys, S);
   auto g = std::make_shared<fe::graph::Graph>();
@@ -201,51 +204,43 @@ Built build(const Problem& p, cudnnHandle_t handle) {
   return b;
 }
 
-const Built& built(const Problem& p) {
-  std::lock_guard<std::mutex> lock(g_mu);
-  auto it = graphs().find(key_of(p));
-  NFD_CHECK(it != graphs().end(), internal, "cuDNN attention: problem not prepared (ops::attention_prepare)");
-  return it->second;
-}
-
 }  // namespace
 
 bool available() { return library().ok; }
 std::string status() { return library().status; }
 
-bool prepare(const Problem& p, std::string* why) {
+const Plan* prepare(const Problem& p, std::string* why) {
   Library& lib = library();
   if (!lib.ok) {
     if (why) *why = lib.status;
-    return false;
+    return nullptr;
   }
   if (p.N < 1 || p.H < 1 || p.Hkv < 1 || p.H % p.Hkv != 0 || p.keys < 1 || p.splits < 1 || p.splits > p.keys) {
     if (why) *why = "not a problem cuDNN attention takes";
-    return false;
+    return nullptr;
   }
   const Key key = key_of(p);
+  auto kept = [&](const Plan& plan) {  // std::map's elements stay where they are: the pointer lives on
+    if (why) *why = plan.error;
+    return plan.graph ? &plan : nullptr;
+  };
   {
     std::lock_guard<std::mutex> lock(g_mu);
     auto it = graphs().find(key);
-    if (it != graphs().end()) {
-      if (why) *why = it->second.error;
-      return it->second.graph != nullptr;
-    }
+    if (it != graphs().end()) return kept(it->second);
   }
-  Built b;
+  Plan b;
   try {
     std::lock_guard<std::mutex> lock(lib.mu);
     std::string no_handle;
     if (cudnnHandle_t h = handle(lib, &no_handle)) b = build(p, h);
     else b.error = no_handle;
   } catch (const std::exception& e) {  // the frontend throws on a missing symbol
-    b = Built{};
+    b = Plan{};
     b.error = e.what();
   }
   std::lock_guard<std::mutex> lock(g_mu);
-  const Built& kept = graphs().emplace(key, std::move(b)).first->second;
-  if (why) *why = kept.error;
-  return kept.graph != nullptr;
+  return kept(graphs().emplace(key, std::move(b)).first->second);
 }
 
 bool prepared(const Problem& p) {
@@ -253,16 +248,14 @@ bool prepared(const Problem& p) {
   return graphs().count(key_of(p)) > 0;
 }
 
-size_t workspace_bytes(const Problem& p) { return size_t(built(p).workspace); }
+size_t workspace_bytes(const Plan& plan) { return size_t(plan.workspace); }
 
-void run(const Problem& p, const Pointers& ptr, void* workspace, cudaStream_t s) {
-  const Built& b = built(p);
-  NFD_CHECK(b.graph, internal, "cuDNN attention: no plan for this problem: " + b.error);
+void run(const Plan& b, const Pointers& ptr, void* workspace, cudaStream_t s) {
   std::unordered_map<int64_t, void*> pack = {
       {kQ, const_cast<void*>(ptr.q_batches)},       {kK, const_cast<void*>(ptr.k)},
       {kV, const_cast<void*>(ptr.v)},               {kO, ptr.out},
       {kSeqQ, const_cast<int32_t*>(ptr.seq_len_q)}, {kSeqKv, const_cast<int32_t*>(ptr.seq_len_kv)}};
-  if (p.splits > 1) pack[kStats] = ptr.stats;
+  if (b.splits) pack[kStats] = ptr.stats;
   Library& lib = library();
   std::lock_guard<std::mutex> lock(lib.mu);
   const cudnnStatus_t st = fe::detail::set_stream(lib.handle, s);

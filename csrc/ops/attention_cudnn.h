@@ -30,9 +30,12 @@ struct Problem {
 bool available();
 std::string status();
 
-// Builds and keeps the graph of p (once per problem, thread-safe); false with *why when cuDNN is not loaded or
-// takes no plan for it. Never throws.
-bool prepare(const Problem& p, std::string* why);
+// A built graph of one problem (kept for the process).
+struct Plan;
+
+// Builds and keeps the graph of p (once per problem, thread-safe; later calls look it up) and returns it; null
+// with *why when cuDNN is not loaded or takes no plan for it. Never throws.
+const Plan* prepare(const Problem& p, std::string* why);
 
 // Device pointers of one call: q_batches is S copies of q (q itself when S == 1); out is `out` for S == 1, else the
 // partials [S, H, N, hd]; stats [S, H, N] fp32 (S > 1); seq_len_q / seq_len_kv int32 [S].
@@ -50,12 +53,12 @@ struct Pointers {
 // happen while a stream is being captured.
 bool prepared(const Problem& p);
 
-// The workspace the prepared graph of p needs (bytes).
-size_t workspace_bytes(const Problem& p);
+// The workspace the plan needs (bytes).
+size_t workspace_bytes(const Plan& plan);
 
-// Runs the prepared graph of p on stream s (graph-capturable: no allocation, no synchronisation). Throws
-// nfd::Error (internal) when cuDNN reports a failure.
-void run(const Problem& p, const Pointers& ptr, void* workspace, cudaStream_t s);
+// Runs the plan on stream s (graph-capturable: no allocation, no synchronisation). Throws nfd::Error (internal)
+// when cuDNN reports a failure.
+void run(const Plan& plan, const Pointers& ptr, void* workspace, cudaStream_t s);
 
 }  // namespace cudnn_sdpa
 }  // namespace ops

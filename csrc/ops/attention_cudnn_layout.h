@@ -1,7 +1,7 @@
 // How ops::attention's tensors look to cuDNN's fused SDPA (ops/attention_cuda_cudnn.cc), and the key range split
 // into S batches so that one frame's few query tiles still fill the GPU: host-testable (the emulation test in
-// tests/cpp/test_attention_emulation.cc reads our tensors through exactly these views and merges the batches with
-// sdpa_merge_weight).
+// tests/cpp/test_attention_emulation.cc reads our tensors through exactly these views and merges the batches as
+// the merge kernel does, through lse_log2).
 //
 // cuDNN sees 4-D tensors (batch, heads, sequence, head_dim) with arbitrary strides. Ours: q [H, N, hd]; the
 // token-major caches [slots, N, Hkv, hd], whose first num_visible * N rows are the visible keys when the visible
@@ -13,7 +13,8 @@
 // (<= batch_keys); every view ends inside the cache, so no batch describes memory past it. seq_len_kv[b] (cuDNN's
 // padding mask) is computed on the device from num_visible, so one captured graph serves every fill level. Each
 // batch sees the same queries (S copies of q), writes its rows normalised and their log-sum-exp (natural log,
-// cuDNN's Stats), and a merge weighs the batches by exp(lse - max lse); a batch without keys is left out.
+// cuDNN's Stats), and the merge of split partials weighs the batches by their log-sum-exp; a batch without keys is
+// left out.
 #pragma once
 
 #include <cmath>
@@ -88,10 +89,11 @@ inline View stats_view(int N, int H, int splits) {
   return View{{splits, H, N, 1}, {int64_t(H) * N, N, 1, 1}};
 }
 
-// The merge weight of a batch's row: exp(lse - max over the batches); 0 for a batch without keys (its O and
-// lse were not computed over anything and are not read).
-NFD_HOST_DEVICE inline float sdpa_merge_weight(int32_t keys, float lse, float lse_max) {
-  return keys > 0 ? expf(lse - lse_max) : 0.f;
+// A batch's row log-sum-exp as the merge of split partials reads it (log2 units, tile::mma::lse_weight): cuDNN's
+// Stats (natural log) times log2(e); -inf for a batch without keys (its O and Stats were not computed over
+// anything and are not read).
+NFD_HOST_DEVICE inline float lse_log2(int32_t keys, float stats) {
+  return keys > 0 ? stats * 1.4426950408889634f : -INFINITY;
 }
 
 }  // namespace sdpa

@@ -419,9 +419,10 @@ static void run_case(const char* name, int H, int N, int HD, int slots, std::vec
 // cuDNN's SDPA over key batches (ops/attention_cudnn_layout.h), emulated: S copies of q, K/V, O and the
 // log-sum-exp are read and written through exactly the views the cuDNN graph declares; each batch attends over
 // its seq_len_kv keys (an SDPA per batch, as cuDNN computes it: O normalised, Stats = max + ln(sum exp)); the
-// batches merge by sdpa_merge_weight (one batch: O straight into out). Against attention over the first
-// nv * N keys. Checks the views' strides and batch offsets, that every live key is in exactly one batch, that no
-// view reaches past the cache, and the merge. What it cannot check: cuDNN itself (a GPU run does).
+// batches merge as the shared merge kernel does, cuDNN's Stats read through lse_log2 (one batch: O straight into
+// out). Against attention over the first nv * N keys. Checks the views' strides and batch offsets, that every
+// live key is in exactly one batch, that no view reaches past the cache, and the merge. What it cannot check:
+// cuDNN itself (a GPU run does).
 static void run_sdpa_split(int H, int Hkv, int N, int hd, int slots, int nv, int S, std::mt19937& rng) {
   namespace sd = nfd::tile::sdpa;
   std::normal_distribution<float> nd(0.f, 1.f);
@@ -469,18 +470,17 @@ static void run_sdpa_split(int H, int Hkv, int N, int hd, int slots, int nv, int
         }
         stats[size_t(sv.offset(b, h, n, 0))] = float(m + std::log(l));
       }
-  if (B > 1)  // the merge kernel's arithmetic
+  if (B > 1)  // the merge kernel's arithmetic (attention_combine_kernel with cuDNN's Stats as lse_log2)
     for (int h = 0; h < H; ++h)
       for (int n = 0; n < N; ++n) {
+        auto lse = [&](int b) { return sd::lse_log2(len[size_t(b)], stats[size_t(sv.offset(b, h, n, 0))]); };
         float lse_max = -INFINITY, wsum = 0.f;
-        for (int b = 0; b < B; ++b)
-          if (len[size_t(b)] > 0) lse_max = std::max(lse_max, stats[size_t(sv.offset(b, h, n, 0))]);
-        for (int b = 0; b < B; ++b)
-          wsum += sd::sdpa_merge_weight(len[size_t(b)], stats[size_t(sv.offset(b, h, n, 0))], lse_max);
+        for (int b = 0; b < B; ++b) lse_max = std::max(lse_max, lse(b));
+        for (int b = 0; b < B; ++b) wsum += am::lse_weight(lse(b), lse_max);
         for (int d = 0; d < hd; ++d) {
           float acc = 0.f;
           for (int b = 0; b < B; ++b) {
-            const float w = sd::sdpa_merge_weight(len[size_t(b)], stats[size_t(sv.offset(b, h, n, 0))], lse_max);
+            const float w = am::lse_weight(lse(b), lse_max);
             if (w > 0.f) acc += w * part[size_t(ov.offset(b, h, n, d))];
           }
           out[size_t(n) * H * hd + size_t(h) * hd + d] = acc / wsum;
