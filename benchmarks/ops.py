@@ -287,7 +287,10 @@ ATTENTION_IMPLS = {"ours": {}, "ours rows=64": {"NFD_RT_ATTENTION_ROWS": "64"},
                    "cudnn": {"NFD_RT_ATTENTION": "cudnn"},
                    **{f"cudnn splits={n}": {"NFD_RT_ATTENTION": "cudnn", "NFD_RT_ATTENTION_SPLITS": str(n)}
                       for n in (1, 4, 8, 16)}}
-CONV_ENGINES = {"implicit": {}, "im2col": {"NFD_RT_CONV": "im2col"}}
+# Convolution: auto (what a session runs: the fastest of CUTLASS and cuDNN, timed at the shape's first call), each
+# engine by name, and the former im2col path.
+CONV_ENGINES = {"auto": {}, "cutlass": {"NFD_RT_CONV": "implicit"}, "cudnn": {"NFD_RT_CONV": "cudnn"},
+                "im2col": {"NFD_RT_CONV": "im2col"}}
 
 
 def time_variants(core, ops, case: OpCase, kw: dict, target_s: float, samples: int,
@@ -483,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
                 ts = pick_variant(v, row, "impls", False, "ours")
             elif case.op in ("conv2d", "upsample2x_conv2d") and args.device == "cuda" and dtype != "float32":
                 v = time_variants(core(), ops, case, kw, target, args.samples, CONV_ENGINES)
-                ts = pick_variant(v, row, "engines", False, "implicit")
+                ts = pick_variant(v, row, "engines", False, "auto")
             else:
                 ts = time_op(ops, case, kw, target, args.samples)
             out = case.run(ops, kw)

@@ -2,13 +2,10 @@
 //
 // Host C++ only (compiled by the host compiler: nvcc took twice as long on cudnn-frontend's templates). Built against
 // the cudnn-frontend and cuDNN headers, not linked: NV_CUDNN_FRONTEND_USE_DYNAMIC_LOADING makes the frontend call
-// cuDNN through `cudnn_dlhandle`, which this file opens at first use. Search order: $NFD_RT_CUDNN_LIB; the
-// nvidia-cudnn-cu13 wheel beside this binary (site-packages/nvidia/cudnn/lib, seen from site-packages/nfd_rt/ and
-// site-packages/nfd_rt/lib/); the loader's path (where PyTorch loaded it first, its copy).
+// cuDNN through the library ops/cudnn_library.cc opens at first use.
 #include "ops/attention_cudnn.h"
 
 #include <cudnn_frontend.h>
-#include <dlfcn.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -20,11 +17,7 @@
 
 #include "core/error.h"
 #include "ops/attention_cudnn_layout.h"
-#include "ops/vendor_library.h"
-
-namespace cudnn_frontend {
-void* cudnn_dlhandle = nullptr;  // the frontend's calls into cuDNN resolve against this handle
-}  // namespace cudnn_frontend
+#include "ops/cudnn_library.h"
 
 namespace nfd {
 namespace ops {
@@ -40,83 +33,6 @@ struct Plan {
 };
 
 namespace {
-
-struct Library {
-  bool ok = false;  // loaded, cuDNN 9 or newer
-  std::string status;
-  std::mutex mu;  // guards the handle; its stream is set per call: one caller at a time
-  cudnnHandle_t handle = nullptr;
-  std::string handle_error;
-};
-
-Library& library() {
-  static Library lib;
-  static std::once_flag once;
-  std::call_once(once, [] {
-    // RTLD_GLOBAL: libcudnn.so.9 opens its sub-libraries (graph, engines) itself and they resolve against it.
-    const vendor::Opened o = vendor::open_library("NFD_RT_CUDNN_LIB", {"nvidia/cudnn/lib/libcudnn.so.9"},
-                                                  "libcudnn.so.9", "cudnnGetVersion", RTLD_NOW | RTLD_GLOBAL);
-    if (!o.handle) {
-      lib.status = "cuDNN not loaded (pip install nvidia-cudnn-cu13, or set NFD_RT_CUDNN_LIB); tried " + o.tried;
-      return;
-    }
-    fe::cudnn_dlhandle = o.handle;
-    lib.status = "cuDNN from " + o.path;
-    // The frontend makes its own CUDA runtime calls through a shared libcudart.so.13 it opens by name (ours is
-    // linked statically). Where the loader would not find one, point it at the wheel beside cuDNN's
-    // (site-packages/nvidia/cu13/lib) or the toolkit's, unless CUDNN_FRONTEND_CUDART_LIB_NAME says already.
-    if (!std::getenv("CUDNN_FRONTEND_CUDART_LIB_NAME")) {
-      Dl_info info;
-      std::string cudnn_dir;
-      if (dladdr(dlsym(fe::cudnn_dlhandle, "cudnnGetVersion"), &info) && info.dli_fname) {
-        cudnn_dir = info.dli_fname;
-        cudnn_dir = cudnn_dir.substr(0, cudnn_dir.rfind('/'));
-      }
-      for (const std::string& c : {std::string("libcudart.so.13"), cudnn_dir + "/../../cu13/lib/libcudart.so.13",
-                                   std::string("/usr/local/cuda/lib64/libcudart.so.13")}) {
-        if (void* h = dlopen(c.c_str(), RTLD_NOW | RTLD_NOLOAD)) {  // already in the process: the frontend finds it
-          dlclose(h);
-          break;
-        }
-        if (c.find('/') != std::string::npos && dlopen(c.c_str(), RTLD_NOW | RTLD_GLOBAL)) {
-          setenv("CUDNN_FRONTEND_CUDART_LIB_NAME", c.c_str(), 0);
-          break;
-        }
-      }
-    }
-    try {
-      const size_t version = fe::detail::get_backend_version();
-      lib.status += " (version " + std::to_string(version) + ")";
-      if (version < 90000) {
-        lib.status += ": cuDNN 9 or newer is needed";
-        return;
-      }
-    } catch (const std::exception& e) {  // a missing symbol or CUDA runtime: the frontend throws
-      lib.status += std::string(": ") + e.what();
-      return;
-    }
-    lib.ok = true;
-  });
-  return lib;
-}
-
-// The process' cuDNN handle, created at the first prepare (cudnnCreate needs a GPU; loading the library does not).
-// Called with lib.mu held. It lives until the process ends (destroying it at exit races the CUDA teardown).
-cudnnHandle_t handle(Library& lib, std::string* why) {
-  if (!lib.handle && lib.handle_error.empty()) {
-    try {
-      const cudnnStatus_t st = fe::detail::create_handle(&lib.handle);
-      if (st != CUDNN_STATUS_SUCCESS) {
-        lib.handle = nullptr;
-        lib.handle_error = "cudnnCreate failed (status " + std::to_string(int(st)) + ")";
-      }
-    } catch (const std::exception& e) {
-      lib.handle_error = std::string("cudnnCreate: ") + e.what();
-    }
-  }
-  if (!lib.handle && why) *why = lib.handle_error;
-  return lib.handle;
-}
 
 // The largest workspace a plan may ask for (ops/scratch_bound.cc counts it in a session's memory estimate).
 constexpr int64_t kMaxWorkspace = int64_t(32) << 20;
@@ -206,13 +122,12 @@ Plan build(const Problem& p, cudnnHandle_t handle) {
 
 }  // namespace
 
-bool available() { return library().ok; }
-std::string status() { return library().status; }
+bool available() { return cudnn::available(); }
+std::string status() { return cudnn::status(); }
 
 const Plan* prepare(const Problem& p, std::string* why) {
-  Library& lib = library();
-  if (!lib.ok) {
-    if (why) *why = lib.status;
+  if (!cudnn::available()) {
+    if (why) *why = cudnn::status();
     return nullptr;
   }
   if (p.N < 1 || p.H < 1 || p.Hkv < 1 || p.H % p.Hkv != 0 || p.keys < 1 || p.splits < 1 || p.splits > p.keys) {
@@ -231,9 +146,9 @@ const Plan* prepare(const Problem& p, std::string* why) {
   }
   Plan b;
   try {
-    std::lock_guard<std::mutex> lock(lib.mu);
     std::string no_handle;
-    if (cudnnHandle_t h = handle(lib, &no_handle)) b = build(p, h);
+    const cudnn::Handle h = cudnn::acquire(&no_handle);
+    if (h.handle) b = build(p, h.handle);
     else b.error = no_handle;
   } catch (const std::exception& e) {  // the frontend throws on a missing symbol
     b = Plan{};
@@ -256,12 +171,10 @@ void run(const Plan& b, const Pointers& ptr, void* workspace, cudaStream_t s) {
       {kV, const_cast<void*>(ptr.v)},               {kO, ptr.out},
       {kSeqQ, const_cast<int32_t*>(ptr.seq_len_q)}, {kSeqKv, const_cast<int32_t*>(ptr.seq_len_kv)}};
   if (b.splits) pack[kStats] = ptr.stats;
-  Library& lib = library();
-  std::lock_guard<std::mutex> lock(lib.mu);
-  const cudnnStatus_t st = fe::detail::set_stream(lib.handle, s);
-  NFD_CHECK(st == CUDNN_STATUS_SUCCESS, internal, "cuDNN attention: cudnnSetStream failed (status " +
-                                                      std::to_string(int(st)) + ")");
-  fe::error_t e = b.graph->execute(lib.handle, pack, workspace);
+  const cudnn::Handle h = cudnn::acquire(nullptr);
+  NFD_CHECK(h.handle, internal, "cuDNN attention: no cuDNN handle");
+  cudnn::set_stream(h, s, "cuDNN attention");
+  fe::error_t e = b.graph->execute(h.handle, pack, workspace);
   NFD_CHECK(e.is_good(), internal, "cuDNN attention: execute failed: " + e.get_message());
 }
 

@@ -12,6 +12,13 @@
 // Rounding equals the former im2col path: fp32 accumulation, bias added before one rounding to the dtype,
 // the residual added in fp32 after it. The transposes cost 2 passes over the activations, far below what the
 // im2col columns did (9x Cin per pixel); an NHWC VAE end to end would remove them too.
+// cuDNN's convolution as an engine beside it (ops/conv2d_cudnn.h; built with the cuDNN engines, NFD_RT_WITH_CUDNN):
+// reading our [C, H, W] tensors as they are (nchw: no transposes, bias and residual fused in its graph), or the
+// NHWC buffers of steps 1-2 in place of CUTLASS in step 3 (nhwc; the only cuDNN form of upsample2x_conv2d).
+// NFD_RT_CONV = auto (default) | implicit | cudnn | im2col: auto times CUTLASS and both cuDNN forms at a shape's
+// first call outside a CUDA graph capture (a session makes that call at open: session.cc decodes once there) and
+// keeps the fastest, reported in kernels_used() as "<conv key> (choice)"; a shape first met inside a capture runs
+// CUTLASS untimed. implicit is CUTLASS always; cudnn is cuDNN where it takes the problem (else CUTLASS, said why).
 // NFD_RT_CONV=im2col (or Cin % 8 != 0 with Cin*k*k and Cout multiples of 8): the former path, an explicit
 // im2col into scratch, ops::linear's GEMM and the transpose back (kept as a measured fallback).
 // Else (fp32, other shapes): implicit GEMM on CUDA cores (simt_gemm.cuh), M = Cout, N = Ho*Wo, K = Cin*k*k,
@@ -23,13 +30,20 @@
 #include <cutlass/cutlass.h>
 #include <cutlass/epilogue/thread/linear_combination.h>
 
-#include <cstdlib>
-#include <cstring>
+#include <cstdio>
+#include <map>
+#include <mutex>
 #include <string>
+#include <tuple>
+#include <vector>
 
+#include "core/switches.h"
+#include "ops/conv2d_layout.h"
 #include "ops/cuda_common.cuh"
 #include "ops/cutlass_status.cuh"
-#include "ops/conv2d_layout.h"
+#ifdef NFD_RT_WITH_CUDNN
+#include "ops/conv2d_cudnn.h"
+#endif
 #include "ops/cuda_gemm.h"
 #include "ops/kernel_report.h"
 #include "ops/simt_gemm.cuh"
@@ -118,9 +132,10 @@ __global__ void filters_to_krsc_kernel(cudaops::DPtr w, cudaops::DPtr bias, bool
   }
 }
 
-// out[c, p] = prod[p, c] (+ res[c, p]) for c < C, prod's rows ld apart; a 32x32 shared tile.
-__global__ void from_nhwc_add_kernel(cudaops::DPtr prod, int ld, cudaops::DPtr out, cudaops::DPtr res, bool has_res,
-                                     int64_t P, int C) {
+// out[c, p] = prod[p, c] (+ bias[c]) (+ res[c, p]) for c < C, prod's rows ld apart; a 32x32 shared tile. The bias
+// only after a cuDNN convolution that could not fuse it (CUTLASS's epilogue adds it).
+__global__ void from_nhwc_add_kernel(cudaops::DPtr prod, int ld, cudaops::DPtr out, cudaops::DPtr bias, bool has_bias,
+                                     cudaops::DPtr res, bool has_res, int64_t P, int C) {
   __shared__ float tile[32][33];
   const int64_t p0 = int64_t(blockIdx.x) * 32;
   const int c0 = blockIdx.y * 32;
@@ -135,7 +150,8 @@ __global__ void from_nhwc_add_kernel(cudaops::DPtr prod, int ld, cudaops::DPtr o
     const int64_t p = p0 + threadIdx.x;
     if (p < P && c < C) {
       const int64_t o = int64_t(c) * P + p;
-      const float v = tile[threadIdx.x][r];
+      float v = tile[threadIdx.x][r];
+      if (has_bias) v = __fadd_rn(v, cudaops::ld(bias, c));
       cudaops::st(out, o, has_res ? cudaops::ld(res, o) + v : v);
     }
   }
@@ -179,27 +195,65 @@ std::string kernel_key(const char* op, const Tensor& x, const Tensor& w, int str
   return std::string(op) + " " + dtype_name(x.dtype) + " " + std::to_string(x.dim(0)) + "->" +
          std::to_string(w.dim(0)) + " k" + std::to_string(w.dim(2)) + " s" + std::to_string(stride);
 }
-}  // namespace
 
-bool cuda_detail::conv2d_implicit_gemm_eligible(const Tensor& x) {
-  const char* e = std::getenv("NFD_RT_CONV");
-  if (e && *e && std::strcmp(e, "implicit") != 0) {
-    NFD_CHECK(std::strcmp(e, "im2col") == 0, invalid_argument,
-              std::string("NFD_RT_CONV must be 'implicit' or 'im2col', got '") + e + "'");
-    return false;
-  }
-  return (x.dtype == DType::bf16 || x.dtype == DType::f16) && x.dim(0) % kChannelAlign == 0;
+// NFD_RT_CONV, read at each call (tests and benchmarks switch it within a process).
+enum class ConvMode { automatic, implicit, cudnn, im2col };
+ConvMode conv_mode() {
+  const std::string v = switch_value("NFD_RT_CONV", {"auto", "implicit", "cudnn", "im2col"});
+  return v == "implicit" ? ConvMode::implicit
+         : v == "cudnn"  ? ConvMode::cudnn
+         : v == "im2col" ? ConvMode::im2col
+                         : ConvMode::automatic;
 }
 
-void cuda_detail::conv2d_implicit_gemm(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias,
-                                       int stride, int pad, bool upsample2x, Tensor& out, const Tensor* residual) {
+// One tensor-core convolution call: the operands and the problem as the engines see it.
+struct ConvCall {
+  const Tensor& x;
+  const Tensor& w;
+  const Tensor& bias;
+  const Tensor* residual;  // defined, or null
+  Tensor& out;
+  int stride, pad, up;  // up: the 2x nearest upsampling of x is folded in (upsample2x_conv2d)
+  const char* op;       // "conv2d" or "upsample2x_conv2d"
+};
+
+enum class ConvEngine { cutlass, cudnn_nchw, cudnn_nhwc };
+const char* engine_name(ConvEngine e) {
+  return e == ConvEngine::cutlass ? "cutlass" : e == ConvEngine::cudnn_nchw ? "cudnn nchw" : "cudnn nhwc";
+}
+
+#ifdef NFD_RT_WITH_CUDNN
+// The problem of a call as cuDNN sees it: our tensors (nchw), or the NHWC buffers of run_nhwc (nhwc).
+cudnn_conv::Problem nchw_problem(const ConvCall& c) {
+  return cudnn_conv::Problem{c.x.dtype,       cudnn_conv::Layout::nchw, int(c.x.dim(0)), int(c.x.dim(1)),
+                             int(c.x.dim(2)), int(c.w.dim(0)),          int(c.w.dim(2)), c.stride,
+                             c.pad,           c.bias.defined(),         c.residual != nullptr};
+}
+cudnn_conv::Problem nhwc_problem(const ConvCall& c) {
+  return cudnn_conv::Problem{c.x.dtype,
+                             cudnn_conv::Layout::nhwc,
+                             int(c.x.dim(0)),
+                             int(c.x.dim(1)) << c.up,
+                             int(c.x.dim(2)) << c.up,
+                             conv_layout::padded_channels(int(c.w.dim(0))),
+                             int(c.w.dim(2)),
+                             c.stride,
+                             c.pad,
+                             true,
+                             false};
+}
+#endif
+
+// Steps 1-3 of the header with CUTLASS or (nhwc) cuDNN for step 3.
+void run_nhwc(const Context& ctx, const ConvCall& c, ConvEngine engine) {
   using namespace cudaops;
-  const int up = upsample2x ? 1 : 0;
+  const Tensor &x = c.x, &w = c.w, &bias = c.bias;
+  const int up = c.up;
   const int Cin = int(x.dim(0)), H = int(x.dim(1)), W = int(x.dim(2)), Hi = H << up, Wi = W << up;
-  const int Cout = int(w.dim(0)), ks = int(w.dim(2)), Ho = int(out.dim(1)), Wo = int(out.dim(2));
+  const int Cout = int(w.dim(0)), ks = int(w.dim(2)), Ho = int(c.out.dim(1)), Wo = int(c.out.dim(2));
   const int Co8 = conv_layout::padded_channels(Cout);
   const int64_t P_in = int64_t(Hi) * Wi, P = int64_t(Ho) * Wo;
-  const bool has_res = residual && residual->defined();
+  const bool has_res = c.residual != nullptr;
   cudaStream_t s = stream_of(ctx);
 
   // One stream-ordered allocation (one memory node inside a captured graph), cut at 256-byte boundaries.
@@ -221,17 +275,168 @@ void cuda_detail::conv2d_implicit_gemm(const Context& ctx, const Tensor& x, cons
                                                                Co8, Cin, ks * ks);
   check_launch("conv2d (filters to KRSC)");
 
-  const cutlass::conv::Conv2dProblemSize pb({1, Hi, Wi, Cin}, {Co8, ks, ks, Cin}, {pad, pad, pad, pad},
-                                            {stride, stride}, {1, 1}, {1, Ho, Wo, Co8},
-                                            cutlass::conv::Mode::kCrossCorrelation, 1);
-  if (x.dtype == DType::bf16) CutlassConv<cutlass::bfloat16_t>::run(pb, xs.data, wk.data, b8.data, prod.data, s);
-  else CutlassConv<cutlass::half_t>::run(pb, xs.data, wk.data, b8.data, prod.data, s);
+  bool add_bias = false;  // a cuDNN plan without the bias: the transpose back adds it
+  std::string impl = "cutlass implicit-GEMM conv2d fprop NHWC 128x64x32";
+  if (engine == ConvEngine::cudnn_nhwc) {
+#ifdef NFD_RT_WITH_CUDNN
+    const cudnn_conv::Plan* plan = cudnn_conv::prepare(nhwc_problem(c), nullptr);  // built by the choice: a lookup
+    NFD_CHECK(plan, internal, "conv2d: no cuDNN plan for a shape it was chosen for");
+    Scratch workspace(cudnn_conv::workspace_bytes(*plan), s);
+    cudnn_conv::run(*plan, {xs.data, wk.data, b8.data, nullptr, prod.data}, workspace.get<void>(), s);
+    add_bias = cudnn_conv::plain(*plan);
+    impl = "cudnn nhwc: fprop between our transposes, " + cudnn_conv::describe(*plan);
+#else
+    fail(ErrorKind::internal, "conv2d: cuDNN chosen in a build without it");
+#endif
+  } else {
+    const cutlass::conv::Conv2dProblemSize pb({1, Hi, Wi, Cin}, {Co8, ks, ks, Cin}, {c.pad, c.pad, c.pad, c.pad},
+                                              {c.stride, c.stride}, {1, 1}, {1, Ho, Wo, Co8},
+                                              cutlass::conv::Mode::kCrossCorrelation, 1);
+    if (x.dtype == DType::bf16) CutlassConv<cutlass::bfloat16_t>::run(pb, xs.data, wk.data, b8.data, prod.data, s);
+    else CutlassConv<cutlass::half_t>::run(pb, xs.data, wk.data, b8.data, prod.data, s);
+  }
 
   from_nhwc_add_kernel<<<dim3(unsigned((P + 31) / 32), unsigned((Cout + 31) / 32)), block, 0, s>>>(
-      dp(prod), Co8, dp(out), has_res ? dp(*residual) : dp(out), has_res, P, Cout);
+      dp(prod), Co8, dp(c.out), dp(b8), add_bias, has_res ? dp(*c.residual) : dp(c.out), has_res, P, Cout);
   check_launch("conv2d (from NHWC)");
-  note_kernel(kernel_key(upsample2x ? "upsample2x_conv2d" : "conv2d", x, w, stride),
-              "cutlass implicit-GEMM conv2d fprop NHWC 128x64x32");
+  note_kernel(kernel_key(c.op, x, w, c.stride), impl);
+}
+
+#ifdef NFD_RT_WITH_CUDNN
+// out[c, p] += bias[c] (+ res[c, p]): after a cuDNN convolution that could not fuse them.
+__global__ void bias_residual_kernel(cudaops::DPtr out, cudaops::DPtr bias, bool has_bias, cudaops::DPtr res,
+                                     bool has_res, int64_t P, int64_t total) {
+  NFD_GRID_STRIDE(i, total) {
+    float v = cudaops::ld(out, i);
+    if (has_bias) v = __fadd_rn(v, cudaops::ld(bias, int(i / P)));
+    if (has_res) v = __fadd_rn(v, cudaops::ld(res, i));
+    cudaops::st(out, i, v);
+  }
+}
+
+// cuDNN on our [C, H, W] tensors as they are.
+void run_cudnn_nchw(const Context& ctx, const ConvCall& c) {
+  using namespace cudaops;
+  const cudnn_conv::Plan* plan = cudnn_conv::prepare(nchw_problem(c), nullptr);  // built by the choice: a lookup
+  NFD_CHECK(plan, internal, "conv2d: no cuDNN plan for a shape it was chosen for");
+  cudaStream_t s = stream_of(ctx);
+  Scratch workspace(cudnn_conv::workspace_bytes(*plan), s);
+  const bool has_bias = c.bias.defined(), has_res = c.residual != nullptr;
+  cudnn_conv::run(*plan, {c.x.data, c.w.data, has_bias ? c.bias.data : nullptr, has_res ? c.residual->data : nullptr,
+                          c.out.data},
+                  workspace.get<void>(), s);
+  if (cudnn_conv::plain(*plan) && (has_bias || has_res)) {
+    const int64_t P = c.out.dim(1) * c.out.dim(2);
+    bias_residual_kernel<<<grid_1d(c.out.numel(), 256), 256, 0, s>>>(
+        dp(c.out), has_bias ? dp(c.bias) : dp(c.out), has_bias, has_res ? dp(*c.residual) : dp(c.out), has_res, P,
+        c.out.numel());
+    check_launch("conv2d (bias and residual after cuDNN)");
+  }
+  note_kernel(kernel_key(c.op, c.x, c.w, c.stride),
+              "cudnn nchw: fprop on our tensors, " + cudnn_conv::describe(*plan));
+}
+#endif
+
+void run_engine(const Context& ctx, const ConvCall& c, ConvEngine e) {
+#ifdef NFD_RT_WITH_CUDNN
+  if (e == ConvEngine::cudnn_nchw) return run_cudnn_nchw(ctx, c);
+#endif
+  run_nhwc(ctx, c, e);
+}
+
+// The engine kept per shape (NFD_RT_CONV=auto: the fastest timed; cudnn: cuDNN's form), for the process.
+using ConvKey = std::tuple<int, int, int, int, int, int, int, int, int, bool, bool>;
+ConvKey key_of(const ConvCall& c) {
+  return ConvKey{int(c.x.dtype), c.up, int(c.x.dim(0)), int(c.x.dim(1)), int(c.x.dim(2)), int(c.w.dim(0)),
+                 int(c.w.dim(2)), c.stride, c.pad, c.bias.defined(), c.residual != nullptr};
+}
+std::mutex g_choice_mu;
+std::map<ConvKey, ConvEngine>& choices() {
+  static std::map<ConvKey, ConvEngine> m;
+  return m;
+}
+
+// The engine of a call. Building cuDNN's plans and timing synchronise the stream, so a shape first met inside a
+// capture runs CUTLASS without a choice being kept (the next uncaptured call chooses).
+ConvEngine choose(const Context& ctx, const ConvCall& c, ConvMode mode) {
+  if (mode == ConvMode::implicit) return ConvEngine::cutlass;
+  const std::string choice_key = kernel_key(c.op, c.x, c.w, c.stride) + " (choice)";
+#ifdef NFD_RT_WITH_CUDNN
+  const ConvKey key = key_of(c);
+  if (mode == ConvMode::automatic) {
+    std::lock_guard<std::mutex> lock(g_choice_mu);
+    auto it = choices().find(key);
+    if (it != choices().end()) return it->second;
+  }
+  if (!cudnn_conv::prepared(nhwc_problem(c)) || (!c.up && !cudnn_conv::prepared(nchw_problem(c)))) {
+    cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+    cudaops::check(cudaStreamIsCapturing(cudaops::stream_of(ctx), &cap), "cudaStreamIsCapturing");
+    if (cap != cudaStreamCaptureStatusNone) {
+      note_kernel(choice_key, "cutlass, not chosen (first met inside a CUDA graph capture)");
+      return ConvEngine::cutlass;
+    }
+  }
+  // The cuDNN forms whose plans cuDNN builds (nchw first: no transposes of ours). prepare() keeps its plans.
+  std::vector<ConvEngine> candidates;
+  std::string report;
+  auto consider = [&](ConvEngine e, const cudnn_conv::Problem& p) {
+    std::string why;
+    if (cudnn_conv::prepare(p, &why)) candidates.push_back(e);
+    else report += std::string(engine_name(e)) + ": no plan (" + why.substr(0, 160) + "), ";
+  };
+  if (!c.up) consider(ConvEngine::cudnn_nchw, nchw_problem(c));
+  consider(ConvEngine::cudnn_nhwc, nhwc_problem(c));
+  if (mode == ConvMode::cudnn) {  // forced: the first form cuDNN takes, else CUTLASS with the reason
+    if (!candidates.empty()) return candidates.front();
+    note_kernel(choice_key, report + "-> cutlass (NFD_RT_CONV=cudnn)");
+    return ConvEngine::cutlass;
+  }
+  ConvEngine best = ConvEngine::cutlass;
+  if (!candidates.empty()) {
+    candidates.push_back(ConvEngine::cutlass);
+    float best_ms = -1.f;
+    char buf[64];
+    for (ConvEngine e : candidates) {
+      float ms = -1.f;
+      try {
+        ms = cudaops::time_ms(cudaops::stream_of(ctx), [&] { run_engine(ctx, c, e); });
+      } catch (const Error& err) {  // a failed launch: left out of the choice, reported
+        cudaStreamSynchronize(cudaops::stream_of(ctx));
+        cudaGetLastError();
+        report += std::string(engine_name(e)) + ": failed (" + std::string(err.what()).substr(0, 120) + "), ";
+        continue;
+      }
+      std::snprintf(buf, sizeof buf, " %.4f ms, ", ms);
+      report += engine_name(e) + std::string(buf);
+      if (best_ms < 0.f || ms < best_ms) best = e, best_ms = ms;
+    }
+    report = "measured: " + report;
+  }
+  report += std::string("-> ") + engine_name(best);
+  {
+    std::lock_guard<std::mutex> lock(g_choice_mu);
+    choices()[key] = best;
+  }
+  note_kernel(choice_key, report);
+  return best;
+#else
+  if (mode == ConvMode::cudnn) note_kernel(choice_key, "cutlass (NFD_RT_CONV=cudnn: built without cuDNN)");
+  (void)ctx;
+  return ConvEngine::cutlass;
+#endif
+}
+}  // namespace
+
+bool cuda_detail::conv2d_implicit_gemm_eligible(const Tensor& x) {
+  if (conv_mode() == ConvMode::im2col) return false;
+  return (x.dtype == DType::bf16 || x.dtype == DType::f16) && x.dim(0) % kChannelAlign == 0;
+}
+
+void cuda_detail::conv2d_implicit_gemm(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias,
+                                       int stride, int pad, bool upsample2x, Tensor& out, const Tensor* residual) {
+  const Tensor* res = residual && residual->defined() ? residual : nullptr;
+  const ConvCall c{x, w, bias, res, out, stride, pad, upsample2x ? 1 : 0, upsample2x ? "upsample2x_conv2d" : "conv2d"};
+  run_engine(ctx, c, choose(ctx, c, conv_mode()));
 }
 
 namespace {
@@ -282,7 +487,7 @@ void conv2d_linear(const Context& ctx, const Tensor& x, const Tensor& w, const T
     check_launch("conv2d (im2col)");
     cuda::linear(ctx, col_t, w_t, bias, prod_t, Epilogue::none, nullptr);
     from_nhwc_add_kernel<<<dim3(unsigned((P + 31) / 32), unsigned((Cout + 31) / 32)), dim3(32, 8), 0, s>>>(
-        dp(prod_t), Cout, dp(out), has_res ? dp(*residual) : dp(out), has_res, P, Cout);
+        dp(prod_t), Cout, dp(out), dp(out), false, has_res ? dp(*residual) : dp(out), has_res, P, Cout);
     check_launch("conv2d (transpose)");
     note_kernel(kernel_key("conv2d", x, w, stride), "im2col + ops::linear GEMM");
     return;

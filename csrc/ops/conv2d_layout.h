@@ -1,6 +1,7 @@
-// Index maps of the CUDA tensor-core convolution (ops/conv2d_cuda.cu), shared with its CPU test
-// (tests/cpp/test_conv_layout.cc), which composes them with CUTLASS's NHWC/KRSC conv2d fprop definition and
-// checks the result against a direct [C, H, W] convolution.
+// Index maps of the CUDA tensor-core convolutions (ops/conv2d_cuda.cu: CUTLASS; ops/conv2d_cuda_cudnn.cc: cuDNN),
+// shared with their CPU test (tests/cpp/test_conv_layout.cc), which composes them with the NHWC/KRSC conv2d fprop
+// definition (CUTLASS's) and cuDNN's strided [N, C, H, W] / [K, C, R, S] tensors, and checks the results against a
+// direct [C, H, W] convolution.
 #pragma once
 
 #include <cstdint>
@@ -44,6 +45,21 @@ struct ScratchLayout {
   }
   static int64_t align(int64_t n) { return (n + 255) / 256 * 256; }
 };
+
+// cuDNN's view of an image [1, C, H, W] (its dimension order whatever the memory order): the strides of our
+// [C, H, W] tensors (nhwc = false) or of the NHWC buffers of the tensor-core path (nhwc = true).
+struct Strides4 {
+  int64_t s[4];
+};
+inline Strides4 image_strides(bool nhwc, int64_t C, int64_t H, int64_t W) {
+  if (nhwc) return {{H * W * C, 1, W * C, C}};
+  return {{C * H * W, H * W, W, 1}};
+}
+// cuDNN's view of the filters [Cout, Cin, k, k]: the model's KCRS (nhwc = false) or the KRSC copy wk (nhwc = true).
+inline Strides4 filter_strides(bool nhwc, int64_t Cin, int64_t k) {
+  if (nhwc) return {{k * k * Cin, 1, k * Cin, Cin}};
+  return {{Cin * k * k, k * k, k, 1}};
+}
 
 }  // namespace conv_layout
 }  // namespace ops

@@ -8,7 +8,7 @@
 #include "ops/cuda_gemm.h"
 #endif
 #ifdef NFD_RT_WITH_CUDNN
-#include "ops/attention_cudnn.h"
+#include "ops/cudnn_library.h"
 #endif
 
 namespace nfd {
@@ -80,9 +80,9 @@ CudaBuildInfo cuda_build_info() {
 #endif
 #ifdef NFD_RT_WITH_CUDNN
   b.cudnn = true;
-  b.cudnn_status = ops::cudnn_sdpa::status();  // loads the library once (no handle: that needs a GPU)
+  b.cudnn_status = ops::cudnn::status();  // loads the library once (no handle: that needs a GPU)
 #else
-  b.cudnn_status = "built without cuDNN attention (cudnn-frontend headers not found at build time)";
+  b.cudnn_status = "built without cuDNN (cudnn-frontend headers not found at build time)";
 #endif
   return b;
 }

@@ -65,7 +65,9 @@ size_t scratch_bytes_bound(const ScratchShapes& s, Device device, DType dtype, i
     // conv2d / upsample2x_conv2d at this level, k <= 3: tensor cores (NHWC input, filters, product; an
     // upsampled input has this level's pixels; conv_out's 3 outputs pad to 8 <= c), or CUDA cores after an
     // upsample into a [C, H, W] scratch.
-    vae = std::max(vae, conv_layout::ScratchLayout(pixels, c, pixels, c, 3, es).total);
+    // cuDNN's convolution runs there too, with its workspace (at most 64 MiB: larger plans are refused,
+    // ops/conv2d_cuda_cudnn.cc) beside the NHWC buffers.
+    vae = std::max(vae, conv_layout::ScratchLayout(pixels, c, pixels, c, 3, es).total + (int64_t(64) << 20));
     vae = std::max(vae, pixels * c * es);
     // NFD_RT_CONV=im2col: the columns [P, 9 Cin] + the product [P, Cout] (+ the upsampled image before them).
     vae = std::max(vae, pixels * (10 * c + c) * es);

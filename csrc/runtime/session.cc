@@ -129,6 +129,13 @@ Session::Impl::Impl(std::shared_ptr<const Model> m, const SessionOptions& o, boo
   ctx.host_state = host_state.data();  // kernels sized on the host (ops::attention_sized_on_host) read it
   st->graph->reset_state(ctx);
   st->graph->prepare_kernels(ctx, st->io.action);
+  if (opt.device == Device::cuda && !st->graph->decoder_keeps_state()) {
+    // One decode of a noise latent outside any capture: the decoder's ops choose their engines at a shape's first
+    // uncaptured call (ops/conv2d_cuda.cu times CUTLASS against cuDNN), so the frame graph captures the chosen
+    // ones. A decoder with state runs outside the graph anyway (and its state must not advance here).
+    st->graph->start_latent(ctx, opt.seed, st->io.latent);
+    st->graph->decode(ctx, st->io.latent, st->io.frame, nullptr);
+  }
   device_synchronize(opt.device, ctx.stream);
   if (opt.device == Device::cuda) {
     // Each path one switch away from the one measured before it (docs/cuda-backend.md): NFD_RT_DECODE_STREAM=off

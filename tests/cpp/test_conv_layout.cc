@@ -4,8 +4,9 @@
 // reference defines it (cutlass/util/reference/host/convolution.h: cross-correlation over NHWC x KRSC, the
 // epilogue's source C read through the layout, here a zero pixel stride so every pixel gets the biases), then
 // back to [C, H, W] with the residual; and compares with a direct convolution in double. It also checks the
-// scratch layout (aligned, disjoint, large enough). What it cannot check: CUTLASS on the GPU itself (the op
-// table's CUDA rows in tests/ops/test_ops.py do). Prints "N passed, N failed"; exit code 1 on failure.
+// scratch layout (aligned, disjoint, large enough), and the strided tensors cuDNN's convolution is given
+// (image_strides, filter_strides) in both of its forms. What it cannot check: CUTLASS or cuDNN on the GPU itself
+// (the op table's CUDA rows in tests/ops/test_ops.py do). Prints "N passed, N failed"; exit code 1 on failure.
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -66,6 +67,7 @@ static void run(const Case& c, std::mt19937& rng) {
       }
   // 4. from_nhwc_add_kernel, and the direct reference on the (upsampled) [C, H, W] image
   double err = 0, ref_max = 0;
+  std::vector<double> refs(size_t(c.cout) * P);
   for (int o = 0; o < c.cout; ++o)
     for (int64_t pp = 0; pp < P; ++pp) {
       const double got = prod[pp * co8 + o] + (c.residual ? res[o * P + pp] : 0.0);
@@ -79,6 +81,7 @@ static void run(const Case& c, std::mt19937& rng) {
             ref += double(x[ch * P_x + int64_t(hh >> c.up) * c.w + (ww >> c.up)]) * w[(int64_t(o) * c.cin + ch) * taps + r * c.k + s];
           }
       if (c.residual) ref += res[o * P + pp];
+      refs[o * P + pp] = ref;
       err = std::fmax(err, std::fabs(got - ref));
       ref_max = std::fmax(ref_max, std::fabs(ref));
     }
@@ -86,6 +89,44 @@ static void run(const Case& c, std::mt19937& rng) {
   std::snprintf(name, sizeof name, "conv %d->%d %dx%d k%d s%d p%d%s%s%s", c.cin, c.cout, c.h, c.w, c.k, c.stride,
                 c.pad, c.up ? " upsample2x" : "", c.bias ? " bias" : "", c.residual ? " +res" : "");
   expect(err <= 1e-9 * std::fmax(1.0, ref_max), name, err);
+
+  // 5. cuDNN's convolution as ops/conv2d_cuda_cudnn.cc describes it: y[0, k, p, q] = bias[k] + sum over c, r, s of
+  //    X[0, c, p*stride - pad + r, q*stride - pad + s] * W[k, c, r, s] (+ residual), every tensor read and written
+  //    through the strides of image_strides / filter_strides: on our [C, H, W] memory (nchw; not for upsample2x) and
+  //    on the NHWC buffers of steps 1-2 (nhwc: Co8 filters, the residual added by step 4).
+  for (const bool nhwc : {false, true}) {
+    if (!nhwc && c.up) continue;
+    const float* X = nhwc ? xs.data() : x.data();
+    const float* Wt = nhwc ? wk.data() : w.data();
+    const int K = nhwc ? co8 : c.cout, ih = nhwc ? hi : c.h, iw = nhwc ? wi : c.w;
+    const Strides4 xst = image_strides(nhwc, c.cin, ih, iw), wst = filter_strides(nhwc, c.cin, c.k);
+    const Strides4 yst = image_strides(nhwc, K, ho, wo);
+    std::vector<double> y(size_t(K) * P, std::nan(""));
+    for (int kk = 0; kk < K; ++kk)
+      for (int p = 0; p < ho; ++p)
+        for (int q = 0; q < wo; ++q) {
+          double acc = c.bias ? (nhwc ? b8[kk] : b[kk]) : 0.0;
+          for (int ch = 0; ch < c.cin; ++ch)
+            for (int r = 0; r < c.k; ++r)
+              for (int s2 = 0; s2 < c.k; ++s2) {
+                const int hh = p * c.stride - c.pad + r, ww = q * c.stride - c.pad + s2;
+                if (hh < 0 || hh >= ih || ww < 0 || ww >= iw) continue;
+                acc += double(X[ch * xst.s[1] + hh * xst.s[2] + ww * xst.s[3]]) *
+                       Wt[kk * wst.s[0] + ch * wst.s[1] + r * wst.s[2] + s2 * wst.s[3]];
+              }
+          const int64_t at = kk * yst.s[1] + p * yst.s[2] + q * yst.s[3];
+          if (!nhwc && c.residual) acc += res[at];  // the fused residual, read through y's strides
+          y[at] = acc;
+        }
+    double e2 = 0;
+    for (int o = 0; o < c.cout; ++o)
+      for (int64_t pp = 0; pp < P; ++pp) {
+        const int64_t at = o * yst.s[1] + (pp / wo) * yst.s[2] + (pp % wo) * yst.s[3];
+        const double got = y[at] + (nhwc && c.residual ? res[o * P + pp] : 0.0);
+        e2 = std::isnan(got) ? INFINITY : std::fmax(e2, std::fabs(got - refs[o * P + pp]));
+      }
+    expect(e2 <= 1e-9 * std::fmax(1.0, ref_max), std::string("cudnn ") + (nhwc ? "nhwc " : "nchw ") + name, e2);
+  }
 
   // The scratch layout holds each part, aligned and disjoint.
   const ScratchLayout at(P_in, c.cin, P, c.cout, c.k, 2);

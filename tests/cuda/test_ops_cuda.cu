@@ -11,7 +11,10 @@
 //     faster (skipped, and said, without cuBLASLt);
 //   * cuDNN's attention (NFD_RT_ATTENTION=cudnn) at 1-16 key batches and fill levels that leave batches empty, in a
 //     CUDA graph replayed at other fill levels, the fallback to ours on a slot list that is not the cache's prefix,
-//     and attention_prepare's choice under auto (skipped, and said, without cuDNN built in or loaded).
+//     and attention_prepare's choice under auto (skipped, and said, without cuDNN built in or loaded);
+//   * cuDNN's convolution (NFD_RT_CONV=cudnn, both forms) on the decoder's shape classes, in CUDA graphs, and the
+//     engine choice under auto: timed at a shape's first uncaptured call, CUTLASS (said) when first met in a
+//     capture (skipped, and said, without cuDNN).
 // Inputs are random normals rounded to bf16; references are naive host loops in double; outputs are poisoned
 // with NaN bytes before each run. Error metric ||out - ref||_2 / ||ref||_2 (NaN fails): f32 5e-5, bf16 1e-2.
 // Prints "N passed, N failed"; exit code 1 on any failure, 77 (CTest's skip) when no CUDA device is present.
@@ -361,6 +364,115 @@ static void test_attention_cudnn(cudaStream_t stream, DevState& st) {
               tol_of(DType::bf16));
 }
 
+// A direct convolution in double: out[o, y, x] = bias[o] + sum over c, r, s of
+// in[c, y*stride - pad + r, x*stride - pad + s] w[o, c, r, s] (+ res), `in` the 2x nearest upsampling of x when up.
+static std::vector<double> conv_ref(const std::vector<float>& x, const std::vector<float>& w,
+                                    const std::vector<float>& b, const std::vector<float>* res, int Cin, int H, int W,
+                                    int Cout, int k, int stride, int pad, int up) {
+  const int Hi = H << up, Wi = W << up, Ho = (Hi + 2 * pad - k) / stride + 1, Wo = (Wi + 2 * pad - k) / stride + 1;
+  std::vector<double> out(size_t(Cout) * Ho * Wo);
+  for (int o = 0; o < Cout; ++o)
+    for (int y = 0; y < Ho; ++y)
+      for (int xo = 0; xo < Wo; ++xo) {
+        double acc = b.empty() ? 0.0 : b[size_t(o)];
+        for (int c = 0; c < Cin; ++c)
+          for (int r = 0; r < k; ++r)
+            for (int s2 = 0; s2 < k; ++s2) {
+              const int iy = y * stride - pad + r, ix = xo * stride - pad + s2;
+              if (iy < 0 || iy >= Hi || ix < 0 || ix >= Wi) continue;
+              acc += double(x[(size_t(c) * H + (iy >> up)) * W + (ix >> up)]) *
+                     w[((size_t(o) * Cin + c) * k + r) * k + s2];
+            }
+        const size_t i = (size_t(o) * Ho + y) * Wo + xo;
+        out[i] = acc + (res ? (*res)[i] : 0.0);
+      }
+  return out;
+}
+
+// cuDNN's convolution (ops/conv2d_cuda_cudnn.cc), forced (NFD_RT_CONV=cudnn) on the decoder's shape classes (conv_out's
+// 3 outputs, stride 2, residual, upsample2x's NHWC form) against the reference, and captured in a CUDA graph after
+// its first call; a shape first met inside a capture runs CUTLASS and says so; under auto the first uncaptured
+// call times CUTLASS and both cuDNN forms and the op runs the recorded choice.
+static void test_conv_cudnn(cudaStream_t stream, DevState& st) {
+  const CudaBuildInfo info = cuda_build_info();
+  if (!info.cudnn || info.cudnn_status.find("cuDNN from") != 0 ||
+      info.cudnn_status.find(": ") != std::string::npos) {
+    std::printf("  cuDNN convolution: skipped (%s)\n", info.cudnn_status.c_str());
+    return;
+  }
+  Context ctx = make_ctx(stream, st);
+  struct Shape {
+    int Cin, Cout, H, W, k, stride, pad, up;
+    bool residual;
+  };
+  auto ran = [](const std::string& key) {
+    for (auto& kv : kernels_used())
+      if (kv.first == key) return kv.second;
+    return std::string();
+  };
+  for (const char* mode : {"cudnn", "auto"}) {
+    set_env("NFD_RT_CONV", mode);
+    for (const Shape& sh : {Shape{64, 64, 24, 40, 3, 1, 1, 0, true}, Shape{64, 3, 20, 36, 3, 1, 1, 0, false},
+                            Shape{32, 32, 17, 16, 3, 2, 1, 0, false}, Shape{16, 16, 9, 9, 1, 1, 0, 0, true},
+                            Shape{32, 32, 8, 12, 3, 1, 1, 1, false}}) {
+      const int Hi = sh.H << sh.up, Wi = sh.W << sh.up;
+      const int Ho = (Hi + 2 * sh.pad - sh.k) / sh.stride + 1, Wo = (Wi + 2 * sh.pad - sh.k) / sh.stride + 1;
+      auto x = randn(size_t(sh.Cin) * sh.H * sh.W);
+      auto w = randn(size_t(sh.Cout) * sh.Cin * sh.k * sh.k, 1.f / std::sqrt(float(sh.Cin * sh.k * sh.k)));
+      auto b = randn(size_t(sh.Cout));
+      auto r = randn(size_t(sh.Cout) * Ho * Wo);
+      DevT dx({sh.Cin, sh.H, sh.W}, DType::bf16, x), dw({sh.Cout, sh.Cin, sh.k, sh.k}, DType::bf16, w),
+          db({sh.Cout}, DType::bf16, b), dr({sh.Cout, Ho, Wo}, DType::bf16, r), out({sh.Cout, Ho, Wo}, DType::bf16);
+      const Tensor* res = sh.residual ? &dr.t : nullptr;
+      auto call = [&] {
+        if (sh.up) ops::upsample2x_conv2d(ctx, dx.t, dw.t, db.t, out.t);
+        else ops::conv2d(ctx, dx.t, dw.t, db.t, sh.stride, sh.pad, out.t, res);
+      };
+      const std::string op = sh.up ? "upsample2x_conv2d" : "conv2d";
+      const std::string key = op + " bf16 " + std::to_string(sh.Cin) + "->" + std::to_string(sh.Cout) + " k" +
+                              std::to_string(sh.k) + " s" + std::to_string(sh.stride);
+      const std::vector<double> ref =
+          conv_ref(x, w, b, sh.residual ? &r : nullptr, sh.Cin, sh.H, sh.W, sh.Cout, sh.k, sh.stride, sh.pad, sh.up);
+      const std::string name = std::string(mode) + " " + key + " " + std::to_string(sh.H) + "x" + std::to_string(sh.W) +
+                               (sh.residual ? " +res" : "");
+      clear_kernels_used();
+      out.poison();
+      call();
+      check_close(name, out.download(), ref, tol_of(DType::bf16));
+      const std::string choice = ran(key + " (choice)");
+      if (std::string(mode) == "cudnn") {
+        report(name + ": cuDNN ran", ran(key).rfind("cudnn", 0) == 0, ran(key) + " | " + choice);
+      } else {
+        const bool measured = choice.find("measured:") == 0 && choice.find("cutlass ") != std::string::npos;
+        const std::string winner = choice.substr(choice.rfind("-> ") + 3);
+        report(name + ": timed at the first call, the choice ran", measured && ran(key).rfind(winner, 0) == 0,
+               choice + " | ran: " + ran(key));
+      }
+      CudaGraph g;
+      g.capture(stream, call);
+      out.poison();
+      g.replay(stream);
+      check_close(name + " in a CUDA graph", out.download(), ref, tol_of(DType::bf16));
+    }
+  }
+  // A shape first met inside a capture: CUTLASS, said so, and correct.
+  set_env("NFD_RT_CONV", nullptr);
+  auto x = randn(size_t(24) * 10 * 14), w = randn(size_t(40) * 24 * 9, 1.f / std::sqrt(24.f * 9)), b = randn(40);
+  DevT dx({24, 10, 14}, DType::bf16, x), dw({40, 24, 3, 3}, DType::bf16, w), db({40}, DType::bf16, b),
+      out({40, 10, 14}, DType::bf16);
+  clear_kernels_used();
+  CudaGraph g;
+  g.capture(stream, [&] { ops::conv2d(ctx, dx.t, dw.t, db.t, 1, 1, out.t, nullptr); });
+  out.poison();
+  g.replay(stream);
+  check_close("auto, first met inside a capture", out.download(),
+              conv_ref(x, w, b, nullptr, 24, 10, 14, 40, 3, 1, 1, 0), tol_of(DType::bf16));
+  const std::string choice = ran("conv2d bf16 24->40 k3 s1 (choice)");
+  report("auto, first met inside a capture: CUTLASS, said so",
+         choice.find("not chosen") != std::string::npos && ran("conv2d bf16 24->40 k3 s1").rfind("cutlass", 0) == 0,
+         choice);
+}
+
 // rope_qkv_split replayed with a write_slot outside the cache: q is written, the caches are not.
 static void test_rope_graph(cudaStream_t stream, DevState& st) {
   const int H = 2, rows = 3, cols = 4, N = rows * cols, hd = 32, slots = 4;
@@ -410,6 +522,7 @@ int main() {
       {"linear_prepare", [&] { test_linear_prepare(stream, st); }},
       {"attention graph", [&] { test_attention_graph(stream, st); }},
       {"cudnn attention", [&] { test_attention_cudnn(stream, st); }},
+      {"cudnn convolution", [&] { test_conv_cudnn(stream, st); }},
       {"rope graph", [&] { test_rope_graph(stream, st); }},
   };
   for (auto& g : groups) {

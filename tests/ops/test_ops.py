@@ -113,6 +113,12 @@ def cudnn_built() -> bool:
         return False
 
 
+def cuda_16bit_cudnn(device: str, dtype: str) -> bool:
+    """Rows of the cuDNN engines: CUDA 16-bit in a build with them (where the library does not load, the op falls
+    back to ours and says so in kernels_used; the row still checks the result)."""
+    return cuda_16bit(device, dtype) and cudnn_built()
+
+
 @dataclass
 class Case:
     """A row of the op table: `call(dev)` runs the op (dev: the binding's device/dtype keywords) and returns one
@@ -505,9 +511,16 @@ def conv_case(cin, cout, h, w, k, stride, pad):
     case(name + " bias", lambda dev: ops.conv2d(x, wt, b, stride, pad, **dev), lambda: ref(True))
     case(name + " bias+residual", lambda dev: ops.conv2d(x, wt, b, stride, pad, res, **dev), lambda: ref(True, res))
     case(name + " no bias", lambda dev: ops.conv2d(x, wt, None, stride, pad, **dev), lambda: ref(False))
-    if cin % 8 == 0:  # CUDA 16-bit: the former im2col engine too (NFD_RT_CONV=im2col), kept as a fallback
+    if cin % 8 == 0:  # CUDA 16-bit: every engine by name (the default, auto, takes the fastest at the first call)
         case(name + " bias+residual im2col", lambda dev: ops.conv2d(x, wt, b, stride, pad, res, **dev),
              lambda: ref(True, res), env={"NFD_RT_CONV": "im2col"}, where=cuda_16bit)
+        case(name + " bias+residual cutlass", lambda dev: ops.conv2d(x, wt, b, stride, pad, res, **dev),
+             lambda: ref(True, res), env={"NFD_RT_CONV": "implicit"}, where=cuda_16bit)
+        for what, bias_, res_ in [("bias+residual", b, res), ("no bias", None, None)]:
+            case(f"{name} {what} cudnn",
+                 lambda dev, bias_=bias_, res_=res_: ops.conv2d(x, wt, bias_, stride, pad, res_, **dev),
+                 lambda bias_=bias_, res_=res_: ref(bias_ is not None, res_), env={"NFD_RT_CONV": "cudnn"},
+                 where=cuda_16bit_cudnn)
 
 
 for cin, cout, k, stride, pad, hw in [
@@ -547,6 +560,11 @@ for cin, cout, h, w in [(64, 64, 8, 8), (32, 32, 32, 32), (3, 5, 5, 7), (16, 8, 
          lambda x=x, wt=wt, b=b: upconv_ref(x, wt, b))
     case(f"upsample2x_conv2d {cin}->{cout} {h}x{w} no bias",
          lambda dev, x=x, wt=wt: ops.upsample2x_conv2d(x, wt, **dev), lambda x=x, wt=wt: upconv_ref(x, wt, None))
+    if cin % 8 == 0:  # CUDA 16-bit: CUTLASS and cuDNN (its NHWC form) by name
+        for engine, where in [("implicit", cuda_16bit), ("cudnn", cuda_16bit_cudnn)]:
+            case(f"upsample2x_conv2d {cin}->{cout} {h}x{w} bias {engine}",
+                 lambda dev, x=x, wt=wt, b=b: ops.upsample2x_conv2d(x, wt, b, **dev),
+                 lambda x=x, wt=wt, b=b: upconv_ref(x, wt, b), env={"NFD_RT_CONV": engine}, where=where)
 
 x = randn(3, 5, 7, seed=32)
 case("upsample_nearest2x 3x5x7", lambda dev, x=x: ops.upsample_nearest2x(x, **dev),
@@ -952,7 +970,8 @@ CONTRACTS = [
     Bad("conv2d x", lambda d, o: ops.conv2d(r(2, 6, 6), r(4, 3, 3, 3), **d),
         r"ops::conv2d: x must be \[Cin, H, W\] with Cin = 3"),
     Bad("conv2d NFD_RT_CONV", lambda d, o: ops.conv2d(c3, r(4, 3, 3, 3), **d),
-        r"NFD_RT_CONV must be 'implicit' or 'im2col', got 'bogus'", cuda_only=True, env={"NFD_RT_CONV": "bogus"}),
+        r"NFD_RT_CONV must be one of 'auto', 'implicit', 'cudnn', 'im2col', got 'bogus'", cuda_only=True,
+        env={"NFD_RT_CONV": "bogus"}),
     Bad("gated_add_layernorm_modulate NFD_RT_FUSED_NORM",
         lambda d, o: ops.gated_add_layernorm_modulate(x48, r(8), x48.copy(), r(8), r(8), **d),
         r"NFD_RT_FUSED_NORM must be one of 'on', 'off', '1', '0', got 'bogus'", cuda_only=True,

@@ -95,10 +95,11 @@ def test_prepare_carry_works_from_a_clean_environment(clean_carry):
 
 @pytest.mark.skipif(shutil.which("nvcc") is None or shutil.which("cmake") is None or shutil.which("ninja") is None,
                     reason="needs nvcc, cmake and ninja")
-def test_cudnn_attention_compiles_against_the_carried_headers(clean_carry, tmp_path):
+def test_cudnn_engines_compile_against_the_carried_headers(clean_carry, tmp_path):
     """What run.sh builds on the GPU machine: CMake configured with the carried cuDNN headers (NFD_RT_CUDNN=ON)
-    compiles the cuDNN engine and the attention op that calls it (sm_90 only, the two objects). The pip build does
-    not find these headers, so without this test the cuDNN code would never be compiled in CI."""
+    compiles the cuDNN engines (attention, convolution, the shared loader) and the ops that call them (sm_90 only,
+    those objects). The pip build does not find these headers, so without this test the cuDNN code would never be
+    compiled in CI."""
     for mod in ("nlohmann_json", "scipy_openblas32", "cutlass_library"):
         if importlib.util.find_spec(mod) is None:
             pytest.skip(f"the build requirement {mod} is not installed here")
@@ -114,8 +115,10 @@ def test_cudnn_attention_compiles_against_the_carried_headers(clean_carry, tmp_p
                         "-DNFD_RT_CUBLASLT=OFF", "-DNFD_RT_PYTHON=OFF", "-DNFD_RT_BUILD_TESTS=OFF",
                         f"-DPython_EXECUTABLE={sys.executable}"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "nfd_rt: cuDNN attention ON" in r.stdout, r.stdout[-3000:]
-    objects = [f"CMakeFiles/nfd_rt.dir/csrc/ops/{f}.o" for f in ("attention_cuda_cudnn.cc", "attention_cuda.cu")]
+    assert "nfd_rt: cuDNN engines ON" in r.stdout, r.stdout[-3000:]
+    objects = [f"CMakeFiles/nfd_rt.dir/csrc/ops/{f}.o" for f in ("cudnn_library.cc", "attention_cuda_cudnn.cc",
+                                                                 "conv2d_cuda_cudnn.cc", "attention_cuda.cu",
+                                                                 "conv2d_cuda.cu", "kernel_report.cc")]
     r = subprocess.run(["ninja", "-C", str(build), *objects], capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     assert all((build / o).stat().st_size > 0 for o in objects)

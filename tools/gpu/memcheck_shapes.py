@@ -80,7 +80,7 @@ def calls(cfg):
     for engine in ("cutlass", "cublaslt"):
         out.append((f"linear {N}x{D} -> {4 * D} +bias gelu_tanh", {"NFD_RT_GEMM": engine},
                     lambda d, t: ops.linear(x, w1, b1, "gelu_tanh", **dev(d, t))))
-    for engine in ("implicit", "im2col"):
+    for engine in ("implicit", "cudnn", "im2col"):
         out.append((f"conv2d conv_out {c0}->3 {cfg.frame_height}x{cfg.frame_width}", {"NFD_RT_CONV": engine},
                     lambda d, t: ops.conv2d(img, w_out, b_out, 1, 1, **dev(d, t))))
         out.append((f"conv2d {c0}->{c0} 3x3 +residual", {"NFD_RT_CONV": engine},

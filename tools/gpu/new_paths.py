@@ -30,7 +30,7 @@ import time
 # switch: (value that turns the new path off, what the new path is). Unset = the new path (the default).
 NEW_PATHS = {
     "NFD_RT_ATTENTION": ("ours", "attention: cuDNN's fused SDPA over 1-16 key batches (timed against ours at open)"),
-    "NFD_RT_CONV": ("im2col", "VAE convolutions as CUTLASS NHWC implicit GEMMs"),
+    "NFD_RT_CONV": ("im2col", "VAE convolutions as CUTLASS NHWC implicit GEMMs or cuDNN (timed at open)"),
     "NFD_RT_ATTENTION_ROWS": ("64", "attention: 128 query rows per CTA (timed against 64 at open)"),
     "NFD_RT_ATTENTION_SOFTMAX": ("separate", "attention: folded softmax, one FFMA + ex2.approx a score, liveness "
                                              "by __syncthreads_and (timed against separate at open)"),
