@@ -346,8 +346,8 @@ def test_fps_oasis_static_runners_per_torch_dtype(tmp_path):
     pytest.importorskip("torch", reason="needs torch for the PyTorch baselines")
     from nfd_rt import _core
 
-    if not _core.cpu_bf16():
-        pytest.skip("this CPU has neither AMX-BF16 nor AVX512-BF16 (no bf16 runners)")
+    if not _core.cpu_bf16()["ok"]:  # a dict: {'ok', 'isa', 'why', 'onednn'}
+        pytest.skip(f"no bf16 runners on this CPU: {_core.cpu_bf16()['why']}")
     out = tmp_path / "b.json"
     r = fps("--config", "oasis-tiny", "--frames", "1", "--threads", "1", "--out", str(out), "--no-profile",
             "--runners", "nfd_rt,oasis-static", "--torch-dtypes", "float32,bfloat16", "--no-progress")
