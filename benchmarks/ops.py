@@ -281,6 +281,7 @@ def time_op(ops, case: OpCase, kw: dict, target_s: float, samples: int) -> list[
 # engine per shape at open (ops::linear_prepare); attention runs its default unless an environment variable says.
 LINEAR_ENGINES = {"cutlass": {"NFD_RT_GEMM": "cutlass"}, "cublaslt": {"NFD_RT_GEMM": "cublaslt"}}
 ATTENTION_IMPLS = {"ours": {}, "ours rows=64": {"NFD_RT_ATTENTION_ROWS": "64"},
+                   "ours 64x128": {"NFD_RT_ATTENTION_KEYS": "128"},
                    "ours rows=128 separate": {"NFD_RT_ATTENTION_ROWS": "128", "NFD_RT_ATTENTION_SOFTMAX": "separate"},
                    "ours rows=64 separate": {"NFD_RT_ATTENTION_ROWS": "64", "NFD_RT_ATTENTION_SOFTMAX": "separate"},
                    "flashinfer": {"NFD_RT_ATTENTION": "flashinfer"},

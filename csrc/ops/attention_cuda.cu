@@ -11,7 +11,9 @@
 //        and 1; at head_dim 64 both, the faster per shape as ops::attention_prepare measured it at session
 //        open, or NFD_RT_ATTENTION_ROWS), so each K/V fragment read from shared memory
 //        feeds 4 MMAs; key tiles of 64 through shared memory (cp.async, double-buffered, 16-byte chunks
-//        XOR-swizzled), Q held in registers as A fragments;
+//        XOR-swizzled), Q held in registers as A fragments; at head_dim 64 also FlashAttention-2's 64 x 128
+//        tile (64 query rows, 128 keys a tile, folded softmax: half the barriers and rescales), timed beside
+//        the others at open, or NFD_RT_ATTENTION_KEYS=128 (unverified on a GPU);
 //      - S = Q K^T (K via ldmatrix), online softmax in fp32 on the accumulators (log2 units, scores scaled by
 //        log2(e)/sqrt(hd)) in one of two forms (tile::mma, "online softmax"): folded (one FFMA + ex2.approx a
 //        score, liveness by __syncthreads_and) or separate (the form measured on the H200), the faster per shape
@@ -104,15 +106,15 @@ int pick_splits(int base, int per_sm, int64_t max_tiles) {
   return tile::mma::choose_splits(base, sm_count(), per_sm, max_tiles, 64);
 }
 
-template <typename T, int HD, int MT, bool kFolded>
+template <typename T, int HD, int MT, int BK, bool kFolded>
 int mma_ctas_per_sm() {
   // Dynamic shared memory beyond 48 KB must be allowed per kernel (once per process; not a stream operation,
   // so it is also fine while a graph is being captured).
   static std::once_flag once;
   static int per_sm = 1;
   std::call_once(once, [] {
-    auto kernel = attention_mma_kernel<T, HD, MT, kFolded>;
-    constexpr int smem = mma_smem_bytes<HD, MT>();
+    auto kernel = attention_mma_kernel<T, HD, MT, BK, kFolded>;
+    constexpr int smem = mma_smem_bytes<HD, MT, BK>();
     cudaops::check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
                    "cudaFuncSetAttribute (attention smem)");
     cudaops::check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, tile::mma::kThreads, smem),
@@ -127,13 +129,24 @@ int mma_ctas_per_sm() {
 // (folded or separate). NFD_RT_ATTENTION_ROWS=64|128 and NFD_RT_ATTENTION_SOFTMAX=folded|separate force one;
 // unset or auto: the fastest ops::attention_prepare measured for the shape at session open, and for shapes never
 // prepared 128 rows and the folded form (each unless it failed in some attention_prepare).
-// cudnn_splits > 0: cuDNN's SDPA with that many key batches measured faster than ours (NFD_RT_ATTENTION=auto or
-// cudnn); rows and folded then still name ours' fastest variant, which runs where cuDNN does not take a call.
+// keys: the key tile, kBK, or kBKWide for the 64 x 128 tile (head_dim 64, 64 rows, folded form only;
+// NFD_RT_ATTENTION_KEYS=64|128 forces one). cudnn_splits > 0: cuDNN's SDPA with that many key batches measured
+// faster than ours (NFD_RT_ATTENTION=auto or cudnn); rows, folded and keys then still name ours' fastest variant,
+// which runs where cuDNN does not take a call.
 struct MmaChoice {
   int rows;
   bool folded;
   int cudnn_splits = 0;
+  int keys = kBK;
 };
+// Whether the choice runs the 64 x 128 tile (else keys is kBK).
+bool wide_keys(const MmaChoice& c, int hd) {
+  return hd == 64 && c.rows == 64 && c.folded && c.keys == tile::mma::kBKWide;
+}
+std::string variant_name(const MmaChoice& c, int hd) {
+  return std::to_string(c.rows) + " rows " + (wide_keys(c, hd) ? "x 128 keys " : "") +
+         (c.folded ? "folded" : "separate");
+}
 // The wider query tile of head_dim hd (its only one at 32 and 128).
 constexpr int wide_rows(int hd) { return hd == 128 ? 64 : 128; }
 using ShapeKey = std::tuple<int, int, int, int, int, int>;  // dtype, N, H, Hkv, hd, slots
@@ -155,6 +168,10 @@ int folded_forced() {
   const std::string v = switch_value("NFD_RT_ATTENTION_SOFTMAX", {"auto", "folded", "separate"});
   return v == "auto" ? -1 : v == "folded";
 }
+int keys_forced() {
+  const std::string v = switch_value("NFD_RT_ATTENTION_KEYS", {"auto", "64", "128"});
+  return v == "auto" ? 0 : std::stoi(v);
+}
 
 MmaChoice mma_choice(int hd, const ShapeKey& key) {
   const int rows = hd == 64 ? rows_forced() : 0, folded = folded_forced();
@@ -171,6 +188,11 @@ MmaChoice mma_choice(int hd, const ShapeKey& key) {
   }
   if (rows) c.rows = rows;
   if (folded >= 0) c.folded = folded == 1;
+  if (rows || folded >= 0) c.keys = kBK;  // a forced query tile or form means the 64-key tile, unless forced too
+  if (const int keys = keys_forced()) {
+    c.keys = keys;
+    if (keys == tile::mma::kBKWide && hd == 64 && !rows && folded < 0) c.rows = 64, c.folded = true;
+  }
   return c;
 }
 
@@ -194,18 +216,18 @@ void with_partials(AttnArgs a, int hd, cudaStream_t s, Launch launch) {
   if (a.splits > 1) combine<T>(a, hd, s);
 }
 
-template <typename T, int HD, int MT, bool kFolded>
+template <typename T, int HD, int MT, int BK, bool kFolded>
 std::string run_mma(AttnArgs a, cudaStream_t s) {
   constexpr int kBQ = tile::mma::block_rows(MT);
   const int base = ((a.N + kBQ - 1) / kBQ) * a.H;
-  const int64_t max_tiles = (int64_t(std::min(a.slots, FrameState::kMaxSlots)) * a.N + kBK - 1) / kBK;
-  a.splits = pick_splits(base, mma_ctas_per_sm<T, HD, MT, kFolded>(), max_tiles);
+  const int64_t max_tiles = (int64_t(std::min(a.slots, FrameState::kMaxSlots)) * a.N + BK - 1) / BK;
+  a.splits = pick_splits(base, mma_ctas_per_sm<T, HD, MT, BK, kFolded>(), max_tiles);
   with_partials<T>(a, HD, s, [&](const AttnArgs& args) {
     dim3 grid((args.N + kBQ - 1) / kBQ, args.H, args.splits);
-    attention_mma_kernel<T, HD, MT, kFolded><<<grid, tile::mma::kThreads, mma_smem_bytes<HD, MT>(), s>>>(args);
+    attention_mma_kernel<T, HD, MT, BK, kFolded><<<grid, tile::mma::kThreads, mma_smem_bytes<HD, MT, BK>(), s>>>(args);
     cudaops::check_launch("attention (tensor cores)");
   });
-  return "ours: mma.sync m16n8k16, " + std::to_string(kBQ) + "x" + std::to_string(kBK) + " tiles, " +
+  return "ours: mma.sync m16n8k16, " + std::to_string(kBQ) + "x" + std::to_string(BK) + " tiles, " +
          (kFolded ? "folded" : "separate") + " softmax, splits=" + std::to_string(a.splits);
 }
 
@@ -213,9 +235,11 @@ std::string run_mma(AttnArgs a, cudaStream_t s) {
 template <typename T, int HD>
 std::string run_mma_choice(const AttnArgs& a, MmaChoice c, cudaStream_t s) {
   constexpr int kWideMT = wide_rows(HD) / tile::mma::block_rows(1);  // row tiles per warp of the wider tile
-  if constexpr (HD == 64)
-    if (c.rows == 64) return c.folded ? run_mma<T, HD, 1, true>(a, s) : run_mma<T, HD, 1, false>(a, s);
-  return c.folded ? run_mma<T, HD, kWideMT, true>(a, s) : run_mma<T, HD, kWideMT, false>(a, s);
+  if constexpr (HD == 64) {
+    if (wide_keys(c, HD)) return run_mma<T, HD, 1, tile::mma::kBKWide, true>(a, s);
+    if (c.rows == 64) return c.folded ? run_mma<T, HD, 1, kBK, true>(a, s) : run_mma<T, HD, 1, kBK, false>(a, s);
+  }
+  return c.folded ? run_mma<T, HD, kWideMT, kBK, true>(a, s) : run_mma<T, HD, kWideMT, kBK, false>(a, s);
 }
 
 template <typename T, int HD>
@@ -323,8 +347,9 @@ int cudnn_splits_for(Impl impl, const ShapeKey& key, int N, int H, int64_t keys)
 
 // Runs the prepared graph of p on the call's tensors, state the device FrameState; returns what ran.
 template <typename T>
-std::string run_cudnn(const cudnn_sdpa::Problem& p, const cudnn_sdpa::Plan& plan, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                      Tensor& out, const FrameState* state, cudaStream_t s) {
+std::string run_cudnn(const cudnn_sdpa::Problem& p, const cudnn_sdpa::Plan& plan, const Tensor& q,
+                      const Tensor& k_cache, const Tensor& v_cache, Tensor& out, const FrameState* state,
+                      cudaStream_t s) {
   using cudaops::Scratch;
   const tile::sdpa::KeySplit split = tile::sdpa::key_split(p.keys, p.splits);
   const int S = split.splits;
@@ -406,13 +431,18 @@ void prepare_variants(AttnArgs a, const ShapeKey& key, const std::string& name, 
   a.state = state.get<const FrameState>();
 
   const int rows_forced_to = HD == 64 ? rows_forced() : 0, folded_forced_to = folded_forced();
+  const int keys_forced_to = keys_forced();
   std::vector<MmaChoice> candidates;
-  if (impl != Impl::cudnn)
-    for (int rows : HD == 64 ? std::vector<int>{64, 128} : std::vector<int>{wide_rows(HD)})
-      for (bool folded : {false, true})
-        if ((!rows_forced_to || rows == rows_forced_to) &&
-            (folded_forced_to < 0 || folded == (folded_forced_to == 1)))
-          candidates.push_back({rows, folded});
+  if (impl != Impl::cudnn) {
+    if (keys_forced_to != tile::mma::kBKWide)
+      for (int rows : HD == 64 ? std::vector<int>{64, 128} : std::vector<int>{wide_rows(HD)})
+        for (bool folded : {false, true})
+          if ((!rows_forced_to || rows == rows_forced_to) &&
+              (folded_forced_to < 0 || folded == (folded_forced_to == 1)))
+            candidates.push_back({rows, folded});
+    if (HD == 64 && keys_forced_to != kBK && rows_forced_to != 128 && folded_forced_to != 0)
+      candidates.push_back({64, true, 0, tile::mma::kBKWide});
+  }
   std::string report = "measured at open over " + std::to_string(full.num_visible) + " slots:", first_error;
 #ifdef NFD_RT_WITH_CUDNN
   if ((impl == Impl::automatic || impl == Impl::cudnn) && cudnn_takes(q, k_cache, v_cache, out)) {
@@ -435,8 +465,8 @@ void prepare_variants(AttnArgs a, const ShapeKey& key, const std::string& name, 
   float best_ours_ms = -1.f, best_ms = -1.f;
   bool rows128_failed = false, folded_failed = false;
   for (const MmaChoice& c : candidates) {
-    const std::string label = c.cudnn_splits ? "cudnn " + std::to_string(c.cudnn_splits) + " batches"
-                                             : std::to_string(c.rows) + " rows " + (c.folded ? "folded" : "separate");
+    const std::string label =
+        c.cudnn_splits ? "cudnn " + std::to_string(c.cudnn_splits) + " batches" : variant_name(c, HD);
     try {
       float ms;
       if (c.cudnn_splits) {
@@ -462,7 +492,7 @@ void prepare_variants(AttnArgs a, const ShapeKey& key, const std::string& name, 
       report += " " + label + " failed (" + std::string(e.what()).substr(0, 160) + "),";
       if (first_error.empty()) first_error = e.what();
       rows128_failed = rows128_failed || (HD == 64 && !c.cudnn_splits && c.rows == 128);
-      folded_failed = folded_failed || (!c.cudnn_splits && c.folded);
+      folded_failed = folded_failed || (!c.cudnn_splits && c.folded && c.keys == kBK);
     }
   }
   if (best_ms < 0.f && impl == Impl::cudnn) {  // nothing of cuDNN runs here: ours, as a call would fall back to
@@ -483,8 +513,7 @@ void prepare_variants(AttnArgs a, const ShapeKey& key, const std::string& name, 
   note_kernel(name + " (choice)",
               report + "-> " +
                   (kept.cudnn_splits ? "cudnn " + std::to_string(kept.cudnn_splits) + " batches (ours: " : "") +
-                  std::to_string(kept.rows) + " rows " + (kept.folded ? "folded" : "separate") +
-                  (kept.cudnn_splits ? ")" : ""));
+                  variant_name(kept, HD) + (kept.cudnn_splits ? ")" : ""));
 }
 
 template <typename T>

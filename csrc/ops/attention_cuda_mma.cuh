@@ -81,24 +81,24 @@ __device__ __forceinline__ void store2<__half>(__half* p, float a, float b) {
   *reinterpret_cast<__half2*>(p) = __floats2half2_rn(a, b);
 }
 
-template <int HD, int MT>
+template <int HD, int MT, int BK>
 constexpr int mma_smem_bytes() {
-  return (tile::mma::block_rows(MT) + 4 * kBK) * HD * 2;  // Q + 2 stages of K + 2 stages of V, 16-bit elements
+  return (tile::mma::block_rows(MT) + 4 * BK) * HD * 2;  // Q + 2 stages of K + 2 stages of V, 16-bit elements
 }
 
-// MT: m16 row tiles per warp (block_rows(MT) query rows per CTA); kFolded: the softmax form (folded or
-// separate); both in ops/attention_mma.h.
-template <typename T, int HD, int MT, bool kFolded>
+// MT: m16 row tiles per warp (block_rows(MT) query rows per CTA); BK: keys per tile (kBK, or kBKWide for
+// FlashAttention-2's 64 x 128 shape); kFolded: the softmax form (folded or separate); all in ops/attention_mma.h.
+template <typename T, int HD, int MT, int BK, bool kFolded>
 __global__ void __launch_bounds__(tile::mma::kThreads) attention_mma_kernel(AttnArgs a) {
   namespace tm = tile::mma;
   constexpr int kBQ = tm::block_rows(MT);
-  constexpr int kChunksQ = kBQ * HD / tm::kChunk, kChunksKV = kBK * HD / tm::kChunk;
+  constexpr int kChunksQ = kBQ * HD / tm::kChunk, kChunksKV = BK * HD / tm::kChunk;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* Qs = reinterpret_cast<T*>(smem_raw);  // [kBQ][HD], swizzled
-  T* Ks = Qs + kBQ * HD;                   // [2][kBK][HD]
-  T* Vs = Ks + 2 * kBK * HD;               // [2][kBK][HD]
+  T* Ks = Qs + kBQ * HD;                   // [2][BK][HD]
+  T* Vs = Ks + 2 * BK * HD;                // [2][BK][HD]
   __shared__ int slot_of[FrameState::kMaxSlots];
-  __shared__ int key_ok[2][kBK];  // per stage: key row of the tile is live (in range, valid slot)
+  __shared__ int key_ok[2][BK];  // per stage: key row of the tile is live (in range, valid slot)
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int q0 = blockIdx.x * kBQ, h = blockIdx.y, split = blockIdx.z;
@@ -106,7 +106,7 @@ __global__ void __launch_bounds__(tile::mma::kThreads) attention_mma_kernel(Attn
   const int nvis = load_slot_list(a.state, a.slots, slot_of);
   const int64_t L = int64_t(nvis) * N;
   int64_t tb, te;
-  tm::kv_split_range((L + kBK - 1) / kBK, a.splits, split, &tb, &te);
+  tm::kv_split_range((L + BK - 1) / BK, a.splits, split, &tb, &te);
   if (tb >= te) {  // no keys for this split (CTA-uniform): an empty partial, or zeros when unsplit
     for (int r = tid; r < kBQ; r += tm::kThreads) {
       const int n = q0 + r;
@@ -134,12 +134,12 @@ __global__ void __launch_bounds__(tile::mma::kThreads) attention_mma_kernel(Attn
   unsigned live_bits = 0;  // bit s: every key row this thread loaded into stage s is live (folded form)
   auto load_kv = [&](int64_t t, int stage) {
     bool live = true;
-    T* ks = Ks + stage * kBK * HD;
-    T* vs = Vs + stage * kBK * HD;
+    T* ks = Ks + stage * BK * HD;
+    T* vs = Vs + stage * BK * HD;
     for (int e = tid; e < kChunksKV; e += tm::kThreads) {
       int r, c;
       tm::load_chunk_coords(e, HD, &r, &c);
-      const int key = int(t) * kBK + r;  // < kMaxSlots * N: 32-bit division
+      const int key = int(t) * BK + r;  // < kMaxSlots * N: 32-bit division
       int64_t off = 0;
       bool ok = false;
       if (key < L) {
@@ -189,18 +189,18 @@ __global__ void __launch_bounds__(tile::mma::kThreads) attention_mma_kernel(Attn
           ldsm_x4(qf[mt][ks], Qs + tm::smem_offset(tm::row_tile_start(warp, mt, MT) + r, c, HD));
         }
     }
-    const T* ks_tile = Ks + stage * kBK * HD;
-    const T* vs_tile = Vs + stage * kBK * HD;
+    const T* ks_tile = Ks + stage * BK * HD;
+    const T* vs_tile = Vs + stage * BK * HD;
 
-    float s[MT][kBK / 8][4];
+    float s[MT][BK / 8][4];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int j = 0; j < kBK / 8; ++j)
+      for (int j = 0; j < BK / 8; ++j)
 #pragma unroll
         for (int i = 0; i < 4; ++i) s[mt][j][i] = 0.f;
 #pragma unroll
-    for (int p = 0; p < kBK / 16; ++p)
+    for (int p = 0; p < BK / 16; ++p)
 #pragma unroll
       for (int ks = 0; ks < HD / 16; ++ks) {
         uint32_t kb[4];  // loaded once, used by every row tile
@@ -217,12 +217,12 @@ __global__ void __launch_bounds__(tile::mma::kThreads) attention_mma_kernel(Attn
     // Online softmax on the accumulators: this thread holds rows g (c0, c1) and g+8 (c2, c3) of each row tile;
     // the 4 threads of a quad hold the row's other columns. A tile whose keys are all live skips the per-key
     // mask (its shared-memory reads compete with ldmatrix).
-    if constexpr (!kFolded) all_live = tm::tile_all_live(t * kBK, kBK, L, N, slot_of);
+    if constexpr (!kFolded) all_live = tm::tile_all_live(t * BK, BK, L, N, slot_of);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
       float mx[2] = {m_run[mt][0], m_run[mt][1]};
 #pragma unroll
-      for (int j = 0; j < kBK / 8; ++j)
+      for (int j = 0; j < BK / 8; ++j)
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const int key = 8 * j + tm::c_col(lane, i);
@@ -244,7 +244,7 @@ __global__ void __launch_bounds__(tile::mma::kThreads) attention_mma_kernel(Attn
         }
       }
 #pragma unroll
-      for (int j = 0; j < kBK / 8; ++j)
+      for (int j = 0; j < BK / 8; ++j)
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           if constexpr (kFolded) {
@@ -267,7 +267,7 @@ __global__ void __launch_bounds__(tile::mma::kThreads) attention_mma_kernel(Attn
     }
 
 #pragma unroll
-    for (int kk = 0; kk < kBK / 16; ++kk) {
+    for (int kk = 0; kk < BK / 16; ++kk) {
       uint32_t pa[MT][4];
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)

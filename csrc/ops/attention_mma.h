@@ -6,9 +6,9 @@
 //
 // Kernel shape (one CTA = kWarps warps = block_rows(MT) query rows of one head, one range of key tiles; each
 // warp holds MT m16 row tiles):
-//   S[16 x kBK] = Q[16 x hd] K^T per row tile (mma.m16n8k16, A = Q from ldmatrix, B = K from ldmatrix),
+//   S[16 x BK] = Q[16 x hd] K^T per row tile (mma.m16n8k16, A = Q from ldmatrix, B = K from ldmatrix),
 //   online softmax on the S accumulators in fp32 (log2 units), P re-packed in registers as the A operand of
-//   O[16 x hd] += P[16 x kBK] V[kBK x hd] (B = V from ldmatrix.trans).
+//   O[16 x hd] += P[16 x BK] V[BK x hd] (B = V from ldmatrix.trans), BK = kBK or kBKWide keys a tile.
 //   A warp loads each K and V fragment once for its MT row tiles: with MT = 2 one ldmatrix.x4 feeds 4 MMAs
 //   instead of 2, so shared-memory reads no longer bound the MMA rate (4 cycles of ldmatrix.x4 against ~1.5
 //   per MMA), and each CTA reads a key tile for twice the queries (half the L2 traffic).
@@ -27,6 +27,10 @@ namespace mma {
 
 constexpr int kWarps = 4;  // warps per CTA
 constexpr int kBK = 64;    // keys per tile (8 MMA n-tiles of 8 keys)
+// The wide key tile: FlashAttention-2's 64 x 128 shape (one row tile a warp, 16 n-tiles of keys), at head_dim 64
+// only: half the tile loop's barriers and online-softmax rescales of the 64-key tile; 72 KiB of shared memory and
+// 188 registers a thread (sm_90): 2 CTAs an SM. The kernel takes the key tile as a template parameter.
+constexpr int kBKWide = 128;
 constexpr int kThreads = 32 * kWarps;
 constexpr int kChunk = 8;  // 16-bit elements per 16-byte chunk (one cp.async, one ldmatrix row)
 

@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <random>
 #include <set>
+#include <tuple>
 #include <vector>
 
 #include "core/tensor.h"  // FrameState::kMaxSlots via ops.h
@@ -118,6 +119,7 @@ struct Problem {
   std::vector<int> vis;  // visible slot list (may hold an out-of-range slot: its keys are masked)
   int splits;
   std::vector<float> q, k, v;  // q [H, N, HD]; caches [slots, N, H, HD]; bf16-exact values
+  int bk = am::kBK;            // keys per tile (the kernel's BK): kBK, or kBKWide
 };
 
 struct Partials {
@@ -127,12 +129,12 @@ struct Partials {
 // One CTA (query tile qt, head h, split) of attention_mma_kernel: writes out (splits == 1) or the partials.
 static void emulate_cta(const Problem& P, int qt, int h, int split, std::vector<float>& out, Partials& part,
                         long* conflicts, long* misaligned) {
-  const int HD = P.HD, N = P.N, H = P.H, BQ = am::block_rows(P.mt), q0 = qt * BQ;
+  const int HD = P.HD, N = P.N, H = P.H, BQ = am::block_rows(P.mt), q0 = qt * BQ, BK = P.bk;
   std::vector<int> slot_of;
   for (int s : P.vis) slot_of.push_back(s >= 0 && s < P.slots ? s : -1);
   const int64_t L = int64_t(slot_of.size()) * N;
   int64_t tb, te;
-  am::kv_split_range((L + am::kBK - 1) / am::kBK, P.splits, split, &tb, &te);
+  am::kv_split_range((L + BK - 1) / BK, P.splits, split, &tb, &te);
   if (tb >= te) {
     for (int r = 0; r < BQ; ++r) {
       const int n = q0 + r;
@@ -144,8 +146,8 @@ static void emulate_cta(const Problem& P, int qt, int h, int split, std::vector<
   }
   Smem Qs, Ks[2], Vs[2];
   Qs.e.assign(size_t(BQ) * HD, NAN);
-  for (int s = 0; s < 2; ++s) Ks[s].e.assign(size_t(am::kBK) * HD, NAN), Vs[s].e.assign(size_t(am::kBK) * HD, NAN);
-  int key_ok[2][am::kBK];
+  for (int s = 0; s < 2; ++s) Ks[s].e.assign(size_t(BK) * HD, NAN), Vs[s].e.assign(size_t(BK) * HD, NAN);
+  std::vector<int> key_ok[2] = {std::vector<int>(size_t(BK)), std::vector<int>(size_t(BK))};
   bool tile_live[2];  // the folded form's liveness: the AND of every loader's flags (__syncthreads_and)
   // cp.async 16 bytes: 8 elements, zero-filled when the source size is 0.
   auto cp16 = [](Smem& sm, int dst, const float* src, bool valid) {
@@ -160,10 +162,10 @@ static void emulate_cta(const Problem& P, int qt, int h, int split, std::vector<
   }
   auto load_kv = [&](int64_t t, int stage) {
     tile_live[stage] = true;
-    for (int e = 0; e < am::kBK * HD / am::kChunk; ++e) {
+    for (int e = 0; e < BK * HD / am::kChunk; ++e) {
       int r, c;
       am::load_chunk_coords(e, HD, &r, &c);
-      const int64_t key = t * am::kBK + r;
+      const int64_t key = t * BK + r;
       int64_t off = 0;
       bool ok = false;
       if (key < L) {
@@ -208,9 +210,9 @@ static void emulate_cta(const Problem& P, int qt, int h, int split, std::vector<
             for (int i = 0; i < 4; ++i)
               for (int j = 0; j < 2; ++j) qf[size_t(ks) * 32 + l].v[i][j] = regs[l][i][j];
         }
-      std::vector<FragC> s(size_t(am::kBK / 8) * 32);
+      std::vector<FragC> s(size_t(BK / 8) * 32);
       for (auto& f : s) f = FragC{{0.f, 0.f, 0.f, 0.f}};
-      for (int p = 0; p < am::kBK / 16; ++p)
+      for (int p = 0; p < BK / 16; ++p)
         for (int ks = 0; ks < HD / 16; ++ks) {
           for (int l = 0; l < 32; ++l) {
             int key, c;
@@ -224,7 +226,7 @@ static void emulate_cta(const Problem& P, int qt, int h, int split, std::vector<
           hw_mma(&s[size_t(2 * p + 1) * 32], &qf[size_t(ks) * 32], b1);
         }
       // Online softmax, lane by lane as the kernel (quad reductions over lanes 4g .. 4g+3), in P.folded's form.
-      const bool slot_live = am::tile_all_live(t * am::kBK, am::kBK, L, N, slot_of.data());
+      const bool slot_live = am::tile_all_live(t * BK, BK, L, N, slot_of.data());
       liveness_mismatches += slot_live != tile_live[stage];
       const bool all_live = P.folded ? tile_live[stage] : slot_live;
       float mx[32][2], corr[32][2], offset[32][2], rowsum[32][2];
@@ -232,7 +234,7 @@ static void emulate_cta(const Problem& P, int qt, int h, int split, std::vector<
         mx[l][0] = m_run[l][0];
         mx[l][1] = m_run[l][1];
         rowsum[l][0] = rowsum[l][1] = 0.f;
-        for (int j = 0; j < am::kBK / 8; ++j)
+        for (int j = 0; j < BK / 8; ++j)
           for (int i = 0; i < 4; ++i) {
             float& x = s[size_t(j) * 32 + l].v[i];
             const int key = 8 * j + am::c_col(l, i);
@@ -255,7 +257,7 @@ static void emulate_cta(const Problem& P, int qt, int h, int split, std::vector<
                        : mx[l][r] == -INFINITY ? 1.f
                                                : std::exp2(m_run[l][r] - mx[l][r]);
         }
-        for (int j = 0; j < am::kBK / 8; ++j)
+        for (int j = 0; j < BK / 8; ++j)
           for (int i = 0; i < 4; ++i) {
             float& x = s[size_t(j) * 32 + l].v[i];
             const float m = mx[l][i >> 1];
@@ -270,7 +272,7 @@ static void emulate_cta(const Problem& P, int qt, int h, int split, std::vector<
         for (int j = 0; j < HD / 8; ++j)
           for (int i = 0; i < 4; ++i) o[size_t(j) * 32 + l].v[i] *= corr[l][i >> 1];
       }
-      for (int kk = 0; kk < am::kBK / 16; ++kk) {
+      for (int kk = 0; kk < BK / 16; ++kk) {
         FragA pa[32];
         for (int l = 0; l < 32; ++l)
           for (int ar = 0; ar < 4; ++ar) {
@@ -370,8 +372,8 @@ static std::vector<double> reference(const Problem& P) {
 }
 
 static void run_form(const char* name, int H, int N, int HD, int slots, const std::vector<int>& vis, int splits,
-                     float q_scale, std::mt19937& rng, int mt, bool folded) {
-  Problem P{H, N, HD, slots, mt, folded, vis, splits, {}, {}, {}};
+                     float q_scale, std::mt19937& rng, int mt, bool folded, int bk = am::kBK) {
+  Problem P{H, N, HD, slots, mt, folded, vis, splits, {}, {}, {}, bk};
   std::normal_distribution<float> nd(0.f, 1.f);
   auto fill = [&](std::vector<float>& x, size_t n, float sc) {
     x.resize(n);
@@ -402,8 +404,8 @@ static void run_form(const char* name, int H, int N, int HD, int slots, const st
   }
   const double rel = std::sqrt(num / (den > 0 ? den : 1));
   char buf[200];
-  std::snprintf(buf, sizeof buf, "emulated mma attention %s (H=%d N=%d hd=%d vis=%zu splits=%d rows=%d, %s)", name,
-                H, N, HD, vis.size(), splits, am::block_rows(mt), folded ? "folded" : "separate");
+  std::snprintf(buf, sizeof buf, "emulated mma attention %s (H=%d N=%d hd=%d vis=%zu splits=%d %dx%d, %s)", name,
+                H, N, HD, vis.size(), splits, am::block_rows(mt), bk, folded ? "folded" : "separate");
   expect(finite && rel < 8e-3, buf, rel);  // P is rounded to bf16 (as in the kernel), the output too
   std::snprintf(buf, sizeof buf, "  ldmatrix rows 16-byte aligned, no bank conflicts (%s)", name);
   expect(conflicts == 0 && misaligned == 0, buf, double(conflicts + misaligned));
@@ -577,13 +579,14 @@ int main() {
     for (int N : {5, 16, 37, 336})
       for (const std::vector<int>& slots : std::vector<std::vector<int>>{{0, 1, 2}, {3, -1, 0, 2}, {-1}, {4, 1, 0, 2, -1, 3}}) {
         const int64_t L = int64_t(slots.size()) * N;
-        for (int64_t k0 = 0; k0 < L; k0 += am::kBK) {
-          bool brute = k0 + am::kBK <= L;
-          for (int64_t key = k0; brute && key < k0 + am::kBK; ++key) brute = slots[size_t(key / N)] >= 0;
-          const bool got = am::tile_all_live(k0, am::kBK, L, N, slots.data());
-          ok = ok && got == brute;
-          live_tiles += got;
-        }
+        for (const int bk : {am::kBK, am::kBKWide})
+          for (int64_t k0 = 0; k0 < L; k0 += bk) {
+            bool brute = k0 + bk <= L;
+            for (int64_t key = k0; brute && key < k0 + bk; ++key) brute = slots[size_t(key / N)] >= 0;
+            const bool got = am::tile_all_live(k0, bk, L, N, slots.data());
+            ok = ok && got == brute;
+            live_tiles += got;
+          }
       }
     expect(ok && live_tiles > 0, "tile_all_live == per-key liveness (tiles across slot borders, masked slots)",
            double(live_tiles));
@@ -617,6 +620,18 @@ int main() {
   run_case("frame of 336 tokens", 1, 336, 64, 3, {1, 2, 0}, 5, 1.f, rng);
   run_case("frame of 336 tokens", 1, 336, 64, 3, {1, 2, 0}, 5, 1.f, rng, 1);
   run_case("a query tile past 128 rows", 1, 150, 64, 2, {1, 0}, 2, 1.f, rng);
+  // The 64 x 128 tile (kBKWide, head_dim 64, one row tile a warp, folded): key tiles across slot borders and past
+  // the last key, masked slots, splits with and without work, the real frame, a sharp softmax.
+  for (const auto& c : std::vector<std::tuple<const char*, int, int, int, std::vector<int>, int, float>>{
+           {"64x128: first frame", 2, 37, 4, {3}, 1, 1.f},
+           {"64x128: slots out of order, split 3", 2, 37, 6, {0, 4, 1, 2, 5}, 3, 1.f},
+           {"64x128: invalid slot masked", 2, 24, 3, {0, 7, 2}, 2, 1.f},
+           {"64x128: first key tile all masked", 1, 128, 3, {7, 1, 0}, 1, 1.f},
+           {"64x128: more splits than tiles", 1, 20, 3, {2}, 4, 1.f},
+           {"64x128: sharp softmax", 1, 37, 4, {0, 1, 2, 3}, 2, 8.f},
+           {"64x128: frame of 336 tokens", 1, 336, 3, {1, 2, 0}, 5, 1.f}})
+    run_form(std::get<0>(c), std::get<1>(c), std::get<2>(c), 64, std::get<3>(c), std::get<4>(c), std::get<5>(c),
+             std::get<6>(c), rng, 1, true, am::kBKWide);
   expect(fast_mask_elems > 0, "the unmasked path of fully live tiles ran", double(fast_mask_elems));
   expect(liveness_mismatches == 0, "the loaders' AND of their key flags == tile_all_live on every tile",
          double(liveness_mismatches));

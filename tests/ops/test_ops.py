@@ -46,7 +46,7 @@ CPU_BF16 = _core.cpu_bf16()  # bf16 on the CPU: oneDNN on AMX or AVX512-BF16 (do
 SHORT = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 TORCH_DTYPE = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SWITCH_ENV = ("NFD_RT_ATTENTION", "NFD_RT_ATTENTION_SPLITS", "NFD_RT_ATTENTION_ROWS", "NFD_RT_ATTENTION_SOFTMAX",
-              "NFD_RT_GEMM", "NFD_RT_CONV", "NFD_RT_FUSED_NORM", "NFD_RT_ROPE_GROUP")
+              "NFD_RT_GEMM", "NFD_RT_CONV", "NFD_RT_FUSED_NORM", "NFD_RT_ROPE_GROUP", "NFD_RT_ATTENTION_KEYS")
 
 
 def tol(dtype: str, long_sum: bool = False) -> float:
@@ -356,11 +356,14 @@ def attention_kernel(impl, hd, dtype):
     return f"attention {SHORT[dtype]} hd{hd}", prefix
 
 
-# The implementations behind CUDA attention (NFD_RT_ATTENTION), with split, query-tile and softmax-form overrides
-# for ours (NFD_RT_ATTENTION_SPLITS; NFD_RT_ATTENTION_ROWS=64 for head_dim 64, whose default is 128;
-# NFD_RT_ATTENTION_SOFTMAX=separate, whose default is folded); float32 takes one.
+# The implementations behind CUDA attention (NFD_RT_ATTENTION), with split, query-tile, key-tile and softmax-form
+# overrides for ours (NFD_RT_ATTENTION_SPLITS; NFD_RT_ATTENTION_ROWS=64 for head_dim 64, whose default is 128;
+# NFD_RT_ATTENTION_KEYS=128, the 64 x 128 tile of head_dim 64; NFD_RT_ATTENTION_SOFTMAX=separate, whose default is
+# folded); float32 takes one.
 ATTENTION_VARIANTS = [("ours", {}), ("ours", {"NFD_RT_ATTENTION_SPLITS": "1"}),
                       ("ours", {"NFD_RT_ATTENTION_SPLITS": "3"}), ("ours", {"NFD_RT_ATTENTION_ROWS": "64"}),
+                      ("ours", {"NFD_RT_ATTENTION_KEYS": "128"}),
+                      ("ours", {"NFD_RT_ATTENTION_KEYS": "128", "NFD_RT_ATTENTION_SPLITS": "3"}),
                       ("ours", {"NFD_RT_ATTENTION_SOFTMAX": "separate"}),
                       ("ours", {"NFD_RT_ATTENTION_SOFTMAX": "separate", "NFD_RT_ATTENTION_ROWS": "64"}),
                       ("simt", {})] + ([("flashinfer", {})] if flashinfer_built() else []) + \
@@ -378,8 +381,8 @@ def attention_case(H, N, hd, S, slots, spread=1.0, kv_scale=1.0, note="", long_s
         case(name, call, ref, long_sum=long_sum, raises={"cuda": (RuntimeError, f"head_dim {hd}")})
         return
     for impl, knobs in ATTENTION_VARIANTS:
-        if "NFD_RT_ATTENTION_ROWS" in knobs and hd != 64:
-            continue  # the override exists for head_dim 64 only
+        if ("NFD_RT_ATTENTION_ROWS" in knobs or "NFD_RT_ATTENTION_KEYS" in knobs) and hd != 64:
+            continue  # the overrides exist for head_dim 64 only
         default = impl == "ours" and not knobs
         env = {} if default else {"NFD_RT_ATTENTION": impl, **knobs}
         # The default (NFD_RT_ATTENTION=auto) runs cuDNN on a shape attention_prepare measured it faster for.

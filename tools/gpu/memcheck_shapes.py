@@ -68,6 +68,8 @@ def calls(cfg):
             out.append((f"attention H={H} N={N} hd={hd} over {S} slots",
                         {"NFD_RT_ATTENTION_ROWS": rows_per_cta, "NFD_RT_ATTENTION_SOFTMAX": form},
                         lambda d, t: ops.attention(q, kc, vc, visible, **dev(d, t))))
+    out.append((f"attention H={H} N={N} hd={hd} over {S} slots, 64x128 tiles", {"NFD_RT_ATTENTION_KEYS": "128"},
+                lambda d, t: ops.attention(q, kc, vc, visible, **dev(d, t))))
     out.append(("attention after attention_prepare", {},
                 lambda d, t: ops.attention(q, kc, vc, visible, prepare=True, **dev(d, t))))
     for fused in ("on", "off"):

@@ -32,6 +32,7 @@ NEW_PATHS = {
     "NFD_RT_ATTENTION": ("ours", "attention: cuDNN's fused SDPA over 1-16 key batches (timed against ours at open)"),
     "NFD_RT_CONV": ("im2col", "VAE convolutions as CUTLASS NHWC implicit GEMMs or cuDNN (timed at open)"),
     "NFD_RT_ATTENTION_ROWS": ("64", "attention: 128 query rows per CTA (timed against 64 at open)"),
+    "NFD_RT_ATTENTION_KEYS": ("64", "attention: FlashAttention-2's 64 x 128 tile at head_dim 64 (timed at open)"),
     "NFD_RT_ATTENTION_SOFTMAX": ("separate", "attention: folded softmax, one FFMA + ex2.approx a score, liveness "
                                              "by __syncthreads_and (timed against separate at open)"),
     "NFD_RT_FUSED_NORM": ("off", "gated residual add folded into the next layernorm_modulate"),
