@@ -4,6 +4,8 @@
 
 #include <cudnn_frontend.h>
 
+#include <chrono>
+#include <cstdio>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -26,6 +28,7 @@ struct Plan {
   int64_t workspace = 0;
   bool plain = false;  // the convolution alone: bias and residual are the caller's
   std::string engine;  // what cuDNN chose, for kernels_used()
+  double build_ms = 0;  // prepare's time (heuristics, support checks, plan build)
   std::string error;
 };
 
@@ -91,6 +94,10 @@ Plan build(const Problem& p, bool fused, cudnnHandle_t handle) {
   if (err.empty()) err = check(g->build_operation_graph(handle), "build_operation_graph");
   if (err.empty()) err = check(g->create_execution_plans({fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK}),
                                "create_execution_plans");
+  // Engines compiled at run time (NVRTC, seconds each) are left out: a session chooses its convolutions at open,
+  // and a dozen decoder shapes must not cost a minute there. Where only such an engine fuses the adds, the
+  // convolution alone (precompiled) runs and ours adds them.
+  if (err.empty()) g->deselect_behavior_notes({fe::BehaviorNote_t::RUNTIME_COMPILATION});
   if (err.empty()) err = check(g->check_support(handle), "check_support");
   if (err.empty()) err = check(g->build_plans(handle), "build_plans");
   if (err.empty()) err = check(g->get_workspace_size(b.workspace), "get_workspace_size");
@@ -131,6 +138,7 @@ const Plan* prepare(const Problem& p, std::string* why) {
     if (it != graphs().end()) return kept(it->second);
   }
   Plan b;
+  const auto t0 = std::chrono::steady_clock::now();
   try {
     std::string no_handle;
     const cudnn::Handle h = cudnn::acquire(&no_handle);
@@ -148,6 +156,7 @@ const Plan* prepare(const Problem& p, std::string* why) {
     b = Plan{};
     b.error = e.what();
   }
+  b.build_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   std::lock_guard<std::mutex> lock(g_mu);
   return kept(graphs().emplace(key, std::move(b)).first->second);
 }
@@ -160,8 +169,10 @@ bool prepared(const Problem& p) {
 bool plain(const Plan& plan) { return plan.plain; }
 
 std::string describe(const Plan& plan) {
+  char built[48];
+  std::snprintf(built, sizeof built, ", plan built in %.0f ms", plan.build_ms);
   return std::string(plan.plain ? "convolution alone" : "bias and residual fused") +
-         (plan.engine.empty() ? "" : ", " + plan.engine);
+         (plan.engine.empty() ? "" : ", " + plan.engine) + built;
 }
 
 size_t workspace_bytes(const Plan& plan) { return size_t(plan.workspace); }

@@ -48,7 +48,8 @@ struct Plan;
 const Plan* prepare(const Problem& p, std::string* why);
 bool prepared(const Problem& p);
 
-// Whether the plan is the convolution alone (the caller then adds bias and residual), and what it runs.
+// Whether the plan is the convolution alone (the caller then adds bias and residual), and what it runs (the
+// engine, how long its plan took to build).
 bool plain(const Plan& plan);
 std::string describe(const Plan& plan);
 
