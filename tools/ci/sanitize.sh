@@ -14,8 +14,9 @@ BUILD=${BUILD:-build/asan}
 PY=${PYTHON:-$(command -v python3 || command -v python)}
 JOBS=${JOBS:-2}
 
+# No C++ test programs (NFD_RT_BUILD_TESTS=OFF): only the pytest files below run under the sanitizers.
 cmake -S . -B "$BUILD" -G Ninja -DNFD_RT_SANITIZE=ON -DNFD_RT_MULTIVERSION=OFF -DNFD_RT_CUDA=OFF -DNFD_RT_BLAS=WHEEL -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-      -DPython_EXECUTABLE="$PY"
+      -DNFD_RT_BUILD_TESTS=OFF -DPython_EXECUTABLE="$PY"
 cmake --build "$BUILD" -j"$JOBS"
 
 # A private copy of the Python package with the sanitized extension (never touches python/nfd_rt).
