@@ -14,9 +14,11 @@ BUILD=${BUILD:-build/asan}
 PY=${PYTHON:-$(command -v python3 || command -v python)}
 JOBS=${JOBS:-2}
 
-# No C++ test programs (NFD_RT_BUILD_TESTS=OFF): only the pytest files below run under the sanitizers.
+# No C++ test programs (NFD_RT_BUILD_TESTS=OFF): only the pytest files below run under the sanitizers. -O1 -g1
+# (ASan's advice: -O1 keeps its reports exact; line tables are what stack traces need): half the build time of
+# -O2 -g, and the tests ran no slower (50 s against 57 s).
 cmake -S . -B "$BUILD" -G Ninja -DNFD_RT_SANITIZE=ON -DNFD_RT_MULTIVERSION=OFF -DNFD_RT_CUDA=OFF -DNFD_RT_BLAS=WHEEL -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-      -DNFD_RT_BUILD_TESTS=OFF -DPython_EXECUTABLE="$PY"
+      "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1 -DNDEBUG" -DNFD_RT_BUILD_TESTS=OFF -DPython_EXECUTABLE="$PY"
 cmake --build "$BUILD" -j"$JOBS"
 
 # A private copy of the Python package with the sanitized extension (never touches python/nfd_rt).
