@@ -43,10 +43,9 @@ enum Uid : int64_t { kQ = 1, kK, kV, kO, kStats, kSeqQ, kSeqKv };
 using Key = std::tuple<int, int, int, int, int, int64_t, int>;
 Key key_of(const Problem& p) { return Key{int(p.dtype), p.N, p.H, p.Hkv, p.hd, p.keys, p.splits}; }
 
-std::mutex g_mu;
-std::map<Key, Plan>& graphs() {
-  static std::map<Key, Plan> m;
-  return m;
+cudnn::PlanCache<Key, Plan>& plans() {
+  static cudnn::PlanCache<Key, Plan> c;
+  return c;
 }
 
 std::shared_ptr<fe::graph::Tensor_attributes> view(fe::graph::Graph& g, const char* name, int64_t uid,
@@ -134,34 +133,10 @@ const Plan* prepare(const Problem& p, std::string* why) {
     if (why) *why = "not a problem cuDNN attention takes";
     return nullptr;
   }
-  const Key key = key_of(p);
-  auto kept = [&](const Plan& plan) {  // std::map's elements stay where they are: the pointer lives on
-    if (why) *why = plan.error;
-    return plan.graph ? &plan : nullptr;
-  };
-  {
-    std::lock_guard<std::mutex> lock(g_mu);
-    auto it = graphs().find(key);
-    if (it != graphs().end()) return kept(it->second);
-  }
-  Plan b;
-  try {
-    std::string no_handle;
-    const cudnn::Handle h = cudnn::acquire(&no_handle);
-    if (h.handle) b = build(p, h.handle);
-    else b.error = no_handle;
-  } catch (const std::exception& e) {  // the frontend throws on a missing symbol
-    b = Plan{};
-    b.error = e.what();
-  }
-  std::lock_guard<std::mutex> lock(g_mu);
-  return kept(graphs().emplace(key, std::move(b)).first->second);
+  return plans().find_or_build(key_of(p), [&](cudnnHandle_t h) { return build(p, h); }, why);
 }
 
-bool prepared(const Problem& p) {
-  std::lock_guard<std::mutex> lock(g_mu);
-  return graphs().count(key_of(p)) > 0;
-}
+bool prepared(const Problem& p) { return plans().contains(key_of(p)); }
 
 size_t workspace_bytes(const Plan& plan) { return size_t(plan.workspace); }
 

@@ -45,10 +45,9 @@ Key key_of(const Problem& p) {
   return Key{int(p.dtype), int(p.layout), p.Cin, p.H, p.W, p.Cout, p.k, p.stride, p.pad, p.bias, p.residual};
 }
 
-std::mutex g_mu;
-std::map<Key, Plan>& graphs() {
-  static std::map<Key, Plan> m;
-  return m;
+cudnn::PlanCache<Key, Plan>& plans() {
+  static cudnn::PlanCache<Key, Plan> c;
+  return c;
 }
 
 std::vector<int64_t> vec(const conv_layout::Strides4& st) { return {st.s[0], st.s[1], st.s[2], st.s[3]}; }
@@ -127,44 +126,23 @@ const Plan* prepare(const Problem& p, std::string* why) {
     if (why) *why = "not a problem cuDNN convolution takes";
     return nullptr;
   }
-  const Key key = key_of(p);
-  auto kept = [&](const Plan& plan) {  // std::map's elements stay where they are: the pointer lives on
-    if (why) *why = plan.error;
-    return plan.graph ? &plan : nullptr;
-  };
-  {
-    std::lock_guard<std::mutex> lock(g_mu);
-    auto it = graphs().find(key);
-    if (it != graphs().end()) return kept(it->second);
-  }
-  Plan b;
-  const auto t0 = std::chrono::steady_clock::now();
-  try {
-    std::string no_handle;
-    const cudnn::Handle h = cudnn::acquire(&no_handle);
-    if (!h.handle) {
-      b.error = no_handle;
-    } else {
-      b = build(p, /*fused=*/true, h.handle);
-      if (!b.graph && (p.bias || p.residual)) {  // no engine fuses the adds here: the convolution alone
-        const std::string fused_error = b.error;
-        b = build(p, /*fused=*/false, h.handle);
-        if (!b.graph) b.error = "fused: " + fused_error + "; alone: " + b.error;
-      }
-    }
-  } catch (const std::exception& e) {  // the frontend throws on a missing symbol
-    b = Plan{};
-    b.error = e.what();
-  }
-  b.build_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-  std::lock_guard<std::mutex> lock(g_mu);
-  return kept(graphs().emplace(key, std::move(b)).first->second);
+  return plans().find_or_build(
+      key_of(p),
+      [&](cudnnHandle_t h) {
+        const auto t0 = std::chrono::steady_clock::now();
+        Plan b = build(p, /*fused=*/true, h);
+        if (!b.graph && (p.bias || p.residual)) {  // no engine fuses the adds here: the convolution alone
+          const std::string fused_error = b.error;
+          b = build(p, /*fused=*/false, h);
+          if (!b.graph) b.error = "fused: " + fused_error + "; alone: " + b.error;
+        }
+        b.build_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+        return b;
+      },
+      why);
 }
 
-bool prepared(const Problem& p) {
-  std::lock_guard<std::mutex> lock(g_mu);
-  return graphs().count(key_of(p)) > 0;
-}
+bool prepared(const Problem& p) { return plans().contains(key_of(p)); }
 
 bool plain(const Plan& plan) { return plan.plain; }
 

@@ -6,8 +6,11 @@
 
 #include <cuda_runtime_api.h>
 
+#include <exception>
+#include <map>
 #include <mutex>
 #include <string>
+#include <utility>
 
 // cudnn.h's handle type, declared as it does (this header is included where cudnn.h is not on the include path).
 struct cudnnContext;
@@ -33,6 +36,47 @@ Handle acquire(std::string* why);
 
 // cudnnSetStream on an acquired handle; throws nfd::Error (internal) naming `who` when it fails.
 void set_stream(const Handle& h, cudaStream_t s, const char* who);
+
+// The built graphs of one engine, kept for the process by problem key. Plan has `graph` (null where cuDNN took no
+// plan) and `error`. find_or_build looks the key up, or builds it once with build(handle), the handle held
+// meanwhile, and keeps the result, a failed build too (a problem is tried once); it returns the plan, or null with
+// *why. Never throws: a frontend exception (a missing symbol) becomes the plan's error.
+template <typename Key, typename Plan>
+class PlanCache {
+ public:
+  template <typename Build>
+  const Plan* find_or_build(const Key& key, Build build, std::string* why) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = plans_.find(key);
+      if (it != plans_.end()) return kept(it->second, why);
+    }
+    Plan b;
+    try {
+      std::string no_handle;
+      const Handle h = acquire(&no_handle);
+      if (h.handle) b = build(h.handle);
+      else b.error = no_handle;
+    } catch (const std::exception& e) {
+      b = Plan{};
+      b.error = e.what();
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    return kept(plans_.emplace(key, std::move(b)).first->second, why);  // a concurrent first build of key wins
+  }
+  bool contains(const Key& key) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return plans_.count(key) > 0;
+  }
+
+ private:
+  static const Plan* kept(const Plan& plan, std::string* why) {
+    if (why) *why = plan.error;
+    return plan.graph ? &plan : nullptr;
+  }
+  mutable std::mutex mu_;
+  std::map<Key, Plan> plans_;  // a std::map's elements stay where they are: the pointers handed out live on
+};
 
 }  // namespace cudnn
 }  // namespace ops
