@@ -146,11 +146,7 @@ void run(const Plan& b, const Pointers& ptr, void* workspace, cudaStream_t s) {
       {kV, const_cast<void*>(ptr.v)},               {kO, ptr.out},
       {kSeqQ, const_cast<int32_t*>(ptr.seq_len_q)}, {kSeqKv, const_cast<int32_t*>(ptr.seq_len_kv)}};
   if (b.splits) pack[kStats] = ptr.stats;
-  const cudnn::Handle h = cudnn::acquire(nullptr);
-  NFD_CHECK(h.handle, internal, "cuDNN attention: no cuDNN handle");
-  cudnn::set_stream(h, s, "cuDNN attention");
-  fe::error_t e = b.graph->execute(h.handle, pack, workspace);
-  NFD_CHECK(e.is_good(), internal, "cuDNN attention: execute failed: " + e.get_message());
+  cudnn::execute(*b.graph, pack, workspace, s, "cuDNN attention");
 }
 
 }  // namespace cudnn_sdpa

@@ -160,11 +160,7 @@ void run(const Plan& b, const Pointers& ptr, void* workspace, cudaStream_t s) {
                                              {kY, ptr.y}};
   if (!b.plain && ptr.bias) pack[kBias] = const_cast<void*>(ptr.bias);
   if (!b.plain && ptr.residual) pack[kResidual] = const_cast<void*>(ptr.residual);
-  const cudnn::Handle h = cudnn::acquire(nullptr);
-  NFD_CHECK(h.handle, internal, "cuDNN convolution: no cuDNN handle");
-  cudnn::set_stream(h, s, "cuDNN convolution");
-  fe::error_t e = b.graph->execute(h.handle, pack, workspace);
-  NFD_CHECK(e.is_good(), internal, "cuDNN convolution: execute failed: " + e.get_message());
+  cudnn::execute(*b.graph, pack, workspace, s, "cuDNN convolution");
 }
 
 }  // namespace cudnn_conv

@@ -12,6 +12,8 @@
 #include <string>
 #include <utility>
 
+#include "core/error.h"
+
 // cudnn.h's handle type, declared as it does (this header is included where cudnn.h is not on the include path).
 struct cudnnContext;
 typedef struct cudnnContext* cudnnHandle_t;
@@ -36,6 +38,18 @@ Handle acquire(std::string* why);
 
 // cudnnSetStream on an acquired handle; throws nfd::Error (internal) naming `who` when it fails.
 void set_stream(const Handle& h, cudaStream_t s, const char* who);
+
+// Runs a built cudnn-frontend graph on stream s with the process' handle (graph-capturable: no allocation, no
+// synchronisation). Throws nfd::Error (internal) naming `who` when there is no handle or cuDNN reports a failure.
+// A template so this header needs no frontend include (kernel_report.cc includes it without cuDNN's headers).
+template <typename Graph, typename Pack>
+void execute(Graph& graph, Pack& pack, void* workspace, cudaStream_t s, const char* who) {
+  const Handle h = acquire(nullptr);
+  NFD_CHECK(h.handle, internal, std::string(who) + ": no cuDNN handle");
+  set_stream(h, s, who);
+  auto e = graph.execute(h.handle, pack, workspace);  // not const: the frontend's get_message() is not
+  NFD_CHECK(e.is_good(), internal, std::string(who) + ": execute failed: " + e.get_message());
+}
 
 // The built graphs of one engine, kept for the process by problem key. Plan has `graph` (null where cuDNN took no
 // plan) and `error`. find_or_build looks the key up, or builds it once with build(handle), the handle held

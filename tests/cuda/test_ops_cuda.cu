@@ -288,18 +288,25 @@ static void test_attention_graph(cudaStream_t stream, DevState& st) {
   }
 }
 
+// Whether this build has the cuDNN engines and cuDNN loaded cleanly ("cuDNN from <path> (version N)"); prints where
+// from, or that `what` is skipped and why.
+static bool cudnn_loaded(const char* what) {
+  const CudaBuildInfo info = cuda_build_info();
+  if (!info.cudnn || info.cudnn_status.find("cuDNN from") != 0 ||
+      info.cudnn_status.find(": ") != std::string::npos) {
+    std::printf("  %s: skipped (%s)\n", what, info.cudnn_status.c_str());
+    return false;
+  }
+  std::printf("  %s\n", info.cudnn_status.c_str());
+  return true;
+}
+
 // cuDNN's SDPA (ops/attention_cuda_cudnn.cc), forced: every key-batch count against the reference, at a full
 // cache and at fill levels leaving batches without keys; a graph captured at one fill level replayed at others
 // (the batch lengths are read on the device); a slot list that is not the cache's prefix runs ours, and says so.
 // Then auto: attention_prepare times cuDNN beside ours and the op runs the recorded choice.
 static void test_attention_cudnn(cudaStream_t stream, DevState& st) {
-  const CudaBuildInfo info = cuda_build_info();
-  if (!info.cudnn || info.cudnn_status.find("cuDNN from") != 0 ||
-      info.cudnn_status.find(": ") != std::string::npos) {
-    std::printf("  cuDNN attention: skipped (%s)\n", info.cudnn_status.c_str());
-    return;
-  }
-  std::printf("  %s\n", info.cudnn_status.c_str());
+  if (!cudnn_loaded("cuDNN attention")) return;
   set_env("NFD_RT_ATTENTION", "cudnn");
   const int H = 4, N = 336, hd = 64, slots = 9;
   auto q = randn(size_t(H) * N * hd), k = randn(size_t(slots) * N * H * hd), v = randn(size_t(slots) * N * H * hd);
@@ -394,12 +401,7 @@ static std::vector<double> conv_ref(const std::vector<float>& x, const std::vect
 // its first call; a shape first met inside a capture runs CUTLASS and says so; under auto the first uncaptured
 // call times CUTLASS and both cuDNN forms and the op runs the recorded choice.
 static void test_conv_cudnn(cudaStream_t stream, DevState& st) {
-  const CudaBuildInfo info = cuda_build_info();
-  if (!info.cudnn || info.cudnn_status.find("cuDNN from") != 0 ||
-      info.cudnn_status.find(": ") != std::string::npos) {
-    std::printf("  cuDNN convolution: skipped (%s)\n", info.cudnn_status.c_str());
-    return;
-  }
+  if (!cudnn_loaded("cuDNN convolution")) return;
   Context ctx = make_ctx(stream, st);
   struct Shape {
     int Cin, Cout, H, W, k, stride, pad, up;
