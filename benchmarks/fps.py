@@ -73,7 +73,8 @@ GPU_BF16_PEAK_TFLOPS = {"H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe":
                         "H200": 989.0, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.0}
 GPU_BANDWIDTH_TBS = {"H100 80GB HBM3": 3.35, "H100 PCIe": 2.0, "H100": 3.35, "H200": 4.8, "A100": 2.0}
 # Substrings of profiler event names that belong to attention (aten ops and CUDA kernels).
-ATTENTION_EVENTS = ("attention", "flash", "fmha", "sdpa", "cudnn_generated_fort_native_sdpa", "softmax")
+ATTENTION_EVENTS = ("attention", "flash", "fmha", "sdpa", "cudnn_generated_fort_native_sdpa", "softmax",
+                    "prefillwithkvcache")  # FlashInfer's kernels: PrefillWithKVCacheKernel (sm90), ...
 
 
 def log(msg: str) -> None:

@@ -285,6 +285,8 @@ ATTENTION_IMPLS = {"ours": {}, "ours rows=64": {"NFD_RT_ATTENTION_ROWS": "64"},
                    "ours rows=128 separate": {"NFD_RT_ATTENTION_ROWS": "128", "NFD_RT_ATTENTION_SOFTMAX": "separate"},
                    "ours rows=64 separate": {"NFD_RT_ATTENTION_ROWS": "64", "NFD_RT_ATTENTION_SOFTMAX": "separate"},
                    "flashinfer": {"NFD_RT_ATTENTION": "flashinfer"},
+                   **{f"flashinfer-sm90 splits={n}": {"NFD_RT_ATTENTION": "flashinfer-sm90",
+                                                      "NFD_RT_ATTENTION_SPLITS": str(n)} for n in (1, 4, 5, 8)},
                    "cudnn": {"NFD_RT_ATTENTION": "cudnn"},
                    **{f"cudnn splits={n}": {"NFD_RT_ATTENTION": "cudnn", "NFD_RT_ATTENTION_SPLITS": str(n)}
                       for n in (1, 4, 8, 16)}}

@@ -61,6 +61,9 @@
 #include "ops/attention_cudnn.h"
 #include "ops/attention_cudnn_layout.h"
 #endif
+#ifdef NFD_RT_WITH_FLASHINFER_SM90
+#include "ops/attention_flashinfer_sm90.h"
+#endif
 
 namespace nfd {
 namespace ops {
@@ -76,15 +79,17 @@ bool flashinfer_attention(DType dtype, const void* q, const void* k, const void*
 
 namespace {
 
-enum class Impl { automatic, ours, cudnn, flashinfer, simt };
+enum class Impl { automatic, ours, cudnn, flashinfer, flashinfer_sm90, simt };
 
 Impl requested_impl() {
-  const std::string v = switch_value("NFD_RT_ATTENTION", {"auto", "ours", "cudnn", "flashinfer", "simt"});
-  return v == "auto"         ? Impl::automatic
-         : v == "ours"       ? Impl::ours
-         : v == "cudnn"      ? Impl::cudnn
-         : v == "flashinfer" ? Impl::flashinfer
-                             : Impl::simt;
+  const std::string v =
+      switch_value("NFD_RT_ATTENTION", {"auto", "ours", "cudnn", "flashinfer", "flashinfer-sm90", "simt"});
+  return v == "auto"              ? Impl::automatic
+         : v == "ours"            ? Impl::ours
+         : v == "cudnn"           ? Impl::cudnn
+         : v == "flashinfer"      ? Impl::flashinfer
+         : v == "flashinfer-sm90" ? Impl::flashinfer_sm90
+                                  : Impl::simt;
 }
 
 int sm_count() {
@@ -132,12 +137,14 @@ int mma_ctas_per_sm() {
 // keys: the key tile, kBK, or kBKWide for the 64 x 128 tile (head_dim 64, 64 rows, folded form only;
 // NFD_RT_ATTENTION_KEYS=64|128 forces one). cudnn_splits > 0: cuDNN's SDPA with that many key batches measured
 // faster than ours (NFD_RT_ATTENTION=auto or cudnn); rows, folded and keys then still name ours' fastest variant,
-// which runs where cuDNN does not take a call.
+// which runs where cuDNN does not take a call. fi90_splits > 0: likewise FlashInfer's Hopper attention with that
+// many key ranges (NFD_RT_ATTENTION=auto or flashinfer-sm90, sm_90 builds with FlashInfer).
 struct MmaChoice {
   int rows;
   bool folded;
   int cudnn_splits = 0;
   int keys = kBK;
+  int fi90_splits = 0;
 };
 // Whether the choice runs the 64 x 128 tile (else keys is kBK).
 bool wide_keys(const MmaChoice& c, int hd) {
@@ -154,6 +161,7 @@ std::mutex g_choice_mu;
 bool g_rows128_failed = false;  // the 128-row tile failed in some attention_prepare
 bool g_folded_failed = false;   // the folded form failed in some attention_prepare
 std::atomic<bool> g_cudnn_chosen{false};  // some attention_prepare picked cuDNN (attention_sized_on_host)
+std::atomic<bool> g_fi90_chosen{false};   // ... or FlashInfer's Hopper attention
 std::map<ShapeKey, MmaChoice>& mma_choices() {
   static std::map<ShapeKey, MmaChoice> m;
   return m;
@@ -199,9 +207,8 @@ MmaChoice mma_choice(int hd, const ShapeKey& key) {
 template <typename T>
 void combine(const AttnArgs& a, int hd, cudaStream_t s) {
   const int64_t threads = int64_t(a.N) * a.H * 32;
-  attention_combine_kernel<<<cudaops::grid_1d(threads, 256), 256, 0, s>>>(a.part.o, PartialsLse{a.part.lse},
-                                                                         static_cast<T*>(a.out), a.N,
-                                                                            a.H, hd, a.splits);
+  attention_combine_kernel<<<cudaops::grid_1d(threads, 256), 256, 0, s>>>(
+      a.part.o, PartialsLse{a.part.lse}, HeadMajorRows{a.N, a.H}, static_cast<T*>(a.out), a.N, a.H, hd, a.splits);
   cudaops::check_launch("attention (combine)");
 }
 
@@ -374,8 +381,8 @@ std::string run_cudnn(const cudnn_sdpa::Problem& p, const cudnn_sdpa::Plan& plan
   if (S > 1) {
     const int64_t threads = int64_t(p.N) * p.H * 32;
     attention_combine_kernel<<<cudaops::grid_1d(threads, 256), 256, 0, s>>>(
-        part.get<T>(), CudnnLse{stats.get<float>(), len_kv.get<int32_t>()}, static_cast<T*>(out.data), p.N, p.H,
-        p.hd, S);
+        part.get<T>(), CudnnLse{stats.get<float>(), len_kv.get<int32_t>()}, HeadMajorRows{p.N, p.H},
+        static_cast<T*>(out.data), p.N, p.H, p.hd, S);
     cudaops::check_launch("attention (cuDNN key batch merge)");
   }
   return "cudnn: fused SDPA, " + std::to_string(S) + " key batch" + (S > 1 ? "es" : "");
@@ -388,12 +395,107 @@ std::string run_cudnn_typed(const cudnn_sdpa::Problem& p, const cudnn_sdpa::Plan
   return run_cudnn<__nv_bfloat16>(p, plan, q, k_cache, v_cache, out, state, s);
 }
 #endif
+
+#ifdef NFD_RT_WITH_FLASHINFER_SM90
+constexpr int kMaxFi90Splits = 16;  // the scratch bound (ops/scratch_bound.cc) assumes at most this many
+
+// The key ranges of FlashInfer's Hopper attention for a shape (0: not chosen, or never prepared).
+int fi90_chosen_splits(const ShapeKey& key) {
+  std::lock_guard<std::mutex> lock(g_choice_mu);
+  auto it = mma_choices().find(key);
+  return it == mma_choices().end() ? 0 : it->second.fi90_splits;
+}
+
+// Its kernels are built for sm_90a alone (they run on compute capability 9.0 only).
+bool device_is_sm90() {
+  static const bool yes = [] {
+    int dev = 0, major = 0, minor = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    return major == 9 && minor == 0;
+  }();
+  return yes;
+}
+
+// What it takes: 16-bit tensors at head_dim 64, whole GQA groups, 16-byte aligned data (TMA), an sm_90 device.
+bool fi90_takes(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& out) {
+  const int H = int(q.dim(0)), Hkv = int(k_cache.dim(2));
+  return (q.dtype == DType::bf16 || q.dtype == DType::f16) && q.dim(2) == 64 && Hkv > 0 && H % Hkv == 0 &&
+         cudaops::aligned16(q.data) && cudaops::aligned16(k_cache.data) && cudaops::aligned16(v_cache.data) &&
+         cudaops::aligned16(out.data) && device_is_sm90();
+}
+
+// Key ranges of a call: NFD_RT_ATTENTION_SPLITS when set with NFD_RT_ATTENTION=flashinfer-sm90, else the count
+// attention_prepare measured, else (forced only) enough ranges for one work item per SM; with auto, the measured
+// count (0: not chosen).
+int fi90_splits_for(Impl impl, const ShapeKey& key, int N, int H, int64_t keys) {
+  if (impl == Impl::flashinfer_sm90 && std::getenv("NFD_RT_ATTENTION_SPLITS"))
+    return std::min(kMaxFi90Splits, pick_splits(1, 1, keys));
+  if (const int chosen = fi90_chosen_splits(key)) return chosen;
+  if (impl != Impl::flashinfer_sm90) return 0;
+  const int per_range = H * ((N + tile::fi90::kCtaQ - 1) / tile::fi90::kCtaQ);
+  return std::max(1, std::min(kMaxFi90Splits, (sm_count() + per_range - 1) / per_range));
+}
+
+// One call over the first kv_len rows of the caches: S copies of q, FlashInfer's kernel into partials, our merge
+// (with one range: q itself in, out itself out, no merge). Returns what ran.
+template <typename T>
+std::string run_fi90(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, Tensor& out, int64_t kv_len,
+                     int splits, cudaStream_t s) {
+  using cudaops::Scratch;
+  if (kv_len <= 0) return "";
+  cuda_detail::FlashInferSm90Call c;
+  c.dtype = q.dtype;
+  c.H = int(q.dim(0)), c.N = int(q.dim(1)), c.hd = int(q.dim(2)), c.Hkv = int(k_cache.dim(2));
+  c.kv_len = kv_len;
+  c.split = tile::fi90::ragged_split(kv_len, c.N, c.H, splits);
+  c.ctas = sm_count();
+  c.sm_scale = float(1.0 / std::sqrt(double(c.hd)));
+  c.k = k_cache.data, c.v = v_cache.data;
+  const int S = c.split.splits;
+  const size_t row_bytes = size_t(c.N) * c.hd * sizeof(T), q_bytes = row_bytes * c.H;
+  Scratch q_copies(S > 1 ? S * q_bytes : 0, s), part(S > 1 ? S * q_bytes : 0, s);
+  Scratch lse(S > 1 ? sizeof(float) * S * c.N * c.H : 0, s);
+  Scratch plan(sizeof(int32_t) * cuda_detail::flashinfer_sm90_plan_ints(c.split, c.ctas), s);
+  for (int r = 0; r < S && S > 1; ++r)  // q [H, N, hd] -> [H, S * N, hd]: head h's S copies one after another
+    cudaops::check(cudaMemcpy2DAsync(q_copies.get<char>() + r * row_bytes, S * row_bytes, q.data, row_bytes,
+                                     row_bytes, c.H, cudaMemcpyDeviceToDevice, s),
+                   "attention (FlashInfer sm90): copy of q");
+  c.q_copies = S > 1 ? q_copies.get<void>() : q.data;
+  c.partials = S > 1 ? part.get<void>() : out.data;  // one range: its rows [N, H, hd] are out [N, H * hd]
+  c.lse = S > 1 ? lse.get<float>() : nullptr;
+  c.plan = plan.get<int32_t>();
+  if (!cuda_detail::flashinfer_sm90_attention(c, s)) return "";
+  if (S > 1) {
+    const int64_t threads = int64_t(c.N) * c.H * 32;
+    attention_combine_kernel<<<cudaops::grid_1d(threads, 256), 256, 0, s>>>(
+        part.get<T>(), PartialsLse{lse.get<float>()}, TokenMajorRows{c.N, c.H}, static_cast<T*>(out.data), c.N,
+        c.H, c.hd, S);
+    cudaops::check_launch("attention (FlashInfer sm90 key range merge)");
+  }
+  return "flashinfer-sm90: BatchPrefillWithRaggedKVCache (wgmma + TMA, persistent), " + std::to_string(S) +
+         " key range" + (S > 1 ? "s of " + std::to_string(c.split.chunk) + " keys" : "");
+}
+
+std::string run_fi90_typed(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, Tensor& out,
+                           int64_t kv_len, int splits, cudaStream_t s) {
+  if (q.dtype == DType::f16) return run_fi90<__half>(q, k_cache, v_cache, out, kv_len, splits, s);
+  return run_fi90<__nv_bfloat16>(q, k_cache, v_cache, out, kv_len, splits, s);
+}
+#endif
 }  // namespace
 
 bool cuda::attention_sized_on_host() {
   const Impl impl = requested_impl();
 #ifdef NFD_RT_WITH_CUDNN
   if (impl == Impl::cudnn || (impl == Impl::automatic && g_cudnn_chosen.load())) return true;
+#endif
+#ifdef NFD_RT_WITH_FLASHINFER_SM90
+  if (impl == Impl::flashinfer_sm90 || (impl == Impl::automatic && g_fi90_chosen.load())) return true;
 #endif
   return impl == Impl::flashinfer;
 }
@@ -433,7 +535,7 @@ void prepare_variants(AttnArgs a, const ShapeKey& key, const std::string& name, 
   const int rows_forced_to = HD == 64 ? rows_forced() : 0, folded_forced_to = folded_forced();
   const int keys_forced_to = keys_forced();
   std::vector<MmaChoice> candidates;
-  if (impl != Impl::cudnn) {
+  if (impl != Impl::cudnn && impl != Impl::flashinfer_sm90) {
     if (keys_forced_to != tile::mma::kBKWide)
       for (int rows : HD == 64 ? std::vector<int>{64, 128} : std::vector<int>{wide_rows(HD)})
         for (bool folded : {false, true})
@@ -456,20 +558,45 @@ void prepare_variants(AttnArgs a, const ShapeKey& key, const std::string& name, 
     }
     if (!cudnn_sdpa::available()) report += " cudnn: " + cudnn_sdpa::status() + ",";
   }
-#else
-  (void)q, (void)k_cache, (void)v_cache, (void)out;
 #endif
-  if (candidates.size() < 2 && impl != Impl::cudnn) return;  // nothing to choose
+  const int64_t full_keys = int64_t(full.num_visible) * a.N;
+#ifdef NFD_RT_WITH_FLASHINFER_SM90
+  if ((impl == Impl::automatic || impl == Impl::flashinfer_sm90) && fi90_takes(q, k_cache, v_cache, out)) {
+    // 1 .. 16 key ranges, and the count that gives every SM one work item; each as many as it really makes.
+    const int per_range = a.H * ((a.N + tile::fi90::kCtaQ - 1) / tile::fi90::kCtaQ);
+    std::vector<int> made;
+    for (int asked : {1, 2, 4, 8, 16, std::min(kMaxFi90Splits, (sm_count() + per_range - 1) / per_range)}) {
+      const int splits = tile::fi90::ragged_split(full_keys, a.N, a.H, asked).splits;
+      if (splits > 0 && std::find(made.begin(), made.end(), splits) == made.end()) {
+        made.push_back(splits);
+        MmaChoice c{wide_rows(HD), true};
+        c.fi90_splits = splits;
+        candidates.push_back(c);
+      }
+    }
+  }
+#endif
+  (void)q, (void)k_cache, (void)v_cache, (void)out, (void)full_keys;
+  const bool vendor_forced = impl == Impl::cudnn || impl == Impl::flashinfer_sm90;
+  if (candidates.size() < 2 && !vendor_forced) return;  // nothing to choose
 
   MmaChoice best_ours{}, best{};
   float best_ours_ms = -1.f, best_ms = -1.f;
   bool rows128_failed = false, folded_failed = false;
   for (const MmaChoice& c : candidates) {
-    const std::string label =
-        c.cudnn_splits ? "cudnn " + std::to_string(c.cudnn_splits) + " batches" : variant_name(c, HD);
+    const bool vendor = c.cudnn_splits || c.fi90_splits;
+    const std::string label = c.cudnn_splits  ? "cudnn " + std::to_string(c.cudnn_splits) + " batches"
+                              : c.fi90_splits ? "flashinfer-sm90 " + std::to_string(c.fi90_splits) + " ranges"
+                                              : variant_name(c, HD);
     try {
       float ms;
-      if (c.cudnn_splits) {
+      if (c.fi90_splits) {
+#ifdef NFD_RT_WITH_FLASHINFER_SM90
+        ms = cudaops::time_ms(s, [&] { run_fi90_typed(q, k_cache, v_cache, out, full_keys, c.fi90_splits, s); });
+#else
+        ms = -1.f;
+#endif
+      } else if (c.cudnn_splits) {
 #ifdef NFD_RT_WITH_CUDNN
         const cudnn_sdpa::Problem p = cudnn_problem(q, k_cache, c.cudnn_splits);
         const cudnn_sdpa::Plan* plan = cudnn_sdpa::prepare(p, nullptr);  // built above: a lookup
@@ -485,23 +612,26 @@ void prepare_variants(AttnArgs a, const ShapeKey& key, const std::string& name, 
       std::snprintf(buf, sizeof buf, " %.4f ms", ms);
       report += " " + label + buf + ",";
       if (best_ms < 0.f || ms < best_ms) best = c, best_ms = ms;
-      if (!c.cudnn_splits && (best_ours_ms < 0.f || ms < best_ours_ms)) best_ours = c, best_ours_ms = ms;
+      if (!vendor && (best_ours_ms < 0.f || ms < best_ours_ms)) best_ours = c, best_ours_ms = ms;
     } catch (const Error& e) {
       cudaStreamSynchronize(s);  // what was queued before the failure
       cudaGetLastError();
       report += " " + label + " failed (" + std::string(e.what()).substr(0, 160) + "),";
       if (first_error.empty()) first_error = e.what();
-      rows128_failed = rows128_failed || (HD == 64 && !c.cudnn_splits && c.rows == 128);
-      folded_failed = folded_failed || (!c.cudnn_splits && c.folded && c.keys == kBK);
+      rows128_failed = rows128_failed || (HD == 64 && !vendor && c.rows == 128);
+      folded_failed = folded_failed || (!vendor && c.folded && c.keys == kBK);
     }
   }
-  if (best_ms < 0.f && impl == Impl::cudnn) {  // nothing of cuDNN runs here: ours, as a call would fall back to
-    note_kernel(name + " (choice)", report + " -> ours (NFD_RT_ATTENTION=cudnn: cuDNN takes no plan here)");
+  if (best_ms < 0.f && vendor_forced) {  // nothing of the forced engine runs here: ours, as a call falls back to
+    note_kernel(name + " (choice)", report + " -> ours (NFD_RT_ATTENTION=" +
+                                        (impl == Impl::cudnn ? "cudnn: cuDNN takes no plan here)"
+                                                             : "flashinfer-sm90: it takes no call here)"));
     return;
   }
   NFD_CHECK(best_ms >= 0.f, internal, "attention_prepare: every variant of " + name + " failed: " + first_error);
   MmaChoice kept = best_ours_ms >= 0.f ? best_ours : MmaChoice{wide_rows(HD), !g_folded_failed};
   kept.cudnn_splits = best.cudnn_splits;
+  kept.fi90_splits = best.fi90_splits;
   {
     std::lock_guard<std::mutex> lock(g_choice_mu);
     mma_choices()[key] = kept;
@@ -509,11 +639,15 @@ void prepare_variants(AttnArgs a, const ShapeKey& key, const std::string& name, 
     g_folded_failed = g_folded_failed || folded_failed;
   }
   if (kept.cudnn_splits) g_cudnn_chosen = true;
+  if (kept.fi90_splits) g_fi90_chosen = true;
   report.back() = ' ';
-  note_kernel(name + " (choice)",
-              report + "-> " +
-                  (kept.cudnn_splits ? "cudnn " + std::to_string(kept.cudnn_splits) + " batches (ours: " : "") +
-                  variant_name(kept, HD) + (kept.cudnn_splits ? ")" : ""));
+  const std::string vendor_kept =
+      kept.cudnn_splits  ? "cudnn " + std::to_string(kept.cudnn_splits) + " batches"
+      : kept.fi90_splits ? "flashinfer-sm90 " + std::to_string(kept.fi90_splits) + " ranges"
+                         : "";
+  note_kernel(name + " (choice)", report + "-> " +
+                                      (vendor_kept.empty() ? variant_name(kept, HD)
+                                                           : vendor_kept + " (ours: " + variant_name(kept, HD) + ")"));
 }
 
 template <typename T>
@@ -584,6 +718,34 @@ void cuda::attention(const Context& ctx, const Tensor& q, const Tensor& k_cache,
 #endif
   }
 
+  std::string why_not_fi90;
+  if (impl == Impl::flashinfer_sm90 || impl == Impl::automatic) {
+#ifdef NFD_RT_WITH_FLASHINFER_SM90
+    const int splits = fi90_splits_for(impl, ShapeKey{int(q.dtype), N, H, int(k_cache.dim(2)), hd, slots}, N, H,
+                                       k_cache.dim(0) * N);
+    if (splits > 0) {
+      if (!ctx.host_state || !visible_is_prefix(*ctx.host_state)) {
+        why_not_fi90 = ctx.host_state ? "the visible slots are not the cache's prefix" : "no host FrameState";
+      } else if (!fi90_takes(q, k_cache, v_cache, out)) {
+        why_not_fi90 = "not a problem it takes (dtype, head_dim 64, GQA groups, alignment, an sm_90 GPU)";
+      } else {
+        const std::string ran =
+            run_fi90_typed(q, k_cache, v_cache, out, int64_t(ctx.host_state->num_visible) * N, splits, s);
+        if (!ran.empty()) {
+          note_kernel(key, ran);
+          return;
+        }
+        why_not_fi90 = "no visible keys";
+      }
+    }
+#else
+    if (impl == Impl::flashinfer_sm90)
+      fail(ErrorKind::unsupported,
+           "NFD_RT_ATTENTION=flashinfer-sm90, but nfd_rt was built without it (CMake -DNFD_RT_FLASHINFER=ON with 90a "
+           "in NFD_RT_CUDA_ARCHITECTURES, docs/cuda-backend.md)");
+#endif
+  }
+
   std::string why_not_cudnn;
   if (impl == Impl::cudnn || impl == Impl::automatic) {
 #ifdef NFD_RT_WITH_CUDNN
@@ -623,6 +785,8 @@ void cuda::attention(const Context& ctx, const Tensor& q, const Tensor& k_cache,
     default: ran = run_typed<float>(a, hd, false, s); break;
   }
   if (impl == Impl::flashinfer) ran += " (FlashInfer requested; it does not take this problem)";
+  if (impl == Impl::flashinfer_sm90)
+    ran += " (FlashInfer sm90 requested; it does not take this call: " + why_not_fi90 + ")";
   if (impl == Impl::cudnn) ran += " (cuDNN requested; it does not take this call: " + why_not_cudnn + ")";
   note_kernel(key, ran);
 }

@@ -72,6 +72,9 @@ CudaBuildInfo cuda_build_info() {
 #ifdef NFD_RT_WITH_FLASHINFER
   b.flashinfer = true;
 #endif
+#ifdef NFD_RT_WITH_FLASHINFER_SM90
+  b.flashinfer_sm90 = true;
+#endif
 #ifdef NFD_RT_WITH_CUBLASLT
   b.cublaslt = true;
   b.cublaslt_status = ops::cuda_detail::cublaslt_status();  // loads the library once; needs no GPU

@@ -36,7 +36,7 @@ void op_trace_record(const char* op, const std::vector<int64_t>& out_shape);
 // What the CUDA backend was compiled with (the vendor peers), and where cuBLASLt and cuDNN were loaded from or why
 // not (loading needs no GPU).
 struct CudaBuildInfo {
-  bool cuda = false, flashinfer = false, cublaslt = false, cudnn = false;
+  bool cuda = false, flashinfer = false, flashinfer_sm90 = false, cublaslt = false, cudnn = false;
   std::string cublaslt_status, cudnn_status;
 };
 CudaBuildInfo cuda_build_info();

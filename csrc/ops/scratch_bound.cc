@@ -57,6 +57,9 @@ size_t scratch_bytes_bound(const ScratchShapes& s, Device device, DType dtype, i
   // cuDNN attention: up to 16 key batches of q copies and O partials (dtype), their log-sum-exp, two length
   // arrays, and cuDNN's workspace (at most 32 MiB: larger plans are refused, ops/attention_cuda_cudnn.cc).
   dit = std::max(dit, 16 * N * (2 * D * es + s.heads * 4) + 2 * 256 + (int64_t(32) << 20));
+  // FlashInfer's Hopper attention: up to 16 key ranges of q copies and partials (dtype), their log-sum-exp, and
+  // its work list (7 ints an item, 16 ranges x heads x 192-row query tiles, plus one per SM: under 1 MiB).
+  dit = std::max(dit, 16 * N * (2 * D * es + s.heads * 4) + (int64_t(1) << 20));
   // linear with gated residual: the product, plus a cuBLASLt workspace (at most 32 MiB) beside it.
   dit = std::max(dit, N * s.widest_gated_output * es + (int64_t(32) << 20));
   int64_t vae = 0;

@@ -618,12 +618,14 @@ PYBIND11_MODULE(_core, m) {
     py::dict d;
     d["cuda"] = b.cuda;
     d["flashinfer"] = b.flashinfer;
+    d["flashinfer_sm90"] = b.flashinfer_sm90;
     d["cublaslt"] = b.cublaslt;
     d["cublaslt_status"] = b.cublaslt_status;
     d["cudnn"] = b.cudnn;
     d["cudnn_status"] = b.cudnn_status;
     return d;
-  }, "What the CUDA backend was built with: {'cuda', 'flashinfer', 'cublaslt', 'cudnn': bool, 'cublaslt_status', "
+  }, "What the CUDA backend was built with: {'cuda', 'flashinfer', 'flashinfer_sm90', 'cublaslt', 'cudnn': bool, "
+     "'cublaslt_status', "
      "'cudnn_status': str}.");
   m.def("default_threads", &nfd::physical_cores,
         "CPU threads a Session uses with threads=0 (physical cores).");

@@ -48,7 +48,8 @@ def runtime_report() -> dict:
     if c.built_with_cuda():
         b = c.cuda_build_info()
         cuda_engines = "; ".join([f"cuBLASLt: {b['cublaslt_status']}", f"cuDNN: {b['cudnn_status']}",
-                                  "FlashInfer: " + ("built in" if b["flashinfer"] else "not built")])
+                                  "FlashInfer: " + ("built in" if b["flashinfer"] else "not built")
+                                  + (" (with its Hopper attention, sm_90)" if b.get("flashinfer_sm90") else "")])
     else:
         cuda_engines = "none (built without CUDA)"
     report = {

@@ -19,6 +19,7 @@
 
 #include "core/tensor.h"  // FrameState::kMaxSlots via ops.h
 #include "ops/attention_cudnn_layout.h"
+#include "ops/attention_flashinfer_layout.h"
 #include "ops/attention_math.h"
 #include "ops/attention_mma.h"
 #include "ops/ops.h"
@@ -515,6 +516,130 @@ static void run_sdpa_split(int H, int Hkv, int N, int hd, int slots, int nv, int
   expect(covered == int64_t(nv) * N && last_read < cache && err <= 1e-5 * std::max(1.0, ref_norm), buf, err);
 }
 
+// FlashInfer's Hopper attention as ops/attention_cuda.cu runs it (tile::fi90): S copies of q laid out as
+// run_fi90's cudaMemcpy2DAsync calls write them, the work list as flashinfer_plan_kernel writes it, each work
+// item computed the way FlashInfer's persistent kernel defines it (a query tile of 192 rows of one head of one
+// request against that request's keys; rows, keys, outputs and log-sum-exp (log2 units) addressed through the
+// strides FlashInfer is given, with its layouts (rows, head_dim, heads) and lse (heads, rows)), an item without
+// keys writing zeros and -inf, then the merge through partial_row. Against attention over the first nv * N keys.
+// Also checks: every (range, head, query tile) in exactly one CTA's contiguous range, the CTA ranges balanced
+// within one item, every live key in exactly one range per head, no key read at or past kv_len (the rows the
+// TMA descriptor is given), ranges whole 128-key tiles but the last. What it cannot check: FlashInfer's kernel
+// itself, and that its layouts are what its source says (a GPU run does).
+static void run_fi90_plan(int H, int Hkv, int N, int hd, int slots, int nv, int asked, int ctas, std::mt19937& rng) {
+  namespace fi = nfd::tile::fi90;
+  std::normal_distribution<float> nd(0.f, 1.f);
+  const int64_t cache_keys = int64_t(slots) * N, kv_len = int64_t(nv) * N;
+  std::vector<float> q(size_t(H) * N * hd), k(size_t(cache_keys) * Hkv * hd), v(k.size());
+  for (float& x : q) x = nd(rng);
+  for (float& x : k) x = nd(rng);
+  for (float& x : v) x = nd(rng);
+  const fi::RaggedSplit r = fi::ragged_split(kv_len, N, H, asked);
+  const int S = r.splits;
+  const fi::Strides st = fi::ragged_strides(N, H, Hkv, hd, S);
+  // q copies: cudaMemcpy2DAsync(dst + r * row, pitch S * row, q, pitch row, width row, height H) for each r.
+  const size_t row = size_t(N) * hd;
+  std::vector<float> qc(S > 1 ? size_t(S) * q.size() : 0);
+  for (int c = 0; c < S && S > 1; ++c)
+    for (int h = 0; h < H; ++h)
+      std::copy(q.begin() + h * row, q.begin() + (h + 1) * row, qc.begin() + h * S * row + c * row);
+  const std::vector<float>& qin = S > 1 ? qc : q;
+  std::vector<float> out(size_t(N) * H * hd, 0.f), part(S > 1 ? size_t(S) * N * H * hd : 0);
+  std::vector<float> lse(S > 1 ? size_t(S) * N * H : 0, 0.f);
+  std::vector<float>& o = S > 1 ? part : out;
+  // The work list and the persistent CTAs walking it.
+  std::vector<int> seen(size_t(std::max(r.items, 1)), 0), key_hits(size_t(std::max<int64_t>(kv_len, 1)) * H, 0);
+  bool plan_ok = S >= 1 && S <= std::max(asked, 1) && r.chunk % fi::kCtaKV == 0, in_bounds = true;
+  int max_items = 0, min_items = r.items;
+  const double scale = 1.0 / std::sqrt(double(hd)), log2e = 1.4426950408889634;
+  for (int c = 0; c < ctas; ++c) {
+    const int b = fi::work_begin(r.items, ctas, c), e = fi::work_begin(r.items, ctas, c + 1);
+    max_items = std::max(max_items, e - b), min_items = std::min(min_items, e - b);
+    for (int w = b; w < e; ++w) {
+      const fi::WorkItem it = fi::work_item(r, kv_len, N, H, w);
+      seen[size_t((it.split * H + it.head) * r.q_tiles + it.q_tile)]++;
+      plan_ok = plan_ok && it.qo_len == N && it.qo_indptr == it.split * N && it.head < H && it.split < S;
+      if (it.q_tile * fi::kCtaQ >= it.qo_len) continue;
+      in_bounds = in_bounds && it.kv_indptr + it.kv_len <= kv_len && it.kv_len >= 0;
+      const int g = it.head / (H / Hkv);
+      for (int j = 0; j < it.kv_len && it.q_tile == 0; ++j) key_hits[size_t(it.kv_indptr + j) * H + it.head]++;
+      for (int i = 0; i < fi::kCtaQ && it.q_tile * fi::kCtaQ + i < it.qo_len; ++i) {
+        const int64_t qrow = it.qo_indptr + it.q_tile * fi::kCtaQ + i;  // ragged row
+        float* orow = &o[size_t(qrow * st.o_n + it.head * st.o_h)];
+        float* lrow = S > 1 ? &lse[size_t(it.head + qrow * H)] : nullptr;
+        if (it.kv_len == 0) {  // FlashInfer's store_zero
+          std::fill(orow, orow + hd, 0.f);
+          if (lrow) *lrow = -INFINITY;
+          continue;
+        }
+        std::vector<double> sc(static_cast<size_t>(it.kv_len));
+        double m = -INFINITY, l = 0;
+        for (int j = 0; j < it.kv_len; ++j) {
+          double dot = 0;
+          for (int d = 0; d < hd; ++d)
+            dot += double(qin[size_t(qrow * st.q_n + it.head * st.q_h + d)]) *
+                   k[size_t((it.kv_indptr + j) * st.kv_n + g * st.kv_h + d)];
+          m = std::max(m, sc[size_t(j)] = dot);
+        }
+        for (double& x : sc) l += (x = std::exp((x - m) * scale));
+        for (int d = 0; d < hd; ++d) {
+          double acc = 0;
+          for (int j = 0; j < it.kv_len; ++j) acc += sc[size_t(j)] * v[size_t((it.kv_indptr + j) * st.kv_n + g * st.kv_h + d)];
+          orow[d] = float(acc / l);
+        }
+        if (lrow) *lrow = float(m * scale * log2e + std::log2(l));  // FlashInfer's row_max * sm_scale_log2 + log2(sum)
+      }
+    }
+  }
+  plan_ok = plan_ok && std::all_of(seen.begin(), seen.end(), [](int x) { return x == 1; }) &&
+            max_items - min_items <= 1;
+  bool keys_once = true;
+  for (int64_t j = 0; j < kv_len; ++j)
+    for (int h = 0; h < H; ++h) keys_once = keys_once && key_hits[size_t(j) * H + h] == 1;
+  if (S > 1)  // the merge kernel's arithmetic (attention_combine_kernel with TokenMajorRows and PartialsLse)
+    for (int h = 0; h < H; ++h)
+      for (int n = 0; n < N; ++n) {
+        float lse_max = -INFINITY, wsum = 0.f;
+        for (int c = 0; c < S; ++c) lse_max = std::max(lse_max, lse[size_t(fi::partial_row(c, h, n, N, H))]);
+        for (int c = 0; c < S; ++c) wsum += am::lse_weight(lse[size_t(fi::partial_row(c, h, n, N, H))], lse_max);
+        for (int d = 0; d < hd; ++d) {
+          float acc = 0.f;
+          for (int c = 0; c < S; ++c) {
+            const int64_t pr = fi::partial_row(c, h, n, N, H);
+            const float w = am::lse_weight(lse[size_t(pr)], lse_max);
+            if (w > 0.f) acc += w * part[size_t(pr * hd + d)];
+          }
+          out[size_t(n) * H * hd + size_t(h) * hd + d] = acc / wsum;
+        }
+      }
+  double err = 0, ref_norm = 0;
+  for (int h = 0; h < H; ++h)
+    for (int n = 0; n < N; ++n) {
+      const int g = h / (H / Hkv);
+      std::vector<double> sc(static_cast<size_t>(kv_len));
+      double m = -INFINITY, l = 0;
+      for (int64_t j = 0; j < kv_len; ++j) {
+        double dot = 0;
+        for (int d = 0; d < hd; ++d)
+          dot += double(q[size_t(h) * N * hd + size_t(n) * hd + d]) * k[size_t((j * Hkv + g) * hd + d)];
+        m = std::max(m, sc[size_t(j)] = dot * scale);
+      }
+      for (double& x : sc) l += (x = std::exp(x - m));
+      for (int d = 0; d < hd; ++d) {
+        double acc = 0;
+        for (int64_t j = 0; j < kv_len; ++j) acc += sc[size_t(j)] * v[size_t((j * Hkv + g) * hd + d)];
+        const double want = acc / l, got = out[size_t(n) * H * hd + size_t(h) * hd + d];
+        err = std::max(err, std::fabs(got - want));
+        ref_norm = std::max(ref_norm, std::fabs(want));
+      }
+    }
+  char buf[200];
+  std::snprintf(buf, sizeof buf,
+                "flashinfer-sm90 plan H=%d/%d N=%d hd=%d keys=%ld asked=%d -> ranges=%d of %ld, items=%d on %d CTAs", H,
+                Hkv, N, hd, long(kv_len), asked, S, long(r.chunk), r.items, ctas);
+  expect(plan_ok && keys_once && in_bounds && err <= 1e-5 * std::max(1.0, ref_norm), buf, err);
+}
+
 int main() {
   std::mt19937 rng(11);
   // Split ranges: every tile in exactly one split, sizes differ by at most one, empty splits when tiles < splits.
@@ -642,6 +767,26 @@ int main() {
   run_sdpa_split(2, 2, 20, 32, 3, 3, 5, rng);
   run_sdpa_split(2, 1, 9, 128, 4, 2, 3, rng);
   for (int S : {4, 5, 8}) run_sdpa_split(1, 1, 336, 64, 33, 33, S, rng);
+  // FlashInfer's Hopper attention: ranges of whole key tiles at several fill levels (the last range partial,
+  // more ranges asked than key tiles), GQA, query counts over and under its 192-row tile, more CTAs than items
+  // and fewer, and nfd-310m's full cache (33 slots of 336 keys, 16 heads) on an H100/H200's 132 SMs.
+  for (int nv : {1, 3, 6})
+    for (int S : {1, 2, 3, 5, 16}) run_fi90_plan(4, 2, 37, 64, 6, nv, S, 7, rng);
+  run_fi90_plan(2, 2, 200, 64, 3, 3, 4, 5, rng);
+  run_fi90_plan(2, 1, 400, 32, 2, 2, 2, 16, rng);
+  run_fi90_plan(1, 1, 129, 16, 1, 1, 8, 3, rng);
+  run_fi90_plan(2, 2, 336, 64, 33, 33, 5, 132, rng);
+  run_fi90_plan(1, 1, 336, 64, 33, 33, 8, 132, rng);
+  {  // the plan's shape at nfd-310m's full cache: 11088 keys, 16 heads, 2 query tiles
+    bool ok = true;
+    for (int S : {1, 2, 4, 5, 8, 16}) {
+      const auto r = nfd::tile::fi90::ragged_split(11088, 336, 16, S);
+      ok = ok && r.splits <= S && r.splits >= 1 && r.chunk % 128 == 0 && (r.splits - 1) * r.chunk < 11088 &&
+           r.splits * r.chunk >= 11088 && r.q_tiles == 2 && r.items == r.splits * 32;
+    }
+    ok = ok && nfd::tile::fi90::ragged_split(0, 336, 16, 4).splits == 0;
+    expect(ok, "ragged_split: whole tiles, none empty, no keys -> no work");
+  }
   {  // the split's shape: the last view ends at the cache's end, batches 0 .. S-2 own `stride` keys
     bool ok = true;
     for (int64_t total : {1, 7, 37, 222, 11088})

@@ -12,6 +12,9 @@
 //   * cuDNN's attention (NFD_RT_ATTENTION=cudnn) at 1-16 key batches and fill levels that leave batches empty, in a
 //     CUDA graph replayed at other fill levels, the fallback to ours on a slot list that is not the cache's prefix,
 //     and attention_prepare's choice under auto (skipped, and said, without cuDNN built in or loaded);
+//   * FlashInfer's Hopper attention (NFD_RT_ATTENTION=flashinfer-sm90) at 1-16 key ranges and several fill levels,
+//     in a CUDA graph, the fallback to ours, and its place in attention_prepare's choice (skipped, and said,
+//     without it built in or off sm_90);
 //   * cuDNN's convolution (NFD_RT_CONV=cudnn, both forms) on the decoder's shape classes, in CUDA graphs, and the
 //     engine choice under auto: timed at a shape's first uncaptured call, CUTLASS (said) when first met in a
 //     capture (skipped, and said, without cuDNN).
@@ -371,6 +374,93 @@ static void test_attention_cudnn(cudaStream_t stream, DevState& st) {
               tol_of(DType::bf16));
 }
 
+// FlashInfer's Hopper attention (ops/attention_cuda_flashinfer_sm90.cu), forced (NFD_RT_ATTENTION=flashinfer-sm90):
+// 1-16 key ranges against the reference at a full cache (the prefix out of order, as a wrapped ring) and at fill
+// levels with a partial last key tile; a CUDA graph captured and replayed at one fill level (the work list is
+// written on the device, the key count is fixed at capture: a session recaptures when it changes); a slot list
+// that is not the cache's prefix runs ours, and says so. Then auto: attention_prepare times its ranges beside
+// ours and the op runs the recorded choice. Skipped, and said, without it built in or on a GPU other than sm_90.
+static void test_attention_flashinfer_sm90(cudaStream_t stream, DevState& st) {
+  if (!cuda_build_info().flashinfer_sm90) {
+    std::printf("  FlashInfer sm90 attention: skipped (not built: CMake -DNFD_RT_FLASHINFER=ON with 90a)\n");
+    return;
+  }
+  cudaDeviceProp prop;
+  CK(cudaGetDeviceProperties(&prop, 0));
+  if (prop.major != 9 || prop.minor != 0) {
+    std::printf("  FlashInfer sm90 attention: skipped (sm_%d%d: its kernels are built for sm_90a)\n", prop.major,
+                prop.minor);
+    return;
+  }
+  set_env("NFD_RT_ATTENTION", "flashinfer-sm90");
+  const int H = 4, N = 336, hd = 64, slots = 9;
+  auto q = randn(size_t(H) * N * hd), k = randn(size_t(slots) * N * H * hd), v = randn(size_t(slots) * N * H * hd);
+  DevT dq({H, N, hd}, DType::bf16, q), dk({slots, N, H, hd}, DType::bf16, k), dv({slots, N, H, hd}, DType::bf16, v);
+  DevT out({N, H * hd}, DType::bf16);
+  Context ctx = make_ctx(stream, st);
+  auto ran = [] {
+    for (auto& kv : kernels_used())
+      if (kv.first == "attention bf16 hd64") return kv.second;
+    return std::string();
+  };
+  std::vector<int> all(slots);
+  for (int i = 0; i < slots; ++i) all[size_t(i)] = (i + 3) % slots;
+  for (const char* splits : {"1", "2", "4", "5", "8", "16"}) {
+    set_env("NFD_RT_ATTENTION_SPLITS", splits);
+    for (const std::vector<int>& vis : {all, std::vector<int>{1, 0}, std::vector<int>{0}}) {
+      st.set(int(vis.size()), vis.back(), vis);
+      out.poison();
+      clear_kernels_used();
+      ops::attention(ctx, dq.t, dk.t, dv.t, out.t);
+      const std::string name = std::string("flashinfer-sm90 attention, ") + splits + " ranges asked, " +
+                               std::to_string(vis.size()) + " of " + std::to_string(slots) + " slots";
+      check_close(name, out.download(), attention_ref(q, k, v, H, N, hd, slots, vis), tol_of(DType::bf16));
+      report(name + ": it ran", ran().rfind("flashinfer-sm90", 0) == 0, ran());
+    }
+  }
+  set_env("NFD_RT_ATTENTION_SPLITS", "5");
+  st.set(slots, 0, all);
+  CudaGraph g;
+  g.capture(stream, [&] { ops::attention(ctx, dq.t, dk.t, dv.t, out.t); });
+  for (int replay = 0; replay < 2; ++replay) {
+    out.poison();
+    g.replay(stream);
+    check_close("flashinfer-sm90 attention in a CUDA graph, replay " + std::to_string(replay + 1), out.download(),
+                attention_ref(q, k, v, H, N, hd, slots, all), tol_of(DType::bf16));
+  }
+  st.set(3, 4, {0, 4, 2});
+  clear_kernels_used();
+  ops::attention(ctx, dq.t, dk.t, dv.t, out.t);
+  check_close("flashinfer-sm90 requested, slots not the prefix: ours", out.download(),
+              attention_ref(q, k, v, H, N, hd, slots, {0, 4, 2}), tol_of(DType::bf16));
+  report("flashinfer-sm90 requested, slots not the prefix: ours ran and says why",
+         ran().rfind("ours", 0) == 0 && ran().find("not the cache's prefix") != std::string::npos, ran());
+  set_env("NFD_RT_ATTENTION_SPLITS", nullptr);
+  set_env("NFD_RT_ATTENTION", nullptr);  // auto
+  const int slots2 = 8;                   // a shape no other test prepared (choices are kept per shape)
+  const std::vector<float> k2(k.begin(), k.begin() + long(slots2) * N * H * hd);
+  const std::vector<float> v2(v.begin(), v.begin() + long(slots2) * N * H * hd);
+  DevT dk2({slots2, N, H, hd}, DType::bf16, k2), dv2({slots2, N, H, hd}, DType::bf16, v2);
+  std::vector<int> all2(slots2);
+  for (int i = 0; i < slots2; ++i) all2[size_t(i)] = i;
+  st.set(slots2, slots2 - 1, all2);
+  clear_kernels_used();
+  ops::attention_prepare(ctx, dq.t, dk2.t, dv2.t, out.t);
+  ops::attention(ctx, dq.t, dk2.t, dv2.t, out.t);
+  std::string choice;
+  for (auto& kv : kernels_used())
+    if (kv.first.find("(choice)") != std::string::npos) choice = kv.second;
+  std::printf("  auto: %s\n  ran: %s\n", choice.c_str(), ran().c_str());
+  const bool fi_won = choice.find("-> flashinfer-sm90") != std::string::npos;
+  const bool cudnn_won = choice.find("-> cudnn") != std::string::npos;
+  report("attention_prepare timed flashinfer-sm90 beside ours; the op ran the choice",
+         choice.find("flashinfer-sm90 1 ranges") != std::string::npos &&
+             ran().rfind(fi_won ? "flashinfer-sm90" : cudnn_won ? "cudnn" : "ours", 0) == 0,
+         choice);
+  check_close("auto after attention_prepare (flashinfer-sm90 timed)", out.download(),
+              attention_ref(q, k2, v2, H, N, hd, slots2, all2), tol_of(DType::bf16));
+}
+
 // A direct convolution in double: out[o, y, x] = bias[o] + sum over c, r, s of
 // in[c, y*stride - pad + r, x*stride - pad + s] w[o, c, r, s] (+ res), `in` the 2x nearest upsampling of x when up.
 static std::vector<double> conv_ref(const std::vector<float>& x, const std::vector<float>& w,
@@ -524,6 +614,7 @@ int main() {
       {"linear_prepare", [&] { test_linear_prepare(stream, st); }},
       {"attention graph", [&] { test_attention_graph(stream, st); }},
       {"cudnn attention", [&] { test_attention_cudnn(stream, st); }},
+      {"flashinfer sm90 attention", [&] { test_attention_flashinfer_sm90(stream, st); }},
       {"cudnn convolution", [&] { test_conv_cudnn(stream, st); }},
       {"rope graph", [&] { test_rope_graph(stream, st); }},
   };

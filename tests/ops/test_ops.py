@@ -99,9 +99,10 @@ def only_cuda(device: str, dtype: str) -> bool:
     return device == "cuda"
 
 
-def flashinfer_built() -> bool:
+def flashinfer_built(part: str = "flashinfer") -> bool:
+    """Whether this build has FlashInfer's attention ("flashinfer") or its Hopper attention ("flashinfer_sm90")."""
     try:
-        return bool(_core.cuda_build_info()["flashinfer"])
+        return bool(_core.cuda_build_info().get(part))
     except Exception:  # noqa: BLE001 - an older module without the report
         return False
 
@@ -345,9 +346,9 @@ def attention_ref(H, N, hd, S, spread, kv_scale, slots):
 
 def attention_kernel(impl, hd, dtype):
     """What kernels_used() must say ran: tensor cores for 16-bit `ours`, CUDA cores for float32 and simt, ours or
-    cuDNN after attention_prepare (`auto`: the faster at open), anything for flashinfer and cudnn (they fall back to
+    cuDNN after attention_prepare (`auto`: the faster at open), anything for flashinfer, flashinfer-sm90 and cudnn (they fall back to
     ours where they do not take the call: the visible slots not the cache's prefix)."""
-    if impl in ("flashinfer", "cudnn"):
+    if impl in ("flashinfer", "flashinfer-sm90", "cudnn"):
         prefix = ""
     elif dtype == "float32" or impl == "simt":
         prefix = "simt"
@@ -367,6 +368,8 @@ ATTENTION_VARIANTS = [("ours", {}), ("ours", {"NFD_RT_ATTENTION_SPLITS": "1"}),
                       ("ours", {"NFD_RT_ATTENTION_SOFTMAX": "separate"}),
                       ("ours", {"NFD_RT_ATTENTION_SOFTMAX": "separate", "NFD_RT_ATTENTION_ROWS": "64"}),
                       ("simt", {})] + ([("flashinfer", {})] if flashinfer_built() else []) + \
+                     ([("flashinfer-sm90", {}), ("flashinfer-sm90", {"NFD_RT_ATTENTION_SPLITS": "3"})]
+                      if flashinfer_built("flashinfer_sm90") else []) + \
                      ([("cudnn", {})] if cudnn_built() else [])
 
 
@@ -943,7 +946,8 @@ CONTRACTS = [
                                                            dtypes={"k_cache": "float32"}, **d),
         r"ops::attention: k_cache must be on out's device \(cuda\)", cuda_only=True),
     Bad("attention NFD_RT_ATTENTION", lambda d, o: ops.attention(q64, kc64, kc64, [0], **d),
-        r"NFD_RT_ATTENTION must be one of 'auto', 'ours', 'cudnn', 'flashinfer', 'simt', got 'bogus'", cuda_only=True,
+        r"NFD_RT_ATTENTION must be one of 'auto', 'ours', 'cudnn', 'flashinfer', 'flashinfer-sm90', 'simt', "
+        r"got 'bogus'", cuda_only=True,
         env={"NFD_RT_ATTENTION": "bogus"}),
     Bad("patchify latent", lambda d, o: ops.patchify(r(4, 8), 2, **d),
         r"ops::patchify: latent must be \[C, h, w\], got"),

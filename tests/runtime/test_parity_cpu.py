@@ -121,7 +121,7 @@ def test_cuda_graph_replay_equals_direct_execution(model_path, model):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("impl", ["ours", "simt", "flashinfer", "cudnn"])
+@pytest.mark.parametrize("impl", ["ours", "simt", "flashinfer", "flashinfer-sm90", "cudnn"])
 def test_cuda_attention_implementations(impl, tmp_path, monkeypatch):
     """Each attention kernel behind the CUDA op (NFD_RT_ATTENTION) in a bf16 session with graphs, through the
     cache filling and the window rolling: frames against the fp32 session (PSNR >= 35 dB), and the session reports
@@ -131,6 +131,12 @@ def test_cuda_attention_implementations(impl, tmp_path, monkeypatch):
         pytest.skip("built without FlashInfer (CMake -DNFD_RT_FLASHINFER=ON)")
     if impl == "cudnn" and not _core.cuda_build_info()["cudnn"]:
         pytest.skip("built without cuDNN attention (cudnn-frontend headers not found at build time)")
+    if impl == "flashinfer-sm90":
+        if not _core.cuda_build_info()["flashinfer_sm90"]:
+            pytest.skip("built without FlashInfer's Hopper attention (CMake -DNFD_RT_FLASHINFER=ON with sm_90)")
+        torch = pytest.importorskip("torch")
+        if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
+            pytest.skip("FlashInfer's Hopper attention runs on compute capability 9.0 only")
     cfg = nfd_rt.configs.get("tiny").replace(hidden_size=128, num_heads=2, rope_dims=(16, 24, 24), window=3,
                                              sink_frames=1)
     save(NFDModel(cfg, init_seed=2), tmp_path / "m.nfd")
@@ -143,15 +149,18 @@ def test_cuda_attention_implementations(impl, tmp_path, monkeypatch):
     print(f"{impl}: PSNR min {min(values):.1f} dB; {ran}")
     assert min(values) >= 35.0
     assert ran and next(iter(ran.values())).startswith(
-        {"ours": "ours: mma", "simt": "simt", "flashinfer": "flashinfer", "cudnn": "cudnn"}[impl])
+        {"ours": "ours: mma", "simt": "simt", "flashinfer": "flashinfer", "flashinfer-sm90": "flashinfer-sm90",
+         "cudnn": "cudnn"}[impl])
 
 
 def test_cuda_build_info_reports_the_vendor_kernels():
     info = _core.cuda_build_info()
-    assert set(info) == {"cuda", "flashinfer", "cublaslt", "cublaslt_status", "cudnn", "cudnn_status"}
+    assert set(info) == {"cuda", "flashinfer", "flashinfer_sm90", "cublaslt", "cublaslt_status", "cudnn",
+                         "cudnn_status"}
     assert isinstance(info["cublaslt_status"], str) and info["cublaslt_status"]
     assert isinstance(info["cudnn_status"], str) and info["cudnn_status"]
+    assert info["flashinfer"] or not info["flashinfer_sm90"]  # the Hopper attention comes with FlashInfer only
     if not info["cuda"]:
-        assert not info["flashinfer"] and not info["cublaslt"] and not info["cudnn"]
+        assert not info["flashinfer"] and not info["flashinfer_sm90"] and not info["cublaslt"] and not info["cudnn"]
     if not info["cudnn"]:
         assert info["cudnn_status"].startswith("built without cuDNN"), info["cudnn_status"]

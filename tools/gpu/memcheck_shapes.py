@@ -30,9 +30,10 @@ DEFAULTS = {"NFD_RT_ATTENTION_ROWS": "128", "NFD_RT_ATTENTION_SOFTMAX": "folded"
             "NFD_RT_CONV": "implicit"}
 
 
-def cublaslt_built() -> bool:
+def built(part: str) -> bool:
+    """Whether the CUDA build has `part` compiled in ("cublaslt", "flashinfer_sm90", ... of cuda_build_info)."""
     try:
-        return bool(_core.cuda_build_info().get("cublaslt"))
+        return bool(_core.cuda_build_info().get(part))
     except Exception:  # noqa: BLE001 - a build without CUDA
         return False
 
@@ -69,6 +70,9 @@ def calls(cfg):
                         {"NFD_RT_ATTENTION_ROWS": rows_per_cta, "NFD_RT_ATTENTION_SOFTMAX": form},
                         lambda d, t: ops.attention(q, kc, vc, visible, **dev(d, t))))
     out.append((f"attention H={H} N={N} hd={hd} over {S} slots, 64x128 tiles", {"NFD_RT_ATTENTION_KEYS": "128"},
+                lambda d, t: ops.attention(q, kc, vc, visible, **dev(d, t))))
+    out.append((f"attention H={H} N={N} hd={hd} over {S} slots, FlashInfer sm90 in 5 ranges",
+                {"NFD_RT_ATTENTION": "flashinfer-sm90", "NFD_RT_ATTENTION_SPLITS": "5"},
                 lambda d, t: ops.attention(q, kc, vc, visible, **dev(d, t))))
     out.append(("attention after attention_prepare", {},
                 lambda d, t: ops.attention(q, kc, vc, visible, prepare=True, **dev(d, t))))
@@ -108,8 +112,11 @@ def main(argv=None) -> int:
         label = name + "".join(f" {k}={v}" for k, v in env.items())
         if args.device == "cpu" and any(DEFAULTS.get(k) != v for k, v in env.items()):
             continue  # the switches choose CUDA kernels: on the CPU one run of each call is enough
-        if env.get("NFD_RT_GEMM") == "cublaslt" and not cublaslt_built():
+        if env.get("NFD_RT_GEMM") == "cublaslt" and not built("cublaslt"):
             print(f"memcheck_shapes: {label}: skipped (cuBLASLt not compiled in)", flush=True)
+            continue
+        if env.get("NFD_RT_ATTENTION") == "flashinfer-sm90" and not built("flashinfer_sm90"):
+            print(f"memcheck_shapes: {label}: skipped (FlashInfer's Hopper attention not compiled in)", flush=True)
             continue
         saved = {k: os.environ.get(k) for k in env}
         try:

@@ -29,7 +29,8 @@ import time
 
 # switch: (value that turns the new path off, what the new path is). Unset = the new path (the default).
 NEW_PATHS = {
-    "NFD_RT_ATTENTION": ("ours", "attention: cuDNN's fused SDPA over 1-16 key batches (timed against ours at open)"),
+    "NFD_RT_ATTENTION": ("ours", "attention: cuDNN's fused SDPA over 1-16 key batches and FlashInfer's Hopper "
+                                 "attention over 1-16 key ranges (timed against ours at open)"),
     "NFD_RT_CONV": ("im2col", "VAE convolutions as CUTLASS NHWC implicit GEMMs or cuDNN (timed at open)"),
     "NFD_RT_ATTENTION_ROWS": ("64", "attention: 128 query rows per CTA (timed against 64 at open)"),
     "NFD_RT_ATTENTION_KEYS": ("64", "attention: FlashAttention-2's 64 x 128 tile at head_dim 64 (timed at open)"),

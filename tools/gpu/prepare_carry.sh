@@ -7,16 +7,18 @@
 #                nvidia-cudnn-frontend (its include/ folder), cudnn/ from nvidia-cudnn-cu13, nvrtc/ from nvidia-cuda-nvrtc (cudnn-frontend
 #                includes nvrtc.h); run.sh builds ops/attention_cuda_cudnn.cc with them (the library itself is the
 #                GPU image's, PyTorch's libcudnn.so.9). --no-cudnn leaves them out.
-#   flashinfer-data.tgz   with --flashinfer: FlashInfer's headers and its bundled CCCL (3.5 MB compressed instead
-#                of a 62 MB wheel, flashinfer-python==$FLASHINFER_VERSION); run.sh then builds with
-#                -DNFD_RT_FLASHINFER=ON
+#   flashinfer-data.tgz   with --flashinfer: FlashInfer's headers, its bundled CCCL and CUTLASS (cute, for its
+#                Hopper attention), and cuRAND's headers (which CUTLASS's utility headers include; from
+#                nvidia-curand==$CURAND_VERSION): ~8 MB compressed instead of 139 MB of wheels
+#                (flashinfer-python==$FLASHINFER_VERSION); run.sh then builds with -DNFD_RT_FLASHINFER=ON, which
+#                for sm_90a adds FlashInfer's Hopper attention (NFD_RT_ATTENTION=flashinfer-sm90, timed at open)
 # Run here, in the repository root, before the device call:
 #   bash tools/gpu/prepare_carry.sh [--flashinfer] [--no-cudnn] [more==versions ...]
 # It needs only `python3 -m pip` and the package registry: no package has to be installed here (versions are
 # pinned, never read from this machine's Python). The GPU machine runs Python 3.12 (the wheels above are pure
 # Python or py3-none). The device tool carries at most 64 MiB: the script fails if .devcarry is larger.
 # Knobs: CARRY_DIR (default .devcarry), PYTHON (default python3), FLASHINFER_VERSION (default 0.7.2.post1),
-# CUDNN_FRONTEND_VERSION (1.32.0), CUDNN_VERSION (9.28.1.4), NVRTC_VERSION (13.0.88).
+# CUDNN_FRONTEND_VERSION (1.32.0), CUDNN_VERSION (9.28.1.4), NVRTC_VERSION (13.0.88), CURAND_VERSION (10.4.5.25).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY="${PYTHON:-python3}"
@@ -25,6 +27,7 @@ FLASHINFER_VERSION="${FLASHINFER_VERSION:-0.7.2.post1}"
 CUDNN_FRONTEND_VERSION="${CUDNN_FRONTEND_VERSION:-1.32.0}"
 CUDNN_VERSION="${CUDNN_VERSION:-9.28.1.4}"
 NVRTC_VERSION="${NVRTC_VERSION:-13.0.88}"
+CURAND_VERSION="${CURAND_VERSION:-10.4.5.25}"
 if [ "$CARRY" = .devcarry ]; then
   ignored=$(grep -cx '/.devcarry/' .gitignore || true)
   [ "$ignored" != 0 ] || echo "warning: .devcarry is not ignored by .gitignore"
@@ -36,7 +39,7 @@ for a in "$@"; do
   case "$a" in
     --flashinfer) flashinfer=1 ;;
     --no-cudnn) cudnn=0 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     -*) echo "prepare_carry.sh: unknown option $a" >&2; exit 2 ;;
     *) extra+=("$a") ;;
   esac
@@ -82,9 +85,18 @@ fi
 
 if [ $flashinfer = 1 ]; then
   "$PY" -m pip download -q --no-deps --only-binary=:all: -d "$tmp/fi" "flashinfer-python==$FLASHINFER_VERSION"
-  (cd "$tmp/fi" && unzip -q ./*.whl 'flashinfer/data/include/*' 'flashinfer/data/cccl/*')
+  (cd "$tmp/fi" && unzip -q ./*.whl 'flashinfer/data/include/*' 'flashinfer/data/cccl/*' \
+     'flashinfer/data/cutlass/include/*' 'flashinfer/data/cutlass/tools/util/include/*')
   data="$tmp/fi/flashinfer/data"
-  tar -czf "$CARRY/flashinfer-data.tgz" -C "$data" include cccl/cub cccl/libcudacxx/include cccl/thrust
+  download -d "$tmp/curand" "nvidia-curand==$CURAND_VERSION"
+  (cd "$tmp/curand" && unzip -q ./*.whl 'nvidia/cu13/include/*')
+  mkdir -p "$data/curand" && cp -r "$tmp/curand/nvidia/cu13/include" "$data/curand/include"
+  for f in include/flashinfer/attention/hopper/prefill_sm90.cuh cutlass/include/cute/tensor.hpp \
+           cutlass/tools/util/include/cutlass/util/command_line.h curand/include/curand.h; do
+    [ -f "$data/$f" ] || { echo "prepare_carry: $f missing from the downloaded wheels" >&2; exit 1; }
+  done
+  tar -czf "$CARRY/flashinfer-data.tgz" -C "$data" include cccl/cub cccl/libcudacxx/include cccl/thrust \
+    cutlass/include cutlass/tools/util/include curand/include
 fi
 ls -la "$CARRY" "$CARRY/wheels"
 size=$(du -sm "$CARRY" | cut -f1)
