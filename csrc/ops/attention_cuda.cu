@@ -293,6 +293,7 @@ std::string run_typed(const AttnArgs& a, int hd, bool mma, cudaStream_t s) {
 // at open). It reads the keys as the caches' first rows, so it runs only where the host sees the visible slots are
 // the cache's prefix (ctx.host_state); the key batches' lengths come from the device FrameState, so a captured
 // graph serves every fill level of that prefix.
+#ifdef NFD_RT_WITH_CUDNN
 constexpr int kMaxCudnnSplits = 16;  // the scratch bound (ops/scratch_bound.cc) assumes at most this many
 
 // The split the shape's attention_prepare chose (0: ours was faster, or never prepared).
@@ -302,7 +303,6 @@ int cudnn_chosen_splits(const ShapeKey& key) {
   return it == mma_choices().end() ? 0 : it->second.cudnn_splits;
 }
 
-#ifdef NFD_RT_WITH_CUDNN
 __global__ void sdpa_lengths_kernel(const FrameState* state, tile::sdpa::KeySplit split, int N, int32_t* len_q,
                                     int32_t* len_kv) {
   int nvis = state->num_visible;
@@ -488,6 +488,17 @@ std::string run_fi90_typed(const Tensor& q, const Tensor& k_cache, const Tensor&
 }
 #endif
 }  // namespace
+
+#if defined(NFD_RT_WITH_CUDNN) || defined(NFD_RT_WITH_FLASHINFER_SM90)
+namespace {
+// Why an engine that reads the caches' first num_visible * N rows (sized on the host) cannot take this call; ""
+// when it can.
+std::string prefix_problem(const Context& ctx) {
+  if (!ctx.host_state) return "no host FrameState";
+  return visible_is_prefix(*ctx.host_state) ? "" : "the visible slots are not the cache's prefix";
+}
+}  // namespace
+#endif
 
 bool cuda::attention_sized_on_host() {
   const Impl impl = requested_impl();
@@ -718,17 +729,17 @@ void cuda::attention(const Context& ctx, const Tensor& q, const Tensor& k_cache,
 #endif
   }
 
+  const ShapeKey shape{int(q.dtype), N, H, int(k_cache.dim(2)), hd, slots};
+  (void)shape;
   std::string why_not_fi90;
   if (impl == Impl::flashinfer_sm90 || impl == Impl::automatic) {
 #ifdef NFD_RT_WITH_FLASHINFER_SM90
-    const int splits = fi90_splits_for(impl, ShapeKey{int(q.dtype), N, H, int(k_cache.dim(2)), hd, slots}, N, H,
-                                       k_cache.dim(0) * N);
+    const int splits = fi90_splits_for(impl, shape, N, H, k_cache.dim(0) * N);
     if (splits > 0) {
-      if (!ctx.host_state || !visible_is_prefix(*ctx.host_state)) {
-        why_not_fi90 = ctx.host_state ? "the visible slots are not the cache's prefix" : "no host FrameState";
-      } else if (!fi90_takes(q, k_cache, v_cache, out)) {
+      why_not_fi90 = prefix_problem(ctx);
+      if (why_not_fi90.empty() && !fi90_takes(q, k_cache, v_cache, out))
         why_not_fi90 = "not a problem it takes (dtype, head_dim 64, GQA groups, alignment, an sm_90 GPU)";
-      } else {
+      if (why_not_fi90.empty()) {
         const std::string ran =
             run_fi90_typed(q, k_cache, v_cache, out, int64_t(ctx.host_state->num_visible) * N, splits, s);
         if (!ran.empty()) {
@@ -749,14 +760,12 @@ void cuda::attention(const Context& ctx, const Tensor& q, const Tensor& k_cache,
   std::string why_not_cudnn;
   if (impl == Impl::cudnn || impl == Impl::automatic) {
 #ifdef NFD_RT_WITH_CUDNN
-    const int splits = cudnn_splits_for(impl, ShapeKey{int(q.dtype), N, H, int(k_cache.dim(2)), hd, slots}, N, H,
-                                        k_cache.dim(0) * N);
+    const int splits = cudnn_splits_for(impl, shape, N, H, k_cache.dim(0) * N);
     if (splits > 0) {
-      if (!ctx.host_state || !visible_is_prefix(*ctx.host_state)) {
-        why_not_cudnn = ctx.host_state ? "the visible slots are not the cache's prefix" : "no host FrameState";
-      } else if (!cudnn_takes(q, k_cache, v_cache, out)) {
+      why_not_cudnn = prefix_problem(ctx);
+      if (why_not_cudnn.empty() && !cudnn_takes(q, k_cache, v_cache, out))
         why_not_cudnn = "not a problem cuDNN takes (dtype, head_dim, alignment)";
-      } else {
+      if (why_not_cudnn.empty()) {
         const cudnn_sdpa::Problem p = cudnn_problem(q, k_cache, splits);
         cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
         check(cudaStreamIsCapturing(s, &cap), "cudaStreamIsCapturing");

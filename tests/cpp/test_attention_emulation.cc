@@ -419,6 +419,38 @@ static void run_case(const char* name, int H, int N, int HD, int slots, std::vec
 }
 
 
+// The largest |out - attention| over q [H, N, hd] against the first `keys` rows of token-major caches
+// [*, Hkv, hd] (double precision; out [N, H * hd]); *ref_norm = the largest |attention| value.
+static double max_error_vs_dense(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
+                                 int H, int Hkv, int N, int hd, int64_t keys, const std::vector<float>& out,
+                                 double* ref_norm) {
+  const double scale = 1.0 / std::sqrt(double(hd));
+  double err = 0;
+  *ref_norm = 0;
+  for (int h = 0; h < H; ++h)
+    for (int n = 0; n < N; ++n) {
+      const int g = h / (H / Hkv);
+      std::vector<double> sc(static_cast<size_t>(keys));
+      double m = -INFINITY, l = 0;
+      for (int64_t j = 0; j < keys; ++j) {
+        double dot = 0;
+        for (int d = 0; d < hd; ++d)
+          dot += double(q[size_t(h) * N * hd + size_t(n) * hd + d]) * k[size_t((j * Hkv + g) * hd + d)];
+        m = std::max(m, sc[size_t(j)] = dot * scale);
+      }
+      for (double& x : sc) l += (x = std::exp(x - m));
+      for (int d = 0; d < hd; ++d) {
+        double acc = 0;
+        for (int64_t j = 0; j < keys; ++j) acc += sc[size_t(j)] * v[size_t((j * Hkv + g) * hd + d)];
+        const double want = acc / l, got = out[size_t(n) * H * hd + size_t(h) * hd + d];
+        err = std::max(err, std::fabs(got - want));
+        *ref_norm = std::max(*ref_norm, std::fabs(want));
+      }
+    }
+  return err;
+}
+
+
 // cuDNN's SDPA over key batches (ops/attention_cudnn_layout.h), emulated: S copies of q, K/V, O and the
 // log-sum-exp are read and written through exactly the views the cuDNN graph declares; each batch attends over
 // its seq_len_kv keys (an SDPA per batch, as cuDNN computes it: O normalised, Stats = max + ln(sum exp)); the
@@ -489,27 +521,8 @@ static void run_sdpa_split(int H, int Hkv, int N, int hd, int slots, int nv, int
           out[size_t(n) * H * hd + size_t(h) * hd + d] = acc / wsum;
         }
       }
-  double err = 0, ref_norm = 0;
-  for (int h = 0; h < H; ++h)
-    for (int n = 0; n < N; ++n) {
-      const int g = h / (H / Hkv);
-      std::vector<double> sc(static_cast<size_t>(nv) * N);
-      double m = -INFINITY, l = 0;
-      for (int64_t j = 0; j < int64_t(nv) * N; ++j) {
-        double dot = 0;
-        for (int d = 0; d < hd; ++d)
-          dot += double(q[size_t(h) * N * hd + size_t(n) * hd + d]) * k[size_t((j * Hkv + g) * hd + d)];
-        m = std::max(m, sc[size_t(j)] = dot * scale);
-      }
-      for (double& x : sc) l += (x = std::exp(x - m));
-      for (int d = 0; d < hd; ++d) {
-        double acc = 0;
-        for (int64_t j = 0; j < int64_t(nv) * N; ++j) acc += sc[size_t(j)] * v[size_t((j * Hkv + g) * hd + d)];
-        const double want = acc / l, got = out[size_t(n) * H * hd + size_t(h) * hd + d];
-        err = std::max(err, std::fabs(got - want));
-        ref_norm = std::max(ref_norm, std::fabs(want));
-      }
-    }
+  double ref_norm = 0;
+  const double err = max_error_vs_dense(q, k, v, H, Hkv, N, hd, int64_t(nv) * N, out, &ref_norm);
   char buf[160];
   std::snprintf(buf, sizeof buf, "cudnn views H=%d/%d N=%d hd=%d slots=%d visible=%d batches=%d (stride %ld x %ld)", H,
                 Hkv, N, hd, slots, nv, B, long(split.stride), long(split.batch_keys));
@@ -612,27 +625,8 @@ static void run_fi90_plan(int H, int Hkv, int N, int hd, int slots, int nv, int 
           out[size_t(n) * H * hd + size_t(h) * hd + d] = acc / wsum;
         }
       }
-  double err = 0, ref_norm = 0;
-  for (int h = 0; h < H; ++h)
-    for (int n = 0; n < N; ++n) {
-      const int g = h / (H / Hkv);
-      std::vector<double> sc(static_cast<size_t>(kv_len));
-      double m = -INFINITY, l = 0;
-      for (int64_t j = 0; j < kv_len; ++j) {
-        double dot = 0;
-        for (int d = 0; d < hd; ++d)
-          dot += double(q[size_t(h) * N * hd + size_t(n) * hd + d]) * k[size_t((j * Hkv + g) * hd + d)];
-        m = std::max(m, sc[size_t(j)] = dot * scale);
-      }
-      for (double& x : sc) l += (x = std::exp(x - m));
-      for (int d = 0; d < hd; ++d) {
-        double acc = 0;
-        for (int64_t j = 0; j < kv_len; ++j) acc += sc[size_t(j)] * v[size_t((j * Hkv + g) * hd + d)];
-        const double want = acc / l, got = out[size_t(n) * H * hd + size_t(h) * hd + d];
-        err = std::max(err, std::fabs(got - want));
-        ref_norm = std::max(ref_norm, std::fabs(want));
-      }
-    }
+  double ref_norm = 0;
+  const double err = max_error_vs_dense(q, k, v, H, Hkv, N, hd, kv_len, out, &ref_norm);
   char buf[200];
   std::snprintf(buf, sizeof buf,
                 "flashinfer-sm90 plan H=%d/%d N=%d hd=%d keys=%ld asked=%d -> ranges=%d of %ld, items=%d on %d CTAs", H,

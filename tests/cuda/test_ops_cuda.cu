@@ -304,82 +304,114 @@ static bool cudnn_loaded(const char* what) {
   return true;
 }
 
-// cuDNN's SDPA (ops/attention_cuda_cudnn.cc), forced: every key-batch count against the reference, at a full
-// cache and at fill levels leaving batches without keys; a graph captured at one fill level replayed at others
-// (the batch lengths are read on the device); a slot list that is not the cache's prefix runs ours, and says so.
-// Then auto: attention_prepare times cuDNN beside ours and the op runs the recorded choice.
-static void test_attention_cudnn(cudaStream_t stream, DevState& st) {
-  if (!cudnn_loaded("cuDNN attention")) return;
-  set_env("NFD_RT_ATTENTION", "cudnn");
-  const int H = 4, N = 336, hd = 64, slots = 9;
-  auto q = randn(size_t(H) * N * hd), k = randn(size_t(slots) * N * H * hd), v = randn(size_t(slots) * N * H * hd);
-  DevT dq({H, N, hd}, DType::bf16, q), dk({slots, N, H, hd}, DType::bf16, k), dv({slots, N, H, hd}, DType::bf16, v);
-  DevT out({N, H * hd}, DType::bf16);
-  Context ctx = make_ctx(stream, st);
-  auto ran = [] {
-    for (auto& kv : kernels_used())
-      if (kv.first == "attention bf16 hd64") return kv.second;
-    return std::string();
-  };
-  std::vector<int> all(slots);
-  for (int i = 0; i < slots; ++i) all[size_t(i)] = (i + 3) % slots;  // the prefix, out of order (a wrapped ring)
-  for (const char* splits : {"1", "2", "4", "8", "16"}) {
-    set_env("NFD_RT_ATTENTION_SPLITS", splits);
-    for (const std::vector<int>& vis : {all, std::vector<int>{1, 0}, std::vector<int>{0}}) {
+// One bf16 attention problem on the device (q [H, N, 64], caches of `slots` slots, out) with its host copies,
+// for the vendor engines' tests; `all` is every slot in a wrapped ring's order (the prefix, out of order).
+struct AttnProblem {
+  int H, N, hd, slots;
+  std::vector<float> q, k, v;
+  DevT dq, dk, dv, out;
+  std::vector<int> all;
+  AttnProblem(int H_, int N_, int slots_)
+      : H(H_), N(N_), hd(64), slots(slots_), q(randn(size_t(H) * N * hd)), k(randn(size_t(slots) * N * H * hd)),
+        v(randn(size_t(slots) * N * H * hd)), dq({H, N, hd}, DType::bf16, q), dk({slots, N, H, hd}, DType::bf16, k),
+        dv({slots, N, H, hd}, DType::bf16, v), out({N, H * hd}, DType::bf16) {
+    for (int i = 0; i < slots; ++i) all.push_back((i + 3) % slots);
+  }
+  void run(Context& ctx) { ops::attention(ctx, dq.t, dk.t, dv.t, out.t); }
+  void check(const std::string& name, const std::vector<int>& vis) {
+    check_close(name, out.download(), attention_ref(q, k, v, H, N, hd, slots, vis), tol_of(DType::bf16));
+  }
+};
+// What ran for the problem's op key, as kernels_used() says.
+static std::string attention_bf16_ran() {
+  for (auto& kv : kernels_used())
+    if (kv.first == "attention bf16 hd64") return kv.second;
+  return std::string();
+}
+static std::string last_choice() {
+  std::string choice;
+  for (auto& kv : kernels_used())
+    if (kv.first.find("(choice)") != std::string::npos) choice = kv.second;
+  return choice;
+}
+
+// A forced engine (NFD_RT_ATTENTION=engine) at each split count against the reference, at a full cache and at
+// fill levels leaving splits without keys; each call must report the engine. Then a slot list that is not the
+// cache's prefix: ours runs, and says why.
+static void sweep_forced_engine(AttnProblem& p, Context& ctx, DevState& st, const char* engine,
+                                std::initializer_list<const char*> splits) {
+  set_env("NFD_RT_ATTENTION", engine);
+  for (const char* n : splits) {
+    set_env("NFD_RT_ATTENTION_SPLITS", n);
+    for (const std::vector<int>& vis : {p.all, std::vector<int>{1, 0}, std::vector<int>{0}}) {
       st.set(int(vis.size()), vis.back(), vis);
-      out.poison();
+      p.out.poison();
       clear_kernels_used();
-      ops::attention(ctx, dq.t, dk.t, dv.t, out.t);
-      const std::string name = std::string("cudnn attention, ") + splits + " batches, " +
-                               std::to_string(vis.size()) + " of " + std::to_string(slots) + " slots";
-      check_close(name, out.download(), attention_ref(q, k, v, H, N, hd, slots, vis), tol_of(DType::bf16));
-      report(name + ": cuDNN ran", ran().rfind("cudnn", 0) == 0, ran());
+      p.run(ctx);
+      const std::string name = std::string(engine) + " attention, " + n + " splits asked, " +
+                               std::to_string(vis.size()) + " of " + std::to_string(p.slots) + " slots";
+      p.check(name, vis);
+      report(name + ": it ran", attention_bf16_ran().rfind(engine, 0) == 0, attention_bf16_ran());
     }
   }
+  set_env("NFD_RT_ATTENTION_SPLITS", nullptr);
+  st.set(3, 4, {0, 4, 2});
+  clear_kernels_used();
+  p.run(ctx);
+  p.check(std::string(engine) + " requested, slots not the prefix: ours", {0, 4, 2});
+  report(std::string(engine) + " requested, slots not the prefix: ours ran and says why",
+         attention_bf16_ran().rfind("ours", 0) == 0 &&
+             attention_bf16_ran().find("not the cache's prefix") != std::string::npos,
+         attention_bf16_ran());
+}
+
+// auto: attention_prepare times the engine (its candidate `timed` in the choice line) beside ours; the op runs
+// what was kept, and matches the reference.
+static void check_auto_choice(AttnProblem& p, Context& ctx, DevState& st, const char* engine, const char* timed) {
+  set_env("NFD_RT_ATTENTION", nullptr);
+  st.set(p.slots, p.all.back(), p.all);
+  clear_kernels_used();
+  ops::attention_prepare(ctx, p.dq.t, p.dk.t, p.dv.t, p.out.t);
+  p.run(ctx);
+  const std::string choice = last_choice(), ran = attention_bf16_ran();
+  std::printf("  auto: %s\n  ran: %s\n", choice.c_str(), ran.c_str());
+  const size_t arrow = choice.find("-> ");
+  const std::string kept = arrow == std::string::npos ? "" : choice.substr(arrow + 3);
+  const std::string want = kept.rfind("cudnn", 0) == 0 ? "cudnn" : kept.rfind("flashinfer-sm90", 0) == 0 ? "flashinfer-sm90" : "ours";
+  report(std::string("attention_prepare timed ") + engine + " beside ours; the op ran the choice",
+         choice.find(timed) != std::string::npos && ran.rfind(want, 0) == 0, choice);
+  p.check(std::string("auto after attention_prepare (") + engine + " timed)", p.all);
+}
+
+// cuDNN's SDPA (ops/attention_cuda_cudnn.cc), forced: every key-batch count, fill levels, the fallback
+// (sweep_forced_engine); a graph captured at one fill level replayed at others (the batch lengths are read on the
+// device); then auto.
+static void test_attention_cudnn(cudaStream_t stream, DevState& st) {
+  if (!cudnn_loaded("cuDNN attention")) return;
+  AttnProblem p(4, 336, 9);
+  Context ctx = make_ctx(stream, st);
+  sweep_forced_engine(p, ctx, st, "cudnn", {"1", "2", "4", "8", "16"});
   set_env("NFD_RT_ATTENTION_SPLITS", "4");
   st.set(2, 1, {1, 0});
   CudaGraph g;
-  g.capture(stream, [&] { ops::attention(ctx, dq.t, dk.t, dv.t, out.t); });
+  g.capture(stream, [&] { p.run(ctx); });
   for (int nv : {2, 5, 9, 1}) {
     std::vector<int> vis;
     for (int i = nv - 1; i >= 0; --i) vis.push_back(i);
     st.set_device_only(nv, 0, vis);
-    out.poison();
+    p.out.poison();
     g.replay(stream);
-    check_close("cudnn attention in a CUDA graph replayed at " + std::to_string(nv) + " slots", out.download(),
-                attention_ref(q, k, v, H, N, hd, slots, vis), tol_of(DType::bf16));
+    p.check("cudnn attention in a CUDA graph replayed at " + std::to_string(nv) + " slots", vis);
   }
-  st.set(3, 4, {0, 4, 2});
-  clear_kernels_used();
-  ops::attention(ctx, dq.t, dk.t, dv.t, out.t);
-  check_close("cudnn requested, slots not the prefix: ours", out.download(),
-              attention_ref(q, k, v, H, N, hd, slots, {0, 4, 2}), tol_of(DType::bf16));
-  report("cudnn requested, slots not the prefix: ours ran and says why",
-         ran().rfind("ours", 0) == 0 && ran().find("not the cache's prefix") != std::string::npos, ran());
   set_env("NFD_RT_ATTENTION_SPLITS", nullptr);
-  set_env("NFD_RT_ATTENTION", nullptr);  // auto
-  st.set(slots, 0, all);
-  clear_kernels_used();
-  ops::attention_prepare(ctx, dq.t, dk.t, dv.t, out.t);
-  ops::attention(ctx, dq.t, dk.t, dv.t, out.t);
-  std::string choice;
-  for (auto& kv : kernels_used())
-    if (kv.first.find("(choice)") != std::string::npos) choice = kv.second;
-  std::printf("  auto: %s\n  ran: %s\n", choice.c_str(), ran().c_str());
-  const bool cudnn_won = choice.find("-> cudnn") != std::string::npos;
-  report("attention_prepare timed cuDNN beside ours; the op ran the choice",
-         choice.find("cudnn 1 batches") != std::string::npos &&
-             ran().rfind(cudnn_won ? "cudnn" : "ours", 0) == 0, choice);
-  check_close("auto after attention_prepare", out.download(), attention_ref(q, k, v, H, N, hd, slots, all),
-              tol_of(DType::bf16));
+  check_auto_choice(p, ctx, st, "cudnn", "cudnn 1 batches");
 }
 
-// FlashInfer's Hopper attention (ops/attention_cuda_flashinfer_sm90.cu), forced (NFD_RT_ATTENTION=flashinfer-sm90):
-// 1-16 key ranges against the reference at a full cache (the prefix out of order, as a wrapped ring) and at fill
-// levels with a partial last key tile; a CUDA graph captured and replayed at one fill level (the work list is
-// written on the device, the key count is fixed at capture: a session recaptures when it changes); a slot list
-// that is not the cache's prefix runs ours, and says so. Then auto: attention_prepare times its ranges beside
-// ours and the op runs the recorded choice. Skipped, and said, without it built in or on a GPU other than sm_90.
+// FlashInfer's Hopper attention (ops/attention_cuda_flashinfer_sm90.cu), forced: 1-16 key ranges, fill levels
+// with a partial last key tile, the fallback (sweep_forced_engine); a CUDA graph captured and replayed at one fill
+// level (the work list is written on the device, the key count fixed at capture: a session recaptures when it
+// changes); then auto, on a shape no other test prepared (choices are kept per shape). Skipped, and said, without
+// it built in or on a GPU other than sm_90.
 static void test_attention_flashinfer_sm90(cudaStream_t stream, DevState& st) {
   if (!cuda_build_info().flashinfer_sm90) {
     std::printf("  FlashInfer sm90 attention: skipped (not built: CMake -DNFD_RT_FLASHINFER=ON with 90a)\n");
@@ -392,73 +424,22 @@ static void test_attention_flashinfer_sm90(cudaStream_t stream, DevState& st) {
                 prop.minor);
     return;
   }
-  set_env("NFD_RT_ATTENTION", "flashinfer-sm90");
-  const int H = 4, N = 336, hd = 64, slots = 9;
-  auto q = randn(size_t(H) * N * hd), k = randn(size_t(slots) * N * H * hd), v = randn(size_t(slots) * N * H * hd);
-  DevT dq({H, N, hd}, DType::bf16, q), dk({slots, N, H, hd}, DType::bf16, k), dv({slots, N, H, hd}, DType::bf16, v);
-  DevT out({N, H * hd}, DType::bf16);
+  AttnProblem p(4, 336, 9);
   Context ctx = make_ctx(stream, st);
-  auto ran = [] {
-    for (auto& kv : kernels_used())
-      if (kv.first == "attention bf16 hd64") return kv.second;
-    return std::string();
-  };
-  std::vector<int> all(slots);
-  for (int i = 0; i < slots; ++i) all[size_t(i)] = (i + 3) % slots;
-  for (const char* splits : {"1", "2", "4", "5", "8", "16"}) {
-    set_env("NFD_RT_ATTENTION_SPLITS", splits);
-    for (const std::vector<int>& vis : {all, std::vector<int>{1, 0}, std::vector<int>{0}}) {
-      st.set(int(vis.size()), vis.back(), vis);
-      out.poison();
-      clear_kernels_used();
-      ops::attention(ctx, dq.t, dk.t, dv.t, out.t);
-      const std::string name = std::string("flashinfer-sm90 attention, ") + splits + " ranges asked, " +
-                               std::to_string(vis.size()) + " of " + std::to_string(slots) + " slots";
-      check_close(name, out.download(), attention_ref(q, k, v, H, N, hd, slots, vis), tol_of(DType::bf16));
-      report(name + ": it ran", ran().rfind("flashinfer-sm90", 0) == 0, ran());
-    }
-  }
+  sweep_forced_engine(p, ctx, st, "flashinfer-sm90", {"1", "2", "4", "5", "8", "16"});
+  set_env("NFD_RT_ATTENTION", "flashinfer-sm90");
   set_env("NFD_RT_ATTENTION_SPLITS", "5");
-  st.set(slots, 0, all);
+  st.set(p.slots, p.all.back(), p.all);
   CudaGraph g;
-  g.capture(stream, [&] { ops::attention(ctx, dq.t, dk.t, dv.t, out.t); });
-  for (int replay = 0; replay < 2; ++replay) {
-    out.poison();
+  g.capture(stream, [&] { p.run(ctx); });
+  for (int replay = 1; replay <= 2; ++replay) {
+    p.out.poison();
     g.replay(stream);
-    check_close("flashinfer-sm90 attention in a CUDA graph, replay " + std::to_string(replay + 1), out.download(),
-                attention_ref(q, k, v, H, N, hd, slots, all), tol_of(DType::bf16));
+    p.check("flashinfer-sm90 attention in a CUDA graph, replay " + std::to_string(replay), p.all);
   }
-  st.set(3, 4, {0, 4, 2});
-  clear_kernels_used();
-  ops::attention(ctx, dq.t, dk.t, dv.t, out.t);
-  check_close("flashinfer-sm90 requested, slots not the prefix: ours", out.download(),
-              attention_ref(q, k, v, H, N, hd, slots, {0, 4, 2}), tol_of(DType::bf16));
-  report("flashinfer-sm90 requested, slots not the prefix: ours ran and says why",
-         ran().rfind("ours", 0) == 0 && ran().find("not the cache's prefix") != std::string::npos, ran());
   set_env("NFD_RT_ATTENTION_SPLITS", nullptr);
-  set_env("NFD_RT_ATTENTION", nullptr);  // auto
-  const int slots2 = 8;                   // a shape no other test prepared (choices are kept per shape)
-  const std::vector<float> k2(k.begin(), k.begin() + long(slots2) * N * H * hd);
-  const std::vector<float> v2(v.begin(), v.begin() + long(slots2) * N * H * hd);
-  DevT dk2({slots2, N, H, hd}, DType::bf16, k2), dv2({slots2, N, H, hd}, DType::bf16, v2);
-  std::vector<int> all2(slots2);
-  for (int i = 0; i < slots2; ++i) all2[size_t(i)] = i;
-  st.set(slots2, slots2 - 1, all2);
-  clear_kernels_used();
-  ops::attention_prepare(ctx, dq.t, dk2.t, dv2.t, out.t);
-  ops::attention(ctx, dq.t, dk2.t, dv2.t, out.t);
-  std::string choice;
-  for (auto& kv : kernels_used())
-    if (kv.first.find("(choice)") != std::string::npos) choice = kv.second;
-  std::printf("  auto: %s\n  ran: %s\n", choice.c_str(), ran().c_str());
-  const bool fi_won = choice.find("-> flashinfer-sm90") != std::string::npos;
-  const bool cudnn_won = choice.find("-> cudnn") != std::string::npos;
-  report("attention_prepare timed flashinfer-sm90 beside ours; the op ran the choice",
-         choice.find("flashinfer-sm90 1 ranges") != std::string::npos &&
-             ran().rfind(fi_won ? "flashinfer-sm90" : cudnn_won ? "cudnn" : "ours", 0) == 0,
-         choice);
-  check_close("auto after attention_prepare (flashinfer-sm90 timed)", out.download(),
-              attention_ref(q, k2, v2, H, N, hd, slots2, all2), tol_of(DType::bf16));
+  AttnProblem p8(4, 336, 8);
+  check_auto_choice(p8, ctx, st, "flashinfer-sm90", "flashinfer-sm90 1 ranges");
 }
 
 // A direct convolution in double: out[o, y, x] = bias[o] + sum over c, r, s of
