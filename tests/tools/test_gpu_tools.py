@@ -52,15 +52,16 @@ def test_carried_pins_satisfy_the_build_requirements():
 
 @pytest.fixture(scope="module")
 def clean_carry(tmp_path_factory):
-    """prepare_carry.sh run once in a fresh virtual environment with none of the packages: (python, carry dir)."""
+    """prepare_carry.sh --flashinfer (the recommended GPU run) once in a fresh virtual environment with none of the
+    packages: (python, carry dir)."""
     tmp_path = tmp_path_factory.mktemp("carry")
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     py = str(env_dir / "bin" / "python")
     carry = tmp_path / "carry"
     env = {**os.environ, "PYTHON": py, "CARRY_DIR": str(carry), "PIP_DEFAULT_TIMEOUT": "20", "PIP_RETRIES": "1"}
-    r = subprocess.run(["bash", str(GPU_TOOLS / "prepare_carry.sh")], env=env, capture_output=True, text=True,
-                       timeout=900)
+    r = subprocess.run(["bash", str(GPU_TOOLS / "prepare_carry.sh"), "--flashinfer"], env=env, capture_output=True,
+                       text=True, timeout=900)
     if r.returncode != 0 and UNREACHABLE.search(r.stdout + r.stderr):
         pytest.skip(f"the package registry is unreachable: {UNREACHABLE.search(r.stdout + r.stderr).group(0)}")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
@@ -70,11 +71,17 @@ def clean_carry(tmp_path_factory):
 def test_prepare_carry_works_from_a_clean_environment(clean_carry):
     """The script in a fresh virtual environment with none of the packages: one wheel per pin, and those wheels,
     installed offline as run.sh's `wheels` step does, give the headers and library the CMake build looks up; the
-    cuDNN attention headers come as one archive with the three folders run.sh passes to CMake."""
+    cuDNN attention headers come as one archive with the three folders run.sh passes to CMake, FlashInfer's as
+    another (its headers, CCCL, CUTLASS and cuRAND's headers)."""
     py, carry = clean_carry
     with tarfile.open(carry / "cudnn-headers.tgz") as t:
         names = set(t.getnames())
     assert {"frontend/include/cudnn_frontend.h", "cudnn/cudnn.h", "nvrtc/nvrtc.h"} <= names, sorted(names)[:20]
+    with tarfile.open(carry / "flashinfer-data.tgz") as t:
+        names = set(t.getnames())
+    assert {"include/flashinfer/attention/hopper/prefill_sm90.cuh", "include/flashinfer/attention/prefill.cuh",
+            "cutlass/include/cute/tensor.hpp", "cutlass/tools/util/include/cutlass/util/command_line.h",
+            "curand/include/curand.h", "cccl/libcudacxx/include/cuda/std/cstdint"} <= names, sorted(names)[:20]
     wheels = sorted(p.name for p in (carry / "wheels").glob("*.whl"))
     assert len(wheels) == len(carry_pins()), wheels
     for pin in carry_pins():
@@ -95,11 +102,12 @@ def test_prepare_carry_works_from_a_clean_environment(clean_carry):
 
 @pytest.mark.skipif(shutil.which("nvcc") is None or shutil.which("cmake") is None or shutil.which("ninja") is None,
                     reason="needs nvcc, cmake and ninja")
-def test_cudnn_engines_compile_against_the_carried_headers(clean_carry, tmp_path):
-    """What run.sh builds on the GPU machine: CMake configured with the carried cuDNN headers (NFD_RT_CUDNN=ON)
-    compiles the cuDNN engines (attention, convolution, the shared loader) and the ops that call them (sm_90 only,
-    those objects). The pip build does not find these headers, so without this test the cuDNN code would never be
-    compiled in CI."""
+def test_vendor_engines_compile_against_the_carried_headers(clean_carry, tmp_path):
+    """What run.sh builds on the GPU machine: CMake configured with the carried cuDNN and FlashInfer headers
+    (NFD_RT_CUDNN=ON, NFD_RT_FLASHINFER=ON, sm_90) compiles the cuDNN engines (attention, convolution, the shared
+    loader), FlashInfer's attention and its Hopper attention (sm_90a), and the ops that call them (those objects
+    only; two cores keep busy beside cuDNN's long unit). The pip build finds none of these headers, so without this
+    test that code would never be compiled in CI."""
     for mod in ("nlohmann_json", "scipy_openblas32", "cutlass_library"):
         if importlib.util.find_spec(mod) is None:
             pytest.skip(f"the build requirement {mod} is not installed here")
@@ -110,15 +118,23 @@ def test_cudnn_engines_compile_against_the_carried_headers(clean_carry, tmp_path
         t.extractall(headers, filter="data")
     build = tmp_path / "build"
     include = ";".join(str(headers / d) for d in ("frontend/include", "cudnn", "nvrtc"))
+    flashinfer = tmp_path / "flashinfer-data"
+    flashinfer.mkdir()
+    with tarfile.open(carry / "flashinfer-data.tgz") as t:
+        t.extractall(flashinfer, filter="data")
     r = subprocess.run(["cmake", "-S", str(REPO), "-B", str(build), "-G", "Ninja", "-DNFD_RT_CUDA=ON",
                         "-DNFD_RT_CUDA_ARCHITECTURES=90", "-DNFD_RT_CUDNN=ON", f"-DNFD_RT_CUDNN_INCLUDE={include}",
+                        "-DNFD_RT_FLASHINFER=ON", f"-DNFD_RT_FLASHINFER_DIR={flashinfer}",
+                        f"-DNFD_RT_CURAND_INCLUDE={flashinfer / 'curand' / 'include'}",
                         "-DNFD_RT_CUBLASLT=OFF", "-DNFD_RT_PYTHON=OFF", "-DNFD_RT_BUILD_TESTS=OFF",
                         f"-DPython_EXECUTABLE={sys.executable}"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "nfd_rt: cuDNN engines ON" in r.stdout, r.stdout[-3000:]
+    for on in ("nfd_rt: cuDNN engines ON", "nfd_rt: FlashInfer attention ON", "nfd_rt: FlashInfer Hopper attention ON"):
+        assert on in r.stdout, r.stdout[-3000:]
     objects = [f"CMakeFiles/nfd_rt.dir/csrc/ops/{f}.o" for f in ("cudnn_library.cc", "cudnn_engines.cc",
                                                                  "attention_cuda.cu", "conv2d_cuda.cu",
-                                                                 "kernel_report.cc")]
+                                                                 "attention_cuda_flashinfer.cu", "kernel_report.cc")]
+    objects.append("CMakeFiles/nfd_flashinfer_sm90.dir/csrc/ops/attention_cuda_flashinfer_sm90.cu.o")
     r = subprocess.run(["ninja", "-C", str(build), "-j2", *objects], capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     assert all((build / o).stat().st_size > 0 for o in objects)
