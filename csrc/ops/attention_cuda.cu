@@ -572,7 +572,10 @@ void prepare_variants(AttnArgs a, const ShapeKey& key, const std::string& name, 
 #endif
   const int64_t full_keys = int64_t(full.num_visible) * a.N;
 #ifdef NFD_RT_WITH_FLASHINFER_SM90
-  if ((impl == Impl::automatic || impl == Impl::flashinfer_sm90) && fi90_takes(q, k_cache, v_cache, out)) {
+  // NFD_RT_FLASHINFER_SM90=off leaves it out of auto's choice (the GPU run's fallback and bisection).
+  const bool fi90_timed = impl == Impl::flashinfer_sm90 ||
+                          (impl == Impl::automatic && switch_on("NFD_RT_FLASHINFER_SM90"));
+  if (fi90_timed && fi90_takes(q, k_cache, v_cache, out)) {
     // 1 .. 16 key ranges, and the count that gives every SM one work item; each as many as it really makes.
     const int per_range = a.H * ((a.N + tile::fi90::kCtaQ - 1) / tile::fi90::kCtaQ);
     std::vector<int> made;

@@ -578,6 +578,7 @@ static void test_rope_graph(cudaStream_t stream, DevState& st) {
 }
 
 int main() {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   int ndev = 0;
   if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
     std::printf("no CUDA device: skipped\n");
@@ -595,11 +596,12 @@ int main() {
       {"linear_prepare", [&] { test_linear_prepare(stream, st); }},
       {"attention graph", [&] { test_attention_graph(stream, st); }},
       {"cudnn attention", [&] { test_attention_cudnn(stream, st); }},
-      {"flashinfer sm90 attention", [&] { test_attention_flashinfer_sm90(stream, st); }},
       {"cudnn convolution", [&] { test_conv_cudnn(stream, st); }},
       {"rope graph", [&] { test_rope_graph(stream, st); }},
+      {"flashinfer sm90 attention", [&] { test_attention_flashinfer_sm90(stream, st); }},  // last: never run yet
   };
   for (auto& g : groups) {
+    std::printf("== %s\n", g.first);  // line-buffered: a run killed inside a group shows which (tools/gpu/run.sh)
     try {
       g.second();
     } catch (const std::exception& e) {

@@ -182,12 +182,13 @@ def run_dry(tmp_path, **env) -> tuple[dict, str]:
 
 @pytest.mark.slow
 def test_run_sh_dry_run_puts_the_headline_first_and_falls_back(tmp_path):
-    """A dry run (no GPU, the installed nfd_rt, tiny) in which one new path is reported broken (the test hook
-    NFD_RT_DRY_BREAK): the headline fails, re-runs at once with every new path off, the bisection names the
-    path, the later steps run with it off, and the figure of record comes back in fps.json with the baselines
-    merged in. At most the 4 files the device tool returns."""
+    """A dry run (no GPU, the installed nfd_rt, tiny) in which the headline's first run hangs (the test hook
+    NFD_RT_DRY_HANG) and one new path is reported broken (NFD_RT_DRY_BREAK): the hung run is stopped at its share
+    of the headline's time, the headline re-runs at once with every new path off, the bisection names the path,
+    the later steps run with it off, and the figure of record comes back in fps.json with the baselines merged
+    in. At most the 4 files the device tool returns."""
     summary, log = run_dry(tmp_path, STEPS="probe,build,op_tests,headline,baselines,pytest",
-                           NFD_RT_DRY_BREAK="NFD_RT_ROPE_GROUP")
+                           NFD_RT_DRY_BREAK="NFD_RT_ROPE_GROUP", NFD_RT_DRY_HANG="1", HEADLINE_FIRST_SHARE="0.05")
     order = [s["step"] for s in summary["steps"]]
     assert order == ["probe", "build", "op_tests", "headline", "baselines", "pytest"]
     status = {s["step"]: s["status"] for s in summary["steps"]}
@@ -208,6 +209,7 @@ def test_run_sh_dry_run_puts_the_headline_first_and_falls_back(tmp_path):
     headline = json.loads(subprocess.run(["tar", "-xzOf", str(out / "results.tar.gz"), "./headline.json"],
                                          capture_output=True, check=True).stdout)
     assert [r["ok"] for r in headline["runs"]] == [False, True]
+    assert headline["runs"][0]["rc"] == 124 and headline["runs"][0]["seconds"] < 30, headline["runs"][0]
     bisect_runs = {r["run"].split(" ")[0]: r["ok"] for r in headline["bisect"]["runs"]}
     assert bisect_runs.pop("NFD_RT_ROPE_GROUP") is False and all(bisect_runs.values()), headline["bisect"]
 

@@ -7,9 +7,9 @@ tools that use the list: the fallback run and the bisection of tools/gpu/run.sh.
 
     python tools/gpu/new_paths.py headline --out fps.json --work DIR -- FPS_PY_ARGS...   # run.sh's figure of record
 
-`headline` runs benchmarks/fps.py with the given arguments and checks its JSON; if the run fails or its first
-frame does not match eager's, it re-runs at once with every new path off, checks again, and (if that passes and
-time is left) bisects to name the path that broke. It writes `DIR/working_env.sh`: the exports that the rest of a
+`headline` runs benchmarks/fps.py with the given arguments and checks its JSON; if the run fails, hangs (it may
+take 60% of the time, --first-share) or its first frame does not match eager's, it re-runs at once with every new
+path off, checks again, and (if that passes and time is left) bisects to name the path that broke. It writes `DIR/working_env.sh`: the exports that the rest of a
 GPU run should use (every broken path off; all paths off when the culprit is unknown), and `DIR/headline.json`.
 
 `bisect` runs one short rollout per configuration, each in its own process (a kernel that faults can poison the
@@ -29,8 +29,9 @@ import time
 
 # switch: (value that turns the new path off, what the new path is). Unset = the new path (the default).
 NEW_PATHS = {
-    "NFD_RT_ATTENTION": ("ours", "attention: cuDNN's fused SDPA over 1-16 key batches and FlashInfer's Hopper "
-                                 "attention over 1-16 key ranges (timed against ours at open)"),
+    "NFD_RT_ATTENTION": ("ours", "attention: cuDNN's fused SDPA over 1-16 key batches (timed against ours at open)"),
+    "NFD_RT_FLASHINFER_SM90": ("off", "attention: FlashInfer's Hopper attention (TMA + wgmma) over 1-16 key ranges "
+                                      "(timed against ours and cuDNN at open; builds with FlashInfer only)"),
     "NFD_RT_CONV": ("im2col", "VAE convolutions as CUTLASS NHWC implicit GEMMs or cuDNN (timed at open)"),
     "NFD_RT_ATTENTION_ROWS": ("64", "attention: 128 query rows per CTA (timed against 64 at open)"),
     "NFD_RT_ATTENTION_KEYS": ("64", "attention: FlashAttention-2's 64 x 128 tile at head_dim 64 (timed at open)"),
@@ -54,7 +55,8 @@ def env_off() -> dict[str, str]:
 
 def simulated_break() -> str | None:
     """A test hook for the fallback without a GPU: NFD_RT_DRY_BREAK=<switch> makes `check` and the bisection's
-    runs fail while that switch's new path is on, as a broken kernel would."""
+    runs fail while that switch's new path is on, as a broken kernel would. (NFD_RT_DRY_HANG=1 makes the
+    headline's first run hang, as a kernel that never finishes would: it is stopped at --first-share.)"""
     name = os.environ.get("NFD_RT_DRY_BREAK")
     if not name:
         return None
@@ -183,11 +185,15 @@ def headline(args, fps_args: list[str]) -> int:
     fps_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "benchmarks", "fps.py")
     report: dict = {"fps_args": fps_args, "runs": []}
 
-    def run_fps(label: str, env: dict, out: str) -> bool:
-        left = deadline - time.monotonic()
+    def run_fps(label: str, env: dict, out: str, share: float = 1.0) -> bool:
+        # share < 1: this run may take only that part of the time left, so a run that hangs (a kernel that never
+        # finishes) still leaves the fallback its time.
+        left = (deadline - time.monotonic()) * share
         child = {**{k: v for k, v in os.environ.items() if k not in NEW_PATHS}, **env}
         cmd = [sys.executable, fps_py, "--config", args.config, "--device", args.device, "--dtype", args.dtype,
                *fps_args, "--out", out, "--overwrite"]
+        if share < 1.0 and os.environ.get("NFD_RT_DRY_HANG") == "1":  # test hook: the first run never finishes
+            cmd = [sys.executable, "-c", "import time; time.sleep(3600)"]
         print(f"headline: {label}: {' '.join(cmd[1:])}", flush=True)
         t0 = time.perf_counter()
         try:
@@ -201,7 +207,7 @@ def headline(args, fps_args: list[str]) -> int:
         return ok
 
     working: dict[str, str] = {}
-    if run_fps("every new path on (the default)", {}, args.out):
+    if run_fps("every new path on (the default)", {}, args.out, share=args.first_share):
         report["result"] = "the new paths work"
     else:
         first = os.path.join(args.work, "fps_new_paths_on.json")
@@ -244,6 +250,9 @@ def main(argv=None) -> int:
     h.add_argument("--out", required=True, help="fps.py's JSON (the working run's)")
     h.add_argument("--work", required=True, help="folder for headline.json, working_env.sh and the failed run")
     h.add_argument("--seconds", type=float, default=240, help="time for all of it (default 240)")
+    h.add_argument("--first-share", type=float, default=0.6,
+                   help="part of --seconds the first run (every new path on) may take, the rest kept for the "
+                        "fallback (default 0.6)")
     h.add_argument("--bisect-min-seconds", type=float, default=30,
                    help="bisect only if this much time is left (default 30)")
     for name in ("bisect", "_worker", "headline"):
