@@ -7,6 +7,7 @@
 #   tools/ci/sanitize.sh                 # from the repository root
 #   FUZZ_RUNS=20000 tools/ci/sanitize.sh
 #   PYTEST_ARGS="--deselect tests/x.py::test_y" tools/ci/sanitize.sh
+#   BUILD_ONLY=1 tools/ci/sanitize.sh    # the build alone (.ci/run starts it in the background beside the tests)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -20,6 +21,7 @@ JOBS=${JOBS:-2}
 cmake -S . -B "$BUILD" -G Ninja -DNFD_RT_SANITIZE=ON -DNFD_RT_MULTIVERSION=OFF -DNFD_RT_CUDA=OFF -DNFD_RT_BLAS=WHEEL -DCMAKE_BUILD_TYPE=RelWithDebInfo \
       "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1 -DNDEBUG" -DNFD_RT_BUILD_TESTS=OFF -DPython_EXECUTABLE="$PY"
 cmake --build "$BUILD" -j"$JOBS"
+if [ "${BUILD_ONLY:-0}" = 1 ]; then echo "sanitize: built $BUILD"; exit 0; fi
 
 # A private copy of the Python package with the sanitized extension (never touches python/nfd_rt).
 PKG="$BUILD/py"

@@ -1,0 +1,128 @@
+"""The GPU run's vendor build, checked without a GPU (tests/tools/test_gpu_tools.py): prepare_carry.sh --flashinfer
+from a clean virtual environment, then the carried cuDNN and FlashInfer headers configured and the objects that
+use them compiled (sm_90, FlashInfer's Hopper unit for sm_90a). Several minutes of compiling on 2 cores, so CI
+starts it in the background before the tests, at the lowest priority (it takes the cores the tests leave idle):
+
+    nice -n 19 python tests/tools/vendor_build.py --out DIR &     # .ci/run
+    NFD_RT_PREBUILT_VENDOR=DIR pytest                             # the tests read DIR/carry.json, DIR/build.json
+
+Without NFD_RT_PREBUILT_VENDOR the tests call make_carry and build_objects themselves.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import venv
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+GPU_TOOLS = REPO / "tools" / "gpu"
+# What pip prints when it cannot reach a package index (no network, DNS, proxy): a skip, not a failure.
+UNREACHABLE = re.compile(r"NewConnectionError|Temporary failure in name resolution|Max retries exceeded|"
+                         r"Network is unreachable|No route to host|ConnectTimeout|Read timed out|ProxyError")
+# The objects compiled against the vendor headers: the engines and the ops that call them.
+OBJECTS = [f"CMakeFiles/nfd_rt.dir/csrc/ops/{f}.o" for f in ("cudnn_library.cc", "cudnn_engines.cc", "attention_cuda.cu",
+                                                             "conv2d_cuda.cu", "attention_cuda_flashinfer.cu",
+                                                             "kernel_report.cc")] + \
+          ["CMakeFiles/nfd_flashinfer_sm90.dir/csrc/ops/attention_cuda_flashinfer_sm90.cu.o"]
+
+
+def make_carry(work: Path) -> dict:
+    """prepare_carry.sh --flashinfer in a fresh virtual environment with none of the packages. Returns
+    {"python", "carry", "rc", "output", "unreachable"} (unreachable: what pip said, when the registry was)."""
+    work.mkdir(parents=True, exist_ok=True)
+    env_dir = work / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    py = str(env_dir / "bin" / "python")
+    carry = work / "carry"
+    env = {**os.environ, "PYTHON": py, "CARRY_DIR": str(carry), "PIP_DEFAULT_TIMEOUT": "20", "PIP_RETRIES": "1"}
+    r = subprocess.run(["bash", str(GPU_TOOLS / "prepare_carry.sh"), "--flashinfer"], env=env, capture_output=True,
+                       text=True, timeout=900)
+    out = r.stdout + r.stderr
+    hit = UNREACHABLE.search(out) if r.returncode != 0 else None
+    return {"python": py, "carry": str(carry), "rc": r.returncode, "output": out[-4000:],
+            "unreachable": hit.group(0) if hit else None}
+
+
+def build_objects(carry: Path, work: Path, jobs: int = 2) -> dict:
+    """Configures CMake with the carry's cuDNN and FlashInfer headers (as tools/gpu/run.sh does) and compiles
+    OBJECTS. Returns {"skip"} (a reason) when this machine lacks the tools or build requirements, else
+    {"configure_rc", "configure_output", "build_rc", "build_output", "empty"} (empty: objects missing or empty)."""
+    missing = [t for t in ("nvcc", "cmake", "ninja") if shutil.which(t) is None]
+    if missing:
+        return {"skip": f"needs {', '.join(missing)}"}
+    for mod in ("nlohmann_json", "scipy_openblas32", "cutlass_library"):
+        if importlib.util.find_spec(mod) is None:
+            return {"skip": f"the build requirement {mod} is not installed here"}
+    headers, flashinfer, build = work / "cudnn-headers", work / "flashinfer-data", work / "build"
+    for archive, into in (("cudnn-headers.tgz", headers), ("flashinfer-data.tgz", flashinfer)):
+        into.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(carry / archive) as t:
+            t.extractall(into, filter="data")
+    include = ";".join(str(headers / d) for d in ("frontend/include", "cudnn", "nvrtc"))
+    r = subprocess.run(["cmake", "-S", str(REPO), "-B", str(build), "-G", "Ninja", "-DNFD_RT_CUDA=ON",
+                        "-DNFD_RT_CUDA_ARCHITECTURES=90", "-DNFD_RT_CUDNN=ON", f"-DNFD_RT_CUDNN_INCLUDE={include}",
+                        "-DNFD_RT_FLASHINFER=ON", f"-DNFD_RT_FLASHINFER_DIR={flashinfer}",
+                        f"-DNFD_RT_CURAND_INCLUDE={flashinfer / 'curand' / 'include'}",
+                        "-DNFD_RT_CUBLASLT=OFF", "-DNFD_RT_PYTHON=OFF", "-DNFD_RT_BUILD_TESTS=OFF",
+                        f"-DPython_EXECUTABLE={sys.executable}"], capture_output=True, text=True, timeout=600)
+    said = "\n".join(ln for ln in r.stdout.splitlines() if "nfd_rt:" in ln)  # what was found and built, in full
+    result = {"configure_rc": r.returncode, "configure_output": said + "\n...\n" + r.stdout[-3000:] + r.stderr[-3000:]}
+    if r.returncode != 0:
+        return result
+    r = subprocess.run(["ninja", "-C", str(build), f"-j{jobs}", *OBJECTS], capture_output=True, text=True,
+                       timeout=2400)
+    result.update(build_rc=r.returncode, build_output=r.stdout[-4000:] + r.stderr[-4000:],
+                  empty=[o for o in OBJECTS if not (build / o).exists() or (build / o).stat().st_size == 0])
+    return result
+
+
+def _write(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)  # readers never see half a file
+
+
+def prebuilt(name: str, timeout: float = 2400) -> dict | None:
+    """With NFD_RT_PREBUILT_VENDOR=DIR: waits for DIR/name (carry.json or build.json) from the background run and
+    returns it; None without the variable. Fails if the background run died without writing it."""
+    where = os.environ.get("NFD_RT_PREBUILT_VENDOR")
+    if not where:
+        return None
+    path, log, t0 = Path(where) / name, Path(where) / "log", time.monotonic()
+    while not path.exists():
+        done = Path(where) / "exit"
+        if done.exists() or time.monotonic() - t0 > timeout:
+            tail = log.read_text()[-3000:] if log.exists() else "(no log)"
+            raise AssertionError(f"the background vendor build ({where}) wrote no {name}:\n{tail}")
+        time.sleep(2)
+    return json.loads(path.read_text())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="folder for carry.json, build.json and the work")
+    p.add_argument("--jobs", type=int, default=2, help="ninja jobs (default 2)")
+    args = p.parse_args(argv)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        carry = make_carry(out / "carry-work")
+        _write(out / "carry.json", carry)
+        if carry["rc"] == 0:
+            _write(out / "build.json", build_objects(Path(carry["carry"]), out / "build-work", args.jobs))
+    finally:
+        (out / "exit").touch()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
