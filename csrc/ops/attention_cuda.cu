@@ -204,12 +204,20 @@ MmaChoice mma_choice(int hd, const ShapeKey& key) {
   return c;
 }
 
+// The merge of `splits` partials into out [N, H * hd] (attention_combine_kernel: one warp per (head, token)).
+template <typename T, typename P, typename Lse, typename Rows>
+void merge_splits(const P* o, Lse lse, Rows rows, void* out, int N, int H, int hd, int splits, cudaStream_t s,
+                  const char* what) {
+  const int64_t threads = int64_t(N) * H * 32;
+  attention_combine_kernel<<<cudaops::grid_1d(threads, 256), 256, 0, s>>>(o, lse, rows, static_cast<T*>(out), N, H,
+                                                                         hd, splits);
+  cudaops::check_launch(what);
+}
+
 template <typename T>
 void combine(const AttnArgs& a, int hd, cudaStream_t s) {
-  const int64_t threads = int64_t(a.N) * a.H * 32;
-  attention_combine_kernel<<<cudaops::grid_1d(threads, 256), 256, 0, s>>>(
-      a.part.o, PartialsLse{a.part.lse}, HeadMajorRows{a.N, a.H}, static_cast<T*>(a.out), a.N, a.H, hd, a.splits);
-  cudaops::check_launch("attention (combine)");
+  merge_splits<T>(a.part.o, PartialsLse{a.part.lse}, HeadMajorRows{a.N, a.H}, a.out, a.N, a.H, hd, a.splits, s,
+                  "attention (combine)");
 }
 
 // Runs the kernel with splits partials in stream-ordered scratch (graph-capturable), then the merge.
@@ -293,15 +301,18 @@ std::string run_typed(const AttnArgs& a, int hd, bool mma, cudaStream_t s) {
 // at open). It reads the keys as the caches' first rows, so it runs only where the host sees the visible slots are
 // the cache's prefix (ctx.host_state); the key batches' lengths come from the device FrameState, so a captured
 // graph serves every fill level of that prefix.
-#ifdef NFD_RT_WITH_CUDNN
-constexpr int kMaxCudnnSplits = 16;  // the scratch bound (ops/scratch_bound.cc) assumes at most this many
-
-// The split the shape's attention_prepare chose (0: ours was faster, or never prepared).
-int cudnn_chosen_splits(const ShapeKey& key) {
+#if defined(NFD_RT_WITH_CUDNN) || defined(NFD_RT_WITH_FLASHINFER_SM90)
+// The splits of a vendor engine (field: &MmaChoice::cudnn_splits or fi90_splits) the shape's attention_prepare
+// chose (0: another was faster, or never prepared).
+int chosen_splits(const ShapeKey& key, int MmaChoice::*field) {
   std::lock_guard<std::mutex> lock(g_choice_mu);
   auto it = mma_choices().find(key);
-  return it == mma_choices().end() ? 0 : it->second.cudnn_splits;
+  return it == mma_choices().end() ? 0 : it->second.*field;
 }
+#endif
+
+#ifdef NFD_RT_WITH_CUDNN
+constexpr int kMaxCudnnSplits = 16;  // the scratch bound (ops/scratch_bound.cc) assumes at most this many
 
 __global__ void sdpa_lengths_kernel(const FrameState* state, tile::sdpa::KeySplit split, int N, int32_t* len_q,
                                     int32_t* len_kv) {
@@ -345,7 +356,7 @@ bool cudnn_takes(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, 
 int cudnn_splits_for(Impl impl, const ShapeKey& key, int N, int H, int64_t keys) {
   if (impl == Impl::cudnn && std::getenv("NFD_RT_ATTENTION_SPLITS"))
     return std::min(kMaxCudnnSplits, pick_splits(1, 1, keys));  // pick_splits parses and checks the override
-  if (const int chosen = cudnn_chosen_splits(key)) return chosen;
+  if (const int chosen = chosen_splits(key, &MmaChoice::cudnn_splits)) return chosen;
   if (impl != Impl::cudnn) return 0;
   const int base = ((N + 127) / 128) * H;
   return std::max(1, std::min<int>({kMaxCudnnSplits, int(std::min<int64_t>(keys, 1 << 20)),
@@ -378,13 +389,9 @@ std::string run_cudnn(const cudnn_sdpa::Problem& p, const cudnn_sdpa::Plan& plan
   ptr.stats = stats.get<float>();
   ptr.seq_len_q = len_q.get<int32_t>(), ptr.seq_len_kv = len_kv.get<int32_t>();
   cudnn_sdpa::run(plan, ptr, workspace.get<void>(), s);
-  if (S > 1) {
-    const int64_t threads = int64_t(p.N) * p.H * 32;
-    attention_combine_kernel<<<cudaops::grid_1d(threads, 256), 256, 0, s>>>(
-        part.get<T>(), CudnnLse{stats.get<float>(), len_kv.get<int32_t>()}, HeadMajorRows{p.N, p.H},
-        static_cast<T*>(out.data), p.N, p.H, p.hd, S);
-    cudaops::check_launch("attention (cuDNN key batch merge)");
-  }
+  if (S > 1)
+    merge_splits<T>(part.get<T>(), CudnnLse{stats.get<float>(), len_kv.get<int32_t>()}, HeadMajorRows{p.N, p.H},
+                    out.data, p.N, p.H, p.hd, S, s, "attention (cuDNN key batch merge)");
   return "cudnn: fused SDPA, " + std::to_string(S) + " key batch" + (S > 1 ? "es" : "");
 }
 
@@ -399,11 +406,10 @@ std::string run_cudnn_typed(const cudnn_sdpa::Problem& p, const cudnn_sdpa::Plan
 #ifdef NFD_RT_WITH_FLASHINFER_SM90
 constexpr int kMaxFi90Splits = 16;  // the scratch bound (ops/scratch_bound.cc) assumes at most this many
 
-// The key ranges of FlashInfer's Hopper attention for a shape (0: not chosen, or never prepared).
-int fi90_chosen_splits(const ShapeKey& key) {
-  std::lock_guard<std::mutex> lock(g_choice_mu);
-  auto it = mma_choices().find(key);
-  return it == mma_choices().end() ? 0 : it->second.fi90_splits;
+// The key ranges that give every SM one work item (at most kMaxFi90Splits).
+int fi90_one_item_per_sm(int N, int H) {
+  const int per_range = H * ((N + tile::fi90::kCtaQ - 1) / tile::fi90::kCtaQ);
+  return std::max(1, std::min(kMaxFi90Splits, (sm_count() + per_range - 1) / per_range));
 }
 
 // Its kernels are built for sm_90a alone (they run on compute capability 9.0 only).
@@ -435,10 +441,8 @@ bool fi90_takes(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, c
 int fi90_splits_for(Impl impl, const ShapeKey& key, int N, int H, int64_t keys) {
   if (impl == Impl::flashinfer_sm90 && std::getenv("NFD_RT_ATTENTION_SPLITS"))
     return std::min(kMaxFi90Splits, pick_splits(1, 1, keys));
-  if (const int chosen = fi90_chosen_splits(key)) return chosen;
-  if (impl != Impl::flashinfer_sm90) return 0;
-  const int per_range = H * ((N + tile::fi90::kCtaQ - 1) / tile::fi90::kCtaQ);
-  return std::max(1, std::min(kMaxFi90Splits, (sm_count() + per_range - 1) / per_range));
+  if (const int chosen = chosen_splits(key, &MmaChoice::fi90_splits)) return chosen;
+  return impl == Impl::flashinfer_sm90 ? fi90_one_item_per_sm(N, H) : 0;
 }
 
 // One call over the first kv_len rows of the caches: S copies of q, FlashInfer's kernel into partials, our merge
@@ -470,13 +474,9 @@ std::string run_fi90(const Tensor& q, const Tensor& k_cache, const Tensor& v_cac
   c.lse = S > 1 ? lse.get<float>() : nullptr;
   c.plan = plan.get<int32_t>();
   if (!cuda_detail::flashinfer_sm90_attention(c, s)) return "";
-  if (S > 1) {
-    const int64_t threads = int64_t(c.N) * c.H * 32;
-    attention_combine_kernel<<<cudaops::grid_1d(threads, 256), 256, 0, s>>>(
-        part.get<T>(), PartialsLse{lse.get<float>()}, TokenMajorRows{c.N, c.H}, static_cast<T*>(out.data), c.N,
-        c.H, c.hd, S);
-    cudaops::check_launch("attention (FlashInfer sm90 key range merge)");
-  }
+  if (S > 1)
+    merge_splits<T>(part.get<T>(), PartialsLse{lse.get<float>()}, TokenMajorRows{c.N, c.H}, out.data, c.N, c.H, c.hd,
+                    S, s, "attention (FlashInfer sm90 key range merge)");
   return "flashinfer-sm90: BatchPrefillWithRaggedKVCache (wgmma + TMA, persistent), " + std::to_string(S) +
          " key range" + (S > 1 ? "s of " + std::to_string(c.split.chunk) + " keys" : "");
 }
@@ -577,9 +577,8 @@ void prepare_variants(AttnArgs a, const ShapeKey& key, const std::string& name, 
                           (impl == Impl::automatic && switch_on("NFD_RT_FLASHINFER_SM90"));
   if (fi90_timed && fi90_takes(q, k_cache, v_cache, out)) {
     // 1 .. 16 key ranges, and the count that gives every SM one work item; each as many as it really makes.
-    const int per_range = a.H * ((a.N + tile::fi90::kCtaQ - 1) / tile::fi90::kCtaQ);
     std::vector<int> made;
-    for (int asked : {1, 2, 4, 8, 16, std::min(kMaxFi90Splits, (sm_count() + per_range - 1) / per_range)}) {
+    for (int asked : {1, 2, 4, 8, 16, fi90_one_item_per_sm(a.N, a.H)}) {
       const int splits = tile::fi90::ragged_split(full_keys, a.N, a.H, asked).splits;
       if (splits > 0 && std::find(made.begin(), made.end(), splits) == made.end()) {
         made.push_back(splits);

@@ -597,7 +597,8 @@ static void run_fi90_plan(int H, int Hkv, int N, int hd, int slots, int nv, int 
         for (double& x : sc) l += (x = std::exp((x - m) * scale));
         for (int d = 0; d < hd; ++d) {
           double acc = 0;
-          for (int j = 0; j < it.kv_len; ++j) acc += sc[size_t(j)] * v[size_t((it.kv_indptr + j) * st.kv_n + g * st.kv_h + d)];
+          for (int j = 0; j < it.kv_len; ++j)
+            acc += sc[size_t(j)] * v[size_t((it.kv_indptr + j) * st.kv_n + g * st.kv_h + d)];
           orow[d] = float(acc / l);
         }
         if (lrow) *lrow = float(m * scale * log2e + std::log2(l));  // FlashInfer's row_max * sm_scale_log2 + log2(sum)

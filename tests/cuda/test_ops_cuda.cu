@@ -322,12 +322,13 @@ struct AttnProblem {
     check_close(name, out.download(), attention_ref(q, k, v, H, N, hd, slots, vis), tol_of(DType::bf16));
   }
 };
-// What ran for the problem's op key, as kernels_used() says.
-static std::string attention_bf16_ran() {
+// What ran for an op key, as kernels_used() says ("" when nothing was recorded under it).
+static std::string kernel_ran(const std::string& key) {
   for (auto& kv : kernels_used())
-    if (kv.first == "attention bf16 hd64") return kv.second;
+    if (kv.first == key) return kv.second;
   return std::string();
 }
+static std::string attention_bf16_ran() { return kernel_ran("attention bf16 hd64"); }
 static std::string last_choice() {
   std::string choice;
   for (auto& kv : kernels_used())
@@ -377,7 +378,9 @@ static void check_auto_choice(AttnProblem& p, Context& ctx, DevState& st, const 
   std::printf("  auto: %s\n  ran: %s\n", choice.c_str(), ran.c_str());
   const size_t arrow = choice.find("-> ");
   const std::string kept = arrow == std::string::npos ? "" : choice.substr(arrow + 3);
-  const std::string want = kept.rfind("cudnn", 0) == 0 ? "cudnn" : kept.rfind("flashinfer-sm90", 0) == 0 ? "flashinfer-sm90" : "ours";
+  const std::string want = kept.rfind("cudnn", 0) == 0             ? "cudnn"
+                           : kept.rfind("flashinfer-sm90", 0) == 0 ? "flashinfer-sm90"
+                                                                   : "ours";
   report(std::string("attention_prepare timed ") + engine + " beside ours; the op ran the choice",
          choice.find(timed) != std::string::npos && ran.rfind(want, 0) == 0, choice);
   p.check(std::string("auto after attention_prepare (") + engine + " timed)", p.all);
@@ -478,11 +481,6 @@ static void test_conv_cudnn(cudaStream_t stream, DevState& st) {
     int Cin, Cout, H, W, k, stride, pad, up;
     bool residual;
   };
-  auto ran = [](const std::string& key) {
-    for (auto& kv : kernels_used())
-      if (kv.first == key) return kv.second;
-    return std::string();
-  };
   for (const char* mode : {"cudnn", "auto"}) {
     set_env("NFD_RT_CONV", mode);
     for (const Shape& sh : {Shape{64, 64, 24, 40, 3, 1, 1, 0, true}, Shape{64, 3, 20, 36, 3, 1, 1, 0, false},
@@ -512,14 +510,14 @@ static void test_conv_cudnn(cudaStream_t stream, DevState& st) {
       out.poison();
       call();
       check_close(name, out.download(), ref, tol_of(DType::bf16));
-      const std::string choice = ran(key + " (choice)");
+      const std::string choice = kernel_ran(key + " (choice)");
       if (std::string(mode) == "cudnn") {
-        report(name + ": cuDNN ran", ran(key).rfind("cudnn", 0) == 0, ran(key) + " | " + choice);
+        report(name + ": cuDNN ran", kernel_ran(key).rfind("cudnn", 0) == 0, kernel_ran(key) + " | " + choice);
       } else {
         const bool measured = choice.find("measured:") == 0 && choice.find("cutlass ") != std::string::npos;
         const std::string winner = choice.substr(choice.rfind("-> ") + 3);
-        report(name + ": timed at the first call, the choice ran", measured && ran(key).rfind(winner, 0) == 0,
-               choice + " | ran: " + ran(key));
+        report(name + ": timed at the first call, the choice ran", measured && kernel_ran(key).rfind(winner, 0) == 0,
+               choice + " | ran: " + kernel_ran(key));
       }
       CudaGraph g;
       g.capture(stream, call);
@@ -540,9 +538,10 @@ static void test_conv_cudnn(cudaStream_t stream, DevState& st) {
   g.replay(stream);
   check_close("auto, first met inside a capture", out.download(),
               conv_ref(x, w, b, nullptr, 24, 10, 14, 40, 3, 1, 1, 0), tol_of(DType::bf16));
-  const std::string choice = ran("conv2d bf16 24->40 k3 s1 (choice)");
+  const std::string choice = kernel_ran("conv2d bf16 24->40 k3 s1 (choice)");
   report("auto, first met inside a capture: CUTLASS, said so",
-         choice.find("not chosen") != std::string::npos && ran("conv2d bf16 24->40 k3 s1").rfind("cutlass", 0) == 0,
+         choice.find("not chosen") != std::string::npos &&
+             kernel_ran("conv2d bf16 24->40 k3 s1").rfind("cutlass", 0) == 0,
          choice);
 }
 
