@@ -104,6 +104,22 @@ def test_vendor_engines_compile_against_the_carried_headers(clean_carry, tmp_pat
     assert not r["empty"], f"objects missing or empty: {r['empty']}"
 
 
+def test_a_background_vendor_build_that_stops_names_why(tmp_path, monkeypatch):
+    """CI's background build (NFD_RT_PREBUILT_VENDOR): a step that raised (e.g. a CMake configure starved past its
+    limit at nice 19) fails the waiting test with the traceback, and one that ended without a result fails with
+    its log, never with an empty message or a wait to the limit."""
+    monkeypatch.setenv("NFD_RT_PREBUILT_VENDOR", str(tmp_path))
+    (tmp_path / "build.json").write_text(json.dumps({"error": "subprocess.TimeoutExpired: cmake timed out"}))
+    with pytest.raises(AssertionError, match="stopped on an error:\n.*TimeoutExpired"):
+        vendor_build.prebuilt("build.json")
+    (tmp_path / "log").write_text("prepare_carry.sh: no space left on device\n")
+    (tmp_path / "exit").touch()
+    with pytest.raises(AssertionError, match="ended without writing carry.json:\n.*no space left"):
+        vendor_build.prebuilt("carry.json", timeout=30)
+    (tmp_path / "carry.json").write_text(json.dumps({"rc": 0}))
+    assert vendor_build.prebuilt("carry.json") == {"rc": 0}
+
+
 def test_every_new_path_has_a_documented_switch():
     """new_paths.NEW_PATHS is the fallback's list: each switch is in docs/cuda-backend.md's table with its
     off value, and env-off turns every one off."""
