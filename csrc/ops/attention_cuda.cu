@@ -55,6 +55,7 @@
 #include "ops/attention_cuda_same_token.cuh"
 #include "ops/attention_cuda_simt.cuh"
 #include "ops/attention_math.h"
+#include "ops/choice_check_cuda.cuh"
 #include "ops/kernel_report.h"
 
 #ifdef NFD_RT_WITH_CUDNN
@@ -527,11 +528,72 @@ bool mma_takes(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, co
          (reinterpret_cast<uintptr_t>(out.data) & 3u) == 0;
 }
 
+// Checked choices (ops/choice_check_cuda.cuh) for attention: each candidate once on seeded q, K and V of the real
+// shapes, against the CUDA-core kernel (the plainest; it ran on the H200) on the same inputs. q is drawn at +-8, so
+// each query's softmax weight sits on some tens of keys: a wrong key or value row, or a dropped key tile, moves
+// outputs by 0.1-0.8, where a right kernel's bf16 rounding (P rounded before P V) moves them by ~0.002. Returns per
+// candidate "" or what it got wrong. When the check cannot run, or no candidate agrees (then the reference is the
+// suspect), every verdict is "" and *note says so: the choice is made by time alone, as before checks.
+template <typename T, int HD, typename Label, typename Run>
+std::vector<std::string> check_candidates(const AttnArgs& a, const std::vector<MmaChoice>& candidates, Label label_of,
+                                          Run run_candidate, const Tensor& q, const Tensor& k_cache,
+                                          const Tensor& v_cache, const Tensor& out, cudaStream_t s,
+                                          std::string* note) {
+  constexpr float kTol = 0.02f;
+  std::vector<std::string> wrong(candidates.size());
+  if (!cudaops::choice_check_on()) return wrong;
+  try {
+    using cudaops::Scratch;
+    Scratch qm(q.bytes(), s), km(k_cache.bytes(), s), vm(v_cache.bytes(), s), refm(out.bytes(), s),
+        gotm(out.bytes(), s);
+    auto on = [](const Tensor& t, const Scratch& m) {
+      Tensor v = t;
+      v.data = m.get<void>();
+      return v;
+    };
+    const Tensor cq = on(q, qm), ck = on(k_cache, km), cv = on(v_cache, vm), ref = on(out, refm);
+    Tensor got = on(out, gotm);
+    cudaops::fill_uniform(cq.ptr<T>(), cq.numel(), 1, 8.f, s);
+    cudaops::fill_uniform(ck.ptr<T>(), ck.numel(), 2, 1.f, s);
+    cudaops::fill_uniform(cv.ptr<T>(), cv.numel(), 3, 1.f, s);
+    AttnArgs r = a;
+    r.q = cq.data, r.k = ck.data, r.v = cv.data, r.out = ref.data;
+    run_simt<T, HD>(r, s);
+    int right = 0;
+    for (size_t i = 0; i < candidates.size(); ++i) {
+      try {
+        // All ones is a NaN in bf16 and fp16: a candidate that writes nothing fails.
+        cudaops::check(cudaMemsetAsync(got.data, 0xff, got.bytes(), s), "cudaMemsetAsync (checked choice)");
+        run_candidate(candidates[i], cq, ck, cv, got);
+        wrong[i] = cudaops::verdict(got.ptr<T>(), ref.ptr<T>(), got.numel(), kTol, label_of(candidates[i]), s);
+      } catch (const Error& e) {
+        cudaStreamSynchronize(s);
+        cudaGetLastError();
+        wrong[i] = std::string("failed in the check: ") + e.what();
+      }
+      right += wrong[i].empty();
+    }
+    if (right == 0) {
+      *note = " check inconclusive (no candidate agreed with the CUDA-core kernel; chosen by time alone),";
+      wrong.assign(candidates.size(), "");
+    } else {
+      *note = " each checked against the CUDA-core kernel,";
+    }
+  } catch (const Error& e) {
+    cudaStreamSynchronize(s);
+    cudaGetLastError();
+    *note = " check not run (" + std::string(e.what()).substr(0, 120) + "),";
+    wrong.assign(candidates.size(), "");
+  }
+  return wrong;
+}
+
 // Times every variant of ours the overrides leave open (query rows x softmax form) and, with NFD_RT_ATTENTION
 // auto or cudnn, cuDNN's SDPA at 1, 2, 4, 8 and 16 key batches, with every slot visible, and records the fastest of
-// ours (and cuDNN where it was faster still). A candidate that fails to build, launch or run is noted and left out
-// (a failing variant of ours also out of shapes never prepared), so a session opens on the others; only when every
-// candidate fails does the session fail to open.
+// ours (and cuDNN where it was faster still). Each candidate is checked first (check_candidates). A candidate that
+// computes wrong, or fails to build, launch or run, is noted and left out (a failing variant of ours also out of
+// shapes never prepared), so a session opens on the others; only when every candidate fails does the session fail
+// to open.
 template <typename T, int HD>
 void prepare_variants(AttnArgs a, const ShapeKey& key, const std::string& name, const Tensor& q,
                       const Tensor& k_cache, const Tensor& v_cache, Tensor& out, Impl impl, cudaStream_t s) {
@@ -589,37 +651,48 @@ void prepare_variants(AttnArgs a, const ShapeKey& key, const std::string& name, 
     }
   }
 #endif
-  (void)q, (void)k_cache, (void)v_cache, (void)out, (void)full_keys;
+  (void)full_keys;
   const bool vendor_forced = impl == Impl::cudnn || impl == Impl::flashinfer_sm90;
   if (candidates.size() < 2 && !vendor_forced) return;  // nothing to choose
+
+  auto label_of = [&](const MmaChoice& c) {
+    return c.cudnn_splits  ? "cudnn " + std::to_string(c.cudnn_splits) + " batches"
+           : c.fi90_splits ? "flashinfer-sm90 " + std::to_string(c.fi90_splits) + " ranges"
+                           : variant_name(c, HD);
+  };
+  // One candidate on the given tensors: the session's when timed, the check's when checked.
+  auto run_candidate = [&](const MmaChoice& c, const Tensor& q_, const Tensor& k_, const Tensor& v_, Tensor& out_) {
+    if (c.fi90_splits) {
+#ifdef NFD_RT_WITH_FLASHINFER_SM90
+      run_fi90_typed(q_, k_, v_, out_, full_keys, c.fi90_splits, s);
+#endif
+    } else if (c.cudnn_splits) {
+#ifdef NFD_RT_WITH_CUDNN
+      const cudnn_sdpa::Problem p = cudnn_problem(q_, k_, c.cudnn_splits);
+      const cudnn_sdpa::Plan* plan = cudnn_sdpa::prepare(p, nullptr);  // built above: a lookup
+      run_cudnn_typed(p, *plan, q_, k_, v_, out_, a.state, s);
+#endif
+    } else {
+      AttnArgs b = a;
+      b.q = q_.data, b.k = k_.data, b.v = v_.data, b.out = out_.data;
+      run_mma_choice<T, HD>(b, c, s);
+    }
+  };
+  std::string check_note;
+  const std::vector<std::string> wrong =
+      check_candidates<T, HD>(a, candidates, label_of, run_candidate, q, k_cache, v_cache, out, s, &check_note);
+  report += check_note;
 
   MmaChoice best_ours{}, best{};
   float best_ours_ms = -1.f, best_ms = -1.f;
   bool rows128_failed = false, folded_failed = false;
-  for (const MmaChoice& c : candidates) {
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    const MmaChoice& c = candidates[i];
     const bool vendor = c.cudnn_splits || c.fi90_splits;
-    const std::string label = c.cudnn_splits  ? "cudnn " + std::to_string(c.cudnn_splits) + " batches"
-                              : c.fi90_splits ? "flashinfer-sm90 " + std::to_string(c.fi90_splits) + " ranges"
-                                              : variant_name(c, HD);
+    const std::string label = label_of(c);
     try {
-      float ms;
-      if (c.fi90_splits) {
-#ifdef NFD_RT_WITH_FLASHINFER_SM90
-        ms = cudaops::time_ms(s, [&] { run_fi90_typed(q, k_cache, v_cache, out, full_keys, c.fi90_splits, s); });
-#else
-        ms = -1.f;
-#endif
-      } else if (c.cudnn_splits) {
-#ifdef NFD_RT_WITH_CUDNN
-        const cudnn_sdpa::Problem p = cudnn_problem(q, k_cache, c.cudnn_splits);
-        const cudnn_sdpa::Plan* plan = cudnn_sdpa::prepare(p, nullptr);  // built above: a lookup
-        ms = cudaops::time_ms(s, [&] { run_cudnn_typed(p, *plan, q, k_cache, v_cache, out, a.state, s); });
-#else
-        ms = -1.f;
-#endif
-      } else {
-        ms = cudaops::time_ms(s, [&] { run_mma_choice<T, HD>(a, c, s); });
-      }
+      if (!wrong[i].empty()) fail(ErrorKind::internal, wrong[i]);  // left out as a failed launch is
+      const float ms = cudaops::time_ms(s, [&] { run_candidate(c, q, k_cache, v_cache, out); });
       cudaops::check(cudaStreamSynchronize(s), "cudaStreamSynchronize (attention_prepare)");
       char buf[64];
       std::snprintf(buf, sizeof buf, " %.4f ms", ms);
@@ -635,10 +708,14 @@ void prepare_variants(AttnArgs a, const ShapeKey& key, const std::string& name, 
       folded_failed = folded_failed || (!vendor && c.folded && c.keys == kBK);
     }
   }
-  if (best_ms < 0.f && vendor_forced) {  // nothing of the forced engine runs here: ours, as a call falls back to
-    note_kernel(name + " (choice)", report + " -> ours (NFD_RT_ATTENTION=" +
-                                        (impl == Impl::cudnn ? "cudnn: cuDNN takes no plan here)"
-                                                             : "flashinfer-sm90: it takes no call here)"));
+  if (best_ms < 0.f && vendor_forced) {
+    const std::string engine = impl == Impl::cudnn ? "cudnn" : "flashinfer-sm90";
+    note_kernel(name + " (choice)",
+                report + (candidates.empty()  // nothing of the forced engine runs here: ours, as a call falls back to
+                              ? " -> ours (NFD_RT_ATTENTION=" + engine +
+                                    (impl == Impl::cudnn ? ": cuDNN takes no plan here)" : ": it takes no call here)")
+                              : " -> none kept (NFD_RT_ATTENTION=" + engine + ": every form failed above; calls run it "
+                                    "as forced)"));
     return;
   }
   NFD_CHECK(best_ms >= 0.f, internal, "attention_prepare: every variant of " + name + " failed: " + first_error);

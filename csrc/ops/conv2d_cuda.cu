@@ -15,10 +15,12 @@
 // cuDNN's convolution as an engine beside it (ops/conv2d_cudnn.h; built with the cuDNN engines, NFD_RT_WITH_CUDNN):
 // reading our [C, H, W] tensors as they are (nchw: no transposes, bias and residual fused in its graph), or the
 // NHWC buffers of steps 1-2 in place of CUTLASS in step 3 (nhwc; the only cuDNN form of upsample2x_conv2d).
-// NFD_RT_CONV = auto (default) | implicit | cudnn | im2col: auto times CUTLASS and both cuDNN forms at a shape's
-// first call outside a CUDA graph capture (a session makes that call at open: session.cc decodes once there) and
-// keeps the fastest, reported in kernels_used() as "<conv key> (choice)"; a shape first met inside a capture runs
-// CUTLASS untimed. implicit is CUTLASS always; cudnn is cuDNN where it takes the problem (else CUTLASS, said why).
+// NFD_RT_CONV = auto (default) | implicit | cudnn | im2col: auto checks CUTLASS and both cuDNN forms against the
+// CUDA-core convolution on a seeded input (ops/choice_check_cuda.cuh) and times those that agree, at a shape's
+// first call outside a CUDA graph capture (a session makes that call at open: session.cc decodes once there), and
+// keeps the fastest, reported in kernels_used() as "<conv key> (choice)"; when none agrees, the former path below
+// (or the CUDA-core one) is kept. A shape first met inside a capture runs CUTLASS unchecked. implicit is CUTLASS
+// always; cudnn is cuDNN where it takes the problem (else CUTLASS, said why).
 // NFD_RT_CONV=im2col (or Cin % 8 != 0 with Cin*k*k and Cout multiples of 8): the former path, an explicit
 // im2col into scratch, ops::linear's GEMM and the transpose back (kept as a measured fallback).
 // Else (fp32, other shapes): implicit GEMM on CUDA cores (simt_gemm.cuh), M = Cout, N = Ho*Wo, K = Cin*k*k,
@@ -30,6 +32,7 @@
 #include <cutlass/cutlass.h>
 #include <cutlass/epilogue/thread/linear_combination.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <map>
 #include <mutex>
@@ -38,6 +41,7 @@
 #include <vector>
 
 #include "core/switches.h"
+#include "ops/choice_check_cuda.cuh"
 #include "ops/conv2d_layout.h"
 #include "ops/cuda_common.cuh"
 #include "ops/cutlass_status.cuh"
@@ -56,14 +60,16 @@ struct LoadW {
   int K;
   __device__ float operator()(int m, int k) const { return cudaops::ld(w, int64_t(m) * K + k); }
 };
+// The input pixel under tap kk for output pixel p; H, W the (upsampled) image's size, x read at (y >> up, x >> up):
+// up = 1 folds upsample2x_conv2d's nearest upsampling in.
 struct LoadIm2col {
   cudaops::DPtr x;
-  int H, W, Wo, ks, stride, pad;
+  int H, W, Wo, ks, stride, pad, up;
   __device__ float operator()(int kk, int p) const {
     const int ci = kk / (ks * ks), ky = (kk / ks) % ks, kx = kk % ks;
     const int iy = (p / Wo) * stride - pad + ky, ix = (p % Wo) * stride - pad + kx;
     if (iy < 0 || iy >= H || ix < 0 || ix >= W) return 0.f;
-    return cudaops::ld(x, (int64_t(ci) * H + iy) * W + ix);
+    return cudaops::ld(x, (int64_t(ci) * (H >> up) + (iy >> up)) * (W >> up) + (ix >> up));
   }
 };
 struct ConvEpi {
@@ -79,16 +85,8 @@ struct ConvEpi {
 };
 
 // col[p, kk] = x under kernel tap kk for output pixel p (0 outside the image): the im2col engine.
-__global__ void im2col_kernel(cudaops::DPtr x, cudaops::DPtr col, int H, int W, int Wo, int ks, int stride, int pad,
-                              int K, int64_t total) {
-  NFD_GRID_STRIDE(i, total) {
-    const int kk = int(i % K);
-    const int64_t p = i / K;
-    const int ci = kk / (ks * ks), ky = (kk / ks) % ks, kx = kk % ks;
-    const int iy = int(p / Wo) * stride - pad + ky, ix = int(p % Wo) * stride - pad + kx;
-    const bool inside = iy >= 0 && iy < H && ix >= 0 && ix < W;
-    cudaops::st(col, i, inside ? cudaops::ld(x, (int64_t(ci) * H + iy) * W + ix) : 0.f);
-  }
+__global__ void im2col_kernel(LoadIm2col x, cudaops::DPtr col, int K, int64_t total) {
+  NFD_GRID_STRIDE(i, total) cudaops::st(col, i, x(int(i % K), int(i / K)));
 }
 
 // --- the tensor-core path ------------------------------------------------------------------------------------
@@ -217,9 +215,60 @@ struct ConvCall {
   const char* op;       // "conv2d" or "upsample2x_conv2d"
 };
 
-enum class ConvEngine { cutlass, cudnn_nchw, cudnn_nhwc };
+// cutlass and the cuDNN forms are timed; im2col and simt are the paths measured on the H200, kept where no timed
+// engine computed right (and run by conv2d_linear where the tensor-core engines do not take a call).
+enum class ConvEngine { cutlass, cudnn_nchw, cudnn_nhwc, im2col, simt };
 const char* engine_name(ConvEngine e) {
-  return e == ConvEngine::cutlass ? "cutlass" : e == ConvEngine::cudnn_nchw ? "cudnn nchw" : "cudnn nhwc";
+  switch (e) {
+    case ConvEngine::cutlass: return "cutlass";
+    case ConvEngine::cudnn_nchw: return "cudnn nchw";
+    case ConvEngine::cudnn_nhwc: return "cudnn nhwc";
+    case ConvEngine::im2col: return "im2col";
+    default: return "simt";
+  }
+}
+
+// The im2col engine (NFD_RT_CONV=im2col; the tensor-core path until 2026-11-26, verified on the H200): explicit
+// columns [P, K] in scratch, ops::linear's GEMM (bias fused), a tiled transpose adding the residual. 16-bit, with
+// K = Cin k k and Cout multiples of 8.
+bool im2col_takes(const Tensor& x, const Tensor& w) {
+  return (x.dtype == DType::bf16 || x.dtype == DType::f16) && (x.dim(0) * w.dim(2) * w.dim(2)) % 8 == 0 &&
+         w.dim(0) % 8 == 0;
+}
+LoadIm2col gather_of(const ConvCall& c) {
+  return LoadIm2col{cudaops::dp(c.x), int(c.x.dim(1)) << c.up, int(c.x.dim(2)) << c.up, int(c.out.dim(2)),
+                    int(c.w.dim(2)), c.stride, c.pad, c.up};
+}
+void run_im2col(const Context& ctx, const ConvCall& c) {
+  using namespace cudaops;
+  const int Cout = int(c.w.dim(0)), ks = int(c.w.dim(2)), K = int(c.x.dim(0)) * ks * ks;
+  const int P = int(c.out.dim(1) * c.out.dim(2));
+  const bool has_res = c.residual != nullptr;
+  cudaStream_t s = stream_of(ctx);
+  const size_t es = dtype_size(c.x.dtype);
+  Scratch col(size_t(P) * K * es, s), prod(size_t(P) * Cout * es, s);
+  Tensor col_t{col.get<void>(), c.x.dtype, Device::cuda, {P, K}};
+  Tensor prod_t{prod.get<void>(), c.x.dtype, Device::cuda, {P, Cout}};
+  Tensor w_t{c.w.data, c.w.dtype, Device::cuda, {Cout, K}};
+  im2col_kernel<<<grid_1d(int64_t(P) * K, 256), 256, 0, s>>>(gather_of(c), dp(col_t), K, int64_t(P) * K);
+  check_launch("conv2d (im2col)");
+  cuda::linear(ctx, col_t, w_t, c.bias, prod_t, Epilogue::none, nullptr);
+  from_nhwc_add_kernel<<<dim3(unsigned((P + 31) / 32), unsigned((Cout + 31) / 32)), dim3(32, 8), 0, s>>>(
+      dp(prod_t), Cout, dp(c.out), dp(c.out), false, has_res ? dp(*c.residual) : dp(c.out), has_res, P, Cout);
+  check_launch("conv2d (transpose)");
+  note_kernel(kernel_key(c.op, c.x, c.w, c.stride), "im2col + ops::linear GEMM");
+}
+
+// On CUDA cores (simt_gemm.cuh), any dtype and shape: M = Cout, N = output pixels, K = Cin k k, the input gathered
+// under each tap on the fly, fp32 sums, one rounding. The reference of the checked choice.
+void run_simt(const Context& ctx, const ConvCall& c) {
+  using namespace cudaops;
+  const int Cout = int(c.w.dim(0)), K = int(c.x.dim(0) * c.w.dim(2) * c.w.dim(2));
+  const int P = int(c.out.dim(1) * c.out.dim(2));
+  const bool has_res = c.residual != nullptr;
+  ConvEpi epi{dp(c.out), dp(c.bias), has_res ? dp(*c.residual) : DPtr{nullptr, DType::f32}, c.bias.defined(), has_res,
+              P};
+  simt_gemm(Cout, P, K, LoadW{dp(c.w), K}, gather_of(c), epi, stream_of(ctx), "conv2d (SIMT implicit GEMM)");
 }
 
 #ifdef NFD_RT_WITH_CUDNN
@@ -338,13 +387,73 @@ void run_cudnn_nchw(const Context& ctx, const ConvCall& c) {
 #endif
 
 void run_engine(const Context& ctx, const ConvCall& c, ConvEngine e) {
+  if (e == ConvEngine::im2col) return run_im2col(ctx, c);
+  if (e == ConvEngine::simt) {
+    run_simt(ctx, c);
+    return note_kernel(kernel_key(c.op, c.x, c.w, c.stride), "simt: implicit GEMM on CUDA cores");
+  }
 #ifdef NFD_RT_WITH_CUDNN
   if (e == ConvEngine::cudnn_nchw) return run_cudnn_nchw(ctx, c);
 #endif
   run_nhwc(ctx, c, e);
 }
 
-// The engine kept per shape (NFD_RT_CONV=auto: the fastest timed; cudnn: cuDNN's form), for the process.
+// Checked choices (ops/choice_check_cuda.cuh) for convolution: each candidate once on a seeded input (and
+// residual) of the call's shapes with the call's own filters and bias, against run_simt on the same operands. The
+// limit is 2% of the reference's largest magnitude: a right 16-bit engine differs by a rounding or two (0.4-0.8%
+// in bf16), a wrong tap, channel or pixel by about the values themselves. Returns per candidate "" or what it got
+// wrong; all "" (and *note says why) when the check is off or cannot run.
+template <typename T>
+std::vector<std::string> check_typed(const Context& ctx, const ConvCall& c, const std::vector<ConvEngine>& candidates,
+                                     std::string* note) {
+  using cudaops::Scratch;
+  cudaStream_t s = cudaops::stream_of(ctx);
+  std::vector<std::string> wrong(candidates.size());
+  const bool has_res = c.residual != nullptr;
+  Scratch xm(c.x.bytes(), s), rm(has_res ? c.residual->bytes() : 0, s), refm(c.out.bytes(), s),
+      gotm(c.out.bytes(), s);
+  auto on = [](const Tensor& t, const Scratch& m) {
+    Tensor v = t;
+    v.data = m.get<void>();
+    return v;
+  };
+  const Tensor cx = on(c.x, xm), cres = has_res ? on(*c.residual, rm) : Tensor{};
+  Tensor ref = on(c.out, refm), got = on(c.out, gotm);
+  cudaops::fill_uniform(cx.ptr<T>(), cx.numel(), 4, 1.f, s);
+  if (has_res) cudaops::fill_uniform(cres.ptr<T>(), cres.numel(), 5, 1.f, s);
+  run_simt(ctx, ConvCall{cx, c.w, c.bias, has_res ? &cres : nullptr, ref, c.stride, c.pad, c.up, c.op});
+  const float tol = std::max(0.02f * cudaops::max_abs_diff<T>(ref.ptr<T>(), nullptr, ref.numel(), s), 1e-6f);
+  const ConvCall checked{cx, c.w, c.bias, has_res ? &cres : nullptr, got, c.stride, c.pad, c.up, c.op};
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    try {
+      // All ones is a NaN in bf16 and fp16: a candidate that writes nothing fails.
+      cudaops::check(cudaMemsetAsync(got.data, 0xff, got.bytes(), s), "cudaMemsetAsync (checked choice)");
+      run_engine(ctx, checked, candidates[i]);
+      wrong[i] = cudaops::verdict(got.ptr<T>(), ref.ptr<T>(), got.numel(), tol, engine_name(candidates[i]), s);
+    } catch (const Error& e) {
+      cudaStreamSynchronize(s);
+      cudaGetLastError();
+      wrong[i] = std::string("failed in the check: ") + e.what();
+    }
+  }
+  *note = "each checked against the CUDA-core convolution; ";
+  return wrong;
+}
+std::vector<std::string> check_candidates(const Context& ctx, const ConvCall& c,
+                                          const std::vector<ConvEngine>& candidates, std::string* note) {
+  if (!cudaops::choice_check_on()) return std::vector<std::string>(candidates.size());
+  try {
+    return c.x.dtype == DType::bf16 ? check_typed<__nv_bfloat16>(ctx, c, candidates, note)
+                                    : check_typed<__half>(ctx, c, candidates, note);
+  } catch (const Error& e) {
+    cudaStreamSynchronize(cudaops::stream_of(ctx));
+    cudaGetLastError();
+    *note = "check not run (" + std::string(e.what()).substr(0, 120) + "); ";
+    return std::vector<std::string>(candidates.size());
+  }
+}
+
+// The engine kept per shape (NFD_RT_CONV=auto: the fastest that computed right), for the process.
 using ConvKey = std::tuple<int, int, int, int, int, int, int, int, int, bool, bool>;
 ConvKey key_of(const ConvCall& c) {
   return ConvKey{int(c.x.dtype), c.up, int(c.x.dim(0)), int(c.x.dim(1)), int(c.x.dim(2)), int(c.w.dim(0)),
@@ -356,33 +465,29 @@ std::map<ConvKey, ConvEngine>& choices() {
   return m;
 }
 
-// The engine of a call. Building cuDNN's plans and timing synchronise the stream, so a shape first met inside a
-// capture runs CUTLASS without a choice being kept (the next uncaptured call chooses).
+// The engine of a call. Building cuDNN's plans, the check and the timing synchronise the stream, so a shape first
+// met inside a capture runs CUTLASS without a choice being kept (the next uncaptured call chooses).
 ConvEngine choose(const Context& ctx, const ConvCall& c, ConvMode mode) {
   if (mode == ConvMode::implicit) return ConvEngine::cutlass;
   const std::string choice_key = kernel_key(c.op, c.x, c.w, c.stride) + " (choice)";
-#ifdef NFD_RT_WITH_CUDNN
   const ConvKey key = key_of(c);
   if (mode == ConvMode::automatic) {
     std::lock_guard<std::mutex> lock(g_choice_mu);
     auto it = choices().find(key);
     if (it != choices().end()) return it->second;
   }
-  if (!cudnn_conv::prepared(nhwc_problem(c)) || (!c.up && !cudnn_conv::prepared(nchw_problem(c)))) {
-    cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
-    cudaops::check(cudaStreamIsCapturing(cudaops::stream_of(ctx), &cap), "cudaStreamIsCapturing");
-    if (cap != cudaStreamCaptureStatusNone) {
-      note_kernel(choice_key, "cutlass, not chosen (first met inside a CUDA graph capture)");
-      return ConvEngine::cutlass;
-    }
-  }
-  // The cuDNN forms whose plans cuDNN builds (nchw first: no transposes of ours). prepare() keeps its plans.
+  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+  cudaops::check(cudaStreamIsCapturing(cudaops::stream_of(ctx), &cap), "cudaStreamIsCapturing");
+  const bool capturing = cap != cudaStreamCaptureStatusNone;
   std::vector<ConvEngine> candidates;
   std::string report;
+#ifdef NFD_RT_WITH_CUDNN
+  // The cuDNN forms whose plans cuDNN builds (nchw first: no transposes of ours). prepare() keeps its plans; inside
+  // a capture only plans built before are taken (a lookup).
   auto consider = [&](ConvEngine e, const cudnn_conv::Problem& p) {
     std::string why;
-    if (cudnn_conv::prepare(p, &why)) candidates.push_back(e);
-    else report += std::string(engine_name(e)) + ": no plan (" + why.substr(0, 160) + "), ";
+    if (capturing ? cudnn_conv::prepared(p) : cudnn_conv::prepare(p, &why) != nullptr) candidates.push_back(e);
+    else if (!capturing) report += std::string(engine_name(e)) + ": no plan (" + why.substr(0, 160) + "), ";
   };
   if (!c.up) consider(ConvEngine::cudnn_nchw, nchw_problem(c));
   consider(ConvEngine::cudnn_nhwc, nhwc_problem(c));
@@ -391,12 +496,32 @@ ConvEngine choose(const Context& ctx, const ConvCall& c, ConvMode mode) {
     note_kernel(choice_key, report + "-> cutlass (NFD_RT_CONV=cudnn)");
     return ConvEngine::cutlass;
   }
-  ConvEngine best = ConvEngine::cutlass;
-  if (!candidates.empty()) {
-    candidates.push_back(ConvEngine::cutlass);
+#else
+  if (mode == ConvMode::cudnn) {
+    note_kernel(choice_key, "cutlass (NFD_RT_CONV=cudnn: built without cuDNN)");
+    return ConvEngine::cutlass;
+  }
+#endif
+  if (capturing) {
+    note_kernel(choice_key, "cutlass, not chosen (first met inside a CUDA graph capture)");
+    return ConvEngine::cutlass;
+  }
+  candidates.push_back(ConvEngine::cutlass);
+  std::string check_note;
+  const std::vector<std::string> wrong = check_candidates(ctx, c, candidates, &check_note);
+  std::vector<ConvEngine> right;
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    if (wrong[i].empty()) right.push_back(candidates[i]);
+    else report += std::string(engine_name(candidates[i])) + ": " + wrong[i].substr(0, 160) + ", ";
+  }
+  // Where no timed engine computed right: the path measured on the H200.
+  ConvEngine best = im2col_takes(c.x, c.w) ? ConvEngine::im2col : ConvEngine::simt;
+  if (right.empty()) report += "none agreed with the CUDA-core convolution: the measured path, ";
+  if (right.size() == 1) best = right.front();
+  if (right.size() > 1) {
     float best_ms = -1.f;
     char buf[64];
-    for (ConvEngine e : candidates) {
+    for (ConvEngine e : right) {
       float ms = -1.f;
       try {
         ms = cudaops::time_ms(cudaops::stream_of(ctx), [&] { run_engine(ctx, c, e); });
@@ -412,18 +537,13 @@ ConvEngine choose(const Context& ctx, const ConvCall& c, ConvMode mode) {
     }
     report = "measured: " + report;
   }
-  report += std::string("-> ") + engine_name(best);
+  report += check_note + "-> " + engine_name(best);
   {
     std::lock_guard<std::mutex> lock(g_choice_mu);
     choices()[key] = best;
   }
   note_kernel(choice_key, report);
   return best;
-#else
-  if (mode == ConvMode::cudnn) note_kernel(choice_key, "cutlass (NFD_RT_CONV=cudnn: built without cuDNN)");
-  (void)ctx;
-  return ConvEngine::cutlass;
-#endif
 }
 }  // namespace
 
@@ -470,31 +590,9 @@ void conv2d_linear(const Context& ctx, const Tensor& x, const Tensor& w, const T
     cuda_detail::conv2d_implicit_gemm(ctx, x, w, bias, stride, pad, false, out, residual);
     return;
   }
-  const int H = int(x.dim(1)), W = int(x.dim(2)), Cout = int(w.dim(0)), ks = int(w.dim(2));
-  const int Wo = int(out.dim(2)), P = int(out.dim(1)) * Wo, K = int(x.dim(0)) * ks * ks;
-  const bool has_res = residual && residual->defined();
-  if ((x.dtype == DType::bf16 || x.dtype == DType::f16) && K % 8 == 0 && Cout % 8 == 0) {
-    // The im2col engine (NFD_RT_CONV=im2col; the tensor-core path until 2026-11-26, verified on the H200):
-    // explicit columns [P, K] in scratch, ops::linear's GEMM (bias fused), a tiled transpose adding the residual.
-    cudaStream_t s = stream_of(ctx);
-    const size_t es = dtype_size(x.dtype);
-    Scratch col(size_t(P) * K * es, s), prod(size_t(P) * Cout * es, s);
-    Tensor col_t{col.get<void>(), x.dtype, Device::cuda, {P, K}};
-    Tensor prod_t{prod.get<void>(), x.dtype, Device::cuda, {P, Cout}};
-    Tensor w_t{w.data, w.dtype, Device::cuda, {Cout, K}};
-    im2col_kernel<<<grid_1d(int64_t(P) * K, 256), 256, 0, s>>>(dp(x), dp(col_t), H, W, Wo, ks, stride, pad, K,
-                                                               int64_t(P) * K);
-    check_launch("conv2d (im2col)");
-    cuda::linear(ctx, col_t, w_t, bias, prod_t, Epilogue::none, nullptr);
-    from_nhwc_add_kernel<<<dim3(unsigned((P + 31) / 32), unsigned((Cout + 31) / 32)), dim3(32, 8), 0, s>>>(
-        dp(prod_t), Cout, dp(out), dp(out), false, has_res ? dp(*residual) : dp(out), has_res, P, Cout);
-    check_launch("conv2d (transpose)");
-    note_kernel(kernel_key("conv2d", x, w, stride), "im2col + ops::linear GEMM");
-    return;
-  }
-  ConvEpi epi{dp(out), dp(bias), has_res ? dp(*residual) : DPtr{nullptr, DType::f32}, bias.defined(), has_res, P};
-  simt_gemm(Cout, P, K, LoadW{dp(w), K}, LoadIm2col{dp(x), H, W, Wo, ks, stride, pad}, epi, stream_of(ctx),
-            "conv2d (SIMT implicit GEMM)");
+  const ConvCall c{x, w, bias, residual && residual->defined() ? residual : nullptr, out, stride, pad, 0, "conv2d"};
+  if (im2col_takes(x, w)) return run_im2col(ctx, c);  // Cin % 8 != 0 here, or NFD_RT_CONV=im2col
+  run_simt(ctx, c);
 }
 }  // namespace
 

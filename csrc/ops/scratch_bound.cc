@@ -60,6 +60,9 @@ size_t scratch_bytes_bound(const ScratchShapes& s, Device device, DType dtype, i
   // FlashInfer's Hopper attention: up to 16 key ranges of q copies and partials (dtype), their log-sum-exp, and
   // its work list (7 ints an item, 16 ranges x heads x 192-row query tiles, plus one per SM: under 1 MiB).
   dit = std::max(dit, 16 * N * (2 * D * es + s.heads * 4) + (int64_t(1) << 20));
+  // attention_prepare's checked choice (ops/choice_check_cuda.cuh), at open: its own q, K and V of a full cache,
+  // the reference's and a candidate's outputs, beside that candidate's scratch (any of the above).
+  dit += 2 * s.keys * D * es + 3 * N * D * es;
   // linear with gated residual: the product, plus a cuBLASLt workspace (at most 32 MiB) beside it.
   dit = std::max(dit, N * s.widest_gated_output * es + (int64_t(32) << 20));
   int64_t vae = 0;
@@ -70,7 +73,10 @@ size_t scratch_bytes_bound(const ScratchShapes& s, Device device, DType dtype, i
     // upsample into a [C, H, W] scratch.
     // cuDNN's convolution runs there too, with its workspace (at most 64 MiB: larger plans are refused,
     // ops/conv2d_cuda_cudnn.cc) beside the NHWC buffers.
-    vae = std::max(vae, conv_layout::ScratchLayout(pixels, c, pixels, c, 3, es).total + (int64_t(64) << 20));
+    // At a shape's first call, beside one engine's scratch, the checked choice's input, residual, reference and
+    // output (ops/choice_check_cuda.cuh): 4 images of the level.
+    vae = std::max(vae, conv_layout::ScratchLayout(pixels, c, pixels, c, 3, es).total + (int64_t(64) << 20) +
+                            4 * pixels * c * es);
     vae = std::max(vae, pixels * c * es);
     // NFD_RT_CONV=im2col: the columns [P, 9 Cin] + the product [P, Cout] (+ the upsampled image before them).
     vae = std::max(vae, pixels * (10 * c + c) * es);

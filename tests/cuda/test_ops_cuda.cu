@@ -545,6 +545,60 @@ static void test_conv_cudnn(cudaStream_t stream, DevState& st) {
          choice);
 }
 
+// Checked choices (ops/choice_check_cuda.cuh): a candidate whose checked output is spoiled (the hook
+// NFD_RT_CHOICE_CHECK_BREAK, as a wrong kernel's would be) is left out of attention_prepare's choice, said in the
+// choice line, and the op runs another and matches the reference; with every candidate spoiled the attention check
+// is inconclusive (the reference is the suspect) and the choice is made by time, the session still opening, and the
+// convolution keeps the path measured on the H200. Shapes no other group meets (choices are kept per shape). The
+// spoiled attention variant is the 64 x 128 tile: leaving it out bars nothing from other shapes, as a failing
+// 128-row or folded variant would.
+static void test_checked_choice(cudaStream_t stream, DevState& st) {
+  set_env("NFD_RT_ATTENTION", nullptr);
+  Context ctx = make_ctx(stream, st);
+  struct Case {
+    const char* spoil;
+    int slots;
+    const char* expect;
+  };
+  for (const Case& c : {Case{"x 128 keys", 7, "64 rows x 128 keys folded failed (wrong result"},
+                        Case{"all", 6, "check inconclusive"}}) {
+    AttnProblem p(4, 336, c.slots);
+    set_env("NFD_RT_CHOICE_CHECK_BREAK", c.spoil);
+    st.set(p.slots, p.all.back(), p.all);
+    clear_kernels_used();
+    ops::attention_prepare(ctx, p.dq.t, p.dk.t, p.dv.t, p.out.t);
+    p.run(ctx);
+    const std::string choice = last_choice(), ran = attention_bf16_ran();
+    std::printf("  %s spoiled: %s\n  ran: %s\n", c.spoil, choice.c_str(), ran.c_str());
+    const bool left_out = std::string(c.spoil) == "all" || ran.find("64x128 tiles") == std::string::npos;
+    report(std::string("checked choice, ") + c.spoil + " spoiled: said, and not run",
+           choice.find(c.expect) != std::string::npos && left_out, choice + " | ran: " + ran);
+    p.check(std::string("attention after a checked choice (") + c.spoil + " spoiled)", p.all);
+  }
+  // Convolution: CUTLASS spoiled (another engine runs: cuDNN where it agrees, else the measured im2col path), then
+  // every engine (the measured path); each on a shape no other group meets, and right.
+  set_env("NFD_RT_CONV", nullptr);
+  for (const auto& sc : {std::pair<const char*, int>{"cutlass", 24}, std::pair<const char*, int>{"all", 32}}) {
+    const int Cout = sc.second;
+    set_env("NFD_RT_CHOICE_CHECK_BREAK", sc.first);
+    auto x = randn(size_t(16) * 9 * 11), w = randn(size_t(Cout) * 16 * 9, 1.f / std::sqrt(16.f * 9)), b = randn(Cout);
+    DevT dx({16, 9, 11}, DType::bf16, x), dw({Cout, 16, 3, 3}, DType::bf16, w), db({Cout}, DType::bf16, b),
+        out({Cout, 9, 11}, DType::bf16);
+    clear_kernels_used();
+    out.poison();
+    ops::conv2d(ctx, dx.t, dw.t, db.t, 1, 1, out.t, nullptr);
+    const std::string key = "conv2d bf16 16->" + std::to_string(Cout) + " k3 s1";
+    const std::string choice = kernel_ran(key + " (choice)"), ran = kernel_ran(key);
+    std::printf("  conv, %s spoiled: %s\n  ran: %s\n", sc.first, choice.c_str(), ran.c_str());
+    const char* said = std::string(sc.first) == "all" ? "none agreed" : "cutlass: wrong result";
+    report(std::string("checked conv choice, ") + sc.first + " spoiled: said, and not run",
+           choice.find(said) != std::string::npos && ran.rfind("cutlass", 0) != 0, choice + " | ran: " + ran);
+    check_close(std::string("conv2d after a checked choice (") + sc.first + " spoiled)", out.download(),
+                conv_ref(x, w, b, nullptr, 16, 9, 11, Cout, 3, 1, 1, 0), tol_of(DType::bf16));
+  }
+  set_env("NFD_RT_CHOICE_CHECK_BREAK", nullptr);
+}
+
 // rope_qkv_split replayed with a write_slot outside the cache: q is written, the caches are not.
 static void test_rope_graph(cudaStream_t stream, DevState& st) {
   const int H = 2, rows = 3, cols = 4, N = rows * cols, hd = 32, slots = 4;
@@ -597,6 +651,7 @@ int main() {
       {"cudnn attention", [&] { test_attention_cudnn(stream, st); }},
       {"cudnn convolution", [&] { test_conv_cudnn(stream, st); }},
       {"rope graph", [&] { test_rope_graph(stream, st); }},
+      {"checked choice", [&] { test_checked_choice(stream, st); }},
       {"flashinfer sm90 attention", [&] { test_attention_flashinfer_sm90(stream, st); }},  // last: never run yet
   };
   for (auto& g : groups) {

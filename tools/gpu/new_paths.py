@@ -37,6 +37,8 @@ NEW_PATHS = {
     "NFD_RT_ATTENTION_KEYS": ("64", "attention: FlashAttention-2's 64 x 128 tile at head_dim 64 (timed at open)"),
     "NFD_RT_ATTENTION_SOFTMAX": ("separate", "attention: folded softmax, one FFMA + ex2.approx a score, liveness "
                                              "by __syncthreads_and (timed against separate at open)"),
+    "NFD_RT_CHECK_CHOICES": ("off", "session open: each attention and convolution engine checked against a CUDA-core "
+                                    "kernel on seeded inputs before it can be chosen"),
     "NFD_RT_FUSED_NORM": ("off", "gated residual add folded into the next layernorm_modulate"),
     "NFD_RT_ROPE_GROUP": ("1", "RoPE split: one angle per (token, pair) for 4 heads"),
     "NFD_RT_DECODE_STREAM": ("off", "decode on a second stream beside the cache-write pass"),

@@ -1,0 +1,96 @@
+// Checked choices: an engine timed at session open must also compute the right thing on this GPU before it can be
+// kept (docs/cuda-backend.md, "Checked choices"). Each candidate runs once on seeded random inputs of the real
+// shape, and its output is compared with a reference kernel's on the same inputs; one that disagrees (a mis-set
+// stride, a vendor kernel's bug on this architecture, a tile that never ran on a GPU like this one) is left out
+// with what it got wrong, so the session runs the fastest engine that is right, not the fastest one.
+// NFD_RT_CHECK_CHOICES=off times without checking.
+#pragma once
+
+#include <cfloat>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "core/switches.h"
+#include "ops/cuda_common.cuh"
+
+namespace nfd {
+namespace cudaops {
+
+// A hash of (seed, i) mapped to [-1, 1): the same values on every GPU and every run (splitmix64's finaliser).
+__device__ __forceinline__ float hash_uniform(uint32_t seed, uint64_t i) {
+  uint64_t z = i * 0x9E3779B97F4A7C15ull + ((uint64_t(seed) << 32) | seed);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return float(z >> 40) * (2.0f / 16777216.0f) - 1.0f;
+}
+
+template <typename T>
+__global__ void fill_uniform_kernel(T* p, int64_t n, uint32_t seed, float scale) {
+  NFD_GRID_STRIDE(i, n) p[i] = from_f<T>(scale * hash_uniform(seed, uint64_t(i)));
+}
+
+// max |a - b| (b null: max |a|) into *worst, as the bits of a non-negative float (their order as unsigned is the
+// floats' order); a NaN or Inf on either side counts as +Inf.
+template <typename T>
+__global__ void max_abs_diff_kernel(const T* a, const T* b, int64_t n, unsigned* worst) {
+  float m = 0.f;
+  NFD_GRID_STRIDE(i, n) {
+    const float d = fabsf(to_f<T>(a[i]) - (b ? to_f<T>(b[i]) : 0.f));
+    m = d <= FLT_MAX ? fmaxf(m, d) : INFINITY;  // NaN fails the comparison too
+  }
+  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  if ((threadIdx.x & 31) == 0) atomicMax(worst, __float_as_uint(m));
+}
+
+// n values of p: scale * uniform [-1, 1), from seed.
+template <typename T>
+void fill_uniform(T* p, int64_t n, uint32_t seed, float scale, cudaStream_t s) {
+  fill_uniform_kernel<T><<<grid_1d(n, 256), 256, 0, s>>>(p, n, seed, scale);
+  check_launch("checked choice: seeded inputs");
+}
+
+// max |a - b| over n values (b null: max |a|; +Inf when either holds a NaN or Inf); synchronises s.
+template <typename T>
+float max_abs_diff(const T* a, const T* b, int64_t n, cudaStream_t s) {
+  Scratch worst(sizeof(unsigned), s);
+  check(cudaMemsetAsync(worst.get<void>(), 0, sizeof(unsigned), s), "cudaMemsetAsync (checked choice)");
+  const unsigned blocks = grid_1d(n, 256) < 1024u ? grid_1d(n, 256) : 1024u;
+  max_abs_diff_kernel<T><<<blocks, 256, 0, s>>>(a, b, n, worst.get<unsigned>());
+  check_launch("checked choice: comparison");
+  unsigned bits = 0;
+  check(cudaMemcpyAsync(&bits, worst.get<void>(), sizeof bits, cudaMemcpyDeviceToHost, s),
+        "cudaMemcpyAsync (checked choice)");
+  check(cudaStreamSynchronize(s), "cudaStreamSynchronize (checked choice)");
+  float worst_diff;
+  std::memcpy(&worst_diff, &bits, sizeof worst_diff);
+  return worst_diff;
+}
+
+inline bool choice_check_on() { return switch_on("NFD_RT_CHECK_CHOICES"); }
+
+// The GPU harness's hook (tests/cuda/test_ops_cuda.cu): NFD_RT_CHOICE_CHECK_BREAK=<text> spoils the checked output
+// of each candidate whose label contains <text> ("all": every candidate), as a wrong kernel would.
+inline bool spoiled_for_test(const std::string& label) {
+  const char* e = std::getenv("NFD_RT_CHOICE_CHECK_BREAK");
+  return e && *e && (std::strcmp(e, "all") == 0 || label.find(e) != std::string::npos);
+}
+
+// The check of one candidate's output `got` (n values) against the reference's `want`: "" when every value is
+// within tol, else what it got wrong.
+template <typename T>
+std::string verdict(T* got, const T* want, int64_t n, float tol, const std::string& label, cudaStream_t s) {
+  if (spoiled_for_test(label)) fill_uniform(got, n, 99, 1.f, s);
+  const float worst = max_abs_diff(got, want, n, s);
+  if (worst <= tol) return "";
+  char buf[128];
+  std::snprintf(buf, sizeof buf, "wrong result: max |diff| %.3g against the reference kernel (limit %.3g)", worst,
+                tol);
+  return buf;
+}
+
+}  // namespace cudaops
+}  // namespace nfd
