@@ -92,5 +92,14 @@ std::string verdict(T* got, const T* want, int64_t n, float tol, const std::stri
   return buf;
 }
 
+// The check of an engine whose values scale with its operands (a GEMM, a convolution): every value within 2% of the
+// reference's largest magnitude. A right 16-bit engine differs by a rounding or two there (0.4-0.8% in bf16); a
+// wrong tap, tile, split or workspace by about the values themselves.
+template <typename T>
+std::string relative_verdict(T* got, const T* want, int64_t n, const std::string& label, cudaStream_t s) {
+  const float largest = max_abs_diff<T>(want, nullptr, n, s);
+  return verdict(got, want, n, largest * 0.02f > 1e-6f ? largest * 0.02f : 1e-6f, label, s);
+}
+
 }  // namespace cudaops
 }  // namespace nfd

@@ -32,7 +32,6 @@
 #include <cutlass/cutlass.h>
 #include <cutlass/epilogue/thread/linear_combination.h>
 
-#include <algorithm>
 #include <cstdio>
 #include <map>
 #include <mutex>
@@ -399,9 +398,8 @@ void run_engine(const Context& ctx, const ConvCall& c, ConvEngine e) {
 }
 
 // Checked choices (ops/choice_check_cuda.cuh) for convolution: each candidate once on a seeded input (and
-// residual) of the call's shapes with the call's own filters and bias, against run_simt on the same operands. The
-// limit is 2% of the reference's largest magnitude: a right 16-bit engine differs by a rounding or two (0.4-0.8%
-// in bf16), a wrong tap, channel or pixel by about the values themselves. Returns per candidate "" or what it got
+// residual) of the call's shapes with the call's own filters and bias, against run_simt on the same operands, within
+// 2% of the reference's largest magnitude (cudaops::relative_verdict). Returns per candidate "" or what it got
 // wrong; all "" (and *note says why) when the check is off or cannot run.
 template <typename T>
 std::vector<std::string> check_typed(const Context& ctx, const ConvCall& c, const std::vector<ConvEngine>& candidates,
@@ -422,14 +420,13 @@ std::vector<std::string> check_typed(const Context& ctx, const ConvCall& c, cons
   cudaops::fill_uniform(cx.ptr<T>(), cx.numel(), 4, 1.f, s);
   if (has_res) cudaops::fill_uniform(cres.ptr<T>(), cres.numel(), 5, 1.f, s);
   run_simt(ctx, ConvCall{cx, c.w, c.bias, has_res ? &cres : nullptr, ref, c.stride, c.pad, c.up, c.op});
-  const float tol = std::max(0.02f * cudaops::max_abs_diff<T>(ref.ptr<T>(), nullptr, ref.numel(), s), 1e-6f);
   const ConvCall checked{cx, c.w, c.bias, has_res ? &cres : nullptr, got, c.stride, c.pad, c.up, c.op};
   for (size_t i = 0; i < candidates.size(); ++i) {
     try {
       // All ones is a NaN in bf16 and fp16: a candidate that writes nothing fails.
       cudaops::check(cudaMemsetAsync(got.data, 0xff, got.bytes(), s), "cudaMemsetAsync (checked choice)");
       run_engine(ctx, checked, candidates[i]);
-      wrong[i] = cudaops::verdict(got.ptr<T>(), ref.ptr<T>(), got.numel(), tol, engine_name(candidates[i]), s);
+      wrong[i] = cudaops::relative_verdict(got.ptr<T>(), ref.ptr<T>(), got.numel(), engine_name(candidates[i]), s);
     } catch (const Error& e) {
       cudaStreamSynchronize(s);
       cudaGetLastError();

@@ -6,6 +6,7 @@
 
 #include <cuda_runtime.h>
 
+#include <functional>
 #include <string>
 
 #include "core/tensor.h"
@@ -38,10 +39,13 @@ std::string cublaslt_status();
 bool cublaslt_gemm(DType t, bool gelu, int M, int N, int K, const void* x, const void* w, const void* bias, void* y,
                    cudaStream_t s, std::string* algo_note = nullptr);
 // Times every algorithm the heuristic offers for the shape (up to 8, split-K ones included) and keeps the fastest
-// for later cublaslt_gemm calls; returns its time in ms (-1: cuBLASLt unavailable or no algorithm). Not inside a
-// capture: it synchronises the stream (called at session open by ops::linear_prepare).
+// for later cublaslt_gemm calls; returns its time in ms (-1: cuBLASLt unavailable or no algorithm). With `check`,
+// each algorithm's output y is first given to it ("" when right, else what is wrong: the algorithm is left out, as
+// one that fails to launch). Not inside a capture: it synchronises the stream (called at session open by
+// ops::linear_prepare).
 float cublaslt_tune(DType t, bool gelu, int M, int N, int K, const void* x, const void* w, const void* bias, void* y,
-                    cudaStream_t s, std::string* algo_note = nullptr);
+                    cudaStream_t s, std::string* algo_note = nullptr,
+                    const std::function<std::string(void* y)>& check = nullptr);
 #endif
 
 }  // namespace cuda_detail

@@ -24,10 +24,12 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <tuple>
 
+#include "ops/choice_check_cuda.cuh"
 #include "ops/cuda_common.cuh"
 #include "ops/cutlass_status.cuh"
 #include "ops/cuda_gemm.h"
@@ -270,14 +272,32 @@ void cuda::linear_prepare(const Context& ctx, const Tensor& x, const Tensor& w, 
   std::string note;
   float t_lt = -1.f, t_cutlass = -1.f;
   try {
-    t_lt = cuda_detail::cublaslt_tune(t, gelu, M, N, K, x.data, w.data, b, out, s, &note);
-    t_cutlass = cudaops::time_ms(s, [&] { cuda_detail::cutlass_gemm(t, gelu, M, N, K, x.data, w.data, b, out, s); });
+    // Checked choices (ops/choice_check_cuda.cuh): both engines run on a seeded x with the layer's own w and bias,
+    // and each cuBLASLt algorithm must agree with CUTLASS (it ran on the H200) within 2% of the largest value
+    // before it is timed (a split-K algorithm on a wrong workspace would not); with none agreeing, CUTLASS.
+    const bool checked = choice_check_on();
+    Scratch seeded_x(checked ? size_t(M) * K * dtype_size(t) : 0, s), ref(checked ? size_t(M) * N * dtype_size(t) : 0, s);
+    const void* xin = x.data;
+    std::function<std::string(void*)> agrees;
+    if (checked) {
+      xin = seeded_x.get<void>();
+      if (t == DType::bf16) fill_uniform(seeded_x.get<__nv_bfloat16>(), int64_t(M) * K, 6, 1.f, s);
+      else fill_uniform(seeded_x.get<__half>(), int64_t(M) * K, 6, 1.f, s);
+      cuda_detail::cutlass_gemm(t, gelu, M, N, K, xin, w.data, b, ref.get<void>(), s);
+      agrees = [&, n = int64_t(M) * N](void* got) {
+        return t == DType::bf16
+                   ? relative_verdict(static_cast<__nv_bfloat16*>(got), ref.get<__nv_bfloat16>(), n, "cublaslt", s)
+                   : relative_verdict(static_cast<__half*>(got), ref.get<__half>(), n, "cublaslt", s);
+      };
+    }
+    t_lt = cuda_detail::cublaslt_tune(t, gelu, M, N, K, xin, w.data, b, out, s, &note, agrees);
+    t_cutlass = cudaops::time_ms(s, [&] { cuda_detail::cutlass_gemm(t, gelu, M, N, K, xin, w.data, b, out, s); });
+    check(cudaStreamSynchronize(s), "cudaStreamSynchronize (linear_prepare)");
   } catch (...) {
     cudaStreamSynchronize(s);
     cudaFree(out);
     throw;
   }
-  check(cudaStreamSynchronize(s), "cudaStreamSynchronize (linear_prepare)");
   cudaFree(out);
   const Engine e = t_lt > 0.f && t_lt < t_cutlass ? Engine::cublaslt : Engine::cutlass;
   {

@@ -203,7 +203,7 @@ bool cublaslt_gemm(DType t, bool gelu, int M, int N, int K, const void* x, const
 }
 
 float cublaslt_tune(DType t, bool gelu, int M, int N, int K, const void* x, const void* w, const void* bias, void* y,
-                    cudaStream_t s, std::string* algo_note) {
+                    cudaStream_t s, std::string* algo_note, const std::function<std::string(void* y)>& check) {
   if (!cublaslt_available() || (t != DType::bf16 && t != DType::f16)) return -1.f;
   Plan& p = const_cast<Plan&>(plan_for(t, gelu, bias, M, N, K));
   if (!p.ok) {
@@ -215,7 +215,15 @@ float cublaslt_tune(DType t, bool gelu, int M, int N, int K, const void* x, cons
   std::string failures;
   for (size_t i = 0; i < p.candidates.size(); ++i) {
     const auto& c = p.candidates[i];
-    try {  // a candidate that fails to launch (workspace, a split-K it cannot run) is left out
+    try {  // a candidate that fails to launch (workspace, a split-K it cannot run) or computes wrong is left out
+      if (check) {
+        run(p, c.algo, c.workspaceSize, gelu, x, w, bias, y, s);
+        const std::string wrong = check(y);
+        if (!wrong.empty()) {
+          failures += " #" + std::to_string(i) + " " + wrong.substr(0, 100);
+          continue;
+        }
+      }
       const float ms = cudaops::time_ms(s, [&] { run(p, c.algo, c.workspaceSize, gelu, x, w, bias, y, s); });
       if (best < 0 || ms < best_ms) best_ms = ms, best = int(i);
     } catch (const Error& e) {

@@ -20,9 +20,16 @@ need_serve_extra()
 pytest.importorskip("ray.serve", reason="needs the ray extra (pip install '.[ray]')")
 
 from websockets.exceptions import ConnectionClosed  # noqa: E402
-from websockets.sync.client import connect  # noqa: E402
+from websockets.sync.client import connect as ws_connect  # noqa: E402
 
 from nfd_rt.serve import protocol  # noqa: E402
+
+
+def connect(url: str):
+    """A WebSocket to Serve's proxy, with a handshake as patient as the replies (websockets' own limit is 10 s):
+    right after a replica is killed, Serve routes a new connection while it restarts one, which on 2 busy cores
+    took longer than that."""
+    return ws_connect(url, open_timeout=60)
 
 
 @pytest.fixture(scope="module")

@@ -42,6 +42,10 @@ RESUME_GRACE_S = 5.0
 # Ray Serve's hook for middlewares in its HTTP proxies (read by every proxy process at start).
 PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 PROXY_CALLBACK = "nfd_rt.serve.ray.proxy_middlewares"
+# Serve's limits on a proxy's start and health checks (5 s and 10 s by default), raised for a Ray instance started
+# here (start()): a proxy importing on a busy machine takes longer, and a proxy killed at start fails serve.start.
+PROXY_PATIENCE_ENV = ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S")
+PROXY_PATIENCE_S = 30
 
 
 class CloseWhenReplicaLost:
@@ -239,6 +243,11 @@ def start(cfg: ServeConfig, replicas: int = 1, host: str = "127.0.0.1", port: in
         # A Ray instance started here passes the environment on to Serve's proxy: it closes the WebSockets of a
         # lost replica cleanly. On a cluster started with `ray start`, export the variable there (docs/serve.md).
         os.environ.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)
+        # Serve's controller kills a proxy that is not ready within 5 s (or fails a 10 s health check three times),
+        # and serve.start then fails (seen in CI on a loaded machine): PROXY_PATIENCE_S for both; the user's own
+        # settings win.
+        for name in PROXY_PATIENCE_ENV:
+            os.environ.setdefault(name, str(PROXY_PATIENCE_S))
         ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
                  log_to_driver=False)
     serve.start(http_options={"host": host, "port": port})
