@@ -307,6 +307,8 @@ void cuda::linear_prepare(const Context& ctx, const Tensor& x, const Tensor& w, 
   char buf[160];
   std::snprintf(buf, sizeof buf, "measured at open: cutlass %.4f ms, cublaslt %.4f ms -> %s", t_cutlass, t_lt,
                 e == Engine::cublaslt ? "cublaslt" : "cutlass");
+  if (t_lt < 0.f)  // no algorithm launched and agreed (the note after says why)
+    std::snprintf(buf, sizeof buf, "measured at open: cutlass %.4f ms, cublaslt none -> cutlass", t_cutlass);
   note_kernel(shape_name(t, gelu, b != nullptr, M, N, K) + " (choice)", std::string(buf) + "; " + note);
 #endif
 }

@@ -216,6 +216,25 @@ static void test_linear_prepare(cudaStream_t stream, DevState& st) {
   const bool lt_won = choice.find("-> cublaslt") != std::string::npos;
   report("linear_prepare measured both engines; linear ran the faster",
          !choice.empty() && (lt_won ? ran.rfind("cublaslt", 0) == 0 : ran.rfind("cutlass", 0) == 0), choice);
+  // Checked choices: every cuBLASLt algorithm's checked output spoiled (as wrong ones would be), on a shape not
+  // prepared before: none is kept, CUTLASS runs, and the choice line says why.
+  DevT dw2({2048, K}, DType::bf16, randn(size_t(2048) * K, 0.03f)), db2({2048}, DType::bf16, randn(2048)),
+      dy2({M, 2048}, DType::bf16);
+  set_env("NFD_RT_CHOICE_CHECK_BREAK", "cublaslt");
+  clear_kernels_used();
+  ops::linear_prepare(ctx, dx.t, dw2.t, db2.t, dy2.t, ops::Epilogue::none);
+  ops::linear(ctx, dx.t, dw2.t, db2.t, dy2.t, ops::Epilogue::none, nullptr);
+  set_env("NFD_RT_CHOICE_CHECK_BREAK", nullptr);
+  choice.clear(), ran.clear();
+  for (auto& kv : kernels_used()) {
+    std::printf("  %s: %s\n", kv.first.c_str(), kv.second.c_str());
+    if (kv.first.find("(choice)") != std::string::npos) choice = kv.second;
+    else ran = kv.second;
+  }
+  report("linear_prepare: cuBLASLt algorithms that compute wrong are left out; CUTLASS runs",
+         choice.find("-> cutlass") != std::string::npos && choice.find("wrong result") != std::string::npos &&
+             ran.rfind("cutlass", 0) == 0,
+         choice);
 #else
   (void)stream;
   (void)st;

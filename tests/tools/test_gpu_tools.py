@@ -89,8 +89,9 @@ def test_prepare_carry_works_from_a_clean_environment(clean_carry):
 
 def test_vendor_engines_compile_against_the_carried_headers(clean_carry, tmp_path):
     """What run.sh builds on the GPU machine: CMake configured with the carried cuDNN and FlashInfer headers
-    (NFD_RT_CUDNN=ON, NFD_RT_FLASHINFER=ON, sm_90) compiles the cuDNN engines (attention, convolution, the shared
-    loader), FlashInfer's attention and its Hopper attention (sm_90a), and the ops that call them
+    (NFD_RT_CUDNN=ON, NFD_RT_FLASHINFER=ON, sm_90) and cuBLAS's (NFD_RT_CUBLASLT=ON, as the GPU image's PyTorch
+    brings them) compiles the cuDNN engines (attention, convolution, the shared loader), FlashInfer's attention and
+    its Hopper attention (sm_90a), the cuBLASLt engine, and the ops that call them
     (vendor_build.OBJECTS; in CI compiled in the background, at the lowest priority, while the other tests run).
     The pip build finds none of these headers, so without this test that code would never be compiled in CI."""
     _, carry = clean_carry
@@ -98,7 +99,8 @@ def test_vendor_engines_compile_against_the_carried_headers(clean_carry, tmp_pat
     if "skip" in r:
         pytest.skip(r["skip"])
     assert r["configure_rc"] == 0, r["configure_output"]
-    for on in ("nfd_rt: cuDNN engines ON", "nfd_rt: FlashInfer attention ON", "nfd_rt: FlashInfer Hopper attention ON"):
+    for on in ("nfd_rt: cuDNN engines ON", "nfd_rt: FlashInfer attention ON", "nfd_rt: FlashInfer Hopper attention ON",
+               "nfd_rt: cuBLASLt GEMMs ON"):
         assert on in r["configure_output"], r["configure_output"]
     assert r["build_rc"] == 0, r["build_output"]
     assert not r["empty"], f"objects missing or empty: {r['empty']}"

@@ -1,6 +1,6 @@
 """The GPU run's vendor build, checked without a GPU (tests/tools/test_gpu_tools.py): prepare_carry.sh --flashinfer
-from a clean virtual environment, then the carried cuDNN and FlashInfer headers configured and the objects that
-use them compiled (sm_90, FlashInfer's Hopper unit for sm_90a). Several minutes of compiling on 2 cores, so CI
+from a clean virtual environment, then the carried cuDNN and FlashInfer headers (and cuBLAS's, which the GPU image
+has beside PyTorch) configured and the objects that use them compiled (sm_90, FlashInfer's Hopper unit for sm_90a). Several minutes of compiling on 2 cores, so CI
 starts it in the background before the tests, at the lowest priority (it takes the cores the tests leave idle):
 
     nice -n 19 python tests/tools/vendor_build.py --out DIR &     # .ci/run
@@ -26,6 +26,7 @@ import sys
 import tarfile
 import time
 import venv
+import zipfile
 import traceback
 from pathlib import Path
 
@@ -40,8 +41,13 @@ PATIENT_S = 3600
 # The objects compiled against the vendor headers: the engines and the ops that call them.
 OBJECTS = [f"CMakeFiles/nfd_rt.dir/csrc/ops/{f}.o" for f in ("cudnn_library.cc", "cudnn_engines.cc", "attention_cuda.cu",
                                                              "conv2d_cuda.cu", "attention_cuda_flashinfer.cu",
-                                                             "kernel_report.cc")] + \
+                                                             "kernel_report.cc", "linear_cuda_cublaslt.cu",
+                                                             "linear_cuda.cu")] + \
           ["CMakeFiles/nfd_flashinfer_sm90.dir/csrc/ops/attention_cuda_flashinfer_sm90.cu.o"]
+# cuBLAS's headers for the cuBLASLt engine (ops/linear_cuda_cublaslt.cu and linear_prepare): the GPU image has them
+# beside PyTorch, this machine nowhere, so the pip build leaves that engine out. From this wheel (444 MB; the 1 MB
+# include folder is kept). Pinned: the version the build was checked with.
+CUBLAS_WHEEL = "nvidia-cublas==13.10.0.20"
 
 
 def make_carry(work: Path, timeout: float = 900) -> dict:
@@ -61,6 +67,24 @@ def make_carry(work: Path, timeout: float = 900) -> dict:
             "unreachable": hit.group(0) if hit else None}
 
 
+def cublas_headers(work: Path, timeout: float) -> tuple[Path | None, str]:
+    """CUBLAS_WHEEL's include folder under work (downloaded once): (folder, "") or (None, what pip said)."""
+    include = work / "cublas" / "nvidia" / "cu13" / "include"
+    if (include / "cublasLt.h").exists():
+        return include, ""
+    wheels = work / "cublas-wheel"
+    r = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d",
+                        str(wheels), CUBLAS_WHEEL], capture_output=True, text=True, timeout=timeout,
+                       env={**os.environ, "PIP_DEFAULT_TIMEOUT": "20", "PIP_RETRIES": "1"})
+    if r.returncode != 0:
+        return None, (r.stdout + r.stderr)[-3000:]
+    for wheel in wheels.glob("*.whl"):
+        with zipfile.ZipFile(wheel) as z:
+            z.extractall(work / "cublas", [n for n in z.namelist() if n.startswith("nvidia/cu13/include/")])
+    shutil.rmtree(wheels)
+    return include, ""
+
+
 def build_objects(carry: Path, work: Path, jobs: int = 2, timeout: float = 600) -> dict:
     """Configures CMake with the carry's cuDNN and FlashInfer headers (as tools/gpu/run.sh does) and compiles
     OBJECTS. Returns {"skip"} (a reason) when this machine lacks the tools or build requirements, else
@@ -77,11 +101,18 @@ def build_objects(carry: Path, work: Path, jobs: int = 2, timeout: float = 600) 
         with tarfile.open(carry / archive) as t:
             t.extractall(into, filter="data")
     include = ";".join(str(headers / d) for d in ("frontend/include", "cudnn", "nvrtc"))
+    cublas, said = cublas_headers(work, timeout)
+    if cublas is None:
+        hit = UNREACHABLE.search(said)
+        if hit:
+            return {"skip": f"the package registry is unreachable: {hit.group(0)}"}
+        return {"configure_rc": -1, "configure_output": f"pip download {CUBLAS_WHEEL} failed:\n{said}"}
     r = subprocess.run(["cmake", "-S", str(REPO), "-B", str(build), "-G", "Ninja", "-DNFD_RT_CUDA=ON",
                         "-DNFD_RT_CUDA_ARCHITECTURES=90", "-DNFD_RT_CUDNN=ON", f"-DNFD_RT_CUDNN_INCLUDE={include}",
                         "-DNFD_RT_FLASHINFER=ON", f"-DNFD_RT_FLASHINFER_DIR={flashinfer}",
                         f"-DNFD_RT_CURAND_INCLUDE={flashinfer / 'curand' / 'include'}",
-                        "-DNFD_RT_CUBLASLT=OFF", "-DNFD_RT_PYTHON=OFF", "-DNFD_RT_BUILD_TESTS=OFF",
+                        "-DNFD_RT_CUBLASLT=ON", f"-DNFD_RT_CUBLAS_INCLUDE={cublas}",
+                        "-DNFD_RT_PYTHON=OFF", "-DNFD_RT_BUILD_TESTS=OFF",
                         f"-DPython_EXECUTABLE={sys.executable}"], capture_output=True, text=True, timeout=timeout)
     said = "\n".join(ln for ln in r.stdout.splitlines() if "nfd_rt:" in ln)  # what was found and built, in full
     result = {"configure_rc": r.returncode, "configure_output": said + "\n...\n" + r.stdout[-3000:] + r.stderr[-3000:]}
