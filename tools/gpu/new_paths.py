@@ -88,6 +88,11 @@ def check(path: str) -> int:
             print(f"check: {name} failed: {r.get('error', 'no fps')}")
             bad += 1
             continue
+        # Engines the choice at open left out (a failed launch, or a wrong result in its check): not a failure of
+        # the run (the session ran the others), but a kernel to mend, so said where the run's log shows it.
+        for key, line in sorted(r.get("engines", {}).items()):
+            if key.endswith("(choice)") and ("wrong result" in line or "failed" in line):
+                print(f"check: {name}: the choice at open left an engine out: {key}: {line}")
         diff = r.get("first_frame_vs_eager")
         if diff is None:
             print(f"check: {name}: {r['fps']:.1f} FPS, no first frame to compare (eager did not run)")
