@@ -543,36 +543,23 @@ std::vector<std::string> check_candidates(const AttnArgs& a, const std::vector<M
   std::vector<std::string> wrong(candidates.size());
   if (!cudaops::choice_check_on()) return wrong;
   try {
+    using cudaops::on_scratch;
     using cudaops::Scratch;
     Scratch qm(q.bytes(), s), km(k_cache.bytes(), s), vm(v_cache.bytes(), s), refm(out.bytes(), s),
         gotm(out.bytes(), s);
-    auto on = [](const Tensor& t, const Scratch& m) {
-      Tensor v = t;
-      v.data = m.get<void>();
-      return v;
-    };
-    const Tensor cq = on(q, qm), ck = on(k_cache, km), cv = on(v_cache, vm), ref = on(out, refm);
-    Tensor got = on(out, gotm);
+    const Tensor cq = on_scratch(q, qm), ck = on_scratch(k_cache, km), cv = on_scratch(v_cache, vm),
+                 ref = on_scratch(out, refm);
+    Tensor got = on_scratch(out, gotm);
     cudaops::fill_uniform(cq.ptr<T>(), cq.numel(), 1, 8.f, s);
     cudaops::fill_uniform(ck.ptr<T>(), ck.numel(), 2, 1.f, s);
     cudaops::fill_uniform(cv.ptr<T>(), cv.numel(), 3, 1.f, s);
     AttnArgs r = a;
     r.q = cq.data, r.k = ck.data, r.v = cv.data, r.out = ref.data;
     run_simt<T, HD>(r, s);
-    int right = 0;
-    for (size_t i = 0; i < candidates.size(); ++i) {
-      try {
-        // All ones is a NaN in bf16 and fp16: a candidate that writes nothing fails.
-        cudaops::check(cudaMemsetAsync(got.data, 0xff, got.bytes(), s), "cudaMemsetAsync (checked choice)");
-        run_candidate(candidates[i], cq, ck, cv, got);
-        wrong[i] = cudaops::verdict(got.ptr<T>(), ref.ptr<T>(), got.numel(), kTol, label_of(candidates[i]), s);
-      } catch (const Error& e) {
-        cudaStreamSynchronize(s);
-        cudaGetLastError();
-        wrong[i] = std::string("failed in the check: ") + e.what();
-      }
-      right += wrong[i].empty();
-    }
+    wrong = cudaops::check_each<T>(
+        candidates.size(), got, ref, kTol, s, [&](size_t i) { run_candidate(candidates[i], cq, ck, cv, got); },
+        [&](size_t i) { return label_of(candidates[i]); });
+    const auto right = std::count(wrong.begin(), wrong.end(), std::string());
     if (right == 0) {
       *note = " check inconclusive (no candidate agreed with the CUDA-core kernel; chosen by time alone),";
       wrong.assign(candidates.size(), "");

@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "core/switches.h"
 #include "ops/cuda_common.cuh"
@@ -92,13 +93,41 @@ std::string verdict(T* got, const T* want, int64_t n, float tol, const std::stri
   return buf;
 }
 
-// The check of an engine whose values scale with its operands (a GEMM, a convolution): every value within 2% of the
-// reference's largest magnitude. A right 16-bit engine differs by a rounding or two there (0.4-0.8% in bf16); a
-// wrong tap, tile, split or workspace by about the values themselves.
+// The limit for an engine whose values scale with its operands (a GEMM, a convolution): 2% of the reference's
+// largest magnitude, computed once for all candidates. A right 16-bit engine differs by a rounding or two there
+// (0.4-0.8% in bf16); a wrong tap, tile, split or workspace by about the values themselves.
 template <typename T>
-std::string relative_verdict(T* got, const T* want, int64_t n, const std::string& label, cudaStream_t s) {
-  const float largest = max_abs_diff<T>(want, nullptr, n, s);
-  return verdict(got, want, n, largest * 0.02f > 1e-6f ? largest * 0.02f : 1e-6f, label, s);
+float relative_limit(const T* want, int64_t n, cudaStream_t s) {
+  const float limit = 0.02f * max_abs_diff<T>(want, nullptr, n, s);
+  return limit > 1e-6f ? limit : 1e-6f;
+}
+
+// Tensor t's shape and dtype on the memory of m (the check's own copy of an operand).
+inline Tensor on_scratch(const Tensor& t, const Scratch& m) {
+  Tensor v = t;
+  v.data = m.get<void>();
+  return v;
+}
+
+// Runs each of n candidates once (run(i) writes its output into `got`, first filled with all ones: a NaN in bf16
+// and fp16, so one that writes nothing fails) and judges it against `want` within tol. Returns per candidate "" or
+// what it got wrong; a candidate whose launch throws "failed in the check: ...".
+template <typename T, typename Run, typename Label>
+std::vector<std::string> check_each(size_t n, const Tensor& got, const Tensor& want, float tol, cudaStream_t s,
+                                    Run run, Label label_of) {
+  std::vector<std::string> wrong(n);
+  for (size_t i = 0; i < n; ++i) {
+    try {
+      check(cudaMemsetAsync(got.data, 0xff, got.bytes(), s), "cudaMemsetAsync (checked choice)");
+      run(i);
+      wrong[i] = verdict(got.ptr<T>(), want.ptr<T>(), got.numel(), tol, label_of(i), s);
+    } catch (const Error& e) {
+      cudaStreamSynchronize(s);
+      cudaGetLastError();
+      wrong[i] = std::string("failed in the check: ") + e.what();
+    }
+  }
+  return wrong;
 }
 
 }  // namespace cudaops

@@ -399,40 +399,27 @@ void run_engine(const Context& ctx, const ConvCall& c, ConvEngine e) {
 
 // Checked choices (ops/choice_check_cuda.cuh) for convolution: each candidate once on a seeded input (and
 // residual) of the call's shapes with the call's own filters and bias, against run_simt on the same operands, within
-// 2% of the reference's largest magnitude (cudaops::relative_verdict). Returns per candidate "" or what it got
+// 2% of the reference's largest magnitude (cudaops::relative_limit). Returns per candidate "" or what it got
 // wrong; all "" (and *note says why) when the check is off or cannot run.
 template <typename T>
 std::vector<std::string> check_typed(const Context& ctx, const ConvCall& c, const std::vector<ConvEngine>& candidates,
                                      std::string* note) {
+  using cudaops::on_scratch;
   using cudaops::Scratch;
   cudaStream_t s = cudaops::stream_of(ctx);
-  std::vector<std::string> wrong(candidates.size());
   const bool has_res = c.residual != nullptr;
   Scratch xm(c.x.bytes(), s), rm(has_res ? c.residual->bytes() : 0, s), refm(c.out.bytes(), s),
       gotm(c.out.bytes(), s);
-  auto on = [](const Tensor& t, const Scratch& m) {
-    Tensor v = t;
-    v.data = m.get<void>();
-    return v;
-  };
-  const Tensor cx = on(c.x, xm), cres = has_res ? on(*c.residual, rm) : Tensor{};
-  Tensor ref = on(c.out, refm), got = on(c.out, gotm);
+  const Tensor cx = on_scratch(c.x, xm), cres = has_res ? on_scratch(*c.residual, rm) : Tensor{};
+  Tensor ref = on_scratch(c.out, refm), got = on_scratch(c.out, gotm);
   cudaops::fill_uniform(cx.ptr<T>(), cx.numel(), 4, 1.f, s);
   if (has_res) cudaops::fill_uniform(cres.ptr<T>(), cres.numel(), 5, 1.f, s);
   run_simt(ctx, ConvCall{cx, c.w, c.bias, has_res ? &cres : nullptr, ref, c.stride, c.pad, c.up, c.op});
   const ConvCall checked{cx, c.w, c.bias, has_res ? &cres : nullptr, got, c.stride, c.pad, c.up, c.op};
-  for (size_t i = 0; i < candidates.size(); ++i) {
-    try {
-      // All ones is a NaN in bf16 and fp16: a candidate that writes nothing fails.
-      cudaops::check(cudaMemsetAsync(got.data, 0xff, got.bytes(), s), "cudaMemsetAsync (checked choice)");
-      run_engine(ctx, checked, candidates[i]);
-      wrong[i] = cudaops::relative_verdict(got.ptr<T>(), ref.ptr<T>(), got.numel(), engine_name(candidates[i]), s);
-    } catch (const Error& e) {
-      cudaStreamSynchronize(s);
-      cudaGetLastError();
-      wrong[i] = std::string("failed in the check: ") + e.what();
-    }
-  }
+  std::vector<std::string> wrong = cudaops::check_each<T>(
+      candidates.size(), got, ref, cudaops::relative_limit(ref.ptr<T>(), ref.numel(), s), s,
+      [&](size_t i) { run_engine(ctx, checked, candidates[i]); },
+      [&](size_t i) { return std::string(engine_name(candidates[i])); });
   *note = "each checked against the CUDA-core convolution; ";
   return wrong;
 }

@@ -276,7 +276,8 @@ void cuda::linear_prepare(const Context& ctx, const Tensor& x, const Tensor& w, 
     // and each cuBLASLt algorithm must agree with CUTLASS (it ran on the H200) within 2% of the largest value
     // before it is timed (a split-K algorithm on a wrong workspace would not); with none agreeing, CUTLASS.
     const bool checked = choice_check_on();
-    Scratch seeded_x(checked ? size_t(M) * K * dtype_size(t) : 0, s), ref(checked ? size_t(M) * N * dtype_size(t) : 0, s);
+    Scratch seeded_x(checked ? size_t(M) * K * dtype_size(t) : 0, s),
+        ref(checked ? size_t(M) * N * dtype_size(t) : 0, s);
     const void* xin = x.data;
     std::function<std::string(void*)> agrees;
     if (checked) {
@@ -284,10 +285,13 @@ void cuda::linear_prepare(const Context& ctx, const Tensor& x, const Tensor& w, 
       if (t == DType::bf16) fill_uniform(seeded_x.get<__nv_bfloat16>(), int64_t(M) * K, 6, 1.f, s);
       else fill_uniform(seeded_x.get<__half>(), int64_t(M) * K, 6, 1.f, s);
       cuda_detail::cutlass_gemm(t, gelu, M, N, K, xin, w.data, b, ref.get<void>(), s);
-      agrees = [&, n = int64_t(M) * N](void* got) {
+      const int64_t n = int64_t(M) * N;
+      const float tol = t == DType::bf16 ? relative_limit(ref.get<__nv_bfloat16>(), n, s)
+                                         : relative_limit(ref.get<__half>(), n, s);
+      agrees = [&, n, tol](void* got) {
         return t == DType::bf16
-                   ? relative_verdict(static_cast<__nv_bfloat16*>(got), ref.get<__nv_bfloat16>(), n, "cublaslt", s)
-                   : relative_verdict(static_cast<__half*>(got), ref.get<__half>(), n, "cublaslt", s);
+                   ? verdict(static_cast<__nv_bfloat16*>(got), ref.get<__nv_bfloat16>(), n, tol, "cublaslt", s)
+                   : verdict(static_cast<__half*>(got), ref.get<__half>(), n, tol, "cublaslt", s);
       };
     }
     t_lt = cuda_detail::cublaslt_tune(t, gelu, M, N, K, xin, w.data, b, out, s, &note, agrees);

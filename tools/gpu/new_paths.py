@@ -9,8 +9,9 @@ tools that use the list: the fallback run and the bisection of tools/gpu/run.sh.
 
 `headline` runs benchmarks/fps.py with the given arguments and checks its JSON; if the run fails, hangs (it may
 take 60% of the time, --first-share) or its first frame does not match eager's, it re-runs at once with every new
-path off, checks again, and (if that passes and time is left) bisects to name the path that broke. It writes `DIR/working_env.sh`: the exports that the rest of a
-GPU run should use (every broken path off; all paths off when the culprit is unknown), and `DIR/headline.json`.
+path off, checks again, and (if that passes and time is left) bisects to name the path that broke. It writes
+`DIR/working_env.sh`: the exports that the rest of a GPU run should use (every broken path off; all paths off when
+the culprit is unknown), and `DIR/headline.json`.
 
 `bisect` runs one short rollout per configuration, each in its own process (a kernel that faults can poison the
 CUDA context): every path off (the measured baseline), then each new path on alone, and compares every frame
@@ -37,8 +38,8 @@ NEW_PATHS = {
     "NFD_RT_ATTENTION_KEYS": ("64", "attention: FlashAttention-2's 64 x 128 tile at head_dim 64 (timed at open)"),
     "NFD_RT_ATTENTION_SOFTMAX": ("separate", "attention: folded softmax, one FFMA + ex2.approx a score, liveness "
                                              "by __syncthreads_and (timed against separate at open)"),
-    "NFD_RT_CHECK_CHOICES": ("off", "session open: each attention and convolution engine checked against a CUDA-core "
-                                    "kernel on seeded inputs before it can be chosen"),
+    "NFD_RT_CHECK_CHOICES": ("off", "session open: each attention, convolution and cuBLASLt GEMM engine checked "
+                                    "against a measured kernel on seeded inputs before it can be chosen"),
     "NFD_RT_FUSED_NORM": ("off", "gated residual add folded into the next layernorm_modulate"),
     "NFD_RT_ROPE_GROUP": ("1", "RoPE split: one angle per (token, pair) for 4 heads"),
     "NFD_RT_DECODE_STREAM": ("off", "decode on a second stream beside the cache-write pass"),
