@@ -64,6 +64,15 @@ def test_version():
     assert r.returncode == 0 and r.stdout == f"nfd-rt {version}\n", (r.stdout, r.stderr)
 
 
+def test_python_dash_m_runs_the_command():
+    """`python -m nfd_rt` is the same command, for an environment whose scripts folder is not on PATH."""
+    r = subprocess.run([sys.executable, "-m", "nfd_rt", "--version"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("nfd-rt "), (r.stdout, r.stderr)
+    r = subprocess.run([sys.executable, "-m", "nfd_rt", "info", "no-such.nfd"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode != 0 and "no-such.nfd" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 def test_info_json_is_json_alone():
     """`info --json` prints one JSON document, nothing before it (it printed four lines first)."""
     r = nfd_rt_cli("info", "gridworld", "--json")
