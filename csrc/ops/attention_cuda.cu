@@ -146,6 +146,7 @@ struct MmaChoice {
   int cudnn_splits = 0;
   int keys = kBK;
   int fi90_splits = 0;
+  bool simt = false;  // no variant of ours ran right at open: calls no vendor engine takes run the CUDA-core kernel
 };
 // Whether the choice runs the 64 x 128 tile (else keys is kBK).
 bool wide_keys(const MmaChoice& c, int hd) {
@@ -281,7 +282,7 @@ std::string run_typed(const AttnArgs& a, int hd, bool mma, cudaStream_t s) {
   if constexpr (!std::is_same<T, float>::value) {  // tensor cores: 16-bit inputs only
     if (mma && (hd == 32 || hd == 64 || hd == 128)) {
       const MmaChoice c = mma_choice(hd, ShapeKey{int(dtype_of<T>()), a.N, a.H, a.Hkv, hd, a.slots});
-      switch (hd) {
+      if (!c.simt) switch (hd) {
         case 32: return run_mma_choice<T, 32>(a, c, s);
         case 64: return run_mma_choice<T, 64>(a, c, s);
         default: return run_mma_choice<T, 128>(a, c, s);
@@ -566,9 +567,8 @@ std::vector<std::string> check_candidates(const AttnArgs& a, const std::vector<M
     } else {
       *note = " each checked against the CUDA-core kernel,";
     }
-  } catch (const Error& e) {
-    cudaStreamSynchronize(s);
-    cudaGetLastError();
+  } catch (const std::exception& e) {
+    if (cudaops::context_lost(s)) throw;  // a candidate broke the context: fail_context_lost named it
     *note = " check not run (" + std::string(e.what()).substr(0, 120) + "),";
     wrong.assign(candidates.size(), "");
   }
@@ -686,9 +686,8 @@ void prepare_variants(AttnArgs a, const ShapeKey& key, const std::string& name, 
       report += " " + label + buf + ",";
       if (best_ms < 0.f || ms < best_ms) best = c, best_ms = ms;
       if (!vendor && (best_ours_ms < 0.f || ms < best_ours_ms)) best_ours = c, best_ours_ms = ms;
-    } catch (const Error& e) {
-      cudaStreamSynchronize(s);  // what was queued before the failure
-      cudaGetLastError();
+    } catch (const std::exception& e) {
+      if (cudaops::context_lost(s)) cudaops::fail_context_lost("attention_prepare: " + name, label, e.what());
       report += " " + label + " failed (" + std::string(e.what()).substr(0, 160) + "),";
       if (first_error.empty()) first_error = e.what();
       rows128_failed = rows128_failed || (HD == 64 && !vendor && c.rows == 128);
@@ -705,8 +704,18 @@ void prepare_variants(AttnArgs a, const ShapeKey& key, const std::string& name, 
                                     "as forced)"));
     return;
   }
-  NFD_CHECK(best_ms >= 0.f, internal, "attention_prepare: every variant of " + name + " failed: " + first_error);
-  MmaChoice kept = best_ours_ms >= 0.f ? best_ours : MmaChoice{wide_rows(HD), !g_folded_failed};
+  NFD_CHECK(best_ms >= 0.f, internal,
+            "attention_prepare: every variant of " + name + " failed: " + first_error + " (" + report + ")");
+  // Where no variant of ours was timed right, calls that no vendor engine takes (visible slots not the cache's
+  // prefix) run the CUDA-core kernel rather than a variant that just failed or computed wrong.
+  const bool ours_timed = std::any_of(candidates.begin(), candidates.end(),
+                                      [](const MmaChoice& c) { return !c.cudnn_splits && !c.fi90_splits; });
+  MmaChoice kept = best_ours;
+  if (best_ours_ms < 0.f) {
+    kept = MmaChoice{HD == 64 && (rows128_failed || g_rows128_failed) ? 64 : wide_rows(HD),
+                     !(folded_failed || g_folded_failed)};
+    kept.simt = ours_timed;
+  }
   kept.cudnn_splits = best.cudnn_splits;
   kept.fi90_splits = best.fi90_splits;
   {
@@ -722,9 +731,9 @@ void prepare_variants(AttnArgs a, const ShapeKey& key, const std::string& name, 
       kept.cudnn_splits  ? "cudnn " + std::to_string(kept.cudnn_splits) + " batches"
       : kept.fi90_splits ? "flashinfer-sm90 " + std::to_string(kept.fi90_splits) + " ranges"
                          : "";
-  note_kernel(name + " (choice)", report + "-> " +
-                                      (vendor_kept.empty() ? variant_name(kept, HD)
-                                                           : vendor_kept + " (ours: " + variant_name(kept, HD) + ")"));
+  const std::string ours_kept = kept.simt ? "simt (no variant of ours ran right)" : variant_name(kept, HD);
+  note_kernel(name + " (choice)",
+              report + "-> " + (vendor_kept.empty() ? ours_kept : vendor_kept + " (ours: " + ours_kept + ")"));
 }
 
 template <typename T>
@@ -836,7 +845,7 @@ void cuda::attention(const Context& ctx, const Tensor& q, const Tensor& k_cache,
         cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
         check(cudaStreamIsCapturing(s, &cap), "cudaStreamIsCapturing");
         if (cap != cudaStreamCaptureStatusNone && !cudnn_sdpa::prepared(p))
-          why_not_cudnn = "its cuDNN graph is built outside a stream capture (ops::attention_prepare at open)";
+          why_not_cudnn = "no cuDNN graph was built for it before the capture (ops::attention_prepare at open)";
         else if (const cudnn_sdpa::Plan* plan = cudnn_sdpa::prepare(p, &why_not_cudnn)) {
           note_kernel(key, run_cudnn_typed(p, *plan, q, k_cache, v_cache, out, ctx.state, s));
           return;

@@ -136,7 +136,7 @@ const Plan* prepare(const Problem& p, std::string* why) {
   return plans().find_or_build(key_of(p), [&](cudnnHandle_t h) { return build(p, h); }, why);
 }
 
-bool prepared(const Problem& p) { return plans().contains(key_of(p)); }
+bool prepared(const Problem& p) { return plans().built(key_of(p)); }
 
 size_t workspace_bytes(const Plan& plan) { return size_t(plan.workspace); }
 

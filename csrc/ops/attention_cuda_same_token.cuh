@@ -29,7 +29,7 @@ __global__ void kernel(cudaops::DPtr q, cudaops::DPtr kc, cudaops::DPtr vc, cuda
     acc[i] = 0.f;
   }
   float m = -INFINITY, l = 0.f;
-  const int visible = state->num_visible;
+  const int visible = min(max(state->num_visible, 0), FrameState::kMaxSlots);  // as the other kernels clamp it
   for (int j = 0; j < visible; ++j) {
     const int slot = state->visible_slots[j];
     if (slot < 0 || slot >= slots) continue;

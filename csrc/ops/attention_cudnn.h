@@ -49,8 +49,8 @@ struct Pointers {
   const int32_t* seq_len_kv = nullptr;
 };
 
-// Whether prepare(p) ran (successful or not). Building a graph synchronises with the device, so it must not
-// happen while a stream is being captured.
+// Whether prepare(p) ran and built a usable plan. Building a graph synchronises with the device, so it must not
+// happen while a stream is being captured: a call inside a capture runs only a plan built before.
 bool prepared(const Problem& p);
 
 // The workspace the plan needs (bytes).

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -86,7 +87,7 @@ template <typename T>
 std::string verdict(T* got, const T* want, int64_t n, float tol, const std::string& label, cudaStream_t s) {
   if (spoiled_for_test(label)) fill_uniform(got, n, 99, 1.f, s);
   const float worst = max_abs_diff(got, want, n, s);
-  if (worst <= tol) return "";
+  if (worst <= tol && worst <= FLT_MAX) return "";  // a NaN or Inf (worst = +Inf) fails whatever the limit
   char buf[128];
   std::snprintf(buf, sizeof buf, "wrong result: max |diff| %.3g against the reference kernel (limit %.3g)", worst,
                 tol);
@@ -109,9 +110,32 @@ inline Tensor on_scratch(const Tensor& t, const Scratch& m) {
   return v;
 }
 
+// While alive, each cudaops::Scratch taken on this thread starts as NaN (cuda_common.cuh): a checked candidate's
+// partials and workspaces cannot inherit the right values of the one before.
+class PoisonScratch {
+ public:
+  PoisonScratch() : was_(t_poison_scratch) { t_poison_scratch = true; }
+  ~PoisonScratch() { t_poison_scratch = was_; }
+  PoisonScratch(const PoisonScratch&) = delete;
+  PoisonScratch& operator=(const PoisonScratch&) = delete;
+
+ private:
+  bool was_;
+};
+
+// A candidate's failure (in the check or in its timing) that left the CUDA context broken: nothing after it can run
+// in this process, so session open stops here, naming the candidate and what turns it off, instead of going on to
+// blame the next candidate for the sticky error.
+[[noreturn]] inline void fail_context_lost(const std::string& where, const std::string& label, const char* what) {
+  fail(ErrorKind::internal, where + ": " + label + " broke the CUDA context (" + what +
+                                "); no CUDA call can succeed in this process after it. Turn that engine off with its "
+                                "switch (docs/cuda-backend.md, \"Checked choices\") and open the session again");
+}
+
 // Runs each of n candidates once (run(i) writes its output into `got`, first filled with all ones: a NaN in bf16
-// and fp16, so one that writes nothing fails) and judges it against `want` within tol. Returns per candidate "" or
-// what it got wrong; a candidate whose launch throws "failed in the check: ...".
+// and fp16, so one that writes nothing fails; its scratch likewise) and judges it against `want` within tol.
+// Returns per candidate "" or what it got wrong; a candidate whose launch throws "failed in the check: ...". One
+// that breaks the CUDA context ends the check with fail_context_lost.
 template <typename T, typename Run, typename Label>
 std::vector<std::string> check_each(size_t n, const Tensor& got, const Tensor& want, float tol, cudaStream_t s,
                                     Run run, Label label_of) {
@@ -119,11 +143,13 @@ std::vector<std::string> check_each(size_t n, const Tensor& got, const Tensor& w
   for (size_t i = 0; i < n; ++i) {
     try {
       check(cudaMemsetAsync(got.data, 0xff, got.bytes(), s), "cudaMemsetAsync (checked choice)");
-      run(i);
+      {
+        PoisonScratch poisoned;
+        run(i);
+      }
       wrong[i] = verdict(got.ptr<T>(), want.ptr<T>(), got.numel(), tol, label_of(i), s);
-    } catch (const Error& e) {
-      cudaStreamSynchronize(s);
-      cudaGetLastError();
+    } catch (const std::exception& e) {  // nfd::Error, or a vendor library's own exception
+      if (context_lost(s)) fail_context_lost("checked choice", label_of(i), e.what());
       wrong[i] = std::string("failed in the check: ") + e.what();
     }
   }

@@ -429,9 +429,8 @@ std::vector<std::string> check_candidates(const Context& ctx, const ConvCall& c,
   try {
     return c.x.dtype == DType::bf16 ? check_typed<__nv_bfloat16>(ctx, c, candidates, note)
                                     : check_typed<__half>(ctx, c, candidates, note);
-  } catch (const Error& e) {
-    cudaStreamSynchronize(cudaops::stream_of(ctx));
-    cudaGetLastError();
+  } catch (const std::exception& e) {
+    if (cudaops::context_lost(cudaops::stream_of(ctx))) throw;  // a candidate broke it: fail_context_lost named it
     *note = "check not run (" + std::string(e.what()).substr(0, 120) + "); ";
     return std::vector<std::string>(candidates.size());
   }
@@ -453,7 +452,9 @@ std::map<ConvKey, ConvEngine>& choices() {
 // met inside a capture runs CUTLASS without a choice being kept (the next uncaptured call chooses).
 ConvEngine choose(const Context& ctx, const ConvCall& c, ConvMode mode) {
   if (mode == ConvMode::implicit) return ConvEngine::cutlass;
-  const std::string choice_key = kernel_key(c.op, c.x, c.w, c.stride) + " (choice)";
+  // The input's size in the key: the same channels at two resolutions are two choices.
+  const std::string choice_key = kernel_key(c.op, c.x, c.w, c.stride) + " at " + std::to_string(c.x.dim(1)) + "x" +
+                                 std::to_string(c.x.dim(2)) + " (choice)";
   const ConvKey key = key_of(c);
   if (mode == ConvMode::automatic) {
     std::lock_guard<std::mutex> lock(g_choice_mu);
@@ -509,9 +510,9 @@ ConvEngine choose(const Context& ctx, const ConvCall& c, ConvMode mode) {
       float ms = -1.f;
       try {
         ms = cudaops::time_ms(cudaops::stream_of(ctx), [&] { run_engine(ctx, c, e); });
-      } catch (const Error& err) {  // a failed launch: left out of the choice, reported
-        cudaStreamSynchronize(cudaops::stream_of(ctx));
-        cudaGetLastError();
+      } catch (const std::exception& err) {  // a failed launch: left out of the choice, reported
+        if (cudaops::context_lost(cudaops::stream_of(ctx)))
+          cudaops::fail_context_lost("convolution choice: " + choice_key, engine_name(e), err.what());
         report += std::string(engine_name(e)) + ": failed (" + std::string(err.what()).substr(0, 120) + "), ";
         continue;
       }

@@ -142,7 +142,7 @@ const Plan* prepare(const Problem& p, std::string* why) {
       why);
 }
 
-bool prepared(const Problem& p) { return plans().contains(key_of(p)); }
+bool prepared(const Problem& p) { return plans().built(key_of(p)); }
 
 bool plain(const Plan& plan) { return plan.plain; }
 

@@ -44,8 +44,9 @@ struct Plan;
 
 // Builds and keeps the graph of p (once per problem, thread-safe; later calls look it up) and returns it; null
 // with *why when cuDNN is not loaded or takes no plan for it. Never throws. Building synchronises with the device:
-// not while a stream is being captured (prepared() tells whether it has run).
+// not while a stream is being captured.
 const Plan* prepare(const Problem& p, std::string* why);
+// Whether prepare(p) ran and built a usable plan (what a call inside a capture may run: a lookup).
 bool prepared(const Problem& p);
 
 // Whether the plan is the convolution alone (the caller then adds bias and residual), and what it runs (the

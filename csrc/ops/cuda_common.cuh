@@ -28,6 +28,15 @@ inline void check(cudaError_t e, const char* what) {
 }
 inline void check_launch(const char* what) { check(cudaGetLastError(), what); }
 
+// After a failed call on stream s: clears an error that can be cleared and says whether one stays. A kernel that
+// faults (an illegal address, a trap) leaves a sticky error: every later CUDA call of the process fails with it, so
+// nothing after it can be judged, only the kernel that caused it named.
+inline bool context_lost(cudaStream_t s) {
+  cudaStreamSynchronize(s);
+  cudaGetLastError();
+  return cudaStreamSynchronize(s) != cudaSuccess || cudaGetLastError() != cudaSuccess;
+}
+
 inline cudaStream_t stream_of(const Context& ctx) { return static_cast<cudaStream_t>(ctx.stream); }
 
 // 16-byte alignment: what cp.async, ldmatrix and the 16-byte vector loads of the kernels need of a pointer.
@@ -79,10 +88,22 @@ inline unsigned grid_1d(int64_t n, int block) {
 
 // Stream-ordered scratch memory (cudaMallocAsync / cudaFreeAsync): legal inside CUDA graph capture, where it
 // becomes memory-alloc/free nodes, so ops that need a workspace stay graph-capturable without a plan step.
+// While a candidate engine is checked at open (PoisonScratch, ops/choice_check_cuda.cuh), every scratch starts as
+// all-ones bytes (a NaN in fp32, bf16 and fp16): stream-ordered memory freed by the candidate before is handed out
+// again, so partials a broken kernel leaves unwritten would otherwise hold its predecessor's right values.
+inline thread_local bool t_poison_scratch = false;
 class Scratch {
  public:
   Scratch(size_t bytes, cudaStream_t s) : s_(s) {
-    if (bytes) check(cudaMallocAsync(&p_, bytes, s), "cudaMallocAsync (op scratch)");
+    if (!bytes) return;
+    check(cudaMallocAsync(&p_, bytes, s), "cudaMallocAsync (op scratch)");
+    if (!t_poison_scratch) return;
+    const cudaError_t e = cudaMemsetAsync(p_, 0xff, bytes, s);
+    if (e != cudaSuccess) {
+      cudaFreeAsync(p_, s);
+      p_ = nullptr;
+      check(e, "cudaMemsetAsync (checked choice scratch)");
+    }
   }
   ~Scratch() {
     if (p_) cudaFreeAsync(p_, s_);

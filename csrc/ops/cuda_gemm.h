@@ -38,6 +38,10 @@ std::string cublaslt_status();
 // algorithm for the problem (nothing was launched); throws nfd::Error when a launch fails.
 bool cublaslt_gemm(DType t, bool gelu, int M, int N, int K, const void* x, const void* w, const void* bias, void* y,
                    cudaStream_t s, std::string* algo_note = nullptr);
+// Loads cuBLASLt and asks the heuristic for the shape's algorithms, outside any capture (NFD_RT_GEMM=cublaslt's
+// linear_prepare: the first cublaslt_gemm of the shape may then run inside the frame graph's capture). False when
+// cuBLASLt is unavailable or has no algorithm (the calls then run CUTLASS and say why).
+bool cublaslt_plan(DType t, bool gelu, int M, int N, int K, const void* bias);
 // Times every algorithm the heuristic offers for the shape (up to 8, split-K ones included) and keeps the fastest
 // for later cublaslt_gemm calls; returns its time in ms (-1: cuBLASLt unavailable or no algorithm). With `check`,
 // each algorithm's output y is first given to it ("" when right, else what is wrong: the algorithm is left out, as

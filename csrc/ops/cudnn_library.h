@@ -78,9 +78,11 @@ class PlanCache {
     std::lock_guard<std::mutex> lock(mu_);
     return kept(plans_.emplace(key, std::move(b)).first->second, why);  // a concurrent first build of key wins
   }
-  bool contains(const Key& key) const {
+  // Whether a usable plan of key was built (a build that failed is kept too, so it is not retried: not usable).
+  bool built(const Key& key) const {
     std::lock_guard<std::mutex> lock(mu_);
-    return plans_.count(key) > 0;
+    auto it = plans_.find(key);
+    return it != plans_.end() && it->second.graph;
   }
 
  private:

@@ -251,13 +251,18 @@ void cuda::linear_prepare(const Context& ctx, const Tensor& x, const Tensor& w, 
                           Epilogue epilogue) {
   using namespace cudaops;
   const LinearShape sh = linear_shape(x, w, bias, y);  // the GEMM part is timed
-  if (!sh.tensor_op || sh.M == 0 || sh.N == 0 || requested_mode() != Mode::automatic) return;
+  if (!sh.tensor_op || sh.M == 0 || sh.N == 0 || requested_mode() == Mode::cutlass) return;
 #ifdef NFD_RT_WITH_CUBLASLT
-  if (!cuda_detail::cublaslt_available()) return;
   cudaStream_t s = stream_of(ctx);
   cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
   check(cudaStreamIsCapturing(s, &cap), "cudaStreamIsCapturing");
   if (cap != cudaStreamCaptureStatusNone) return;  // cannot time inside a capture: CUTLASS stays the default
+  if (requested_mode() == Mode::cublaslt) {  // forced: nothing to time, but load it and plan the shape now
+    cuda_detail::cublaslt_plan(y.dtype, epilogue == Epilogue::gelu_tanh, int(sh.M), int(sh.N), int(sh.K),
+                               bias.defined() ? bias.data : nullptr);
+    return;
+  }
+  if (!cuda_detail::cublaslt_available()) return;
   const DType t = y.dtype;
   const bool gelu = epilogue == Epilogue::gelu_tanh;
   const void* b = bias.defined() ? bias.data : nullptr;

@@ -19,6 +19,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "ops/choice_check_cuda.cuh"
 #include "ops/cuda_common.cuh"
 #include "ops/cuda_gemm.h"
 #include "ops/vendor_library.h"
@@ -202,6 +203,10 @@ bool cublaslt_gemm(DType t, bool gelu, int M, int N, int K, const void* x, const
   return true;
 }
 
+bool cublaslt_plan(DType t, bool gelu, int M, int N, int K, const void* bias) {
+  return cublaslt_available() && (t == DType::bf16 || t == DType::f16) && plan_for(t, gelu, bias, M, N, K).ok;
+}
+
 float cublaslt_tune(DType t, bool gelu, int M, int N, int K, const void* x, const void* w, const void* bias, void* y,
                     cudaStream_t s, std::string* algo_note, const std::function<std::string(void* y)>& check) {
   if (!cublaslt_available() || (t != DType::bf16 && t != DType::f16)) return -1.f;
@@ -216,8 +221,12 @@ float cublaslt_tune(DType t, bool gelu, int M, int N, int K, const void* x, cons
   for (size_t i = 0; i < p.candidates.size(); ++i) {
     const auto& c = p.candidates[i];
     try {  // a candidate that fails to launch (workspace, a split-K it cannot run) or computes wrong is left out
-      if (check) {
-        run(p, c.algo, c.workspaceSize, gelu, x, w, bias, y, s);
+      if (check) {  // y (and the workspace) start as NaN: an algorithm that writes nothing cannot pass on the last's
+        cudaops::check(cudaMemsetAsync(y, 0xff, size_t(M) * N * dtype_size(t), s), "cudaMemsetAsync (checked choice)");
+        {
+          cudaops::PoisonScratch poisoned;
+          run(p, c.algo, c.workspaceSize, gelu, x, w, bias, y, s);
+        }
         const std::string wrong = check(y);
         if (!wrong.empty()) {
           failures += " #" + std::to_string(i) + " " + wrong.substr(0, 100);
@@ -226,11 +235,15 @@ float cublaslt_tune(DType t, bool gelu, int M, int N, int K, const void* x, cons
       }
       const float ms = cudaops::time_ms(s, [&] { run(p, c.algo, c.workspaceSize, gelu, x, w, bias, y, s); });
       if (best < 0 || ms < best_ms) best_ms = ms, best = int(i);
-    } catch (const Error& e) {
-      cudaStreamSynchronize(s);
-      cudaGetLastError();
+    } catch (const std::exception& e) {
+      if (cudaops::context_lost(s))
+        cudaops::fail_context_lost("linear_prepare", "cuBLASLt algorithm #" + std::to_string(i), e.what());
       failures += " #" + std::to_string(i) + " failed (" + std::string(e.what()).substr(0, 80) + ")";
     }
+  }
+  if (best < 0 && !failures.empty()) {  // none kept: say why each was left out
+    if (algo_note) *algo_note = p.note + "; left out:" + failures;
+    return -1.f;
   }
   if (best >= 0) {
     p.algo = p.candidates[size_t(best)].algo;

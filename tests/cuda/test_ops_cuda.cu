@@ -23,6 +23,7 @@
 // Prints "N passed, N failed"; exit code 1 on any failure, 77 (CTest's skip) when no CUDA device is present.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -37,6 +38,7 @@
 #include "core/error.h"
 #include "ops/attention_math.h"
 #include "ops/attention_mma.h"
+#include "ops/choice_check_cuda.cuh"
 #include "ops/cuda_gemm.h"
 #include "ops/kernel_report.h"
 #include "ops/ops.h"
@@ -529,7 +531,8 @@ static void test_conv_cudnn(cudaStream_t stream, DevState& st) {
       out.poison();
       call();
       check_close(name, out.download(), ref, tol_of(DType::bf16));
-      const std::string choice = kernel_ran(key + " (choice)");
+      const std::string choice =
+          kernel_ran(key + " at " + std::to_string(sh.H) + "x" + std::to_string(sh.W) + " (choice)");
       if (std::string(mode) == "cudnn") {
         report(name + ": cuDNN ran", kernel_ran(key).rfind("cudnn", 0) == 0, kernel_ran(key) + " | " + choice);
       } else {
@@ -557,7 +560,7 @@ static void test_conv_cudnn(cudaStream_t stream, DevState& st) {
   g.replay(stream);
   check_close("auto, first met inside a capture", out.download(),
               conv_ref(x, w, b, nullptr, 24, 10, 14, 40, 3, 1, 1, 0), tol_of(DType::bf16));
-  const std::string choice = kernel_ran("conv2d bf16 24->40 k3 s1 (choice)");
+  const std::string choice = kernel_ran("conv2d bf16 24->40 k3 s1 at 10x14 (choice)");
   report("auto, first met inside a capture: CUTLASS, said so",
          choice.find("not chosen") != std::string::npos &&
              kernel_ran("conv2d bf16 24->40 k3 s1").rfind("cutlass", 0) == 0,
@@ -607,7 +610,7 @@ static void test_checked_choice(cudaStream_t stream, DevState& st) {
     out.poison();
     ops::conv2d(ctx, dx.t, dw.t, db.t, 1, 1, out.t, nullptr);
     const std::string key = "conv2d bf16 16->" + std::to_string(Cout) + " k3 s1";
-    const std::string choice = kernel_ran(key + " (choice)"), ran = kernel_ran(key);
+    const std::string choice = kernel_ran(key + " at 9x11 (choice)"), ran = kernel_ran(key);
     std::printf("  conv, %s spoiled: %s\n  ran: %s\n", sc.first, choice.c_str(), ran.c_str());
     const char* said = std::string(sc.first) == "all" ? "none agreed" : "cutlass: wrong result";
     report(std::string("checked conv choice, ") + sc.first + " spoiled: said, and not run",
@@ -616,6 +619,21 @@ static void test_checked_choice(cudaStream_t stream, DevState& st) {
                 conv_ref(x, w, b, nullptr, 16, 9, 11, Cout, 3, 1, 1, 0), tol_of(DType::bf16));
   }
   set_env("NFD_RT_CHOICE_CHECK_BREAK", nullptr);
+  // The check's own parts: a NaN output fails whatever the limit (a reference holding an Inf makes a relative
+  // limit infinite), and scratch taken while a candidate is checked starts as NaN bytes.
+  DevT nan_out({64}, DType::bf16), want({64}, DType::bf16, randn(64));
+  const std::string v = cudaops::verdict(nan_out.t.ptr<__nv_bfloat16>(), want.t.ptr<__nv_bfloat16>(), 64, INFINITY,
+                                         "a NaN output", stream);
+  report("checked choice: a NaN output fails even an infinite limit", !v.empty(), v);
+  std::vector<unsigned char> bytes(64, 0);
+  {
+    cudaops::PoisonScratch poisoned;
+    cudaops::Scratch m(bytes.size(), stream);
+    CK(cudaMemcpyAsync(bytes.data(), m.get<void>(), bytes.size(), cudaMemcpyDeviceToHost, stream));
+    CK(cudaStreamSynchronize(stream));
+  }
+  report("checked choice: scratch taken during a check starts as NaN bytes",
+         std::all_of(bytes.begin(), bytes.end(), [](unsigned char b) { return b == 0xff; }), "");
 }
 
 // rope_qkv_split replayed with a write_slot outside the cache: q is written, the caches are not.
