@@ -299,12 +299,21 @@ CONV_ENGINES = {"auto": {}, "cutlass": {"NFD_RT_CONV": "implicit"}, "cudnn": {"N
 def time_variants(core, ops, case: OpCase, kw: dict, target_s: float, samples: int,
                   variants: dict[str, dict[str, str]]) -> dict[str, dict]:
     """Times the op under each variant's environment; records its median and every kernel that really ran
-    (kernels_used: a variant that does not take the problem falls back, and says so there)."""
+    (kernels_used: a variant that does not take the problem falls back, and says so there). A switch already set
+    in the environment (a GPU run's working switches, tools/gpu/new_paths.py) holds: the default variant runs
+    with it, and a variant that would set it otherwise is not run (a path found broken is not timed)."""
     out, saved = {}, {k: os.environ.get(k) for env in variants.values() for k in env}
     try:
         for name, env in variants.items():
-            for k in saved:
-                os.environ.pop(k, None)
+            clash = [f"{k}={saved[k]}" for k, v in env.items() if saved.get(k) is not None and saved[k] != v]
+            if clash:
+                out[name] = {"error": f"not run: the environment sets {', '.join(clash)}"}
+                continue
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
             os.environ.update(env)
             core.clear_kernels_used()
             try:
@@ -519,12 +528,17 @@ def main(argv: list[str] | None = None) -> int:
             + (f" (torch {row['torch_ms']:.4f} ms)" if "torch_ms" in row else ""))
     result["ops"] = rows
     if not only:  # the table against the runtime's own count of a frame's op calls
-        reported = runtime_frame_calls(cfg, args.device, dtype, args.threads)
-        diffs = check_frame_calls(cases, out_shapes, reported)
-        result["frame_calls"] = {"runtime": [[op, list(shape), n] for (op, shape), n in sorted(reported.items())],
-                                 "matches_this_table": not diffs, "differences": diffs}
-        for d in diffs:
-            log(f"frame calls differ: {d}")
+        try:  # a session that fails to open here (a CUDA context a variant broke) must not lose the rows above
+            reported = runtime_frame_calls(cfg, args.device, dtype, args.threads)
+        except Exception as e:  # noqa: BLE001
+            result["frame_calls"] = {"error": f"{type(e).__name__}: {e}"}
+            log(f"frame calls not counted: {type(e).__name__}: {e}")
+        else:
+            diffs = check_frame_calls(cases, out_shapes, reported)
+            result["frame_calls"] = {"runtime": [[op, list(shape), n] for (op, shape), n in sorted(reported.items())],
+                                     "matches_this_table": not diffs, "differences": diffs}
+            for d in diffs:
+                log(f"frame calls differ: {d}")
     total = sum(r.get("ms_per_frame", 0.0) for r in rows)
     result["sum_ms_per_frame"] = total
     by_op: dict[str, float] = {}

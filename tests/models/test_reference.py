@@ -107,6 +107,18 @@ def test_reset_with_context_frames_and_frame_index(tiny_model):
     assert s.frame_index == 0 and all(f < 0 for f in s.cache.slot_frame)
 
 
+def test_bfloat16_session_takes_context_frames(tiny_model):
+    """reset(frames) in bf16 encodes in bf16 (the frames were fed to the encoder as float32 and raised)."""
+    import copy
+
+    cfg = tiny_model.cfg
+    s = ReferenceSession(copy.deepcopy(tiny_model), seed=0, dtype="bfloat16")
+    frames = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    s.reset(frames, actions=random_actions(2, cfg.action_dim))
+    assert s.frame_index == 2
+    assert np.isfinite(s.step_latent(np.zeros(cfg.action_dim))).all()
+
+
 def test_cache_holds_sinks_and_the_last_window_frames(tiny_model):
     cfg = tiny_model.cfg
     s = ReferenceSession(tiny_model, seed=0)

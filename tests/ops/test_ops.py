@@ -345,15 +345,16 @@ def attention_ref(H, N, hd, S, spread, kv_scale, slots):
 
 
 def attention_kernel(impl, hd, dtype):
-    """What kernels_used() must say ran: tensor cores for 16-bit `ours`, CUDA cores for float32 and simt, ours or
-    cuDNN after attention_prepare (`auto`: the faster at open), anything for flashinfer, flashinfer-sm90 and cudnn (they fall back to
-    ours where they do not take the call: the visible slots not the cache's prefix)."""
+    """What kernels_used() must say ran: tensor cores for 16-bit `ours`, CUDA cores for float32 and simt, ours,
+    cuDNN or FlashInfer's Hopper attention after attention_prepare (`auto`: the fastest that was right at open; the
+    CUDA-core kernel where no variant of ours was), anything for flashinfer, flashinfer-sm90 and cudnn (they fall
+    back to ours where they do not take the call: the visible slots not the cache's prefix)."""
     if impl in ("flashinfer", "flashinfer-sm90", "cudnn"):
         prefix = ""
     elif dtype == "float32" or impl == "simt":
         prefix = "simt"
     else:
-        prefix = ("ours: mma", "cudnn") if impl == "auto" else "ours: mma"
+        prefix = ("ours: mma", "cudnn", "flashinfer-sm90", "simt") if impl == "auto" else "ours: mma"
     return f"attention {SHORT[dtype]} hd{hd}", prefix
 
 

@@ -431,12 +431,12 @@ def test_cuda_snapshots(model_path):
     fork, restored = s.fork(), bf16.session(snapshot=blob)
     for i in range(2 * CFG.window + 3):
         np.testing.assert_array_equal(restored.step(key(i)), fork.step(key(i)), err_msg=f"frame {i}")
-    cpu = nfd_rt.Model(model_path).session(seed=6)
+    cpu = nfd_rt.Model(model_path, dtype="float32").session(seed=6)  # "auto" is bf16 on a CPU with AMX/AVX512-BF16
     run(cpu, actions(CFG.window + 4, 1))
     cpu_blob = cpu.snapshot()
     with pytest.raises(ValueError, match="taken from a float32 session, this session computes in bfloat16"):
         bf16.session(snapshot=cpu_blob)
-    on_cuda = nfd_rt.Model(model_path, device="cuda").session(snapshot=cpu_blob)
+    on_cuda = nfd_rt.Model(model_path, device="cuda", dtype="float32").session(snapshot=cpu_blob)
     assert on_cuda.snapshot() == cpu_blob
     assert np.isfinite(on_cuda.step_latent(key(0))).all()
 

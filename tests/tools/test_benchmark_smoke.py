@@ -385,3 +385,35 @@ def test_oasis_interleaved_smoke(tmp_path):
         assert all(math.isfinite(x) and x > 0 for x in v.values())
     assert result["strongest_baseline"] == min(("oasis-compile-static", "oasis-recompute"),
                                                key=lambda k: runners[k]["s_mean"])
+
+
+def test_ops_variants_keep_the_switches_the_environment_sets(monkeypatch):
+    """ops.py under a GPU run's working switches (tools/gpu/new_paths.py turned a broken path off): the default
+    variant runs with them, a variant that would turn the path back on is not run, and the environment is left as
+    it was."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import ops as ops_bench
+
+    seen = []
+
+    class Core:
+        def clear_kernels_used(self):
+            pass
+
+        def kernels_used(self):
+            return {}
+
+    def time_op(ops, case, kw, target_s, samples):
+        seen.append((os.environ.get("NFD_RT_ATTENTION_KEYS"), os.environ.get("NFD_RT_ATTENTION_ROWS")))
+        return [1e-3]
+
+    monkeypatch.setattr(ops_bench, "time_op", time_op)
+    monkeypatch.setenv("NFD_RT_ATTENTION_KEYS", "64")
+    monkeypatch.delenv("NFD_RT_ATTENTION_ROWS", raising=False)
+    variants = {"ours": {}, "ours 64x128": {"NFD_RT_ATTENTION_KEYS": "128"},
+                "ours rows=64": {"NFD_RT_ATTENTION_ROWS": "64"}, "ours again": {}}
+    out = ops_bench.time_variants(Core(), None, None, {}, 0.1, 1, variants)
+    assert seen == [("64", None), ("64", "64"), ("64", None)]
+    assert out["ours 64x128"] == {"error": "not run: the environment sets NFD_RT_ATTENTION_KEYS=64"}
+    assert all("ms" in out[k] for k in ("ours", "ours rows=64", "ours again"))
+    assert os.environ["NFD_RT_ATTENTION_KEYS"] == "64" and "NFD_RT_ATTENTION_ROWS" not in os.environ

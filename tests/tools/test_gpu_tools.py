@@ -174,17 +174,19 @@ def test_run_sh_dry_run_puts_the_headline_first_and_falls_back(tmp_path):
     NFD_RT_DRY_HANG) and one new path is reported broken (NFD_RT_DRY_BREAK): the hung run is stopped at its share
     of the headline's time, the headline re-runs at once with every new path off, the bisection names the path,
     the later steps run with it off, and the figure of record comes back in fps.json with the baselines merged
-    in. At most the 4 files the device tool returns."""
+    in. A switch the run set before the headline (run.sh turns FlashInfer's Hopper attention off when the op
+    harness saw it fail) holds through the headline and after it. At most the 4 files the device tool returns."""
     summary, log = run_dry(tmp_path, STEPS="probe,build,op_tests,headline,baselines,pytest",
-                           NFD_RT_DRY_BREAK="NFD_RT_ROPE_GROUP", NFD_RT_DRY_HANG="1", HEADLINE_FIRST_SHARE="0.05")
+                           NFD_RT_DRY_BREAK="NFD_RT_ROPE_GROUP", NFD_RT_DRY_HANG="1", HEADLINE_FIRST_SHARE="0.05",
+                           NFD_RT_FLASHINFER_SM90="off")
     order = [s["step"] for s in summary["steps"]]
     assert order == ["probe", "build", "op_tests", "headline", "baselines", "pytest"]
     status = {s["step"]: s["status"] for s in summary["steps"]}
     assert status == {"probe": "passed", "build": "passed", "op_tests": "skipped", "headline": "passed",
                       "baselines": "passed", "pytest": "skipped"}, summary["steps"]
     assert summary["headline"]["broken"] == ["NFD_RT_ROPE_GROUP"]
-    assert summary["headline"]["working_env"] == {"NFD_RT_ROPE_GROUP": "1"}
-    assert "switches for the rest of the run: NFD_RT_ROPE_GROUP=1" in log
+    assert summary["headline"]["working_env"] == {"NFD_RT_FLASHINFER_SM90": "off", "NFD_RT_ROPE_GROUP": "1"}
+    assert "switches for the rest of the run: NFD_RT_FLASHINFER_SM90=off NFD_RT_ROPE_GROUP=1" in log
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == ["fps.json", "results.tar.gz", "run.log", "summary.json"]
     fps = json.loads((out / "fps.json").read_text())

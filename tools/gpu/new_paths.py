@@ -192,12 +192,20 @@ def headline(args, fps_args: list[str]) -> int:
     deadline = time.monotonic() + args.seconds
     fps_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "benchmarks", "fps.py")
     report: dict = {"fps_args": fps_args, "runs": []}
+    # Switches the run set before the headline (run.sh turns FlashInfer's Hopper attention off when the op harness
+    # saw it fail): every run here keeps them unless it sets them itself, and so does the rest of the run.
+    preset = {k: os.environ[k] for k in NEW_PATHS if k in os.environ}
+
+    def write_working_env(working: dict) -> None:
+        with open(os.path.join(args.work, "working_env.sh"), "w") as f:
+            f.write("# written by tools/gpu/new_paths.py headline: the switches the rest of the GPU run uses\n")
+            f.writelines(f"export {k}={v}\n" for k, v in {**preset, **working}.items())
 
     def run_fps(label: str, env: dict, out: str, share: float = 1.0) -> bool:
         # share < 1: this run may take only that part of the time left, so a run that hangs (a kernel that never
         # finishes) still leaves the fallback its time.
         left = (deadline - time.monotonic()) * share
-        child = {**{k: v for k, v in os.environ.items() if k not in NEW_PATHS}, **env}
+        child = {**{k: v for k, v in os.environ.items() if k not in NEW_PATHS}, **preset, **env}
         cmd = [sys.executable, fps_py, "--config", args.config, "--device", args.device, "--dtype", args.dtype,
                *fps_args, "--out", out, "--overwrite"]
         if share < 1.0 and os.environ.get("NFD_RT_DRY_HANG") == "1":  # test hook: the first run never finishes
@@ -222,6 +230,7 @@ def headline(args, fps_args: list[str]) -> int:
         if os.path.exists(args.out):
             os.replace(args.out, first)
         working = env_off()
+        write_working_env(working)  # if this step is stopped before it ends, the rest of the run has every path off
         if not run_fps("every new path off (the measured paths)", working, args.out):
             report["result"] = "fails with every new path off too: not a new path (see run.log)"
         elif deadline - time.monotonic() < args.bisect_min_seconds:
@@ -238,12 +247,10 @@ def headline(args, fps_args: list[str]) -> int:
                 report["result"] = ("a new path broke; the bisection did not name it alone"
                                     f" ({', '.join(broken) or 'none failed alone'}): the rest of the run has every "
                                     "new path off")
-    report["working_env"] = working
+    report["working_env"] = {**preset, **working}
     with open(os.path.join(args.work, "headline.json"), "w") as f:
         json.dump(report, f, indent=1)
-    with open(os.path.join(args.work, "working_env.sh"), "w") as f:
-        f.write("# written by tools/gpu/new_paths.py headline: the switches the rest of the GPU run uses\n")
-        f.writelines(f"export {k}={v}\n" for k, v in working.items())
+    write_working_env(working)
     print(f"headline: {report['result']}", flush=True)
     return 0 if report["runs"][-1]["ok"] else 1
 

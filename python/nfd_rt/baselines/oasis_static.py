@@ -268,7 +268,7 @@ class OasisStaticSession:
             raise ValueError(f"dtype must be one of {list(dtypes)}, got {dtype!r}")
         self.device = torch.device(device)
         w = model.dit.patch_embed.weight
-        if w.dtype != dtypes[dtype] or w.device != self.device:
+        if w.dtype != dtypes[dtype] or w.device.type != self.device.type:  # "cuda:0" is not torch.device("cuda")
             model = copy.deepcopy(model).to(self.device, dtypes[dtype])
         self.model = model.eval()
         self.cfg: OasisConfig = model.cfg

@@ -267,7 +267,7 @@ class WaypointStaticSession:
     def step_latent(self, controls: Any) -> np.ndarray:
         """Generate the next frame (decoded too: one whole-frame graph) and return its latent (float32 [C, h, w])."""
         self._step(controls)
-        return self.net.latent.float().cpu().numpy()
+        return self.net.latent.float().cpu().numpy().copy()  # on the CPU in float32 a view of the buffer
 
     def _step(self, controls: Any) -> torch.Tensor:
         self._host_controls.copy_(torch.from_numpy(_checks.action(controls, self.cfg)))

@@ -345,5 +345,5 @@ class NFDModel(nn.Module):
         return images_to_frames(self.vae.decoder(latents))
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 [T, H, W, 3] -> [T, C, h, w]."""
-        return self.vae.encoder(frames_to_images(frames))
+        """uint8 [T, H, W, 3] -> [T, C, h, w] (in the model's dtype)."""
+        return self.vae.encoder(frames_to_images(frames).to(self.vae.encoder.conv_in.weight.dtype))
