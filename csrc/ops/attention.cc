@@ -56,9 +56,9 @@ void attention_prepare(const Context& ctx, const Tensor& q, const Tensor& k_cach
 #endif
 }
 
-bool attention_sized_on_host(const Context& ctx) {
+bool attention_read_host_state(const Context& ctx) {
 #ifdef NFD_RT_WITH_CUDA
-  if (ctx.device == Device::cuda) return cuda::attention_sized_on_host();
+  if (ctx.device == Device::cuda) return cuda::attention_read_host_state();
 #else
   (void)ctx;
 #endif

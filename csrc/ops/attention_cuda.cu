@@ -162,8 +162,6 @@ using ShapeKey = std::tuple<int, int, int, int, int, int>;  // dtype, N, H, Hkv,
 std::mutex g_choice_mu;
 bool g_rows128_failed = false;  // the 128-row tile failed in some attention_prepare
 bool g_folded_failed = false;   // the folded form failed in some attention_prepare
-std::atomic<bool> g_cudnn_chosen{false};  // some attention_prepare picked cuDNN (attention_sized_on_host)
-std::atomic<bool> g_fi90_chosen{false};   // ... or FlashInfer's Hopper attention
 std::map<ShapeKey, MmaChoice>& mma_choices() {
   static std::map<ShapeKey, MmaChoice> m;
   return m;
@@ -491,26 +489,25 @@ std::string run_fi90_typed(const Tensor& q, const Tensor& k_cache, const Tensor&
 #endif
 }  // namespace
 
-#if defined(NFD_RT_WITH_CUDNN) || defined(NFD_RT_WITH_FLASHINFER_SM90)
 namespace {
+// Whether an attention call on this thread read ctx.host_state since cuda::attention_read_host_state last cleared
+// it: only calls of a shape that runs a vendor engine read it (ops::attention_read_host_state).
+thread_local bool t_read_host_state = false;
+#if defined(NFD_RT_WITH_CUDNN) || defined(NFD_RT_WITH_FLASHINFER_SM90)
 // Why an engine that reads the caches' first num_visible * N rows (sized on the host) cannot take this call; ""
 // when it can.
 std::string prefix_problem(const Context& ctx) {
   if (!ctx.host_state) return "no host FrameState";
+  t_read_host_state = true;
   return visible_is_prefix(*ctx.host_state) ? "" : "the visible slots are not the cache's prefix";
 }
+#endif
 }  // namespace
-#endif
 
-bool cuda::attention_sized_on_host() {
-  const Impl impl = requested_impl();
-#ifdef NFD_RT_WITH_CUDNN
-  if (impl == Impl::cudnn || (impl == Impl::automatic && g_cudnn_chosen.load())) return true;
-#endif
-#ifdef NFD_RT_WITH_FLASHINFER_SM90
-  if (impl == Impl::flashinfer_sm90 || (impl == Impl::automatic && g_fi90_chosen.load())) return true;
-#endif
-  return impl == Impl::flashinfer;
+bool cuda::attention_read_host_state() {
+  const bool read = t_read_host_state;
+  t_read_host_state = false;
+  return read;
 }
 
 namespace {
@@ -724,8 +721,6 @@ void prepare_variants(AttnArgs a, const ShapeKey& key, const std::string& name, 
     g_rows128_failed = g_rows128_failed || rows128_failed;
     g_folded_failed = g_folded_failed || folded_failed;
   }
-  if (kept.cudnn_splits) g_cudnn_chosen = true;
-  if (kept.fi90_splits) g_fi90_chosen = true;
   report.back() = ' ';
   const std::string vendor_kept =
       kept.cudnn_splits  ? "cudnn " + std::to_string(kept.cudnn_splits) + " batches"
@@ -791,6 +786,7 @@ void cuda::attention(const Context& ctx, const Tensor& q, const Tensor& k_cache,
     NFD_CHECK(ctx.host_state != nullptr, invalid_argument,
               "ops::attention: NFD_RT_ATTENTION=flashinfer needs ctx.host_state (the host copy of the FrameState)");
     const bool half = q.dtype == DType::bf16 || q.dtype == DType::f16;
+    t_read_host_state = true;
     if (half && k_cache.dim(2) == H && visible_is_prefix(*ctx.host_state)) {  // our wrapper: no GQA
       const int kv_len = ctx.host_state->num_visible * N;
       if (cuda_detail::flashinfer_attention(q.dtype, q.data, k_cache.data, v_cache.data, out.data, N, H, hd, kv_len, s)) {

@@ -43,7 +43,7 @@ struct Context {
   const FrameState* state = nullptr; // device pointer on CUDA, host pointer on CPU
   // Host copy of *state as of the ops being enqueued (may be null). Kernels read `state`; only a vendor kernel
   // whose grid is sized on the host (FlashInfer attention) reads this, and then a captured graph is valid for
-  // that num_visible only (see attention_sized_on_host).
+  // that num_visible only (see attention_read_host_state).
   const FrameState* host_state = nullptr;
 };
 
@@ -152,11 +152,12 @@ void attention(const Context& ctx, const Tensor& q, const Tensor& k_cache, const
 // q and the caches (any contents), writes out; synchronises ctx's stream, so call it at session open.
 void attention_prepare(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                        Tensor& out);
-// True when the attention implementation selected for ctx's device reads ctx.host_state when a call is enqueued
-// (CUDA: NFD_RT_ATTENTION=flashinfer sizes its launch from num_visible; cuDNN, when forced or chosen at open, runs
-// only where the visible slots are the cache's prefix): a CUDA graph captured around it then holds for one
-// num_visible and prefix-ness, and the session re-captures when either changes (while the cache fills).
-bool attention_sized_on_host(const Context& ctx);
+// Whether an attention call enqueued on this thread since the last call of this function read ctx.host_state (CUDA:
+// NFD_RT_ATTENTION=flashinfer and FlashInfer's Hopper attention size their launch from num_visible; cuDNN runs only
+// where the visible slots are the cache's prefix; each only for the shapes that run it, forced or chosen at open);
+// clears it. A CUDA graph captured around such a call holds for one num_visible and prefix-ness, and the session
+// re-captures it when either changes (while the cache fills); a graph whose calls read none is never re-captured.
+bool attention_read_host_state(const Context& ctx);
 
 // Patches: latent[C, h, w] <-> tokens[N, C*p*p], patch vector order (c, py, px), tokens row-major on the grid.
 void patchify(const Context& ctx, const Tensor& latent, int patch, Tensor& tokens);

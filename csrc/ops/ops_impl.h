@@ -20,12 +20,12 @@ namespace cpu {
 #ifdef NFD_RT_WITH_CUDA
 namespace cuda {
 #include "ops/ops.def"
-// CUDA-only parts of ops::linear_prepare, ops::attention_prepare and ops::attention_sized_on_host (ops/ops.h).
+// CUDA-only parts of ops::linear_prepare, ops::attention_prepare and ops::attention_read_host_state (ops/ops.h).
 void linear_prepare(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y,
                     Epilogue epilogue);
 void attention_prepare(const Context& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                        Tensor& out);
-bool attention_sized_on_host();
+bool attention_read_host_state();
 }  // namespace cuda
 #endif
 #undef NFD_OP

@@ -126,15 +126,17 @@ Session::Impl::Impl(std::shared_ptr<const Model> m, const SessionOptions& o, boo
   use_graphs = opt.device == Device::cuda && opt.cuda_graphs;
   st = std::make_unique<SessionState>(cfg, arch, model->weights(), arena, opt.dtype, cache_slots(cfg, opt));
   ctx.state = reinterpret_cast<const FrameState*>(st->io.state.data);
-  ctx.host_state = host_state.data();  // kernels sized on the host (ops::attention_sized_on_host) read it
+  ctx.host_state = host_state.data();  // kernels sized on the host (ops::attention_read_host_state) read it
   st->graph->reset_state(ctx);
   st->graph->prepare_kernels(ctx, st->io.action);
-  if (opt.device == Device::cuda && !st->graph->decoder_keeps_state()) {
+  if (opt.device == Device::cuda) {
     // One decode of a noise latent outside any capture: the decoder's ops choose their engines at a shape's first
     // uncaptured call (ops/conv2d_cuda.cu times CUTLASS against cuDNN), so the frame graph captures the chosen
-    // ones. A decoder with state runs outside the graph anyway (and its state must not advance here).
+    // ones, and a decoder with state (it runs outside the graph) does not spend the first frame choosing; its
+    // state is then reset, so the first frame's decode starts a fresh stream.
     st->graph->start_latent(ctx, opt.seed, st->io.latent);
     st->graph->decode(ctx, st->io.latent, st->io.frame, nullptr);
+    if (st->graph->decoder_keeps_state()) st->graph->reset_state(ctx);
   }
   device_synchronize(opt.device, ctx.stream);
   if (opt.device == Device::cuda) {
@@ -202,13 +204,15 @@ bool Session::Impl::generate_frame(bool decode, const std::atomic<bool>* cancel)
   CudaGraph& g = graphs.graph[in_graph ? 1 : 0];
   std::vector<int>& visible = graphs.visible[in_graph ? 1 : 0];
   std::vector<int> now;
-  for (const FrameState& f : host_state) {  // what a host-sized attention call reads (attention_sized_on_host)
+  for (const FrameState& f : host_state) {  // what a host-sized attention call reads (attention_read_host_state)
     now.push_back(f.num_visible);
     now.push_back(visible_is_prefix(f) ? 1 : 0);
   }
-  const bool stale = ops::attention_sized_on_host(ctx) && visible != now;
-  if (!g.captured() || stale) {
+  bool& reads_host_state = graphs.reads_host_state[in_graph ? 1 : 0];
+  if (!g.captured() || (reads_host_state && visible != now)) {
+    ops::attention_read_host_state(ctx);  // clears what calls before this capture left
     g.capture(stream, [&] { run_frame(true, in_graph); });
+    reads_host_state = ops::attention_read_host_state(ctx);
     visible = now;
   }
   g.replay(stream);

@@ -69,9 +69,10 @@ class PinnedStaging {
 struct FrameGraphs {
   CudaGraph graph[2];
   // num_visible and whether the visible slots are the cache's prefix (per cache group) each graph was captured
-  // for, when the attention kernel reads the host state (ops::attention_sized_on_host): such a graph is
-  // re-captured when either changes (while the cache fills).
+  // for, and whether an attention call in it read them on the host (ops::attention_read_host_state): such a graph
+  // is re-captured when either changes (while the cache fills).
   std::vector<int> visible[2];
+  bool reads_host_state[2] = {false, false};
 };
 
 struct Session::Impl {

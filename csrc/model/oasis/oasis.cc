@@ -49,7 +49,10 @@ class OasisSession : public SessionGraph {
   OasisSession(const OasisConfig& c, const OasisWeights& w, Arena& arena, DType dtype, const std::vector<int>& cache_slots)
       : schedule_(c), dit_(c, w.dit, arena, dtype, cache_slots.at(0)), vae_(c, w.vae, arena, dtype) {}
 
-  void prepare_kernels(const Context& ctx, const Tensor& action) override { dit_.prepare_kernels(ctx, action); }
+  void prepare_kernels(const Context& ctx, const Tensor& action) override {
+    dit_.prepare_kernels(ctx, action);
+    vae_.prepare_kernels(ctx);
+  }
   void condition(const Context& ctx, const Tensor& action) override { dit_.condition(ctx, action); }
   // Philox noise of the frame (docs/rng.md), step 0: the reference's latent_noise(seed, frame, 0). Its clamp to
   // +-noise_clamp is the identity (the config refuses a clamp below the noise's largest magnitude).

@@ -103,6 +103,24 @@ bool VAE::blocks(const Context& ctx, const VAEWeights::Net& net, Tensor& x, cons
   return true;
 }
 
+void VAE::prepare_kernels(const Context& ctx) {
+  // The blocks share shapes, so each half's first block stands for all of its blocks (the ViT's attention is one
+  // frame's 576 tokens against themselves: no cache, so one shape a half).
+  const int64_t N = cfg_.vae_tokens();
+  for (const VAEWeights::Net* net : {&w_.enc, &w_.dec}) {
+    if (net->blocks.empty()) continue;
+    const int64_t E = net->dim, H = net->heads, hd = E / H, F = E * cfg_.vae.mlp_ratio;
+    const VAEWeights::Block& b = net->blocks.front();
+    Tensor hn = buf(hn_, {N, E}), qkv = buf(qkv_, {N, 3 * E}), q = buf(q_, {H, N, hd}), x = buf(x_, {N, E});
+    Tensor k = buf(k_, {1, N, H, hd}), v = buf(v_, {1, N, H, hd}), attn = buf(attn_, {N, E}), mlp = buf(mlp_, {N, F});
+    ops::linear_prepare(ctx, hn, b.qkv_w, b.qkv_b, qkv);
+    ops::attention_prepare(state_.over(ctx), q, k, v, attn);
+    ops::linear_prepare(ctx, attn, b.proj_w, b.proj_b, x);
+    ops::linear_prepare(ctx, hn, b.fc1_w, b.fc1_b, mlp, ops::Epilogue::gelu_erf);
+    ops::linear_prepare(ctx, mlp, b.fc2_w, b.fc2_b, x);
+  }
+}
+
 bool VAE::decode(const Context& ctx, const Tensor& latent, Tensor& frame, const std::atomic<bool>* cancel) {
   const VAEWeights::Net& net = w_.dec;
   const int64_t N = cfg_.vae_tokens(), E = net.dim;

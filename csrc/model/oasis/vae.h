@@ -40,6 +40,8 @@ class VAE {
   bool decode(const Context& ctx, const Tensor& latent, Tensor& frame, const std::atomic<bool>* cancel = nullptr);
   // frame u8 [H, W, 3] -> DiT latent [C, h, w] (the encoder's mean times the scaling factor).
   void encode(const Context& ctx, const Tensor& frame, Tensor& latent);
+  // The engines of both halves' attention and GEMMs, chosen at session open (SessionGraph::prepare_kernels).
+  void prepare_kernels(const Context& ctx);
 
  private:
   // The blocks of `net` over x [N, dim] in place; false when `cancel` was raised.
