@@ -103,7 +103,7 @@ class NfdArchitecture : public Plugin {
     s.head_dim = c.head_dim();
     s.keys = int64_t(c.cache_frames() + 1) * c.tokens_per_frame();
     s.widest_gated_output = 6 * int64_t(c.hidden_size);
-    s.largest_weight = int64_t(c.hidden_size) * c.hidden_size * c.mlp_ratio;
+    s.largest_weight = int64_t(c.hidden_size) * c.hidden_size * std::max(c.mlp_ratio, 6);  // fc1/fc2 or adaLN
     const std::vector<int>& ch = c.vae.channels;
     for (size_t i = 0; i < ch.size(); ++i) {
       int64_t ci = ch[i];  // the level's channels or a neighbour's (upsample / downsample inputs and outputs)

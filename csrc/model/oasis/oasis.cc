@@ -120,7 +120,7 @@ class OasisArchitecture : public Plugin {
                                                           v.decoder_dim / v.decoder_heads));
     s.keys = std::max({N, Nv, int64_t(c.max_frames)});
     s.widest_gated_output = std::max(6 * D, E);
-    s.largest_weight = std::max(D * D * c.mlp_ratio, E * E * v.mlp_ratio);
+    s.largest_weight = std::max({D * D * c.mlp_ratio, 6 * D * D /* a sub-block's adaLN */, E * E * v.mlp_ratio});
     s.frame_height = c.frame_height;
     s.frame_width = c.frame_width;
     s.latent_channels = c.latent_channels;
