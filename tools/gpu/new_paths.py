@@ -13,10 +13,13 @@ path off, checks again, and (if that passes and time is left) bisects to name th
 `DIR/working_env.sh`: the exports that the rest of a GPU run should use (every broken path off; all paths off when
 the culprit is unknown), and `DIR/headline.json`.
 
-`bisect` runs one short rollout per configuration, each in its own process (a kernel that faults can poison the
-CUDA context): every path off (the measured baseline), then each new path on alone, and compares every frame
-with the baseline's. A path whose run fails or whose frames differ by more than the dtype allows is the one that
-broke. It runs on the CPU too (the switches only change CUDA code, so every run should match there).
+`bisect` runs each configuration in its own process (a kernel that faults can poison the CUDA context): every
+path off (the measured baseline, which fills the cache and snapshots it), then each new path on alone. Each run
+makes the first frame from an empty cache and two frames continuing from the baseline's full-cache snapshot, and
+is compared with the baseline's frames: the same context for all, so right kernels that round differently stay
+within the limits (over a long rollout their differences could grow). A path whose run fails or whose frames
+differ by more than the dtype allows is the one that broke. It runs on the CPU too (the switches only change
+CUDA code, so every run should match there).
 """
 from __future__ import annotations
 
@@ -105,8 +108,15 @@ def check(path: str) -> int:
     return 1 if bad else 0
 
 
+AFTER_SNAPSHOT = 2  # frames each bisection run makes from the baseline's full-cache snapshot
+
+
 def _worker(args) -> int:
-    """One rollout: frames to an .npy file (the parent compares)."""
+    """One bisection run: the first frame from an empty cache, then AFTER_SNAPSHOT frames continuing from a
+    full-cache snapshot, to an .npy file (the parent compares). The baseline (--snapshot-out) fills the cache itself
+    and writes the snapshot the others (--snapshot-in) continue from: every run is compared on the same context,
+    so one step's rounding differences between right kernels cannot grow over a long rollout into a false
+    verdict, and the full-cache shapes still run."""
     import numpy as np
 
     import nfd_rt
@@ -115,12 +125,21 @@ def _worker(args) -> int:
     if broken:
         raise SystemExit(f"the run failed: {broken}")
     cfg = nfd_rt.configs.get(args.config)
-    frames = []
-    with nfd_rt.Session(args.model, device=args.device, dtype=args.dtype, seed=0) as s:
+    rng = np.random.default_rng(1)
+    actions = [rng.standard_normal(cfg.action_dim).astype(np.float32) for _ in range(args.frames)]
+    model = nfd_rt.Model(args.model, device=args.device, dtype=args.dtype)
+    with model.session(seed=0) as s:
         s.reset()
-        rng = np.random.default_rng(1)
-        for _ in range(args.frames):
-            frames.append(s.step(rng.standard_normal(cfg.action_dim).astype(np.float32)))
+        frames = [s.step(actions[0])]
+        if args.snapshot_out:
+            for a in actions[1:-AFTER_SNAPSHOT]:
+                s.step(a)
+            with open(args.snapshot_out, "wb") as f:
+                f.write(s.snapshot())
+    with open(args.snapshot_out or args.snapshot_in, "rb") as f:
+        blob = f.read()
+    with model.session(snapshot=blob) as s:
+        frames += [s.step(a) for a in actions[-AFTER_SNAPSHOT:]]
     np.save(args.worker, np.stack(frames))
     return 0
 
@@ -132,7 +151,7 @@ def bisect(args) -> dict:
     import nfd_rt
 
     cfg = nfd_rt.configs.get(args.config)
-    frames = args.frames or cfg.sink_frames + cfg.window + 3  # past a full cache
+    frames = max(args.frames or cfg.sink_frames + cfg.window + 3, AFTER_SNAPSHOT + 2)  # past a full cache
     deadline = time.monotonic() + args.seconds
     runs = [("all new paths off", env_off())]
     for name, (off, what) in NEW_PATHS.items():
@@ -143,7 +162,7 @@ def bisect(args) -> dict:
               "limits": BISECT_LIMITS, "runs": [], "broken": []}
     base = None
     with tempfile.TemporaryDirectory(prefix="nfd_bisect_") as tmp:
-        model = os.path.join(tmp, "model.nfd")
+        model, snapshot = os.path.join(tmp, "model.nfd"), os.path.join(tmp, "full_cache.snapshot")
         nfd_rt.export.save_random(cfg, model)
         for label, env in runs:
             left = deadline - time.monotonic()
@@ -155,7 +174,8 @@ def bisect(args) -> dict:
             child = {**{k: v for k, v in os.environ.items() if k not in NEW_PATHS}, **env}
             t0 = time.perf_counter()
             cmd = [sys.executable, __file__, "_worker", "--worker", out, "--model", model, "--config", args.config,
-                   "--device", args.device, "--dtype", args.dtype, "--frames", str(frames)]
+                   "--device", args.device, "--dtype", args.dtype, "--frames", str(frames),
+                   "--snapshot-in" if base is not None else "--snapshot-out", snapshot]
             try:
                 r = subprocess.run(cmd, env=child, capture_output=True, text=True, timeout=min(args.timeout, left))
                 rc, err = r.returncode, (r.stderr.strip().splitlines() or ["(no output)"])[-1][:500]
@@ -284,6 +304,8 @@ def main(argv=None) -> int:
         b.add_argument("--out", help="JSON report")
         b.add_argument("--worker", help=argparse.SUPPRESS)
         b.add_argument("--model", help=argparse.SUPPRESS)
+        b.add_argument("--snapshot-out", help=argparse.SUPPRESS)
+        b.add_argument("--snapshot-in", help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else argv
     rest: list[str] = []
     if "--" in argv:
