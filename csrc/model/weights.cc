@@ -50,6 +50,7 @@ Context FixedFrameState::over(const Context& ctx) const {
   Context c = ctx;
   c.state = reinterpret_cast<const FrameState*>(device_.data);
   c.host_state = &host_;
+  c.host_state_fixed = true;
   return c;
 }
 

@@ -490,15 +490,16 @@ std::string run_fi90_typed(const Tensor& q, const Tensor& k_cache, const Tensor&
 }  // namespace
 
 namespace {
-// Whether an attention call on this thread read ctx.host_state since cuda::attention_read_host_state last cleared
-// it: only calls of a shape that runs a vendor engine read it (ops::attention_read_host_state).
+// Whether an attention call on this thread read a ctx.host_state that can change (not host_state_fixed) since
+// cuda::attention_read_host_state last cleared it: only calls of a shape that runs a vendor engine read it
+// (ops::attention_read_host_state).
 thread_local bool t_read_host_state = false;
 #if defined(NFD_RT_WITH_CUDNN) || defined(NFD_RT_WITH_FLASHINFER_SM90)
 // Why an engine that reads the caches' first num_visible * N rows (sized on the host) cannot take this call; ""
 // when it can.
 std::string prefix_problem(const Context& ctx) {
   if (!ctx.host_state) return "no host FrameState";
-  t_read_host_state = true;
+  t_read_host_state = t_read_host_state || !ctx.host_state_fixed;
   return visible_is_prefix(*ctx.host_state) ? "" : "the visible slots are not the cache's prefix";
 }
 #endif
@@ -554,6 +555,8 @@ std::vector<std::string> check_candidates(const AttnArgs& a, const std::vector<M
     AttnArgs r = a;
     r.q = cq.data, r.k = ck.data, r.v = cv.data, r.out = ref.data;
     run_simt<T, HD>(r, s);
+    // The reference (and the fills) finished before any candidate runs: a fault here is not blamed on candidate 0.
+    cudaops::check(cudaStreamSynchronize(s), "checked choice: the seeded inputs and the CUDA-core reference");
     wrong = cudaops::check_each<T>(
         candidates.size(), got, ref, kTol, s, [&](size_t i) { run_candidate(candidates[i], cq, ck, cv, got); },
         [&](size_t i) { return label_of(candidates[i]); });
@@ -564,6 +567,8 @@ std::vector<std::string> check_candidates(const AttnArgs& a, const std::vector<M
     } else {
       *note = " each checked against the CUDA-core kernel,";
     }
+  } catch (const std::bad_alloc&) {
+    throw;
   } catch (const std::exception& e) {
     if (cudaops::context_lost(s)) throw;  // a candidate broke the context: fail_context_lost named it
     *note = " check not run (" + std::string(e.what()).substr(0, 120) + "),";
@@ -683,6 +688,8 @@ void prepare_variants(AttnArgs a, const ShapeKey& key, const std::string& name, 
       report += " " + label + buf + ",";
       if (best_ms < 0.f || ms < best_ms) best = c, best_ms = ms;
       if (!vendor && (best_ours_ms < 0.f || ms < best_ours_ms)) best_ours = c, best_ours_ms = ms;
+    } catch (const std::bad_alloc&) {
+      throw;
     } catch (const std::exception& e) {
       if (cudaops::context_lost(s)) cudaops::fail_context_lost("attention_prepare: " + name, label, e.what());
       report += " " + label + " failed (" + std::string(e.what()).substr(0, 160) + "),";
@@ -786,7 +793,7 @@ void cuda::attention(const Context& ctx, const Tensor& q, const Tensor& k_cache,
     NFD_CHECK(ctx.host_state != nullptr, invalid_argument,
               "ops::attention: NFD_RT_ATTENTION=flashinfer needs ctx.host_state (the host copy of the FrameState)");
     const bool half = q.dtype == DType::bf16 || q.dtype == DType::f16;
-    t_read_host_state = true;
+    t_read_host_state = t_read_host_state || !ctx.host_state_fixed;
     if (half && k_cache.dim(2) == H && visible_is_prefix(*ctx.host_state)) {  // our wrapper: no GQA
       const int kv_len = ctx.host_state->num_visible * N;
       if (cuda_detail::flashinfer_attention(q.dtype, q.data, k_cache.data, v_cache.data, out.data, N, H, hd, kv_len, s)) {

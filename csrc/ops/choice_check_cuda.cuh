@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -148,6 +149,8 @@ std::vector<std::string> check_each(size_t n, const Tensor& got, const Tensor& w
         run(i);
       }
       wrong[i] = verdict(got.ptr<T>(), want.ptr<T>(), got.numel(), tol, label_of(i), s);
+    } catch (const std::bad_alloc&) {
+      throw;  // the host is out of memory: not this candidate's fault
     } catch (const std::exception& e) {  // nfd::Error, or a vendor library's own exception
       if (context_lost(s)) fail_context_lost("checked choice", label_of(i), e.what());
       wrong[i] = std::string("failed in the check: ") + e.what();

@@ -235,6 +235,8 @@ float cublaslt_tune(DType t, bool gelu, int M, int N, int K, const void* x, cons
       }
       const float ms = cudaops::time_ms(s, [&] { run(p, c.algo, c.workspaceSize, gelu, x, w, bias, y, s); });
       if (best < 0 || ms < best_ms) best_ms = ms, best = int(i);
+    } catch (const std::bad_alloc&) {
+      throw;
     } catch (const std::exception& e) {
       if (cudaops::context_lost(s))
         cudaops::fail_context_lost("linear_prepare", "cuBLASLt algorithm #" + std::to_string(i), e.what());

@@ -45,6 +45,9 @@ struct Context {
   // whose grid is sized on the host (FlashInfer attention) reads this, and then a captured graph is valid for
   // that num_visible only (see attention_read_host_state).
   const FrameState* host_state = nullptr;
+  // host_state never changes (model::FixedFrameState: attention within one frame): a graph that reads it need not
+  // be captured again when the frame's state changes.
+  bool host_state_fixed = false;
 };
 
 // Whether the visible slots are the cache's prefix 0 .. num_visible-1 (in any order): the keys are then the

@@ -201,6 +201,7 @@ def test_run_sh_dry_run_puts_the_headline_first_and_falls_back(tmp_path):
     assert [r["ok"] for r in headline["runs"]] == [False, True]
     assert headline["runs"][0]["rc"] == 124 and headline["runs"][0]["seconds"] < 30, headline["runs"][0]
     bisect_runs = {r["run"].split(" ")[0]: r["ok"] for r in headline["bisect"]["runs"]}
+    assert "NFD_RT_FLASHINFER_SM90" not in bisect_runs  # set before the headline: not turned on to be bisected
     assert bisect_runs.pop("NFD_RT_ROPE_GROUP") is False and all(bisect_runs.values()), headline["bisect"]
 
 

@@ -14,10 +14,10 @@ path off, checks again, and (if that passes and time is left) bisects to name th
 the culprit is unknown), and `DIR/headline.json`.
 
 `bisect` runs each configuration in its own process (a kernel that faults can poison the CUDA context): every
-path off (the measured baseline, which fills the cache and snapshots it), then each new path on alone. Each run
-makes the first frame from an empty cache and two frames continuing from the baseline's full-cache snapshot, and
-is compared with the baseline's frames: the same context for all, so right kernels that round differently stay
-within the limits (over a long rollout their differences could grow). A path whose run fails or whose frames
+path off (the measured baseline, which fills the cache and snapshots it half-way and full), then each new path on
+alone. Each run makes the first frame from an empty cache, one frame from the half-filled snapshot and two from
+the full one, and is compared with the baseline's frames: the same contexts for all, so right kernels that round
+differently stay within the limits (over a long rollout their differences could grow). A path whose run fails or whose frames
 differ by more than the dtype allows is the one that broke. It runs on the CPU too (the switches only change
 CUDA code, so every run should match there).
 """
@@ -112,11 +112,12 @@ AFTER_SNAPSHOT = 2  # frames each bisection run makes from the baseline's full-c
 
 
 def _worker(args) -> int:
-    """One bisection run: the first frame from an empty cache, then AFTER_SNAPSHOT frames continuing from a
-    full-cache snapshot, to an .npy file (the parent compares). The baseline (--snapshot-out) fills the cache itself
-    and writes the snapshot the others (--snapshot-in) continue from: every run is compared on the same context,
-    so one step's rounding differences between right kernels cannot grow over a long rollout into a false
-    verdict, and the full-cache shapes still run."""
+    """One bisection run: the first frame from an empty cache, one frame continuing from a half-filled cache and
+    AFTER_SNAPSHOT frames continuing from a full one, to an .npy file (the parent compares). The baseline
+    (--snapshot-out PREFIX) fills the cache itself and writes PREFIX.mid and PREFIX.full, which the others
+    (--snapshot-in PREFIX) continue from: every run is compared on the same contexts, so one step's rounding
+    differences between right kernels cannot grow over a long rollout into a false verdict, and the shapes of a
+    filling and of a full cache both run."""
     import numpy as np
 
     import nfd_rt
@@ -126,43 +127,56 @@ def _worker(args) -> int:
         raise SystemExit(f"the run failed: {broken}")
     cfg = nfd_rt.configs.get(args.config)
     rng = np.random.default_rng(1)
-    actions = [rng.standard_normal(cfg.action_dim).astype(np.float32) for _ in range(args.frames)]
+    n = args.frames
+    actions = [rng.standard_normal(cfg.action_dim).astype(np.float32) for _ in range(n)]
+    mid = max(1, (n - AFTER_SNAPSHOT) // 2)  # frames made before the half-filled snapshot
+    prefix = args.snapshot_out or args.snapshot_in
     model = nfd_rt.Model(args.model, device=args.device, dtype=args.dtype)
     with model.session(seed=0) as s:
         s.reset()
         frames = [s.step(actions[0])]
         if args.snapshot_out:
-            for a in actions[1:-AFTER_SNAPSHOT]:
-                s.step(a)
-            with open(args.snapshot_out, "wb") as f:
+            for i in range(1, n - AFTER_SNAPSHOT):
+                if i == mid:
+                    with open(prefix + ".mid", "wb") as f:
+                        f.write(s.snapshot())
+                s.step(actions[i])
+            with open(prefix + ".full", "wb") as f:
                 f.write(s.snapshot())
-    with open(args.snapshot_out or args.snapshot_in, "rb") as f:
-        blob = f.read()
-    with model.session(snapshot=blob) as s:
-        frames += [s.step(a) for a in actions[-AFTER_SNAPSHOT:]]
+    for suffix, continued in ((".mid", actions[mid:mid + 1]), (".full", actions[n - AFTER_SNAPSHOT:])):
+        with open(prefix + suffix, "rb") as f:
+            blob = f.read()
+        with model.session(snapshot=blob) as s:
+            frames += [s.step(a) for a in continued]
     np.save(args.worker, np.stack(frames))
     return 0
 
 
-def bisect(args) -> dict:
-    """Every path off (the baseline), then each new path on alone; returns the report (its "broken" list)."""
+def bisect(args, preset: dict[str, str] | None = None) -> dict:
+    """Every path off (the baseline), then each new path on alone; returns the report (its "broken" list).
+    `preset`: switches the GPU run set before (a path the op harness saw fail): they hold in every run, and their
+    paths are not turned on."""
     import numpy as np
 
     import nfd_rt
 
     cfg = nfd_rt.configs.get(args.config)
-    frames = max(args.frames or cfg.sink_frames + cfg.window + 3, AFTER_SNAPSHOT + 2)  # past a full cache
+    frames = max(args.frames or cfg.sink_frames + cfg.window + 3, AFTER_SNAPSHOT + 3)  # past a full cache
     deadline = time.monotonic() + args.seconds
-    runs = [("all new paths off", env_off())]
+    preset = preset or {}
+    runs = [("all new paths off", {**env_off(), **preset})]
     for name, (off, what) in NEW_PATHS.items():
-        env = env_off()
+        if name in preset:
+            print(f"bisect: {name}: kept at {preset[name]} (set before the headline), not turned on", flush=True)
+            continue
+        env = {**env_off(), **preset}
         env.pop(name)
         runs.append((f"{name} on ({what})", env))
     report = {"config": args.config, "device": args.device, "dtype": args.dtype, "frames": frames,
               "limits": BISECT_LIMITS, "runs": [], "broken": []}
     base = None
     with tempfile.TemporaryDirectory(prefix="nfd_bisect_") as tmp:
-        model, snapshot = os.path.join(tmp, "model.nfd"), os.path.join(tmp, "full_cache.snapshot")
+        model, snapshot = os.path.join(tmp, "model.nfd"), os.path.join(tmp, "baseline")  # .mid, .full
         nfd_rt.export.save_random(cfg, model)
         for label, env in runs:
             left = deadline - time.monotonic()
@@ -258,7 +272,7 @@ def headline(args, fps_args: list[str]) -> int:
         else:
             b = argparse.Namespace(config=args.config, device=args.device, dtype=args.dtype, frames=0, timeout=120,
                                    seconds=deadline - time.monotonic())
-            report["bisect"] = bisect(b)
+            report["bisect"] = bisect(b, preset)
             broken = report["bisect"]["broken"]
             if broken and report["bisect"]["complete"]:
                 working = {k: NEW_PATHS[k][0] for k in broken}

@@ -267,8 +267,10 @@ class OasisStaticSession:
         if dtype not in dtypes:
             raise ValueError(f"dtype must be one of {list(dtypes)}, got {dtype!r}")
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:  # "cuda" means the current device: "cuda:N"
+            self.device = torch.device("cuda", torch.cuda.current_device())
         w = model.dit.patch_embed.weight
-        if w.dtype != dtypes[dtype] or w.device.type != self.device.type:  # "cuda:0" is not torch.device("cuda")
+        if w.dtype != dtypes[dtype] or w.device != self.device:
             model = copy.deepcopy(model).to(self.device, dtypes[dtype])
         self.model = model.eval()
         self.cfg: OasisConfig = model.cfg
