@@ -174,14 +174,17 @@ class Runner:
     # Fills the context to a full cache without stepping (cheaper warm-up for runners without a cache).
     prefill: Callable[[], None] | None = None
     prefill_warmup: int = 2  # untimed frames after a prefill
-    # Untimed frames more: under torch.compile with CUDA graphs the first two compiled calls warm up and record the
-    # graph, so without them the recording would land on the first timed frame (and flatter nfd_rt's ratio).
-    extra_warmup: int = 0
+    extra_warmup: int = 0  # untimed frames more (CUDA_GRAPH_WARMUP for a runner whose compiled calls record graphs)
     mark_warmup: Callable[[], None] | None = None  # called just before the first warm-up frame
     end_warmup: Callable[[], None] | None = None  # called after the last warm-up frame (before other runners warm)
     mark_timing: Callable[[], None] | None = None  # called just before the first timed frame
     after_timing: Callable[[], dict] | None = None  # extra JSON after the timed frames (e.g. recompiles)
     memory_bytes: Callable[[], int] | None = None
+
+
+# Under torch.compile with CUDA graphs the first two compiled calls warm up and record the graph: a runner's
+# untimed frames more, so the recording does not land on the first timed frame (and flatter nfd_rt's ratio).
+CUDA_GRAPH_WARMUP = 2
 
 
 def dtype_list(text: str) -> list[str]:
@@ -396,7 +399,7 @@ def oasis_compile_static(bench: Bench, dtype: str) -> Runner:
             and mode in ("reduce-overhead", "max-autotune"), "torch_dtype": dtype}
     return Runner(bench.torch_name("oasis-compile-static", dtype), s.step, s.reset, s.close, torch_runner=True,
                   info=info, prefill=oasis_prefill(lambda z: s.reset(latents=z), bench.cfg), prefill_warmup=1,
-                  extra_warmup=2 if info["torch_compile_cudagraphs"] else 0,
+                  extra_warmup=CUDA_GRAPH_WARMUP if info["torch_compile_cudagraphs"] else 0,
                   mark_warmup=warm, end_warmup=warmed, mark_timing=mark, after_timing=after)
 
 
@@ -568,7 +571,7 @@ def compile_static(bench: Bench, dtype: str) -> Runner:
             "torch_compile_cudagraphs": bench.cuda and bench.args.compile_backend == "inductor"
             and mode in ("reduce-overhead", "max-autotune")}
     return Runner(bench.torch_name("compile-static", dtype), s.step, s.reset, torch_runner=True, info=info,
-                  extra_warmup=2 if info["torch_compile_cudagraphs"] else 0,
+                  extra_warmup=CUDA_GRAPH_WARMUP if info["torch_compile_cudagraphs"] else 0,
                   mark_warmup=warm, end_warmup=warmed, mark_timing=mark,
                   after_timing=after)
 
@@ -834,7 +837,7 @@ def run_benchmark(args, result: dict, save: Callable[[], None]) -> dict:
     if warmup < cfg.cache_frames:
         log(f"warning: --warmup {warmup} < {cfg.cache_frames} cached frames: timed frames see a partly filled "
             "cache (not steady state; each frame's visible count is recorded)")
-    n_actions = max(warmup, cfg.cache_frames + 1) + args.frames + 2
+    n_actions = max(warmup, cfg.cache_frames + 1) + CUDA_GRAPH_WARMUP + args.frames + 2
     actions = np.random.default_rng(0).standard_normal((n_actions, cfg.action_dim)).astype(np.float32)
     result.update({"runners": {}, "config": cfg.to_dict(), "cost": frame_cost(cfg, 2),
                    "cache_frames": cfg.cache_frames, "warmup": warmup})

@@ -101,8 +101,7 @@ class Runner:
     name: str
     start: Callable[[int], tuple[Callable[[np.ndarray], Any], Callable[[], None]]]  # history -> (step, close)
     info: dict = field(default_factory=dict)
-    # Untimed frames more (torch.compile with CUDA graphs: its first two compiled calls warm up and record).
-    extra_warmup: int = 0
+    extra_warmup: int = 0  # untimed frames more (fps.CUDA_GRAPH_WARMUP: compiled calls that record CUDA graphs)
 
 
 def nfd_rt_runner(path: str, dtype: str, threads: int, device: str = "cpu") -> Runner:
@@ -161,15 +160,17 @@ def static_runner(path: str, dtype: str, compile_mode: str | None, backend: str 
     info = {"what": what, "torch_dtype": dtype, "device": device}
     if compile_mode is not None:
         info.update(compile_mode=compile_mode, compile_backend=backend)
-    # On a GPU the compiled frame runs as CUDA graphs (reduce-overhead, max-autotune): two frames more to record.
+    from fps import CUDA_GRAPH_WARMUP
+
+    # On a GPU the compiled frame runs as CUDA graphs (reduce-overhead, max-autotune): frames more to record them.
     graphs = compile_mode in ("reduce-overhead", "max-autotune") and device == "cuda" and backend == "inductor"
-    return Runner(f"waypoint-static-{kind}[{dtype}]", start, info, extra_warmup=2 if graphs else 0)
+    return Runner(f"waypoint-static-{kind}[{dtype}]", start, info, extra_warmup=CUDA_GRAPH_WARMUP if graphs else 0)
 
 
 def run(args, result: dict, save: Callable[[], None]) -> dict:
     import nfd_rt
 
-    from fps import cpu_bf16, dtype_list, load_average
+    from fps import CUDA_GRAPH_WARMUP, cpu_bf16, dtype_list, load_average
 
     cfg = nfd_rt.configs.get(args.config)
     history = args.history if getattr(args, "history", None) is not None else cfg.global_window
@@ -194,7 +195,7 @@ def run(args, result: dict, save: Callable[[], None]) -> dict:
         del model
         gc.collect()
     result["model_file_bytes"] = os.path.getsize(path)
-    ctrl = controls(cfg, warmup + 2 + args.frames)  # 2: a runner's extra_warmup
+    ctrl = controls(cfg, warmup + CUDA_GRAPH_WARMUP + args.frames)  # room for a runner's extra_warmup
     device = getattr(args, "device", "cpu")
     if args.dtype:
         dtypes = [args.dtype]

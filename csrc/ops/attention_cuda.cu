@@ -567,10 +567,8 @@ std::vector<std::string> check_candidates(const AttnArgs& a, const std::vector<M
     } else {
       *note = " each checked against the CUDA-core kernel,";
     }
-  } catch (const std::bad_alloc&) {
-    throw;
   } catch (const std::exception& e) {
-    if (cudaops::context_lost(s)) throw;  // a candidate broke the context: fail_context_lost named it
+    cudaops::after_candidate_failure(s, e);
     *note = " check not run (" + std::string(e.what()).substr(0, 120) + "),";
     wrong.assign(candidates.size(), "");
   }
@@ -688,10 +686,8 @@ void prepare_variants(AttnArgs a, const ShapeKey& key, const std::string& name, 
       report += " " + label + buf + ",";
       if (best_ms < 0.f || ms < best_ms) best = c, best_ms = ms;
       if (!vendor && (best_ours_ms < 0.f || ms < best_ours_ms)) best_ours = c, best_ours_ms = ms;
-    } catch (const std::bad_alloc&) {
-      throw;
     } catch (const std::exception& e) {
-      if (cudaops::context_lost(s)) cudaops::fail_context_lost("attention_prepare: " + name, label, e.what());
+      cudaops::after_candidate_failure(s, e, "attention_prepare: " + name, label);
       report += " " + label + " failed (" + std::string(e.what()).substr(0, 160) + "),";
       if (first_error.empty()) first_error = e.what();
       rows128_failed = rows128_failed || (HD == 64 && !vendor && c.rows == 128);

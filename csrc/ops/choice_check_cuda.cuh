@@ -133,26 +133,40 @@ class PoisonScratch {
                                 "switch (docs/cuda-backend.md, \"Checked choices\") and open the session again");
 }
 
-// Runs each of n candidates once (run(i) writes its output into `got`, first filled with all ones: a NaN in bf16
-// and fp16, so one that writes nothing fails; its scratch likewise) and judges it against `want` within tol.
-// Returns per candidate "" or what it got wrong; a candidate whose launch throws "failed in the check: ...". One
-// that breaks the CUDA context ends the check with fail_context_lost.
+// Called in the catch handler of a candidate's run (`where` names the choice, `label` the candidate) or of a whole
+// check (no label). Rethrows what no choice may absorb: a host out of memory, and, when the failure left the CUDA
+// context broken, ends session open naming the candidate (fail_context_lost; a whole check's error already names
+// it). Returns when the failure was the candidate's own and cleared: the candidate is left out.
+inline void after_candidate_failure(cudaStream_t s, const std::exception& e, const std::string& where = "",
+                                    const std::string& label = "") {
+  if (dynamic_cast<const std::bad_alloc*>(&e)) throw;
+  if (!context_lost(s)) return;
+  if (label.empty()) throw;
+  fail_context_lost(where, label, e.what());
+}
+
+// One run of a candidate being checked: its output (`bytes` at `out`) and every scratch it takes start as all-ones
+// bytes (a NaN in fp32, bf16 and fp16), so one that leaves some of them unwritten cannot pass.
+template <typename Run>
+void run_poisoned(void* out, size_t bytes, cudaStream_t s, Run run) {
+  check(cudaMemsetAsync(out, 0xff, bytes, s), "cudaMemsetAsync (checked choice)");
+  PoisonScratch poisoned;
+  run();
+}
+
+// Runs each of n candidates once (run(i) writes its output into `got`; run_poisoned) and judges it against `want`
+// within tol. Returns per candidate "" or what it got wrong; a candidate whose launch throws "failed in the check:
+// ...". One that breaks the CUDA context ends session open (after_candidate_failure).
 template <typename T, typename Run, typename Label>
 std::vector<std::string> check_each(size_t n, const Tensor& got, const Tensor& want, float tol, cudaStream_t s,
                                     Run run, Label label_of) {
   std::vector<std::string> wrong(n);
   for (size_t i = 0; i < n; ++i) {
     try {
-      check(cudaMemsetAsync(got.data, 0xff, got.bytes(), s), "cudaMemsetAsync (checked choice)");
-      {
-        PoisonScratch poisoned;
-        run(i);
-      }
+      run_poisoned(got.data, got.bytes(), s, [&] { run(i); });
       wrong[i] = verdict(got.ptr<T>(), want.ptr<T>(), got.numel(), tol, label_of(i), s);
-    } catch (const std::bad_alloc&) {
-      throw;  // the host is out of memory: not this candidate's fault
     } catch (const std::exception& e) {  // nfd::Error, or a vendor library's own exception
-      if (context_lost(s)) fail_context_lost("checked choice", label_of(i), e.what());
+      after_candidate_failure(s, e, "checked choice", label_of(i));
       wrong[i] = std::string("failed in the check: ") + e.what();
     }
   }

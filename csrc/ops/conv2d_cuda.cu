@@ -429,10 +429,8 @@ std::vector<std::string> check_candidates(const Context& ctx, const ConvCall& c,
   try {
     return c.x.dtype == DType::bf16 ? check_typed<__nv_bfloat16>(ctx, c, candidates, note)
                                     : check_typed<__half>(ctx, c, candidates, note);
-  } catch (const std::bad_alloc&) {
-    throw;
   } catch (const std::exception& e) {
-    if (cudaops::context_lost(cudaops::stream_of(ctx))) throw;  // a candidate broke it: fail_context_lost named it
+    cudaops::after_candidate_failure(cudaops::stream_of(ctx), e);
     *note = "check not run (" + std::string(e.what()).substr(0, 120) + "); ";
     return std::vector<std::string>(candidates.size());
   }
@@ -512,11 +510,9 @@ ConvEngine choose(const Context& ctx, const ConvCall& c, ConvMode mode) {
       float ms = -1.f;
       try {
         ms = cudaops::time_ms(cudaops::stream_of(ctx), [&] { run_engine(ctx, c, e); });
-      } catch (const std::bad_alloc&) {
-        throw;
       } catch (const std::exception& err) {  // a failed launch: left out of the choice, reported
-        if (cudaops::context_lost(cudaops::stream_of(ctx)))
-          cudaops::fail_context_lost("convolution choice: " + choice_key, engine_name(e), err.what());
+        cudaops::after_candidate_failure(cudaops::stream_of(ctx), err, "convolution choice: " + choice_key,
+                                         engine_name(e));
         report += std::string(engine_name(e)) + ": failed (" + std::string(err.what()).substr(0, 120) + "), ";
         continue;
       }

@@ -222,11 +222,8 @@ float cublaslt_tune(DType t, bool gelu, int M, int N, int K, const void* x, cons
     const auto& c = p.candidates[i];
     try {  // a candidate that fails to launch (workspace, a split-K it cannot run) or computes wrong is left out
       if (check) {  // y (and the workspace) start as NaN: an algorithm that writes nothing cannot pass on the last's
-        cudaops::check(cudaMemsetAsync(y, 0xff, size_t(M) * N * dtype_size(t), s), "cudaMemsetAsync (checked choice)");
-        {
-          cudaops::PoisonScratch poisoned;
-          run(p, c.algo, c.workspaceSize, gelu, x, w, bias, y, s);
-        }
+        cudaops::run_poisoned(y, size_t(M) * N * dtype_size(t), s,
+                              [&] { run(p, c.algo, c.workspaceSize, gelu, x, w, bias, y, s); });
         const std::string wrong = check(y);
         if (!wrong.empty()) {
           failures += " #" + std::to_string(i) + " " + wrong.substr(0, 100);
@@ -235,11 +232,8 @@ float cublaslt_tune(DType t, bool gelu, int M, int N, int K, const void* x, cons
       }
       const float ms = cudaops::time_ms(s, [&] { run(p, c.algo, c.workspaceSize, gelu, x, w, bias, y, s); });
       if (best < 0 || ms < best_ms) best_ms = ms, best = int(i);
-    } catch (const std::bad_alloc&) {
-      throw;
     } catch (const std::exception& e) {
-      if (cudaops::context_lost(s))
-        cudaops::fail_context_lost("linear_prepare", "cuBLASLt algorithm #" + std::to_string(i), e.what());
+      cudaops::after_candidate_failure(s, e, "linear_prepare", "cuBLASLt algorithm #" + std::to_string(i));
       failures += " #" + std::to_string(i) + " failed (" + std::string(e.what()).substr(0, 80) + ")";
     }
   }

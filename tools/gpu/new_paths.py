@@ -17,9 +17,9 @@ the culprit is unknown), and `DIR/headline.json`.
 path off (the measured baseline, which fills the cache and snapshots it half-way and full), then each new path on
 alone. Each run makes the first frame from an empty cache, one frame from the half-filled snapshot and two from
 the full one, and is compared with the baseline's frames: the same contexts for all, so right kernels that round
-differently stay within the limits (over a long rollout their differences could grow). A path whose run fails or whose frames
-differ by more than the dtype allows is the one that broke. It runs on the CPU too (the switches only change
-CUDA code, so every run should match there).
+differently stay within the limits (over a long rollout their differences could grow). A path whose run fails
+or whose frames differ by more than the dtype allows is the one that broke. It runs on the CPU too (the switches
+only change CUDA code, so every run should match there).
 """
 from __future__ import annotations
 

@@ -224,7 +224,8 @@ fi
 # threads, no progress lines.
 FPS_COMMON="--frames $FPS_FRAMES --threads $(nproc) --no-progress ${FPS_ARGS:-}"
 step headline 240 0 "$PY tools/gpu/new_paths.py headline --config $CONFIG --device $DEVICE --dtype $DTYPE \
-  --out $OUT/fps.json --work $WORK --seconds \$(( STEP_SECONDS > 60 ? STEP_SECONDS - 20 : STEP_SECONDS * 2 / 3 )) --first-share ${HEADLINE_FIRST_SHARE:-0.6} \
+  --out $OUT/fps.json --work $WORK --first-share ${HEADLINE_FIRST_SHARE:-0.6} \
+  --seconds \$(( STEP_SECONDS > 60 ? STEP_SECONDS - 20 : STEP_SECONDS * 2 / 3 )) \
   -- --steps 4 --runners nfd_rt,eager $FPS_COMMON"
 # The rest of the run uses the switches the headline found to work (none set when every new path works).
 if [ -f "$WORK/working_env.sh" ]; then

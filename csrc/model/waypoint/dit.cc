@@ -192,15 +192,10 @@ void DiT::prepare_kernels(const Context& ctx, const Tensor& action) {
   ops::linear_prepare(ctx, a.hn, b0.fc1_w, none, a.mlp, ops::Epilogue::silu);
   ops::linear_prepare(ctx, a.mlp, b0.fc2_w, none, a.tmp);
   ops::linear_prepare(ctx, a.hn, w_.final_w, w_.final_b, a.vel);
-  // Attention (GQA) over each cache group's slots: the first layer of the group stands for all of its layers.
-  const int64_t N = cfg_.tokens_per_frame();
-  Tensor out = view(a.attn, 0, {N, cfg_.hidden_size});
-  for (int g = 0; g < 2; ++g)
-    for (int l = 0; l < cfg_.depth; ++l)
-      if (cfg_.group_of(l) == g) {
-        ops::attention_prepare(ctx, a.q, k_[size_t(l)], v_[size_t(l)], out);
-        break;
-      }
+  // Attention (GQA) over each layer's cache group: measured once per shape (the layers of a group share it; later
+  // layers are a lookup).
+  Tensor out = view(a.attn, 0, {cfg_.tokens_per_frame(), cfg_.hidden_size});
+  for (int l = 0; l < cfg_.depth; ++l) ops::attention_prepare(ctx, a.q, k_[size_t(l)], v_[size_t(l)], out);
 }
 
 void DiT::condition(const Context& ctx, const Tensor& action) {
