@@ -37,6 +37,8 @@ void rope_qkv_split(const Context& ctx, const Tensor& qkv, const RopeParams& rop
   if (table) {  // the rotation comes from the table (and the time pairs): rope_dims and grid_cols are not read
     c.check(tab.defined(), "table is undefined (no data)");
     c.shape({"table", tab}, {N, -1, 2}, "N, P, 2");
+    // The CUDA kernels visit pairs only (no odd last element), and no model has an odd head_dim.
+    c.check(hd % 2 == 0, "head_dim must be even, got " + std::to_string(hd));
     c.check(tab.dim(1) >= 1 && 2 * tab.dim(1) <= hd,
             "table must rotate 1 to head_dim / 2 = " + std::to_string(hd / 2) + " pairs, got P = " +
                 std::to_string(tab.dim(1)));
