@@ -45,8 +45,9 @@ Tensor Arena::alloc(std::vector<int64_t> shape, DType dtype, Use use) {
   if (device_ == Device::cpu) {
     std::memset(t.data, 0, bytes);
   } else {
-    std::vector<uint8_t> zeros(bytes, 0);  // arenas are filled once at open: a host staging buffer is fine
-    device_memcpy(t.data, device_, zeros.data(), Device::cpu, bytes, nullptr);
+#ifdef NFD_RT_WITH_CUDA
+    cuda_device::zero(t.data, bytes);  // on the device: a KV cache of gigabytes needs no host copy of its zeros
+#endif
   }
   return t;
 }
@@ -126,6 +127,20 @@ size_t available_memory(Device device, std::string* source) {
   return cuda_device::free_memory(source);
 #else
   no_cuda("available_memory");
+#endif
+}
+
+DeviceScope::DeviceScope(Device device) {
+#ifdef NFD_RT_WITH_CUDA
+  if (device == Device::cuda) previous_ = cuda_device::make_process_device_current();
+#else
+  (void)device;
+#endif
+}
+
+DeviceScope::~DeviceScope() {
+#ifdef NFD_RT_WITH_CUDA
+  cuda_device::restore_device(previous_);
 #endif
 }
 

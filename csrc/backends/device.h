@@ -72,6 +72,22 @@ void cuda_stream_destroy(void* stream);
 // it back: the graph gets two branches that run side by side.
 void cuda_stream_wait_for(void* waiting, void* other);
 
+// nfd_rt runs on one GPU per process: the device current on the thread that first opens a CUDA model or session
+// (CUDA_VISIBLE_DEVICES or torch.cuda.set_device before it choose which). Streams, memory and the vendor engines'
+// handles belong to that device, so each entry point that touches them makes it current on its thread while it
+// runs (a speculation worker, a server's thread pool, a caller that set another device for its own work) and
+// gives the caller's current device back after. On the CPU, or without CUDA, a no-op.
+class DeviceScope {
+ public:
+  explicit DeviceScope(Device device);
+  ~DeviceScope();
+  DeviceScope(const DeviceScope&) = delete;
+  DeviceScope& operator=(const DeviceScope&) = delete;
+
+ private:
+  int previous_ = -1;  // the caller's device, when it was another
+};
+
 // Captures the work `fn` enqueues on `stream` once, then replays it (cudaGraphLaunch).
 class CudaGraph {
  public:

@@ -758,9 +758,20 @@ void cuda::attention_prepare(const Context& ctx, const Tensor& q, const Tensor& 
   check(cudaStreamIsCapturing(s, &cap), "cudaStreamIsCapturing");
   if (cap != cudaStreamCaptureStatusNone) return;  // cannot time inside a capture: the defaults stay
   const ShapeKey key{int(q.dtype), N, H, int(k_cache.dim(2)), hd, slots};
+  std::lock_guard<std::recursive_mutex> measuring(measure_mutex());
+  bool measured;
   {
     std::lock_guard<std::mutex> lock(g_choice_mu);
-    if (mma_choices().count(key)) return;  // measured before (another session or layer)
+    measured = mma_choices().count(key) > 0;
+  }
+  if (measured) {  // before (another session or layer), maybe under another NFD_RT_ATTENTION
+#ifdef NFD_RT_WITH_CUDNN
+    // Forced cuDNN still needs its plan built outside the capture, or the captured call falls back to ours.
+    if (impl == Impl::cudnn && cudnn_takes(q, k_cache, v_cache, out))
+      if (const int splits = cudnn_splits_for(impl, key, N, H, int64_t(slots) * N))
+        cudnn_sdpa::prepare(cudnn_problem(q, k_cache, splits), nullptr);  // a failure is reported at the call
+#endif
+    return;
   }
   const AttnArgs a = attn_args(q, k_cache, v_cache, out, nullptr);  // prepare_variants sets its own FrameState
   const std::string name = std::string("attention ") + dtype_name(q.dtype) + " hd" + std::to_string(hd) +

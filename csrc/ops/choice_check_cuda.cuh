@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <mutex>
 #include <new>
 #include <string>
 #include <vector>
@@ -21,6 +22,15 @@
 
 namespace nfd {
 namespace cudaops {
+
+// Engines are measured one shape at a time in the process, held from the "measured before?" lookup to the
+// store of the choice: two sessions opening on two threads would otherwise time their candidates against each
+// other's kernels and, for cuBLASLt, tune the same shared plan at once. Recursive: a measurement may plan a vendor
+// engine that measures too.
+inline std::recursive_mutex& measure_mutex() {
+  static std::recursive_mutex m;
+  return m;
+}
 
 // A hash of (seed, i) mapped to [-1, 1): the same values on every GPU and every run (splitmix64's finaliser).
 __device__ __forceinline__ float hash_uniform(uint32_t seed, uint64_t i) {

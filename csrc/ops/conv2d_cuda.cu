@@ -456,11 +456,17 @@ ConvEngine choose(const Context& ctx, const ConvCall& c, ConvMode mode) {
   const std::string choice_key = kernel_key(c.op, c.x, c.w, c.stride) + " at " + std::to_string(c.x.dim(1)) + "x" +
                                  std::to_string(c.x.dim(2)) + " (choice)";
   const ConvKey key = key_of(c);
-  if (mode == ConvMode::automatic) {
+  auto measured = [&](ConvEngine* e) {
     std::lock_guard<std::mutex> lock(g_choice_mu);
     auto it = choices().find(key);
-    if (it != choices().end()) return it->second;
-  }
+    if (it != choices().end()) *e = it->second;
+    return it != choices().end();
+  };
+  ConvEngine known;
+  if (mode == ConvMode::automatic && measured(&known)) return known;
+  // Not measured yet: one measurement at a time, and another thread may have stored this one meanwhile.
+  std::unique_lock<std::recursive_mutex> measuring(cudaops::measure_mutex());
+  if (mode == ConvMode::automatic && measured(&known)) return known;
   cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
   cudaops::check(cudaStreamIsCapturing(cudaops::stream_of(ctx), &cap), "cudaStreamIsCapturing");
   const bool capturing = cap != cudaStreamCaptureStatusNone;

@@ -268,6 +268,7 @@ void cuda::linear_prepare(const Context& ctx, const Tensor& x, const Tensor& w, 
   const void* b = bias.defined() ? bias.data : nullptr;
   const int M = int(sh.M), N = int(sh.N), K = int(sh.K);
   const ShapeKey key{int(t), gelu, b != nullptr, M, N, K};
+  std::lock_guard<std::recursive_mutex> measuring(measure_mutex());
   {
     std::lock_guard<std::mutex> lock(g_choice_mu);
     if (choices().count(key)) return;  // measured before (another session, another layer)

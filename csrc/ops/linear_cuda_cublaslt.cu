@@ -135,10 +135,13 @@ cublasLtMatmulDesc_t make_desc(bool gelu, const void* bias) {
   return desc;
 }
 
+// Guards the plan map and each plan's chosen algorithm (algo, workspace, tuned, note): cublaslt_tune rewrites them
+// while sessions on other threads may run the same shape. Layouts and candidates do not change once made.
+std::mutex g_plan_mu;
+
 const Plan& plan_for(DType t, bool gelu, const void* bias, int M, int N, int K) {
-  static std::mutex mu;
   static std::map<PlanKey, Plan> plans;
-  std::lock_guard<std::mutex> lock(mu);
+  std::lock_guard<std::mutex> lock(g_plan_mu);
   const PlanKey key{int(t), gelu, bias != nullptr, M, N, K};
   auto it = plans.find(key);
   if (it != plans.end()) return it->second;
@@ -197,9 +200,16 @@ bool cublaslt_gemm(DType t, bool gelu, int M, int N, int K, const void* x, const
                    cudaStream_t s, std::string* algo_note) {
   if (!cublaslt_available() || (t != DType::bf16 && t != DType::f16)) return false;
   const Plan& p = plan_for(t, gelu, bias, M, N, K);
-  if (algo_note) *algo_note = p.note;
+  cublasLtMatmulAlgo_t algo;
+  size_t workspace;
+  {
+    std::lock_guard<std::mutex> lock(g_plan_mu);
+    if (algo_note) *algo_note = p.note;
+    algo = p.algo;
+    workspace = p.workspace;
+  }
   if (!p.ok) return false;
-  run(p, p.algo, p.workspace, gelu, x, w, bias, y, s);
+  run(p, algo, workspace, gelu, x, w, bias, y, s);
   return true;
 }
 
@@ -211,8 +221,13 @@ float cublaslt_tune(DType t, bool gelu, int M, int N, int K, const void* x, cons
                     cudaStream_t s, std::string* algo_note, const std::function<std::string(void* y)>& check) {
   if (!cublaslt_available() || (t != DType::bf16 && t != DType::f16)) return -1.f;
   Plan& p = const_cast<Plan&>(plan_for(t, gelu, bias, M, N, K));
+  std::string planned_note;
+  {
+    std::lock_guard<std::mutex> lock(g_plan_mu);
+    planned_note = p.note;
+  }
   if (!p.ok) {
-    if (algo_note) *algo_note = p.note;
+    if (algo_note) *algo_note = planned_note;
     return -1.f;
   }
   float best_ms = -1.f;
@@ -238,9 +253,10 @@ float cublaslt_tune(DType t, bool gelu, int M, int N, int K, const void* x, cons
     }
   }
   if (best < 0 && !failures.empty()) {  // none kept: say why each was left out
-    if (algo_note) *algo_note = p.note + "; left out:" + failures;
+    if (algo_note) *algo_note = planned_note + "; left out:" + failures;
     return -1.f;
   }
+  std::lock_guard<std::mutex> lock(g_plan_mu);
   if (best >= 0) {
     p.algo = p.candidates[size_t(best)].algo;
     p.workspace = p.candidates[size_t(best)].workspaceSize;

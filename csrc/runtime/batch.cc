@@ -27,24 +27,35 @@ void Session::step_batch(const std::vector<Session*>& sessions, const float* act
   if (n == 1) return sessions[0]->step(actions, frames_out, latents_out);
 
   const Model& model = *sessions[0]->impl_->model;
+  const DeviceScope on_device(model.device());
   std::lock_guard<std::mutex> batch_lock(model.batch_mutex());
   model::Activations& act = model.batch_activations(int(n));
   Impl& lead = *sessions[0]->impl_;
   Context bctx = lead.ctx;  // the batch runs on the first session's stream and thread count
   std::vector<FrameJob> frames;
-  for (size_t i = 0; i < n; ++i) {
-    Impl& s = *sessions[i]->impl_;
-    Context c = bctx;
-    c.state = s.ctx.state;
-    c.host_state = s.ctx.host_state;
-    s.prepare_state(c);
-    s.upload_action(c, actions + int64_t(i) * A);
-    frames.push_back(s.job(c, s.st->io.latent, s.st->io.write, s.st->io.frame));
+  try {
+    for (size_t i = 0; i < n; ++i) {
+      Impl& s = *sessions[i]->impl_;
+      Context c = bctx;
+      c.state = s.ctx.state;
+      c.host_state = s.ctx.host_state;
+      s.prepare_state(c);
+      s.upload_action(c, actions + int64_t(i) * A);
+      frames.push_back(s.job(c, s.st->io.latent, s.st->io.write, s.st->io.frame));
+    }
+    SampleOptions so;
+    so.decode = frames_out != nullptr;
+    sample_frames(model.architecture(), cfg.num_steps(), frames, act, so);
+    device_synchronize(lead.opt.device, bctx.stream);
+  } catch (...) {
+    // Work queued before the error still writes the shared batch activations and every member's cache and
+    // buffers: wait for it before the batch lock is released (a failure to wait is the error being reported).
+    try {
+      device_synchronize(lead.opt.device, bctx.stream);
+    } catch (...) {
+    }
+    throw;
   }
-  SampleOptions so;
-  so.decode = frames_out != nullptr;
-  sample_frames(model.architecture(), cfg.num_steps(), frames, act, so);
-  device_synchronize(lead.opt.device, bctx.stream);
   const int64_t frame_bytes = cfg.frame_bytes();  // one session's frames
   for (size_t i = 0; i < n; ++i) {
     Impl& s = *sessions[i]->impl_;

@@ -85,6 +85,7 @@ std::shared_ptr<Model> Model::load(const std::string& path, const ModelOptions& 
 
 std::shared_ptr<Model> Model::load(const ModelLoader& loader, const ModelOptions& options, bool fits_checked) {
   check_device_options(options.device, options.dtype, options.threads, true);
+  const DeviceScope on_device(options.device);
   std::shared_ptr<Model> m(new Model());
   m->cfg_ = loader.config();
   m->opt_ = options;
@@ -113,7 +114,13 @@ std::shared_ptr<Model> Model::load(const ModelLoader& loader, const ModelOptions
   return m;
 }
 
-Model::~Model() = default;
+Model::~Model() {
+  const DeviceScope on_device(opt_.device);  // its memory goes while its device is current
+  batch_act_.reset();
+  batch_arena_.reset();
+  weights_.reset();
+  arena_.reset();
+}
 
 model::Activations& Model::batch_activations(int batch) const {
   if (!batch_act_ || batch_act_->capacity < batch) {

@@ -7,11 +7,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <new>
 #include <sstream>
 #include <utility>
 
 #include "core/error.h"
 #include "core/switches.h"
+#include "ops/kernel_report.h"
 #include "ops/ops.h"
 #include "runtime/loader.h"
 #include "runtime/session_impl.h"
@@ -70,6 +72,8 @@ MemoryEstimate session_part(const Config& cfg, const model::Architecture& arch, 
                             Device device, DType dtype, const SessionOptions& o) {
   Arena arena = Arena::measure(device);
   SessionState st(cfg, arch, weights, arena, dtype, cache_slots(cfg, o));
+  if (o.speculate > 0 && o.speculate_mode == SpeculateMode::parallel)  // k frames' buffers besides the own ones
+    Session::Impl::Parallel par(cfg, arch, arena, dtype, o.speculate, cfg.cache_policy().size());
   MemoryEstimate m;
   m.device = device;
   m.kv_cache = arena.bytes(Arena::Use::kv_cache);
@@ -101,6 +105,7 @@ std::string MemoryEstimate::describe() const {
 
 MemoryEstimate estimate_session_memory(const std::string& path, const SessionOptions& options) {
   check_device_options(options.device, options.dtype, options.threads, false);
+  const DeviceScope on_device(options.device);
   check_session_options(options);
   return estimate(ModelLoader::open(path), options);
 }
@@ -122,34 +127,40 @@ Session::Impl::Impl(std::shared_ptr<const Model> m, const SessionOptions& o, boo
   }
   ctx.device = opt.device;
   ctx.threads = effective_threads(opt.threads);
-  if (opt.device == Device::cuda) ctx.stream = stream = cuda_stream_create();
-  use_graphs = opt.device == Device::cuda && opt.cuda_graphs;
-  st = std::make_unique<SessionState>(cfg, arch, model->weights(), arena, opt.dtype, cache_slots(cfg, opt));
-  ctx.state = reinterpret_cast<const FrameState*>(st->io.state.data);
-  ctx.host_state = host_state.data();  // kernels sized on the host (ops::attention_read_host_state) read it
-  st->graph->reset_state(ctx);
-  st->graph->prepare_kernels(ctx, st->io.action);
-  if (opt.device == Device::cuda) {
-    // One decode of a noise latent outside any capture: the decoder's ops choose their engines at a shape's first
-    // uncaptured call (ops/conv2d_cuda.cu times CUTLASS against cuDNN), so the frame graph captures the chosen
-    // ones, and a decoder with state (it runs outside the graph) does not spend the first frame choosing; its
-    // state is then reset, so the first frame's decode starts a fresh stream.
-    st->graph->start_latent(ctx, opt.seed, st->io.latent);
-    st->graph->decode(ctx, st->io.latent, st->io.frame, nullptr);
-    if (st->graph->decoder_keeps_state()) st->graph->reset_state(ctx);
+  try {
+    if (opt.device == Device::cuda) ctx.stream = stream = cuda_stream_create();
+    use_graphs = opt.device == Device::cuda && opt.cuda_graphs;
+    st = std::make_unique<SessionState>(cfg, arch, model->weights(), arena, opt.dtype, cache_slots(cfg, opt));
+    ctx.state = reinterpret_cast<const FrameState*>(st->io.state.data);
+    ctx.host_state = host_state.data();  // kernels sized on the host (ops::attention_read_host_state) read it
+    st->graph->reset_state(ctx);
+    st->graph->prepare_kernels(ctx, st->io.action);
+    if (opt.device == Device::cuda) {
+      // One decode of a noise latent outside any capture: the decoder's ops choose their engines at a shape's first
+      // uncaptured call (ops/conv2d_cuda.cu times CUTLASS against cuDNN), so the frame graph captures the chosen
+      // ones, and a decoder with state (it runs outside the graph) does not spend the first frame choosing; its
+      // state is then reset, so the first frame's decode starts a fresh stream.
+      st->graph->start_latent(ctx, opt.seed, st->io.latent);
+      st->graph->decode(ctx, st->io.latent, st->io.frame, nullptr);
+      if (st->graph->decoder_keeps_state()) st->graph->reset_state(ctx);
+    }
+    device_synchronize(opt.device, ctx.stream);
+    if (opt.device == Device::cuda) {
+      // Each path one switch away from the one measured before it (docs/cuda-backend.md): NFD_RT_DECODE_STREAM=off
+      // decodes on the session's stream after the cache-write pass, NFD_RT_PINNED_STAGING=off copies through
+      // pageable memory with a wait per copy.
+      if (switch_on("NFD_RT_DECODE_STREAM")) decode_stream = cuda_stream_create();
+      if (switch_on("NFD_RT_PINNED_STAGING"))
+        staging = std::make_unique<PinnedStaging>(cfg, st->io.latent.numel(), ring.groups());
+    }
+    if (opt.speculate > 0 && opt.speculate_mode == SpeculateMode::exact)
+      worker = std::thread([this] { speculate_loop(); });
+    if (opt.speculate > 0 && opt.speculate_mode == SpeculateMode::parallel)
+      par = std::make_unique<Parallel>(cfg, arch, arena, opt.dtype, opt.speculate, ring.groups());
+  } catch (...) {
+    release_streams();  // ~Impl does not run for a constructor that throws
+    throw;
   }
-  device_synchronize(opt.device, ctx.stream);
-  if (opt.device == Device::cuda) {
-    // Each path one switch away from the one measured before it (docs/cuda-backend.md): NFD_RT_DECODE_STREAM=off
-    // decodes on the session's stream after the cache-write pass, NFD_RT_PINNED_STAGING=off copies through
-    // pageable memory with a wait per copy.
-    if (switch_on("NFD_RT_DECODE_STREAM")) decode_stream = cuda_stream_create();
-    if (switch_on("NFD_RT_PINNED_STAGING"))
-      staging = std::make_unique<PinnedStaging>(cfg, st->io.latent.numel(), ring.groups());
-  }
-  if (opt.speculate > 0 && opt.speculate_mode == SpeculateMode::exact)
-    worker = std::thread([this] { speculate_loop(); });
-  if (opt.speculate > 0 && opt.speculate_mode == SpeculateMode::parallel) par = std::make_unique<Parallel>(*this);
 }
 
 Session::Impl::~Impl() {
@@ -162,6 +173,10 @@ Session::Impl::~Impl() {
     cv.notify_all();
     worker.join();
   }
+  release_streams();
+}
+
+void Session::Impl::release_streams() noexcept {
   for (void* s : {decode_stream, stream}) {
     if (!s) continue;
     try {
@@ -170,6 +185,7 @@ Session::Impl::~Impl() {
     }
     cuda_stream_destroy(s);
   }
+  decode_stream = stream = nullptr;
 }
 
 FrameJob Session::Impl::job(const Context& c, const Tensor& latent, const Tensor& write, const Tensor& frame) const {
@@ -211,7 +227,18 @@ bool Session::Impl::generate_frame(bool decode, const std::atomic<bool>* cancel)
   bool& reads_host_state = graphs.reads_host_state[in_graph ? 1 : 0];
   if (!g.captured() || (reads_host_state && visible != now)) {
     ops::attention_read_host_state(ctx);  // clears what calls before this capture left
-    g.capture(stream, [&] { run_frame(true, in_graph); });
+    try {
+      g.capture(stream, [&] { run_frame(true, in_graph); });
+    } catch (const std::bad_alloc&) {
+      throw;
+    } catch (const std::exception& e) {
+      // Nothing ran (the capture only records, and ended on the error). A cause that holds would fail every later
+      // capture too, so this session steps without graphs from now on, slower but working; a cause that is not
+      // about capturing (a broken context, a bad argument) fails the uncaptured frame as well, and is reported.
+      use_graphs = false;
+      note_kernel("cuda graph", std::string("off for a session whose capture failed (") + e.what() + ")");
+      return run_frame(true, decode, cancel);
+    }
     reads_host_state = ops::attention_read_host_state(ctx);
     visible = now;
   }
@@ -357,6 +384,7 @@ void Session::Impl::decode_host(const float* latent, uint8_t* frame_out) {
 }
 
 Session::Session(const std::string& path, const SessionOptions& options) {
+  const DeviceScope on_device(options.device);
   check_device_options(options.device, options.dtype, options.threads, true);
   check_session_options(options);
   // The file is opened and checked once; the weights and the session are checked together against what is
@@ -375,10 +403,15 @@ Session::Session(const std::string& path, const SessionOptions& options) {
 
 Session::Session(std::shared_ptr<const Model> model, const SessionOptions& options) {
   NFD_CHECK(model != nullptr, invalid_argument, "Session: model is null");
+  const DeviceScope on_device(model->device());
   impl_ = std::make_unique<Impl>(std::move(model), options);
 }
 
-Session::~Session() = default;
+Session::~Session() {
+  if (!impl_) return;
+  const DeviceScope on_device(impl_->opt.device);
+  impl_.reset();  // streams, graphs and memory go while their device is current
+}
 
 const Config& Session::config() const { return impl_->cfg; }
 const SessionOptions& Session::options() const { return impl_->opt; }
@@ -398,6 +431,7 @@ Session::SpeculationStats Session::speculation_stats() const {
 
 void Session::reset_frames(const uint8_t* frames, int count, const float* actions) {
   Impl& s = *impl_;
+  const DeviceScope on_device(s.opt.device);
   NFD_CHECK(count >= 0, invalid_argument, "reset: frame count must be >= 0");
   NFD_CHECK(count == 0 || frames, invalid_argument, "reset: frames is null");
   const int per_step = s.cfg.frames_per_step;
@@ -414,6 +448,7 @@ void Session::reset_frames(const uint8_t* frames, int count, const float* action
 
 void Session::reset_latents(const float* latents, int count, const float* actions) {
   Impl& s = *impl_;
+  const DeviceScope on_device(s.opt.device);
   const Config& c = s.cfg;
   NFD_CHECK(count >= 0, invalid_argument, "reset: latent count must be >= 0");
   NFD_CHECK(count == 0 || latents, invalid_argument, "reset: latents is null");
@@ -427,6 +462,7 @@ void Session::reset_latents(const float* latents, int count, const float* action
 
 void Session::step(const float* action, uint8_t* frame_out, float* latent_out) {
   Impl& s = *impl_;
+  const DeviceScope on_device(s.opt.device);
   NFD_CHECK(action, invalid_argument, "step: action is null");
   check_finite(action, s.cfg.action_dim, "action");
   s.step(action, frame_out, latent_out);
@@ -434,6 +470,7 @@ void Session::step(const float* action, uint8_t* frame_out, float* latent_out) {
 
 void Session::decode(const float* latent, uint8_t* frame_out) {
   Impl& s = *impl_;
+  const DeviceScope on_device(s.opt.device);
   NFD_CHECK(latent && frame_out, invalid_argument, "decode: null latent or output");
   check_finite(latent, s.cfg.latent_numel(), "latent");
   std::unique_lock<std::mutex> lk = s.pause_worker(true);
@@ -451,6 +488,7 @@ void Session::decode(const float* latent, uint8_t* frame_out) {
 
 std::unique_ptr<Session> Session::fork() const {
   Impl& s = *impl_;
+  const DeviceScope on_device(s.opt.device);
   auto copy = std::make_unique<Session>(s.model, s.opt);
   Impl& d = *copy->impl_;
   // The served state: frames generated ahead stay with this session (their slots are empty in the fork).

@@ -84,6 +84,7 @@ struct Session::Impl {
   Context ctx;
   void* stream = nullptr;
   void* decode_stream = nullptr;           // CUDA: the decode beside the cache-write pass (sampler.h)
+  void release_streams() noexcept;  // waits for and destroys both streams (~Impl, a failed constructor)
   std::unique_ptr<PinnedStaging> staging;  // CUDA: a step's host copies
   bool use_graphs = false;
   FrameGraphs graphs;
@@ -175,7 +176,8 @@ struct Session::Impl {
     std::vector<FrameState> host;  // frame j's FrameStates at host[j * groups ..]
     std::vector<Tensor> state, latent, write, frame;
     std::unique_ptr<model::Activations> act;
-    explicit Parallel(Impl& s);
+    // k frames' buffers on `arena` (a session's, or a measuring one: session_part counts them).
+    Parallel(const Config& cfg, const model::Architecture& arch, Arena& arena, DType dtype, int k, size_t groups);
   };
   std::unique_ptr<Parallel> par;
   void generate_parallel(const float* action, bool decode);

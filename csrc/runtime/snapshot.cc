@@ -404,10 +404,14 @@ void Session::Impl::load_snapshot(const void* data, size_t size) {
   resume_worker(lk);
 }
 
-size_t Session::snapshot_size() const { return impl_->write_snapshot(nullptr, 0); }
+size_t Session::snapshot_size() const {
+  const DeviceScope on_device(impl_->opt.device);
+  return impl_->write_snapshot(nullptr, 0);
+}
 
 size_t Session::snapshot(void* out, size_t capacity) const {
   NFD_CHECK(out != nullptr, invalid_argument, "snapshot: the output buffer is null");
+  const DeviceScope on_device(impl_->opt.device);
   return impl_->write_snapshot(out, capacity);
 }
 
@@ -419,11 +423,13 @@ std::vector<uint8_t> Session::snapshot() const {
 
 Session::Session(std::shared_ptr<const Model> model, const SessionOptions& options, const void* blob, size_t size)
     : Session(std::move(model), options) {
+  const DeviceScope on_device(impl_->opt.device);
   impl_->load_snapshot(blob, size);
 }
 
 Session::Session(const std::string& path, const SessionOptions& options, const void* blob, size_t size)
     : Session(path, options) {
+  const DeviceScope on_device(impl_->opt.device);
   impl_->load_snapshot(blob, size);
 }
 

@@ -19,6 +19,7 @@ namespace nfd {
 // ---- exact ------------------------------------------------------------------------------------------------------
 
 void Session::Impl::speculate_loop() {
+  const DeviceScope on_device(opt.device);  // a new thread starts on device 0
   std::unique_lock<std::mutex> lk(mu);
   for (;;) {
     cv.wait(lk, [&] {
@@ -83,7 +84,10 @@ int Session::Impl::wait_speculation() {
   return int(ahead.size());
 }
 
-int Session::wait_speculation() { return impl_->wait_speculation(); }
+int Session::wait_speculation() {
+  const DeviceScope on_device(impl_->opt.device);
+  return impl_->wait_speculation();
+}
 
 void Session::Impl::resume_worker(std::unique_lock<std::mutex>& lk) {
   if (!exact_worker()) return;
@@ -142,15 +146,17 @@ void Session::Impl::step_speculating(const float* action, uint8_t* frame_out, fl
 
 // ---- parallel ---------------------------------------------------------------------------------------------------
 
-Session::Impl::Parallel::Parallel(Impl& s) : host(size_t(s.opt.speculate) * s.ring.groups()) {
-  const std::vector<int64_t> lshape = {s.cfg.latent_channels, s.cfg.latent_height(), s.cfg.latent_width()};
-  for (int j = 0; j < s.opt.speculate; ++j) {
-    state.push_back(s.arena.alloc({int64_t(s.state_bytes())}, DType::u8));
-    latent.push_back(s.arena.alloc(lshape, s.opt.dtype));
-    write.push_back(s.arena.alloc(lshape, s.opt.dtype));
-    frame.push_back(s.arena.alloc(s.cfg.frame_shape(), DType::u8));
+Session::Impl::Parallel::Parallel(const Config& cfg, const model::Architecture& arch, Arena& arena, DType dtype,
+                                  int k, size_t groups)
+    : host(size_t(k) * groups) {
+  const std::vector<int64_t> lshape = {cfg.latent_channels, cfg.latent_height(), cfg.latent_width()};
+  for (int j = 0; j < k; ++j) {
+    state.push_back(arena.alloc({int64_t(groups * sizeof(FrameState))}, DType::u8));
+    latent.push_back(arena.alloc(lshape, dtype));
+    write.push_back(arena.alloc(lshape, dtype));
+    frame.push_back(arena.alloc(cfg.frame_shape(), DType::u8));
   }
-  act = s.arch.make_activations(s.cfg, s.arena, s.opt.dtype, s.opt.speculate);
+  act = arch.make_activations(cfg, arena, dtype, k);
 }
 
 // Generates frames frame_index .. frame_index + k - 1 under `action`, commits all k and queues them in `ahead`.

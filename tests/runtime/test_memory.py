@@ -145,6 +145,26 @@ def test_estimate_is_exact_for_the_arena(tmp_path, cfg):
         assert auto["kv_cache"] == need["kv_cache"] // (2 if s.dtype == "bfloat16" else 1)
 
 
+def test_parallel_speculation_is_counted_before_allocating(tmp_path, tiny_bytes):
+    """speculate_mode="parallel" allocates k frames' buffers and activations besides the session's own: the check
+    before opening counts them (a limit that fits the plain session refuses the parallel one), and the session
+    holds no more than the estimate plus those buffers."""
+    path = tmp_path / "tiny.nfd"
+    path.write_bytes(tiny_bytes)
+    need = _core.estimate_memory(str(path), "cpu", "float32")
+    plain = need["weights"] + need["kv_cache"] + need["activations"]
+    with nfd_rt.Session(path, dtype="float32", speculate=3, speculate_mode="parallel") as s:
+        held = s.memory_bytes()
+        assert held > plain  # the 3 frames' buffers
+    with pytest.raises(MemoryError, match="max_memory_bytes"):
+        nfd_rt.Session(path, dtype="float32", speculate=3, speculate_mode="parallel",
+                       max_memory_bytes=need["total"] + (held - plain) - 1)
+    with nfd_rt.Session(path, dtype="float32", speculate=3, speculate_mode="parallel",
+                        max_memory_bytes=need["total"] + (held - plain)) as s:  # exactly enough
+        s.reset()
+        s.step(np.zeros(s.config.action_dim, np.float32))
+
+
 SCRATCH_PROBE = textwrap.dedent("""
     import json, sys
     import numpy as np

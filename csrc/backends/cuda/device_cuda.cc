@@ -29,6 +29,38 @@ bool driver_installed() {
 
 bool cuda_available() { return cuda_unavailable_reason().empty(); }
 
+namespace cuda_device {
+namespace {
+int process_device() {  // the device current on the thread of the first DeviceScope
+  static const int device = [] {
+    int d = 0;
+    if (cudaGetDevice(&d) != cudaSuccess) cudaGetLastError(), d = 0;
+    return d;
+  }();
+  return device;
+}
+}  // namespace
+
+void zero(void* ptr, size_t n) {
+  if (n == 0) return;
+  check(cudaMemset(ptr, 0, n), "cudaMemset");
+  check(cudaStreamSynchronize(nullptr), "cudaStreamSynchronize");  // our streams do not wait for the legacy one
+}
+
+int make_process_device_current() {
+  const int want = process_device();
+  int current = 0;
+  check(cudaGetDevice(&current), "cudaGetDevice");
+  if (current == want) return -1;
+  check(cudaSetDevice(want), "cudaSetDevice (the device nfd_rt opened its first model on)");
+  return current;
+}
+
+void restore_device(int previous) {
+  if (previous >= 0 && cudaSetDevice(previous) != cudaSuccess) cudaGetLastError();
+}
+}  // namespace cuda_device
+
 bool built_with_cuda() { return true; }
 
 std::string cuda_unavailable_reason() {
