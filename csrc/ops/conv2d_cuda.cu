@@ -462,11 +462,14 @@ ConvEngine choose(const Context& ctx, const ConvCall& c, ConvMode mode) {
     if (it != choices().end()) *e = it->second;
     return it != choices().end();
   };
-  ConvEngine known;
-  if (mode == ConvMode::automatic && measured(&known)) return known;
-  // Not measured yet: one measurement at a time, and another thread may have stored this one meanwhile.
-  std::unique_lock<std::recursive_mutex> measuring(cudaops::measure_mutex());
-  if (mode == ConvMode::automatic && measured(&known)) return known;
+  ConvEngine known = ConvEngine::cutlass;
+  std::unique_lock<std::recursive_mutex> measuring;
+  if (mode == ConvMode::automatic) {
+    if (measured(&known)) return known;
+    // Not measured yet: one measurement at a time, and another thread may have stored this one meanwhile.
+    measuring = std::unique_lock<std::recursive_mutex>(cudaops::measure_mutex());
+    if (measured(&known)) return known;
+  }
   cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
   cudaops::check(cudaStreamIsCapturing(cudaops::stream_of(ctx), &cap), "cudaStreamIsCapturing");
   const bool capturing = cap != cudaStreamCaptureStatusNone;

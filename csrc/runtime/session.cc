@@ -384,9 +384,9 @@ void Session::Impl::decode_host(const float* latent, uint8_t* frame_out) {
 }
 
 Session::Session(const std::string& path, const SessionOptions& options) {
-  const DeviceScope on_device(options.device);
   check_device_options(options.device, options.dtype, options.threads, true);
   check_session_options(options);
+  const DeviceScope on_device(options.device);
   // The file is opened and checked once; the weights and the session are checked together against what is
   // available, before anything is allocated.
   ModelLoader loader = ModelLoader::open(path);

@@ -50,9 +50,15 @@ void zero(void* ptr, size_t n) {
 int make_process_device_current() {
   const int want = process_device();
   int current = 0;
-  check(cudaGetDevice(&current), "cudaGetDevice");
+  if (cudaGetDevice(&current) != cudaSuccess) {
+    cudaGetLastError();
+    return -1;
+  }
   if (current == want) return -1;
-  check(cudaSetDevice(want), "cudaSetDevice (the device nfd_rt opened its first model on)");
+  if (cudaSetDevice(want) != cudaSuccess) {
+    cudaGetLastError();
+    return -1;
+  }
   return current;
 }
 

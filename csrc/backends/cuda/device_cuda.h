@@ -16,11 +16,13 @@ void free(void* ptr);        // cudaFree; nullptr is a no-op; never throws (used
 void memcpy_async(void* dst, bool dst_on_device, const void* src, bool src_on_device, size_t n, void* stream);
 void* pinned_alloc(size_t bytes);  // cudaMallocHost; 0 bytes -> nullptr
 void pinned_free(void* ptr);       // cudaFreeHost; never throws
-void synchronize(void* stream);
-void zero(void* ptr, size_t n);  // cudaMemset, then waits for it (ordered before work on any stream after)  // cudaStreamSynchronize (nullptr = the legacy default stream)
+void synchronize(void* stream);  // cudaStreamSynchronize (nullptr = the legacy default stream)
+void zero(void* ptr, size_t n);  // cudaMemset, then waits for it (ordered before work on any stream after)
 size_t free_memory(std::string* source);  // cudaMemGetInfo's free bytes
 // Makes the process' device (backends/device.h, DeviceScope) current on this thread; returns the device that was
-// current when it was another, else -1. restore_device(previous) gives it back (never throws).
+// current when it was another, else -1. Never throws (it runs in destructors and at a worker thread's start): where
+// CUDA cannot say or set the device (no device), the calls that follow report the error. restore_device(previous)
+// gives it back.
 int make_process_device_current();
 void restore_device(int previous);
 
