@@ -74,9 +74,11 @@ void cuda_stream_wait_for(void* waiting, void* other);
 
 // nfd_rt runs on one GPU per process: the device current on the thread that first opens a CUDA model or session
 // (CUDA_VISIBLE_DEVICES or torch.cuda.set_device before it choose which). Streams, memory and the vendor engines'
-// handles belong to that device, so each entry point that touches them makes it current on its thread while it
-// runs (a speculation worker, a server's thread pool, a caller that set another device for its own work) and
-// gives the caller's current device back after. On the CPU, or without CUDA, a no-op.
+// handles belong to that device, so each Session and Model entry point that touches them makes it current on its
+// thread while it runs (a speculation worker, a server's thread pool, a caller that set another device for its own
+// work) and gives the caller's current device back after (not to a thread that had not used CUDA: that would
+// create a context on its device 0). The op-level test bindings (_core.ops) use the caller's current device. On
+// the CPU, or without CUDA, a no-op.
 class DeviceScope {
  public:
   explicit DeviceScope(Device device);
@@ -85,7 +87,7 @@ class DeviceScope {
   DeviceScope& operator=(const DeviceScope&) = delete;
 
  private:
-  int previous_ = -1;  // the caller's device, when it was another
+  [[maybe_unused]] int previous_ = -1;  // the caller's device, when it was another (CUDA builds only)
 };
 
 // Captures the work `fn` enqueues on `stream` once, then replays it (cudaGraphLaunch).

@@ -25,8 +25,8 @@ namespace cudaops {
 
 // Engines are measured one shape at a time in the process, held from the "measured before?" lookup to the
 // store of the choice: two sessions opening on two threads would otherwise time their candidates against each
-// other's kernels and, for cuBLASLt, tune the same shared plan at once. Recursive: a measurement may plan a vendor
-// engine that measures too.
+// other's kernels and, for cuBLASLt, tune the same shared plan at once. Recursive, so that a measurement that ever
+// prepares another op cannot deadlock on itself.
 inline std::recursive_mutex& measure_mutex() {
   static std::recursive_mutex m;
   return m;

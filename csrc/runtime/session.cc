@@ -105,8 +105,7 @@ std::string MemoryEstimate::describe() const {
 
 MemoryEstimate estimate_session_memory(const std::string& path, const SessionOptions& options) {
   check_device_options(options.device, options.dtype, options.threads, false);
-  const DeviceScope on_device(options.device);
-  check_session_options(options);
+  check_session_options(options);  // measuring arenas only: no device memory, no DeviceScope
   return estimate(ModelLoader::open(path), options);
 }
 
@@ -212,6 +211,15 @@ bool Session::Impl::run_frame(bool generate, bool decode, const std::atomic<bool
   return sample_frames(arch, cfg.num_steps(), frames, *st->own, so);
 }
 
+// After a failed capture. Nothing ran (the capture only records, and ended on the error). A cause that holds would
+// fail every later capture too, so this session steps without graphs from now on (until it is reopened), slower
+// but working; a cause that is not about capturing (a broken context, a bad argument) fails the uncaptured frame
+// as well, and is reported.
+void Session::Impl::turn_graphs_off(const std::exception& why) {
+  use_graphs = false;
+  note_kernel("cuda graph", std::string("off for this session: its capture failed (") + why.what() + ")");
+}
+
 bool Session::Impl::generate_frame(bool decode, const std::atomic<bool>* cancel) {
   if (!use_graphs) return run_frame(true, decode, cancel);
   // A decoder with state between frames runs after the replay, outside the graph (its host-side state advances).
@@ -231,12 +239,12 @@ bool Session::Impl::generate_frame(bool decode, const std::atomic<bool>* cancel)
       g.capture(stream, [&] { run_frame(true, in_graph); });
     } catch (const std::bad_alloc&) {
       throw;
+    } catch (const Error& e) {
+      if (e.kind() == ErrorKind::out_of_memory) throw;  // not about capturing: the uncaptured frame needs it too
+      turn_graphs_off(e);
+      return run_frame(true, decode, cancel);
     } catch (const std::exception& e) {
-      // Nothing ran (the capture only records, and ended on the error). A cause that holds would fail every later
-      // capture too, so this session steps without graphs from now on, slower but working; a cause that is not
-      // about capturing (a broken context, a bad argument) fails the uncaptured frame as well, and is reported.
-      use_graphs = false;
-      note_kernel("cuda graph", std::string("off for a session whose capture failed (") + e.what() + ")");
+      turn_graphs_off(e);
       return run_frame(true, decode, cancel);
     }
     reads_host_state = ops::attention_read_host_state(ctx);

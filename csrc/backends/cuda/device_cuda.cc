@@ -31,6 +31,19 @@ bool cuda_available() { return cuda_unavailable_reason().empty(); }
 
 namespace cuda_device {
 namespace {
+// Whether this thread has a current CUDA context (the driver's cuCtxGetCurrent, from the libcuda the runtime has
+// loaded): a thread that never used CUDA has none, and giving it "its" device 0 back would create a context there
+// (cudaSetDevice initialises the device since CUDA 12). Unknown: true, the caller's device is given back.
+bool thread_has_context() {
+  using GetCurrent = int (*)(void**);
+  static const GetCurrent get = [] {
+    void* h = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_NOLOAD);
+    return h ? reinterpret_cast<GetCurrent>(dlsym(h, "cuCtxGetCurrent")) : nullptr;
+  }();
+  void* ctx = nullptr;
+  return !get || get(&ctx) != 0 || ctx != nullptr;
+}
+
 int process_device() {  // the device current on the thread of the first DeviceScope
   static const int device = [] {
     int d = 0;
@@ -55,11 +68,12 @@ int make_process_device_current() {
     return -1;
   }
   if (current == want) return -1;
+  const bool give_back = thread_has_context();
   if (cudaSetDevice(want) != cudaSuccess) {
     cudaGetLastError();
     return -1;
   }
-  return current;
+  return give_back ? current : -1;
 }
 
 void restore_device(int previous) {

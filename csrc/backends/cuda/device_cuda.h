@@ -20,7 +20,8 @@ void synchronize(void* stream);  // cudaStreamSynchronize (nullptr = the legacy 
 void zero(void* ptr, size_t n);  // cudaMemset, then waits for it (ordered before work on any stream after)
 size_t free_memory(std::string* source);  // cudaMemGetInfo's free bytes
 // Makes the process' device (backends/device.h, DeviceScope) current on this thread; returns the device that was
-// current when it was another, else -1. Never throws (it runs in destructors and at a worker thread's start): where
+// current when it was another (and in use on this thread: a thread that never used CUDA gets nothing back, which
+// would create a context on its device 0), else -1. Never throws (it runs in destructors and at a worker thread's start): where
 // CUDA cannot say or set the device (no device), the calls that follow report the error. restore_device(previous)
 // gives it back.
 int make_process_device_current();
