@@ -135,8 +135,10 @@ class Architecture {
   // The cache-write pass: each member's K/V of its `write` latent at the context level into its write slot.
   virtual void cache_write_pass(const std::vector<Member>& members, Activations& act) const = 0;
 
-  // An upper bound of the ops' scratch memory while a session of `cfg` runs (ops/scratch_bound.h).
-  virtual size_t scratch_bytes_bound(const Config& cfg, Device device, DType dtype, int threads) const = 0;
+  // An upper bound of the ops' scratch memory while a session of `cfg` runs (ops/scratch_bound.h); `members`
+  // frames computed in one forward (parallel speculation's k, else 1).
+  virtual size_t scratch_bytes_bound(const Config& cfg, Device device, DType dtype, int threads,
+                                     int members) const = 0;
 };
 
 // The architecture registered under `name`; an invalid_file error naming the known ones otherwise.

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "backends/cpu/parallel.h"
 #include "ops/conv2d_layout.h"
 #include "ops/cpu_common.h"
 
@@ -18,6 +19,12 @@ int64_t cpu_thread_floats(const ScratchShapes& s) {
                           (hd + L) * 16,        // attention, register path: one block of 16 queries
                           N * D,                // linear, gated residual: the product before the epilogue
                           N * hd});             // rope_qkv_split: cos/sin tables
+  // linear over every member's rows (parallel speculation's k frames: M = members x tokens): with that many rows it
+  // runs in kMaxChunks column blocks (backends/cpu/parallel.h), each an M x ceil(width / kMaxChunks) product in
+  // scratch (oneDNN's dense destination, or a gated residual's product). width: at most the widest weight's rows.
+  const int64_t widest = D > 0 ? std::max(D, s.largest_weight / D) : 0;
+  dit = std::max(dit, std::max<int64_t>(s.members, 1) * N * ((widest + ::nfd::cpu::kMaxChunks - 1) /
+                                                              ::nfd::cpu::kMaxChunks));
   int64_t cmax = s.latent_channels;
   for (const auto& lv : s.conv_levels) cmax = std::max(cmax, lv.channels);
   const int64_t W = s.frame_width + 2, c = cmax;
@@ -63,8 +70,9 @@ size_t scratch_bytes_bound(const ScratchShapes& s, Device device, DType dtype, i
   // attention_prepare's checked choice (ops/choice_check_cuda.cuh), at open: its own q, K and V of a full cache,
   // the reference's and a candidate's outputs, beside that candidate's scratch (any of the above).
   dit += 2 * s.keys * D * es + 3 * N * D * es;
-  // linear with gated residual: the product, plus a cuBLASLt workspace (at most 32 MiB) beside it.
-  dit = std::max(dit, N * s.widest_gated_output * es + (int64_t(32) << 20));
+  // linear with gated residual: the product over every member's rows, plus a cuBLASLt workspace (at most 32 MiB)
+  // beside it.
+  dit = std::max(dit, std::max<int64_t>(s.members, 1) * N * s.widest_gated_output * es + (int64_t(32) << 20));
   int64_t vae = 0;
   for (const auto& lv : s.conv_levels) {
     const int64_t pixels = lv.pixels, c = lv.channels;

@@ -28,6 +28,9 @@ struct ScratchShapes {
   };
   std::vector<ConvLevel> conv_levels;
   int64_t frame_height = 0, frame_width = 0, latent_channels = 0;
+  // Frames computed in one forward (parallel speculation's k): the linears take members x tokens rows; attention
+  // and the decoder run per frame.
+  int64_t members = 1;
 };
 
 size_t scratch_bytes_bound(const ScratchShapes& shapes, Device device, DType dtype, int threads);

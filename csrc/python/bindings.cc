@@ -528,10 +528,13 @@ PYBIND11_MODULE(_core, m) {
       "The CRC-32C (Castagnoli) snapshots end with; software=True: the table-driven fallback (tests).");
   m.def(
       "estimate_memory",
-      [](const std::string& path, const std::string& device, const std::string& dtype, int threads) {
+      [](const std::string& path, const std::string& device, const std::string& dtype, int threads, int speculate,
+         const std::string& speculate_mode) {
         nfd::MemoryEstimate e;
         {
           nfd::SessionOptions o = session_options(device, dtype, threads);
+          o.speculate = speculate;
+          o.speculate_mode = parse_speculate_mode(speculate_mode);
           py::gil_scoped_release nogil;
           e = nfd::estimate_session_memory(path, o);
         }
@@ -547,8 +550,9 @@ PYBIND11_MODULE(_core, m) {
         return d;
       },
       py::arg("path"), py::arg("device") = "cpu", py::arg("dtype") = "auto", py::arg("threads") = 0,
-      "Bytes a session of this file would allocate (weights, KV cache, activations exactly; scratch as an upper "
-      "bound), computed without allocating; the device need not be present. snapshot_max: the largest snapshot "
+      py::arg("speculate") = 0, py::arg("speculate_mode") = "exact",
+      "Bytes a session of this file with these options would allocate (weights, KV cache, activations exactly; "
+      "scratch as an upper bound), computed without allocating; the device need not be present. snapshot_max: the largest snapshot "
       "such a session can write (full caches, decoder state, metadata), not part of the total.");
   m.def(
       "available_memory",

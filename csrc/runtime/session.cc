@@ -78,7 +78,8 @@ MemoryEstimate session_part(const Config& cfg, const model::Architecture& arch, 
   m.device = device;
   m.kv_cache = arena.bytes(Arena::Use::kv_cache);
   m.activations = arena.bytes(Arena::Use::activations);
-  m.scratch = arch.scratch_bytes_bound(cfg, device, dtype, effective_threads(o.threads));
+  const bool parallel = o.speculate > 0 && o.speculate_mode == SpeculateMode::parallel;
+  m.scratch = arch.scratch_bytes_bound(cfg, device, dtype, effective_threads(o.threads), parallel ? o.speculate : 1);
   m.snapshot = snapshot_size_bound(cfg, *st.graph, dtype);
   return m;
 }

@@ -94,7 +94,8 @@ class NfdArchitecture : public Plugin {
   void cache_write_pass(const std::vector<Member>& members, Activations& act) const override {
     DiT::cache_write_pass(dit_members(members, true), static_cast<DiT::Activations&>(act));
   }
-  size_t scratch_bytes_bound(const Config& cfg, Device device, DType dtype, int threads) const override {
+  size_t scratch_bytes_bound(const Config& cfg, Device device, DType dtype, int threads,
+                             int members) const override {
     const NfdConfig& c = cfg.arch_as<NfdConfig>();
     ops::ScratchShapes s;
     s.tokens = c.tokens_per_frame();
@@ -114,6 +115,7 @@ class NfdArchitecture : public Plugin {
     s.frame_height = c.frame_height;
     s.frame_width = c.frame_width;
     s.latent_channels = c.latent_channels;
+    s.members = members;
     return ops::scratch_bytes_bound(s, device, dtype, threads);
   }
 

@@ -105,7 +105,8 @@ class OasisArchitecture : public Plugin {
   void cache_write_pass(const std::vector<Member>& members, Activations& act) const override {
     DiT::cache_write_pass(dit_members(members, true), static_cast<DiT::Activations&>(act));
   }
-  size_t scratch_bytes_bound(const Config& cfg, Device device, DType dtype, int threads) const override {
+  size_t scratch_bytes_bound(const Config& cfg, Device device, DType dtype, int threads,
+                             int members) const override {
     const OasisConfig& c = cfg.arch_as<OasisConfig>();
     const OasisVAEConfig& v = c.vae;
     // The DiT (N tokens of width D; spatial attention over the N keys of the frame, temporal over max_frames keys
@@ -124,6 +125,7 @@ class OasisArchitecture : public Plugin {
     s.frame_height = c.frame_height;
     s.frame_width = c.frame_width;
     s.latent_channels = c.latent_channels;
+    s.members = members;
     return ops::scratch_bytes_bound(s, device, dtype, threads);
   }
 

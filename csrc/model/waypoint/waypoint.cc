@@ -107,7 +107,8 @@ class WaypointArchitecture : public Plugin {
   void cache_write_pass(const std::vector<Member>& members, Activations& act) const override {
     DiT::commit_pass(dit_members(members, true), static_cast<DiT::Activations&>(act));
   }
-  size_t scratch_bytes_bound(const Config& cfg, Device device, DType dtype, int threads) const override {
+  size_t scratch_bytes_bound(const Config& cfg, Device device, DType dtype, int threads,
+                             int members) const override {
     const WaypointConfig& c = cfg.arch_as<WaypointConfig>();
     const TAEHVConfig& t = c.taehv;
     const int64_t D = c.hidden_size, N = c.tokens_per_frame();
@@ -143,6 +144,7 @@ class WaypointArchitecture : public Plugin {
     s.frame_height = std::max(c.frame_height, c.output_height);
     s.frame_width = std::max(c.frame_width, c.output_width);
     s.latent_channels = c.latent_channels;
+    s.members = members;
     return ops::scratch_bytes_bound(s, device, dtype, threads);
   }
 
