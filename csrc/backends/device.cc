@@ -121,6 +121,13 @@ void device_synchronize(Device device, void* stream) {
 #endif
 }
 
+void device_synchronize_quietly(Device device, void* stream) noexcept {
+  try {
+    device_synchronize(device, stream);
+  } catch (...) {
+  }
+}
+
 size_t available_memory(Device device, std::string* source) {
   if (device == Device::cpu) return cpu::host_available_memory(source);
 #ifdef NFD_RT_WITH_CUDA

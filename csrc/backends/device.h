@@ -45,6 +45,10 @@ void device_free(Device device, void* ptr);
 // Copies bytes between host and device memory (either side may be either device); synchronous on `stream`.
 void device_memcpy(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes, void* stream);
 void device_synchronize(Device device, void* stream);
+// The same where an error is already being handled (a catch block, a destructor): waits for the work queued on
+// `stream` so none of it still touches buffers the caller reuses or frees; a failure to wait is dropped (the error
+// being reported, or the next call, says what went wrong).
+void device_synchronize_quietly(Device device, void* stream) noexcept;
 // As device_memcpy, without waiting: the copy is ordered on `stream` (cuda) and done once the stream is
 // synchronised; until then neither buffer may be reused. Host memory from pinned_host_alloc makes it truly
 // asynchronous. Host-to-host copies are done on return.

@@ -49,11 +49,8 @@ void Session::step_batch(const std::vector<Session*>& sessions, const float* act
     device_synchronize(lead.opt.device, bctx.stream);
   } catch (...) {
     // Work queued before the error still writes the shared batch activations and every member's cache and
-    // buffers: wait for it before the batch lock is released (a failure to wait is the error being reported).
-    try {
-      device_synchronize(lead.opt.device, bctx.stream);
-    } catch (...) {
-    }
+    // buffers: wait for it before the batch lock is released.
+    device_synchronize_quietly(lead.opt.device, bctx.stream);
     throw;
   }
   const int64_t frame_bytes = cfg.frame_bytes();  // one session's frames

@@ -72,13 +72,13 @@ MemoryEstimate session_part(const Config& cfg, const model::Architecture& arch, 
                             Device device, DType dtype, const SessionOptions& o) {
   Arena arena = Arena::measure(device);
   SessionState st(cfg, arch, weights, arena, dtype, cache_slots(cfg, o));
-  if (o.speculate > 0 && o.speculate_mode == SpeculateMode::parallel)  // k frames' buffers besides the own ones
+  const bool parallel = o.speculate > 0 && o.speculate_mode == SpeculateMode::parallel;
+  if (parallel)  // k frames' buffers besides the own ones
     Session::Impl::Parallel par(cfg, arch, arena, dtype, o.speculate, cfg.cache_policy().size());
   MemoryEstimate m;
   m.device = device;
   m.kv_cache = arena.bytes(Arena::Use::kv_cache);
   m.activations = arena.bytes(Arena::Use::activations);
-  const bool parallel = o.speculate > 0 && o.speculate_mode == SpeculateMode::parallel;
   m.scratch = arch.scratch_bytes_bound(cfg, device, dtype, effective_threads(o.threads), parallel ? o.speculate : 1);
   m.snapshot = snapshot_size_bound(cfg, *st.graph, dtype);
   return m;
@@ -179,10 +179,7 @@ Session::Impl::~Impl() {
 void Session::Impl::release_streams() noexcept {
   for (void* s : {decode_stream, stream}) {
     if (!s) continue;
-    try {
-      device_synchronize(opt.device, s);
-    } catch (...) {
-    }
+    device_synchronize_quietly(opt.device, s);
     cuda_stream_destroy(s);
   }
   decode_stream = stream = nullptr;
@@ -212,15 +209,6 @@ bool Session::Impl::run_frame(bool generate, bool decode, const std::atomic<bool
   return sample_frames(arch, cfg.num_steps(), frames, *st->own, so);
 }
 
-// After a failed capture. Nothing ran (the capture only records, and ended on the error). A cause that holds would
-// fail every later capture too, so this session steps without graphs from now on (until it is reopened), slower
-// but working; a cause that is not about capturing (a broken context, a bad argument) fails the uncaptured frame
-// as well, and is reported.
-void Session::Impl::turn_graphs_off(const std::exception& why) {
-  use_graphs = false;
-  note_kernel("cuda graph", std::string("off for this session: its capture failed (") + why.what() + ")");
-}
-
 bool Session::Impl::generate_frame(bool decode, const std::atomic<bool>* cancel) {
   if (!use_graphs) return run_frame(true, decode, cancel);
   // A decoder with state between frames runs after the replay, outside the graph (its host-side state advances).
@@ -238,14 +226,15 @@ bool Session::Impl::generate_frame(bool decode, const std::atomic<bool>* cancel)
     ops::attention_read_host_state(ctx);  // clears what calls before this capture left
     try {
       g.capture(stream, [&] { run_frame(true, in_graph); });
-    } catch (const std::bad_alloc&) {
-      throw;
-    } catch (const Error& e) {
-      if (e.kind() == ErrorKind::out_of_memory) throw;  // not about capturing: the uncaptured frame needs it too
-      turn_graphs_off(e);
-      return run_frame(true, decode, cancel);
     } catch (const std::exception& e) {
-      turn_graphs_off(e);
+      // Nothing ran (the capture only records, and ended on the error). Out of memory is not about capturing: the
+      // uncaptured frame would need the memory too. Any other cause that holds would fail every later capture, so
+      // this session steps without graphs from now on (until it is reopened), slower but working; a cause that is
+      // not about capturing (a broken context, a bad argument) fails the uncaptured frame as well.
+      const auto* error = dynamic_cast<const Error*>(&e);
+      if (dynamic_cast<const std::bad_alloc*>(&e) || (error && error->kind() == ErrorKind::out_of_memory)) throw;
+      use_graphs = false;
+      note_kernel("cuda graph", std::string("off for this session: its capture failed (") + e.what() + ")");
       return run_frame(true, decode, cancel);
     }
     reads_host_state = ops::attention_read_host_state(ctx);
@@ -299,12 +288,8 @@ bool Session::Impl::compute_frame_staged(const float* action, bool decode, float
   try {
     return compute_frame_staged_once(action, decode, latent_out, frame_out, cancel);
   } catch (...) {
-    // The copies queued before the error may still read or write the staging, which the next step rewrites:
-    // wait for them (a failure to wait is the error already being reported).
-    try {
-      device_synchronize(opt.device, ctx.stream);
-    } catch (...) {
-    }
+    // The copies queued before the error may still read or write the staging, which the next step rewrites.
+    device_synchronize_quietly(opt.device, ctx.stream);
     throw;
   }
 }

@@ -85,7 +85,6 @@ struct Session::Impl {
   void* stream = nullptr;
   void* decode_stream = nullptr;           // CUDA: the decode beside the cache-write pass (sampler.h)
   void release_streams() noexcept;  // waits for and destroys both streams (~Impl, a failed constructor)
-  void turn_graphs_off(const std::exception& why);
   std::unique_ptr<PinnedStaging> staging;  // CUDA: a step's host copies
   bool use_graphs = false;
   FrameGraphs graphs;

@@ -180,13 +180,16 @@ SCRATCH_PROBE = textwrap.dedent("""
     import nfd_rt
     from nfd_rt import _core
     path, threads, dtype = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    with nfd_rt.Session(path, threads=threads, dtype=dtype) as s:
+    k = int(sys.argv[4]) if len(sys.argv) > 4 else 0  # parallel speculation's k frames, or none
+    spec = {"speculate": k, "speculate_mode": "parallel"} if k else {}
+    with nfd_rt.Session(path, threads=threads, dtype=dtype, **spec) as s:
         cfg = s.config
         rng = np.random.default_rng(0)
         s.reset(frames=rng.integers(0, 256, (2, cfg.frame_height, cfg.frame_width, 3), dtype=np.uint8))
         for i in range(cfg.window + cfg.sink_frames + 2):
-            s.step(rng.standard_normal(cfg.action_dim).astype(np.float32))
-    est = _core.estimate_memory(path, "cpu", dtype, threads)
+            # with k, one action throughout: the first step generates all k frames in one forward
+            s.step(np.ones(cfg.action_dim, np.float32) if k else rng.standard_normal(cfg.action_dim).astype(np.float32))
+    est = _core.estimate_memory(path, "cpu", dtype, threads, **spec)
     print(json.dumps({"peak": _core.cpu_scratch_peak_bytes(), "bound": est["scratch"]}))
 """)
 
@@ -198,28 +201,13 @@ DIT_HEAVY = NFDConfig(
     vae=VAEConfig(channels=(8, 8), num_res_blocks=1, norm_groups=4),
 )
 
-PARALLEL_SCRATCH_PROBE = textwrap.dedent("""
-    import json, sys
-    import numpy as np
-    import nfd_rt
-    from nfd_rt import _core
-    path, k = sys.argv[1], int(sys.argv[2])
-    with nfd_rt.Session(path, threads=2, dtype="float32", speculate=k, speculate_mode="parallel") as s:
-        s.reset()
-        for i in range(3):  # the same action: the first step generates all k frames in one forward
-            s.step(np.ones(s.config.action_dim, np.float32))
-    est = _core.estimate_memory(path, "cpu", "float32", 2, speculate=k, speculate_mode="parallel")
-    print(json.dumps({"peak": _core.cpu_scratch_peak_bytes(), "bound": est["scratch"]}))
-""")
-
-
 def test_scratch_bound_holds_for_parallel_speculation(tmp_path):
     """k frames in one forward multiply the linears' rows: at k = 24 the ops' scratch high-water mark is about
     1.5x the bound of a session without speculation (measured before the bound counted k), and within the bound
     that counts it."""
     path = tmp_path / "dit-heavy.nfd"
     path.write_bytes(random_nfd(DIT_HEAVY))
-    r = subprocess.run([sys.executable, "-c", PARALLEL_SCRATCH_PROBE, str(path), "24"], capture_output=True,
+    r = subprocess.run([sys.executable, "-c", SCRATCH_PROBE, str(path), "2", "float32", "24"], capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
