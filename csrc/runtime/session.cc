@@ -35,7 +35,7 @@ std::vector<int> cache_slots(const Config& cfg, const SessionOptions& o) {
 
 IoBuffers::IoBuffers(Arena& arena, const Config& cfg, DType dtype) {
   const std::vector<int64_t> lshape = {cfg.latent_channels, cfg.latent_height(), cfg.latent_width()};
-  state = arena.alloc({int64_t(cfg.cache_policy().size() * sizeof(FrameState))}, DType::u8);
+  state = arena.alloc({int64_t(frame_states_bytes(cfg))}, DType::u8);
   action = arena.alloc({cfg.action_dim}, dtype);
   latent = arena.alloc(lshape, dtype);
   write = arena.alloc(lshape, dtype);
@@ -72,9 +72,9 @@ MemoryEstimate session_part(const Config& cfg, const model::Architecture& arch, 
                             Device device, DType dtype, const SessionOptions& o) {
   Arena arena = Arena::measure(device);
   SessionState st(cfg, arch, weights, arena, dtype, cache_slots(cfg, o));
-  const bool parallel = o.speculate > 0 && o.speculate_mode == SpeculateMode::parallel;
+  const bool parallel = speculates_in_parallel(o);
   if (parallel)  // k frames' buffers besides the own ones
-    Session::Impl::Parallel par(cfg, arch, arena, dtype, o.speculate, cfg.cache_policy().size());
+    Session::Impl::Parallel par(cfg, arch, arena, dtype, o.speculate);
   MemoryEstimate m;
   m.device = device;
   m.kv_cache = arena.bytes(Arena::Use::kv_cache);
@@ -155,8 +155,7 @@ Session::Impl::Impl(std::shared_ptr<const Model> m, const SessionOptions& o, boo
     }
     if (opt.speculate > 0 && opt.speculate_mode == SpeculateMode::exact)
       worker = std::thread([this] { speculate_loop(); });
-    if (opt.speculate > 0 && opt.speculate_mode == SpeculateMode::parallel)
-      par = std::make_unique<Parallel>(cfg, arch, arena, opt.dtype, opt.speculate, ring.groups());
+    if (speculates_in_parallel(opt)) par = std::make_unique<Parallel>(cfg, arch, arena, opt.dtype, opt.speculate);
   } catch (...) {
     release_streams();  // ~Impl does not run for a constructor that throws
     throw;

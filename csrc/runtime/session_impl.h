@@ -33,6 +33,15 @@ struct IoBuffers {
   IoBuffers(Arena& arena, const Config& cfg, DType dtype);
 };
 
+// One frame's FrameStates on the device: one per cache group of `cfg` (IoBuffers, parallel speculation's frames).
+inline size_t frame_states_bytes(const Config& cfg) { return cfg.cache_policy().size() * sizeof(FrameState); }
+
+// Whether a session of these options speculates in parallel, with k frames' buffers of its own (Impl::Parallel):
+// the same test where they are allocated and where the estimate counts them.
+inline bool speculates_in_parallel(const SessionOptions& o) {
+  return o.speculate > 0 && o.speculate_mode == SpeculateMode::parallel;
+}
+
 // Everything a session allocates besides its model's weights, on `arena` (a real or a measuring one).
 // The largest snapshot (Session::snapshot) a session of this config, graph and dtype can write: every cache group
 // full, the decoder's state, the longest metadata. What serve reserves for a parked world.
@@ -177,7 +186,7 @@ struct Session::Impl {
     std::vector<Tensor> state, latent, write, frame;
     std::unique_ptr<model::Activations> act;
     // k frames' buffers on `arena` (a session's, or a measuring one: session_part counts them).
-    Parallel(const Config& cfg, const model::Architecture& arch, Arena& arena, DType dtype, int k, size_t groups);
+    Parallel(const Config& cfg, const model::Architecture& arch, Arena& arena, DType dtype, int k);
   };
   std::unique_ptr<Parallel> par;
   void generate_parallel(const float* action, bool decode);

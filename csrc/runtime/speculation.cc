@@ -147,11 +147,11 @@ void Session::Impl::step_speculating(const float* action, uint8_t* frame_out, fl
 // ---- parallel ---------------------------------------------------------------------------------------------------
 
 Session::Impl::Parallel::Parallel(const Config& cfg, const model::Architecture& arch, Arena& arena, DType dtype,
-                                  int k, size_t groups)
-    : host(size_t(k) * groups) {
+                                  int k)
+    : host(size_t(k) * cfg.cache_policy().size()) {
   const std::vector<int64_t> lshape = {cfg.latent_channels, cfg.latent_height(), cfg.latent_width()};
   for (int j = 0; j < k; ++j) {
-    state.push_back(arena.alloc({int64_t(groups * sizeof(FrameState))}, DType::u8));
+    state.push_back(arena.alloc({int64_t(frame_states_bytes(cfg))}, DType::u8));
     latent.push_back(arena.alloc(lshape, dtype));
     write.push_back(arena.alloc(lshape, dtype));
     frame.push_back(arena.alloc(cfg.frame_shape(), DType::u8));
